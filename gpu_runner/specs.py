@@ -206,3 +206,7 @@ def violations(
         add("seed", _check_range(seed, 0, c.max_seed))
     add("image_strength", _check_range(image_strength, 0.0, 1.0))
     return errors
+
+
+# Written last by `python -m gpu_runner demo-model <dir>`: its presence means the build completed.
+DEMO_MANIFEST = "demo_manifest.json"

@@ -1,0 +1,74 @@
+"""Command line: `python -m app serve [--host H] [--port P]` (also installed as `avportal`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from collections.abc import Callable
+from types import FrameType
+
+import msgspec
+import uvicorn
+
+from app.config import Settings, SettingsError
+from app.jobs import Services
+from app.web import create_app
+
+
+class _Server(uvicorn.Server):
+    """Runs `on_exit` as soon as shutdown starts: open SSE streams end instead of holding it up."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_exit)
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
+        lifespan="on",
+    )
+    services: Services = app.state.services
+    _Server(config, services.broker.close).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="avportal", description="Self-hosted audio+video diffusion portal")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="serve the portal (settings from AVP_* variables)")
+    serve_cmd.add_argument("--host", help="address to listen on (AVP_HOST, default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="port to listen on (AVP_PORT, default 8000)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"avportal: {exc}", file=sys.stderr)
+        return 2
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = msgspec.structs.replace(settings, **overrides)
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Job operations shared by the JSON API and the HTML pages: submit, cancel, delete, present."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import msgspec
+
+from app.broker import Broker
+from app.config import Settings
+from app.journal import Journal
+from app.queue import Worker
+from app.runner import Supervisor
+from app.schemas import JobError, JobLinks, JobOut, validate_request
+from app.store import JobRow, Store, StoredEvent
+from gpu_runner import protocol
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Conflict(Exception):
+    """The job is in a state that does not allow the operation; the message says what to do."""
+
+
+class Services(msgspec.Struct, frozen=True):
+    """Everything a handler may need, created once per app and injected by name."""
+
+    settings: Settings
+    store: Store
+    broker: Broker
+    journal: Journal
+    supervisor: Supervisor
+    worker: Worker
+
+    def job_dir(self, job_id: str) -> Path:
+        """The job's directory, only for a well-formed server-made id, always inside jobs_dir."""
+        if not _JOB_ID.fullmatch(job_id):
+            raise ValueError("not a job id")
+        root = self.settings.jobs_dir.resolve()
+        path = (root / job_id).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError("job directory outside the jobs directory")
+        return path
+
+    async def get_job(self, job_id: str) -> JobRow | None:
+        if not _JOB_ID.fullmatch(job_id):
+            return None
+        return await self.store.call(self.store.get_job, job_id)
+
+    async def submit(self, raw: Any, *, strict: bool = True) -> JobRow:
+        """Validate, write the job directory, store the job and queue it. Raises InvalidRequest or QueueFull."""
+        resolved, spec = validate_request(raw, self.settings.models(), strict=strict)
+        job_id = uuid.uuid4().hex
+        job_dir = self.job_dir(job_id)
+        job_file = protocol.JobFile(id=job_id, request=resolved, model_kind=spec.kind, model_path=spec.path)
+
+        def write_and_store() -> tuple[JobRow, StoredEvent] | None:
+            job_dir.mkdir(parents=True)
+            (job_dir / protocol.JOB_FILE).write_bytes(msgspec.json.encode(job_file))
+            request = msgspec.to_builtins(resolved)
+            first = self.store.create_job(job_id, request, {"type": "queued"}, self.settings.max_queue)
+            if first is None:
+                shutil.rmtree(job_dir)
+                return None
+            job = self.store.get_job(job_id)
+            assert job is not None
+            return job, first
+
+        created = await self.store.call(write_and_store)
+        if created is None:
+            raise QueueFull
+        job, first = created
+        self.broker.publish(job_id, first.data)
+        self.worker.enqueue(job_id)
+        return job
+
+    async def cancel(self, job: JobRow) -> None:
+        if job.finished:
+            raise Conflict(f"The job already {job.status}; there is nothing to cancel.")
+        if self.supervisor.cancel(job.id):
+            return  # the worker records `cancelled` once the runner has exited
+        await self.journal.set_status(job.id, "cancelled", message="Cancelled before it started.")
+
+    async def delete(self, job: JobRow) -> None:
+        if not job.finished:
+            raise Conflict(f"The job is {job.status}; cancel it first, then delete it.")
+        await self.store.call(self.store.delete_job, job.id)
+        await anyio.to_thread.run_sync(shutil.rmtree, self.job_dir(job.id), True)
+
+    def video_path(self, job: JobRow) -> Path | None:
+        if job.status != "succeeded":
+            return None
+        path = self.job_dir(job.id) / protocol.VIDEO_FILE
+        return path if path.is_file() else None
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts is not None else None
+
+
+def present(job: JobRow) -> JobOut:
+    base = f"/api/jobs/{job.id}"
+    return JobOut(
+        id=job.id,
+        status=job.status,
+        request=job.request,
+        progress=job.progress,
+        error=JobError(**job.error) if job.error else None,
+        result=job.result,
+        attempts=job.attempts,
+        created_at=_iso(job.created_at) or "",
+        started_at=_iso(job.started_at),
+        finished_at=_iso(job.finished_at),
+        links=JobLinks(
+            self=base,
+            page=f"/jobs/{job.id}",
+            events=f"{base}/events",
+            video=f"{base}/video" if job.status == "succeeded" else None,
+        ),
+    )

@@ -1,0 +1,1 @@
+"""HTTP handlers: pages (HTMX), api (JSON), events (SSE), files (video download)."""

@@ -1,0 +1,88 @@
+"""The JSON API (DESIGN.md, "JSON API"). Handlers stay thin: the work is in app.jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from app.jobs import Services, present
+from app.schemas import JobList, JobOut, ModelList, ModelOut
+from app.store import JobRow
+
+
+async def load_job(services: Services, job_id: str) -> JobRow:
+    job = await services.get_job(job_id)
+    if job is None:
+        raise NotFoundException(f"No job with id {job_id!r}.")
+    return job
+
+
+class JobsApi(Controller):
+    path = "/api"
+    tags = ["jobs"]
+
+    @post("/jobs", status_code=201, summary="Submit a generation request")
+    async def create_job(self, data: JSONBody[Any], services: NamedDependency[Services]) -> JobOut:
+        return present(await services.submit(data))
+
+    @get("/jobs", summary="Jobs, newest first")
+    async def list_jobs(
+        self,
+        services: NamedDependency[Services],
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        before: FromQuery[str | None] = None,
+    ) -> JobList:
+        before_seq = None
+        if before is not None:
+            before_seq = (await load_job(services, before)).seq
+        jobs = await services.store.call(services.store.list_jobs, limit + 1, before_seq)
+        page = jobs[:limit]
+        return JobList(jobs=[present(j) for j in page], next_before=page[-1].id if len(jobs) > limit else None)
+
+    @get("/jobs/{job_id:str}", summary="One job")
+    async def get_job(self, job_id: FromPath[str], services: NamedDependency[Services]) -> JobOut:
+        return present(await load_job(services, job_id))
+
+    @post("/jobs/{job_id:str}/cancel", status_code=202, summary="Cancel a queued or running job")
+    async def cancel_job(self, job_id: FromPath[str], services: NamedDependency[Services]) -> JobOut:
+        await services.cancel(await load_job(services, job_id))
+        return present(await load_job(services, job_id))
+
+    @delete("/jobs/{job_id:str}", status_code=204, summary="Delete a finished job and its files")
+    async def delete_job(self, job_id: FromPath[str], services: NamedDependency[Services]) -> None:
+        await services.delete(await load_job(services, job_id))
+
+    @get("/models", summary="Models with their constraints and defaults")
+    async def list_models(self, services: NamedDependency[Services]) -> ModelList:
+        return ModelList(
+            models=[
+                ModelOut(
+                    id=spec.id,
+                    label=spec.label,
+                    kind=spec.kind,
+                    note=spec.note,
+                    constraints=msgspec.to_builtins(spec.constraints),
+                    defaults=msgspec.to_builtins(spec.defaults),
+                    presets=[list(p) for p in spec.presets],
+                    fps_choices=list(spec.fps_choices),
+                )
+                for spec in services.settings.models().values()
+            ]
+        )
+
+
+@get("/healthz", summary="Liveness, including the worker's", tags=["health"])
+async def healthz(services: NamedDependency[Services]) -> Response[dict[str, Any]]:
+    worker = services.worker
+    queued = await services.store.call(services.store.count_with_status, "queued")
+    body = {
+        "status": "ok" if worker.alive else "worker_dead",
+        "worker": {"alive": worker.alive, "state": worker.state, "current_job": worker.current_job},
+        "queued": queued,
+    }
+    return Response(body, status_code=200 if worker.alive else 503)

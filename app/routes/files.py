@@ -1,0 +1,79 @@
+"""The finished video, with HTTP Range support so browsers can seek and start playing at once."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+from litestar import Response, get
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, HeaderParameter
+from litestar.response import Stream
+
+from app.jobs import Services
+from app.routes.api import load_job
+
+CHUNK = 256 * 1024
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
+    """(first, last) inclusive for a single satisfiable range; None for the whole file; False if unsatisfiable."""
+    if not header:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None  # several ranges or another unit: answer with the whole file, as RFC 9110 allows
+    start, end = match.groups()
+    if not start and not end:
+        return None
+    if not start:  # suffix: the last N bytes
+        length = int(end)
+        return (max(size - length, 0), size - 1) if length and size else False
+    first = int(start)
+    last = min(int(end), size - 1) if end else size - 1
+    if first >= size or last < first:
+        return False
+    return first, last
+
+
+async def _read(path: Path, first: int, last: int) -> AsyncIterator[bytes]:
+    async with await anyio.open_file(path, "rb") as f:
+        await f.seek(first)
+        remaining = last - first + 1
+        while remaining > 0:
+            chunk = await f.read(min(CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk
+
+
+@get("/api/jobs/{job_id:str}/video", summary="The job's MP4 (supports Range)", tags=["jobs"])
+async def job_video(
+    job_id: FromPath[str],
+    services: NamedDependency[Services],
+    range_header: Annotated[str | None, HeaderParameter(name="Range")] = None,
+) -> Response[bytes] | Stream:
+    job = await load_job(services, job_id)
+    path = services.video_path(job)
+    if path is None:
+        raise NotFoundException(f"Job {job_id} has no video: it is {job.status}.")
+    size = (await anyio.Path(path).stat()).st_size
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'inline; filename="{job_id}.mp4"',
+        "Cache-Control": "private, max-age=3600",
+    }
+    wanted = parse_range(range_header, size)
+    if wanted is False:
+        return Response(b"", status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    first, last = wanted if wanted else (0, size - 1)
+    if wanted:
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    headers["Content-Length"] = str(last - first + 1)
+    return Stream(_read(path, first, last), status_code=206 if wanted else 200, media_type="video/mp4", headers=headers)

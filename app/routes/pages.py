@@ -1,0 +1,167 @@
+"""HTML pages and the fragments htmx swaps in (hypermedia: the server renders, the browser shows).
+
+One URL family per thing shown: the create page with its form and the live job list, the
+job page with its live panel. Each page opens ONE event stream; elements inside it refetch
+their fragment when an event names them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from litestar import Request, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, URLEncodedBody
+from litestar.plugins.htmx import ClientRedirect, HTMXTemplate
+from litestar.response import Redirect, Template
+
+from app.jobs import Conflict, QueueFull, Services
+from app.routes.api import load_job
+from app.schemas import InvalidRequest
+from app.store import JobRow
+from gpu_runner.protocol import STAGES
+from gpu_runner.specs import ModelSpec, valid_frame_counts
+
+RECENT_JOBS = 30
+_FORM_FIELDS = ("prompt", "negative_prompt", "model", "num_frames", "fps", "steps", "guidance_scale", "seed")
+
+
+def _form_context(services: Services, values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the create form needs: the chosen model, its choices, the current values, the errors."""
+    models = services.settings.models()
+    spec = models.get(str(values.get("model") or "")) or next(iter(models.values()))
+    d = spec.defaults
+    merged: dict[str, Any] = {
+        "prompt": "",
+        "negative_prompt": d.negative_prompt,
+        "width": d.width,
+        "height": d.height,
+        "num_frames": d.num_frames,
+        "fps": d.fps,
+        "steps": d.steps,
+        "guidance_scale": d.guidance_scale,
+        "seed": "",
+    }
+    merged.update({k: v for k, v in values.items() if v is not None and v != ""})
+    merged["model"] = spec.id
+    return {
+        "models": list(models.values()),
+        "spec": spec,
+        "values": merged,
+        "errors": errors or {},
+        "frame_choices": _frame_choices(spec, merged["fps"]),
+    }
+
+
+def _frame_choices(spec: ModelSpec, fps: Any) -> list[tuple[int, str]]:
+    try:
+        rate = float(fps)
+    except (TypeError, ValueError):
+        rate = spec.defaults.fps
+    if not spec.constraints.min_fps <= rate <= spec.constraints.max_fps:
+        rate = spec.defaults.fps
+    return [(n, f"{n / rate:.2f} s ({n} frames)") for n in valid_frame_counts(spec.constraints, rate)]
+
+
+def _form_values(form: dict[str, str]) -> dict[str, Any]:
+    """Request fields from the HTML form; the resolution preset "WxH" becomes width and height."""
+    values: dict[str, Any] = {k: form[k] for k in _FORM_FIELDS if k in form}
+    width, _, height = form.get("resolution", "").partition("x")
+    if width and height:
+        values["width"], values["height"] = width, height
+    return values
+
+
+def _job_context(job: JobRow, services: Services) -> dict[str, Any]:
+    current = job.progress.get("stage")
+    reached = STAGES.index(current) if current in STAGES else -1
+    if job.status == "succeeded":
+        reached = len(STAGES)
+    timeline = [
+        {"name": name, "state": "done" if i < reached else "current" if i == reached else "pending"}
+        for i, name in enumerate(STAGES)
+    ]
+    models = services.settings.models()
+    return {"job": job, "timeline": timeline, "spec": models.get(job.request.get("model", ""))}
+
+
+@get("/", name="index")
+async def index(services: NamedDependency[Services], from_job: FromQuery[str | None] = None) -> Template:
+    """The create page. `?from_job=<id>` fills the form with that job's settings (seed included)."""
+    values: dict[str, Any] = {}
+    if from_job:
+        source = await services.get_job(from_job)
+        if source is not None:
+            values = dict(source.request)
+    jobs = await services.store.call(services.store.list_jobs, RECENT_JOBS)
+    return HTMXTemplate(template_name="index.html", context={**_form_context(services, values), "jobs": jobs})
+
+
+@get("/fragments/form", name="form_fragment")
+async def form_fragment(
+    services: NamedDependency[Services],
+    model: FromQuery[str | None] = None,
+    fps: FromQuery[str | None] = None,
+    num_frames: FromQuery[str | None] = None,
+) -> Template:
+    """The form again after the model or frame rate changed: its choices depend on both."""
+    values = {"model": model, "fps": fps, "num_frames": num_frames}
+    return HTMXTemplate(template_name="fragments/_form.html", context=_form_context(services, values))
+
+
+@post("/jobs", name="create_job")
+async def create_job(
+    request: Request, data: URLEncodedBody[dict[str, str]], services: NamedDependency[Services]
+) -> Template | ClientRedirect | Redirect:
+    values = _form_values(data)
+    try:
+        job = await services.submit(values, strict=False)
+    except InvalidRequest as exc:
+        errors = {e.field: e.message for e in exc.errors}
+        return HTMXTemplate(
+            template_name="fragments/_form.html", context=_form_context(services, values, errors), status_code=200
+        )
+    except QueueFull:
+        errors = {"form": "The queue is full; try again when some jobs have finished."}
+        return HTMXTemplate(template_name="fragments/_form.html", context=_form_context(services, values, errors))
+    url = f"/jobs/{job.id}"
+    return ClientRedirect(url) if request.headers.get("hx-request") else Redirect(url, status_code=303)
+
+
+@get("/fragments/jobs", name="jobs_fragment")
+async def jobs_fragment(services: NamedDependency[Services]) -> Template:
+    jobs = await services.store.call(services.store.list_jobs, RECENT_JOBS)
+    return HTMXTemplate(template_name="fragments/_job_rows.html", context={"jobs": jobs})
+
+
+@get("/jobs/{job_id:str}", name="job_page")
+async def job_page(job_id: FromPath[str], services: NamedDependency[Services]) -> Template:
+    job = await load_job(services, job_id)
+    return HTMXTemplate(template_name="job.html", context=_job_context(job, services))
+
+
+@get("/jobs/{job_id:str}/panel", name="job_panel")
+async def job_panel(job_id: FromPath[str], services: NamedDependency[Services]) -> Template:
+    job = await load_job(services, job_id)
+    return HTMXTemplate(template_name="fragments/_job_panel.html", context=_job_context(job, services))
+
+
+@post("/jobs/{job_id:str}/cancel", name="cancel_job_form")
+async def cancel_job_form(job_id: FromPath[str], services: NamedDependency[Services]) -> Template:
+    job = await load_job(services, job_id)
+    with contextlib.suppress(Conflict):  # it finished meanwhile: the panel below shows how
+        await services.cancel(job)
+    job = await load_job(services, job_id)
+    return HTMXTemplate(template_name="fragments/_job_panel.html", context=_job_context(job, services))
+
+
+@post("/jobs/{job_id:str}/delete", name="delete_job_form")
+async def delete_job_form(
+    request: Request, job_id: FromPath[str], services: NamedDependency[Services]
+) -> ClientRedirect | Redirect:
+    await services.delete(await load_job(services, job_id))
+    return ClientRedirect("/") if request.headers.get("hx-request") else Redirect("/", status_code=303)
+
+
+handlers = [index, form_fragment, create_job, jobs_fragment, job_page, job_panel, cancel_job_form, delete_job_form]

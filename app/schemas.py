@@ -1,0 +1,202 @@
+"""Request and response structs of the JSON API, and request validation.
+
+msgspec stops at the first error, but a person fixing a form wants every problem at once:
+each field is converted on its own, then the model spec's rules are checked together.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import msgspec
+
+from gpu_runner.protocol import ResolvedRequest
+from gpu_runner.specs import ModelSpec, violations
+
+
+class Base(msgspec.Struct, kw_only=True):
+    pass
+
+
+class GenerationRequest(Base, forbid_unknown_fields=True):
+    """What a client submits. Omitted fields take the model's defaults; an omitted seed is random."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    model: str | None = None
+    width: int | None = None
+    height: int | None = None
+    num_frames: int | None = None
+    fps: float | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    image_upload_id: str | None = None
+    image_strength: float | None = None
+
+
+class FieldError(Base):
+    field: str
+    message: str
+
+
+class ErrorResponse(Base):
+    detail: str
+    errors: list[FieldError] = []
+
+
+class InvalidRequest(Exception):
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+_FIELDS = {f.name: f for f in msgspec.structs.fields(GenerationRequest)}
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "text"}
+
+
+def _type_word(field: msgspec.structs.FieldInfo) -> str:
+    for kind, word in _TYPE_WORDS.items():
+        if kind in getattr(field.type, "__args__", (field.type,)):
+            return word
+    return "a value of the right type"
+
+
+def parse_request(raw: Any, *, strict: bool = True) -> tuple[GenerationRequest, list[FieldError]]:
+    """Convert client data field by field: the well-typed fields, and an error for each other one.
+
+    A field with the wrong type is left out (so the rules below still check the rest).
+    `strict=False` accepts numbers written as strings and treats blank strings as omitted,
+    which is what an HTML form sends.
+    """
+    if not isinstance(raw, dict):
+        return GenerationRequest(prompt=""), [
+            FieldError(field="body", message="must be a JSON object of request fields")
+        ]
+    errors: list[FieldError] = []
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        field = _FIELDS.get(name)
+        if field is None:
+            known = ", ".join(_FIELDS)
+            errors.append(FieldError(field=name, message=f"is not a request field; the fields are: {known}"))
+            continue
+        if not strict and isinstance(value, str) and not value.strip() and name not in ("prompt", "negative_prompt"):
+            continue
+        try:
+            values[name] = msgspec.convert(value, field.type, strict=strict)
+        except msgspec.ValidationError:
+            errors.append(FieldError(field=name, message=f"must be {_type_word(field)}, not {value!r}"[:200]))
+    if "prompt" not in values:
+        if "prompt" not in raw:
+            errors.append(FieldError(field="prompt", message="is required; describe the clip you want"))
+        values["prompt"] = ""
+    return GenerationRequest(**values), errors
+
+
+def validate_request(
+    raw: Any, models: dict[str, ModelSpec], *, strict: bool = True
+) -> tuple[ResolvedRequest, ModelSpec]:
+    """Types, then the model's rules, with every problem reported at once; raises InvalidRequest."""
+    request, errors = parse_request(raw, strict=strict)
+    seen = {e.field for e in errors}
+    try:
+        resolved, spec = resolve_request(request, models)
+    except InvalidRequest as exc:
+        errors += [e for e in exc.errors if e.field not in seen]
+    if errors:
+        raise InvalidRequest(errors)
+    return resolved, spec
+
+
+def resolve_request(request: GenerationRequest, models: dict[str, ModelSpec]) -> tuple[ResolvedRequest, ModelSpec]:
+    """Fill defaults from the model's spec, choose a seed, check every rule; raises InvalidRequest."""
+    model_id = request.model or next(iter(models))
+    spec = models.get(model_id)
+    if spec is None:
+        raise InvalidRequest(
+            [FieldError(field="model", message=f"unknown model {model_id!r}; available: {', '.join(models)}")]
+        )
+    d = spec.defaults
+    resolved = ResolvedRequest(
+        prompt=request.prompt,
+        negative_prompt=d.negative_prompt if request.negative_prompt is None else request.negative_prompt,
+        model=spec.id,
+        width=d.width if request.width is None else request.width,
+        height=d.height if request.height is None else request.height,
+        num_frames=d.num_frames if request.num_frames is None else request.num_frames,
+        fps=d.fps if request.fps is None else request.fps,
+        steps=d.steps if request.steps is None else request.steps,
+        guidance_scale=d.guidance_scale if request.guidance_scale is None else request.guidance_scale,
+        seed=secrets.randbelow(spec.constraints.max_seed + 1) if request.seed is None else request.seed,
+        image_strength=d.image_strength if request.image_strength is None else request.image_strength,
+        image_upload_id=request.image_upload_id,
+    )
+    problems = violations(
+        spec,
+        prompt=resolved.prompt,
+        negative_prompt=resolved.negative_prompt,
+        width=resolved.width,
+        height=resolved.height,
+        num_frames=resolved.num_frames,
+        fps=resolved.fps,
+        steps=resolved.steps,
+        guidance_scale=resolved.guidance_scale,
+        seed=resolved.seed,
+        image_strength=resolved.image_strength,
+    )
+    if resolved.image_upload_id is not None:
+        problems.append(("image_upload_id", "image uploads are not available yet; omit this field"))
+    if problems:
+        raise InvalidRequest([FieldError(field=f, message=m) for f, m in problems])
+    return resolved, spec
+
+
+# ---- responses ---------------------------------------------------------------------
+
+
+class JobError(Base):
+    code: str
+    message: str
+
+
+class JobLinks(Base):
+    self: str
+    page: str
+    events: str
+    video: str | None
+
+
+class JobOut(Base):
+    id: str
+    status: str
+    request: dict[str, Any]
+    progress: dict[str, Any]
+    error: JobError | None
+    result: dict[str, Any] | None
+    attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    links: JobLinks
+
+
+class JobList(Base):
+    jobs: list[JobOut]
+    next_before: str | None  # pass as ?before= for the next (older) page
+
+
+class ModelOut(Base):
+    id: str
+    label: str
+    kind: str
+    note: str
+    constraints: dict[str, Any]
+    defaults: dict[str, Any]
+    presets: list[list[int]]
+    fps_choices: list[float]
+
+
+class ModelList(Base):
+    models: list[ModelOut]

@@ -1,0 +1,227 @@
+"""SQLite job store: jobs, their append-only events, the source of truth for the queue.
+
+One connection in WAL mode, reached from worker threads through a one-slot limiter so
+the event loop never waits on disk and the connection is never used concurrently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+STATUSES = TERMINAL | {"queued", "running", "interrupted"}
+
+
+def empty_progress() -> dict[str, Any]:
+    """A job's progress before its runner has said anything."""
+    return {"stage": None, "step": 0, "total": 0, "percent": 0.0, "eta_s": None, "tiles_done": 0, "tiles_total": 0}
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    progress TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    result TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (job_id, id)
+) WITHOUT ROWID;
+"""
+
+
+class JobRow(msgspec.Struct, frozen=True):
+    seq: int
+    id: str
+    status: str
+    request: dict[str, Any]
+    progress: dict[str, Any]
+    error: dict[str, Any] | None
+    result: dict[str, Any] | None
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    id: int
+    type: str
+    data: dict[str, Any]  # the event as JSON, including "type" and "id"
+
+
+class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """Column changes that go into the same transaction as one event."""
+
+    status: str | None = None
+    progress: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    start_attempt: bool = False
+
+
+_JOB_COLUMNS = "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at"
+
+
+def _row_to_job(row: tuple) -> JobRow:
+    seq, job_id, status, request, progress, error, result, attempts, created, started, finished = row
+    return JobRow(
+        seq=seq,
+        id=job_id,
+        status=status,
+        request=json.loads(request),
+        progress=json.loads(progress),
+        error=json.loads(error) if error else None,
+        result=json.loads(result) if result else None,
+        attempts=attempts,
+        created_at=created,
+        started_at=started,
+        finished_at=finished,
+    )
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._limiter = anyio.CapacityLimiter(1)
+
+    def close(self) -> None:
+        self._db.close()
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of the synchronous methods below in a worker thread, one at a time."""
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
+
+    # ---- synchronous API (call through `call` from async code) --------------------
+
+    def create_job(
+        self, job_id: str, request: dict[str, Any], first_event: dict[str, Any], max_queued: int
+    ) -> StoredEvent | None:
+        """Insert a job with its first event; None (nothing written) when `max_queued` jobs already wait."""
+        now = time.time()
+        with self._transaction():
+            if self.count_with_status("queued") >= max_queued:
+                return None
+            self._db.execute(
+                "INSERT INTO jobs (id, status, request, progress, created_at) VALUES (?, ?, ?, ?, ?)",
+                (job_id, first_event["type"], json.dumps(request), json.dumps(empty_progress()), now),
+            )
+            return self._append(job_id, first_event, now)
+
+    def record(self, job_id: str, event: dict[str, Any], update: JobUpdate | None = None) -> StoredEvent:
+        """Append one event and apply its column changes atomically; the event gets the next id."""
+        now = time.time()
+        with self._transaction():
+            stored = self._append(job_id, event, now)
+            if update is not None:
+                self._apply(job_id, update, now)
+        return stored
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _row_to_job(row) if row else None
+
+    def list_jobs(self, limit: int, before_seq: int | None = None) -> list[JobRow]:
+        if before_seq is None:
+            rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
+        else:
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?", (before_seq, limit)
+            )
+        return [_row_to_job(r) for r in rows]
+
+    def jobs_with_status(self, statuses: Iterable[str]) -> list[JobRow]:
+        wanted = list(statuses)
+        marks = ",".join("?" * len(wanted))
+        rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY seq", wanted)
+        return [_row_to_job(r) for r in rows]
+
+    def count_with_status(self, status: str) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
+
+    def events_after(self, job_id: str, after_id: int) -> list[StoredEvent]:
+        rows = self._db.execute(
+            "SELECT id, type, data FROM job_events WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after_id)
+        )
+        return [StoredEvent(id=i, type=t, data=json.loads(d)) for i, t, d in rows]
+
+    def delete_job(self, job_id: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # ---- internals ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _append(self, job_id: str, event: dict[str, Any], now: float) -> StoredEvent:
+        (last,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM job_events WHERE job_id = ?", (job_id,)).fetchone()
+        data = {**event, "id": last + 1}
+        self._db.execute(
+            "INSERT INTO job_events (job_id, id, type, data, at) VALUES (?, ?, ?, ?, ?)",
+            (job_id, last + 1, event["type"], json.dumps(data), now),
+        )
+        return StoredEvent(id=last + 1, type=event["type"], data=data)
+
+    def _apply(self, job_id: str, update: JobUpdate, now: float) -> None:
+        sets: list[str] = []
+        values: list[Any] = []
+        if update.status is not None:
+            sets.append("status = ?")
+            values.append(update.status)
+            if update.status in TERMINAL:
+                sets.append("finished_at = ?")
+                values.append(now)
+        for column in ("progress", "error", "result"):
+            value = getattr(update, column)
+            if value is not None:
+                sets.append(f"{column} = ?")
+                values.append(json.dumps(value))
+        if update.start_attempt:
+            sets += ["attempts = attempts + 1", "started_at = ?", "finished_at = NULL", "error = NULL"]
+            values.append(now)
+        if sets:
+            self._db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*values, job_id))

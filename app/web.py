@@ -1,0 +1,134 @@
+"""The Litestar application: services, lifespan (worker + recovery), error handling, templates."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.htmx import HTMXPlugin
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from app.broker import Broker
+from app.config import Settings
+from app.jobs import Conflict, QueueFull, Services
+from app.journal import Journal
+from app.queue import Worker
+from app.routes import api, events, files, pages
+from app.runner import Supervisor
+from app.schemas import ErrorResponse, FieldError, InvalidRequest
+from app.store import Store
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+RETRY_AFTER_S = 30
+
+
+def build_services(settings: Settings) -> Services:
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.db_path)
+    broker = Broker()
+    journal = Journal(store, broker)
+    supervisor = Supervisor(settings.runner_python, journal, settings.cancel_grace_s)
+    worker = Worker(store, journal, supervisor, settings.jobs_dir, settings.runner_python)
+    return Services(
+        settings=settings, store=store, broker=broker, journal=journal, supervisor=supervisor, worker=worker
+    )
+
+
+def _error(status: int, detail: str, errors: list[FieldError] | None = None, **headers: str) -> Response[ErrorResponse]:
+    return Response(ErrorResponse(detail=detail, errors=errors or []), status_code=status, headers=headers or None)
+
+
+def _invalid(_: Request, exc: InvalidRequest) -> Response[ErrorResponse]:
+    return _error(400, f"Invalid request: {exc}", exc.errors)
+
+
+def _validation(_: Request, exc: ValidationException) -> Response[ErrorResponse]:
+    errors = [
+        FieldError(field=str(e.get("key") or e.get("source") or "body"), message=str(e.get("message")))
+        for e in (exc.extra if isinstance(exc.extra, list) else [])
+        if isinstance(e, dict)
+    ] or [FieldError(field="body", message=exc.detail)]
+    return _error(400, f"Invalid request: {exc.detail}", errors)
+
+
+def _http(_: Request, exc: HTTPException) -> Response[ErrorResponse]:
+    errors = [FieldError(field="body", message=exc.detail)] if exc.status_code == 400 else None
+    return _error(exc.status_code, exc.detail, errors, **(exc.headers or {}))
+
+
+def _queue_full(_: Request, __: QueueFull) -> Response[ErrorResponse]:
+    return _error(
+        429,
+        "The queue is full; try again when some jobs have finished.",
+        **{"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def _conflict(_: Request, exc: Conflict) -> Response[ErrorResponse]:
+    return _error(409, str(exc))
+
+
+def _unexpected(request: Request, exc: Exception) -> Response[ErrorResponse]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "The portal hit an internal error; it is logged on the server.")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    services = build_services(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        async def run_worker() -> None:
+            try:
+                await services.worker.run(settings.demo_model_dir if "demo" in settings.models() else None)
+            except Exception:  # the lifespan must outlive a dead worker; /healthz reports it
+                log.exception("the worker stopped")
+
+        await services.worker.recover()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_worker)
+            try:
+                yield
+            finally:
+                services.broker.close()
+                tg.cancel_scope.cancel()
+        services.store.close()
+
+    return Litestar(
+        route_handlers=[
+            api.JobsApi,
+            api.healthz,
+            events.job_events,
+            events.all_job_events,
+            files.job_video,
+            *pages.handlers,
+            create_static_files_router(path="/static", directories=[ROOT / "static"]),
+        ],
+        dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
+        lifespan=[lifespan],
+        exception_handlers={
+            InvalidRequest: _invalid,
+            ValidationException: _validation,
+            QueueFull: _queue_full,
+            Conflict: _conflict,
+            HTTPException: _http,
+            Exception: _unexpected,
+        },
+        template_config=TemplateConfig(directory=ROOT / "templates", engine=JinjaTemplateEngine),
+        plugins=[HTMXPlugin()],
+        openapi_config=OpenAPIConfig(title="AV Portal", version="0.1.0", path="/schema"),
+        state=State({"services": services}),
+    )
