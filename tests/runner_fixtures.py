@@ -1,0 +1,114 @@
+"""Fixtures and helpers for tests that drive the GPU runner on the demo model.
+
+conftest.py registers these (`from tests.runner_fixtures import demo_model_dir`), so every
+test directory can use them; helpers are imported directly.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import msgspec
+import numpy as np
+import pytest
+
+from gpu_runner import protocol
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DEMO_REQUEST = {
+    "prompt": "a red robot dances on the beach at sunset, waves crash",
+    "negative_prompt": "",
+    "model": "demo",
+    "width": 256,
+    "height": 160,
+    "num_frames": 25,
+    "fps": 24.0,
+    "steps": 8,
+    "guidance_scale": 3.0,
+    "seed": 1234,
+    "image_strength": 1.0,
+}
+JOB_FIELDS = {f.name for f in msgspec.structs.fields(protocol.JobFile)}
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model, built once per test session with the project's own command."""
+    target = tmp_path_factory.mktemp("models") / "demo"
+    subprocess.run([sys.executable, "-m", "gpu_runner", "demo-model", str(target)], cwd=REPO_ROOT, check=True)
+    return target
+
+
+def write_job(job_dir: Path, model_path: Path, **overrides: object) -> Path:
+    """Write a valid demo job.json into `job_dir`; overrides name JobFile or request fields.
+
+    Request fields (prompt, steps, seed, ...) go into "request"; JobFile fields (model_kind,
+    image_file, precision, ...) replace the job's own.
+    """
+    job_dir.mkdir(parents=True, exist_ok=True)
+    request = {**DEMO_REQUEST, **{k: v for k, v in overrides.items() if k not in JOB_FIELDS}}
+    job = {
+        "id": job_dir.name,
+        "model_kind": "demo",
+        "model_path": str(Path(model_path).resolve()),
+        "request": request,
+        **{k: v for k, v in overrides.items() if k in JOB_FIELDS},
+    }
+    path = job_dir / protocol.JOB_FILE
+    path.write_bytes(msgspec.json.encode(job))
+    return path
+
+
+def run_job(job_dir: Path, timeout: float = 60) -> tuple[int, list[protocol.Event], str]:
+    """Run `python -m gpu_runner run <job dir>` to completion: exit code, parsed events, stderr."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "gpu_runner", "run", str(job_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=timeout,
+    )
+    events = [protocol.decode(line) for line in completed.stdout.splitlines()]
+    return completed.returncode, events, completed.stderr.decode(errors="replace")
+
+
+@dataclass
+class Mp4:
+    """What a test wants to know about an MP4, read back with PyAV."""
+
+    video_codec: str
+    width: int
+    height: int
+    frame_rate: Fraction
+    frames: list[np.ndarray]  # decoded RGB
+    video_duration_s: float
+    audio_codec: str
+    sample_rate: int
+    audio_channels: int
+    audio_duration_s: float
+    stream_count: int
+
+
+def read_mp4(path: Path) -> Mp4:
+    with av.open(str(path)) as container:
+        (video,) = container.streams.video
+        (audio,) = container.streams.audio
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video)]
+        return Mp4(
+            video_codec=video.codec_context.name,
+            width=video.codec_context.width,
+            height=video.codec_context.height,
+            frame_rate=Fraction(video.average_rate),
+            frames=frames,
+            video_duration_s=float(video.duration * video.time_base),
+            audio_codec=audio.codec_context.name,
+            sample_rate=audio.codec_context.sample_rate,
+            audio_channels=audio.codec_context.channels,
+            audio_duration_s=float(audio.duration * audio.time_base),
+            stream_count=len(container.streams),
+        )

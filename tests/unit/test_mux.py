@@ -1,0 +1,97 @@
+"""The MP4 writer: exact frames and rate, audio as long as the video, interleaved, moov first."""
+
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from gpu_runner import mux
+from tests.runner_fixtures import read_mp4
+
+SAMPLE_RATE = 24000
+ONE_AAC_FRAME_S = mux.AAC_FRAME_SAMPLES / SAMPLE_RATE
+
+
+def moving_gradient(num_frames: int, height: int, width: int) -> np.ndarray:
+    ys, xs = np.mgrid[0:height, 0:width]
+    frames = [(xs + ys + 8 * index) % 256 for index in range(num_frames)]
+    return np.stack([np.stack([f, f[::-1], 255 - f], axis=-1) for f in frames]).astype(np.uint8)
+
+
+def tone(seconds: float, channels: int = 2) -> np.ndarray:
+    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return np.tile(0.3 * np.sin(2 * np.pi * 440 * t), (channels, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fps", [24.0, 25.0, 30000 / 1001])
+def test_video_has_exactly_the_given_frames_size_and_rate(tmp_path, fps):
+    path = tmp_path / "video.mp4"
+    mux.write_mp4(path, moving_gradient(33, 160, 256), fps, tone(33 / fps), SAMPLE_RATE)
+
+    clip = read_mp4(path)
+    assert (clip.video_codec, clip.width, clip.height, len(clip.frames)) == ("h264", 256, 160, 33)
+    assert clip.frame_rate == Fraction(fps).limit_denominator(1001)
+    assert clip.video_duration_s == pytest.approx(33 / fps, abs=1e-3)
+
+
+def test_ntsc_rates_are_kept_as_exact_fractions():
+    assert mux.exact_frame_rate(30000 / 1001) == Fraction(30000, 1001)
+    assert mux.exact_frame_rate(24.0) == 24
+
+
+@pytest.mark.parametrize("audio_seconds", [0.4, 25 / 24, 3.0], ids=["short", "exact", "long"])
+def test_audio_is_trimmed_or_padded_to_the_video_duration(tmp_path, audio_seconds):
+    path = tmp_path / "video.mp4"
+    mux.write_mp4(path, moving_gradient(25, 64, 96), 24.0, tone(audio_seconds), SAMPLE_RATE)
+
+    clip = read_mp4(path)
+    assert (clip.audio_codec, clip.sample_rate, clip.audio_channels) == ("aac", SAMPLE_RATE, 2)
+    assert abs(clip.audio_duration_s - 25 / 24) <= ONE_AAC_FRAME_S
+
+
+def test_mono_audio_stays_mono(tmp_path):
+    path = tmp_path / "video.mp4"
+    mux.write_mp4(path, moving_gradient(9, 64, 64), 24.0, tone(1.0, channels=1), SAMPLE_RATE)
+
+    assert read_mp4(path).audio_channels == 1
+
+
+def test_moov_atom_comes_before_the_media_data(tmp_path):
+    path = tmp_path / "video.mp4"
+    mux.write_mp4(path, moving_gradient(25, 64, 96), 24.0, tone(1.0), SAMPLE_RATE)
+
+    data = path.read_bytes()
+    assert 0 < data.index(b"moov") < data.index(b"mdat")
+
+
+def test_audio_and_video_packets_alternate_in_time_order(tmp_path):
+    path = tmp_path / "video.mp4"
+    mux.write_mp4(path, moving_gradient(97, 64, 64), 24.0, tone(97 / 24), SAMPLE_RATE)
+
+    with av.open(str(path)) as container:
+        # By byte position: the demuxer hands packets out in time order whatever the layout.
+        placed = sorted((packet.pos, packet.stream.type) for packet in container.demux() if packet.size)
+    order = [kind for _, kind in placed]
+    # Neither stream runs ahead of the other: no second (24 packets) of one kind alone.
+    longest_run = max(len(list(run)) for _, run in itertools.groupby(order))
+    assert longest_run < 24
+
+
+def test_the_file_appears_only_when_complete(tmp_path, monkeypatch):
+    path = tmp_path / "video.mp4"
+    real_video_frame = mux._video_frame
+
+    def failing_video_frame(pixels, index, rate):
+        if index == 10:
+            raise RuntimeError("encoder died")
+        return real_video_frame(pixels, index, rate)
+
+    monkeypatch.setattr(mux, "_video_frame", failing_video_frame)
+    with pytest.raises(RuntimeError, match="encoder died"):
+        mux.write_mp4(path, moving_gradient(25, 64, 96), 24.0, tone(1.0), SAMPLE_RATE)
+
+    assert list(tmp_path.iterdir()) == []
