@@ -1,0 +1,142 @@
+"""Reading a job directory: job.json, re-validated, and every path confined to where it belongs.
+
+Torch-free, so a bad job is refused before the diffusion stack is imported.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from gpu_runner import protocol, specs
+
+# What each component directory must hold for the runner to load it.
+MODEL_SUBFOLDERS: dict[str, str] = {
+    "text_encoder": "config.json",
+    "tokenizer": "tokenizer_config.json",
+    "connectors": "config.json",
+    "transformer": "config.json",
+    "vae": "config.json",
+    "audio_vae": "config.json",
+    "vocoder": "config.json",
+    "scheduler": "scheduler_config.json",
+}
+WEIGHTLESS_SUBFOLDERS = {"tokenizer", "scheduler"}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+
+class JobError(Exception):
+    """A failure the supervisor can explain to the user: an error code and a readable message."""
+
+    def __init__(self, code: protocol.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: protocol.ErrorCode = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Job:
+    directory: Path
+    file: protocol.JobFile
+    spec: specs.ModelSpec
+    model_dir: Path
+
+    @property
+    def request(self) -> protocol.ResolvedRequest:
+        return self.file.request
+
+    def path(self, name: str) -> Path:
+        """A file in the job directory, refused if it resolves anywhere else."""
+        return confined(self.directory / name, self.directory, what=name)
+
+
+def load_job(directory: Path) -> Job:
+    """Read and re-check job.json; raises JobError(invalid_input) or JobError(model_missing)."""
+    directory = directory.resolve()
+    job_path = confined(directory / protocol.JOB_FILE, directory, what=protocol.JOB_FILE)
+    try:
+        job_file = msgspec.json.decode(job_path.read_bytes(), type=protocol.JobFile)
+    except FileNotFoundError:
+        raise JobError("invalid_input", f"{protocol.JOB_FILE} is missing from the job directory") from None
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise JobError("invalid_input", f"{protocol.JOB_FILE} is malformed: {error}") from None
+
+    spec = _spec_for(job_file)
+    _check_request(spec, job_file.request)
+    job = Job(directory=directory, file=job_file, spec=spec, model_dir=Path(job_file.model_path).resolve())
+    if job_file.image_file is not None:
+        image = job.path(job_file.image_file)
+        if not image.is_file():
+            raise JobError("invalid_input", f"image_file {job_file.image_file!r} is not in the job directory")
+    check_model_dir(job.model_dir)
+    return job
+
+
+def confined(path: Path, root: Path, *, what: str) -> Path:
+    """`path` resolved, provided it lies inside `root` (symlinks and '..' included)."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise JobError("invalid_input", f"{what} resolves outside its directory")
+    return resolved
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Every component directory present, readable and inside `model_dir`; else model_missing."""
+    model_dir = model_dir.resolve()
+    advice = "run `python -m gpu_runner demo-model <dir>` or point AVP_MODEL_DIR at a Diffusers-format LTX-2 directory"
+    if not model_dir.is_dir():
+        raise JobError("model_missing", f"model directory {model_dir} does not exist; {advice}")
+    for subfolder, config_name in MODEL_SUBFOLDERS.items():
+        problem = _subfolder_problem(model_dir, subfolder, config_name)
+        if problem:
+            raise JobError("model_missing", f"model subfolder {subfolder}/ {problem}; {advice}")
+
+
+def _subfolder_problem(model_dir: Path, subfolder: str, config_name: str) -> str | None:
+    directory = (model_dir / subfolder).resolve()
+    if not directory.is_relative_to(model_dir):
+        return "resolves outside the model directory"
+    if not directory.is_dir():
+        return "is missing"
+    try:
+        json.loads((directory / config_name).read_text())
+    except FileNotFoundError:
+        return f"has no {config_name}"
+    except (OSError, ValueError):
+        return f"has an unreadable {config_name}"
+    if subfolder not in WEIGHTLESS_SUBFOLDERS and not any(
+        entry.name.endswith(WEIGHT_SUFFIXES) for entry in directory.iterdir()
+    ):
+        return "has no weights"
+    return None
+
+
+def _spec_for(job_file: protocol.JobFile) -> specs.ModelSpec:
+    model_path = Path(job_file.model_path)
+    if not model_path.is_absolute():
+        raise JobError("invalid_input", "model_path must be absolute")
+    builders = {"demo": specs.demo_spec, "ltx-2": specs.ltx2_spec}
+    if job_file.model_kind not in builders:
+        raise JobError("invalid_input", f"model_kind {job_file.model_kind!r} is not one of {sorted(builders)}")
+    return builders[job_file.model_kind](model_path)
+
+
+def _check_request(spec: specs.ModelSpec, request: protocol.ResolvedRequest) -> None:
+    problems = specs.violations(
+        spec,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=request.width,
+        height=request.height,
+        num_frames=request.num_frames,
+        fps=request.fps,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        seed=request.seed,
+        image_strength=request.image_strength,
+    )
+    if problems:
+        raise JobError("invalid_input", "; ".join(f"{field}: {message}" for field, message in problems))

@@ -1,0 +1,86 @@
+"""Memory: which device and dtype a job runs in, freeing models, and accounting for it.
+
+All the VRAM bookkeeping lives here so the pipeline's stages stay a plain list.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+
+import torch
+
+from gpu_runner import protocol
+
+GIB = 1024**3
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The dtype the models compute in. CPUs get float32 (bf16 is slow or missing there).
+
+    "fp8" computes in bf16 too: FP8 is a storage format for the transformer's linears,
+    applied by `store_transformer`.
+    """
+    if device.type != "cuda" or precision == "fp32":
+        return torch.float32
+    return torch.bfloat16
+
+
+def store_transformer(transformer: torch.nn.Module, precision: str) -> None:
+    """Hook point for the transformer's storage precision, applied in place after loading.
+
+    FP8 storage of the block linears arrives in a later issue; until then every policy
+    keeps the weights in the compute dtype they were loaded in.
+    """
+
+
+def release(device: torch.device) -> None:
+    """Return freed tensors' memory: Python references first, then the CUDA caching allocator."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def snapshot(stage: str, device: torch.device) -> protocol.Memory:
+    """What the process holds at a stage boundary."""
+    if device.type != "cuda":
+        return protocol.Memory(
+            stage=stage,
+            device="cpu",
+            note=f"VRAM does not apply on CPU; process RSS {_rss_gib():.2f} GiB, peak {_peak_rss_gib():.2f} GiB",
+        )
+    free, _total = torch.cuda.mem_get_info(device)
+    return protocol.Memory(
+        stage=stage,
+        device=torch.cuda.get_device_name(device),
+        allocated_gib=round(torch.cuda.memory_allocated(device) / GIB, 3),
+        reserved_gib=round(torch.cuda.memory_reserved(device) / GIB, 3),
+        peak_gib=peak_vram_gib(device),
+        free_gib=round(free / GIB, 3),
+    )
+
+
+def peak_vram_gib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / GIB, 3)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _rss_gib() -> float:
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * resource.getpagesize() / GIB
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux reports KiB
