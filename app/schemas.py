@@ -66,14 +66,12 @@ def _type_word(field: msgspec.structs.FieldInfo) -> str:
 def parse_request(raw: Any, *, strict: bool = True) -> tuple[GenerationRequest, list[FieldError]]:
     """Convert client data field by field: the well-typed fields, and an error for each other one.
 
-    A field with the wrong type is left out (so the rules below still check the rest).
+    Raises InvalidRequest when the data is not an object at all. A field with the wrong type is left out (so the rules below still check the rest).
     `strict=False` accepts numbers written as strings and treats blank strings as omitted,
     which is what an HTML form sends.
     """
     if not isinstance(raw, dict):
-        return GenerationRequest(prompt=""), [
-            FieldError(field="body", message="must be a JSON object of request fields")
-        ]
+        raise InvalidRequest([FieldError(field="body", message="must be a JSON object of request fields")])
     errors: list[FieldError] = []
     values: dict[str, Any] = {}
     for name, value in raw.items():

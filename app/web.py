@@ -55,8 +55,11 @@ def _invalid(_: Request, exc: InvalidRequest) -> Response[ErrorResponse]:
 
 
 def _validation(_: Request, exc: ValidationException) -> Response[ErrorResponse]:
+    def field(key: object) -> str:
+        return "body" if key in (None, "", "data") else str(key)  # handlers name the request body `data`
+
     errors = [
-        FieldError(field=str(e.get("key") or e.get("source") or "body"), message=str(e.get("message")))
+        FieldError(field=field(e.get("key")), message=str(e.get("message")))
         for e in (exc.extra if isinstance(exc.extra, list) else [])
         if isinstance(e, dict)
     ] or [FieldError(field="body", message=exc.detail)]

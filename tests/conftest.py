@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.portal import Portal, prepare_data_dir
+from tests.runner_fixtures import demo_model_dir  # noqa: F401  (registers the session fixture)
+
+
+@pytest.fixture
+def make_portal(tmp_path: Path, demo_model_dir: Path) -> Iterator:  # noqa: F811
+    """Start real portals (uvicorn subprocesses) on fresh data dirs; all are stopped afterwards."""
+    started: list[Portal] = []
+
+    def make(data_dir: Path | None = None, **env: str) -> Portal:
+        if data_dir is None:
+            data_dir = prepare_data_dir(tmp_path / f"data{len(started)}", demo_model_dir)
+        portal = Portal(data_dir=data_dir, env=env).start()
+        started.append(portal)
+        return portal
+
+    yield make
+    for portal in started:
+        portal.stop()
+
+
+@pytest.fixture
+def portal(make_portal) -> Portal:
+    return make_portal()

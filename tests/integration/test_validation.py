@@ -1,0 +1,72 @@
+"""Bad requests get a 400 naming every bad field, with the nearest valid values, and create nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.portal import Portal
+
+CASES = [
+    ({"width": 500}, {"width": "nearest valid: 480 or 512"}),
+    ({"height": 100}, {"height": "nearest valid: 96 or 128"}),
+    ({"num_frames": 100}, {"num_frames": "not 8k+1; nearest valid: 97 or 105"}),
+    ({"num_frames": 1}, {"num_frames": "below the minimum 9"}),
+    ({"num_frames": 489}, {"num_frames": "above the maximum 481"}),
+    ({"num_frames": 481, "fps": 12}, {"num_frames": "at 12 fps use at most 241"}),
+    ({"prompt": ""}, {"prompt": "empty"}),
+    ({"prompt": "   "}, {"prompt": "empty"}),
+    ({"prompt": "x" * 4001}, {"prompt": "limit is 4000"}),
+    ({"width": "wide"}, {"width": "must be a whole number"}),
+    ({"steps": 2.5}, {"steps": "must be a whole number"}),
+    ({"fps": "fast"}, {"fps": "must be a number"}),
+    ({"prompt": 7}, {"prompt": "must be text"}),
+    ({"model": "sora"}, {"model": "unknown model 'sora'; available: demo"}),
+    ({"steps": 0}, {"steps": "outside 1..100"}),
+    ({"steps": -3}, {"steps": "outside 1..100"}),
+    ({"width": 4096}, {"width": "above the maximum 2048"}),
+    ({"seed": -1}, {"seed": "outside"}),
+    ({"colour": "red"}, {"colour": "not a request field"}),
+    (
+        {"width": 500, "num_frames": 100, "steps": 0, "prompt": "", "fps": "x"},
+        {"width": "480 or 512", "num_frames": "97 or 105", "steps": "1..100", "prompt": "empty", "fps": "number"},
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def shared_portal(tmp_path_factory, demo_model_dir):
+    from tests.portal import Portal, prepare_data_dir
+
+    portal = Portal(data_dir=prepare_data_dir(tmp_path_factory.mktemp("validation") / "data", demo_model_dir), env={})
+    portal.start()
+    yield portal
+    portal.stop()
+
+
+@pytest.mark.parametrize(("fields", "expected"), CASES, ids=[",".join(c[0]) for c in CASES])
+def test_invalid_requests_are_refused_with_every_field_named(shared_portal: Portal, fields, expected) -> None:
+    body = {"prompt": "a red ball", **fields}
+    with shared_portal.client() as c:
+        response = c.post("/api/jobs", json=body)
+        assert response.status_code == 400, response.text
+        errors = {e["field"]: e["message"] for e in response.json()["errors"]}
+        assert set(errors) == set(expected)
+        for field_name, fragment in expected.items():
+            assert fragment in errors[field_name]
+        assert c.get("/api/jobs").json()["jobs"] == [], "no job row was created"
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b""])
+def test_a_body_that_is_not_a_json_object_is_a_400_naming_the_body(shared_portal: Portal, body: bytes) -> None:
+    with shared_portal.client() as c:
+        response = c.post("/api/jobs", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert [e["field"] for e in response.json()["errors"]] == ["body"]
+        assert c.get("/api/jobs").json()["jobs"] == []
+
+
+def test_unknown_jobs_are_404_not_500(shared_portal: Portal) -> None:
+    with shared_portal.client() as c:
+        for path in ("/api/jobs/0123", "/api/jobs/../../etc/passwd", "/api/jobs/" + "a" * 32 + "/video"):
+            assert c.get(path).status_code == 404, path
+        assert c.post("/api/jobs/" + "f" * 32 + "/cancel").status_code == 404

@@ -1,0 +1,144 @@
+"""A real portal for integration tests: `python -m app serve` on a loopback port, in its own data dir.
+
+Tests talk to it over HTTP (httpx, httpx-sse) exactly as a client would. The process is
+always killed in `stop()`, also when a test fails half-way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import ServerSentEvent, connect_sse
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def runner_processes(job_dir: Path) -> list[int]:
+    """PIDs of live processes whose command line names this job directory (its runner)."""
+    pids = []
+    needle = str(job_dir).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "cmdline").read_bytes():
+                stat = (entry / "stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] != "Z":  # zombies are gone already
+                    pids.append(int(entry.name))
+    return pids
+
+
+@dataclass
+class Portal:
+    data_dir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> Portal:
+        self.log_path = self.data_dir.parent / f"portal-{self.port}.log"
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=REPO_ROOT,
+            env={**os.environ, "AVP_DATA_DIR": str(self.data_dir), **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"portal exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.base_url + "/healthz", timeout=1).status_code in (200, 503):
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError(f"portal did not answer within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> float:
+        """Signal the portal and wait for it; returns the seconds it took to exit."""
+        if self.process is None or self.process.poll() is not None:
+            return 0.0
+        began = time.monotonic()
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return time.monotonic() - began
+
+    # ---- the API, as a client uses it ----------------------------------------------
+
+    def client(self, timeout: float = 30) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def submit(self, **fields: Any) -> dict[str, Any]:
+        with self.client() as c:
+            response = c.post("/api/jobs", json={"prompt": "a red ball bouncing with clicks", **fields})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        with self.client() as c:
+            return c.get(f"/api/jobs/{job_id}").raise_for_status().json()
+
+    def wait(self, job_id: str, statuses: set[str] = TERMINAL, timeout: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job["status"] in statuses:
+                return job
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+
+    def events(self, job_id: str, last_event_id: int | None = None, timeout: float = 90) -> Iterator[ServerSentEvent]:
+        """The job's SSE stream; ends after its terminal event."""
+        headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+        with (
+            httpx.Client(base_url=self.base_url, timeout=timeout) as c,
+            connect_sse(c, "GET", f"/api/jobs/{job_id}/events", headers=headers) as source,
+        ):
+            yield from source.iter_sse()
+
+    def wait_for_event(self, job_id: str, event_type: str, timeout: float = 90) -> dict[str, Any]:
+        for sse in self.events(job_id, timeout=timeout):
+            if sse.event == event_type:
+                return json.loads(sse.data)
+        raise AssertionError(f"job {job_id} ended without a {event_type!r} event")
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.data_dir / "jobs" / job_id
+
+
+def prepare_data_dir(data_dir: Path, demo_model_dir: Path) -> Path:
+    """A data dir with the session's demo model already in place (so each portal starts at once)."""
+    shutil.copytree(demo_model_dir, data_dir / "models" / "demo")
+    return data_dir
