@@ -66,9 +66,9 @@ def _type_word(field: msgspec.structs.FieldInfo) -> str:
 def parse_request(raw: Any, *, strict: bool = True) -> tuple[GenerationRequest, list[FieldError]]:
     """Convert client data field by field: the well-typed fields, and an error for each other one.
 
-    Raises InvalidRequest when the data is not an object at all. A field with the wrong type is left out (so the rules below still check the rest).
-    `strict=False` accepts numbers written as strings and treats blank strings as omitted,
-    which is what an HTML form sends.
+    Raises InvalidRequest when the data is not an object at all. A field with the wrong type
+    is left out, so the model's rules still check the rest. `strict=False` accepts numbers
+    written as strings and treats blank strings as omitted, which is what an HTML form sends.
     """
     if not isinstance(raw, dict):
         raise InvalidRequest([FieldError(field="body", message="must be a JSON object of request fields")])

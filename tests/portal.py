@@ -61,14 +61,14 @@ class Portal:
 
     def start(self, timeout: float = 30) -> Portal:
         self.log_path = self.data_dir.parent / f"portal-{self.port}.log"
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO_ROOT,
-            env={**os.environ, "AVP_DATA_DIR": str(self.data_dir), **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=REPO_ROOT,
+                env={**os.environ, "AVP_DATA_DIR": str(self.data_dir), **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
