@@ -1,0 +1,162 @@
+"""`python -m gpu_runner run <job dir>` as the web process runs it: a real subprocess on the demo model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpu_runner import protocol
+from tests.runner_fixtures import REPO_ROOT, read_mp4, run_job, write_job
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def finished_job(demo_model_dir, tmp_path_factory):
+    """The demo's default job, run once for the tests that read its transcript and video."""
+    job_dir = tmp_path_factory.mktemp("jobs") / "default"
+    write_job(job_dir, demo_model_dir, steps=STEPS)
+    exit_code, events, stderr = run_job(job_dir)
+    assert exit_code == 0, stderr
+    return job_dir, events
+
+
+def of_type(events, kind):
+    return [event for event in events if isinstance(event, kind)]
+
+
+def test_the_transcript_walks_every_stage_in_order_with_memory_at_each_boundary(finished_job):
+    _, events = finished_job
+
+    assert [stage.name for stage in of_type(events, protocol.Stage)] == list(protocol.STAGES)
+    assert [memory.stage for memory in of_type(events, protocol.Memory)] == list(protocol.STAGES)
+    assert all(memory.device == "cpu" and memory.allocated_gib is None for memory in of_type(events, protocol.Memory))
+    stage_times = [stage.t for stage in of_type(events, protocol.Stage)]
+    assert stage_times == sorted(stage_times)
+
+
+def test_every_denoising_step_is_reported_with_a_shrinking_eta(finished_job):
+    _, events = finished_job
+    steps = of_type(events, protocol.Step)
+
+    assert [(step.step, step.total) for step in steps] == [(n, STEPS) for n in range(1, STEPS + 1)]
+    assert steps[-1].eta_s == 0
+    # Steps come between entering denoise and leaving it.
+    names = [getattr(event, "name", None) for event in events]
+    first_step = events.index(steps[0])
+    assert names.index("denoise") < first_step and events.index(steps[-1]) < names.index("free_transformer")
+
+
+def test_the_job_ends_with_a_result_describing_the_video(finished_job):
+    _, events = finished_job
+    result = events[-1]
+
+    assert isinstance(result, protocol.Result)
+    assert (result.file, result.frames, result.width, result.height, result.fps) == ("video.mp4", 25, 256, 160, 24.0)
+    assert result.audio_sample_rate == 24000
+    assert result.duration_s == pytest.approx(25 / 24, abs=1e-3)
+    assert result.peak_vram_gib is None
+    assert set(result.timings) == set(protocol.STAGES)
+    assert not of_type(events, protocol.Error)
+
+
+def test_the_video_holds_the_requested_frames_and_matching_audio(finished_job):
+    job_dir, _ = finished_job
+    clip = read_mp4(job_dir / "video.mp4")
+
+    assert clip.stream_count == 2
+    assert (clip.video_codec, clip.width, clip.height, len(clip.frames)) == ("h264", 256, 160, 25)
+    assert (clip.audio_codec, clip.sample_rate) == ("aac", 24000)
+    assert abs(clip.audio_duration_s - clip.video_duration_s) <= 1024 / 24000
+    assert sorted(path.name for path in job_dir.iterdir()) == ["job.json", "video.mp4"]
+
+
+def test_the_same_seed_gives_the_same_frames_and_another_seed_does_not(finished_job, demo_model_dir, tmp_path):
+    job_dir, _ = finished_job
+    first = read_mp4(job_dir / "video.mp4").frames
+
+    write_job(tmp_path / "again", demo_model_dir, steps=STEPS)
+    write_job(tmp_path / "reseeded", demo_model_dir, steps=STEPS, seed=4321)
+    for name in ("again", "reseeded"):
+        exit_code, _, stderr = run_job(tmp_path / name)
+        assert exit_code == 0, stderr
+
+    again = read_mp4(tmp_path / "again" / "video.mp4").frames
+    reseeded = read_mp4(tmp_path / "reseeded" / "video.mp4").frames
+    assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], reseeded[0])
+
+
+def test_an_invalid_request_exits_2_with_an_invalid_input_error(demo_model_dir, tmp_path):
+    write_job(tmp_path / "job", demo_model_dir, width=250, num_frames=26)
+
+    exit_code, events, _ = run_job(tmp_path / "job")
+
+    assert exit_code == protocol.EXIT_INVALID_INPUT
+    (error,) = events
+    assert error.code == "invalid_input" and "width" in error.message and "num_frames" in error.message
+    assert not (tmp_path / "job" / "video.mp4").exists()
+
+
+def test_a_missing_model_subfolder_exits_4_naming_it(demo_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(demo_model_dir, model)
+    shutil.rmtree(model / "vocoder")
+    write_job(tmp_path / "job", model)
+
+    exit_code, events, _ = run_job(tmp_path / "job")
+
+    assert exit_code == protocol.EXIT_MODEL_MISSING
+    (error,) = events
+    assert error.code == "model_missing" and "vocoder" in error.message
+
+
+def test_sigterm_during_denoising_exits_143_leaving_no_video(demo_model_dir, tmp_path):
+    job_dir = tmp_path / "job"
+    # Enough work that denoising is still running when the signal lands.
+    write_job(job_dir, demo_model_dir, steps=100, width=512, height=288, num_frames=49)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "gpu_runner", "run", str(job_dir)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        events = []
+        for line in runner.stdout:
+            events.append(protocol.decode(line))
+            if isinstance(events[-1], protocol.Step):
+                runner.send_signal(signal.SIGTERM)
+                break
+        events += [protocol.decode(line) for line in runner.stdout]
+        exit_code = runner.wait(timeout=30)
+    finally:
+        runner.kill()
+
+    assert exit_code == protocol.EXIT_CANCELLED_TERM
+    assert isinstance(events[-1], protocol.Error) and events[-1].code == "cancelled"
+    assert len(of_type(events, protocol.Step)) < 100
+    assert "decode_video" not in [stage.name for stage in of_type(events, protocol.Stage)]
+    assert sorted(path.name for path in job_dir.iterdir()) == ["job.json"]
+
+
+def test_a_runner_whose_parent_is_already_gone_exits_at_once(demo_model_dir, tmp_path):
+    write_job(tmp_path / "job", demo_model_dir)
+    environment = {**os.environ, "AVP_PARENT_PID": str(os.getpid() + 1_000_000)}
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "gpu_runner", "run", str(tmp_path / "job")],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        timeout=30,
+    )
+
+    assert completed.returncode == protocol.EXIT_CANCELLED_TERM
+    assert completed.stdout == b""

@@ -1,0 +1,80 @@
+"""The demo model: LTX-2's architecture and compression at a tiny size, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from diffusers import AutoencoderKLLTX2Video, LTX2Pipeline
+
+from gpu_runner import specs
+from gpu_runner.demo_model import build_demo_model, is_complete
+
+
+def file_digests(directory):
+    return {
+        path.relative_to(directory): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize(("frames", "height", "width"), [(9, 64, 96), (25, 160, 256)])
+def test_video_vae_compresses_32x_in_space_and_8x_in_time_after_a_causal_first_frame(
+    demo_model_dir, frames, height, width
+):
+    vae = AutoencoderKLLTX2Video.from_pretrained(demo_model_dir / "vae")
+    video = torch.rand(1, 3, frames, height, width) * 2 - 1
+
+    with torch.no_grad():
+        latents = vae.encode(video).latent_dist.mode()
+        decoded = vae.decode(latents).sample
+
+    assert latents.shape[2:] == ((frames - 1) // 8 + 1, height // 32, width // 32)
+    assert decoded.shape == video.shape
+    assert (vae.spatial_compression_ratio, vae.temporal_compression_ratio) == (32, 8)
+
+
+def test_the_directory_loads_as_an_ltx2_pipeline_whose_parts_fit_together(demo_model_dir):
+    pipe = LTX2Pipeline.from_pretrained(demo_model_dir)
+
+    assert pipe.text_encoder.config.text_config.hidden_size == pipe.connectors.config.caption_channels
+    assert pipe.connectors.config.caption_channels == pipe.transformer.config.caption_channels
+    assert pipe.transformer.config.in_channels == pipe.vae.config.latent_channels
+    # The vocoder turns 16 kHz mel frames (hop 160) into 24 kHz audio, as LTX-2.0's does.
+    mel_frames_per_second = pipe.audio_vae.config.sample_rate / pipe.audio_vae.config.mel_hop_length
+    assert pipe.vocoder.config.output_sampling_rate == 24000
+    assert mel_frames_per_second * pipe.vocoder.total_upsample_factor == 24000
+    assert pipe.tokenizer("a dog runs").input_ids[0] == pipe.tokenizer.bos_token_id
+
+
+def test_the_demo_model_is_small(demo_model_dir):
+    size = sum(path.stat().st_size for path in demo_model_dir.rglob("*") if path.is_file())
+    assert size < 10 * 1024**2
+
+
+def test_a_build_is_reproducible_reused_and_leaves_nothing_behind(tmp_path, demo_model_dir):
+    target = tmp_path / "demo"
+    build_demo_model(target)
+    manifest_written = (target / specs.DEMO_MANIFEST).stat().st_mtime_ns
+
+    build_demo_model(target)
+
+    assert is_complete(target)
+    assert (target / specs.DEMO_MANIFEST).stat().st_mtime_ns == manifest_written
+    assert [path.name for path in tmp_path.iterdir()] == ["demo"]
+    assert file_digests(target) == file_digests(demo_model_dir)
+
+
+def test_an_incomplete_directory_is_replaced_by_a_complete_build(tmp_path):
+    target = tmp_path / "demo"
+    (target / "transformer").mkdir(parents=True)
+    (target / "transformer" / "config.json").write_text("{")  # a crash's leftovers, no manifest
+
+    assert not is_complete(target)
+    build_demo_model(target)
+
+    assert is_complete(target)
+    assert (target / "transformer" / "config.json").read_text().startswith("{\n")
+    assert [path.name for path in tmp_path.iterdir()] == ["demo"]
