@@ -80,6 +80,14 @@ def test_a_symlink_out_of_the_job_directory_is_refused(tmp_path, model_dir):
     assert refusal(tmp_path / "job").code == "invalid_input"
 
 
+def test_an_image_inside_the_job_directory_is_refused_until_image_to_video_exists(tmp_path, model_dir):
+    write_job(tmp_path / "job", model_dir, image_file="image.png")
+    (tmp_path / "job" / "image.png").write_bytes(b"png")
+
+    error = refusal(tmp_path / "job")
+    assert error.code == "invalid_input" and "image-to-video is not supported" in error.message
+
+
 def test_an_output_video_symlinked_elsewhere_is_refused(tmp_path, model_dir):
     write_job(tmp_path / "job", model_dir)
     (tmp_path / "job" / "video.mp4").symlink_to(tmp_path / "elsewhere.mp4")
