@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import msgspec
 
@@ -66,6 +67,8 @@ def load_job(directory: Path) -> Job:
 
     spec = _spec_for(job_file)
     _check_request(spec, job_file.request)
+    if job_file.precision not in (None, *get_args(specs.Precision)):
+        raise JobError("invalid_input", f"precision {job_file.precision!r} is not one of {get_args(specs.Precision)}")
     job = Job(directory=directory, file=job_file, spec=spec, model_dir=Path(job_file.model_path).resolve())
     if job_file.image_file is not None:
         image = job.path(job_file.image_file)

@@ -63,6 +63,13 @@ def test_an_unknown_model_kind_is_invalid_input(tmp_path, model_dir):
     assert error.code == "invalid_input" and "sora" in error.message
 
 
+def test_an_unknown_precision_is_invalid_input(tmp_path, model_dir):
+    write_job(tmp_path / "job", model_dir, precision="fp4")
+
+    error = refusal(tmp_path / "job")
+    assert error.code == "invalid_input" and "fp4" in error.message
+
+
 @pytest.mark.parametrize("image_file", ["../outside.png", "/etc/hostname"])
 def test_an_image_outside_the_job_directory_is_refused(tmp_path, model_dir, image_file):
     (tmp_path / "outside.png").write_bytes(b"png")
