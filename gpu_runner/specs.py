@@ -115,6 +115,9 @@ def model_specs(demo_dir: Path, model_dir: Path | None) -> dict[str, ModelSpec]:
 
 
 def _fmt(value: float) -> str:
+    """Whole numbers in full (seeds are large), others short: 4294967295, 2.5, 0.1."""
+    if isinstance(value, int) or (math.isfinite(value) and value.is_integer()):
+        return str(int(value))
     return f"{value:g}"
 
 

@@ -110,7 +110,7 @@ async def form_fragment(
     return HTMXTemplate(template_name="fragments/_form.html", context=_form_context(services, values))
 
 
-@post("/jobs", name="create_job")
+@post("/jobs", name="create_job", status_code=200)
 async def create_job(
     request: Request, data: URLEncodedBody[dict[str, str]], services: NamedDependency[Services]
 ) -> Template | ClientRedirect | Redirect:
@@ -147,7 +147,7 @@ async def job_panel(job_id: FromPath[str], services: NamedDependency[Services]) 
     return HTMXTemplate(template_name="fragments/_job_panel.html", context=_job_context(job, services))
 
 
-@post("/jobs/{job_id:str}/cancel", name="cancel_job_form")
+@post("/jobs/{job_id:str}/cancel", name="cancel_job_form", status_code=200)
 async def cancel_job_form(job_id: FromPath[str], services: NamedDependency[Services]) -> Template:
     job = await load_job(services, job_id)
     with contextlib.suppress(Conflict):  # it finished meanwhile: the panel below shows how
@@ -156,7 +156,7 @@ async def cancel_job_form(job_id: FromPath[str], services: NamedDependency[Servi
     return HTMXTemplate(template_name="fragments/_job_panel.html", context=_job_context(job, services))
 
 
-@post("/jobs/{job_id:str}/delete", name="delete_job_form")
+@post("/jobs/{job_id:str}/delete", name="delete_job_form", status_code=200)
 async def delete_job_form(
     request: Request, job_id: FromPath[str], services: NamedDependency[Services]
 ) -> ClientRedirect | Redirect:

@@ -1,0 +1,154 @@
+"""Jobs survive what happens to them: cancels, restarts, broken runners, reconnects, shutdown."""
+
+from __future__ import annotations
+
+import signal
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.portal import Portal, runner_processes
+
+# Long enough on a 2-core CPU (several seconds of denoising) to act on it while it runs.
+LONG_JOB = {"width": 512, "height": 288, "num_frames": 97, "steps": 100}
+
+
+def wait_until_gone(job_dir: Path, timeout: float) -> float:
+    began = time.monotonic()
+    while runner_processes(job_dir):
+        assert time.monotonic() - began < timeout, f"runner of {job_dir.name} still alive after {timeout} s"
+        time.sleep(0.05)
+    return time.monotonic() - began
+
+
+def test_cancelling_a_queued_job_means_it_never_runs(portal: Portal) -> None:
+    running = portal.submit(**LONG_JOB)
+    queued = portal.submit(steps=2)
+    with portal.client() as c:
+        response = c.post(f"/api/jobs/{queued['id']}/cancel")
+        assert response.status_code == 202 and response.json()["status"] == "cancelled"
+        c.post(f"/api/jobs/{running['id']}/cancel")
+    assert portal.wait(running["id"])["status"] == "cancelled"
+    job = portal.job(queued["id"])
+    assert job["status"] == "cancelled" and job["attempts"] == 0 and job["error"]["code"] == "cancelled"
+    assert not (portal.job_dir(queued["id"]) / "runner.log").exists(), "no runner was started for it"
+
+
+def test_cancelling_a_running_job_stops_its_runner_and_the_next_job_runs(portal: Portal) -> None:
+    running = portal.submit(**LONG_JOB)
+    following = portal.submit(steps=2)
+    portal.wait_for_event(running["id"], "step")
+    job_dir = portal.job_dir(running["id"])
+    assert runner_processes(job_dir), "the runner is running"
+    with portal.client() as c:
+        assert c.post(f"/api/jobs/{running['id']}/cancel").status_code == 202
+    wait_until_gone(job_dir, timeout=5)
+    job = portal.wait(running["id"])
+    assert job["status"] == "cancelled"
+    assert not (job_dir / "video.mp4").exists()
+    assert portal.wait(following["id"])["status"] == "succeeded"
+    with portal.client() as c:
+        again = c.post(f"/api/jobs/{running['id']}/cancel")
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+
+
+def test_a_sigkilled_portal_loses_no_job_and_reruns_the_interrupted_one(make_portal) -> None:
+    first = make_portal()
+    interrupted = first.submit(**LONG_JOB, seed=7)
+    waiting = [first.submit(steps=2, seed=s) for s in (1, 2)]
+    first.wait_for_event(interrupted["id"], "step")
+    job_dir = first.job_dir(interrupted["id"])
+    first.stop(signal.SIGKILL)
+    wait_until_gone(job_dir, timeout=5)  # the runner dies with its parent
+
+    second = make_portal(data_dir=first.data_dir)
+    rerun = second.wait(interrupted["id"], timeout=120)
+    assert rerun["status"] == "succeeded" and rerun["attempts"] == 2
+    types = [e.event for e in second.events(interrupted["id"])]
+    assert types.count("running") == 2
+    assert "interrupted" in types and types.index("interrupted") < len(types) - types[::-1].index("queued")
+    for job in waiting:
+        assert second.wait(job["id"])["status"] == "succeeded"
+    with second.client() as c:
+        assert len(c.get("/api/jobs").json()["jobs"]) == 3
+
+
+def test_reconnecting_with_last_event_id_replays_without_gap_or_duplicate(portal: Portal) -> None:
+    job = portal.submit(**{**LONG_JOB, "steps": 30})
+    seen: list[int] = []
+    for sse in portal.events(job["id"]):
+        seen.append(int(sse.id))
+        if sse.event == "step":
+            break  # the client goes away mid-job
+    rest = [sse for sse in portal.events(job["id"], last_event_id=seen[-1])]
+    assert rest[-1].event == "end"
+    seen += [int(sse.id) for sse in rest[:-1]]
+    assert seen == list(range(1, len(seen) + 1))
+    assert rest[-2].event == "succeeded"
+
+
+FAKE_RUNNER = """#!{python}
+# Wraps the real runner; misbehaves when the job's prompt asks it to.
+import json, os, sys
+args = sys.argv[1:]
+if args[:3] == ["-m", "gpu_runner", "run"]:
+    prompt = json.load(open(os.path.join(args[3], "job.json")))["request"]["prompt"]
+    if "garbage" in prompt:
+        print("hello, this is not the protocol", flush=True)
+        sys.exit(0)
+    if "crash" in prompt:
+        sys.stderr.write("Traceback (most recent call last):\\nZeroDivisionError: division by zero\\n")
+        sys.exit(1)
+    if "vanish" in prompt:
+        os.kill(os.getpid(), 9)
+os.execv({python!r}, [{python!r}, *args])
+"""
+
+
+def test_a_crashing_or_babbling_runner_fails_its_job_readably_and_the_worker_goes_on(make_portal, tmp_path) -> None:
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_RUNNER.format(python=sys.executable))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    portal = make_portal(AVP_RUNNER_PYTHON=str(fake))
+    garbage, crash, vanish = (portal.submit(prompt=p, steps=2) for p in ("garbage", "crash", "vanish"))
+    healthy = portal.submit(steps=2)
+
+    assert portal.wait(healthy["id"])["status"] == "succeeded"
+    failures = {
+        name: portal.wait(job["id"]) for name, job in (("garbage", garbage), ("crash", crash), ("vanish", vanish))
+    }
+    for job in failures.values():
+        assert job["status"] == "failed" and job["error"]["code"] == "internal"
+        assert "Traceback" not in job["error"]["message"]
+    assert "broke the progress protocol" in failures["garbage"]["error"]["message"]
+    assert "hello, this is not the protocol" in failures["garbage"]["error"]["message"]
+    assert "crashed (exit code 1)" in failures["crash"]["error"]["message"]
+    assert "killed by SIGKILL" in failures["vanish"]["error"]["message"]
+    assert "ZeroDivisionError" in (portal.job_dir(crash["id"]) / "runner.log").read_text()
+    with portal.client() as c:
+        assert c.get("/healthz").json()["worker"]["alive"] is True
+
+
+def test_shutdown_with_open_streams_is_quick_and_leaves_no_runner(portal: Portal) -> None:
+    job = portal.submit(**LONG_JOB)
+    portal.wait_for_event(job["id"], "step")
+    streams_ended: list[float] = []
+
+    def listen() -> None:
+        for _ in portal.events(job["id"]):
+            pass
+        streams_ended.append(time.monotonic())
+
+    listeners = [threading.Thread(target=listen, daemon=True) for _ in range(3)]
+    for t in listeners:
+        t.start()
+    time.sleep(0.5)
+    took = portal.stop(signal.SIGTERM)
+    assert portal.process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    assert took < 10, f"shutdown took {took:.1f} s"
+    assert not runner_processes(portal.job_dir(job["id"]))
+    for t in listeners:
+        t.join(5)
+    assert len(streams_ended) == 3

@@ -1,0 +1,78 @@
+"""The HTML side over plain HTTP: the form answers with inline errors, pages render, settings can be reused."""
+
+from __future__ import annotations
+
+import re
+
+from tests.portal import Portal
+
+HX = {"HX-Request": "true"}
+
+
+def form(**fields: str) -> dict[str, str]:
+    return {
+        "model": "demo",
+        "prompt": "a blue square moving left",
+        "resolution": "256x160",
+        "fps": "24",
+        "num_frames": "25",
+        "steps": "2",
+        "guidance_scale": "3",
+        "seed": "",
+        **fields,
+    }
+
+
+def test_the_create_page_offers_only_valid_choices_and_says_the_demo_is_noise(portal: Portal) -> None:
+    with portal.client() as c:
+        page = c.get("/").text
+    assert "random weights" in page and "AVP_MODEL_DIR" in page
+    frames = [int(n) for n in re.findall(r'<option value="(\d+)"[^>]*>[\d.]+ s \(', page)]
+    assert frames[0] == 9 and frames[-1] == 481 and all((n - 1) % 8 == 0 for n in frames)
+    assert 'src="/static/vendor/htmx-2.0.11.min.js"' in page and 'sse-connect="/events/jobs"' in page
+    with portal.client() as c:
+        assert c.get("/static/vendor/htmx-ext-sse-2.2.4.min.js").status_code == 200
+
+
+def test_a_form_with_errors_comes_back_with_each_message_beside_its_field(portal: Portal) -> None:
+    with portal.client() as c:
+        response = c.post("/jobs", data=form(prompt="", resolution="500x160", steps="0", seed="-4"), headers=HX)
+        assert response.status_code == 200
+        html = response.text
+        assert 'id="create-form"' in html
+        for field in ("prompt", "width", "steps", "seed"):
+            assert f'id="error-{field}"' in html, field
+        assert "nearest valid: 480 or 512" in html
+        assert c.get("/api/jobs").json()["jobs"] == []
+
+
+def test_a_valid_form_redirects_to_the_job_page_which_shows_the_result(portal: Portal) -> None:
+    with portal.client() as c:
+        response = c.post("/jobs", data=form(seed="99"), headers=HX)
+        assert response.status_code == 200 and response.headers["HX-Redirect"].startswith("/jobs/")
+        job_id = response.headers["HX-Redirect"].rsplit("/", 1)[1]
+        plain = c.post("/jobs", data=form())
+        assert plain.status_code == 303
+        portal.wait(job_id)
+        page = c.get(f"/jobs/{job_id}").text
+        assert f'sse-connect="/api/jobs/{job_id}/events"' in page and 'sse-close="end"' in page
+        assert f'src="/api/jobs/{job_id}/video"' in page and "Download MP4" in page
+        again = c.get(f"/?from_job={job_id}").text
+        assert 'name="seed" value="99"' in again and "a blue square moving left" in again
+
+
+def test_the_job_list_fragment_shows_every_recent_job(portal: Portal) -> None:
+    ids = [portal.submit(steps=1, prompt=f"clip {i}")["id"] for i in range(3)]
+    with portal.client() as c:
+        rows = c.get("/fragments/jobs").text
+    assert all(f'id="job-{i}"' in rows for i in ids)
+    assert rows.index(ids[2]) < rows.index(ids[0]), "newest first"
+
+
+def test_prompts_are_escaped_in_pages(portal: Portal) -> None:
+    job = portal.submit(prompt="<script>alert(1)</script>", steps=1)
+    with portal.client() as c:
+        page = c.get(f"/jobs/{job['id']}").text
+        rows = c.get("/fragments/jobs").text
+    assert "<script>alert(1)</script>" not in page + rows
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page

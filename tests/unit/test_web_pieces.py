@@ -1,0 +1,185 @@
+"""Small pieces of the web process, each on its own: progress, outcome classification, ranges, broker, store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from app.broker import ALL_JOBS, SUBSCRIBER_BUFFER, Broker
+from app.config import Settings, SettingsError
+from app.journal import progress_after
+from app.routes.files import parse_range
+from app.runner import _classify, _Transcript
+from app.store import JobUpdate, Store, empty_progress
+from gpu_runner import protocol
+
+
+def test_progress_moves_forward_through_the_stages_and_steps() -> None:
+    progress = empty_progress()
+    seen = []
+    for event in [
+        protocol.Stage(name="load_text_encoder", t=0),
+        protocol.Stage(name="denoise", t=1),
+        protocol.Step(step=5, total=10, elapsed_s=1, eta_s=1),
+        protocol.Step(step=10, total=10, elapsed_s=2, eta_s=0),
+        protocol.Stage(name="decode_video", t=3),
+        protocol.Stage(name="mux", t=4),
+        protocol.Result(
+            file="video.mp4",
+            frames=9,
+            fps=24,
+            width=64,
+            height=64,
+            audio_sample_rate=24000,
+            duration_s=0.375,
+            peak_vram_gib=None,
+            timings={},
+        ),
+    ]:
+        progress = progress_after(progress, event) or progress
+        seen.append(progress["percent"])
+    assert seen == sorted(seen) and seen[-1] == 100.0
+    assert progress["stage"] == "mux" and (progress["step"], progress["total"]) == (10, 10)
+    assert progress_after(progress, protocol.Memory(stage="mux", device="cpu")) is None
+
+
+def _transcript(result: bool = False, error: protocol.Error | None = None, violation: str | None = None):
+    t = _Transcript()
+    if result:
+        t.result = protocol.Result(
+            file="video.mp4",
+            frames=9,
+            fps=24,
+            width=64,
+            height=64,
+            audio_sample_rate=1,
+            duration_s=1,
+            peak_vram_gib=None,
+            timings={},
+        )
+    t.last_error, t.violation = error, violation
+    return t
+
+
+@pytest.mark.parametrize(
+    ("code", "cancelled", "transcript", "status", "error_code", "fragment"),
+    [
+        (0, False, _transcript(result=True), "succeeded", None, None),
+        (143, True, _transcript(), "cancelled", "cancelled", "Cancelled"),
+        (-9, True, _transcript(), "cancelled", "cancelled", "Cancelled"),
+        (
+            3,
+            False,
+            _transcript(error=protocol.Error(code="out_of_memory", message="decode_video at 768x512")),
+            "failed",
+            "out_of_memory",
+            "decode_video at 768x512",
+        ),
+        (4, False, _transcript(), "failed", "model_missing", "missing or incomplete"),
+        (0, False, _transcript(), "failed", "internal", "without producing a video"),
+        (0, False, _transcript(result=True, violation="line 3 is junk"), "failed", "internal", "line 3 is junk"),
+        (-9, False, _transcript(), "failed", "internal", "SIGKILL. This is usually the system running out of memory"),
+        (143, False, _transcript(), "failed", "internal", "signal the portal did not send"),
+        (
+            1,
+            False,
+            _transcript(error=protocol.Error(code="internal", message="bad tensor")),
+            "failed",
+            "internal",
+            "bad tensor",
+        ),
+        (7, False, _transcript(), "failed", "internal", "crashed (exit code 7)"),
+    ],
+)
+def test_runner_exits_are_classified_from_exit_code_and_last_error(
+    code, cancelled, transcript, status, error_code, fragment
+) -> None:
+    outcome = _classify(code, cancelled, transcript)
+    assert (outcome.status, outcome.code) == (status, error_code)
+    if fragment:
+        assert fragment in outcome.message
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("bytes=0-9", (0, 9)),
+        ("bytes=10-", (10, 99)),
+        ("bytes=-10", (90, 99)),
+        ("bytes=90-200", (90, 99)),
+        ("bytes=100-", False),
+        ("bytes=5-2", False),
+        ("bytes=0-1,5-6", None),
+        ("items=0-1", None),
+    ],
+)
+def test_range_headers(header, expected) -> None:
+    assert parse_range(header, 100) == expected
+
+
+def test_a_subscriber_that_falls_behind_is_dropped_and_the_publisher_never_waits() -> None:
+    async def scenario() -> None:
+        broker = Broker()
+        with broker.subscribe("job") as slow, broker.subscribe(ALL_JOBS) as page:
+            for i in range(SUBSCRIBER_BUFFER + 5):
+                broker.publish("job", {"type": "step", "id": i})
+            received = [await slow.receive() for _ in range(SUBSCRIBER_BUFFER)]
+            assert [e["id"] for e in received] == list(range(SUBSCRIBER_BUFFER))
+            with pytest.raises(anyio.EndOfStream):
+                await slow.receive()
+            assert (await page.receive())["job_id"] == "job"
+        assert broker.subscriber_count == 0
+
+    anyio.run(scenario)
+
+
+def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite3")
+    assert store.create_job("a", {"prompt": "x"}, {"type": "queued"}, max_queued=2).id == 1
+    assert store.create_job("b", {"prompt": "y"}, {"type": "queued"}, max_queued=2).id == 1
+    assert store.create_job("c", {"prompt": "z"}, {"type": "queued"}, max_queued=2) is None
+    assert store.get_job("c") is None
+    second = store.record("a", {"type": "running"}, JobUpdate(status="running", start_attempt=True))
+    assert second.id == 2 and second.data == {"type": "running", "id": 2}
+    job = store.get_job("a")
+    assert job.status == "running" and job.attempts == 1 and job.progress == empty_progress()
+    assert [e.id for e in store.events_after("a", 0)] == [1, 2]
+    assert [j.id for j in store.list_jobs(10)] == ["b", "a"]
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AVP_PORT": "eighty"}, "AVP_PORT='eighty' is not a int"),
+        ({"AVP_MAX_QUEUE": "0"}, "AVP_MAX_QUEUE='0' must be at least 1"),
+        ({"AVP_MODEL_DIR": "/no/such/dir"}, "is not a directory"),
+    ],
+)
+def test_bad_settings_name_the_variable(env, message) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_healthz_reports_a_dead_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from litestar.testing import TestClient
+
+    from app.queue import Worker
+    from app.web import create_app
+
+    async def broken(self, directory):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(Worker, "_ensure_demo_model", broken)
+    app = create_app(Settings.from_env({"AVP_DATA_DIR": str(tmp_path)}))
+    with TestClient(app) as client:
+        for _ in range(100):
+            response = client.get("/healthz")
+            if response.status_code == 503:
+                break
+            anyio.run(anyio.sleep, 0.01)
+        assert response.status_code == 503
+        assert response.json()["worker"]["alive"] is False and response.json()["status"] == "worker_dead"
