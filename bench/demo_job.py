@@ -1,0 +1,70 @@
+"""Wall time of the default demo job through the real portal, on this machine's CPU.
+
+Starts `python -m app serve` on a loopback port with a fresh data dir, submits the demo
+model's defaults N times one after another, and prints submit-to-finished wall time with
+the runner's own stage timings. CPU figures only; GPU figures live in their own scripts.
+
+    .venv/bin/python bench/demo_job.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.portal import Portal  # noqa: E402  (the same real-portal harness the tests use)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        began = time.monotonic()
+        subprocess.run(
+            [sys.executable, "-m", "gpu_runner", "demo-model", str(data_dir / "models" / "demo")],
+            check=True,
+            capture_output=True,
+        )
+        build_s = time.monotonic() - began
+        portal = Portal(data_dir=data_dir, env={}).start()
+        try:
+            rows = []
+            for _ in range(args.runs):
+                began = time.monotonic()
+                job = portal.submit()
+                done = portal.wait(job["id"], timeout=120)
+                wall = time.monotonic() - began
+                assert done["status"] == "succeeded", done["error"]
+                rows.append((wall, done["result"]["timings"]))
+        finally:
+            portal.stop()
+
+    walls = [w for w, _ in rows]
+    stages = rows[0][1].keys()
+    print(f"# Default demo job, CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(f"# request: the demo model's defaults; {args.runs} runs, one after another\n")
+    print("| figure | median | min | max |")
+    print("|---|---|---|---|")
+    print(f"| submit -> succeeded (wall) | {statistics.median(walls):.2f} s | {min(walls):.2f} s | {max(walls):.2f} s |")
+    for stage in stages:
+        values = [t[stage] for _, t in rows]
+        print(f"| runner stage {stage} | {statistics.median(values):.3f} s | {min(values):.3f} s | {max(values):.3f} s |")
+    stage_sum = [sum(t.values()) for _, t in rows]
+    print(f"| all runner stages | {statistics.median(stage_sum):.2f} s | {min(stage_sum):.2f} s | {max(stage_sum):.2f} s |")
+    print(f"| demo-model build (once) | {build_s:.2f} s | | |")
+
+
+if __name__ == "__main__":
+    main()
