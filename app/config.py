@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,12 +66,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"AVP_MODEL_DIR={model_dir!r} is not a directory; point it at a Diffusers-format "
                 "LTX-2 directory (with transformer/, vae/, text_encoder/ ...) or unset it to use the demo model"
             )
+        runner_python = env.get("AVP_RUNNER_PYTHON", "").strip() or sys.executable
+        if shutil.which(runner_python) is None:
+            raise SettingsError(
+                f"AVP_RUNNER_PYTHON={runner_python!r} is not an executable; point it at the Python "
+                "of the environment where torch and diffusers are installed"
+            )
         return cls(
             data_dir=Path(env.get("AVP_DATA_DIR", "").strip() or "data").resolve(),
             host=env.get("AVP_HOST", "").strip() or "127.0.0.1",
             port=int(number("AVP_PORT", 8000, int, 0)),
             model_dir=Path(model_dir).resolve() if model_dir else None,
-            runner_python=env.get("AVP_RUNNER_PYTHON", "").strip() or sys.executable,
+            runner_python=runner_python,
             max_queue=int(number("AVP_MAX_QUEUE", 20, int, 1)),
             cancel_grace_s=number("AVP_CANCEL_GRACE_S", 5.0),
             shutdown_grace_s=number("AVP_SHUTDOWN_GRACE_S", 3.0),

@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 
 from app.journal import Journal
-from app.runner import Supervisor
+from app.runner import Supervisor, runner_command, runner_env
 from app.store import Store
 from gpu_runner.specs import DEMO_MANIFEST
 
@@ -109,9 +109,10 @@ class Worker:
         log.info("building the demo model into %s", directory)
         with open(log_path, "wb") as build_log:
             result = await anyio.run_process(
-                [self._runner_python, "-m", "gpu_runner", "demo-model", str(directory)],
+                runner_command(self._runner_python, "demo-model", str(directory)),
                 stdout=build_log,
                 stderr=subprocess.STDOUT,
+                env=runner_env(),
                 check=False,
             )
         if result.returncode != 0:

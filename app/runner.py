@@ -32,6 +32,20 @@ MAX_LINE_BYTES = 1 << 20
 _PROJECT_ROOT = str(Path(gpu_runner.__file__).resolve().parent.parent)
 
 
+def runner_command(python: str, *args: str) -> list[str]:
+    return [python, "-m", "gpu_runner", *args]
+
+
+def runner_env() -> dict[str, str]:
+    """The runner's environment: ours, plus the project on its path (its interpreter may be another venv's)."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p),
+        "AVP_PARENT_PID": str(os.getpid()),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 class Outcome(msgspec.Struct, frozen=True):
     status: str  # succeeded, failed or cancelled
     code: str | None = None
@@ -76,20 +90,14 @@ class Supervisor:
         return True
 
     async def run(self, job_id: str, job_dir: Path) -> Outcome:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p),
-            "AVP_PARENT_PID": str(os.getpid()),
-            "PYTHONUNBUFFERED": "1",
-        }
         with open(job_dir / protocol.LOG_FILE, "ab") as stderr_log:
             process = await anyio.open_process(
-                [self._python, "-m", "gpu_runner", "run", str(job_dir)],
+                runner_command(self._python, "run", str(job_dir)),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr_log,
                 cwd=job_dir,
-                env=env,
+                env=runner_env(),
                 start_new_session=True,
             )
         child = _Child(process)

@@ -157,6 +157,7 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
         ({"AVP_PORT": "eighty"}, "AVP_PORT='eighty' is not a int"),
         ({"AVP_MAX_QUEUE": "0"}, "AVP_MAX_QUEUE='0' must be at least 1"),
         ({"AVP_MODEL_DIR": "/no/such/dir"}, "is not a directory"),
+        ({"AVP_RUNNER_PYTHON": "/no/such/python"}, "is not an executable"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message) -> None:
