@@ -55,14 +55,16 @@ def main() -> None:
     stages = rows[0][1].keys()
     print(f"# Default demo job, CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print(f"# request: the demo model's defaults; {args.runs} runs, one after another\n")
+    def row(name: str, values: list[float], digits: int = 2) -> None:
+        cells = " | ".join(f"{v:.{digits}f} s" for v in (statistics.median(values), min(values), max(values)))
+        print(f"| {name} | {cells} |")
+
     print("| figure | median | min | max |")
     print("|---|---|---|---|")
-    print(f"| submit -> succeeded (wall) | {statistics.median(walls):.2f} s | {min(walls):.2f} s | {max(walls):.2f} s |")
+    row("submit -> succeeded (wall)", walls)
     for stage in stages:
-        values = [t[stage] for _, t in rows]
-        print(f"| runner stage {stage} | {statistics.median(values):.3f} s | {min(values):.3f} s | {max(values):.3f} s |")
-    stage_sum = [sum(t.values()) for _, t in rows]
-    print(f"| all runner stages | {statistics.median(stage_sum):.2f} s | {min(stage_sum):.2f} s | {max(stage_sum):.2f} s |")
+        row(f"runner stage {stage}", [t[stage] for _, t in rows], digits=3)
+    row("all runner stages", [sum(t.values()) for _, t in rows])
     print(f"| demo-model build (once) | {build_s:.2f} s | | |")
 
 
