@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from gpu_runner.protocol import ResolvedRequest
-from gpu_runner.specs import ModelSpec, violations
+from gpu_runner.specs import ModelSpec, request_violations
 
 
 class Base(msgspec.Struct, kw_only=True):
@@ -131,19 +131,7 @@ def resolve_request(request: GenerationRequest, models: dict[str, ModelSpec]) ->
         image_strength=d.image_strength if request.image_strength is None else request.image_strength,
         image_upload_id=request.image_upload_id,
     )
-    problems = violations(
-        spec,
-        prompt=resolved.prompt,
-        negative_prompt=resolved.negative_prompt,
-        width=resolved.width,
-        height=resolved.height,
-        num_frames=resolved.num_frames,
-        fps=resolved.fps,
-        steps=resolved.steps,
-        guidance_scale=resolved.guidance_scale,
-        seed=resolved.seed,
-        image_strength=resolved.image_strength,
-    )
+    problems = request_violations(spec, resolved)
     if resolved.image_upload_id is not None:
         problems.append(("image_upload_id", "image uploads are not available yet; omit this field"))
     if problems:

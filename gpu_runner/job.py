@@ -130,18 +130,6 @@ def _spec_for(job_file: protocol.JobFile) -> specs.ModelSpec:
 
 
 def _check_request(spec: specs.ModelSpec, request: protocol.ResolvedRequest) -> None:
-    problems = specs.violations(
-        spec,
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        width=request.width,
-        height=request.height,
-        num_frames=request.num_frames,
-        fps=request.fps,
-        steps=request.steps,
-        guidance_scale=request.guidance_scale,
-        seed=request.seed,
-        image_strength=request.image_strength,
-    )
+    problems = specs.request_violations(spec, request)
     if problems:
         raise JobError("invalid_input", "; ".join(f"{field}: {message}" for field, message in problems))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -168,6 +168,37 @@ def _check_range(value: float, lo: float, hi: float) -> str | None:
     if not (lo <= value <= hi) or math.isnan(value):
         return f"{_fmt(value)} is outside {_fmt(lo)}..{_fmt(hi)}"
     return None
+
+
+class RequestFields(Protocol):
+    """The checked fields of a request (protocol.ResolvedRequest has them)."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    fps: float
+    steps: int
+    guidance_scale: float
+    seed: int | None
+    image_strength: float
+
+
+def request_violations(spec: ModelSpec, request: RequestFields) -> list[tuple[str, str]]:
+    return violations(
+        spec,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=request.width,
+        height=request.height,
+        num_frames=request.num_frames,
+        fps=request.fps,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        seed=request.seed,
+        image_strength=request.image_strength,
+    )
 
 
 def violations(
