@@ -27,6 +27,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cancel_grace_s: float = 5.0  # SIGTERM to SIGKILL for a runner being cancelled
     shutdown_grace_s: float = 3.0  # uvicorn's wait for open connections (SSE) at shutdown
     heartbeat_s: float = 15.0
+    prompt_cache_mb: int = 2048  # encoded prompts kept on disk, least recently used dropped first
     log_level: str = "info"
 
     @property
@@ -36,6 +37,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def demo_model_dir(self) -> Path:
         return self.data_dir / "models" / "demo"
+
+    @property
+    def prompt_cache_dir(self) -> Path:
+        return self.data_dir / "cache" / "prompts"
 
     @property
     def db_path(self) -> Path:
@@ -82,5 +87,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             cancel_grace_s=number("AVP_CANCEL_GRACE_S", 5.0),
             shutdown_grace_s=number("AVP_SHUTDOWN_GRACE_S", 3.0),
             heartbeat_s=number("AVP_HEARTBEAT_S", 15.0, float, 0.1),
+            prompt_cache_mb=int(number("AVP_PROMPT_CACHE_MB", 2048, int, 0)),
             log_level=env.get("AVP_LOG_LEVEL", "").strip() or "info",
         )

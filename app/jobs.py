@@ -62,7 +62,14 @@ class Services(msgspec.Struct, frozen=True):
         resolved, spec = validate_request(raw, self.settings.models(), strict=strict)
         job_id = uuid.uuid4().hex
         job_dir = self.job_dir(job_id)
-        job_file = protocol.JobFile(id=job_id, request=resolved, model_kind=spec.kind, model_path=spec.path)
+        job_file = protocol.JobFile(
+            id=job_id,
+            request=resolved,
+            model_kind=spec.kind,
+            model_path=spec.path,
+            prompt_cache_dir=str(self.settings.prompt_cache_dir),
+            prompt_cache_mb=self.settings.prompt_cache_mb,
+        )
 
         def write_and_store() -> tuple[JobRow, StoredEvent] | None:
             job_dir.mkdir(parents=True)

@@ -22,20 +22,12 @@ def pick_device() -> torch.device:
 def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
     """The dtype the models compute in. CPUs get float32 (bf16 is slow or missing there).
 
-    "fp8" computes in bf16 too: FP8 is a storage format for the transformer's linears,
-    applied by `store_transformer`.
+    "fp8" computes in bf16 too: FP8 is a storage format for the transformer's linears
+    (gpu_runner/fp8.py).
     """
     if device.type != "cuda" or precision == "fp32":
         return torch.float32
     return torch.bfloat16
-
-
-def store_transformer(transformer: torch.nn.Module, precision: str) -> None:
-    """Hook point for the transformer's storage precision, applied in place after loading.
-
-    FP8 storage of the block linears arrives in a later issue; until then every policy
-    keeps the weights in the compute dtype they were loaded in.
-    """
 
 
 def release(device: torch.device) -> None:

@@ -7,16 +7,27 @@ turns an out-of-memory error into a message naming the stage and the job's size.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
-from diffusers import LTX2Pipeline
+from diffusers import (
+    AutoencoderKLLTX2Audio,
+    AutoencoderKLLTX2Video,
+    FlowMatchEulerDiscreteScheduler,
+    LTX2Pipeline,
+    LTX2VideoTransformer3DModel,
+)
+from diffusers.pipelines.ltx2 import LTX2Vocoder
 
-from gpu_runner import memory, mux, protocol
+from gpu_runner import fp8, memory, mux, protocol
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import Job, JobError
+from gpu_runner.prompt_cache import PromptCache, model_revision
+from gpu_runner.text import PrecomputedConnectors, encode, load_text_side, sequence_length
 
 Emit = Callable[[protocol.Event], None]
 
@@ -28,46 +39,38 @@ def generate(job: Job, emit: Emit, cancellation: Cancellation, started: float) -
     dtype = memory.compute_dtype(device, precision)
     stages = Stages(emit, cancellation, device, job, started)
 
-    # 1. Load the text encoder and its tokenizer, nothing else.
-    with stages("load_text_encoder"):
-        encoder = LTX2Pipeline.from_pretrained(job.model_dir, dtype=dtype, **dict.fromkeys(DENOISING_COMPONENTS))
-        encoder.to(device)
+    # 1-3. The prompt's context: from the cache, or from the text encoder and connectors, then freed.
+    cache, cache_key = prompt_cache_for(job)
+    context = cache.get(cache_key) if cache else None
+    if context is None:
+        # 1. Load the text encoder (streamed block by block on CUDA), its tokenizer and the connectors.
+        with stages("load_text_encoder"):
+            text = load_text_side(job.model_dir, dtype, device)
 
-    # 2. Encode the prompt and the negative prompt (the pipeline decides later whether CFG uses it).
-    with stages("encode_prompt"):
-        prompt_embeds, prompt_mask, negative_embeds, negative_mask = encoder.encode_prompt(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            do_classifier_free_guidance=True,
-            max_sequence_length=min(encoder.tokenizer.model_max_length, MAX_PROMPT_TOKENS),
-            device=device,
-            dtype=dtype,
-        )
+        # 2. Encode the prompt and the negative prompt, then run the connectors on both.
+        with stages("encode_prompt"):
+            max_tokens = sequence_length(job.model_dir)
+            context = encode(text, request.prompt, request.negative_prompt, max_tokens, device, dtype)
+            if cache:
+                cache.put(cache_key, context)
 
-    # 3. Free the text encoder before the transformer arrives; the memory event proves it.
-    with stages("free_text_encoder"):
-        del encoder
-        memory.release(device)
+        # 3. Free the text side before the transformer arrives; the memory event proves it.
+        with stages("free_text_encoder"):
+            del text
+            memory.release(device)
+    else:
+        # A cache hit: the encoder is never loaded.
+        with stages("encode_prompt"):
+            context = {name: tensor.to(device) for name, tensor in context.items()}
 
-    # 4. Load the transformer, connectors, VAEs, vocoder and scheduler; audio decoding stays float32.
+    # 4. Load the transformer (its big linears cast to FP8 before it moves), VAEs, vocoder, scheduler.
     with stages("load_transformer"):
-        pipe = LTX2Pipeline.from_pretrained(
-            job.model_dir,
-            dtype={"default": dtype, "audio_vae": torch.float32, "vocoder": torch.float32},
-            text_encoder=None,
-            tokenizer=None,
-        )
-        memory.store_transformer(pipe.transformer, precision)
-        pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = load_denoiser(job, dtype, device, precision, PrecomputedConnectors(context))
 
     # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step.
     with stages("denoise"):
         video_latents, audio_latents = pipe(
-            prompt_embeds=prompt_embeds,
-            prompt_attention_mask=prompt_mask,
-            negative_prompt_embeds=negative_embeds,
-            negative_prompt_attention_mask=negative_mask,
+            **pipe.connectors.placeholder_embeds(),
             width=request.width,
             height=request.height,
             num_frames=request.num_frames,
@@ -117,9 +120,42 @@ def generate(job: Job, emit: Emit, cancellation: Cancellation, started: float) -
     )
 
 
-# Everything the denoising half loads; the text-encoding half is loaded without them.
-DENOISING_COMPONENTS = ("transformer", "connectors", "vae", "audio_vae", "vocoder", "scheduler")
-MAX_PROMPT_TOKENS = 1024  # LTX-2's prompt length; a tokenizer may declare a shorter one
+def prompt_cache_for(job: Job) -> tuple[PromptCache | None, str]:
+    if job.file.prompt_cache_dir is None:
+        return None, ""
+    request = job.request
+    cache = PromptCache(Path(job.file.prompt_cache_dir), job.file.prompt_cache_mb * 2**20)
+    key = cache.key(
+        job.spec.id,
+        model_revision(job.model_dir),
+        request.prompt,
+        request.negative_prompt,
+        sequence_length(job.model_dir),
+    )
+    return cache, key
+
+
+def load_denoiser(
+    job: Job, dtype: torch.dtype, device: torch.device, precision: str, connectors: PrecomputedConnectors
+) -> LTX2Pipeline:
+    """The denoising half. FP8 storage is applied on the CPU, so the GPU never holds the bf16 transformer."""
+    model_dir = job.model_dir
+    transformer = LTX2VideoTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=dtype)
+    if precision == "fp8":
+        fp8.store_in_fp8(transformer)
+    pipe = LTX2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler"),
+        vae=AutoencoderKLLTX2Video.from_pretrained(model_dir, subfolder="vae", dtype=dtype),
+        audio_vae=AutoencoderKLLTX2Audio.from_pretrained(model_dir, subfolder="audio_vae", dtype=torch.float32),
+        text_encoder=None,
+        tokenizer=None,
+        connectors=connectors,
+        transformer=transformer,
+        vocoder=LTX2Vocoder.from_pretrained(model_dir, subfolder="vocoder", dtype=torch.float32),
+    )
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 class Stages:
@@ -187,7 +223,8 @@ def guidance_settings(job: Job, pipe: LTX2Pipeline) -> dict:
             "audio_modality_scale": 1.0,
             "spatio_temporal_guidance_blocks": None,
         }
-    if not pipe.connectors.config.per_modality_projections:
+    connectors_config = json.loads((job.model_dir / "connectors" / "config.json").read_text())
+    if not connectors_config.get("per_modality_projections", True):
         return {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
     return {}
 

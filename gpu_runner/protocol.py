@@ -165,3 +165,5 @@ class JobFile(msgspec.Struct, frozen=True):
     model_path: str  # absolute; the runner opens model files only under it
     image_file: str | None = None  # a file name inside the job directory
     precision: str | None = None  # overrides the spec's CUDA precision policy
+    prompt_cache_dir: str | None = None  # absolute; encoded prompts are kept here between jobs
+    prompt_cache_mb: int = 2048

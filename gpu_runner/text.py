@@ -1,0 +1,103 @@
+"""The text side of a job: prompt -> the context the denoiser attends to, then nothing left behind.
+
+The text encoder (a 12B Gemma-3 at full size) streams its layers through the GPU, one block
+group at a time, so this phase never sets the job's peak. The connectors (1.4-3.2B) run
+here too, after the encoder, so that neither sits beside the transformer while it
+denoises: the pipeline receives their outputs through `PrecomputedConnectors`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import LTX2Pipeline
+from torch import nn
+
+TEXT_COMPONENTS = ("text_encoder", "tokenizer", "connectors")
+DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
+MAX_PROMPT_TOKENS = 1024  # LTX-2's prompt length; a tokenizer may declare a shorter one
+
+
+def load_text_side(model_dir: Path, dtype: torch.dtype, device: torch.device) -> LTX2Pipeline:
+    """Text encoder, tokenizer and connectors; on CUDA the encoder streams block by block."""
+    text = LTX2Pipeline.from_pretrained(model_dir, dtype=dtype, **dict.fromkeys(DENOISING_COMPONENTS))
+    if device.type == "cuda":
+        from diffusers.hooks import apply_group_offloading
+
+        apply_group_offloading(
+            text.text_encoder,
+            onload_device=device,
+            offload_device=torch.device("cpu"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=True,
+        )
+    else:
+        text.text_encoder.to(device)
+    return text
+
+
+def sequence_length(model_dir: Path) -> int:
+    """Tokens per prompt: the tokenizer's declared maximum, at most LTX-2's 1024."""
+    config = json.loads((model_dir / "tokenizer" / "tokenizer_config.json").read_text())
+    return min(int(config.get("model_max_length", MAX_PROMPT_TOKENS)), MAX_PROMPT_TOKENS)
+
+
+def encode(
+    text: LTX2Pipeline, prompt: str, negative_prompt: str, max_tokens: int, device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """The connectors' outputs for the [negative, positive] pair: what the denoiser needs, nothing more."""
+    embeds, mask, negative_embeds, negative_mask = text.encode_prompt(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        do_classifier_free_guidance=True,
+        max_sequence_length=max_tokens,
+        device=device,
+        dtype=dtype,
+    )
+    text.connectors.to(device)
+    video, audio, context_mask = text.connectors(
+        torch.cat([negative_embeds, embeds]),
+        torch.cat([negative_mask, mask]),
+        padding_side=text.tokenizer.padding_side,
+    )
+    return {"video": video, "audio": audio, "mask": context_mask}
+
+
+class PrecomputedConnectors(nn.Module):
+    """Stands in for the pipeline's connectors: hands back what `encode` computed earlier.
+
+    The pipeline passes [negative, positive] when it guides with CFG and the positive
+    prompt alone when it does not (guidance 1.0); either way the matching rows come back.
+    """
+
+    def __init__(self, context: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.context = context
+
+    # The pipeline's `.to()` and device lookup read these from every component.
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.context["video"].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.context["video"].device
+
+    def forward(self, prompt_embeds: torch.Tensor, _mask: torch.Tensor, padding_side: str = "left"):
+        rows = slice(None) if prompt_embeds.shape[0] == 2 else slice(1, 2)
+        return self.context["video"][rows], self.context["audio"][rows], self.context["mask"][rows]
+
+    def placeholder_embeds(self) -> dict[str, torch.Tensor]:
+        """What the pipeline's call needs instead of real prompt embeddings (it only reads their dtype)."""
+        video = self.context["video"]
+        embeds = video.new_zeros(1, 1, 1)
+        mask = self.context["mask"].new_ones(1, 1)
+        return {
+            "prompt_embeds": embeds,
+            "prompt_attention_mask": mask,
+            "negative_prompt_embeds": embeds,
+            "negative_prompt_attention_mask": mask,
+        }

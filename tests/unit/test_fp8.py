@@ -1,0 +1,84 @@
+"""FP8 storage: exactly the transformer blocks' attention and feed-forward linears, close to the original."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from diffusers import LTX2VideoTransformer3DModel
+from torch import nn
+
+from gpu_runner.fp8 import FP8_DTYPE, FP8Linear, is_fp8_layer, store_in_fp8
+
+# One matmul with per-row e4m3 weights: e4m3 keeps 3 mantissa bits (relative step 2^-3 at worst,
+# ~2^-4 on average, halved by rounding); over a dot product of independent rounding errors the
+# output's relative error is about that per-weight error, ~3%. 6% leaves room for unlucky draws.
+MATMUL_RELATIVE_ERROR = 0.06
+# A whole random-weight forward stacks ~2 blocks of such matmuls with norms between them.
+FORWARD_RELATIVE_ERROR = 0.10
+
+
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    return ((approx - exact).norm() / exact.norm()).item()
+
+
+@pytest.mark.parametrize(
+    ("name", "selected"),
+    [
+        ("transformer_blocks.0.attn1.to_q", True),
+        ("transformer_blocks.12.audio_to_video_attn.to_out.0", True),
+        ("transformer_blocks.3.ff.net.0.proj", True),
+        ("transformer_blocks.3.audio_ff.net.2", True),
+        ("transformer_blocks.3.attn1.norm_q", False),
+        ("proj_in", False),
+        ("time_embed.linear", False),
+        ("transformer_blocks.0.attn1.to_out.1", False),
+        ("caption_projection.linear_1", False),
+    ],
+)
+def test_the_selection_is_the_block_attention_and_feed_forward_linears(name: str, selected: bool) -> None:
+    assert is_fp8_layer(name) is selected
+
+
+def test_an_fp8_linear_stores_float8_and_stays_close(tmp_path) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 128)
+    nn.init.normal_(linear.weight, std=0.02)
+    x = torch.randn(64, 256)
+    fp8 = FP8Linear(linear)
+    assert fp8.weight.dtype == FP8_DTYPE and fp8.weight_scale.shape == (128, 1)
+    assert relative_error(fp8(x), linear(x)) < MATMUL_RELATIVE_ERROR
+
+
+def test_the_demo_transformer_stores_only_the_selected_layers_in_fp8(demo_model_dir) -> None:
+    model = LTX2VideoTransformer3DModel.from_pretrained(demo_model_dir, subfolder="transformer")
+    original = copy.deepcopy(model)
+    replaced = store_in_fp8(model)
+    fp8_names = {n for n, m in model.named_modules() if isinstance(m, FP8Linear)}
+    linear_names = {n for n, m in original.named_modules() if isinstance(m, nn.Linear)}
+    assert replaced == len(fp8_names) > 0
+    assert fp8_names == {n for n in linear_names if is_fp8_layer(n)}
+    float8_params = {n for n, p in model.named_parameters() if p.dtype == FP8_DTYPE}
+    assert float8_params == {f"{n}.weight" for n in fp8_names}, "nothing else is stored in float8"
+
+    torch.manual_seed(1)
+    cfg = model.config
+    frames, height, width, audio_frames, tokens = 2, 3, 4, 5, 6
+    inputs = dict(
+        hidden_states=torch.randn(1, frames * height * width, cfg.in_channels),
+        audio_hidden_states=torch.randn(1, audio_frames, cfg.audio_in_channels),
+        encoder_hidden_states=torch.randn(1, tokens, cfg.caption_channels),
+        audio_encoder_hidden_states=torch.randn(1, tokens, cfg.caption_channels),
+        timestep=torch.tensor([500.0]),
+        num_frames=frames,
+        height=height,
+        width=width,
+        audio_num_frames=audio_frames,
+        return_dict=False,
+    )
+    with torch.no_grad():
+        exact_video, exact_audio = original(**inputs)
+        fp8_video, fp8_audio = model(**inputs)
+    assert relative_error(fp8_video, exact_video) < FORWARD_RELATIVE_ERROR
+    assert relative_error(fp8_audio, exact_audio) < FORWARD_RELATIVE_ERROR
