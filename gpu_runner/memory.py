@@ -56,6 +56,12 @@ def snapshot(stage: str, device: torch.device) -> protocol.Memory:
     )
 
 
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak measurement, so each stage's `memory` event shows that stage's own peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_vram_gib(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None

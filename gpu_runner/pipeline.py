@@ -7,49 +7,44 @@ turns an out-of-memory error into a message naming the stage and the job's size.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import (
-    AutoencoderKLLTX2Audio,
-    AutoencoderKLLTX2Video,
-    FlowMatchEulerDiscreteScheduler,
-    LTX2Pipeline,
-    LTX2VideoTransformer3DModel,
-)
-from diffusers.pipelines.ltx2 import LTX2Vocoder
 
-from gpu_runner import fp8, memory, mux, protocol
+from gpu_runner import memory, mux, protocol
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import Job, JobError
-from gpu_runner.prompt_cache import PromptCache, model_revision
-from gpu_runner.text import PrecomputedConnectors, encode, load_text_side, sequence_length
+from gpu_runner.loading import DiffusersDirectory
+from gpu_runner.prompt_cache import PromptCache
+from gpu_runner.text import PrecomputedConnectors, encode
 
 Emit = Callable[[protocol.Event], None]
 
 
-def generate(job: Job, emit: Emit, cancellation: Cancellation, started: float) -> protocol.Result:
+def generate(
+    job: Job, emit: Emit, cancellation: Cancellation, started: float, source: DiffusersDirectory | None = None
+) -> protocol.Result:
     request = job.request
+    source = source or DiffusersDirectory(job.model_dir)
     device = memory.pick_device()
     precision = job.file.precision or job.spec.precision_cuda
     dtype = memory.compute_dtype(device, precision)
     stages = Stages(emit, cancellation, device, job, started)
 
     # 1-3. The prompt's context: from the cache, or from the text encoder and connectors, then freed.
-    cache, cache_key = prompt_cache_for(job)
+    cache, cache_key = prompt_cache_for(job, source)
     context = cache.get(cache_key) if cache else None
     if context is None:
         # 1. Load the text encoder (streamed block by block on CUDA), its tokenizer and the connectors.
         with stages("load_text_encoder"):
-            text = load_text_side(job.model_dir, dtype, device)
+            text = source.load_text_side(dtype, device)
 
         # 2. Encode the prompt and the negative prompt, then run the connectors on both.
         with stages("encode_prompt"):
-            max_tokens = sequence_length(job.model_dir)
+            max_tokens = source.sequence_length()
             context = encode(text, request.prompt, request.negative_prompt, max_tokens, device, dtype)
             if cache:
                 cache.put(cache_key, context)
@@ -65,7 +60,7 @@ def generate(job: Job, emit: Emit, cancellation: Cancellation, started: float) -
 
     # 4. Load the transformer (its big linears cast to FP8 before it moves), VAEs, vocoder, scheduler.
     with stages("load_transformer"):
-        pipe = load_denoiser(job, dtype, device, precision, PrecomputedConnectors(context))
+        pipe = source.load_denoiser(dtype, device, precision, PrecomputedConnectors(context))
 
     # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step.
     with stages("denoise"):
@@ -77,7 +72,7 @@ def generate(job: Job, emit: Emit, cancellation: Cancellation, started: float) -
             frame_rate=request.fps,
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
-            **guidance_settings(job, pipe),
+            **guidance_settings(job, source),
             # A CPU generator draws the same noise on every device: same seed, same clip.
             generator=torch.Generator("cpu").manual_seed(request.seed),
             output_type="latent",
@@ -115,47 +110,18 @@ def generate(job: Job, emit: Emit, cancellation: Cancellation, started: float) -
         height=request.height,
         audio_sample_rate=sample_rate,
         duration_s=round(len(frames) / request.fps, 3),
-        peak_vram_gib=memory.peak_vram_gib(device),
+        peak_vram_gib=stages.peak_vram_gib,
         timings=stages.timings,
     )
 
 
-def prompt_cache_for(job: Job) -> tuple[PromptCache | None, str]:
+def prompt_cache_for(job: Job, source: DiffusersDirectory) -> tuple[PromptCache | None, str]:
     if job.file.prompt_cache_dir is None:
         return None, ""
     request = job.request
     cache = PromptCache(Path(job.file.prompt_cache_dir), job.file.prompt_cache_mb * 2**20)
-    key = cache.key(
-        job.spec.id,
-        model_revision(job.model_dir),
-        request.prompt,
-        request.negative_prompt,
-        sequence_length(job.model_dir),
-    )
+    key = cache.key(job.spec.id, source.revision(), request.prompt, request.negative_prompt, source.sequence_length())
     return cache, key
-
-
-def load_denoiser(
-    job: Job, dtype: torch.dtype, device: torch.device, precision: str, connectors: PrecomputedConnectors
-) -> LTX2Pipeline:
-    """The denoising half. FP8 storage is applied on the CPU, so the GPU never holds the bf16 transformer."""
-    model_dir = job.model_dir
-    transformer = LTX2VideoTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=dtype)
-    if precision == "fp8":
-        fp8.store_in_fp8(transformer)
-    pipe = LTX2Pipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler"),
-        vae=AutoencoderKLLTX2Video.from_pretrained(model_dir, subfolder="vae", dtype=dtype),
-        audio_vae=AutoencoderKLLTX2Audio.from_pretrained(model_dir, subfolder="audio_vae", dtype=torch.float32),
-        text_encoder=None,
-        tokenizer=None,
-        connectors=connectors,
-        transformer=transformer,
-        vocoder=LTX2Vocoder.from_pretrained(model_dir, subfolder="vocoder", dtype=torch.float32),
-    )
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 class Stages:
@@ -164,10 +130,12 @@ class Stages:
     def __init__(self, emit: Emit, cancellation: Cancellation, device: torch.device, job: Job, started: float):
         self.emit, self.cancellation, self.device, self.job, self.started = emit, cancellation, device, job, started
         self.timings: dict[str, float] = {}
+        self.peak_vram_gib: float | None = None  # the job's: the highest of the stages' peaks
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         self.cancellation.check()
+        memory.reset_peak(self.device)
         entered = time.monotonic()
         self.emit(protocol.Stage(name=name, t=round(entered - self.started, 3)))
         try:
@@ -178,7 +146,10 @@ class Stages:
                 raise JobError("out_of_memory", self._out_of_memory_message(name)) from error
             raise
         self.timings[name] = round(time.monotonic() - entered, 3)
-        self.emit(memory.snapshot(name, self.device))
+        snapshot = memory.snapshot(name, self.device)
+        if snapshot.peak_gib is not None:
+            self.peak_vram_gib = max(self.peak_vram_gib or 0.0, snapshot.peak_gib)
+        self.emit(snapshot)
 
     def _out_of_memory_message(self, stage: str) -> str:
         request = self.job.request
@@ -206,7 +177,7 @@ def step_reporter(emit: Emit, cancellation: Cancellation, total: int):
     return on_step_end
 
 
-def guidance_settings(job: Job, pipe: LTX2Pipeline) -> dict:
+def guidance_settings(job: Job, source: DiffusersDirectory) -> dict:
     """The guidance beyond CFG, per model.
 
     The demo's two blocks have no STG block to perturb, so it uses CFG alone (two passes
@@ -223,8 +194,7 @@ def guidance_settings(job: Job, pipe: LTX2Pipeline) -> dict:
             "audio_modality_scale": 1.0,
             "spatio_temporal_guidance_blocks": None,
         }
-    connectors_config = json.loads((job.model_dir / "connectors" / "config.json").read_text())
-    if not connectors_config.get("per_modality_projections", True):
+    if source.is_ltx2_0():
         return {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
     return {}
 

@@ -8,41 +8,28 @@ denoises: the pipeline receives their outputs through `PrecomputedConnectors`.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from diffusers import LTX2Pipeline
 from torch import nn
 
-TEXT_COMPONENTS = ("text_encoder", "tokenizer", "connectors")
-DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
 MAX_PROMPT_TOKENS = 1024  # LTX-2's prompt length; a tokenizer may declare a shorter one
 
 
-def load_text_side(model_dir: Path, dtype: torch.dtype, device: torch.device) -> LTX2Pipeline:
-    """Text encoder, tokenizer and connectors; on CUDA the encoder streams block by block."""
-    text = LTX2Pipeline.from_pretrained(model_dir, dtype=dtype, **dict.fromkeys(DENOISING_COMPONENTS))
-    if device.type == "cuda":
-        from diffusers.hooks import apply_group_offloading
+def stream_text_encoder(text_encoder: nn.Module, device: torch.device) -> None:
+    """On CUDA, keep the encoder's weights on the CPU and stream one block group at a time through the GPU."""
+    if device.type != "cuda":
+        text_encoder.to(device)
+        return
+    from diffusers.hooks import apply_group_offloading
 
-        apply_group_offloading(
-            text.text_encoder,
-            onload_device=device,
-            offload_device=torch.device("cpu"),
-            offload_type="block_level",
-            num_blocks_per_group=1,
-            use_stream=True,
-        )
-    else:
-        text.text_encoder.to(device)
-    return text
-
-
-def sequence_length(model_dir: Path) -> int:
-    """Tokens per prompt: the tokenizer's declared maximum, at most LTX-2's 1024."""
-    config = json.loads((model_dir / "tokenizer" / "tokenizer_config.json").read_text())
-    return min(int(config.get("model_max_length", MAX_PROMPT_TOKENS)), MAX_PROMPT_TOKENS)
+    apply_group_offloading(
+        text_encoder,
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=True,
+    )
 
 
 def encode(

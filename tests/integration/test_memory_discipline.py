@@ -6,9 +6,10 @@ import weakref
 
 import numpy as np
 
-from gpu_runner import pipeline, protocol, text
+from gpu_runner import pipeline, protocol
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import load_job
+from gpu_runner.loading import DiffusersDirectory
 from tests.runner_fixtures import read_mp4, run_job, write_job
 
 # Mean absolute difference of decoded pixels between an FP8-stored and a full-precision run of
@@ -57,24 +58,23 @@ def test_the_prompt_cache_stays_within_its_size_by_dropping_the_least_recently_u
 
 
 def test_the_text_encoder_is_collected_before_the_transformer_loads_and_the_transformer_before_decoding(
-    demo_model_dir, tmp_path, monkeypatch
+    demo_model_dir, tmp_path
 ) -> None:
     write_job(tmp_path / "job", demo_model_dir, steps=2)
     job = load_job(tmp_path / "job")
     refs: dict[str, weakref.ref] = {}
     checked: list[str] = []
-    real_load_denoiser = pipeline.load_denoiser
 
-    def load_text_side(*args):
-        loaded = text.load_text_side(*args)
-        refs["text_encoder"] = weakref.ref(loaded.text_encoder)
-        refs["connectors"] = weakref.ref(loaded.connectors)
-        return loaded
+    class Watched(DiffusersDirectory):
+        def load_text_side(self, *args):
+            text = super().load_text_side(*args)
+            refs["text_encoder"], refs["connectors"] = weakref.ref(text.text_encoder), weakref.ref(text.connectors)
+            return text
 
-    def load_denoiser(*args):
-        pipe = real_load_denoiser(*args)
-        refs["transformer"] = weakref.ref(pipe.transformer)
-        return pipe
+        def load_denoiser(self, *args):
+            pipe = super().load_denoiser(*args)
+            refs["transformer"] = weakref.ref(pipe.transformer)
+            return pipe
 
     def emit(event: protocol.Event) -> None:
         if isinstance(event, protocol.Stage) and event.name == "load_transformer":
@@ -84,9 +84,7 @@ def test_the_text_encoder_is_collected_before_the_transformer_loads_and_the_tran
             assert refs["transformer"]() is None, "transformer still alive at decode"
             checked.append(event.name)
 
-    monkeypatch.setattr(pipeline, "load_text_side", load_text_side)
-    monkeypatch.setattr(pipeline, "load_denoiser", load_denoiser)
-    pipeline.generate(job, emit, Cancellation(), started=0.0)
+    pipeline.generate(job, emit, Cancellation(), started=0.0, source=Watched(job.model_dir))
     assert checked == ["load_transformer", "decode_video"]
 
 

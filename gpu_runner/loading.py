@@ -1,0 +1,73 @@
+"""Where a job's models come from: a Diffusers-format directory on disk.
+
+The pipeline asks a source for its two halves, so the same staged code runs on a user's
+LTX-2 directory, the demo model, or (in bench/gpu_smoke.py) full-size random weights
+built in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKLLTX2Audio,
+    AutoencoderKLLTX2Video,
+    FlowMatchEulerDiscreteScheduler,
+    LTX2Pipeline,
+    LTX2VideoTransformer3DModel,
+)
+from diffusers.pipelines.ltx2 import LTX2Vocoder
+
+from gpu_runner import fp8
+from gpu_runner.prompt_cache import model_revision
+from gpu_runner.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, stream_text_encoder
+
+DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
+
+
+class DiffusersDirectory:
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+
+    def revision(self) -> str:
+        return model_revision(self.model_dir)
+
+    def sequence_length(self) -> int:
+        """Tokens per prompt: the tokenizer's declared maximum, at most LTX-2's 1024."""
+        config = json.loads((self.model_dir / "tokenizer" / "tokenizer_config.json").read_text())
+        return min(int(config.get("model_max_length", MAX_PROMPT_TOKENS)), MAX_PROMPT_TOKENS)
+
+    def is_ltx2_0(self) -> bool:
+        """LTX-2.0's connectors share one projection between video and audio; 2.3's have one each."""
+        config = json.loads((self.model_dir / "connectors" / "config.json").read_text())
+        return not config.get("per_modality_projections", True)
+
+    def load_text_side(self, dtype: torch.dtype, device: torch.device) -> LTX2Pipeline:
+        """Text encoder, tokenizer and connectors (left on the CPU until the encoder is done)."""
+        text = LTX2Pipeline.from_pretrained(self.model_dir, dtype=dtype, **dict.fromkeys(DENOISING_COMPONENTS))
+        stream_text_encoder(text.text_encoder, device)
+        return text
+
+    def load_denoiser(
+        self, dtype: torch.dtype, device: torch.device, precision: str, connectors: PrecomputedConnectors
+    ) -> LTX2Pipeline:
+        """The denoising half. FP8 storage is applied on the CPU, so the GPU never holds the bf16 transformer."""
+        model_dir = self.model_dir
+        transformer = LTX2VideoTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=dtype)
+        if precision == "fp8":
+            fp8.store_in_fp8(transformer)
+        pipe = LTX2Pipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler"),
+            vae=AutoencoderKLLTX2Video.from_pretrained(model_dir, subfolder="vae", dtype=dtype),
+            audio_vae=AutoencoderKLLTX2Audio.from_pretrained(model_dir, subfolder="audio_vae", dtype=torch.float32),
+            text_encoder=None,
+            tokenizer=None,
+            connectors=connectors,
+            transformer=transformer,
+            vocoder=LTX2Vocoder.from_pretrained(model_dir, subfolder="vocoder", dtype=torch.float32),
+        )
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
