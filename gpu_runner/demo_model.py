@@ -108,7 +108,7 @@ def _write_pipeline(directory: Path) -> None:
 
 def build_components() -> dict[str, object]:
     """The pipeline's components, each seeded on its own so that one's size leaves the others alone."""
-    tokenizer = _tokenizer()
+    tokenizer = build_tokenizer()
     components: dict[str, object] = {"tokenizer": tokenizer}
     for name, factory in (
         ("text_encoder", lambda: _text_encoder(len(tokenizer))),
@@ -134,7 +134,7 @@ def build_components() -> dict[str, object]:
     return components
 
 
-def _tokenizer():
+def build_tokenizer():
     """A Gemma tokenizer (BPE with byte fallback) whose merges are learned from a small word list."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import GemmaTokenizer

@@ -46,13 +46,18 @@ def is_fp8_layer(name: str) -> bool:
     return FP8_LAYER.fullmatch(name) is not None
 
 
-def store_in_fp8(model: nn.Module) -> int:
+def store_in_fp8(model: nn.Module, prefix: str = "") -> int:
     """Replace the selected Linear layers of `model` in place; returns how many were replaced.
+
+    `prefix` is the model's own name inside the transformer, when it is one block of it
+    (e.g. "transformer_blocks.7."), so the selection sees full names.
 
     Works layer by layer, so at most one layer's full-precision weight is alive beside the
     FP8 copies: call it before moving the model to the GPU (or per block while materialising).
     """
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and is_fp8_layer(name)]
+    targets = [
+        (name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and is_fp8_layer(prefix + name)
+    ]
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
