@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gpu_runner import fp8, protocol  # noqa: E402
 from gpu_runner.cancel import Cancellation  # noqa: E402
 from gpu_runner.job import Job  # noqa: E402
+from gpu_runner.loading import DenoisingPipeline  # noqa: E402
 from gpu_runner.pipeline import generate  # noqa: E402
 from gpu_runner.specs import ltx2_spec  # noqa: E402
-from gpu_runner.text import PrecomputedConnectors, stream_text_encoder  # noqa: E402
+from gpu_runner.text import PrecomputedConnectors, prepare_text_encoder  # noqa: E402
 
 CONFIGS = json.loads((Path(__file__).parent / "configs" / "ltx2.0-diffusers-configs.json").read_text())
 TEXT_STAGES = ("load_text_encoder", "encode_prompt", "free_text_encoder")
@@ -112,27 +113,23 @@ class RandomWeights:
         self.built_s["text side"] = time.monotonic() - began
         # Building went through the GPU a tensor at a time; a checkpoint read from disk would not.
         torch.cuda.reset_peak_memory_stats()
-        stream_text_encoder(encoder, device)
         return LTX2Pipeline(
             scheduler=None,
             vae=None,
             audio_vae=None,
-            text_encoder=encoder,
+            text_encoder=prepare_text_encoder(encoder, device),
             tokenizer=tokenizer,
             connectors=connectors,
             transformer=None,
             vocoder=None,
         )
 
-    def load_denoiser(
-        self, dtype: torch.dtype, device: torch.device, precision: str, connectors: PrecomputedConnectors
-    ):
+    def load_denoiser(self, dtype: torch.dtype, precision: str, connectors: PrecomputedConnectors):
         from accelerate import init_empty_weights
         from diffusers import (
             AutoencoderKLLTX2Audio,
             AutoencoderKLLTX2Video,
             FlowMatchEulerDiscreteScheduler,
-            LTX2Pipeline,
             LTX2VideoTransformer3DModel,
         )
         from diffusers.pipelines.ltx2 import LTX2Vocoder
@@ -146,11 +143,11 @@ class RandomWeights:
             if precision == "fp8":
                 fp8.store_in_fp8(block, prefix=f"transformer_blocks.{index}.")
         materialize(transformer, "cuda", dtype)
-        with torch.device("cuda"):
+        with torch.device("cpu"):  # the decoders wait on the CPU while the transformer denoises
             vae = AutoencoderKLLTX2Video(**CONFIGS["vae"]).to(dtype)
             audio_vae = AutoencoderKLLTX2Audio()
             vocoder = LTX2Vocoder()
-        pipe = LTX2Pipeline(
+        pipe = DenoisingPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler(
                 use_dynamic_shifting=True,
                 base_shift=0.95,
@@ -167,8 +164,6 @@ class RandomWeights:
             transformer=transformer.eval(),
             vocoder=vocoder.eval(),
         )
-        pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
         self.built_s["denoiser"] = time.monotonic() - began
         return pipe
 
@@ -224,6 +219,7 @@ def report(runs: list[dict], steps: int, precision: str) -> None:
         print(f"| {stage} | " + " | ".join(cells) + " |")
     rows = {
         "denoise step (median)": [f"{r['step_s']:.3f} s" for r in runs],
+        "allocated after load_transformer": [f"{r['memory']['load_transformer'].allocated_gib:.2f} GiB" for r in runs],
         "job peak VRAM": [f"{r['result'].peak_vram_gib:.2f} GiB" for r in runs],
         "text phase peak": [f"{max(r['memory'][s].peak_gib for s in TEXT_STAGES):.2f} GiB" for r in runs],
         "30 steps, end to end (extrapolated)": [

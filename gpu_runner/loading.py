@@ -20,11 +20,31 @@ from diffusers import (
 )
 from diffusers.pipelines.ltx2 import LTX2Vocoder
 
-from gpu_runner import fp8
+from gpu_runner import fp8, memory
 from gpu_runner.prompt_cache import model_revision
-from gpu_runner.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, stream_text_encoder
+from gpu_runner.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, prepare_text_encoder
 
 DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
+
+
+class DenoisingPipeline(LTX2Pipeline):
+    """LTX2Pipeline whose decoders wait on the CPU while it denoises.
+
+    The stock pipeline takes its device from its first component, the VAE; ours decodes in
+    later stages, after the transformer is gone, so the transformer's device is the one
+    that counts. While denoising, the pipeline only reads the decoders' latent statistics.
+    """
+
+    @property
+    def _execution_device(self) -> torch.device:
+        return self.transformer.device
+
+
+def place_denoiser(pipe: LTX2Pipeline, device: torch.device, tokens: int) -> None:
+    """Only the transformer goes to the GPU, its feed-forwards chunked for long clips."""
+    memory.chunk_feed_forward(pipe.transformer, tokens)
+    pipe.transformer.to(device)
+    pipe.set_progress_bar_config(disable=True)
 
 
 class DiffusersDirectory:
@@ -47,18 +67,16 @@ class DiffusersDirectory:
     def load_text_side(self, dtype: torch.dtype, device: torch.device) -> LTX2Pipeline:
         """Text encoder, tokenizer and connectors (left on the CPU until the encoder is done)."""
         text = LTX2Pipeline.from_pretrained(self.model_dir, dtype=dtype, **dict.fromkeys(DENOISING_COMPONENTS))
-        stream_text_encoder(text.text_encoder, device)
+        text.text_encoder = prepare_text_encoder(text.text_encoder, device)
         return text
 
-    def load_denoiser(
-        self, dtype: torch.dtype, device: torch.device, precision: str, connectors: PrecomputedConnectors
-    ) -> LTX2Pipeline:
-        """The denoising half. FP8 storage is applied on the CPU, so the GPU never holds the bf16 transformer."""
+    def load_denoiser(self, dtype: torch.dtype, precision: str, connectors: PrecomputedConnectors) -> LTX2Pipeline:
+        """The denoising half, on the CPU. FP8 storage is applied there, so the GPU never holds the bf16 transformer."""
         model_dir = self.model_dir
         transformer = LTX2VideoTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=dtype)
         if precision == "fp8":
             fp8.store_in_fp8(transformer)
-        pipe = LTX2Pipeline(
+        return DenoisingPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler"),
             vae=AutoencoderKLLTX2Video.from_pretrained(model_dir, subfolder="vae", dtype=dtype),
             audio_vae=AutoencoderKLLTX2Audio.from_pretrained(model_dir, subfolder="audio_vae", dtype=torch.float32),
@@ -68,6 +86,3 @@ class DiffusersDirectory:
             transformer=transformer,
             vocoder=LTX2Vocoder.from_pretrained(model_dir, subfolder="vocoder", dtype=torch.float32),
         )
-        pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe

@@ -17,7 +17,7 @@ import torch
 from gpu_runner import memory, mux, protocol
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import Job, JobError
-from gpu_runner.loading import DiffusersDirectory
+from gpu_runner.loading import DiffusersDirectory, place_denoiser
 from gpu_runner.prompt_cache import PromptCache
 from gpu_runner.text import PrecomputedConnectors, encode
 
@@ -58,9 +58,11 @@ def generate(
         with stages("encode_prompt"):
             context = {name: tensor.to(device) for name, tensor in context.items()}
 
-    # 4. Load the transformer (its big linears cast to FP8 before it moves), VAEs, vocoder, scheduler.
+    # 4. Load the transformer (its big linears cast to FP8 before it moves), VAEs, vocoder, scheduler;
+    #    only the transformer goes to the GPU now, the decoders follow once it has gone.
     with stages("load_transformer"):
-        pipe = source.load_denoiser(dtype, device, precision, PrecomputedConnectors(context))
+        pipe = source.load_denoiser(dtype, precision, PrecomputedConnectors(context))
+        place_denoiser(pipe, device, video_tokens(request))
 
     # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step.
     with stages("denoise"):
@@ -88,12 +90,13 @@ def generate(
 
     # 7. Decode the video latents to RGB frames.
     with stages("decode_video"):
-        frames = decode_video(vae, video_latents)
+        frames = decode_video(vae.to(device), video_latents)
         del vae
         memory.release(device)
 
     # 8. Decode the audio latents to a mel spectrogram, then to a waveform, in float32.
     with stages("decode_audio"):
+        audio_vae, vocoder = audio_vae.to(device), vocoder.to(device)
         waveform = vocoder(audio_vae.decode(audio_latents.to(torch.float32), return_dict=False)[0])
         waveform = waveform[0].float().cpu().numpy()
         sample_rate = vocoder.config.output_sampling_rate  # not pipe.audio_sampling_rate: that is the mel rate
@@ -113,6 +116,11 @@ def generate(
         peak_vram_gib=stages.peak_vram_gib,
         timings=stages.timings,
     )
+
+
+def video_tokens(request: protocol.ResolvedRequest) -> int:
+    """Transformer tokens of the clip: one per latent cell (32x32 pixels, 8 frames; the first frame alone)."""
+    return ((request.num_frames - 1) // 8 + 1) * (request.height // 32) * (request.width // 32)
 
 
 def prompt_cache_for(job: Job, source: DiffusersDirectory) -> tuple[PromptCache | None, str]:

@@ -15,21 +15,28 @@ from torch import nn
 MAX_PROMPT_TOKENS = 1024  # LTX-2's prompt length; a tokenizer may declare a shorter one
 
 
-def stream_text_encoder(text_encoder: nn.Module, device: torch.device) -> None:
-    """On CUDA, keep the encoder's weights on the CPU and stream one block group at a time through the GPU."""
+def prepare_text_encoder(text_encoder: nn.Module, device: torch.device) -> nn.Module:
+    """Gemma-3's language model alone, placed for encoding.
+
+    The pipeline reads only the encoder's hidden states, so the vision tower and the
+    262k-word output head never need to run. On CUDA the weights stay on the CPU and one
+    decoder layer at a time streams through the GPU (diffusers group offloading, on a
+    copy stream so transfers overlap compute).
+    """
+    language_model = getattr(getattr(text_encoder, "model", None), "language_model", text_encoder)
     if device.type != "cuda":
-        text_encoder.to(device)
-        return
+        return language_model.to(device)
     from diffusers.hooks import apply_group_offloading
 
     apply_group_offloading(
-        text_encoder,
+        language_model,
         onload_device=device,
         offload_device=torch.device("cpu"),
         offload_type="block_level",
         num_blocks_per_group=1,
         use_stream=True,
     )
+    return language_model
 
 
 def encode(

@@ -82,3 +82,13 @@ def test_the_demo_transformer_stores_only_the_selected_layers_in_fp8(demo_model_
         fp8_video, fp8_audio = model(**inputs)
     assert relative_error(fp8_video, exact_video) < FORWARD_RELATIVE_ERROR
     assert relative_error(fp8_audio, exact_audio) < FORWARD_RELATIVE_ERROR
+
+
+def test_a_chunked_feed_forward_gives_the_same_output_as_the_whole(demo_model_dir) -> None:
+    from gpu_runner.memory import ChunkedFeedForward
+
+    model = LTX2VideoTransformer3DModel.from_pretrained(demo_model_dir, subfolder="transformer")
+    feed_forward = model.transformer_blocks[0].ff
+    hidden = torch.randn(2, 37, model.config.num_attention_heads * model.config.attention_head_dim)
+    with torch.no_grad():
+        assert torch.allclose(ChunkedFeedForward(feed_forward, 8)(hidden), feed_forward(hidden), atol=1e-6)
