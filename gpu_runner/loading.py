@@ -41,8 +41,8 @@ class DenoisingPipeline(LTX2Pipeline):
 
 
 def place_denoiser(pipe: LTX2Pipeline, device: torch.device, tokens: int) -> None:
-    """Only the transformer goes to the GPU, its feed-forwards chunked for long clips."""
-    memory.chunk_feed_forward(pipe.transformer, tokens)
+    """Only the transformer goes to the GPU, set up to keep long clips' activations small."""
+    memory.fit_long_clips(pipe.transformer, tokens)
     pipe.transformer.to(device)
     pipe.set_progress_bar_config(disable=True)
 

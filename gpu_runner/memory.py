@@ -30,9 +30,10 @@ def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
     return torch.bfloat16
 
 
-# Tokens per feed-forward slice. At 768x448x481 (20,496 video tokens, x2 for CFG) an unsliced
-# feed-forward holds ~2.7 GB of 4x-wide intermediates; slices of 4096 tokens hold ~0.3 GB.
-FEED_FORWARD_CHUNK_TOKENS = 4096
+# Past this many video tokens a clip is "long": activations, not weights, would grow the peak.
+# At 768x448x481 (20,496 tokens, x2 for CFG) an unsliced feed-forward alone holds ~2.7 GB of
+# 4x-wide intermediates; slices of 4096 tokens hold ~0.3 GB.
+LONG_CLIP_TOKENS = 4096
 
 
 class ChunkedFeedForward(torch.nn.Module):
@@ -53,13 +54,43 @@ class ChunkedFeedForward(torch.nn.Module):
         return out
 
 
-def chunk_feed_forward(transformer: torch.nn.Module, tokens: int) -> None:
-    """Slice the video and audio feed-forwards of every block when the clip is long enough to matter."""
-    if tokens <= FEED_FORWARD_CHUNK_TOKENS:
+def fit_long_clips(transformer: torch.nn.Module, tokens: int, long_clip: int = LONG_CLIP_TOKENS) -> None:
+    """Keep activation memory flat as clips grow: same outputs, a smaller peak.
+
+    For a long clip every block's feed-forwards run in slices, and a guidance batch (CFG's
+    [negative, positive]) runs one row at a time; at that length one row already fills the
+    GPU, so little speed is lost. Short clips keep the batched passes, where batching pays.
+    """
+    if tokens <= long_clip:
         return
     for block in transformer.transformer_blocks:
         for name in ("ff", "audio_ff"):
-            setattr(block, name, ChunkedFeedForward(getattr(block, name), FEED_FORWARD_CHUNK_TOKENS))
+            setattr(block, name, ChunkedFeedForward(getattr(block, name), long_clip))
+    transformer.forward = _one_row_at_a_time(transformer.forward)
+
+
+def _one_row_at_a_time(forward):
+    def run(**kwargs):
+        batch = kwargs["hidden_states"].shape[0]
+        if batch == 1 or kwargs.get("return_dict", True):
+            return forward(**kwargs)
+        rows = []
+        for row in range(batch):
+            rows.append(
+                forward(
+                    **{
+                        name: value[row : row + 1] if _batched(value, batch) else value
+                        for name, value in kwargs.items()
+                    }
+                )
+            )
+        return tuple(torch.cat(parts) for parts in zip(*rows, strict=True))
+
+    return run
+
+
+def _batched(value: object, batch: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch
 
 
 def release(device: torch.device) -> None:

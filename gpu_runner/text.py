@@ -19,9 +19,10 @@ def prepare_text_encoder(text_encoder: nn.Module, device: torch.device) -> nn.Mo
     """Gemma-3's language model alone, placed for encoding.
 
     The pipeline reads only the encoder's hidden states, so the vision tower and the
-    262k-word output head never need to run. On CUDA the weights stay on the CPU and one
-    decoder layer at a time streams through the GPU (diffusers group offloading, on a
-    copy stream so transfers overlap compute).
+    262k-word output head never need to run. On CUDA the weights stay on the CPU and
+    stream through the GPU one layer (leaf module) at a time (diffusers group offloading,
+    on a copy stream so transfers overlap compute); leaf level, not block level, so the
+    2 GB embedding table leaves the GPU as soon as it has been used.
     """
     language_model = getattr(getattr(text_encoder, "model", None), "language_model", text_encoder)
     if device.type != "cuda":
@@ -32,8 +33,7 @@ def prepare_text_encoder(text_encoder: nn.Module, device: torch.device) -> nn.Mo
         language_model,
         onload_device=device,
         offload_device=torch.device("cpu"),
-        offload_type="block_level",
-        num_blocks_per_group=1,
+        offload_type="leaf_level",
         use_stream=True,
     )
     return language_model

@@ -92,3 +92,32 @@ def test_a_chunked_feed_forward_gives_the_same_output_as_the_whole(demo_model_di
     hidden = torch.randn(2, 37, model.config.num_attention_heads * model.config.attention_head_dim)
     with torch.no_grad():
         assert torch.allclose(ChunkedFeedForward(feed_forward, 8)(hidden), feed_forward(hidden), atol=1e-6)
+
+
+def test_a_long_clip_runs_its_guidance_batch_one_row_at_a_time_with_the_same_output(demo_model_dir) -> None:
+    from gpu_runner.memory import ChunkedFeedForward, fit_long_clips
+
+    model = LTX2VideoTransformer3DModel.from_pretrained(demo_model_dir, subfolder="transformer")
+    cfg = model.config
+    torch.manual_seed(2)
+    frames, height, width, audio_frames, tokens = 2, 3, 4, 5, 6
+    inputs = dict(
+        hidden_states=torch.randn(2, frames * height * width, cfg.in_channels),
+        audio_hidden_states=torch.randn(2, audio_frames, cfg.audio_in_channels),
+        encoder_hidden_states=torch.randn(2, tokens, cfg.caption_channels),
+        audio_encoder_hidden_states=torch.randn(2, tokens, cfg.caption_channels),
+        encoder_attention_mask=torch.ones(2, tokens),
+        timestep=torch.tensor([500.0, 500.0]),
+        num_frames=frames,
+        height=height,
+        width=width,
+        audio_num_frames=audio_frames,
+        return_dict=False,
+    )
+    with torch.no_grad():
+        whole = model(**inputs)
+        fit_long_clips(model, tokens=frames * height * width, long_clip=8)
+        assert isinstance(model.transformer_blocks[0].ff, ChunkedFeedForward)
+        split = model(**inputs)
+    for a, b in zip(whole, split, strict=True):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
