@@ -52,11 +52,13 @@ def encode(
         dtype=dtype,
     )
     text.connectors.to(device)
-    video, audio, context_mask = text.connectors(
-        torch.cat([negative_embeds, embeds]),
-        torch.cat([negative_mask, mask]),
-        padding_side=text.tokenizer.padding_side,
-    )
+    # One prompt at a time: the connectors widen 49 stacked hidden states (188,160 features a
+    # token at full size) in float32, and each sequence is processed on its own anyway.
+    rows = [
+        text.connectors(row_embeds, row_mask, padding_side=text.tokenizer.padding_side)
+        for row_embeds, row_mask in ((negative_embeds, negative_mask), (embeds, mask))
+    ]
+    video, audio, context_mask = (torch.cat(parts) for parts in zip(*rows, strict=True))
     return {"video": video, "audio": audio, "mask": context_mask}
 
 

@@ -121,3 +121,19 @@ def test_a_long_clip_runs_its_guidance_batch_one_row_at_a_time_with_the_same_out
         split = model(**inputs)
     for a, b in zip(whole, split, strict=True):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_the_connectors_give_the_same_context_one_prompt_at_a_time(demo_model_dir) -> None:
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+
+    connectors = LTX2TextConnectors.from_pretrained(demo_model_dir, subfolder="connectors")
+    torch.manual_seed(3)
+    width = connectors.config.caption_channels * connectors.config.text_proj_in_factor
+    embeds = torch.randn(2, 32, width)  # a multiple of the demo connectors' 32 registers
+    mask = torch.ones(2, 32, dtype=torch.long)
+    mask[0, :5] = 0  # left padding on the shorter prompt
+    with torch.no_grad():
+        batched = connectors(embeds, mask, padding_side="left")
+        rows = [connectors(embeds[i : i + 1], mask[i : i + 1], padding_side="left") for i in range(2)]
+    for whole, parts in zip(batched, zip(*rows, strict=True), strict=True):
+        assert torch.allclose(whole, torch.cat(parts), atol=1e-5)
