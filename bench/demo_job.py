@@ -55,6 +55,7 @@ def main() -> None:
     stages = rows[0][1].keys()
     print(f"# Default demo job, CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print(f"# request: the demo model's defaults; {args.runs} runs, one after another\n")
+
     def row(name: str, values: list[float], digits: int = 2) -> None:
         cells = " | ".join(f"{v:.{digits}f} s" for v in (statistics.median(values), min(values), max(values)))
         print(f"| {name} | {cells} |")

@@ -29,10 +29,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpu_runner import fp8, protocol  # noqa: E402
+from gpu_runner.admission import predict_peak  # noqa: E402
 from gpu_runner.cancel import Cancellation  # noqa: E402
 from gpu_runner.job import Job  # noqa: E402
 from gpu_runner.loading import DenoisingPipeline  # noqa: E402
-from gpu_runner.pipeline import generate  # noqa: E402
+from gpu_runner.pipeline import generate, video_tokens  # noqa: E402
 from gpu_runner.specs import ltx2_spec  # noqa: E402
 from gpu_runner.text import PrecomputedConnectors, prepare_text_encoder  # noqa: E402
 
@@ -97,6 +98,22 @@ class RandomWeights:
 
     def is_ltx2_0(self) -> bool:
         return True
+
+    def inner_width(self) -> int:
+        return CONFIGS["transformer"]["num_attention_heads"] * CONFIGS["transformer"]["attention_head_dim"]
+
+    def weights_gib(self, component: str) -> float:
+        """What the component's bf16 weight files would weigh: its parameter count, counted on the meta device."""
+        from diffusers import AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+        from diffusers.pipelines.ltx2 import LTX2TextConnectors
+
+        build = {
+            "transformer": lambda: LTX2VideoTransformer3DModel(**CONFIGS["transformer"]),
+            "connectors": LTX2TextConnectors,
+            "vae": lambda: AutoencoderKLLTX2Video(**CONFIGS["vae"]),
+        }[component]
+        with torch.device("meta"):
+            return sum(p.numel() for p in build().parameters()) * 2 / 2**30
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device):
         from diffusers import LTX2Pipeline
@@ -195,7 +212,16 @@ def run(frames: int, steps: int, precision: str, workdir: Path) -> dict:
     result = generate(job, lambda e: events.append((time.monotonic(), e)), Cancellation(), began, source=source)
     step_times = [t for t, e in events if isinstance(e, protocol.Step)]
     step_s = [b - a for a, b in itertools.pairwise(step_times)] or [result.timings["denoise"] / steps]
+    predicted = predict_peak(
+        transformer_file_gib=source.weights_gib("transformer"),
+        connectors_file_gib=source.weights_gib("connectors"),
+        vae_file_gib=source.weights_gib("vae"),
+        precision=precision,
+        tokens=video_tokens(request),
+        inner_width=source.inner_width(),
+    )
     return {
+        "predicted": predicted,
         "frames": frames,
         "result": result,
         "memory": {e.stage: e for _, e in events if isinstance(e, protocol.Memory)},
@@ -220,6 +246,7 @@ def report(runs: list[dict], steps: int, precision: str) -> None:
     rows = {
         "denoise step (median)": [f"{r['step_s']:.3f} s" for r in runs],
         "allocated after load_transformer": [f"{r['memory']['load_transformer'].allocated_gib:.2f} GiB" for r in runs],
+        "predicted peak (admission)": [f"{r['predicted'].peak_gib:.2f} GiB, {r['predicted'].peak_phase}" for r in runs],
         "job peak VRAM": [f"{r['result'].peak_vram_gib:.2f} GiB" for r in runs],
         "text phase peak": [f"{max(r['memory'][s].peak_gib for s in TEXT_STAGES):.2f} GiB" for r in runs],
         "30 steps, end to end (extrapolated)": [

@@ -59,6 +59,15 @@ class DiffusersDirectory:
         config = json.loads((self.model_dir / "tokenizer" / "tokenizer_config.json").read_text())
         return min(int(config.get("model_max_length", MAX_PROMPT_TOKENS)), MAX_PROMPT_TOKENS)
 
+    def weights_gib(self, component: str) -> float:
+        """Size of a component's weight files as stored (bf16 for LTX-2's transformer)."""
+        files = (self.model_dir / component).glob("*")
+        return sum(f.stat().st_size for f in files if f.name.endswith((".safetensors", ".bin"))) / 2**30
+
+    def inner_width(self) -> int:
+        config = json.loads((self.model_dir / "transformer" / "config.json").read_text())
+        return int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+
     def is_ltx2_0(self) -> bool:
         """LTX-2.0's connectors share one projection between video and audio; 2.3's have one each."""
         config = json.loads((self.model_dir / "connectors" / "config.json").read_text())

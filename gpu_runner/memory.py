@@ -119,6 +119,11 @@ def snapshot(stage: str, device: torch.device) -> protocol.Memory:
     )
 
 
+def free_vram_gib(device: torch.device) -> float:
+    free, _total = torch.cuda.mem_get_info(device)
+    return free / GIB
+
+
 def reset_peak(device: torch.device) -> None:
     """Start a new peak measurement, so each stage's `memory` event shows that stage's own peak."""
     if device.type == "cuda":

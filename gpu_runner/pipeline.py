@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gpu_runner import memory, mux, protocol
+from gpu_runner import admission, memory, mux, protocol
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import Job, JobError
 from gpu_runner.loading import DiffusersDirectory, place_denoiser
@@ -33,6 +33,19 @@ def generate(
     precision = job.file.precision or job.spec.precision_cuda
     dtype = memory.compute_dtype(device, precision)
     stages = Stages(emit, cancellation, device, job, started)
+
+    # 0. Refuse, before loading anything, a job whose predicted peak exceeds the free VRAM.
+    if device.type == "cuda":
+        prediction = admission.predict_peak(
+            transformer_file_gib=source.weights_gib("transformer"),
+            connectors_file_gib=source.weights_gib("connectors"),
+            vae_file_gib=source.weights_gib("vae"),
+            precision=precision,
+            tokens=video_tokens(request),
+            inner_width=source.inner_width(),
+        )
+        size = f"{request.width}x{request.height}, {request.num_frames} frames"
+        admission.admit(prediction, memory.free_vram_gib(device), size)
 
     # 1-3. The prompt's context: from the cache, or from the text encoder and connectors, then freed.
     cache, cache_key = prompt_cache_for(job, source)

@@ -1,0 +1,53 @@
+"""Admission: a job's peak is predicted from its model and size, and one that cannot fit is refused before loading."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpu_runner.admission import MARGIN_GIB, admit, predict_peak
+from gpu_runner.job import JobError
+
+# LTX-2.0 at full size: 35.2 GiB of bf16 transformer files, 2.67 GiB of connectors.
+LTX2 = dict(transformer_file_gib=35.2, connectors_file_gib=2.67, vae_file_gib=2.0, inner_width=4096)
+
+
+def tokens(frames: int, width: int = 768, height: int = 448) -> int:
+    return ((frames - 1) // 8 + 1) * (height // 32) * (width // 32)
+
+
+def test_the_prediction_matches_the_measured_denoise_peaks_of_ltx2() -> None:
+    # Measured on an H200 with random weights (bench/gpu_smoke.py): 18.79 and 20.36 GiB.
+    short = predict_peak(**LTX2, precision="fp8", tokens=tokens(49))
+    long = predict_peak(**LTX2, precision="fp8", tokens=tokens(481))
+    assert short.denoise_gib == pytest.approx(18.79, abs=0.3)
+    assert long.denoise_gib == pytest.approx(20.36, abs=0.3)
+
+
+def test_bf16_needs_about_twice_the_transformer_and_long_clips_more_than_short() -> None:
+    fp8 = predict_peak(**LTX2, precision="fp8", tokens=tokens(121))
+    bf16 = predict_peak(**LTX2, precision="bf16", tokens=tokens(121))
+    assert bf16.denoise_gib - fp8.denoise_gib == pytest.approx(35.2 * (1 - 0.511), abs=0.01)
+    assert predict_peak(**LTX2, precision="fp8", tokens=tokens(481)).peak_gib > fp8.peak_gib
+
+
+def test_a_job_that_cannot_fit_is_refused_with_the_figures() -> None:
+    prediction = predict_peak(**LTX2, precision="fp8", tokens=tokens(481))
+    admit(prediction, free_gib=prediction.peak_gib + 0.1, size="768x448, 481 frames")
+    with pytest.raises(JobError) as refused:
+        admit(prediction, free_gib=12.0, size="768x448, 481 frames")
+    assert refused.value.code == "out_of_memory"
+    message = refused.value.message
+    assert f"{prediction.peak_gib:.1f} GiB" in message and "12.0 GiB are free" in message
+    assert "768x448, 481 frames" in message and "denoising" in message and "nothing was loaded" in message
+
+
+def test_the_tiny_demo_is_predicted_tiny() -> None:
+    demo = predict_peak(
+        transformer_file_gib=0.001,
+        connectors_file_gib=0.001,
+        vae_file_gib=0.001,
+        inner_width=32,
+        precision="bf16",
+        tokens=tokens(481, 256, 160),
+    )
+    assert demo.peak_gib < MARGIN_GIB + 0.2
