@@ -33,6 +33,8 @@ def progress_after(progress: dict[str, Any], event: protocol.Event) -> dict[str,
         case protocol.Step(step=step, total=total, eta_s=eta):
             percent = _DENOISE_START + (_DENOISE_END - _DENOISE_START) * step / max(total, 1)
             return {**progress, "step": step, "total": total, "eta_s": round(eta, 1), "percent": round(percent, 1)}
+        case protocol.Preview(step=step):
+            return {**progress, "preview_step": step}
         case protocol.Tile(done=done, total=total):
             return {**progress, "tiles_done": done, "tiles_total": total}
         case protocol.Result():

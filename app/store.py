@@ -28,7 +28,16 @@ STATUSES = TERMINAL | {"queued", "running", "interrupted"}
 
 def empty_progress() -> dict[str, Any]:
     """A job's progress before its runner has said anything."""
-    return {"stage": None, "step": 0, "total": 0, "percent": 0.0, "eta_s": None, "tiles_done": 0, "tiles_total": 0}
+    return {
+        "stage": None,
+        "step": 0,
+        "total": 0,
+        "percent": 0.0,
+        "eta_s": None,
+        "tiles_done": 0,
+        "tiles_total": 0,
+        "preview_step": 0,
+    }
 
 
 SCHEMA = """

@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             events.job_events,
             events.all_job_events,
             files.job_video,
+            files.job_preview,
             *pages.handlers,
             create_static_files_router(path="/static", directories=[ROOT / "static"]),
         ],

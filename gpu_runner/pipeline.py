@@ -18,6 +18,7 @@ from gpu_runner import admission, memory, mux, protocol
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import Job, JobError
 from gpu_runner.loading import DiffusersDirectory, place_denoiser
+from gpu_runner.preview import PreviewWriter
 from gpu_runner.prompt_cache import PromptCache
 from gpu_runner.text import PrecomputedConnectors, encode
 
@@ -77,8 +78,10 @@ def generate(
         pipe = source.load_denoiser(dtype, precision, PrecomputedConnectors(context))
         place_denoiser(pipe, device, video_tokens(request))
 
-    # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step.
+    # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step,
+    #    with a preview of the clip every few steps.
     with stages("denoise"):
+        previews = PreviewWriter(job.path, latent_shape(request), request.steps)
         video_latents, audio_latents = pipe(
             **pipe.connectors.placeholder_embeds(),
             width=request.width,
@@ -92,7 +95,7 @@ def generate(
             generator=torch.Generator("cpu").manual_seed(request.seed),
             output_type="latent",
             return_dict=False,
-            callback_on_step_end=step_reporter(emit, cancellation, request.steps),
+            callback_on_step_end=step_reporter(emit, cancellation, request.steps, previews),
         )
 
     # 6. Free the transformer before decoding: the decoders need the room.
@@ -131,9 +134,15 @@ def generate(
     )
 
 
+def latent_shape(request: protocol.ResolvedRequest) -> tuple[int, int, int]:
+    """Latent frames, rows and columns: one cell per 32x32 pixels and 8 frames (the first frame alone)."""
+    return (request.num_frames - 1) // 8 + 1, request.height // 32, request.width // 32
+
+
 def video_tokens(request: protocol.ResolvedRequest) -> int:
-    """Transformer tokens of the clip: one per latent cell (32x32 pixels, 8 frames; the first frame alone)."""
-    return ((request.num_frames - 1) // 8 + 1) * (request.height // 32) * (request.width // 32)
+    """Transformer tokens of the clip: one per latent cell."""
+    frames, rows, columns = latent_shape(request)
+    return frames * rows * columns
 
 
 def prompt_cache_for(job: Job, source: DiffusersDirectory) -> tuple[PromptCache | None, str]:
@@ -180,18 +189,22 @@ class Stages:
         )
 
 
-def step_reporter(emit: Emit, cancellation: Cancellation, total: int):
-    """The per-step callback: a `step` event with an ETA from the mean step time, then a cancellation check.
+def step_reporter(emit: Emit, cancellation: Cancellation, total: int, previews: PreviewWriter):
+    """The per-step callback: a `step` event with an ETA from the mean step time, a preview every few
+    steps, then a cancellation check.
 
     Raising from it (Cancelled) leaves the pipeline before it decodes anything.
     """
     started = time.monotonic()
 
-    def on_step_end(_pipe, index: int, _timestep, _tensors) -> dict:
+    def on_step_end(pipe, index: int, _timestep, tensors: dict) -> dict:
         done = index + 1
         elapsed = time.monotonic() - started
         eta = elapsed / done * (total - done)
         emit(protocol.Step(step=done, total=total, elapsed_s=round(elapsed, 3), eta_s=round(eta, 3)))
+        preview = previews.after_step(pipe.scheduler.sigmas, index, tensors["latents"])
+        if preview is not None:
+            emit(preview)
         cancellation.check()
         return {}
 

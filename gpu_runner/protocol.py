@@ -139,6 +139,7 @@ def claim_stdout() -> Emitter:
 JOB_FILE = "job.json"
 VIDEO_FILE = "video.mp4"
 LOG_FILE = "runner.log"
+PREVIEW_FILE = "preview.jpg"  # replaced whole every few steps while denoising
 
 
 class ResolvedRequest(msgspec.Struct, frozen=True):

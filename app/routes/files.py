@@ -16,6 +16,7 @@ from litestar.response import Stream
 
 from app.jobs import Services
 from app.routes.api import load_job
+from gpu_runner.protocol import PREVIEW_FILE
 
 CHUNK = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -51,6 +52,17 @@ async def _read(path: Path, first: int, last: int) -> AsyncIterator[bytes]:
                 return
             remaining -= len(chunk)
             yield chunk
+
+
+@get("/api/jobs/{job_id:str}/preview", summary="The latest preview of a running job (JPEG)", tags=["jobs"])
+async def job_preview(job_id: FromPath[str], services: NamedDependency[Services]) -> Response[bytes]:
+    job = await load_job(services, job_id)
+    path = services.job_dir(job.id) / PREVIEW_FILE
+    try:
+        content = await anyio.Path(path).read_bytes()
+    except FileNotFoundError:
+        raise NotFoundException(f"Job {job_id} has no preview yet.") from None
+    return Response(content, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 @get("/api/jobs/{job_id:str}/video", summary="The job's MP4 (supports Range)", tags=["jobs"])

@@ -90,3 +90,14 @@ def test_models_list_constraints_and_defaults_a_client_can_submit_as_they_are(po
 def test_openapi_and_health_are_served(portal: Portal, path: str) -> None:
     with portal.client() as c:
         assert c.get(path).status_code == 200
+
+
+def test_a_running_job_shows_previews_of_the_clip(portal: Portal) -> None:
+    job = portal.submit(steps=12)
+    previews = [json.loads(e.data) for e in portal.events(job["id"]) if e.event == "preview"]
+    assert previews and previews[-1]["step"] == 12 and previews[-1]["file"] == "preview.jpg"
+    with portal.client() as c:
+        response = c.get(f"/api/jobs/{job['id']}/preview")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    assert response.content[:3] == b"\xff\xd8\xff"  # a JPEG
+    assert portal.job(job["id"])["progress"]["preview_step"] == 12
