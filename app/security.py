@@ -8,6 +8,7 @@ import hmac
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.enums import ScopeType
+from litestar.exceptions import PermissionDeniedException
 from litestar.middleware.base import DefineMiddleware
 from litestar.middleware.csrf import CSRFMiddleware
 from litestar.types import Message, Receive, Scope, Send
@@ -49,7 +50,16 @@ class _CSRFUnlessPreflighted(CSRFMiddleware):
         if scope["type"] == ScopeType.HTTP and _preflighted_or_bearer(scope):
             await self.app(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        except PermissionDeniedException:
+            raise PermissionDeniedException(CSRF_REFUSED) from None
+
+
+CSRF_REFUSED = (
+    "Refused without a CSRF token: reload the page and try again. API clients send "
+    "`Authorization: Bearer <AVP_API_TOKEN>` or a JSON body (Content-Type: application/json)."
+)
 
 
 def csrf_middleware(settings: Settings, secret: bytes) -> DefineMiddleware:

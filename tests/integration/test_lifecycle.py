@@ -27,9 +27,9 @@ def test_cancelling_a_queued_job_means_it_never_runs(portal: Portal) -> None:
     running = portal.submit(**LONG_JOB)
     queued = portal.submit(steps=2)
     with portal.client() as c:
-        response = c.post(f"/api/jobs/{queued['id']}/cancel")
+        response = c.post(f"/api/jobs/{queued['id']}/cancel", json={})
         assert response.status_code == 202 and response.json()["status"] == "cancelled"
-        c.post(f"/api/jobs/{running['id']}/cancel")
+        c.post(f"/api/jobs/{running['id']}/cancel", json={})
     assert portal.wait(running["id"])["status"] == "cancelled"
     job = portal.job(queued["id"])
     assert job["status"] == "cancelled" and job["attempts"] == 0 and job["error"]["code"] == "cancelled"
@@ -43,14 +43,14 @@ def test_cancelling_a_running_job_stops_its_runner_and_the_next_job_runs(portal:
     job_dir = portal.job_dir(running["id"])
     assert runner_processes(job_dir), "the runner is running"
     with portal.client() as c:
-        assert c.post(f"/api/jobs/{running['id']}/cancel").status_code == 202
+        assert c.post(f"/api/jobs/{running['id']}/cancel", json={}).status_code == 202
     wait_until_gone(job_dir, timeout=5)
     job = portal.wait(running["id"])
     assert job["status"] == "cancelled"
     assert not (job_dir / "video.mp4").exists()
     assert portal.wait(following["id"])["status"] == "succeeded"
     with portal.client() as c:
-        again = c.post(f"/api/jobs/{running['id']}/cancel")
+        again = c.post(f"/api/jobs/{running['id']}/cancel", json={})
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
 
 
