@@ -138,12 +138,13 @@ def test_through_a_proxy_under_a_sub_path_a_person_logs_in_makes_a_clip_and_canc
     # More than six jobs listed: the list still lives on one stream (browsers allow six connections a host).
     with portal.client() as api:
         queued = [api.post("/api/jobs", json={"prompt": f"queued clip {i}", "steps": 1}).json() for i in range(6)]
+        streams.clear()
         page.goto(proxy.base_url + "/")
         assert page.locator("#job-rows tr.job").count() == 8
-        streams.clear()
-        page.wait_for_timeout(500)  # the page's stream (re)connects
+        page.wait_for_timeout(500)  # time for the page's stream to connect
         api.post(f"/api/jobs/{queued[-1]['id']}/cancel")
         expect(page.locator(f"#job-{queued[-1]['id']} .badge")).to_have_text("cancelled", timeout=10000)
+        assert streams == [proxy.base_url + "/events/jobs"], "one stream for the whole page"
         for job in queued[:-1]:
             api.post(f"/api/jobs/{job['id']}/cancel")
     page.click(f"#job-{queued[0]['id']} a")
