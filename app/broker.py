@@ -17,6 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 ALL_JOBS = "*"
 SUBSCRIBER_BUFFER = 1024
+HEARTBEAT: dict[str, Any] = {"type": "heartbeat"}  # from beat(), to every subscriber; never stored
 
 
 class Broker:
@@ -51,6 +52,22 @@ class Broker:
                     self._subscribers[topic].discard(send)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     self._subscribers[topic].discard(send)
+
+    def beat(self) -> None:
+        """Wake every stream for a heartbeat comment.
+
+        One timer for all streams: a timeout around each stream's every receive cost more than the
+        rest of delivering an event, with hundreds of subscribers.
+        """
+        for sends in self._subscribers.values():
+            for send in sends:
+                with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    send.send_nowait(HEARTBEAT)
+
+    async def beat_every(self, interval_s: float) -> None:
+        while True:
+            await anyio.sleep(interval_s)
+            self.beat()
 
     def close(self) -> None:
         """End every stream (shutdown), so open SSE connections do not hold the server up."""

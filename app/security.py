@@ -74,8 +74,11 @@ def csrf_middleware(settings: Settings, secret: bytes) -> DefineMiddleware:
     return DefineMiddleware(_CSRFUnlessPreflighted, config=config)
 
 
-def add_security_headers(message: Message, scope: Scope) -> None:
-    """A `before_send` hook: every HTTP response gets SECURITY_HEADERS, 404s and static files included."""
+async def add_security_headers(message: Message, scope: Scope) -> None:
+    """A `before_send` hook: every HTTP response gets SECURITY_HEADERS, 404s and static files included.
+
+    Async on purpose: Litestar runs a sync hook in a worker thread, for every body chunk of every stream.
+    """
     if message["type"] == "http.response.start":
         headers = MutableScopeHeaders.from_message(message)
         for name, value in SECURITY_HEADERS.items():

@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await services.worker.recover()
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_worker)
+            tg.start_soon(services.broker.beat_every, settings.heartbeat_s)
             try:
                 yield
             finally:
