@@ -146,7 +146,11 @@ class Portal:
             self.client(timeout) as c,
             connect_sse(c, "GET", f"/api/jobs/{job_id}/events", headers=headers) as source,
         ):
-            yield from source.iter_sse()
+            for sse in source.iter_sse():
+                # A heartbeat comment ends in a blank line, which httpx-sse (unlike browsers) reports as an
+                # empty "message" carrying the last id again.
+                if sse.data or sse.event != "message":
+                    yield sse
 
     def wait_for_event(self, job_id: str, event_type: str, timeout: float = 90) -> dict[str, Any]:
         for sse in self.events(job_id, timeout=timeout):

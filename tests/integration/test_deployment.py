@@ -33,7 +33,7 @@ def secured_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def behind_nginx(make_portal, make_proxy) -> Portal:
-    portal = make_portal(**secured_env())
+    portal = make_portal(**secured_env(AVP_HEARTBEAT_S="0.5"))
     make_proxy("nginx", portal)
     return portal
 
@@ -139,6 +139,7 @@ def test_the_api_and_its_event_stream_work_through_nginx_with_a_token(behind_ngi
     assert job["links"]["events"] == f"/portal/api/jobs/{job['id']}/events"
     first_step_status = None
     types = []
+    heartbeats = 0
     url = behind_nginx.base_url + job["links"]["events"].removeprefix("/portal")
     with (
         httpx.Client(timeout=60, headers=behind_nginx.auth_headers) as client,
@@ -147,11 +148,15 @@ def test_the_api_and_its_event_stream_work_through_nginx_with_a_token(behind_ngi
         assert source.response.headers["content-type"].startswith("text/event-stream")
         assert "content-encoding" not in source.response.headers, "event streams must not be gzipped"
         for sse in source.iter_sse():
+            if sse.event == "message" and not sse.data:  # a heartbeat comment, as httpx-sse reports it
+                heartbeats += 1
+                continue
             types.append(sse.event)
             if sse.event == "step" and first_step_status is None:
                 first_step_status = behind_nginx.job(job["id"])["status"]
     assert first_step_status == "running", "events arrive while the job runs, not all at the end"
     assert types[-2:] == ["succeeded", "end"] and types.count("step") == LONG_JOB["steps"]
+    assert heartbeats >= 1, "heartbeats pass the proxy too"
     with behind_nginx.client() as client:
         video = client.get(f"/api/jobs/{job['id']}/video?download=true")
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
