@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint system-deps demo-model bench clean
+.PHONY: setup run test lint system-deps demo-model bench bench-portal clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,12 +18,16 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/python -m app serve
 
-# Debian's chromium drives the browser tests (Playwright never downloads a browser here).
+# Debian's chromium drives the browser tests (Playwright never downloads a browser here);
+# Debian's nginx and caddy run the deploy/ configs in front of the portal in the tests.
+SYSTEM_TOOLS := chromium nginx caddy
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
-	  else echo "The browser tests need Debian's chromium: sudo apt-get install chromium"; exit 1; fi; }
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else echo "The tests need Debian's$$missing: sudo apt-get install$$missing"; exit 1; fi; fi
 
 lint: setup
 	$(BIN)/ruff check .
@@ -36,6 +40,9 @@ demo-model: setup
 
 bench: setup
 	$(BIN)/python bench/demo_job.py
+
+bench-portal: setup
+	$(BIN)/python bench/portal_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

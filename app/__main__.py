@@ -1,9 +1,10 @@
-"""Command line: `python -m app serve [--host H] [--port P]` (also installed as `avportal`)."""
+"""Command line: `python -m app serve [--host H] [--port P]`, `python -m app hash-password` (also `avportal`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import socket
 import sys
@@ -15,7 +16,10 @@ import uvicorn
 
 from app.config import Settings, SettingsError
 from app.jobs import Services
+from app.passwords import hash_password
 from app.web import create_app
+
+MIN_PASSWORD_CHARS = 8
 
 
 class _Server(uvicorn.Server):
@@ -45,6 +49,9 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         lifespan="on",
+        # Client address and scheme from X-Forwarded-For/-Proto, believed only from these addresses.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxies,
     )
     services: Services = app.state.services
     _Server(config, services.broker.close).run()
@@ -56,17 +63,37 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd = commands.add_parser("serve", help="serve the portal (settings from AVP_* variables)")
     serve_cmd.add_argument("--host", help="address to listen on (AVP_HOST, default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port to listen on (AVP_PORT, default 8000)")
+    commands.add_parser(
+        "hash-password", help="read a password (twice, or once from a pipe) and print AVP_PASSWORD_HASH for it"
+    )
     args = parser.parse_args(argv)
+    if args.command == "hash-password":
+        return _hash_password()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     try:
-        settings = Settings.from_env()
+        settings = msgspec.structs.replace(Settings.from_env(), **overrides)
+        settings.check_exposure()
     except SettingsError as exc:
         print(f"avportal: {exc}", file=sys.stderr)
         return 2
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = msgspec.structs.replace(settings, **overrides)
     serve(settings)
+    return 0
+
+
+def _hash_password() -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("avportal: the two passwords differ; nothing printed", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < MIN_PASSWORD_CHARS:
+        print(f"avportal: use at least {MIN_PASSWORD_CHARS} characters", file=sys.stderr)
+        return 2
+    print(f"AVP_PASSWORD_HASH={hash_password(password)}")
     return 0
 
 

@@ -7,57 +7,109 @@ gap from the store. Two topics exist: one per job, and ALL_JOBS for page-level s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 ALL_JOBS = "*"
 SUBSCRIBER_BUFFER = 1024
+HEARTBEAT: dict[str, Any] = {"type": "heartbeat"}  # from beat(), to every subscriber; never stored
+
+
+class Subscription:
+    """One subscriber's bounded buffer. After close() it yields what is buffered, then EndOfStream.
+
+    Plain asyncio rather than an anyio memory stream: with hundreds of subscribers every event
+    wakes each of them, and a bare future per wait costs a fraction of anyio's event and task info.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._items: deque[dict[str, Any]] = deque()
+        self._capacity = capacity
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def offer(self, event: dict[str, Any]) -> bool:
+        """Buffer `event`; False when the buffer is full (the subscriber fell behind)."""
+        if self.closed or len(self._items) >= self._capacity:
+            return False
+        self._items.append(event)
+        self._wake()
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def receive(self) -> dict[str, Any]:
+        while not self._items:
+            if self.closed:
+                raise anyio.EndOfStream
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
 
 class Broker:
     def __init__(self) -> None:
-        self._subscribers: defaultdict[str, set[MemoryObjectSendStream[dict[str, Any]]]] = defaultdict(set)
+        self._subscribers: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._closed = False
 
     @contextlib.contextmanager
-    def subscribe(self, topic: str) -> Iterator[MemoryObjectReceiveStream[dict[str, Any]]]:
-        """Events published to `topic` from now on; the stream ends when the broker closes."""
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](SUBSCRIBER_BUFFER)
+    def subscribe(self, topic: str) -> Iterator[Subscription]:
+        """Events published to `topic` from now on; the subscription ends when the broker closes."""
+        subscription = Subscription(SUBSCRIBER_BUFFER)
         if self._closed:
-            send.close()
+            subscription.close()
         else:
-            self._subscribers[topic].add(send)
+            self._subscribers[topic].add(subscription)
         try:
-            yield receive
+            yield subscription
         finally:
-            self._subscribers[topic].discard(send)
+            self._subscribers[topic].discard(subscription)
             if not self._subscribers[topic]:
                 self._subscribers.pop(topic, None)
-            send.close()
-            receive.close()
+            subscription.close()
 
     def publish(self, job_id: str, event: dict[str, Any]) -> None:
         for topic in (job_id, ALL_JOBS):
-            for send in list(self._subscribers.get(topic, ())):
-                try:
-                    send.send_nowait({**event, "job_id": job_id} if topic == ALL_JOBS else event)
-                except anyio.WouldBlock:
-                    send.close()  # too slow: its client replays from the store on reconnect
-                    self._subscribers[topic].discard(send)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    self._subscribers[topic].discard(send)
+            for subscription in list(self._subscribers.get(topic, ())):
+                if not subscription.offer({**event, "job_id": job_id} if topic == ALL_JOBS else event):
+                    subscription.close()  # too slow: its client replays from the store on reconnect
+                    self._subscribers[topic].discard(subscription)
+
+    def beat(self) -> None:
+        """Wake every stream for a heartbeat comment.
+
+        One timer for all streams: a timeout around each stream's every receive cost more than the
+        rest of delivering an event, with hundreds of subscribers.
+        """
+        for subscriptions in self._subscribers.values():
+            for subscription in subscriptions:
+                subscription.offer(HEARTBEAT)  # a full buffer needs no heartbeat
+
+    async def beat_every(self, interval_s: float) -> None:
+        while True:
+            await anyio.sleep(interval_s)
+            self.beat()
 
     def close(self) -> None:
         """End every stream (shutdown), so open SSE connections do not hold the server up."""
         self._closed = True
-        for sends in self._subscribers.values():
-            for send in sends:
-                send.close()
+        for subscriptions in self._subscribers.values():
+            for subscription in subscriptions:
+                subscription.close()
         self._subscribers.clear()
 
     @property

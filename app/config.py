@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import shutil
 import sys
 from collections.abc import Mapping
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from app.passwords import is_password_hash
 from gpu_runner.specs import ModelSpec, model_specs
 
 
@@ -29,6 +32,35 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_s: float = 15.0
     prompt_cache_mb: int = 2048  # encoded prompts kept on disk, least recently used dropped first
     log_level: str = "info"
+    # LAN deployment (deploy/README.md): credentials, proxy, limits
+    password_hash: str | None = None  # made by `avportal hash-password`
+    api_token: str | None = None
+    insecure_no_auth: bool = False
+    session_hours: float = 12.0
+    root_path: str = ""  # the sub-path a proxy serves the portal under, e.g. "/portal"; the proxy strips it
+    trusted_proxies: str = "127.0.0.1,::1"  # whose X-Forwarded-For/-Proto uvicorn believes
+    max_upload_mb: int = 20
+    submit_per_minute: int = 30  # per client
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.password_hash or self.api_token)
+
+    def url(self, path: str) -> str:
+        """`path` (absolute inside the app) as the browser must ask for it: under the root path."""
+        return self.root_path + path
+
+    def check_exposure(self) -> None:
+        """Refuse to listen beyond this machine with nobody required to log in."""
+        if self.auth_enabled or self.insecure_no_auth or _is_loopback(self.host):
+            return
+        raise SettingsError(
+            f"refusing to listen on {self.host} without credentials: anyone on the network could use the GPU "
+            "and read every prompt. Set AVP_PASSWORD_HASH to the output of `avportal hash-password`, or "
+            "AVP_API_TOKEN to a long random string (for example `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`), or listen on 127.0.0.1. AVP_INSECURE_NO_AUTH=1 overrides "
+            "this check if something else in front of the portal authenticates users."
+        )
 
     @property
     def jobs_dir(self) -> Path:
@@ -77,6 +109,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"AVP_RUNNER_PYTHON={runner_python!r} is not an executable; point it at the Python "
                 "of the environment where torch and diffusers are installed"
             )
+        root_path = env.get("AVP_ROOT_PATH", "").strip().rstrip("/")
+        if root_path and not _ROOT_PATH.fullmatch(root_path):
+            raise SettingsError(
+                f"AVP_ROOT_PATH={root_path!r} must look like /portal: a leading slash, then letters, digits, "
+                "'-', '_', '.' or more '/'-separated parts"
+            )
+        api_token = env.get("AVP_API_TOKEN", "").strip() or None
+        if api_token is not None and len(api_token) < MIN_TOKEN_CHARS:
+            raise SettingsError(f"AVP_API_TOKEN is too short: use at least {MIN_TOKEN_CHARS} random characters")
+        password_hash = env.get("AVP_PASSWORD_HASH", "").strip() or None
+        if password_hash is not None and not is_password_hash(password_hash):
+            raise SettingsError(
+                "AVP_PASSWORD_HASH is not a hash made by `avportal hash-password` (scrypt:N:r:p:salt:digest)"
+            )
         return cls(
             data_dir=Path(env.get("AVP_DATA_DIR", "").strip() or "data").resolve(),
             host=env.get("AVP_HOST", "").strip() or "127.0.0.1",
@@ -89,4 +135,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             heartbeat_s=number("AVP_HEARTBEAT_S", 15.0, float, 0.1),
             prompt_cache_mb=int(number("AVP_PROMPT_CACHE_MB", 2048, int, 0)),
             log_level=env.get("AVP_LOG_LEVEL", "").strip() or "info",
+            password_hash=password_hash,
+            api_token=api_token,
+            insecure_no_auth=env.get("AVP_INSECURE_NO_AUTH", "").strip() == "1",
+            session_hours=number("AVP_SESSION_HOURS", 12.0, float, 0.01),
+            root_path=root_path,
+            trusted_proxies=env.get("AVP_TRUSTED_PROXIES", "").strip() or "127.0.0.1,::1",
+            max_upload_mb=int(number("AVP_MAX_UPLOAD_MB", 20, int, 1)),
+            submit_per_minute=int(number("AVP_SUBMIT_PER_MINUTE", 30, int, 1)),
         )
+
+
+MIN_TOKEN_CHARS = 16
+_ROOT_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve to anything

@@ -12,10 +12,12 @@ from typing import Any
 import anyio.to_thread
 import msgspec
 
+from app.auth import Authenticator, LoginThrottle
 from app.broker import Broker
 from app.config import Settings
 from app.journal import Journal
 from app.queue import Worker
+from app.ratelimit import SubmitRateLimit
 from app.runner import Supervisor
 from app.schemas import JobError, JobLinks, JobOut, validate_request
 from app.store import JobRow, Store, StoredEvent
@@ -25,7 +27,8 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class QueueFull(Exception):
-    pass
+    def __init__(self) -> None:
+        super().__init__("The queue is full; try again when some jobs have finished.")
 
 
 class Conflict(Exception):
@@ -41,6 +44,9 @@ class Services(msgspec.Struct, frozen=True):
     journal: Journal
     supervisor: Supervisor
     worker: Worker
+    auth: Authenticator
+    login_throttle: LoginThrottle
+    submit_limit: SubmitRateLimit
 
     def job_dir(self, job_id: str) -> Path:
         """The job's directory, only for a well-formed server-made id, always inside jobs_dir."""
@@ -57,9 +63,13 @@ class Services(msgspec.Struct, frozen=True):
             return None
         return await self.store.call(self.store.get_job, job_id)
 
-    async def submit(self, raw: Any, *, strict: bool = True) -> JobRow:
-        """Validate, write the job directory, store the job and queue it. Raises InvalidRequest or QueueFull."""
+    async def submit(self, raw: Any, client: str, *, strict: bool = True) -> JobRow:
+        """Validate, write the job directory, store the job and queue it.
+
+        Raises InvalidRequest, RateLimited (this client submits too often) or QueueFull.
+        """
         resolved, spec = validate_request(raw, self.settings.models(), strict=strict)
+        self.submit_limit.take(client)
         job_id = uuid.uuid4().hex
         job_dir = self.job_dir(job_id)
         job_file = protocol.JobFile(
@@ -115,8 +125,9 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts is not None else None
 
 
-def present(job: JobRow) -> JobOut:
-    base = f"/api/jobs/{job.id}"
+def present(job: JobRow, settings: Settings) -> JobOut:
+    """The job as the API shows it; its links are what a browser asks for (under AVP_ROOT_PATH)."""
+    base = settings.url(f"/api/jobs/{job.id}")
     return JobOut(
         id=job.id,
         status=job.status,
@@ -130,7 +141,7 @@ def present(job: JobRow) -> JobOut:
         finished_at=_iso(job.finished_at),
         links=JobLinks(
             self=base,
-            page=f"/jobs/{job.id}",
+            page=settings.url(f"/jobs/{job.id}"),
             events=f"{base}/events",
             video=f"{base}/video" if job.status == "succeeded" else None,
         ),

@@ -15,17 +15,21 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.htmx import HTMXPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from app.auth import PUBLIC, Authenticator, LoginRequired, LoginThrottle, load_or_create_secret, require_login
 from app.broker import Broker
 from app.config import Settings
 from app.jobs import Conflict, QueueFull, Services
 from app.journal import Journal
 from app.queue import Worker
-from app.routes import api, events, files, pages
+from app.ratelimit import RateLimited, SubmitRateLimit
+from app.routes import api, events, files, login, pages
 from app.runner import Supervisor
 from app.schemas import ErrorResponse, FieldError, InvalidRequest
+from app.security import add_security_headers, csrf_middleware
 from app.store import Store
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RETRY_AFTER_S = 30
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, secret: bytes) -> Services:
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.db_path)
     broker = Broker()
@@ -42,7 +46,15 @@ def build_services(settings: Settings) -> Services:
     supervisor = Supervisor(settings.runner_python, journal, settings.cancel_grace_s)
     worker = Worker(store, journal, supervisor, settings.jobs_dir, settings.runner_python)
     return Services(
-        settings=settings, store=store, broker=broker, journal=journal, supervisor=supervisor, worker=worker
+        settings=settings,
+        store=store,
+        broker=broker,
+        journal=journal,
+        supervisor=supervisor,
+        worker=worker,
+        auth=Authenticator(settings, secret),
+        login_throttle=LoginThrottle(),
+        submit_limit=SubmitRateLimit(settings.submit_per_minute),
     )
 
 
@@ -71,12 +83,24 @@ def _http(_: Request, exc: HTTPException) -> Response[ErrorResponse]:
     return _error(exc.status_code, exc.detail, errors, **(exc.headers or {}))
 
 
-def _queue_full(_: Request, __: QueueFull) -> Response[ErrorResponse]:
-    return _error(
-        429,
-        "The queue is full; try again when some jobs have finished.",
-        **{"Retry-After": str(RETRY_AFTER_S)},
-    )
+def _queue_full(_: Request, exc: QueueFull) -> Response[ErrorResponse]:
+    return _error(429, str(exc), **{"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _rate_limited(_: Request, exc: RateLimited) -> Response[ErrorResponse]:
+    return _error(429, str(exc), **{"Retry-After": str(exc.retry_after_s)})
+
+
+def _login_required(request: Request, exc: LoginRequired) -> Response[ErrorResponse] | Redirect:
+    """A person opening a page goes to the login page (and back afterwards); anything else gets 401."""
+    services: Services = request.app.state.services
+    is_page = request.method == "GET" and not request.url.path.startswith(("/api/", "/events/", "/schema"))
+    if is_page:
+        login_url = services.settings.url(login.login_path(request))
+        if request.headers.get("hx-request"):  # htmx would swap the login page into a fragment
+            return _error(401, exc.detail, **{"HX-Redirect": login_url})
+        return Redirect(login_url, status_code=303)
+    return _error(401, exc.detail, **{"WWW-Authenticate": "Bearer"})
 
 
 def _conflict(_: Request, exc: Conflict) -> Response[ErrorResponse]:
@@ -90,7 +114,8 @@ def _unexpected(request: Request, exc: Exception) -> Response[ErrorResponse]:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
-    services = build_services(settings)
+    secret = load_or_create_secret(settings.data_dir)
+    services = build_services(settings, secret)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -103,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await services.worker.recover()
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_worker)
+            tg.start_soon(services.broker.beat_every, settings.heartbeat_s)
             try:
                 yield
             finally:
@@ -119,19 +145,32 @@ def create_app(settings: Settings | None = None) -> Litestar:
             files.job_video,
             files.job_preview,
             *pages.handlers,
-            create_static_files_router(path="/static", directories=[ROOT / "static"]),
+            *login.handlers,
+            create_static_files_router(path="/static", directories=[ROOT / "static"], opt={PUBLIC: True}),
         ],
+        guards=[require_login],
+        middleware=[csrf_middleware(settings, secret)],
+        before_send=[add_security_headers],
+        request_max_body_size=settings.max_upload_mb * 1024 * 1024,
         dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={
             InvalidRequest: _invalid,
             ValidationException: _validation,
             QueueFull: _queue_full,
+            RateLimited: _rate_limited,
+            LoginRequired: _login_required,
             Conflict: _conflict,
             HTTPException: _http,
             Exception: _unexpected,
         },
-        template_config=TemplateConfig(directory=ROOT / "templates", engine=JinjaTemplateEngine),
+        template_config=TemplateConfig(
+            directory=ROOT / "templates",
+            engine=JinjaTemplateEngine,
+            engine_callback=lambda jinja: jinja.engine.globals.update(
+                url=settings.url, auth_enabled=settings.auth_enabled
+            ),
+        ),
         plugins=[HTMXPlugin()],
         openapi_config=OpenAPIConfig(title="AV Portal", version="0.1.0", path="/schema"),
         state=State({"services": services}),

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.portal import Portal, prepare_data_dir
+from tests.proxies import Proxy
 from tests.runner_fixtures import demo_model_dir  # noqa: F401  (registers the session fixture)
 
 
@@ -29,3 +30,20 @@ def make_portal(tmp_path: Path, demo_model_dir: Path) -> Iterator:  # noqa: F811
 @pytest.fixture
 def portal(make_portal) -> Portal:
     return make_portal()
+
+
+@pytest.fixture
+def make_proxy(tmp_path: Path) -> Iterator:
+    """Start nginx or Caddy with the shipped deploy/ config in front of a portal; all are stopped afterwards."""
+    started: list[Proxy] = []
+
+    def make(kind: str, portal: Portal) -> Proxy:
+        proxy = Proxy(kind=kind, upstream_port=portal.port, tmp=tmp_path / f"{kind}{len(started)}")
+        started.append(proxy)
+        proxy.start()
+        portal.front_url = proxy.base_url
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()

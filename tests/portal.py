@@ -54,10 +54,21 @@ class Portal:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    front_url: str | None = None  # set when a test reaches the portal through a proxy
+
+    @property
+    def direct_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """Where clients reach the portal: through the proxy in front of it, if any."""
+        return self.front_url or self.direct_url
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        token = self.env.get("AVP_API_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def start(self, timeout: float = 30) -> Portal:
         self.log_path = self.data_dir.parent / f"portal-{self.port}.log"
@@ -74,7 +85,7 @@ class Portal:
             if self.process.poll() is not None:
                 raise RuntimeError(f"portal exited with {self.process.returncode}:\n{self.log()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + "/healthz", timeout=1).status_code in (200, 503):
+                if httpx.get(self.direct_url + "/healthz", timeout=1).status_code in (200, 503):
                     return self
             time.sleep(0.1)
         raise RuntimeError(f"portal did not answer within {timeout} s:\n{self.log()}")
@@ -98,7 +109,16 @@ class Portal:
     # ---- the API, as a client uses it ----------------------------------------------
 
     def client(self, timeout: float = 30) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=timeout)
+        """An API client (with the bearer token when the portal has one)."""
+        return httpx.Client(base_url=self.base_url, timeout=timeout, headers=self.auth_headers)
+
+    @contextlib.contextmanager
+    def form_client(self, timeout: float = 30) -> Iterator[httpx.Client]:
+        """A client that posts forms as a browser page does: with the CSRF cookie and its token."""
+        with self.client(timeout) as client:
+            client.get("/").raise_for_status()
+            client.headers["x-csrftoken"] = client.cookies["avp_csrf"]
+            yield client
 
     def submit(self, **fields: Any) -> dict[str, Any]:
         with self.client() as c:
@@ -123,10 +143,14 @@ class Portal:
         """The job's SSE stream; ends after its terminal event."""
         headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
         with (
-            httpx.Client(base_url=self.base_url, timeout=timeout) as c,
+            self.client(timeout) as c,
             connect_sse(c, "GET", f"/api/jobs/{job_id}/events", headers=headers) as source,
         ):
-            yield from source.iter_sse()
+            for sse in source.iter_sse():
+                # A heartbeat comment ends in a blank line, which httpx-sse (unlike browsers) reports as an
+                # empty "message" carrying the last id again.
+                if sse.data or sse.event != "message":
+                    yield sse
 
     def wait_for_event(self, job_id: str, event_type: str, timeout: float = 90) -> dict[str, Any]:
         for sse in self.events(job_id, timeout=timeout):

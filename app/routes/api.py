@@ -5,14 +5,20 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from app.auth import PUBLIC
 from app.jobs import Services, present
 from app.schemas import JobList, JobOut, ModelList, ModelOut
 from app.store import JobRow
+
+
+def client_address(request: Request) -> str:
+    """Who is asking: behind a trusted proxy uvicorn has already put the forwarded client here."""
+    return request.client.host if request.client else "unknown"
 
 
 async def load_job(services: Services, job_id: str) -> JobRow:
@@ -27,8 +33,10 @@ class JobsApi(Controller):
     tags = ["jobs"]
 
     @post("/jobs", status_code=201, summary="Submit a generation request")
-    async def create_job(self, data: JSONBody[Any], services: NamedDependency[Services]) -> JobOut:
-        return present(await services.submit(data))
+    async def create_job(
+        self, request: Request, data: JSONBody[Any], services: NamedDependency[Services]
+    ) -> JobOut:
+        return present(await services.submit(data, client_address(request)), services.settings)
 
     @get("/jobs", summary="Jobs, newest first")
     async def list_jobs(
@@ -42,16 +50,19 @@ class JobsApi(Controller):
             before_seq = (await load_job(services, before)).seq
         jobs = await services.store.call(services.store.list_jobs, limit + 1, before_seq)
         page = jobs[:limit]
-        return JobList(jobs=[present(j) for j in page], next_before=page[-1].id if len(jobs) > limit else None)
+        return JobList(
+            jobs=[present(j, services.settings) for j in page],
+            next_before=page[-1].id if len(jobs) > limit else None,
+        )
 
     @get("/jobs/{job_id:str}", summary="One job")
     async def get_job(self, job_id: FromPath[str], services: NamedDependency[Services]) -> JobOut:
-        return present(await load_job(services, job_id))
+        return present(await load_job(services, job_id), services.settings)
 
     @post("/jobs/{job_id:str}/cancel", status_code=202, summary="Cancel a queued or running job")
     async def cancel_job(self, job_id: FromPath[str], services: NamedDependency[Services]) -> JobOut:
         await services.cancel(await load_job(services, job_id))
-        return present(await load_job(services, job_id))
+        return present(await load_job(services, job_id), services.settings)
 
     @delete("/jobs/{job_id:str}", status_code=204, summary="Delete a finished job and its files")
     async def delete_job(self, job_id: FromPath[str], services: NamedDependency[Services]) -> None:
@@ -76,7 +87,7 @@ class JobsApi(Controller):
         )
 
 
-@get("/healthz", summary="Liveness, including the worker's", tags=["health"])
+@get("/healthz", summary="Liveness, including the worker's", tags=["health"], opt={PUBLIC: True})
 async def healthz(services: NamedDependency[Services]) -> Response[dict[str, Any]]:
     worker = services.worker
     queued = await services.store.call(services.store.count_with_status, "queued")

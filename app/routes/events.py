@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from app.broker import ALL_JOBS
+from app.broker import ALL_JOBS, HEARTBEAT
 from app.jobs import Services
 from app.routes.api import load_job
 from app.store import STATUSES, TERMINAL
@@ -32,16 +31,6 @@ def _message(event: dict[str, Any]) -> ServerSentEventMessage:
 
 def _heartbeat() -> ServerSentEventMessage:
     return ServerSentEventMessage(comment="heartbeat", data=None)
-
-
-async def _receive(live: MemoryObjectReceiveStream[dict[str, Any]], timeout: float) -> dict[str, Any] | None:
-    """The next live event, or None after `timeout` seconds (time for a heartbeat).
-
-    Raises EndOfStream at shutdown, or when this client fell behind (it reconnects with Last-Event-ID).
-    """
-    with anyio.move_on_after(timeout):
-        return await live.receive()
-    return None
 
 
 def _end(status: str) -> ServerSentEventMessage:
@@ -58,10 +47,10 @@ async def _job_stream(services: Services, job_id: str, last_id: int) -> AsyncIte
                 return
         while True:
             try:
-                event = await _receive(live, services.settings.heartbeat_s)
-            except anyio.EndOfStream:
+                event = await live.receive()
+            except anyio.EndOfStream:  # shutdown, or this client fell behind: it reconnects with Last-Event-ID
                 return
-            if event is None:
+            if event is HEARTBEAT:
                 yield _heartbeat()
                 continue
             if event["id"] <= last_id:
@@ -89,10 +78,10 @@ async def _all_jobs_stream(services: Services) -> AsyncIterator[ServerSentEventM
         yield _heartbeat()  # flushes the response headers at once
         while True:
             try:
-                event = await _receive(live, services.settings.heartbeat_s)
+                event = await live.receive()
             except anyio.EndOfStream:
                 return
-            if event is None:
+            if event is HEARTBEAT:
                 yield _heartbeat()
             else:
                 kind = "job-status" if event["type"] in STATUSES else "job-progress"

@@ -11,7 +11,7 @@ import anyio
 from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, HeaderParameter
+from litestar.params import FromPath, FromQuery, HeaderParameter
 from litestar.response import Stream
 
 from app.jobs import Services
@@ -70,7 +70,9 @@ async def job_video(
     job_id: FromPath[str],
     services: NamedDependency[Services],
     range_header: Annotated[str | None, HeaderParameter(name="Range")] = None,
+    download: FromQuery[bool] = False,
 ) -> Response[bytes] | Stream:
+    """The MP4, played inline by the page's <video>, or saved as a file with `?download=true`."""
     job = await load_job(services, job_id)
     path = services.video_path(job)
     if path is None:
@@ -78,7 +80,7 @@ async def job_video(
     size = (await anyio.Path(path).stat()).st_size
     headers = {
         "Accept-Ranges": "bytes",
-        "Content-Disposition": f'inline; filename="{job_id}.mp4"',
+        "Content-Disposition": f'{"attachment" if download else "inline"}; filename="{job.id}.mp4"',
         "Cache-Control": "private, max-age=3600",
     }
     wanted = parse_range(range_header, size)

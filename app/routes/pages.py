@@ -17,7 +17,8 @@ from litestar.plugins.htmx import ClientRedirect, HTMXTemplate
 from litestar.response import Redirect, Template
 
 from app.jobs import Conflict, QueueFull, Services
-from app.routes.api import load_job
+from app.ratelimit import RateLimited
+from app.routes.api import client_address, load_job
 from app.schemas import InvalidRequest
 from app.store import JobRow
 from gpu_runner.protocol import STAGES
@@ -116,16 +117,16 @@ async def create_job(
 ) -> Template | ClientRedirect | Redirect:
     values = _form_values(data)
     try:
-        job = await services.submit(values, strict=False)
+        job = await services.submit(values, client_address(request), strict=False)
     except InvalidRequest as exc:
         errors = {e.field: e.message for e in exc.errors}
         return HTMXTemplate(
             template_name="fragments/_form.html", context=_form_context(services, values, errors), status_code=200
         )
-    except QueueFull:
-        errors = {"form": "The queue is full; try again when some jobs have finished."}
+    except (QueueFull, RateLimited) as exc:
+        errors = {"form": str(exc)}
         return HTMXTemplate(template_name="fragments/_form.html", context=_form_context(services, values, errors))
-    url = f"/jobs/{job.id}"
+    url = services.settings.url(f"/jobs/{job.id}")
     return ClientRedirect(url) if request.headers.get("hx-request") else Redirect(url, status_code=303)
 
 
@@ -161,7 +162,8 @@ async def delete_job_form(
     request: Request, job_id: FromPath[str], services: NamedDependency[Services]
 ) -> ClientRedirect | Redirect:
     await services.delete(await load_job(services, job_id))
-    return ClientRedirect("/") if request.headers.get("hx-request") else Redirect("/", status_code=303)
+    home = services.settings.url("/")
+    return ClientRedirect(home) if request.headers.get("hx-request") else Redirect(home, status_code=303)
 
 
 handlers = [index, form_fragment, create_job, jobs_fragment, job_page, job_panel, cancel_job_form, delete_job_form]

@@ -7,11 +7,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.portal import Portal
+from app.passwords import hash_password
+from tests.portal import Portal, runner_processes
 
 pytestmark = pytest.mark.browser
+
+PASSWORD = "a long browser password"
+TOKEN = "browser-test-token-0123456789"
 
 CHROMIUM = os.environ.get("AVP_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -64,3 +68,87 @@ def test_submitting_the_form_shows_live_progress_then_a_playable_video(portal: P
     page.goto(portal.base_url + "/")
     assert page.locator("#job-rows tr.job").count() == 1
     page.close()
+
+
+def video_duration(page: Page, timeout: float = 20) -> float:
+    """The <video>'s duration once its metadata loaded (polled: the page's CSP forbids wait_for_function's eval)."""
+    deadline = time.monotonic() + timeout
+    while page.evaluate("document.querySelector('#job-video').readyState") < 1:
+        assert time.monotonic() < deadline, "the video never loaded its metadata"
+        time.sleep(0.1)
+    return page.evaluate("document.querySelector('#job-video').duration")
+
+
+def watch_progress_until_the_video(page: Page, timeout: float = 120) -> tuple[set[float], set[str]]:
+    """Poll the job page as a person watching it would: the percentages and statuses shown before the video."""
+    percents: set[float] = set()
+    statuses: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and page.locator("#job-video").count() == 0:
+        if page.locator("#job-progress").count():
+            percents.add(float(page.locator("#job-progress").get_attribute("value") or 0))
+            statuses.add(page.locator("#job-status").inner_text())
+        time.sleep(0.1)
+    return percents, statuses
+
+
+@pytest.mark.parametrize("proxy_kind", ["nginx", "caddy"])
+def test_through_a_proxy_under_a_sub_path_a_person_logs_in_makes_a_clip_and_cancels_another(
+    make_portal, make_proxy, browser: Browser, proxy_kind: str
+) -> None:
+    portal = make_portal(AVP_PASSWORD_HASH=hash_password(PASSWORD), AVP_API_TOKEN=TOKEN, AVP_ROOT_PATH="/portal")
+    proxy = make_proxy(proxy_kind, portal)
+    context = browser.new_context()
+    page = context.new_page()
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if r.resource_type == "eventsource" else None)
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+
+    page.goto(proxy.base_url + "/")
+    page.wait_for_url("**/portal/login?next=*")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(proxy.base_url + "/")
+
+    # A clip, watched while it is made.
+    page.fill("textarea[name=prompt]", "a green ball moving right with a high beep")
+    page.select_option("select[name=num_frames]", "49")
+    page.fill("input[name=steps]", "40")
+    page.click("#create-form button[type=submit]")
+    page.wait_for_url("**/portal/jobs/*")
+    percents, statuses = watch_progress_until_the_video(page)
+    assert page.locator("#job-video").count() == 1, f"no video; statuses seen {statuses}"
+    assert len({p for p in percents if 0 < p < 100}) >= 2, f"progress did not move live: {sorted(percents)}"
+    assert "running" in statuses
+    assert abs(video_duration(page) - 49 / 24) < 0.1
+
+    # A second clip, cancelled while it runs.
+    page.goto(proxy.base_url + "/")
+    page.fill("textarea[name=prompt]", "a clip nobody will see")
+    page.fill("input[name=steps]", "100")
+    page.click("#create-form button[type=submit]")
+    page.wait_for_url("**/portal/jobs/*")
+    cancelled_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#job-status")).to_have_text("running", timeout=60000)
+    page.click("#cancel-button")
+    expect(page.locator("#job-status")).to_have_text("cancelled", timeout=20000)
+    assert not runner_processes(portal.job_dir(cancelled_id))
+
+    # More than six jobs listed: the list still lives on one stream (browsers allow six connections a host).
+    with portal.client() as api:
+        queued = [api.post("/api/jobs", json={"prompt": f"queued clip {i}", "steps": 1}).json() for i in range(6)]
+        streams.clear()
+        page.goto(proxy.base_url + "/")
+        assert page.locator("#job-rows tr.job").count() == 8
+        page.wait_for_timeout(500)  # time for the page's stream to connect
+        api.post(f"/api/jobs/{queued[-1]['id']}/cancel")
+        expect(page.locator(f"#job-{queued[-1]['id']} .badge")).to_have_text("cancelled", timeout=10000)
+        assert streams == [proxy.base_url + "/events/jobs"], "one stream for the whole page"
+        for job in queued[:-1]:
+            api.post(f"/api/jobs/{job['id']}/cancel")
+    page.click(f"#job-{queued[0]['id']} a")
+    page.wait_for_url(f"**/portal/jobs/{queued[0]['id']}")
+    assert page.locator("#job-status").inner_text() in ("running", "cancelled", "succeeded")
+    assert not blocked, f"the CSP blocked something: {blocked}"
+    context.close()

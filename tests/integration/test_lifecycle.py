@@ -27,9 +27,9 @@ def test_cancelling_a_queued_job_means_it_never_runs(portal: Portal) -> None:
     running = portal.submit(**LONG_JOB)
     queued = portal.submit(steps=2)
     with portal.client() as c:
-        response = c.post(f"/api/jobs/{queued['id']}/cancel")
+        response = c.post(f"/api/jobs/{queued['id']}/cancel", json={})
         assert response.status_code == 202 and response.json()["status"] == "cancelled"
-        c.post(f"/api/jobs/{running['id']}/cancel")
+        c.post(f"/api/jobs/{running['id']}/cancel", json={})
     assert portal.wait(running["id"])["status"] == "cancelled"
     job = portal.job(queued["id"])
     assert job["status"] == "cancelled" and job["attempts"] == 0 and job["error"]["code"] == "cancelled"
@@ -43,14 +43,14 @@ def test_cancelling_a_running_job_stops_its_runner_and_the_next_job_runs(portal:
     job_dir = portal.job_dir(running["id"])
     assert runner_processes(job_dir), "the runner is running"
     with portal.client() as c:
-        assert c.post(f"/api/jobs/{running['id']}/cancel").status_code == 202
+        assert c.post(f"/api/jobs/{running['id']}/cancel", json={}).status_code == 202
     wait_until_gone(job_dir, timeout=5)
     job = portal.wait(running["id"])
     assert job["status"] == "cancelled"
     assert not (job_dir / "video.mp4").exists()
     assert portal.wait(following["id"])["status"] == "succeeded"
     with portal.client() as c:
-        again = c.post(f"/api/jobs/{running['id']}/cancel")
+        again = c.post(f"/api/jobs/{running['id']}/cancel", json={})
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
 
 
@@ -152,3 +152,34 @@ def test_shutdown_with_open_streams_is_quick_and_leaves_no_runner(portal: Portal
     for t in listeners:
         t.join(5)
     assert len(streams_ended) == 3
+
+
+def test_shutdown_behind_nginx_with_many_subscribers_ends_within_the_grace(make_portal, make_proxy) -> None:
+    grace_s = 2
+    portal = make_portal(
+        AVP_API_TOKEN="lifecycle-token-0123456789", AVP_ROOT_PATH="/portal", AVP_SHUTDOWN_GRACE_S=str(grace_s)
+    )
+    make_proxy("nginx", portal)
+    job = portal.submit(**LONG_JOB)
+    portal.wait_for_event(job["id"], "step")
+    connected = threading.Semaphore(0)
+
+    def subscribe(path: str) -> None:
+        with portal.client(timeout=60) as client, client.stream("GET", path) as response:
+            assert response.status_code == 200
+            connected.release()
+            for _ in response.iter_raw():
+                pass
+
+    paths = [f"/api/jobs/{job['id']}/events", "/events/jobs"] * 20
+    subscribers = [threading.Thread(target=subscribe, args=(p,), daemon=True) for p in paths]
+    for t in subscribers:
+        t.start()
+    for _ in paths:
+        assert connected.acquire(timeout=30), "every subscriber connected through nginx"
+    took = portal.stop(signal.SIGTERM, timeout=30)
+    assert took < grace_s + 5, f"shutdown took {took:.1f} s with a grace of {grace_s} s"
+    assert not runner_processes(portal.job_dir(job["id"])), "no runner outlives the portal"
+    for t in subscribers:
+        t.join(10)
+    assert not any(t.is_alive() for t in subscribers), "every stream ended"

@@ -35,7 +35,7 @@ def test_the_create_page_offers_only_valid_choices_and_says_the_demo_is_noise(po
 
 
 def test_a_form_with_errors_comes_back_with_each_message_beside_its_field(portal: Portal) -> None:
-    with portal.client() as c:
+    with portal.form_client() as c:
         response = c.post("/jobs", data=form(prompt="", resolution="500x160", steps="0", seed="-4"), headers=HX)
         assert response.status_code == 200
         html = response.text
@@ -47,7 +47,7 @@ def test_a_form_with_errors_comes_back_with_each_message_beside_its_field(portal
 
 
 def test_a_valid_form_redirects_to_the_job_page_which_shows_the_result(portal: Portal) -> None:
-    with portal.client() as c:
+    with portal.form_client() as c:
         response = c.post("/jobs", data=form(seed="99"), headers=HX)
         assert response.status_code == 200 and response.headers["HX-Redirect"].startswith("/jobs/")
         job_id = response.headers["HX-Redirect"].rsplit("/", 1)[1]

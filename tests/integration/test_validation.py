@@ -69,4 +69,4 @@ def test_unknown_jobs_are_404_not_500(shared_portal: Portal) -> None:
     with shared_portal.client() as c:
         for path in ("/api/jobs/0123", "/api/jobs/../../etc/passwd", "/api/jobs/" + "a" * 32 + "/video"):
             assert c.get(path).status_code == 404, path
-        assert c.post("/api/jobs/" + "f" * 32 + "/cancel").status_code == 404
+        assert c.post("/api/jobs/" + "f" * 32 + "/cancel", json={}).status_code == 404

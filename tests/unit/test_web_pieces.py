@@ -10,6 +10,7 @@ import pytest
 from app.broker import ALL_JOBS, SUBSCRIBER_BUFFER, Broker
 from app.config import Settings, SettingsError
 from app.journal import progress_after
+from app.ratelimit import RateLimited, SubmitRateLimit
 from app.routes.files import parse_range
 from app.runner import _classify, _Transcript
 from app.store import JobUpdate, Store, empty_progress
@@ -158,6 +159,10 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
         ({"AVP_MAX_QUEUE": "0"}, "AVP_MAX_QUEUE='0' must be at least 1"),
         ({"AVP_MODEL_DIR": "/no/such/dir"}, "is not a directory"),
         ({"AVP_RUNNER_PYTHON": "/no/such/python"}, "is not an executable"),
+        ({"AVP_ROOT_PATH": "portal"}, "must look like /portal"),
+        ({"AVP_ROOT_PATH": "/a b"}, "must look like /portal"),
+        ({"AVP_API_TOKEN": "short"}, "AVP_API_TOKEN is too short"),
+        ({"AVP_PASSWORD_HASH": "hunter2"}, "not a hash made by `avportal hash-password`"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message) -> None:
@@ -184,3 +189,39 @@ def test_healthz_reports_a_dead_worker(tmp_path: Path, monkeypatch: pytest.Monke
             anyio.run(anyio.sleep, 0.01)
         assert response.status_code == 503
         assert response.json()["worker"]["alive"] is False and response.json()["status"] == "worker_dead"
+
+
+@pytest.mark.parametrize(
+    ("env", "refused"),
+    [
+        ({"AVP_HOST": "127.0.0.1"}, False),
+        ({"AVP_HOST": "::1"}, False),
+        ({"AVP_HOST": "localhost"}, False),
+        ({"AVP_HOST": "0.0.0.0"}, True),
+        ({"AVP_HOST": "box.lan"}, True),
+        ({"AVP_HOST": "0.0.0.0", "AVP_API_TOKEN": "x" * 16}, False),
+        ({"AVP_HOST": "0.0.0.0", "AVP_INSECURE_NO_AUTH": "1"}, False),
+    ],
+)
+def test_listening_beyond_loopback_needs_a_credential(env, refused) -> None:
+    settings = Settings.from_env(env)
+    if refused:
+        with pytest.raises(SettingsError, match="AVP_PASSWORD_HASH"):
+            settings.check_exposure()
+    else:
+        settings.check_exposure()
+
+
+def test_the_root_path_prefixes_every_url() -> None:
+    assert Settings.from_env({"AVP_ROOT_PATH": "/portal/"}).url("/jobs/1") == "/portal/jobs/1"
+    assert Settings.from_env({}).url("/jobs/1") == "/jobs/1"
+
+
+def test_the_submit_limit_refuses_the_burst_beyond_it_and_says_when_to_retry() -> None:
+    limit = SubmitRateLimit(per_minute=3)
+    for _ in range(3):
+        limit.take("10.0.0.2")
+    with pytest.raises(RateLimited) as refused:
+        limit.take("10.0.0.2")
+    assert 0 < refused.value.retry_after_s <= 20
+    limit.take("10.0.0.3")  # another client has its own bucket
