@@ -27,6 +27,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cancel_grace_s: float = 5.0  # SIGTERM to SIGKILL for a runner being cancelled
     shutdown_grace_s: float = 3.0  # uvicorn's wait for open connections (SSE) at shutdown
     heartbeat_s: float = 15.0
+    max_upload_mb: float = 20.0  # largest image file accepted by POST /api/uploads
+    upload_ttl_s: float = 86400.0  # how long an upload no job uses is kept
     log_level: str = "info"
 
     @property
@@ -36,6 +38,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def demo_model_dir(self) -> Path:
         return self.data_dir / "models" / "demo"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
     @property
     def db_path(self) -> Path:
@@ -82,5 +92,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             cancel_grace_s=number("AVP_CANCEL_GRACE_S", 5.0),
             shutdown_grace_s=number("AVP_SHUTDOWN_GRACE_S", 3.0),
             heartbeat_s=number("AVP_HEARTBEAT_S", 15.0, float, 0.1),
+            max_upload_mb=number("AVP_MAX_UPLOAD_MB", 20.0, float, 0.01),
+            upload_ttl_s=number("AVP_UPLOAD_TTL_S", 86400.0, float, 1),
             log_level=env.get("AVP_LOG_LEVEL", "").strip() or "info",
         )

@@ -23,10 +23,11 @@ from app.config import Settings
 from app.jobs import Conflict, QueueFull, Services
 from app.journal import Journal
 from app.queue import Worker
-from app.routes import api, events, files, pages
+from app.routes import api, events, files, pages, uploads
 from app.runner import Supervisor
 from app.schemas import ErrorResponse, FieldError, InvalidRequest
 from app.store import Store
+from app.uploads import UploadRejected, Uploads
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ def build_services(settings: Settings) -> Services:
     supervisor = Supervisor(settings.runner_python, journal, settings.cancel_grace_s)
     worker = Worker(store, journal, supervisor, settings.jobs_dir, settings.runner_python)
     return Services(
-        settings=settings, store=store, broker=broker, journal=journal, supervisor=supervisor, worker=worker
+        settings=settings, store=store, broker=broker, journal=journal, supervisor=supervisor, worker=worker,
+        uploads=Uploads(settings.uploads_dir, store, settings.max_upload_bytes, settings.upload_ttl_s),
     )
 
 
@@ -79,6 +81,11 @@ def _queue_full(_: Request, __: QueueFull) -> Response[ErrorResponse]:
     )
 
 
+def _upload_rejected(_: Request, exc: UploadRejected) -> Response[ErrorResponse]:
+    # Close the connection: the rest of a refused body is not worth reading.
+    return _error(exc.status, exc.message, [FieldError(field="file", message=exc.message)], Connection="close")
+
+
 def _conflict(_: Request, exc: Conflict) -> Response[ErrorResponse]:
     return _error(409, str(exc))
 
@@ -103,6 +110,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await services.worker.recover()
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_worker)
+            tg.start_soon(services.uploads.sweep_forever)
             try:
                 yield
             finally:
@@ -118,6 +126,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             events.all_job_events,
             files.job_video,
             *pages.handlers,
+            *uploads.handlers,
             create_static_files_router(path="/static", directories=[ROOT / "static"]),
         ],
         dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
@@ -127,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ValidationException: _validation,
             QueueFull: _queue_full,
             Conflict: _conflict,
+            UploadRejected: _upload_rejected,
             HTTPException: _http,
             Exception: _unexpected,
         },
