@@ -16,6 +16,7 @@ from diffusers import LTX2Pipeline
 
 from gpu_runner import memory, mux, protocol
 from gpu_runner.cancel import Cancellation
+from gpu_runner.conditioning import image_conditions, pipeline_class
 from gpu_runner.job import Job, JobError
 
 Emit = Callable[[protocol.Event], None]
@@ -51,7 +52,7 @@ def generate(job: Job, emit: Emit, cancellation: Cancellation, started: float) -
 
     # 4. Load the transformer, connectors, VAEs, vocoder and scheduler; audio decoding stays float32.
     with stages("load_transformer"):
-        pipe = LTX2Pipeline.from_pretrained(
+        pipe = pipeline_class(job).from_pretrained(
             job.model_dir,
             dtype={"default": dtype, "audio_vae": torch.float32, "vocoder": torch.float32},
             text_encoder=None,
@@ -75,6 +76,7 @@ def generate(job: Job, emit: Emit, cancellation: Cancellation, started: float) -
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
             **guidance_settings(job, pipe),
+            **image_conditions(job),
             # A CPU generator draws the same noise on every device: same seed, same clip.
             generator=torch.Generator("cpu").manual_seed(request.seed),
             output_type="latent",
