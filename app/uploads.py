@@ -144,7 +144,7 @@ def decode_image(data: bytes) -> Image.Image:
     except UploadRejected:
         raise
     except Exception:  # any failure to decode untrusted bytes is the file's fault, not ours
-        log.info("refused a %s upload that does not decode", image_format, exc_info=True)
+        log.debug("refused a %s upload that does not decode", image_format, exc_info=True)
         raise UploadRejected(
             400, f"the {image_format} image is truncated or corrupt; export it again and retry"
         ) from None
