@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
+from tests import upload_corpus as corpus
 from tests.portal import Portal
 
 pytestmark = pytest.mark.browser
@@ -63,4 +64,20 @@ def test_submitting_the_form_shows_live_progress_then_a_playable_video(portal: P
 
     page.goto(portal.base_url + "/")
     assert page.locator("#job-rows tr.job").count() == 1
+    page.close()
+
+
+def test_choosing_an_image_uploads_it_with_a_preview_and_the_job_starts_from_it(portal: Portal, browser: Browser):
+    page = browser.new_page()
+    page.goto(portal.base_url + "/")
+    page.fill("textarea[name=prompt]", "the photo comes alive")
+    photo = corpus.encode(corpus.photo(), "JPEG")
+    page.set_input_files("input[name=file]", files=[{"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": photo}])
+    page.wait_for_function("document.querySelector('#image-field img')?.naturalWidth > 0", timeout=20000)
+    upload_id = page.locator("input[name=image_upload_id]").get_attribute("value")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/jobs/*")
+
+    job = portal.job(page.url.rsplit("/", 1)[1])
+    assert job["request"]["image_upload_id"] == upload_id
     page.close()
