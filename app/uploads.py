@@ -203,26 +203,24 @@ class Uploads:
     ) -> str | None:
         """Write the `file` part's bytes to `target` as they arrive; its filename as sent."""
         parser = PushMultipartParser(boundary, content_length=-1 if declared is None else declared, strict=True)
-        part: MultipartSegment | None = None
         found: MultipartSegment | None = None
+        writing = False
         async with await anyio.open_file(target, "xb") as out:
             try:
-                async for chunk in _with_end(chunks):
+                async for chunk in chunks:
                     for event in parser.parse(chunk):
                         if isinstance(event, MultipartSegment):
-                            part = event
-                            if part.name == FILE_FIELD and found is not None:
+                            writing = event.name == FILE_FIELD
+                            if writing and found is not None:
                                 raise UploadRejected(400, "send one file per upload")
-                            if part.name == FILE_FIELD:
-                                found = part
-                        elif event and part is found and found is not None:
+                            found = event if writing else found
+                        elif event and writing:
                             if found.bytes_received > self.max_bytes:
                                 raise UploadRejected(413, self._too_large(f"the file passed {self.max_bytes} bytes"))
                             await out.write(event)
-                if not parser.closed:
-                    raise UploadRejected(400, "the upload ended early; send the whole file")
+                parser.close()  # raises if the body ended before the multipart stream did
             except MultipartError as error:
-                raise UploadRejected(400, f"the body is not a valid multipart/form-data upload ({error})") from None
+                raise UploadRejected(400, f"the body is not a complete multipart/form-data upload ({error})") from None
         if found is None:
             raise UploadRejected(400, f"no file in the upload; send it in the multipart field {FILE_FIELD!r}")
         return found.filename
@@ -244,7 +242,7 @@ class Uploads:
                 return
 
     def _too_large(self, what: str) -> str:
-        return f"upload too large: {what}; the limit is {self.max_bytes // (1024 * 1024)} MB"
+        return f"upload too large: {what}; the limit is {self.max_bytes / 2**20:g} MB"
 
     async def _keep(self, data: bytes, filename: str) -> Upload:
         """Decode the bytes, store an upright metadata-free copy and a thumbnail, record the upload."""
@@ -350,10 +348,3 @@ def _boundary(content_type: str | None) -> str:
             415, f"send the image as multipart/form-data in a field named {FILE_FIELD!r} (got {kind or 'no'} body)"
         )
     return boundary
-
-
-async def _with_end(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The chunks, then the empty chunk that tells the multipart parser the input ended."""
-    async for chunk in chunks:
-        yield chunk
-    yield b""
