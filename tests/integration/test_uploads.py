@@ -70,7 +70,15 @@ class Guarded:
 
     def check(self) -> None:
         assert corpus.files_outside(self.root, self.uploads) == self.before
-        assert not [p.name for p in self.uploads.iterdir() if p.name.startswith(".")], "a temporary file was left"
+        # uvicorn may answer a lying request itself (400 for the bytes after the declared length) while
+        # the handler is still finishing: give the handler a moment to remove its temporary file.
+        deadline = time.monotonic() + 10
+        while self.temporary_files() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not self.temporary_files(), "a temporary file was left"
+
+    def temporary_files(self) -> list[str]:
+        return [p.name for p in self.uploads.iterdir() if p.name.startswith(".")]
 
 
 def upload(portal: Portal, data: bytes, filename: str = "photo.png") -> httpx.Response:
@@ -196,7 +204,8 @@ def test_a_content_length_that_lies_low_cannot_smuggle_a_large_body(uploads_port
 
     status = corpus.raw_upload(uploads_portal.port, head, body)
 
-    assert status == 400  # the declared 1 KB ended mid-file; the rest was never read as this upload
+    # 400 from the handler (the declared 1 KB ended mid-file) or from uvicorn (the bytes after it are no request)
+    assert status == 400
     assert uploads_portal.process.poll() is None
     guard.check()
 
