@@ -31,6 +31,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_s: float = 3.0  # uvicorn's wait for open connections (SSE) at shutdown
     heartbeat_s: float = 15.0
     prompt_cache_mb: int = 2048  # encoded prompts kept on disk, least recently used dropped first
+    max_upload_mb: float = 20.0  # largest image file accepted by POST /api/uploads
+    upload_ttl_s: float = 86400.0  # how long an upload no job uses is kept
     log_level: str = "info"
     # LAN deployment (deploy/README.md): credentials, proxy, limits
     password_hash: str | None = None  # made by `avportal hash-password`
@@ -39,7 +41,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     session_hours: float = 12.0
     root_path: str = ""  # the sub-path a proxy serves the portal under, e.g. "/portal"; the proxy strips it
     trusted_proxies: str = "127.0.0.1,::1"  # whose X-Forwarded-For/-Proto uvicorn believes
-    max_upload_mb: int = 20
     submit_per_minute: int = 30  # per client
 
     @property
@@ -73,6 +74,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def prompt_cache_dir(self) -> Path:
         return self.data_dir / "cache" / "prompts"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
     @property
     def db_path(self) -> Path:
@@ -134,6 +143,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             shutdown_grace_s=number("AVP_SHUTDOWN_GRACE_S", 3.0),
             heartbeat_s=number("AVP_HEARTBEAT_S", 15.0, float, 0.1),
             prompt_cache_mb=int(number("AVP_PROMPT_CACHE_MB", 2048, int, 0)),
+            max_upload_mb=number("AVP_MAX_UPLOAD_MB", 20.0, float, 0.01),
+            upload_ttl_s=number("AVP_UPLOAD_TTL_S", 86400.0, float, 1),
             log_level=env.get("AVP_LOG_LEVEL", "").strip() or "info",
             password_hash=password_hash,
             api_token=api_token,
@@ -141,7 +152,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             session_hours=number("AVP_SESSION_HOURS", 12.0, float, 0.01),
             root_path=root_path,
             trusted_proxies=env.get("AVP_TRUSTED_PROXIES", "").strip() or "127.0.0.1,::1",
-            max_upload_mb=int(number("AVP_MAX_UPLOAD_MB", 20, int, 1)),
             submit_per_minute=int(number("AVP_SUBMIT_PER_MINUTE", 30, int, 1)),
         )
 

@@ -19,8 +19,9 @@ from app.journal import Journal
 from app.queue import Worker
 from app.ratelimit import SubmitRateLimit
 from app.runner import Supervisor
-from app.schemas import JobError, JobLinks, JobOut, validate_request
+from app.schemas import FieldError, InvalidRequest, JobError, JobLinks, JobOut, validate_request
 from app.store import JobRow, Store, StoredEvent
+from app.uploads import Upload, Uploads
 from gpu_runner import protocol
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -47,6 +48,7 @@ class Services(msgspec.Struct, frozen=True):
     auth: Authenticator
     login_throttle: LoginThrottle
     submit_limit: SubmitRateLimit
+    uploads: Uploads
 
     def job_dir(self, job_id: str) -> Path:
         """The job's directory, only for a well-formed server-made id, always inside jobs_dir."""
@@ -70,6 +72,7 @@ class Services(msgspec.Struct, frozen=True):
         """
         resolved, spec = validate_request(raw, self.settings.models(), strict=strict)
         self.submit_limit.take(client)
+        upload = await self._upload_for(resolved.image_upload_id)
         job_id = uuid.uuid4().hex
         job_dir = self.job_dir(job_id)
         job_file = protocol.JobFile(
@@ -79,10 +82,17 @@ class Services(msgspec.Struct, frozen=True):
             model_path=spec.path,
             prompt_cache_dir=str(self.settings.prompt_cache_dir),
             prompt_cache_mb=self.settings.prompt_cache_mb,
+            image_file=protocol.IMAGE_FILE if upload else None,
         )
 
         def write_and_store() -> tuple[JobRow, StoredEvent] | None:
             job_dir.mkdir(parents=True)
+            if upload is not None:  # the runner sees only this normalised copy, never the upload
+                try:
+                    self.uploads.normalise_into(upload, job_dir / protocol.IMAGE_FILE, resolved.width, resolved.height)
+                except FileNotFoundError:  # swept away a moment ago
+                    shutil.rmtree(job_dir)
+                    raise _unknown_upload() from None
             (job_dir / protocol.JOB_FILE).write_bytes(msgspec.json.encode(job_file))
             request = msgspec.to_builtins(resolved)
             first = self.store.create_job(job_id, request, {"type": "queued"}, self.settings.max_queue)
@@ -100,6 +110,14 @@ class Services(msgspec.Struct, frozen=True):
         self.broker.publish(job_id, first.data)
         self.worker.enqueue(job_id)
         return job
+
+    async def _upload_for(self, upload_id: str | None) -> Upload | None:
+        if upload_id is None:
+            return None
+        upload = await self.uploads.find(upload_id)
+        if upload is None:
+            raise _unknown_upload()
+        return upload
 
     async def cancel(self, job: JobRow) -> None:
         if job.finished:
@@ -119,6 +137,11 @@ class Services(msgspec.Struct, frozen=True):
             return None
         path = self.job_dir(job.id) / protocol.VIDEO_FILE
         return path if path.is_file() else None
+
+
+def _unknown_upload() -> InvalidRequest:
+    message = "is not a current upload (unknown, or expired unused); upload the image again"
+    return InvalidRequest([FieldError(field="image_upload_id", message=message)])
 
 
 def _iso(ts: float | None) -> str | None:

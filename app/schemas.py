@@ -132,8 +132,6 @@ def resolve_request(request: GenerationRequest, models: dict[str, ModelSpec]) ->
         image_upload_id=request.image_upload_id,
     )
     problems = request_violations(spec, resolved)
-    if resolved.image_upload_id is not None:
-        problems.append(("image_upload_id", "image uploads are not available yet; omit this field"))
     if problems:
         raise InvalidRequest([FieldError(field=f, message=m) for f, m in problems])
     return resolved, spec
@@ -171,6 +169,14 @@ class JobOut(Base):
 class JobList(Base):
     jobs: list[JobOut]
     next_before: str | None  # pass as ?before= for the next (older) page
+
+
+class UploadOut(Base):
+    upload_id: str  # pass as image_upload_id in a GenerationRequest
+    filename: str  # as the client named it; display text only
+    width: int  # upright, after EXIF orientation
+    height: int
+    thumbnail_url: str
 
 
 class ModelOut(Base):

@@ -63,7 +63,20 @@ CREATE TABLE IF NOT EXISTS job_events (
     at REAL NOT NULL,
     PRIMARY KEY (job_id, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY,
+    filename TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    created_at REAL NOT NULL
+) WITHOUT ROWID;
 """
+
+# An upload stays while it is young or while any job's request names it.
+_UPLOAD_ALIVE = (
+    "(uploads.created_at >= ? OR EXISTS "
+    "(SELECT 1 FROM jobs WHERE json_extract(jobs.request, '$.image_upload_id') = uploads.id))"
+)
 
 
 class JobRow(msgspec.Struct, frozen=True):
@@ -193,6 +206,26 @@ class Store:
         with self._transaction():
             self._db.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def create_upload(self, upload_id: str, filename: str, width: int, height: int, created_at: float) -> None:
+        self._db.execute(
+            "INSERT INTO uploads (id, filename, width, height, created_at) VALUES (?, ?, ?, ?, ?)",
+            (upload_id, filename, width, height, created_at),
+        )
+
+    def get_upload(self, upload_id: str, young_since: float) -> tuple[str, str, int, int, float] | None:
+        """(id, filename, width, height, created_at) unless it expired: older than `young_since` and unused."""
+        return self._db.execute(
+            f"SELECT id, filename, width, height, created_at FROM uploads WHERE id = ? AND {_UPLOAD_ALIVE}",
+            (upload_id, young_since),
+        ).fetchone()
+
+    def expired_uploads(self, young_since: float) -> list[str]:
+        rows = self._db.execute(f"SELECT id FROM uploads WHERE NOT {_UPLOAD_ALIVE}", (young_since,))
+        return [upload_id for (upload_id,) in rows]
+
+    def delete_upload(self, upload_id: str) -> None:
+        self._db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
 
     # ---- internals ------------------------------------------------------------------
 

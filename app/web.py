@@ -26,11 +26,12 @@ from app.jobs import Conflict, QueueFull, Services
 from app.journal import Journal
 from app.queue import Worker
 from app.ratelimit import RateLimited, SubmitRateLimit
-from app.routes import api, events, files, login, pages
+from app.routes import api, events, files, login, pages, uploads
 from app.runner import Supervisor
 from app.schemas import ErrorResponse, FieldError, InvalidRequest
 from app.security import add_security_headers, csrf_middleware
 from app.store import Store
+from app.uploads import MULTIPART_ENVELOPE, UploadRejected, Uploads
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def build_services(settings: Settings, secret: bytes) -> Services:
         auth=Authenticator(settings, secret),
         login_throttle=LoginThrottle(),
         submit_limit=SubmitRateLimit(settings.submit_per_minute),
+        uploads=Uploads(settings.uploads_dir, store, settings.max_upload_bytes, settings.upload_ttl_s),
     )
 
 
@@ -103,6 +105,11 @@ def _login_required(request: Request, exc: LoginRequired) -> Response[ErrorRespo
     return _error(401, exc.detail, **{"WWW-Authenticate": "Bearer"})
 
 
+def _upload_rejected(_: Request, exc: UploadRejected) -> Response[ErrorResponse]:
+    # Close the connection: the rest of a refused body is not worth reading.
+    return _error(exc.status, exc.message, [FieldError(field="file", message=exc.message)], Connection="close")
+
+
 def _conflict(_: Request, exc: Conflict) -> Response[ErrorResponse]:
     return _error(409, str(exc))
 
@@ -129,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_worker)
             tg.start_soon(services.broker.beat_every, settings.heartbeat_s)
+            tg.start_soon(services.uploads.sweep_forever)
             try:
                 yield
             finally:
@@ -146,12 +154,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             files.job_preview,
             *pages.handlers,
             *login.handlers,
+            *uploads.handlers,
             create_static_files_router(path="/static", directories=[ROOT / "static"], opt={PUBLIC: True}),
         ],
         guards=[require_login],
         middleware=[csrf_middleware(settings, secret)],
         before_send=[add_security_headers],
-        request_max_body_size=settings.max_upload_mb * 1024 * 1024,
+        request_max_body_size=settings.max_upload_bytes + MULTIPART_ENVELOPE,
         dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={
@@ -161,6 +170,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             RateLimited: _rate_limited,
             LoginRequired: _login_required,
             Conflict: _conflict,
+            UploadRejected: _upload_rejected,
             HTTPException: _http,
             Exception: _unexpected,
         },

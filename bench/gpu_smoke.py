@@ -141,7 +141,7 @@ class RandomWeights:
             vocoder=None,
         )
 
-    def load_denoiser(self, dtype: torch.dtype, precision: str, connectors: PrecomputedConnectors):
+    def load_denoiser(self, dtype: torch.dtype, precision: str, connectors: PrecomputedConnectors, conditioned: bool):
         from accelerate import init_empty_weights
         from diffusers import (
             AutoencoderKLLTX2Audio,

@@ -74,8 +74,6 @@ def load_job(directory: Path) -> Job:
         image = job.path(job_file.image_file)
         if not image.is_file():
             raise JobError("invalid_input", f"image_file {job_file.image_file!r} is not in the job directory")
-        # Refused rather than ignored: a clip that silently dropped its image would look like a bug.
-        raise JobError("invalid_input", "image_file: image-to-video is not supported by this runner yet")
     check_model_dir(job.model_dir)
     return job
 

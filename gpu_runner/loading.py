@@ -15,6 +15,7 @@ from diffusers import (
     AutoencoderKLLTX2Audio,
     AutoencoderKLLTX2Video,
     FlowMatchEulerDiscreteScheduler,
+    LTX2ConditionPipeline,
     LTX2Pipeline,
     LTX2VideoTransformer3DModel,
 )
@@ -27,12 +28,12 @@ from gpu_runner.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, prepare_te
 DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
 
 
-class DenoisingPipeline(LTX2Pipeline):
-    """LTX2Pipeline whose decoders wait on the CPU while it denoises.
+class _DevicedByTransformer:
+    """A pipeline whose decoders wait on the CPU while it denoises.
 
-    The stock pipeline takes its device from its first component, the VAE; ours decodes in
-    later stages, after the transformer is gone, so the transformer's device is the one
-    that counts. While denoising, the pipeline only reads the decoders' latent statistics.
+    The stock pipelines take their device from their first component, the VAE; ours decode in
+    later stages, after the transformer is gone, so the transformer's device is the one that
+    counts. While denoising, a text-only pipeline reads only the decoders' latent statistics.
     """
 
     @property
@@ -40,10 +41,20 @@ class DenoisingPipeline(LTX2Pipeline):
         return self.transformer.device
 
 
-def place_denoiser(pipe: LTX2Pipeline, device: torch.device, tokens: int) -> None:
-    """Only the transformer goes to the GPU, set up to keep long clips' activations small."""
+class DenoisingPipeline(_DevicedByTransformer, LTX2Pipeline):
+    pass
+
+
+class ConditionedDenoisingPipeline(_DevicedByTransformer, LTX2ConditionPipeline):
+    """Image-to-video: it encodes its condition image with the VAE, so the VAE comes along to the GPU."""
+
+
+def place_denoiser(pipe: LTX2Pipeline | LTX2ConditionPipeline, device: torch.device, tokens: int) -> None:
+    """The transformer goes to the GPU, set up to keep long clips' activations small; the VAE only if it encodes."""
     memory.fit_long_clips(pipe.transformer, tokens)
     pipe.transformer.to(device)
+    if isinstance(pipe, ConditionedDenoisingPipeline):
+        pipe.vae.to(device)
     pipe.set_progress_bar_config(disable=True)
 
 
@@ -79,13 +90,16 @@ class DiffusersDirectory:
         text.text_encoder = prepare_text_encoder(text.text_encoder, device)
         return text
 
-    def load_denoiser(self, dtype: torch.dtype, precision: str, connectors: PrecomputedConnectors) -> LTX2Pipeline:
+    def load_denoiser(
+        self, dtype: torch.dtype, precision: str, connectors: PrecomputedConnectors, conditioned: bool = False
+    ) -> LTX2Pipeline | LTX2ConditionPipeline:
         """The denoising half, on the CPU. FP8 storage is applied there, so the GPU never holds the bf16 transformer."""
         model_dir = self.model_dir
         transformer = LTX2VideoTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=dtype)
         if precision == "fp8":
             fp8.store_in_fp8(transformer)
-        return DenoisingPipeline(
+        pipeline_class = ConditionedDenoisingPipeline if conditioned else DenoisingPipeline
+        return pipeline_class(
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler"),
             vae=AutoencoderKLLTX2Video.from_pretrained(model_dir, subfolder="vae", dtype=dtype),
             audio_vae=AutoencoderKLLTX2Audio.from_pretrained(model_dir, subfolder="audio_vae", dtype=torch.float32),

@@ -16,6 +16,7 @@ import torch
 
 from gpu_runner import admission, memory, mux, protocol
 from gpu_runner.cancel import Cancellation
+from gpu_runner.conditioning import image_conditions
 from gpu_runner.job import Job, JobError
 from gpu_runner.loading import DiffusersDirectory, place_denoiser
 from gpu_runner.preview import PreviewWriter
@@ -75,7 +76,8 @@ def generate(
     # 4. Load the transformer (its big linears cast to FP8 before it moves), VAEs, vocoder, scheduler;
     #    only the transformer goes to the GPU now, the decoders follow once it has gone.
     with stages("load_transformer"):
-        pipe = source.load_denoiser(dtype, precision, PrecomputedConnectors(context))
+        conditioned = job.file.image_file is not None
+        pipe = source.load_denoiser(dtype, precision, PrecomputedConnectors(context), conditioned)
         place_denoiser(pipe, device, video_tokens(request))
 
     # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step,
@@ -91,6 +93,7 @@ def generate(
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
             **guidance_settings(job, source),
+            **image_conditions(job),
             # A CPU generator draws the same noise on every device: same seed, same clip.
             generator=torch.Generator("cpu").manual_seed(request.seed),
             output_type="latent",

@@ -138,6 +138,7 @@ def claim_stdout() -> Emitter:
 
 JOB_FILE = "job.json"
 VIDEO_FILE = "video.mp4"
+IMAGE_FILE = "image.png"  # the conditioning image, normalised to the job's size by the web process
 LOG_FILE = "runner.log"
 PREVIEW_FILE = "preview.jpg"  # replaced whole every few steps while denoising
 

@@ -25,7 +25,10 @@ from gpu_runner.protocol import STAGES
 from gpu_runner.specs import ModelSpec, valid_frame_counts
 
 RECENT_JOBS = 30
-_FORM_FIELDS = ("prompt", "negative_prompt", "model", "num_frames", "fps", "steps", "guidance_scale", "seed")
+_FORM_FIELDS = (
+    *("prompt", "negative_prompt", "model", "num_frames", "fps", "steps", "guidance_scale", "seed"),
+    *("image_upload_id", "image_strength"),
+)
 
 
 def _form_context(services: Services, values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
@@ -43,6 +46,7 @@ def _form_context(services: Services, values: dict[str, Any], errors: dict[str, 
         "steps": d.steps,
         "guidance_scale": d.guidance_scale,
         "seed": "",
+        "image_strength": d.image_strength,
     }
     merged.update({k: v for k, v in values.items() if v is not None and v != ""})
     merged["model"] = spec.id

@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.passwords import hash_password
+from tests import upload_corpus as corpus
 from tests.portal import Portal, runner_processes
 
 pytestmark = pytest.mark.browser
@@ -152,3 +153,22 @@ def test_through_a_proxy_under_a_sub_path_a_person_logs_in_makes_a_clip_and_canc
     assert page.locator("#job-status").inner_text() in ("running", "cancelled", "succeeded")
     assert not blocked, f"the CSP blocked something: {blocked}"
     context.close()
+
+
+def test_choosing_an_image_uploads_it_with_a_preview_and_the_job_starts_from_it(portal: Portal, browser: Browser):
+    page = browser.new_page()
+    page.goto(portal.base_url + "/")
+    page.fill("textarea[name=prompt]", "the photo comes alive")
+    photo = corpus.encode(corpus.photo(), "JPEG")
+    page.set_input_files("input[name=file]", files=[{"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": photo}])
+    deadline = time.monotonic() + 20  # polled: the page's CSP forbids wait_for_function's eval
+    while not page.evaluate("document.querySelector('#image-field img')?.naturalWidth > 0"):
+        assert time.monotonic() < deadline, "the uploaded image's preview never appeared"
+        time.sleep(0.1)
+    upload_id = page.locator("input[name=image_upload_id]").get_attribute("value")
+    page.click("#create-form button[type=submit]")
+    page.wait_for_url("**/jobs/*")
+
+    job = portal.job(page.url.rsplit("/", 1)[1])
+    assert job["request"]["image_upload_id"] == upload_id
+    page.close()

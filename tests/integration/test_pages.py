@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from tests import upload_corpus as corpus
 from tests.portal import Portal
 
 HX = {"HX-Request": "true"}
@@ -76,3 +77,22 @@ def test_prompts_are_escaped_in_pages(portal: Portal) -> None:
         rows = c.get("/fragments/jobs").text
     assert "<script>alert(1)</script>" not in page + rows
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_the_form_uploads_an_image_shows_a_preview_and_carries_its_id_into_the_job(portal: Portal) -> None:
+    with portal.form_client() as c:
+        field = c.post("/fragments/upload", files={"file": ('<b>"me".png', corpus.encode(corpus.photo(), "PNG"))}).text
+        upload_id = re.search(r'name="image_upload_id" value="([0-9a-f]{32})"', field).group(1)
+        assert f'src="/api/uploads/{upload_id}/thumbnail"' in field and "96 x 64" in field
+        assert "&lt;b&gt;&#34;me&#34;.png" in field, "the client's filename is escaped"
+        refused = c.post("/fragments/upload", files={"file": ("x.png", corpus.SVG)}, headers=HX)
+        assert refused.status_code == 200 and 'id="error-file"' in refused.text
+        assert "not a JPEG, PNG or WebP" in refused.text
+
+        again = c.post("/jobs", data=form(prompt="", image_upload_id=upload_id, image_strength="0.7"), headers=HX).text
+        assert f'name="image_upload_id" value="{upload_id}"' in again and 'value="0.7"' in again
+        response = c.post("/jobs", data=form(image_upload_id=upload_id, image_strength="0.7"), headers=HX)
+        job_id = response.headers["HX-Redirect"].rsplit("/", 1)[1]
+        request = c.get(f"/api/jobs/{job_id}").json()["request"]
+    assert (request["image_upload_id"], request["image_strength"]) == (upload_id, 0.7)
+    assert (portal.job_dir(job_id) / "image.png").is_file()

@@ -87,12 +87,18 @@ def test_a_symlink_out_of_the_job_directory_is_refused(tmp_path, model_dir):
     assert refusal(tmp_path / "job").code == "invalid_input"
 
 
-def test_an_image_inside_the_job_directory_is_refused_until_image_to_video_exists(tmp_path, model_dir):
+def test_an_image_inside_the_job_directory_is_accepted(tmp_path, model_dir):
     write_job(tmp_path / "job", model_dir, image_file="image.png")
     (tmp_path / "job" / "image.png").write_bytes(b"png")
 
+    assert load_job(tmp_path / "job").file.image_file == "image.png"
+
+
+def test_a_missing_image_is_invalid_input(tmp_path, model_dir):
+    write_job(tmp_path / "job", model_dir, image_file="image.png")
+
     error = refusal(tmp_path / "job")
-    assert error.code == "invalid_input" and "image-to-video is not supported" in error.message
+    assert error.code == "invalid_input" and "image.png" in error.message
 
 
 def test_an_output_video_symlinked_elsewhere_is_refused(tmp_path, model_dir):

@@ -1,0 +1,89 @@
+"""Image uploads: the JSON endpoint, the thumbnail it points to, and the create form's upload fragment.
+
+The body is read here from the raw ASGI stream (not through Litestar's form parsing, which
+would buffer it) and handed to app.uploads, where the guards are.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Request, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, HeaderParameter
+from litestar.plugins.htmx import HTMXTemplate
+from litestar.response import File, Template
+
+from app.config import Settings
+from app.jobs import Services
+from app.schemas import UploadOut
+from app.uploads import Upload, UploadRejected
+
+ContentType = Annotated[str | None, HeaderParameter(name="Content-Type", required=False)]
+ContentLength = Annotated[str | None, HeaderParameter(name="Content-Length", required=False)]
+
+
+def upload_out(upload: Upload, settings: Settings) -> UploadOut:
+    return UploadOut(
+        upload_id=upload.id,
+        filename=upload.filename,
+        width=upload.width,
+        height=upload.height,
+        thumbnail_url=settings.url(f"/api/uploads/{upload.id}/thumbnail"),
+    )
+
+
+@post(
+    "/api/uploads",
+    status_code=201,
+    summary="Upload a JPEG, PNG or WebP image (multipart field `file`)",
+    tags=["uploads"],
+    # No CSRF check here, so scripts can upload on a loopback portal without a login: a forged upload
+    # only leaves an unused, size-bounded file that expires; using it takes a job submit, which is
+    # checked. (A check would also have to read the whole multipart body before the guards stream it.)
+    opt={"exclude_from_csrf": True},
+)
+async def create_upload(
+    request: Request, services: NamedDependency[Services], content_type: ContentType, content_length: ContentLength
+) -> UploadOut:
+    return upload_out(await services.uploads.receive(content_type, content_length, request.receive), services.settings)
+
+
+@get("/api/uploads/{upload_id:str}/thumbnail", summary="A small JPEG of the upload", tags=["uploads"])
+async def upload_thumbnail(upload_id: FromPath[str], services: NamedDependency[Services]) -> File:
+    upload = await services.uploads.find(upload_id)
+    if upload is None:
+        raise NotFoundException(f"No upload with id {upload_id!r}; it may have expired.")
+    return File(
+        services.uploads.thumbnail_path(upload.id),
+        media_type="image/jpeg",
+        filename=f"{upload.id}.jpg",
+        content_disposition_type="inline",
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"},
+    )
+
+
+@post("/fragments/upload", name="upload_fragment", status_code=200)
+async def upload_fragment(
+    request: Request, services: NamedDependency[Services], content_type: ContentType, content_length: ContentLength
+) -> Template:
+    """The form's image field after a file was chosen: a preview and the id, or why it was refused.
+
+    Answers 200 either way, so htmx swaps the message in beside the field.
+    """
+    context: dict[str, object] = {"error": None, "upload": None}
+    try:
+        context["upload"] = upload_out(
+            await services.uploads.receive(content_type, content_length, request.receive), services.settings
+        )
+    except UploadRejected as rejected:
+        context["error"] = rejected.message
+    return HTMXTemplate(
+        template_name="fragments/_image_field.html",
+        context=context,
+        headers={"Connection": "close"} if context["error"] else None,
+    )
+
+
+handlers = [create_upload, upload_thumbnail, upload_fragment]
