@@ -1,0 +1,159 @@
+"""Tiled decoding: every frame, row and column lands where the untiled VAE would put it.
+
+A fake decoder stands in for the VAE: its latents carry their own position and its pixels
+name theirs (red = frame, green = row, blue = column, each mod 256), following the LTX
+VAE's causal mapping, and a tile's first frame is garbage unless it is the clip's first,
+as the real VAE's is. Any misplaced, unblended, double-counted or kept causal frame shows
+up as a wrong value.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from gpu_runner import tiling
+
+FRAMES_PER_LATENT = 8  # LTX-2's temporal compression; its spatial one is 32
+VALID_FRAME_COUNTS = range(9, 482, FRAMES_PER_LATENT)  # 8k + 1, up to 20 s at 24 fps
+
+
+class PositionDecoder:
+    """Decodes (1, 3, F', H', W') latents holding (latent frame, latent row, latent column) per cell.
+
+    Its spatial compression may be smaller than LTX-2's 32x, so that clips split into many
+    spatial tiles stay cheap to check.
+    """
+
+    dtype = torch.float32
+    temporal_compression_ratio = FRAMES_PER_LATENT
+
+    def __init__(self, pixels_per_latent: int = 32, timestep_conditioning: bool = False) -> None:
+        self.spatial_compression_ratio = pixels_per_latent
+        self.config = SimpleNamespace(timestep_conditioning=timestep_conditioning)
+        self.timesteps: list[torch.Tensor | None] = []
+
+    def decode(self, latents: torch.Tensor, timestep: torch.Tensor | None, return_dict: bool):
+        assert not return_dict
+        self.timesteps.append(timestep)
+        first_latent, first_row, first_column = (int(latents[0, channel, 0, 0, 0]) for channel in range(3))
+        frames = FRAMES_PER_LATENT * first_latent + torch.arange(1 + FRAMES_PER_LATENT * (latents.shape[2] - 1))
+        if first_latent > 0:
+            frames[0] += 128  # the causal frame decoded from a mid-clip latent: not fit to keep
+        scale = self.spatial_compression_ratio
+        rows = scale * first_row + torch.arange(scale * latents.shape[3])
+        columns = scale * first_column + torch.arange(scale * latents.shape[4])
+        shape = (len(frames), len(rows), len(columns))
+        video = torch.stack(
+            [
+                as_pixel_values(frames)[:, None, None].expand(shape),
+                as_pixel_values(rows)[None, :, None].expand(shape),
+                as_pixel_values(columns)[None, None, :].expand(shape),
+            ]
+        )
+        return (video[None],)
+
+
+def as_pixel_values(indices: torch.Tensor) -> torch.Tensor:
+    """Indices -> the [-1, 1] values that become `index mod 256` as uint8."""
+    return (indices % 256).float() / 255 * 2 - 1
+
+
+def positional_latents(num_frames: int, height: int, width: int, pixels_per_latent: int = 32) -> torch.Tensor:
+    shape = ((num_frames - 1) // FRAMES_PER_LATENT + 1, height // pixels_per_latent, width // pixels_per_latent)
+    grids = torch.meshgrid(*(torch.arange(size, dtype=torch.float32) for size in shape), indexing="ij")
+    return torch.stack(grids)[None]
+
+
+def misalignments(frames: np.ndarray) -> dict[str, int]:
+    """How many frames, rows and columns hold a value other than their own index."""
+    count, height, width, _ = frames.shape
+    expected = [np.arange(size) % 256 for size in (count, height, width)]
+    return {
+        "frames": int(np.any(frames[..., 0] != expected[0][:, None, None], axis=(1, 2)).sum()),
+        "rows": int(np.any(frames[..., 1] != expected[1][None, :, None], axis=(0, 2)).sum()),
+        "columns": int(np.any(frames[..., 2] != expected[2][None, None, :], axis=(0, 1)).sum()),
+    }
+
+
+# name: (pixels per latent, (height, width), tile sizes (the defaults where none are given)).
+# LTX-2's 32x compression where the clip fits one spatial tile; a 4x one where small tiles
+# split it many ways, which runs the same code on far fewer pixels.
+SMALL_SPATIAL_TILES = {"tile_pixels": 8, "overlap_pixels": 4}
+CASES = {
+    "32x32-default": (32, (32, 32), {}),
+    "32x64-no-temporal-overlap": (32, (32, 64), {"tile_frames": 24, "overlap_frames": 0}),
+    "16x24-4x-default": (4, (16, 24), {}),
+    "12x8-4x-rows-tiled": (4, (12, 8), SMALL_SPATIAL_TILES),
+    "8x20-4x-columns-tiled": (4, (8, 20), SMALL_SPATIAL_TILES),
+    "24x36-4x-both-tiled": (4, (24, 36), {"tile_pixels": 12, "overlap_pixels": 4}),
+    "8x12-4x-small-temporal": (4, (8, 12), {**SMALL_SPATIAL_TILES, "tile_frames": 16, "overlap_frames": 8}),
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tensors here are tiny: handing them between threads costs more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def decode_all(decoder: PositionDecoder, latents: torch.Tensor, **tiles) -> np.ndarray:
+    return np.concatenate(list(tiling.decode_tiled(decoder, latents, lambda done, total: None, **tiles)))
+
+
+@pytest.mark.parametrize(("pixels_per_latent", "size", "tiles"), CASES.values(), ids=CASES.keys())
+def test_no_frame_row_or_column_is_misaligned_for_any_valid_frame_count(pixels_per_latent, size, tiles):
+    height, width = size
+    decoder = PositionDecoder(pixels_per_latent)
+    for num_frames in VALID_FRAME_COUNTS:
+        frames = decode_all(decoder, positional_latents(num_frames, height, width, pixels_per_latent), **tiles)
+
+        assert frames.shape == (num_frames, height, width, 3)
+        assert misalignments(frames) == {"frames": 0, "rows": 0, "columns": 0}, num_frames
+
+
+@pytest.mark.parametrize("num_frames", [9, 65, 137, 481])
+def test_the_default_spatial_tiles_align_where_a_clip_needs_several(num_frames):
+    # 544 px is the narrowest side LTX-2's 512 px tiles split; the other side stays small for speed.
+    frames = decode_all(PositionDecoder(), positional_latents(num_frames, 32, 544))
+
+    assert frames.shape == (num_frames, 32, 544, 3)
+    assert misalignments(frames) == {"frames": 0, "rows": 0, "columns": 0}
+
+
+def test_each_tile_is_reported_against_a_total_known_from_the_first_report():
+    decoder, reports = PositionDecoder(4), []
+    latents = positional_latents(481, 24, 36, 4)
+    tiles = {"tile_pixels": 12, "overlap_pixels": 4}
+    plan = tiling.TilePlan.for_latents(tuple(latents.shape), 8, 4, **tiles)
+
+    chunks = list(tiling.decode_tiled(decoder, latents, lambda done, total: reports.append((done, total)), **tiles))
+
+    assert plan.total == len(plan.times) * 3 * 4 == len(decoder.timesteps)
+    assert reports == [(done, plan.total) for done in range(1, plan.total + 1)]
+    # One chunk per temporal tile, none longer than a tile: frames leave as each tile completes.
+    assert len(chunks) == len(plan.times) and max(len(chunk) for chunk in chunks) <= tiling.TILE_FRAMES
+
+
+def test_a_timestep_conditioned_vae_decodes_every_tile_at_timestep_zero():
+    decoder = PositionDecoder(4, timestep_conditioning=True)
+
+    decode_all(decoder, positional_latents(137, 12, 8, 4), **SMALL_SPATIAL_TILES)
+
+    assert decoder.timesteps and all(torch.equal(t, torch.zeros(1)) for t in decoder.timesteps)
+
+
+@pytest.mark.parametrize(
+    "tiles",
+    [{"tile_frames": 60}, {"overlap_pixels": 48}, {"tile_frames": 16, "overlap_frames": 16}, {"tile_pixels": 0}],
+    ids=["frames-not-a-multiple-of-8", "pixels-not-a-multiple-of-32", "overlap-swallows-the-tile", "empty-tile"],
+)
+def test_tile_sizes_the_plan_cannot_honour_are_refused(tiles):
+    with pytest.raises(ValueError, match="tile"):
+        tiling.TilePlan.for_latents((1, 8, 13, 4, 4), 8, 32, **tiles)
