@@ -134,9 +134,10 @@ def decode_tiled(
     tile_pixels: int = TILE_PIXELS,
     overlap_pixels: int = OVERLAP_PIXELS,
 ) -> Iterator[np.ndarray]:
-    """Decode one clip's latents (1, C, F', H', W') into chunks of (frames, height, width, 3) uint8 RGB.
+    """Decode one clip's latents into chunks of (frames, height, width, 3) uint8 RGB.
 
-    The chunks, in order, hold 1 + 8(F'-1) frames. `on_tile(done, total)` runs after each
+    `latents` are (1, C, F', H', W'), already denormalised (the pipeline's latent output);
+    the chunks, in order, hold 1 + 8(F'-1) frames. `on_tile(done, total)` runs after each
     tile's decode (a place to report progress and to stop). Between chunks the generator
     holds one temporal tile's overlap, whatever the clip's length.
     """
