@@ -11,7 +11,7 @@ import torch
 from gpu_runner import protocol
 from gpu_runner.cancel import Cancellation, Cancelled
 from gpu_runner.job import JobError, load_job
-from gpu_runner.pipeline import Stages, step_reporter
+from gpu_runner.pipeline import Stages, step_reporter, tile_reporter
 from tests.runner_fixtures import write_job
 
 
@@ -69,6 +69,19 @@ def test_the_step_callback_reports_then_stops_a_cancelled_run():
 
     assert [(event.step, event.total) for event in events] == [(1, 4), (2, 4)]
     assert events[0].eta_s == pytest.approx(3 * events[0].elapsed_s, abs=1e-3)
+
+
+def test_the_tile_callback_reports_then_stops_a_cancelled_decode():
+    events = []
+    cancellation = Cancellation()
+    on_tile = tile_reporter(events.append, cancellation)
+
+    on_tile(1, 3)
+    cancellation.signum = signal.SIGTERM
+    with pytest.raises(Cancelled):
+        on_tile(2, 3)
+
+    assert events == [protocol.Tile(done=1, total=3), protocol.Tile(done=2, total=3)]
 
 
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
