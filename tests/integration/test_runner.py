@@ -117,10 +117,8 @@ def test_a_missing_model_subfolder_exits_4_naming_it(demo_model_dir, tmp_path):
     assert error.code == "model_missing" and "vocoder" in error.message
 
 
-def test_sigterm_during_denoising_exits_143_leaving_no_video(demo_model_dir, tmp_path):
-    job_dir = tmp_path / "job"
-    # Enough work that denoising is still running when the signal lands.
-    write_job(job_dir, demo_model_dir, steps=100, width=512, height=288, num_frames=49)
+def run_job_until(job_dir, stop_at) -> tuple[int, list[protocol.Event]]:
+    """Run the job, sending SIGTERM at the first event for which `stop_at(event)` holds: exit code, events."""
     runner = subprocess.Popen(
         [sys.executable, "-m", "gpu_runner", "run", str(job_dir)],
         cwd=REPO_ROOT,
@@ -131,19 +129,44 @@ def test_sigterm_during_denoising_exits_143_leaving_no_video(demo_model_dir, tmp
         events = []
         for line in runner.stdout:
             events.append(protocol.decode(line))
-            if isinstance(events[-1], protocol.Step):
+            if stop_at(events[-1]):
                 runner.send_signal(signal.SIGTERM)
                 break
         events += [protocol.decode(line) for line in runner.stdout]
-        exit_code = runner.wait(timeout=30)
+        return runner.wait(timeout=30), events
     finally:
         runner.kill()
 
+
+def assert_cancelled_leaving_no_video(exit_code, events, job_dir):
     assert exit_code == protocol.EXIT_CANCELLED_TERM
     assert isinstance(events[-1], protocol.Error) and events[-1].code == "cancelled"
+    assert sorted(path.name for path in job_dir.iterdir()) == ["job.json"]  # no video, no partial file
+
+
+def test_sigterm_during_denoising_exits_143_leaving_no_video(demo_model_dir, tmp_path):
+    job_dir = tmp_path / "job"
+    # Enough work that denoising is still running when the signal lands.
+    write_job(job_dir, demo_model_dir, steps=100, width=512, height=288, num_frames=49)
+
+    exit_code, events = run_job_until(job_dir, lambda event: isinstance(event, protocol.Step))
+
+    assert_cancelled_leaving_no_video(exit_code, events, job_dir)
     assert len(of_type(events, protocol.Step)) < 100
     assert "decode_video" not in [stage.name for stage in of_type(events, protocol.Stage)]
-    assert sorted(path.name for path in job_dir.iterdir()) == ["job.json"]
+
+
+def test_sigterm_during_the_video_decode_stops_at_a_tile_boundary_leaving_no_video(demo_model_dir, tmp_path):
+    job_dir = tmp_path / "job"
+    # 544x64, 241 frames: 6 temporal tiles x 2 columns, so tiles remain when the signal lands.
+    write_job(job_dir, demo_model_dir, steps=2, width=544, height=64, num_frames=241)
+
+    exit_code, events = run_job_until(job_dir, lambda event: isinstance(event, protocol.Tile))
+
+    assert_cancelled_leaving_no_video(exit_code, events, job_dir)
+    tiles = of_type(events, protocol.Tile)
+    assert tiles[-1].done < tiles[-1].total == 12
+    assert "mux" not in [stage.name for stage in of_type(events, protocol.Stage)]
 
 
 def test_a_runner_whose_parent_is_already_gone_exits_at_once(demo_model_dir, tmp_path):
