@@ -91,6 +91,7 @@ def generate(job: Job, emit: Emit, cancellation: Cancellation, started: float) -
     # 7. Decode the audio latents to a mel spectrogram, then to a waveform, in float32. Audio goes
     #    first, being small, so the muxer can take video frames as soon as they are decoded.
     with stages("decode_audio"):
+        audio_vae, vocoder = audio_vae.to(device), vocoder.to(device)
         waveform = vocoder(audio_vae.decode(audio_latents.to(torch.float32), return_dict=False)[0])
         waveform = waveform[0].float().cpu().numpy()
         sample_rate = vocoder.config.output_sampling_rate  # not pipe.audio_sampling_rate: that is the mel rate
@@ -101,7 +102,7 @@ def generate(job: Job, emit: Emit, cancellation: Cancellation, started: float) -
     # 9. finish the MP4 (flush, moov atom to the front); video.mp4 appears only when complete.
     with mux.Mp4Writer(job.path(protocol.VIDEO_FILE), request.fps, waveform, sample_rate) as writer:
         with stages("decode_video"):
-            for frames in tiling.decode_tiled(vae, video_latents, tile_reporter(emit, cancellation)):
+            for frames in tiling.decode_tiled(vae.to(device), video_latents, tile_reporter(emit, cancellation)):
                 writer.add_frames(frames)
             del vae
             memory.release(device)

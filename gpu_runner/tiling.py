@@ -152,7 +152,7 @@ def decode_tiled(
         tile_pixels=tile_pixels,
         overlap_pixels=overlap_pixels,
     )
-    latents = latents.to(vae.dtype)
+    latents = latents.to(device=vae.device, dtype=vae.dtype)
     # A timestep-conditioned VAE decodes at timestep 0 (the pipeline's default decode_timestep).
     timestep = torch.zeros(1, device=latents.device, dtype=latents.dtype) if vae.config.timestep_conditioning else None
     height, width = (size * plan.pixels_per_latent for size in latents.shape[-2:])

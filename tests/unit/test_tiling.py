@@ -30,7 +30,7 @@ class PositionDecoder:
     spatial tiles stay cheap to check.
     """
 
-    dtype = torch.float32
+    dtype, device = torch.float32, torch.device("cpu")
     temporal_compression_ratio = FRAMES_PER_LATENT
 
     def __init__(self, pixels_per_latent: int = 32, timestep_conditioning: bool = False) -> None:
