@@ -3,12 +3,12 @@
 Why not `diffusers.utils.encode_video`: it truncates fractional frame rates to integers
 and appends all audio after the video. Here the frame rate is an exact fraction, the
 audio lasts exactly as long as the video, and packets alternate in time order so a
-browser can play the file while it downloads.
+browser can play the file while it downloads. Frames arrive in chunks while the video is
+still being decoded, so the whole clip is never held in memory.
 """
 
 from __future__ import annotations
 
-import heapq
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -32,46 +32,79 @@ def fit_audio(audio: np.ndarray, num_samples: int) -> np.ndarray:
     return np.pad(audio, ((0, 0), (0, num_samples - audio.shape[1])))
 
 
-def write_mp4(
-    path: Path,
-    frames: np.ndarray,
-    fps: float,
-    audio: np.ndarray,
-    sample_rate: int,
-    *,
-    crf: int = DEFAULT_CRF,
-) -> None:
-    """Write `frames` (F, H, W, 3 uint8 RGB) and `audio` ((channels, samples) float in [-1, 1]).
+class Mp4Writer:
+    """Writes `video.mp4` from frames handed over in chunks as they are decoded; the audio is known up front.
 
-    The file appears at `path` only when complete: it is written under a temporary name
-    in the same directory and renamed.
+    Frames are (count, height, width, 3) uint8 RGB; the audio is (channels, samples) float in
+    [-1, 1], trimmed or zero-padded to the video's duration. Each AAC frame is muxed as soon
+    as the video reaches its end, so memory holds no more than the encoders' look-ahead.
+    Use it as a context manager: the file appears at `path` only when `finish()` completes
+    (it is written under a temporary name in the same directory and renamed); leaving the
+    block otherwise removes the partial file.
     """
-    num_frames, height, width, _ = frames.shape
-    rate = exact_frame_rate(fps)
-    num_samples = round(Fraction(num_frames) / rate * sample_rate)
-    audio = np.ascontiguousarray(np.clip(fit_audio(audio, num_samples), -1.0, 1.0), dtype=np.float32)
-    layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
 
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with av.open(str(partial), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-            video = container.add_stream("libx264", rate=rate)
-            video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-            video.options = {"crf": str(crf)}
-            sound = container.add_stream("aac", rate=sample_rate, layout=layout)
+    def __init__(self, path: Path, fps: float, audio: np.ndarray, sample_rate: int, *, crf: int = DEFAULT_CRF):
+        self.path = path
+        self.partial = path.with_name(f".{path.name}.partial")
+        self.rate = exact_frame_rate(fps)
+        self.audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
+        self.sample_rate = sample_rate
+        self.layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
+        self.crf = crf
+        self.frames_written = 0
+        self.samples_written = 0
+        self._container: av.container.OutputContainer | None = None
 
-            video_frames = (_video_frame(frames[index], index, rate) for index in range(num_frames))
-            audio_frames = (
-                _audio_frame(audio[:, start : start + AAC_FRAME_SAMPLES], start, sample_rate, layout)
-                for start in range(0, num_samples, AAC_FRAME_SAMPLES)
-            )
-            for stream, frame in _in_time_order((video, video_frames), (sound, audio_frames)):
-                container.mux(stream.encode(frame))
-            for stream in (video, sound):
-                container.mux(stream.encode(None))  # flush the encoders
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, *_exception) -> None:
+        if self._container is not None:  # not finished: close what is open and leave nothing behind
+            self._container.close()
+        self.partial.unlink(missing_ok=True)
+
+    def add_frames(self, frames: np.ndarray) -> None:
+        if self._container is None:
+            self._open(width=frames.shape[2], height=frames.shape[1])
+        for pixels in frames:
+            self._mux(self._video, _video_frame(pixels, self.frames_written, self.rate))
+            self.frames_written += 1
+            self._mux_audio(until=self._samples_for(self.frames_written), whole_frames_only=True)
+
+    def finish(self) -> None:
+        """Mux the audio's tail, flush the encoders, and move the finished file into place."""
+        if self._container is None:
+            raise ValueError("an MP4 needs at least one frame")
+        self._mux_audio(until=self._samples_for(self.frames_written), whole_frames_only=False)
+        for stream in (self._video, self._sound):
+            self._mux(stream, None)  # flush the encoder
+        self._container.close()  # writes the moov atom at the front (faststart)
+        self._container = None
+        os.replace(self.partial, self.path)
+
+    def _open(self, width: int, height: int) -> None:
+        self._container = av.open(str(self.partial), mode="w", format="mp4", options={"movflags": "+faststart"})
+        self._video = self._container.add_stream("libx264", rate=self.rate)
+        self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
+        self._video.options = {"crf": str(self.crf)}
+        self._sound = self._container.add_stream("aac", rate=self.sample_rate, layout=self.layout)
+
+    def _samples_for(self, num_frames: int) -> int:
+        """Audio samples lasting as long as `num_frames` video frames."""
+        return round(Fraction(num_frames) / self.rate * self.sample_rate)
+
+    def _mux_audio(self, until: int, whole_frames_only: bool) -> None:
+        """Mux AAC frames up to sample `until`; the last one may be short only when the video is complete."""
+        while self.samples_written < until:
+            end = min(self.samples_written + AAC_FRAME_SAMPLES, until)
+            if whole_frames_only and end - self.samples_written < AAC_FRAME_SAMPLES:
+                return
+            samples = fit_audio(self.audio[:, self.samples_written : end], end - self.samples_written)
+            self._mux(self._sound, _audio_frame(samples, self.samples_written, self.sample_rate, self.layout))
+            self.samples_written = end
+
+    def _mux(self, stream, frame) -> None:
+        self._container.mux(stream.encode(frame))
 
 
 def _video_frame(pixels: np.ndarray, index: int, rate: Fraction) -> av.VideoFrame:
@@ -84,15 +117,3 @@ def _audio_frame(samples: np.ndarray, start: int, sample_rate: int, layout: str)
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
     frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
     return frame
-
-
-def _in_time_order(*tracks):
-    """Merge (stream, frames) tracks into one sequence of (stream, frame) by presentation time."""
-    timed = [_timed(stream, frames) for stream, frames in tracks]
-    for _, stream, frame in heapq.merge(*timed, key=lambda item: item[0]):
-        yield stream, frame
-
-
-def _timed(stream, frames):
-    for frame in frames:
-        yield frame.pts * frame.time_base, stream, frame

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gpu_runner import admission, memory, mux, protocol
+from gpu_runner import admission, memory, mux, protocol, tiling
 from gpu_runner.cancel import Cancellation
 from gpu_runner.conditioning import image_conditions
 from gpu_runner.job import Job, JobError
@@ -107,31 +107,35 @@ def generate(
         del pipe
         memory.release(device)
 
-    # 7. Decode the video latents to RGB frames.
-    with stages("decode_video"):
-        frames = decode_video(vae.to(device), video_latents)
-        del vae
-        memory.release(device)
-
-    # 8. Decode the audio latents to a mel spectrogram, then to a waveform, in float32.
+    # 7. Decode the audio latents to a mel spectrogram, then to a waveform, in float32. Audio goes
+    #    first, being small, so the muxer can take video frames as soon as they are decoded.
     with stages("decode_audio"):
         audio_vae, vocoder = audio_vae.to(device), vocoder.to(device)
         waveform = vocoder(audio_vae.decode(audio_latents.to(torch.float32), return_dict=False)[0])
         waveform = waveform[0].float().cpu().numpy()
         sample_rate = vocoder.config.output_sampling_rate  # not pipe.audio_sampling_rate: that is the mel rate
+        del audio_vae, vocoder
+        memory.release(device)
 
-    # 9. Mux H.264 + AAC into video.mp4, which appears only when complete.
-    with stages("mux"):
-        mux.write_mp4(job.path(protocol.VIDEO_FILE), frames, request.fps, waveform, sample_rate)
+    # 8. Decode the video in tiles, streaming each finished chunk of frames into the muxer, and
+    # 9. finish the MP4 (flush, moov atom to the front); video.mp4 appears only when complete.
+    with mux.Mp4Writer(job.path(protocol.VIDEO_FILE), request.fps, waveform, sample_rate) as writer:
+        with stages("decode_video"):
+            for frames in tiling.decode_tiled(vae.to(device), video_latents, tile_reporter(emit, cancellation)):
+                writer.add_frames(frames)
+            del vae
+            memory.release(device)
+        with stages("mux"):
+            writer.finish()
 
     return protocol.Result(
         file=protocol.VIDEO_FILE,
-        frames=len(frames),
+        frames=writer.frames_written,
         fps=request.fps,
         width=request.width,
         height=request.height,
         audio_sample_rate=sample_rate,
-        duration_s=round(len(frames) / request.fps, 3),
+        duration_s=round(writer.frames_written / request.fps, 3),
         peak_vram_gib=stages.peak_vram_gib,
         timings=stages.timings,
     )
@@ -214,6 +218,16 @@ def step_reporter(emit: Emit, cancellation: Cancellation, total: int, previews: 
     return on_step_end
 
 
+def tile_reporter(emit: Emit, cancellation: Cancellation):
+    """The per-tile callback of the tiled decode: a `tile` event, then a cancellation check."""
+
+    def on_tile(done: int, total: int) -> None:
+        emit(protocol.Tile(done=done, total=total))
+        cancellation.check()
+
+    return on_tile
+
+
 def guidance_settings(job: Job, source: DiffusersDirectory) -> dict:
     """The guidance beyond CFG, per model.
 
@@ -234,15 +248,3 @@ def guidance_settings(job: Job, source: DiffusersDirectory) -> dict:
     if source.is_ltx2_0():
         return {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
     return {}
-
-
-def decode_video(vae, latents: torch.Tensor):
-    """Latents (already denormalised by the pipeline) -> (frames, height, width, 3) uint8 RGB."""
-    latents = latents.to(vae.dtype)
-    # A timestep-conditioned VAE decodes at timestep 0 (the pipeline's default decode_timestep).
-    timestep = None
-    if vae.config.timestep_conditioning:
-        timestep = torch.zeros(latents.shape[0], device=latents.device, dtype=latents.dtype)
-    video = vae.decode(latents, timestep, return_dict=False)[0][0]  # (channels, frames, height, width) in [-1, 1]
-    pixels = ((video.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return pixels.permute(1, 2, 3, 0).cpu().numpy()

@@ -20,9 +20,9 @@ STAGES = (
     "load_transformer",
     "denoise",
     "free_transformer",
+    "decode_audio",  # before the video: the muxer takes video frames as they are decoded
     "decode_video",
-    "decode_audio",
-    "mux",
+    "mux",  # finishing the file; the streams are muxed while the video decodes
 )
 
 ErrorCode = Literal["invalid_input", "model_missing", "out_of_memory", "cancelled", "internal"]

@@ -20,7 +20,7 @@ from diffusers import AutoencoderKLLTX2Video
 from diffusers.pipelines.ltx2.utils import apply_image_conditioning_crf
 from PIL import Image
 
-from gpu_runner import pipeline
+from gpu_runner import pipeline, tiling
 from gpu_runner.cancel import Cancellation
 from gpu_runner.conditioning import IMAGE_CRF
 from gpu_runner.job import load_job
@@ -35,13 +35,13 @@ SAME_LATENT = 1e-4  # float32 round-off through the scheduler's steps; a differe
 def denoised_latents(job_dir, monkeypatch) -> torch.Tensor:
     """Run the job through the runner's own generate(), catching the latents its video decoder receives."""
     caught = []
-    decode = pipeline.decode_video
+    decode = tiling.decode_tiled
 
-    def catching(vae, latents):
+    def catching(vae, latents, *args, **kwargs):
         caught.append(latents.detach().clone())
-        return decode(vae, latents)
+        return decode(vae, latents, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "decode_video", catching)
+    monkeypatch.setattr(tiling, "decode_tiled", catching)
     pipeline.generate(load_job(job_dir), lambda event: None, Cancellation(), time.monotonic())
     (latents,) = caught
     return latents

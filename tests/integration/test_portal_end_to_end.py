@@ -31,8 +31,8 @@ def test_a_submitted_prompt_streams_progress_and_ends_as_an_mp4_with_audio(porta
         "load_transformer",
         "denoise",
         "free_transformer",
-        "decode_video",
         "decode_audio",
+        "decode_video",
         "mux",
     ]
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from gpu_runner import protocol
+from gpu_runner import protocol, tiling
 from tests.runner_fixtures import REPO_ROOT, read_mp4, run_job, write_job
 
 STEPS = 8
@@ -117,10 +117,8 @@ def test_a_missing_model_subfolder_exits_4_naming_it(demo_model_dir, tmp_path):
     assert error.code == "model_missing" and "vocoder" in error.message
 
 
-def test_sigterm_during_denoising_exits_143_leaving_no_video(demo_model_dir, tmp_path):
-    job_dir = tmp_path / "job"
-    # Enough work that denoising is still running when the signal lands.
-    write_job(job_dir, demo_model_dir, steps=100, width=512, height=288, num_frames=49)
+def run_job_until(job_dir, stop_at) -> tuple[int, list[protocol.Event]]:
+    """Run the job, sending SIGTERM at the first event for which `stop_at(event)` holds: exit code, events."""
     runner = subprocess.Popen(
         [sys.executable, "-m", "gpu_runner", "run", str(job_dir)],
         cwd=REPO_ROOT,
@@ -131,19 +129,44 @@ def test_sigterm_during_denoising_exits_143_leaving_no_video(demo_model_dir, tmp
         events = []
         for line in runner.stdout:
             events.append(protocol.decode(line))
-            if isinstance(events[-1], protocol.Step):
+            if stop_at(events[-1]):
                 runner.send_signal(signal.SIGTERM)
                 break
         events += [protocol.decode(line) for line in runner.stdout]
-        exit_code = runner.wait(timeout=30)
+        return runner.wait(timeout=30), events
     finally:
         runner.kill()
 
+
+def assert_cancelled_leaving_no_video(exit_code, events, job_dir):
     assert exit_code == protocol.EXIT_CANCELLED_TERM
     assert isinstance(events[-1], protocol.Error) and events[-1].code == "cancelled"
+    assert sorted(path.name for path in job_dir.iterdir()) == ["job.json"]  # no video, no partial file
+
+
+def test_sigterm_during_denoising_exits_143_leaving_no_video(demo_model_dir, tmp_path):
+    job_dir = tmp_path / "job"
+    # Enough work that denoising is still running when the signal lands.
+    write_job(job_dir, demo_model_dir, steps=100, width=512, height=288, num_frames=49)
+
+    exit_code, events = run_job_until(job_dir, lambda event: isinstance(event, protocol.Step))
+
+    assert_cancelled_leaving_no_video(exit_code, events, job_dir)
     assert len(of_type(events, protocol.Step)) <= 2, "it stops at the first step boundary after the signal"
     assert "decode_video" not in [stage.name for stage in of_type(events, protocol.Stage)]
-    assert sorted(path.name for path in job_dir.iterdir()) == ["job.json"]
+
+
+def test_sigterm_during_the_video_decode_stops_at_a_tile_boundary_leaving_no_video(demo_model_dir, tmp_path):
+    job_dir = tmp_path / "job"
+    # 544x64, 241 frames: 6 temporal tiles x 2 columns, so tiles remain when the signal lands.
+    write_job(job_dir, demo_model_dir, steps=2, width=544, height=64, num_frames=241)
+
+    exit_code, events = run_job_until(job_dir, lambda event: isinstance(event, protocol.Tile))
+
+    assert_cancelled_leaving_no_video(exit_code, events, job_dir)
+    tiles = of_type(events, protocol.Tile)
+    assert tiles[-1].done < tiles[-1].total == 12
+    assert "mux" not in [stage.name for stage in of_type(events, protocol.Stage)]
 
 
 def test_a_runner_whose_parent_is_already_gone_exits_at_once(demo_model_dir, tmp_path):
@@ -160,3 +183,42 @@ def test_a_runner_whose_parent_is_already_gone_exits_at_once(demo_model_dir, tmp
 
     assert completed.returncode == protocol.EXIT_CANCELLED_TERM
     assert completed.stdout == b""
+
+
+def assert_tiles_count_up_to_the_announced_total(events, expected_total):
+    tiles = of_type(events, protocol.Tile)
+    expected = [(done, expected_total) for done in range(1, expected_total + 1)]
+    assert [(tile.done, tile.total) for tile in tiles] == expected
+    # All of them while the video decodes.
+    names = [getattr(event, "name", None) for event in events]
+    assert names.index("decode_video") < events.index(tiles[0]) and events.index(tiles[-1]) < names.index("mux")
+
+
+def test_the_video_decode_reports_each_tile_against_the_true_total(finished_job):
+    _, events = finished_job
+
+    assert_tiles_count_up_to_the_announced_total(events, expected_total=1)  # 256x160, 25 frames: one tile
+
+
+# A 481-frame clip (20 s at 24 fps), the longest a job may ask for. AVP_TEST_LONG_CLIP_SIZE
+# ("WxH") sets its size; 544 px wide splits the demo's 512 px tiles in two, so the runner
+# tiles in width as well as in time (12 temporal tiles x 2: 24 tiles).
+LONG_CLIP_FRAMES = 481
+LONG_CLIP_SIZE = os.environ.get("AVP_TEST_LONG_CLIP_SIZE", "544x64")
+
+
+@pytest.mark.slow
+def test_a_481_frame_job_completes_through_the_tiled_decode(demo_model_dir, tmp_path):
+    width, height = map(int, LONG_CLIP_SIZE.split("x"))
+    job_dir = tmp_path / "long"
+    write_job(job_dir, demo_model_dir, width=width, height=height, num_frames=LONG_CLIP_FRAMES, steps=2)
+
+    exit_code, events, stderr = run_job(job_dir, timeout=600)
+
+    assert exit_code == 0, stderr
+    latent_shape = (1, 8, (LONG_CLIP_FRAMES - 1) // 8 + 1, height // 32, width // 32)
+    assert_tiles_count_up_to_the_announced_total(events, tiling.TilePlan.for_latents(latent_shape, 8, 32).total)
+    clip = read_mp4(job_dir / "video.mp4")
+    assert (clip.width, clip.height, len(clip.frames)) == (width, height, LONG_CLIP_FRAMES)
+    assert events[-1].frames == LONG_CLIP_FRAMES
+    assert abs(clip.audio_duration_s - LONG_CLIP_FRAMES / 24) <= 1024 / 24000

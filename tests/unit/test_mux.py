@@ -22,6 +22,21 @@ def moving_gradient(num_frames: int, height: int, width: int) -> np.ndarray:
     return np.stack([np.stack([f, f[::-1], 255 - f], axis=-1) for f in frames]).astype(np.uint8)
 
 
+def is_nearest_its_own(decoded: list[np.ndarray], frames: np.ndarray, index: int) -> bool:
+    """Whether decoded frame `index` differs less from sent frame `index` than from the sent frames beside it."""
+    beside = [i for i in (index - 1, index + 1) if 0 <= i < len(frames)]
+    errors = {i: np.abs(decoded[index].astype(int) - frames[i]).mean() for i in [index, *beside]}
+    return all(errors[index] < errors[i] for i in beside)
+
+
+def write_clip(path, frames: np.ndarray, fps: float, audio: np.ndarray, chunk_frames: int = 8) -> None:
+    """Hand `frames` to the writer in chunks, as the tiled decoder does."""
+    with mux.Mp4Writer(path, fps, audio, SAMPLE_RATE) as writer:
+        for start in range(0, len(frames), chunk_frames):
+            writer.add_frames(frames[start : start + chunk_frames])
+        writer.finish()
+
+
 def tone(seconds: float, channels: int = 2) -> np.ndarray:
     t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     return np.tile(0.3 * np.sin(2 * np.pi * 440 * t), (channels, 1)).astype(np.float32)
@@ -30,7 +45,7 @@ def tone(seconds: float, channels: int = 2) -> np.ndarray:
 @pytest.mark.parametrize("fps", [24.0, 25.0, 30000 / 1001])
 def test_video_has_exactly_the_given_frames_size_and_rate(tmp_path, fps):
     path = tmp_path / "video.mp4"
-    mux.write_mp4(path, moving_gradient(33, 160, 256), fps, tone(33 / fps), SAMPLE_RATE)
+    write_clip(path, moving_gradient(33, 160, 256), fps, tone(33 / fps))
 
     clip = read_mp4(path)
     assert (clip.video_codec, clip.width, clip.height, len(clip.frames)) == ("h264", 256, 160, 33)
@@ -46,7 +61,7 @@ def test_ntsc_rates_are_kept_as_exact_fractions():
 @pytest.mark.parametrize("audio_seconds", [0.4, 25 / 24, 3.0], ids=["short", "exact", "long"])
 def test_audio_is_trimmed_or_padded_to_the_video_duration(tmp_path, audio_seconds):
     path = tmp_path / "video.mp4"
-    mux.write_mp4(path, moving_gradient(25, 64, 96), 24.0, tone(audio_seconds), SAMPLE_RATE)
+    write_clip(path, moving_gradient(25, 64, 96), 24.0, tone(audio_seconds))
 
     clip = read_mp4(path)
     assert (clip.audio_codec, clip.sample_rate, clip.audio_channels) == ("aac", SAMPLE_RATE, 2)
@@ -55,14 +70,14 @@ def test_audio_is_trimmed_or_padded_to_the_video_duration(tmp_path, audio_second
 
 def test_mono_audio_stays_mono(tmp_path):
     path = tmp_path / "video.mp4"
-    mux.write_mp4(path, moving_gradient(9, 64, 64), 24.0, tone(1.0, channels=1), SAMPLE_RATE)
+    write_clip(path, moving_gradient(9, 64, 64), 24.0, tone(1.0, channels=1))
 
     assert read_mp4(path).audio_channels == 1
 
 
 def test_moov_atom_comes_before_the_media_data(tmp_path):
     path = tmp_path / "video.mp4"
-    mux.write_mp4(path, moving_gradient(25, 64, 96), 24.0, tone(1.0), SAMPLE_RATE)
+    write_clip(path, moving_gradient(25, 64, 96), 24.0, tone(1.0))
 
     data = path.read_bytes()
     assert 0 < data.index(b"moov") < data.index(b"mdat")
@@ -70,7 +85,7 @@ def test_moov_atom_comes_before_the_media_data(tmp_path):
 
 def test_audio_and_video_packets_alternate_in_time_order(tmp_path):
     path = tmp_path / "video.mp4"
-    mux.write_mp4(path, moving_gradient(97, 64, 64), 24.0, tone(97 / 24), SAMPLE_RATE)
+    write_clip(path, moving_gradient(97, 64, 64), 24.0, tone(97 / 24))
 
     with av.open(str(path)) as container:
         # By byte position: the demuxer hands packets out in time order whatever the layout.
@@ -92,6 +107,27 @@ def test_the_file_appears_only_when_complete(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mux, "_video_frame", failing_video_frame)
     with pytest.raises(RuntimeError, match="encoder died"):
-        mux.write_mp4(path, moving_gradient(25, 64, 96), 24.0, tone(1.0), SAMPLE_RATE)
+        write_clip(path, moving_gradient(25, 64, 96), 24.0, tone(1.0))
+
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("chunk_frames", [1, 7, 41, 97])
+def test_chunks_of_any_size_give_every_frame_and_audio_as_long_as_the_video(tmp_path, chunk_frames):
+    path = tmp_path / "video.mp4"
+    frames = moving_gradient(97, 64, 64)
+    write_clip(path, frames, 30000 / 1001, tone(5.0), chunk_frames=chunk_frames)
+
+    clip = read_mp4(path)
+    assert len(clip.frames) == 97
+    assert abs(clip.audio_duration_s - 97 * 1001 / 30000) <= ONE_AAC_FRAME_S
+    # Lossy, but each decoded frame is nearer the frame handed over at its index than its neighbours.
+    assert all(is_nearest_its_own(clip.frames, frames, index) for index in range(97))
+
+
+def test_leaving_the_writer_without_finishing_leaves_no_file(tmp_path):
+    path = tmp_path / "video.mp4"
+    with mux.Mp4Writer(path, 24.0, tone(1.0), SAMPLE_RATE) as writer:
+        writer.add_frames(moving_gradient(9, 64, 64))
 
     assert list(tmp_path.iterdir()) == []

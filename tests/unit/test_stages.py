@@ -13,7 +13,7 @@ from PIL import Image
 from gpu_runner import protocol
 from gpu_runner.cancel import Cancellation, Cancelled
 from gpu_runner.job import JobError, load_job
-from gpu_runner.pipeline import Stages, step_reporter
+from gpu_runner.pipeline import Stages, step_reporter, tile_reporter
 from gpu_runner.preview import UPSCALE, PreviewWriter, clean_estimate
 from tests.runner_fixtures import write_job
 
@@ -99,6 +99,19 @@ def test_the_clean_estimate_of_an_euler_step_is_the_sample_it_aims_at():
     clean, noise = torch.randn(4, 8), torch.randn(4, 8)
     before, after = 0.2 * clean + 0.8 * noise, 0.7 * clean + 0.3 * noise  # noise levels 0.8, then 0.3
     assert torch.allclose(clean_estimate(before, after, 0.8, 0.3), clean, atol=1e-5)
+
+
+def test_the_tile_callback_reports_then_stops_a_cancelled_decode():
+    events = []
+    cancellation = Cancellation()
+    on_tile = tile_reporter(events.append, cancellation)
+
+    on_tile(1, 3)
+    cancellation.signum = signal.SIGTERM
+    with pytest.raises(Cancelled):
+        on_tile(2, 3)
+
+    assert events == [protocol.Tile(done=1, total=3), protocol.Tile(done=2, total=3)]
 
 
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
