@@ -80,12 +80,12 @@ def test_the_text_encoder_is_collected_before_the_transformer_loads_and_the_tran
         if isinstance(event, protocol.Stage) and event.name == "load_transformer":
             assert refs["text_encoder"]() is None and refs["connectors"]() is None, "text side still alive"
             checked.append(event.name)
-        if isinstance(event, protocol.Stage) and event.name == "decode_video":
+        if isinstance(event, protocol.Stage) and event.name == "decode_audio":  # the first decode
             assert refs["transformer"]() is None, "transformer still alive at decode"
             checked.append(event.name)
 
     pipeline.generate(job, emit, Cancellation(), started=0.0, source=Watched(job.model_dir))
-    assert checked == ["load_transformer", "decode_video"]
+    assert checked == ["load_transformer", "decode_audio"]
 
 
 def test_fp8_storage_and_full_precision_runs_of_one_seed_stay_close(demo_model_dir, tmp_path) -> None:
