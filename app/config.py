@@ -9,11 +9,12 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import get_args
 
 import msgspec
 
 from app.passwords import is_password_hash
-from gpu_runner.specs import ModelSpec, model_specs
+from gpu_runner.specs import ModelSpec, Precision, model_specs
 
 
 class SettingsError(ValueError):
@@ -30,6 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cancel_grace_s: float = 5.0  # SIGTERM to SIGKILL for a runner being cancelled
     shutdown_grace_s: float = 3.0  # uvicorn's wait for open connections (SSE) at shutdown
     heartbeat_s: float = 15.0
+    precision: str | None = None  # overrides every model's CUDA precision policy: fp8, bf16 or fp32
     prompt_cache_mb: int = 2048  # encoded prompts kept on disk, least recently used dropped first
     max_upload_mb: float = 20.0  # largest image file accepted by POST /api/uploads
     upload_ttl_s: float = 86400.0  # how long an upload no job uses is kept
@@ -112,6 +114,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"AVP_MODEL_DIR={model_dir!r} is not a directory; point it at a Diffusers-format "
                 "LTX-2 directory (with transformer/, vae/, text_encoder/ ...) or unset it to use the demo model"
             )
+        precision = env.get("AVP_PRECISION", "").strip() or None
+        if precision is not None and precision not in get_args(Precision):
+            raise SettingsError(f"AVP_PRECISION={precision!r} is not one of {', '.join(get_args(Precision))}")
         runner_python = env.get("AVP_RUNNER_PYTHON", "").strip() or sys.executable
         if shutil.which(runner_python) is None:
             raise SettingsError(
@@ -142,6 +147,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             cancel_grace_s=number("AVP_CANCEL_GRACE_S", 5.0),
             shutdown_grace_s=number("AVP_SHUTDOWN_GRACE_S", 3.0),
             heartbeat_s=number("AVP_HEARTBEAT_S", 15.0, float, 0.1),
+            precision=precision,
             prompt_cache_mb=int(number("AVP_PROMPT_CACHE_MB", 2048, int, 0)),
             max_upload_mb=number("AVP_MAX_UPLOAD_MB", 20.0, float, 0.01),
             upload_ttl_s=number("AVP_UPLOAD_TTL_S", 86400.0, float, 1),

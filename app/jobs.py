@@ -80,6 +80,7 @@ class Services(msgspec.Struct, frozen=True):
             request=resolved,
             model_kind=spec.kind,
             model_path=spec.path,
+            precision=self.settings.precision,
             prompt_cache_dir=str(self.settings.prompt_cache_dir),
             prompt_cache_mb=self.settings.prompt_cache_mb,
             image_file=protocol.IMAGE_FILE if upload else None,

@@ -101,3 +101,11 @@ def test_a_running_job_shows_previews_of_the_clip(portal: Portal) -> None:
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     assert response.content[:3] == b"\xff\xd8\xff"  # a JPEG
     assert portal.job(job["id"])["progress"]["preview_step"] == 12
+
+
+def test_the_precision_setting_reaches_every_job(make_portal) -> None:
+    portal = make_portal(AVP_PRECISION="fp8")
+    job = portal.submit(steps=1)
+    written = json.loads((portal.job_dir(job["id"]) / "job.json").read_text())
+    assert written["precision"] == "fp8"
+    assert portal.wait(job["id"])["status"] == "succeeded"

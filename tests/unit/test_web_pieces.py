@@ -159,6 +159,7 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
         ({"AVP_MAX_QUEUE": "0"}, "AVP_MAX_QUEUE='0' must be at least 1"),
         ({"AVP_MODEL_DIR": "/no/such/dir"}, "is not a directory"),
         ({"AVP_RUNNER_PYTHON": "/no/such/python"}, "is not an executable"),
+        ({"AVP_PRECISION": "int4"}, "AVP_PRECISION='int4' is not one of fp8, bf16, fp32"),
         ({"AVP_ROOT_PATH": "portal"}, "must look like /portal"),
         ({"AVP_ROOT_PATH": "/a b"}, "must look like /portal"),
         ({"AVP_API_TOKEN": "short"}, "AVP_API_TOKEN is too short"),
