@@ -9,12 +9,15 @@ still being decoded, so the whole clip is never held in memory.
 
 from __future__ import annotations
 
+import logging
 import os
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 AAC_FRAME_SAMPLES = 1024
 DEFAULT_CRF = 18  # visually near-lossless; the clips are short, so size matters little
@@ -32,6 +35,19 @@ def fit_audio(audio: np.ndarray, num_samples: int) -> np.ndarray:
     return np.pad(audio, ((0, 0), (0, num_samples - audio.shape[1])))
 
 
+def playable(audio: np.ndarray) -> np.ndarray:
+    """Float PCM the AAC encoder accepts: finite and within [-1, 1].
+
+    FFmpeg's AAC encoder refuses a frame holding NaN or infinity (EINVAL) and would fail the
+    whole job over a few bad samples (a diverged vocoder, as the random-weight demo's can at
+    one step); those samples become silence instead, and the runner's log says so.
+    """
+    finite = np.isfinite(audio)
+    if not finite.all():
+        log.warning("the soundtrack had %d non-finite samples; they are written as silence", (~finite).sum())
+    return np.clip(np.where(finite, audio, 0.0), -1.0, 1.0).astype(np.float32)
+
+
 class Mp4Writer:
     """Writes `video.mp4` from frames handed over in chunks as they are decoded; the audio is known up front.
 
@@ -47,7 +63,7 @@ class Mp4Writer:
         self.path = path
         self.partial = path.with_name(f".{path.name}.partial")
         self.rate = exact_frame_rate(fps)
-        self.audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
+        self.audio = playable(audio)
         self.sample_rate = sample_rate
         self.layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
         self.crf = crf

@@ -83,7 +83,8 @@ def test_models_list_constraints_and_defaults_a_client_can_submit_as_they_are(po
     assert model["id"] == "demo" and "random weights" in model["note"]
     assert model["constraints"]["size_multiple"] == 32 and model["constraints"]["max_frames"] == 481
     job = portal.submit(**model["defaults"], model=model["id"])
-    assert portal.wait(job["id"])["status"] == "succeeded"
+    finished = portal.wait(job["id"])
+    assert finished["status"] == "succeeded", finished["error"]
 
 
 @pytest.mark.parametrize("path", ["/schema", "/schema/openapi.json", "/healthz"])
@@ -108,4 +109,5 @@ def test_the_precision_setting_reaches_every_job(make_portal) -> None:
     job = portal.submit(steps=1)
     written = json.loads((portal.job_dir(job["id"]) / "job.json").read_text())
     assert written["precision"] == "fp8"
-    assert portal.wait(job["id"])["status"] == "succeeded"
+    finished = portal.wait(job["id"])
+    assert finished["status"] == "succeeded", finished["error"]

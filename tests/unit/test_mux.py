@@ -131,3 +131,10 @@ def test_leaving_the_writer_without_finishing_leaves_no_file(tmp_path):
         writer.add_frames(moving_gradient(9, 64, 64))
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_audio_samples_become_silence_so_the_encoder_accepts_them():
+    from gpu_runner.mux import playable
+
+    audio = np.array([[0.5, np.nan, np.inf, -np.inf, 2.0, -0.25]], dtype=np.float32)
+    assert playable(audio).tolist() == [[0.5, 0.0, 0.0, 0.0, 1.0, -0.25]]
