@@ -23,6 +23,25 @@ def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     return ((approx - exact).norm() / exact.norm()).item()
 
 
+def transformer_inputs(cfg, batch: int) -> dict:
+    """A small random input for one transformer forward: 2x3x4 video cells, 5 audio frames, 6 text tokens."""
+    torch.manual_seed(1)
+    frames, height, width, audio_frames, tokens = 2, 3, 4, 5, 6
+    return dict(
+        hidden_states=torch.randn(batch, frames * height * width, cfg.in_channels),
+        audio_hidden_states=torch.randn(batch, audio_frames, cfg.audio_in_channels),
+        encoder_hidden_states=torch.randn(batch, tokens, cfg.caption_channels),
+        audio_encoder_hidden_states=torch.randn(batch, tokens, cfg.caption_channels),
+        encoder_attention_mask=torch.ones(batch, tokens),
+        timestep=torch.full((batch,), 500.0),
+        num_frames=frames,
+        height=height,
+        width=width,
+        audio_num_frames=audio_frames,
+        return_dict=False,
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "selected"),
     [
@@ -62,21 +81,7 @@ def test_the_demo_transformer_stores_only_the_selected_layers_in_fp8(demo_model_
     float8_params = {n for n, p in model.named_parameters() if p.dtype == FP8_DTYPE}
     assert float8_params == {f"{n}.weight" for n in fp8_names}, "nothing else is stored in float8"
 
-    torch.manual_seed(1)
-    cfg = model.config
-    frames, height, width, audio_frames, tokens = 2, 3, 4, 5, 6
-    inputs = dict(
-        hidden_states=torch.randn(1, frames * height * width, cfg.in_channels),
-        audio_hidden_states=torch.randn(1, audio_frames, cfg.audio_in_channels),
-        encoder_hidden_states=torch.randn(1, tokens, cfg.caption_channels),
-        audio_encoder_hidden_states=torch.randn(1, tokens, cfg.caption_channels),
-        timestep=torch.tensor([500.0]),
-        num_frames=frames,
-        height=height,
-        width=width,
-        audio_num_frames=audio_frames,
-        return_dict=False,
-    )
+    inputs = transformer_inputs(model.config, batch=1)
     with torch.no_grad():
         exact_video, exact_audio = original(**inputs)
         fp8_video, fp8_audio = model(**inputs)
@@ -98,25 +103,10 @@ def test_a_long_clip_runs_its_guidance_batch_one_row_at_a_time_with_the_same_out
     from gpu_runner.memory import ChunkedFeedForward, fit_long_clips
 
     model = LTX2VideoTransformer3DModel.from_pretrained(demo_model_dir, subfolder="transformer")
-    cfg = model.config
-    torch.manual_seed(2)
-    frames, height, width, audio_frames, tokens = 2, 3, 4, 5, 6
-    inputs = dict(
-        hidden_states=torch.randn(2, frames * height * width, cfg.in_channels),
-        audio_hidden_states=torch.randn(2, audio_frames, cfg.audio_in_channels),
-        encoder_hidden_states=torch.randn(2, tokens, cfg.caption_channels),
-        audio_encoder_hidden_states=torch.randn(2, tokens, cfg.caption_channels),
-        encoder_attention_mask=torch.ones(2, tokens),
-        timestep=torch.tensor([500.0, 500.0]),
-        num_frames=frames,
-        height=height,
-        width=width,
-        audio_num_frames=audio_frames,
-        return_dict=False,
-    )
+    inputs = transformer_inputs(model.config, batch=2)
     with torch.no_grad():
         whole = model(**inputs)
-        fit_long_clips(model, tokens=frames * height * width, long_clip=8)
+        fit_long_clips(model, tokens=inputs["hidden_states"].shape[1], long_clip=8)
         assert isinstance(model.transformer_blocks[0].ff, ChunkedFeedForward)
         split = model(**inputs)
     for a, b in zip(whole, split, strict=True):

@@ -16,6 +16,18 @@ from app.runner import _classify, _Transcript
 from app.store import JobUpdate, Store, empty_progress
 from gpu_runner import protocol
 
+A_RESULT = protocol.Result(
+    file="video.mp4",
+    frames=9,
+    fps=24,
+    width=64,
+    height=64,
+    audio_sample_rate=24000,
+    duration_s=0.375,
+    peak_vram_gib=None,
+    timings={},
+)
+
 
 def test_progress_moves_forward_through_the_stages_and_steps() -> None:
     progress = empty_progress()
@@ -27,17 +39,7 @@ def test_progress_moves_forward_through_the_stages_and_steps() -> None:
         protocol.Step(step=10, total=10, elapsed_s=2, eta_s=0),
         protocol.Stage(name="decode_video", t=3),
         protocol.Stage(name="mux", t=4),
-        protocol.Result(
-            file="video.mp4",
-            frames=9,
-            fps=24,
-            width=64,
-            height=64,
-            audio_sample_rate=24000,
-            duration_s=0.375,
-            peak_vram_gib=None,
-            timings={},
-        ),
+        A_RESULT,
     ]:
         progress = progress_after(progress, event) or progress
         seen.append(progress["percent"])
@@ -49,17 +51,7 @@ def test_progress_moves_forward_through_the_stages_and_steps() -> None:
 def _transcript(result: bool = False, error: protocol.Error | None = None, violation: str | None = None):
     t = _Transcript()
     if result:
-        t.result = protocol.Result(
-            file="video.mp4",
-            frames=9,
-            fps=24,
-            width=64,
-            height=64,
-            audio_sample_rate=1,
-            duration_s=1,
-            peak_vram_gib=None,
-            timings={},
-        )
+        t.result = A_RESULT
     t.last_error, t.violation = error, violation
     return t
 
