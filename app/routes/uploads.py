@@ -72,17 +72,17 @@ async def upload_fragment(
 
     Answers 200 either way, so htmx swaps the message in beside the field.
     """
-    context: dict[str, object] = {"error": None, "upload": None}
+    context: dict[str, object] = {"upload_error": None, "upload": None}
     try:
         context["upload"] = upload_out(
             await services.uploads.receive(content_type, content_length, request.receive), services.settings
         )
     except UploadRejected as rejected:
-        context["error"] = rejected.message
+        context["upload_error"] = rejected.message
     return HTMXTemplate(
         template_name="fragments/_image_field.html",
         context=context,
-        headers={"Connection": "close"} if context["error"] else None,
+        headers={"Connection": "close"} if context["upload_error"] else None,
     )
 
 

@@ -28,6 +28,7 @@ def test_the_create_page_offers_only_valid_choices_and_says_the_demo_is_noise(po
     with portal.client() as c:
         page = c.get("/").text
     assert "random weights" in page and "AVP_MODEL_DIR" in page
+    assert 'class="field-error"' not in page and "Macro" not in page, "a fresh form shows no error"
     frames = [int(n) for n in re.findall(r'<option value="(\d+)"[^>]*>[\d.]+ s \(', page)]
     assert frames[0] == 9 and frames[-1] == 481 and all((n - 1) % 8 == 0 for n in frames)
     assert 'src="/static/vendor/htmx-2.0.11.min.js"' in page and 'sse-connect="/events/jobs"' in page
