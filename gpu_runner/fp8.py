@@ -32,14 +32,47 @@ class FP8Linear(nn.Module):
         self.weight = nn.Parameter((weight.float() / scale).to(FP8_DTYPE), requires_grad=False)
         self.weight_scale = nn.Parameter(scale, requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self.fp8_matmul = False  # set by use_fp8_matmul on GPUs with FP8 tensor cores
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp8_matmul:
+            return _scaled_linear(x, self.weight, self.weight_scale, self.bias)
         weight = self.weight.to(x.dtype) * self.weight_scale.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return nn.functional.linear(x, weight, bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, storage={FP8_DTYPE}"
+
+
+def _scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None):
+    """x @ W.T on FP8 tensor cores: activations quantised per token, weights per row, bf16 out."""
+    rows = x.reshape(-1, x.shape[-1])
+    count = rows.shape[0]
+    padded = -count % 16  # the FP8 GEMM wants row counts in multiples of 16
+    if padded:
+        rows = nn.functional.pad(rows, (0, 0, 0, padded))
+    scale = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    quantised = (rows / scale.to(rows.dtype)).to(FP8_DTYPE)
+    out = torch._scaled_mm(
+        quantised, weight.t(), scale_a=scale, scale_b=weight_scale.t(), out_dtype=x.dtype, use_fast_accum=True
+    )[:count]
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def fp8_matmul_available(device: torch.device) -> bool:
+    """FP8 tensor cores: Ada and Hopper (compute capability 8.9) and newer."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def use_fp8_matmul(model: nn.Module, enabled: bool = True) -> int:
+    """Switch every FP8Linear of `model` to (or back from) FP8 matmuls; returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, FP8Linear)]
+    for layer in layers:
+        layer.fp8_matmul = enabled
+    return len(layers)
 
 
 def is_fp8_layer(name: str) -> bool:

@@ -50,8 +50,14 @@ class ConditionedDenoisingPipeline(_DevicedByTransformer, LTX2ConditionPipeline)
 
 
 def place_denoiser(pipe: LTX2Pipeline | LTX2ConditionPipeline, device: torch.device, tokens: int) -> None:
-    """The transformer goes to the GPU, set up to keep long clips' activations small; the VAE only if it encodes."""
+    """The transformer goes to the GPU, set up to keep long clips' activations small; the VAE only if it encodes.
+
+    Where the GPU has FP8 tensor cores, FP8-stored layers multiply in FP8 (bench/results: 5-8% faster per
+    forward than upcasting them, at 5.5% instead of 4.7% relative error against bf16).
+    """
     memory.fit_long_clips(pipe.transformer, tokens)
+    if fp8.fp8_matmul_available(device):
+        fp8.use_fp8_matmul(pipe.transformer)
     pipe.transformer.to(device)
     if isinstance(pipe, ConditionedDenoisingPipeline):
         pipe.vae.to(device)
