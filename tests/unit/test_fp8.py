@@ -127,3 +127,19 @@ def test_the_connectors_give_the_same_context_one_prompt_at_a_time(demo_model_di
         rows = [connectors(embeds[i : i + 1], mask[i : i + 1], padding_side="left") for i in range(2)]
     for whole, parts in zip(batched, zip(*rows, strict=True), strict=True):
         assert torch.allclose(whole, torch.cat(parts), atol=1e-5)
+
+
+def test_fp8_matmuls_quantise_activations_per_token_and_stay_close_for_any_row_count() -> None:
+    from gpu_runner.fp8 import use_fp8_matmul
+
+    torch.manual_seed(4)
+    linear = nn.Linear(64, 32)
+    nn.init.normal_(linear.weight, std=0.02)
+    layer = FP8Linear(linear)
+    assert use_fp8_matmul(nn.Sequential(layer)) == 1 and layer.fp8_matmul
+    x = torch.randn(3, 7, 64, dtype=torch.bfloat16)  # 21 rows: not a multiple of 16, so they are padded
+    out = layer(x)
+    exact = linear.to(torch.bfloat16)(x)
+    assert out.shape == (3, 7, 32) and out.dtype == torch.bfloat16
+    # Activations and weights both in e4m3: about twice the weight-only error of one matmul.
+    assert relative_error(out.float(), exact.float()) < 2 * MATMUL_RELATIVE_ERROR
