@@ -11,6 +11,7 @@ their precision instead of falling into e4m3's subnormal range.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
@@ -52,14 +53,33 @@ def _scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
     padded = -count % 16  # the FP8 GEMM wants row counts in multiples of 16
     if padded:
         rows = nn.functional.pad(rows, (0, 0, 0, padded))
-    scale = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
-    quantised = (rows / scale.to(rows.dtype)).to(FP8_DTYPE)
+    quantised, scale = _quantise(rows)
     out = torch._scaled_mm(
         quantised, weight.t(), scale_a=scale, scale_b=weight_scale.t(), out_dtype=x.dtype, use_fast_accum=True
     )[:count]
     if bias is not None:
         out = out + bias.to(out.dtype)
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def quantise_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows to e4m3 with one float32 scale each (amax / 448)."""
+    scale = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    return (rows / scale.to(rows.dtype)).to(FP8_DTYPE), scale
+
+
+_quantise = quantise_rows
+
+
+@functools.cache
+def _fused_quantise():
+    return torch.compile(quantise_rows, dynamic=True)
+
+
+def fuse_quantisation(enabled: bool = True) -> None:
+    """Compile the activation quantisation into fused kernels (amax, scale and cast in one pass), or not."""
+    global _quantise
+    _quantise = _fused_quantise() if enabled else quantise_rows
 
 
 def fp8_matmul_available(device: torch.device) -> bool:
