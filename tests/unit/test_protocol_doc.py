@@ -1,0 +1,53 @@
+"""docs/protocol.md shows the protocol by example; every example there must parse as the code reads it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from app.routes.events import END_EVENT
+from app.store import STATUSES, TERMINAL
+from gpu_runner import protocol
+
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+
+
+def blocks(kind: str) -> list[str]:
+    return re.findall(rf"```{kind}\n(.*?)```", DOC, re.S)
+
+
+def test_the_demo_transcript_is_protocol_lines_walking_every_stage_to_a_result() -> None:
+    transcript, endings = blocks("jsonl")
+    events = [protocol.decode(line) for line in transcript.splitlines()]
+    stages = [e.name for e in events if isinstance(e, protocol.Stage)]
+    assert stages == list(protocol.STAGES)
+    assert isinstance(events[-1], protocol.Result)
+    memory_after = [e.stage for e in events if isinstance(e, protocol.Memory)]
+    assert memory_after == stages, "a memory event closes every stage"
+    steps = [e for e in events if isinstance(e, protocol.Step)]
+    assert [s.step for s in steps] == list(range(1, steps[0].total + 1))
+
+    errors = [protocol.decode(line) for line in endings.splitlines()]
+    assert all(isinstance(e, protocol.Error) for e in errors)
+    assert {e.code for e in errors} == set(protocol.EXIT_FOR_ERROR)
+
+
+def test_the_sse_example_frames_carry_their_stored_event_and_end_with_end() -> None:
+    (stream,) = blocks("sse")
+    frames = []
+    for raw in stream.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in raw.splitlines() if not line.startswith(":"))
+        if fields:
+            frames.append(fields)
+    stored, end = frames[:-1], frames[-1]
+    ids = [int(f["id"]) for f in stored]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for frame in stored:
+        data = json.loads(frame["data"])
+        assert data["type"] == frame["event"] and data["id"] == int(frame["id"])
+        if data["type"] not in STATUSES:
+            protocol.decode(json.dumps({k: v for k, v in data.items() if k != "id"}))
+    assert stored[-1]["event"] in TERMINAL
+    assert end["event"] == END_EVENT and "id" not in end
+    assert json.loads(end["data"]) == {"type": END_EVENT, "status": stored[-1]["event"]}
