@@ -29,11 +29,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpu_runner import fp8, protocol  # noqa: E402
-from gpu_runner.admission import predict_peak  # noqa: E402
 from gpu_runner.cancel import Cancellation  # noqa: E402
+from gpu_runner.demo_model import ltx2_scheduler  # noqa: E402
 from gpu_runner.job import Job  # noqa: E402
 from gpu_runner.loading import DenoisingPipeline  # noqa: E402
-from gpu_runner.pipeline import generate, video_tokens  # noqa: E402
+from gpu_runner.pipeline import generate, predicted_peak  # noqa: E402
 from gpu_runner.specs import ltx2_spec  # noqa: E402
 from gpu_runner.text import PrecomputedConnectors, prepare_text_encoder  # noqa: E402
 
@@ -146,7 +146,6 @@ class RandomWeights:
         from diffusers import (
             AutoencoderKLLTX2Audio,
             AutoencoderKLLTX2Video,
-            FlowMatchEulerDiscreteScheduler,
             LTX2VideoTransformer3DModel,
         )
         from diffusers.pipelines.ltx2 import LTX2Vocoder
@@ -165,14 +164,7 @@ class RandomWeights:
             audio_vae = AutoencoderKLLTX2Audio()
             vocoder = LTX2Vocoder()
         pipe = DenoisingPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(
-                use_dynamic_shifting=True,
-                base_shift=0.95,
-                max_shift=2.05,
-                base_image_seq_len=1024,
-                max_image_seq_len=4096,
-                shift_terminal=0.1,
-            ),
+            scheduler=ltx2_scheduler(),
             vae=vae.eval(),
             audio_vae=audio_vae.eval(),
             text_encoder=None,
@@ -212,16 +204,8 @@ def run(frames: int, steps: int, precision: str, workdir: Path) -> dict:
     result = generate(job, lambda e: events.append((time.monotonic(), e)), Cancellation(), began, source=source)
     step_times = [t for t, e in events if isinstance(e, protocol.Step)]
     step_s = [b - a for a, b in itertools.pairwise(step_times)] or [result.timings["denoise"] / steps]
-    predicted = predict_peak(
-        transformer_file_gib=source.weights_gib("transformer"),
-        connectors_file_gib=source.weights_gib("connectors"),
-        vae_file_gib=source.weights_gib("vae"),
-        precision=precision,
-        tokens=video_tokens(request),
-        inner_width=source.inner_width(),
-    )
     return {
-        "predicted": predicted,
+        "predicted": predicted_peak(source, precision, request),
         "frames": frames,
         "result": result,
         "memory": {e.stage: e for _, e in events if isinstance(e, protocol.Memory)},

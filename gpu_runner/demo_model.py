@@ -120,10 +120,15 @@ def build_components() -> dict[str, object]:
     ):
         torch.manual_seed(SEED)
         components[name] = factory().eval()
+    components["scheduler"] = ltx2_scheduler()
+    return components
+
+
+def ltx2_scheduler():
+    """LTX-2's scheduler: resolution-dependent shift over the token count, ending at zero noise."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    # LTX-2's scheduler: resolution-dependent shift over the token count, ending at zero noise.
-    components["scheduler"] = FlowMatchEulerDiscreteScheduler(
+    return FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True,
         base_shift=0.95,
         max_shift=2.05,
@@ -131,7 +136,6 @@ def build_components() -> dict[str, object]:
         max_image_seq_len=4096,
         shift_terminal=0.1,
     )
-    return components
 
 
 def build_tokenizer():

@@ -38,16 +38,8 @@ def generate(
 
     # 0. Refuse, before loading anything, a job whose predicted peak exceeds the free VRAM.
     if device.type == "cuda":
-        prediction = admission.predict_peak(
-            transformer_file_gib=source.weights_gib("transformer"),
-            connectors_file_gib=source.weights_gib("connectors"),
-            vae_file_gib=source.weights_gib("vae"),
-            precision=precision,
-            tokens=video_tokens(request),
-            inner_width=source.inner_width(),
-        )
         size = f"{request.width}x{request.height}, {request.num_frames} frames"
-        admission.admit(prediction, memory.free_vram_gib(device), size)
+        admission.admit(predicted_peak(source, precision, request), memory.free_vram_gib(device), size)
 
     # 1-3. The prompt's context: from the cache, or from the text encoder and connectors, then freed.
     cache, cache_key = prompt_cache_for(job, source)
@@ -150,6 +142,20 @@ def video_tokens(request: protocol.ResolvedRequest) -> int:
     """Transformer tokens of the clip: one per latent cell."""
     frames, rows, columns = latent_shape(request)
     return frames * rows * columns
+
+
+def predicted_peak(
+    source: DiffusersDirectory, precision: str, request: protocol.ResolvedRequest
+) -> admission.PeakPrediction:
+    """The job's peak VRAM as admission predicts it, from the model's files and the clip's size."""
+    return admission.predict_peak(
+        transformer_file_gib=source.weights_gib("transformer"),
+        connectors_file_gib=source.weights_gib("connectors"),
+        vae_file_gib=source.weights_gib("vae"),
+        precision=precision,
+        tokens=video_tokens(request),
+        inner_width=source.inner_width(),
+    )
 
 
 def prompt_cache_for(job: Job, source: DiffusersDirectory) -> tuple[PromptCache | None, str]:

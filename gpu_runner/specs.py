@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
+
+if TYPE_CHECKING:
+    from gpu_runner.protocol import ResolvedRequest
 
 Precision = Literal["fp8", "bf16", "fp32"]
 
@@ -170,22 +173,7 @@ def _check_range(value: float, lo: float, hi: float) -> str | None:
     return None
 
 
-class RequestFields(Protocol):
-    """The checked fields of a request (protocol.ResolvedRequest has them)."""
-
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    num_frames: int
-    fps: float
-    steps: int
-    guidance_scale: float
-    seed: int | None
-    image_strength: float
-
-
-def request_violations(spec: ModelSpec, request: RequestFields) -> list[tuple[str, str]]:
+def request_violations(spec: ModelSpec, request: ResolvedRequest) -> list[tuple[str, str]]:
     return violations(
         spec,
         prompt=request.prompt,
