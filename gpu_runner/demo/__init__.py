@@ -1,0 +1,1 @@
+"""A procedurally generated audio+video world the demo model learns, and measurements that check its clips."""
