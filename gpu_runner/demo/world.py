@@ -74,6 +74,9 @@ class Scene:
     frequency: float = 0.0
 
 
+_FREQUENCIES = {"high beep": BEEP_RANGE, "low hum": HUM_RANGE, "clicks": CLICK_RING_RANGE}
+
+
 def _pick(options: tuple[str, ...], fixed: str | None, u: float, what: str) -> str:
     if fixed is None:
         return options[min(int(u * len(options)), len(options) - 1)]
@@ -97,8 +100,8 @@ def sample_scenes(
 ) -> list[Scene]:
     """`count` random scenes, a pure function of the arguments; fixed fields narrow the draw.
 
-    Every scene takes the same 12 uniforms whatever is fixed, so fixing a field leaves the
-    other scenes' numbers unchanged. Sound "clicks" implies bouncing and bouncing implies clicks.
+    Every scene draws the same 12 uniforms whatever is fixed, so fixing one field does not shift
+    the random stream of the others. Sound "clicks" implies bouncing and bouncing implies clicks.
     """
     if motion == "bouncing" and sound not in (None, "clicks"):
         raise ValueError(f"bouncing clips carry clicks, not {sound!r}")
@@ -113,7 +116,6 @@ def sample_scenes(
         chosen_sound = "clicks" if bouncing else _pick(TONES, sound, u[3], "sound")
         size = _between(SIZE_RANGE, u[4])
         highest_apex = min(APEX_RANGE[1], 1 - 2 * size - APEX_MARGIN)
-        frequency_range = {"high beep": BEEP_RANGE, "low hum": HUM_RANGE, "clicks": CLICK_RING_RANGE}
         scenes.append(
             Scene(
                 colour=_pick(tuple(COLOURS), colour, u[0], "colour"),
@@ -127,7 +129,7 @@ def sample_scenes(
                 period=_between(PERIOD_RANGE, u[8]) if bouncing else 0.0,
                 apex=_between((APEX_RANGE[0], highest_apex), u[9]) if bouncing else 0.0,
                 phase=u[10] if bouncing else 0.0,
-                frequency=_between(frequency_range[chosen_sound], u[11]) if chosen_sound != "silence" else 0.0,
+                frequency=_between(_FREQUENCIES[chosen_sound], u[11]) if chosen_sound != "silence" else 0.0,
             )
         )
     return scenes
