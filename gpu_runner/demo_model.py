@@ -122,12 +122,12 @@ def build_components() -> dict[str, object]:
     tokenizer = build_tokenizer()
     components: dict[str, object] = {"tokenizer": tokenizer}
     for name, factory in (
-        ("text_encoder", lambda: _text_encoder(len(tokenizer))),
-        ("connectors", _connectors),
-        ("transformer", _transformer),
-        ("vae", _video_vae),
-        ("audio_vae", _audio_vae),
-        ("vocoder", _vocoder),
+        ("text_encoder", lambda: text_encoder(len(tokenizer))),
+        ("connectors", connectors),
+        ("transformer", transformer),
+        ("vae", video_vae),
+        ("audio_vae", audio_vae),
+        ("vocoder", vocoder),
     ):
         torch.manual_seed(SEED)
         components[name] = factory().eval()
@@ -178,7 +178,7 @@ def build_tokenizer():
     return tokenizer
 
 
-def _text_encoder(vocab_size: int):
+def text_encoder(vocab_size: int):
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
     text = Gemma3TextConfig(
@@ -208,7 +208,7 @@ def _text_encoder(vocab_size: int):
     return Gemma3ForConditionalGeneration(config)
 
 
-def _connectors():
+def connectors():
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
 
     return LTX2TextConnectors(
@@ -227,7 +227,7 @@ def _connectors():
     )
 
 
-def _transformer():
+def transformer():
     from diffusers import LTX2VideoTransformer3DModel
 
     return LTX2VideoTransformer3DModel(
@@ -248,7 +248,7 @@ def _transformer():
     )
 
 
-def _video_vae():
+def video_vae():
     from diffusers import AutoencoderKLLTX2Video
 
     # The real block pattern: patchify 4x, then spatial, temporal and two spatiotemporal 2x
@@ -274,7 +274,7 @@ def _video_vae():
     )
 
 
-def _audio_vae():
+def audio_vae():
     from diffusers import AutoencoderKLLTX2Audio
 
     # Two 2x upsampling levels give the 4x in time the pipeline assumes; the latent statistics
@@ -291,7 +291,7 @@ def _audio_vae():
     )
 
 
-def _vocoder():
+def vocoder():
     from diffusers.pipelines.ltx2 import LTX2Vocoder
 
     return LTX2Vocoder(
