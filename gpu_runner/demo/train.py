@@ -51,7 +51,7 @@ class Hyper:
 
 
 HYPER = {
-    "video_vae": Hyper(batch=16, learning_rate=4e-4),
+    "video_vae": Hyper(batch=16, learning_rate=8e-4),
     "audio_vae": Hyper(batch=64, learning_rate=4e-4),
     "vocoder": Hyper(batch=48, learning_rate=4e-4),
     "transformer": Hyper(batch=128, learning_rate=3e-4, warmup=300),
@@ -425,6 +425,9 @@ class Ranks:
     def average(self, parameters: list[nn.Parameter]) -> None:
         if self.size == 1:
             return
+        for p in parameters:
+            if p.grad is None:  # unused this step on this rank; the others may have used it
+                p.grad = torch.zeros_like(p)
         grads = [p.grad for p in parameters]
         flat = torch.cat([g.flatten() for g in grads]) / self.size
         torch.distributed.all_reduce(flat)
