@@ -34,6 +34,8 @@ STAGES = ("video_vae", "audio_vae", "vocoder", "transformer")
 MEL_RATE = 16000  # the audio VAE's mel spectrogram: LTX-2's 16 kHz, hop 160 (100 frames a second)
 MEL_HOP = 160
 MEL_FFT = 1024
+MEL_FLOOR = 1e-5
+LOG_MEL_FLOOR = math.log(MEL_FLOOR)  # what silence reads as
 AUDIO_LATENT_STEP = 4  # mel frames per audio latent frame
 FPS = 24.0
 # (width, height, frames) the model sees; the default 256x160x25 most often.
@@ -41,6 +43,14 @@ SHAPES = ((256, 160, 25), (256, 160, 25), (256, 160, 33), (160, 256, 25), (224, 
 LATENT_NOISE = 0.05
 LATENT_PENALTY = 1e-4
 UNCONDITIONED = 0.1  # share of captions dropped to "" so classifier-free guidance has something to contrast
+
+
+@dataclass(frozen=True)
+class Options:
+    """Command-line choices that size a run (a CPU smoke test makes them tiny)."""
+
+    batch: int | None = None  # clips per step at 25 frames; None: the stage's own
+    pool: int = 2560  # transformer: clips per shape encoded up front
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,7 @@ def log_mel(waveform: torch.Tensor) -> torch.Tensor:
     window = torch.hann_window(MEL_FFT, device=waveform.device)
     spectrum = torch.stft(signal, MEL_FFT, MEL_HOP, window=window, center=False, return_complex=True).abs()
     filters = mel_filterbank(demo_model.MEL_BINS, MEL_FFT, MEL_RATE).to(waveform.device)
-    mel = torch.log(torch.clamp(filters @ spectrum, min=1e-5))
+    mel = torch.log(torch.clamp(filters @ spectrum, min=MEL_FLOOR))
     return mel.reshape(batch, channels, demo_model.MEL_BINS, -1).transpose(2, 3)[:, :, : samples // MEL_HOP]
 
 
@@ -170,11 +180,16 @@ class Stage:
 
     name: str
 
-    def __init__(self, components: dict, batches: Batches, device: torch.device, pool_clips: int) -> None:
+    def __init__(self, components: dict, batches: Batches, device: torch.device, options: Options) -> None:
         self.components = components
         self.batches = batches
         self.device = device
-        self.pool_clips = pool_clips  # clips per shape the transformer stage encodes up front
+        self.options = options
+        self.batch = options.batch or HYPER[self.name].batch
+
+    def clips(self, frames: int) -> int:
+        """Clips per batch at this length: about as many frames as the batch at 25."""
+        return max(1, self.batch * 25 // frames)
 
     def trainable(self) -> list[nn.Module]:
         raise NotImplementedError
@@ -195,7 +210,7 @@ class VideoVAE(Stage):
     def loss(self, step):
         vae = self.components["vae"]
         width, height, frames = self.batches.shape(step)
-        scenes, _ = self.batches.scenes(step, HYPER[self.name].batch * 25 // frames)
+        scenes, _ = self.batches.scenes(step, self.clips(frames))
         clip = self.batches.video(scenes, width, height, frames)
         latent, size = encode_for_training(vae.encode(clip).latent_dist)
         output = vae.decode(latent).sample
@@ -221,7 +236,7 @@ class AudioVAE(Stage):
         return [self.components["audio_vae"]]
 
     def _mel(self, step):
-        scenes, draw = self.batches.scenes(step, HYPER[self.name].batch)
+        scenes, draw = self.batches.scenes(step, self.batch)
         return self.batches.mel(scenes, draw.choice((18, 26, 34, 50)))
 
     def loss(self, step):
@@ -252,13 +267,13 @@ class Vocoder(Stage):
         return [self.components["vocoder"]]
 
     def loss(self, step):
-        scenes, draw = self.batches.scenes(step, HYPER[self.name].batch)
+        scenes, draw = self.batches.scenes(step, self.batch)
         mel_frames = draw.choice((64, 100, 128))
         mel = self.batches.mel(scenes, mel_frames // AUDIO_LATENT_STEP)
         mel = mel + 0.1 * torch.randn_like(mel)  # it will hear decoded mels, not exact ones
         output = self.components["vocoder"](mel)
-        target = self.batches.waveform(scenes, mel.shape[2])
-        spectral = spectral_loss(output, target[..., : output.shape[-1]])
+        target = self.batches.waveform(scenes, mel.shape[2])[..., : output.shape[-1]]
+        spectral = spectral_loss(output, target)
         return {"loss": spectral, "stft": spectral}
 
 
@@ -278,8 +293,8 @@ class Transformer(Stage):
 
     name = "transformer"
 
-    def __init__(self, components, batches, device, pool_clips):
-        super().__init__(components, batches, device, pool_clips)
+    def __init__(self, components, batches, device, options):
+        super().__init__(components, batches, device, options)
         from diffusers import LTX2Pipeline
 
         self.pipeline = LTX2Pipeline(**components)
@@ -295,9 +310,9 @@ class Transformer(Stage):
         width, height, frames = shape
         chunks = []
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            for chunk in range(math.ceil(self.pool_clips / 64)):
+            for chunk in range(math.ceil(self.options.pool / 64)):
                 scenes, _ = self.batches.scenes(
-                    -(index * 100_000 + chunk + 1), min(64, self.pool_clips)
+                    -(index * 100_000 + chunk + 1), min(64, self.options.pool)
                 )  # never a training step's draw
                 chunks.append((scenes, *self._latents(scenes, width, height, frames)))
         scenes, videos, audios, audio_frames = zip(*chunks, strict=True)
@@ -329,7 +344,7 @@ class Transformer(Stage):
         width, height, frames = shape = self.batches.shape(step)
         pool = self.pools[shape]
         _, draw = self.batches.scenes(step, 0)
-        picked = draw.choices(range(len(pool.scenes)), k=HYPER[self.name].batch * 25 // frames)
+        picked = draw.choices(range(len(pool.scenes)), k=self.clips(frames))
         captions = ["" if draw.random() < UNCONDITIONED else world.caption(pool.scenes[i], draw) for i in picked]
         rows = torch.tensor(picked, device=self.device)
         video, audio, audio_frames = pool.video[rows], pool.audio[rows], pool.audio_frames
@@ -445,7 +460,7 @@ class Ranks:
 
 
 def train(
-    stage_name: str, run_dir: Path, seconds: float, steps: int, device: torch.device, seed: int, pool_clips: int
+    stage_name: str, run_dir: Path, seconds: float, steps: int, device: torch.device, seed: int, options: Options
 ) -> None:
     ranks = Ranks()
     if ranks.size > 1 and torch.cuda.is_available():
@@ -455,7 +470,7 @@ def train(
     log_path = run_dir / f"{stage_name}.jsonl"
     components = load_components(run_dir, device)
     torch.manual_seed(seed)
-    stage = STAGE_CLASSES[stage_name](components, Batches(seed + 7777 * ranks.rank, device), device, pool_clips)
+    stage = STAGE_CLASSES[stage_name](components, Batches(seed + 7777 * ranks.rank, device), device, options)
     models = stage.trainable()
     names = [name for name, component in components.items() if any(component is model for model in models)]
     for model in models:
@@ -563,7 +578,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10**9)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pool", type=int, default=2560, help="transformer: clips per shape encoded up front")
+    parser.add_argument("--pool", type=int, default=Options.pool, help="transformer: clips per shape encoded up front")
+    parser.add_argument("--batch", type=int, help="clips per step at 25 frames (default: the stage's own)")
     args = parser.parse_args(argv)
     if args.stage == "export":
         export(args.run_dir, args.target)
@@ -571,7 +587,15 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True  # a handful of clip shapes, each seen thousands of times
-        train(args.stage, args.run_dir, args.seconds, args.steps, torch.device(args.device), args.seed, args.pool)
+        train(
+            args.stage,
+            args.run_dir,
+            args.seconds,
+            args.steps,
+            torch.device(args.device),
+            args.seed,
+            Options(args.batch, args.pool),
+        )
 
 
 if __name__ == "__main__":
