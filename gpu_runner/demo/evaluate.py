@@ -22,10 +22,9 @@ import msgspec
 import numpy
 import torch
 
-from gpu_runner import protocol
+from gpu_runner import protocol, specs
 from gpu_runner.demo import measure, world
 
-FPS = 24.0
 BANDS = {"high beep": (700.0, 1100.0), "low hum": (80.0, 160.0)}  # Hz; the world's tones are 860-900 and 105-115
 SILENCE_DB = -40.0  # dBFS; the world's tones are at -13.5 dBFS
 TONE_FOR_COLOUR = ("high beep", "low hum", "silence", "high beep", "low hum")
@@ -50,6 +49,7 @@ class Clip:
     video: torch.Tensor  # (3, F, H, W) in [0, 1]
     audio: torch.Tensor  # (channels, samples) in [-1, 1]
     sample_rate: int
+    fps: float
 
 
 @dataclass(frozen=True)
@@ -84,15 +84,14 @@ def generate(model_dir: Path, prompt: str, seed: int, work_dir: Path, **request:
     from gpu_runner.pipeline import generate as run_stages
 
     job_dir = Path(tempfile.mkdtemp(dir=work_dir))
-    fields = {"width": 256, "height": 160, "num_frames": 25, "fps": FPS, "steps": 8, "guidance_scale": 3.0}
+    fields = msgspec.structs.asdict(specs.demo_spec(model_dir).defaults)  # what the portal's form starts with
     fields.update({key: value for key, value in request.items() if key != "precision"})
     job = {
         "id": job_dir.name,
         "model_kind": "demo",
         "model_path": str(model_dir.resolve()),
         "precision": request.get("precision"),
-        "request": {"prompt": prompt, "negative_prompt": "", "model": "demo", "seed": seed, "image_strength": 1.0}
-        | fields,
+        "request": {"prompt": prompt, "model": "demo", "seed": seed} | fields,
     }
     (job_dir / protocol.JOB_FILE).write_bytes(msgspec.json.encode(job))
     result = run_stages(load_job(job_dir), lambda event: None, Cancellation(), time.monotonic())
@@ -101,15 +100,15 @@ def generate(model_dir: Path, prompt: str, seed: int, work_dir: Path, **request:
         container.seek(0)
         audio = torch.cat([torch.from_numpy(frame.to_ndarray()) for frame in container.decode(audio=0)], dim=-1)
     video = measure.video_from_frames(torch.from_numpy(numpy.stack(frames)))
-    return Clip(video=video, audio=audio.float(), sample_rate=result.audio_sample_rate)
+    return Clip(video=video, audio=audio.float(), sample_rate=result.audio_sample_rate, fps=result.fps)
 
 
 def measure_clip(prompt: Prompt, clip: Clip) -> Measured:
-    contacts = measure.floor_contacts(clip.video, FPS)
+    contacts = measure.floor_contacts(clip.video, clip.fps)
     sync = None
     if prompt.motion == "bouncing":
         found = measure.onsets(clip.audio, clip.sample_rate)
-        sync = measure.sync_fraction(contacts, found, FPS, frames=clip.video.shape[1])
+        sync = measure.sync_fraction(contacts, found, clip.fps, frames=clip.video.shape[1])
     return Measured(
         prompt=prompt.text,
         seed=prompt.seed,

@@ -65,7 +65,9 @@ def test_clicks_fall_within_2_frames_of_floor_contacts(measured):
 
 # ---- quality regressions (the tiled decode's: tests/unit/test_tiling.py) -------------------------
 
-FP8_PSNR_DB = 30.0  # an FP8-stored run against a bf16 run of the same prompt and seed
+# An FP8-stored run against a bf16 run of the same prompt and seed. On the CPU both compute in
+# float32 (memory.compute_dtype), so this is the FP8 storage's own error: measured 39.5 dB.
+FP8_PSNR_DB = 35.0
 
 
 def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
