@@ -16,6 +16,7 @@ import argparse
 import copy
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -24,29 +25,50 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_smoke import CONFIGS, materialize  # noqa: E402
+from gpu_smoke import FULL_SIZE, random_transformer  # noqa: E402
 
 from gpu_runner import fp8  # noqa: E402
 
 
-def timed(fn, repeats: int = 3) -> float:
-    fn()
-    fn()  # a second warm-up: compiled kernels settle on their dynamic shapes
+def mark(device: torch.device) -> torch.cuda.Event | float:
+    """A point on the device's timeline: a recorded CUDA event, or the CPU clock."""
+    if device.type != "cuda":
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def seconds_between(start: torch.cuda.Event | float, end: torch.cuda.Event | float) -> float:
+    """Seconds between two marks; CUDA marks must have completed (synchronize first)."""
+    if isinstance(start, float):
+        return end - start
+    return start.elapsed_time(end) / 1000
+
+
+def timed(fn, repeats: int = 3, warmup: int = 2, device: torch.device | None = None) -> float:
+    """Median seconds of `repeats` calls after `warmup` (the default two let compiled kernels settle on their
+    dynamic shapes)."""
+    device = device or torch.device("cuda")
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        start = mark(device)
         fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
+        end = mark(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(seconds_between(start, end))
     return statistics.median(times)
 
 
-def ceiling_tflops() -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    return 2 * 8192**3 / timed(lambda: a @ b, repeats=10) / 1e12
+def ceiling_tflops(device: torch.device | None = None, size: int = 8192) -> float:
+    """The card's bf16 matmul ceiling: a size^3 matmul's rate, median of 10."""
+    device = device or torch.device("cuda")
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    return 2 * size**3 / timed(lambda: a @ b, repeats=10, device=device) / 1e12
 
 
 def inputs(frames: int, batch: int) -> dict:
@@ -81,13 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[49, 121, 481])
     args = parser.parse_args()
-    from accelerate import init_empty_weights
-    from diffusers import LTX2VideoTransformer3DModel
-
-    with init_empty_weights(include_buffers=False):
-        bf16 = LTX2VideoTransformer3DModel(**CONFIGS["transformer"])
-    materialize(bf16, "cuda", torch.bfloat16)
-    bf16.eval()
+    bf16 = random_transformer(FULL_SIZE, "cuda", torch.bfloat16, fp8_storage=False)
     stored = copy.deepcopy(bf16)
     fp8.store_in_fp8(stored)
     ceiling = ceiling_tflops()

@@ -10,6 +10,9 @@ encoder. Then runs `gpu_runner.pipeline.generate` - the same stages a job runs -
 disk, so their times are not load times. Run on the lent GPU:
 
     python bench/gpu_smoke.py --frames 49 481 --steps 3
+
+Its builders (`ModelSize`, `random_transformer`, `RandomWeights`, `run`) are shared with
+bench/fp8_matmul.py and bench/gpu_bench.py; `TINY_SIZE` builds the demo model's sizes for CPU smokes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +34,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpu_runner import fp8, protocol  # noqa: E402
+from gpu_runner import demo_model, fp8, memory, protocol  # noqa: E402
 from gpu_runner.cancel import Cancellation  # noqa: E402
 from gpu_runner.demo_model import ltx2_scheduler  # noqa: E402
 from gpu_runner.job import Job  # noqa: E402
@@ -41,18 +47,43 @@ CONFIGS = json.loads((Path(__file__).parent / "configs" / "ltx2.0-diffusers-conf
 TEXT_STAGES = ("load_text_encoder", "encode_prompt", "free_text_encoder")
 
 
-def materialize(module: nn.Module, device: str, dtype: torch.dtype) -> None:
-    """Give every parameter still on the meta device real random storage (normal, std 0.02)."""
+@contextmanager
+def empty_weights() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device (no storage); buffers stay real.
+
+    What accelerate's `init_empty_weights(include_buffers=False)` does, without the dependency:
+    non-persistent buffers (RoPE tables and the like) keep the values their constructors computed.
+    """
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def materialize(module: nn.Module, device: str | torch.device, dtype: torch.dtype) -> None:
+    """Give every parameter still on the meta device real random storage (normal, std 0.02).
+
+    The numbers are drawn on the GPU when there is one (a 12B model's worth is minutes on a CPU).
+    """
+    draw_on = "cuda" if torch.cuda.is_available() else "cpu"
     for sub in module.modules():
         for name, param in list(sub._parameters.items()):
             if param is not None and param.is_meta:
-                data = torch.empty(param.shape, device="cuda", dtype=dtype).normal_(0, 0.02)
+                data = torch.empty(param.shape, device=draw_on, dtype=dtype).normal_(0, 0.02)
                 sub._parameters[name] = nn.Parameter(data.to(device), requires_grad=False)
     module.to(device)  # buffers, built for real on the CPU
 
 
-def gemma3_12b() -> nn.Module:
-    from accelerate import init_empty_weights
+def gemma3_12b(_vocab_size: int | None = None) -> nn.Module:
+    """Gemma-3 12B with its vision tower, as LTX-2 ships it (its own 262k vocabulary covers any tokenizer)."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
     config = Gemma3Config(
@@ -77,59 +108,122 @@ def gemma3_12b() -> nn.Module:
         ),
         mm_tokens_per_image=256,
     )
-    with init_empty_weights(include_buffers=False):
-        model = Gemma3ForConditionalGeneration(config)
-    materialize(model, "cpu", torch.bfloat16)  # its home: streamed through the GPU block by block
-    model.tie_weights()
-    return model.eval()
+    return Gemma3ForConditionalGeneration(config)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """How to construct each component at one size; built under `empty_weights`, then materialised."""
+
+    name: str
+    transformer: Callable[[], nn.Module]
+    vae: Callable[[], nn.Module]
+    audio_vae: Callable[[], nn.Module]
+    vocoder: Callable[[], nn.Module]
+    connectors: Callable[[], nn.Module]
+    text_encoder: Callable[[int], nn.Module]  # the tokenizer's vocabulary size -> encoder
+    sequence_length: int  # prompt tokens
+
+
+def _full_size() -> ModelSize:
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2Vocoder
+
+    return ModelSize(
+        name="LTX-2.0",
+        transformer=lambda: LTX2VideoTransformer3DModel(**CONFIGS["transformer"]),
+        vae=lambda: AutoencoderKLLTX2Video(**CONFIGS["vae"]),
+        audio_vae=AutoencoderKLLTX2Audio,  # diffusers' defaults are LTX-2.0's
+        vocoder=LTX2Vocoder,
+        connectors=LTX2TextConnectors,
+        text_encoder=gemma3_12b,
+        sequence_length=1024,
+    )
+
+
+FULL_SIZE = _full_size()
+# The demo model's sizes (gpu_runner/demo_model.py): the same classes, tiny widths, CPU-quick.
+TINY_SIZE = ModelSize(
+    name="demo (tiny)",
+    transformer=demo_model.transformer,
+    vae=demo_model.video_vae,
+    audio_vae=demo_model.audio_vae,
+    vocoder=demo_model.vocoder,
+    connectors=demo_model.connectors,
+    text_encoder=demo_model.text_encoder,
+    sequence_length=demo_model.PROMPT_TOKENS,
+)
+
+
+def random_module(factory: Callable[[], nn.Module], device: str | torch.device, dtype: torch.dtype) -> nn.Module:
+    """A component with random weights: built on the meta device, then given real storage on `device`."""
+    with empty_weights():
+        module = factory()
+    materialize(module, device, dtype)
+    return module.eval()
+
+
+def random_transformer(size: ModelSize, device: str | torch.device, dtype: torch.dtype, fp8_storage: bool) -> nn.Module:
+    """The DiT with random weights, built block by block on `device`.
+
+    With `fp8_storage` each block is cast to our FP8 layout before the next exists, as the real
+    loader does on the CPU, so the bf16 copy never sits in memory whole.
+    """
+    with empty_weights():
+        transformer = size.transformer()
+    for index, block in enumerate(transformer.transformer_blocks):
+        materialize(block, device, dtype)
+        if fp8_storage:
+            fp8.store_in_fp8(block, prefix=f"transformer_blocks.{index}.")
+    materialize(transformer, device, dtype)
+    return transformer.eval()
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
 
 
 class RandomWeights:
     """The runner's model source (see gpu_runner/loading.py), built from configs with random weights."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: ModelSize = FULL_SIZE) -> None:
+        self.size = size
         self.built_s: dict[str, float] = {}
 
     def revision(self) -> str:
         return "random"
 
     def sequence_length(self) -> int:
-        return 1024
+        return self.size.sequence_length
 
     def is_ltx2_0(self) -> bool:
         return True
 
     def inner_width(self) -> int:
-        return CONFIGS["transformer"]["num_attention_heads"] * CONFIGS["transformer"]["attention_head_dim"]
+        with empty_weights():
+            config = self.size.transformer().config
+        return config.num_attention_heads * config.attention_head_dim
 
     def weights_gib(self, component: str) -> float:
         """What the component's bf16 weight files would weigh: its parameter count, counted on the meta device."""
-        from diffusers import AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
-        from diffusers.pipelines.ltx2 import LTX2TextConnectors
-
-        build = {
-            "transformer": lambda: LTX2VideoTransformer3DModel(**CONFIGS["transformer"]),
-            "connectors": LTX2TextConnectors,
-            "vae": lambda: AutoencoderKLLTX2Video(**CONFIGS["vae"]),
-        }[component]
-        with torch.device("meta"):
-            return sum(p.numel() for p in build().parameters()) * 2 / 2**30
+        with empty_weights():
+            module = getattr(self.size, component)()
+        return sum(p.numel() for p in module.parameters()) * 2 / 2**30
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device):
         from diffusers import LTX2Pipeline
-        from diffusers.pipelines.ltx2 import LTX2TextConnectors
-
-        from gpu_runner.demo_model import build_tokenizer
 
         began = time.monotonic()
-        encoder = gemma3_12b()
-        with torch.device("cpu"):
-            connectors = LTX2TextConnectors().to(dtype).eval()
-        tokenizer = build_tokenizer()
+        tokenizer = demo_model.build_tokenizer()
         tokenizer.model_max_length = self.sequence_length()
+        # Its home is the CPU: it streams through the GPU block by block.
+        encoder = random_module(lambda: self.size.text_encoder(len(tokenizer)), "cpu", dtype)
+        encoder.tie_weights()
+        with torch.device("cpu"):
+            connectors = self.size.connectors().to(dtype).eval()
         self.built_s["text side"] = time.monotonic() - began
         # Building went through the GPU a tensor at a time; a checkpoint read from disk would not.
-        torch.cuda.reset_peak_memory_stats()
+        memory.reset_peak(device)
         return LTX2Pipeline(
             scheduler=None,
             vae=None,
@@ -142,27 +236,12 @@ class RandomWeights:
         )
 
     def load_denoiser(self, dtype: torch.dtype, precision: str, connectors: PrecomputedConnectors, conditioned: bool):
-        from accelerate import init_empty_weights
-        from diffusers import (
-            AutoencoderKLLTX2Audio,
-            AutoencoderKLLTX2Video,
-            LTX2VideoTransformer3DModel,
-        )
-        from diffusers.pipelines.ltx2 import LTX2Vocoder
-
         began = time.monotonic()
-        with init_empty_weights(include_buffers=False):
-            transformer = LTX2VideoTransformer3DModel(**CONFIGS["transformer"])
-        # Block by block: each one is cast to FP8 before the next exists, as the real loader does on the CPU.
-        for index, block in enumerate(transformer.transformer_blocks):
-            materialize(block, "cuda", dtype)
-            if precision == "fp8":
-                fp8.store_in_fp8(block, prefix=f"transformer_blocks.{index}.")
-        materialize(transformer, "cuda", dtype)
+        transformer = random_transformer(self.size, memory.pick_device(), dtype, fp8_storage=precision == "fp8")
         with torch.device("cpu"):  # the decoders wait on the CPU while the transformer denoises
-            vae = AutoencoderKLLTX2Video(**CONFIGS["vae"]).to(dtype)
-            audio_vae = AutoencoderKLLTX2Audio()
-            vocoder = LTX2Vocoder()
+            vae = self.size.vae().to(dtype)
+            audio_vae = self.size.audio_vae()
+            vocoder = self.size.vocoder()
         pipe = DenoisingPipeline(
             scheduler=ltx2_scheduler(),
             vae=vae.eval(),
@@ -170,22 +249,32 @@ class RandomWeights:
             text_encoder=None,
             tokenizer=None,
             connectors=connectors,
-            transformer=transformer.eval(),
+            transformer=transformer,
             vocoder=vocoder.eval(),
         )
         self.built_s["denoiser"] = time.monotonic() - began
         return pipe
 
 
-def run(frames: int, steps: int, precision: str, workdir: Path) -> dict:
+def run(
+    frames: int,
+    steps: int,
+    precision: str,
+    workdir: Path,
+    size: ModelSize = FULL_SIZE,
+    width: int = 768,
+    height: int = 448,
+    prompt_cache: Path | None = None,
+) -> dict:
+    """One job through `gpu_runner.pipeline.generate`; with `prompt_cache`, a repeated prompt skips the encoder."""
     job_dir = workdir / f"job-{frames}"
     job_dir.mkdir()
     request = protocol.ResolvedRequest(
         prompt="a red ball bouncing on a wooden floor, with clicks",
         negative_prompt="blurry",
         model="ltx-2",
-        width=768,
-        height=448,
+        width=width,
+        height=height,
         num_frames=frames,
         fps=24.0,
         steps=steps,
@@ -195,11 +284,16 @@ def run(frames: int, steps: int, precision: str, workdir: Path) -> dict:
     )
     model_dir = workdir / "no-checkpoint"
     job_file = protocol.JobFile(
-        id=job_dir.name, request=request, model_kind="ltx-2", model_path=str(model_dir), precision=precision
+        id=job_dir.name,
+        request=request,
+        model_kind="ltx-2",
+        model_path=str(model_dir),
+        precision=precision,
+        prompt_cache_dir=None if prompt_cache is None else str(prompt_cache),
     )
     job = Job(directory=job_dir, file=job_file, spec=ltx2_spec(model_dir), model_dir=model_dir)
     events: list[tuple[float, protocol.Event]] = []
-    source = RandomWeights()
+    source = RandomWeights(size)
     began = time.monotonic()
     result = generate(job, lambda e: events.append((time.monotonic(), e)), Cancellation(), began, source=source)
     step_times = [t for t, e in events if isinstance(e, protocol.Step)]
@@ -211,36 +305,56 @@ def run(frames: int, steps: int, precision: str, workdir: Path) -> dict:
         "memory": {e.stage: e for _, e in events if isinstance(e, protocol.Memory)},
         "step_s": statistics.median(step_s),
         "built_s": source.built_s,
+        "cold_prompt": "load_text_encoder" in result.timings,
     }
 
 
-def report(runs: list[dict], steps: int, precision: str) -> None:
-    print(f"# GPU smoke: {torch.cuda.get_device_name()}, torch {torch.__version__}, RANDOM WEIGHTS")
-    print(f"# LTX-2.0 sizes, 768x448 at 24 fps, precision {precision}, {steps} timed steps, cold prompt\n")
-    print("| stage | " + " | ".join(f"{r['frames']} frames: s / peak GiB" for r in runs) + " |")
-    print("|---|" + "---|" * len(runs))
+def stage_table(runs: list[dict]) -> list[str]:
+    """Per-stage time and peak VRAM of each run, then the job's totals, as markdown lines."""
+    lines = [
+        "| stage | " + " | ".join(f"{r['frames']} frames: s / peak GiB" for r in runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
     for stage in protocol.STAGES:
         cells = []
         for r in runs:
             seconds = r["result"].timings.get(stage)
-            memory = r["memory"].get(stage)
-            peak = memory.peak_gib if memory else None
-            cells.append(f"{seconds:.2f} / {peak:.2f}" if seconds is not None and peak is not None else "-")
-        print(f"| {stage} | " + " | ".join(cells) + " |")
+            snapshot = r["memory"].get(stage)
+            if seconds is None or snapshot is None:
+                cells.append("-")
+            else:
+                peak = "-" if snapshot.peak_gib is None else f"{snapshot.peak_gib:.2f}"
+                cells.append(f"{seconds:.2f} / {peak}")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     rows = {
         "denoise step (median)": [f"{r['step_s']:.3f} s" for r in runs],
-        "allocated after load_transformer": [f"{r['memory']['load_transformer'].allocated_gib:.2f} GiB" for r in runs],
+        "allocated after load_transformer": [_gib(r["memory"]["load_transformer"].allocated_gib) for r in runs],
         "predicted peak (admission)": [f"{r['predicted'].peak_gib:.2f} GiB, {r['predicted'].peak_phase}" for r in runs],
-        "job peak VRAM": [f"{r['result'].peak_vram_gib:.2f} GiB" for r in runs],
-        "text phase peak": [f"{max(r['memory'][s].peak_gib for s in TEXT_STAGES):.2f} GiB" for r in runs],
-        "30 steps, end to end (extrapolated)": [
-            f"{sum(r['result'].timings.values()) - r['result'].timings['denoise'] + 30 * r['step_s']:.1f} s"
-            for r in runs
-        ],
+        "job peak VRAM": [_gib(r["result"].peak_vram_gib) for r in runs],
+        "text phase peak": [_text_peak(r) for r in runs],
+        "30 steps, end to end (extrapolated)": [f"{end_to_end_30_steps(r):.1f} s" for r in runs],
         "random weights built in memory": [", ".join(f"{k} {v:.1f} s" for k, v in r["built_s"].items()) for r in runs],
     }
     for name, cells in rows.items():
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def end_to_end_30_steps(run: dict) -> float:
+    """The job's stage times with its denoise stretched to 30 steps at the median step time (extrapolated)."""
+    timings = run["result"].timings
+    return sum(timings.values()) - timings["denoise"] + 30 * run["step_s"]
+
+
+def _text_peak(run: dict) -> str:
+    """The text phase's peak: "-" when a cached prompt skipped it, or off CUDA."""
+    peaks = [run["memory"][s].peak_gib for s in TEXT_STAGES if s in run["memory"]]
+    peaks = [p for p in peaks if p is not None]
+    return _gib(max(peaks)) if peaks else "-"
+
+
+def _gib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} GiB"
 
 
 def main() -> None:
@@ -251,7 +365,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         runs = [run(frames, args.steps, args.precision, Path(tmp)) for frames in args.frames]
-    report(runs, args.steps, args.precision)
+    print(f"# GPU smoke: {device_name()}, torch {torch.__version__}, RANDOM WEIGHTS")
+    print(f"# LTX-2.0 sizes, 768x448 at 24 fps, precision {args.precision}, {args.steps} timed steps, cold prompt\n")
+    print("\n".join(stage_table(runs)))
 
 
 if __name__ == "__main__":

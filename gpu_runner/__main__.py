@@ -1,4 +1,4 @@
-"""Command line: `python -m gpu_runner run <job dir>` and `python -m gpu_runner demo-model <dir>`.
+"""Command line: `python -m gpu_runner run <job dir>` and `python -m gpu_runner demo-model <dir> [--random]`.
 
 `run` owns the process's life: stdout is the progress protocol and nothing else, the
 process dies with its parent, and every ending is one protocol event plus an exit code.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gpu_runner import protocol
 
-USAGE = "usage: python -m gpu_runner run <job dir> | demo-model <dir>"
+USAGE = "usage: python -m gpu_runner run <job dir> | demo-model <dir> [--random]"
 PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("gpu_runner")
@@ -29,7 +29,9 @@ def main(argv: list[str]) -> int:
         case ["run", job_dir]:
             return run(Path(job_dir))
         case ["demo-model", target]:
-            return demo_model(Path(target))
+            return demo_model(Path(target), "trained")
+        case ["demo-model", target, "--random"]:
+            return demo_model(Path(target), "random")
         case _:
             print(USAGE, file=sys.stderr)
             return 2
@@ -69,12 +71,13 @@ def run(job_dir: Path) -> int:
     return protocol.EXIT_OK
 
 
-def demo_model(target: Path) -> int:
+def demo_model(target: Path, weights: str) -> int:
+    """Install the shipped trained demo model, or build the same architecture with random weights."""
     from gpu_runner.demo_model import build_demo_model
 
     started = time.monotonic()
-    path = build_demo_model(target)
-    print(f"demo model ready in {path} ({time.monotonic() - started:.1f} s)")
+    path = build_demo_model(target, weights)
+    print(f"demo model ({weights} weights) ready in {path} ({time.monotonic() - started:.1f} s)")
     return 0
 
 

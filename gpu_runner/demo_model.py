@@ -1,9 +1,13 @@
-"""The demo model: LTX-2's architecture at a tiny size, random weights, built offline.
+"""The demo model: LTX-2's architecture at a tiny size, trained on a synthetic world.
 
 Every component is the class the real model uses, saved in the Diffusers layout, so the
 runner loads and drives the demo exactly as it would a real LTX-2 directory. What makes it
 tiny is width and depth only; the video VAE keeps the real compression (32x in space, 8x
 in time with a causal first frame), so the real size and frame-count rules apply unchanged.
+
+The trained weights ship with the project in `gpu_runner/demo/weights` (see MODEL_CARD.md
+there; `gpu_runner/demo/train.py` made them). The same architecture with random weights is
+kept for tests that need only shapes, and is what training starts from.
 """
 
 from __future__ import annotations
@@ -13,22 +17,25 @@ import os
 import shutil
 import string
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from gpu_runner import specs
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SEED = 0
+TRAINED_WEIGHTS = Path(__file__).resolve().parent / "demo" / "weights"
+Weights = Literal["trained", "random"]
 
 # Widths that must agree across components (the real model's values in comments).
-TEXT_WIDTH = 32  # Gemma-3 hidden size = connector heads x head dim (3840 = 30 x 128)
+TEXT_WIDTH = 64  # Gemma-3 hidden size = connector heads x head dim (3840 = 30 x 128)
 TEXT_LAYERS = 2  # the connectors read every hidden state: layers + embeddings (48 + 1)
 PROMPT_TOKENS = 128  # tokenizer length; a multiple of the connectors' registers (1024, 128)
 CONNECTOR_REGISTERS = 32
-VIDEO_LATENT_CHANNELS = 8  # 128
-AUDIO_LATENT_CHANNELS = 2  # 8
-MEL_BINS = 32  # 64; the audio VAE compresses mel bins 4x
+VIDEO_LATENT_CHANNELS = 32  # 128
+AUDIO_LATENT_CHANNELS = 4  # 8
+MEL_BINS = 64  # 64; the audio VAE compresses mel bins 4x
 AUDIO_RATE = 24000  # the vocoder's output rate (LTX-2.0: 24 kHz from 16 kHz mel, hop 160)
 VOCODER_UPSAMPLING = (6, 5, 2, 2, 2)  # 240 samples per mel frame: 16000 / 160 * 240 = 24000
 
@@ -53,39 +60,43 @@ gentle quick smooth detailed realistic photorealistic film documentary style vin
 """
 
 
-def build_demo_model(target: Path) -> Path:
-    """Write the demo model into `target` (a Diffusers-format directory) unless it is there.
+def build_demo_model(target: Path, weights: Weights = "trained") -> Path:
+    """Install the demo model into `target` (a Diffusers-format directory) unless it is there.
 
-    The model is built in a temporary sibling directory and renamed into place, with the
+    The model is assembled in a temporary sibling directory and renamed into place, with the
     manifest written last inside it, so `target` is either absent or complete.
     """
     target = target.resolve()
-    if is_complete(target):
+    if is_complete(target, weights):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.building-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_pipeline(staging)
-        _install(staging, target)
+        _write_pipeline(staging, weights)
+        _install(staging, target, weights)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def is_complete(path: Path) -> bool:
-    """True when `path` holds a finished demo model of the current format."""
+def is_complete(path: Path, weights: Weights = "trained") -> bool:
+    """True when `path` holds a finished demo model of the current format with these weights."""
     try:
         manifest = json.loads((path / specs.DEMO_MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(manifest, dict) and manifest.get("format_version") == FORMAT_VERSION
+    return (
+        isinstance(manifest, dict)
+        and manifest.get("format_version") == FORMAT_VERSION
+        and manifest.get("weights") == weights
+    )
 
 
-def _install(staging: Path, target: Path) -> None:
+def _install(staging: Path, target: Path, weights: Weights) -> None:
     """Move a finished build into place, replacing an incomplete or outdated one."""
     if target.exists():
-        if is_complete(target):  # another process finished first
+        if is_complete(target, weights):  # another process finished first
             return
         stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
         target.rename(stale)
@@ -93,16 +104,16 @@ def _install(staging: Path, target: Path) -> None:
     staging.rename(target)
 
 
-def _write_pipeline(directory: Path) -> None:
-    from diffusers import LTX2Pipeline
+def _write_pipeline(directory: Path, weights: Weights) -> None:
+    if weights == "trained":
+        shutil.copytree(TRAINED_WEIGHTS, directory, ignore=shutil.ignore_patterns("training_log.json"))
+        note = "LTX-2 architecture at a tiny size, trained on a synthetic world (see MODEL_CARD.md)."
+    else:
+        from diffusers import LTX2Pipeline
 
-    pipeline = LTX2Pipeline(**build_components())
-    pipeline.save_pretrained(directory)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "seed": SEED,
-        "note": "LTX-2 architecture at a tiny size with random weights; video and sound are noise.",
-    }
+        LTX2Pipeline(**build_components()).save_pretrained(directory)
+        note = "LTX-2 architecture at a tiny size with random weights; video and sound are noise."
+    manifest = {"format_version": FORMAT_VERSION, "weights": weights, "seed": SEED, "note": note}
     (directory / specs.DEMO_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -111,12 +122,12 @@ def build_components() -> dict[str, object]:
     tokenizer = build_tokenizer()
     components: dict[str, object] = {"tokenizer": tokenizer}
     for name, factory in (
-        ("text_encoder", lambda: _text_encoder(len(tokenizer))),
-        ("connectors", _connectors),
-        ("transformer", _transformer),
-        ("vae", _video_vae),
-        ("audio_vae", _audio_vae),
-        ("vocoder", _vocoder),
+        ("text_encoder", lambda: text_encoder(len(tokenizer))),
+        ("connectors", connectors),
+        ("transformer", transformer),
+        ("vae", video_vae),
+        ("audio_vae", audio_vae),
+        ("vocoder", vocoder),
     ):
         torch.manual_seed(SEED)
         components[name] = factory().eval()
@@ -155,7 +166,10 @@ def build_tokenizer():
         initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation),
         show_progress=False,
     )
-    learner.train_from_iterator([" " + word for word in _PROMPT_WORDS.split()], trainer=trainer)
+    from gpu_runner.demo.world import VOCABULARY
+
+    words = sorted(set(_PROMPT_WORDS.split()) | set(VOCABULARY))
+    learner.train_from_iterator([" " + word for word in words], trainer=trainer)
     learned = json.loads(learner.to_str())["model"]
     merges = [tuple(merge) for merge in learned["merges"]]
     tokenizer = GemmaTokenizer(vocab=learned["vocab"], merges=merges, add_bos_token=True)  # Gemma starts with <bos>
@@ -164,7 +178,7 @@ def build_tokenizer():
     return tokenizer
 
 
-def _text_encoder(vocab_size: int):
+def text_encoder(vocab_size: int):
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
     text = Gemma3TextConfig(
@@ -172,7 +186,7 @@ def _text_encoder(vocab_size: int):
         hidden_size=TEXT_WIDTH,
         intermediate_size=2 * TEXT_WIDTH,
         num_hidden_layers=TEXT_LAYERS,
-        num_attention_heads=2,
+        num_attention_heads=4,
         num_key_value_heads=1,
         head_dim=16,
         query_pre_attn_scalar=16,
@@ -194,55 +208,55 @@ def _text_encoder(vocab_size: int):
     return Gemma3ForConditionalGeneration(config)
 
 
-def _connectors():
+def connectors():
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
 
     return LTX2TextConnectors(
         caption_channels=TEXT_WIDTH,
         text_proj_in_factor=TEXT_LAYERS + 1,
-        video_connector_num_attention_heads=2,
-        video_connector_attention_head_dim=TEXT_WIDTH // 2,
-        video_connector_num_layers=1,
+        video_connector_num_attention_heads=4,
+        video_connector_attention_head_dim=TEXT_WIDTH // 4,
+        video_connector_num_layers=2,
         video_connector_num_learnable_registers=CONNECTOR_REGISTERS,
-        audio_connector_num_attention_heads=2,
-        audio_connector_attention_head_dim=TEXT_WIDTH // 2,
-        audio_connector_num_layers=1,
+        audio_connector_num_attention_heads=4,
+        audio_connector_attention_head_dim=TEXT_WIDTH // 4,
+        audio_connector_num_layers=2,
         audio_connector_num_learnable_registers=CONNECTOR_REGISTERS,
         connector_rope_base_seq_len=PROMPT_TOKENS,
         rope_type="split",
     )
 
 
-def _transformer():
+def transformer():
     from diffusers import LTX2VideoTransformer3DModel
 
     return LTX2VideoTransformer3DModel(
         in_channels=VIDEO_LATENT_CHANNELS,
         out_channels=VIDEO_LATENT_CHANNELS,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        cross_attention_dim=32,
+        num_attention_heads=6,
+        attention_head_dim=32,
+        cross_attention_dim=192,
         vae_scale_factors=(8, 32, 32),
         audio_in_channels=AUDIO_LATENT_CHANNELS * MEL_BINS // 4,
         audio_out_channels=AUDIO_LATENT_CHANNELS * MEL_BINS // 4,
-        audio_num_attention_heads=2,
-        audio_attention_head_dim=8,
-        audio_cross_attention_dim=16,
-        num_layers=2,
+        audio_num_attention_heads=6,  # as many heads as video: the cross-modal RoPE splits over both
+        audio_attention_head_dim=16,
+        audio_cross_attention_dim=96,
+        num_layers=6,
         caption_channels=TEXT_WIDTH,
         rope_type="split",
     )
 
 
-def _video_vae():
+def video_vae():
     from diffusers import AutoencoderKLLTX2Video
 
     # The real block pattern: patchify 4x, then spatial, temporal and two spatiotemporal 2x
     # steps down (32x, 8x) and three spatiotemporal 2x steps up after a 4x unpatchify.
     return AutoencoderKLLTX2Video(
         latent_channels=VIDEO_LATENT_CHANNELS,
-        block_out_channels=(8, 16, 32, 32),
-        decoder_block_out_channels=(8, 16, 32),
+        block_out_channels=(16, 32, 64, 64),
+        decoder_block_out_channels=(32, 64, 128),
         layers_per_block=(1, 1, 1, 1, 1),
         decoder_layers_per_block=(1, 1, 1, 1),
         spatio_temporal_scaling=(True, True, True, True),
@@ -260,7 +274,7 @@ def _video_vae():
     )
 
 
-def _audio_vae():
+def audio_vae():
     from diffusers import AutoencoderKLLTX2Audio
 
     # Two 2x upsampling levels give the 4x in time the pipeline assumes; the latent statistics
@@ -268,7 +282,7 @@ def _audio_vae():
     return AutoencoderKLLTX2Audio(
         base_channels=AUDIO_LATENT_CHANNELS * MEL_BINS // 4,
         output_channels=2,
-        ch_mult=(1, 1, 1),
+        ch_mult=(1, 1, 2),
         num_res_blocks=1,
         latent_channels=AUDIO_LATENT_CHANNELS,
         mel_bins=MEL_BINS,
@@ -277,12 +291,12 @@ def _audio_vae():
     )
 
 
-def _vocoder():
+def vocoder():
     from diffusers.pipelines.ltx2 import LTX2Vocoder
 
     return LTX2Vocoder(
         in_channels=2 * MEL_BINS,
-        hidden_channels=64,
+        hidden_channels=128,
         out_channels=2,
         upsample_kernel_sizes=[16, 15, 8, 4, 4],  # LTX-2.0's: each layer's output is exactly factor x input
         upsample_factors=list(VOCODER_UPSAMPLING),

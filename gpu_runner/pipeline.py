@@ -25,6 +25,9 @@ from gpu_runner.text import PrecomputedConnectors, encode
 
 Emit = Callable[[protocol.Event], None]
 
+# LTX-2.0's guidance beyond diffusers' defaults (which follow 2.3): no cross timestep, STG at block 29.
+LTX2_0_GUIDANCE = {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
+
 
 def generate(
     job: Job, emit: Emit, cancellation: Cancellation, started: float, source: DiffusersDirectory | None = None
@@ -252,5 +255,5 @@ def guidance_settings(job: Job, source: DiffusersDirectory) -> dict:
             "spatio_temporal_guidance_blocks": None,
         }
     if source.is_ltx2_0():
-        return {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
+        return dict(LTX2_0_GUIDANCE)
     return {}

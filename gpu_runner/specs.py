@@ -63,16 +63,18 @@ class ModelSpec(msgspec.Struct, frozen=True):
 
 
 DEMO_NOTE = (
-    "The demo model has random weights: it exercises the whole pipeline in seconds on a CPU, "
-    "but its video and sound are noise. To generate real clips, point the portal at a "
-    "Diffusers-format LTX-2 directory: AVP_MODEL_DIR=/path/to/LTX-2 make run"
+    "The demo model is a tiny LTX-2 trained on a synthetic world, so it runs in seconds on a CPU: "
+    "one red, green, blue, yellow or white ball or square on a dark background, moving left, right, "
+    "up or down, or bouncing, with a high beep, a low hum, silence or clicks. Try \"a red ball "
+    "bouncing with clicks\". To generate real clips, point the portal at a Diffusers-format LTX-2 "
+    "directory: AVP_MODEL_DIR=/path/to/LTX-2 make run"
 )
 
 
 def demo_spec(path: Path) -> ModelSpec:
     return ModelSpec(
         id="demo",
-        label="Demo (tiny, random weights)",
+        label="Demo (tiny, trained on a synthetic world)",
         kind="demo",
         path=str(path),
         constraints=Constraints(),

@@ -27,7 +27,7 @@ def form(**fields: str) -> dict[str, str]:
 def test_the_create_page_offers_only_valid_choices_and_says_the_demo_is_noise(portal: Portal) -> None:
     with portal.client() as c:
         page = c.get("/").text
-    assert "random weights" in page and "AVP_MODEL_DIR" in page
+    assert "synthetic world" in page and "AVP_MODEL_DIR" in page
     assert 'class="field-error"' not in page and "Macro" not in page, "a fresh form shows no error"
     frames = [int(n) for n in re.findall(r'<option value="(\d+)"[^>]*>[\d.]+ s \(', page)]
     assert frames[0] == 9 and frames[-1] == 481 and all((n - 1) % 8 == 0 for n in frames)

@@ -80,7 +80,7 @@ def test_a_finished_job_can_be_deleted_with_its_files(portal: Portal) -> None:
 def test_models_list_constraints_and_defaults_a_client_can_submit_as_they_are(portal: Portal) -> None:
     with portal.client() as c:
         (model,) = c.get("/api/models").json()["models"]
-    assert model["id"] == "demo" and "random weights" in model["note"]
+    assert model["id"] == "demo" and "synthetic world" in model["note"]
     assert model["constraints"]["size_multiple"] == 32 and model["constraints"]["max_frames"] == 481
     job = portal.submit(**model["defaults"], model=model["id"])
     finished = portal.wait(job["id"])

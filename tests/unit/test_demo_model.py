@@ -1,15 +1,16 @@
-"""The demo model: LTX-2's architecture and compression at a tiny size, written atomically."""
+"""The demo model: LTX-2's architecture and compression at a tiny size, installed atomically."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import torch
 from diffusers import AutoencoderKLLTX2Video, LTX2Pipeline
 
 from gpu_runner import specs
-from gpu_runner.demo_model import build_demo_model, is_complete
+from gpu_runner.demo_model import TRAINED_WEIGHTS, build_demo_model, is_complete
 
 
 def file_digests(directory):
@@ -49,9 +50,28 @@ def test_the_directory_loads_as_an_ltx2_pipeline_whose_parts_fit_together(demo_m
     assert pipe.tokenizer("a dog runs").input_ids[0] == pipe.tokenizer.bos_token_id
 
 
-def test_the_demo_model_is_small(demo_model_dir):
-    size = sum(path.stat().st_size for path in demo_model_dir.rglob("*") if path.is_file())
-    assert size < 10 * 1024**2
+def test_the_shipped_demo_model_is_small_enough_for_the_repository(demo_model_dir):
+    size = sum(path.stat().st_size for path in TRAINED_WEIGHTS.rglob("*") if path.is_file())
+    assert size < 40 * 1024**2
+    assert (TRAINED_WEIGHTS / "MODEL_CARD.md").is_file()
+    assert json.loads((demo_model_dir / specs.DEMO_MANIFEST).read_text())["weights"] == "trained"
+
+
+def test_random_weights_stay_available_with_the_same_architecture(tmp_path, demo_model_dir):
+    random_dir = build_demo_model(tmp_path / "random", "random")
+
+    assert is_complete(random_dir, "random") and not is_complete(random_dir, "trained")
+    for component in ("transformer", "vae", "audio_vae", "vocoder", "connectors"):
+        trained_config = json.loads((demo_model_dir / component / "config.json").read_text())
+        random_config = json.loads((random_dir / component / "config.json").read_text())
+        assert strip_versions(random_config) == strip_versions(trained_config), component
+    trained = AutoencoderKLLTX2Video.from_pretrained(demo_model_dir / "vae").decoder.conv_out.conv.weight
+    random = AutoencoderKLLTX2Video.from_pretrained(random_dir / "vae").decoder.conv_out.conv.weight
+    assert not torch.allclose(trained.float(), random.float())
+
+
+def strip_versions(config: dict) -> dict:
+    return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
 def test_a_build_is_reproducible_reused_and_leaves_nothing_behind(tmp_path, demo_model_dir):

@@ -1,0 +1,169 @@
+"""Does the demo model follow its prompts? Generate clips through the runner and measure them.
+
+    python -m gpu_runner.demo.evaluate MODEL_DIR [--seeds 5] [--precision fp32]
+
+Each clip goes through `gpu_runner.pipeline.generate` (the stages a portal job runs) and is
+read back from the MP4 it wrote, so what is measured is what a user downloads. The prompt
+set pairs every colour and every motion with five seeds in 25 clips (colour i with motion
+i + seed), each carrying the sound its motion goes with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import msgspec
+import numpy
+import torch
+
+from gpu_runner import protocol, specs
+from gpu_runner.demo import measure, world
+
+BANDS = {"high beep": (700.0, 1100.0), "low hum": (80.0, 160.0)}  # Hz; the world's tones are 860-900 and 105-115
+SILENCE_DB = -40.0  # dBFS; the world's tones are at -13.5 dBFS
+TONE_FOR_COLOUR = ("high beep", "low hum", "silence", "high beep", "low hum")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    colour: str
+    shape: str
+    motion: str
+    sound: str
+    seed: int
+
+    @property
+    def text(self) -> str:
+        sound = {"clicks": "with clicks", "silence": "in silence"}.get(self.sound, f"with a {self.sound}")
+        return f"a {self.colour} {self.shape} {self.motion} {sound}"
+
+
+@dataclass(frozen=True)
+class Clip:
+    video: torch.Tensor  # (3, F, H, W) in [0, 1]
+    audio: torch.Tensor  # (channels, samples) in [-1, 1]
+    sample_rate: int
+    fps: float
+
+
+@dataclass(frozen=True)
+class Measured:
+    prompt: str
+    seed: int
+    colour: str | None
+    direction: str | None
+    contacts: list[int]
+    frequency: float
+    level_db: float
+    sync: float | None
+
+
+def prompt_set(seeds: int) -> list[Prompt]:
+    """Every colour and every motion once per seed; shapes alternate, sounds follow the motion."""
+    prompts = []
+    for seed in range(seeds):
+        for index, colour in enumerate(world.COLOURS):
+            motion = world.MOTIONS[(index + seed) % len(world.MOTIONS)]
+            sound = "clicks" if motion == "bouncing" else TONE_FOR_COLOUR[(index + 2 * seed) % len(TONE_FOR_COLOUR)]
+            prompts.append(Prompt(colour, world.SHAPES[(index + seed) % 2], motion, sound, seed))
+    return prompts
+
+
+def generate(model_dir: Path, prompt: str, seed: int, work_dir: Path, **request: object) -> Clip:
+    """One clip through the runner's own stages, read back from its MP4."""
+    import av
+
+    from gpu_runner.cancel import Cancellation
+    from gpu_runner.job import load_job
+    from gpu_runner.pipeline import generate as run_stages
+
+    job_dir = Path(tempfile.mkdtemp(dir=work_dir))
+    fields = msgspec.structs.asdict(specs.demo_spec(model_dir).defaults)  # what the portal's form starts with
+    fields.update({key: value for key, value in request.items() if key != "precision"})
+    job = {
+        "id": job_dir.name,
+        "model_kind": "demo",
+        "model_path": str(model_dir.resolve()),
+        "precision": request.get("precision"),
+        "request": {"prompt": prompt, "model": "demo", "seed": seed} | fields,
+    }
+    (job_dir / protocol.JOB_FILE).write_bytes(msgspec.json.encode(job))
+    result = run_stages(load_job(job_dir), lambda event: None, Cancellation(), time.monotonic())
+    with av.open(str(job_dir / result.file)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        container.seek(0)
+        audio = torch.cat([torch.from_numpy(frame.to_ndarray()) for frame in container.decode(audio=0)], dim=-1)
+    video = measure.video_from_frames(torch.from_numpy(numpy.stack(frames)))
+    return Clip(video=video, audio=audio.float(), sample_rate=result.audio_sample_rate, fps=result.fps)
+
+
+def measure_clip(prompt: Prompt, clip: Clip) -> Measured:
+    contacts = measure.floor_contacts(clip.video, clip.fps)
+    sync = None
+    if prompt.motion == "bouncing":
+        found = measure.onsets(clip.audio, clip.sample_rate)
+        sync = measure.sync_fraction(contacts, found, clip.fps, frames=clip.video.shape[1])
+    return Measured(
+        prompt=prompt.text,
+        seed=prompt.seed,
+        colour=measure.object_colour(clip.video),
+        direction=measure.direction(clip.video),
+        contacts=contacts,
+        frequency=measure.dominant_frequency(clip.audio, clip.sample_rate),
+        level_db=measure.level_db(clip.audio),
+        sync=sync,
+    )
+
+
+def followed(prompt: Prompt, measured: Measured) -> dict[str, bool]:
+    """Which parts of the prompt the clip shows."""
+    checks = {"colour": measured.colour == prompt.colour}
+    if prompt.motion == "bouncing":
+        checks["motion"] = len(measured.contacts) >= 1
+    else:
+        checks["motion"] = measured.direction == prompt.motion.removeprefix("moving ")
+    if prompt.sound == "silence":
+        checks["sound"] = measured.level_db < SILENCE_DB
+    elif prompt.sound in BANDS:
+        low, high = BANDS[prompt.sound]
+        checks["sound"] = low <= measured.frequency <= high
+    return checks
+
+
+def evaluate(model_dir: Path, prompts: list[Prompt], **request: object) -> Iterator[tuple[Prompt, Measured]]:
+    with tempfile.TemporaryDirectory() as work:
+        for prompt in prompts:
+            clip = generate(model_dir, prompt.text, prompt.seed, Path(work), **request)
+            yield prompt, measure_clip(prompt, clip)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp8"))
+    args = parser.parse_args(argv)
+    totals: dict[str, list[bool]] = {}
+    syncs = []
+    for prompt, measured in evaluate(args.model_dir, prompt_set(args.seeds), precision=args.precision):
+        checks = followed(prompt, measured)
+        for name, ok in checks.items():
+            totals.setdefault(name, []).append(ok)
+        if measured.sync is not None:
+            syncs.append(measured.sync)
+        print(json.dumps(asdict(measured) | {"checks": checks}), flush=True)
+    for name, oks in totals.items():
+        print(f"{name}: {sum(oks)}/{len(oks)}")
+    if syncs:
+        print(f"sync: mean {sum(syncs) / len(syncs):.2f} over {len(syncs)} bouncing clips")
+    print(f"(silence below {SILENCE_DB} dBFS; tone bands {BANDS})")
+
+
+if __name__ == "__main__":
+    main()

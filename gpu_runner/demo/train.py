@@ -1,0 +1,602 @@
+"""Train the demo model on the synthetic world, component by component.
+
+    python -m gpu_runner.demo.train STAGE --run-dir DIR [--seconds S] [--steps N] [--device cuda:0]
+
+Stages: `video_vae`, `audio_vae` and `vocoder` learn from the world directly and are
+independent (they may run at once on separate GPUs); `transformer` (with the text
+connectors) learns LTX-2's flow-matching objective on the latents of the two trained VAEs,
+conditioned on the frozen tiny Gemma-3; `export` writes the Diffusers directory.
+
+Every stage is reproducible from `--seed` (step k's batch is drawn from seed + k, the model
+from seed) and resumable: it checkpoints to DIR/<stage>.pt and appends its losses to
+DIR/<stage>.jsonl, so a run cut off by a time limit goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpu_runner import demo_model
+from gpu_runner.demo import world
+
+STAGES = ("video_vae", "audio_vae", "vocoder", "transformer")
+MEL_RATE = 16000  # the audio VAE's mel spectrogram: LTX-2's 16 kHz, hop 160 (100 frames a second)
+MEL_HOP = 160
+MEL_FFT = 1024
+MEL_FLOOR = 1e-5
+LOG_MEL_FLOOR = math.log(MEL_FLOOR)  # what silence reads as
+AUDIO_LATENT_STEP = 4  # mel frames per audio latent frame
+FPS = 24.0
+# (width, height, frames) the model sees; the default 256x160x25 most often.
+SHAPES = ((256, 160, 25), (256, 160, 25), (256, 160, 33), (160, 256, 25), (224, 224, 17), (320, 192, 17))
+LATENT_NOISE = 0.05
+LATENT_PENALTY = 1e-4
+UNCONDITIONED = 0.1  # share of captions dropped to "" so classifier-free guidance has something to contrast
+
+
+@dataclass(frozen=True)
+class Options:
+    """Command-line choices that size a run (a CPU smoke test makes them tiny)."""
+
+    batch: int | None = None  # clips per step at 25 frames; None: the stage's own
+    pool: int = 2560  # transformer: clips per shape encoded up front
+
+
+@dataclass(frozen=True)
+class Hyper:
+    batch: int
+    learning_rate: float
+    warmup: int = 200
+
+
+HYPER = {
+    "video_vae": Hyper(batch=16, learning_rate=8e-4),
+    "audio_vae": Hyper(batch=64, learning_rate=4e-4),
+    "vocoder": Hyper(batch=48, learning_rate=4e-4),
+    "transformer": Hyper(batch=128, learning_rate=3e-4, warmup=300),
+}
+
+
+# -- the world as the model sees it ------------------------------------------------------------
+
+
+def mel_filterbank(bins: int, fft: int, rate: int) -> torch.Tensor:
+    """Triangular filters evenly spaced on the HTK mel scale, 0 Hz to Nyquist: (bins, fft // 2 + 1)."""
+
+    def to_mel(hz):
+        return 2595.0 * torch.log10(1.0 + hz / 700.0)
+
+    edges_mel = torch.linspace(0.0, float(to_mel(torch.tensor(rate / 2))), bins + 2)
+    edges = 700.0 * (10 ** (edges_mel / 2595.0) - 1.0)
+    freqs = torch.linspace(0, rate / 2, fft // 2 + 1)
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs - lower) / (centre - lower)
+    falling = (upper - freqs) / (upper - centre)
+    return torch.clamp(torch.minimum(rising, falling), min=0.0)
+
+
+def log_mel(waveform: torch.Tensor) -> torch.Tensor:
+    """(B, channels, samples) at 16 kHz -> (B, channels, samples // hop, mel bins), causal frames.
+
+    Each frame ends at its hop, so frame i holds sound up to (i + 1) * 10 ms and a click is
+    never heard before it happens.
+    """
+    batch, channels, samples = waveform.shape
+    signal = F.pad(waveform.reshape(batch * channels, samples), (MEL_FFT - MEL_HOP, 0))
+    window = torch.hann_window(MEL_FFT, device=waveform.device)
+    spectrum = torch.stft(signal, MEL_FFT, MEL_HOP, window=window, center=False, return_complex=True).abs()
+    filters = mel_filterbank(demo_model.MEL_BINS, MEL_FFT, MEL_RATE).to(waveform.device)
+    mel = torch.log(torch.clamp(filters @ spectrum, min=MEL_FLOOR))
+    return mel.reshape(batch, channels, demo_model.MEL_BINS, -1).transpose(2, 3)[:, :, : samples // MEL_HOP]
+
+
+def audio_latent_frames(seconds: float) -> int:
+    """The pipeline's audio length for a clip: 25 latent frames a second, rounded."""
+    return round(seconds * MEL_RATE / MEL_HOP / AUDIO_LATENT_STEP)
+
+
+class Batches:
+    """Step k's batch is drawn from seed + k: the same run sees the same data, resumed or not."""
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.seed = seed
+        self.device = device
+
+    def scenes(self, step: int, count: int) -> tuple[list[world.Scene], random.Random]:
+        draw = random.Random(self.seed * 1_000_003 + step)
+        return world.sample_scenes(count, seed=draw.randrange(2**31)), draw
+
+    def shape(self, step: int) -> tuple[int, int, int]:
+        return random.Random(self.seed * 7919 + step).choice(SHAPES)
+
+    def video(self, scenes, width: int, height: int, frames: int) -> torch.Tensor:
+        clip = world.render_video(scenes, width=width, height=height, frames=frames, fps=FPS, device=self.device)
+        return clip * 2.0 - 1.0  # the VAE's range
+
+    def mel(self, scenes, latent_frames: int) -> torch.Tensor:
+        seconds = latent_frames * AUDIO_LATENT_STEP * MEL_HOP / MEL_RATE
+        return log_mel(world.render_audio(scenes, seconds=seconds, sample_rate=MEL_RATE, device=self.device))
+
+    def waveform(self, scenes, mel_frames: int) -> torch.Tensor:
+        seconds = mel_frames * MEL_HOP / MEL_RATE
+        return world.render_audio(scenes, seconds=seconds, sample_rate=demo_model.AUDIO_RATE, device=self.device)
+
+
+# -- losses ---------------------------------------------------------------------------------
+
+
+def object_weighted_l1(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 with the object's pixels weighted up: it covers a few percent of a frame but is the point."""
+    background = target.flatten(2).median(dim=2).values[:, :, None, None, None]
+    weight = 1.0 + 9.0 * ((target - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
+    return ((output - target).abs() * weight).mean()
+
+
+def encode_for_training(posterior) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latent the decoder learns from, and a penalty that keeps latents near unit scale.
+
+    The posterior's mean plus a little noise, not a posterior sample: at initialisation the
+    posterior's spread is ~1, which buries the encoding and teaches the decoder to ignore it
+    (a first run learned a grey blur in place of coloured objects). The small noise keeps the
+    decoder tolerant of the denoiser's imperfect latents.
+    """
+    mean = posterior.mode()
+    return mean + LATENT_NOISE * torch.randn_like(mean), mean.square().mean()
+
+
+def spectral_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution STFT loss (log magnitude and spectral convergence), short windows for clicks.
+
+    The log floor sits at -66 dBFS rather than the usual 1e-5: below it a first run found
+    the loss cheapest with near-silence everywhere, since a pure tone leaves most bins empty.
+    """
+    total = output.new_zeros(())
+    output, target = output.flatten(0, 1).float(), target.flatten(0, 1).float()
+    for fft, hop in ((256, 64), (512, 128), (1024, 256), (2048, 512)):
+        window = torch.hann_window(fft, device=output.device)
+        spec_out = torch.stft(output, fft, hop, window=window, return_complex=True).abs() + 1e-2
+        spec_target = torch.stft(target, fft, hop, window=window, return_complex=True).abs() + 1e-2
+        convergence = torch.linalg.norm(spec_target - spec_out) / torch.linalg.norm(spec_target)
+        total = total + convergence + (spec_out.log() - spec_target.log()).abs().mean()
+    return total / 4
+
+
+# -- one training loop for every stage ------------------------------------------------------------
+
+
+class Stage:
+    """A model being trained, its optimiser and how one step's loss is computed."""
+
+    name: str
+
+    def __init__(self, components: dict, batches: Batches, device: torch.device, options: Options) -> None:
+        self.components = components
+        self.batches = batches
+        self.device = device
+        self.options = options
+        self.batch = options.batch or HYPER[self.name].batch
+
+    def clips(self, frames: int) -> int:
+        """Clips per batch at this length: about as many frames as the batch at 25."""
+        return max(1, self.batch * 25 // frames)
+
+    def trainable(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def loss(self, step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Work after the last step (latent statistics, say)."""
+
+
+class VideoVAE(Stage):
+    name = "video_vae"
+
+    def trainable(self):
+        return [self.components["vae"]]
+
+    def loss(self, step):
+        vae = self.components["vae"]
+        width, height, frames = self.batches.shape(step)
+        scenes, _ = self.batches.scenes(step, self.clips(frames))
+        clip = self.batches.video(scenes, width, height, frames)
+        latent, size = encode_for_training(vae.encode(clip).latent_dist)
+        output = vae.decode(latent).sample
+        reconstruction = object_weighted_l1(output, clip)
+        return {"loss": reconstruction + LATENT_PENALTY * size, "l1": reconstruction, "latent_size": size}
+
+    def finish(self):
+        vae = self.components["vae"]
+        latents = [vae.encode(self.batches.video(*self._eval_clip(step))).latent_dist.mode() for step in range(8)]
+        stacked = torch.cat(latents).transpose(0, 1).flatten(1)
+        vae.latents_mean.copy_(stacked.mean(1))
+        vae.latents_std.copy_(stacked.std(1))
+
+    def _eval_clip(self, step):
+        scenes, _ = self.batches.scenes(10**9 + step, 16)
+        return scenes, 256, 160, 25
+
+
+class AudioVAE(Stage):
+    name = "audio_vae"
+
+    def trainable(self):
+        return [self.components["audio_vae"]]
+
+    def _mel(self, step):
+        scenes, draw = self.batches.scenes(step, self.batch)
+        return self.batches.mel(scenes, draw.choice((18, 26, 34, 50)))
+
+    def loss(self, step):
+        audio_vae = self.components["audio_vae"]
+        mel = self._mel(step)
+        latent, size = encode_for_training(audio_vae.encode(mel).latent_dist)
+        output = audio_vae.decode(latent).sample
+        reconstruction = (output - mel[:, :, : output.shape[2]]).abs().mean()
+        return {"loss": reconstruction + LATENT_PENALTY * size, "l1": reconstruction, "latent_size": size}
+
+    def finish(self):
+        from diffusers import LTX2Pipeline
+
+        audio_vae = self.components["audio_vae"]
+        packed = [
+            LTX2Pipeline._pack_audio_latents(audio_vae.encode(self._mel(10**9 + step)).latent_dist.mode()).flatten(0, 1)
+            for step in range(8)
+        ]
+        stacked = torch.cat(packed)
+        audio_vae.latents_mean.copy_(stacked.mean(0))
+        audio_vae.latents_std.copy_(stacked.std(0))
+
+
+class Vocoder(Stage):
+    name = "vocoder"
+
+    def trainable(self):
+        return [self.components["vocoder"]]
+
+    def loss(self, step):
+        scenes, draw = self.batches.scenes(step, self.batch)
+        mel_frames = draw.choice((64, 100, 128))
+        mel = self.batches.mel(scenes, mel_frames // AUDIO_LATENT_STEP)
+        mel = mel + 0.1 * torch.randn_like(mel)  # it will hear decoded mels, not exact ones
+        output = self.components["vocoder"](mel)
+        target = self.batches.waveform(scenes, mel.shape[2])[..., : output.shape[-1]]
+        spectral = spectral_loss(output, target)
+        return {"loss": spectral, "stft": spectral}
+
+
+@dataclass
+class Pool:
+    """Clips of one shape encoded once: the transformer stage revisits them with fresh noise,
+    noise levels and caption wordings, instead of re-rendering and re-encoding every step."""
+
+    scenes: list[world.Scene]
+    video: torch.Tensor
+    audio: torch.Tensor
+    audio_frames: int
+
+
+class Transformer(Stage):
+    """The denoiser and the text connectors, exactly as the pipeline will call them."""
+
+    name = "transformer"
+
+    def __init__(self, components, batches, device, options):
+        super().__init__(components, batches, device, options)
+        from diffusers import LTX2Pipeline
+
+        self.pipeline = LTX2Pipeline(**components)
+        for frozen in ("vae", "audio_vae", "text_encoder"):
+            components[frozen].requires_grad_(False).eval()
+        self.pools = {shape: self._pool(shape, index) for index, shape in enumerate(sorted(set(SHAPES)))}
+
+    def trainable(self):
+        return [self.components["transformer"], self.components["connectors"]]
+
+    @torch.no_grad()
+    def _pool(self, shape: tuple[int, int, int], index: int) -> Pool:
+        width, height, frames = shape
+        chunks = []
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            for chunk in range(math.ceil(self.options.pool / 64)):
+                scenes, _ = self.batches.scenes(
+                    -(index * 100_000 + chunk + 1), min(64, self.options.pool)
+                )  # never a training step's draw
+                chunks.append((scenes, *self._latents(scenes, width, height, frames)))
+        scenes, videos, audios, audio_frames = zip(*chunks, strict=True)
+        return Pool([scene for part in scenes for scene in part], torch.cat(videos), torch.cat(audios), audio_frames[0])
+
+    def _latents(self, scenes, width, height, frames):
+        pipe = self.pipeline
+        video = pipe.vae.encode(self.batches.video(scenes, width, height, frames)).latent_dist.mode()
+        video = pipe._pack_latents(pipe._normalize_latents(video, pipe.vae.latents_mean, pipe.vae.latents_std))
+        audio_frames = audio_latent_frames(frames / FPS)
+        audio = pipe.audio_vae.encode(self.batches.mel(scenes, audio_frames)).latent_dist.mode()
+        audio = pipe._pack_audio_latents(audio)
+        audio = pipe._normalize_audio_latents(audio, pipe.audio_vae.latents_mean, pipe.audio_vae.latents_std)
+        return video.float(), audio.float(), audio_frames
+
+    def context(self, captions: list[str]):
+        pipe = self.pipeline
+        with torch.no_grad():
+            embeds, mask, _, _ = pipe.encode_prompt(
+                captions,
+                do_classifier_free_guidance=False,
+                max_sequence_length=demo_model.PROMPT_TOKENS,
+                device=self.device,
+            )
+        return pipe.connectors(embeds, mask, padding_side=pipe.tokenizer.padding_side)
+
+    def loss(self, step):
+        pipe = self.pipeline
+        width, height, frames = shape = self.batches.shape(step)
+        pool = self.pools[shape]
+        _, draw = self.batches.scenes(step, 0)
+        picked = draw.choices(range(len(pool.scenes)), k=self.clips(frames))
+        captions = ["" if draw.random() < UNCONDITIONED else world.caption(pool.scenes[i], draw) for i in picked]
+        rows = torch.tensor(picked, device=self.device)
+        video, audio, audio_frames = pool.video[rows], pool.audio[rows], pool.audio_frames
+        video_context, audio_context, context_mask = self.context(captions)
+
+        batch = video.shape[0]
+        generator = torch.Generator(device=self.device).manual_seed(self.batches.seed * 31 + step)
+        sigma = training_sigmas(batch, video.shape[1], generator, self.device)
+        noise_video = torch.randn(video.shape, generator=generator, device=self.device)
+        noise_audio = torch.randn(audio.shape, generator=generator, device=self.device)
+        noisy_video = (1 - sigma[:, None, None]) * video + sigma[:, None, None] * noise_video
+        noisy_audio = (1 - sigma[:, None, None]) * audio + sigma[:, None, None] * noise_audio
+        timestep = sigma * 1000.0  # the scheduler's timesteps are sigmas x num_train_timesteps
+
+        transformer = pipe.transformer
+        latent_frames = (frames - 1) // 8 + 1
+        video_coords = transformer.rope.prepare_video_coords(
+            batch, latent_frames, height // 32, width // 32, self.device, fps=FPS
+        )
+        audio_coords = transformer.audio_rope.prepare_audio_coords(batch, audio_frames, self.device)
+        predicted_video, predicted_audio = transformer(
+            hidden_states=noisy_video,
+            audio_hidden_states=noisy_audio,
+            encoder_hidden_states=video_context,
+            audio_encoder_hidden_states=audio_context,
+            timestep=timestep,
+            sigma=timestep,
+            encoder_attention_mask=context_mask,
+            audio_encoder_attention_mask=context_mask,
+            num_frames=latent_frames,
+            height=height // 32,
+            width=width // 32,
+            fps=FPS,
+            audio_num_frames=audio_frames,
+            video_coords=video_coords,
+            audio_coords=audio_coords,
+            use_cross_timestep=True,  # what the pipeline passes by default
+            return_dict=False,
+        )
+        video_loss = F.mse_loss(predicted_video.float(), noise_video - video)
+        audio_loss = F.mse_loss(predicted_audio.float(), noise_audio - audio)
+        return {"loss": video_loss + audio_loss, "video": video_loss, "audio": audio_loss}
+
+
+def training_sigmas(batch: int, tokens: int, generator: torch.Generator, device) -> torch.Tensor:
+    """Noise levels with the inference schedule's shift for this token count, so training spends
+    its steps where sampling will."""
+    from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift
+
+    shift = math.exp(calculate_shift(tokens, 1024, 4096, 0.95, 2.05))
+    uniform = torch.rand(batch, generator=generator, device=device)
+    return shift * uniform / (1 + (shift - 1) * uniform)
+
+
+STAGE_CLASSES = {stage.name: stage for stage in (VideoVAE, AudioVAE, Vocoder, Transformer)}
+
+
+# -- checkpoints, export ------------------------------------------------------------------------
+
+
+def load_components(run_dir: Path, device: torch.device) -> dict:
+    """Random components from the seed, with every stage trained so far loaded over them."""
+    torch.manual_seed(0)
+    components = demo_model.build_components()
+    for stage in STAGES:
+        checkpoint = run_dir / f"{stage}.pt"
+        if checkpoint.exists():
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            for name, state in saved["models"].items():
+                components[name].load_state_dict(state)
+    for name, component in components.items():
+        if isinstance(component, nn.Module):
+            components[name] = component.to(device).float()
+    return components
+
+
+class Ranks:
+    """Data parallelism under torchrun: each rank draws its own batches, gradients are averaged,
+    rank 0 alone writes. A single process is the one-rank case."""
+
+    def __init__(self) -> None:
+        self.size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.size > 1:
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0
+
+    def average(self, parameters: list[nn.Parameter]) -> None:
+        if self.size == 1:
+            return
+        for p in parameters:
+            if p.grad is None:  # unused this step on this rank; the others may have used it
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in parameters]
+        flat = torch.cat([g.flatten() for g in grads]) / self.size
+        torch.distributed.all_reduce(flat)
+        torch._foreach_copy_(
+            grads, [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)]
+        )
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True when any rank says so, so that all ranks stop at the same step."""
+        if self.size == 1:
+            return flag
+        value = torch.tensor(float(flag), device=device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+
+
+def train(
+    stage_name: str, run_dir: Path, seconds: float, steps: int, device: torch.device, seed: int, options: Options
+) -> None:
+    ranks = Ranks()
+    if ranks.size > 1 and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = run_dir / f"{stage_name}.pt"
+    log_path = run_dir / f"{stage_name}.jsonl"
+    components = load_components(run_dir, device)
+    torch.manual_seed(seed)
+    stage = STAGE_CLASSES[stage_name](components, Batches(seed + 7777 * ranks.rank, device), device, options)
+    models = stage.trainable()
+    names = [name for name, component in components.items() if any(component is model for model in models)]
+    for model in models:
+        model.train().requires_grad_(True)
+    parameters = [p for model in models for p in model.parameters()]
+    hyper = HYPER[stage_name]
+    optimiser = torch.optim.AdamW(parameters, lr=hyper.learning_rate, weight_decay=0.01, betas=(0.9, 0.99))
+    ema = [p.detach().clone() for p in parameters]
+    step, trained_s = 0, 0.0
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        if "optimiser" in saved:
+            optimiser.load_state_dict(saved["optimiser"])
+            ema = [tensor.to(device) for tensor in saved["ema"]]
+            step, trained_s = saved["step"], saved["trained_s"]
+            # the models were loaded with the EMA weights; training resumes from the live ones
+            for p, live in zip(parameters, saved["live"], strict=True):
+                p.data.copy_(live)
+
+    def save(final: bool) -> None:
+        if not ranks.writer:
+            return
+        live = [p.detach().clone() for p in parameters]
+        for p, average in zip(parameters, ema, strict=True):
+            p.data.copy_(average)  # the exported weights are the averaged ones
+        if final:
+            for model in models:
+                model.eval()
+            with torch.no_grad():
+                stage.finish()
+        state = {
+            "models": {name: components[name].state_dict() for name in names},
+            "optimiser": optimiser.state_dict(),
+            "ema": ema,
+            "live": live,
+            "step": step,
+            "trained_s": trained_s,
+        }
+        torch.save(state, checkpoint.with_suffix(".tmp"))
+        checkpoint.with_suffix(".tmp").replace(checkpoint)
+        for p, value in zip(parameters, live, strict=True):
+            p.data.copy_(value)
+        for model in models:
+            model.train()
+
+    started = time.monotonic()
+    last_save = started
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with log_path.open("a") as log:
+        while not ranks.any(step >= steps or time.monotonic() - started >= seconds, device):
+            for group in optimiser.param_groups:
+                group["lr"] = hyper.learning_rate * min(1.0, (step + 1) / hyper.warmup)
+            with autocast:
+                losses = stage.loss(step)
+            optimiser.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            ranks.average(parameters)
+            norm = torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimiser.step()
+            decay = min(0.999, (step + 1) / (step + 10))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in parameters], 1 - decay)
+            step += 1
+            if ranks.writer and (step % 50 == 0 or step == 1):
+                record = {name: round(value.item(), 5) for name, value in losses.items()}
+                record.update(
+                    step=step,
+                    grad_norm=round(float(norm), 3),
+                    elapsed_s=round(trained_s + time.monotonic() - started, 1),
+                )
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                print(stage_name, record, flush=True)
+            if time.monotonic() - last_save > 120:
+                save(final=False)
+                last_save = time.monotonic()
+    trained_s += time.monotonic() - started
+    save(final=True)
+    if ranks.size > 1:
+        torch.distributed.destroy_process_group()
+    print(f"{stage_name}: {step} steps, {trained_s:.0f} s in all, checkpoint {checkpoint}", flush=True)
+
+
+def export(run_dir: Path, target: Path) -> None:
+    """The trained pipeline as a Diffusers directory, in bf16 to keep the repository small."""
+    from diffusers import LTX2Pipeline
+
+    components = load_components(run_dir, torch.device("cpu"))
+    for name, component in components.items():
+        if isinstance(component, nn.Module):
+            components[name] = component.to(torch.bfloat16)
+    LTX2Pipeline(**components).save_pretrained(target)
+    logs = {
+        stage: [json.loads(line) for line in (run_dir / f"{stage}.jsonl").read_text().splitlines()] for stage in STAGES
+    }
+    (target / "training_log.json").write_text(json.dumps(logs) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=(*STAGES, "export"))
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--target", type=Path, help="export: the Diffusers directory to write")
+    parser.add_argument("--seconds", type=float, default=math.inf, help="stop (and checkpoint) after this long")
+    parser.add_argument("--steps", type=int, default=10**9)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool", type=int, default=Options.pool, help="transformer: clips per shape encoded up front")
+    parser.add_argument("--batch", type=int, help="clips per step at 25 frames (default: the stage's own)")
+    args = parser.parse_args(argv)
+    if args.stage == "export":
+        export(args.run_dir, args.target)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # a handful of clip shapes, each seen thousands of times
+        train(
+            args.stage,
+            args.run_dir,
+            args.seconds,
+            args.steps,
+            torch.device(args.device),
+            args.seed,
+            Options(args.batch, args.pool),
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The demo model's training script on the CPU: every stage takes real steps, resumes, and exports.
+
+A few steps on one-clip batches: this proves the stages still fit together (the world, the mel
+front end, each component's loss, the transformer's call as the pipeline makes it, the export)
+so the script cannot rot unnoticed. How well training works is the quality tests' business.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from diffusers import LTX2Pipeline
+
+from gpu_runner.demo import train, world
+
+SMALL = ["--device", "cpu", "--batch", "1", "--pool", "2"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One tiny run of every stage, in the order train.sh runs them."""
+    directory = tmp_path_factory.mktemp("run")
+    for stage in train.STAGES:
+        train.main([stage, "--run-dir", str(directory), "--steps", "2", *SMALL])
+    return directory
+
+
+def logged(run_dir, stage):
+    return [json.loads(line) for line in (run_dir / f"{stage}.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("stage", train.STAGES)
+def test_every_stage_logs_finite_losses_and_checkpoints_its_step(run_dir, stage):
+    records = logged(run_dir, stage)
+    checkpoint = torch.load(run_dir / f"{stage}.pt", weights_only=True)
+
+    assert [record["step"] for record in records] == [1]  # logged on the first step, then every 50
+    assert all(math.isfinite(value) for record in records for key, value in record.items() if key != "step")
+    assert checkpoint["step"] == 2
+
+
+def test_a_stage_run_again_resumes_where_it_stopped(run_dir, tmp_path):
+    resumed = tmp_path / "run"
+    resumed.mkdir()
+    (resumed / "vocoder.pt").write_bytes((run_dir / "vocoder.pt").read_bytes())
+    before = torch.load(resumed / "vocoder.pt", weights_only=True)
+
+    train.main(["vocoder", "--run-dir", str(resumed), "--steps", "3", *SMALL])
+
+    after = torch.load(resumed / "vocoder.pt", weights_only=True)
+    assert after["step"] == 3  # one more step, not three from scratch
+    weights_before, weights_after = before["models"]["vocoder"], after["models"]["vocoder"]
+    assert any(not torch.equal(weights_before[name], weights_after[name]) for name in weights_before)
+
+
+def test_the_export_is_a_pipeline_carrying_the_trained_weights_and_latent_statistics(run_dir, tmp_path):
+    target = tmp_path / "export"
+    train.main(["export", "--run-dir", str(run_dir), "--target", str(target)])
+
+    pipe = LTX2Pipeline.from_pretrained(target)
+    trained = torch.load(run_dir / "video_vae.pt", weights_only=True)["models"]["vae"]
+    assert torch.allclose(pipe.vae.latents_std.float(), trained["latents_std"].float(), rtol=1e-2)
+    assert not torch.allclose(pipe.vae.latents_std.float(), torch.ones_like(pipe.vae.latents_std.float()))
+    assert set(json.loads((target / "training_log.json").read_text())) == set(train.STAGES)
+
+
+def test_the_training_mel_is_causal_and_reads_silence_as_its_floor():
+    scenes = world.sample_scenes(1, seed=2, motion="bouncing")
+    audio = world.render_audio(scenes, seconds=1.0, sample_rate=train.MEL_RATE)
+    first_click = world.contact_times(scenes[0], 1.0)[0]
+
+    mel = train.log_mel(audio)[0, 0]  # (frames, bins)
+    loud = (mel.max(dim=1).values > train.LOG_MEL_FLOOR + 1).nonzero().flatten()
+
+    assert mel.shape == (train.MEL_RATE // train.MEL_HOP, 64)
+    assert train.log_mel(torch.zeros_like(audio)).eq(train.LOG_MEL_FLOOR).all()
+    # frame i ends at (i + 1) hops: no frame hears the click before it happens
+    assert (loud[0].item() + 1) * train.MEL_HOP / train.MEL_RATE >= first_click
