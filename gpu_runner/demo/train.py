@@ -15,6 +15,7 @@ DIR/<stage>.jsonl, so a run cut off by a time limit goes on where it stopped.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -71,6 +72,7 @@ HYPER = {
 # -- the world as the model sees it ------------------------------------------------------------
 
 
+@functools.cache  # the same filters every step
 def mel_filterbank(bins: int, fft: int, rate: int) -> torch.Tensor:
     """Triangular filters evenly spaced on the HTK mel scale, 0 Hz to Nyquist: (bins, fft // 2 + 1)."""
 
@@ -352,17 +354,19 @@ class Transformer(Stage):
 
         batch = video.shape[0]
         generator = torch.Generator(device=self.device).manual_seed(self.batches.seed * 31 + step)
-        sigma = training_sigmas(batch, video.shape[1], generator, self.device)
+        sigma = training_sigmas(pipe.scheduler.config, batch, video.shape[1], generator, self.device)
         noise_video = torch.randn(video.shape, generator=generator, device=self.device)
         noise_audio = torch.randn(audio.shape, generator=generator, device=self.device)
         noisy_video = (1 - sigma[:, None, None]) * video + sigma[:, None, None] * noise_video
         noisy_audio = (1 - sigma[:, None, None]) * audio + sigma[:, None, None] * noise_audio
-        timestep = sigma * 1000.0  # the scheduler's timesteps are sigmas x num_train_timesteps
+        timestep = sigma * pipe.scheduler.config.num_train_timesteps  # what the scheduler's timesteps are
 
         transformer = pipe.transformer
-        latent_frames = (frames - 1) // 8 + 1
+        latent_frames = (frames - 1) // pipe.vae_temporal_compression_ratio + 1
+        latent_height = height // pipe.vae_spatial_compression_ratio
+        latent_width = width // pipe.vae_spatial_compression_ratio
         video_coords = transformer.rope.prepare_video_coords(
-            batch, latent_frames, height // 32, width // 32, self.device, fps=FPS
+            batch, latent_frames, latent_height, latent_width, self.device, fps=FPS
         )
         audio_coords = transformer.audio_rope.prepare_audio_coords(batch, audio_frames, self.device)
         predicted_video, predicted_audio = transformer(
@@ -375,8 +379,8 @@ class Transformer(Stage):
             encoder_attention_mask=context_mask,
             audio_encoder_attention_mask=context_mask,
             num_frames=latent_frames,
-            height=height // 32,
-            width=width // 32,
+            height=latent_height,
+            width=latent_width,
             fps=FPS,
             audio_num_frames=audio_frames,
             video_coords=video_coords,
@@ -389,12 +393,15 @@ class Transformer(Stage):
         return {"loss": video_loss + audio_loss, "video": video_loss, "audio": audio_loss}
 
 
-def training_sigmas(batch: int, tokens: int, generator: torch.Generator, device) -> torch.Tensor:
+def training_sigmas(schedule, batch: int, tokens: int, generator: torch.Generator, device) -> torch.Tensor:
     """Noise levels with the inference schedule's shift for this token count, so training spends
     its steps where sampling will."""
     from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift
 
-    shift = math.exp(calculate_shift(tokens, 1024, 4096, 0.95, 2.05))
+    mu = calculate_shift(
+        tokens, schedule.base_image_seq_len, schedule.max_image_seq_len, schedule.base_shift, schedule.max_shift
+    )
+    shift = math.exp(mu)
     uniform = torch.rand(batch, generator=generator, device=device)
     return shift * uniform / (1 + (shift - 1) * uniform)
 
