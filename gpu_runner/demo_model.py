@@ -294,7 +294,7 @@ def audio_vae():
 def vocoder():
     from diffusers.pipelines.ltx2 import LTX2Vocoder
 
-    return LTX2Vocoder(
+    model = LTX2Vocoder(
         in_channels=2 * MEL_BINS,
         hidden_channels=128,
         out_channels=2,
@@ -304,3 +304,10 @@ def vocoder():
         resnet_dilations=[[1, 3, 5]],
         output_sampling_rate=AUDIO_RATE,
     )
+    # The log-mel it hears runs from -11.5 (silence) to about +4 (a tone): its first layer starts
+    # out seeing that centred and scaled to about +-1, (mel - centre) / scale, folded into its weights.
+    centre, scale = -6.0, 5.0
+    with torch.no_grad():
+        model.conv_in.weight /= scale
+        model.conv_in.bias -= centre * model.conv_in.weight.sum(dim=(1, 2))
+    return model

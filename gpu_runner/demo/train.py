@@ -5,7 +5,8 @@
 Stages: `video_vae`, `audio_vae` and `vocoder` learn from the world directly and are
 independent (they may run at once on separate GPUs); `transformer` (with the text
 connectors) learns LTX-2's flow-matching objective on the latents of the two trained VAEs,
-conditioned on the frozen tiny Gemma-3; `export` writes the Diffusers directory.
+conditioned on the frozen tiny Gemma-3; `export` writes the Diffusers directory, and
+`import --source DIR` turns an exported directory back into a run to train on from.
 
 Every stage is reproducible from `--seed` (step k's batch is drawn from seed + k, the model
 from seed) and resumable: it checkpoints to DIR/<stage>.pt and appends its losses to
@@ -59,12 +60,16 @@ class Hyper:
     batch: int
     learning_rate: float
     warmup: int = 200
+    betas: tuple[float, float] = (0.9, 0.99)
+    ema_decay: float = 0.999  # of the exported weights' moving average; 0 exports the live weights
 
 
 HYPER = {
     "video_vae": Hyper(batch=16, learning_rate=8e-4),
     "audio_vae": Hyper(batch=64, learning_rate=4e-4),
-    "vocoder": Hyper(batch=48, learning_rate=4e-4),
+    # The first run (betas 0.9, exporting the moving average) made every sound ~40 dB too quiet;
+    # HiFi-GAN's beta 0.8 with the live weights exported reproduces the world's levels.
+    "vocoder": Hyper(batch=48, learning_rate=4e-4, betas=(0.8, 0.99), ema_decay=0.0),
     "transformer": Hyper(batch=128, learning_rate=3e-4, warmup=300),
 }
 
@@ -181,6 +186,7 @@ class Stage:
     """A model being trained, its optimiser and how one step's loss is computed."""
 
     name: str
+    trained: tuple[str, ...]  # the pipeline components this stage trains
 
     def __init__(self, components: dict, batches: Batches, device: torch.device, options: Options) -> None:
         self.components = components
@@ -194,7 +200,7 @@ class Stage:
         return max(1, self.batch * 25 // frames)
 
     def trainable(self) -> list[nn.Module]:
-        raise NotImplementedError
+        return [self.components[name] for name in self.trained]
 
     def loss(self, step: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -205,9 +211,7 @@ class Stage:
 
 class VideoVAE(Stage):
     name = "video_vae"
-
-    def trainable(self):
-        return [self.components["vae"]]
+    trained = ("vae",)
 
     def loss(self, step):
         vae = self.components["vae"]
@@ -233,9 +237,7 @@ class VideoVAE(Stage):
 
 class AudioVAE(Stage):
     name = "audio_vae"
-
-    def trainable(self):
-        return [self.components["audio_vae"]]
+    trained = ("audio_vae",)
 
     def _mel(self, step):
         scenes, draw = self.batches.scenes(step, self.batch)
@@ -264,9 +266,7 @@ class AudioVAE(Stage):
 
 class Vocoder(Stage):
     name = "vocoder"
-
-    def trainable(self):
-        return [self.components["vocoder"]]
+    trained = ("vocoder",)
 
     def loss(self, step):
         scenes, draw = self.batches.scenes(step, self.batch)
@@ -294,6 +294,7 @@ class Transformer(Stage):
     """The denoiser and the text connectors, exactly as the pipeline will call them."""
 
     name = "transformer"
+    trained = ("transformer", "connectors")
 
     def __init__(self, components, batches, device, options):
         super().__init__(components, batches, device, options)
@@ -303,9 +304,6 @@ class Transformer(Stage):
         for frozen in ("vae", "audio_vae", "text_encoder"):
             components[frozen].requires_grad_(False).eval()
         self.pools = {shape: self._pool(shape, index) for index, shape in enumerate(sorted(set(SHAPES)))}
-
-    def trainable(self):
-        return [self.components["transformer"], self.components["connectors"]]
 
     @torch.no_grad()
     def _pool(self, shape: tuple[int, int, int], index: int) -> Pool:
@@ -479,20 +477,22 @@ def train(
     torch.manual_seed(seed)
     stage = STAGE_CLASSES[stage_name](components, Batches(seed + 7777 * ranks.rank, device), device, options)
     models = stage.trainable()
-    names = [name for name, component in components.items() if any(component is model for model in models)]
     for model in models:
         model.train().requires_grad_(True)
     parameters = [p for model in models for p in model.parameters()]
     hyper = HYPER[stage_name]
-    optimiser = torch.optim.AdamW(parameters, lr=hyper.learning_rate, weight_decay=0.01, betas=(0.9, 0.99))
+    optimiser = torch.optim.AdamW(parameters, lr=hyper.learning_rate, weight_decay=0.01, betas=hyper.betas)
     ema = [p.detach().clone() for p in parameters]
     step, trained_s = 0, 0.0
+    fresh_optimiser_at = 0  # the learning rate warms up again wherever the optimiser starts empty
     if checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        if "optimiser" in saved:
+        step, trained_s = saved["step"], saved["trained_s"]
+        fresh_optimiser_at = step
+        if "optimiser" in saved:  # an imported checkpoint has none: its weights start both live and averaged
+            fresh_optimiser_at = 0
             optimiser.load_state_dict(saved["optimiser"])
             ema = [tensor.to(device) for tensor in saved["ema"]]
-            step, trained_s = saved["step"], saved["trained_s"]
             # the models were loaded with the EMA weights; training resumes from the live ones
             for p, live in zip(parameters, saved["live"], strict=True):
                 p.data.copy_(live)
@@ -509,7 +509,7 @@ def train(
             with torch.no_grad():
                 stage.finish()
         state = {
-            "models": {name: components[name].state_dict() for name in names},
+            "models": {name: components[name].state_dict() for name in stage.trained},
             "optimiser": optimiser.state_dict(),
             "ema": ema,
             "live": live,
@@ -526,10 +526,22 @@ def train(
     started = time.monotonic()
     last_save = started
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    losses, logged_step = None, step
+
+    def log_losses() -> None:
+        """One line of the log: the step's losses, every 50 steps and at the last."""
+        record = {name: round(value.item(), 5) for name, value in losses.items()}
+        record.update(
+            step=step, grad_norm=round(float(norm), 3), elapsed_s=round(trained_s + time.monotonic() - started, 1)
+        )
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        print(stage_name, record, flush=True)
+
     with log_path.open("a") as log:
         while not ranks.any(step >= steps or time.monotonic() - started >= seconds, device):
             for group in optimiser.param_groups:
-                group["lr"] = hyper.learning_rate * min(1.0, (step + 1) / hyper.warmup)
+                group["lr"] = hyper.learning_rate * min(1.0, (step + 1 - fresh_optimiser_at) / hyper.warmup)
             with autocast:
                 losses = stage.loss(step)
             optimiser.zero_grad(set_to_none=True)
@@ -537,23 +549,18 @@ def train(
             ranks.average(parameters)
             norm = torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimiser.step()
-            decay = min(0.999, (step + 1) / (step + 10))
+            decay = min(hyper.ema_decay, (step + 1) / (step + 10))
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in parameters], 1 - decay)
             step += 1
             if ranks.writer and (step % 50 == 0 or step == 1):
-                record = {name: round(value.item(), 5) for name, value in losses.items()}
-                record.update(
-                    step=step,
-                    grad_norm=round(float(norm), 3),
-                    elapsed_s=round(trained_s + time.monotonic() - started, 1),
-                )
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                print(stage_name, record, flush=True)
+                log_losses()
+                logged_step = step
             if time.monotonic() - last_save > 120:
                 save(final=False)
                 last_save = time.monotonic()
+        if ranks.writer and step != logged_step:  # the log ends at the step the checkpoint holds
+            log_losses()
     trained_s += time.monotonic() - started
     save(final=True)
     if ranks.size > 1:
@@ -576,11 +583,48 @@ def export(run_dir: Path, target: Path) -> None:
     (target / "training_log.json").write_text(json.dumps(logs) + "\n")
 
 
+def import_exported(source: Path, run_dir: Path) -> list[str]:
+    """Start a run from an exported model (the inverse of `export`): each stage whose components
+    have today's architecture becomes a checkpoint with its training log, so training goes on
+    from those weights; a stage whose architecture changed is left to train from scratch.
+
+    Returns the stages imported.
+    """
+    built = demo_model.build_components()
+    frozen = type(built["text_encoder"]).from_pretrained(source / "text_encoder").state_dict()
+    language = {key: value for key, value in built["text_encoder"].state_dict().items() if "vision" not in key}
+    if any(not torch.equal(value.bfloat16(), frozen[key]) for key, value in language.items()):
+        raise ValueError(f"{source}'s text encoder is not the seed's: a transformer trained on it cannot train on here")
+    logs = json.loads((source / "training_log.json").read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    imported = []
+    for stage in STAGE_CLASSES.values():
+        saved_configs = [json.loads((source / name / "config.json").read_text()) for name in stage.trained]
+        if any(
+            _architecture(saved) != _architecture(built[name].config)
+            for name, saved in zip(stage.trained, saved_configs, strict=True)
+        ):
+            continue
+        models = {name: type(built[name]).from_pretrained(source / name).float().state_dict() for name in stage.trained}
+        log = logs[stage.name]
+        state = {"models": models, "step": log[-1]["step"], "trained_s": log[-1]["elapsed_s"]}
+        torch.save(state, run_dir / f"{stage.name}.pt")
+        (run_dir / f"{stage.name}.jsonl").write_text("".join(json.dumps(record) + "\n" for record in log))
+        imported.append(stage.name)
+    return imported
+
+
+def _architecture(config) -> dict:
+    """A component's config without Diffusers' bookkeeping (class name, version)."""
+    return {key: value for key, value in json.loads(json.dumps(dict(config))).items() if not key.startswith("_")}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=(*STAGES, "export"))
+    parser.add_argument("stage", choices=(*STAGES, "export", "import"))
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--target", type=Path, help="export: the Diffusers directory to write")
+    parser.add_argument("--source", type=Path, help="import: an exported Diffusers directory to train on from")
     parser.add_argument("--seconds", type=float, default=math.inf, help="stop (and checkpoint) after this long")
     parser.add_argument("--steps", type=int, default=10**9)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -590,6 +634,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.stage == "export":
         export(args.run_dir, args.target)
+    elif args.stage == "import":
+        print("imported:", ", ".join(import_exported(args.source, args.run_dir)) or "nothing", flush=True)
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

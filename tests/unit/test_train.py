@@ -37,7 +37,7 @@ def test_every_stage_logs_finite_losses_and_checkpoints_its_step(run_dir, stage)
     records = logged(run_dir, stage)
     checkpoint = torch.load(run_dir / f"{stage}.pt", weights_only=True)
 
-    assert [record["step"] for record in records] == [1]  # logged on the first step, then every 50
+    assert [record["step"] for record in records] == [1, 2]  # logged on the first step, every 50th and the last
     assert all(math.isfinite(value) for record in records for key, value in record.items() if key != "step")
     assert checkpoint["step"] == 2
 
@@ -79,3 +79,38 @@ def test_the_training_mel_is_causal_and_reads_silence_as_its_floor():
     assert train.log_mel(torch.zeros_like(audio)).eq(train.LOG_MEL_FLOOR).all()
     # frame i ends at (i + 1) hops: no frame hears the click before it happens
     assert (loud[0].item() + 1) * train.MEL_HOP / train.MEL_RATE >= first_click
+
+
+def test_an_import_trains_on_from_the_exported_weights_and_skips_a_changed_architecture(run_dir, tmp_path):
+    exported, imported = tmp_path / "export", tmp_path / "imported"
+    train.main(["export", "--run-dir", str(run_dir), "--target", str(exported)])
+    config_path = exported / "vocoder" / "config.json"  # as if the vocoder's architecture had changed since
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "hidden_channels": 64}))
+
+    train.main(["import", "--run-dir", str(imported), "--source", str(exported)])
+
+    assert sorted(path.stem for path in imported.glob("*.pt")) == ["audio_vae", "transformer", "video_vae"]
+    start = torch.load(imported / "transformer.pt", weights_only=True)
+    trained = torch.load(run_dir / "transformer.pt", weights_only=True)["models"]["transformer"]
+    assert start["step"] == 2
+    assert all(torch.equal(start["models"]["transformer"][k], trained[k].bfloat16().float()) for k in trained)
+
+    train.main(["transformer", "--run-dir", str(imported), "--steps", "3", *SMALL])
+
+    assert [record["step"] for record in logged(imported, "transformer")] == [1, 2, 3]  # the log goes on
+    assert torch.load(imported / "transformer.pt", weights_only=True)["step"] == 3
+
+
+def test_an_import_refuses_a_model_whose_frozen_text_encoder_is_not_the_seeds(run_dir, tmp_path):
+    exported = tmp_path / "export"
+    train.main(["export", "--run-dir", str(run_dir), "--target", str(exported)])
+    from safetensors.torch import load_file, save_file
+
+    weights = next((exported / "text_encoder").glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(key for key in tensors if "vision" not in key and tensors[key].is_floating_point())
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, weights)
+
+    with pytest.raises(ValueError, match="text encoder"):
+        train.main(["import", "--run-dir", str(tmp_path / "imported"), "--source", str(exported)])
