@@ -27,10 +27,10 @@ events at the pipeline's step callbacks, one warm-up step, then the median of `-
 Each step path's final latents are compared with its base path's (stock bf16 or ours), same seed:
 a variant that only changes kernels should differ by rounding alone.
 
-`--profile FRAMES` runs one default-guidance step of each chosen path under torch.profiler instead
-and breaks its device time down by kernel category (`KERNEL_CATEGORIES`), beside the step's wall
-time and how long the CPU took to issue it: a step whose kernels add up to much less than its
-wall time leaves the GPU idle, waiting for launches.
+`--profile FRAMES` instead times one default-guidance step of each chosen path, profiles the next
+with torch.profiler and breaks its device time down by kernel category (`KERNEL_CATEGORIES`),
+beside the step's wall time and how long the CPU took to issue it: a step whose kernels add up to
+much less than its wall time leaves the GPU idle, waiting for launches.
 
 Attention, read from diffusers 0.42.1 (transformer_ltx2.py, attention_dispatch.py, connectors.py):
 
@@ -281,7 +281,7 @@ class Profile:
     frames: int
     wall_s: float  # synchronised at both ends
     issue_s: float  # until the CPU had issued the whole step (its step callback ran)
-    kernels: list[tuple[str, float]]  # (name, seconds): CUDA kernels, memcpys and memsets; on a CPU, aten ops
+    kernels: list[tuple[str, float]]  # the next step's (name, seconds): CUDA kernels, memcpys, memsets; CPU: aten ops
 
     @property
     def kernel_s(self) -> float:
@@ -484,29 +484,38 @@ def time_steps(
 
 
 def profile_step(pipe: DenoisingPipeline, setting: Setting, frames: int) -> Profile:
-    """A warm-up step, then one step under torch.profiler: on CUDA its kernels alone, so that the CPU side, whose
-    launch time it measures, runs at full speed."""
+    """A warm-up step, a step timed on the CPU's clock, then a step under torch.profiler for its kernels.
+
+    The timed step runs unprofiled, as profiling every op slows the CPU side whose launch time it
+    measures; the profiled one records CPU ops too (CUDA activity alone has been seen to lose kernels).
+    """
     device = setting.device
-    activity = ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU
-    profiler = torch.profiler.profile(activities=[activity])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    profiler = torch.profiler.profile(activities=activities)
     clock: dict[str, float] = {}
+    profiling = False
 
     def on_step_end(index: int) -> None:
+        nonlocal profiling
         if index == 0:
             synchronize(device)
-            profiler.start()
             clock["start"] = time.perf_counter()
-        else:
+        elif index == 1:
             clock["issued"] = time.perf_counter()
             synchronize(device)
             clock["done"] = time.perf_counter()
+            profiler.start()
+            profiling = True
+        else:
+            synchronize(device)
             profiler.stop()
+            profiling = False
 
     memory.release(device)
     try:
-        denoise(pipe, setting, frames, 2, on_step_end)
+        denoise(pipe, setting, frames, 3, on_step_end)
     finally:
-        if "start" in clock and "done" not in clock:  # the step failed under the profiler: free it for the next
+        if profiling:  # the step failed under the profiler: free it for the next path
             profiler.stop()
     return Profile(
         path="",
@@ -823,14 +832,14 @@ def top_kernels(profile: Profile) -> list[str]:
 
 
 def profile_notes(results: Results) -> list[str]:
-    device = results.setting.device
-    kernels = "kernels (CUDA kernels, memcpys and memsets)" if device.type == "cuda" else "aten ops' self CPU time"
+    on_cuda = results.setting.device.type == "cuda"
+    kernels = "CUDA kernels, memcpys and memsets" if on_cuda else "aten ops' self CPU times"
     return [
-        "- One default-guidance step after a warm-up step, under torch.profiler "
-        f"({'CUDA activity only' if device.type == 'cuda' else 'CPU activity'}). Kernel s: the sum of its {kernels}. "
-        "GPU busy: kernel s / step wall s; well under 100% means the GPU waited for the CPU to launch work.",
-        "- CPU issued it in: from the step's start (synchronised) until the CPU had queued its last kernel; close "
-        "to the wall time with a low GPU busy share = launch-bound.",
+        "- Step wall s: one default-guidance step after a warm-up step, synchronised at both ends, unprofiled. "
+        f"Kernel s: the sum of its {kernels} in the next step, run under torch.profiler. GPU busy: kernel s / step "
+        "wall s; well under 100% means the GPU waited for the CPU to launch work.",
+        "- CPU issued it in: from the step's start until the CPU had queued its last kernel; close to the wall time "
+        "with a low GPU busy share = launch-bound.",
         "- Categories by kernel name (KERNEL_CATEGORIES in bench/gpu_bench.py); check them against the top kernels "
         "below.",
     ] + failures(results)
