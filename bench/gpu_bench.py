@@ -12,10 +12,11 @@ paths (`--paths` picks some by their keys, `--frames` the frame counts):
 - `ours`: the runner's transformer (gpu_runner/fp8.py's layout, `memory.fit_long_clips`) with FP8
   matmuls, and variants of it: `ours-fused` (the activation quantisation fused by torch.compile),
   `ours-cudnn` (cuDNN attention preferred), `ours-no-text-mask` (the all-ones text masks dropped,
-  below), `ours-min-rows` (FP8 matmuls only from `--fp8-min-rows` rows up, a row per value: the
-  upcast path below) and `ours-compiled` (every transformer block through torch.compile, regional
-  compilation; default mode, as max-autotune would tune every GEMM shape for minutes). Where a
-  path compiles, the compile time shows as the extra seconds of its first step;
+  below), `ours-cudnn-no-text-mask` (both), `ours-min-rows` (FP8 matmuls only from
+  `--fp8-min-rows` rows up, a row per value; below, the weights are upcast) and `ours-compiled`
+  (every transformer block through torch.compile, regional compilation; default mode, as
+  max-autotune would tune every GEMM shape for minutes). Where a path compiles, the compile time
+  shows as the extra seconds of its first step;
 - `runner`: the runner job, `gpu_runner.pipeline.generate` end to end (gpu_smoke.run), stage by stage;
 - `decode`: the stock video VAE decode, untiled where it fits, else with diffusers' tiling;
 - and a bf16 matmul of 8192^3, the card's ceiling.
@@ -36,10 +37,11 @@ Attention, read from diffusers 0.42.1 (transformer_ltx2.py, attention_dispatch.p
 
 - LTX-2's attention processors call `dispatch_attention_fn` with no backend, so diffusers' active
   backend runs it: "native", `torch.nn.functional.scaled_dot_product_attention`, which takes the
-  first backend that accepts the inputs in torch's priority order: flash, memory-efficient, math,
-  cuDNN. Per block there are six attentions: video and audio self-attention and the audio<->video
-  cross-attentions get no mask and run on flash; the two text cross-attentions (`attn2`,
-  `audio_attn2`) get `encoder_attention_mask`.
+  first backend that accepts the inputs in torch's priority order (flash, memory-efficient, math,
+  cuDNN in torch 2.13; the report's header gives the measured torch's). Per block there are six
+  attentions: video and audio self-attention and the audio<->video cross-attentions get no mask
+  and run on flash; the two text cross-attentions (`attn2`, `audio_attn2`) get
+  `encoder_attention_mask`.
 - The transformer turns that 0/1 mask into an additive bias, (1 - mask) * -10000, shape (B, 1, L),
   and every processor call repeats it per head to (B, heads, 1, L). Flash takes no mask at all, so
   the text cross-attentions fall to the memory-efficient kernel.
@@ -222,6 +224,12 @@ VARIANTS = (
     Variant("ours-fused", OURS_FUSED, MINE, (fused_quantisation,), compiles=True),
     Variant("ours-cudnn", "ours fp8 matmul, cuDNN attention", MINE, (cudnn_attention,)),
     Variant("ours-no-text-mask", "ours fp8 matmul, text masks dropped", MINE, (text_masks_dropped,)),
+    Variant(
+        "ours-cudnn-no-text-mask",
+        "ours fp8 matmul, cuDNN attention, text masks dropped",
+        MINE,
+        (cudnn_attention, text_masks_dropped),
+    ),
     Variant(MIN_ROWS_KEY, "ours fp8 matmul, FP8 from {} rows", MINE),  # one per --fp8-min-rows value
     Variant("ours-compiled", "ours fp8 matmul, compiled blocks", MINE, (compiled_blocks,), compiles=True),
 )
@@ -845,6 +853,11 @@ def profile_notes(results: Results) -> list[str]:
     ] + failures(results)
 
 
+def sdpa_priority() -> list[str]:
+    """The order in which SDPA tries its backends, first that accepts the inputs wins (outside `cudnn_attention`)."""
+    return [SDPBackend(backend).name for backend in torch._C._get_sdp_priority_order()]
+
+
 def report(results: Results) -> str:
     setting = results.setting
     today = datetime.date.today().isoformat()
@@ -853,7 +866,8 @@ def report(results: Results) -> str:
         f"# {kind}, {today}, {device_name()}, RANDOM WEIGHTS",
         "",
         f"`{results.command}`: torch {torch.__version__}, diffusers {diffusers.__version__}, "
-        f"{setting.size.name} sizes with random weights, {setting.width}x{setting.height} at {FPS:g} fps.",
+        f"{setting.size.name} sizes with random weights, {setting.width}x{setting.height} at {FPS:g} fps. "
+        f"SDPA backends in torch's default order: {', '.join(sdpa_priority())}.",
         "",
     ]
     if setting.profile:

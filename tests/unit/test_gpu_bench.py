@@ -20,6 +20,7 @@ OUR_PATHS = (
     "ours fp8 matmul, fused quantisation",
     "ours fp8 matmul, cuDNN attention",
     "ours fp8 matmul, text masks dropped",
+    "ours fp8 matmul, cuDNN attention, text masks dropped",
     "ours fp8 matmul, FP8 from 512 rows",
     "ours fp8 matmul, FP8 from 4096 rows",
     "ours fp8 matmul, compiled blocks",
@@ -115,7 +116,8 @@ def test_latents_are_compared_with_the_base_path_and_kernel_only_changes_match_i
         for base in ("stock bf16", "ours fp8 matmul", RUNNER, DECODE):
             assert rows[base, frames][diff] == "-"
         # On a CPU these choose the same kernels (or none is compiled), so the latents are the same.
-        for path in ("stock bf16, cuDNN attention", "ours fp8 matmul, text masks dropped"):
+        kernel_choices = ("cuDNN attention", "text masks dropped", "cuDNN attention, text masks dropped")
+        for path in ["stock bf16, cuDNN attention"] + [f"ours fp8 matmul, {choice}" for choice in kernel_choices]:
             assert float(rows[path, frames][diff]) == 0
         # The hooks store weights in FP8; upcast GEMMs skip the activations' quantisation.
         for path in ("stock fp8 hooks", "ours fp8 matmul, FP8 from 4096 rows"):
@@ -138,7 +140,7 @@ def test_notes_show_the_compile_cost_and_the_long_clip_set_up(bench) -> None:
 def test_the_paths_leave_the_runtime_as_they_found_it(bench, gpu_bench) -> None:
     assert fp8._quantise is fp8.quantise_rows, "the bench leaves the quantisation unfused"
     assert fp8.FP8_MATMUL_MIN_ROWS == 0
-    assert torch._C._get_sdp_priority_order()[0] != int(torch.nn.attention.SDPBackend.CUDNN_ATTENTION)
+    assert gpu_bench.sdpa_priority()[0] == "FLASH_ATTENTION", "cuDNN attention preferred only around its paths"
 
 
 def test_the_file_is_the_printed_report_under_a_header(bench) -> None:
