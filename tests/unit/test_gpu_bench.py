@@ -22,6 +22,7 @@ OUR_PATHS = (
     "ours fp8 matmul, text masks dropped",
     "ours fp8 matmul, cuDNN attention, text masks dropped",
     "ours fp8 matmul, FP8 from 512 rows",
+    "ours fp8 matmul, FP8 from 2048 rows",
     "ours fp8 matmul, FP8 from 4096 rows",
     "ours fp8 matmul, compiled blocks",
 )
