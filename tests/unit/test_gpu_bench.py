@@ -1,4 +1,4 @@
-"""The GPU bench's CPU smoke: `--tiny` measures every path at the demo model's size and reports them in one table."""
+"""The GPU bench's CPU smoke: `--tiny` measures (or profiles) every path at the demo model's size, in one table."""
 
 from __future__ import annotations
 
@@ -49,10 +49,10 @@ def run(gpu_bench, out: Path, *args: str) -> tuple[str, str]:
     return printed, out.read_text()
 
 
-def table_rows(written: str, first_column: str) -> list[dict[str, str]]:
-    """The rows of the report's first table whose header starts with `first_column`, cell by column name."""
+def table_rows(written: str) -> list[dict[str, str]]:
+    """The rows of the report's table (timings or profile), cell by column name."""
     lines = written.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
+    start = next(i for i, line in enumerate(lines) if line.startswith("| path |"))
     end = lines.index("", start)  # the table ends at the first blank line
     columns = _cells(lines[start])
     return [dict(zip(columns, _cells(line), strict=True)) for line in lines[start + 2 : end]]  # past the |---| line
@@ -66,7 +66,7 @@ def _cells(line: str) -> list[str]:
 def bench(gpu_bench, tmp_path_factory):
     """One `--tiny` run of every path: what it printed, the file it wrote and its table's rows by (path, frames)."""
     printed, written = run(gpu_bench, tmp_path_factory.mktemp("bench") / "results" / "tiny.md", "--repeats", "1")
-    rows = {(row["path"], int(row["frames"])): row for row in table_rows(written, "path")}
+    rows = {(row["path"], int(row["frames"])): row for row in table_rows(written)}
     return printed, written, rows
 
 
@@ -157,7 +157,7 @@ def test_the_file_is_the_printed_report_under_a_header(bench) -> None:
 def test_frames_and_paths_pick_what_is_measured(gpu_bench, tmp_path) -> None:
     options = ["--repeats", "1", "--frames", "9", "--paths", "ours", "ours-min-rows", "--fp8-min-rows", "64"]
     _printed, written = run(gpu_bench, tmp_path / "some.md", *options)
-    rows = table_rows(written, "path")
+    rows = table_rows(written)
     assert [(row["path"], row["frames"]) for row in rows] == [
         ("ours fp8 matmul", "9"),
         ("ours fp8 matmul, FP8 from 64 rows", "9"),
@@ -169,7 +169,7 @@ def test_frames_and_paths_pick_what_is_measured(gpu_bench, tmp_path) -> None:
 def test_a_profile_breaks_one_step_of_each_path_down_by_kernel_category(gpu_bench, tmp_path) -> None:
     _printed, written = run(gpu_bench, tmp_path / "profile.md", "--profile", "9", "--paths", "stock-bf16", "ours")
     assert written.startswith("# GPU profile, ")
-    rows = table_rows(written, "path")
+    rows = table_rows(written)
     assert [(row["path"], row["frames"]) for row in rows] == [("stock bf16", "9"), ("ours fp8 matmul", "9")]
     for row in rows:
         wall_s, kernel_s = float(row["step wall s"]), float(row["kernel s"])
