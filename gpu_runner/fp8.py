@@ -20,6 +20,11 @@ from torch import nn
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448
 FP8_LAYER = re.compile(r"transformer_blocks\.\d+\.(?:.+\.)?(?:to_q|to_k|to_v|to_out\.0|net\.0\.proj|net\.2)")
+# FP8 matmuls pay on big GEMMs only: each one first quantises its activations (several kernels and
+# launches), which a GEMM of a few rows does not earn back. Below this many rows (tokens x batch) an
+# FP8Linear upcasts its weight instead. The audio stream's linears see tens to hundreds of rows, the
+# video's thousands. 0 (FP8 for every GEMM) until bench/gpu_bench.py's "ours-min-rows" rows pick a value.
+FP8_MATMUL_MIN_ROWS = 0
 
 
 class FP8Linear(nn.Module):
@@ -36,7 +41,7 @@ class FP8Linear(nn.Module):
         self.fp8_matmul = False  # set by use_fp8_matmul on GPUs with FP8 tensor cores
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fp8_matmul:
+        if takes_fp8_matmul(self.fp8_matmul, x.numel() // x.shape[-1], FP8_MATMUL_MIN_ROWS):
             return _scaled_linear(x, self.weight, self.weight_scale, self.bias)
         weight = self.weight.to(x.dtype) * self.weight_scale.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -44,6 +49,11 @@ class FP8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, storage={FP8_DTYPE}"
+
+
+def takes_fp8_matmul(enabled: bool, rows: int, min_rows: int) -> bool:
+    """Whether a matmul of `rows` activation rows runs on the FP8 tensor cores (else the weight is upcast)."""
+    return enabled and rows >= min_rows
 
 
 def _scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None):

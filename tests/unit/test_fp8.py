@@ -143,3 +143,38 @@ def test_fp8_matmuls_quantise_activations_per_token_and_stay_close_for_any_row_c
     assert out.shape == (3, 7, 32) and out.dtype == torch.bfloat16
     # Activations and weights both in e4m3: about twice the weight-only error of one matmul.
     assert relative_error(out.float(), exact.float()) < 2 * MATMUL_RELATIVE_ERROR
+
+
+@pytest.mark.parametrize(
+    ("enabled", "rows", "min_rows", "fp8_matmul"),
+    [
+        (True, 1, 0, True),  # threshold 0: every GEMM in FP8
+        (True, 511, 512, False),
+        (True, 512, 512, True),
+        (False, 10_000, 0, False),  # never where FP8 matmuls are off (no FP8 tensor cores)
+    ],
+)
+def test_fp8_matmuls_take_only_gemms_of_at_least_the_threshold_rows(
+    enabled: bool, rows: int, min_rows: int, fp8_matmul: bool
+) -> None:
+    from gpu_runner.fp8 import takes_fp8_matmul
+
+    assert takes_fp8_matmul(enabled, rows, min_rows) is fp8_matmul
+
+
+def test_a_gemm_below_the_threshold_takes_the_upcast_path_and_gives_its_result(monkeypatch) -> None:
+    from gpu_runner import fp8
+
+    torch.manual_seed(5)
+    linear = nn.Linear(64, 32)
+    nn.init.normal_(linear.weight, std=0.02)
+    upcast, fast = FP8Linear(linear), FP8Linear(linear)
+    fast.fp8_matmul = True
+    scaled_linear, scaled_calls = fp8._scaled_linear, []
+    monkeypatch.setattr(fp8, "_scaled_linear", lambda x, *rest: scaled_calls.append(x.shape) or scaled_linear(x, *rest))
+    monkeypatch.setattr(fp8, "FP8_MATMUL_MIN_ROWS", 16)
+    small = torch.randn(3, 5, 64, dtype=torch.bfloat16)  # 15 rows: below 16
+    assert torch.equal(fast(small), upcast(small)) and not scaled_calls
+    big = torch.randn(2, 8, 64, dtype=torch.bfloat16)  # 16 rows: on the FP8 path
+    fast(big)
+    assert scaled_calls == [big.shape]
