@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 REVISION_FILES = ("text_encoder", "tokenizer", "connectors")
@@ -49,7 +50,7 @@ class PromptCache:
         path = self._path(key)
         try:
             tensors = load_file(path)
-        except (FileNotFoundError, OSError, ValueError):
+        except (OSError, ValueError, SafetensorError):
             return None  # absent, or a torn file from a crash: encode again
         os.utime(path)  # recently used
         return tensors

@@ -57,6 +57,19 @@ def test_the_prompt_cache_stays_within_its_size_by_dropping_the_least_recently_u
     assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
 
 
+def test_a_torn_prompt_cache_entry_is_a_miss_not_a_crash(tmp_path) -> None:
+    import torch
+
+    from gpu_runner.prompt_cache import PromptCache
+
+    cache = PromptCache(tmp_path, max_bytes=10**6)
+    cache.put("a", {"video": torch.zeros(1000)})
+    entry = tmp_path / "a.safetensors"
+    with entry.open("r+b") as file:
+        file.truncate(entry.stat().st_size - 10)  # a crash mid-write, or a damaged disk
+    assert cache.get("a") is None
+
+
 def test_the_text_encoder_is_collected_before_the_transformer_loads_and_the_transformer_before_decoding(
     demo_model_dir, tmp_path
 ) -> None:
