@@ -74,13 +74,13 @@ class CachedWeights:
                 if names != expected.keys():
                     return _miss(self.path, f"{len(names ^ expected.keys())} tensor names differ")
                 tensors = {}
-                for name in sorted(names):
+                for name in _in_file_order(self.path):  # sequential reads, for a file not in the page cache
                     tensor = stored.get_tensor(name)
                     wanted = expected[name]
                     if (tensor.shape, tensor.dtype) != (wanted.shape, wanted.dtype):
                         return _miss(self.path, f"{name} is {tensor.dtype}{list(tensor.shape)}")
                     tensors[name] = tensor
-        except (OSError, SafetensorError) as error:
+        except (OSError, ValueError, SafetensorError) as error:
             return _miss(self.path, str(error))
         model.load_state_dict(tensors, strict=True, assign=True)
         gib = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**30
@@ -114,6 +114,14 @@ class CachedWeights:
 def _miss(path: Path, why: str) -> None:
     log.warning("weight cache: %s is unusable (%s); loading the original weights", path.name, why)
     return None
+
+
+def _in_file_order(path: Path) -> list[str]:
+    """A safetensors file's tensor names in the order of their data: its header is 8 bytes of length, then JSON."""
+    with path.open("rb") as file:
+        header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+    header.pop("__metadata__", None)
+    return sorted(header, key=lambda name: header[name]["data_offsets"][0])
 
 
 def _digest(text: str) -> str:
