@@ -403,7 +403,8 @@ def measure(setting: Setting, command: str, model_dir: Path, workdir: Path, out:
         "loads them (the prompt is cached).",
         "spawn → first protocol line: the interpreter, the torch and diffusers imports, CUDA's start, admission and "
         "the prompt cache lookup. load_transformer: the stage's own time on the runner's clock, the decoders "
-        "(VAEs, vocoder, loaded to the CPU) included. first step itself: the runner's step event.",
+        "(VAEs, vocoder, loaded to the CPU) included. first step itself: the runner's step event. Where the whole "
+        "page cache is dropped, the runner's imports come from disk too: spawn → first protocol line shows it.",
     ]
     for what, path in (("model", model_dir), ("cache", workdir)):
         if filesystem(path) == "tmpfs":
