@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_s: float = 15.0
     precision: str | None = None  # overrides every model's CUDA precision policy: fp8, bf16 or fp32
     prompt_cache_mb: int = 2048  # encoded prompts kept on disk, least recently used dropped first
+    weight_cache: str = ""  # an absolute directory for FP8 transformers, "off", or "" for the data dir's
     max_upload_mb: float = 20.0  # largest image file accepted by POST /api/uploads
     upload_ttl_s: float = 86400.0  # how long an upload no job uses is kept
     log_level: str = "info"
@@ -76,6 +77,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def prompt_cache_dir(self) -> Path:
         return self.data_dir / "cache" / "prompts"
+
+    @property
+    def weight_cache_dir(self) -> Path | None:
+        """Where FP8-stored transformers are kept between jobs; None: nowhere, every FP8 job casts again."""
+        if self.weight_cache == "off":
+            return None
+        return Path(self.weight_cache) if self.weight_cache else self.data_dir / "cache" / "weights"
 
     @property
     def uploads_dir(self) -> Path:
@@ -123,6 +131,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"AVP_RUNNER_PYTHON={runner_python!r} is not an executable; point it at the Python "
                 "of the environment where torch and diffusers are installed"
             )
+        weight_cache = env.get("AVP_WEIGHT_CACHE_DIR", "").strip()
+        if weight_cache and weight_cache != "off":
+            if Path(weight_cache).exists() and not Path(weight_cache).is_dir():
+                raise SettingsError(
+                    f"AVP_WEIGHT_CACHE_DIR={weight_cache!r} is not a directory; point it at one (it is created "
+                    "if missing), set it to off, or unset it for <data dir>/cache/weights"
+                )
+            weight_cache = str(Path(weight_cache).resolve())
         root_path = env.get("AVP_ROOT_PATH", "").strip().rstrip("/")
         if root_path and not _ROOT_PATH.fullmatch(root_path):
             raise SettingsError(
@@ -149,6 +165,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             heartbeat_s=number("AVP_HEARTBEAT_S", 15.0, float, 0.1),
             precision=precision,
             prompt_cache_mb=int(number("AVP_PROMPT_CACHE_MB", 2048, int, 0)),
+            weight_cache=weight_cache,
             max_upload_mb=number("AVP_MAX_UPLOAD_MB", 20.0, float, 0.01),
             upload_ttl_s=number("AVP_UPLOAD_TTL_S", 86400.0, float, 1),
             log_level=env.get("AVP_LOG_LEVEL", "").strip() or "info",

@@ -24,8 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,34 +37,13 @@ from gpu_runner import demo_model, fp8, memory, protocol  # noqa: E402
 from gpu_runner.cancel import Cancellation  # noqa: E402
 from gpu_runner.demo_model import ltx2_scheduler  # noqa: E402
 from gpu_runner.job import Job  # noqa: E402
-from gpu_runner.loading import DenoisingPipeline  # noqa: E402
+from gpu_runner.loading import DenoisingPipeline, empty_weights  # noqa: E402
 from gpu_runner.pipeline import generate, predicted_peak  # noqa: E402
 from gpu_runner.specs import ltx2_spec  # noqa: E402
 from gpu_runner.text import PrecomputedConnectors, prepare_text_encoder  # noqa: E402
 
 CONFIGS = json.loads((Path(__file__).parent / "configs" / "ltx2.0-diffusers-configs.json").read_text())
 TEXT_STAGES = ("load_text_encoder", "encode_prompt", "free_text_encoder")
-
-
-@contextmanager
-def empty_weights() -> Iterator[None]:
-    """Modules built inside get their parameters on the meta device (no storage); buffers stay real.
-
-    What accelerate's `init_empty_weights(include_buffers=False)` does, without the dependency:
-    non-persistent buffers (RoPE tables and the like) keep the values their constructors computed.
-    """
-    register = nn.Module.register_parameter
-
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register(module, name, param)
-        if param is not None:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register_on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
 
 
 def materialize(module: nn.Module, device: str | torch.device, dtype: torch.dtype) -> None:
@@ -235,9 +213,11 @@ class RandomWeights:
             vocoder=None,
         )
 
-    def load_denoiser(self, dtype: torch.dtype, precision: str, connectors: PrecomputedConnectors, conditioned: bool):
+    def load_denoiser(
+        self, dtype: torch.dtype, precision: str, connectors: PrecomputedConnectors, device: torch.device, conditioned
+    ):
         began = time.monotonic()
-        transformer = random_transformer(self.size, memory.pick_device(), dtype, fp8_storage=precision == "fp8")
+        transformer = random_transformer(self.size, device, dtype, fp8_storage=precision == "fp8")
         with torch.device("cpu"):  # the decoders wait on the CPU while the transformer denoises
             vae = self.size.vae().to(dtype)
             audio_vae = self.size.audio_vae()

@@ -8,6 +8,8 @@ built in memory.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,10 +22,12 @@ from diffusers import (
     LTX2VideoTransformer3DModel,
 )
 from diffusers.pipelines.ltx2 import LTX2Vocoder
+from torch import nn
 
 from gpu_runner import fp8, memory
 from gpu_runner.prompt_cache import model_revision
 from gpu_runner.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, prepare_text_encoder
+from gpu_runner.weight_cache import WeightCache
 
 DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
 
@@ -64,9 +68,31 @@ def place_denoiser(pipe: LTX2Pipeline | LTX2ConditionPipeline, device: torch.dev
     pipe.set_progress_bar_config(disable=True)
 
 
+@contextmanager
+def empty_weights() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device (no storage); buffers stay real.
+
+    What accelerate's `init_empty_weights(include_buffers=False)` does, without the dependency:
+    non-persistent buffers (RoPE tables and the like) keep the values their constructors computed.
+    """
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
 class DiffusersDirectory:
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, weight_cache: WeightCache | None = None) -> None:
         self.model_dir = model_dir
+        self.weight_cache = weight_cache  # where FP8 transformers are kept between jobs
 
     def revision(self) -> str:
         return model_revision(self.model_dir)
@@ -97,13 +123,16 @@ class DiffusersDirectory:
         return text
 
     def load_denoiser(
-        self, dtype: torch.dtype, precision: str, connectors: PrecomputedConnectors, conditioned: bool = False
+        self,
+        dtype: torch.dtype,
+        precision: str,
+        connectors: PrecomputedConnectors,
+        device: torch.device,
+        conditioned: bool = False,
     ) -> LTX2Pipeline | LTX2ConditionPipeline:
-        """The denoising half, on the CPU. FP8 storage is applied there, so the GPU never holds the bf16 transformer."""
+        """The denoising half: the transformer as `load_transformer` gives it, the decoders on the CPU."""
         model_dir = self.model_dir
-        transformer = LTX2VideoTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=dtype)
-        if precision == "fp8":
-            fp8.store_in_fp8(transformer)
+        transformer = self.load_transformer(dtype, precision, device)
         pipeline_class = ConditionedDenoisingPipeline if conditioned else DenoisingPipeline
         return pipeline_class(
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler"),
@@ -115,3 +144,36 @@ class DiffusersDirectory:
             transformer=transformer,
             vocoder=LTX2Vocoder.from_pretrained(model_dir, subfolder="vocoder", dtype=torch.float32),
         )
+
+    def load_transformer(self, dtype: torch.dtype, precision: str, device: torch.device) -> nn.Module:
+        """The transformer, its big linears stored in FP8 when `precision` is "fp8".
+
+        With a weight cache, FP8 comes from there when it can: the cached tensors go straight onto
+        `device`. Otherwise the weights are read as stored and cast on the CPU, so the GPU never holds
+        the bf16 transformer, and the cast is written to the cache for the next job.
+        """
+        cached = None
+        if precision == "fp8" and self.weight_cache is not None:
+            cached = self.weight_cache.entry(self.model_dir / "transformer", dtype)
+            transformer = cached.load(lambda: self.fp8_skeleton(dtype), device)
+            if transformer is not None:
+                return transformer
+        transformer = LTX2VideoTransformer3DModel.from_pretrained(self.model_dir, subfolder="transformer", dtype=dtype)
+        if precision == "fp8":
+            fp8.store_in_fp8(transformer)
+        if cached is not None:
+            cached.save(transformer)
+        return transformer
+
+    def fp8_skeleton(self, dtype: torch.dtype) -> nn.Module:
+        """The transformer with no weights (meta tensors), laid out as FP8 storage leaves it: what the cache fills."""
+        config = LTX2VideoTransformer3DModel.load_config(self.model_dir, subfolder="transformer")
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # as from_pretrained(dtype=...) builds it
+        try:
+            with empty_weights():
+                transformer = LTX2VideoTransformer3DModel.from_config(config)
+        finally:
+            torch.set_default_dtype(default_dtype)
+        fp8.store_in_fp8(transformer)
+        return transformer.eval()

@@ -22,6 +22,7 @@ from gpu_runner.loading import DiffusersDirectory, place_denoiser
 from gpu_runner.preview import PreviewWriter
 from gpu_runner.prompt_cache import PromptCache
 from gpu_runner.text import PrecomputedConnectors, encode
+from gpu_runner.weight_cache import WeightCache
 
 Emit = Callable[[protocol.Event], None]
 
@@ -33,7 +34,7 @@ def generate(
     job: Job, emit: Emit, cancellation: Cancellation, started: float, source: DiffusersDirectory | None = None
 ) -> protocol.Result:
     request = job.request
-    source = source or DiffusersDirectory(job.model_dir)
+    source = source or DiffusersDirectory(job.model_dir, weight_cache_for(job))
     device = memory.pick_device()
     precision = job.file.precision or job.spec.precision_cuda
     dtype = memory.compute_dtype(device, precision)
@@ -68,11 +69,12 @@ def generate(
         with stages("encode_prompt"):
             context = {name: tensor.to(device) for name, tensor in context.items()}
 
-    # 4. Load the transformer (its big linears cast to FP8 before it moves), VAEs, vocoder, scheduler;
-    #    only the transformer goes to the GPU now, the decoders follow once it has gone.
+    # 4. Load the transformer (its big linears in FP8: from the weight cache straight onto the GPU, or cast
+    #    on the CPU before it moves), VAEs, vocoder, scheduler; only the transformer goes to the GPU now,
+    #    the decoders follow once it has gone.
     with stages("load_transformer"):
         conditioned = job.file.image_file is not None
-        pipe = source.load_denoiser(dtype, precision, PrecomputedConnectors(context), conditioned)
+        pipe = source.load_denoiser(dtype, precision, PrecomputedConnectors(context), device, conditioned)
         place_denoiser(pipe, device, video_tokens(request))
 
     # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step,
@@ -168,6 +170,10 @@ def prompt_cache_for(job: Job, source: DiffusersDirectory) -> tuple[PromptCache 
     cache = PromptCache(Path(job.file.prompt_cache_dir), job.file.prompt_cache_mb * 2**20)
     key = cache.key(job.spec.id, source.revision(), request.prompt, request.negative_prompt, source.sequence_length())
     return cache, key
+
+
+def weight_cache_for(job: Job) -> WeightCache | None:
+    return None if job.file.weight_cache_dir is None else WeightCache(Path(job.file.weight_cache_dir))
 
 
 class Stages:

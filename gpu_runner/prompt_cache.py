@@ -15,20 +15,25 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 REVISION_FILES = ("text_encoder", "tokenizer", "connectors")
 
 
-def model_revision(model_dir: Path) -> str:
-    """A fingerprint of the encoder side of a model: its configs and its weight files' names and sizes."""
+def model_revision(model_dir: Path, components: tuple[str, ...] = REVISION_FILES, modified_times: bool = False) -> str:
+    """A fingerprint of some components of a model (by default its encoder side): their configs, and
+    their weight files' names and sizes, and modification times with `modified_times`."""
     digest = hashlib.sha256()
-    for sub in REVISION_FILES:
+    for sub in components:
         for path in sorted((model_dir / sub).glob("*")):
             if path.suffix == ".json":
                 digest.update(path.name.encode() + path.read_bytes())
             elif path.is_file():
-                digest.update(f"{path.name}:{path.stat().st_size}".encode())
+                stat = path.stat()
+                digest.update(f"{path.name}:{stat.st_size}".encode())
+                if modified_times:
+                    digest.update(f":{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -49,7 +54,7 @@ class PromptCache:
         path = self._path(key)
         try:
             tensors = load_file(path)
-        except (FileNotFoundError, OSError, ValueError):
+        except (OSError, ValueError, SafetensorError):
             return None  # absent, or a torn file from a crash: encode again
         os.utime(path)  # recently used
         return tensors

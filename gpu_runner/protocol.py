@@ -169,3 +169,4 @@ class JobFile(msgspec.Struct, frozen=True):
     precision: str | None = None  # overrides the spec's CUDA precision policy
     prompt_cache_dir: str | None = None  # absolute; encoded prompts are kept here between jobs
     prompt_cache_mb: int = 2048
+    weight_cache_dir: str | None = None  # absolute; FP8-stored transformers are kept here between jobs

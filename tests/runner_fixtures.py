@@ -6,6 +6,7 @@ test directory can use them; helpers are imported directly.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -75,6 +76,14 @@ def run_job(job_dir: Path, timeout: float = 60) -> tuple[int, list[protocol.Even
     )
     events = [protocol.decode(line) for line in completed.stdout.splitlines()]
     return completed.returncode, events, completed.stderr.decode(errors="replace")
+
+
+def scramble_keeping_size_and_time(path: Path) -> None:
+    """Overwrite a file with noise of its size and keep its modification time: its fingerprint stays, its
+    contents are gone, so whatever still reads it fails or differs."""
+    stat = path.stat()
+    path.write_bytes(os.urandom(stat.st_size))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""The runner's memory discipline on the demo: one big model at a time, prompts encoded once, FP8 close."""
+"""The runner's memory discipline on the demo: one big model at a time, prompts encoded and FP8 cast once, FP8 close."""
 
 from __future__ import annotations
 
+import shutil
 import weakref
 
 import numpy as np
@@ -10,7 +11,7 @@ from gpu_runner import pipeline, protocol
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import load_job
 from gpu_runner.loading import DiffusersDirectory
-from tests.runner_fixtures import read_mp4, run_job, write_job
+from tests.runner_fixtures import read_mp4, run_job, scramble_keeping_size_and_time, write_job
 
 # Mean absolute difference of decoded pixels between an FP8-stored and a full-precision run of
 # the same seed, as a fraction of the full scale (255). FP8 storage perturbs every step's
@@ -57,6 +58,19 @@ def test_the_prompt_cache_stays_within_its_size_by_dropping_the_least_recently_u
     assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
 
 
+def test_a_torn_prompt_cache_entry_is_a_miss_not_a_crash(tmp_path) -> None:
+    import torch
+
+    from gpu_runner.prompt_cache import PromptCache
+
+    cache = PromptCache(tmp_path, max_bytes=10**6)
+    cache.put("a", {"video": torch.zeros(1000)})
+    entry = tmp_path / "a.safetensors"
+    with entry.open("r+b") as file:
+        file.truncate(entry.stat().st_size - 10)  # a crash mid-write, or a damaged disk
+    assert cache.get("a") is None
+
+
 def test_the_text_encoder_is_collected_before_the_transformer_loads_and_the_transformer_before_decoding(
     demo_model_dir, tmp_path
 ) -> None:
@@ -97,3 +111,27 @@ def test_fp8_storage_and_full_precision_runs_of_one_seed_stay_close(demo_model_d
     full_frames = np.stack(read_mp4(tmp_path / "full" / "video.mp4").frames).astype(float)
     mean_error = np.abs(fp8_frames - full_frames).mean() / 255
     assert 0 < mean_error < FP8_MEAN_PIXEL_ERROR, mean_error
+
+
+def test_a_job_with_a_cached_fp8_transformer_never_reads_its_weights_and_gives_the_same_frames(
+    demo_model_dir, tmp_path
+) -> None:
+    model = shutil.copytree(demo_model_dir, tmp_path / "model")
+    cache = tmp_path / "weights"
+    jobs = {"uncached": None, "writes": str(cache), "reads": str(cache)}
+    for name, weight_cache_dir in jobs.items():
+        write_job(tmp_path / name, model, precision="fp8", seed=7, steps=3, weight_cache_dir=weight_cache_dir)
+
+    for name in ("uncached", "writes"):
+        code, _, stderr = run_job(tmp_path / name)
+        assert code == 0, stderr
+    assert len(list(cache.glob("*.safetensors"))) == 1
+    (weights,) = (model / "transformer").glob("*.safetensors")
+    scramble_keeping_size_and_time(weights)  # a job that read the bf16 transformer now would fail
+    code, _, stderr = run_job(tmp_path / "reads")
+    assert code == 0, stderr
+
+    frames = {name: read_mp4(tmp_path / name / "video.mp4").frames for name in jobs}
+    for name in ("writes", "reads"):
+        assert len(frames[name]) == len(frames["uncached"])
+        assert all(np.array_equal(a, b) for a, b in zip(frames[name], frames["uncached"], strict=True)), name

@@ -156,11 +156,20 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
         ({"AVP_ROOT_PATH": "/a b"}, "must look like /portal"),
         ({"AVP_API_TOKEN": "short"}, "AVP_API_TOKEN is too short"),
         ({"AVP_PASSWORD_HASH": "hunter2"}, "not a hash made by `avportal hash-password`"),
+        ({"AVP_WEIGHT_CACHE_DIR": __file__}, "AVP_WEIGHT_CACHE_DIR=.* is not a directory"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_the_weight_cache_lives_under_the_data_dir_unless_moved_or_turned_off(tmp_path: Path) -> None:
+    data = {"AVP_DATA_DIR": str(tmp_path)}
+    assert Settings.from_env(data).weight_cache_dir == tmp_path.resolve() / "cache" / "weights"
+    moved = Settings.from_env({**data, "AVP_WEIGHT_CACHE_DIR": str(tmp_path / "fast" / ".." / "nvme")})
+    assert moved.weight_cache_dir == tmp_path.resolve() / "nvme"
+    assert Settings.from_env({**data, "AVP_WEIGHT_CACHE_DIR": "off"}).weight_cache_dir is None
 
 
 def test_healthz_reports_a_dead_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,432 @@
+"""Spawn to first denoising step: what a job pays before it denoises, with and without the FP8 weight cache.
+
+RANDOM WEIGHTS. Writes a model to disk as a Diffusers directory: the denoising components of full-size
+LTX-2.0 (bench/gpu_smoke.py's builders; `--tiny`: the demo model's sizes) in bf16, beside the demo's
+tiny text encoder, connectors and tokenizer (their prompt length set to the size's), which no measured
+job loads: the bench puts its prompt's context in the prompt cache first (random tensors of the right
+shape, under the key the runner computes). Then it runs the real runner as the portal does, through
+`app.runner.Supervisor` (the same command, environment, process group and protocol parsing), and times
+from spawn to its first protocol line, its load_transformer stage and its first denoising step, after
+which the job is cancelled:
+
+- (a) the model's first FP8 job: the bf16 transformer read, cast on the CPU, and written to the cache;
+- (b) an FP8 job loading the cache, its file in the page cache;
+- (c) the same after the page cache is dropped (`echo 3 > /proc/sys/vm/drop_caches` where permitted,
+  else only the files' pages are evicted, with posix_fadvise);
+- (d) for reference, what every FP8 job paid before the cache: no weight cache, page cache dropped.
+
+    python bench/spawn_bench.py --out bench/results/<date>-<card>-spawn.md
+    python bench/spawn_bench.py --tiny      # the demo model's sizes on the CPU: a smoke of this script
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio  # the portal's own dependency; transformers brings it wherever the runner's stack is installed
+import diffusers
+import msgspec
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_smoke import (  # noqa: E402
+    FULL_SIZE,
+    TINY_SIZE,
+    ModelSize,
+    RandomWeights,
+    device_name,
+    random_module,
+    random_transformer,
+)
+
+from app.runner import Supervisor  # noqa: E402
+from gpu_runner import admission, demo_model, memory, protocol, specs  # noqa: E402
+from gpu_runner.job import load_job  # noqa: E402
+from gpu_runner.loading import DiffusersDirectory  # noqa: E402
+from gpu_runner.pipeline import prompt_cache_for  # noqa: E402
+
+PROMPT = "a red ball bouncing on a wooden floor, with clicks"
+SHARED_MEMORY = Path("/dev/shm")  # tmpfs: where the model goes when the disk cannot hold it beside its cache
+SPARE_GIB = 2.0
+CACHE_LOG = {"weight cache: loaded": "FP8 cache", "weight cache: wrote": "bf16 read and cast, cache written"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    size: ModelSize
+    model_kind: str  # a ModelSpec.kind: the demo's guidance has no STG block to find in a tiny model
+    width: int
+    height: int
+    frames: int
+    drop_system_cache: bool  # drop the whole page cache (root only); else evict only the bench's files
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    weight_cache: bool
+    page_cache: str  # "warm" or "drop"
+
+
+RUNS = (
+    Run("(a) first FP8 job: bf16 read + cast + cache write", weight_cache=True, page_cache="warm"),
+    Run("(b) cached FP8 load, warm page cache", weight_cache=True, page_cache="warm"),
+    Run("(c) cached FP8 load, page cache dropped", weight_cache=True, page_cache="drop"),
+    Run("(d) reference: no weight cache (every FP8 job before it)", weight_cache=False, page_cache="drop"),
+)
+COLUMNS = (
+    "run",
+    "transformer from",
+    "page cache",
+    "spawn → first protocol line, s",
+    "load_transformer, s",
+    "load_transformer peak VRAM, GiB",
+    "first step itself, s",
+    "spawn → first denoise step, s",
+)
+
+
+@dataclass
+class Row:
+    run: Run
+    source: str
+    page_cache: str
+    first_line_s: float
+    load_transformer_s: float
+    load_peak_gib: float | None
+    first_step_s: float
+    spawn_to_step_s: float
+    cache_log: list[str]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- the model, the job and the caches ------------------------------------------------------------------
+
+
+def write_random_model(directory: Path, size: ModelSize) -> None:
+    """A Diffusers-format LTX-2 directory: `size`'s denoising components with random weights, in bf16 as
+    LTX-2 ships, and the demo's tiny text side (never loaded here) with a tokenizer of `size`'s length."""
+    from diffusers import LTX2Pipeline
+
+    tokenizer = demo_model.build_tokenizer()
+    tokenizer.model_max_length = size.sequence_length
+    dtype = torch.bfloat16
+    LTX2Pipeline(
+        transformer=random_transformer(size, "cpu", dtype, fp8_storage=False),
+        vae=random_module(size.vae, "cpu", dtype),
+        audio_vae=random_module(size.audio_vae, "cpu", dtype),
+        vocoder=random_module(size.vocoder, "cpu", dtype),
+        text_encoder=demo_model.text_encoder(len(tokenizer)).to(dtype).eval(),
+        connectors=demo_model.connectors().to(dtype).eval(),
+        tokenizer=tokenizer,
+        scheduler=demo_model.ltx2_scheduler(),
+    ).save_pretrained(directory)
+
+
+def write_job(job_dir: Path, model_dir: Path, setting: Setting, caches: Path, weight_cache: bool) -> None:
+    """job.json as the web process writes it (app/jobs.py): the model's defaults, FP8, both cache directories."""
+    spec = {"demo": specs.demo_spec, "ltx-2": specs.ltx2_spec}[setting.model_kind](model_dir)
+    defaults = spec.defaults
+    request = protocol.ResolvedRequest(
+        prompt=PROMPT,
+        negative_prompt=defaults.negative_prompt,
+        model=spec.id,
+        width=setting.width,
+        height=setting.height,
+        num_frames=setting.frames,
+        fps=defaults.fps,
+        steps=2,  # cancelled after the first: a step interval is all the job needs
+        guidance_scale=defaults.guidance_scale,
+        seed=1,
+        image_strength=defaults.image_strength,
+    )
+    assert not specs.request_violations(spec, request), specs.request_violations(spec, request)
+    job_file = protocol.JobFile(
+        id=job_dir.name,
+        request=request,
+        model_kind=spec.kind,
+        model_path=str(model_dir),
+        precision="fp8",
+        prompt_cache_dir=str(caches / "prompts"),
+        weight_cache_dir=str(caches / "weights") if weight_cache else None,
+    )
+    job_dir.mkdir(parents=True)
+    (job_dir / protocol.JOB_FILE).write_bytes(msgspec.json.encode(job_file))
+
+
+def seed_prompt(job_dir: Path) -> None:
+    """Put the job's prompt context in its prompt cache under the runner's own key: no job loads the encoder."""
+    job = load_job(job_dir)
+    source = DiffusersDirectory(job.model_dir)
+    cache, key = prompt_cache_for(job, source)
+    config = json.loads((job.model_dir / "transformer" / "config.json").read_text())
+    shape = (2, source.sequence_length(), config["caption_channels"])  # [negative, positive]
+    dtype = memory.compute_dtype(memory.pick_device(), "fp8")
+    generator = torch.Generator().manual_seed(0)
+    cache.put(
+        key,
+        {
+            "video": torch.randn(shape, generator=generator).to(dtype),
+            "audio": torch.randn(shape, generator=generator).to(dtype),
+            "mask": torch.ones(shape[:2], dtype=torch.int64),
+        },
+    )
+
+
+def files_under(*directories: Path) -> list[Path]:
+    return [path for directory in directories for path in sorted(directory.rglob("*")) if path.is_file()]
+
+
+# --- the page cache --------------------------------------------------------------------------------------
+
+
+def warm(files: list[Path]) -> str:
+    """Read the files through, so their pages are in the page cache."""
+    buffer = bytearray(64 * 2**20)
+    for path in files:
+        with path.open("rb", buffering=0) as file:
+            while file.readinto(buffer):
+                pass
+    return "warm (files read through first)"
+
+
+def drop(files: list[Path], system: bool) -> str:
+    """Write back dirty pages, then drop the whole page cache (root) or evict these files' pages."""
+    os.sync()
+    refused = ""
+    if system:
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            return "dropped (echo 3 > /proc/sys/vm/drop_caches)"
+        except OSError as error:
+            refused = f"; dropping the whole page cache was refused: {error.strerror}"
+    for path in files:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(descriptor)
+    return f"these files' pages evicted (posix_fadvise DONTNEED){refused}"
+
+
+# --- one job, spawned as the portal spawns it ------------------------------------------------------------
+
+
+class Transcript:
+    """Stands where the portal's Journal does: it gets every event the supervisor parses, and stamps it."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, protocol.Event]] = []
+        self.supervisor: Supervisor | None = None
+
+    async def runner_event(self, job_id: str, event: protocol.Event, progress: dict) -> dict:
+        self.events.append((time.monotonic(), event))
+        if isinstance(event, protocol.Step) and self.supervisor is not None:
+            self.supervisor.cancel(job_id)  # the first step is all that is timed
+        return progress
+
+
+def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
+    transcript = Transcript()
+    transcript.supervisor = Supervisor(sys.executable, transcript, cancel_grace_s=120)
+
+    async def follow() -> tuple[float, object]:
+        spawned = time.monotonic()
+        return spawned, await transcript.supervisor.run(job_dir.name, job_dir)
+
+    spawned, outcome = anyio.run(follow)
+    runner_log = (job_dir / protocol.LOG_FILE).read_text(errors="replace")
+    events = transcript.events
+    steps = [(t, e) for t, e in events if isinstance(e, protocol.Step)]
+    if not steps:
+        raise RuntimeError(f"{run.name}: no denoising step ({outcome}); runner.log ends:\n{runner_log[-3000:]}")
+    stages = {e.name: e.t for _, e in events if isinstance(e, protocol.Stage)}
+    load_memory = next(e for _, e in events if isinstance(e, protocol.Memory) and e.stage == "load_transformer")
+    cache_log = [line.strip() for line in runner_log.splitlines() if "weight cache:" in line]
+    source = next((what for phrase, what in CACHE_LOG.items() if phrase in runner_log), "bf16 read and cast")
+    first_step_time, first_step = steps[0]
+    return Row(
+        run=run,
+        source=source,
+        page_cache=page_cache,
+        first_line_s=events[0][0] - spawned,
+        load_transformer_s=stages["denoise"] - stages["load_transformer"],
+        load_peak_gib=load_memory.peak_gib,
+        first_step_s=first_step.elapsed_s,
+        spawn_to_step_s=first_step_time - spawned,
+        cache_log=cache_log,
+    )
+
+
+# --- the report ------------------------------------------------------------------------------------------
+
+
+def report(setting: Setting, command: str, notes: list[str], rows: list[Row]) -> str:
+    today = datetime.date.today().isoformat()
+    lines = [
+        f"# Spawn to first denoising step, {today}, {device_name()}, RANDOM WEIGHTS",
+        "",
+        f"`{command}`: torch {torch.__version__}, diffusers {diffusers.__version__}, {setting.size.name} sizes "
+        f"with random weights, {setting.width}x{setting.height}, {setting.frames} frames, FP8, a cached prompt "
+        "(no job loads the text encoder), each job cancelled after its first step.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for row in rows:
+        peak = "-" if row.load_peak_gib is None else f"{row.load_peak_gib:.2f}"
+        cells = [
+            row.run.name,
+            row.source,
+            row.page_cache,
+            f"{row.first_line_s:.2f}",
+            f"{row.load_transformer_s:.2f}",
+            peak,
+            f"{row.first_step_s:.2f}",
+            f"{row.spawn_to_step_s:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *[f"- {note}" for note in notes]]
+    logged = [f"  - {row.run.name[:3]} `{line}`" for row in rows for line in row.cache_log]
+    if logged:
+        lines += ["- The weight cache's own log lines (runner.log):", *logged]
+    return "\n".join(lines) + "\n"
+
+
+def write(text: str, out: Path | None) -> None:
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="also write the report here")
+    parser.add_argument("--workdir", type=Path, help="where the model and caches go (a local disk; removed after)")
+    parser.add_argument("--tiny", action="store_true", help="the demo model's sizes at 256x160 (on the CPU here)")
+    return parser.parse_args(argv)
+
+
+def setting_for(args: argparse.Namespace) -> Setting:
+    if args.tiny:
+        # Only the bench's own files leave the page cache: a smoke must not slow the rest of the machine.
+        return Setting(TINY_SIZE, "demo", 256, 160, 9, drop_system_cache=False)
+    if not torch.cuda.is_available():
+        sys.exit("spawn_bench needs a CUDA GPU; --tiny runs it at the demo model's size on the CPU")
+    return Setting(FULL_SIZE, "ltx-2", 768, 448, 49, drop_system_cache=True)
+
+
+def sizes_gib(size: ModelSize) -> tuple[float, float]:
+    """What the bf16 model files and the FP8 cache entry will weigh (parameters counted on the meta device)."""
+    weights = RandomWeights(size)
+    transformer = weights.weights_gib("transformer")
+    decoders = sum(weights.weights_gib(component) for component in ("vae", "audio_vae", "vocoder"))
+    return transformer + decoders, transformer * admission.FP8_RESIDENT_RATIO
+
+
+def free_gib(path: Path) -> float:
+    return shutil.disk_usage(path).free / 2**30 if path.is_dir() else 0.0
+
+
+def places(parent: Path, size: ModelSize) -> tuple[Path, Path]:
+    """Where the model and where the caches and jobs go: both under `parent` where its disk holds them;
+    else the model on tmpfs (/dev/shm, memory) and the caches on the disk; else nowhere (exit)."""
+    model_gib, cache_gib = sizes_gib(size)
+    disk, memory_fs = free_gib(parent), free_gib(SHARED_MEMORY)
+    if disk >= model_gib + cache_gib + SPARE_GIB:
+        return parent, parent
+    if disk >= cache_gib + SPARE_GIB and memory_fs >= model_gib + SPARE_GIB:
+        log(f"{parent} has {disk:.1f} GiB free, too little for the model too: the model goes to {SHARED_MEMORY}")
+        return SHARED_MEMORY, parent
+    sys.exit(
+        f"the model ({model_gib:.1f} GiB) and its FP8 cache ({cache_gib:.1f} GiB) need room: {parent} has "
+        f"{disk:.1f} GiB free, {SHARED_MEMORY} {memory_fs:.1f} GiB; use --workdir"
+    )
+
+
+def filesystem(path: Path) -> str:
+    """The type of the filesystem holding `path` (the longest mount point above it)."""
+    mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    resolved = str(path.resolve())
+    above = [
+        (point, kind) for point, kind in mounts if resolved == point or resolved.startswith(point.rstrip("/") + "/")
+    ]
+    return max(above, key=lambda mount: len(mount[0]))[1] if above else "unknown"
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse(argv)
+    setting = setting_for(args)
+    command = ("python bench/spawn_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    parent = args.workdir or Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    model_parent, work_parent = places(parent, setting.size)
+    made: list[Path] = []
+    try:
+        for where in (model_parent, work_parent):
+            made.append(Path(tempfile.mkdtemp(prefix="spawn-bench-", dir=where)))
+        return measure(setting, command, made[0] / "model", made[1], args.out)
+    finally:
+        for directory in made:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure(setting: Setting, command: str, model_dir: Path, workdir: Path, out: Path | None) -> str:
+    caches = workdir / "cache"
+    began = time.monotonic()
+    log(f"writing the {setting.size.name} model with random weights to {model_dir}")
+    write_random_model(model_dir, setting.size)
+    memory.release(memory.pick_device())  # the weights were drawn on the GPU, where there is one
+    os.sync()  # written back now, not while a job is timed
+    written_s = time.monotonic() - began
+    model_gib = sum(path.stat().st_size for path in files_under(model_dir)) / 2**30
+    notes = [
+        f"The model: {model_gib:.1f} GiB on {filesystem(model_dir)}, written in {written_s:.0f} s; the caches on "
+        f"{filesystem(workdir)}. The text encoder, connectors and tokenizer are the demo's tiny ones: no job here "
+        "loads them (the prompt is cached).",
+        "spawn → first protocol line: the interpreter, the torch and diffusers imports, CUDA's start, admission and "
+        "the prompt cache lookup. load_transformer: the stage's own time on the runner's clock, the decoders "
+        "(VAEs, vocoder, loaded to the CPU) included. first step itself: the runner's step event. Where the whole "
+        "page cache is dropped, the runner's imports come from disk too: spawn → first protocol line shows it.",
+    ]
+    for what, path in (("model", model_dir), ("cache", workdir)):
+        if filesystem(path) == "tmpfs":
+            notes.append(f"The {what} is on tmpfs: its reads are memory copies, and no page cache drop removes it.")
+    rows: list[Row] = []
+    for index, run in enumerate(RUNS):
+        job_dir = workdir / "jobs" / f"job-{index}"
+        write_job(job_dir, model_dir, setting, caches, run.weight_cache)
+        if index == 0:
+            seed_prompt(job_dir)
+        # What the job will read: the cache entry where there is one, else the bf16 transformer.
+        cached = files_under(caches / "weights") if run.weight_cache else []
+        weights = cached or files_under(model_dir / "transformer")
+        page_cache = warm(weights) if run.page_cache == "warm" else drop(weights, setting.drop_system_cache)
+        log(f"{run.name}: page cache {page_cache}")
+        rows.append(spawn_to_first_step(job_dir, run, page_cache))
+        text = report(setting, command, notes, rows)
+        write(text, out)  # after every row: a run cut short keeps what it measured
+    log(f"measured in {time.monotonic() - began:.0f} s")
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The spawn bench's CPU smoke: `--tiny` times the real runner from spawn to its first step, cached and not."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import diffusers
+import pytest
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
+RUNS = ("(a)", "(b)", "(c)", "(d)")
+SECONDS = (
+    "spawn → first protocol line, s",
+    "load_transformer, s",
+    "first step itself, s",
+    "spawn → first denoise step, s",
+)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """One `--tiny` run: what it printed, the file it wrote, its table's rows by run, and its work directory."""
+    sys.path.insert(0, str(BENCH_DIR))
+    spawn_bench = importlib.import_module("spawn_bench")
+    out = tmp_path_factory.mktemp("bench") / "results" / "spawn.md"
+    workdir = tmp_path_factory.mktemp("work")
+    printed = spawn_bench.main(["--tiny", "--out", str(out), "--workdir", str(workdir)])
+    written = out.read_text()
+    lines = written.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| run |"))
+    end = lines.index("", start)
+    columns = _cells(lines[start])
+    rows = {}
+    for line in lines[start + 2 : end]:
+        cells = dict(zip(columns, _cells(line), strict=True))
+        rows[cells["run"][:3]] = cells
+    return printed, written, rows, workdir
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().removeprefix("|").removesuffix("|").split("|")]
+
+
+def test_every_run_has_a_row_of_timings(bench) -> None:
+    _printed, _written, rows, _workdir = bench
+    assert tuple(rows) == RUNS
+    for row in rows.values():
+        seconds = {column: float(row[column]) for column in SECONDS}
+        assert all(value > 0 for value in seconds.values()), row
+        assert seconds["spawn → first denoise step, s"] > seconds["spawn → first protocol line, s"]
+        assert row["load_transformer peak VRAM, GiB"] == "-"  # no VRAM on the CPU
+
+
+def test_the_rows_load_the_transformer_the_way_they_say(bench) -> None:
+    _printed, written, rows, _workdir = bench
+    assert rows["(a)"]["transformer from"] == "bf16 read and cast, cache written"
+    assert rows["(b)"]["transformer from"] == rows["(c)"]["transformer from"] == "FP8 cache"
+    assert rows["(d)"]["transformer from"] == "bf16 read and cast"
+    assert rows["(a)"]["page cache"].startswith("warm") and rows["(b)"]["page cache"].startswith("warm")
+    assert "evicted" in rows["(c)"]["page cache"], "--tiny evicts its own files, never the machine's page cache"
+    assert "weight cache: wrote" in written and "weight cache: loaded" in written  # the runner's own log lines
+
+
+def test_the_file_is_the_printed_report_and_the_bench_leaves_nothing_behind(bench) -> None:
+    printed, written, _rows, workdir = bench
+    assert printed == written
+    title = written.splitlines()[0]
+    assert title.startswith("# Spawn to first denoising step, ") and "CPU" in title and "RANDOM WEIGHTS" in title
+    assert f"torch {torch.__version__}" in written and f"diffusers {diffusers.__version__}" in written
+    assert list(workdir.iterdir()) == []

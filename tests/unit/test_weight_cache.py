@@ -1,0 +1,166 @@
+"""The FP8 weight cache: the first FP8 load writes it, later loads skip the bf16 weights, damage falls back."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import LTX2VideoTransformer3DModel
+from safetensors.torch import load_file, save_file
+
+from gpu_runner.fp8 import FP8_DTYPE, FP8Linear
+from gpu_runner.loading import DiffusersDirectory
+from gpu_runner.weight_cache import WeightCache
+from tests.runner_fixtures import scramble_keeping_size_and_time
+
+CPU = torch.device("cpu")
+DTYPE = torch.bfloat16  # what a GPU job computes in; the CPU runs it too, slowly, at the demo's size
+
+
+@pytest.fixture
+def model_dir(demo_model_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the demo model, so a test may damage its files."""
+    return Path(shutil.copytree(demo_model_dir, tmp_path / "model"))
+
+
+@pytest.fixture
+def source(model_dir: Path, tmp_path: Path) -> DiffusersDirectory:
+    return DiffusersDirectory(model_dir, WeightCache(tmp_path / "weights"))
+
+
+@pytest.fixture
+def original_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every read of a transformer's original weights (from_pretrained), by model directory."""
+    reads: list[str] = []
+    from_pretrained = LTX2VideoTransformer3DModel.from_pretrained.__func__
+
+    def counted(cls, path, *args, **kwargs):
+        reads.append(str(path))
+        return from_pretrained(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(LTX2VideoTransformer3DModel, "from_pretrained", classmethod(counted))
+    return reads
+
+
+def entries(source: DiffusersDirectory) -> list[Path]:
+    return sorted(source.weight_cache.directory.iterdir())
+
+
+def tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors, copied: a model loaded on the CPU may share memory with the file it came from."""
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def assert_same_bits(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> None:
+    """The model holds the reference's tensors: names, dtypes, devices, shapes and every bit."""
+    ours = model.state_dict()
+    assert ours.keys() == reference.keys()
+    for name, tensor in ours.items():
+        assert (tensor.dtype, tensor.device) == (reference[name].dtype, reference[name].device), name
+        assert torch.equal(tensor.view(torch.uint8), reference[name].view(torch.uint8)), name
+
+
+def transformer_weights(model_dir: Path) -> Path:
+    (weights,) = (model_dir / "transformer").glob("*.safetensors")
+    return weights
+
+
+def test_fp8_storage_lays_out_a_weightless_model_without_giving_it_storage(source: DiffusersDirectory) -> None:
+    skeleton = source.fp8_skeleton(DTYPE)
+
+    assert all(tensor.is_meta for tensor in skeleton.state_dict().values())
+    layers = [m for m in skeleton.modules() if isinstance(m, FP8Linear)]
+    assert layers and all(layer.weight.dtype == FP8_DTYPE for layer in layers)
+    assert all(layer.weight_scale.dtype == torch.float32 for layer in layers)
+    assert all(layer.weight_scale.shape == (layer.out_features, 1) for layer in layers)
+    assert all(layer.bias.dtype == DTYPE for layer in layers if layer.bias is not None)
+
+
+def test_the_first_fp8_load_writes_the_cache_and_the_next_never_reads_the_original_weights(
+    source: DiffusersDirectory, model_dir: Path, original_reads: list[str]
+) -> None:
+    first = source.load_transformer(DTYPE, "fp8", CPU)
+    assert len(original_reads) == 1 and len(entries(source)) == 1
+    reference, layout = tensors(first), [type(m) for m in first.modules()]
+    del first
+
+    scramble_keeping_size_and_time(transformer_weights(model_dir))  # reading it now would fail or differ
+    cached = source.load_transformer(DTYPE, "fp8", CPU)
+
+    assert len(original_reads) == 1, "the original weights were read again"
+    assert_same_bits(cached, reference)
+    assert [type(m) for m in cached.modules()] == layout and not cached.training
+
+
+@pytest.mark.parametrize("damage", ["truncated", "a tensor missing", "a tensor in another dtype"])
+def test_a_damaged_entry_falls_back_to_the_original_weights_and_is_written_again(
+    source: DiffusersDirectory, original_reads: list[str], damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    reference = tensors(source.load_transformer(DTYPE, "fp8", CPU))
+    (entry,) = entries(source)
+    whole = load_file(entry)
+    if damage == "truncated":
+        with entry.open("r+b") as file:
+            file.truncate(entry.stat().st_size // 2)
+    else:
+        name = next(name for name, tensor in whole.items() if tensor.dtype == FP8_DTYPE)
+        if damage == "a tensor missing":
+            del whole[name]
+        else:
+            whole[name] = whole[name].to(DTYPE)
+        save_file(whole, entry)
+
+    with caplog.at_level(logging.WARNING, logger="gpu_runner.weight_cache"):
+        fallback = source.load_transformer(DTYPE, "fp8", CPU)
+    assert len(original_reads) == 2 and "unusable" in caplog.text
+    assert_same_bits(fallback, reference)
+
+    assert entries(source) == [entry]
+    assert_same_bits(source.load_transformer(DTYPE, "fp8", CPU), reference)
+    assert len(original_reads) == 2, "the rewritten entry serves the next load"
+
+
+def test_a_changed_model_or_dtype_gets_its_own_entry_which_replaces_the_old_one(
+    source: DiffusersDirectory, model_dir: Path, original_reads: list[str]
+) -> None:
+    source.load_transformer(DTYPE, "fp8", CPU)
+    (old,) = entries(source)
+
+    weights = transformer_weights(model_dir)
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # replaced in place
+    source.load_transformer(DTYPE, "fp8", CPU)
+    (new,) = entries(source)
+    assert new != old and len(original_reads) == 2
+
+    source.load_transformer(torch.float32, "fp8", CPU)
+    (float32,) = entries(source)
+    assert float32 not in (old, new) and len(original_reads) == 3
+
+
+def test_other_precisions_and_sources_without_a_cache_leave_it_alone(
+    source: DiffusersDirectory, model_dir: Path
+) -> None:
+    transformer = source.load_transformer(DTYPE, "bf16", CPU)
+    assert not source.weight_cache.directory.exists()
+    assert not any(isinstance(m, FP8Linear) for m in transformer.modules())
+
+    uncached = DiffusersDirectory(model_dir).load_transformer(DTYPE, "fp8", CPU)
+    assert any(isinstance(m, FP8Linear) for m in uncached.modules())
+    assert not source.weight_cache.directory.exists()
+
+
+def test_a_cache_that_cannot_be_written_never_fails_the_load(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    source = DiffusersDirectory(model_dir, WeightCache(blocked / "weights"))
+
+    with caplog.at_level(logging.WARNING, logger="gpu_runner.weight_cache"):
+        transformer = source.load_transformer(DTYPE, "fp8", CPU)
+    assert any(isinstance(m, FP8Linear) for m in transformer.modules())
+    assert "could not write" in caplog.text
