@@ -13,9 +13,12 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
+
+if TYPE_CHECKING:
+    import av  # imported where a clip is muxed: PyAV loads FFmpeg (~0.1 s), needed only at a job's end
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,8 @@ class Mp4Writer:
         os.replace(self.partial, self.path)
 
     def _open(self, width: int, height: int) -> None:
+        import av
+
         self._container = av.open(str(self.partial), mode="w", format="mp4", options={"movflags": "+faststart"})
         self._video = self._container.add_stream("libx264", rate=self.rate)
         self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
@@ -124,12 +129,16 @@ class Mp4Writer:
 
 
 def _video_frame(pixels: np.ndarray, index: int, rate: Fraction) -> av.VideoFrame:
+    import av
+
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
     frame.pts, frame.time_base = index, 1 / rate
     return frame
 
 
 def _audio_frame(samples: np.ndarray, start: int, sample_rate: int, layout: str) -> av.AudioFrame:
+    import av
+
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
     frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
     return frame
