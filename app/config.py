@@ -34,6 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     precision: str | None = None  # overrides every model's CUDA precision policy: fp8, bf16 or fp32
     prompt_cache_mb: int = 2048  # encoded prompts kept on disk, least recently used dropped first
     weight_cache: str = ""  # an absolute directory for FP8 transformers, "off", or "" for the data dir's
+    compile_blocks: bool = True  # on a CUDA GPU, jobs compile the transformer's blocks (AVP_COMPILE)
     max_upload_mb: float = 20.0  # largest image file accepted by POST /api/uploads
     upload_ttl_s: float = 86400.0  # how long an upload no job uses is kept
     log_level: str = "info"
@@ -84,6 +85,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.weight_cache == "off":
             return None
         return Path(self.weight_cache) if self.weight_cache else self.data_dir / "cache" / "weights"
+
+    @property
+    def compile_cache_dir(self) -> Path | None:
+        """Where torch keeps the compiled transformer blocks between jobs; None: jobs do not compile."""
+        return self.data_dir / "cache" / "compiled" if self.compile_blocks else None
 
     @property
     def uploads_dir(self) -> Path:
@@ -139,6 +145,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                     "if missing), set it to off, or unset it for <data dir>/cache/weights"
                 )
             weight_cache = str(Path(weight_cache).resolve())
+        compile_blocks = env.get("AVP_COMPILE", "").strip() or "on"
+        if compile_blocks not in ("on", "off"):
+            raise SettingsError(f"AVP_COMPILE={compile_blocks!r} must be on (the default) or off")
         root_path = env.get("AVP_ROOT_PATH", "").strip().rstrip("/")
         if root_path and not _ROOT_PATH.fullmatch(root_path):
             raise SettingsError(
@@ -166,6 +175,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             precision=precision,
             prompt_cache_mb=int(number("AVP_PROMPT_CACHE_MB", 2048, int, 0)),
             weight_cache=weight_cache,
+            compile_blocks=compile_blocks == "on",
             max_upload_mb=number("AVP_MAX_UPLOAD_MB", 20.0, float, 0.01),
             upload_ttl_s=number("AVP_UPLOAD_TTL_S", 86400.0, float, 1),
             log_level=env.get("AVP_LOG_LEVEL", "").strip() or "info",

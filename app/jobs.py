@@ -75,7 +75,7 @@ class Services(msgspec.Struct, frozen=True):
         upload = await self._upload_for(resolved.image_upload_id)
         job_id = uuid.uuid4().hex
         job_dir = self.job_dir(job_id)
-        weight_cache_dir = self.settings.weight_cache_dir
+        weight_cache_dir, compile_cache_dir = self.settings.weight_cache_dir, self.settings.compile_cache_dir
         job_file = protocol.JobFile(
             id=job_id,
             request=resolved,
@@ -85,6 +85,7 @@ class Services(msgspec.Struct, frozen=True):
             prompt_cache_dir=str(self.settings.prompt_cache_dir),
             prompt_cache_mb=self.settings.prompt_cache_mb,
             weight_cache_dir=None if weight_cache_dir is None else str(weight_cache_dir),
+            compile_cache_dir=None if compile_cache_dir is None else str(compile_cache_dir),
             image_file=protocol.IMAGE_FILE if upload else None,
         )
 

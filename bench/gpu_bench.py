@@ -272,7 +272,11 @@ KERNEL_CATEGORIES = (
         r"float8_copy|ConvertToFloat8|MaxNanFunctor|AbsFunctor|DivFunctor|clamp_min|triton\w*_(amax|abs|div)"
         r"|^aten::(abs|amax|clamp|clamp_min|div)$",
     ),
-    ("FP8 GEMM", r"scaled_mm|f8f8|(gemm|cutlass|xmma|nvjet).*(e4m3|fp8|float8)|(e4m3|fp8|float8).*(gemm|xmma|nvjet)"),
+    # cuBLAS's Hopper FP8 kernels are named nvjet_sm90_qqtst_..._ovscale (qq: both inputs quantised), seen on an H200
+    (
+        "FP8 GEMM",
+        r"scaled_mm|f8f8|nvjet\w*_qq|(gemm|cutlass|xmma|nvjet).*(e4m3|fp8|float8)|(e4m3|fp8|float8).*(gemm|xmma|nvjet)",
+    ),
     ("bf16 GEMM", r"gemm|nvjet|xmma|cublas|cutlass|^aten::(mm|addmm|bmm)$"),
 )
 OTHER = "other"
@@ -336,6 +340,7 @@ class Setting:
     frames: tuple[int, ...]
     repeats: int
     runner_steps: int
+    compile_blocks: bool
     ceiling_size: int  # the ceiling matmul's side
     long_clip_tokens: int  # the runner's long-clip threshold (memory.fit_long_clips)
     variants: tuple[Variant, ...]  # the step paths
@@ -689,9 +694,12 @@ def measure_runner(results: Results, workdir: Path) -> None:
             setting.width,
             setting.height,
             prompt_cache=workdir / "prompts",
+            compile_blocks=setting.compile_blocks,
         )
         results.runs.append(run)
         prompt = "cold prompt" if run["cold_prompt"] else "cached prompt"
+        if setting.compile_blocks:
+            prompt += ", compiled blocks (the first step compiles: see denoise below)"
         results.rows.append(
             Row(
                 path=RUNNER_JOB,
@@ -914,6 +922,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (decodes) after one warm-up; median")
     parser.add_argument("--runner-steps", type=int, default=2, help="steps of each runner job (its median step)")
+    parser.add_argument(
+        "--compile-blocks", action="store_true", help="runner jobs compile their transformer blocks (compile_blocks)"
+    )
     parser.add_argument("--out", type=Path, help="also write the report (with its header) here")
     parser.add_argument("--tiny", action="store_true", help="the demo model's sizes at 256x160 on the CPU")
     args = parser.parse_args(argv)
@@ -933,6 +944,7 @@ def setting_for(args: argparse.Namespace) -> Setting:
         profile=profile,
         repeats=args.repeats,
         runner_steps=args.runner_steps,
+        compile_blocks=args.compile_blocks,
     )
     if args.tiny:
         return Setting(

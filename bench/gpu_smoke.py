@@ -245,6 +245,7 @@ def run(
     width: int = 768,
     height: int = 448,
     prompt_cache: Path | None = None,
+    compile_blocks: bool = False,
 ) -> dict:
     """One job through `gpu_runner.pipeline.generate`; with `prompt_cache`, a repeated prompt skips the encoder."""
     job_dir = workdir / f"job-{frames}"
@@ -270,6 +271,7 @@ def run(
         model_path=str(model_dir),
         precision=precision,
         prompt_cache_dir=None if prompt_cache is None else str(prompt_cache),
+        compile_cache_dir=str(workdir / "compiled") if compile_blocks else None,
     )
     job = Job(directory=job_dir, file=job_file, spec=ltx2_spec(model_dir), model_dir=model_dir)
     events: list[tuple[float, protocol.Event]] = []

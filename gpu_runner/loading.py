@@ -8,6 +8,7 @@ built in memory.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +54,9 @@ class ConditionedDenoisingPipeline(_DevicedByTransformer, LTX2ConditionPipeline)
     """Image-to-video: it encodes its condition image with the VAE, so the VAE comes along to the GPU."""
 
 
-def place_denoiser(pipe: LTX2Pipeline | LTX2ConditionPipeline, device: torch.device, tokens: int) -> None:
+def place_denoiser(
+    pipe: LTX2Pipeline | LTX2ConditionPipeline, device: torch.device, tokens: int, compile_cache: Path | None = None
+) -> None:
     """The transformer goes to the GPU, set up to keep long clips' activations small; the VAE only if it encodes.
 
     Where the GPU has FP8 tensor cores, FP8-stored layers multiply in FP8 (bench/results: 5-8% faster per
@@ -62,6 +65,16 @@ def place_denoiser(pipe: LTX2Pipeline | LTX2ConditionPipeline, device: torch.dev
     memory.fit_long_clips(pipe.transformer, tokens)
     if fp8.fp8_matmul_available(device):
         fp8.use_fp8_matmul(pipe.transformer)
+    if compile_cache is not None and device.type == "cuda":
+        # Regional compilation: the 48 blocks share one graph, compiled on the first step (26-38 s the
+        # first time a shape is seen, 5-10 s once torch's cache in `compile_cache` holds its kernels).
+        # It fuses the small kernels around each matmul, the FP8 quantisation above all, which
+        # otherwise leave the GPU waiting for launches: a step 0.34x as long at 49 frames, 0.64x at 481
+        # (bench/results/2026-11-26-h200-compiled.md). A block's graph differs per guidance pass and
+        # for long clips' sliced feed-forwards: more versions than dynamo's default limit of 8.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache))
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+        pipe.transformer.compile_repeated_blocks()
     pipe.transformer.to(device)
     if isinstance(pipe, ConditionedDenoisingPipeline):
         pipe.vae.to(device)

@@ -75,7 +75,8 @@ def generate(
     with stages("load_transformer"):
         conditioned = job.file.image_file is not None
         pipe = source.load_denoiser(dtype, precision, PrecomputedConnectors(context), device, conditioned)
-        place_denoiser(pipe, device, video_tokens(request))
+        compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
+        place_denoiser(pipe, device, video_tokens(request), compile_cache)
 
     # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step,
     #    with a preview of the clip every few steps.

@@ -170,3 +170,6 @@ class JobFile(msgspec.Struct, frozen=True):
     prompt_cache_dir: str | None = None  # absolute; encoded prompts are kept here between jobs
     prompt_cache_mb: int = 2048
     weight_cache_dir: str | None = None  # absolute; FP8-stored transformers are kept here between jobs
+    # absolute; where set, on a CUDA GPU the transformer's blocks go through torch.compile and torch keeps
+    # the compiled kernels here, so a later job of the same shape compiles in seconds
+    compile_cache_dir: str | None = None

@@ -111,6 +111,7 @@ def test_the_precision_setting_reaches_every_job(make_portal) -> None:
     assert written["precision"] == "fp8"
     weight_cache = portal.data_dir.resolve() / "cache" / "weights"
     assert written["weight_cache_dir"] == str(weight_cache)
+    assert written["compile_cache_dir"] == str(portal.data_dir.resolve() / "cache" / "compiled")
     finished = portal.wait(job["id"])
     assert finished["status"] == "succeeded", finished["error"]
     assert len(list(weight_cache.glob("*.safetensors"))) == 1, "the FP8 transformer is cached for the next job"

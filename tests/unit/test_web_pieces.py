@@ -172,6 +172,14 @@ def test_the_weight_cache_lives_under_the_data_dir_unless_moved_or_turned_off(tm
     assert Settings.from_env({**data, "AVP_WEIGHT_CACHE_DIR": "off"}).weight_cache_dir is None
 
 
+def test_jobs_compile_with_a_cache_under_the_data_dir_unless_turned_off(tmp_path: Path) -> None:
+    data = {"AVP_DATA_DIR": str(tmp_path)}
+    assert Settings.from_env(data).compile_cache_dir == tmp_path.resolve() / "cache" / "compiled"
+    assert Settings.from_env({**data, "AVP_COMPILE": "off"}).compile_cache_dir is None
+    with pytest.raises(SettingsError, match="AVP_COMPILE='yes' must be on"):
+        Settings.from_env({**data, "AVP_COMPILE": "yes"})
+
+
 def test_healthz_reports_a_dead_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from litestar.testing import TestClient
 
