@@ -73,6 +73,7 @@ def place_denoiser(
         # (bench/results/2026-11-26-h200-compiled.md). A block's graph differs per guidance pass and
         # for long clips' sliced feed-forwards: more versions than dynamo's default limit of 8.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache))
+        os.environ.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))  # ~/.triton is read-only in systemd
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         pipe.transformer.compile_repeated_blocks()
     pipe.transformer.to(device)

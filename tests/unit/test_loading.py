@@ -12,7 +12,8 @@ from gpu_runner.loading import place_denoiser
 
 
 def test_blocks_are_compiled_only_on_a_cuda_gpu(tmp_path, monkeypatch):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
     transformer = demo_model.transformer()
     pipe = SimpleNamespace(transformer=transformer, set_progress_bar_config=lambda **_: None)
 
@@ -20,4 +21,4 @@ def test_blocks_are_compiled_only_on_a_cuda_gpu(tmp_path, monkeypatch):
 
     # torch.compile on a module sets its compiled call; on the CPU the runner leaves every block as it was
     assert all(block._compiled_call_impl is None for block in transformer.transformer_blocks)
-    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ and "TRITON_CACHE_DIR" not in os.environ
