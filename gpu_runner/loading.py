@@ -59,8 +59,9 @@ def place_denoiser(
 ) -> None:
     """The transformer goes to the GPU, set up to keep long clips' activations small; the VAE only if it encodes.
 
-    Where the GPU has FP8 tensor cores, FP8-stored layers multiply in FP8 (bench/results: 5-8% faster per
-    forward than upcasting them, at 5.5% instead of 4.7% relative error against bf16).
+    Where the GPU has FP8 tensor cores, FP8-stored layers multiply in FP8 (5.5% instead of 4.7% relative
+    error against bf16). Uncompiled, that is launch-bound and no faster than bf16; with `compile_cache`
+    the blocks are compiled, which is where the speed comes from (bench/results/2026-11-26-h200-compiled.md).
     """
     memory.fit_long_clips(pipe.transformer, tokens)
     if fp8.fp8_matmul_available(device):
