@@ -98,7 +98,7 @@ from gpu_smoke import FULL_SIZE, TINY_SIZE, ModelSize, device_name, random_modul
 
 from gpu_runner import fp8, memory  # noqa: E402
 from gpu_runner.demo_model import ltx2_scheduler  # noqa: E402
-from gpu_runner.loading import DenoisingPipeline  # noqa: E402
+from gpu_runner.loading import COMPILE_RECOMPILE_LIMIT, DenoisingPipeline  # noqa: E402
 from gpu_runner.pipeline import LTX2_0_GUIDANCE  # noqa: E402
 from gpu_runner.text import PrecomputedConnectors  # noqa: E402
 
@@ -202,11 +202,9 @@ def compiled_blocks(transformer: torch.nn.Module) -> Iterator[None]:
     originals = list(blocks)
     for index, block in enumerate(originals):
         blocks[index] = compile_block(block)
-    # A block's graph differs per pass (CFG's batch of two, STG's perturbed block, the modality pass
-    # without audio<->video attention) and again for a long clip's sliced feed-forwards: more versions
-    # than dynamo's default 8, past which it would run the block uncompiled.
+    # as the runner allows: more graph versions per block than dynamo's default (gpu_runner/loading.py)
     try:
-        with torch._dynamo.config.patch(recompile_limit=32):
+        with torch._dynamo.config.patch(recompile_limit=COMPILE_RECOMPILE_LIMIT):
             yield
     finally:
         for index, block in enumerate(originals):
@@ -1009,21 +1007,18 @@ def measure(results: Results) -> None:
     decoders = {"vae": vae.cpu(), "audio_vae": random_module(setting.size.audio_vae, "cpu", torch.float32)}
     memory.release(device)
 
-    if any(v.model == STOCK for v in setting.variants):
-        # The stock transformer: built once in bf16, cast in place by the FP8 hooks at the end.
-        log("building the bf16 transformer")
-        transformer = random_transformer(setting.size, device, dtype, fp8_storage=False)
-        measure_stock(results, transformer, decoders, dtype, step)
-        del transformer
-        memory.release(device)
-
-    if any(v.model == MINE for v in setting.variants):
-        # Ours: built block by block in our FP8 layout, as the runner's loader does.
-        log("building our FP8 transformer")
-        transformer = random_transformer(setting.size, device, dtype, fp8_storage=True)
-        measure_ours(results, transformer, decoders, dtype, step)
-        del transformer
-        memory.release(device)
+    # The stock transformer is built once in bf16 (the FP8 hooks cast it in place at the end); ours block
+    # by block in our FP8 layout, as the runner's loader does. One at a time on the GPU.
+    for model, what, fp8_storage, measure in (
+        (STOCK, "the bf16 transformer", False, measure_stock),
+        (MINE, "our FP8 transformer", True, measure_ours),
+    ):
+        if any(v.model == model for v in setting.variants):
+            log(f"building {what}")
+            transformer = random_transformer(setting.size, device, dtype, fp8_storage=fp8_storage)
+            measure(results, transformer, decoders, dtype, step)
+            del transformer
+            memory.release(device)
     del decoders
 
     if setting.runner:

@@ -23,7 +23,9 @@ FP8_LAYER = re.compile(r"transformer_blocks\.\d+\.(?:.+\.)?(?:to_q|to_k|to_v|to_
 # FP8 matmuls pay on big GEMMs only: each one first quantises its activations (several kernels and
 # launches), which a GEMM of a few rows does not earn back. Below this many rows (tokens x batch) an
 # FP8Linear upcasts its weight instead. The audio stream's linears see tens to hundreds of rows, the
-# video's thousands. 0 (FP8 for every GEMM) until bench/gpu_bench.py's "ours-min-rows" rows pick a value.
+# video's thousands. 0 (FP8 for every GEMM): on an H200 no threshold measured faster (512-4096 rows were
+# within noise at 49 frames and 2-3% slower at 481; bench/results/2026-11-26-h200-compiled.md), and
+# compiled blocks fuse the quantisation anyway. Kept as a knob for bench/gpu_bench.py's "ours-min-rows".
 FP8_MATMUL_MIN_ROWS = 0
 
 

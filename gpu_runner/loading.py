@@ -31,6 +31,7 @@ from gpu_runner.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, prepare_te
 from gpu_runner.weight_cache import WeightCache
 
 DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
+COMPILE_RECOMPILE_LIMIT = 32  # graphs per compiled block: one per guidance pass and clip shape (dynamo's default: 8)
 
 
 class _DevicedByTransformer:
@@ -75,7 +76,7 @@ def place_denoiser(
         # for long clips' sliced feed-forwards: more versions than dynamo's default limit of 8.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache))
         os.environ.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))  # ~/.triton is read-only in systemd
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
         pipe.transformer.compile_repeated_blocks()
     pipe.transformer.to(device)
     if isinstance(pipe, ConditionedDenoisingPipeline):
