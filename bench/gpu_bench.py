@@ -15,8 +15,10 @@ paths (`--paths` picks some by their keys, `--frames` the frame counts):
   below), `ours-cudnn-no-text-mask` (both), `ours-min-rows` (FP8 matmuls only from
   `--fp8-min-rows` rows up, a row per value; below, the weights are upcast) and `ours-compiled`
   (every transformer block through torch.compile, regional compilation; default mode, as
-  max-autotune would tune every GEMM shape for minutes). Where a path compiles, the compile time
-  shows as the extra seconds of its first step;
+  max-autotune would tune every GEMM shape for minutes), and `ours-compiled-stg-prefix`, the runner's
+  step: compiled, with the STG pass started at its block from the positive CFG row's states there
+  (gpu_runner/guidance.py). Where a path compiles, the compile time shows as the extra seconds of
+  its first step;
 - `runner`: the runner job, `gpu_runner.pipeline.generate` end to end (gpu_smoke.run), stage by stage;
 - `decode`: the stock video VAE decode, untiled where it fits, else with diffusers' tiling;
 - and a bf16 matmul of 8192^3, the card's ceiling.
@@ -98,6 +100,7 @@ from gpu_smoke import FULL_SIZE, TINY_SIZE, ModelSize, device_name, random_modul
 
 from gpu_runner import fp8, memory  # noqa: E402
 from gpu_runner.demo_model import ltx2_scheduler  # noqa: E402
+from gpu_runner.guidance import share_stg_prefix  # noqa: E402
 from gpu_runner.loading import COMPILE_RECOMPILE_LIMIT, DenoisingPipeline  # noqa: E402
 from gpu_runner.pipeline import LTX2_0_GUIDANCE  # noqa: E402
 from gpu_runner.text import PrecomputedConnectors  # noqa: E402
@@ -211,6 +214,17 @@ def compiled_blocks(transformer: torch.nn.Module) -> Iterator[None]:
             blocks[index] = block
 
 
+@contextmanager
+def stg_prefix_shared(transformer: torch.nn.Module) -> Iterator[None]:
+    """The STG pass starts at its block from the positive CFG row's states, as the runner runs it."""
+    forward = transformer.forward
+    share_stg_prefix(transformer, guidance(transformer)["spatio_temporal_guidance_blocks"])
+    try:
+        yield
+    finally:
+        transformer.forward = forward
+
+
 def fp8_from_rows(min_rows: int) -> Tweak:
     return lambda _transformer: mock.patch.object(fp8, "FP8_MATMUL_MIN_ROWS", min_rows)
 
@@ -233,6 +247,13 @@ VARIANTS = (
     ),
     Variant(MIN_ROWS_KEY, "ours fp8 matmul, FP8 from {} rows", MINE),  # one per --fp8-min-rows value
     Variant("ours-compiled", "ours fp8 matmul, compiled blocks", MINE, (compiled_blocks,), compiles=True),
+    Variant(
+        "ours-compiled-stg-prefix",
+        "ours fp8 matmul, compiled blocks, STG pass from its block (the runner's path)",
+        MINE,
+        (compiled_blocks, stg_prefix_shared),
+        compiles=True,
+    ),
 )
 PATH_KEYS = tuple(v.key for v in VARIANTS) + (RUNNER_KEY, DECODE_KEY)
 

@@ -17,6 +17,7 @@ import torch
 from gpu_runner import admission, memory, mux, protocol, tiling
 from gpu_runner.cancel import Cancellation
 from gpu_runner.conditioning import image_conditions
+from gpu_runner.guidance import share_stg_prefix
 from gpu_runner.job import Job, JobError
 from gpu_runner.loading import DiffusersDirectory, place_denoiser
 from gpu_runner.preview import PreviewWriter
@@ -28,6 +29,8 @@ Emit = Callable[[protocol.Event], None]
 
 # LTX-2.0's guidance beyond diffusers' defaults (which follow 2.3): no cross timestep, STG at block 29.
 LTX2_0_GUIDANCE = {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
+# 2.3's STG block, diffusers' default, spelled out for the STG pass to share the blocks before it.
+LTX2_3_GUIDANCE = {"spatio_temporal_guidance_blocks": [28]}
 
 
 def generate(
@@ -39,6 +42,7 @@ def generate(
     precision = job.file.precision or job.spec.precision_cuda
     dtype = memory.compute_dtype(device, precision)
     stages = Stages(emit, cancellation, device, job, started)
+    guidance = guidance_settings(job, source)
 
     # 0. Refuse, before loading anything, a job whose predicted peak exceeds the free VRAM.
     if device.type == "cuda":
@@ -77,6 +81,7 @@ def generate(
         pipe = source.load_denoiser(dtype, precision, PrecomputedConnectors(context), device, conditioned)
         compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
         place_denoiser(pipe, device, video_tokens(request), compile_cache)
+        share_stg_prefix(pipe.transformer, guidance["spatio_temporal_guidance_blocks"])
 
     # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step,
     #    with a preview of the clip every few steps.
@@ -90,7 +95,7 @@ def generate(
             frame_rate=request.fps,
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
-            **guidance_settings(job, source),
+            **guidance,
             **image_conditions(job),
             # A CPU generator draws the same noise on every device: same seed, same clip.
             generator=torch.Generator("cpu").manual_seed(request.seed),
@@ -250,7 +255,8 @@ def guidance_settings(job: Job, source: DiffusersDirectory) -> dict:
     The demo's two blocks have no STG block to perturb, so it uses CFG alone (two passes
     a step) with the request's scale for audio too. LTX-2 keeps diffusers' recommended
     STG, modality and rescale terms, with the LTX-2.0 settings when its connectors show
-    2.0 (one projection shared by both modalities).
+    2.0 (one projection shared by both modalities). The STG pass starts at its first STG
+    block from the positive CFG row's states there (gpu_runner/guidance.py).
     """
     if job.spec.kind == "demo":
         return {
@@ -261,6 +267,4 @@ def guidance_settings(job: Job, source: DiffusersDirectory) -> dict:
             "audio_modality_scale": 1.0,
             "spatio_temporal_guidance_blocks": None,
         }
-    if source.is_ltx2_0():
-        return dict(LTX2_0_GUIDANCE)
-    return {}
+    return dict(LTX2_0_GUIDANCE if source.is_ltx2_0() else LTX2_3_GUIDANCE)

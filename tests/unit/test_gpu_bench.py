@@ -25,6 +25,7 @@ OUR_PATHS = (
     "ours fp8 matmul, FP8 from 2048 rows",
     "ours fp8 matmul, FP8 from 4096 rows",
     "ours fp8 matmul, compiled blocks",
+    "ours fp8 matmul, compiled blocks, STG pass from its block (the runner's path)",
 )
 RUNNER = "runner job (generate)"
 STEP_PATHS = (*STOCK_PATHS, *OUR_PATHS, RUNNER)
