@@ -164,3 +164,31 @@ def test_a_cache_that_cannot_be_written_never_fails_the_load(
         transformer = source.load_transformer(DTYPE, "fp8", CPU)
     assert any(isinstance(m, FP8Linear) for m in transformer.modules())
     assert "could not write" in caplog.text
+
+
+def test_the_chunked_reader_gives_safetensors_tensors_bit_for_bit_across_chunk_edges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpu_runner import weight_cache
+
+    torch.manual_seed(0)
+    stored = {
+        "odd_fp8": torch.randn(3, 5).to(FP8_DTYPE),  # 15 bytes
+        "scale": torch.rand(7, 1),
+        "bias": torch.randn(11, dtype=torch.bfloat16),
+        "steps": torch.arange(4),
+        "empty": torch.zeros(0, 3),
+        "flag": torch.tensor([True, False, True]),
+    }
+    path = tmp_path / "mixed.safetensors"
+    save_file(stored, path)
+    monkeypatch.setattr(weight_cache, "READ_CHUNK", 7)  # chunks cut through tensors
+    monkeypatch.setattr(weight_cache, "READERS", 3)
+
+    read = weight_cache._read(path, *weight_cache._layout(path), CPU)
+
+    reference = load_file(path)
+    assert read.keys() == reference.keys()
+    for name, tensor in read.items():
+        assert (tensor.dtype, tensor.shape) == (reference[name].dtype, reference[name].shape), name
+        assert torch.equal(tensor.view(torch.uint8), reference[name].view(torch.uint8)), name
