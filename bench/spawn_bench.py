@@ -25,6 +25,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -60,6 +61,10 @@ PROMPT = "a red ball bouncing on a wooden floor, with clicks"
 SHARED_MEMORY = Path("/dev/shm")  # tmpfs: where the model goes when the disk cannot hold it beside its cache
 SPARE_GIB = 2.0
 CACHE_LOG = {"weight cache: loaded": "FP8 cache", "weight cache: wrote": "bf16 read and cast, cache written"}
+# The runner's start-up log lines (gpu_runner/__main__.py, pipeline.py): their stamps and seconds.
+STARTED = re.compile(r"^(\S+ \S+) gpu_runner runner started$", re.MULTILINE)
+IMPORTED = re.compile(r"torch and diffusers imported in ([\d.]+) s")
+CUDA_STARTED = re.compile(r"CUDA started in ([\d.]+) s")
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,9 @@ COLUMNS = (
     "run",
     "transformer from",
     "page cache",
+    "spawn → runner started, s",
+    "its torch + diffusers imports, s",
+    "CUDA start, s",
     "spawn → first protocol line, s",
     "load_transformer, s",
     "load_transformer peak VRAM, GiB",
@@ -102,6 +110,9 @@ class Row:
     run: Run
     source: str
     page_cache: str
+    started_s: float | None  # the runner's own log lines, against the spawn's wall clock
+    imports_s: float | None
+    cuda_s: float | None
     first_line_s: float
     load_transformer_s: float
     load_peak_gib: float | None
@@ -248,6 +259,7 @@ def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
         spawned = time.monotonic()
         return spawned, await transcript.supervisor.run(job_dir.name, job_dir)
 
+    spawned_at = time.time()
     spawned, outcome = anyio.run(follow)
     runner_log = (job_dir / protocol.LOG_FILE).read_text(errors="replace")
     events = transcript.events
@@ -263,6 +275,9 @@ def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
         run=run,
         source=source,
         page_cache=page_cache,
+        started_s=started_after(runner_log, spawned_at),
+        imports_s=logged_seconds(IMPORTED, runner_log),
+        cuda_s=logged_seconds(CUDA_STARTED, runner_log),
         first_line_s=events[0][0] - spawned,
         load_transformer_s=stages["denoise"] - stages["load_transformer"],
         load_peak_gib=load_memory.peak_gib,
@@ -270,6 +285,19 @@ def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
         spawn_to_step_s=first_step_time - spawned,
         cache_log=cache_log,
     )
+
+
+def started_after(runner_log: str, spawned_at: float) -> float | None:
+    """Seconds from the spawn to the runner's "runner started" line (logging's local time, to the millisecond)."""
+    found = STARTED.search(runner_log)
+    if found is None:
+        return None
+    return datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - spawned_at
+
+
+def logged_seconds(pattern: re.Pattern, runner_log: str) -> float | None:
+    found = pattern.search(runner_log)
+    return None if found is None else float(found.group(1))
 
 
 # --- the report ------------------------------------------------------------------------------------------
@@ -293,6 +321,7 @@ def report(setting: Setting, command: str, notes: list[str], rows: list[Row]) ->
             row.run.name,
             row.source,
             row.page_cache,
+            *("-" if seconds is None else f"{seconds:.2f}" for seconds in (row.started_s, row.imports_s, row.cuda_s)),
             f"{row.first_line_s:.2f}",
             f"{row.load_transformer_s:.2f}",
             peak,
@@ -321,6 +350,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="also write the report here")
     parser.add_argument("--workdir", type=Path, help="where the model and caches go (a local disk; removed after)")
     parser.add_argument("--tiny", action="store_true", help="the demo model's sizes at 256x160 (on the CPU here)")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=[run.name[1] for run in RUNS],
+        default=[run.name[1] for run in RUNS],
+        help="which runs, by letter (default all); (a) runs always, as it writes the cache the others read",
+    )
     return parser.parse_args(argv)
 
 
@@ -382,13 +418,14 @@ def main(argv: list[str] | None = None) -> str:
     try:
         for where in (model_parent, work_parent):
             made.append(Path(tempfile.mkdtemp(prefix="spawn-bench-", dir=where)))
-        return measure(setting, command, made[0] / "model", made[1], args.out)
+        runs = [run for run in RUNS if run is RUNS[0] or run.name[1] in args.runs]
+        return measure(setting, command, made[0] / "model", made[1], args.out, runs)
     finally:
         for directory in made:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def measure(setting: Setting, command: str, model_dir: Path, workdir: Path, out: Path | None) -> str:
+def measure(setting: Setting, command: str, model_dir: Path, workdir: Path, out: Path | None, runs: list[Run]) -> str:
     caches = workdir / "cache"
     began = time.monotonic()
     log(f"writing the {setting.size.name} model with random weights to {model_dir}")
@@ -410,7 +447,7 @@ def measure(setting: Setting, command: str, model_dir: Path, workdir: Path, out:
         if filesystem(path) == "tmpfs":
             notes.append(f"The {what} is on tmpfs: its reads are memory copies, and no page cache drop removes it.")
     rows: list[Row] = []
-    for index, run in enumerate(RUNS):
+    for index, run in enumerate(runs):
         job_dir = workdir / "jobs" / f"job-{index}"
         write_job(job_dir, model_dir, setting, caches, run.weight_cache)
         if index == 0:

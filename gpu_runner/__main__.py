@@ -43,6 +43,7 @@ def run(job_dir: Path) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     if not _die_with_parent():
         return protocol.EXIT_CANCELLED_TERM
+    log.info("runner started")  # its time stamp against the spawn's: the interpreter's own start
 
     from gpu_runner.cancel import Cancellation, Cancelled
     from gpu_runner.job import JobError, load_job
@@ -53,6 +54,7 @@ def run(job_dir: Path) -> int:
         job = load_job(job_dir)
         from gpu_runner.pipeline import generate  # torch + diffusers: seconds to import
 
+        log.info("torch and diffusers imported in %.2f s", time.monotonic() - started)
         result = generate(job, emit, cancellation, started)
     except JobError as error:
         log.error("%s: %s", error.code, error.message)

@@ -7,6 +7,7 @@ turns an out-of-memory error into a message naming the stage and the job's size.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from gpu_runner.text import PrecomputedConnectors, encode
 from gpu_runner.weight_cache import WeightCache
 
 Emit = Callable[[protocol.Event], None]
+log = logging.getLogger(__name__)
 
 # LTX-2.0's guidance beyond diffusers' defaults (which follow 2.3): no cross timestep, STG at block 29.
 LTX2_0_GUIDANCE = {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
@@ -47,7 +49,10 @@ def generate(
     # 0. Refuse, before loading anything, a job whose predicted peak exceeds the free VRAM.
     if device.type == "cuda":
         size = f"{request.width}x{request.height}, {request.num_frames} frames"
-        admission.admit(predicted_peak(source, precision, request), memory.free_vram_gib(device), size)
+        asked = time.monotonic()
+        free_gib = memory.free_vram_gib(device)  # the process's first CUDA call: the driver starts here
+        log.info("CUDA started in %.2f s, %.1f GiB free", time.monotonic() - asked, free_gib)
+        admission.admit(predicted_peak(source, precision, request), free_gib, size)
 
     # 1-3. The prompt's context: from the cache, or from the text encoder and connectors, then freed.
     cache, cache_key = prompt_cache_for(job, source)

@@ -51,6 +51,10 @@ def test_every_run_has_a_row_of_timings(bench) -> None:
         seconds = {column: float(row[column]) for column in SECONDS}
         assert all(value > 0 for value in seconds.values()), row
         assert seconds["spawn → first denoise step, s"] > seconds["spawn → first protocol line, s"]
+        # The runner's start-up, from its own log: started, then imports, all before its first line.
+        started, imports = float(row["spawn → runner started, s"]), float(row["its torch + diffusers imports, s"])
+        assert started > 0 and imports > 0 and started + imports <= seconds["spawn → first protocol line, s"] + 0.02
+        assert row["CUDA start, s"] == "-"  # no CUDA on the CPU
         assert row["load_transformer peak VRAM, GiB"] == "-"  # no VRAM on the CPU
 
 
