@@ -22,17 +22,18 @@ _STAGES_BEFORE = protocol.STAGES[: protocol.STAGES.index("denoise")]
 def progress_after(progress: dict[str, Any], event: protocol.Event) -> dict[str, Any] | None:
     """The job's progress once `event` has happened, or None when the event does not change it."""
     match event:
-        case protocol.Stage(name=name):
+        case protocol.Stage(name=name, note=note):
             percent = progress["percent"]
             if name in _STAGES_BEFORE:
                 percent = _DENOISE_START * (_STAGES_BEFORE.index(name) + 1) / (len(_STAGES_BEFORE) + 1)
             elif name != "denoise":
                 after = protocol.STAGES[protocol.STAGES.index("denoise") + 1 :]
                 percent = _DENOISE_END + (100 - _DENOISE_END) * after.index(name) / len(after)
-            return {**progress, "stage": name, "percent": round(percent, 1)}
+            return {**progress, "stage": name, "stage_note": note, "percent": round(percent, 1)}
         case protocol.Step(step=step, total=total, eta_s=eta):
             percent = _DENOISE_START + (_DENOISE_END - _DENOISE_START) * step / max(total, 1)
-            return {**progress, "step": step, "total": total, "eta_s": round(eta, 1), "percent": round(percent, 1)}
+            eta = None if eta is None else round(eta, 1)  # None: not known yet (the first step compiled)
+            return {**progress, "step": step, "total": total, "eta_s": eta, "percent": round(percent, 1)}
         case protocol.Preview(step=step):
             return {**progress, "preview_step": step}
         case protocol.Tile(done=done, total=total):

@@ -30,6 +30,7 @@ def empty_progress() -> dict[str, Any]:
     """A job's progress before its runner has said anything."""
     return {
         "stage": None,
+        "stage_note": None,  # the runner's note on the current stage, e.g. that its first step compiles
         "step": 0,
         "total": 0,
         "percent": 0.0,

@@ -55,6 +55,14 @@ class ConditionedDenoisingPipeline(_DevicedByTransformer, LTX2ConditionPipeline)
     """Image-to-video: it encodes its condition image with the VAE, so the VAE comes along to the GPU."""
 
 
+def compiles(device: torch.device, compile_cache: Path | None) -> bool:
+    """Whether a job's transformer blocks go through torch.compile: on a CUDA GPU, when the job has a compile cache.
+
+    `place_denoiser` compiles by it and the pipeline announces the first step's compile by it, so the two agree.
+    """
+    return compile_cache is not None and device.type == "cuda"
+
+
 def place_denoiser(
     pipe: LTX2Pipeline | LTX2ConditionPipeline, device: torch.device, tokens: int, compile_cache: Path | None = None
 ) -> None:
@@ -67,7 +75,7 @@ def place_denoiser(
     memory.fit_long_clips(pipe.transformer, tokens)
     if fp8.fp8_matmul_available(device):
         fp8.use_fp8_matmul(pipe.transformer)
-    if compile_cache is not None and device.type == "cuda":
+    if compiles(device, compile_cache):
         # Regional compilation: the 48 blocks share one graph, compiled on the first step (26-38 s the
         # first time a shape is seen, 5-10 s once torch's cache in `compile_cache` holds its kernels).
         # It fuses the small kernels around each matmul, the FP8 quantisation above all, which

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from gpu_runner.cancel import Cancellation
 from gpu_runner.conditioning import image_conditions
 from gpu_runner.guidance import share_stg_prefix
 from gpu_runner.job import Job, JobError
-from gpu_runner.loading import DiffusersDirectory, place_denoiser
+from gpu_runner.loading import DiffusersDirectory, compiles, place_denoiser
 from gpu_runner.preview import PreviewWriter
 from gpu_runner.prompt_cache import PromptCache
 from gpu_runner.text import PrecomputedConnectors, encode
@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 LTX2_0_GUIDANCE = {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
 # 2.3's STG block, diffusers' default, spelled out for the STG pass to share the blocks before it.
 LTX2_3_GUIDANCE = {"spatio_temporal_guidance_blocks": [28]}
+
+# The denoise stage's note when its blocks are compiled: the first step is slow and says nothing until it ends
+# (26-38 s the first time a clip size is seen, 5-10 s with torch's cache warm: loading.place_denoiser).
+COMPILE_NOTE = (
+    "The first step compiles GPU kernels for this clip size: about half a minute the first time this size "
+    "runs, 5-10 s later on. The time left is estimated from the steps that follow it."
+)
 
 
 def generate(
@@ -86,12 +93,15 @@ def generate(
         pipe = source.load_denoiser(dtype, precision, PrecomputedConnectors(context), device, conditioned)
         compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
         place_denoiser(pipe, device, video_tokens(request), compile_cache)
+        compiled = compiles(device, compile_cache)
         share_stg_prefix(pipe.transformer, guidance["spatio_temporal_guidance_blocks"])
 
     # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step,
-    #    with a preview of the clip every few steps.
-    with stages("denoise"):
+    #    with a preview of the clip every few steps. Compiled blocks make the first step slow: the stage says
+    #    so, and the ETA leaves that step out.
+    with stages("denoise", note=denoise_note(compiled)):
         previews = PreviewWriter(job.path, latent_shape(request), request.steps)
+        on_step_end = step_reporter(emit, cancellation, request.steps, previews, first_step_compiles=compiled)
         video_latents, audio_latents = pipe(
             **pipe.connectors.placeholder_embeds(),
             width=request.width,
@@ -106,7 +116,7 @@ def generate(
             generator=torch.Generator("cpu").manual_seed(request.seed),
             output_type="latent",
             return_dict=False,
-            callback_on_step_end=step_reporter(emit, cancellation, request.steps, previews),
+            callback_on_step_end=on_step_end,
         )
 
     # 6. Free the transformer before decoding: the decoders need the room.
@@ -147,6 +157,11 @@ def generate(
         peak_vram_gib=stages.peak_vram_gib,
         timings=stages.timings,
     )
+
+
+def denoise_note(compiled: bool) -> str | None:
+    """The denoise stage's note: why its first step is slow, where it is (`loading.compiles`)."""
+    return COMPILE_NOTE if compiled else None
 
 
 def latent_shape(request: protocol.ResolvedRequest) -> tuple[int, int, int]:
@@ -196,11 +211,11 @@ class Stages:
         self.peak_vram_gib: float | None = None  # the job's: the highest of the stages' peaks
 
     @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str, note: str | None = None) -> Iterator[None]:
         self.cancellation.check()
         memory.reset_peak(self.device)
         entered = time.monotonic()
-        self.emit(protocol.Stage(name=name, t=round(entered - self.started, 3)))
+        self.emit(protocol.Stage(name=name, t=round(entered - self.started, 3), note=note))
         try:
             with torch.no_grad():
                 yield
@@ -222,19 +237,50 @@ class Stages:
         )
 
 
-def step_reporter(emit: Emit, cancellation: Cancellation, total: int, previews: PreviewWriter):
-    """The per-step callback: a `step` event with an ETA from the mean step time, a preview every few
-    steps, then a cancellation check.
+def seconds_left(step_times: Sequence[float], total: int, first_step_compiles: bool) -> float | None:
+    """The ETA once `len(step_times)` of `total` steps have taken these times; None while nothing honest is known.
+
+    The first step is a warm-up (3x a later step uncompiled) or, with compiled blocks, mostly compiling (26-38 s
+    against 0.4-5 s a step), so from the second step on the estimate is the mean of the steps after it. After
+    the first step alone, its time stands for the rest unless it compiled: then the time left is unknown.
+    """
+    done = len(step_times)
+    left = total - done
+    if left <= 0:
+        return 0.0
+    if done >= 2:
+        return sum(step_times[1:]) / (done - 1) * left
+    if done == 1 and not first_step_compiles:
+        return step_times[0] * left
+    return None
+
+
+def step_reporter(
+    emit: Emit,
+    cancellation: Cancellation,
+    total: int,
+    previews: PreviewWriter,
+    first_step_compiles: bool = False,
+    clock: Callable[[], float] = time.monotonic,
+):
+    """The per-step callback: a `step` event with an ETA (`seconds_left`), a preview every few steps, then a
+    cancellation check.
 
     Raising from it (Cancelled) leaves the pipeline before it decodes anything.
     """
-    started = time.monotonic()
+    started = last_end = clock()
+    step_times: list[float] = []
 
     def on_step_end(pipe, index: int, _timestep, tensors: dict) -> dict:
+        nonlocal last_end
         done = index + 1
-        elapsed = time.monotonic() - started
-        eta = elapsed / done * (total - done)
-        emit(protocol.Step(step=done, total=total, elapsed_s=round(elapsed, 3), eta_s=round(eta, 3)))
+        now = clock()
+        elapsed = now - started
+        step_times.append(now - last_end)
+        last_end = now
+        eta = seconds_left(step_times, total, first_step_compiles)
+        eta_s = None if eta is None else round(eta, 3)
+        emit(protocol.Step(step=done, total=total, elapsed_s=round(elapsed, 3), eta_s=eta_s))
         preview = previews.after_step(pipe.scheduler.sigmas, index, tensors["latents"])
         if preview is not None:
             emit(preview)

@@ -51,13 +51,14 @@ class _Event(msgspec.Struct, tag_field="type", omit_defaults=False, frozen=True)
 class Stage(_Event, tag="stage"):
     name: str
     t: float  # seconds since the runner started
+    note: str | None = None  # what the user should know about this stage (e.g. its first step compiling)
 
 
 class Step(_Event, tag="step"):
     step: int  # 1-based: steps finished so far
     total: int
     elapsed_s: float
-    eta_s: float
+    eta_s: float | None  # seconds left; None while unknown (after a first step that compiled)
 
 
 class Tile(_Event, tag="tile"):

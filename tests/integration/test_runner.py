@@ -35,6 +35,7 @@ def test_the_transcript_walks_every_stage_in_order_with_memory_at_each_boundary(
     _, events = finished_job
 
     assert [stage.name for stage in of_type(events, protocol.Stage)] == list(protocol.STAGES)
+    assert all(stage.note is None for stage in of_type(events, protocol.Stage)), "nothing compiles on a CPU"
     assert [memory.stage for memory in of_type(events, protocol.Memory)] == list(protocol.STAGES)
     assert all(memory.device == "cpu" and memory.allocated_gib is None for memory in of_type(events, protocol.Memory))
     stage_times = [stage.t for stage in of_type(events, protocol.Stage)]
@@ -46,6 +47,7 @@ def test_every_denoising_step_is_reported_with_a_shrinking_eta(finished_job):
     steps = of_type(events, protocol.Step)
 
     assert [(step.step, step.total) for step in steps] == [(n, STEPS) for n in range(1, STEPS + 1)]
+    assert all(step.eta_s is not None for step in steps), "an uncompiled first step stands for the rest"
     assert steps[-1].eta_s == 0
     # Steps come between entering denoise and leaving it.
     names = [getattr(event, "name", None) for event in events]

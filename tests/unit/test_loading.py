@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import torch
 
-from gpu_runner import demo_model
-from gpu_runner.loading import place_denoiser
+from gpu_runner import demo_model, loading
+from gpu_runner.loading import compiles, place_denoiser
 
 
 def test_blocks_are_compiled_only_on_a_cuda_gpu(tmp_path, monkeypatch):
@@ -22,3 +22,25 @@ def test_blocks_are_compiled_only_on_a_cuda_gpu(tmp_path, monkeypatch):
     # torch.compile on a module sets its compiled call; on the CPU the runner leaves every block as it was
     assert all(block._compiled_call_impl is None for block in transformer.transformer_blocks)
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ and "TRITON_CACHE_DIR" not in os.environ
+
+
+def test_blocks_compile_on_a_cuda_gpu_with_a_compile_cache_and_nowhere_else(tmp_path):
+    assert compiles(torch.device("cuda"), tmp_path / "compiled")
+    assert compiles(torch.device("cuda", 1), tmp_path / "compiled")
+    assert not compiles(torch.device("cuda"), None)  # AVP_COMPILE=off
+    assert not compiles(torch.device("cpu"), tmp_path / "compiled")
+    assert not compiles(torch.device("cpu"), None)
+
+
+def test_place_denoiser_compiles_exactly_when_compiles_says_so(tmp_path, monkeypatch):
+    # The pipeline announces the compile by the same function, so the announcement cannot disagree.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", torch._dynamo.config.recompile_limit)
+    monkeypatch.setattr(loading, "compiles", lambda device, compile_cache: True)
+    transformer = demo_model.transformer()
+    pipe = SimpleNamespace(transformer=transformer, set_progress_bar_config=lambda **_: None)
+
+    place_denoiser(pipe, torch.device("cpu"), tokens=160, compile_cache=tmp_path / "compiled")
+
+    assert all(block._compiled_call_impl is not None for block in transformer.transformer_blocks)

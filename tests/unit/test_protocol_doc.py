@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from app.routes.events import END_EVENT
 from app.store import STATUSES, TERMINAL
 from gpu_runner import protocol
@@ -18,7 +20,7 @@ def blocks(kind: str) -> list[str]:
 
 
 def test_the_demo_transcript_is_protocol_lines_walking_every_stage_to_a_result() -> None:
-    transcript, endings = blocks("jsonl")
+    transcript, _, endings = blocks("jsonl")
     events = [protocol.decode(line) for line in transcript.splitlines()]
     stages = [e.name for e in events if isinstance(e, protocol.Stage)]
     assert stages == list(protocol.STAGES)
@@ -31,6 +33,18 @@ def test_the_demo_transcript_is_protocol_lines_walking_every_stage_to_a_result()
     errors = [protocol.decode(line) for line in endings.splitlines()]
     assert all(isinstance(e, protocol.Error) for e in errors)
     assert {e.code for e in errors} == set(protocol.EXIT_FOR_ERROR)
+    assert all(stage.note is None for stage in events if isinstance(stage, protocol.Stage)), "nothing compiles on CPU"
+
+
+def test_the_compiled_start_announces_the_compile_and_estimates_from_the_steps_after_the_first() -> None:
+    _, compiled, _ = blocks("jsonl")
+    stage, *steps = [protocol.decode(line) for line in compiled.splitlines()]
+    assert isinstance(stage, protocol.Stage) and stage.name == "denoise" and "compiles" in stage.note
+    assert all(isinstance(step, protocol.Step) for step in steps) and len(steps) >= 3
+    assert steps[0].eta_s is None
+    first = steps[0].elapsed_s
+    for n, step in enumerate(steps[1:], start=2):  # the mean of steps 2..n, times the steps left
+        assert step.eta_s == pytest.approx((step.elapsed_s - first) / (n - 1) * (step.total - n), abs=2e-3)
 
 
 def test_the_sse_example_frames_carry_their_stored_event_and_end_with_end() -> None:

@@ -13,7 +13,8 @@ from PIL import Image
 from gpu_runner import protocol
 from gpu_runner.cancel import Cancellation, Cancelled
 from gpu_runner.job import JobError, load_job
-from gpu_runner.pipeline import Stages, step_reporter, tile_reporter
+from gpu_runner.loading import compiles
+from gpu_runner.pipeline import COMPILE_NOTE, Stages, denoise_note, seconds_left, step_reporter, tile_reporter
 from gpu_runner.preview import UPSCALE, PreviewWriter, clean_estimate
 from tests.runner_fixtures import write_job
 
@@ -35,6 +36,21 @@ def test_a_stage_is_announced_timed_and_accounted(job):
     assert events[0].name == events[1].stage == "decode_video"
     assert "RSS" in events[1].note
     assert set(stages.timings) == {"decode_video"}
+
+
+@pytest.mark.parametrize(
+    ("device", "cached", "note"), [("cuda", True, COMPILE_NOTE), ("cuda", False, None), ("cpu", True, None)]
+)
+def test_the_denoise_stage_says_its_first_step_compiles_only_when_blocks_compile(job, tmp_path, device, cached, note):
+    events = []
+    stages = Stages(events.append, Cancellation(), torch.device("cpu"), job, time.monotonic())
+    compile_cache = tmp_path / "compiled" if cached else None
+
+    with stages("denoise", note=denoise_note(compiles(torch.device(device), compile_cache))):
+        pass
+
+    assert events[0] == protocol.Stage(name="denoise", t=events[0].t, note=note)
+    assert protocol.decode(protocol.encode(events[0])) == events[0], "the note travels on the protocol line"
 
 
 def test_running_out_of_memory_names_the_stage_and_the_size(job):
@@ -79,6 +95,51 @@ def test_the_step_callback_reports_then_stops_a_cancelled_run(tmp_path):
     steps = [e for e in events if isinstance(e, protocol.Step)]
     assert [(event.step, event.total) for event in steps] == [(1, 4), (2, 4)]
     assert steps[0].eta_s == pytest.approx(3 * steps[0].elapsed_s, abs=1e-3)
+
+
+def steps_taking(seconds: list[float], first_step_compiles: bool) -> list[protocol.Step]:
+    """The step events of a run whose steps take these times, on a fake clock."""
+    clock = [1000.0]
+    events = []
+    no_previews = SimpleNamespace(after_step=lambda *_: None)
+    on_step_end = step_reporter(
+        events.append, Cancellation(), len(seconds), no_previews, first_step_compiles, clock=lambda: clock[0]
+    )
+    for index, took in enumerate(seconds):
+        clock[0] += took
+        on_step_end(fake_pipe(len(seconds)), index, None, {"latents": None})
+    return events
+
+
+def test_a_compiling_first_step_leaves_the_eta_unknown_then_out_of_the_estimate():
+    steps = steps_taking([35.0] + [1.0] * 29, first_step_compiles=True)
+
+    assert steps[0].eta_s is None and steps[0].elapsed_s == 35.0
+    # From step 2 on: the later steps' mean (1 s) times the steps left, not 36 s / 2 x 28 = 504 s.
+    assert [s.eta_s for s in steps[1:]] == [pytest.approx(30 - n) for n in range(2, 31)]
+    assert steps[1].elapsed_s == 36.0 and steps[-1].eta_s == 0
+
+
+def test_an_uncompiled_warm_up_step_stands_for_the_rest_only_until_the_second_step_ends():
+    steps = steps_taking([3.7] + [1.1] * 9, first_step_compiles=False)
+
+    assert steps[0].eta_s == pytest.approx(3.7 * 9)
+    assert [s.eta_s for s in steps[1:]] == [pytest.approx(1.1 * (10 - n)) for n in range(2, 11)]
+
+
+@pytest.mark.parametrize(
+    ("step_times", "total", "compiled", "eta"),
+    [
+        ([30.0, 1.0, 3.0], 5, True, 2.0 * 2),  # the mean of the steps after the first
+        ([30.0, 1.0, 3.0], 5, False, 2.0 * 2),
+        ([30.0], 5, True, None),
+        ([30.0], 5, False, 30.0 * 4),
+        ([30.0], 1, True, 0.0),  # a one-step job is done
+        ([], 5, False, None),
+    ],
+)
+def test_the_time_left_is_the_later_steps_mean_times_the_steps_left(step_times, total, compiled, eta):
+    assert seconds_left(step_times, total, compiled) == (eta if eta is None else pytest.approx(eta))
 
 
 def test_previews_show_the_clean_estimate_of_every_sampled_frame_as_a_jpeg(tmp_path):

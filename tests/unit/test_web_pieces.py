@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import html
 from pathlib import Path
 
 import anyio
@@ -46,6 +48,60 @@ def test_progress_moves_forward_through_the_stages_and_steps() -> None:
     assert seen == sorted(seen) and seen[-1] == 100.0
     assert progress["stage"] == "mux" and (progress["step"], progress["total"]) == (10, 10)
     assert progress_after(progress, protocol.Memory(stage="mux", device="cpu")) is None
+
+
+def test_progress_keeps_the_stage_note_while_its_stage_lasts_and_an_eta_unknown_until_known() -> None:
+    note = "The first step compiles GPU kernels for this clip size."
+    progress = empty_progress()
+    assert progress["stage_note"] is None and progress["eta_s"] is None
+
+    progress = progress_after(progress, protocol.Stage(name="denoise", t=20, note=note))
+    assert progress["stage_note"] == note
+    progress = progress_after(progress, protocol.Step(step=1, total=30, elapsed_s=35, eta_s=None))
+    assert progress["eta_s"] is None and progress["stage_note"] == note
+    progress = progress_after(progress, protocol.Step(step=2, total=30, elapsed_s=36, eta_s=28.04))
+    assert progress["eta_s"] == 28.0 and progress["stage_note"] == note
+    progress = progress_after(progress, protocol.Stage(name="free_transformer", t=60))
+    assert progress["stage_note"] is None, "a stage's note goes with it"
+
+
+def test_a_stage_note_and_an_unknown_eta_reach_the_json_api_and_the_job_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from litestar.testing import TestClient
+
+    from app.queue import Worker
+    from app.web import create_app
+
+    async def no_worker(self, directory):  # the job stays queued: this test speaks for its runner
+        raise RuntimeError("no runner here")
+
+    monkeypatch.setattr(Worker, "_ensure_demo_model", no_worker)
+    note = "The first step compiles GPU kernels for this clip size: about half a minute <the first time>."
+    app = create_app(Settings.from_env({"AVP_DATA_DIR": str(tmp_path)}))
+    with TestClient(app) as client:
+        job_id = client.post("/api/jobs", json={"prompt": "a red ball bouncing"}).json()["id"]
+        journal = app.state.services.journal
+        client.blocking_portal.call(functools.partial(journal.set_status, job_id, "running", start_attempt=True))
+        progress = empty_progress()
+
+        def runner_says(event: protocol.Event) -> tuple[dict, str]:
+            nonlocal progress
+            progress = client.blocking_portal.call(journal.runner_event, job_id, event, progress)
+            return client.get(f"/api/jobs/{job_id}").json()["progress"], client.get(f"/jobs/{job_id}/panel").text
+
+        api, page = runner_says(protocol.Stage(name="denoise", t=20.0, note=note))
+        assert api["stage"] == "denoise" and api["stage_note"] == note
+        assert html.escape(note, quote=False) in page and 'id="stage-note"' in page
+
+        api, page = runner_says(protocol.Step(step=1, total=30, elapsed_s=35.0, eta_s=None))
+        assert api["eta_s"] is None and "s left" not in page
+
+        api, page = runner_says(protocol.Step(step=2, total=30, elapsed_s=36.0, eta_s=28.0))
+        assert api["eta_s"] == 28.0 and "about 28 s left" in page
+
+        api, page = runner_says(protocol.Stage(name="free_transformer", t=60.0))
+        assert api["stage_note"] is None and 'id="stage-note"' not in page
 
 
 def _transcript(result: bool = False, error: protocol.Error | None = None, violation: str | None = None):
