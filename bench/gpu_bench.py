@@ -25,7 +25,8 @@ paths (`--paths` picks some by their keys, `--frames` the frame counts):
 
 Every path gets the same precomputed text context (the runner's `PrecomputedConnectors`) and the
 LTX-2.0 guidance settings. A step's FLOPs are counted once per frame count on the stock bf16 path
-(torch.utils.flop_counter, during its warm-up step); every path does the same math. Timing: CUDA
+(torch.utils.flop_counter, during its warm-up step); every path computes the same guidance (the
+STG-prefix path with fewer block runs: its TFLOP/s is an effective rate). Timing: CUDA
 events at the pipeline's step callbacks, one warm-up step, then the median of `--repeats` steps.
 Each step path's final latents are compared with its base path's (stock bf16 or ours), same seed:
 a variant that only changes kernels should differ by rounding alone.
@@ -809,8 +810,9 @@ def summary(results: Results) -> list[str]:
             )
     lines += [
         f"- A step is default guidance: the CFG batch of two, the STG pass and the modality pass; {setting.repeats} "
-        "timed steps after one warm-up, median. Step FLOPs counted on the stock bf16 path; every path does the "
-        "same math.",
+        "timed steps after one warm-up, median. Step FLOPs counted on the stock bf16 path; every path computes the "
+        "same guidance, and the STG-prefix path (the runner's) skips the STG pass's blocks before its STG block, so "
+        "its TFLOP/s is the stock step's FLOPs over its time: an effective rate, which can pass the ceiling.",
         f"- 30 steps end to end: {FULL_STEPS} x the step + the stock VAE decode of that row's frames; for the runner "
         "job, every stage as measured with its denoise stretched to 30 steps (its load stages build random weights, "
         "so they are not checkpoint load times).",
