@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 from diffusers import LTX2VideoTransformer3DModel
+from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+from PIL import Image
 
+from gpu_runner.conditioning import IMAGE_CRF
 from gpu_runner.guidance import share_stg_prefix
 from gpu_runner.loading import DiffusersDirectory
 from gpu_runner.memory import fit_long_clips
@@ -19,7 +22,7 @@ STEPS = 2
 LATENTS_TOLERANCE = 1e-5
 
 
-def denoiser(model_dir):
+def denoiser(model_dir, conditioned: bool = False):
     torch.manual_seed(0)
     tokens = 6
     width = LTX2VideoTransformer3DModel.load_config(model_dir, subfolder="transformer")["caption_channels"]
@@ -29,7 +32,7 @@ def denoiser(model_dir):
         "mask": torch.ones(2, tokens, dtype=torch.int64),
     }
     pipe = DiffusersDirectory(model_dir).load_denoiser(
-        torch.float32, "fp32", PrecomputedConnectors(context), torch.device("cpu")
+        torch.float32, "fp32", PrecomputedConnectors(context), torch.device("cpu"), conditioned
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -43,9 +46,10 @@ def block_runs(transformer) -> list[int]:
     return runs
 
 
-def default_guidance_latents(pipe) -> tuple[torch.Tensor, torch.Tensor]:
+def default_guidance_latents(pipe, **conditions) -> tuple[torch.Tensor, torch.Tensor]:
     """Two steps of default guidance (CFG, STG at block 3, modality) at 64x64, 9 frames."""
     video, audio = pipe(
+        **conditions,
         **pipe.connectors.placeholder_embeds(),
         width=64,
         height=64,
@@ -84,6 +88,22 @@ def test_default_guidance_gives_the_same_latents_with_the_stg_pass_starting_at_i
     assert plain_runs == [3 * STEPS] * (PREFIX + REST)
     assert shared_runs == [2 * STEPS] * PREFIX + [3 * STEPS] * REST
     assert shared.transformer.transformer_blocks is blocks  # put back after every pass
+
+
+def test_image_to_video_shares_the_same_way(demo_model_dir) -> None:
+    """LTX2ConditionPipeline's loop (per-token timesteps, a conditioned first frame) passes the same check."""
+    red = Image.new("RGB", (64, 64), (200, 30, 30))
+    first_frame = {"conditions": [LTX2VideoCondition(frames=red, index=0, strength=1.0, crf=IMAGE_CRF)]}
+    expected = default_guidance_latents(denoiser(demo_model_dir, conditioned=True), **first_frame)
+
+    shared = denoiser(demo_model_dir, conditioned=True)
+    share_stg_prefix(shared.transformer, STG_BLOCKS)
+    runs = block_runs(shared.transformer)
+    got = default_guidance_latents(shared, **first_frame)
+
+    for a, b in zip(got, expected, strict=True):
+        assert relative_difference(a, b) < LATENTS_TOLERANCE
+    assert runs == [2 * STEPS] * PREFIX + [3 * STEPS] * REST
 
 
 def test_a_long_clips_row_by_row_cfg_batch_still_shares_its_positive_row(demo_model_dir) -> None:
