@@ -69,6 +69,7 @@ class _Child:
         self.process = process
         self.cancel_requested = anyio.Event()
         self.spare_spawned = spare_spawned  # a spare's spawn time (monotonic); None for a runner spawned for the job
+        self.log_size_at_hand_over = 0  # a spare's job's runner.log (a job run again appends to it)
 
     def signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -165,7 +166,7 @@ class Supervisor:
                 await self._stop(child)
             self._children.pop(job_id, None)
         if child.spare_spawned is not None:
-            _note_a_spare_that_never_took_its_job(job_dir, process, self.spare_log)
+            _note_a_spare_that_never_took_its_job(job_dir, child, self.spare_log)
         outcome = _classify(process.returncode, child.cancel_requested.is_set(), transcript)
         await self.ensure_spare()  # the job has ended: the next one's imports no longer compete with it
         return outcome
@@ -236,6 +237,7 @@ class Supervisor:
             await self._discard_spare(spare, f"it had exited with {spare.process.returncode}")
             return None
         assert spare.process.stdin is not None
+        spare.log_size_at_hand_over = _size(job_dir / protocol.LOG_FILE)
         try:
             await spare.process.stdin.send(os.fsencode(job_dir) + b"\n")
             await spare.process.stdin.aclose()
@@ -262,16 +264,23 @@ class Supervisor:
             log.info("stopped spare runner %d", spare.process.pid)
 
 
-def _note_a_spare_that_never_took_its_job(job_dir: Path, process: Process, spare_log: Path | None) -> None:
-    """runner.log is written by the runner once a spare takes its job; if it never did, say so there."""
+def _note_a_spare_that_never_took_its_job(job_dir: Path, spare: _Child, spare_log: Path | None) -> None:
+    """A spare that takes its job writes runner.log from then on; if it wrote nothing, say so there."""
     log_path = job_dir / protocol.LOG_FILE
-    if log_path.exists():
+    if _size(log_path) > spare.log_size_at_hand_over:
         return
     with contextlib.suppress(OSError), open(log_path, "a") as runner_log:
         runner_log.write(
-            f"spare runner {process.pid} ended (exit status {process.returncode}) before it took this job; "
-            f"what it said is in {spare_log}\n"
+            f"spare runner {spare.process.pid} ended (exit status {spare.process.returncode}) before it took this "
+            f"job; what it said is in {spare_log}\n"
         )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 _EXIT_MEANING = {
