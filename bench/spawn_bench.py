@@ -66,7 +66,7 @@ SHARED_MEMORY = Path("/dev/shm")  # tmpfs: where the model goes when the disk ca
 SPARE_GIB = 2.0
 CACHE_LOG = {"weight cache: loaded": "FP8 cache", "weight cache: wrote": "bf16 read and cast, cache written"}
 # The runner's start-up log lines (gpu_runner/__main__.py, pipeline.py): their stamps and seconds.
-# "runner started", or a spare's "runner started: spare runner <pid>, spawned ..." once it takes the job
+# "runner started", or a spare's "runner started: spare runner <pid> took this job ..." once it takes one
 STARTED = re.compile(r"^(\S+ \S+) gpu_runner runner started\b", re.MULTILINE)
 IMPORTED = re.compile(r"torch and diffusers imported in ([\d.]+) s")  # a spare says it in its own log
 SPARE_READY_TIMEOUT_S = 600

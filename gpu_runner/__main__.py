@@ -102,7 +102,7 @@ def standby(jobs_dir: Path) -> int:
         how = f"the job came while it imported torch and diffusers ({imported_s:.2f} s)"
     else:
         how = f"torch and diffusers were imported already (in {imported_s:.2f} s), then it waited for a job"
-    log.info("runner started: spare runner %d, spawned %.2f s before it took this job; %s", pid, handed - spawned, how)
+    log.info("runner started: spare runner %d took this job %.2f s after it started; %s", pid, handed - spawned, how)
     return _run_job(job_dir, emit, handed, imported=True)
 
 

@@ -100,7 +100,7 @@ def test_a_job_handed_to_a_spare_gives_what_a_runner_spawned_for_it_gives(demo_m
     assert handed.status == fresh.status == "succeeded"
     spare_log = (jobs_dir / SPARE_LOG).read_text()
     assert f"spare runner {pid}: took the job in {(jobs_dir / 'spare').resolve()}" in spare_log
-    assert f"gpu_runner runner started: spare runner {pid}, spawned " in first_line(jobs_dir / "spare")
+    assert f"gpu_runner runner started: spare runner {pid} took this job " in first_line(jobs_dir / "spare")
     assert first_line(jobs_dir / "fresh").endswith("gpu_runner runner started")
     assert "torch and diffusers imported in" not in (jobs_dir / "spare" / protocol.LOG_FILE).read_text()
 
@@ -222,7 +222,7 @@ def test_a_spare_waits_between_jobs_and_a_new_one_comes_when_a_job_ends(make_por
     assert runner_processes(job_dir) == [first], "the spare runs the job"
     assert spare_runners(jobs_dir) == [], "no new spare imports while a job runs"
     assert portal.wait(job["id"])["status"] == "succeeded"
-    assert f"runner started: spare runner {first}, spawned " in first_line(job_dir)
+    assert f"runner started: spare runner {first} took this job " in first_line(job_dir)
 
     second = the_spare(portal)
     assert second != first and not alive(first)
@@ -243,7 +243,7 @@ def test_a_spare_killed_while_idle_is_replaced_and_the_next_jobs_run(make_portal
     replacement = the_spare(portal)
     following = portal.wait(portal.submit(steps=2)["id"])
     assert following["status"] == "succeeded", following["error"]
-    assert f"runner started: spare runner {replacement}, " in first_line(portal.job_dir(following["id"]))
+    assert f"runner started: spare runner {replacement} took this job " in first_line(portal.job_dir(following["id"]))
 
 
 def test_a_sigkilled_runner_that_was_a_spare_fails_its_job_as_before(make_portal) -> None:
