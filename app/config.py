@@ -35,6 +35,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     prompt_cache_mb: int = 2048  # encoded prompts kept on disk, least recently used dropped first
     weight_cache: str = ""  # an absolute directory for FP8 transformers, "off", or "" for the data dir's
     compile_blocks: bool = True  # on a CUDA GPU, jobs compile the transformer's blocks (AVP_COMPILE)
+    spare_runner: bool = True  # a runner waits with torch and diffusers imported for the next job (AVP_SPARE_RUNNER)
     max_upload_mb: float = 20.0  # largest image file accepted by POST /api/uploads
     upload_ttl_s: float = 86400.0  # how long an upload no job uses is kept
     log_level: str = "info"
@@ -148,6 +149,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         compile_blocks = env.get("AVP_COMPILE", "").strip() or "on"
         if compile_blocks not in ("on", "off"):
             raise SettingsError(f"AVP_COMPILE={compile_blocks!r} must be on (the default) or off")
+        spare_runner = env.get("AVP_SPARE_RUNNER", "").strip() or "on"
+        if spare_runner not in ("on", "off"):
+            raise SettingsError(f"AVP_SPARE_RUNNER={spare_runner!r} must be on (the default) or off")
         root_path = env.get("AVP_ROOT_PATH", "").strip().rstrip("/")
         if root_path and not _ROOT_PATH.fullmatch(root_path):
             raise SettingsError(
@@ -176,6 +180,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             prompt_cache_mb=int(number("AVP_PROMPT_CACHE_MB", 2048, int, 0)),
             weight_cache=weight_cache,
             compile_blocks=compile_blocks == "on",
+            spare_runner=spare_runner == "on",
             max_upload_mb=number("AVP_MAX_UPLOAD_MB", 20.0, float, 0.01),
             upload_ttl_s=number("AVP_UPLOAD_TTL_S", 86400.0, float, 1),
             log_level=env.get("AVP_LOG_LEVEL", "").strip() or "info",

@@ -67,6 +67,7 @@ class Worker:
         try:
             if demo_model_dir is not None:
                 await self._ensure_demo_model(demo_model_dir)
+            await self._supervisor.ensure_spare()  # the first job's runner, importing while nobody waits
             self.state = "idle"
             async for job_id in self._receive:
                 await self._process(job_id)
@@ -74,6 +75,7 @@ class Worker:
         finally:
             self.alive = False
             self.state = "stopped"
+            await self._supervisor.close()  # no spare runner outlives the worker
 
     async def _process(self, job_id: str) -> None:
         job = await self._store.call(self._store.get_job, job_id)

@@ -1,9 +1,15 @@
-"""The runner supervisor: spawns `python -m gpu_runner run <job dir>`, follows its protocol, ends it.
+"""The runner supervisor: starts a job's runner, follows its protocol, ends it.
 
-The child runs in its own session (its own process group) so a cancel reaches everything it
-started, and it asks the kernel for SIGTERM when this process dies. Its stdout carries only
-protocol lines; its stderr goes to runner.log. The user-facing outcome is decided by the exit
-code and the last `error` event, never by a stack trace.
+A job's runner is a fresh process: either a spare (`python -m gpu_runner standby <jobs dir>`,
+spawned ahead so that torch and diffusers are already imported when the job comes, and handed
+the job directory on its stdin) or, where no live spare is there (or spares are off,
+AVP_SPARE_RUNNER), `python -m gpu_runner run <job dir>` spawned for the job. At most one spare
+exists: one is spawned when the worker starts and a new one when a job ends (not while it runs:
+its imports would compete with the job). Either way the child runs in its own session (its own
+process group) so a cancel reaches everything it started, and it asks the kernel for SIGTERM
+when this process dies. Its stdout carries only protocol lines; its stderr goes to runner.log
+(a spare's, until its job comes, to `<jobs dir>/spare-runner.log`). The user-facing outcome is
+decided by the exit code and the last `error` event, never by a stack trace.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,8 @@ from gpu_runner import protocol
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 1 << 20
+SPARE_LOG = "spare-runner.log"  # in the jobs directory: what spares say before their job comes
+SPARE_LOG_MAX_BYTES = 1 << 20  # beyond this the log is moved to spare-runner.log.1 when a spare is spawned
 _PROJECT_ROOT = str(Path(gpu_runner.__file__).resolve().parent.parent)
 
 
@@ -56,9 +65,11 @@ class Outcome(msgspec.Struct, frozen=True):
 
 
 class _Child:
-    def __init__(self, process: Process) -> None:
+    def __init__(self, process: Process, spare_spawned: float | None = None) -> None:
         self.process = process
         self.cancel_requested = anyio.Event()
+        self.spare_spawned = spare_spawned  # a spare's spawn time (monotonic); None for a runner spawned for the job
+        self.log_size_at_hand_over = 0  # a spare's job's runner.log (a job run again appends to it)
 
     def signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -75,11 +86,61 @@ class _Transcript:
 
 
 class Supervisor:
-    def __init__(self, runner_python: str, journal: Journal, cancel_grace_s: float) -> None:
+    def __init__(
+        self, runner_python: str, journal: Journal, cancel_grace_s: float, spare_jobs_dir: Path | None = None
+    ) -> None:
+        """`spare_jobs_dir`: the directory of the job directories, for a spare runner to wait in; None: no spares."""
         self._python = runner_python
         self._journal = journal
         self._grace = cancel_grace_s
         self._children: dict[str, _Child] = {}
+        self._spare_jobs_dir = spare_jobs_dir
+        self._spare: _Child | None = None
+        self._closed = False
+
+    @property
+    def spare_log(self) -> Path | None:
+        return None if self._spare_jobs_dir is None else self._spare_jobs_dir / SPARE_LOG
+
+    @property
+    def spare_pid(self) -> int | None:
+        """The live spare's pid, if one is waiting."""
+        spare = self._spare
+        return spare.process.pid if spare is not None and spare.process.returncode is None else None
+
+    async def ensure_spare(self) -> None:
+        """Spawn a spare runner unless spares are off, one is alive, or the supervisor is closed."""
+        if self._spare_jobs_dir is None or self._closed:
+            return
+        if self._spare is not None:
+            if self._spare.process.returncode is None:
+                return
+            dead = self._take_spare()
+            await self._discard_spare(dead, f"it had exited with {dead.process.returncode}")
+        log_path = self._spare_jobs_dir / SPARE_LOG
+        spawned = time.monotonic()
+        with anyio.CancelScope(shield=True):  # a spawned spare is always recorded, so close() finds it
+            with contextlib.suppress(OSError):
+                if log_path.stat().st_size > SPARE_LOG_MAX_BYTES:
+                    log_path.replace(log_path.with_name(SPARE_LOG + ".1"))
+            with open(log_path, "ab") as spare_log:
+                process = await anyio.open_process(
+                    runner_command(self._python, "standby", str(self._spare_jobs_dir)),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=spare_log,
+                    cwd=self._spare_jobs_dir,
+                    env=runner_env(),
+                    start_new_session=True,
+                )
+            self._spare = _Child(process, spare_spawned=spawned)
+        log.info("spawned spare runner %d (its log: %s)", process.pid, log_path)
+
+    async def close(self) -> None:
+        """No spare from now on; the waiting one, if any, is killed with its group and reaped."""
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await self._discard_spare(self._take_spare(), None)
 
     def cancel(self, job_id: str) -> bool:
         """Ask the job's runner to stop; False when no runner is running it."""
@@ -90,17 +151,8 @@ class Supervisor:
         return True
 
     async def run(self, job_id: str, job_dir: Path) -> Outcome:
-        with open(job_dir / protocol.LOG_FILE, "ab") as stderr_log:
-            process = await anyio.open_process(
-                runner_command(self._python, "run", str(job_dir)),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr_log,
-                cwd=job_dir,
-                env=runner_env(),
-                start_new_session=True,
-            )
-        child = _Child(process)
+        child = await self._hand_to_spare(job_id, job_dir) or await self._spawn(job_dir)
+        process = child.process
         self._children[job_id] = child
         transcript = _Transcript()
         try:
@@ -113,7 +165,11 @@ class Supervisor:
             with anyio.CancelScope(shield=True):
                 await self._stop(child)
             self._children.pop(job_id, None)
-        return _classify(process.returncode, child.cancel_requested.is_set(), transcript)
+        if child.spare_spawned is not None:
+            _note_a_spare_that_never_took_its_job(job_dir, child, self.spare_log)
+        outcome = _classify(process.returncode, child.cancel_requested.is_set(), transcript)
+        await self.ensure_spare()  # the job has ended: the next one's imports no longer compete with it
+        return outcome
 
     async def _follow(self, job_id: str, child: _Child, transcript: _Transcript) -> None:
         assert child.process.stdout is not None
@@ -157,6 +213,74 @@ class Supervisor:
             child.signal_group(signal.SIGKILL)
             await child.process.wait()
         child.signal_group(signal.SIGKILL)  # anything the runner left behind in its group
+
+    async def _spawn(self, job_dir: Path) -> _Child:
+        """A runner of its own for this job: `python -m gpu_runner run <job dir>`."""
+        with open(job_dir / protocol.LOG_FILE, "ab") as stderr_log:
+            process = await anyio.open_process(
+                runner_command(self._python, "run", str(job_dir)),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr_log,
+                cwd=job_dir,
+                env=runner_env(),
+                start_new_session=True,
+            )
+        return _Child(process)
+
+    async def _hand_to_spare(self, job_id: str, job_dir: Path) -> _Child | None:
+        """The waiting spare, told the job's directory on its stdin; None where there is no live spare."""
+        spare = self._take_spare()
+        if spare is None:
+            return None
+        if spare.process.returncode is not None:
+            await self._discard_spare(spare, f"it had exited with {spare.process.returncode}")
+            return None
+        assert spare.process.stdin is not None
+        spare.log_size_at_hand_over = _size(job_dir / protocol.LOG_FILE)
+        try:
+            await spare.process.stdin.send(os.fsencode(job_dir) + b"\n")
+            await spare.process.stdin.aclose()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
+            await self._discard_spare(spare, f"it could not be handed job {job_id} ({error!r})")
+            return None
+        waited = time.monotonic() - (spare.spare_spawned or 0.0)
+        log.info("job %s: handed to spare runner %d, spawned %.1f s before", job_id, spare.process.pid, waited)
+        return spare
+
+    def _take_spare(self) -> _Child | None:
+        spare, self._spare = self._spare, None
+        return spare
+
+    async def _discard_spare(self, spare: _Child | None, why: str | None) -> None:
+        """Kill a spare that will not get a job (`why` is None at shutdown) and reap it."""
+        if spare is None:
+            return
+        if why is not None:
+            log.warning("spare runner %d not used: %s; its log: %s", spare.process.pid, why, self.spare_log)
+        spare.signal_group(signal.SIGKILL)  # waiting for a job, it has nothing of its own to finish
+        await spare.process.aclose()  # reaped, its pipes closed
+        if why is None:
+            log.info("stopped spare runner %d", spare.process.pid)
+
+
+def _note_a_spare_that_never_took_its_job(job_dir: Path, spare: _Child, spare_log: Path | None) -> None:
+    """A spare that takes its job writes runner.log from then on; if it wrote nothing, say so there."""
+    log_path = job_dir / protocol.LOG_FILE
+    if _size(log_path) > spare.log_size_at_hand_over:
+        return
+    with contextlib.suppress(OSError), open(log_path, "a") as runner_log:
+        runner_log.write(
+            f"spare runner {spare.process.pid} ended (exit status {spare.process.returncode}) before it took this "
+            f"job; what it said is in {spare_log}\n"
+        )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 _EXIT_MEANING = {

@@ -44,7 +44,8 @@ def build_services(settings: Settings, secret: bytes) -> Services:
     store = Store(settings.db_path)
     broker = Broker()
     journal = Journal(store, broker)
-    supervisor = Supervisor(settings.runner_python, journal, settings.cancel_grace_s)
+    spare_jobs_dir = settings.jobs_dir if settings.spare_runner else None
+    supervisor = Supervisor(settings.runner_python, journal, settings.cancel_grace_s, spare_jobs_dir)
     worker = Worker(store, journal, supervisor, settings.jobs_dir, settings.runner_python)
     return Services(
         settings=settings,

@@ -173,6 +173,7 @@ def main() -> None:
             "AVP_MAX_QUEUE": str(args.submits + 10),
             "AVP_SUBMIT_PER_MINUTE": str(args.submits * 60),
             "AVP_LOG_LEVEL": "warning",
+            "AVP_SPARE_RUNNER": "off",  # the fake runner speaks only `run`
         }
         portal = Portal(data_dir=data_dir, env=env).start()
         try:

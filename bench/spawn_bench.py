@@ -13,7 +13,11 @@ which the job is cancelled:
 - (b) an FP8 job loading the cache, its file in the page cache;
 - (c) the same after the page cache is dropped (`echo 3 > /proc/sys/vm/drop_caches` where permitted,
   else only the files' pages are evicted, with posix_fadvise);
-- (d) for reference, what every FP8 job paid before the cache: no weight cache, page cache dropped.
+- (d) for reference, what every FP8 job paid before the cache: no weight cache, page cache dropped;
+- (e) as (b), but the job is handed to a spare runner (`python -m gpu_runner standby`, AVP_SPARE_RUNNER):
+  the Supervisor spawns it, the bench waits for its log line saying torch and diffusers are imported,
+  then hands it the job; there "spawn → ..." counts from the hand-over (`Supervisor.run`), the spare's
+  own spawn and imports having happened before, as they do in the portal between jobs.
 
     python bench/spawn_bench.py --out bench/results/<date>-<card>-spawn.md
     python bench/spawn_bench.py --tiny      # the demo model's sizes on the CPU: a smoke of this script
@@ -62,8 +66,10 @@ SHARED_MEMORY = Path("/dev/shm")  # tmpfs: where the model goes when the disk ca
 SPARE_GIB = 2.0
 CACHE_LOG = {"weight cache: loaded": "FP8 cache", "weight cache: wrote": "bf16 read and cast, cache written"}
 # The runner's start-up log lines (gpu_runner/__main__.py, pipeline.py): their stamps and seconds.
-STARTED = re.compile(r"^(\S+ \S+) gpu_runner runner started$", re.MULTILINE)
-IMPORTED = re.compile(r"torch and diffusers imported in ([\d.]+) s")
+# "runner started", or a spare's "runner started: spare runner <pid> took this job ..." once it takes one
+STARTED = re.compile(r"^(\S+ \S+) gpu_runner runner started\b", re.MULTILINE)
+IMPORTED = re.compile(r"torch and diffusers imported in ([\d.]+) s")  # a spare says it in its own log
+SPARE_READY_TIMEOUT_S = 600
 CUDA_STARTED = re.compile(r"CUDA started in ([\d.]+) s")
 
 
@@ -82,6 +88,7 @@ class Run:
     name: str
     weight_cache: bool
     page_cache: str  # "warm" or "drop"
+    spare: bool = False  # handed to a spare runner that has imported torch and diffusers already
 
 
 RUNS = (
@@ -89,6 +96,7 @@ RUNS = (
     Run("(b) cached FP8 load, warm page cache", weight_cache=True, page_cache="warm"),
     Run("(c) cached FP8 load, page cache dropped", weight_cache=True, page_cache="drop"),
     Run("(d) reference: no weight cache (every FP8 job before it)", weight_cache=False, page_cache="drop"),
+    Run("(e) cached FP8 load, warm page cache, handed to a spare runner", True, "warm", spare=True),
 )
 COLUMNS = (
     "run",
@@ -119,6 +127,7 @@ class Row:
     first_step_s: float
     spawn_to_step_s: float
     cache_log: list[str]
+    spare_imports_s: float | None = None  # a spare's torch + diffusers imports, before the hand-over
 
 
 def log(message: str) -> None:
@@ -253,13 +262,23 @@ class Transcript:
 
 def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
     transcript = Transcript()
-    transcript.supervisor = Supervisor(sys.executable, transcript, cancel_grace_s=120)
+    spare_jobs_dir = job_dir.parent if run.spare else None
+    transcript.supervisor = Supervisor(sys.executable, transcript, cancel_grace_s=120, spare_jobs_dir=spare_jobs_dir)
+    spare_imports_s: float | None = None
+    spawned_at = 0.0
 
     async def follow() -> tuple[float, object]:
-        spawned = time.monotonic()
-        return spawned, await transcript.supervisor.run(job_dir.name, job_dir)
+        nonlocal spare_imports_s, spawned_at
+        supervisor = transcript.supervisor
+        try:
+            if run.spare:
+                spare_imports_s = await spare_ready(supervisor)
+            spawned_at = time.time()
+            spawned = time.monotonic()  # with a spare: the hand-over
+            return spawned, await supervisor.run(job_dir.name, job_dir)
+        finally:
+            await supervisor.close()  # the spare spawned when the job ended
 
-    spawned_at = time.time()
     spawned, outcome = anyio.run(follow)
     runner_log = (job_dir / protocol.LOG_FILE).read_text(errors="replace")
     events = transcript.events
@@ -284,7 +303,25 @@ def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
         first_step_s=first_step.elapsed_s,
         spawn_to_step_s=first_step_time - spawned,
         cache_log=cache_log,
+        spare_imports_s=spare_imports_s,
     )
+
+
+async def spare_ready(supervisor: Supervisor) -> float:
+    """Spawn the supervisor's spare and wait for its log line saying its imports are done: their seconds."""
+    await supervisor.ensure_spare()
+    pid, spare_log = supervisor.spare_pid, supervisor.spare_log
+    assert pid is not None and spare_log is not None
+    ready = re.compile(rf"spare runner {pid}: torch and diffusers imported in ([\d.]+) s")
+    with anyio.fail_after(SPARE_READY_TIMEOUT_S):
+        while (found := ready.search(spare_log.read_text(errors="replace"))) is None:
+            if supervisor.spare_pid != pid:
+                raise RuntimeError(
+                    f"spare runner {pid} exited while importing; {spare_log} ends:\n"
+                    f"{spare_log.read_text(errors='replace')[-3000:]}"
+                )
+            await anyio.sleep(0.05)
+    return float(found.group(1))
 
 
 def started_after(runner_log: str, spawned_at: float) -> float | None:
@@ -329,6 +366,13 @@ def report(setting: Setting, command: str, notes: list[str], rows: list[Row]) ->
             f"{row.spawn_to_step_s:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    spares = [row for row in rows if row.spare_imports_s is not None]
+    notes = notes + [
+        f"{row.run.name[:3]} ran on a spare runner that had imported torch and diffusers in {row.spare_imports_s:.2f} "
+        's before it was handed the job: its "spawn → ..." columns count from the hand-over, and its imports '
+        "column is empty (none were paid after it)."
+        for row in spares
+    ]
     lines += ["", *[f"- {note}" for note in notes]]
     logged = [f"  - {row.run.name[:3]} `{line}`" for row in rows for line in row.cache_log]
     if logged:

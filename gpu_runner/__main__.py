@@ -1,8 +1,14 @@
-"""Command line: `python -m gpu_runner run <job dir>` and `python -m gpu_runner demo-model <dir> [--random]`.
+"""Command line: `python -m gpu_runner run <job dir>`, `... standby <jobs dir>` and `... demo-model <dir> [--random]`.
 
 `run` owns the process's life: stdout is the progress protocol and nothing else, the
 process dies with its parent, and every ending is one protocol event plus an exit code.
 The diffusion stack is imported only once the job has passed its checks.
+
+`standby` is a spare runner: the same start-up, then the diffusion stack imported before
+there is a job (never touching CUDA: an idle spare holds no GPU memory), then ONE line on
+stdin names the job directory, and the job runs exactly as under `run`, in the same process,
+which exits after it. The portal spawns it ahead of the job, so a job does not wait for the
+imports (DESIGN.md, "Two processes, one contract").
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -18,8 +25,9 @@ from pathlib import Path
 
 from gpu_runner import protocol
 
-USAGE = "usage: python -m gpu_runner run <job dir> | demo-model <dir> [--random]"
+USAGE = "usage: python -m gpu_runner run <job dir> | standby <jobs dir> | demo-model <dir> [--random]"
 PR_SET_PDEATHSIG = 1
+MAX_JOB_LINE_BYTES = 4096
 
 log = logging.getLogger("gpu_runner")
 
@@ -28,6 +36,8 @@ def main(argv: list[str]) -> int:
     match argv:
         case ["run", job_dir]:
             return run(Path(job_dir))
+        case ["standby", jobs_dir]:
+            return standby(Path(jobs_dir))
         case ["demo-model", target]:
             return demo_model(Path(target), "trained")
         case ["demo-model", target, "--random"]:
@@ -38,13 +48,66 @@ def main(argv: list[str]) -> int:
 
 
 def run(job_dir: Path) -> int:
-    emit = protocol.claim_stdout()
+    """Run the job in `job_dir`; stderr is already its runner.log (the supervisor opened it)."""
+    emit = _claim_process()
     started = time.monotonic()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     if not _die_with_parent():
         return protocol.EXIT_CANCELLED_TERM
     log.info("runner started")  # its time stamp against the spawn's: the interpreter's own start
+    return _run_job(job_dir, emit, started, imported=False)
 
+
+def standby(jobs_dir: Path) -> int:
+    """A spare runner: import the diffusion stack, then run the one job whose directory comes on stdin.
+
+    Until the job comes, SIGTERM keeps its default action (the spare dies at once: a cancel, a
+    shutdown or its parent's death needs nothing from it) and stderr is the log the supervisor
+    chose for spares; once the job is read, stderr (descriptor 2, so C libraries' output too)
+    goes to the job's runner.log and everything is as under `run`. EOF before a job: exit 0.
+    """
+    emit = _claim_process()
+    spawned = time.monotonic()
+    if not _die_with_parent():
+        return protocol.EXIT_CANCELLED_TERM
+    pid = os.getpid()
+    log.info("spare runner %d started; importing torch and diffusers", pid)
+    import gpu_runner.pipeline  # noqa: F401  torch + diffusers: seconds, paid before the job comes
+
+    imported_s = time.monotonic() - spawned
+    log.info("spare runner %d: torch and diffusers imported in %.2f s; waiting for a job", pid, imported_s)
+    _warn_if_cuda_started(pid)
+    came_while_importing = bool(select.select([sys.stdin], [], [], 0)[0])
+    line = sys.stdin.buffer.readline(MAX_JOB_LINE_BYTES)
+    handed = time.monotonic()
+    if not line:
+        log.info("spare runner %d: no job came (stdin closed); exiting", pid)
+        return protocol.EXIT_OK
+
+    from gpu_runner.job import JobError
+
+    try:
+        job_dir = _handed_job_dir(line, jobs_dir)
+        log.info("spare runner %d: took the job in %s; its log goes on in its %s", pid, job_dir, protocol.LOG_FILE)
+        os.chdir(job_dir)
+        _point_stderr_at(job_dir)
+    except JobError as error:
+        log.error("spare runner %d: %s: %s", pid, error.code, error.message)
+        emit(protocol.Error(code=error.code, message=error.message))
+        return protocol.EXIT_FOR_ERROR[error.code]
+    except OSError as error:
+        log.error("spare runner %d: could not enter the job directory: %s", pid, error)
+        emit(protocol.Error(code="internal", message=f"The spare runner could not enter the job directory: {error}"))
+        return protocol.EXIT_FOR_ERROR["internal"]
+    if came_while_importing:
+        how = f"the job came while it imported torch and diffusers ({imported_s:.2f} s)"
+    else:
+        how = f"torch and diffusers were imported already (in {imported_s:.2f} s), then it waited for a job"
+    log.info("runner started: spare runner %d took this job %.2f s after it started; %s", pid, handed - spawned, how)
+    return _run_job(job_dir, emit, handed, imported=True)
+
+
+def _run_job(job_dir: Path, emit: protocol.Emitter, started: float, *, imported: bool) -> int:
+    """The job, from its checks to its one ending (both verbs); `started` is where its stage times count from."""
     from gpu_runner.cancel import Cancellation, Cancelled
     from gpu_runner.job import JobError, load_job
 
@@ -52,9 +115,10 @@ def run(job_dir: Path) -> int:
     cancellation.install()
     try:
         job = load_job(job_dir)
-        from gpu_runner.pipeline import generate  # torch + diffusers: seconds to import
+        from gpu_runner.pipeline import generate  # torch + diffusers: seconds to import, unless a spare's
 
-        log.info("torch and diffusers imported in %.2f s", time.monotonic() - started)
+        if not imported:
+            log.info("torch and diffusers imported in %.2f s", time.monotonic() - started)
         result = generate(job, emit, cancellation, started)
     except JobError as error:
         log.error("%s: %s", error.code, error.message)
@@ -81,6 +145,53 @@ def demo_model(target: Path, weights: str) -> int:
     path = build_demo_model(target, weights)
     print(f"demo model ({weights} weights) ready in {path} ({time.monotonic() - started:.1f} s)")
     return 0
+
+
+def _claim_process() -> protocol.Emitter:
+    """Stdout for the protocol only, logging to stderr."""
+    emit = protocol.claim_stdout()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    return emit
+
+
+def _handed_job_dir(line: bytes, jobs_dir: Path) -> Path:
+    """The job directory a supervisor wrote to a spare's stdin: an existing directory inside `jobs_dir`."""
+    from gpu_runner.job import JobError, confined
+
+    if not line.endswith(b"\n"):
+        raise JobError("invalid_input", "the job directory handed to the spare runner is not one whole line")
+    raw = line[:-1]
+    if not raw or b"\0" in raw:
+        raise JobError("invalid_input", "the job directory handed to the spare runner is empty or holds a NUL")
+    path = Path(os.fsdecode(raw))
+    if not path.is_absolute():
+        raise JobError("invalid_input", "the job directory handed to the spare runner is not an absolute path")
+    job_dir = confined(path, jobs_dir, what="the job directory handed to the spare runner")
+    if job_dir == jobs_dir.resolve() or not job_dir.is_dir():
+        raise JobError("invalid_input", "the job directory handed to the spare runner is not a job's directory")
+    return job_dir
+
+
+def _point_stderr_at(job_dir: Path) -> None:
+    """Descriptors 2 and 1 (stdout's descriptor carries stderr since claim_stdout) to the job's runner.log."""
+    from gpu_runner.job import confined
+
+    log_path = confined(job_dir / protocol.LOG_FILE, job_dir, what=protocol.LOG_FILE)
+    sys.stderr.flush()
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.dup2(descriptor, 2)
+        os.dup2(descriptor, 1)
+    finally:
+        os.close(descriptor)
+
+
+def _warn_if_cuda_started(pid: int) -> None:
+    """An idle spare must hold no GPU memory: say so loudly if an import started CUDA after all."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        log.warning("spare runner %d: importing started CUDA, so this idle spare holds GPU memory", pid)
 
 
 def _die_with_parent() -> bool:

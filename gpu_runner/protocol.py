@@ -50,7 +50,7 @@ class _Event(msgspec.Struct, tag_field="type", omit_defaults=False, frozen=True)
 
 class Stage(_Event, tag="stage"):
     name: str
-    t: float  # seconds since the runner started
+    t: float  # seconds since the runner started the job (a spare runner: since it took the job)
     note: str | None = None  # what the user should know about this stage (e.g. its first step compiling)
 
 

@@ -33,19 +33,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def runner_processes(job_dir: Path) -> list[int]:
-    """PIDs of live processes whose command line names this job directory (its runner)."""
-    pids = []
-    needle = str(job_dir).encode()
+def _live_processes() -> Iterator[tuple[int, list[str], list[str]]]:
+    """(pid, argv, the fields of /proc/<pid>/stat after the command name) of every live, non-zombie process."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            if needle in (entry / "cmdline").read_bytes():
-                stat = (entry / "stat").read_text()
-                if stat.rsplit(")", 1)[1].split()[0] != "Z":  # zombies are gone already
-                    pids.append(int(entry.name))
-    return pids
+            argv = [part.decode(errors="replace") for part in (entry / "cmdline").read_bytes().split(b"\0")[:-1]]
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] != "Z":  # zombies are gone already
+                yield int(entry.name), argv, stat
+
+
+def _cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def runner_processes(job_dir: Path) -> list[int]:
+    """PIDs of live processes running this job: their command line names its directory (a runner spawned for
+    it), or they work in it (a spare runner that took it chdirs there)."""
+    names = {str(job_dir), str(job_dir.resolve())}
+    return [
+        pid
+        for pid, argv, _stat in _live_processes()
+        if any(name in arg for name in names for arg in argv) or _cwd(pid) == job_dir.resolve()
+    ]
+
+
+def spare_runners(jobs_dir: Path) -> list[int]:
+    """PIDs of live spare runners of the portal whose jobs directory this is, still waiting for a job."""
+    jobs_dir = jobs_dir.resolve()
+    return [
+        pid
+        for pid, argv, _stat in _live_processes()
+        if argv[-4:] == ["-m", "gpu_runner", "standby", str(jobs_dir)] and _cwd(pid) == jobs_dir
+    ]
+
+
+def process_group(pgid: int) -> list[int]:
+    """PIDs of live processes in this process group."""
+    return [pid for pid, _argv, stat in _live_processes() if int(stat[2]) == pgid]
+
+
+def wait_for(find, timeout: float, what: str):
+    """Poll `find()` until it returns something truthy; that value."""
+    deadline = time.monotonic() + timeout
+    while not (found := find()):
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.05)
+    return found
 
 
 @dataclass

@@ -111,7 +111,7 @@ def test_a_crashing_or_babbling_runner_fails_its_job_readably_and_the_worker_goe
     fake = tmp_path / "fake-python"
     fake.write_text(FAKE_RUNNER.format(python=sys.executable))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    portal = make_portal(AVP_RUNNER_PYTHON=str(fake))
+    portal = make_portal(AVP_RUNNER_PYTHON=str(fake), AVP_SPARE_RUNNER="off")  # the fake speaks only `run`
     garbage, crash, vanish = (portal.submit(prompt=p, steps=2) for p in ("garbage", "crash", "vanish"))
     healthy = portal.submit(steps=2)
 

@@ -10,7 +10,8 @@ from tests.portal import Portal
 from tests.runner_fixtures import read_mp4
 
 
-def test_a_submitted_prompt_streams_progress_and_ends_as_an_mp4_with_audio(portal: Portal, tmp_path) -> None:
+def test_a_submitted_prompt_streams_progress_and_ends_as_an_mp4_with_audio(make_portal, tmp_path) -> None:
+    portal = make_portal(AVP_SPARE_RUNNER="on")  # as shipped: the job goes to the spare runner spawned at start
     job = portal.submit(num_frames=33, width=224, height=224, fps=25, steps=6)
     assert job["status"] == "queued"
     assert isinstance(job["request"]["seed"], int)  # a random seed is chosen and stored
@@ -38,6 +39,7 @@ def test_a_submitted_prompt_streams_progress_and_ends_as_an_mp4_with_audio(porta
 
     finished = portal.job(job["id"])
     assert finished["status"] == "succeeded" and finished["progress"]["percent"] == 100.0
+    assert "gpu_runner runner started: spare runner " in (portal.job_dir(job["id"]) / "runner.log").read_text()
     with portal.client() as c:
         response = c.get(finished["links"]["video"])
     assert response.status_code == 200 and response.headers["content-type"] == "video/mp4"

@@ -213,6 +213,7 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
         ({"AVP_API_TOKEN": "short"}, "AVP_API_TOKEN is too short"),
         ({"AVP_PASSWORD_HASH": "hunter2"}, "not a hash made by `avportal hash-password`"),
         ({"AVP_WEIGHT_CACHE_DIR": __file__}, "AVP_WEIGHT_CACHE_DIR=.* is not a directory"),
+        ({"AVP_SPARE_RUNNER": "yes"}, "AVP_SPARE_RUNNER='yes' must be on"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message) -> None:
@@ -234,6 +235,12 @@ def test_jobs_compile_with_a_cache_under_the_data_dir_unless_turned_off(tmp_path
     assert Settings.from_env({**data, "AVP_COMPILE": "off"}).compile_cache_dir is None
     with pytest.raises(SettingsError, match="AVP_COMPILE='yes' must be on"):
         Settings.from_env({**data, "AVP_COMPILE": "yes"})
+
+
+def test_a_spare_runner_waits_for_jobs_unless_turned_off() -> None:
+    assert Settings.from_env({}).spare_runner is True
+    assert Settings.from_env({"AVP_SPARE_RUNNER": "on"}).spare_runner is True
+    assert Settings.from_env({"AVP_SPARE_RUNNER": "off"}).spare_runner is False
 
 
 def test_healthz_reports_a_dead_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,286 @@
+"""Spare runners: a runner spawned ahead of its job, torch and diffusers imported, handed the job on stdin.
+
+Real processes throughout: the real Supervisor in this process (a recorder stands where the Journal
+does) where a test needs to time its hand-over or cancel, else a real portal. Spares are on by default,
+so every portal test runs its jobs through them; the portals here say so by name all the same.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import msgspec
+import numpy as np
+import pytest
+
+from app.runner import SPARE_LOG, Supervisor
+from gpu_runner import protocol
+from tests.portal import Portal, process_group, runner_processes, spare_runners, wait_for
+from tests.runner_fixtures import REPO_ROOT, read_mp4, write_job
+
+SPARE_ON = {"AVP_SPARE_RUNNER": "on"}
+LONG_JOB = {"width": 512, "height": 288, "num_frames": 97, "steps": 100}  # cancelled or killed once it steps
+BRIEF_JOB = {"width": 512, "height": 288, "num_frames": 25, "steps": 12}  # ~2 s of denoising on a 2-core CPU
+IMPORT_TIMEOUT_S = 60  # torch + diffusers on a busy 2-core machine
+
+
+class Recorder:
+    """Stands where the portal's Journal does: keeps every event the supervisor parses, by job."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[protocol.Event]] = {}
+
+    async def runner_event(self, job_id: str, event: protocol.Event, progress: dict) -> dict:
+        self.events.setdefault(job_id, []).append(event)
+        return progress
+
+
+def ready_line(pid: int) -> str:
+    return f"spare runner {pid}: torch and diffusers imported in "
+
+
+def spare_is_ready(jobs_dir: Path, pid: int) -> bool:
+    path = jobs_dir / SPARE_LOG
+    return path.exists() and ready_line(pid) in path.read_text(errors="replace")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def has_cuda_driver(pid: int) -> bool:
+    """Whether the process has the CUDA driver library mapped: without it no CUDA context can exist."""
+    return "libcuda.so" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def the_spare(portal: Portal) -> int:
+    """The portal's one waiting spare, once it is there and has imported torch and diffusers."""
+    jobs_dir = portal.data_dir / "jobs"
+    (pid,) = wait_for(lambda: spare_runners(jobs_dir), IMPORT_TIMEOUT_S, "spare runner")
+    wait_for(lambda: spare_is_ready(jobs_dir, pid), IMPORT_TIMEOUT_S, f"ready line from spare runner {pid}")
+    assert spare_runners(jobs_dir) == [pid], "at most one spare"
+    return pid
+
+
+def first_line(job_dir: Path) -> str:
+    return (job_dir / protocol.LOG_FILE).read_text(errors="replace").splitlines()[0]
+
+
+# --- through the supervisor ----------------------------------------------------------------------------------
+
+
+def test_a_job_handed_to_a_spare_gives_what_a_runner_spawned_for_it_gives(demo_model_dir, tmp_path) -> None:
+    jobs_dir = tmp_path / "jobs"
+    for name in ("spare", "fresh"):
+        write_job(jobs_dir / name, demo_model_dir, steps=4, seed=99)
+    recorder = Recorder()
+
+    async def main() -> tuple[int, object, object]:
+        with_spare = Supervisor(sys.executable, recorder, 5, spare_jobs_dir=jobs_dir)
+        await with_spare.ensure_spare()
+        pid = with_spare.spare_pid
+        assert pid is not None
+        handed = await with_spare.run("spare", jobs_dir / "spare")
+        await with_spare.close()  # and the spare spawned when the job ended
+        fresh = await Supervisor(sys.executable, recorder, 5).run("fresh", jobs_dir / "fresh")
+        return pid, handed, fresh
+
+    pid, handed, fresh = anyio.run(main)
+
+    assert handed.status == fresh.status == "succeeded"
+    spare_log = (jobs_dir / SPARE_LOG).read_text()
+    assert f"spare runner {pid}: took the job in {(jobs_dir / 'spare').resolve()}" in spare_log
+    assert f"gpu_runner runner started: spare runner {pid} took this job " in first_line(jobs_dir / "spare")
+    assert first_line(jobs_dir / "fresh").endswith("gpu_runner runner started")
+    assert "torch and diffusers imported in" not in (jobs_dir / "spare" / protocol.LOG_FILE).read_text()
+
+    def shape(events: list[protocol.Event]) -> list[tuple]:
+        return [
+            (type(e).__name__, getattr(e, "name", None), getattr(e, "step", None), getattr(e, "done", None))
+            for e in events
+        ]
+
+    spare_events, fresh_events = recorder.events["spare"], recorder.events["fresh"]
+    assert shape(spare_events) == shape(fresh_events)
+    assert [stage.name for stage in spare_events if isinstance(stage, protocol.Stage)] == list(protocol.STAGES)
+    # Stage times count from the hand-over, not from the spare's spawn.
+    assert next(e for e in spare_events if isinstance(e, protocol.Stage)).t < 2
+    results = [msgspec.structs.asdict(events[-1]) for events in (spare_events, fresh_events)]
+    assert results[0]["frames"] == 25 and results[0].pop("timings").keys() == results[1].pop("timings").keys()
+    assert results[0] == results[1]
+    spare_clip, fresh_clip = (read_mp4(jobs_dir / name / "video.mp4") for name in ("spare", "fresh"))
+    assert len(spare_clip.frames) == len(fresh_clip.frames) == 25
+    assert all(np.array_equal(a, b) for a, b in zip(spare_clip.frames, fresh_clip.frames, strict=True))
+    assert not alive(pid) and not process_group(pid)
+    assert not spare_runners(jobs_dir), "close() killed the spare spawned after the job"
+
+
+def test_cancelling_a_job_whose_spare_is_still_importing_ends_it_cancelled(demo_model_dir, tmp_path) -> None:
+    jobs_dir = tmp_path / "jobs"
+    write_job(jobs_dir / "job", demo_model_dir)
+    grace_s = 20
+
+    async def main() -> tuple[int, object, float]:
+        supervisor = Supervisor(sys.executable, Recorder(), grace_s, spare_jobs_dir=jobs_dir)
+        await supervisor.ensure_spare()
+        pid = supervisor.spare_pid
+        assert pid is not None
+        outcome = None
+
+        async def job() -> None:
+            nonlocal outcome
+            outcome = await supervisor.run("job", jobs_dir / "job")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(job)
+            await anyio.sleep(0.5)  # handed over; the spare is still importing (seconds)
+            assert runner_processes(jobs_dir / "job") == [] and alive(pid), "it has not taken the job yet"
+            began = time.monotonic()
+            assert supervisor.cancel("job")
+        took = time.monotonic() - began
+        await supervisor.close()
+        return pid, outcome, took
+
+    pid, outcome, took = anyio.run(main)
+
+    assert outcome.status == "cancelled" and outcome.code == "cancelled", outcome
+    assert took < grace_s / 2, f"an importing spare dies at SIGTERM, yet the cancel took {took:.1f} s"
+    assert ready_line(pid) not in (jobs_dir / SPARE_LOG).read_text(), "it was cancelled while importing"
+    assert not alive(pid) and not process_group(pid)
+    assert f"spare runner {pid} ended" in (jobs_dir / "job" / protocol.LOG_FILE).read_text()
+    assert not (jobs_dir / "job" / "video.mp4").exists()
+
+
+# --- the standby verb on its own -----------------------------------------------------------------------------
+
+
+def standby(jobs_dir: Path, stdin: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gpu_runner", "standby", str(jobs_dir)],
+        cwd=REPO_ROOT,
+        input=stdin,
+        capture_output=True,
+        timeout=IMPORT_TIMEOUT_S,
+    )
+
+
+def test_a_spare_whose_stdin_closes_without_a_job_exits_0_quietly(tmp_path) -> None:
+    completed = standby(tmp_path, b"")
+    assert completed.returncode == 0 and completed.stdout == b""
+    assert b"no job came" in completed.stderr and b"Traceback" not in completed.stderr
+
+
+def test_a_spare_refuses_a_job_directory_outside_its_jobs_dir(demo_model_dir, tmp_path) -> None:
+    jobs_dir, elsewhere = tmp_path / "jobs", tmp_path / "elsewhere"
+    write_job(elsewhere, demo_model_dir)
+    jobs_dir.mkdir()
+    (jobs_dir / "sneaky").symlink_to(elsewhere)
+
+    completed = standby(jobs_dir, f"{jobs_dir / 'sneaky'}\n".encode())
+
+    assert completed.returncode == protocol.EXIT_INVALID_INPUT
+    (error,) = [protocol.decode(line) for line in completed.stdout.splitlines()]
+    assert error.code == "invalid_input" and "outside" in error.message
+    assert sorted(path.name for path in elsewhere.iterdir()) == ["job.json"], "it never ran there"
+
+
+def test_a_spare_whose_parent_is_already_gone_exits_at_once(tmp_path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "gpu_runner", "standby", str(tmp_path)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "AVP_PARENT_PID": str(os.getpid() + 1_000_000)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+    assert completed.returncode == protocol.EXIT_CANCELLED_TERM and completed.stdout == b""
+    assert b"importing torch" not in completed.stderr, "it exits before importing anything"
+
+
+# --- through a real portal -----------------------------------------------------------------------------------
+
+
+def test_a_spare_waits_between_jobs_and_a_new_one_comes_when_a_job_ends(make_portal) -> None:
+    portal = make_portal(**SPARE_ON)
+    jobs_dir = portal.data_dir / "jobs"
+    first = the_spare(portal)
+    assert not has_cuda_driver(first), "an idle spare never touches CUDA"
+
+    job = portal.submit(**BRIEF_JOB)
+    portal.wait_for_event(job["id"], "step")
+    job_dir = portal.job_dir(job["id"])
+    assert runner_processes(job_dir) == [first], "the spare runs the job"
+    assert spare_runners(jobs_dir) == [], "no new spare imports while a job runs"
+    assert portal.wait(job["id"])["status"] == "succeeded"
+    assert f"runner started: spare runner {first} took this job " in first_line(job_dir)
+
+    second = the_spare(portal)
+    assert second != first and not alive(first)
+    assert not has_cuda_driver(second)
+
+
+def test_a_spare_killed_while_idle_is_replaced_and_the_next_jobs_run(make_portal) -> None:
+    portal = make_portal(**SPARE_ON)
+    killed = the_spare(portal)
+    os.kill(killed, signal.SIGKILL)
+    wait_for(lambda: not alive(killed), 5, "end of the killed spare")
+
+    job = portal.wait(portal.submit(steps=2)["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert first_line(portal.job_dir(job["id"])).endswith("gpu_runner runner started"), "spawned for the job"
+    assert f"spare runner {killed} not used: it had exited with -9" in portal.log_path.read_text()
+
+    replacement = the_spare(portal)
+    following = portal.wait(portal.submit(steps=2)["id"])
+    assert following["status"] == "succeeded", following["error"]
+    assert f"runner started: spare runner {replacement} took this job " in first_line(portal.job_dir(following["id"]))
+
+
+def test_a_sigkilled_runner_that_was_a_spare_fails_its_job_as_before(make_portal) -> None:
+    portal = make_portal(**SPARE_ON)
+    spare = the_spare(portal)
+    job = portal.submit(**LONG_JOB)
+    portal.wait_for_event(job["id"], "step")
+    assert runner_processes(portal.job_dir(job["id"])) == [spare]
+    os.kill(spare, signal.SIGKILL)
+
+    failed = portal.wait(job["id"])
+    assert failed["status"] == "failed" and failed["error"]["code"] == "internal"
+    assert "killed by SIGKILL" in failed["error"]["message"]
+    assert portal.wait(portal.submit(steps=2)["id"])["status"] == "succeeded", "the worker goes on"
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_no_spare_outlives_its_portal(make_portal, how: signal.Signals) -> None:
+    portal = make_portal(**SPARE_ON)
+    spare = the_spare(portal)
+    assert process_group(spare) == [spare], "the spare leads its own process group"
+
+    portal.stop(how)
+
+    if how == signal.SIGTERM:  # the portal kills and reaps it on its way out
+        assert f"stopped spare runner {spare}" in portal.log_path.read_text() and not alive(spare)
+    else:  # nothing of the portal's runs: the kernel's parent-death signal ends it
+        wait_for(lambda: not alive(spare), 5, f"end of spare {spare}")
+    assert not process_group(spare)
+    assert not spare_runners(portal.data_dir / "jobs")
+
+
+def test_with_spares_off_every_job_gets_a_runner_spawned_for_it(make_portal) -> None:
+    portal = make_portal(AVP_SPARE_RUNNER="off")
+    jobs = [portal.wait(portal.submit(steps=2, seed=seed)["id"]) for seed in (1, 2)]
+    for job in jobs:
+        assert job["status"] == "succeeded", job["error"]
+        assert first_line(portal.job_dir(job["id"])).endswith("gpu_runner runner started"), "`run`, not a spare"
+    assert not spare_runners(portal.data_dir / "jobs")
+    assert not (portal.data_dir / "jobs" / SPARE_LOG).exists(), "no spare was ever spawned"
