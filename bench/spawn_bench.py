@@ -17,7 +17,10 @@ which the job is cancelled:
 - (e) as (b), but the job is handed to a spare runner (`python -m gpu_runner standby`, AVP_SPARE_RUNNER):
   the Supervisor spawns it, the bench waits for its log line saying torch and diffusers are imported,
   then hands it the job; there "spawn → ..." counts from the hand-over (`Supervisor.run`), the spare's
-  own spawn and imports having happened before, as they do in the portal between jobs.
+  own spawn and imports having happened before, as they do in the portal between jobs;
+- (f) and (g) as (e) with compiled transformer blocks, as every CUDA job runs by default (AVP_COMPILE):
+  the first step compiles, with torch's kernel cache empty (f) and then holding (f)'s kernels (g).
+  Only CUDA compiles: on a CPU (`--tiny`) they run as (e).
 
     python bench/spawn_bench.py --out bench/results/<date>-<card>-spawn.md
     python bench/spawn_bench.py --tiny      # the demo model's sizes on the CPU: a smoke of this script
@@ -89,6 +92,7 @@ class Run:
     weight_cache: bool
     page_cache: str  # "warm" or "drop"
     spare: bool = False  # handed to a spare runner that has imported torch and diffusers already
+    compiled: bool = False  # the job compiles its transformer blocks (compile_cache_dir set), as CUDA jobs do
 
 
 RUNS = (
@@ -97,6 +101,8 @@ RUNS = (
     Run("(c) cached FP8 load, page cache dropped", weight_cache=True, page_cache="drop"),
     Run("(d) reference: no weight cache (every FP8 job before it)", weight_cache=False, page_cache="drop"),
     Run("(e) cached FP8 load, warm page cache, handed to a spare runner", True, "warm", spare=True),
+    Run("(f) as (e), compiled blocks, torch's compile cache empty", True, "warm", spare=True, compiled=True),
+    Run("(g) as (e), compiled blocks, torch's compile cache warm (the portal's usual job)", True, "warm", True, True),
 )
 COLUMNS = (
     "run",
@@ -157,8 +163,8 @@ def write_random_model(directory: Path, size: ModelSize) -> None:
     ).save_pretrained(directory)
 
 
-def write_job(job_dir: Path, model_dir: Path, setting: Setting, caches: Path, weight_cache: bool) -> None:
-    """job.json as the web process writes it (app/jobs.py): the model's defaults, FP8, both cache directories."""
+def write_job(job_dir: Path, model_dir: Path, setting: Setting, caches: Path, run: Run) -> None:
+    """job.json as the web process writes it (app/jobs.py): the model's defaults, FP8, the run's cache directories."""
     spec = {"demo": specs.demo_spec, "ltx-2": specs.ltx2_spec}[setting.model_kind](model_dir)
     defaults = spec.defaults
     request = protocol.ResolvedRequest(
@@ -182,7 +188,8 @@ def write_job(job_dir: Path, model_dir: Path, setting: Setting, caches: Path, we
         model_path=str(model_dir),
         precision="fp8",
         prompt_cache_dir=str(caches / "prompts"),
-        weight_cache_dir=str(caches / "weights") if weight_cache else None,
+        weight_cache_dir=str(caches / "weights") if run.weight_cache else None,
+        compile_cache_dir=str(caches / "compiled") if run.compiled else None,
     )
     job_dir.mkdir(parents=True)
     (job_dir / protocol.JOB_FILE).write_bytes(msgspec.json.encode(job_file))
@@ -493,7 +500,7 @@ def measure(setting: Setting, command: str, model_dir: Path, workdir: Path, out:
     rows: list[Row] = []
     for index, run in enumerate(runs):
         job_dir = workdir / "jobs" / f"job-{index}"
-        write_job(job_dir, model_dir, setting, caches, run.weight_cache)
+        write_job(job_dir, model_dir, setting, caches, run)
         if index == 0:
             seed_prompt(job_dir)
         # What the job will read: the cache entry where there is one, else the bf16 transformer.
