@@ -72,7 +72,9 @@ def standby(jobs_dir: Path) -> int:
     pid = os.getpid()
     log.info("spare runner %d started; importing torch and diffusers", pid)
     import gpu_runner.pipeline  # noqa: F401  torch + diffusers: seconds, paid before the job comes
+    from gpu_runner.loading import import_compiler
 
+    import_compiler()  # a CUDA job compiles its blocks (AVP_COMPILE); on a CPU host this is RAM, nothing more
     imported_s = time.monotonic() - spawned
     log.info("spare runner %d: torch and diffusers imported in %.2f s; waiting for a job", pid, imported_s)
     _warn_if_cuda_started(pid)

@@ -7,6 +7,7 @@ built in memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -61,6 +62,18 @@ def compiles(device: torch.device, compile_cache: Path | None) -> bool:
     `place_denoiser` compiles by it and the pipeline announces the first step's compile by it, so the two agree.
     """
     return compile_cache is not None and device.type == "cuda"
+
+
+def import_compiler() -> None:
+    """Import what torch.compile's first use imports (functorch, Inductor, its Triton code generator): ~3 s
+    of a GPU job's load_transformer stage and more of its first step, which a spare runner pays before its job.
+    Nothing here touches CUDA."""
+    import functorch.compile  # noqa: F401
+    import torch._dynamo.backends.inductor  # noqa: F401
+    import torch._inductor.compile_fx  # noqa: F401
+
+    with contextlib.suppress(ImportError):  # Triton comes with torch's CUDA builds only
+        import torch._inductor.codegen.triton  # noqa: F401
 
 
 def place_denoiser(
