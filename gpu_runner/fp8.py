@@ -35,9 +35,14 @@ class FP8Linear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         weight = linear.weight.detach()
-        scale = weight.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+        if weight.is_meta:  # a skeleton for the weight cache to fill: the layout, without meta arithmetic (~2 s)
+            scale = torch.empty(weight.shape[0], 1, dtype=torch.float32, device="meta")
+            stored = torch.empty(weight.shape, dtype=FP8_DTYPE, device="meta")
+        else:
+            scale = weight.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+            stored = (weight.float() / scale).to(FP8_DTYPE)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = nn.Parameter((weight.float() / scale).to(FP8_DTYPE), requires_grad=False)
+        self.weight = nn.Parameter(stored, requires_grad=False)
         self.weight_scale = nn.Parameter(scale, requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.fp8_matmul = False  # set by use_fp8_matmul on GPUs with FP8 tensor cores

@@ -130,8 +130,10 @@ SAFETENSORS_DTYPES = {
     "BOOL": torch.bool,
 }
 Layout = dict[str, tuple[torch.dtype, torch.Size, tuple[int, int]]]  # name -> dtype, shape, span in the data
-READ_CHUNK = 32 * 2**20  # bytes a reader stages at a time, in each of its two pinned buffers
-READERS = 8  # reads in flight: page-cache copies are CPU-bound, one core each
+# Bytes a reader stages at a time, in each of its two pinned buffers. On an H200 host, 8 readers read a 6 GiB
+# file from the page cache at 26 GiB/s in 8 MiB chunks, 20 in 32 MiB and 9 in 64 MiB (one run each).
+READ_CHUNK = 8 * 2**20
+READERS = 8  # reads in flight: page-cache copies are CPU-bound, one core each (4 and 16 were slower there)
 
 
 def _layout(path: Path) -> tuple[int, Layout]:
