@@ -89,8 +89,8 @@ def place_denoiser(
     if fp8.fp8_matmul_available(device):
         fp8.use_fp8_matmul(pipe.transformer)
     if compiles(device, compile_cache):
-        # Regional compilation: the 48 blocks share one graph, compiled on the first step (26-38 s the
-        # first time a shape is seen, 5-10 s once torch's cache in `compile_cache` holds its kernels).
+        # Regional compilation: the 48 blocks share one graph, compiled on the first step (26-45 s the
+        # first time a shape is seen, 5-12 s once torch's cache in `compile_cache` holds its kernels).
         # It fuses the small kernels around each matmul, the FP8 quantisation above all, which
         # otherwise leave the GPU waiting for launches: a step 0.34x as long at 49 frames, 0.64x at 481
         # (bench/results/2026-11-26-h200-compiled.md). A block's graph differs per guidance pass and

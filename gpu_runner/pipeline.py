@@ -35,10 +35,10 @@ LTX2_0_GUIDANCE = {"use_cross_timestep": False, "spatio_temporal_guidance_blocks
 LTX2_3_GUIDANCE = {"spatio_temporal_guidance_blocks": [28]}
 
 # The denoise stage's note when its blocks are compiled: the first step is slow and says nothing until it ends
-# (26-38 s the first time a clip size is seen, 5-10 s with torch's cache warm: loading.place_denoiser).
+# (26-45 s the first time a clip size is seen, 5-12 s with torch's cache warm: loading.place_denoiser).
 COMPILE_NOTE = (
-    "The first step compiles GPU kernels for this clip size: about half a minute the first time this size "
-    "runs, 5-10 s later on. The time left is estimated from the steps that follow it."
+    "The first step compiles GPU kernels for this clip size: up to about 45 s the first time this size "
+    "runs, about 10 s later on. The time left is estimated from the steps that follow it."
 )
 
 
@@ -240,7 +240,7 @@ class Stages:
 def seconds_left(step_times: Sequence[float], total: int, first_step_compiles: bool) -> float | None:
     """The ETA once `len(step_times)` of `total` steps have taken these times; None while nothing honest is known.
 
-    The first step is a warm-up (3x a later step uncompiled) or, with compiled blocks, mostly compiling (26-38 s
+    The first step is a warm-up (3x a later step uncompiled) or, with compiled blocks, mostly compiling (26-45 s
     against 0.4-5 s a step), so from the second step on the estimate is the mean of the steps after it. After
     the first step alone, its time stands for the rest unless it compiled: then the time left is unknown.
     """
