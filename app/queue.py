@@ -71,6 +71,8 @@ class Worker:
             self.state = "idle"
             async for job_id in self._receive:
                 await self._process(job_id)
+                # The job has ended and its status is written: the next runner's imports compete with nothing.
+                await self._supervisor.ensure_spare()
                 self.state = "idle"
         finally:
             self.alive = False

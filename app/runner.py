@@ -4,10 +4,10 @@ A job's runner is a fresh process: either a spare (`python -m gpu_runner standby
 spawned ahead so that torch and diffusers are already imported when the job comes, and handed
 the job directory on its stdin) or, where no live spare is there (or spares are off,
 AVP_SPARE_RUNNER), `python -m gpu_runner run <job dir>` spawned for the job. At most one spare
-exists: one is spawned when the worker starts and a new one when a job ends (not while it runs:
-its imports would compete with the job). Either way the child runs in its own session (its own
-process group) so a cancel reaches everything it started, and it asks the kernel for SIGTERM
-when this process dies. Its stdout carries only protocol lines; its stderr goes to runner.log
+exists: the worker asks for one when it starts and again once each job has ended and its status
+is written (not while it runs: its imports would compete with the job). Either way the child runs
+in its own session (its own process group) so a cancel reaches everything it started, and it asks
+the kernel for SIGTERM when this process dies. Its stdout carries only protocol lines; its stderr goes to runner.log
 (a spare's, until its job comes, to `<jobs dir>/spare-runner.log`). The user-facing outcome is
 decided by the exit code and the last `error` event, never by a stack trace.
 """
@@ -109,7 +109,10 @@ class Supervisor:
         return spare.process.pid if spare is not None and spare.process.returncode is None else None
 
     async def ensure_spare(self) -> None:
-        """Spawn a spare runner unless spares are off, one is alive, or the supervisor is closed."""
+        """Spawn a spare runner unless spares are off, one is alive, or the supervisor is closed.
+
+        Best effort: a spare that cannot be spawned is logged, and the next job spawns its own runner.
+        """
         if self._spare_jobs_dir is None or self._closed:
             return
         if self._spare is not None:
@@ -119,21 +122,17 @@ class Supervisor:
             await self._discard_spare(dead, f"it had exited with {dead.process.returncode}")
         log_path = self._spare_jobs_dir / SPARE_LOG
         spawned = time.monotonic()
-        with anyio.CancelScope(shield=True):  # a spawned spare is always recorded, so close() finds it
-            with contextlib.suppress(OSError):
-                if log_path.stat().st_size > SPARE_LOG_MAX_BYTES:
-                    log_path.replace(log_path.with_name(SPARE_LOG + ".1"))
-            with open(log_path, "ab") as spare_log:
-                process = await anyio.open_process(
-                    runner_command(self._python, "standby", str(self._spare_jobs_dir)),
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=spare_log,
-                    cwd=self._spare_jobs_dir,
-                    env=runner_env(),
-                    start_new_session=True,
-                )
-            self._spare = _Child(process, spare_spawned=spawned)
+        try:
+            with anyio.CancelScope(shield=True):  # a spawned spare is always recorded, so close() finds it
+                with contextlib.suppress(OSError):
+                    if log_path.stat().st_size > SPARE_LOG_MAX_BYTES:
+                        log_path.replace(log_path.with_name(SPARE_LOG + ".1"))
+                args = ("standby", str(self._spare_jobs_dir))
+                process = await self._open_runner(args, subprocess.PIPE, log_path, self._spare_jobs_dir)
+                self._spare = _Child(process, spare_spawned=spawned)
+        except Exception:
+            log.exception("could not spawn a spare runner; the next job spawns its own")
+            return
         log.info("spawned spare runner %d (its log: %s)", process.pid, log_path)
 
     async def close(self) -> None:
@@ -151,9 +150,12 @@ class Supervisor:
         return True
 
     async def run(self, job_id: str, job_dir: Path) -> Outcome:
-        child = await self._hand_to_spare(job_id, job_dir) or await self._spawn(job_dir)
+        # Shielded: a cancel (a shutdown) cannot land between the hand-over and the registration, where
+        # the runner would go on unsupervised; it lands inside the try below, which stops the runner.
+        with anyio.CancelScope(shield=True):
+            child = await self._hand_to_spare(job_id, job_dir) or await self._spawn(job_dir)
+            self._children[job_id] = child
         process = child.process
-        self._children[job_id] = child
         transcript = _Transcript()
         try:
             async with anyio.create_task_group() as tg:
@@ -167,9 +169,7 @@ class Supervisor:
             self._children.pop(job_id, None)
         if child.spare_spawned is not None:
             _note_a_spare_that_never_took_its_job(job_dir, child, self.spare_log)
-        outcome = _classify(process.returncode, child.cancel_requested.is_set(), transcript)
-        await self.ensure_spare()  # the job has ended: the next one's imports no longer compete with it
-        return outcome
+        return _classify(process.returncode, child.cancel_requested.is_set(), transcript)
 
     async def _follow(self, job_id: str, child: _Child, transcript: _Transcript) -> None:
         assert child.process.stdout is not None
@@ -216,17 +216,23 @@ class Supervisor:
 
     async def _spawn(self, job_dir: Path) -> _Child:
         """A runner of its own for this job: `python -m gpu_runner run <job dir>`."""
-        with open(job_dir / protocol.LOG_FILE, "ab") as stderr_log:
-            process = await anyio.open_process(
-                runner_command(self._python, "run", str(job_dir)),
-                stdin=subprocess.DEVNULL,
+        process = await self._open_runner(
+            ("run", str(job_dir)), subprocess.DEVNULL, job_dir / protocol.LOG_FILE, job_dir
+        )
+        return _Child(process)
+
+    async def _open_runner(self, args: tuple[str, ...], stdin: int, log_path: Path, cwd: Path) -> Process:
+        """A runner process in its own session, its stdout the protocol, its stderr appended to `log_path`."""
+        with open(log_path, "ab") as stderr_log:
+            return await anyio.open_process(
+                runner_command(self._python, *args),
+                stdin=stdin,
                 stdout=subprocess.PIPE,
                 stderr=stderr_log,
-                cwd=job_dir,
+                cwd=cwd,
                 env=runner_env(),
                 start_new_session=True,
             )
-        return _Child(process)
 
     async def _hand_to_spare(self, job_id: str, job_dir: Path) -> _Child | None:
         """The waiting spare, told the job's directory on its stdin; None where there is no live spare."""
@@ -244,7 +250,8 @@ class Supervisor:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
             await self._discard_spare(spare, f"it could not be handed job {job_id} ({error!r})")
             return None
-        waited = time.monotonic() - (spare.spare_spawned or 0.0)
+        assert spare.spare_spawned is not None  # every spare has its spawn time
+        waited = time.monotonic() - spare.spare_spawned
         log.info("job %s: handed to spare runner %d, spawned %.1f s before", job_id, spare.process.pid, waited)
         return spare
 

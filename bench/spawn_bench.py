@@ -284,7 +284,7 @@ def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
             spawned = time.monotonic()  # with a spare: the hand-over
             return spawned, await supervisor.run(job_dir.name, job_dir)
         finally:
-            await supervisor.close()  # the spare spawned when the job ended
+            await supervisor.close()  # no spare outlives the run
 
     spawned, outcome = anyio.run(follow)
     runner_log = (job_dir / protocol.LOG_FILE).read_text(errors="replace")

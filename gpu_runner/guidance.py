@@ -3,7 +3,8 @@
 LTX-2's default guidance runs the transformer three times a step: CFG's [negative, positive] batch,
 the STG pass and the modality pass. The STG pass is the positive row once more, with self-attention
 skipped in its STG blocks (block 29 of 48 for LTX-2.0, 28 for 2.3). Up to the first STG block it
-computes exactly what the positive row has just computed, so this keeps the positive row's hidden
+computes what the positive row has just computed (the same sums; batched with the negative row they
+may round differently), so this keeps the positive row's hidden
 states as they enter that block and starts the STG pass there: for LTX-2.0, 29 of the 48 blocks of
 one of the step's four transformer passes, about 15% of a step.
 
@@ -19,6 +20,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from gpu_runner.memory import is_batched
 
 # The STG call's arguments that may differ from the positive row's: they act only in the STG blocks.
 STG_ONLY_ARGUMENTS = frozenset({"spatio_temporal_guidance_blocks", "perturbation_mask"})
@@ -108,9 +111,7 @@ class _Replay(nn.Module):
 
 
 def _last_row(value: object, batch: int) -> object:
-    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch:
-        return value[-1:]
-    return value
+    return value[-1:] if is_batched(value, batch) else value
 
 
 def _own_last_row(states: torch.Tensor) -> torch.Tensor:

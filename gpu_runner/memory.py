@@ -79,7 +79,7 @@ def _one_row_at_a_time(forward):
             rows.append(
                 forward(
                     **{
-                        name: value[row : row + 1] if _batched(value, batch) else value
+                        name: value[row : row + 1] if is_batched(value, batch) else value
                         for name, value in kwargs.items()
                     }
                 )
@@ -89,7 +89,8 @@ def _one_row_at_a_time(forward):
     return run
 
 
-def _batched(value: object, batch: int) -> bool:
+def is_batched(value: object, batch: int) -> bool:
+    """Whether `value` is a tensor of `batch` rows: an argument a guidance batch splits row by row."""
     return isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch
 
 

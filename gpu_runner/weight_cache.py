@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -139,7 +140,8 @@ READERS = 8  # reads in flight: page-cache copies are CPU-bound, one core each (
 def _layout(path: Path) -> tuple[int, Layout]:
     """Where a safetensors file's data starts, and its tensors, from its header (8 bytes of length, then JSON).
 
-    Raises ValueError when the header is not one, a tensor lies past the file's end or is not
+    Raises ValueError when the header is not one, or a tensor's entry does not hold together: a
+    dtype it does not know, bytes past the file's end, a size other than its shape's, or bytes not
     aligned to its dtype (safetensors writes them aligned).
     """
     with path.open("rb") as file:
@@ -148,15 +150,23 @@ def _layout(path: Path) -> tuple[int, Layout]:
         if not 2 <= length <= size - 8:
             raise ValueError("no safetensors header")
         header = json.loads(file.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("the safetensors header is not a JSON object")
     header.pop("__metadata__", None)
     data = 8 + length
     layout = {}
     for name, entry in header.items():
-        start, end = entry["data_offsets"]
-        dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
-        if dtype is None or not 0 <= start <= end <= size - data or start % dtype.itemsize:
-            raise ValueError(f"{name}: {entry['dtype']} at data bytes {start}-{end} of {size - data}")
-        layout[name] = (dtype, torch.Size(entry["shape"]), (start, end))
+        try:
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = torch.Size(entry["shape"])
+            start, end = (int(offset) for offset in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{name}: a header entry that is not one ({error!r})") from None
+        if not 0 <= start <= end <= size - data or end - start != shape.numel() * dtype.itemsize:
+            raise ValueError(f"{name}: {dtype}{list(shape)} at data bytes {start}-{end} of {size - data}")
+        if start % dtype.itemsize:
+            raise ValueError(f"{name}: not aligned to its dtype")
+        layout[name] = (dtype, shape, (start, end))
     return data, layout
 
 
@@ -167,39 +177,63 @@ def _read(path: Path, data: int, layout: Layout, device: torch.device) -> dict[s
     so reading the next chunk overlaps copying the last: page cache to GPU at memory speed, where
     safetensors' own loader maps the file and copies tensor by tensor from pageable memory
     (3 GB/s, bench/results). The tensors are views into the block, which goes when they all have.
+    A reader that fails stops the others at their next chunk, and the error is raised once every
+    copy has finished: nothing writes into the block after it is freed.
     """
     size = max((end for _dtype, _shape, (_start, end) in layout.values()), default=0)
     block = torch.empty(size, dtype=torch.uint8, device=device)
+    # The readers' streams start after whatever the current stream has queued that may touch this memory.
+    allocated = torch.cuda.current_stream(device).record_event() if device.type == "cuda" else None
     chunks = [(offset, min(READ_CHUNK, size - offset)) for offset in range(0, size, READ_CHUNK)]
     readers = min(READERS, len(chunks))
+    failed = threading.Event()
     with ThreadPoolExecutor(max(1, readers)) as pool:
         # Chunks dealt round-robin: the threads advance through the file together, sequential on disk.
-        for done in [pool.submit(_read_chunks, path, data, chunks[i::readers], block) for i in range(readers)]:
+        work = [
+            pool.submit(_read_chunks, path, data, chunks[i::readers], block, allocated, failed) for i in range(readers)
+        ]
+        for done in work:
             done.result()
     return {name: block[start:end].view(dtype).view(shape) for name, (dtype, shape, (start, end)) in layout.items()}
 
 
-def _read_chunks(path: Path, data: int, chunks: list[tuple[int, int]], block: torch.Tensor) -> None:
+def _read_chunks(
+    path: Path,
+    data: int,
+    chunks: list[tuple[int, int]],
+    block: torch.Tensor,
+    allocated: torch.cuda.Event | None,
+    failed: threading.Event,
+) -> None:
     """Read these (offset, length) chunks of the file's data, which starts at byte `data`, into the block."""
-    cuda = block.device.type == "cuda"
+    cuda = allocated is not None
     largest = max(length for _offset, length in chunks)
     staging = [torch.empty(largest, dtype=torch.uint8, pin_memory=True) for _ in range(2)] if cuda else []
     copied: list[torch.cuda.Event | None] = [None, None]  # the copy out of each buffer: wait before refilling
     stream = torch.cuda.Stream(block.device) if cuda else None
-    with path.open("rb", buffering=0) as file, torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
-        for index, (offset, length) in enumerate(chunks):
-            into = block[offset : offset + length]
-            if not cuda:
-                _read_exactly(file.fileno(), into, data + offset)
-                continue
-            slot = index % 2
-            if copied[slot] is not None:
-                copied[slot].synchronize()
-            _read_exactly(file.fileno(), staging[slot][:length], data + offset)
-            into.copy_(staging[slot][:length], non_blocking=True)
-            copied[slot] = stream.record_event()
+    try:
+        with path.open("rb", buffering=0) as file, torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+            if cuda:
+                stream.wait_event(allocated)
+            for index, (offset, length) in enumerate(chunks):
+                if failed.is_set():
+                    return
+                into = block[offset : offset + length]
+                if not cuda:
+                    _read_exactly(file.fileno(), into, data + offset)
+                    continue
+                slot = index % 2
+                if copied[slot] is not None:
+                    copied[slot].synchronize()
+                _read_exactly(file.fileno(), staging[slot][:length], data + offset)
+                into.copy_(staging[slot][:length], non_blocking=True)
+                copied[slot] = stream.record_event()
+    except BaseException:
+        failed.set()
+        raise
+    finally:
         if cuda:
-            stream.synchronize()
+            stream.synchronize()  # every copy into the block and out of the pinned buffers has finished
 
 
 def _read_exactly(descriptor: int, into: torch.Tensor, offset: int) -> None:

@@ -91,7 +91,7 @@ def test_a_job_handed_to_a_spare_gives_what_a_runner_spawned_for_it_gives(demo_m
         pid = with_spare.spare_pid
         assert pid is not None
         handed = await with_spare.run("spare", jobs_dir / "spare")
-        await with_spare.close()  # and the spare spawned when the job ended
+        await with_spare.close()
         fresh = await Supervisor(sys.executable, recorder, 5).run("fresh", jobs_dir / "fresh")
         return pid, handed, fresh
 

@@ -192,3 +192,49 @@ def test_the_chunked_reader_gives_safetensors_tensors_bit_for_bit_across_chunk_e
     for name, tensor in read.items():
         assert (tensor.dtype, tensor.shape) == (reference[name].dtype, reference[name].shape), name
         assert torch.equal(tensor.view(torch.uint8), reference[name].view(torch.uint8)), name
+
+
+def _with_header(path: Path, header: object) -> Path:
+    """The same tensor bytes behind another header."""
+    import json as json_module
+
+    raw = path.read_bytes()
+    data = raw[8 + int.from_bytes(raw[:8], "little") :]
+    text = json_module.dumps(header).encode()
+    damaged = path.with_name("damaged.safetensors")
+    damaged.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return damaged
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        ["not", "an", "object"],
+        {"w": {"dtype": "F32", "shape": [3, 3], "data_offsets": [0, 16]}},  # 9 floats in 16 bytes
+        {"w": {"dtype": "Q4", "shape": [4], "data_offsets": [0, 16]}},  # no such dtype
+        {"w": {"dtype": "F32", "shape": "four", "data_offsets": [0, 16]}},
+        {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 4096]}},  # past the end of the file
+        {"w": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}},  # not aligned to its dtype
+    ],
+)
+def test_a_header_that_does_not_hold_together_is_refused_before_any_read(tmp_path: Path, header: object) -> None:
+    from gpu_runner import weight_cache
+
+    path = tmp_path / "good.safetensors"
+    save_file({"w": torch.arange(4, dtype=torch.float32)}, path)
+    assert weight_cache._layout(path)[1]["w"][1] == (4,)
+    with pytest.raises(ValueError):
+        weight_cache._layout(_with_header(path, header))
+
+
+def test_a_file_cut_short_after_its_header_was_read_fails_the_read(tmp_path: Path, monkeypatch) -> None:
+    from gpu_runner import weight_cache
+
+    path = tmp_path / "cut.safetensors"
+    save_file({"a": torch.zeros(64), "b": torch.ones(64)}, path)
+    monkeypatch.setattr(weight_cache, "READ_CHUNK", 64)
+    layout = weight_cache._layout(path)
+    with path.open("r+b") as file:
+        file.truncate(path.stat().st_size - 100)
+    with pytest.raises(OSError, match="ends before"):
+        weight_cache._read(path, *layout, CPU)
