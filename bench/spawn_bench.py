@@ -319,7 +319,7 @@ async def spare_ready(supervisor: Supervisor) -> float:
     await supervisor.ensure_spare()
     pid, spare_log = supervisor.spare_pid, supervisor.spare_log
     assert pid is not None and spare_log is not None
-    ready = re.compile(rf"spare runner {pid}: torch and diffusers imported in ([\d.]+) s")
+    ready = re.compile(re.escape(protocol.SPARE_READY.format(pid=pid)) + r" ([\d.]+) s")
     with anyio.fail_after(SPARE_READY_TIMEOUT_S):
         while (found := ready.search(spare_log.read_text(errors="replace"))) is None:
             if supervisor.spare_pid != pid:

@@ -76,7 +76,7 @@ def standby(jobs_dir: Path) -> int:
 
     import_compiler()  # a CUDA job compiles its blocks (AVP_COMPILE); on a CPU host this is RAM, nothing more
     imported_s = time.monotonic() - spawned
-    log.info("spare runner %d: torch and diffusers imported in %.2f s; waiting for a job", pid, imported_s)
+    log.info("%s %.2f s; waiting for a job", protocol.SPARE_READY.format(pid=pid), imported_s)
     _warn_if_cuda_started(pid)
     came_while_importing = bool(select.select([sys.stdin], [], [], 0)[0])
     line = sys.stdin.buffer.readline(MAX_JOB_LINE_BYTES)

@@ -141,6 +141,8 @@ JOB_FILE = "job.json"
 VIDEO_FILE = "video.mp4"
 IMAGE_FILE = "image.png"  # the conditioning image, normalised to the job's size by the web process
 LOG_FILE = "runner.log"
+# A spare runner says this in its log, then the seconds, once its imports are done: benches and tests wait for it.
+SPARE_READY = "spare runner {pid}: torch and diffusers imported in"
 PREVIEW_FILE = "preview.jpg"  # replaced whole every few steps while denoising
 
 

@@ -42,7 +42,7 @@ class Recorder:
 
 
 def ready_line(pid: int) -> str:
-    return f"spare runner {pid}: torch and diffusers imported in "
+    return protocol.SPARE_READY.format(pid=pid) + " "
 
 
 def spare_is_ready(jobs_dir: Path, pid: int) -> bool:
