@@ -14,7 +14,8 @@ from typing import get_args
 import msgspec
 
 from app.passwords import is_password_hash
-from gpu_runner.specs import ModelSpec, Precision, model_specs
+from contract.jobdir import RunnerOptions
+from contract.models import ModelSpec, Precision, model_specs
 
 
 class SettingsError(ValueError):
@@ -103,6 +104,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "portal.sqlite3"
+
+    def runner_options(self) -> RunnerOptions:
+        """What every job's runner is told of this installation's settings (in its job.json)."""
+        weight_cache_dir, compile_cache_dir = self.weight_cache_dir, self.compile_cache_dir
+        return RunnerOptions(
+            precision=self.precision,
+            prompt_cache_dir=str(self.prompt_cache_dir),
+            prompt_cache_mb=self.prompt_cache_mb,
+            weight_cache_dir=None if weight_cache_dir is None else str(weight_cache_dir),
+            compile_cache_dir=None if compile_cache_dir is None else str(compile_cache_dir),
+        )
 
     def models(self) -> dict[str, ModelSpec]:
         return model_specs(self.demo_model_dir, self.model_dir)

@@ -22,7 +22,7 @@ from app.runner import Supervisor
 from app.schemas import FieldError, InvalidRequest, JobError, JobLinks, JobOut, validate_request
 from app.store import JobRow, Store, StoredEvent
 from app.uploads import Upload, Uploads
-from gpu_runner import protocol
+from contract import jobdir
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -75,31 +75,18 @@ class Services(msgspec.Struct, frozen=True):
         upload = await self._upload_for(resolved.image_upload_id)
         job_id = uuid.uuid4().hex
         job_dir = self.job_dir(job_id)
-        weight_cache_dir, compile_cache_dir = self.settings.weight_cache_dir, self.settings.compile_cache_dir
-        job_file = protocol.JobFile(
-            id=job_id,
-            request=resolved,
-            model_kind=spec.kind,
-            model_path=spec.path,
-            precision=self.settings.precision,
-            prompt_cache_dir=str(self.settings.prompt_cache_dir),
-            prompt_cache_mb=self.settings.prompt_cache_mb,
-            weight_cache_dir=None if weight_cache_dir is None else str(weight_cache_dir),
-            compile_cache_dir=None if compile_cache_dir is None else str(compile_cache_dir),
-            image_file=protocol.IMAGE_FILE if upload else None,
-        )
+        job_file = jobdir.job_file(job_id, resolved, spec, self.settings.runner_options(), image=upload is not None)
 
         def write_and_store() -> tuple[JobRow, StoredEvent] | None:
             job_dir.mkdir(parents=True)
             if upload is not None:  # the runner sees only this normalised copy, never the upload
                 try:
-                    self.uploads.normalise_into(upload, job_dir / protocol.IMAGE_FILE, resolved.width, resolved.height)
+                    self.uploads.normalise_into(upload, job_dir / jobdir.IMAGE_FILE, resolved.width, resolved.height)
                 except FileNotFoundError:  # swept away a moment ago
                     shutil.rmtree(job_dir)
                     raise _unknown_upload() from None
-            (job_dir / protocol.JOB_FILE).write_bytes(msgspec.json.encode(job_file))
-            request = msgspec.to_builtins(resolved)
-            first = self.store.create_job(job_id, request, {"type": "queued"}, self.settings.max_queue)
+            jobdir.write_job_file(job_dir, job_file)
+            first = self.store.create_job(job_id, resolved, {"type": "queued"}, self.settings.max_queue)
             if first is None:
                 shutil.rmtree(job_dir)
                 return None
@@ -139,7 +126,7 @@ class Services(msgspec.Struct, frozen=True):
     def video_path(self, job: JobRow) -> Path | None:
         if job.status != "succeeded":
             return None
-        path = self.job_dir(job.id) / protocol.VIDEO_FILE
+        path = self.job_dir(job.id) / jobdir.VIDEO_FILE
         return path if path.is_file() else None
 
 

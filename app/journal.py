@@ -12,7 +12,7 @@ import msgspec
 
 from app.broker import Broker
 from app.store import JobUpdate, Store, StoredEvent, empty_progress
-from gpu_runner import protocol
+from contract import protocol
 
 # Share of the overall percentage each phase covers; denoising dominates a job's time.
 _DENOISE_START, _DENOISE_END = 5.0, 90.0

@@ -17,7 +17,7 @@ import anyio
 from app.journal import Journal
 from app.runner import Supervisor, runner_command, runner_env
 from app.store import Store
-from gpu_runner.specs import DEMO_MANIFEST
+from contract.models import DEMO_MANIFEST
 
 log = logging.getLogger(__name__)
 

@@ -28,17 +28,17 @@ import msgspec
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-import gpu_runner
 from app.journal import Journal
 from app.store import empty_progress
-from gpu_runner import protocol
+from contract import jobdir, protocol
 
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 1 << 20
 SPARE_LOG = "spare-runner.log"  # in the jobs directory: what spares say before their job comes
 SPARE_LOG_MAX_BYTES = 1 << 20  # beyond this the log is moved to spare-runner.log.1 when a spare is spawned
-_PROJECT_ROOT = str(Path(gpu_runner.__file__).resolve().parent.parent)
+# gpu_runner's parent: the runner's interpreter may be another venv's, without this project installed
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def runner_command(python: str, *args: str) -> list[str]:
@@ -217,7 +217,7 @@ class Supervisor:
     async def _spawn(self, job_dir: Path) -> _Child:
         """A runner of its own for this job: `python -m gpu_runner run <job dir>`."""
         process = await self._open_runner(
-            ("run", str(job_dir)), subprocess.DEVNULL, job_dir / protocol.LOG_FILE, job_dir
+            ("run", str(job_dir)), subprocess.DEVNULL, job_dir / jobdir.LOG_FILE, job_dir
         )
         return _Child(process)
 
@@ -243,7 +243,7 @@ class Supervisor:
             await self._discard_spare(spare, f"it had exited with {spare.process.returncode}")
             return None
         assert spare.process.stdin is not None
-        spare.log_size_at_hand_over = _size(job_dir / protocol.LOG_FILE)
+        spare.log_size_at_hand_over = _size(job_dir / jobdir.LOG_FILE)
         try:
             await spare.process.stdin.send(os.fsencode(job_dir) + b"\n")
             await spare.process.stdin.aclose()
@@ -273,7 +273,7 @@ class Supervisor:
 
 def _note_a_spare_that_never_took_its_job(job_dir: Path, spare: _Child, spare_log: Path | None) -> None:
     """A spare that takes its job writes runner.log from then on; if it wrote nothing, say so there."""
-    log_path = job_dir / protocol.LOG_FILE
+    log_path = job_dir / jobdir.LOG_FILE
     if _size(log_path) > spare.log_size_at_hand_over:
         return
     with contextlib.suppress(OSError), open(log_path, "a") as runner_log:

@@ -6,34 +6,16 @@ each field is converted on its own, then the model spec's rules are checked toge
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import msgspec
 
-from gpu_runner.protocol import ResolvedRequest
-from gpu_runner.specs import ModelSpec, request_violations
+from contract.models import ModelSpec
+from contract.request import TEXT_FIELDS, Request
 
 
 class Base(msgspec.Struct, kw_only=True):
     pass
-
-
-class GenerationRequest(Base, forbid_unknown_fields=True):
-    """What a client submits. Omitted fields take the model's defaults; an omitted seed is random."""
-
-    prompt: str
-    negative_prompt: str | None = None
-    model: str | None = None
-    width: int | None = None
-    height: int | None = None
-    num_frames: int | None = None
-    fps: float | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
-    seed: int | None = None
-    image_upload_id: str | None = None
-    image_strength: float | None = None
 
 
 class FieldError(Base):
@@ -52,7 +34,7 @@ class InvalidRequest(Exception):
         self.errors = errors
 
 
-_FIELDS = {f.name: f for f in msgspec.structs.fields(GenerationRequest)}
+_FIELDS = {f.name: f for f in msgspec.structs.fields(Request)}
 _TYPE_WORDS = {int: "a whole number", float: "a number", str: "text"}
 
 
@@ -63,12 +45,13 @@ def _type_word(field: msgspec.structs.FieldInfo) -> str:
     return "a value of the right type"
 
 
-def parse_request(raw: Any, *, strict: bool = True) -> tuple[GenerationRequest, list[FieldError]]:
+def parse_request(raw: Any, *, strict: bool = True) -> tuple[Request, list[FieldError]]:
     """Convert client data field by field: the well-typed fields, and an error for each other one.
 
     Raises InvalidRequest when the data is not an object at all. A field with the wrong type
     is left out, so the model's rules still check the rest. `strict=False` accepts numbers
-    written as strings and treats blank strings as omitted, which is what an HTML form sends.
+    written as strings and treats blank strings as omitted (text fields excepted), which is
+    what an HTML form sends.
     """
     if not isinstance(raw, dict):
         raise InvalidRequest([FieldError(field="body", message="must be a JSON object of request fields")])
@@ -80,22 +63,18 @@ def parse_request(raw: Any, *, strict: bool = True) -> tuple[GenerationRequest, 
             known = ", ".join(_FIELDS)
             errors.append(FieldError(field=name, message=f"is not a request field; the fields are: {known}"))
             continue
-        if not strict and isinstance(value, str) and not value.strip() and name not in ("prompt", "negative_prompt"):
+        if not strict and isinstance(value, str) and not value.strip() and name not in TEXT_FIELDS:
             continue
         try:
             values[name] = msgspec.convert(value, field.type, strict=strict)
         except msgspec.ValidationError:
             errors.append(FieldError(field=name, message=f"must be {_type_word(field)}, not {value!r}"[:200]))
-    if "prompt" not in values:
-        if "prompt" not in raw:
-            errors.append(FieldError(field="prompt", message="is required; describe the clip you want"))
-        values["prompt"] = ""
-    return GenerationRequest(**values), errors
+    if "prompt" not in raw:
+        errors.append(FieldError(field="prompt", message="is required; describe the clip you want"))
+    return Request(**values), errors
 
 
-def validate_request(
-    raw: Any, models: dict[str, ModelSpec], *, strict: bool = True
-) -> tuple[ResolvedRequest, ModelSpec]:
+def validate_request(raw: Any, models: dict[str, ModelSpec], *, strict: bool = True) -> tuple[Request, ModelSpec]:
     """Types, then the model's rules, with every problem reported at once; raises InvalidRequest."""
     request, errors = parse_request(raw, strict=strict)
     seen = {e.field for e in errors}
@@ -108,7 +87,7 @@ def validate_request(
     return resolved, spec
 
 
-def resolve_request(request: GenerationRequest, models: dict[str, ModelSpec]) -> tuple[ResolvedRequest, ModelSpec]:
+def resolve_request(request: Request, models: dict[str, ModelSpec]) -> tuple[Request, ModelSpec]:
     """Fill defaults from the model's spec, choose a seed, check every rule; raises InvalidRequest."""
     model_id = request.model or next(iter(models))
     spec = models.get(model_id)
@@ -116,22 +95,8 @@ def resolve_request(request: GenerationRequest, models: dict[str, ModelSpec]) ->
         raise InvalidRequest(
             [FieldError(field="model", message=f"unknown model {model_id!r}; available: {', '.join(models)}")]
         )
-    d = spec.defaults
-    resolved = ResolvedRequest(
-        prompt=request.prompt,
-        negative_prompt=d.negative_prompt if request.negative_prompt is None else request.negative_prompt,
-        model=spec.id,
-        width=d.width if request.width is None else request.width,
-        height=d.height if request.height is None else request.height,
-        num_frames=d.num_frames if request.num_frames is None else request.num_frames,
-        fps=d.fps if request.fps is None else request.fps,
-        steps=d.steps if request.steps is None else request.steps,
-        guidance_scale=d.guidance_scale if request.guidance_scale is None else request.guidance_scale,
-        seed=secrets.randbelow(spec.constraints.max_seed + 1) if request.seed is None else request.seed,
-        image_strength=d.image_strength if request.image_strength is None else request.image_strength,
-        image_upload_id=request.image_upload_id,
-    )
-    problems = request_violations(spec, resolved)
+    resolved = spec.resolve(request)
+    problems = spec.violations(resolved)
     if problems:
         raise InvalidRequest([FieldError(field=f, message=m) for f, m in problems])
     return resolved, spec
@@ -155,7 +120,7 @@ class JobLinks(Base):
 class JobOut(Base):
     id: str
     status: str
-    request: dict[str, Any]
+    request: Request  # as resolved: every field the model needs set, the seed chosen
     progress: dict[str, Any]
     error: JobError | None
     result: dict[str, Any] | None
@@ -172,7 +137,7 @@ class JobList(Base):
 
 
 class UploadOut(Base):
-    upload_id: str  # pass as image_upload_id in a GenerationRequest
+    upload_id: str  # pass as image_upload_id in a request
     filename: str  # as the client named it; display text only
     width: int  # upright, after EXIF orientation
     height: int

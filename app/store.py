@@ -19,6 +19,8 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from contract.request import Request
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -84,7 +86,7 @@ class JobRow(msgspec.Struct, frozen=True):
     seq: int
     id: str
     status: str
-    request: dict[str, Any]
+    request: Request
     progress: dict[str, Any]
     error: dict[str, Any] | None
     result: dict[str, Any] | None
@@ -117,13 +119,16 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
 _JOB_COLUMNS = "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at"
 
 
+_decode_request = msgspec.json.Decoder(Request).decode
+
+
 def _row_to_job(row: tuple) -> JobRow:
     seq, job_id, status, request, progress, error, result, attempts, created, started, finished = row
     return JobRow(
         seq=seq,
         id=job_id,
         status=status,
-        request=json.loads(request),
+        request=_decode_request(request),
         progress=json.loads(progress),
         error=json.loads(error) if error else None,
         result=json.loads(result) if result else None,
@@ -153,7 +158,7 @@ class Store:
     # ---- synchronous API (call through `call` from async code) --------------------
 
     def create_job(
-        self, job_id: str, request: dict[str, Any], first_event: dict[str, Any], max_queued: int
+        self, job_id: str, request: Request, first_event: dict[str, Any], max_queued: int
     ) -> StoredEvent | None:
         """Insert a job with its first event; None (nothing written) when `max_queued` jobs already wait."""
         now = time.time()
@@ -162,7 +167,7 @@ class Store:
                 return None
             self._db.execute(
                 "INSERT INTO jobs (id, status, request, progress, created_at) VALUES (?, ?, ?, ?, ?)",
-                (job_id, first_event["type"], json.dumps(request), json.dumps(empty_progress()), now),
+                (job_id, first_event["type"], msgspec.json.encode(request).decode(), json.dumps(empty_progress()), now),
             )
             return self._append(job_id, first_event, now)
 

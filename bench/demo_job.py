@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.runner import SPARE_LOG  # noqa: E402
-from gpu_runner import protocol  # noqa: E402
+from gpu_runner import stdout  # noqa: E402
 from tests.portal import Portal  # noqa: E402  (the same real-portal harness the tests use)
 
 PROMPTS = (
@@ -94,7 +94,7 @@ def main() -> None:
 def wait_for_spare(spare_log: Path, ready: int, timeout: float = 120) -> None:
     """Until the spare log holds `ready` lines of spares that finished importing."""
     deadline = time.monotonic() + timeout
-    said = protocol.SPARE_READY.split("{pid}")[-1]  # the ready line's words after any spare's pid
+    said = stdout.SPARE_READY.split("{pid}")[-1]  # the ready line's words after any spare's pid
     while not spare_log.exists() or spare_log.read_text().count(said) < ready:
         if time.monotonic() > deadline:
             sys.exit(f"no spare runner ready within {timeout} s; see {spare_log}")

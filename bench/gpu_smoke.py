@@ -33,13 +33,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpu_runner import demo_model, fp8, memory, protocol  # noqa: E402
+from contract import jobdir, protocol  # noqa: E402
+from contract.models import ltx2_spec  # noqa: E402
+from contract.request import Request  # noqa: E402
+from gpu_runner import demo_model, fp8, memory  # noqa: E402
 from gpu_runner.cancel import Cancellation  # noqa: E402
 from gpu_runner.demo_model import ltx2_scheduler  # noqa: E402
 from gpu_runner.job import Job  # noqa: E402
 from gpu_runner.loading import DenoisingPipeline, empty_weights  # noqa: E402
 from gpu_runner.pipeline import generate, predicted_peak  # noqa: E402
-from gpu_runner.specs import ltx2_spec  # noqa: E402
 from gpu_runner.text import PrecomputedConnectors, prepare_text_encoder  # noqa: E402
 
 CONFIGS = json.loads((Path(__file__).parent / "configs" / "ltx2.0-diffusers-configs.json").read_text())
@@ -250,30 +252,26 @@ def run(
     """One job through `gpu_runner.pipeline.generate`; with `prompt_cache`, a repeated prompt skips the encoder."""
     job_dir = workdir / f"job-{frames}"
     job_dir.mkdir()
-    request = protocol.ResolvedRequest(
+    model_dir = workdir / "no-checkpoint"
+    spec = ltx2_spec(model_dir)
+    asked = Request(
         prompt="a red ball bouncing on a wooden floor, with clicks",
         negative_prompt="blurry",
-        model="ltx-2",
         width=width,
         height=height,
         num_frames=frames,
         fps=24.0,
         steps=steps,
         guidance_scale=4.0,
-        seed=1,
-        image_strength=1.0,
     )
-    model_dir = workdir / "no-checkpoint"
-    job_file = protocol.JobFile(
-        id=job_dir.name,
-        request=request,
-        model_kind="ltx-2",
-        model_path=str(model_dir),
+    request = spec.resolve(asked, seed=1)
+    options = jobdir.RunnerOptions(
         precision=precision,
         prompt_cache_dir=None if prompt_cache is None else str(prompt_cache),
         compile_cache_dir=str(workdir / "compiled") if compile_blocks else None,
     )
-    job = Job(directory=job_dir, file=job_file, spec=ltx2_spec(model_dir), model_dir=model_dir)
+    job_file = jobdir.job_file(job_dir.name, request, spec, options)
+    job = Job(directory=job_dir, file=job_file, spec=spec, model_dir=model_dir)
     events: list[tuple[float, protocol.Event]] = []
     source = RandomWeights(size)
     began = time.monotonic()

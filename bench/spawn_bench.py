@@ -42,7 +42,6 @@ from pathlib import Path
 
 import anyio  # the portal's own dependency; transformers brings it wherever the runner's stack is installed
 import diffusers
-import msgspec
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -59,7 +58,10 @@ from gpu_smoke import (  # noqa: E402
 )
 
 from app.runner import Supervisor  # noqa: E402
-from gpu_runner import admission, demo_model, memory, protocol, specs  # noqa: E402
+from contract import jobdir, protocol  # noqa: E402
+from contract.models import MODEL_KINDS  # noqa: E402
+from contract.request import Request  # noqa: E402
+from gpu_runner import admission, demo_model, memory, stdout  # noqa: E402
 from gpu_runner.job import load_job  # noqa: E402
 from gpu_runner.loading import DiffusersDirectory  # noqa: E402
 from gpu_runner.pipeline import prompt_cache_for  # noqa: E402
@@ -165,34 +167,19 @@ def write_random_model(directory: Path, size: ModelSize) -> None:
 
 def write_job(job_dir: Path, model_dir: Path, setting: Setting, caches: Path, run: Run) -> None:
     """job.json as the web process writes it (app/jobs.py): the model's defaults, FP8, the run's cache directories."""
-    spec = {"demo": specs.demo_spec, "ltx-2": specs.ltx2_spec}[setting.model_kind](model_dir)
-    defaults = spec.defaults
-    request = protocol.ResolvedRequest(
-        prompt=PROMPT,
-        negative_prompt=defaults.negative_prompt,
-        model=spec.id,
-        width=setting.width,
-        height=setting.height,
-        num_frames=setting.frames,
-        fps=defaults.fps,
-        steps=2,  # cancelled after the first: a step interval is all the job needs
-        guidance_scale=defaults.guidance_scale,
-        seed=1,
-        image_strength=defaults.image_strength,
-    )
-    assert not specs.request_violations(spec, request), specs.request_violations(spec, request)
-    job_file = protocol.JobFile(
-        id=job_dir.name,
-        request=request,
-        model_kind=spec.kind,
-        model_path=str(model_dir),
+    spec = MODEL_KINDS[setting.model_kind](model_dir)
+    # steps=2: cancelled after the first, a step interval is all the job needs
+    asked = Request(prompt=PROMPT, width=setting.width, height=setting.height, num_frames=setting.frames, steps=2)
+    request = spec.resolve(asked, seed=1)
+    assert not spec.violations(request), spec.violations(request)
+    options = jobdir.RunnerOptions(
         precision="fp8",
         prompt_cache_dir=str(caches / "prompts"),
         weight_cache_dir=str(caches / "weights") if run.weight_cache else None,
         compile_cache_dir=str(caches / "compiled") if run.compiled else None,
     )
     job_dir.mkdir(parents=True)
-    (job_dir / protocol.JOB_FILE).write_bytes(msgspec.json.encode(job_file))
+    jobdir.write_job_file(job_dir, jobdir.job_file(job_dir.name, request, spec, options))
 
 
 def seed_prompt(job_dir: Path) -> None:
@@ -287,7 +274,7 @@ def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
             await supervisor.close()  # no spare outlives the run
 
     spawned, outcome = anyio.run(follow)
-    runner_log = (job_dir / protocol.LOG_FILE).read_text(errors="replace")
+    runner_log = (job_dir / jobdir.LOG_FILE).read_text(errors="replace")
     events = transcript.events
     steps = [(t, e) for t, e in events if isinstance(e, protocol.Step)]
     if not steps:
@@ -319,7 +306,7 @@ async def spare_ready(supervisor: Supervisor) -> float:
     await supervisor.ensure_spare()
     pid, spare_log = supervisor.spare_pid, supervisor.spare_log
     assert pid is not None and spare_log is not None
-    ready = re.compile(re.escape(protocol.SPARE_READY.format(pid=pid)) + r" ([\d.]+) s")
+    ready = re.compile(re.escape(stdout.SPARE_READY.format(pid=pid)) + r" ([\d.]+) s")
     with anyio.fail_after(SPARE_READY_TIMEOUT_S):
         while (found := ready.search(spare_log.read_text(errors="replace"))) is None:
             if supervisor.spare_pid != pid:

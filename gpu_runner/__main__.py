@@ -23,7 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
-from gpu_runner import protocol
+from contract import jobdir, protocol
+from gpu_runner import stdout
 
 USAGE = "usage: python -m gpu_runner run <job dir> | standby <jobs dir> | demo-model <dir> [--random]"
 PR_SET_PDEATHSIG = 1
@@ -76,7 +77,7 @@ def standby(jobs_dir: Path) -> int:
 
     import_compiler()  # a CUDA job compiles its blocks (AVP_COMPILE); on a CPU host this is RAM, nothing more
     imported_s = time.monotonic() - spawned
-    log.info("%s %.2f s; waiting for a job", protocol.SPARE_READY.format(pid=pid), imported_s)
+    log.info("%s %.2f s; waiting for a job", stdout.SPARE_READY.format(pid=pid), imported_s)
     _warn_if_cuda_started(pid)
     came_while_importing = bool(select.select([sys.stdin], [], [], 0)[0])
     line = sys.stdin.buffer.readline(MAX_JOB_LINE_BYTES)
@@ -89,7 +90,7 @@ def standby(jobs_dir: Path) -> int:
 
     try:
         job_dir = _handed_job_dir(line, jobs_dir)
-        log.info("spare runner %d: took the job in %s; its log goes on in its %s", pid, job_dir, protocol.LOG_FILE)
+        log.info("spare runner %d: took the job in %s; its log goes on in its %s", pid, job_dir, jobdir.LOG_FILE)
         os.chdir(job_dir)
         _point_stderr_at(job_dir)
     except JobError as error:
@@ -108,7 +109,7 @@ def standby(jobs_dir: Path) -> int:
     return _run_job(job_dir, emit, handed, imported=True)
 
 
-def _run_job(job_dir: Path, emit: protocol.Emitter, started: float, *, imported: bool) -> int:
+def _run_job(job_dir: Path, emit: stdout.Emitter, started: float, *, imported: bool) -> int:
     """The job, from its checks to its one ending (both verbs); `started` is where its stage times count from."""
     from gpu_runner.cancel import Cancellation, Cancelled
     from gpu_runner.job import JobError, load_job
@@ -149,9 +150,9 @@ def demo_model(target: Path, weights: str) -> int:
     return 0
 
 
-def _claim_process() -> protocol.Emitter:
+def _claim_process() -> stdout.Emitter:
     """Stdout for the protocol only, logging to stderr."""
-    emit = protocol.claim_stdout()
+    emit = stdout.claim_stdout()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     return emit
 
@@ -178,7 +179,7 @@ def _point_stderr_at(job_dir: Path) -> None:
     """Descriptors 2 and 1 (stdout's descriptor carries stderr since claim_stdout) to the job's runner.log."""
     from gpu_runner.job import confined
 
-    log_path = confined(job_dir / protocol.LOG_FILE, job_dir, what=protocol.LOG_FILE)
+    log_path = confined(job_dir / jobdir.LOG_FILE, job_dir, what=jobdir.LOG_FILE)
     sys.stderr.flush()
     descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from gpu_runner import protocol
+from contract import protocol
 
 
 class Cancelled(Exception):

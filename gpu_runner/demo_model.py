@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from gpu_runner import specs
+from contract import models as specs
 
 FORMAT_VERSION = 2
 SEED = 0

@@ -12,7 +12,9 @@ from typing import get_args
 
 import msgspec
 
-from gpu_runner import protocol, specs
+from contract import jobdir, protocol
+from contract import models as specs
+from contract.request import Request
 
 # What each component directory must hold for the runner to load it.
 MODEL_SUBFOLDERS: dict[str, str] = {
@@ -41,12 +43,12 @@ class JobError(Exception):
 @dataclass(frozen=True)
 class Job:
     directory: Path
-    file: protocol.JobFile
+    file: jobdir.JobFile
     spec: specs.ModelSpec
     model_dir: Path
 
     @property
-    def request(self) -> protocol.ResolvedRequest:
+    def request(self) -> Request:
         return self.file.request
 
     def path(self, name: str) -> Path:
@@ -57,13 +59,13 @@ class Job:
 def load_job(directory: Path) -> Job:
     """Read and re-check job.json; raises JobError(invalid_input) or JobError(model_missing)."""
     directory = directory.resolve()
-    job_path = confined(directory / protocol.JOB_FILE, directory, what=protocol.JOB_FILE)
+    job_path = confined(directory / jobdir.JOB_FILE, directory, what=jobdir.JOB_FILE)
     try:
-        job_file = msgspec.json.decode(job_path.read_bytes(), type=protocol.JobFile)
+        job_file = msgspec.json.decode(job_path.read_bytes(), type=jobdir.JobFile)
     except FileNotFoundError:
-        raise JobError("invalid_input", f"{protocol.JOB_FILE} is missing from the job directory") from None
+        raise JobError("invalid_input", f"{jobdir.JOB_FILE} is missing from the job directory") from None
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        raise JobError("invalid_input", f"{protocol.JOB_FILE} is malformed: {error}") from None
+        raise JobError("invalid_input", f"{jobdir.JOB_FILE} is malformed: {error}") from None
 
     spec = _spec_for(job_file)
     _check_request(spec, job_file.request)
@@ -117,17 +119,17 @@ def _subfolder_problem(model_dir: Path, subfolder: str, config_name: str) -> str
     return None
 
 
-def _spec_for(job_file: protocol.JobFile) -> specs.ModelSpec:
+def _spec_for(job_file: jobdir.JobFile) -> specs.ModelSpec:
     model_path = Path(job_file.model_path)
     if not model_path.is_absolute():
         raise JobError("invalid_input", "model_path must be absolute")
-    builders = {"demo": specs.demo_spec, "ltx-2": specs.ltx2_spec}
-    if job_file.model_kind not in builders:
-        raise JobError("invalid_input", f"model_kind {job_file.model_kind!r} is not one of {sorted(builders)}")
-    return builders[job_file.model_kind](model_path)
+    if job_file.model_kind not in specs.MODEL_KINDS:
+        kinds = sorted(specs.MODEL_KINDS)
+        raise JobError("invalid_input", f"model_kind {job_file.model_kind!r} is not one of {kinds}")
+    return specs.MODEL_KINDS[job_file.model_kind](model_path)
 
 
-def _check_request(spec: specs.ModelSpec, request: protocol.ResolvedRequest) -> None:
-    problems = specs.request_violations(spec, request)
+def _check_request(spec: specs.ModelSpec, request: Request) -> None:
+    problems = spec.violations(request)
     if problems:
         raise JobError("invalid_input", "; ".join(f"{field}: {message}" for field, message in problems))

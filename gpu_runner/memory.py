@@ -10,7 +10,7 @@ import resource
 
 import torch
 
-from gpu_runner import protocol
+from contract import protocol
 
 GIB = 1024**3
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from gpu_runner import admission, memory, mux, protocol, tiling
+from contract import jobdir, protocol
+from contract.request import Request
+from gpu_runner import admission, memory, mux, tiling
 from gpu_runner.cancel import Cancellation
 from gpu_runner.conditioning import image_conditions
 from gpu_runner.guidance import share_stg_prefix
@@ -137,7 +139,7 @@ def generate(
 
     # 8. Decode the video in tiles, streaming each finished chunk of frames into the muxer, and
     # 9. finish the MP4 (flush, moov atom to the front); video.mp4 appears only when complete.
-    with mux.Mp4Writer(job.path(protocol.VIDEO_FILE), request.fps, waveform, sample_rate) as writer:
+    with mux.Mp4Writer(job.path(jobdir.VIDEO_FILE), request.fps, waveform, sample_rate) as writer:
         with stages("decode_video"):
             for frames in tiling.decode_tiled(vae.to(device), video_latents, tile_reporter(emit, cancellation)):
                 writer.add_frames(frames)
@@ -147,7 +149,7 @@ def generate(
             writer.finish()
 
     return protocol.Result(
-        file=protocol.VIDEO_FILE,
+        file=jobdir.VIDEO_FILE,
         frames=writer.frames_written,
         fps=request.fps,
         width=request.width,
@@ -164,19 +166,19 @@ def denoise_note(compiled: bool) -> str | None:
     return COMPILE_NOTE if compiled else None
 
 
-def latent_shape(request: protocol.ResolvedRequest) -> tuple[int, int, int]:
+def latent_shape(request: Request) -> tuple[int, int, int]:
     """Latent frames, rows and columns: one cell per 32x32 pixels and 8 frames (the first frame alone)."""
     return (request.num_frames - 1) // 8 + 1, request.height // 32, request.width // 32
 
 
-def video_tokens(request: protocol.ResolvedRequest) -> int:
+def video_tokens(request: Request) -> int:
     """Transformer tokens of the clip: one per latent cell."""
     frames, rows, columns = latent_shape(request)
     return frames * rows * columns
 
 
 def predicted_peak(
-    source: DiffusersDirectory, precision: str, request: protocol.ResolvedRequest
+    source: DiffusersDirectory, precision: str, request: Request
 ) -> admission.PeakPrediction:
     """The job's peak VRAM as admission predicts it, from the model's files and the clip's size."""
     return admission.predict_peak(

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gpu_runner import protocol
+from contract import jobdir, protocol
 
 FRAMES_SHOWN = 8  # latent frames sampled across the clip, side by side
 UPSCALE = 4  # pixels per latent cell in the preview
@@ -40,7 +40,7 @@ class PreviewWriter:
         if previous is None or (done % self._every and done != self._total):
             return None
         self._write(clean_estimate(previous, self._previous, float(sigmas[index]), float(sigmas[index + 1])))
-        return protocol.Preview(file=protocol.PREVIEW_FILE, step=done)
+        return protocol.Preview(file=jobdir.PREVIEW_FILE, step=done)
 
     def _write(self, clean: torch.Tensor) -> None:
         cells = clean.reshape(self._frames, self._height, self._width, -1).cpu()
@@ -52,6 +52,6 @@ class PreviewWriter:
         low, high = np.percentile(rgb, [1, 99])
         pixels = ((rgb - low) / max(high - low, 1e-6) * 255).clip(0, 255).astype(np.uint8)
         strip = np.concatenate(list(pixels), axis=1).repeat(UPSCALE, axis=0).repeat(UPSCALE, axis=1)
-        partial = self._path_of(protocol.PREVIEW_FILE + ".partial")
+        partial = self._path_of(jobdir.PREVIEW_FILE + ".partial")
         Image.fromarray(strip).save(partial, format="JPEG", quality=80)
-        partial.replace(self._path_of(protocol.PREVIEW_FILE))  # the web process never serves a half-written file
+        partial.replace(self._path_of(jobdir.PREVIEW_FILE))  # the web process never serves a half-written file

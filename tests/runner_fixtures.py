@@ -18,7 +18,9 @@ import msgspec
 import numpy as np
 import pytest
 
-from gpu_runner import protocol
+from contract import jobdir, protocol
+from contract.models import demo_spec
+from contract.request import Request
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +37,8 @@ DEMO_REQUEST = {
     "seed": 1234,
     "image_strength": 1.0,
 }
-JOB_FIELDS = {f.name for f in msgspec.structs.fields(protocol.JobFile)}
+NO_CACHES = jobdir.RunnerOptions()
+JOB_FIELDS = {f.name for f in msgspec.structs.fields(jobdir.JobFile)}
 
 
 @pytest.fixture(scope="session")
@@ -53,15 +56,11 @@ def write_job(job_dir: Path, model_path: Path, **overrides: object) -> Path:
     image_file, precision, ...) replace the job's own.
     """
     job_dir.mkdir(parents=True, exist_ok=True)
-    request = {**DEMO_REQUEST, **{k: v for k, v in overrides.items() if k not in JOB_FIELDS}}
-    job = {
-        "id": job_dir.name,
-        "model_kind": "demo",
-        "model_path": str(Path(model_path).resolve()),
-        "request": request,
-        **{k: v for k, v in overrides.items() if k in JOB_FIELDS},
-    }
-    path = job_dir / protocol.JOB_FILE
+    made = jobdir.job_file(job_dir.name, Request(**DEMO_REQUEST), demo_spec(Path(model_path).resolve()), NO_CACHES)
+    job = msgspec.to_builtins(made)  # then changed as asked, invalid values included (tests of the runner's checks)
+    job["request"].update({k: v for k, v in overrides.items() if k not in JOB_FIELDS})
+    job.update({k: v for k, v in overrides.items() if k in JOB_FIELDS})
+    path = job_dir / jobdir.JOB_FILE
     path.write_bytes(msgspec.json.encode(job))
     return path
 

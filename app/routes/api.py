@@ -14,6 +14,7 @@ from app.auth import PUBLIC
 from app.jobs import Services, present
 from app.schemas import JobList, JobOut, ModelList, ModelOut
 from app.store import JobRow
+from contract.request import given
 
 
 def client_address(request: Request) -> str:
@@ -78,7 +79,7 @@ class JobsApi(Controller):
                     kind=spec.kind,
                     note=spec.note,
                     constraints=msgspec.to_builtins(spec.constraints),
-                    defaults=msgspec.to_builtins(spec.defaults),
+                    defaults=given(spec.defaults),
                     presets=[list(p) for p in spec.presets],
                     fps_choices=list(spec.fps_choices),
                 )

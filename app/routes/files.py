@@ -16,7 +16,7 @@ from litestar.response import Stream
 
 from app.jobs import Services
 from app.routes.api import load_job
-from gpu_runner.protocol import PREVIEW_FILE
+from contract.jobdir import PREVIEW_FILE
 
 CHUNK = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")

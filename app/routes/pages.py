@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import msgspec
 from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, URLEncodedBody
@@ -21,33 +22,20 @@ from app.ratelimit import RateLimited
 from app.routes.api import client_address, load_job
 from app.schemas import InvalidRequest
 from app.store import JobRow
-from gpu_runner.protocol import STAGES
-from gpu_runner.specs import ModelSpec, valid_frame_counts
+from contract.models import ModelSpec
+from contract.protocol import STAGES
+from contract.request import FIELDS, valid_frame_counts
 
 RECENT_JOBS = 30
-_FORM_FIELDS = (
-    *("prompt", "negative_prompt", "model", "num_frames", "fps", "steps", "guidance_scale", "seed"),
-    *("image_upload_id", "image_strength"),
-)
+_SHOWN_APART = ("prompt", "image_upload_id")  # the job page shows these above its settings table
 
 
 def _form_context(services: Services, values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
     """What the create form needs: the chosen model, its choices, the current values, the errors."""
     models = services.settings.models()
     spec = models.get(str(values.get("model") or "")) or next(iter(models.values()))
-    d = spec.defaults
-    merged: dict[str, Any] = {
-        "prompt": "",
-        "negative_prompt": d.negative_prompt,
-        "width": d.width,
-        "height": d.height,
-        "num_frames": d.num_frames,
-        "fps": d.fps,
-        "steps": d.steps,
-        "guidance_scale": d.guidance_scale,
-        "seed": "",
-        "image_strength": d.image_strength,
-    }
+    # The model's defaults, then what the person chose; a field with neither shows blank (a random seed).
+    merged = {name: "" if value is None else value for name, value in msgspec.structs.asdict(spec.defaults).items()}
     merged.update({k: v for k, v in values.items() if v is not None and v != ""})
     merged["model"] = spec.id
     return {
@@ -71,7 +59,7 @@ def _frame_choices(spec: ModelSpec, fps: Any) -> list[tuple[int, str]]:
 
 def _form_values(form: dict[str, str]) -> dict[str, Any]:
     """Request fields from the HTML form; the resolution preset "WxH" becomes width and height."""
-    values: dict[str, Any] = {k: form[k] for k in _FORM_FIELDS if k in form}
+    values: dict[str, Any] = {k: form[k] for k in FIELDS if k in form}
     width, _, height = form.get("resolution", "").partition("x")
     if width and height:
         values["width"], values["height"] = width, height
@@ -88,7 +76,13 @@ def _job_context(job: JobRow, services: Services) -> dict[str, Any]:
         for i, name in enumerate(STAGES)
     ]
     models = services.settings.models()
-    return {"job": job, "timeline": timeline, "spec": models.get(job.request.get("model", ""))}
+    settings = [(name, getattr(job.request, name)) for name in FIELDS if name not in _SHOWN_APART]
+    return {
+        "job": job,
+        "timeline": timeline,
+        "spec": models.get(job.request.model or ""),
+        "settings": [(name, value) for name, value in settings if value is not None],
+    }
 
 
 @get("/", name="index")
@@ -98,7 +92,7 @@ async def index(services: NamedDependency[Services], from_job: FromQuery[str | N
     if from_job:
         source = await services.get_job(from_job)
         if source is not None:
-            values = dict(source.request)
+            values = msgspec.structs.asdict(source.request)
     jobs = await services.store.call(services.store.list_jobs, RECENT_JOBS)
     return HTMXTemplate(template_name="index.html", context={**_form_context(services, values), "jobs": jobs})
 

@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import msgspec
 import numpy
 import torch
 
-from gpu_runner import protocol, specs
+from contract import jobdir
+from contract.models import demo_spec
+from contract.request import Request
 from gpu_runner.demo import measure, world
 
 BANDS = {"high beep": (700.0, 1100.0), "low hum": (80.0, 160.0)}  # Hz; the world's tones are 860-900 and 105-115
@@ -84,16 +85,11 @@ def generate(model_dir: Path, prompt: str, seed: int, work_dir: Path, **request:
     from gpu_runner.pipeline import generate as run_stages
 
     job_dir = Path(tempfile.mkdtemp(dir=work_dir))
-    fields = msgspec.structs.asdict(specs.demo_spec(model_dir).defaults)  # what the portal's form starts with
-    fields.update({key: value for key, value in request.items() if key != "precision"})
-    job = {
-        "id": job_dir.name,
-        "model_kind": "demo",
-        "model_path": str(model_dir.resolve()),
-        "precision": request.get("precision"),
-        "request": {"prompt": prompt, "model": "demo", "seed": seed} | fields,
-    }
-    (job_dir / protocol.JOB_FILE).write_bytes(msgspec.json.encode(job))
+    spec = demo_spec(model_dir.resolve())  # its defaults are what the portal's form starts with
+    fields = {key: value for key, value in request.items() if key != "precision"}
+    resolved = spec.resolve(Request(prompt=prompt, seed=seed, **fields))
+    options = jobdir.RunnerOptions(precision=request.get("precision"))
+    jobdir.write_job_file(job_dir, jobdir.job_file(job_dir.name, resolved, spec, options))
     result = run_stages(load_job(job_dir), lambda event: None, Cancellation(), time.monotonic())
     with av.open(str(job_dir / result.file)) as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]

@@ -7,7 +7,8 @@ import weakref
 
 import numpy as np
 
-from gpu_runner import pipeline, protocol
+from contract import protocol
+from gpu_runner import pipeline
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import load_job
 from gpu_runner.loading import DiffusersDirectory

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from gpu_runner import protocol, tiling
+from contract import jobdir, protocol
+from gpu_runner import tiling
 from tests.runner_fixtures import REPO_ROOT, read_mp4, run_job, write_job
 
 STEPS = 8
@@ -143,7 +144,7 @@ def run_job_until(job_dir, stop_at) -> tuple[int, list[protocol.Event]]:
 def assert_cancelled_leaving_no_video(exit_code, events, job_dir):
     assert exit_code == protocol.EXIT_CANCELLED_TERM
     assert isinstance(events[-1], protocol.Error) and events[-1].code == "cancelled"
-    left = {path.name for path in job_dir.iterdir()} - {protocol.PREVIEW_FILE}  # previews may have been shown
+    left = {path.name for path in job_dir.iterdir()} - {jobdir.PREVIEW_FILE}  # previews may have been shown
     assert left == {"job.json"}  # no video, no partial file
 
 

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from app.runner import SPARE_LOG, Supervisor
-from gpu_runner import protocol
+from contract import jobdir, protocol
+from gpu_runner import stdout
 from tests.portal import Portal, process_group, runner_processes, spare_runners, wait_for
 from tests.runner_fixtures import REPO_ROOT, read_mp4, write_job
 
@@ -42,7 +43,7 @@ class Recorder:
 
 
 def ready_line(pid: int) -> str:
-    return protocol.SPARE_READY.format(pid=pid) + " "
+    return stdout.SPARE_READY.format(pid=pid) + " "
 
 
 def spare_is_ready(jobs_dir: Path, pid: int) -> bool:
@@ -73,7 +74,7 @@ def the_spare(portal: Portal) -> int:
 
 
 def first_line(job_dir: Path) -> str:
-    return (job_dir / protocol.LOG_FILE).read_text(errors="replace").splitlines()[0]
+    return (job_dir / jobdir.LOG_FILE).read_text(errors="replace").splitlines()[0]
 
 
 # --- through the supervisor ----------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def test_a_job_handed_to_a_spare_gives_what_a_runner_spawned_for_it_gives(demo_m
     assert f"spare runner {pid}: took the job in {(jobs_dir / 'spare').resolve()}" in spare_log
     assert f"gpu_runner runner started: spare runner {pid} took this job " in first_line(jobs_dir / "spare")
     assert first_line(jobs_dir / "fresh").endswith("gpu_runner runner started")
-    assert "torch and diffusers imported in" not in (jobs_dir / "spare" / protocol.LOG_FILE).read_text()
+    assert "torch and diffusers imported in" not in (jobs_dir / "spare" / jobdir.LOG_FILE).read_text()
 
     def shape(events: list[protocol.Event]) -> list[tuple]:
         return [
@@ -157,7 +158,7 @@ def test_cancelling_a_job_whose_spare_is_still_importing_ends_it_cancelled(demo_
     assert took < grace_s / 2, f"an importing spare dies at SIGTERM, yet the cancel took {took:.1f} s"
     assert ready_line(pid) not in (jobs_dir / SPARE_LOG).read_text(), "it was cancelled while importing"
     assert not alive(pid) and not process_group(pid)
-    assert f"spare runner {pid} ended" in (jobs_dir / "job" / protocol.LOG_FILE).read_text()
+    assert f"spare runner {pid} ended" in (jobs_dir / "job" / jobdir.LOG_FILE).read_text()
     assert not (jobs_dir / "job" / "video.mp4").exists()
 
 

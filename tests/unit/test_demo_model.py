@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLLTX2Video, LTX2Pipeline
 
-from gpu_runner import specs
+from contract import models as specs
 from gpu_runner.demo_model import TRAINED_WEIGHTS, build_demo_model, is_complete
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from app.routes.events import END_EVENT
 from app.store import STATUSES, TERMINAL
-from gpu_runner import protocol
+from contract import protocol
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
 

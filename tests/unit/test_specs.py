@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gpu_runner.specs import demo_spec, max_frames_for_fps, valid_frame_counts, violations
+from contract.models import demo_spec
+from contract.request import Request, max_frames_for_fps, valid_frame_counts
 
 SPEC = demo_spec(Path("/models/demo"))
 VALID = dict(
@@ -18,13 +19,13 @@ VALID = dict(
     fps=24.0,
     steps=8,
     guidance_scale=3.0,
-    seed=None,
+    seed=1,
     image_strength=1.0,
 )
 
 
 def check(**changes) -> dict[str, str]:
-    return dict(violations(SPEC, **{**VALID, **changes}))
+    return dict(SPEC.violations(Request(**{**VALID, **changes})))
 
 
 def test_the_defaults_are_valid() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gpu_runner import protocol
+from contract import jobdir, protocol
 from gpu_runner.cancel import Cancellation, Cancelled
 from gpu_runner.job import JobError, load_job
 from gpu_runner.loading import compiles
@@ -151,7 +151,7 @@ def test_previews_show_the_clean_estimate_of_every_sampled_frame_as_a_jpeg(tmp_p
         s = sigmas[index + 1]
         written.append(previews.after_step(sigmas, index, (1 - s) * clean + s * noise))
     assert [w.step if w else None for w in written] == [None, 2, None, 4]
-    image = Image.open(tmp_path / protocol.PREVIEW_FILE)
+    image = Image.open(tmp_path / jobdir.PREVIEW_FILE)
     assert image.format == "JPEG" and image.size == (3 * 5 * UPSCALE, 2 * UPSCALE)
     assert not list(tmp_path.glob("*.partial"))
 

@@ -16,7 +16,7 @@ from app.ratelimit import RateLimited, SubmitRateLimit
 from app.routes.files import parse_range
 from app.runner import _classify, _Transcript
 from app.store import JobUpdate, Store, empty_progress
-from gpu_runner import protocol
+from contract import protocol
 
 A_RESULT = protocol.Result(
     file="video.mp4",

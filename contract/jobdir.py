@@ -1,0 +1,67 @@
+"""The job directory: its file names, job.json (what the web process hands the runner), and the one way to write it.
+
+`<data dir>/jobs/<job id>/` holds job.json, the conditioning image, preview.jpg, runner.log and
+video.mp4. Everything that starts a job (the portal, benches, tests, the demo's evaluation)
+writes job.json through `write_job_file`, so every runner reads the same shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from contract.models import ModelSpec
+from contract.request import Request
+
+JOB_FILE = "job.json"
+VIDEO_FILE = "video.mp4"
+IMAGE_FILE = "image.png"  # the conditioning image, normalised to the job's size by the web process
+LOG_FILE = "runner.log"  # the runner's stderr
+PREVIEW_FILE = "preview.jpg"  # replaced whole every few steps while denoising
+
+
+class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """The installation's settings a runner needs, the same for every job (absolute directories)."""
+
+    precision: str | None = None  # overrides the spec's CUDA precision policy
+    prompt_cache_dir: str | None = None  # encoded prompts are kept here between jobs
+    prompt_cache_mb: int = 2048
+    weight_cache_dir: str | None = None  # FP8-stored transformers are kept here between jobs
+    # where set, on a CUDA GPU the transformer's blocks go through torch.compile and torch keeps the
+    # compiled kernels here, so a later job of the same shape compiles in seconds
+    compile_cache_dir: str | None = None
+
+
+class JobFile(msgspec.Struct, frozen=True):
+    """job.json. Fields are only ever added, with defaults, so a job written by an older portal still runs."""
+
+    id: str
+    request: Request  # resolved: every field the model needs is set, the seed chosen
+    model_kind: str  # a key of contract.models.MODEL_KINDS
+    model_path: str  # absolute; the runner opens model files only under it
+    image_file: str | None = None  # a file name inside the job directory
+    precision: str | None = None
+    prompt_cache_dir: str | None = None
+    prompt_cache_mb: int = 2048
+    weight_cache_dir: str | None = None
+    compile_cache_dir: str | None = None
+
+
+def job_file(job_id: str, request: Request, spec: ModelSpec, options: RunnerOptions, *, image: bool = False) -> JobFile:
+    """job.json's content for a resolved `request` on the model `spec`."""
+    return JobFile(
+        id=job_id,
+        request=request,
+        model_kind=spec.kind,
+        model_path=spec.path,
+        image_file=IMAGE_FILE if image else None,
+        **msgspec.structs.asdict(options),
+    )
+
+
+def write_job_file(job_dir: Path, job: JobFile) -> Path:
+    """Write job.json into an existing job directory; returns its path."""
+    path = job_dir / JOB_FILE
+    path.write_bytes(msgspec.json.encode(job))
+    return path

@@ -1,0 +1,109 @@
+"""The runner's events: one JSON object per line on the runner's stdout, its exit codes, its stages.
+
+The web process parses what the runner emits with these types, the runner emits them;
+docs/protocol.md shows a whole job's events, checked by a test.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+STAGES = (
+    "load_text_encoder",
+    "encode_prompt",
+    "free_text_encoder",
+    "load_transformer",
+    "denoise",
+    "free_transformer",
+    "decode_audio",  # before the video: the muxer takes video frames as they are decoded
+    "decode_video",
+    "mux",  # finishing the file; the streams are muxed while the video decodes
+)
+
+ErrorCode = Literal["invalid_input", "model_missing", "out_of_memory", "cancelled", "internal"]
+
+# Exit codes the supervisor classifies; anything else is an internal failure.
+EXIT_OK = 0
+EXIT_INVALID_INPUT = 2
+EXIT_OUT_OF_MEMORY = 3
+EXIT_MODEL_MISSING = 4
+EXIT_CANCELLED_INT = 130
+EXIT_CANCELLED_TERM = 143
+
+EXIT_FOR_ERROR: dict[str, int] = {
+    "invalid_input": EXIT_INVALID_INPUT,
+    "out_of_memory": EXIT_OUT_OF_MEMORY,
+    "model_missing": EXIT_MODEL_MISSING,
+    "cancelled": EXIT_CANCELLED_TERM,
+    "internal": 1,
+}
+
+
+class _Event(msgspec.Struct, tag_field="type", omit_defaults=False, frozen=True):
+    pass
+
+
+class Stage(_Event, tag="stage"):
+    name: str
+    t: float  # seconds since the runner started the job (a spare runner: since it took the job)
+    note: str | None = None  # what the user should know about this stage (e.g. its first step compiling)
+
+
+class Step(_Event, tag="step"):
+    step: int  # 1-based: steps finished so far
+    total: int
+    elapsed_s: float
+    eta_s: float | None  # seconds left; None while unknown (after a first step that compiled)
+
+
+class Tile(_Event, tag="tile"):
+    done: int
+    total: int
+
+
+class Memory(_Event, tag="memory"):
+    stage: str
+    device: str
+    allocated_gib: float | None = None
+    reserved_gib: float | None = None
+    peak_gib: float | None = None
+    free_gib: float | None = None
+    note: str | None = None
+
+
+class Preview(_Event, tag="preview"):
+    file: str
+    step: int
+
+
+class Result(_Event, tag="result"):
+    file: str
+    frames: int
+    fps: float
+    width: int
+    height: int
+    audio_sample_rate: int
+    duration_s: float
+    peak_vram_gib: float | None
+    timings: dict[str, float]
+
+
+class Error(_Event, tag="error"):
+    code: ErrorCode
+    message: str
+
+
+Event = Stage | Step | Tile | Memory | Preview | Result | Error
+
+_decoder = msgspec.json.Decoder(Event)
+
+
+def decode(line: bytes | str) -> Event:
+    """Parse one protocol line; raises msgspec.ValidationError / DecodeError on garbage."""
+    return _decoder.decode(line)
+
+
+def encode(event: Event) -> bytes:
+    return msgspec.json.encode(event)
