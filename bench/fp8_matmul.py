@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_smoke import FULL_SIZE, random_transformer  # noqa: E402
 
 from gpu_runner import fp8  # noqa: E402
+from gpu_runner.families.ltx2.loading import is_fp8_layer  # noqa: E402
 
 
 def mark(device: torch.device) -> torch.cuda.Event | float:
@@ -105,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     bf16 = random_transformer(FULL_SIZE, "cuda", torch.bfloat16, fp8_storage=False)
     stored = copy.deepcopy(bf16)
-    fp8.store_in_fp8(stored)
+    fp8.store_in_fp8(stored, is_fp8_layer)
     ceiling = ceiling_tflops()
 
     print(f"# FP8 matmul bench: {torch.cuda.get_device_name()}, torch {torch.__version__}, RANDOM WEIGHTS")

@@ -100,11 +100,12 @@ from fp8_matmul import ceiling_tflops, mark, seconds_between, timed  # noqa: E40
 from gpu_smoke import FULL_SIZE, TINY_SIZE, ModelSize, device_name, random_module, random_transformer  # noqa: E402
 
 from gpu_runner import fp8, memory  # noqa: E402
-from gpu_runner.demo_model import ltx2_scheduler  # noqa: E402
-from gpu_runner.guidance import share_stg_prefix  # noqa: E402
-from gpu_runner.loading import COMPILE_RECOMPILE_LIMIT, DenoisingPipeline  # noqa: E402
-from gpu_runner.pipeline import LTX2_0_GUIDANCE  # noqa: E402
-from gpu_runner.text import PrecomputedConnectors  # noqa: E402
+from gpu_runner.compiling import COMPILE_RECOMPILE_LIMIT  # noqa: E402
+from gpu_runner.demo.model import ltx2_scheduler  # noqa: E402
+from gpu_runner.families.ltx2 import LTX2_0_GUIDANCE  # noqa: E402
+from gpu_runner.families.ltx2.guidance import share_stg_prefix  # noqa: E402
+from gpu_runner.families.ltx2.loading import DenoisingPipeline  # noqa: E402
+from gpu_runner.families.ltx2.text import PrecomputedConnectors  # noqa: E402
 
 STOCK_BF16 = "stock bf16"
 STOCK_FP8 = "stock fp8 hooks"

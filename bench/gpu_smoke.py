@@ -36,13 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from contract import jobdir, protocol  # noqa: E402
 from contract.models import ltx2_spec  # noqa: E402
 from contract.request import Request  # noqa: E402
-from gpu_runner import demo_model, fp8, memory  # noqa: E402
+from gpu_runner import fp8, memory  # noqa: E402
 from gpu_runner.cancel import Cancellation  # noqa: E402
-from gpu_runner.demo_model import ltx2_scheduler  # noqa: E402
+from gpu_runner.demo import model as demo_model  # noqa: E402
+from gpu_runner.demo.model import ltx2_scheduler  # noqa: E402
+from gpu_runner.families.ltx2 import Ltx2  # noqa: E402
+from gpu_runner.families.ltx2.loading import DenoisingPipeline, is_fp8_layer  # noqa: E402
+from gpu_runner.families.ltx2.text import PrecomputedConnectors, prepare_text_encoder  # noqa: E402
 from gpu_runner.job import Job  # noqa: E402
-from gpu_runner.loading import DenoisingPipeline, empty_weights  # noqa: E402
-from gpu_runner.pipeline import generate, predicted_peak  # noqa: E402
-from gpu_runner.text import PrecomputedConnectors, prepare_text_encoder  # noqa: E402
+from gpu_runner.memory import empty_weights  # noqa: E402
+from gpu_runner.pipeline import generate  # noqa: E402
 
 CONFIGS = json.loads((Path(__file__).parent / "configs" / "ltx2.0-diffusers-configs.json").read_text())
 TEXT_STAGES = ("load_text_encoder", "encode_prompt", "free_text_encoder")
@@ -154,7 +157,7 @@ def random_transformer(size: ModelSize, device: str | torch.device, dtype: torch
     for index, block in enumerate(transformer.transformer_blocks):
         materialize(block, device, dtype)
         if fp8_storage:
-            fp8.store_in_fp8(block, prefix=f"transformer_blocks.{index}.")
+            fp8.store_in_fp8(block, is_fp8_layer, prefix=f"transformer_blocks.{index}.")
     materialize(transformer, device, dtype)
     return transformer.eval()
 
@@ -164,7 +167,7 @@ def device_name() -> str:
 
 
 class RandomWeights:
-    """The runner's model source (see gpu_runner/loading.py), built from configs with random weights."""
+    """The runner's model source (see gpu_runner/families/ltx2/loading.py), built from configs with random weights."""
 
     def __init__(self, size: ModelSize = FULL_SIZE) -> None:
         self.size = size
@@ -179,10 +182,9 @@ class RandomWeights:
     def is_ltx2_0(self) -> bool:
         return True
 
-    def inner_width(self) -> int:
+    def transformer_config(self) -> dict:
         with empty_weights():
-            config = self.size.transformer().config
-        return config.num_attention_heads * config.attention_head_dim
+            return dict(self.size.transformer().config)
 
     def weights_gib(self, component: str) -> float:
         """What the component's bf16 weight files would weigh: its parameter count, counted on the meta device."""
@@ -275,11 +277,11 @@ def run(
     events: list[tuple[float, protocol.Event]] = []
     source = RandomWeights(size)
     began = time.monotonic()
-    result = generate(job, lambda e: events.append((time.monotonic(), e)), Cancellation(), began, source=source)
+    result = generate(job, lambda e: events.append((time.monotonic(), e)), Cancellation(), began, family=Ltx2(source))
     step_times = [t for t, e in events if isinstance(e, protocol.Step)]
     step_s = [b - a for a, b in itertools.pairwise(step_times)] or [result.timings["denoise"] / steps]
     return {
-        "predicted": predicted_peak(source, precision, request),
+        "predicted": Ltx2(source).predict_peak(precision, request),
         "frames": frames,
         "result": result,
         "memory": {e.stage: e for _, e in events if isinstance(e, protocol.Memory)},

@@ -61,9 +61,11 @@ from app.runner import Supervisor  # noqa: E402
 from contract import jobdir, protocol  # noqa: E402
 from contract.models import MODEL_KINDS  # noqa: E402
 from contract.request import Request  # noqa: E402
-from gpu_runner import admission, demo_model, memory, stdout  # noqa: E402
+from gpu_runner import memory, stdout  # noqa: E402
+from gpu_runner.demo import model as demo_model  # noqa: E402
+from gpu_runner.families import family_for  # noqa: E402
+from gpu_runner.families.ltx2.peaks import FP8_RESIDENT_RATIO  # noqa: E402
 from gpu_runner.job import load_job  # noqa: E402
-from gpu_runner.loading import DiffusersDirectory  # noqa: E402
 from gpu_runner.pipeline import prompt_cache_for  # noqa: E402
 
 PROMPT = "a red ball bouncing on a wooden floor, with clicks"
@@ -185,10 +187,10 @@ def write_job(job_dir: Path, model_dir: Path, setting: Setting, caches: Path, ru
 def seed_prompt(job_dir: Path) -> None:
     """Put the job's prompt context in its prompt cache under the runner's own key: no job loads the encoder."""
     job = load_job(job_dir)
-    source = DiffusersDirectory(job.model_dir)
-    cache, key = prompt_cache_for(job, source)
+    family = family_for(job, None)
+    cache, key = prompt_cache_for(job, family)
     config = json.loads((job.model_dir / "transformer" / "config.json").read_text())
-    shape = (2, source.sequence_length(), config["caption_channels"])  # [negative, positive]
+    shape = (2, family.sequence_length(), config["caption_channels"])  # [negative, positive]
     dtype = memory.compute_dtype(memory.pick_device(), "fp8")
     generator = torch.Generator().manual_seed(0)
     cache.put(
@@ -412,7 +414,7 @@ def sizes_gib(size: ModelSize) -> tuple[float, float]:
     weights = RandomWeights(size)
     transformer = weights.weights_gib("transformer")
     decoders = sum(weights.weights_gib(component) for component in ("vae", "audio_vae", "vocoder"))
-    return transformer + decoders, transformer * admission.FP8_RESIDENT_RATIO
+    return transformer + decoders, transformer * FP8_RESIDENT_RATIO
 
 
 def free_gib(path: Path) -> float:

@@ -73,7 +73,7 @@ def standby(jobs_dir: Path) -> int:
     pid = os.getpid()
     log.info("spare runner %d started; importing torch and diffusers", pid)
     import gpu_runner.pipeline  # noqa: F401  torch + diffusers: seconds, paid before the job comes
-    from gpu_runner.loading import import_compiler
+    from gpu_runner.compiling import import_compiler
 
     import_compiler()  # a CUDA job compiles its blocks (AVP_COMPILE); on a CPU host this is RAM, nothing more
     imported_s = time.monotonic() - spawned
@@ -142,7 +142,7 @@ def _run_job(job_dir: Path, emit: stdout.Emitter, started: float, *, imported: b
 
 def demo_model(target: Path, weights: str) -> int:
     """Install the shipped trained demo model, or build the same architecture with random weights."""
-    from gpu_runner.demo_model import build_demo_model
+    from gpu_runner.demo.model import build_demo_model
 
     started = time.monotonic()
     path = build_demo_model(target, weights)

@@ -1,9 +1,7 @@
-"""FP8 storage for the transformer's big linears: stored as float8_e4m3fn, upcast per matmul.
+"""FP8 storage for a transformer's big linears: stored as float8_e4m3fn, upcast per matmul.
 
-Which layers: the attention projections (to_q, to_k, to_v, to_out.0) and the feed-forward
-linears (net.0.proj, net.2) inside `transformer_blocks`, video, audio and cross-modal alike.
-They hold ~95% of the DiT's weights; everything else (embeddings, norms, adaLN, proj_out)
-stays in the compute dtype, where a low-precision copy would cost quality for little memory.
+Which layers is the model family's choice (LTX-2's: gpu_runner/families/ltx2/loading.py's
+`is_fp8_layer`); this module only stores and multiplies them.
 
 Each output row gets its own scale (amax / 448, the largest e4m3 value), so small rows keep
 their precision instead of falling into e4m3's subnormal range.
@@ -12,14 +10,13 @@ their precision instead of falling into e4m3's subnormal range.
 from __future__ import annotations
 
 import functools
-import re
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448
-FP8_LAYER = re.compile(r"transformer_blocks\.\d+\.(?:.+\.)?(?:to_q|to_k|to_v|to_out\.0|net\.0\.proj|net\.2)")
 # FP8 matmuls pay on big GEMMs only: each one first quantises its activations (several kernels and
 # launches), which a GEMM of a few rows does not earn back. Below this many rows (tokens x batch) an
 # FP8Linear upcasts its weight instead. The audio stream's linears see tens to hundreds of rows, the
@@ -112,12 +109,8 @@ def use_fp8_matmul(model: nn.Module, enabled: bool = True) -> int:
     return len(layers)
 
 
-def is_fp8_layer(name: str) -> bool:
-    return FP8_LAYER.fullmatch(name) is not None
-
-
-def store_in_fp8(model: nn.Module, prefix: str = "") -> int:
-    """Replace the selected Linear layers of `model` in place; returns how many were replaced.
+def store_in_fp8(model: nn.Module, selects: Callable[[str], bool], prefix: str = "") -> int:
+    """Replace the Linear layers of `model` that `selects` by name in place; returns how many were replaced.
 
     `prefix` is the model's own name inside the transformer, when it is one block of it
     (e.g. "transformer_blocks.7."), so the selection sees full names.
@@ -126,7 +119,7 @@ def store_in_fp8(model: nn.Module, prefix: str = "") -> int:
     FP8 copies: call it before moving the model to the GPU (or per block while materialising).
     """
     targets = [
-        (name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and is_fp8_layer(prefix + name)
+        (name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and selects(prefix + name)
     ]
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import gc
 import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+from torch import nn
 
 from contract import protocol
 
@@ -141,6 +144,27 @@ def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+@contextmanager
+def empty_weights() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device (no storage); buffers stay real.
+
+    What accelerate's `init_empty_weights(include_buffers=False)` does, without the dependency:
+    non-persistent buffers (RoPE tables and the like) keep the values their constructors computed.
+    """
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
 
 
 def _rss_gib() -> float:

@@ -1,6 +1,7 @@
 """The staged generation: one job, from prompt to MP4, holding one large model at a time.
 
-Reads top to bottom as DESIGN.md's stage list. Each stage is entered through `Stages`,
+Reads top to bottom as DESIGN.md's stage list; what each stage does with a model is its family's
+(gpu_runner/families/), so no model kind is named here. Each stage is entered through `Stages`,
 which announces it, checks for cancellation, times it, accounts memory at its end and
 turns an out-of-memory error into a message naming the stage and the job's size.
 """
@@ -16,28 +17,19 @@ from pathlib import Path
 import torch
 
 from contract import jobdir, protocol
-from contract.request import Request
-from gpu_runner import admission, memory, mux, tiling
+from gpu_runner import admission, memory, mux
 from gpu_runner.cancel import Cancellation
-from gpu_runner.conditioning import image_conditions
-from gpu_runner.guidance import share_stg_prefix
+from gpu_runner.compiling import compiles
+from gpu_runner.families import Family, family_for
 from gpu_runner.job import Job, JobError
-from gpu_runner.loading import DiffusersDirectory, compiles, place_denoiser
-from gpu_runner.preview import PreviewWriter
 from gpu_runner.prompt_cache import PromptCache
-from gpu_runner.text import PrecomputedConnectors, encode
 from gpu_runner.weight_cache import WeightCache
 
 Emit = Callable[[protocol.Event], None]
 log = logging.getLogger(__name__)
 
-# LTX-2.0's guidance beyond diffusers' defaults (which follow 2.3): no cross timestep, STG at block 29.
-LTX2_0_GUIDANCE = {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
-# 2.3's STG block, diffusers' default, spelled out for the STG pass to share the blocks before it.
-LTX2_3_GUIDANCE = {"spatio_temporal_guidance_blocks": [28]}
-
 # The denoise stage's note when its blocks are compiled: the first step is slow and says nothing until it ends
-# (26-45 s the first time a clip size is seen, 5-12 s with torch's cache warm: loading.place_denoiser).
+# (26-45 s the first time a clip size is seen, 5-12 s with torch's cache warm: families/ltx2/loading.py).
 COMPILE_NOTE = (
     "The first step compiles GPU kernels for this clip size: up to about 45 s the first time this size "
     "runs, about 10 s later on. The time left is estimated from the steps that follow it."
@@ -45,15 +37,15 @@ COMPILE_NOTE = (
 
 
 def generate(
-    job: Job, emit: Emit, cancellation: Cancellation, started: float, source: DiffusersDirectory | None = None
+    job: Job, emit: Emit, cancellation: Cancellation, started: float, family: Family | None = None
 ) -> protocol.Result:
     request = job.request
-    source = source or DiffusersDirectory(job.model_dir, weight_cache_for(job))
+    family = family or family_for(job, weight_cache_for(job))
+    family.check_mode(job)
     device = memory.pick_device()
     precision = job.file.precision or job.spec.precision_cuda
     dtype = memory.compute_dtype(device, precision)
     stages = Stages(emit, cancellation, device, job, started)
-    guidance = guidance_settings(job, source)
 
     # 0. Refuse, before loading anything, a job whose predicted peak exceeds the free VRAM.
     if device.type == "cuda":
@@ -61,24 +53,23 @@ def generate(
         asked = time.monotonic()
         free_gib = memory.free_vram_gib(device)  # the process's first CUDA call: the driver starts here
         log.info("CUDA started in %.2f s, %.1f GiB free", time.monotonic() - asked, free_gib)
-        admission.admit(predicted_peak(source, precision, request), free_gib, size)
+        admission.admit(family.predict_peak(precision, request), free_gib, size)
 
-    # 1-3. The prompt's context: from the cache, or from the text encoder and connectors, then freed.
-    cache, cache_key = prompt_cache_for(job, source)
+    # 1-3. The prompt's context: from the cache, or from the text side, then freed.
+    cache, cache_key = prompt_cache_for(job, family)
     context = cache.get(cache_key) if cache else None
     if context is None:
-        # 1. Load the text encoder (streamed block by block on CUDA), its tokenizer and the connectors.
+        # 1. Load the text side (for LTX-2: the encoder streamed block by block on CUDA, tokenizer, connectors).
         with stages("load_text_encoder"):
-            text = source.load_text_side(dtype, device)
+            text = family.load_text_side(dtype, device)
 
-        # 2. Encode the prompt and the negative prompt, then run the connectors on both.
+        # 2. Encode the prompt and the negative prompt into the context the denoiser attends to.
         with stages("encode_prompt"):
-            max_tokens = source.sequence_length()
-            context = encode(text, request.prompt, request.negative_prompt, max_tokens, device, dtype)
+            context = family.encode(text, request, device, dtype)
             if cache:
                 cache.put(cache_key, context)
 
-        # 3. Free the text side before the transformer arrives; the memory event proves it.
+        # 3. Free the text side before the denoiser arrives; the memory event proves it.
         with stages("free_text_encoder"):
             del text
             memory.release(device)
@@ -87,64 +78,36 @@ def generate(
         with stages("encode_prompt"):
             context = {name: tensor.to(device) for name, tensor in context.items()}
 
-    # 4. Load the transformer (its big linears in FP8: from the weight cache straight onto the GPU, or cast
-    #    on the CPU before it moves), VAEs, vocoder, scheduler; only the transformer goes to the GPU now,
-    #    the decoders follow once it has gone.
+    # 4. Load the denoiser onto the GPU; its decoders wait on the CPU until the denoiser has gone.
     with stages("load_transformer"):
-        conditioned = job.file.image_file is not None
-        pipe = source.load_denoiser(dtype, precision, PrecomputedConnectors(context), device, conditioned)
-        compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
-        place_denoiser(pipe, device, video_tokens(request), compile_cache)
-        compiled = compiles(device, compile_cache)
-        share_stg_prefix(pipe.transformer, guidance["spatio_temporal_guidance_blocks"])
+        denoiser = family.load_denoiser(job, context, device, dtype, precision)
+        compiled = compiles(device, None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir))
 
     # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step,
     #    with a preview of the clip every few steps. Compiled blocks make the first step slow: the stage says
     #    so, and the ETA leaves that step out.
     with stages("denoise", note=denoise_note(compiled)):
-        previews = PreviewWriter(job.path, latent_shape(request), request.steps)
-        on_step_end = step_reporter(emit, cancellation, request.steps, previews, first_step_compiles=compiled)
-        video_latents, audio_latents = pipe(
-            **pipe.connectors.placeholder_embeds(),
-            width=request.width,
-            height=request.height,
-            num_frames=request.num_frames,
-            frame_rate=request.fps,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            **guidance,
-            **image_conditions(job),
-            # A CPU generator draws the same noise on every device: same seed, same clip.
-            generator=torch.Generator("cpu").manual_seed(request.seed),
-            output_type="latent",
-            return_dict=False,
-            callback_on_step_end=on_step_end,
+        on_step_end = step_reporter(
+            emit, cancellation, request.steps, family.previews(job), first_step_compiles=compiled
         )
+        video_latents, audio_latents = family.denoise(denoiser, job, on_step_end)
 
-    # 6. Free the transformer before decoding: the decoders need the room.
+    # 6. Free the denoiser before decoding: the decoders need the room.
     with stages("free_transformer"):
-        vae, audio_vae, vocoder = pipe.vae, pipe.audio_vae, pipe.vocoder
-        del pipe
+        decoders = family.decoders(denoiser)
+        del denoiser
         memory.release(device)
 
-    # 7. Decode the audio latents to a mel spectrogram, then to a waveform, in float32. Audio goes
-    #    first, being small, so the muxer can take video frames as soon as they are decoded.
+    # 7. Decode the audio first, being small, so the muxer can take video frames as soon as they are decoded.
     with stages("decode_audio"):
-        audio_vae, vocoder = audio_vae.to(device), vocoder.to(device)
-        waveform = vocoder(audio_vae.decode(audio_latents.to(torch.float32), return_dict=False)[0])
-        waveform = waveform[0].float().cpu().numpy()
-        sample_rate = vocoder.config.output_sampling_rate  # not pipe.audio_sampling_rate: that is the mel rate
-        del audio_vae, vocoder
-        memory.release(device)
+        waveform, sample_rate = family.decode_audio(decoders, audio_latents, device)
 
-    # 8. Decode the video in tiles, streaming each finished chunk of frames into the muxer, and
+    # 8. Decode the video chunk by chunk, streaming each finished chunk of frames into the muxer, and
     # 9. finish the MP4 (flush, moov atom to the front); video.mp4 appears only when complete.
     with mux.Mp4Writer(job.path(jobdir.VIDEO_FILE), request.fps, waveform, sample_rate) as writer:
         with stages("decode_video"):
-            for frames in tiling.decode_tiled(vae.to(device), video_latents, tile_reporter(emit, cancellation)):
+            for frames in family.decode_video(decoders, video_latents, device, tile_reporter(emit, cancellation)):
                 writer.add_frames(frames)
-            del vae
-            memory.release(device)
         with stages("mux"):
             writer.finish()
 
@@ -162,41 +125,16 @@ def generate(
 
 
 def denoise_note(compiled: bool) -> str | None:
-    """The denoise stage's note: why its first step is slow, where it is (`loading.compiles`)."""
+    """The denoise stage's note: why its first step is slow, where it is (`compiling.compiles`)."""
     return COMPILE_NOTE if compiled else None
 
 
-def latent_shape(request: Request) -> tuple[int, int, int]:
-    """Latent frames, rows and columns: one cell per 32x32 pixels and 8 frames (the first frame alone)."""
-    return (request.num_frames - 1) // 8 + 1, request.height // 32, request.width // 32
-
-
-def video_tokens(request: Request) -> int:
-    """Transformer tokens of the clip: one per latent cell."""
-    frames, rows, columns = latent_shape(request)
-    return frames * rows * columns
-
-
-def predicted_peak(
-    source: DiffusersDirectory, precision: str, request: Request
-) -> admission.PeakPrediction:
-    """The job's peak VRAM as admission predicts it, from the model's files and the clip's size."""
-    return admission.predict_peak(
-        transformer_file_gib=source.weights_gib("transformer"),
-        connectors_file_gib=source.weights_gib("connectors"),
-        vae_file_gib=source.weights_gib("vae"),
-        precision=precision,
-        tokens=video_tokens(request),
-        inner_width=source.inner_width(),
-    )
-
-
-def prompt_cache_for(job: Job, source: DiffusersDirectory) -> tuple[PromptCache | None, str]:
+def prompt_cache_for(job: Job, family: Family) -> tuple[PromptCache | None, str]:
     if job.file.prompt_cache_dir is None:
         return None, ""
     request = job.request
     cache = PromptCache(Path(job.file.prompt_cache_dir), job.file.prompt_cache_mb * 2**20)
-    key = cache.key(job.spec.id, source.revision(), request.prompt, request.negative_prompt, source.sequence_length())
+    key = cache.key(job.spec.id, family.revision(), request.prompt, request.negative_prompt, family.sequence_length())
     return cache, key
 
 
@@ -261,7 +199,7 @@ def step_reporter(
     emit: Emit,
     cancellation: Cancellation,
     total: int,
-    previews: PreviewWriter,
+    previews,
     first_step_compiles: bool = False,
     clock: Callable[[], float] = time.monotonic,
 ):
@@ -300,24 +238,3 @@ def tile_reporter(emit: Emit, cancellation: Cancellation):
         cancellation.check()
 
     return on_tile
-
-
-def guidance_settings(job: Job, source: DiffusersDirectory) -> dict:
-    """The guidance beyond CFG, per model.
-
-    The demo's two blocks have no STG block to perturb, so it uses CFG alone (two passes
-    a step) with the request's scale for audio too. LTX-2 keeps diffusers' recommended
-    STG, modality and rescale terms, with the LTX-2.0 settings when its connectors show
-    2.0 (one projection shared by both modalities). The STG pass starts at its first STG
-    block from the positive CFG row's states there (gpu_runner/guidance.py).
-    """
-    if job.spec.kind == "demo":
-        return {
-            "audio_guidance_scale": job.request.guidance_scale,
-            "stg_scale": 0.0,
-            "audio_stg_scale": 0.0,
-            "modality_scale": 1.0,
-            "audio_modality_scale": 1.0,
-            "spatio_temporal_guidance_blocks": None,
-        }
-    return dict(LTX2_0_GUIDANCE if source.is_ltx2_0() else LTX2_3_GUIDANCE)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpu_runner import demo_model
+from gpu_runner.demo import model as demo_model
 from gpu_runner.demo import world
 
 STAGES = ("video_vae", "audio_vae", "vocoder", "transformer")

@@ -20,9 +20,10 @@ from diffusers import AutoencoderKLLTX2Video
 from diffusers.pipelines.ltx2.utils import apply_image_conditioning_crf
 from PIL import Image
 
-from gpu_runner import pipeline, tiling
+from gpu_runner import pipeline
 from gpu_runner.cancel import Cancellation
-from gpu_runner.conditioning import IMAGE_CRF
+from gpu_runner.families.ltx2 import tiling
+from gpu_runner.families.ltx2.conditioning import IMAGE_CRF
 from gpu_runner.job import load_job
 from tests import upload_corpus as corpus
 from tests.portal import Portal

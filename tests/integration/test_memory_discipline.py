@@ -10,8 +10,9 @@ import numpy as np
 from contract import protocol
 from gpu_runner import pipeline
 from gpu_runner.cancel import Cancellation
+from gpu_runner.families.ltx2 import Ltx2
+from gpu_runner.families.ltx2.loading import DiffusersDirectory
 from gpu_runner.job import load_job
-from gpu_runner.loading import DiffusersDirectory
 from tests.runner_fixtures import read_mp4, run_job, scramble_keeping_size_and_time, write_job
 
 # Mean absolute difference of decoded pixels between an FP8-stored and a full-precision run of
@@ -99,7 +100,7 @@ def test_the_text_encoder_is_collected_before_the_transformer_loads_and_the_tran
             assert refs["transformer"]() is None, "transformer still alive at decode"
             checked.append(event.name)
 
-    pipeline.generate(job, emit, Cancellation(), started=0.0, source=Watched(job.model_dir))
+    pipeline.generate(job, emit, Cancellation(), started=0.0, family=Ltx2(Watched(job.model_dir)))
     assert checked == ["load_transformer", "decode_audio"]
 
 

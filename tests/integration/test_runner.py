@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from contract import jobdir, protocol
-from gpu_runner import tiling
+from gpu_runner.families.ltx2 import tiling
 from tests.runner_fixtures import REPO_ROOT, read_mp4, run_job, write_job
 
 STEPS = 8

@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKLLTX2Video, LTX2Pipeline
 
 from contract import models as specs
-from gpu_runner.demo_model import TRAINED_WEIGHTS, build_demo_model, is_complete
+from gpu_runner.demo.model import TRAINED_WEIGHTS, build_demo_model, is_complete
 
 
 def file_digests(directory):

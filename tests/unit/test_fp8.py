@@ -9,7 +9,8 @@ import torch
 from diffusers import LTX2VideoTransformer3DModel
 from torch import nn
 
-from gpu_runner.fp8 import FP8_DTYPE, FP8Linear, is_fp8_layer, store_in_fp8
+from gpu_runner.families.ltx2.loading import is_fp8_layer
+from gpu_runner.fp8 import FP8_DTYPE, FP8Linear, store_in_fp8
 
 # One matmul with per-row e4m3 weights: e4m3 keeps 3 mantissa bits (relative step 2^-3 at worst,
 # ~2^-4 on average, halved by rounding); over a dot product of independent rounding errors the
@@ -73,7 +74,7 @@ def test_an_fp8_linear_stores_float8_and_stays_close(tmp_path) -> None:
 def test_the_demo_transformer_stores_only_the_selected_layers_in_fp8(demo_model_dir) -> None:
     model = LTX2VideoTransformer3DModel.from_pretrained(demo_model_dir, subfolder="transformer")
     original = copy.deepcopy(model)
-    replaced = store_in_fp8(model)
+    replaced = store_in_fp8(model, is_fp8_layer)
     fp8_names = {n for n, m in model.named_modules() if isinstance(m, FP8Linear)}
     linear_names = {n for n, m in original.named_modules() if isinstance(m, nn.Linear)}
     assert replaced == len(fp8_names) > 0

@@ -7,11 +7,11 @@ from diffusers import LTX2VideoTransformer3DModel
 from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
 from PIL import Image
 
-from gpu_runner.conditioning import IMAGE_CRF
-from gpu_runner.guidance import share_stg_prefix
-from gpu_runner.loading import DiffusersDirectory
+from gpu_runner.families.ltx2.conditioning import IMAGE_CRF
+from gpu_runner.families.ltx2.guidance import share_stg_prefix
+from gpu_runner.families.ltx2.loading import DiffusersDirectory
+from gpu_runner.families.ltx2.text import PrecomputedConnectors
 from gpu_runner.memory import fit_long_clips
-from gpu_runner.text import PrecomputedConnectors
 from tests.unit.test_fp8 import transformer_inputs
 
 STG_BLOCKS = [3]  # of the demo transformer's six: the STG pass can reuse blocks 0-2

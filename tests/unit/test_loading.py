@@ -7,8 +7,10 @@ from types import SimpleNamespace
 
 import torch
 
-from gpu_runner import demo_model, loading
-from gpu_runner.loading import compiles, place_denoiser
+from gpu_runner.compiling import compiles
+from gpu_runner.demo import model as demo_model
+from gpu_runner.families.ltx2 import loading
+from gpu_runner.families.ltx2.loading import place_denoiser
 
 
 def test_blocks_are_compiled_only_on_a_cuda_gpu(tmp_path, monkeypatch):

@@ -12,10 +12,10 @@ from PIL import Image
 
 from contract import jobdir, protocol
 from gpu_runner.cancel import Cancellation, Cancelled
+from gpu_runner.compiling import compiles
+from gpu_runner.families.ltx2.preview import UPSCALE, PreviewWriter, clean_estimate
 from gpu_runner.job import JobError, load_job
-from gpu_runner.loading import compiles
 from gpu_runner.pipeline import COMPILE_NOTE, Stages, denoise_note, seconds_left, step_reporter, tile_reporter
-from gpu_runner.preview import UPSCALE, PreviewWriter, clean_estimate
 from tests.runner_fixtures import write_job
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_runner import tiling
 from gpu_runner.demo import world
+from gpu_runner.families.ltx2 import tiling
 
 FRAMES_PER_LATENT = 8  # LTX-2's temporal compression; its spatial one is 32
 VALID_FRAME_COUNTS = range(9, 482, FRAMES_PER_LATENT)  # 8k + 1, up to 20 s at 24 fps

@@ -12,8 +12,8 @@ import torch
 from diffusers import LTX2VideoTransformer3DModel
 from safetensors.torch import load_file, save_file
 
+from gpu_runner.families.ltx2.loading import DiffusersDirectory
 from gpu_runner.fp8 import FP8_DTYPE, FP8Linear
-from gpu_runner.loading import DiffusersDirectory
 from gpu_runner.weight_cache import WeightCache
 from tests.runner_fixtures import scramble_keeping_size_and_time
 

@@ -1,17 +1,15 @@
-"""Where a job's models come from: a Diffusers-format directory on disk.
+"""Where an LTX-2 job's models come from: a Diffusers-format directory on disk.
 
-The pipeline asks a source for its two halves, so the same staged code runs on a user's
+The family asks a source for its two halves, so the same staged code runs on a user's
 LTX-2 directory, the demo model, or (in bench/gpu_smoke.py) full-size random weights
 built in memory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
 from pathlib import Path
 
 import torch
@@ -27,12 +25,20 @@ from diffusers.pipelines.ltx2 import LTX2Vocoder
 from torch import nn
 
 from gpu_runner import fp8, memory
+from gpu_runner.compiling import COMPILE_RECOMPILE_LIMIT, compiles
+from gpu_runner.families.ltx2.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, prepare_text_encoder
 from gpu_runner.prompt_cache import model_revision
-from gpu_runner.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, prepare_text_encoder
 from gpu_runner.weight_cache import WeightCache
 
 DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
-COMPILE_RECOMPILE_LIMIT = 32  # graphs per compiled block: one per guidance pass and clip shape (dynamo's default: 8)
+# The linears stored in FP8: attention projections and feed-forwards inside the blocks, video, audio and
+# cross-modal alike. They hold ~95% of the DiT's weights; everything else (embeddings, norms, adaLN,
+# proj_out) stays in the compute dtype, where a low-precision copy would cost quality for little memory.
+FP8_LAYER = re.compile(r"transformer_blocks\.\d+\.(?:.+\.)?(?:to_q|to_k|to_v|to_out\.0|net\.0\.proj|net\.2)")
+
+
+def is_fp8_layer(name: str) -> bool:
+    return FP8_LAYER.fullmatch(name) is not None
 
 
 class _DevicedByTransformer:
@@ -54,26 +60,6 @@ class DenoisingPipeline(_DevicedByTransformer, LTX2Pipeline):
 
 class ConditionedDenoisingPipeline(_DevicedByTransformer, LTX2ConditionPipeline):
     """Image-to-video: it encodes its condition image with the VAE, so the VAE comes along to the GPU."""
-
-
-def compiles(device: torch.device, compile_cache: Path | None) -> bool:
-    """Whether a job's transformer blocks go through torch.compile: on a CUDA GPU, when the job has a compile cache.
-
-    `place_denoiser` compiles by it and the pipeline announces the first step's compile by it, so the two agree.
-    """
-    return compile_cache is not None and device.type == "cuda"
-
-
-def import_compiler() -> None:
-    """Import what torch.compile's first use imports (functorch, Inductor, its Triton code generator): ~3 s
-    of a GPU job's load_transformer stage and more of its first step, which a spare runner pays before its job.
-    Nothing here touches CUDA."""
-    import functorch.compile  # noqa: F401
-    import torch._dynamo.backends.inductor  # noqa: F401
-    import torch._inductor.compile_fx  # noqa: F401
-
-    with contextlib.suppress(ImportError):  # Triton comes with torch's CUDA builds only
-        import torch._inductor.codegen.triton  # noqa: F401
 
 
 def place_denoiser(
@@ -105,27 +91,6 @@ def place_denoiser(
     pipe.set_progress_bar_config(disable=True)
 
 
-@contextmanager
-def empty_weights() -> Iterator[None]:
-    """Modules built inside get their parameters on the meta device (no storage); buffers stay real.
-
-    What accelerate's `init_empty_weights(include_buffers=False)` does, without the dependency:
-    non-persistent buffers (RoPE tables and the like) keep the values their constructors computed.
-    """
-    register = nn.Module.register_parameter
-
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register(module, name, param)
-        if param is not None:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register_on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
-
-
 class DiffusersDirectory:
     def __init__(self, model_dir: Path, weight_cache: WeightCache | None = None) -> None:
         self.model_dir = model_dir
@@ -144,9 +109,8 @@ class DiffusersDirectory:
         files = (self.model_dir / component).glob("*")
         return sum(f.stat().st_size for f in files if f.name.endswith((".safetensors", ".bin"))) / 2**30
 
-    def inner_width(self) -> int:
-        config = json.loads((self.model_dir / "transformer" / "config.json").read_text())
-        return int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    def transformer_config(self) -> dict:
+        return json.loads((self.model_dir / "transformer" / "config.json").read_text())
 
     def is_ltx2_0(self) -> bool:
         """LTX-2.0's connectors share one projection between video and audio; 2.3's have one each."""
@@ -197,7 +161,7 @@ class DiffusersDirectory:
                 return transformer
         transformer = LTX2VideoTransformer3DModel.from_pretrained(self.model_dir, subfolder="transformer", dtype=dtype)
         if precision == "fp8":
-            fp8.store_in_fp8(transformer)
+            fp8.store_in_fp8(transformer, is_fp8_layer)
         if cached is not None:
             cached.save(transformer)
         return transformer
@@ -208,9 +172,9 @@ class DiffusersDirectory:
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # as from_pretrained(dtype=...) builds it
         try:
-            with empty_weights():
+            with memory.empty_weights():
                 transformer = LTX2VideoTransformer3DModel.from_config(config)
         finally:
             torch.set_default_dtype(default_dtype)
-        fp8.store_in_fp8(transformer)
+        fp8.store_in_fp8(transformer, is_fp8_layer)
         return transformer.eval()

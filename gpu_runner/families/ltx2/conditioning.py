@@ -1,7 +1,7 @@
 """Image-to-video: the job's normalised image becomes the first-frame condition of the denoising pipeline.
 
 A text-only job runs diffusers' LTX2Pipeline; a job with an image runs LTX2ConditionPipeline
-(gpu_runner/loading.py picks it), the same components with a per-condition strength, so
+(families/ltx2/loading.py picks it), the same components with a per-condition strength, so
 `image_strength` maps onto it directly (1 keeps the first latent frame exactly the encoded
 image; lower values let it be re-noised).
 """

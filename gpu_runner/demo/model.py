@@ -6,8 +6,9 @@ tiny is width and depth only; the video VAE keeps the real compression (32x in s
 in time with a causal first frame), so the real size and frame-count rules apply unchanged.
 
 The trained weights ship with the project in `gpu_runner/demo/weights` (see MODEL_CARD.md
-there; `gpu_runner/demo/train.py` made them). The same architecture with random weights is
-kept for tests that need only shapes, and is what training starts from.
+there; `gpu_runner/demo/train.py` made them), installed by `python -m gpu_runner demo-model`. The
+same architecture with random weights is kept for tests that need only shapes, and is what
+training starts from.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from contract import models as specs
 
 FORMAT_VERSION = 2
 SEED = 0
-TRAINED_WEIGHTS = Path(__file__).resolve().parent / "demo" / "weights"
+TRAINED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 Weights = Literal["trained", "random"]
 
 # Widths that must agree across components (the real model's values in comments).

@@ -1,0 +1,34 @@
+"""torch.compile for a job's repeated blocks: when it applies, and its imports paid ahead of a job.
+
+Generic: a family compiles its denoiser's blocks by `compiles`, and the pipeline announces the
+first step's compile by the same function, so the two agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+COMPILE_RECOMPILE_LIMIT = 32  # graphs per compiled block: one per guidance pass and clip shape (dynamo's default: 8)
+
+
+def compiles(device: torch.device, compile_cache: Path | None) -> bool:
+    """Whether a job's transformer blocks go through torch.compile: on a CUDA GPU, when the job has a compile cache.
+
+    A family compiles by it and the pipeline announces the first step's compile by it, so the two agree.
+    """
+    return compile_cache is not None and device.type == "cuda"
+
+
+def import_compiler() -> None:
+    """Import what torch.compile's first use imports (functorch, Inductor, its Triton code generator): ~3 s
+    of a GPU job's load_transformer stage and more of its first step, which a spare runner pays before its job.
+    Nothing here touches CUDA."""
+    import functorch.compile  # noqa: F401
+    import torch._dynamo.backends.inductor  # noqa: F401
+    import torch._inductor.compile_fx  # noqa: F401
+
+    with contextlib.suppress(ImportError):  # Triton comes with torch's CUDA builds only
+        import torch._inductor.codegen.triton  # noqa: F401

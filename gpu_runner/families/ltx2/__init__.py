@@ -1,0 +1,149 @@
+"""The LTX-2 family: Gemma-3 text encoder and connectors, the audio-video DiT, video and audio VAEs, vocoder.
+
+The demo model is this family at a tiny size; what differs between them (its guidance) follows
+from the model's own configs, not from its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from contract.request import Request
+from gpu_runner import memory
+from gpu_runner.admission import PeakPrediction
+from gpu_runner.families import Context, Family, OnStepEnd, OnTile
+from gpu_runner.families.ltx2 import peaks, tiling
+from gpu_runner.families.ltx2.conditioning import image_conditions
+from gpu_runner.families.ltx2.guidance import share_stg_prefix
+from gpu_runner.families.ltx2.loading import place_denoiser
+from gpu_runner.families.ltx2.preview import PreviewWriter
+from gpu_runner.families.ltx2.text import PrecomputedConnectors, encode
+from gpu_runner.job import Job
+
+# LTX-2.0's guidance beyond diffusers' defaults (which follow 2.3): no cross timestep, STG at block 29.
+LTX2_0_GUIDANCE = {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
+# 2.3's STG block, diffusers' default, spelled out for the STG pass to share the blocks before it.
+LTX2_3_GUIDANCE = {"spatio_temporal_guidance_blocks": [28]}
+
+
+def latent_shape(request: Request) -> tuple[int, int, int]:
+    """Latent frames, rows and columns: one cell per 32x32 pixels and 8 frames (the first frame alone)."""
+    return (request.num_frames - 1) // 8 + 1, request.height // 32, request.width // 32
+
+
+def video_tokens(request: Request) -> int:
+    """Transformer tokens of the clip: one per latent cell."""
+    frames, rows, columns = latent_shape(request)
+    return frames * rows * columns
+
+
+class Ltx2(Family):
+    """LTX-2 (2.0 and 2.3) over a source of its components: a Diffusers directory, or random weights."""
+
+    modes = frozenset({"text", "image"})
+
+    def __init__(self, source) -> None:
+        self.source = source  # loading.DiffusersDirectory, or anything with its methods
+
+    def revision(self) -> str:
+        return self.source.revision()
+
+    def sequence_length(self) -> int:
+        return self.source.sequence_length()
+
+    def predict_peak(self, precision: str, request: Request) -> PeakPrediction:
+        config = self.source.transformer_config()
+        return peaks.predict_peak(
+            transformer_file_gib=self.source.weights_gib("transformer"),
+            connectors_file_gib=self.source.weights_gib("connectors"),
+            vae_file_gib=self.source.weights_gib("vae"),
+            precision=precision,
+            tokens=video_tokens(request),
+            inner_width=int(config["num_attention_heads"]) * int(config["attention_head_dim"]),
+        )
+
+    def load_text_side(self, dtype: torch.dtype, device: torch.device):
+        return self.source.load_text_side(dtype, device)
+
+    def encode(self, text, request: Request, device: torch.device, dtype: torch.dtype) -> Context:
+        return encode(text, request.prompt, request.negative_prompt, self.sequence_length(), device, dtype)
+
+    def load_denoiser(self, job: Job, context: Context, device: torch.device, dtype: torch.dtype, precision: str):
+        """The transformer (its big linears in FP8: from the weight cache straight onto the GPU, or cast on the
+        CPU before it moves) on the GPU, VAEs, vocoder and scheduler on the CPU until their stages."""
+        conditioned = job.file.image_file is not None
+        pipe = self.source.load_denoiser(dtype, precision, PrecomputedConnectors(context), device, conditioned)
+        compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
+        place_denoiser(pipe, device, video_tokens(job.request), compile_cache)
+        share_stg_prefix(pipe.transformer, self.guidance(job.request)["spatio_temporal_guidance_blocks"])
+        return pipe
+
+    def previews(self, job: Job) -> PreviewWriter:
+        return PreviewWriter(job.path, latent_shape(job.request), job.request.steps)
+
+    def denoise(self, denoiser, job: Job, on_step_end: OnStepEnd) -> tuple[torch.Tensor, torch.Tensor]:
+        request = job.request
+        return denoiser(
+            **denoiser.connectors.placeholder_embeds(),
+            width=request.width,
+            height=request.height,
+            num_frames=request.num_frames,
+            frame_rate=request.fps,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            **self.guidance(request),
+            **image_conditions(job),
+            # A CPU generator draws the same noise on every device: same seed, same clip.
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+            output_type="latent",
+            return_dict=False,
+            callback_on_step_end=on_step_end,
+        )
+
+    def decoders(self, denoiser) -> dict:
+        # Each decode stage pops what it uses, so nothing keeps a decoder alive past its stage.
+        return {"vae": denoiser.vae, "audio_vae": denoiser.audio_vae, "vocoder": denoiser.vocoder}
+
+    def decode_audio(self, decoders, latents: torch.Tensor, device: torch.device) -> tuple[np.ndarray, int]:
+        """The mel spectrogram from the audio VAE, then the vocoder's waveform, in float32."""
+        audio_vae, vocoder = decoders.pop("audio_vae").to(device), decoders.pop("vocoder").to(device)
+        waveform = vocoder(audio_vae.decode(latents.to(torch.float32), return_dict=False)[0])
+        waveform = waveform[0].float().cpu().numpy()
+        sample_rate = vocoder.config.output_sampling_rate  # not pipe.audio_sampling_rate: that is the mel rate
+        del audio_vae, vocoder
+        memory.release(device)
+        return waveform, sample_rate
+
+    def decode_video(
+        self, decoders, latents: torch.Tensor, device: torch.device, on_tile: OnTile
+    ) -> Iterator[np.ndarray]:
+        """The video in tiles (families/ltx2/tiling.py), the VAE freed once the last chunk is out."""
+        vae = decoders.pop("vae").to(device)
+        yield from tiling.decode_tiled(vae, latents, on_tile)
+        del vae
+        memory.release(device)
+
+    def guidance(self, request: Request) -> dict:
+        """The guidance beyond CFG, from the model's own configs.
+
+        LTX-2 keeps diffusers' recommended STG, modality and rescale terms, with the LTX-2.0
+        settings when its connectors show 2.0 (one projection shared by both modalities). The STG
+        pass starts at its first STG block from the positive CFG row's states there (guidance.py).
+        A transformer too shallow to have that STG block (the demo's 6 blocks) uses CFG alone
+        (two passes a step) with the request's scale for audio too.
+        """
+        settings = LTX2_0_GUIDANCE if self.source.is_ltx2_0() else LTX2_3_GUIDANCE
+        if max(settings["spatio_temporal_guidance_blocks"]) < int(self.source.transformer_config()["num_layers"]):
+            return dict(settings)
+        return {
+            "audio_guidance_scale": request.guidance_scale,
+            "stg_scale": 0.0,
+            "audio_stg_scale": 0.0,
+            "modality_scale": 1.0,
+            "audio_modality_scale": 1.0,
+            "spatio_temporal_guidance_blocks": None,
+        }

@@ -1,0 +1,104 @@
+"""The model-family seam: every contract kind has a family, and `generate` runs any family's stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import msgspec
+import numpy as np
+import pytest
+import torch
+
+from contract import jobdir, protocol
+from contract.models import MODEL_KINDS, demo_spec
+from contract.request import Request
+from gpu_runner import families, pipeline
+from gpu_runner.admission import PeakPrediction
+from gpu_runner.cancel import Cancellation
+from gpu_runner.job import Job, JobError
+from tests.runner_fixtures import DEMO_REQUEST, NO_CACHES
+
+
+def test_every_contract_model_kind_has_a_family():
+    assert set(families.FAMILIES) == set(MODEL_KINDS)
+
+
+class Fake(families.Family):
+    """A family with nothing of LTX-2 in it: a context of one tensor, grey frames and silence."""
+
+    modes = frozenset({"text"})
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def revision(self) -> str:
+        return "fake"
+
+    def sequence_length(self) -> int:
+        return 4
+
+    def predict_peak(self, precision, request) -> PeakPrediction:
+        return PeakPrediction(0.0, 0.0, 0.0)
+
+    def load_text_side(self, dtype, device):
+        self.calls.append("load_text_side")
+        return "encoder"
+
+    def encode(self, text, request, device, dtype):
+        self.calls.append(f"encode {text}")
+        return {"context": torch.zeros(2, 4)}
+
+    def load_denoiser(self, job, context, device, dtype, precision):
+        self.calls.append(f"load_denoiser {sorted(context)}")
+        return SimpleNamespace(scheduler=SimpleNamespace(sigmas=torch.linspace(1, 0, job.request.steps + 1)))
+
+    def previews(self, job):
+        return SimpleNamespace(after_step=lambda *_: None)
+
+    def denoise(self, denoiser, job, on_step_end):
+        for index in range(job.request.steps):
+            on_step_end(denoiser, index, None, {"latents": None})
+        request = job.request
+        return torch.zeros(request.num_frames, request.height, request.width), torch.zeros(1)  # "latents": the frames
+
+    def decoders(self, denoiser):
+        return {}
+
+    def decode_audio(self, decoders, latents, device):
+        self.calls.append("decode_audio")
+        return np.zeros((2, 16000), dtype=np.float32), 16000
+
+    def decode_video(self, decoders, latents, device, on_tile):
+        self.calls.append("decode_video")
+        yield np.full((*latents.shape, 3), 128, dtype=np.uint8)
+        on_tile(1, 1)
+
+
+def fake_job(directory: Path, **request: object) -> Job:
+    spec = msgspec.structs.replace(demo_spec(directory), kind="fake")
+    made = jobdir.job_file(directory.name, Request(**{**DEMO_REQUEST, **request}), spec, NO_CACHES)
+    return Job(directory=directory, file=made, spec=spec, model_dir=directory)
+
+
+def test_a_family_registered_for_a_new_kind_runs_through_the_stage_skeleton(tmp_path, monkeypatch):
+    calls: list[str] = []
+    family = Fake(calls)
+    monkeypatch.setitem(families.FAMILIES, "fake", lambda model_dir, weight_cache: family)
+    job = fake_job(tmp_path, num_frames=9, steps=2)
+    events: list[protocol.Event] = []
+
+    result = pipeline.generate(job, events.append, Cancellation(), started=0.0)
+
+    assert calls == ["load_text_side", "encode encoder", "load_denoiser ['context']", "decode_audio", "decode_video"]
+    assert [e.name for e in events if isinstance(e, protocol.Stage)] == list(protocol.STAGES)
+    assert [e.step for e in events if isinstance(e, protocol.Step)] == [1, 2]
+    assert result.frames == 9 and (tmp_path / jobdir.VIDEO_FILE).is_file()
+
+
+def test_a_family_refuses_a_mode_it_does_not_have(tmp_path, monkeypatch):
+    monkeypatch.setitem(families.FAMILIES, "fake", lambda model_dir, weight_cache: Fake([]))
+    job = fake_job(tmp_path)
+    job = Job(job.directory, msgspec.structs.replace(job.file, image_file="image.png"), job.spec, job.model_dir)
+    with pytest.raises(JobError, match="does not generate video from an image"):
+        pipeline.generate(job, lambda event: None, Cancellation(), started=0.0)
