@@ -17,7 +17,7 @@ paths (`--paths` picks some by their keys, `--frames` the frame counts):
   (every transformer block through torch.compile, regional compilation; default mode, as
   max-autotune would tune every GEMM shape for minutes), and `ours-compiled-stg-prefix`, the runner's
   step: compiled, with the STG pass started at its block from the positive CFG row's states there
-  (gpu_runner/guidance.py). Where a path compiles, the compile time shows as the extra seconds of
+  (gpu_runner/families/ltx2/guidance.py). Where a path compiles, the compile time shows as the extra seconds of
   its first step;
 - `runner`: the runner job, `gpu_runner.pipeline.generate` end to end (gpu_smoke.run), stage by stage;
 - `decode`: the stock video VAE decode, untiled where it fits, else with diffusers' tiling;
@@ -207,7 +207,7 @@ def compiled_blocks(transformer: torch.nn.Module) -> Iterator[None]:
     originals = list(blocks)
     for index, block in enumerate(originals):
         blocks[index] = compile_block(block)
-    # as the runner allows: more graph versions per block than dynamo's default (gpu_runner/loading.py)
+    # as the runner allows: more graph versions per block than dynamo's default (gpu_runner/compiling.py)
     try:
         with torch._dynamo.config.patch(recompile_limit=COMPILE_RECOMPILE_LIMIT):
             yield

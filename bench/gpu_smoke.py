@@ -125,7 +125,7 @@ def _full_size() -> ModelSize:
 
 
 FULL_SIZE = _full_size()
-# The demo model's sizes (gpu_runner/demo_model.py): the same classes, tiny widths, CPU-quick.
+# The demo model's sizes (gpu_runner/demo/model.py): the same classes, tiny widths, CPU-quick.
 TINY_SIZE = ModelSize(
     name="demo (tiny)",
     transformer=demo_model.transformer,
