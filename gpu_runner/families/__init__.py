@@ -8,87 +8,20 @@ package here and map its contract `ModelSpec.kind`s to it in `FAMILIES`.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from contract.request import Request
-from gpu_runner.admission import PeakPrediction
-from gpu_runner.job import Job, JobError
+# base first: the families import it while this package is still initialising.
+from gpu_runner.families.base import Context, Family, OnStepEnd, OnTile
+from gpu_runner.families.ltx2 import Ltx2
+from gpu_runner.families.ltx2.loading import DiffusersDirectory
+from gpu_runner.job import Job
 from gpu_runner.weight_cache import WeightCache
 
-Context = dict[str, torch.Tensor]  # a prompt's encoding: what the prompt cache keeps
-OnStepEnd = Callable  # diffusers' callback_on_step_end: (pipe, step index, timestep, tensors) -> dict
-OnTile = Callable[[int, int], None]  # (tiles done, tiles in the plan)
-
-
-class Family(ABC):
-    """One model family, bound to one model. Text side and denoiser are opaque to the pipeline."""
-
-    modes: frozenset[str]  # "text" (text-to-video) and/or "image" (image-to-video)
-
-    @abstractmethod
-    def revision(self) -> str:
-        """What identifies the weights, for the prompt cache's key."""
-
-    @abstractmethod
-    def sequence_length(self) -> int:
-        """Tokens per prompt, for the prompt cache's key."""
-
-    @abstractmethod
-    def predict_peak(self, precision: str, request: Request) -> PeakPrediction:
-        """The job's peak VRAM per phase, from the model's files and the clip's size."""
-
-    @abstractmethod
-    def load_text_side(self, dtype: torch.dtype, device: torch.device) -> object:
-        """What encodes a prompt; the pipeline frees it before the denoiser loads."""
-
-    @abstractmethod
-    def encode(self, text: object, request: Request, device: torch.device, dtype: torch.dtype) -> Context:
-        """The prompt and negative prompt encoded: all the denoiser needs of the text side."""
-
-    @abstractmethod
-    def load_denoiser(
-        self, job: Job, context: Context, device: torch.device, dtype: torch.dtype, precision: str
-    ) -> object:
-        """The denoiser placed on `device` (compiled where `compiling.compiles` says), decoders on the CPU."""
-
-    @abstractmethod
-    def previews(self, job: Job) -> object:
-        """What `pipeline.step_reporter` asks for a preview after each step: `after_step(sigmas, index, latents)`."""
-
-    @abstractmethod
-    def denoise(self, denoiser: object, job: Job, on_step_end: OnStepEnd) -> tuple[torch.Tensor, torch.Tensor]:
-        """Video and audio latents of the job's clip, its guidance the family's own."""
-
-    @abstractmethod
-    def decoders(self, denoiser: object) -> object:
-        """What outlives the denoiser: the pipeline drops the denoiser and keeps these for decoding."""
-
-    @abstractmethod
-    def decode_audio(self, decoders: object, latents: torch.Tensor, device: torch.device) -> tuple[np.ndarray, int]:
-        """The waveform (channels, samples) and its sample rate; the audio decoders are freed after."""
-
-    @abstractmethod
-    def decode_video(
-        self, decoders: object, latents: torch.Tensor, device: torch.device, on_tile: OnTile
-    ) -> Iterator[np.ndarray]:
-        """Chunks of (frames, height, width, 3) uint8 RGB, in order, as they are decoded."""
-
-    def check_mode(self, job: Job) -> None:
-        """Refuse a job this family cannot run (an image condition where it has no image-to-video)."""
-        mode, what = ("text", "text alone") if job.file.image_file is None else ("image", "an image")
-        if mode not in self.modes:
-            raise JobError("invalid_input", f"model {job.spec.id!r} does not generate video from {what}")
+__all__ = ["FAMILIES", "Context", "Family", "OnStepEnd", "OnTile", "family_for"]
 
 
 def _ltx2(model_dir: Path, weight_cache: WeightCache | None) -> Family:
-    from gpu_runner.families.ltx2 import Ltx2
-    from gpu_runner.families.ltx2.loading import DiffusersDirectory
-
     return Ltx2(DiffusersDirectory(model_dir, weight_cache))
 
 

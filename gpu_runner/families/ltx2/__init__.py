@@ -15,7 +15,7 @@ import torch
 from contract.request import Request
 from gpu_runner import memory
 from gpu_runner.admission import PeakPrediction
-from gpu_runner.families import Context, Family, OnStepEnd, OnTile
+from gpu_runner.families.base import Context, Family, OnStepEnd, OnTile
 from gpu_runner.families.ltx2 import peaks, tiling
 from gpu_runner.families.ltx2.conditioning import image_conditions
 from gpu_runner.families.ltx2.guidance import share_stg_prefix
