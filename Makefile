@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test files run in parallel, each whole on one worker so its module-scoped fixtures (a shared portal,
+# a clip generated once) are built once; PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup run test lint system-deps demo-model bench bench-portal clean
 
@@ -33,7 +36,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: setup system-deps lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo-model: setup
 	$(BIN)/python -m gpu_runner demo-model data/models/demo
