@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Test files run in parallel, each whole on one worker so its module-scoped fixtures (a shared portal,
-# a clip generated once) are built once; PYTEST_WORKERS=0 runs everything in this process.
-PYTEST_WORKERS ?= 2
+# PYTEST_WORKERS=2 runs test files on two workers, each file whole on one so its module-scoped fixtures
+# are built once. Off by default: on a busy 2-core machine two CPU-bound generations at once pushed the
+# browser and SIGKILL-rerun tests past their time bounds (see the commit that set this).
+PYTEST_WORKERS ?= 0
 
 .PHONY: setup run test lint system-deps demo-model bench bench-portal clean
 
