@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# PYTEST_WORKERS=2 runs test files on two workers, each file whole on one so its module-scoped fixtures
+# are built once. Off by default: on a busy 2-core machine two CPU-bound generations at once pushed the
+# browser and SIGKILL-rerun tests past their time bounds (see the commit that set this).
+PYTEST_WORKERS ?= 0
 
 .PHONY: setup run test lint system-deps demo-model bench bench-portal clean
 
@@ -33,7 +37,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: setup system-deps lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo-model: setup
 	$(BIN)/python -m gpu_runner demo-model data/models/demo

@@ -123,6 +123,32 @@ class Services(msgspec.Struct, frozen=True):
         await self.store.call(self.store.delete_job, job.id)
         await anyio.to_thread.run_sync(shutil.rmtree, self.job_dir(job.id), True)
 
+    async def refresh_job_files(self) -> None:
+        """Point unfinished jobs' job.json at this installation's model and caches before they run again.
+
+        job.json holds absolute paths, written when the job was submitted: a data directory that was
+        moved, restored on another machine or made by an older release names directories that may
+        be gone. The model is looked up again by its id; a job whose model id is no longer offered
+        keeps its old path, and its runner fails it as model_missing, saying which directory it lacks.
+        """
+        models = self.settings.models()
+        options = msgspec.structs.asdict(self.settings.runner_options())
+
+        def refresh() -> None:
+            for job in self.store.jobs_with_status(("queued", "running", "interrupted")):
+                path = self.job_dir(job.id) / jobdir.JOB_FILE
+                try:
+                    stored = msgspec.json.decode(path.read_bytes(), type=jobdir.JobFile)
+                except (OSError, msgspec.DecodeError):
+                    continue  # the runner reports an unreadable job.json as invalid_input
+                spec = models.get(stored.request.model or "")
+                if spec is not None:
+                    fresh = msgspec.structs.replace(stored, model_kind=spec.kind, model_path=spec.path, **options)
+                    if fresh != stored:
+                        jobdir.write_job_file(path.parent, fresh)
+
+        await self.store.call(refresh)
+
     def video_path(self, job: JobRow) -> Path | None:
         if job.status != "succeeded":
             return None

@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from app import migrations
 from contract.request import Request
 
 P = ParamSpec("P")
@@ -42,38 +43,6 @@ def empty_progress() -> dict[str, Any]:
         "preview_step": 0,
     }
 
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    request TEXT NOT NULL,
-    progress TEXT NOT NULL DEFAULT '{}',
-    error TEXT,
-    result TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
-CREATE TABLE IF NOT EXISTS job_events (
-    job_id TEXT NOT NULL,
-    id INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    data TEXT NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (job_id, id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS uploads (
-    id TEXT PRIMARY KEY,
-    filename TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    created_at REAL NOT NULL
-) WITHOUT ROWID;
-"""
 
 # An upload stays while it is young or while any job's request names it.
 _UPLOAD_ALIVE = (
@@ -145,7 +114,7 @@ class Store:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        migrations.migrate(self._db)  # creates a new database, or upgrades one an older release made
         self._limiter = anyio.CapacityLimiter(1)
 
     def close(self) -> None:

@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             except Exception:  # the lifespan must outlive a dead worker; /healthz reports it
                 log.exception("the worker stopped")
 
+        await services.refresh_job_files()  # before recovery queues them again
         await services.worker.recover()
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_worker)

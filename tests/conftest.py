@@ -32,6 +32,16 @@ def portal(make_portal) -> Portal:
     return make_portal()
 
 
+@pytest.fixture(scope="module")
+def shared_portal(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[Portal]:  # noqa: F811
+    """One portal for a module's tests that need nothing of their own: a start costs seconds of CPU (its spare
+    runner imports torch). Those tests must wait for the jobs they look at, and never assume an empty portal."""
+    portal = Portal(data_dir=prepare_data_dir(tmp_path_factory.mktemp("shared") / "data", demo_model_dir), env={})
+    portal.start()
+    yield portal
+    portal.stop()
+
+
 @pytest.fixture
 def make_proxy(tmp_path: Path) -> Iterator:
     """Start nginx or Caddy with the shipped deploy/ config in front of a portal; all are stopped afterwards."""

@@ -2,19 +2,28 @@
 
 25 clips go through the runner's own stages (gpu_runner.demo.evaluate) at the demo's defaults
 (256x160, 25 frames at 24 fps, 8 steps, guidance 3) and are measured from the MP4s they wrote
-(gpu_runner.demo.measure). Every colour and every motion is asked for with 5 seeds.
+(gpu_runner.demo.measure). Every colour and every motion is asked for with 5 seeds
+(AVP_TEST_QUALITY_SEEDS: fewer for a quicker local run; each check keeps its threshold as the same
+share of the clips, rounded up, so a smaller run is never more lenient, but it is stricter per clip:
+with 1 seed every clip must follow its prompt, which the shipped model does not always do, so a
+failure below 5 seeds means "run the default", and only the default decides).
 The thresholds are the targets the demo model was trained for (see
 gpu_runner/demo/weights/MODEL_CARD.md for what the shipped model measures).
 """
 
 from __future__ import annotations
 
+import math
+import os
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
 from gpu_runner.demo import evaluate, measure, world
 
-SEEDS = 5
+SEEDS = int(os.environ.get("AVP_TEST_QUALITY_SEEDS", "5"))
+FOLLOWED = Fraction(4, 5)  # the share of seeds a colour or motion must follow: 4 of 5
 SYNC_TARGET = 0.75  # of floor contacts with a click within 2 video frames
 AUDIBLE_DB = -30.0  # dBFS; the world's tones are at -13.5 to -15, the shipped model's at -16 to -18
 TONE_OVER_SILENCE_DB = 20.0  # measured: 30 dB (silence at -48 dBFS)
@@ -23,6 +32,11 @@ TONE_OVER_SILENCE_DB = 20.0  # measured: 30 dB (silence at -48 dBFS)
 @pytest.fixture(scope="module")
 def measured(demo_model_dir):
     return list(evaluate.evaluate(demo_model_dir, evaluate.prompt_set(SEEDS)))
+
+
+def enough() -> int:
+    """The hits FOLLOWED asks for, rounded up: 4 of 5, 3 of 3."""
+    return math.ceil(FOLLOWED * SEEDS)
 
 
 def hits(measured, check, **prompt_fields):
@@ -34,16 +48,16 @@ def hits(measured, check, **prompt_fields):
 
 @pytest.mark.parametrize("colour", list(world.COLOURS))
 def test_each_colour_word_gives_an_object_of_that_hue_in_4_of_5_seeds(measured, colour):
-    assert hits(measured, "colour", colour=colour) >= 4
+    assert hits(measured, "colour", colour=colour) >= enough()
 
 
 @pytest.mark.parametrize("motion", ["moving left", "moving right", "moving up", "moving down"])
 def test_motion_goes_the_asked_way_in_4_of_5_seeds(measured, motion):
-    assert hits(measured, "motion", motion=motion) >= 4
+    assert hits(measured, "motion", motion=motion) >= enough()
 
 
 def test_bouncing_clips_touch_the_floor_in_4_of_5_seeds(measured):
-    assert hits(measured, "motion", motion="bouncing") >= 4
+    assert hits(measured, "motion", motion="bouncing") >= enough()
 
 
 def test_beeps_and_hums_sound_in_their_bands_and_silence_is_quiet(measured):
@@ -51,7 +65,8 @@ def test_beeps_and_hums_sound_in_their_bands_and_silence_is_quiet(measured):
     for prompt, result in measured:
         by_sound.setdefault(prompt.sound, []).append((prompt, result))
     for sound in ("high beep", "low hum", "silence"):
-        assert sum(evaluate.followed(p, m)["sound"] for p, m in by_sound[sound]) >= 0.8 * len(by_sound[sound]), sound
+        clips = by_sound[sound]
+        assert sum(evaluate.followed(p, m)["sound"] for p, m in clips) >= FOLLOWED * len(clips), sound
 
 
 def test_tones_are_audible_and_far_louder_than_silence(measured):

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests import upload_corpus as corpus
 from tests.portal import Portal
 
 HX = {"HX-Request": "true"}
+
+
+@pytest.fixture
+def portal(shared_portal: Portal) -> Portal:
+    """One portal for this module (see conftest.py): no test here needs an empty one, or a setting of its own."""
+    return shared_portal
 
 
 def form(**fields: str) -> dict[str, str]:

@@ -10,6 +10,12 @@ from tests.portal import Portal
 from tests.runner_fixtures import read_mp4
 
 
+@pytest.fixture
+def portal(shared_portal: Portal) -> Portal:
+    """One portal for this module (see conftest.py): no test here needs an empty one, or a setting of its own."""
+    return shared_portal
+
+
 def test_a_submitted_prompt_streams_progress_and_ends_as_an_mp4_with_audio(make_portal, tmp_path) -> None:
     portal = make_portal(AVP_SPARE_RUNNER="on")  # as shipped: the job goes to the spare runner spawned at start
     job = portal.submit(num_frames=33, width=224, height=224, fps=25, steps=6)

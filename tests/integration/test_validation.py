@@ -33,16 +33,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def shared_portal(tmp_path_factory, demo_model_dir):
-    from tests.portal import Portal, prepare_data_dir
-
-    portal = Portal(data_dir=prepare_data_dir(tmp_path_factory.mktemp("validation") / "data", demo_model_dir), env={})
-    portal.start()
-    yield portal
-    portal.stop()
-
-
 @pytest.mark.parametrize(("fields", "expected"), CASES, ids=[",".join(c[0]) for c in CASES])
 def test_invalid_requests_are_refused_with_every_field_named(shared_portal: Portal, fields, expected) -> None:
     body = {"prompt": "a red ball", **fields}

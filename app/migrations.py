@@ -1,0 +1,86 @@
+"""Schema migrations: a data directory made by any earlier release opens with this one.
+
+The database's version is `PRAGMA user_version` (0: a database from before versions were kept,
+or a new file). `MIGRATIONS[n - 1]` takes a database from version n - 1 to n; start-up runs every
+step above the database's version, in order, each in its own transaction together with the new
+version number, so a crash leaves the database at a whole version. A released step never changes:
+a later schema change is a new step appended at the end. Steps are idempotent too (IF NOT EXISTS),
+because a version-0 database may already hold the tables that step 1 creates.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer release; this one would not know its columns."""
+
+
+def _v1_initial(db: sqlite3.Connection) -> None:
+    """The schema as releases up to 8da605c created it (with version 0)."""
+    for statement in (
+        """CREATE TABLE IF NOT EXISTS jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            request TEXT NOT NULL,
+            progress TEXT NOT NULL DEFAULT '{}',
+            error TEXT,
+            result TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        )""",
+        "CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq)",
+        """CREATE TABLE IF NOT EXISTS job_events (
+            job_id TEXT NOT NULL,
+            id INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            data TEXT NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (job_id, id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE IF NOT EXISTS uploads (
+            id TEXT PRIMARY KEY,
+            filename TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+    ):
+        db.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial,)
+LATEST = len(MIGRATIONS)
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(db: sqlite3.Connection, steps: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring `db` (autocommit mode) up to `len(steps)`; returns the version it was at. A no-op when current."""
+    found = schema_version(db)
+    if found > len(steps):
+        raise SchemaTooNew(
+            f"the database is at schema version {found}, newer than this release's {len(steps)}; "
+            "run the release that wrote it (or a later one)"
+        )
+    for version, step in enumerate(steps, start=1):
+        # IMMEDIATE: a second process opening the same file waits here, then sees the version already done.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(db) < version:
+                step(db)
+                db.execute(f"PRAGMA user_version = {version}")  # a pragma takes no parameters; an int is safe
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    return found
