@@ -18,7 +18,6 @@ from app.config import Settings
 from app.journal import Journal
 from app.queue import Worker
 from app.ratelimit import SubmitRateLimit
-from app.runner import Supervisor
 from app.schemas import FieldError, InvalidRequest, JobError, JobLinks, JobOut, validate_request
 from app.store import JobRow, Store, StoredEvent
 from app.uploads import Upload, Uploads
@@ -43,7 +42,6 @@ class Services(msgspec.Struct, frozen=True):
     store: Store
     broker: Broker
     journal: Journal
-    supervisor: Supervisor
     worker: Worker
     auth: Authenticator
     login_throttle: LoginThrottle
@@ -113,7 +111,7 @@ class Services(msgspec.Struct, frozen=True):
     async def cancel(self, job: JobRow) -> None:
         if job.finished:
             raise Conflict(f"The job already {job.status}; there is nothing to cancel.")
-        if self.supervisor.cancel(job.id):
+        if self.worker.cancel(job.id):
             return  # the worker records `cancelled` once the runner has exited
         await self.journal.set_status(job.id, "cancelled", message="Cancelled before it started.")
 

@@ -1,4 +1,7 @@
-"""The single GPU worker: one consumer drains a stream of job ids, so two jobs never share VRAM.
+"""The worker: one consumer drains a stream of job ids in order, running as many at once as its executor has slots.
+
+The local executor has one slot, so two jobs never share VRAM. Which machine runs a job is the
+executor's business (app/executor.py); the worker decides what runs next and records what happens.
 
 SQLite is the source of truth; the stream only carries ids. At start-up every job still
 queued is put back on the stream, and a job that was running when the process died is
@@ -14,9 +17,11 @@ from pathlib import Path
 
 import anyio
 
+from app.executor import EventSink, Executor
 from app.journal import Journal
-from app.runner import Supervisor, runner_command, runner_env
-from app.store import Store
+from app.runner import runner_command, runner_env
+from app.store import Store, empty_progress
+from contract import protocol
 from contract.models import DEMO_MANIFEST
 
 log = logging.getLogger(__name__)
@@ -25,21 +30,32 @@ MAX_ATTEMPTS = 2  # a job interrupted by a restart runs once more, not forever
 
 
 class Worker:
-    def __init__(
-        self, store: Store, journal: Journal, supervisor: Supervisor, jobs_dir: Path, runner_python: str
-    ) -> None:
+    def __init__(self, store: Store, journal: Journal, executor: Executor, jobs_dir: Path, runner_python: str) -> None:
         self._store = store
         self._journal = journal
-        self._supervisor = supervisor
+        self._executor = executor
         self._jobs_dir = jobs_dir
         self._runner_python = runner_python
         self._send, self._receive = anyio.create_memory_object_stream[str](math.inf)
         self.alive = False
         self.state = "starting"
-        self.current_job: str | None = None
+        self.running_jobs: list[str] = []  # in the order they started
+
+    @property
+    def current_job(self) -> str | None:
+        """The job that has run longest, if any runs."""
+        return self.running_jobs[0] if self.running_jobs else None
+
+    @property
+    def slots(self) -> int:
+        return self._executor.capacity
 
     def enqueue(self, job_id: str) -> None:
         self._send.send_nowait(job_id)
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask the executor to stop a running job; False when it runs no such job (it may still be queued)."""
+        return self._executor.cancel(job_id)
 
     async def recover(self) -> None:
         """Queue again what a previous process left queued, running or interrupted."""
@@ -67,27 +83,46 @@ class Worker:
         try:
             if demo_model_dir is not None:
                 await self._ensure_demo_model(demo_model_dir)
-            await self._supervisor.ensure_spare()  # the first job's runner, importing while nobody waits
+            await self._executor.start()
             self.state = "idle"
-            async for job_id in self._receive:
-                await self._process(job_id)
-                # The job has ended and its status is written: the next runner's imports compete with nothing.
-                await self._supervisor.ensure_spare()
-                self.state = "idle"
+            await self._consume()
         finally:
             self.alive = False
             self.state = "stopped"
-            await self._supervisor.close()  # no spare runner outlives the worker
+            await self._executor.close()  # nothing of the executor's (a spare runner) outlives the worker
 
-    async def _process(self, job_id: str) -> None:
+    async def _consume(self) -> None:
+        """Take ids in order; each job starts once a slot is free and the job before it is marked running."""
+        free_slots = anyio.Semaphore(self._executor.capacity)
+        async with anyio.create_task_group() as jobs:
+            async for job_id in self._receive:
+                await free_slots.acquire()
+                began = anyio.Event()
+                jobs.start_soon(self._process, job_id, began, free_slots)
+                await began.wait()  # so the stored order of `running` is the queue's order
+
+    async def _process(self, job_id: str, began: anyio.Event, free_slots: anyio.Semaphore) -> None:
+        try:
+            if await self._run(job_id, began):
+                # Its status is written: what the executor prepares for the next job competes with no job of ours.
+                await self._executor.job_finished()
+        finally:
+            began.set()  # however it ended, the consumer goes on
+            free_slots.release()
+            if not self.running_jobs:
+                self.state = "idle"
+
+    async def _run(self, job_id: str, began: anyio.Event) -> bool:
+        """Run one queued job and record how it ended; False when it was no longer queued."""
         job = await self._store.call(self._store.get_job, job_id)
         if job is None or job.status != "queued":
-            return  # cancelled or deleted while it waited
-        self.current_job = job_id
+            return False  # cancelled or deleted while it waited
+        self.running_jobs.append(job_id)
         self.state = "running"
         try:
             await self._journal.set_status(job_id, "running", start_attempt=True, attempt=job.attempts + 1)
-            outcome = await self._supervisor.run(job_id, self._jobs_dir / job_id)
+            began.set()
+            outcome = await self._executor.run(job_id, self._jobs_dir / job_id, self._recorder(job_id))
             await self._journal.set_status(job_id, outcome.status, **outcome.details())
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
@@ -101,7 +136,18 @@ class Worker:
                 job_id, "failed", code="internal", message=f"The portal could not run this job: {exc}"
             )
         finally:
-            self.current_job = None
+            self.running_jobs.remove(job_id)
+        return True
+
+    def _recorder(self, job_id: str) -> EventSink:
+        """Journals each of the job's protocol events, carrying its progress from one to the next."""
+        progress = empty_progress()
+
+        async def record(event: protocol.Event) -> None:
+            nonlocal progress
+            progress = await self._journal.runner_event(job_id, event, progress)
+
+        return record
 
     async def _ensure_demo_model(self, directory: Path) -> None:
         """Build the demo model on first start (a few seconds, no network)."""

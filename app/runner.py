@@ -1,15 +1,16 @@
-"""The runner supervisor: starts a job's runner, follows its protocol, ends it.
+"""The local executor (app/executor.py): the runner supervisor starts a job's runner, follows its protocol, ends it.
 
 A job's runner is a fresh process: either a spare (`python -m gpu_runner standby <jobs dir>`,
 spawned ahead so that torch and diffusers are already imported when the job comes, and handed
 the job directory on its stdin) or, where no live spare is there (or spares are off,
 AVP_SPARE_RUNNER), `python -m gpu_runner run <job dir>` spawned for the job. At most one spare
-exists: the worker asks for one when it starts and again once each job has ended and its status
-is written (not while it runs: its imports would compete with the job). Either way the child runs
-in its own session (its own process group) so a cancel reaches everything it started, and it asks
-the kernel for SIGTERM when this process dies. Its stdout carries only protocol lines; its stderr goes to runner.log
-(a spare's, until its job comes, to `<jobs dir>/spare-runner.log`). The user-facing outcome is
-decided by the exit code and the last `error` event, never by a stack trace.
+exists, spawned when the executor starts and again once each job has ended and its status is
+written (not while it runs: its imports would compete with the job); one job runs at a time.
+Either way the child runs in its own session (its own process group) so a cancel reaches everything
+it started, and it asks the kernel for SIGTERM when this process dies. Its stdout carries only
+protocol lines, handed one by one to the run's event sink; its stderr goes to runner.log (a spare's,
+until its job comes, to `<jobs dir>/spare-runner.log`). The user-facing outcome is decided by the
+exit code and the last `error` event, never by a stack trace.
 """
 
 from __future__ import annotations
@@ -21,15 +22,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import msgspec
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from app.journal import Journal
-from app.store import empty_progress
+from app.executor import EventSink, Executor, Outcome
 from contract import jobdir, protocol
 
 log = logging.getLogger(__name__)
@@ -55,15 +54,6 @@ def runner_env() -> dict[str, str]:
     }
 
 
-class Outcome(msgspec.Struct, frozen=True):
-    status: str  # succeeded, failed or cancelled
-    code: str | None = None
-    message: str | None = None
-
-    def details(self) -> dict[str, Any]:
-        return {k: v for k, v in (("code", self.code), ("message", self.message)) if v is not None}
-
-
 class _Child:
     def __init__(self, process: Process, spare_spawned: float | None = None) -> None:
         self.process = process
@@ -85,18 +75,19 @@ class _Transcript:
         self.violation: str | None = None
 
 
-class Supervisor:
-    def __init__(
-        self, runner_python: str, journal: Journal, cancel_grace_s: float, spare_jobs_dir: Path | None = None
-    ) -> None:
+class Supervisor(Executor):
+    def __init__(self, runner_python: str, cancel_grace_s: float, spare_jobs_dir: Path | None = None) -> None:
         """`spare_jobs_dir`: the directory of the job directories, for a spare runner to wait in; None: no spares."""
         self._python = runner_python
-        self._journal = journal
         self._grace = cancel_grace_s
         self._children: dict[str, _Child] = {}
         self._spare_jobs_dir = spare_jobs_dir
         self._spare: _Child | None = None
         self._closed = False
+
+    @property
+    def capacity(self) -> int:
+        return 1  # one GPU: two jobs never share its memory
 
     @property
     def spare_log(self) -> Path | None:
@@ -135,6 +126,14 @@ class Supervisor:
             return
         log.info("spawned spare runner %d (its log: %s)", process.pid, log_path)
 
+    async def start(self) -> None:
+        """The first job's runner, importing while nobody waits."""
+        await self.ensure_spare()
+
+    async def job_finished(self) -> None:
+        """The next job's runner: its imports now compete with nothing."""
+        await self.ensure_spare()
+
     async def close(self) -> None:
         """No spare from now on; the waiting one, if any, is killed with its group and reaped."""
         self._closed = True
@@ -149,7 +148,7 @@ class Supervisor:
         child.cancel_requested.set()
         return True
 
-    async def run(self, job_id: str, job_dir: Path) -> Outcome:
+    async def run(self, job_id: str, job_dir: Path, on_event: EventSink) -> Outcome:
         # Shielded: a cancel (a shutdown) cannot land between the hand-over and the registration, where
         # the runner would go on unsupervised; it lands inside the try below, which stops the runner.
         with anyio.CancelScope(shield=True):
@@ -160,7 +159,7 @@ class Supervisor:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._stop_when_cancelled, child)
-                await self._follow(job_id, child, transcript)
+                await self._follow(job_id, child, transcript, on_event)
                 await process.wait()
                 tg.cancel_scope.cancel()
         finally:
@@ -171,10 +170,9 @@ class Supervisor:
             _note_a_spare_that_never_took_its_job(job_dir, child, self.spare_log)
         return _classify(process.returncode, child.cancel_requested.is_set(), transcript)
 
-    async def _follow(self, job_id: str, child: _Child, transcript: _Transcript) -> None:
+    async def _follow(self, job_id: str, child: _Child, transcript: _Transcript, on_event: EventSink) -> None:
         assert child.process.stdout is not None
         lines = BufferedByteReceiveStream(child.process.stdout)
-        progress = empty_progress()
         number = 0
         while True:
             try:
@@ -195,7 +193,7 @@ class Supervisor:
                 transcript.result = event
             elif isinstance(event, protocol.Error):
                 transcript.last_error = event
-            progress = await self._journal.runner_event(job_id, event, progress)
+            await on_event(event)
         log.warning("job %s: %s; stopping its runner", job_id, transcript.violation)
         await self._stop(child)
 

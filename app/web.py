@@ -45,14 +45,13 @@ def build_services(settings: Settings, secret: bytes) -> Services:
     broker = Broker()
     journal = Journal(store, broker)
     spare_jobs_dir = settings.jobs_dir if settings.spare_runner else None
-    supervisor = Supervisor(settings.runner_python, journal, settings.cancel_grace_s, spare_jobs_dir)
-    worker = Worker(store, journal, supervisor, settings.jobs_dir, settings.runner_python)
+    executor = Supervisor(settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
+    worker = Worker(store, journal, executor, settings.jobs_dir, settings.runner_python)
     return Services(
         settings=settings,
         store=store,
         broker=broker,
         journal=journal,
-        supervisor=supervisor,
         worker=worker,
         auth=Authenticator(settings, secret),
         login_throttle=LoginThrottle(),

@@ -243,23 +243,23 @@ def drop(files: list[Path], system: bool) -> str:
 
 
 class Transcript:
-    """Stands where the portal's Journal does: it gets every event the supervisor parses, and stamps it."""
+    """Stands where the portal's worker does: it gets every event the supervisor parses for the job, and stamps it."""
 
-    def __init__(self) -> None:
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
         self.events: list[tuple[float, protocol.Event]] = []
         self.supervisor: Supervisor | None = None
 
-    async def runner_event(self, job_id: str, event: protocol.Event, progress: dict) -> dict:
+    async def on_event(self, event: protocol.Event) -> None:
         self.events.append((time.monotonic(), event))
         if isinstance(event, protocol.Step) and self.supervisor is not None:
-            self.supervisor.cancel(job_id)  # the first step is all that is timed
-        return progress
+            self.supervisor.cancel(self.job_id)  # the first step is all that is timed
 
 
 def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
-    transcript = Transcript()
+    transcript = Transcript(job_dir.name)
     spare_jobs_dir = job_dir.parent if run.spare else None
-    transcript.supervisor = Supervisor(sys.executable, transcript, cancel_grace_s=120, spare_jobs_dir=spare_jobs_dir)
+    transcript.supervisor = Supervisor(sys.executable, cancel_grace_s=120, spare_jobs_dir=spare_jobs_dir)
     spare_imports_s: float | None = None
     spawned_at = 0.0
 
@@ -271,7 +271,7 @@ def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
                 spare_imports_s = await spare_ready(supervisor)
             spawned_at = time.time()
             spawned = time.monotonic()  # with a spare: the hand-over
-            return spawned, await supervisor.run(job_dir.name, job_dir)
+            return spawned, await supervisor.run(job_dir.name, job_dir, transcript.on_event)
         finally:
             await supervisor.close()  # no spare outlives the run
 

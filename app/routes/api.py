@@ -94,7 +94,13 @@ async def healthz(services: NamedDependency[Services]) -> Response[dict[str, Any
     queued = await services.store.call(services.store.count_with_status, "queued")
     body = {
         "status": "ok" if worker.alive else "worker_dead",
-        "worker": {"alive": worker.alive, "state": worker.state, "current_job": worker.current_job},
+        "worker": {
+            "alive": worker.alive,
+            "state": worker.state,
+            "current_job": worker.current_job,
+            "running_jobs": list(worker.running_jobs),
+            "slots": worker.slots,
+        },
         "queued": queued,
     }
     return Response(body, status_code=200 if worker.alive else 503)

@@ -1,6 +1,6 @@
 """Spare runners: a runner spawned ahead of its job, torch and diffusers imported, handed the job on stdin.
 
-Real processes throughout: the real Supervisor in this process (a recorder stands where the Journal
+Real processes throughout: the real Supervisor in this process (a recorder stands where the worker
 does) where a test needs to time its hand-over or cancel, else a real portal. Spares are on by default,
 so every portal test runs its jobs through them; the portals here say so by name all the same.
 """
@@ -19,6 +19,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from app.executor import EventSink
 from app.runner import SPARE_LOG, Supervisor
 from contract import jobdir, protocol
 from gpu_runner import stdout
@@ -32,14 +33,16 @@ IMPORT_TIMEOUT_S = 60  # torch + diffusers on a busy 2-core machine
 
 
 class Recorder:
-    """Stands where the portal's Journal does: keeps every event the supervisor parses, by job."""
+    """Stands where the portal's worker does: keeps every event the supervisor parses, by job."""
 
     def __init__(self) -> None:
         self.events: dict[str, list[protocol.Event]] = {}
 
-    async def runner_event(self, job_id: str, event: protocol.Event, progress: dict) -> dict:
-        self.events.setdefault(job_id, []).append(event)
-        return progress
+    def sink(self, job_id: str) -> EventSink:
+        async def record(event: protocol.Event) -> None:
+            self.events.setdefault(job_id, []).append(event)
+
+        return record
 
 
 def ready_line(pid: int) -> str:
@@ -87,13 +90,13 @@ def test_a_job_handed_to_a_spare_gives_what_a_runner_spawned_for_it_gives(demo_m
     recorder = Recorder()
 
     async def main() -> tuple[int, object, object]:
-        with_spare = Supervisor(sys.executable, recorder, 5, spare_jobs_dir=jobs_dir)
+        with_spare = Supervisor(sys.executable, 5, spare_jobs_dir=jobs_dir)
         await with_spare.ensure_spare()
         pid = with_spare.spare_pid
         assert pid is not None
-        handed = await with_spare.run("spare", jobs_dir / "spare")
+        handed = await with_spare.run("spare", jobs_dir / "spare", recorder.sink("spare"))
         await with_spare.close()
-        fresh = await Supervisor(sys.executable, recorder, 5).run("fresh", jobs_dir / "fresh")
+        fresh = await Supervisor(sys.executable, 5).run("fresh", jobs_dir / "fresh", recorder.sink("fresh"))
         return pid, handed, fresh
 
     pid, handed, fresh = anyio.run(main)
@@ -132,7 +135,7 @@ def test_cancelling_a_job_whose_spare_is_still_importing_ends_it_cancelled(demo_
     grace_s = 20
 
     async def main() -> tuple[int, object, float]:
-        supervisor = Supervisor(sys.executable, Recorder(), grace_s, spare_jobs_dir=jobs_dir)
+        supervisor = Supervisor(sys.executable, grace_s, spare_jobs_dir=jobs_dir)
         await supervisor.ensure_spare()
         pid = supervisor.spare_pid
         assert pid is not None
@@ -140,7 +143,7 @@ def test_cancelling_a_job_whose_spare_is_still_importing_ends_it_cancelled(demo_
 
         async def job() -> None:
             nonlocal outcome
-            outcome = await supervisor.run("job", jobs_dir / "job")
+            outcome = await supervisor.run("job", jobs_dir / "job", Recorder().sink("job"))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(job)

@@ -1,0 +1,130 @@
+"""The worker against an executor with two slots: jobs start in queue order, two at once, the third waits.
+
+The executor here is a fake that runs nothing (the local one, real runner processes, is covered by the
+integration tests); the store, journal and broker are the real ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+
+from app.broker import Broker
+from app.executor import EventSink, Outcome
+from app.journal import Journal
+from app.queue import Worker
+from app.store import Store
+from contract import protocol
+from contract.request import Request
+
+
+class TwoSlots:
+    """An executor with two slots whose jobs end when the test says so."""
+
+    capacity = 2
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.finish: dict[str, anyio.Event] = {}
+        self.cancelled: set[str] = set()
+        self.calls: list[str] = []  # start, job_finished and close, in order
+
+    async def start(self) -> None:
+        self.calls.append("start")
+
+    async def run(self, job_id: str, job_dir: Path, on_event: EventSink) -> Outcome:
+        self.started.append(job_id)
+        self.finish[job_id] = anyio.Event()
+        await on_event(protocol.Stage(name="denoise", t=0.0))
+        await self.finish[job_id].wait()
+        return Outcome("cancelled", "cancelled", "Cancelled.") if job_id in self.cancelled else Outcome("succeeded")
+
+    def cancel(self, job_id: str) -> bool:
+        if job_id not in self.finish or self.finish[job_id].is_set():
+            return False
+        self.cancelled.add(job_id)
+        self.finish[job_id].set()
+        return True
+
+    async def job_finished(self) -> None:
+        self.calls.append("job_finished")
+
+    async def close(self) -> None:
+        self.calls.append("close")
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def with_worker(tmp_path: Path, scenario: Callable[[Worker, TwoSlots, Store], Awaitable[None]]) -> TwoSlots:
+    """Run `scenario` beside a worker over TwoSlots with jobs a, b and c queued in that order, then stop the
+    worker as the portal's lifespan does (by cancelling it); the executor, for what it was asked."""
+    store = Store(tmp_path / "portal.db")
+    executor = TwoSlots()
+    worker = Worker(store, Journal(store, Broker()), executor, tmp_path / "jobs", "python")
+
+    async def main() -> None:
+        for job_id in "abc":
+            await store.call(store.create_job, job_id, Request(prompt=job_id), {"type": "queued"}, 10)
+            worker.enqueue(job_id)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run, None)
+            await scenario(worker, executor, store)
+            tg.cancel_scope.cancel()
+        assert (worker.alive, worker.state, worker.running_jobs) == (False, "stopped", [])
+
+    try:
+        anyio.run(main)
+    finally:
+        store.close()
+    return executor
+
+
+def statuses(store: Store) -> dict[str, str]:
+    return {job_id: store.get_job(job_id).status for job_id in "abc"}
+
+
+def test_two_jobs_run_at_once_in_queue_order_and_the_third_waits_for_a_slot(tmp_path: Path) -> None:
+    async def scenario(worker: Worker, executor: TwoSlots, store: Store) -> None:
+        await until(lambda: len(executor.started) == 2)
+        await anyio.sleep(0.1)  # room for a wrong third start to show
+        assert executor.started == ["a", "b"]
+        assert statuses(store) == {"a": "running", "b": "running", "c": "queued"}
+        assert (worker.running_jobs, worker.current_job, worker.slots, worker.state) == (["a", "b"], "a", 2, "running")
+        assert store.get_job("a").progress["stage"] == "denoise", "the executor's events reach the journal"
+
+        executor.finish["b"].set()
+        await until(lambda: executor.started == ["a", "b", "c"])
+        assert store.get_job("b").status == "succeeded" and worker.running_jobs == ["a", "c"]
+
+        executor.finish["a"].set()
+        executor.finish["c"].set()
+        await until(lambda: worker.state == "idle")
+        assert statuses(store) == {"a": "succeeded", "b": "succeeded", "c": "succeeded"}
+        assert worker.current_job is None
+
+    executor = with_worker(tmp_path, scenario)
+    assert executor.calls == ["start", "job_finished", "job_finished", "job_finished", "close"]
+
+
+def test_a_cancel_goes_to_the_executor_and_a_shutdown_interrupts_what_runs(tmp_path: Path) -> None:
+    async def scenario(worker: Worker, executor: TwoSlots, store: Store) -> None:
+        await until(lambda: len(executor.started) == 2)
+        assert not worker.cancel("c"), "c waits for a slot: the executor runs no such job"
+        assert worker.cancel("a")
+        await until(lambda: executor.started == ["a", "b", "c"])
+        assert store.get_job("a").status == "cancelled"
+        assert statuses(store) == {"a": "cancelled", "b": "running", "c": "running"}
+
+    executor = with_worker(tmp_path, scenario)
+    assert executor.calls == ["start", "job_finished", "close"]
+    store = Store(tmp_path / "portal.db")
+    try:
+        assert statuses(store) == {"a": "cancelled", "b": "interrupted", "c": "interrupted"}
+    finally:
+        store.close()
