@@ -29,7 +29,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from app.journal import Journal
-from app.store import empty_progress
+from app.progress import JobProgress
 from contract import jobdir, protocol
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class Supervisor:
     async def _follow(self, job_id: str, child: _Child, transcript: _Transcript) -> None:
         assert child.process.stdout is not None
         lines = BufferedByteReceiveStream(child.process.stdout)
-        progress = empty_progress()
+        progress = JobProgress()
         number = 0
         while True:
             try:

@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from app.progress import JobProgress, decode_progress
 from contract.request import Request
 
 P = ParamSpec("P")
@@ -26,21 +27,6 @@ T = TypeVar("T")
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES = TERMINAL | {"queued", "running", "interrupted"}
-
-
-def empty_progress() -> dict[str, Any]:
-    """A job's progress before its runner has said anything."""
-    return {
-        "stage": None,
-        "stage_note": None,  # the runner's note on the current stage, e.g. that its first step compiles
-        "step": 0,
-        "total": 0,
-        "percent": 0.0,
-        "eta_s": None,
-        "tiles_done": 0,
-        "tiles_total": 0,
-        "preview_step": 0,
-    }
 
 
 SCHEMA = """
@@ -87,7 +73,7 @@ class JobRow(msgspec.Struct, frozen=True):
     id: str
     status: str
     request: Request
-    progress: dict[str, Any]
+    progress: JobProgress
     error: dict[str, Any] | None
     result: dict[str, Any] | None
     attempts: int
@@ -110,7 +96,7 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
     """Column changes that go into the same transaction as one event."""
 
     status: str | None = None
-    progress: dict[str, Any] | None = None
+    progress: JobProgress | None = None
     error: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     start_attempt: bool = False
@@ -122,6 +108,10 @@ _JOB_COLUMNS = "seq, id, status, request, progress, error, result, attempts, cre
 _decode_request = msgspec.json.Decoder(Request).decode
 
 
+def _encode(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
 def _row_to_job(row: tuple) -> JobRow:
     seq, job_id, status, request, progress, error, result, attempts, created, started, finished = row
     return JobRow(
@@ -129,7 +119,7 @@ def _row_to_job(row: tuple) -> JobRow:
         id=job_id,
         status=status,
         request=_decode_request(request),
-        progress=json.loads(progress),
+        progress=decode_progress(progress),
         error=json.loads(error) if error else None,
         result=json.loads(result) if result else None,
         attempts=attempts,
@@ -167,7 +157,7 @@ class Store:
                 return None
             self._db.execute(
                 "INSERT INTO jobs (id, status, request, progress, created_at) VALUES (?, ?, ?, ?, ?)",
-                (job_id, first_event["type"], msgspec.json.encode(request).decode(), json.dumps(empty_progress()), now),
+                (job_id, first_event["type"], _encode(request), _encode(JobProgress()), now),
             )
             return self._append(job_id, first_event, now)
 
@@ -267,7 +257,7 @@ class Store:
             value = getattr(update, column)
             if value is not None:
                 sets.append(f"{column} = ?")
-                values.append(json.dumps(value))
+                values.append(_encode(value))
         if update.start_attempt:
             sets += ["attempts = attempts + 1", "started_at = ?", "finished_at = NULL", "error = NULL"]
             values.append(now)

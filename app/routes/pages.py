@@ -67,7 +67,7 @@ def _form_values(form: dict[str, str]) -> dict[str, Any]:
 
 
 def _job_context(job: JobRow, services: Services) -> dict[str, Any]:
-    current = job.progress.get("stage")
+    current = job.progress.stage
     reached = STAGES.index(current) if current in STAGES else -1
     if job.status == "succeeded":
         reached = len(STAGES)
