@@ -1,7 +1,8 @@
 """The one way a job's state changes: the event is stored (with its column changes), then published.
 
 Everything that moves a job along (a submit, a cancel, the worker, the runner's protocol
-lines) goes through `Journal.record`, so the store, the job row and every SSE stream agree.
+lines) goes through `Journal.record`, so the store, the job row, every SSE stream and the pages'
+pushed fragments agree.
 """
 
 from __future__ import annotations
@@ -11,20 +12,38 @@ from typing import Any
 import msgspec
 
 from app.broker import Broker
+from app.page_feed import PageFeed
 from app.progress import JobProgress
-from app.store import JobUpdate, Store, StoredEvent
+from app.store import JobRow, JobUpdate, Store, StoredEvent
 from contract import protocol
 
 
 class Journal:
-    def __init__(self, store: Store, broker: Broker) -> None:
+    def __init__(self, store: Store, broker: Broker, pages: PageFeed) -> None:
         self.store = store
         self.broker = broker
+        self.pages = pages
 
     async def record(self, job_id: str, event: dict[str, Any], update: JobUpdate | None = None) -> StoredEvent:
-        stored = await self.store.call(self.store.record, job_id, event, update)
-        self.broker.publish(job_id, stored.data)
+        if update is None:  # nothing a page shows changes (a memory line, a runner's error before its status)
+            stored = await self.store.call(self.store.record, job_id, event)
+            self.broker.publish(job_id, stored.data)
+            return stored
+
+        def record_and_read() -> tuple[StoredEvent, JobRow | None]:  # one trip: the job as this event left it
+            return self.store.record(job_id, event, update), self.store.get_job(job_id)
+
+        stored, job = await self.store.call(record_and_read)
+        if job is None:  # deleted meanwhile
+            self.broker.publish(job_id, stored.data)
+        else:
+            self.announce(job, stored)
         return stored
+
+    def announce(self, job: JobRow, stored: StoredEvent) -> None:
+        """Publish a stored event to the job's streams, and what it changed to the pages."""
+        self.broker.publish(job.id, stored.data)
+        self.pages.changed(job, stored)
 
     async def set_status(self, job_id: str, status: str, *, start_attempt: bool = False, **details: Any) -> None:
         error = {"code": details["code"], "message": details["message"]} if status == "failed" else None

@@ -192,6 +192,10 @@ class Store:
     def count_with_status(self, status: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
 
+    def last_event_id(self, job_id: str) -> int:
+        """The id of the job's newest event; 0 when it has none."""
+        return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM job_events WHERE job_id = ?", (job_id,)).fetchone()[0]
+
     def events_after(self, job_id: str, after_id: int) -> list[StoredEvent]:
         rows = self._db.execute(
             "SELECT id, type, data FROM job_events WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after_id)
@@ -236,7 +240,7 @@ class Store:
         self._db.execute("COMMIT")
 
     def _append(self, job_id: str, event: dict[str, Any], now: float) -> StoredEvent:
-        (last,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM job_events WHERE job_id = ?", (job_id,)).fetchone()
+        last = self.last_event_id(job_id)
         data = {**event, "id": last + 1}
         self._db.execute(
             "INSERT INTO job_events (job_id, id, type, data, at) VALUES (?, ?, ?, ?, ?)",
