@@ -48,6 +48,7 @@ class Push(msgspec.Struct, frozen=True):
     message: Encoded
     event_id: int = 0  # the job's stored event it shows (a job page's Last-Event-ID)
     ended: str | None = None  # the job's terminal status, once it has one: its page's stream ends after this
+    adds: str | None = None  # the id of the job whose row this adds to the list
 
 
 def job_context(job: JobRow, models: dict[str, ModelSpec]) -> dict[str, Any]:
@@ -102,7 +103,7 @@ class PageFeed:
 
     def row(self, job: JobRow, *, new: bool) -> Push:
         html = self._render("fragments/_job_rows_push.html", {"job": job, "new": new, "oob": not new})
-        return Push(Encoded(ServerSentEventMessage(data=html, event=sse_names.JOB_ROW)))
+        return Push(Encoded(ServerSentEventMessage(data=html, event=sse_names.JOB_ROW)), adds=job.id if new else None)
 
     def rows(self, jobs: list[JobRow]) -> Push:
         html = self._render("fragments/_job_rows_push.html", {"jobs": jobs})

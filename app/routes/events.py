@@ -131,13 +131,17 @@ async def _job_list_stream(services: Services) -> AsyncIterator[ServerSentEventM
     reconnecting, is in them), then a job's row when what it shows changed, a new job's at the top."""
     with services.broker.subscribe(ROWS_TOPIC) as live:
         jobs = await services.store.call(services.store.list_jobs, RECENT_JOBS)
+        listed = {job.id for job in jobs}
         yield services.pages.rows(jobs).message
         while True:
             try:
                 push = await live.receive()
             except anyio.EndOfStream:
                 return
-            yield _heartbeat() if push is HEARTBEAT else push.message
+            if push is HEARTBEAT:
+                yield _heartbeat()
+            elif push.adds not in listed:  # a job made while the list was read is in it already
+                yield push.message
 
 
 @get("/events/jobs", summary="The job list page's stream: its rows, rendered (one stream per page)")
