@@ -1,8 +1,9 @@
-"""Fan-out of stored job events to live subscribers (SSE streams).
+"""Fan-out of live items to subscribers (SSE streams), by topic.
 
 Publishing never blocks the publisher: each subscriber has a bounded buffer, and one that
-falls that far behind is closed; its client reconnects with Last-Event-ID and replays the
-gap from the store. Two topics exist: one per job, and ALL_JOBS for page-level streams.
+falls that far behind is closed; its client reconnects with Last-Event-ID and catches up from
+the store. A job's stored events go to the topic named by its id; what pages show of jobs
+goes to the topics of app/page_feed.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 import anyio
 
-ALL_JOBS = "*"
 SUBSCRIBER_BUFFER = 1024
 HEARTBEAT: dict[str, Any] = {"type": "heartbeat"}  # from beat(), to every subscriber; never stored
 
@@ -28,16 +28,16 @@ class Subscription:
     """
 
     def __init__(self, capacity: int) -> None:
-        self._items: deque[dict[str, Any]] = deque()
+        self._items: deque[Any] = deque()
         self._capacity = capacity
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
 
-    def offer(self, event: dict[str, Any]) -> bool:
-        """Buffer `event`; False when the buffer is full (the subscriber fell behind)."""
+    def offer(self, item: Any) -> bool:
+        """Buffer `item`; False when the buffer is full (the subscriber fell behind)."""
         if self.closed or len(self._items) >= self._capacity:
             return False
-        self._items.append(event)
+        self._items.append(item)
         self._wake()
         return True
 
@@ -49,7 +49,7 @@ class Subscription:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def receive(self) -> dict[str, Any]:
+    async def receive(self) -> Any:
         while not self._items:
             if self.closed:
                 raise anyio.EndOfStream
@@ -82,12 +82,15 @@ class Broker:
                 self._subscribers.pop(topic, None)
             subscription.close()
 
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
-        for topic in (job_id, ALL_JOBS):
-            for subscription in list(self._subscribers.get(topic, ())):
-                if not subscription.offer({**event, "job_id": job_id} if topic == ALL_JOBS else event):
-                    subscription.close()  # too slow: its client replays from the store on reconnect
-                    self._subscribers[topic].discard(subscription)
+    def publish(self, topic: str, item: Any) -> None:
+        for subscription in list(self._subscribers.get(topic, ())):
+            if not subscription.offer(item):
+                subscription.close()  # too slow: its client catches up from the store on reconnect
+                self._subscribers[topic].discard(subscription)
+
+    def listening(self, topic: str) -> bool:
+        """Whether anyone subscribes to `topic`: what nobody will receive need not be made."""
+        return bool(self._subscribers.get(topic))
 
     def beat(self) -> None:
         """Wake every stream for a heartbeat comment.

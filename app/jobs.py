@@ -16,6 +16,7 @@ from app.auth import Authenticator, LoginThrottle
 from app.broker import Broker
 from app.config import Settings
 from app.journal import Journal
+from app.page_feed import PageFeed
 from app.queue import Worker
 from app.ratelimit import SubmitRateLimit
 from app.schemas import FieldError, InvalidRequest, JobError, JobLinks, JobOut, validate_request
@@ -42,6 +43,7 @@ class Services(msgspec.Struct, frozen=True):
     store: Store
     broker: Broker
     journal: Journal
+    pages: PageFeed
     worker: Worker
     auth: Authenticator
     login_throttle: LoginThrottle
@@ -96,7 +98,7 @@ class Services(msgspec.Struct, frozen=True):
         if created is None:
             raise QueueFull
         job, first = created
-        self.broker.publish(job_id, first.data)
+        self.journal.announce(job, first)
         self.worker.enqueue(job_id)
         return job
 

@@ -19,8 +19,9 @@ import anyio
 
 from app.executor import EventSink, Executor
 from app.journal import Journal
+from app.progress import JobProgress
 from app.runner import runner_command, runner_env
-from app.store import Store, empty_progress
+from app.store import Store
 from contract import protocol
 from contract.models import DEMO_MANIFEST
 
@@ -141,7 +142,7 @@ class Worker:
 
     def _recorder(self, job_id: str) -> EventSink:
         """Journals each of the job's protocol events, carrying its progress from one to the next."""
-        progress = empty_progress()
+        progress = JobProgress()
 
         async def record(event: protocol.Event) -> None:
             nonlocal progress

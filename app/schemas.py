@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from app.progress import JobProgress
 from contract.models import ModelSpec
 from contract.request import TEXT_FIELDS, Request
 
@@ -121,7 +122,7 @@ class JobOut(Base):
     id: str
     status: str
     request: Request  # as resolved: every field the model needs set, the seed chosen
-    progress: dict[str, Any]
+    progress: JobProgress
     error: JobError | None
     result: dict[str, Any] | None
     attempts: int

@@ -20,6 +20,7 @@ import anyio.to_thread
 import msgspec
 
 from app import migrations
+from app.progress import JobProgress, decode_progress
 from contract.request import Request
 
 P = ParamSpec("P")
@@ -28,20 +29,6 @@ T = TypeVar("T")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES = TERMINAL | {"queued", "running", "interrupted"}
 
-
-def empty_progress() -> dict[str, Any]:
-    """A job's progress before its runner has said anything."""
-    return {
-        "stage": None,
-        "stage_note": None,  # the runner's note on the current stage, e.g. that its first step compiles
-        "step": 0,
-        "total": 0,
-        "percent": 0.0,
-        "eta_s": None,
-        "tiles_done": 0,
-        "tiles_total": 0,
-        "preview_step": 0,
-    }
 
 
 # An upload stays while it is young or while any job's request names it.
@@ -56,7 +43,7 @@ class JobRow(msgspec.Struct, frozen=True):
     id: str
     status: str
     request: Request
-    progress: dict[str, Any]
+    progress: JobProgress
     error: dict[str, Any] | None
     result: dict[str, Any] | None
     attempts: int
@@ -79,7 +66,7 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
     """Column changes that go into the same transaction as one event."""
 
     status: str | None = None
-    progress: dict[str, Any] | None = None
+    progress: JobProgress | None = None
     error: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     start_attempt: bool = False
@@ -91,6 +78,10 @@ _JOB_COLUMNS = "seq, id, status, request, progress, error, result, attempts, cre
 _decode_request = msgspec.json.Decoder(Request).decode
 
 
+def _encode(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
 def _row_to_job(row: tuple) -> JobRow:
     seq, job_id, status, request, progress, error, result, attempts, created, started, finished = row
     return JobRow(
@@ -98,7 +89,7 @@ def _row_to_job(row: tuple) -> JobRow:
         id=job_id,
         status=status,
         request=_decode_request(request),
-        progress=json.loads(progress),
+        progress=decode_progress(progress),
         error=json.loads(error) if error else None,
         result=json.loads(result) if result else None,
         attempts=attempts,
@@ -136,7 +127,7 @@ class Store:
                 return None
             self._db.execute(
                 "INSERT INTO jobs (id, status, request, progress, created_at) VALUES (?, ?, ?, ?, ?)",
-                (job_id, first_event["type"], msgspec.json.encode(request).decode(), json.dumps(empty_progress()), now),
+                (job_id, first_event["type"], _encode(request), _encode(JobProgress()), now),
             )
             return self._append(job_id, first_event, now)
 
@@ -170,6 +161,10 @@ class Store:
 
     def count_with_status(self, status: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
+
+    def last_event_id(self, job_id: str) -> int:
+        """The id of the job's newest event; 0 when it has none."""
+        return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM job_events WHERE job_id = ?", (job_id,)).fetchone()[0]
 
     def events_after(self, job_id: str, after_id: int) -> list[StoredEvent]:
         rows = self._db.execute(
@@ -215,7 +210,7 @@ class Store:
         self._db.execute("COMMIT")
 
     def _append(self, job_id: str, event: dict[str, Any], now: float) -> StoredEvent:
-        (last,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM job_events WHERE job_id = ?", (job_id,)).fetchone()
+        last = self.last_event_id(job_id)
         data = {**event, "id": last + 1}
         self._db.execute(
             "INSERT INTO job_events (job_id, id, type, data, at) VALUES (?, ?, ?, ?, ?)",
@@ -236,7 +231,7 @@ class Store:
             value = getattr(update, column)
             if value is not None:
                 sets.append(f"{column} = ?")
-                values.append(json.dumps(value))
+                values.append(_encode(value))
         if update.start_attempt:
             sets += ["attempts = attempts + 1", "started_at = ?", "finished_at = NULL", "error = NULL"]
             values.append(now)

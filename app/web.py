@@ -19,11 +19,13 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from app import sse_names
 from app.auth import PUBLIC, Authenticator, LoginRequired, LoginThrottle, load_or_create_secret, require_login
 from app.broker import Broker
 from app.config import Settings
 from app.jobs import Conflict, QueueFull, Services
 from app.journal import Journal
+from app.page_feed import PageFeed
 from app.queue import Worker
 from app.ratelimit import RateLimited, SubmitRateLimit
 from app.routes import api, events, files, login, pages, uploads
@@ -39,11 +41,19 @@ ROOT = Path(__file__).resolve().parent.parent
 RETRY_AFTER_S = 30
 
 
-def build_services(settings: Settings, secret: bytes) -> Services:
+def build_templates(settings: Settings) -> JinjaTemplateEngine:
+    """The pages' templates; built before the app, since the page feed renders fragments with them too."""
+    templates = JinjaTemplateEngine(directory=ROOT / "templates")
+    templates.engine.globals.update(url=settings.url, auth_enabled=settings.auth_enabled, sse=sse_names)
+    return templates
+
+
+def build_services(settings: Settings, secret: bytes, templates: JinjaTemplateEngine) -> Services:
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.db_path)
     broker = Broker()
-    journal = Journal(store, broker)
+    pages = PageFeed(broker, templates, settings)
+    journal = Journal(store, broker, pages)
     spare_jobs_dir = settings.jobs_dir if settings.spare_runner else None
     executor = Supervisor(settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
     worker = Worker(store, journal, executor, settings.jobs_dir, settings.runner_python)
@@ -52,6 +62,7 @@ def build_services(settings: Settings, secret: bytes) -> Services:
         store=store,
         broker=broker,
         journal=journal,
+        pages=pages,
         worker=worker,
         auth=Authenticator(settings, secret),
         login_throttle=LoginThrottle(),
@@ -122,7 +133,8 @@ def _unexpected(request: Request, exc: Exception) -> Response[ErrorResponse]:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     secret = load_or_create_secret(settings.data_dir)
-    services = build_services(settings, secret)
+    templates = build_templates(settings)
+    services = build_services(settings, secret, templates)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -150,7 +162,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             api.JobsApi,
             api.healthz,
             events.job_events,
-            events.all_job_events,
+            events.job_list_page_events,
+            events.job_page_events,
             files.job_video,
             files.job_preview,
             *pages.handlers,
@@ -175,13 +188,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HTTPException: _http,
             Exception: _unexpected,
         },
-        template_config=TemplateConfig(
-            directory=ROOT / "templates",
-            engine=JinjaTemplateEngine,
-            engine_callback=lambda jinja: jinja.engine.globals.update(
-                url=settings.url, auth_enabled=settings.auth_enabled
-            ),
-        ),
+        template_config=TemplateConfig(instance=templates),
         plugins=[HTMXPlugin()],
         openapi_config=OpenAPIConfig(title="AV Portal", version="0.1.0", path="/schema"),
         state=State({"services": services}),

@@ -180,10 +180,14 @@ class Portal:
 
     def events(self, job_id: str, last_event_id: int | None = None, timeout: float = 90) -> Iterator[ServerSentEvent]:
         """The job's SSE stream; ends after its terminal event."""
+        yield from self.stream(f"/api/jobs/{job_id}/events", last_event_id, timeout)
+
+    def stream(self, path: str, last_event_id: int | None = None, timeout: float = 90) -> Iterator[ServerSentEvent]:
+        """One of the portal's SSE streams, as it comes, heartbeats left out."""
         headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
         with (
             self.client(timeout) as c,
-            connect_sse(c, "GET", f"/api/jobs/{job_id}/events", headers=headers) as source,
+            connect_sse(c, "GET", path, headers=headers) as source,
         ):
             for sse in source.iter_sse():
                 # A heartbeat comment ends in a blank line, which httpx-sse (unlike browsers) reports as an

@@ -1,8 +1,10 @@
-"""Server-sent events: a job's stored events with replay, and a page-level stream of job changes.
+"""Server-sent events: the API's stream of a job's stored events, and the pages' streams of rendered fragments.
 
-A job stream subscribes to live events first, then replays what is stored after
+The API's job stream subscribes to live events first, then replays what is stored after
 Last-Event-ID, then goes on live, skipping ids it already sent: no gap, no duplicate.
-It ends after the job's terminal event with a synthetic `end` event (htmx: sse-close="end").
+It ends after the job's terminal event with a synthetic `end` event.
+
+A page's stream (one per page) carries what app/page_feed.py renders, for htmx's `sse-swap`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from app.broker import ALL_JOBS, HEARTBEAT
+from app.broker import HEARTBEAT
 from app.jobs import Services
+from app.page_feed import ROWS_TOPIC, panel_topic
 from app.routes.api import load_job
-from app.store import STATUSES, TERMINAL
+from app.routes.pages import RECENT_JOBS
+from app.sse_names import END
+from app.store import TERMINAL, JobRow
 
-END_EVENT = "end"
+
+def _last_event_id(header: str | None) -> int:
+    return int(header) if header and header.strip().isdigit() else 0
 
 
 def _message(event: dict[str, Any]) -> ServerSentEventMessage:
@@ -34,7 +41,7 @@ def _heartbeat() -> ServerSentEventMessage:
 
 
 def _end(status: str) -> ServerSentEventMessage:
-    return ServerSentEventMessage(data=json.dumps({"type": END_EVENT, "status": status}), event=END_EVENT)
+    return ServerSentEventMessage(data=json.dumps({"type": END, "status": status}), event=END)
 
 
 async def _job_stream(services: Services, job_id: str, last_id: int) -> AsyncIterator[ServerSentEventMessage]:
@@ -69,25 +76,74 @@ async def job_events(
     last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
 ) -> ServerSentEvent:
     await load_job(services, job_id)
-    after = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else 0
-    return ServerSentEvent(_job_stream(services, job_id, after))
+    return ServerSentEvent(_job_stream(services, job_id, _last_event_id(last_event_id)))
 
 
-async def _all_jobs_stream(services: Services) -> AsyncIterator[ServerSentEventMessage]:
-    with services.broker.subscribe(ALL_JOBS) as live:
-        yield _heartbeat()  # flushes the response headers at once
+async def _job_page_stream(services: Services, job_id: str, last_id: int) -> AsyncIterator[ServerSentEventMessage]:
+    """The job page's panel whenever the job changes; after the job has ended, `end` (htmx: sse-close).
+
+    On connecting, one panel as the job stands now unless the page has seen the newest event
+    (Last-Event-ID): a reconnect catches up in one message instead of replaying the events.
+    """
+
+    def job_now() -> tuple[JobRow | None, int]:  # one trip, so the two agree
+        return services.store.get_job(job_id), services.store.last_event_id(job_id)
+
+    with services.broker.subscribe(panel_topic(job_id)) as live:
+        job, newest = await services.store.call(job_now)
+        if job is None:  # deleted meanwhile
+            return
+        if newest > last_id:
+            yield services.pages.panel(job, newest).message
+            last_id = newest
+        if job.finished:
+            yield _end(job.status)
+            return
         while True:
             try:
-                event = await live.receive()
+                push = await live.receive()
+            except anyio.EndOfStream:  # shutdown, or this client fell behind: it reconnects with Last-Event-ID
+                return
+            if push is HEARTBEAT:
+                yield _heartbeat()
+                continue
+            if push.event_id <= last_id:
+                continue
+            yield push.message
+            last_id = push.event_id
+            if push.ended:
+                yield _end(push.ended)
+                return
+
+
+@get("/events/jobs/{job_id:str}", summary="A job page's stream: its panel, rendered (one stream per page)")
+async def job_page_events(
+    job_id: FromPath[str],
+    services: NamedDependency[Services],
+    last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
+) -> ServerSentEvent:
+    await load_job(services, job_id)
+    return ServerSentEvent(_job_page_stream(services, job_id, _last_event_id(last_event_id)))
+
+
+async def _job_list_stream(services: Services) -> AsyncIterator[ServerSentEventMessage]:
+    """A job list's rows: all of them on connecting (what changed since the page was made, or while
+    reconnecting, is in them), then a job's row when what it shows changed, a new job's at the top."""
+    with services.broker.subscribe(ROWS_TOPIC) as live:
+        jobs = await services.store.call(services.store.list_jobs, RECENT_JOBS)
+        listed = {job.id for job in jobs}
+        yield services.pages.rows(jobs).message
+        while True:
+            try:
+                push = await live.receive()
             except anyio.EndOfStream:
                 return
-            if event is HEARTBEAT:
+            if push is HEARTBEAT:
                 yield _heartbeat()
-            else:
-                kind = "job-status" if event["type"] in STATUSES else "job-progress"
-                yield ServerSentEventMessage(data=json.dumps(event), event=kind)
+            elif push.adds not in listed:  # a job made while the list was read is in it already
+                yield push.message
 
 
-@get("/events/jobs", summary="Every job's events, live only (one stream per page)", tags=["jobs"])
-async def all_job_events(services: NamedDependency[Services]) -> ServerSentEvent:
-    return ServerSentEvent(_all_jobs_stream(services))
+@get("/events/jobs", summary="The job list page's stream: its rows, rendered (one stream per page)")
+async def job_list_page_events(services: NamedDependency[Services]) -> ServerSentEvent:
+    return ServerSentEvent(_job_list_stream(services))

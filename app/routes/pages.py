@@ -1,8 +1,8 @@
 """HTML pages and the fragments htmx swaps in (hypermedia: the server renders, the browser shows).
 
 One URL family per thing shown: the create page with its form and the live job list, the
-job page with its live panel. Each page opens ONE event stream; elements inside it refetch
-their fragment when an event names them.
+job page with its live panel. Each page opens ONE event stream, which pushes the fragments
+it shows, rendered (app/routes/events.py, app/page_feed.py).
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ from litestar.plugins.htmx import ClientRedirect, HTMXTemplate
 from litestar.response import Redirect, Template
 
 from app.jobs import Conflict, QueueFull, Services
+from app.page_feed import job_context
 from app.ratelimit import RateLimited
 from app.routes.api import client_address, load_job
 from app.schemas import InvalidRequest
-from app.store import JobRow
 from contract.models import ModelSpec
-from contract.protocol import STAGES
 from contract.request import FIELDS, valid_frame_counts
 
 RECENT_JOBS = 30
-_SHOWN_APART = ("prompt", "image_upload_id")  # the job page shows these above its settings table
 
 
 def _form_context(services: Services, values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
@@ -64,25 +62,6 @@ def _form_values(form: dict[str, str]) -> dict[str, Any]:
     if width and height:
         values["width"], values["height"] = width, height
     return values
-
-
-def _job_context(job: JobRow, services: Services) -> dict[str, Any]:
-    current = job.progress.get("stage")
-    reached = STAGES.index(current) if current in STAGES else -1
-    if job.status == "succeeded":
-        reached = len(STAGES)
-    timeline = [
-        {"name": name, "state": "done" if i < reached else "current" if i == reached else "pending"}
-        for i, name in enumerate(STAGES)
-    ]
-    models = services.settings.models()
-    settings = [(name, getattr(job.request, name)) for name in FIELDS if name not in _SHOWN_APART]
-    return {
-        "job": job,
-        "timeline": timeline,
-        "spec": models.get(job.request.model or ""),
-        "settings": [(name, value) for name, value in settings if value is not None],
-    }
 
 
 @get("/", name="index")
@@ -137,13 +116,13 @@ async def jobs_fragment(services: NamedDependency[Services]) -> Template:
 @get("/jobs/{job_id:str}", name="job_page")
 async def job_page(job_id: FromPath[str], services: NamedDependency[Services]) -> Template:
     job = await load_job(services, job_id)
-    return HTMXTemplate(template_name="job.html", context=_job_context(job, services))
+    return HTMXTemplate(template_name="job.html", context=job_context(job, services.settings.models()))
 
 
 @get("/jobs/{job_id:str}/panel", name="job_panel")
 async def job_panel(job_id: FromPath[str], services: NamedDependency[Services]) -> Template:
     job = await load_job(services, job_id)
-    return HTMXTemplate(template_name="fragments/_job_panel.html", context=_job_context(job, services))
+    return HTMXTemplate(template_name="fragments/_job_panel.html", context=job_context(job, services.settings.models()))
 
 
 @post("/jobs/{job_id:str}/cancel", name="cancel_job_form", status_code=200)
@@ -152,7 +131,7 @@ async def cancel_job_form(job_id: FromPath[str], services: NamedDependency[Servi
     with contextlib.suppress(Conflict):  # it finished meanwhile: the panel below shows how
         await services.cancel(job)
     job = await load_job(services, job_id)
-    return HTMXTemplate(template_name="fragments/_job_panel.html", context=_job_context(job, services))
+    return HTMXTemplate(template_name="fragments/_job_panel.html", context=job_context(job, services.settings.models()))
 
 
 @post("/jobs/{job_id:str}/delete", name="delete_job_form", status_code=200)

@@ -41,6 +41,8 @@ def browser() -> Iterator[Browser]:
 
 def test_submitting_the_form_shows_live_progress_then_a_playable_video(portal: Portal, browser: Browser) -> None:
     page = browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
     page.goto(portal.base_url + "/")
     page.fill("textarea[name=prompt]", "a green ball moving right with a high beep")
     page.select_option("select[name=resolution]", "512x288")
@@ -48,6 +50,8 @@ def test_submitting_the_form_shows_live_progress_then_a_playable_video(portal: P
     page.fill("input[name=steps]", "60")
     page.click("button[type=submit]")
     page.wait_for_url("**/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    requests.clear()
 
     percents: list[float] = []
     statuses: set[str] = set()
@@ -65,6 +69,8 @@ def test_submitting_the_form_shows_live_progress_then_a_playable_video(portal: P
     duration = page.evaluate("document.querySelector('#job-video').duration")
     assert abs(duration - 97 / 24) < 0.1
     assert page.locator("#job-status").inner_text() == "succeeded"
+    fetched = [url for url in requests if "/preview" not in url and "/video" not in url]
+    assert fetched == [f"{portal.base_url}/events/jobs/{job_id}"], "the stream pushes the panel: nothing re-GETs it"
 
     page.goto(portal.base_url + "/")
     assert page.locator("#job-rows tr.job").count() == 1
@@ -171,4 +177,32 @@ def test_choosing_an_image_uploads_it_with_a_preview_and_the_job_starts_from_it(
 
     job = portal.job(page.url.rsplit("/", 1)[1])
     assert job["request"]["image_upload_id"] == upload_id
+    page.close()
+
+
+def test_the_job_list_puts_a_new_job_on_top_and_follows_its_row_from_its_stream_alone(
+    portal: Portal, browser: Browser
+) -> None:
+    older = portal.wait(portal.submit(steps=1, prompt="an older clip")["id"])
+    page = browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(portal.base_url + "/")
+    expect(page.locator("#job-rows tr.job")).to_have_count(1)
+    page.wait_for_timeout(500)  # time for the page's stream to connect
+    requests.clear()
+
+    job = portal.submit(steps=30, prompt="a clip that appears by itself")
+    row = page.locator(f"#job-{job['id']}")
+    expect(page.locator("#job-rows tr.job").first).to_have_id(f"job-{job['id']}", timeout=10000)
+    expect(row.locator(".badge")).to_have_text("running", timeout=60000)
+    percents: set[str] = set()
+    while row.locator(".badge").inner_text() == "running":
+        percents.add(row.locator("td").nth(3).inner_text())
+        time.sleep(0.1)
+    expect(row.locator(".badge")).to_have_text("succeeded")
+    assert len(percents) >= 2, f"the row's progress did not move: {percents}"
+    expect(page.locator("#job-rows tr.job")).to_have_count(2)
+    expect(page.locator(f"#job-{older['id']} .badge")).to_have_text("succeeded")
+    assert requests == [], "rows arrive on the stream; nothing re-fetches the list"
     page.close()

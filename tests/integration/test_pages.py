@@ -65,7 +65,7 @@ def test_a_valid_form_redirects_to_the_job_page_which_shows_the_result(portal: P
         assert plain.status_code == 303
         portal.wait(job_id)
         page = c.get(f"/jobs/{job_id}").text
-        assert f'sse-connect="/api/jobs/{job_id}/events"' in page and 'sse-close="end"' in page
+        assert f'sse-connect="/events/jobs/{job_id}"' in page and 'sse-close="end"' in page
         assert f'src="/api/jobs/{job_id}/video"' in page and "Download MP4" in page
         again = c.get(f"/?from_job={job_id}").text
         assert 'name="seed" value="99"' in again and "a blue square moving left" in again

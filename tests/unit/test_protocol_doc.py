@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.routes.events import END_EVENT
+from app.sse_names import END as END_EVENT
 from app.store import STATUSES, TERMINAL
 from contract import protocol
 

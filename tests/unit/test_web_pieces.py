@@ -1,4 +1,4 @@
-"""Small pieces of the web process, each on its own: progress, outcome classification, ranges, broker, store."""
+"""Small pieces of the web process, each on its own: outcome classification, ranges, broker, store."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from app.broker import ALL_JOBS, SUBSCRIBER_BUFFER, Broker
+from app.broker import SUBSCRIBER_BUFFER, Broker
 from app.config import Settings, SettingsError
-from app.journal import progress_after
+from app.progress import JobProgress
 from app.ratelimit import RateLimited, SubmitRateLimit
 from app.routes.files import parse_range
 from app.runner import _classify, _Transcript
-from app.store import JobUpdate, Store, empty_progress
+from app.store import JobUpdate, Store
 from contract import protocol
 
 A_RESULT = protocol.Result(
@@ -29,40 +29,6 @@ A_RESULT = protocol.Result(
     peak_vram_gib=None,
     timings={},
 )
-
-
-def test_progress_moves_forward_through_the_stages_and_steps() -> None:
-    progress = empty_progress()
-    seen = []
-    for event in [
-        protocol.Stage(name="load_text_encoder", t=0),
-        protocol.Stage(name="denoise", t=1),
-        protocol.Step(step=5, total=10, elapsed_s=1, eta_s=1),
-        protocol.Step(step=10, total=10, elapsed_s=2, eta_s=0),
-        protocol.Stage(name="decode_video", t=3),
-        protocol.Stage(name="mux", t=4),
-        A_RESULT,
-    ]:
-        progress = progress_after(progress, event) or progress
-        seen.append(progress["percent"])
-    assert seen == sorted(seen) and seen[-1] == 100.0
-    assert progress["stage"] == "mux" and (progress["step"], progress["total"]) == (10, 10)
-    assert progress_after(progress, protocol.Memory(stage="mux", device="cpu")) is None
-
-
-def test_progress_keeps_the_stage_note_while_its_stage_lasts_and_an_eta_unknown_until_known() -> None:
-    note = "The first step compiles GPU kernels for this clip size."
-    progress = empty_progress()
-    assert progress["stage_note"] is None and progress["eta_s"] is None
-
-    progress = progress_after(progress, protocol.Stage(name="denoise", t=20, note=note))
-    assert progress["stage_note"] == note
-    progress = progress_after(progress, protocol.Step(step=1, total=30, elapsed_s=35, eta_s=None))
-    assert progress["eta_s"] is None and progress["stage_note"] == note
-    progress = progress_after(progress, protocol.Step(step=2, total=30, elapsed_s=36, eta_s=28.04))
-    assert progress["eta_s"] == 28.0 and progress["stage_note"] == note
-    progress = progress_after(progress, protocol.Stage(name="free_transformer", t=60))
-    assert progress["stage_note"] is None, "a stage's note goes with it"
 
 
 def test_a_stage_note_and_an_unknown_eta_reach_the_json_api_and_the_job_page(
@@ -83,7 +49,7 @@ def test_a_stage_note_and_an_unknown_eta_reach_the_json_api_and_the_job_page(
         job_id = client.post("/api/jobs", json={"prompt": "a red ball bouncing"}).json()["id"]
         journal = app.state.services.journal
         client.blocking_portal.call(functools.partial(journal.set_status, job_id, "running", start_attempt=True))
-        progress = empty_progress()
+        progress = JobProgress()
 
         def runner_says(event: protocol.Event) -> tuple[dict, str]:
             nonlocal progress
@@ -172,14 +138,16 @@ def test_range_headers(header, expected) -> None:
 def test_a_subscriber_that_falls_behind_is_dropped_and_the_publisher_never_waits() -> None:
     async def scenario() -> None:
         broker = Broker()
-        with broker.subscribe("job") as slow, broker.subscribe(ALL_JOBS) as page:
+        with broker.subscribe("job") as slow, broker.subscribe("page") as page:
             for i in range(SUBSCRIBER_BUFFER + 5):
                 broker.publish("job", {"type": "step", "id": i})
+            broker.publish("page", "a fragment")
             received = [await slow.receive() for _ in range(SUBSCRIBER_BUFFER)]
             assert [e["id"] for e in received] == list(range(SUBSCRIBER_BUFFER))
             with pytest.raises(anyio.EndOfStream):
                 await slow.receive()
-            assert (await page.receive())["job_id"] == "job"
+            assert not broker.listening("job"), "nobody is left to render for"
+            assert await page.receive() == "a fragment"
         assert broker.subscriber_count == 0
 
     anyio.run(scenario)
@@ -194,7 +162,7 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
     second = store.record("a", {"type": "running"}, JobUpdate(status="running", start_attempt=True))
     assert second.id == 2 and second.data == {"type": "running", "id": 2}
     job = store.get_job("a")
-    assert job.status == "running" and job.attempts == 1 and job.progress == empty_progress()
+    assert job.status == "running" and job.attempts == 1 and job.progress == JobProgress()
     assert [e.id for e in store.events_after("a", 0)] == [1, 2]
     assert [j.id for j in store.list_jobs(10)] == ["b", "a"]
     store.close()

@@ -1,0 +1,113 @@
+"""What pages show of jobs, pushed to their streams as server-rendered fragments.
+
+The journal hands the feed every stored change of a job with the job as it stands after it. The
+feed renders each fragment once and publishes it, encoded as an SSE message, to a page topic of
+the broker, which hands that same message to every subscriber: a job page's panel when some page
+shows that job, a job list's row only when what the row shows (status, stage, whole percent) changed.
+
+Fragments rendered once for everybody carry no per-session CSRF token: their forms post through
+htmx, which sends the token from the page's `hx-headers` (base.html).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import ServerSentEventMessage
+
+from app import sse_names
+from app.broker import Broker
+from app.config import Settings
+from app.store import JobRow, StoredEvent
+from contract.models import ModelSpec
+from contract.protocol import STAGES
+from contract.request import FIELDS
+
+ROWS_TOPIC = "job-rows"
+_SHOWN_APART = ("prompt", "image_upload_id")  # the job page shows these above its settings table
+
+
+def panel_topic(job_id: str) -> str:
+    return f"job-panel:{job_id}"
+
+
+class Encoded(ServerSentEventMessage):
+    """A message encoded once and sent as is to every subscriber."""
+
+    def __init__(self, message: ServerSentEventMessage) -> None:
+        super().__init__()
+        self.encoded = message.encode()
+
+    def encode(self) -> bytes:
+        return self.encoded
+
+
+class Push(msgspec.Struct, frozen=True):
+    message: Encoded
+    event_id: int = 0  # the job's stored event it shows (a job page's Last-Event-ID)
+    ended: str | None = None  # the job's terminal status, once it has one: its page's stream ends after this
+    adds: str | None = None  # the id of the job whose row this adds to the list
+
+
+def job_context(job: JobRow, models: dict[str, ModelSpec]) -> dict[str, Any]:
+    """What the job page's panel shows of a job: the job, its stage timeline, its model, its settings."""
+    current = job.progress.stage
+    reached = STAGES.index(current) if current in STAGES else -1
+    if job.status == "succeeded":
+        reached = len(STAGES)
+    timeline = [
+        {"name": name, "state": "done" if i < reached else "current" if i == reached else "pending"}
+        for i, name in enumerate(STAGES)
+    ]
+    settings = [(name, getattr(job.request, name)) for name in FIELDS if name not in _SHOWN_APART]
+    return {
+        "job": job,
+        "timeline": timeline,
+        "spec": models.get(job.request.model or ""),
+        "settings": [(name, value) for name, value in settings if value is not None],
+    }
+
+
+def _row_shows(job: JobRow) -> tuple[str, str | None, int]:
+    return job.status, job.progress.stage, job.progress.whole_percent
+
+
+class PageFeed:
+    def __init__(self, broker: Broker, templates: JinjaTemplateEngine, settings: Settings) -> None:
+        self._broker = broker
+        self._templates = templates
+        self._settings = settings
+        self._rows_shown: dict[str, tuple[str, str | None, int]] = {}  # unfinished jobs only
+
+    def changed(self, job: JobRow, stored: StoredEvent) -> None:
+        """`stored` was recorded; `job` is the job with it applied."""
+        topic = panel_topic(job.id)
+        if self._broker.listening(topic):
+            self._broker.publish(topic, self.panel(job, stored.id))
+        shows = _row_shows(job)
+        if stored.id > 1 and self._rows_shown.get(job.id) == shows:
+            return
+        if job.finished:
+            self._rows_shown.pop(job.id, None)
+        else:
+            self._rows_shown[job.id] = shows
+        if self._broker.listening(ROWS_TOPIC):
+            self._broker.publish(ROWS_TOPIC, self.row(job, new=stored.id == 1))
+
+    def panel(self, job: JobRow, event_id: int) -> Push:
+        html = self._render("fragments/_job_panel.html", job_context(job, self._settings.models()))
+        message = ServerSentEventMessage(data=html, event=sse_names.JOB_PANEL, id=str(event_id))
+        return Push(Encoded(message), event_id, ended=job.status if job.finished else None)
+
+    def row(self, job: JobRow, *, new: bool) -> Push:
+        html = self._render("fragments/_job_rows_push.html", {"job": job, "new": new, "oob": not new})
+        return Push(Encoded(ServerSentEventMessage(data=html, event=sse_names.JOB_ROW)), adds=job.id if new else None)
+
+    def rows(self, jobs: list[JobRow]) -> Push:
+        html = self._render("fragments/_job_rows_push.html", {"jobs": jobs})
+        return Push(Encoded(ServerSentEventMessage(data=html, event=sse_names.JOB_LIST)))
+
+    def _render(self, name: str, context: dict[str, Any]) -> str:
+        return self._templates.get_template(name).render(**context)

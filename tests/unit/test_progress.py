@@ -1,0 +1,112 @@
+"""A job's progress struct: what each runner event does to it, its percentage bands, its stored JSON."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from app.progress import DENOISE_END, DENOISE_START, JobProgress, decode_progress
+from contract import protocol
+
+A_RESULT = protocol.Result(
+    file="video.mp4",
+    frames=9,
+    fps=24,
+    width=64,
+    height=64,
+    audio_sample_rate=24000,
+    duration_s=0.375,
+    peak_vram_gib=None,
+    timings={},
+)
+
+
+def test_progress_moves_forward_through_the_stages_and_steps() -> None:
+    progress = JobProgress()
+    seen = []
+    for event in [
+        protocol.Stage(name="load_text_encoder", t=0),
+        protocol.Stage(name="denoise", t=1),
+        protocol.Step(step=5, total=10, elapsed_s=1, eta_s=1),
+        protocol.Step(step=10, total=10, elapsed_s=2, eta_s=0),
+        protocol.Stage(name="decode_video", t=3),
+        protocol.Stage(name="mux", t=4),
+        A_RESULT,
+    ]:
+        progress = progress.apply(event) or progress
+        seen.append(progress.percent)
+    assert seen == sorted(seen) and seen[-1] == 100.0
+    assert progress.stage == "mux" and (progress.step, progress.total) == (10, 10)
+
+
+def test_the_stages_before_denoising_share_the_first_band_and_those_after_it_the_last() -> None:
+    before = protocol.STAGES[: protocol.STAGES.index("denoise")]
+    after = protocol.STAGES[protocol.STAGES.index("denoise") + 1 :]
+    start = [JobProgress().apply(protocol.Stage(name=name, t=0)).percent for name in before]
+    end = [JobProgress().apply(protocol.Stage(name=name, t=0)).percent for name in after]
+    assert start == sorted(start) and start[0] > 0 and start[-1] < DENOISE_START
+    assert end == sorted(end) and end[0] == DENOISE_END and end[-1] < 100
+    entering = JobProgress(percent=3.0).apply(protocol.Stage(name="denoise", t=0))
+    assert entering.percent == 3.0, "denoising's own steps move the percentage"
+
+
+@pytest.mark.parametrize(("step", "percent"), [(0, DENOISE_START), (15, 47.5), (30, DENOISE_END)])
+def test_denoising_steps_fill_the_middle_band(step: int, percent: float) -> None:
+    progress = JobProgress().apply(protocol.Step(step=step, total=30, elapsed_s=1, eta_s=12.34))
+    assert progress.percent == percent and (progress.step, progress.total, progress.eta_s) == (step, 30, 12.3)
+
+
+def test_previews_tiles_and_the_result_each_change_their_part_only() -> None:
+    running = JobProgress(stage="decode_video", percent=93.3, eta_s=4.0)
+    changed = msgspec.structs.replace
+    assert running.apply(protocol.Preview(file="preview.jpg", step=12)) == changed(running, preview_step=12)
+    assert running.apply(protocol.Tile(done=2, total=6)) == changed(running, tiles_done=2, tiles_total=6)
+    assert running.apply(A_RESULT) == changed(running, percent=100.0, eta_s=0.0)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [protocol.Memory(stage="mux", device="cpu"), protocol.Error(code="internal", message="bad tensor")],
+)
+def test_memory_and_error_events_leave_progress_unchanged(event: protocol.Event) -> None:
+    assert JobProgress(stage="mux", percent=95.0).apply(event) is None
+
+
+def test_the_stage_note_lasts_while_its_stage_does_and_an_eta_stays_unknown_until_known() -> None:
+    note = "The first step compiles GPU kernels for this clip size."
+    progress = JobProgress()
+    assert progress.stage_note is None and progress.eta_s is None
+    progress = progress.apply(protocol.Stage(name="denoise", t=20, note=note))
+    assert progress.stage_note == note
+    progress = progress.apply(protocol.Step(step=1, total=30, elapsed_s=35, eta_s=None))
+    assert progress.eta_s is None and progress.stage_note == note
+    progress = progress.apply(protocol.Step(step=2, total=30, elapsed_s=36, eta_s=28.04))
+    assert progress.eta_s == 28.0 and progress.stage_note == note
+    progress = progress.apply(protocol.Stage(name="free_transformer", t=60))
+    assert progress.stage_note is None, "a stage's note goes with it"
+
+
+def test_a_row_stored_before_the_struct_still_decodes_and_encodes_with_the_same_keys() -> None:
+    # As the portal wrote `jobs.progress` with json.dumps of a dict.
+    old = {
+        "stage": "denoise",
+        "stage_note": None,
+        "step": 7,
+        "total": 30,
+        "percent": 24.8,
+        "eta_s": 11.5,
+        "tiles_done": 0,
+        "tiles_total": 0,
+        "preview_step": 6,
+    }
+    progress = decode_progress(json.dumps(old))
+    assert (progress.stage, progress.step, progress.percent, progress.preview_step) == ("denoise", 7, 24.8, 6)
+    assert json.loads(msgspec.json.encode(progress)) == old
+    assert decode_progress("{}") == JobProgress(), "the column's default"
+
+
+@pytest.mark.parametrize(("percent", "shown"), [(0.0, 0), (2.4, 2), (2.5, 3), (99.5, 100)])
+def test_a_job_list_shows_whole_percent_rounded_half_up(percent: float, shown: int) -> None:
+    assert JobProgress(percent=percent).whole_percent == shown
