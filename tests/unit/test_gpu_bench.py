@@ -10,7 +10,8 @@ import diffusers
 import pytest
 import torch
 
-from gpu_runner import demo_model, fp8
+from gpu_runner import fp8
+from gpu_runner.demo import model as demo_model
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 FRAMES = (9, 17)

@@ -12,10 +12,13 @@ from pathlib import Path
 import anyio
 
 from app.broker import Broker
+from app.config import Settings
 from app.executor import EventSink, Outcome
 from app.journal import Journal
+from app.page_feed import PageFeed
 from app.queue import Worker
 from app.store import Store
+from app.web import build_templates
 from contract import protocol
 from contract.request import Request
 
@@ -66,7 +69,9 @@ def with_worker(tmp_path: Path, scenario: Callable[[Worker, TwoSlots, Store], Aw
     worker as the portal's lifespan does (by cancelling it); the executor, for what it was asked."""
     store = Store(tmp_path / "portal.db")
     executor = TwoSlots()
-    worker = Worker(store, Journal(store, Broker()), executor, tmp_path / "jobs", "python")
+    settings, broker = Settings(data_dir=tmp_path), Broker()
+    journal = Journal(store, broker, PageFeed(broker, build_templates(settings), settings))
+    worker = Worker(store, journal, executor, tmp_path / "jobs", "python")
 
     async def main() -> None:
         for job_id in "abc":
@@ -96,7 +101,7 @@ def test_two_jobs_run_at_once_in_queue_order_and_the_third_waits_for_a_slot(tmp_
         assert executor.started == ["a", "b"]
         assert statuses(store) == {"a": "running", "b": "running", "c": "queued"}
         assert (worker.running_jobs, worker.current_job, worker.slots, worker.state) == (["a", "b"], "a", 2, "running")
-        assert store.get_job("a").progress["stage"] == "denoise", "the executor's events reach the journal"
+        assert store.get_job("a").progress.stage == "denoise", "the executor's events reach the journal"
 
         executor.finish["b"].set()
         await until(lambda: executor.started == ["a", "b", "c"])
