@@ -1,4 +1,4 @@
-"""Image uploads: three independent guards, then normalisation (DESIGN.md, "Uploads").
+"""Image uploads: three independent guards, then normalisation (README, "Using it").
 
 1. Size: a declared Content-Length over the limit is refused before the body is read, and the
    bytes actually received are counted while they stream to a temporary file, so a lying or

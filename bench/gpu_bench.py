@@ -131,7 +131,7 @@ COLUMNS = (
 FPS = 24.0
 GUIDANCE_SCALE = 4.0  # gpu_smoke's job; the passes per step do not depend on it
 FULL_STEPS = 30
-REFERENCE_481_FRAMES_S = 7 * 60  # the reference portal, 30 steps at 768x448 (DESIGN.md)
+REFERENCE_481_FRAMES_S = 7 * 60  # the reference portal, 30 steps at 768x448
 # --fp8-min-rows: at 768x448, 512 upcasts the audio stream's linears (51 rows a batch row at 49 frames,
 # 501 at 481); 2048 the text keys and values of the one-row passes too (1024); 4096 the video of 49
 # frames' one-row passes too (2352). CFG's pass has a batch of two but 481 frames' runs row by row.
@@ -139,7 +139,7 @@ FP8_MIN_ROWS = (512, 2048, 4096)
 
 
 def reference_step_s(frames: int) -> float:
-    """The reference portal's per-step cost (a 96 GB Blackwell card, FP8-cast DiT; DESIGN.md)."""
+    """The reference portal's per-step cost (a 96 GB Blackwell card, FP8-cast DiT)."""
     return 0.025 + 0.026 * frames
 
 

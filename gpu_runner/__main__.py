@@ -8,7 +8,7 @@ The diffusion stack is imported only once the job has passed its checks.
 there is a job (never touching CUDA: an idle spare holds no GPU memory), then ONE line on
 stdin names the job directory, and the job runs exactly as under `run`, in the same process,
 which exits after it. The portal spawns it ahead of the job, so a job does not wait for the
-imports (DESIGN.md, "Two processes, one contract").
+imports (docs/architecture.md, "Two processes, one contract").
 """
 
 from __future__ import annotations

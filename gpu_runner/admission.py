@@ -1,6 +1,6 @@
 """Admission: refuse, before loading anything, a job whose predicted peak VRAM cannot fit.
 
-A job's peak is the largest of its three phases, each one model at a time (DESIGN.md): text,
+A job's peak is the largest of its three phases, each one model at a time (docs/architecture.md): text,
 denoise and decode. The model family predicts each phase (LTX-2's: families/ltx2/peaks.py).
 """
 

@@ -1,6 +1,6 @@
 """The staged generation: one job, from prompt to MP4, holding one large model at a time.
 
-Reads top to bottom as DESIGN.md's stage list; what each stage does with a model is its family's
+Reads top to bottom as docs/architecture.md's stage list; what each stage does with a model is its family's
 (gpu_runner/families/), so no model kind is named here. Each stage is entered through `Stages`,
 which announces it, checks for cancellation, times it, accounts memory at its end and
 turns an out-of-memory error into a message naming the stage and the job's size.

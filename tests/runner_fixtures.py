@@ -38,6 +38,18 @@ DEMO_REQUEST = {
     "image_strength": 1.0,
 }
 NO_CACHES = jobdir.RunnerOptions()
+# A runner's last line for a small clip, for tests of what the portal makes of it.
+A_RESULT = protocol.Result(
+    file="video.mp4",
+    frames=9,
+    fps=24,
+    width=64,
+    height=64,
+    audio_sample_rate=24000,
+    duration_s=0.375,
+    peak_vram_gib=None,
+    timings={},
+)
 JOB_FIELDS = {f.name for f in msgspec.structs.fields(jobdir.JobFile)}
 
 

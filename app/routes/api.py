@@ -1,4 +1,4 @@
-"""The JSON API (DESIGN.md, "JSON API"). Handlers stay thin: the work is in app.jobs."""
+"""The JSON API (README, "Using it"). Handlers stay thin: the work is in app.jobs."""
 
 from __future__ import annotations
 

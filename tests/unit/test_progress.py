@@ -9,18 +9,7 @@ import pytest
 
 from app.progress import DENOISE_END, DENOISE_START, JobProgress, decode_progress
 from contract import protocol
-
-A_RESULT = protocol.Result(
-    file="video.mp4",
-    frames=9,
-    fps=24,
-    width=64,
-    height=64,
-    audio_sample_rate=24000,
-    duration_s=0.375,
-    peak_vram_gib=None,
-    timings={},
-)
+from tests.runner_fixtures import A_RESULT
 
 
 def test_progress_moves_forward_through_the_stages_and_steps() -> None:

@@ -17,18 +17,7 @@ from app.routes.files import parse_range
 from app.runner import _classify, _Transcript
 from app.store import JobUpdate, Store
 from contract import protocol
-
-A_RESULT = protocol.Result(
-    file="video.mp4",
-    frames=9,
-    fps=24,
-    width=64,
-    height=64,
-    audio_sample_rate=24000,
-    duration_s=0.375,
-    peak_vram_gib=None,
-    timings={},
-)
+from tests.runner_fixtures import A_RESULT
 
 
 def test_a_stage_note_and_an_unknown_eta_reach_the_json_api_and_the_job_page(

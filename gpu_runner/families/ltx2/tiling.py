@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# DESIGN.md's tiles: 64 frames with 24 overlap in time, 512 px with 64 overlap in space.
+# The tiles: 64 frames with 24 overlap in time, 512 px with 64 overlap in space.
 TILE_FRAMES, OVERLAP_FRAMES = 64, 24
 TILE_PIXELS, OVERLAP_PIXELS = 512, 64
 
