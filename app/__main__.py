@@ -15,7 +15,6 @@ import msgspec
 import uvicorn
 
 from app.config import Settings, SettingsError
-from app.jobs import Services
 from app.passwords import hash_password
 from app.web import create_app
 
@@ -53,8 +52,7 @@ def serve(settings: Settings) -> None:
         proxy_headers=True,
         forwarded_allow_ips=settings.trusted_proxies,
     )
-    services: Services = app.state.services
-    _Server(config, services.broker.close).run()
+    _Server(config, app.state.parts.broker.close).run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,7 +98,7 @@ def require_login(connection: ASGIConnection, handler: BaseRouteHandler) -> None
     """App-wide guard; handlers marked `opt={PUBLIC: True}` (login, static files, health) skip it."""
     if handler.opt.get(PUBLIC):
         return
-    if not connection.app.state.services.auth.allows(connection):
+    if not connection.app.state.parts.auth.allows(connection):
         raise LoginRequired("Log in first: send `Authorization: Bearer <AVP_API_TOKEN>` or use the login page.")
 
 

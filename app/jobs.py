@@ -12,11 +12,8 @@ from typing import Any
 import anyio.to_thread
 import msgspec
 
-from app.auth import Authenticator, LoginThrottle
-from app.broker import Broker
 from app.config import Settings
 from app.journal import Journal
-from app.page_feed import PageFeed
 from app.queue import Worker
 from app.ratelimit import SubmitRateLimit
 from app.schemas import FieldError, InvalidRequest, JobError, JobLinks, JobOut, validate_request
@@ -36,19 +33,15 @@ class Conflict(Exception):
     """The job is in a state that does not allow the operation; the message says what to do."""
 
 
-class Services(msgspec.Struct, frozen=True):
-    """Everything a handler may need, created once per app and injected by name."""
+class Jobs(msgspec.Struct, frozen=True):
+    """The jobs as handlers see them: read, submit, cancel, delete. Handlers never reach the store."""
 
     settings: Settings
     store: Store
-    broker: Broker
     journal: Journal
-    pages: PageFeed
     worker: Worker
-    auth: Authenticator
-    login_throttle: LoginThrottle
-    submit_limit: SubmitRateLimit
     uploads: Uploads
+    submit_limit: SubmitRateLimit
 
     def job_dir(self, job_id: str) -> Path:
         """The job's directory, only for a well-formed server-made id, always inside jobs_dir."""
@@ -64,6 +57,24 @@ class Services(msgspec.Struct, frozen=True):
         if not _JOB_ID.fullmatch(job_id):
             return None
         return await self.store.call(self.store.get_job, job_id)
+
+    async def newest(self, limit: int, before_seq: int | None = None) -> list[JobRow]:
+        """Up to `limit` jobs, newest first; with `before_seq`, those submitted before that one."""
+        return await self.store.call(self.store.list_jobs, limit, before_seq)
+
+    async def events_after(self, job_id: str, last_id: int) -> list[StoredEvent]:
+        return await self.store.call(self.store.events_after, job_id, last_id)
+
+    async def with_newest_event(self, job_id: str) -> tuple[JobRow | None, int]:
+        """The job and the id of its newest event, read in one trip so the two agree."""
+
+        def read() -> tuple[JobRow | None, int]:
+            return self.store.get_job(job_id), self.store.last_event_id(job_id)
+
+        return await self.store.call(read)
+
+    async def count_queued(self) -> int:
+        return await self.store.call(self.store.count_with_status, "queued")
 
     async def submit(self, raw: Any, client: str, *, strict: bool = True) -> JobRow:
         """Validate, write the job directory, store the job and queue it.

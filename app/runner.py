@@ -214,9 +214,7 @@ class Supervisor(Executor):
 
     async def _spawn(self, job_dir: Path) -> _Child:
         """A runner of its own for this job: `python -m gpu_runner run <job dir>`."""
-        process = await self._open_runner(
-            ("run", str(job_dir)), subprocess.DEVNULL, job_dir / jobdir.LOG_FILE, job_dir
-        )
+        process = await self._open_runner(("run", str(job_dir)), subprocess.DEVNULL, job_dir / jobdir.LOG_FILE, job_dir)
         return _Child(process)
 
     async def _open_runner(self, args: tuple[str, ...], stdin: int, log_path: Path, cwd: Path) -> Process:

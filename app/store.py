@@ -30,7 +30,6 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES = TERMINAL | {"queued", "running", "interrupted"}
 
 
-
 # An upload stays while it is young or while any job's request names it.
 _UPLOAD_ALIVE = (
     "(uploads.created_at >= ? OR EXISTS "

@@ -1,4 +1,4 @@
-"""The Litestar application: services, lifespan (worker + recovery), error handling, templates."""
+"""The Litestar application: its parts, lifespan (worker + recovery), error handling, templates."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import msgspec
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -23,7 +24,7 @@ from app import sse_names
 from app.auth import PUBLIC, Authenticator, LoginRequired, LoginThrottle, load_or_create_secret, require_login
 from app.broker import Broker
 from app.config import Settings
-from app.jobs import Conflict, QueueFull, Services
+from app.jobs import Conflict, Jobs, QueueFull
 from app.journal import Journal
 from app.page_feed import PageFeed
 from app.queue import Worker
@@ -48,7 +49,33 @@ def build_templates(settings: Settings) -> JinjaTemplateEngine:
     return templates
 
 
-def build_services(settings: Settings, secret: bytes, templates: JinjaTemplateEngine) -> Services:
+class Parts(msgspec.Struct, frozen=True):
+    """The portal's long-lived parts, made once per app. Handlers get the ones they name (see
+    `dependencies` in create_app); the store and the journal stay behind Jobs."""
+
+    settings: Settings
+    store: Store
+    broker: Broker
+    pages: PageFeed
+    worker: Worker
+    jobs: Jobs
+    uploads: Uploads
+    auth: Authenticator
+    login_throttle: LoginThrottle
+
+    def injectable(self) -> dict[str, Provide]:
+        return {name: _constant(getattr(self, name)) for name in INJECTED}
+
+
+# What a handler may ask for by parameter name.
+INJECTED = ("settings", "broker", "pages", "worker", "jobs", "uploads", "auth", "login_throttle")
+
+
+def _constant(value: object) -> Provide:
+    return Provide(lambda: value, sync_to_thread=False)
+
+
+def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngine) -> Parts:
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.db_path)
     broker = Broker()
@@ -57,17 +84,18 @@ def build_services(settings: Settings, secret: bytes, templates: JinjaTemplateEn
     spare_jobs_dir = settings.jobs_dir if settings.spare_runner else None
     executor = Supervisor(settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
     worker = Worker(store, journal, executor, settings.jobs_dir, settings.runner_python)
-    return Services(
+    uploads = Uploads(settings.uploads_dir, store, settings.max_upload_bytes, settings.upload_ttl_s)
+    jobs = Jobs(settings, store, journal, worker, uploads, SubmitRateLimit(settings.submit_per_minute))
+    return Parts(
         settings=settings,
         store=store,
         broker=broker,
-        journal=journal,
         pages=pages,
         worker=worker,
+        jobs=jobs,
+        uploads=uploads,
         auth=Authenticator(settings, secret),
         login_throttle=LoginThrottle(),
-        submit_limit=SubmitRateLimit(settings.submit_per_minute),
-        uploads=Uploads(settings.uploads_dir, store, settings.max_upload_bytes, settings.upload_ttl_s),
     )
 
 
@@ -106,10 +134,10 @@ def _rate_limited(_: Request, exc: RateLimited) -> Response[ErrorResponse]:
 
 def _login_required(request: Request, exc: LoginRequired) -> Response[ErrorResponse] | Redirect:
     """A person opening a page goes to the login page (and back afterwards); anything else gets 401."""
-    services: Services = request.app.state.services
+    settings: Settings = request.app.state.parts.settings
     is_page = request.method == "GET" and not request.url.path.startswith(("/api/", "/events/", "/schema"))
     if is_page:
-        login_url = services.settings.url(login.login_path(request))
+        login_url = settings.url(login.login_path(request))
         if request.headers.get("hx-request"):  # htmx would swap the login page into a fragment
             return _error(401, exc.detail, **{"HX-Redirect": login_url})
         return Redirect(login_url, status_code=303)
@@ -134,28 +162,28 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     secret = load_or_create_secret(settings.data_dir)
     templates = build_templates(settings)
-    services = build_services(settings, secret, templates)
+    parts = build_parts(settings, secret, templates)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         async def run_worker() -> None:
             try:
-                await services.worker.run(settings.demo_model_dir if "demo" in settings.models() else None)
+                await parts.worker.run(settings.demo_model_dir if "demo" in settings.models() else None)
             except Exception:  # the lifespan must outlive a dead worker; /healthz reports it
                 log.exception("the worker stopped")
 
-        await services.refresh_job_files()  # before recovery queues them again
-        await services.worker.recover()
+        await parts.jobs.refresh_job_files()  # before recovery queues them again
+        await parts.worker.recover()
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_worker)
-            tg.start_soon(services.broker.beat_every, settings.heartbeat_s)
-            tg.start_soon(services.uploads.sweep_forever)
+            tg.start_soon(parts.broker.beat_every, settings.heartbeat_s)
+            tg.start_soon(parts.uploads.sweep_forever)
             try:
                 yield
             finally:
-                services.broker.close()
+                parts.broker.close()
                 tg.cancel_scope.cancel()
-        services.store.close()
+        parts.store.close()
 
     return Litestar(
         route_handlers=[
@@ -175,7 +203,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=[csrf_middleware(settings, secret)],
         before_send=[add_security_headers],
         request_max_body_size=settings.max_upload_bytes + MULTIPART_ENVELOPE,
-        dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
+        dependencies=parts.injectable(),
         lifespan=[lifespan],
         exception_handlers={
             InvalidRequest: _invalid,
@@ -191,5 +219,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         template_config=TemplateConfig(instance=templates),
         plugins=[HTMXPlugin()],
         openapi_config=OpenAPIConfig(title="AV Portal", version="0.1.0", path="/schema"),
-        state=State({"services": services}),
+        state=State({"parts": parts}),
     )

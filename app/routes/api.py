@@ -11,7 +11,9 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from app.auth import PUBLIC
-from app.jobs import Services, present
+from app.config import Settings
+from app.jobs import Jobs, present
+from app.queue import Worker
 from app.schemas import JobList, JobOut, ModelList, ModelOut
 from app.store import JobRow
 from contract.request import given
@@ -22,8 +24,8 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def load_job(services: Services, job_id: str) -> JobRow:
-    job = await services.get_job(job_id)
+async def load_job(jobs: Jobs, job_id: str) -> JobRow:
+    job = await jobs.get_job(job_id)
     if job is None:
         raise NotFoundException(f"No job with id {job_id!r}.")
     return job
@@ -35,42 +37,47 @@ class JobsApi(Controller):
 
     @post("/jobs", status_code=201, summary="Submit a generation request")
     async def create_job(
-        self, request: Request, data: JSONBody[Any], services: NamedDependency[Services]
+        self, request: Request, data: JSONBody[Any], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
     ) -> JobOut:
-        return present(await services.submit(data, client_address(request)), services.settings)
+        return present(await jobs.submit(data, client_address(request)), settings)
 
     @get("/jobs", summary="Jobs, newest first")
     async def list_jobs(
         self,
-        services: NamedDependency[Services],
+        jobs: NamedDependency[Jobs],
+        settings: NamedDependency[Settings],
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         before: FromQuery[str | None] = None,
     ) -> JobList:
         before_seq = None
         if before is not None:
-            before_seq = (await load_job(services, before)).seq
-        jobs = await services.store.call(services.store.list_jobs, limit + 1, before_seq)
-        page = jobs[:limit]
+            before_seq = (await load_job(jobs, before)).seq
+        found = await jobs.newest(limit + 1, before_seq)
+        page = found[:limit]
         return JobList(
-            jobs=[present(j, services.settings) for j in page],
-            next_before=page[-1].id if len(jobs) > limit else None,
+            jobs=[present(j, settings) for j in page],
+            next_before=page[-1].id if len(found) > limit else None,
         )
 
     @get("/jobs/{job_id:str}", summary="One job")
-    async def get_job(self, job_id: FromPath[str], services: NamedDependency[Services]) -> JobOut:
-        return present(await load_job(services, job_id), services.settings)
+    async def get_job(
+        self, job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+    ) -> JobOut:
+        return present(await load_job(jobs, job_id), settings)
 
     @post("/jobs/{job_id:str}/cancel", status_code=202, summary="Cancel a queued or running job")
-    async def cancel_job(self, job_id: FromPath[str], services: NamedDependency[Services]) -> JobOut:
-        await services.cancel(await load_job(services, job_id))
-        return present(await load_job(services, job_id), services.settings)
+    async def cancel_job(
+        self, job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+    ) -> JobOut:
+        await jobs.cancel(await load_job(jobs, job_id))
+        return present(await load_job(jobs, job_id), settings)
 
     @delete("/jobs/{job_id:str}", status_code=204, summary="Delete a finished job and its files")
-    async def delete_job(self, job_id: FromPath[str], services: NamedDependency[Services]) -> None:
-        await services.delete(await load_job(services, job_id))
+    async def delete_job(self, job_id: FromPath[str], jobs: NamedDependency[Jobs]) -> None:
+        await jobs.delete(await load_job(jobs, job_id))
 
     @get("/models", summary="Models with their constraints and defaults")
-    async def list_models(self, services: NamedDependency[Services]) -> ModelList:
+    async def list_models(self, settings: NamedDependency[Settings]) -> ModelList:
         return ModelList(
             models=[
                 ModelOut(
@@ -83,15 +90,14 @@ class JobsApi(Controller):
                     presets=[list(p) for p in spec.presets],
                     fps_choices=list(spec.fps_choices),
                 )
-                for spec in services.settings.models().values()
+                for spec in settings.models().values()
             ]
         )
 
 
 @get("/healthz", summary="Liveness, including the worker's", tags=["health"], opt={PUBLIC: True})
-async def healthz(services: NamedDependency[Services]) -> Response[dict[str, Any]]:
-    worker = services.worker
-    queued = await services.store.call(services.store.count_with_status, "queued")
+async def healthz(jobs: NamedDependency[Jobs], worker: NamedDependency[Worker]) -> Response[dict[str, Any]]:
+    queued = await jobs.count_queued()
     body = {
         "status": "ok" if worker.alive else "worker_dead",
         "worker": {

@@ -19,13 +19,13 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from app.broker import HEARTBEAT
-from app.jobs import Services
-from app.page_feed import ROWS_TOPIC, panel_topic
+from app.broker import HEARTBEAT, Broker
+from app.jobs import Jobs
+from app.page_feed import ROWS_TOPIC, PageFeed, panel_topic
 from app.routes.api import load_job
 from app.routes.pages import RECENT_JOBS
 from app.sse_names import END
-from app.store import TERMINAL, JobRow
+from app.store import TERMINAL
 
 
 def _last_event_id(header: str | None) -> int:
@@ -44,9 +44,9 @@ def _end(status: str) -> ServerSentEventMessage:
     return ServerSentEventMessage(data=json.dumps({"type": END, "status": status}), event=END)
 
 
-async def _job_stream(services: Services, job_id: str, last_id: int) -> AsyncIterator[ServerSentEventMessage]:
-    with services.broker.subscribe(job_id) as live:
-        for stored in await services.store.call(services.store.events_after, job_id, last_id):
+async def _job_stream(jobs: Jobs, broker: Broker, job_id: str, last_id: int) -> AsyncIterator[ServerSentEventMessage]:
+    with broker.subscribe(job_id) as live:
+        for stored in await jobs.events_after(job_id, last_id):
             yield _message(stored.data)
             last_id = stored.id
             if stored.type in TERMINAL:
@@ -72,29 +72,28 @@ async def _job_stream(services: Services, job_id: str, last_id: int) -> AsyncIte
 @get("/api/jobs/{job_id:str}/events", summary="A job's events as SSE", tags=["jobs"])
 async def job_events(
     job_id: FromPath[str],
-    services: NamedDependency[Services],
+    jobs: NamedDependency[Jobs],
+    broker: NamedDependency[Broker],
     last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
 ) -> ServerSentEvent:
-    await load_job(services, job_id)
-    return ServerSentEvent(_job_stream(services, job_id, _last_event_id(last_event_id)))
+    await load_job(jobs, job_id)
+    return ServerSentEvent(_job_stream(jobs, broker, job_id, _last_event_id(last_event_id)))
 
 
-async def _job_page_stream(services: Services, job_id: str, last_id: int) -> AsyncIterator[ServerSentEventMessage]:
+async def _job_page_stream(
+    jobs: Jobs, broker: Broker, pages: PageFeed, job_id: str, last_id: int
+) -> AsyncIterator[ServerSentEventMessage]:
     """The job page's panel whenever the job changes; after the job has ended, `end` (htmx: sse-close).
 
     On connecting, one panel as the job stands now unless the page has seen the newest event
     (Last-Event-ID): a reconnect catches up in one message instead of replaying the events.
     """
-
-    def job_now() -> tuple[JobRow | None, int]:  # one trip, so the two agree
-        return services.store.get_job(job_id), services.store.last_event_id(job_id)
-
-    with services.broker.subscribe(panel_topic(job_id)) as live:
-        job, newest = await services.store.call(job_now)
+    with broker.subscribe(panel_topic(job_id)) as live:
+        job, newest = await jobs.with_newest_event(job_id)
         if job is None:  # deleted meanwhile
             return
         if newest > last_id:
-            yield services.pages.panel(job, newest).message
+            yield pages.panel(job, newest).message
             last_id = newest
         if job.finished:
             yield _end(job.status)
@@ -119,20 +118,22 @@ async def _job_page_stream(services: Services, job_id: str, last_id: int) -> Asy
 @get("/events/jobs/{job_id:str}", summary="A job page's stream: its panel, rendered (one stream per page)")
 async def job_page_events(
     job_id: FromPath[str],
-    services: NamedDependency[Services],
+    jobs: NamedDependency[Jobs],
+    broker: NamedDependency[Broker],
+    pages: NamedDependency[PageFeed],
     last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
 ) -> ServerSentEvent:
-    await load_job(services, job_id)
-    return ServerSentEvent(_job_page_stream(services, job_id, _last_event_id(last_event_id)))
+    await load_job(jobs, job_id)
+    return ServerSentEvent(_job_page_stream(jobs, broker, pages, job_id, _last_event_id(last_event_id)))
 
 
-async def _job_list_stream(services: Services) -> AsyncIterator[ServerSentEventMessage]:
+async def _job_list_stream(jobs: Jobs, broker: Broker, pages: PageFeed) -> AsyncIterator[ServerSentEventMessage]:
     """A job list's rows: all of them on connecting (what changed since the page was made, or while
     reconnecting, is in them), then a job's row when what it shows changed, a new job's at the top."""
-    with services.broker.subscribe(ROWS_TOPIC) as live:
-        jobs = await services.store.call(services.store.list_jobs, RECENT_JOBS)
-        listed = {job.id for job in jobs}
-        yield services.pages.rows(jobs).message
+    with broker.subscribe(ROWS_TOPIC) as live:
+        recent = await jobs.newest(RECENT_JOBS)
+        listed = {job.id for job in recent}
+        yield pages.rows(recent).message
         while True:
             try:
                 push = await live.receive()
@@ -145,5 +146,7 @@ async def _job_list_stream(services: Services) -> AsyncIterator[ServerSentEventM
 
 
 @get("/events/jobs", summary="The job list page's stream: its rows, rendered (one stream per page)")
-async def job_list_page_events(services: NamedDependency[Services]) -> ServerSentEvent:
-    return ServerSentEvent(_job_list_stream(services))
+async def job_list_page_events(
+    jobs: NamedDependency[Jobs], broker: NamedDependency[Broker], pages: NamedDependency[PageFeed]
+) -> ServerSentEvent:
+    return ServerSentEvent(_job_list_stream(jobs, broker, pages))

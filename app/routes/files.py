@@ -14,7 +14,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, HeaderParameter
 from litestar.response import Stream
 
-from app.jobs import Services
+from app.jobs import Jobs
 from app.routes.api import load_job
 from contract.jobdir import PREVIEW_FILE
 
@@ -55,9 +55,9 @@ async def _read(path: Path, first: int, last: int) -> AsyncIterator[bytes]:
 
 
 @get("/api/jobs/{job_id:str}/preview", summary="The latest preview of a running job (JPEG)", tags=["jobs"])
-async def job_preview(job_id: FromPath[str], services: NamedDependency[Services]) -> Response[bytes]:
-    job = await load_job(services, job_id)
-    path = services.job_dir(job.id) / PREVIEW_FILE
+async def job_preview(job_id: FromPath[str], jobs: NamedDependency[Jobs]) -> Response[bytes]:
+    job = await load_job(jobs, job_id)
+    path = jobs.job_dir(job.id) / PREVIEW_FILE
     try:
         content = await anyio.Path(path).read_bytes()
     except FileNotFoundError:
@@ -68,13 +68,13 @@ async def job_preview(job_id: FromPath[str], services: NamedDependency[Services]
 @get("/api/jobs/{job_id:str}/video", summary="The job's MP4 (supports Range)", tags=["jobs"])
 async def job_video(
     job_id: FromPath[str],
-    services: NamedDependency[Services],
+    jobs: NamedDependency[Jobs],
     range_header: Annotated[str | None, HeaderParameter(name="Range")] = None,
     download: FromQuery[bool] = False,
 ) -> Response[bytes] | Stream:
     """The MP4, played inline by the page's <video>, or saved as a file with `?download=true`."""
-    job = await load_job(services, job_id)
-    path = services.video_path(job)
+    job = await load_job(jobs, job_id)
+    path = jobs.video_path(job)
     if path is None:
         raise NotFoundException(f"Job {job_id} has no video: it is {job.status}.")
     size = (await anyio.Path(path).stat()).st_size

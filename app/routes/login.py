@@ -13,8 +13,8 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter, URLEncodedBody
 from litestar.response import Redirect, Template
 
-from app.auth import PUBLIC, SESSION_COOKIE
-from app.jobs import Services
+from app.auth import PUBLIC, SESSION_COOKIE, Authenticator, LoginThrottle
+from app.config import Settings
 from app.routes.api import client_address
 
 FAILED_LOGIN_DELAY_S = 0.5  # every wrong password costs the guesser this much, on top of LoginThrottle
@@ -42,31 +42,36 @@ def _login_form(next_path: str, error: str | None = None, status_code: int = 200
 
 @get("/login", name="login_page", opt={PUBLIC: True})
 async def login_page(
-    services: NamedDependency[Services], next_path: Annotated[str | None, QueryParameter(name="next")] = None
+    auth: NamedDependency[Authenticator],
+    settings: NamedDependency[Settings],
+    next_path: Annotated[str | None, QueryParameter(name="next")] = None,
 ) -> Template | Redirect:
-    if not services.auth.enabled:
-        return Redirect(services.settings.url("/"), status_code=303)
+    if not auth.enabled:
+        return Redirect(settings.url("/"), status_code=303)
     return _login_form(_local(next_path))
 
 
 @post("/login", name="log_in", status_code=303, opt={PUBLIC: True})
 async def log_in(
-    request: Request, data: URLEncodedBody[dict[str, str]], services: NamedDependency[Services]
+    request: Request,
+    data: URLEncodedBody[dict[str, str]],
+    auth: NamedDependency[Authenticator],
+    login_throttle: NamedDependency[LoginThrottle],
+    settings: NamedDependency[Settings],
 ) -> Template | Redirect:
-    settings = services.settings
     next_path = _local(data.get("next"))
     client = client_address(request)
-    wait_s = services.login_throttle.wait_s(client)
+    wait_s = login_throttle.wait_s(client)
     if wait_s > 0:
         retry = math.ceil(wait_s)
         message = f"Too many wrong passwords from this address; try again in {retry} s."
         return _login_form(next_path, message, 429, **{"Retry-After": str(retry)})
-    if not await services.auth.check_password(data.get("password", "")):
-        services.login_throttle.failed(client)
+    if not await auth.check_password(data.get("password", "")):
+        login_throttle.failed(client)
         await anyio.sleep(FAILED_LOGIN_DELAY_S)
         return _login_form(next_path, "Wrong password.", 401)
-    services.login_throttle.succeeded(client)
-    session, max_age = services.auth.new_session()
+    login_throttle.succeeded(client)
+    session, max_age = auth.new_session()
     response = Redirect(settings.url(next_path), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -81,9 +86,9 @@ async def log_in(
 
 
 @post("/logout", name="log_out", status_code=303, opt={PUBLIC: True})
-async def log_out(services: NamedDependency[Services]) -> Redirect:
-    response = Redirect(services.settings.url("/login"), status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path=services.settings.url("/"))
+async def log_out(settings: NamedDependency[Settings]) -> Redirect:
+    response = Redirect(settings.url("/login"), status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path=settings.url("/"))
     return response
 
 

@@ -17,7 +17,8 @@ from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.plugins.htmx import ClientRedirect, HTMXTemplate
 from litestar.response import Redirect, Template
 
-from app.jobs import Conflict, QueueFull, Services
+from app.config import Settings
+from app.jobs import Conflict, Jobs, QueueFull
 from app.page_feed import job_context
 from app.ratelimit import RateLimited
 from app.routes.api import client_address, load_job
@@ -28,9 +29,9 @@ from contract.request import FIELDS, valid_frame_counts
 RECENT_JOBS = 30
 
 
-def _form_context(services: Services, values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
+def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
     """What the create form needs: the chosen model, its choices, the current values, the errors."""
-    models = services.settings.models()
+    models = settings.models()
     spec = models.get(str(values.get("model") or "")) or next(iter(models.values()))
     # The model's defaults, then what the person chose; a field with neither shows blank (a random seed).
     merged = {name: "" if value is None else value for name, value in msgspec.structs.asdict(spec.defaults).items()}
@@ -65,81 +66,89 @@ def _form_values(form: dict[str, str]) -> dict[str, Any]:
 
 
 @get("/", name="index")
-async def index(services: NamedDependency[Services], from_job: FromQuery[str | None] = None) -> Template:
+async def index(
+    jobs: NamedDependency[Jobs], settings: NamedDependency[Settings], from_job: FromQuery[str | None] = None
+) -> Template:
     """The create page. `?from_job=<id>` fills the form with that job's settings (seed included)."""
     values: dict[str, Any] = {}
     if from_job:
-        source = await services.get_job(from_job)
+        source = await jobs.get_job(from_job)
         if source is not None:
             values = msgspec.structs.asdict(source.request)
-    jobs = await services.store.call(services.store.list_jobs, RECENT_JOBS)
-    return HTMXTemplate(template_name="index.html", context={**_form_context(services, values), "jobs": jobs})
+    recent = await jobs.newest(RECENT_JOBS)
+    return HTMXTemplate(template_name="index.html", context={**_form_context(settings, values), "jobs": recent})
 
 
 @get("/fragments/form", name="form_fragment")
 async def form_fragment(
-    services: NamedDependency[Services],
+    settings: NamedDependency[Settings],
     model: FromQuery[str | None] = None,
     fps: FromQuery[str | None] = None,
     num_frames: FromQuery[str | None] = None,
 ) -> Template:
     """The form again after the model or frame rate changed: its choices depend on both."""
     values = {"model": model, "fps": fps, "num_frames": num_frames}
-    return HTMXTemplate(template_name="fragments/_form.html", context=_form_context(services, values))
+    return HTMXTemplate(template_name="fragments/_form.html", context=_form_context(settings, values))
 
 
 @post("/jobs", name="create_job", status_code=200)
 async def create_job(
-    request: Request, data: URLEncodedBody[dict[str, str]], services: NamedDependency[Services]
+    request: Request,
+    data: URLEncodedBody[dict[str, str]],
+    jobs: NamedDependency[Jobs],
+    settings: NamedDependency[Settings],
 ) -> Template | ClientRedirect | Redirect:
     values = _form_values(data)
     try:
-        job = await services.submit(values, client_address(request), strict=False)
+        job = await jobs.submit(values, client_address(request), strict=False)
     except InvalidRequest as exc:
         errors = {e.field: e.message for e in exc.errors}
         return HTMXTemplate(
-            template_name="fragments/_form.html", context=_form_context(services, values, errors), status_code=200
+            template_name="fragments/_form.html", context=_form_context(settings, values, errors), status_code=200
         )
     except (QueueFull, RateLimited) as exc:
         errors = {"form": str(exc)}
-        return HTMXTemplate(template_name="fragments/_form.html", context=_form_context(services, values, errors))
-    url = services.settings.url(f"/jobs/{job.id}")
+        return HTMXTemplate(template_name="fragments/_form.html", context=_form_context(settings, values, errors))
+    url = settings.url(f"/jobs/{job.id}")
     return ClientRedirect(url) if request.headers.get("hx-request") else Redirect(url, status_code=303)
 
 
 @get("/fragments/jobs", name="jobs_fragment")
-async def jobs_fragment(services: NamedDependency[Services]) -> Template:
-    jobs = await services.store.call(services.store.list_jobs, RECENT_JOBS)
-    return HTMXTemplate(template_name="fragments/_job_rows.html", context={"jobs": jobs})
+async def jobs_fragment(jobs: NamedDependency[Jobs]) -> Template:
+    return HTMXTemplate(template_name="fragments/_job_rows.html", context={"jobs": await jobs.newest(RECENT_JOBS)})
 
 
 @get("/jobs/{job_id:str}", name="job_page")
-async def job_page(job_id: FromPath[str], services: NamedDependency[Services]) -> Template:
-    job = await load_job(services, job_id)
-    return HTMXTemplate(template_name="job.html", context=job_context(job, services.settings.models()))
+async def job_page(job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]) -> Template:
+    job = await load_job(jobs, job_id)
+    return HTMXTemplate(template_name="job.html", context=job_context(job, settings.models()))
 
 
 @get("/jobs/{job_id:str}/panel", name="job_panel")
-async def job_panel(job_id: FromPath[str], services: NamedDependency[Services]) -> Template:
-    job = await load_job(services, job_id)
-    return HTMXTemplate(template_name="fragments/_job_panel.html", context=job_context(job, services.settings.models()))
+async def job_panel(
+    job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+) -> Template:
+    job = await load_job(jobs, job_id)
+    return HTMXTemplate(template_name="fragments/_job_panel.html", context=job_context(job, settings.models()))
 
 
 @post("/jobs/{job_id:str}/cancel", name="cancel_job_form", status_code=200)
-async def cancel_job_form(job_id: FromPath[str], services: NamedDependency[Services]) -> Template:
-    job = await load_job(services, job_id)
+async def cancel_job_form(
+    job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+) -> Template:
+    job = await load_job(jobs, job_id)
     with contextlib.suppress(Conflict):  # it finished meanwhile: the panel below shows how
-        await services.cancel(job)
-    job = await load_job(services, job_id)
-    return HTMXTemplate(template_name="fragments/_job_panel.html", context=job_context(job, services.settings.models()))
+        await jobs.cancel(job)
+    job = await load_job(jobs, job_id)
+    return HTMXTemplate(template_name="fragments/_job_panel.html", context=job_context(job, settings.models()))
 
 
 @post("/jobs/{job_id:str}/delete", name="delete_job_form", status_code=200)
 async def delete_job_form(
-    request: Request, job_id: FromPath[str], services: NamedDependency[Services]
+    request: Request, job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
 ) -> ClientRedirect | Redirect:
-    await services.delete(await load_job(services, job_id))
-    home = services.settings.url("/")
+    await jobs.delete(await load_job(jobs, job_id))
+    home = settings.url("/")
     return ClientRedirect(home) if request.headers.get("hx-request") else Redirect(home, status_code=303)
 
 

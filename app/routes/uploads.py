@@ -16,9 +16,8 @@ from litestar.plugins.htmx import HTMXTemplate
 from litestar.response import File, Template
 
 from app.config import Settings
-from app.jobs import Services
 from app.schemas import UploadOut
-from app.uploads import Upload, UploadRejected
+from app.uploads import Upload, UploadRejected, Uploads
 
 ContentType = Annotated[str | None, HeaderParameter(name="Content-Type", required=False)]
 ContentLength = Annotated[str | None, HeaderParameter(name="Content-Length", required=False)]
@@ -45,18 +44,22 @@ def upload_out(upload: Upload, settings: Settings) -> UploadOut:
     opt={"exclude_from_csrf": True},
 )
 async def create_upload(
-    request: Request, services: NamedDependency[Services], content_type: ContentType, content_length: ContentLength
+    request: Request,
+    uploads: NamedDependency[Uploads],
+    settings: NamedDependency[Settings],
+    content_type: ContentType,
+    content_length: ContentLength,
 ) -> UploadOut:
-    return upload_out(await services.uploads.receive(content_type, content_length, request.receive), services.settings)
+    return upload_out(await uploads.receive(content_type, content_length, request.receive), settings)
 
 
 @get("/api/uploads/{upload_id:str}/thumbnail", summary="A small JPEG of the upload", tags=["uploads"])
-async def upload_thumbnail(upload_id: FromPath[str], services: NamedDependency[Services]) -> File:
-    upload = await services.uploads.find(upload_id)
+async def upload_thumbnail(upload_id: FromPath[str], uploads: NamedDependency[Uploads]) -> File:
+    upload = await uploads.find(upload_id)
     if upload is None:
         raise NotFoundException(f"No upload with id {upload_id!r}; it may have expired.")
     return File(
-        services.uploads.thumbnail_path(upload.id),
+        uploads.thumbnail_path(upload.id),
         media_type="image/jpeg",
         filename=f"{upload.id}.jpg",
         content_disposition_type="inline",
@@ -66,7 +69,11 @@ async def upload_thumbnail(upload_id: FromPath[str], services: NamedDependency[S
 
 @post("/fragments/upload", name="upload_fragment", status_code=200)
 async def upload_fragment(
-    request: Request, services: NamedDependency[Services], content_type: ContentType, content_length: ContentLength
+    request: Request,
+    uploads: NamedDependency[Uploads],
+    settings: NamedDependency[Settings],
+    content_type: ContentType,
+    content_length: ContentLength,
 ) -> Template:
     """The form's image field after a file was chosen: a preview and the id, or why it was refused.
 
@@ -74,9 +81,7 @@ async def upload_fragment(
     """
     context: dict[str, object] = {"upload_error": None, "upload": None}
     try:
-        context["upload"] = upload_out(
-            await services.uploads.receive(content_type, content_length, request.receive), services.settings
-        )
+        context["upload"] = upload_out(await uploads.receive(content_type, content_length, request.receive), settings)
     except UploadRejected as rejected:
         context["upload_error"] = rejected.message
     return HTMXTemplate(

@@ -216,4 +216,3 @@ def test_wrong_passwords_are_slowed_down_then_refused_for_a_while(make_portal) -
         locked = client.post("/login", data={"password": PASSWORD, "next": "/"})
         assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 0
         assert "avp_session" not in client.cookies
-

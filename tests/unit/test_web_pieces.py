@@ -36,7 +36,7 @@ def test_a_stage_note_and_an_unknown_eta_reach_the_json_api_and_the_job_page(
     app = create_app(Settings.from_env({"AVP_DATA_DIR": str(tmp_path)}))
     with TestClient(app) as client:
         job_id = client.post("/api/jobs", json={"prompt": "a red ball bouncing"}).json()["id"]
-        journal = app.state.services.journal
+        journal = app.state.parts.jobs.journal
         client.blocking_portal.call(functools.partial(journal.set_status, job_id, "running", start_attempt=True))
         progress = JobProgress()
 
