@@ -25,8 +25,10 @@ class Journal:
         self.pages = pages
 
     async def record(self, job_id: str, event: dict[str, Any], update: JobUpdate | None = None) -> StoredEvent:
-        if update is None:  # nothing a page shows changes (a memory line, a runner's error before its status)
-            stored = await self.store.call(self.store.record, job_id, event)
+        if update is None or not self.pages.watching(job_id):
+            # Nothing a page shows changes (a memory line, a runner's error before its status), or no
+            # page is open to show it: skip reading the job back and rendering.
+            stored = await self.store.call(self.store.record, job_id, event, update)
             self.broker.publish(job_id, stored.data)
             return stored
 

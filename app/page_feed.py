@@ -81,6 +81,14 @@ class PageFeed:
         self._settings = settings
         self._rows_shown: dict[str, tuple[str, str | None, int]] = {}  # unfinished jobs only
 
+    def watching(self, job_id: str) -> bool:
+        """Whether a page shows this job now. If none does, forget what rows showed of it: the next
+        list to connect gets every row as it stands, and the next change is pushed for sure."""
+        if self._broker.listening(panel_topic(job_id)) or self._broker.listening(ROWS_TOPIC):
+            return True
+        self._rows_shown.pop(job_id, None)
+        return False
+
     def changed(self, job: JobRow, stored: StoredEvent) -> None:
         """`stored` was recorded; `job` is the job with it applied."""
         topic = panel_topic(job.id)

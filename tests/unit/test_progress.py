@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 
+from app.broker import Broker
+from app.config import Settings
+from app.journal import Journal
+from app.page_feed import ROWS_TOPIC, PageFeed, panel_topic
 from app.progress import DENOISE_END, DENOISE_START, JobProgress, decode_progress
+from app.store import Store
+from app.web import build_templates
 from contract import protocol
+from contract.request import Request
 from tests.runner_fixtures import A_RESULT
 
 
@@ -99,3 +108,37 @@ def test_a_row_stored_before_the_struct_still_decodes_and_encodes_with_the_same_
 @pytest.mark.parametrize(("percent", "shown"), [(0.0, 0), (2.4, 2), (2.5, 3), (99.5, 100)])
 def test_a_job_list_shows_whole_percent_rounded_half_up(percent: float, shown: int) -> None:
     assert JobProgress(percent=percent).whole_percent == shown
+
+
+
+def test_progress_reaches_a_page_only_while_one_shows_the_job(tmp_path: Path) -> None:
+    """With no page open a step is stored and streamed to the API; with a job page and a job list open
+    it is rendered and pushed to both, even when the row looks the same as at the last unwatched step."""
+    store, broker, settings = Store(tmp_path / "portal.db"), Broker(), Settings(data_dir=tmp_path)
+    pages = PageFeed(broker, build_templates(settings), settings)
+    journal = Journal(store, broker, pages)
+    step = protocol.Step(step=1, total=10, elapsed_s=1, eta_s=9)
+
+    async def scenario() -> None:
+        await store.call(store.create_job, "j", Request(prompt="p"), {"type": "queued"}, 10)
+        with broker.subscribe(ROWS_TOPIC) as rows:
+            progress = await journal.runner_event("j", step, JobProgress())
+            assert "job-" in (await rows.receive()).message.encode().decode()
+        with broker.subscribe("j") as api:
+            progress = await journal.runner_event("j", step, progress)
+            assert (await api.receive())["type"] == "step"
+            assert not pages.watching("j")
+        with broker.subscribe(ROWS_TOPIC) as rows, broker.subscribe(panel_topic("j")) as panel:
+            assert pages.watching("j")
+            await journal.runner_event("j", step, progress)
+            assert "job-" in (await rows.receive()).message.encode().decode()
+            assert (await panel.receive()).event_id == 4
+
+    async def main() -> None:
+        with anyio.fail_after(5):  # a push that never comes fails instead of hanging
+            await scenario()
+
+    try:
+        anyio.run(main)
+    finally:
+        store.close()
