@@ -110,7 +110,6 @@ def test_a_job_list_shows_whole_percent_rounded_half_up(percent: float, shown: i
     assert JobProgress(percent=percent).whole_percent == shown
 
 
-
 def test_progress_reaches_a_page_only_while_one_shows_the_job(tmp_path: Path) -> None:
     """With no page open a step is stored and streamed to the API; with a job page and a job list open
     it is rendered and pushed to both, even when the row looks the same as at the last unwatched step."""
