@@ -6,8 +6,10 @@ stamped with the wall clock, so the GPU is out of the picture and only the porta
 
 - submit: POST /api/jobs at a steady --rate for --submits requests (the worker runs the fake
   jobs meanwhile, as it would), latency p50/p95;
-- events: --subscribers SSE clients on one job's stream; the runner prints --events `step` lines;
+- events: --subscribers SSE clients on one job's API stream; the runner prints --events `step` lines;
   latency from the runner writing a line to each subscriber reading it, p50/p99;
+- page events: --page-subscribers clients on the same job's page stream (`/events/jobs/{id}`, the
+  panel rendered once per event for all of them); latency from the runner line to each panel read;
 - list page: GET / (the create page with the job list) and GET /api/jobs with --history jobs, p50/p95.
 
     .venv/bin/python bench/portal_bench.py [--subscribers 500 --history 10000 --submits 200]
@@ -28,6 +30,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -104,7 +107,7 @@ def measure_submits(portal: Portal, count: int, rate: float) -> list[float]:
     return latencies
 
 
-async def _subscriber(port: int, path: str, ready: asyncio.Event, connected: list[int], latencies: list[float]) -> None:
+async def _subscriber(port: int, path: str, connected: list[int], seen: Callable[[bytes], None]) -> None:
     # HTTP/1.0 and a plain socket: no chunked framing to undo, and little client CPU per event.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {path} HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n".encode())
@@ -112,36 +115,50 @@ async def _subscriber(port: int, path: str, ready: asyncio.Event, connected: lis
     first = await reader.readline()
     assert b" 200 " in first, first
     connected.append(1)
-    ready.set()
     while line := await reader.readline():
+        seen(line)
+    writer.close()
+
+
+async def measure_events(
+    portal: Portal, job_id: str, subscribers: int, page_subscribers: int
+) -> tuple[list[float], list[float]]:
+    """Latencies of the API stream's step events, and of the page stream's panels (matched to the
+    runner's time stamp by event id, which the API stream carries)."""
+    latencies: list[float] = []
+    stamped: dict[int, float] = {}  # event id -> when the runner wrote it
+    page_arrivals: list[tuple[int, float]] = []
+    connected: list[int] = []
+
+    def api_line(line: bytes) -> None:
         if line.startswith(b"data: "):
             event = json.loads(line[6:])
             if event.get("type") == "step":
                 latencies.append(time.time() - event["elapsed_s"])
-    writer.close()
+                stamped[event["id"]] = event["elapsed_s"]
 
+    def page_line(line: bytes) -> None:
+        if line.startswith(b"id: "):
+            page_arrivals.append((int(line[4:]), time.time()))
 
-async def measure_events(portal: Portal, job_id: str, subscribers: int) -> list[float]:
-    latencies: list[float] = []
-    connected: list[int] = []
-    ready = asyncio.Event()
-    path = f"/api/jobs/{job_id}/events"
-    tasks = [
-        asyncio.create_task(_subscriber(portal.port, path, ready, connected, latencies)) for _ in range(subscribers)
-    ]
-    while len(connected) < subscribers:
+    streams = [(f"/api/jobs/{job_id}/events", api_line)] * subscribers
+    streams += [(f"/events/jobs/{job_id}", page_line)] * page_subscribers
+    tasks = [asyncio.create_task(_subscriber(portal.port, path, connected, seen)) for path, seen in streams]
+    while len(connected) < len(tasks):
         await asyncio.sleep(0.05)
         for task in tasks:
             if task.done() and task.exception():
                 raise task.exception()
     (portal.job_dir(job_id) / GO_FILE).touch()
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
-    return latencies
+    page_latencies = [arrived - stamped[event_id] for event_id, arrived in page_arrivals if event_id in stamped]
+    return latencies, page_latencies
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subscribers", type=int, default=500)
+    parser.add_argument("--subscribers", type=int, default=500, help="clients on the job's API stream (at least 1)")
+    parser.add_argument("--page-subscribers", type=int, default=0, help="clients on the job's page stream")
     parser.add_argument("--events", type=int, default=100, help="step lines the runner prints")
     # 5 steps a second: faster than the real model steps (~0.8 s and up per step on an H100).
     parser.add_argument("--event-interval", type=float, default=0.2, help="seconds between step lines")
@@ -180,7 +197,9 @@ def main() -> None:
             pages = measure_pages(portal, args.page_requests)
             submits = measure_submits(portal, args.submits, args.rate)
             events_job = portal.submit(prompt=EVENTS_PROMPT, steps=1)
-            events = asyncio.run(measure_events(portal, events_job["id"], args.subscribers))
+            events, page_events = asyncio.run(
+                measure_events(portal, events_job["id"], args.subscribers, args.page_subscribers)
+            )
         finally:
             portal.stop()
 
@@ -200,6 +219,10 @@ def main() -> None:
         events,
         "p99 < 100 ms",
     )
+    if args.page_subscribers:
+        page_expected = args.page_subscribers * args.events
+        name = f"panel, runner line -> {args.page_subscribers} page subscribers ({len(page_events)} of {page_expected})"
+        row(name, page_events, "p99 < 100 ms")
     row(f"list page GET / ({args.history} jobs)", pages["/"], "p95 < 50 ms")
     row(f"GET /api/jobs ({args.history} jobs)", pages["/api/jobs"], "")
     print(f"\nmean event latency {statistics.mean(events) * 1000:.1f} ms")

@@ -47,7 +47,7 @@ def test_submitting_the_form_shows_live_progress_then_a_playable_video(portal: P
     page.fill("textarea[name=prompt]", "a green ball moving right with a high beep")
     page.select_option("select[name=resolution]", "512x288")
     page.select_option("select[name=num_frames]", "97")
-    page.fill("input[name=steps]", "60")
+    page.fill("input[name=steps]", "24")
     page.click("button[type=submit]")
     page.wait_for_url("**/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]

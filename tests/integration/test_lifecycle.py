@@ -56,7 +56,8 @@ def test_cancelling_a_running_job_stops_its_runner_and_the_next_job_runs(portal:
 
 def test_a_sigkilled_portal_loses_no_job_and_reruns_the_interrupted_one(make_portal) -> None:
     first = make_portal()
-    interrupted = first.submit(**LONG_JOB, seed=7)
+    # Killed at its first step, so 20 steps leave plenty of the first attempt; the rerun does all 20.
+    interrupted = first.submit(**{**LONG_JOB, "steps": 20}, seed=7)
     waiting = [first.submit(steps=2, seed=s) for s in (1, 2)]
     first.wait_for_event(interrupted["id"], "step")
     job_dir = first.job_dir(interrupted["id"])
@@ -64,8 +65,8 @@ def test_a_sigkilled_portal_loses_no_job_and_reruns_the_interrupted_one(make_por
     wait_until_gone(job_dir, timeout=5)  # the runner dies with its parent
 
     second = make_portal(data_dir=first.data_dir)
-    # A liveness bound, not a speed check: the 100-step rerun takes ~60 s alone on 2 cores, twice that when
-    # other work shares them (a CI run beside another test run timed out at 120 s).
+    # A liveness bound, not a speed check: the 20-step rerun takes ~12 s alone on 2 cores, more when
+    # other work shares them.
     rerun = second.wait(interrupted["id"], timeout=300)
     assert rerun["status"] == "succeeded" and rerun["attempts"] == 2
     types = [e.event for e in second.events(interrupted["id"])]
