@@ -33,6 +33,16 @@ class Conflict(Exception):
     """The job is in a state that does not allow the operation; the message says what to do."""
 
 
+class Backlog(msgspec.Struct, frozen=True):
+    """A job's stream as it stands: the job (None once deleted), the id of its newest event, the id the
+    replay starts after, and the stored events after that one (empty when not asked for)."""
+
+    job: JobRow | None
+    newest: int
+    after: int
+    events: list[StoredEvent]
+
+
 class Jobs(msgspec.Struct, frozen=True):
     """The jobs as handlers see them: read, submit, cancel, delete. Handlers never reach the store."""
 
@@ -62,14 +72,18 @@ class Jobs(msgspec.Struct, frozen=True):
         """Up to `limit` jobs, newest first; with `before_seq`, those submitted before that one."""
         return await self.store.call(self.store.list_jobs, limit, before_seq)
 
-    async def events_after(self, job_id: str, last_id: int) -> list[StoredEvent]:
-        return await self.store.call(self.store.events_after, job_id, last_id)
+    async def backlog(self, job_id: str, last_id: int, *, events: bool = True) -> Backlog:
+        """What a (re)connecting stream starts from, read in one trip so its parts agree.
 
-    async def with_newest_event(self, job_id: str) -> tuple[JobRow | None, int]:
-        """The job and the id of its newest event, read in one trip so the two agree."""
+        `last_id` is the client's Last-Event-ID; an id this job never had (beyond its newest, or
+        negative) counts as none, so the client gets the job from its start.
+        """
 
-        def read() -> tuple[JobRow | None, int]:
-            return self.store.get_job(job_id), self.store.last_event_id(job_id)
+        def read() -> Backlog:
+            job = self.store.get_job(job_id)
+            newest = self.store.last_event_id(job_id)
+            after = last_id if 0 <= last_id <= newest else 0
+            return Backlog(job, newest, after, self.store.events_after(job_id, after) if events else [])
 
         return await self.store.call(read)
 

@@ -2,7 +2,8 @@
 
 The API's job stream subscribes to live events first, then replays what is stored after
 Last-Event-ID, then goes on live, skipping ids it already sent: no gap, no duplicate.
-It ends after the job's terminal event with a synthetic `end` event.
+It ends after the job's terminal event with a synthetic `end` event; a reconnect to a finished
+job gets what it missed and `end` at once. A Last-Event-ID that is no id of the job's replays from the start.
 
 A page's stream (one per page) carries what app/page_feed.py renders, for htmx's `sse-swap`.
 """
@@ -10,6 +11,7 @@ A page's stream (one per page) carries what app/page_feed.py renders, for htmx's
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -27,9 +29,13 @@ from app.routes.pages import RECENT_JOBS
 from app.sse_names import END
 from app.store import TERMINAL
 
+# An id as this portal sends them: a job's event number. Longer numbers are nobody's id (and would not fit SQLite).
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
+
 
 def _last_event_id(header: str | None) -> int:
-    return int(header) if header and header.strip().isdigit() else 0
+    """The id a reconnecting client saw last; 0 (from the start) for a header that is no id of ours."""
+    return int(header) if header is not None and _EVENT_ID.fullmatch(header.strip()) else 0
 
 
 def _message(event: dict[str, Any]) -> ServerSentEventMessage:
@@ -46,12 +52,16 @@ def _end(status: str) -> ServerSentEventMessage:
 
 async def _job_stream(jobs: Jobs, broker: Broker, job_id: str, last_id: int) -> AsyncIterator[ServerSentEventMessage]:
     with broker.subscribe(job_id) as live:
-        for stored in await jobs.events_after(job_id, last_id):
+        backlog = await jobs.backlog(job_id, last_id)
+        if backlog.job is None:  # deleted meanwhile
+            return
+        last_id = backlog.after
+        for stored in backlog.events:
             yield _message(stored.data)
             last_id = stored.id
-            if stored.type in TERMINAL:
-                yield _end(stored.type)
-                return
+        if backlog.job.finished:  # its terminal event is sent: now, or before the client reconnected
+            yield _end(backlog.job.status)
+            return
         while True:
             try:
                 event = await live.receive()
@@ -89,12 +99,13 @@ async def _job_page_stream(
     (Last-Event-ID): a reconnect catches up in one message instead of replaying the events.
     """
     with broker.subscribe(panel_topic(job_id)) as live:
-        job, newest = await jobs.with_newest_event(job_id)
+        backlog = await jobs.backlog(job_id, last_id, events=False)
+        job, newest = backlog.job, backlog.newest
         if job is None:  # deleted meanwhile
             return
-        if newest > last_id:
+        if newest > backlog.after:
             yield pages.panel(job, newest).message
-            last_id = newest
+        last_id = newest
         if job.finished:
             yield _end(job.status)
             return

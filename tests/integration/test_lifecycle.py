@@ -9,6 +9,10 @@ import threading
 import time
 from pathlib import Path
 
+import anyio
+import httpx
+from httpx_sse import aconnect_sse
+
 from tests.portal import Portal, runner_processes
 
 # Long enough on a 2-core CPU (several seconds of denoising) to act on it while it runs.
@@ -90,6 +94,33 @@ def test_reconnecting_with_last_event_id_replays_without_gap_or_duplicate(portal
     seen += [int(sse.id) for sse in rest[:-1]]
     assert seen == list(range(1, len(seen) + 1))
     assert rest[-2].event == "succeeded"
+
+
+def test_reconnecting_to_a_finished_job_ends_promptly_whatever_last_event_id_says(shared_portal: Portal) -> None:
+    job = shared_portal.submit(steps=2)
+    stored = [sse for sse in shared_portal.events(job["id"])][:-1]  # the last is `end`, which has no id
+    newest = int(stored[-1].id)
+    replayed = [*(sse.event for sse in stored), "end"]
+
+    async def reconnect(path: str, last_event_id: str) -> list[str]:
+        """The stream's events, up to its close; a stream that goes on (heartbeats, nothing else) fails."""
+        async with httpx.AsyncClient(
+            base_url=shared_portal.base_url, headers=shared_portal.auth_headers, timeout=None
+        ) as client:
+            with anyio.fail_after(10):
+                async with aconnect_sse(client, "GET", path, headers={"Last-Event-ID": last_event_id}) as source:
+                    assert source.response.status_code == 200
+                    return [sse.event async for sse in source.aiter_sse() if sse.data]
+
+    api, page = f"/api/jobs/{job['id']}/events", f"/events/jobs/{job['id']}"
+    # The client saw everything but `end` (it dropped just before it): only `end` is left.
+    assert anyio.run(reconnect, api, str(newest)) == ["end"]
+    assert anyio.run(reconnect, page, str(newest)) == ["end"]
+    # An id this job never sent, or no id at all, replays the job from its start.
+    for last_event_id in (str(newest + 1), str(10**30), "garbage", "-1", "7x", "1e3"):
+        assert anyio.run(reconnect, api, last_event_id) == replayed, last_event_id
+        assert anyio.run(reconnect, page, last_event_id) == ["job-panel", "end"], last_event_id
+    assert "Traceback" not in shared_portal.log()
 
 
 FAKE_RUNNER = """#!{python}
