@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -15,6 +17,7 @@ import msgspec
 import uvicorn
 
 from app.config import Settings, SettingsError
+from app.data_lock import DataDirBusy, DataDirLock
 from app.passwords import hash_password
 from app.web import create_app
 
@@ -39,7 +42,23 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings) -> int:
+    """Serve until stopped; 3 (having changed nothing) when another portal holds the data directory or the port.
+
+    The data directory is locked before anything reads it, and the port is bound before start-up
+    recovery, which marks the jobs the last portal left running as interrupted: only a portal that
+    will serve may do that.
+    """
+    try:
+        _lock = DataDirLock(settings.data_dir, f"pid {os.getpid()}, serving http://{settings.host}:{settings.port}")
+        listener = _listen(settings.host, settings.port)
+    except DataDirBusy as busy:
+        return _refuse(f"{busy}; stop that portal first, or give this one its own data directory (AVP_DATA_DIR)")
+    except OSError as exc:
+        why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be listened on ({exc.strerror or exc})"
+        return _refuse(
+            f"{settings.host}:{settings.port} {why}; stop whatever uses it, or choose another port (--port or AVP_PORT)"
+        )
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -52,7 +71,26 @@ def serve(settings: Settings) -> None:
         proxy_headers=True,
         forwarded_allow_ips=settings.trusted_proxies,
     )
-    _Server(config, app.state.parts.broker.close).run()
+    _Server(config, app.state.parts.broker.close).run(sockets=[listener])
+    return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, as uvicorn would make it; OSError (say, the port is in use) if not."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(2048)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def _refuse(message: str) -> int:
+    print(f"avportal: {message}", file=sys.stderr)
+    return 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"avportal: {exc}", file=sys.stderr)
         return 2
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
 def _hash_password() -> int:

@@ -109,16 +109,19 @@ class Portal:
         token = self.env.get("AVP_API_TOKEN")
         return {"Authorization": f"Bearer {token}"} if token else {}
 
+    @property
+    def _serve(self) -> dict[str, Any]:
+        """`python -m app serve` for this portal, as subprocess arguments."""
+        return {
+            "args": [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            "cwd": REPO_ROOT,
+            "env": {**os.environ, "AVP_DATA_DIR": str(self.data_dir), **self.env},
+        }
+
     def start(self, timeout: float = 30) -> Portal:
         self.log_path = self.data_dir.parent / f"portal-{self.port}.log"
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=REPO_ROOT,
-                env={**os.environ, "AVP_DATA_DIR": str(self.data_dir), **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            self.process = subprocess.Popen(**self._serve, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -128,6 +131,10 @@ class Portal:
                     return self
             time.sleep(0.1)
         raise RuntimeError(f"portal did not answer within {timeout} s:\n{self.log()}")
+
+    def refused(self, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Start this portal when it is expected not to start: how it exited, and what it said."""
+        return subprocess.run(**self._serve, capture_output=True, text=True, timeout=timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]

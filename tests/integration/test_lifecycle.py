@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import stat
 import sys
@@ -80,6 +81,34 @@ def test_a_sigkilled_portal_loses_no_job_and_reruns_the_interrupted_one(make_por
         assert second.wait(job["id"])["status"] == "succeeded"
     with second.client() as c:
         assert len(c.get("/api/jobs").json()["jobs"]) == 3
+
+
+def test_a_second_portal_on_a_held_data_dir_or_port_exits_and_changes_no_job(make_portal, tmp_path) -> None:
+    first = make_portal()
+    job = first.submit(**LONG_JOB)
+    first.wait_for_event(job["id"], "step")
+
+    same_data_dir = Portal(data_dir=first.data_dir, env={}).refused()
+    assert same_data_dir.returncode == 3, same_data_dir.stderr
+    assert f"pid {first.process.pid}" in same_data_dir.stderr and "stop that portal" in same_data_dir.stderr
+    same_port = Portal(data_dir=tmp_path / "another", env={}, port=first.port).refused()
+    assert same_port.returncode == 3, same_port.stderr
+    assert f"127.0.0.1:{first.port} is in use" in same_port.stderr
+    for refused in (same_data_dir, same_port):
+        assert "Traceback" not in refused.stderr
+
+    # The first portal's job runs on undisturbed: its first attempt still, one runner, each step once.
+    now = first.job(job["id"])
+    assert now["status"] == "running" and now["attempts"] == 1
+    events: list[dict] = []
+    for sse in first.events(job["id"]):
+        events.append(json.loads(sse.data))
+        if events[-1]["type"] == "step" and events[-1]["step"] > now["progress"]["step"]:
+            break  # a step taken after the refused starts
+    types = [event["type"] for event in events]
+    assert types.count("queued") == 1 and types.count("running") == 1 and "interrupted" not in types
+    steps = [event["step"] for event in events if event["type"] == "step"]
+    assert steps == list(range(1, len(steps) + 1))
 
 
 def test_reconnecting_with_last_event_id_replays_without_gap_or_duplicate(portal: Portal) -> None:
