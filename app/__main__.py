@@ -50,7 +50,9 @@ def serve(settings: Settings) -> int:
     will serve may do that.
     """
     try:
-        _lock = DataDirLock(settings.data_dir, f"pid {os.getpid()}, serving http://{settings.host}:{settings.port}")
+        _lock = DataDirLock(  # held until this process exits, however it exits
+            settings.data_dir, f"pid {os.getpid()}, serving http://{settings.host}:{settings.port}"
+        )
         listener = _listen(settings.host, settings.port)
     except DataDirBusy as busy:
         return _refuse(f"{busy}; stop that portal first, or give this one its own data directory (AVP_DATA_DIR)")
