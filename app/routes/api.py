@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
@@ -46,12 +47,19 @@ class JobsApi(Controller):
     path = "/api"
     tags = ["jobs"]
 
-    @post("/jobs", status_code=201, summary="Submit a generation request", operation_class=_TakesARequest)
+    @post(
+        "/jobs",
+        status_code=201,
+        summary="Submit a generation request",
+        operation_class=_TakesARequest,
+        response_headers=[ResponseHeader(name="Location", description="the job's API URL", documentation_only=True)],
+    )
     async def create_job(
         self, request: Request, jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
-    ) -> JobOut:
+    ) -> Response[JobOut]:
         # The body is decoded here, not by Litestar, so that any body gets a 400 saying what is wrong with it.
-        return present(await jobs.submit(decode_body(await request.body()), client_address(request)), settings)
+        job = present(await jobs.submit(decode_body(await request.body()), client_address(request)), settings)
+        return Response(job, status_code=201, headers={"Location": job.links.self})
 
     @get("/jobs", summary="Jobs, newest first")
     async def list_jobs(
