@@ -6,6 +6,8 @@ each field is converted on its own, then the model spec's rules are checked toge
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import msgspec
@@ -44,6 +46,60 @@ def _type_word(field: msgspec.structs.FieldInfo) -> str:
         if kind in getattr(field.type, "__args__", (field.type,)):
             return word
     return "a value of the right type"
+
+
+EXAMPLE_BODY = '{"prompt": "a red ball bouncing"}'
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def decode_body(body: bytes) -> Any:
+    """A JSON request body, decoded; raises InvalidRequest saying what is wrong with it, and nothing else."""
+    if not body.strip():
+        raise _body_error(f"is empty; send a JSON object of request fields, e.g. {EXAMPLE_BODY}")
+    try:
+        return msgspec.json.decode(body)
+    except RecursionError:  # msgspec nests as deep as the data does; the limit is Python's own
+        message = f"is nested too deeply; send a flat JSON object of request fields, e.g. {EXAMPLE_BODY}"
+        raise _body_error(message) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest([_undecodable(body, exc)]) from None
+
+
+def _body_error(message: str) -> InvalidRequest:
+    return InvalidRequest([FieldError(field="body", message=message)])
+
+
+def _undecodable(body: bytes, exc: msgspec.DecodeError) -> FieldError:
+    """What is wrong with a body msgspec cannot decode. Well-formed JSON holding a lone UTF-16 surrogate
+    (half of an emoji, say) is refused with a message about truncation or a byte offset; the standard
+    library reads it, which finds the field."""
+    try:
+        field = _where_lone_surrogate(json.loads(body))
+    except (ValueError, RecursionError):
+        field = None
+    if field is not None:
+        message = "contains an invalid character (a lone UTF-16 surrogate); send it as valid Unicode text"
+        return FieldError(field=field, message=message)
+    return FieldError(field="body", message=f"is not valid JSON ({exc}); send a JSON object such as {EXAMPLE_BODY}")
+
+
+def _where_lone_surrogate(raw: Any) -> str | None:
+    """The request field whose value holds a lone surrogate; "body" where it is elsewhere; None if nowhere."""
+    if isinstance(raw, dict):
+        for name, value in raw.items():
+            if _holds_lone_surrogate(value) and not _holds_lone_surrogate(name):
+                return name
+    return "body" if _holds_lone_surrogate(raw) else None
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.search(value) is not None
+    if isinstance(value, list):
+        return any(_holds_lone_surrogate(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_lone_surrogate(k) or _holds_lone_surrogate(v) for k, v in value.items())
+    return False
 
 
 def parse_request(raw: Any, *, strict: bool = True) -> tuple[Request, list[FieldError]]:

@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.htmx import HTMXPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
-from litestar.response import Redirect
+from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
@@ -119,7 +119,14 @@ def _validation(_: Request, exc: ValidationException) -> Response[ErrorResponse]
     return _error(400, f"Invalid request: {exc.detail}", errors)
 
 
-def _http(_: Request, exc: HTTPException) -> Response[ErrorResponse]:
+def _is_page(request: Request) -> bool:
+    """Whether a person's browser asked for the path (the API, streams, the schema and static files are not pages)."""
+    return not request.url.path.startswith(("/api/", "/events/", "/schema", "/static/"))
+
+
+def _http(request: Request, exc: HTTPException) -> Response[ErrorResponse] | Template:
+    if exc.status_code == 404 and _is_page(request):  # an unknown or deleted job's page, say: a page, not JSON
+        return Template(template_name="not_found.html", context={"detail": exc.detail}, status_code=404)
     errors = [FieldError(field="body", message=exc.detail)] if exc.status_code == 400 else None
     return _error(exc.status_code, exc.detail, errors, **(exc.headers or {}))
 
@@ -135,8 +142,7 @@ def _rate_limited(_: Request, exc: RateLimited) -> Response[ErrorResponse]:
 def _login_required(request: Request, exc: LoginRequired) -> Response[ErrorResponse] | Redirect:
     """A person opening a page goes to the login page (and back afterwards); anything else gets 401."""
     settings: Settings = request.app.state.parts.settings
-    is_page = request.method == "GET" and not request.url.path.startswith(("/api/", "/events/", "/schema"))
-    if is_page:
+    if request.method == "GET" and _is_page(request):
         login_url = settings.url(login.login_path(request))
         if request.headers.get("hx-request"):  # htmx would swap the login page into a fragment
             return _error(401, exc.detail, **{"HX-Redirect": login_url})

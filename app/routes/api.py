@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from app.auth import PUBLIC
 from app.config import Settings
 from app.jobs import Jobs, present
 from app.queue import Worker
-from app.schemas import JobList, JobOut, ModelList, ModelOut
+from app.schemas import JobList, JobOut, ModelList, ModelOut, decode_body
 from app.store import JobRow
 from contract.request import given
 
@@ -31,15 +34,32 @@ async def load_job(jobs: Jobs, job_id: str) -> JobRow:
     return job
 
 
+@dataclass
+class _TakesARequest(Operation):
+    """The OpenAPI of a handler that decodes its JSON body itself (with decode_body): a request's fields."""
+
+    def __post_init__(self) -> None:
+        schema = Reference(ref="#/components/schemas/Request")
+        self.request_body = RequestBody(content={"application/json": OpenAPIMediaType(schema=schema)}, required=True)
+
+
 class JobsApi(Controller):
     path = "/api"
     tags = ["jobs"]
 
-    @post("/jobs", status_code=201, summary="Submit a generation request")
+    @post(
+        "/jobs",
+        status_code=201,
+        summary="Submit a generation request",
+        operation_class=_TakesARequest,
+        response_headers=[ResponseHeader(name="Location", description="the job's API URL", documentation_only=True)],
+    )
     async def create_job(
-        self, request: Request, data: JSONBody[Any], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
-    ) -> JobOut:
-        return present(await jobs.submit(data, client_address(request)), settings)
+        self, request: Request, jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+    ) -> Response[JobOut]:
+        # The body is decoded here, not by Litestar, so that any body gets a 400 saying what is wrong with it.
+        job = present(await jobs.submit(decode_body(await request.body()), client_address(request)), settings)
+        return Response(job, status_code=201, headers={"Location": job.links.self})
 
     @get("/jobs", summary="Jobs, newest first")
     async def list_jobs(

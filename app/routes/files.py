@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import anyio
-from litestar import Response, get
+from litestar import Request, Response, get, route
 from litestar.di import NamedDependency
+from litestar.enums import HttpMethod
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, HeaderParameter
 from litestar.response import Stream
@@ -65,14 +66,23 @@ async def job_preview(job_id: FromPath[str], jobs: NamedDependency[Jobs]) -> Res
     return Response(content, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
-@get("/api/jobs/{job_id:str}/video", summary="The job's MP4 (supports Range)", tags=["jobs"])
+@route(
+    "/api/jobs/{job_id:str}/video",
+    http_method=[HttpMethod.GET, HttpMethod.HEAD],
+    summary="The job's MP4 (supports Range)",
+    tags=["jobs"],
+)
 async def job_video(
+    request: Request,
     job_id: FromPath[str],
     jobs: NamedDependency[Jobs],
     range_header: Annotated[str | None, HeaderParameter(name="Range")] = None,
     download: FromQuery[bool] = False,
 ) -> Response[bytes] | Stream:
-    """The MP4, played inline by the page's <video>, or saved as a file with `?download=true`."""
+    """The MP4, played inline by the page's <video>, or saved as a file with `?download=true`.
+
+    HEAD answers as GET would, ranges included, without the body (a download manager asks first).
+    """
     job = await load_job(jobs, job_id)
     path = jobs.video_path(job)
     if path is None:
@@ -90,4 +100,7 @@ async def job_video(
     if wanted:
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     headers["Content-Length"] = str(last - first + 1)
-    return Stream(_read(path, first, last), status_code=206 if wanted else 200, media_type="video/mp4", headers=headers)
+    status = 206 if wanted else 200
+    if request.method == HttpMethod.HEAD:
+        return Response(b"", status_code=status, media_type="video/mp4", headers=headers)
+    return Stream(_read(path, first, last), status_code=status, media_type="video/mp4", headers=headers)

@@ -17,6 +17,7 @@ from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.plugins.htmx import ClientRedirect, HTMXTemplate
 from litestar.response import Redirect, Template
 
+from app.auth import PUBLIC
 from app.config import Settings
 from app.jobs import Conflict, Jobs, QueueFull
 from app.page_feed import job_context
@@ -152,4 +153,20 @@ async def delete_job_form(
     return ClientRedirect(home) if request.headers.get("hx-request") else Redirect(home, status_code=303)
 
 
-handlers = [index, form_fragment, create_job, jobs_fragment, job_page, job_panel, cancel_job_form, delete_job_form]
+@get("/favicon.ico", name="favicon", opt={PUBLIC: True}, include_in_schema=False)
+async def favicon(settings: NamedDependency[Settings]) -> Redirect:
+    """For browsers and tools that ask for it before reading the page's <link rel="icon">."""
+    return Redirect(settings.url("/static/favicon.svg"), status_code=301)
+
+
+handlers = [
+    favicon,
+    index,
+    form_fragment,
+    create_job,
+    jobs_fragment,
+    job_page,
+    job_panel,
+    cancel_job_form,
+    delete_job_form,
+]

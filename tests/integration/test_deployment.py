@@ -101,6 +101,11 @@ def test_strangers_get_the_login_page_401s_and_no_session(behind_nginx: Portal) 
         assert stranger.get("/api/jobs", headers={"Authorization": "Bearer wrong-token-123456"}).status_code == 401
 
         login = stranger.get("/login")
+        assert '<link rel="icon" href="/portal/static/favicon.svg" type="image/svg+xml">' in login.text
+        icon = stranger.get("/favicon.ico")  # what a browser asks for before it reads the page
+        assert icon.status_code == 301 and icon.headers["location"] == "/portal/static/favicon.svg"
+        svg = stranger.get("/static/favicon.svg")
+        assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
         csrf = re.search(r'name="_csrf_token" value="([^"]+)"', login.text).group(1)
         wrong = stranger.post("/login", data={"password": "guess", "next": "/", "_csrf_token": csrf})
         assert wrong.status_code == 401 and "Wrong password" in wrong.text
@@ -134,7 +139,10 @@ def test_a_logged_in_person_posts_forms_only_with_the_csrf_token(behind_nginx: P
 
 
 def test_the_api_and_its_event_stream_work_through_nginx_with_a_token(behind_nginx: Portal) -> None:
-    job = behind_nginx.submit(**LONG_JOB)
+    with behind_nginx.client() as client:
+        submitted = client.post("/api/jobs", json={"prompt": "a red ball bouncing with clicks", **LONG_JOB})
+    job = submitted.json()
+    assert submitted.status_code == 201 and submitted.headers["location"] == f"/portal/api/jobs/{job['id']}"
     assert job["links"]["page"] == f"/portal/jobs/{job['id']}"
     assert job["links"]["events"] == f"/portal/api/jobs/{job['id']}/events"
     first_step_status = None

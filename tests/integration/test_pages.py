@@ -79,6 +79,21 @@ def test_the_job_list_fragment_shows_every_recent_job(portal: Portal) -> None:
     assert rows.index(ids[2]) < rows.index(ids[0]), "newest first"
 
 
+def test_a_deleted_or_unknown_jobs_page_is_an_html_404_page_while_the_api_keeps_json(portal: Portal) -> None:
+    job = portal.submit(steps=1)
+    with portal.client() as c:
+        c.post(f"/api/jobs/{job['id']}/cancel", json={})  # finished sooner than waiting its turn in the queue
+        portal.wait(job["id"])
+        assert c.delete(f"/api/jobs/{job['id']}").status_code == 204
+        for path in (f"/jobs/{job['id']}", "/jobs/" + "0" * 32, "/no-such-page"):
+            page = c.get(path)
+            assert page.status_code == 404 and page.headers["content-type"].startswith("text/html"), path
+            assert 'class="brand"' in page.text and 'id="not-found-detail"' in page.text, "the layout, and why"
+            assert 'class="button" href="/"' in page.text, "a way back"
+        api = c.get(f"/api/jobs/{job['id']}")
+        assert api.status_code == 404 and api.json()["detail"] == f"No job with id {job['id']!r}."
+
+
 def test_prompts_are_escaped_in_pages(portal: Portal) -> None:
     job = portal.submit(prompt="<script>alert(1)</script>", steps=1)
     with portal.client() as c:

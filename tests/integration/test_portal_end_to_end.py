@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from tests.portal import Portal
@@ -61,7 +62,7 @@ def test_a_submitted_prompt_streams_progress_and_ends_as_an_mp4_with_audio(make_
     assert abs(mp4.video_duration_s - 33 / 25) <= 1 / 25
 
 
-def test_the_video_supports_range_requests(portal: Portal) -> None:
+def test_the_video_supports_range_requests_and_head(portal: Portal) -> None:
     job = portal.wait(portal.submit(steps=2)["id"])
     url = job["links"]["video"]
     with portal.client() as c:
@@ -69,10 +70,18 @@ def test_the_video_supports_range_requests(portal: Portal) -> None:
         part = c.get(url, headers={"Range": "bytes=100-199"})
         tail = c.get(url, headers={"Range": "bytes=-50"})
         beyond = c.get(url, headers={"Range": f"bytes={len(whole) + 10}-"})
+        for ask in ({}, {"Range": "bytes=100-199"}, {"Range": "bytes=-50"}, {"Range": f"bytes={len(whole) + 10}-"}):
+            got, head = c.get(url, headers=ask), c.head(url, headers=ask)
+            assert head.status_code == got.status_code and head.content == b"", ask
+            assert without_date(head.headers) == without_date(got.headers), ask
     assert part.status_code == 206 and part.content == whole[100:200]
     assert part.headers["content-range"] == f"bytes 100-199/{len(whole)}"
     assert tail.status_code == 206 and tail.content == whole[-50:]
     assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(whole)}"
+
+
+def without_date(headers: httpx.Headers) -> dict[str, str]:
+    return {name: value for name, value in headers.items() if name != "date"}
 
 
 def test_a_finished_job_can_be_deleted_with_its_files(portal: Portal) -> None:

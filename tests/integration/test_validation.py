@@ -55,6 +55,31 @@ def test_a_body_that_is_not_a_json_object_is_a_400_naming_the_body(shared_portal
         assert c.get("/api/jobs").json()["jobs"] == []
 
 
+UNREADABLE_BODIES = [
+    (b"[" * 100_000 + b"]" * 100_000, "body", "is nested too deeply; send a flat JSON object"),
+    (b"", "body", 'is empty; send a JSON object of request fields, e.g. {"prompt": '),
+    (b" \n", "body", "is empty"),
+    (b'{"prompt": "a \\ud800 ball"}', "prompt", "contains an invalid character (a lone UTF-16 surrogate)"),
+    (b'{"prompt": "a ball", "negative_prompt": "\\udc00"}', "negative_prompt", "a lone UTF-16 surrogate"),
+    (b'{"prompt": "\xed\xa0\x80"}', "prompt", "a lone UTF-16 surrogate"),  # one encoded as UTF-8
+    (b'{"prompt": "a ball", ', "body", "is not valid JSON (Input data was truncated)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "fragment"), UNREADABLE_BODIES, ids=["deep", "empty", "blank", "surrogate", "low", "utf8", "cut"]
+)
+def test_a_body_that_cannot_be_read_is_a_400_saying_which_field_and_what_is_wrong(
+    shared_portal: Portal, body: bytes, field: str, fragment: str
+) -> None:
+    with shared_portal.client() as c:
+        response = c.post("/api/jobs", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        [error] = response.json()["errors"]
+        assert error["field"] == field and fragment in error["message"], error
+        assert c.get("/api/jobs").json()["jobs"] == []
+
+
 def test_unknown_jobs_are_404_not_500(shared_portal: Portal) -> None:
     with shared_portal.client() as c:
         for path in ("/api/jobs/0123", "/api/jobs/../../etc/passwd", "/api/jobs/" + "a" * 32 + "/video"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import html
+import re
 from pathlib import Path
 
 import anyio
@@ -15,8 +16,10 @@ from app.progress import JobProgress
 from app.ratelimit import RateLimited, SubmitRateLimit
 from app.routes.files import parse_range
 from app.runner import _classify, _Transcript
-from app.store import JobUpdate, Store
+from app.store import JobRow, JobUpdate, Store
+from app.web import build_templates
 from contract import protocol
+from contract.request import Request
 from tests.runner_fixtures import A_RESULT
 
 
@@ -57,6 +60,37 @@ def test_a_stage_note_and_an_unknown_eta_reach_the_json_api_and_the_job_page(
 
         api, page = runner_says(protocol.Stage(name="free_transformer", t=60.0))
         assert api["stage_note"] is None and 'id="stage-note"' not in page
+
+
+@pytest.mark.parametrize(
+    ("status", "stage", "shown"),
+    [
+        ("running", "decode_video", "decode video"),
+        ("succeeded", "mux", ""),
+        ("failed", "denoise", ""),
+        ("queued", None, ""),
+    ],
+)
+def test_the_job_lists_stage_column_names_the_stage_only_while_the_job_runs(
+    tmp_path: Path, status: str, stage: str | None, shown: str
+) -> None:
+    templates = build_templates(Settings.from_env({"AVP_DATA_DIR": str(tmp_path)}))
+    job = JobRow(
+        seq=1,
+        id="a" * 32,
+        status=status,
+        request=Request(prompt="a red ball"),
+        progress=JobProgress(stage=stage),
+        error=None,
+        result=None,
+        attempts=1,
+        created_at=0.0,
+        started_at=None,
+        finished_at=None,
+    )
+    row = templates.engine.get_template("fragments/_job_row.html").render(job=job)
+    prompt, status_cell, stage_cell, progress = re.findall(r"<td>(.*?)</td>", row, re.S)
+    assert status in status_cell and stage_cell == shown
 
 
 def _transcript(result: bool = False, error: protocol.Error | None = None, violation: str | None = None):
