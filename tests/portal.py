@@ -129,6 +129,11 @@ class Portal:
             time.sleep(0.1)
         raise RuntimeError(f"portal did not answer within {timeout} s:\n{self.log()}")
 
+    def memory_mb(self) -> tuple[float, float]:
+        """The web process's resident memory now and at its peak so far (VmRSS, VmHWM), in MB."""
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines())
+        return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
 
