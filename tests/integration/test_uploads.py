@@ -189,7 +189,7 @@ def test_the_client_filename_is_display_text_only(uploads_portal: Portal, filena
 def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(uploads_portal: Portal) -> None:
     guard = Guarded(uploads_portal)
     head = (
-        f"POST /api/uploads HTTP/1.1\r\nHost: x\r\nContent-Type: {corpus.MULTIPART_TYPE}\r\n"
+        f"POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {corpus.MULTIPART_TYPE}\r\n"
         f"Content-Length: {FIFTY_MB}\r\n\r\n"
     ).encode()
 
@@ -200,7 +200,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(upl
 def test_a_content_length_that_lies_low_cannot_smuggle_a_large_body(uploads_portal: Portal) -> None:
     guard = Guarded(uploads_portal)
     head = (
-        "POST /api/uploads HTTP/1.1\r\nHost: x\r\n"
+        "POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Content-Type: {corpus.MULTIPART_TYPE}\r\nContent-Length: 1024\r\n\r\n"
     ).encode()
     body = [corpus.part_head()] + [b"\0" * (1024 * 1024)] * 50  # the part never ends within the 1 KB declared
@@ -216,7 +216,7 @@ def test_a_content_length_that_lies_low_cannot_smuggle_a_large_body(uploads_port
 def test_a_chunked_body_without_length_is_cut_off_at_the_limit(uploads_portal: Portal) -> None:
     guard = Guarded(uploads_portal)
     head = (
-        "POST /api/uploads HTTP/1.1\r\nHost: x\r\n"
+        "POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Content-Type: {corpus.MULTIPART_TYPE}\r\nTransfer-Encoding: chunked\r\n\r\n"
     ).encode()
     began = time.monotonic()
