@@ -47,6 +47,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     session_hours: float = 12.0
     root_path: str = ""  # the sub-path a proxy serves the portal under, e.g. "/portal"; the proxy strips it
     trusted_proxies: str = "127.0.0.1,::1"  # whose X-Forwarded-For/-Proto uvicorn believes
+    allowed_hosts: tuple[str, ...] = ()  # host names served besides loopback's (AVP_ALLOWED_HOSTS), normalised
     submit_per_minute: int = 30  # per client
 
     @property
@@ -57,17 +58,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """`path` (absolute inside the app) as the browser must ask for it: under the root path."""
         return self.root_path + path
 
+    def serves_host(self, host: str) -> bool:
+        """Whether a request's Host header (with a port or not) names this portal: a loopback name, or one of
+        AVP_ALLOWED_HOSTS. Any other name is a page on someone else's domain rebinding it to this address."""
+        name = _host_name(host)
+        return _is_loopback(name) or name in self.allowed_hosts
+
     def check_exposure(self) -> None:
-        """Refuse to listen beyond this machine with nobody required to log in."""
-        if self.auth_enabled or self.insecure_no_auth or _is_loopback(self.host):
+        """Refuse to listen beyond this machine with nobody required to log in, or with no name to be reached by."""
+        if _is_loopback(self.host):
             return
-        raise SettingsError(
-            f"refusing to listen on {self.host} without credentials: anyone on the network could use the GPU "
-            "and read every prompt. Set AVP_PASSWORD_HASH to the output of `avportal hash-password`, or "
-            "AVP_API_TOKEN to a long random string (for example `python -c 'import secrets; "
-            "print(secrets.token_urlsafe(32))'`), or listen on 127.0.0.1. AVP_INSECURE_NO_AUTH=1 overrides "
-            "this check if something else in front of the portal authenticates users."
-        )
+        if not (self.auth_enabled or self.insecure_no_auth):
+            raise SettingsError(
+                f"refusing to listen on {self.host} without credentials: anyone on the network could use the GPU "
+                "and read every prompt. Set AVP_PASSWORD_HASH to the output of `avportal hash-password`, or "
+                "AVP_API_TOKEN to a long random string (for example `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`), or listen on 127.0.0.1. AVP_INSECURE_NO_AUTH=1 overrides "
+                "this check if something else in front of the portal authenticates users."
+            )
+        if not self.allowed_hosts:
+            raise SettingsError(
+                f"refusing to listen on {self.host} without AVP_ALLOWED_HOSTS: the portal answers only requests "
+                "addressed to a name it knows (loopback's, and these). Set AVP_ALLOWED_HOSTS to the names and "
+                "addresses people type to reach it, comma-separated, for example portal.lan,192.168.1.20."
+            )
 
     @property
     def jobs_dir(self) -> Path:
@@ -173,6 +187,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         api_token = env.get("AVP_API_TOKEN", "").strip() or None
         if api_token is not None and len(api_token) < MIN_TOKEN_CHARS:
             raise SettingsError(f"AVP_API_TOKEN is too short: use at least {MIN_TOKEN_CHARS} random characters")
+        allowed_hosts = tuple(
+            _allowed_host(name) for name in env.get("AVP_ALLOWED_HOSTS", "").split(",") if name.strip()
+        )
         password_hash = env.get("AVP_PASSWORD_HASH", "").strip() or None
         if password_hash is not None and not is_password_hash(password_hash):
             raise SettingsError(
@@ -203,11 +220,35 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             root_path=root_path,
             trusted_proxies=env.get("AVP_TRUSTED_PROXIES", "").strip() or "127.0.0.1,::1",
             submit_per_minute=int(number("AVP_SUBMIT_PER_MINUTE", 30, int, 1)),
+            allowed_hosts=allowed_hosts,
         )
 
 
 MIN_TOKEN_CHARS = 16
 _ROOT_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header or setting, as compared: lower case, no port, no trailing dot, IPv6 in brackets."""
+    host = host.strip().lower()
+    name = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
+    return name.rstrip(".")
+
+
+def _allowed_host(raw: str) -> str:
+    """One entry of AVP_ALLOWED_HOSTS, normalised as Host headers are: a DNS name, or an IP address."""
+    try:
+        address = ipaddress.ip_address(raw.strip().strip("[]"))
+    except ValueError:
+        name = raw.strip().lower().rstrip(".")
+        if _HOST_NAME.fullmatch(name):
+            return name
+        raise SettingsError(
+            f"AVP_ALLOWED_HOSTS entry {raw.strip()!r} is not a host name or address; list the names people type "
+            "to reach the portal, without scheme or port, comma-separated: portal.lan,192.168.1.20"
+        ) from None
+    return f"[{address}]" if address.version == 6 else str(address)
 
 
 def _is_loopback(host: str) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio.to_thread
 import msgspec
+from PIL import Image
 
 from app.config import Settings
 from app.journal import Journal
@@ -18,7 +19,7 @@ from app.queue import Worker
 from app.ratelimit import SubmitRateLimit
 from app.schemas import FieldError, InvalidRequest, JobError, JobLinks, JobOut, validate_request
 from app.store import JobRow, Store, StoredEvent
-from app.uploads import Upload, Uploads
+from app.uploads import Upload, Uploads, write_job_image
 from contract import jobdir
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -101,15 +102,12 @@ class Jobs(msgspec.Struct, frozen=True):
         job_id = uuid.uuid4().hex
         job_dir = self.job_dir(job_id)
         job_file = jobdir.job_file(job_id, resolved, spec, self.settings.runner_options(), image=upload is not None)
+        image = None if upload is None else await self._fitted(upload, resolved.width, resolved.height)
 
         def write_and_store() -> tuple[JobRow, StoredEvent] | None:
             job_dir.mkdir(parents=True)
-            if upload is not None:  # the runner sees only this normalised copy, never the upload
-                try:
-                    self.uploads.normalise_into(upload, job_dir / jobdir.IMAGE_FILE, resolved.width, resolved.height)
-                except FileNotFoundError:  # swept away a moment ago
-                    shutil.rmtree(job_dir)
-                    raise _unknown_upload() from None
+            if image is not None:  # the runner sees only this normalised copy, never the upload
+                write_job_image(image, job_dir / jobdir.IMAGE_FILE)
             jobdir.write_job_file(job_dir, job_file)
             first = self.store.create_job(job_id, resolved, {"type": "queued"}, self.settings.max_queue)
             if first is None:
@@ -134,6 +132,12 @@ class Jobs(msgspec.Struct, frozen=True):
         if upload is None:
             raise _unknown_upload()
         return upload
+
+    async def _fitted(self, upload: Upload, width: int, height: int) -> Image.Image:
+        try:
+            return await self.uploads.fitted(upload, width, height)
+        except FileNotFoundError:  # swept away a moment ago
+            raise _unknown_upload() from None
 
     async def cancel(self, job: JobRow) -> None:
         if job.finished:

@@ -1,4 +1,4 @@
-"""Browser-facing protections: CSRF on state-changing requests, and security headers on every response."""
+"""Browser-facing protections: served host names only, CSRF on state-changing requests, security headers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.exceptions import PermissionDeniedException
+from litestar.middleware import ASGIMiddleware
 from litestar.middleware.base import DefineMiddleware
 from litestar.middleware.csrf import CSRFMiddleware
-from litestar.types import Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
 
@@ -29,6 +30,33 @@ SECURITY_HEADERS = {
     "referrer-policy": "same-origin",
     "x-frame-options": "DENY",  # frame-ancestors for browsers that predate it
 }
+
+
+class ServedHostsOnly(ASGIMiddleware):
+    """Answers 400 to a request whose Host header is not one of the portal's names (Settings.serves_host).
+
+    DNS rebinding: a page on the attacker's domain re-points that domain at this machine, and the
+    browser then lets it read the portal's answers as its own origin's. Its requests still carry the
+    attacker's name in Host, so refusing unknown names keeps every prompt and job out of its reach.
+    """
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        host = Headers.from_scope(scope).get("host", "")
+        if self.settings.serves_host(host):
+            await next_app(scope, receive, send)
+            return
+        body = (
+            f"This portal does not answer to the host name {host[:100]!r}. If that is a name you use to reach "
+            "it, add it to AVP_ALLOWED_HOSTS (comma-separated names) on the server and restart the portal.\n"
+        ).encode()
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _preflighted_or_bearer(scope: Scope) -> bool:

@@ -42,6 +42,9 @@ FILE_FIELD = "file"
 MULTIPART_ENVELOPE = 64 * 1024  # boundaries, part headers and small fields around the file
 MAX_PIXELS = 50_000_000  # a 48 MP phone photo fits; decoding one costs ~150 MB of RGB
 MAX_SIDE = 20_000
+# Full-size images decoded at once, however many uploads and submits arrive together: each holds
+# 150-350 MB at the pixel limit (README, "Using it"), and the rest wait their turn.
+DECODES_AT_ONCE = 1
 THUMBNAIL_SIDE = 256
 MAX_DISPLAY_NAME = 200
 STORED_SUFFIX = ".png"  # lossless: the stored copy loses nothing but the metadata
@@ -140,7 +143,7 @@ def decode_image(data: bytes) -> Image.Image:
         opener(io.BytesIO(data)).verify()
         with opener(io.BytesIO(data)) as image:
             image.load()
-            return upright_copy(image)
+            return upright(image)
     except UploadRejected:
         raise
     except Exception:  # any failure to decode untrusted bytes is the file's fault, not ours
@@ -150,20 +153,34 @@ def decode_image(data: bytes) -> Image.Image:
         ) from None
 
 
-def upright_copy(image: Image.Image) -> Image.Image:
-    """The pixels turned as EXIF says, in a fresh image that carries no metadata at all."""
-    turned = ImageOps.exif_transpose(image)
-    mode = "RGBA" if "A" in turned.getbands() or "transparency" in turned.info else "RGB"
-    pixels = turned.convert(mode)
-    return Image.frombytes(mode, pixels.size, pixels.tobytes())
+def upright(image: Image.Image) -> Image.Image:
+    """The pixels turned as EXIF says, in a plain image that carries no metadata at all.
+
+    Each step replaces the pixels before it instead of copying them, so a full-size image is held
+    twice only while it is turned or converted, and the plain image shares the final pixels.
+    """
+    ImageOps.exif_transpose(image, in_place=True)
+    mode = "RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB"
+    if image.mode != mode:
+        image = image.convert(mode)
+    bare = image._new(image.im)  # Pillow's own wrapper of the same pixels: no file, no EXIF
+    bare.info = {}
+    return bare
 
 
 def fit_for_job(source: Path, width: int, height: int) -> Image.Image:
-    """The stored upload cropped and scaled to the job's size: upright, RGB, metadata-free."""
+    """The stored upload (upright, no metadata: we wrote it) cropped and scaled to the job's size, in RGB."""
     with Image.open(source, formats=["PNG"]) as stored:
-        upright = upright_copy(stored)
-    fitted = ImageOps.fit(upright.convert("RGB"), (width, height), method=Image.Resampling.LANCZOS)
-    return Image.frombytes("RGB", fitted.size, fitted.tobytes())
+        stored.load()
+        pixels = stored if stored.mode == "RGB" else stored.convert("RGB")
+        fitted = ImageOps.fit(pixels, (width, height), method=Image.Resampling.LANCZOS)
+    fitted.info = {}
+    return fitted
+
+
+def write_job_image(image: Image.Image, destination: Path) -> None:
+    """Write a job's conditioning image (from `Uploads.fitted`) as the PNG its runner reads."""
+    _save_atomically(image, destination, "PNG")
 
 
 class Uploads:
@@ -175,7 +192,7 @@ class Uploads:
         self._store = store
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        self._decoding = anyio.CapacityLimiter(2)  # full-size images in memory at once
+        self._decoding = anyio.CapacityLimiter(DECODES_AT_ONCE)
         for leftover in self.directory.glob(INCOMING_PREFIX + "*"):  # a crash mid-upload left it
             leftover.unlink(missing_ok=True)
 
@@ -262,12 +279,14 @@ class Uploads:
 
     @staticmethod
     def _write_files(data: bytes, stored: Path, thumbnail: Path) -> tuple[int, int]:
-        upright = decode_image(data)
-        _save_atomically(upright, stored, "PNG")
-        preview = upright.convert("RGB")
-        preview.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
-        _save_atomically(preview, thumbnail, "JPEG", quality=85)
-        return upright.size
+        image = decode_image(data)
+        size = image.size
+        _save_atomically(image, stored, "PNG")
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)  # in place: full size goes
+        _save_atomically(image, thumbnail, "JPEG", quality=85)
+        return size
 
     # ---- finding, using, expiring ------------------------------------------------------
 
@@ -297,9 +316,13 @@ class Uploads:
             return None
         return Upload(*row)
 
-    def normalise_into(self, upload: Upload, destination: Path, width: int, height: int) -> None:
-        """Write the job's conditioning image: the upload fitted to the job's size, with no metadata."""
-        _save_atomically(fit_for_job(self.stored_path(upload.id), width, height), destination, "PNG")
+    async def fitted(self, upload: Upload, width: int, height: int) -> Image.Image:
+        """The upload cropped and scaled to a job's size, decoded in its turn with the uploads' decodes.
+
+        Raises FileNotFoundError if the upload was swept away meanwhile.
+        """
+        source = self.stored_path(upload.id)
+        return await anyio.to_thread.run_sync(fit_for_job, source, width, height, limiter=self._decoding)
 
     async def sweep(self) -> int:
         """Remove uploads no job uses once they are older than the time-to-live; how many went."""

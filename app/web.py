@@ -32,7 +32,7 @@ from app.ratelimit import RateLimited, SubmitRateLimit
 from app.routes import api, events, files, login, pages, uploads
 from app.runner import Supervisor
 from app.schemas import ErrorResponse, FieldError, InvalidRequest
-from app.security import add_security_headers, csrf_middleware
+from app.security import ServedHostsOnly, add_security_headers, csrf_middleware
 from app.store import Store
 from app.uploads import MULTIPART_ENVELOPE, UploadRejected, Uploads
 
@@ -206,7 +206,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             create_static_files_router(path="/static", directories=[ROOT / "static"], opt={PUBLIC: True}),
         ],
         guards=[require_login],
-        middleware=[csrf_middleware(settings, secret)],
+        middleware=[ServedHostsOnly(settings), csrf_middleware(settings, secret)],
         before_send=[add_security_headers],
         request_max_body_size=settings.max_upload_bytes + MULTIPART_ENVELOPE,
         dependencies=parts.injectable(),

@@ -110,7 +110,8 @@ def measure_submits(portal: Portal, count: int, rate: float) -> list[float]:
 async def _subscriber(port: int, path: str, connected: list[int], seen: Callable[[bytes], None]) -> None:
     # HTTP/1.0 and a plain socket: no chunked framing to undo, and little client CPU per event.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    headers = f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n"
+    writer.write(f"GET {path} HTTP/1.0\r\n{headers}\r\n".encode())
     await writer.drain()
     first = await reader.readline()
     assert b" 200 " in first, first

@@ -136,6 +136,11 @@ class Portal:
         """Start this portal when it is expected not to start: how it exited, and what it said."""
         return subprocess.run(**self._serve, capture_output=True, text=True, timeout=timeout)
 
+    def memory_mb(self) -> tuple[float, float]:
+        """The web process's resident memory now and at its peak so far (VmRSS, VmHWM), in MB."""
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines())
+        return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
 

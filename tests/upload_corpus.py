@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import socket
 import struct
 import threading
@@ -16,6 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from app.uploads import MAX_PIXELS
 
 GPS_IFD = 0x8825
 ORIENTATION = 0x0112
@@ -28,6 +31,12 @@ def photo(width: int = 96, height: int = 64) -> Image.Image:
     draw.rectangle((0, 0, width - 1, height // 2 - 1), fill=(220, 30, 30))
     draw.rectangle((0, 0, width // 8, height - 1), fill=(30, 200, 40))
     return image
+
+
+def just_under_the_pixel_limit() -> bytes:
+    """A PNG of a few hundred KB that decodes to just under the upload pixel limit (the corpus photo, square)."""
+    side = math.isqrt(MAX_PIXELS - 1)
+    return encode(photo(side, side), "PNG", compress_level=9)
 
 
 def encode(image: Image.Image, image_format: str, **options) -> bytes:

@@ -2,7 +2,8 @@
 
 What a stranger on the network gets (a login page, 401s, 403s without a CSRF token, security
 headers), what a logged-in person and an API client get, and what the proxy must not break
-(streaming, the sub-path, the body limit). Refusals at start-up and the back-pressure 429s too.
+(streaming, the sub-path, the body limit, the host name). What a web page rebinding its domain
+to the portal gets. Refusals at start-up and the back-pressure 429s too.
 """
 
 from __future__ import annotations
@@ -56,18 +57,58 @@ def assert_security_headers(response: httpx.Response) -> None:
     assert "'unsafe-inline'" not in response.headers["content-security-policy"]
 
 
-def test_listening_on_the_network_without_credentials_is_refused_with_directions(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("env", "hints"),
+    [
+        ({}, ("refusing to listen on 0.0.0.0", "AVP_PASSWORD_HASH", "avportal hash-password", "AVP_API_TOKEN")),
+        ({"AVP_API_TOKEN": TOKEN}, ("refusing to listen on 0.0.0.0 without AVP_ALLOWED_HOSTS", "portal.lan")),
+    ],
+    ids=["no credentials", "no host names"],
+)
+def test_listening_on_the_network_without_credentials_or_names_is_refused_with_directions(tmp_path, env, hints) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "app", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
         cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "AVP_DATA_DIR": str(tmp_path)},
+        env={"PATH": "/usr/bin:/bin", "AVP_DATA_DIR": str(tmp_path), **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert completed.returncode != 0
-    for hint in ("refusing to listen on 0.0.0.0", "AVP_PASSWORD_HASH", "avportal hash-password", "AVP_API_TOKEN"):
+    for hint in hints:
         assert hint in completed.stderr, completed.stderr
+
+
+def test_a_page_rebinding_its_domain_to_the_portal_gets_400_and_no_prompt(make_portal) -> None:
+    """No login on loopback: the Host header is all that tells the portal's own pages from a rebinding one."""
+    portal = make_portal(AVP_ALLOWED_HOSTS="portal.lan", AVP_RUNNER_PYTHON="false")
+    secret = "a red ball bouncing past the secret garden"
+    job = portal.submit(prompt=secret)
+    reads = ["/", "/api/jobs", f"/api/jobs/{job['id']}", f"/jobs/{job['id']}", f"/api/jobs/{job['id']}/events"]
+    with httpx.Client(base_url=portal.direct_url, timeout=30) as client:
+        for host in ("evil.example", f"evil.example:{portal.port}", f"localhost.evil.example:{portal.port}"):
+            for path in reads:
+                refused = client.get(path, headers={"Host": host})
+                assert refused.status_code == 400, (host, path, refused.status_code)
+                assert "AVP_ALLOWED_HOSTS" in refused.text and secret not in refused.text
+            submitted = client.post("/api/jobs", json={"prompt": "made by a stranger"}, headers={"Host": host})
+            assert submitted.status_code == 400
+
+        for host in ("portal.lan", f"portal.lan:{portal.port}", f"localhost:{portal.port}", f"[::1]:{portal.port}"):
+            served = client.get("/api/jobs", headers={"Host": host})
+            assert served.status_code == 200 and secret in served.text, host
+        assert [j["request"]["prompt"] for j in client.get("/api/jobs").json()["jobs"]] == [secret]
+
+
+@pytest.mark.parametrize("kind", ["nginx", "caddy"])
+def test_the_proxy_passes_the_host_on_and_the_portal_serves_only_its_names(make_portal, make_proxy, kind) -> None:
+    portal = make_portal(**secured_env(AVP_ALLOWED_HOSTS="portal.lan"))
+    make_proxy(kind, portal)
+    with httpx.Client(base_url=portal.base_url, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        assert client.get("/api/jobs", headers={"Host": "portal.lan"}).status_code == 200
+        assert client.get("/login", headers={"Host": "portal.lan"}).status_code == 200
+        refused = client.get("/api/jobs", headers={"Host": "evil.example"})
+    assert refused.status_code == 400 and "AVP_ALLOWED_HOSTS" in refused.text
 
 
 def test_hash_password_prints_a_salted_hash_that_verifies() -> None:

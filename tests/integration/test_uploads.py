@@ -6,7 +6,9 @@ left behind, and for an accepted file a stored copy with no metadata at all.
 
 from __future__ import annotations
 
+import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.uploads import MAX_PIXELS
 from tests import upload_corpus as corpus
 from tests.portal import Portal, prepare_data_dir
 
@@ -186,7 +189,7 @@ def test_the_client_filename_is_display_text_only(uploads_portal: Portal, filena
 def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(uploads_portal: Portal) -> None:
     guard = Guarded(uploads_portal)
     head = (
-        f"POST /api/uploads HTTP/1.1\r\nHost: x\r\nContent-Type: {corpus.MULTIPART_TYPE}\r\n"
+        f"POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {corpus.MULTIPART_TYPE}\r\n"
         f"Content-Length: {FIFTY_MB}\r\n\r\n"
     ).encode()
 
@@ -197,7 +200,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(upl
 def test_a_content_length_that_lies_low_cannot_smuggle_a_large_body(uploads_portal: Portal) -> None:
     guard = Guarded(uploads_portal)
     head = (
-        "POST /api/uploads HTTP/1.1\r\nHost: x\r\n"
+        "POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Content-Type: {corpus.MULTIPART_TYPE}\r\nContent-Length: 1024\r\n\r\n"
     ).encode()
     body = [corpus.part_head()] + [b"\0" * (1024 * 1024)] * 50  # the part never ends within the 1 KB declared
@@ -213,7 +216,7 @@ def test_a_content_length_that_lies_low_cannot_smuggle_a_large_body(uploads_port
 def test_a_chunked_body_without_length_is_cut_off_at_the_limit(uploads_portal: Portal) -> None:
     guard = Guarded(uploads_portal)
     head = (
-        "POST /api/uploads HTTP/1.1\r\nHost: x\r\n"
+        "POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Content-Type: {corpus.MULTIPART_TYPE}\r\nTransfer-Encoding: chunked\r\n\r\n"
     ).encode()
     began = time.monotonic()
@@ -280,3 +283,19 @@ def test_unused_uploads_expire_and_used_ones_stay_until_their_job_is_deleted(mak
     assert not portal.job_dir(job["id"]).exists(), "the job's normalised image went with it"
     time.sleep(1.5)
     assert not list(uploads_dir.glob(used + "*")), "unused once its job was deleted, then swept"
+
+
+def test_uploads_sent_together_all_succeed_in_the_memory_of_one_decode(make_portal) -> None:
+    """Eight images that each decode to just under the pixel limit, at once: the web process holds one at a time."""
+    portal = make_portal(AVP_RUNNER_PYTHON="false", AVP_SPARE_RUNNER="off")
+    png = corpus.just_under_the_pixel_limit()
+    assert upload(portal, corpus.encode(corpus.photo(), "PNG")).status_code == 201  # every import done first
+    before, _ = portal.memory_mb()
+    with portal.client(timeout=300) as client, ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda i: client.post("/api/uploads", files={"file": (f"{i}.png", png)}), range(8)))
+    _, peak = portal.memory_mb()
+
+    assert [r.status_code for r in responses] == [201] * 8, [r.text for r in responses]
+    assert {(r.json()["width"], r.json()["height"]) for r in responses} == {Image.open(io.BytesIO(png)).size}
+    one_image_mb = MAX_PIXELS * 3 / 2**20  # RGB at the limit; a decode holds it at most twice, while turning it
+    assert peak - before < 3 * one_image_mb, f"resident memory rose {peak - before:.0f} MB for 8 uploads at once"

@@ -37,7 +37,7 @@ def test_a_stage_note_and_an_unknown_eta_reach_the_json_api_and_the_job_page(
     monkeypatch.setattr(Worker, "_ensure_demo_model", no_worker)
     note = "The first step compiles GPU kernels for this clip size: about half a minute <the first time>."
     app = create_app(Settings.from_env({"AVP_DATA_DIR": str(tmp_path)}))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a host the portal serves
         job_id = client.post("/api/jobs", json={"prompt": "a red ball bouncing"}).json()["id"]
         journal = app.state.parts.jobs.journal
         client.blocking_portal.call(functools.partial(journal.set_status, job_id, "running", start_attempt=True))
@@ -205,6 +205,8 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
         ({"AVP_PASSWORD_HASH": "hunter2"}, "not a hash made by `avportal hash-password`"),
         ({"AVP_WEIGHT_CACHE_DIR": __file__}, "AVP_WEIGHT_CACHE_DIR=.* is not a directory"),
         ({"AVP_SPARE_RUNNER": "yes"}, "AVP_SPARE_RUNNER='yes' must be on"),
+        ({"AVP_ALLOWED_HOSTS": "portal.lan:8000"}, "AVP_ALLOWED_HOSTS entry 'portal.lan:8000' is not a host name"),
+        ({"AVP_ALLOWED_HOSTS": "https://portal.lan"}, "AVP_ALLOWED_HOSTS entry 'https://portal.lan' is not a host"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message) -> None:
@@ -245,7 +247,7 @@ def test_healthz_reports_a_dead_worker(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(Worker, "_ensure_demo_model", broken)
     app = create_app(Settings.from_env({"AVP_DATA_DIR": str(tmp_path)}))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a host the portal serves
         for _ in range(100):
             response = client.get("/healthz")
             if response.status_code == 503:
@@ -263,8 +265,8 @@ def test_healthz_reports_a_dead_worker(tmp_path: Path, monkeypatch: pytest.Monke
         ({"AVP_HOST": "localhost"}, False),
         ({"AVP_HOST": "0.0.0.0"}, True),
         ({"AVP_HOST": "box.lan"}, True),
-        ({"AVP_HOST": "0.0.0.0", "AVP_API_TOKEN": "x" * 16}, False),
-        ({"AVP_HOST": "0.0.0.0", "AVP_INSECURE_NO_AUTH": "1"}, False),
+        ({"AVP_HOST": "0.0.0.0", "AVP_API_TOKEN": "x" * 16, "AVP_ALLOWED_HOSTS": "box.lan"}, False),
+        ({"AVP_HOST": "0.0.0.0", "AVP_INSECURE_NO_AUTH": "1", "AVP_ALLOWED_HOSTS": "box.lan"}, False),
     ],
 )
 def test_listening_beyond_loopback_needs_a_credential(env, refused) -> None:
@@ -274,6 +276,40 @@ def test_listening_beyond_loopback_needs_a_credential(env, refused) -> None:
             settings.check_exposure()
     else:
         settings.check_exposure()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "box.lan"])
+def test_listening_beyond_loopback_needs_the_names_it_is_reached_by(host) -> None:
+    with pytest.raises(SettingsError, match="without AVP_ALLOWED_HOSTS.*Set AVP_ALLOWED_HOSTS"):
+        Settings.from_env({"AVP_HOST": host, "AVP_API_TOKEN": "x" * 16}).check_exposure()
+    Settings.from_env({"AVP_HOST": "127.0.0.1"}).check_exposure()  # loopback needs neither
+
+
+@pytest.mark.parametrize(
+    ("host", "served"),
+    [
+        ("localhost", True),
+        ("localhost:8000", True),
+        ("LOCALHOST.", True),
+        ("127.0.0.1:8000", True),
+        ("[::1]:8000", True),
+        ("[::1]", True),
+        ("portal.lan", True),
+        ("Portal.LAN:443", True),
+        ("192.168.1.20:8000", True),
+        ("[fe80::1]", True),
+        ("evil.example", False),
+        ("localhost.evil.example", False),
+        ("portal.lan.evil.example", False),
+        ("127.0.0.1.evil.example", False),
+        ("192.168.1.21", False),
+        ("", False),
+    ],
+)
+def test_a_host_header_is_served_only_for_loopback_and_the_allowed_names(host, served) -> None:
+    settings = Settings.from_env({"AVP_ALLOWED_HOSTS": " portal.lan, 192.168.1.20 ,FE80::1,"})
+    assert settings.serves_host(host) is served
+    assert Settings.from_env({}).serves_host("portal.lan") is False
 
 
 def test_the_root_path_prefixes_every_url() -> None:
