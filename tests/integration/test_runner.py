@@ -20,12 +20,12 @@ STEPS = 8
 
 @pytest.fixture(scope="module")
 def finished_job(demo_model_dir, tmp_path_factory):
-    """The demo's default job, run once for the tests that read its transcript and video."""
+    """The demo's default job, run once for the tests that read its transcript, video and log (its stderr)."""
     job_dir = tmp_path_factory.mktemp("jobs") / "default"
     write_job(job_dir, demo_model_dir, steps=STEPS)
     exit_code, events, stderr = run_job(job_dir)
     assert exit_code == 0, stderr
-    return job_dir, events
+    return job_dir, events, stderr
 
 
 def of_type(events, kind):
@@ -33,7 +33,7 @@ def of_type(events, kind):
 
 
 def test_the_transcript_walks_every_stage_in_order_with_memory_at_each_boundary(finished_job):
-    _, events = finished_job
+    _, events, _ = finished_job
 
     assert [stage.name for stage in of_type(events, protocol.Stage)] == list(protocol.STAGES)
     assert all(stage.note is None for stage in of_type(events, protocol.Stage)), "nothing compiles on a CPU"
@@ -44,7 +44,7 @@ def test_the_transcript_walks_every_stage_in_order_with_memory_at_each_boundary(
 
 
 def test_every_denoising_step_is_reported_with_a_shrinking_eta(finished_job):
-    _, events = finished_job
+    _, events, _ = finished_job
     steps = of_type(events, protocol.Step)
 
     assert [(step.step, step.total) for step in steps] == [(n, STEPS) for n in range(1, STEPS + 1)]
@@ -57,7 +57,7 @@ def test_every_denoising_step_is_reported_with_a_shrinking_eta(finished_job):
 
 
 def test_the_job_ends_with_a_result_describing_the_video(finished_job):
-    _, events = finished_job
+    _, events, _ = finished_job
     result = events[-1]
 
     assert isinstance(result, protocol.Result)
@@ -70,7 +70,7 @@ def test_the_job_ends_with_a_result_describing_the_video(finished_job):
 
 
 def test_the_video_holds_the_requested_frames_and_matching_audio(finished_job):
-    job_dir, _ = finished_job
+    job_dir, _, _ = finished_job
     clip = read_mp4(job_dir / "video.mp4")
 
     assert clip.stream_count == 2
@@ -80,8 +80,14 @@ def test_the_video_holds_the_requested_frames_and_matching_audio(finished_job):
     assert sorted(path.name for path in job_dir.iterdir()) == ["job.json", "preview.jpg", "video.mp4"]
 
 
+def test_the_runner_log_has_no_warning_about_a_missing_accelerate(finished_job):
+    _, _, log = finished_job
+
+    assert "accelerate" not in log
+
+
 def test_the_same_seed_gives_the_same_frames_and_another_seed_does_not(finished_job, demo_model_dir, tmp_path):
-    job_dir, _ = finished_job
+    job_dir, _, _ = finished_job
     first = read_mp4(job_dir / "video.mp4").frames
 
     write_job(tmp_path / "again", demo_model_dir, steps=STEPS)
@@ -199,7 +205,7 @@ def assert_tiles_count_up_to_the_announced_total(events, expected_total):
 
 
 def test_the_video_decode_reports_each_tile_against_the_true_total(finished_job):
-    _, events = finished_job
+    _, events, _ = finished_job
 
     assert_tiles_count_up_to_the_announced_total(events, expected_total=1)  # 256x160, 25 frames: one tile
 

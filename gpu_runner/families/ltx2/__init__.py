@@ -22,6 +22,7 @@ from gpu_runner.families.ltx2.guidance import share_stg_prefix
 from gpu_runner.families.ltx2.loading import place_denoiser
 from gpu_runner.families.ltx2.preview import PreviewWriter
 from gpu_runner.families.ltx2.text import PrecomputedConnectors, encode
+from gpu_runner.families.ltx2.vocoding import vocode
 from gpu_runner.job import Job
 
 # LTX-2.0's guidance beyond diffusers' defaults (which follow 2.3): no cross timestep, STG at block 29.
@@ -109,9 +110,9 @@ class Ltx2(Family):
         return {"vae": denoiser.vae, "audio_vae": denoiser.audio_vae, "vocoder": denoiser.vocoder}
 
     def decode_audio(self, decoders, latents: torch.Tensor, device: torch.device) -> tuple[np.ndarray, int]:
-        """The mel spectrogram from the audio VAE, then the vocoder's waveform, in float32."""
+        """The mel spectrogram from the audio VAE, then the vocoder's waveform (vocoding.py), in float32."""
         audio_vae, vocoder = decoders.pop("audio_vae").to(device), decoders.pop("vocoder").to(device)
-        waveform = vocoder(audio_vae.decode(latents.to(torch.float32), return_dict=False)[0])
+        waveform = vocode(vocoder, audio_vae.decode(latents.to(torch.float32), return_dict=False)[0])
         waveform = waveform[0].float().cpu().numpy()
         sample_rate = vocoder.config.output_sampling_rate  # not pipe.audio_sampling_rate: that is the mel rate
         del audio_vae, vocoder

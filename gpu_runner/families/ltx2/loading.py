@@ -31,6 +31,11 @@ from gpu_runner.prompt_cache import model_revision
 from gpu_runner.weight_cache import WeightCache
 
 DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
+# How every model is read, said outright. Diffusers' default, low_cpu_mem_usage=True, needs `accelerate`, which
+# the runner does without (memory.empty_weights stands in where it needs meta tensors); without it Diffusers falls
+# back to this anyway, warning once per component (five times a job). It builds each module with initialisation
+# skipped, then copies the weights in: no random init either way.
+WITHOUT_ACCELERATE = {"low_cpu_mem_usage": False}
 # The linears stored in FP8: attention projections and feed-forwards inside the blocks, video, audio and
 # cross-modal alike. They hold ~95% of the DiT's weights; everything else (embeddings, norms, adaLN,
 # proj_out) stays in the compute dtype, where a low-precision copy would cost quality for little memory.
@@ -119,7 +124,9 @@ class DiffusersDirectory:
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device) -> LTX2Pipeline:
         """Text encoder, tokenizer and connectors (left on the CPU until the encoder is done)."""
-        text = LTX2Pipeline.from_pretrained(self.model_dir, dtype=dtype, **dict.fromkeys(DENOISING_COMPONENTS))
+        text = LTX2Pipeline.from_pretrained(
+            self.model_dir, dtype=dtype, **WITHOUT_ACCELERATE, **dict.fromkeys(DENOISING_COMPONENTS)
+        )
         text.text_encoder = prepare_text_encoder(text.text_encoder, device)
         return text
 
@@ -137,13 +144,17 @@ class DiffusersDirectory:
         pipeline_class = ConditionedDenoisingPipeline if conditioned else DenoisingPipeline
         return pipeline_class(
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler"),
-            vae=AutoencoderKLLTX2Video.from_pretrained(model_dir, subfolder="vae", dtype=dtype),
-            audio_vae=AutoencoderKLLTX2Audio.from_pretrained(model_dir, subfolder="audio_vae", dtype=torch.float32),
+            vae=AutoencoderKLLTX2Video.from_pretrained(model_dir, subfolder="vae", dtype=dtype, **WITHOUT_ACCELERATE),
+            audio_vae=AutoencoderKLLTX2Audio.from_pretrained(
+                model_dir, subfolder="audio_vae", dtype=torch.float32, **WITHOUT_ACCELERATE
+            ),
             text_encoder=None,
             tokenizer=None,
             connectors=connectors,
             transformer=transformer,
-            vocoder=LTX2Vocoder.from_pretrained(model_dir, subfolder="vocoder", dtype=torch.float32),
+            vocoder=LTX2Vocoder.from_pretrained(
+                model_dir, subfolder="vocoder", dtype=torch.float32, **WITHOUT_ACCELERATE
+            ),
         )
 
     def load_transformer(self, dtype: torch.dtype, precision: str, device: torch.device) -> nn.Module:
@@ -159,7 +170,9 @@ class DiffusersDirectory:
             transformer = cached.load(lambda: self.fp8_skeleton(dtype), device)
             if transformer is not None:
                 return transformer
-        transformer = LTX2VideoTransformer3DModel.from_pretrained(self.model_dir, subfolder="transformer", dtype=dtype)
+        transformer = LTX2VideoTransformer3DModel.from_pretrained(
+            self.model_dir, subfolder="transformer", dtype=dtype, **WITHOUT_ACCELERATE
+        )
         if precision == "fp8":
             fp8.store_in_fp8(transformer, is_fp8_layer)
         if cached is not None:
