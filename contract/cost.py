@@ -256,7 +256,7 @@ class Estimate(msgspec.Struct, frozen=True, kw_only=True):
     duration_s: float  # from start to finished MP4: how long it holds the worker
     denoise_s: float  # of which denoising
     peak_gib: float  # VRAM on CUDA, RAM on a CPU
-    disk_gib: float  # what the job writes to its directory: the MP4, preview, log
+    disk_bytes: int  # what the job writes to its directory: the MP4, preview, log
     device: DeviceKind
     past_runs: int  # how many finished jobs it learned from; 0: first principles alone
 
@@ -285,10 +285,10 @@ def estimate(
     pixel_frames = request.width * request.height * request.num_frames
     disk = pixel_frames * MP4_BYTES_PER_PIXEL_FRAME + clip_seconds(request) * AUDIO_BYTES_PER_S + LOG_AND_PREVIEW_BYTES
     return Estimate(
-        duration_s=round(sum(parts), 1),
-        denoise_s=round(parts[1], 1),
+        duration_s=sum(parts),
+        denoise_s=parts[1],
         peak_gib=round(peak.peak_gib, 2),
-        disk_gib=round(disk / GIB, 3),
+        disk_bytes=math.ceil(disk),
         device=device,
         past_runs=len(relevant),
     )
@@ -323,6 +323,7 @@ def over_limit(estimate: Estimate, request: Request, limit_minutes: float) -> st
     where = "the GPU" if estimate.device == "cuda" else "the CPU"
     basis = f"{estimate.past_runs} past runs of this model" if estimate.past_runs else "first principles"
     return (
-        f"is predicted to take {say_duration(estimate.duration_s)} on {where} ({round(estimate.duration_s / 60)} "
-        f"minutes, from {basis}), over the limit of {limit_minutes:g} minutes (AVP_MAX_JOB_MINUTES); {fix}"
+        f"This job is predicted to take {say_duration(estimate.duration_s)} on {where} "
+        f"({round(estimate.duration_s / 60)} minutes, from {basis}), over the limit of {limit_minutes:g} minutes "
+        f"(AVP_MAX_JOB_MINUTES); {fix}"
     )
