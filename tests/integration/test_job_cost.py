@@ -25,6 +25,11 @@ def test_a_huge_cpu_job_is_refused_naming_the_predicted_minutes_the_limit_and_wh
         assert "over the limit of 60 minutes (AVP_MAX_JOB_MINUTES)" in error["message"]
         assert "fewer frames or a smaller size" in error["message"]
         assert c.get("/api/jobs").json()["jobs"] == before, "no job was created"
+    with shared_portal.form_client() as browser:  # the create form shows the same refusal above its fields
+        form = {"prompt": "a red ball", "resolution": "2048x2048", "num_frames": "481", "fps": "24", "steps": "100"}
+        page = browser.post("/jobs", data=form, headers={"hx-request": "true"})
+        assert page.status_code == 200 and 'class="error" role="alert">This job is predicted to take' in page.text
+        assert browser.get("/api/jobs").json()["jobs"] == before
 
 
 def test_a_queued_job_shows_its_predicted_duration(shared_portal: Portal) -> None:
