@@ -123,19 +123,19 @@ class Jobs(msgspec.Struct, frozen=True):
         return job
 
     async def estimate(self, request: Request, spec: ModelSpec) -> cost.Estimate | None:
-        """The job-cost estimate of a resolved request (contract/cost.py), learned from this model's past runs
-        on the device the newest job ran on; None when the model's files cannot be read (its runner will
-        fail the job as model_missing, saying what is missing)."""
+        """The job-cost estimate of a resolved request (contract/cost.py), learned from this model's past runs;
+        None when the model's files cannot be read (its runner will fail the job as model_missing, saying
+        what is missing)."""
         try:
             size = await anyio.to_thread.run_sync(cost.ModelSize.read, Path(spec.path))
         except (OSError, ValueError, KeyError):
             return None
-        device, runs = await self.store.call(self.store.past_runs, spec.id, PAST_RUNS)
+        runs = await self.store.call(self.store.past_runs, spec.id, PAST_RUNS)
         return cost.estimate(
             size,
             spec.kind,
             request,
-            device=device or cost.likely_device(),
+            device=cost.likely_device(runs),
             precision=self.settings.precision or spec.precision_cuda,
             runs=runs,
         )

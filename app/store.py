@@ -21,7 +21,7 @@ import msgspec
 
 from app import migrations
 from app.progress import JobProgress, decode_progress
-from contract.cost import DeviceKind, Estimate, PastRun
+from contract.cost import Estimate, PastRun
 from contract.request import Request
 
 P = ParamSpec("P")
@@ -189,28 +189,24 @@ class Store:
         )
         return [StoredEvent(id=i, type=t, data=json.loads(d)) for i, t, d in rows]
 
-    def past_runs(self, model_id: str, limit: int) -> tuple[DeviceKind | None, list[PastRun]]:
-        """The device the newest finished job ran on (None: no job has finished), and the newest `limit`
-        finished jobs of `model_id` on that kind of device: what a job-cost estimate learns from."""
-        newest = self._db.execute(
-            "SELECT json_extract(result, '$.peak_vram_gib') IS NULL FROM jobs "
-            "WHERE status = 'succeeded' ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        if newest is None:
-            return None, []
-        device: DeviceKind = "cpu" if newest[0] else "cuda"  # a CPU run reports no VRAM peak
+    def past_runs(self, model_id: str, limit: int) -> list[PastRun]:
+        """The newest `limit` finished jobs of `model_id`, newest first: what a job-cost estimate learns from."""
         rows = self._db.execute(
-            "SELECT request, json_extract(result, '$.timings'), finished_at - started_at FROM jobs "
-            "WHERE status = 'succeeded' AND json_extract(request, '$.model') = ? "
-            "AND (json_extract(result, '$.peak_vram_gib') IS NULL) = ? ORDER BY seq DESC LIMIT ?",
-            (model_id, device == "cpu", limit),
+            "SELECT request, json_extract(result, '$.timings'), finished_at - started_at, "
+            "json_extract(result, '$.peak_vram_gib') IS NULL FROM jobs "
+            "WHERE status = 'succeeded' AND json_extract(request, '$.model') = ? ORDER BY seq DESC LIMIT ?",
+            (model_id, limit),
         )
-        runs = [
-            PastRun(request=_decode_request(request), device=device, held_s=held, timings=json.loads(timings))
-            for request, timings, held in rows
+        return [
+            PastRun(
+                request=_decode_request(request),
+                device="cpu" if on_cpu else "cuda",  # a CPU run reports no VRAM peak
+                held_s=held,
+                timings=json.loads(timings),
+            )
+            for request, timings, held, on_cpu in rows
             if timings and held is not None
         ]
-        return device, runs
 
     def delete_job(self, job_id: str) -> None:
         with self._transaction():

@@ -294,9 +294,17 @@ def estimate(
     )
 
 
-def likely_device() -> DeviceKind:
-    """The device a runner will pick when no past run says: CUDA where an NVIDIA driver is loaded."""
-    return "cuda" if Path("/proc/driver/nvidia/version").exists() else "cpu"
+# Where a loaded NVIDIA driver shows: Linux, and WSL's GPU bridge.
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia/version", "/dev/dxg")
+
+
+def likely_device(runs: Sequence[PastRun]) -> DeviceKind:
+    """The device a job's runner will use, as far as the web process (which never imports torch) can tell:
+    CUDA where a GPU driver is loaded or the newest past run used CUDA, else the CPU. It errs toward the
+    GPU: a GPU machine predicted as a CPU would refuse the very jobs that could teach it otherwise."""
+    if any(Path(path).exists() for path in GPU_DRIVER_PATHS) or (runs and runs[0].device == "cuda"):
+        return "cuda"
+    return "cpu"
 
 
 def say_duration(seconds: float) -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from contract import cost
+from app.store import JobUpdate, Store
+from contract import cost, protocol
 from contract.models import demo_spec
 from contract.request import Request
 
@@ -83,6 +84,35 @@ def test_one_odd_run_does_not_swing_the_estimate_and_runs_on_another_device_are_
     gpu = run_like(seen, denoise_x=0.01, decode_x=0.01, fixed_s=0.1, device="cuda")
     assert predicted(seen, runs=[*steady, odd, gpu]).duration_s == pytest.approx(steady[0].held_s, abs=0.2)
     assert predicted(seen, runs=[*steady, odd, gpu]).past_runs == 5
+
+
+def test_the_store_gives_a_models_finished_runs_newest_first_with_their_device_and_stage_times(tmp_path) -> None:
+    store = Store(tmp_path / "portal.sqlite3")
+    timings = {"denoise": 2.5, "decode_video": 1.0, "decode_audio": 0.5}
+    for job_id, model, vram, status in [
+        ("cpu", "demo", None, "succeeded"),
+        ("gpu", "demo", 3.2, "succeeded"),
+        ("other", "ltx-2", 20.0, "succeeded"),
+        ("failed", "demo", None, "failed"),
+    ]:
+        store.create_job(job_id, msgspec.structs.replace(resolved(), model=model), {"type": "queued"}, max_queued=10)
+        store.record(job_id, {"type": "running"}, JobUpdate(status="running", start_attempt=True))
+        result = msgspec.to_builtins(protocol.Result("video.mp4", 25, 24.0, 256, 160, 24000, 1.04, vram, timings))
+        store.record(job_id, result, JobUpdate(status=status, result=result if status == "succeeded" else None))
+    runs = store.past_runs("demo", 20)
+    store.close()
+    assert [run.device for run in runs] == ["cuda", "cpu"]
+    assert all(run.timings == timings and run.held_s >= 0 and run.request.model == "demo" for run in runs)
+
+
+def test_the_device_is_a_gpu_where_a_driver_shows_or_the_newest_run_used_one(monkeypatch, tmp_path) -> None:
+    cpu_run, gpu_run = (run_like(resolved(), denoise_x=1, decode_x=1, fixed_s=1, device=d) for d in ("cpu", "cuda"))
+    monkeypatch.setattr(cost, "GPU_DRIVER_PATHS", (str(tmp_path / "no-driver"),))
+    assert cost.likely_device([]) == cost.likely_device([cpu_run, gpu_run]) == "cpu"
+    assert cost.likely_device([gpu_run, cpu_run]) == "cuda"
+    (tmp_path / "version").write_text("NVRM version: 570")
+    monkeypatch.setattr(cost, "GPU_DRIVER_PATHS", (str(tmp_path / "version"),))
+    assert cost.likely_device([cpu_run]) == "cuda", "a driver wins: CPU predictions must not lock a GPU out"
 
 
 def test_the_gpu_peak_is_the_runners_admission_figure() -> None:
