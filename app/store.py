@@ -193,7 +193,9 @@ class Store:
         """The newest `limit` finished jobs of `model_id`, newest first: what a job-cost estimate learns from."""
         rows = self._db.execute(
             "SELECT request, json_extract(result, '$.timings'), finished_at - started_at, "
-            "json_extract(result, '$.peak_vram_gib') IS NULL FROM jobs "
+            "json_extract(result, '$.peak_vram_gib') IS NULL, "
+            "(SELECT json_extract(data, '$.elapsed_s') FROM job_events WHERE job_id = jobs.id AND type = 'step' "
+            " AND json_extract(data, '$.step') = 1 ORDER BY id DESC LIMIT 1) FROM jobs "  # the last attempt's
             "WHERE status = 'succeeded' AND json_extract(request, '$.model') = ? ORDER BY seq DESC LIMIT ?",
             (model_id, limit),
         )
@@ -203,8 +205,9 @@ class Store:
                 device="cpu" if on_cpu else "cuda",  # a CPU run reports no VRAM peak
                 held_s=held,
                 timings=json.loads(timings),
+                first_step_s=first_step,
             )
-            for request, timings, held, on_cpu in rows
+            for request, timings, held, on_cpu, first_step in rows
             if timings and held is not None
         ]
 

@@ -198,6 +198,7 @@ class PastRun(msgspec.Struct, frozen=True):
     device: DeviceKind
     held_s: float  # started to finished: the time it held the worker
     timings: dict[str, float]  # per stage, from its result
+    first_step_s: float | None = None  # its first denoising step, which warms up (or compiles) as well
 
 
 def first_principles(size: ModelSize, device: DeviceKind) -> Rates:
@@ -208,13 +209,20 @@ def first_principles(size: ModelSize, device: DeviceKind) -> Rates:
 
 def learned(size: ModelSize, model_kind: str, default: Rates, runs: Sequence[PastRun]) -> Rates:
     """`default` corrected by what `runs` measured: each rate by the median of measured over predicted,
-    the fixed part by the median of what the growing parts leave of each run's time."""
+    the fixed part by the median of what the growing parts leave of each run's time. A run's first step
+    counts as fixed (it warms up, or compiles on CUDA): the denoise rate is measured on the steps after it."""
     if not runs:
         return default
     fixed, denoise, decode, audio = [], [], [], []
     for run in runs:
-        predicted = _parts(size, model_kind, default, run.request)[1:]
+        predicted = list(_parts(size, model_kind, default, run.request)[1:])
         measured = [run.timings.get(stage, 0.0) for stage in _GROWING]
+        steps = run.request.steps
+        if steps == 1:
+            predicted[0] = measured[0] = 0.0  # its one step is all warm-up: fixed
+        elif run.first_step_s is not None:
+            predicted[0] *= (steps - 1) / steps
+            measured[0] -= run.first_step_s
         for ratios, guess, took in zip((denoise, decode, audio), predicted, measured, strict=True):
             if guess > 0 and took > 0:
                 ratios.append(took / guess)

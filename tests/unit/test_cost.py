@@ -86,6 +86,19 @@ def test_one_odd_run_does_not_swing_the_estimate_and_runs_on_another_device_are_
     assert predicted(seen, runs=[*steady, odd, gpu]).past_runs == 5
 
 
+def test_the_first_steps_warm_up_counts_as_fixed_not_as_a_slower_step() -> None:
+    seen = resolved(steps=8)
+    plain = run_like(seen, denoise_x=3.0, decode_x=1.0, fixed_s=2.0)
+    per_step = plain.timings["denoise"] / 8
+    warm_up = 20 * per_step  # the first step took 21 steps' time (a compile, say)
+    timings = {**plain.timings, "denoise": plain.timings["denoise"] + warm_up}
+    run = msgspec.structs.replace(plain, held_s=plain.held_s + warm_up, timings=timings, first_step_s=21 * per_step)
+    learned = predicted(resolved(steps=40), runs=[run])
+    assert learned.denoise_s == pytest.approx(3.0 * predicted(resolved(steps=40)).denoise_s, rel=0.01)
+    without_warm_up = predicted(resolved(steps=40), runs=[plain])
+    assert learned.duration_s == pytest.approx(without_warm_up.duration_s + warm_up + per_step)  # in the fixed part
+
+
 def test_the_store_gives_a_models_finished_runs_newest_first_with_their_device_and_stage_times(tmp_path) -> None:
     store = Store(tmp_path / "portal.sqlite3")
     timings = {"denoise": 2.5, "decode_video": 1.0, "decode_audio": 0.5}
@@ -97,12 +110,15 @@ def test_the_store_gives_a_models_finished_runs_newest_first_with_their_device_a
     ]:
         store.create_job(job_id, msgspec.structs.replace(resolved(), model=model), {"type": "queued"}, max_queued=10)
         store.record(job_id, {"type": "running"}, JobUpdate(status="running", start_attempt=True))
+        for step, elapsed in ((1, 0.7), (2, 0.9)):
+            store.record(job_id, msgspec.to_builtins(protocol.Step(step=step, total=8, elapsed_s=elapsed, eta_s=1.0)))
         result = msgspec.to_builtins(protocol.Result("video.mp4", 25, 24.0, 256, 160, 24000, 1.04, vram, timings))
         store.record(job_id, result, JobUpdate(status=status, result=result if status == "succeeded" else None))
     runs = store.past_runs("demo", 20)
     store.close()
     assert [run.device for run in runs] == ["cuda", "cpu"]
     assert all(run.timings == timings and run.held_s >= 0 and run.request.model == "demo" for run in runs)
+    assert [run.first_step_s for run in runs] == [0.7, 0.7]
 
 
 def test_the_device_is_a_gpu_where_a_driver_shows_or_the_newest_run_used_one(monkeypatch, tmp_path) -> None:
