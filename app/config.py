@@ -29,6 +29,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     model_dir: Path | None = None  # a Diffusers-format LTX-2 directory
     runner_python: str = sys.executable
     max_queue: int = 20
+    max_job_minutes: float = 60.0  # jobs predicted to take longer are refused at submit; 0: no limit
     cancel_grace_s: float = 5.0  # SIGTERM to SIGKILL for a runner being cancelled
     shutdown_grace_s: float = 3.0  # uvicorn's wait for open connections (SSE) at shutdown
     heartbeat_s: float = 15.0
@@ -202,6 +203,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             model_dir=Path(model_dir).resolve() if model_dir else None,
             runner_python=runner_python,
             max_queue=int(number("AVP_MAX_QUEUE", 20, int, 1)),
+            max_job_minutes=number("AVP_MAX_JOB_MINUTES", 60.0),
             cancel_grace_s=number("AVP_CANCEL_GRACE_S", 5.0),
             shutdown_grace_s=number("AVP_SHUTDOWN_GRACE_S", 3.0),
             heartbeat_s=number("AVP_HEARTBEAT_S", 15.0, float, 0.1),

@@ -20,9 +20,13 @@ from app.ratelimit import SubmitRateLimit
 from app.schemas import FieldError, InvalidRequest, JobError, JobLinks, JobOut, validate_request
 from app.store import JobRow, Store, StoredEvent
 from app.uploads import Upload, Uploads, write_job_image
-from contract import jobdir
+from contract import cost, jobdir
+from contract.models import ModelSpec
+from contract.request import Request
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
+# How many of a model's newest finished jobs a job-cost estimate learns from.
+PAST_RUNS = 20
 
 
 class QueueFull(Exception):
@@ -94,9 +98,14 @@ class Jobs(msgspec.Struct, frozen=True):
     async def submit(self, raw: Any, client: str, *, strict: bool = True) -> JobRow:
         """Validate, write the job directory, store the job and queue it.
 
-        Raises InvalidRequest, RateLimited (this client submits too often) or QueueFull.
+        Raises InvalidRequest (a job predicted past AVP_MAX_JOB_MINUTES too), RateLimited (this client
+        submits too often) or QueueFull.
         """
         resolved, spec = validate_request(raw, self.settings.models(), strict=strict)
+        estimate = await self.estimate(resolved, spec)
+        too_long = None if estimate is None else cost.over_limit(estimate, resolved, self.settings.max_job_minutes)
+        if too_long:
+            raise InvalidRequest([FieldError(field="request", message=too_long)])
         self.submit_limit.take(client)
         upload = await self._upload_for(resolved.image_upload_id)
         job_id = uuid.uuid4().hex
@@ -109,7 +118,7 @@ class Jobs(msgspec.Struct, frozen=True):
             if image is not None:  # the runner sees only this normalised copy, never the upload
                 write_job_image(image, job_dir / jobdir.IMAGE_FILE)
             jobdir.write_job_file(job_dir, job_file)
-            first = self.store.create_job(job_id, resolved, {"type": "queued"}, self.settings.max_queue)
+            first = self.store.create_job(job_id, resolved, {"type": "queued"}, self.settings.max_queue, estimate)
             if first is None:
                 shutil.rmtree(job_dir)
                 return None
@@ -124,6 +133,24 @@ class Jobs(msgspec.Struct, frozen=True):
         self.journal.announce(job, first)
         self.worker.enqueue(job_id)
         return job
+
+    async def estimate(self, request: Request, spec: ModelSpec) -> cost.Estimate | None:
+        """The job-cost estimate of a resolved request (contract/cost.py), learned from this model's past runs;
+        None when the model's files cannot be read (its runner will fail the job as model_missing, saying
+        what is missing)."""
+        try:
+            size = await anyio.to_thread.run_sync(cost.ModelSize.read, Path(spec.path))
+        except (OSError, ValueError, KeyError):
+            return None
+        runs = await self.store.call(self.store.past_runs, spec.id, PAST_RUNS)
+        return cost.estimate(
+            size,
+            spec.kind,
+            request,
+            device=cost.likely_device(runs),
+            precision=self.settings.precision or spec.precision_cuda,
+            runs=runs,
+        )
 
     async def _upload_for(self, upload_id: str | None) -> Upload | None:
         if upload_id is None:
@@ -208,6 +235,7 @@ def present(job: JobRow, settings: Settings) -> JobOut:
         created_at=_iso(job.created_at) or "",
         started_at=_iso(job.started_at),
         finished_at=_iso(job.finished_at),
+        estimate=job.estimate,
         links=JobLinks(
             self=base,
             page=settings.url(f"/jobs/{job.id}"),

@@ -56,7 +56,14 @@ def _v1_initial(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial,)
+def _v2_job_estimate(db: sqlite3.Connection) -> None:
+    """Each job's predicted cost (contract/cost.py), made when it is submitted; NULL for older jobs."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    if "estimate" not in columns:
+        db.execute("ALTER TABLE jobs ADD COLUMN estimate TEXT")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_job_estimate)
 LATEST = len(MIGRATIONS)
 
 

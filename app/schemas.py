@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from app.progress import JobProgress
+from contract.cost import Estimate
 from contract.models import ModelSpec
 from contract.request import TEXT_FIELDS, Request
 
@@ -185,6 +186,7 @@ class JobOut(Base):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    estimate: Estimate | None  # predicted at submit (duration, peak memory, disk); None for older jobs
     links: JobLinks
 
 

@@ -21,6 +21,7 @@ import msgspec
 
 from app import migrations
 from app.progress import JobProgress, decode_progress
+from contract.cost import Estimate, PastRun
 from contract.request import Request
 
 P = ParamSpec("P")
@@ -49,6 +50,7 @@ class JobRow(msgspec.Struct, frozen=True):
     created_at: float
     started_at: float | None
     finished_at: float | None
+    estimate: Estimate | None  # predicted when it was submitted; None for a job from before estimates
 
     @property
     def finished(self) -> bool:
@@ -71,10 +73,13 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
     start_attempt: bool = False
 
 
-_JOB_COLUMNS = "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at"
+_JOB_COLUMNS = (
+    "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at, estimate"
+)
 
 
 _decode_request = msgspec.json.Decoder(Request).decode
+_decode_estimate = msgspec.json.Decoder(Estimate).decode
 
 
 def _encode(value: Any) -> str:
@@ -82,7 +87,7 @@ def _encode(value: Any) -> str:
 
 
 def _row_to_job(row: tuple) -> JobRow:
-    seq, job_id, status, request, progress, error, result, attempts, created, started, finished = row
+    seq, job_id, status, request, progress, error, result, attempts, created, started, finished, estimate = row
     return JobRow(
         seq=seq,
         id=job_id,
@@ -95,6 +100,7 @@ def _row_to_job(row: tuple) -> JobRow:
         created_at=created,
         started_at=started,
         finished_at=finished,
+        estimate=_decode_estimate(estimate) if estimate else None,
     )
 
 
@@ -117,7 +123,12 @@ class Store:
     # ---- synchronous API (call through `call` from async code) --------------------
 
     def create_job(
-        self, job_id: str, request: Request, first_event: dict[str, Any], max_queued: int
+        self,
+        job_id: str,
+        request: Request,
+        first_event: dict[str, Any],
+        max_queued: int,
+        estimate: Estimate | None = None,
     ) -> StoredEvent | None:
         """Insert a job with its first event; None (nothing written) when `max_queued` jobs already wait."""
         now = time.time()
@@ -125,8 +136,15 @@ class Store:
             if self.count_with_status("queued") >= max_queued:
                 return None
             self._db.execute(
-                "INSERT INTO jobs (id, status, request, progress, created_at) VALUES (?, ?, ?, ?, ?)",
-                (job_id, first_event["type"], _encode(request), _encode(JobProgress()), now),
+                "INSERT INTO jobs (id, status, request, progress, created_at, estimate) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    first_event["type"],
+                    _encode(request),
+                    _encode(JobProgress()),
+                    now,
+                    None if estimate is None else _encode(estimate),
+                ),
             )
             return self._append(job_id, first_event, now)
 
@@ -170,6 +188,28 @@ class Store:
             "SELECT id, type, data FROM job_events WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after_id)
         )
         return [StoredEvent(id=i, type=t, data=json.loads(d)) for i, t, d in rows]
+
+    def past_runs(self, model_id: str, limit: int) -> list[PastRun]:
+        """The newest `limit` finished jobs of `model_id`, newest first: what a job-cost estimate learns from."""
+        rows = self._db.execute(
+            "SELECT request, json_extract(result, '$.timings'), finished_at - started_at, "
+            "json_extract(result, '$.peak_vram_gib') IS NULL, "
+            "(SELECT json_extract(data, '$.elapsed_s') FROM job_events WHERE job_id = jobs.id AND type = 'step' "
+            " AND json_extract(data, '$.step') = 1 ORDER BY id DESC LIMIT 1) FROM jobs "  # the last attempt's
+            "WHERE status = 'succeeded' AND json_extract(request, '$.model') = ? ORDER BY seq DESC LIMIT ?",
+            (model_id, limit),
+        )
+        return [
+            PastRun(
+                request=_decode_request(request),
+                device="cpu" if on_cpu else "cuda",  # a CPU run reports no VRAM peak
+                held_s=held,
+                timings=json.loads(timings),
+                first_step_s=first_step,
+            )
+            for request, timings, held, on_cpu, first_step in rows
+            if timings and held is not None
+        ]
 
     def delete_job(self, job_id: str) -> None:
         with self._transaction():

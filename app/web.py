@@ -35,6 +35,7 @@ from app.schemas import ErrorResponse, FieldError, InvalidRequest
 from app.security import ServedHostsOnly, add_security_headers, csrf_middleware
 from app.store import Store
 from app.uploads import MULTIPART_ENVELOPE, UploadRejected, Uploads
+from contract.cost import say_duration
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ RETRY_AFTER_S = 30
 def build_templates(settings: Settings) -> JinjaTemplateEngine:
     """The pages' templates; built before the app, since the page feed renders fragments with them too."""
     templates = JinjaTemplateEngine(directory=ROOT / "templates")
-    templates.engine.globals.update(url=settings.url, auth_enabled=settings.auth_enabled, sse=sse_names)
+    templates.engine.globals.update(
+        url=settings.url, auth_enabled=settings.auth_enabled, sse=sse_names, say_duration=say_duration
+    )
     return templates
 
 

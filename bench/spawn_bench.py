@@ -59,12 +59,12 @@ from gpu_smoke import (  # noqa: E402
 
 from app.runner import Supervisor  # noqa: E402
 from contract import jobdir, protocol  # noqa: E402
+from contract.cost import FP8_RESIDENT_RATIO  # noqa: E402
 from contract.models import MODEL_KINDS  # noqa: E402
 from contract.request import Request  # noqa: E402
 from gpu_runner import memory, stdout  # noqa: E402
 from gpu_runner.demo import model as demo_model  # noqa: E402
 from gpu_runner.families import family_for  # noqa: E402
-from gpu_runner.families.ltx2.peaks import FP8_RESIDENT_RATIO  # noqa: E402
 from gpu_runner.job import load_job  # noqa: E402
 from gpu_runner.pipeline import prompt_cache_for  # noqa: E402
 

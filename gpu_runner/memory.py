@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from contract import protocol
+from contract.cost import LONG_CLIP_TOKENS
 
 GIB = 1024**3
 
@@ -31,12 +32,6 @@ def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
     if device.type != "cuda" or precision == "fp32":
         return torch.float32
     return torch.bfloat16
-
-
-# Past this many video tokens a clip is "long": activations, not weights, would grow the peak.
-# At 768x448x481 (20,496 tokens, x2 for CFG) an unsliced feed-forward alone holds ~2.7 GB of
-# 4x-wide intermediates; slices of 4096 tokens hold ~0.3 GB.
-LONG_CLIP_TOKENS = 4096
 
 
 class ChunkedFeedForward(torch.nn.Module):

@@ -103,7 +103,8 @@ async def create_job(
     try:
         job = await jobs.submit(values, client_address(request), strict=False)
     except InvalidRequest as exc:
-        errors = {e.field: e.message for e in exc.errors}
+        # A problem of the request as a whole (predicted too long) shows above the form.
+        errors = {e.field if e.field in FIELDS else "form": e.message for e in exc.errors}
         return HTMXTemplate(
             template_name="fragments/_form.html", context=_form_context(settings, values, errors), status_code=200
         )

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from contract.cost import PeakPrediction
 from contract.request import Request
-from gpu_runner.admission import PeakPrediction
 from gpu_runner.job import Job, JobError
 
 Context = dict[str, torch.Tensor]  # a prompt's encoding: what the prompt cache keeps

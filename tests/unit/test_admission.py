@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_runner.admission import MARGIN_GIB, admit
-from gpu_runner.families.ltx2.peaks import predict_peak
+from contract.cost import MARGIN_GIB, predict_peak
+from gpu_runner.admission import admit
 from gpu_runner.job import JobError
 
 # LTX-2.0 at full size: 35.2 GiB of bf16 transformer files, 2.67 GiB of connectors.

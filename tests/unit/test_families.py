@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from contract import jobdir, protocol
+from contract.cost import PeakPrediction
 from contract.models import MODEL_KINDS, demo_spec
 from contract.request import Request
 from gpu_runner import families, pipeline
-from gpu_runner.admission import PeakPrediction
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import Job, JobError
 from tests.runner_fixtures import DEMO_REQUEST, NO_CACHES

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from contract.cost import PeakPrediction, latent_shape, predict_peak, video_tokens
 from contract.request import Request
 from gpu_runner import memory
-from gpu_runner.admission import PeakPrediction
 from gpu_runner.families.base import Context, Family, OnStepEnd, OnTile
-from gpu_runner.families.ltx2 import peaks, tiling
+from gpu_runner.families.ltx2 import tiling
 from gpu_runner.families.ltx2.conditioning import image_conditions
 from gpu_runner.families.ltx2.guidance import share_stg_prefix
 from gpu_runner.families.ltx2.loading import place_denoiser
@@ -29,17 +29,6 @@ from gpu_runner.job import Job
 LTX2_0_GUIDANCE = {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
 # 2.3's STG block, diffusers' default, spelled out for the STG pass to share the blocks before it.
 LTX2_3_GUIDANCE = {"spatio_temporal_guidance_blocks": [28]}
-
-
-def latent_shape(request: Request) -> tuple[int, int, int]:
-    """Latent frames, rows and columns: one cell per 32x32 pixels and 8 frames (the first frame alone)."""
-    return (request.num_frames - 1) // 8 + 1, request.height // 32, request.width // 32
-
-
-def video_tokens(request: Request) -> int:
-    """Transformer tokens of the clip: one per latent cell."""
-    frames, rows, columns = latent_shape(request)
-    return frames * rows * columns
 
 
 class Ltx2(Family):
@@ -58,7 +47,7 @@ class Ltx2(Family):
 
     def predict_peak(self, precision: str, request: Request) -> PeakPrediction:
         config = self.source.transformer_config()
-        return peaks.predict_peak(
+        return predict_peak(
             transformer_file_gib=self.source.weights_gib("transformer"),
             connectors_file_gib=self.source.weights_gib("connectors"),
             vae_file_gib=self.source.weights_gib("vae"),

@@ -24,6 +24,7 @@ from diffusers import (
 from diffusers.pipelines.ltx2 import LTX2Vocoder
 from torch import nn
 
+from contract.cost import component_gib
 from gpu_runner import fp8, memory
 from gpu_runner.compiling import COMPILE_RECOMPILE_LIMIT, compiles
 from gpu_runner.families.ltx2.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, prepare_text_encoder
@@ -111,8 +112,7 @@ class DiffusersDirectory:
 
     def weights_gib(self, component: str) -> float:
         """Size of a component's weight files as stored (bf16 for LTX-2's transformer)."""
-        files = (self.model_dir / component).glob("*")
-        return sum(f.stat().st_size for f in files if f.name.endswith((".safetensors", ".bin"))) / 2**30
+        return component_gib(self.model_dir, component)
 
     def transformer_config(self) -> dict:
         return json.loads((self.model_dir / "transformer" / "config.json").read_text())

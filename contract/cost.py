@@ -1,0 +1,345 @@
+"""A job's cost before it runs: how long it holds the worker, its peak memory, the disk it writes.
+
+One estimate for everything that asks: the runner's admission (the peak, against free VRAM), the
+portal's admission (the duration, against AVP_MAX_JOB_MINUTES), the data-disk check (the disk), and
+the duration a queued job shows. Torch-free: the web process and the runner both import it.
+
+The duration is a fixed part (spawn, loading, text encoding, the first step's warm-up) plus three
+parts that grow with the clip: denoising (the transformer's FLOPs: linears per token, attention per
+token pair, times steps and guidance rows), the video decode (pixels x frames x the VAE's size) and
+the audio decode (seconds of clip). First principles give each part a device's default rate; past
+runs of the same model on the same kind of device replace it (the median of what they measured over
+what the default predicted), so the estimate follows this machine as soon as it has run a job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from contract.request import Request
+
+GIB = 1024**3
+DeviceKind = Literal["cpu", "cuda"]
+
+# ---- the clip in the transformer's tokens (the LTX-2 family: a cell per 32x32 px and 8 frames) -------------
+
+
+def latent_shape(request: Request) -> tuple[int, int, int]:
+    """Latent frames, rows and columns: one cell per 32x32 pixels and 8 frames (the first frame alone)."""
+    return (request.num_frames - 1) // 8 + 1, request.height // 32, request.width // 32
+
+
+def video_tokens(request: Request) -> int:
+    """Transformer tokens of the clip: one per latent cell."""
+    frames, rows, columns = latent_shape(request)
+    return frames * rows * columns
+
+
+# ---- peak memory, per phase (the runner admits a CUDA job by it) ----------------------------------------
+
+# Past this many video tokens a clip is "long": activations, not weights, would grow the peak.
+# At 768x448x481 (20,496 tokens, x2 for CFG) an unsliced feed-forward alone holds ~2.7 GB of
+# 4x-wide intermediates; slices of 4096 tokens hold ~0.3 GB.
+LONG_CLIP_TOKENS = 4096
+# Room for the CUDA context, the caching allocator's slack and what a family's figures miss.
+MARGIN_GIB = 1.0
+# The constants below were measured on full-size LTX-2.0 components with random weights on an H200
+# (bench/gpu_smoke.py; bench/results/); they scale with the model's files and width, so the tiny demo
+# is predicted tiny.
+# Resident FP8 transformer over its bf16 weight files: 17.99 GiB measured / 35.2 GiB.
+FP8_RESIDENT_RATIO = 0.511
+# Denoising activations per video token at an inner width of 4096 (LTX-2), measured at 768x448:
+# 49 frames (2,352 tokens) batched CFG added 0.80 GiB; 481 frames (20,496 tokens), one guidance
+# row at a time with sliced feed-forwards, added 2.37 GiB.
+ACTIVATION_GIB_PER_TOKEN_BATCHED = 0.80 / 2352
+ACTIVATION_GIB_PER_TOKEN_ONE_ROW = 2.37 / 20496
+REFERENCE_WIDTH = 4096
+# The text phase beyond the connectors' weights: streamed encoder layers, hidden states, context.
+TEXT_STREAMING_GIB = 3.0
+# One decode tile's activations at LTX-2's VAE width (512 px spatial, 64-frame temporal tiles).
+DECODE_TILE_GIB = 4.0
+
+
+@dataclass(frozen=True)
+class PeakPrediction:
+    """A job's peak per phase, each one model at a time (docs/architecture.md): text, denoise, decode."""
+
+    text_gib: float
+    denoise_gib: float
+    decode_gib: float
+
+    @property
+    def peak_gib(self) -> float:
+        return max(self.text_gib, self.denoise_gib, self.decode_gib) + MARGIN_GIB
+
+    @property
+    def peak_phase(self) -> str:
+        phases = {"text encoding": self.text_gib, "denoising": self.denoise_gib, "decoding": self.decode_gib}
+        return max(phases, key=phases.__getitem__)
+
+
+def predict_peak(
+    *,
+    transformer_file_gib: float,
+    connectors_file_gib: float,
+    vae_file_gib: float,
+    precision: str,
+    tokens: int,
+    inner_width: int,
+) -> PeakPrediction:
+    """LTX-2's peak per phase, from the model's files and the clip's tokens."""
+    transformer_gib = transformer_file_gib * (FP8_RESIDENT_RATIO if precision == "fp8" else 1.0)
+    per_token = ACTIVATION_GIB_PER_TOKEN_BATCHED if tokens <= LONG_CLIP_TOKENS else ACTIVATION_GIB_PER_TOKEN_ONE_ROW
+    width_scale = inner_width / REFERENCE_WIDTH
+    return PeakPrediction(
+        text_gib=connectors_file_gib + TEXT_STREAMING_GIB * width_scale,
+        denoise_gib=transformer_gib + tokens * per_token * width_scale,
+        decode_gib=vae_file_gib + DECODE_TILE_GIB * width_scale,
+    )
+
+
+# ---- the model, as far as its cost goes: read from its files, no weights loaded -------------------------
+
+
+def component_gib(model_dir: Path, component: str) -> float:
+    """Size of a component's weight files as stored (bf16 for LTX-2's transformer)."""
+    files = (model_dir / component).glob("*")
+    return sum(f.stat().st_size for f in files if f.name.endswith((".safetensors", ".bin"))) / GIB
+
+
+WEIGHT_COMPONENTS = ("text_encoder", "connectors", "transformer", "vae", "audio_vae", "vocoder")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    layers: int
+    inner_width: int
+    weights_gib: dict[str, float]  # per component, as stored
+
+    @classmethod
+    def read(cls, model_dir: Path) -> ModelSize:
+        """From a Diffusers-format directory; raises OSError or ValueError when it is not one."""
+        config = json.loads((model_dir / "transformer" / "config.json").read_text())
+        return cls(
+            layers=int(config["num_layers"]),
+            inner_width=int(config["num_attention_heads"]) * int(config["attention_head_dim"]),
+            weights_gib={name: component_gib(model_dir, name) for name in WEIGHT_COMPONENTS},
+        )
+
+
+# Transformer passes a denoising step makes: one per guidance row. Guidance 1 is a single unguided pass;
+# otherwise the demo runs CFG (2 rows) and LTX-2 CFG, STG and modality guidance (4 rows; the STG row
+# shares its first blocks with another, gpu_runner/families/ltx2/guidance.py, so a little less).
+GUIDED_ROWS = {"demo": 2, "ltx-2": 4}
+
+
+def guidance_rows(model_kind: str, guidance_scale: float) -> int:
+    return 1 if guidance_scale <= 1.0 else GUIDED_ROWS.get(model_kind, 4)
+
+
+def denoise_flop(size: ModelSize, model_kind: str, request: Request) -> float:
+    """The transformer's FLOPs for the whole denoise: per layer and token ~32 d^2 in its linears
+    (self-attention, cross-attention, a 4x feed-forward), and 4 d per token pair in attention."""
+    tokens, width = video_tokens(request), size.inner_width
+    per_pass = size.layers * tokens * (32 * width * width + 4 * tokens * width)
+    return per_pass * guidance_rows(model_kind, request.guidance_scale) * request.steps
+
+
+def decode_work(size: ModelSize, request: Request) -> float:
+    """The video decode's work, in pixel-frames x GiB of VAE weights (a convolution's cost grows with both)."""
+    return request.width * request.height * request.num_frames * size.weights_gib["vae"]
+
+
+def clip_seconds(request: Request) -> float:
+    return request.num_frames / request.fps
+
+
+# ---- the duration: a device's rates, from first principles or from past runs ----------------------------
+
+
+class Rates(msgspec.Struct, frozen=True):
+    """How fast one kind of device runs one model: the fixed part and three rates."""
+
+    fixed_s: float  # everything that does not grow with the clip
+    denoise_flop_per_s: float
+    decode_work_per_s: float  # decode_work units a second
+    audio_s_per_clip_s: float  # seconds of audio decoding per second of clip
+
+
+# First principles, on purpose nearer the slow end of each kind (so a queued job is not promised too
+# soon). CPU: a 2-core x86 machine runs the demo's transformer at ~6.7e10 FLOP/s with nothing else on it
+# and its VAE at ~7e4 work units/s. CUDA: an H200 runs LTX-2's FP8 compiled step at ~6.6e14 FLOP/s by
+# the count above (README's table: 0.333 s at 768x448x49); the default assumes a GPU 3x slower.
+FIRST_PRINCIPLES = {
+    "cpu": Rates(fixed_s=3.0, denoise_flop_per_s=5e10, decode_work_per_s=5e4, audio_s_per_clip_s=0.5),
+    "cuda": Rates(fixed_s=30.0, denoise_flop_per_s=2e14, decode_work_per_s=5e7, audio_s_per_clip_s=0.1),
+}
+# Loading: the fixed part grows with the weights a job reads (a GiB a second on CUDA, less on a CPU,
+# which also casts them to float32).
+LOAD_GIB_PER_S = {"cpu": 0.5, "cuda": 1.0}
+
+
+# The stages whose time grows with the clip, as a result's timings name them.
+_GROWING = ("denoise", "decode_video", "decode_audio")
+
+
+class PastRun(msgspec.Struct, frozen=True):
+    """A finished job of the same model, as the store has it."""
+
+    request: Request
+    device: DeviceKind
+    held_s: float  # started to finished: the time it held the worker
+    timings: dict[str, float]  # per stage, from its result
+    first_step_s: float | None = None  # its first denoising step, which warms up (or compiles) as well
+
+
+def first_principles(size: ModelSize, device: DeviceKind) -> Rates:
+    rates = FIRST_PRINCIPLES[device]
+    loading = sum(size.weights_gib.values()) / LOAD_GIB_PER_S[device]
+    return msgspec.structs.replace(rates, fixed_s=rates.fixed_s + loading)
+
+
+def learned(size: ModelSize, model_kind: str, default: Rates, runs: Sequence[PastRun]) -> Rates:
+    """`default` corrected by what `runs` measured: each rate by the median of measured over predicted,
+    the fixed part by the median of what the growing parts leave of each run's time. A run's first step
+    counts as fixed (it warms up, or compiles on CUDA): the denoise rate is measured on the steps after it."""
+    if not runs:
+        return default
+    fixed, denoise, decode, audio = [], [], [], []
+    for run in runs:
+        predicted = list(_parts(size, model_kind, default, run.request)[1:])
+        measured = [run.timings.get(stage, 0.0) for stage in _GROWING]
+        steps = run.request.steps
+        if steps == 1:
+            predicted[0] = measured[0] = 0.0  # its one step is all warm-up: fixed
+        elif run.first_step_s is not None:
+            predicted[0] *= (steps - 1) / steps
+            measured[0] -= run.first_step_s
+        for ratios, guess, took in zip((denoise, decode, audio), predicted, measured, strict=True):
+            if guess > 0 and took > 0:
+                ratios.append(took / guess)
+        fixed.append(max(0.0, run.held_s - sum(measured)))
+
+    def slower(rate: float, ratios: list[float]) -> float:
+        return rate / statistics.median(ratios) if ratios else rate
+
+    return Rates(
+        fixed_s=statistics.median(fixed),
+        denoise_flop_per_s=slower(default.denoise_flop_per_s, denoise),
+        decode_work_per_s=slower(default.decode_work_per_s, decode),
+        audio_s_per_clip_s=default.audio_s_per_clip_s * (statistics.median(audio) if audio else 1.0),
+    )
+
+
+def _parts(size: ModelSize, model_kind: str, rates: Rates, request: Request) -> tuple[float, float, float, float]:
+    """Seconds: fixed, denoise, video decode, audio decode."""
+    return (
+        rates.fixed_s,
+        denoise_flop(size, model_kind, request) / rates.denoise_flop_per_s,
+        decode_work(size, request) / rates.decode_work_per_s,
+        clip_seconds(request) * rates.audio_s_per_clip_s,
+    )
+
+
+# ---- the estimate ---------------------------------------------------------------------------------------
+
+# The MP4 at the muxer's CRF 18: ~1.6 bits a pixel covers busy footage (calm clips take far less), plus
+# AAC audio; runner.log and preview.jpg stay well under a MiB between them.
+MP4_BYTES_PER_PIXEL_FRAME = 0.2
+AUDIO_BYTES_PER_S = 32_000
+LOG_AND_PREVIEW_BYTES = 2**20
+
+
+class Estimate(msgspec.Struct, frozen=True, kw_only=True):
+    """A job's predicted cost, made when it is submitted (docs/protocol.md says how far off it can be)."""
+
+    duration_s: float  # from start to finished MP4: how long it holds the worker
+    denoise_s: float  # of which denoising
+    peak_gib: float  # VRAM on CUDA, RAM on a CPU
+    disk_bytes: int  # what the job writes to its directory: the MP4, preview, log
+    device: DeviceKind
+    past_runs: int  # how many finished jobs it learned from; 0: first principles alone
+
+
+def estimate(
+    size: ModelSize,
+    model_kind: str,
+    request: Request,
+    *,
+    device: DeviceKind,
+    precision: str,
+    runs: Sequence[PastRun] = (),
+) -> Estimate:
+    """`request` (resolved) on `device`, from `runs` of the same model on that kind of device where there are."""
+    relevant = [run for run in runs if run.device == device]
+    rates = learned(size, model_kind, first_principles(size, device), relevant)
+    parts = _parts(size, model_kind, rates, request)
+    peak = predict_peak(
+        transformer_file_gib=size.weights_gib["transformer"],
+        connectors_file_gib=size.weights_gib["connectors"],
+        vae_file_gib=size.weights_gib["vae"],
+        precision=precision if device == "cuda" else "fp32",  # a CPU computes in float32
+        tokens=video_tokens(request),
+        inner_width=size.inner_width,
+    )
+    pixel_frames = request.width * request.height * request.num_frames
+    disk = pixel_frames * MP4_BYTES_PER_PIXEL_FRAME + clip_seconds(request) * AUDIO_BYTES_PER_S + LOG_AND_PREVIEW_BYTES
+    return Estimate(
+        duration_s=sum(parts),
+        denoise_s=parts[1],
+        peak_gib=round(peak.peak_gib, 2),
+        disk_bytes=math.ceil(disk),
+        device=device,
+        past_runs=len(relevant),
+    )
+
+
+# Where a loaded NVIDIA driver shows: Linux, and WSL's GPU bridge.
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia/version", "/dev/dxg")
+
+
+def likely_device(runs: Sequence[PastRun]) -> DeviceKind:
+    """The device a job's runner will use, as far as the web process (which never imports torch) can tell:
+    CUDA where a GPU driver is loaded or the newest past run used CUDA, else the CPU. It errs toward the
+    GPU: a GPU machine predicted as a CPU would refuse the very jobs that could teach it otherwise."""
+    if any(Path(path).exists() for path in GPU_DRIVER_PATHS) or (runs and runs[0].device == "cuda"):
+        return "cuda"
+    return "cpu"
+
+
+def say_duration(seconds: float) -> str:
+    """`seconds` as people say it: "about 40 s", "about 12 min", "about 3.5 h"."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h" if seconds < 48 * 3600 else f"about {round(seconds / 86400)} days"
+
+
+def over_limit(estimate: Estimate, request: Request, limit_minutes: float) -> str | None:
+    """Why a job predicted past `limit_minutes` is refused, with what to reduce; None when it fits (or 0: no limit)."""
+    limit_s = limit_minutes * 60
+    if not limit_minutes or estimate.duration_s <= limit_s:
+        return None
+    per_step = estimate.denoise_s / request.steps
+    fitting_steps = math.floor((limit_s - (estimate.duration_s - estimate.denoise_s)) / per_step) if per_step else 0
+    fix = (
+        f"use at most {fitting_steps} steps, or fewer frames or a smaller size"
+        if fitting_steps >= 1
+        else "use fewer frames or a smaller size (fewer steps alone would not do)"
+    )
+    where = "the GPU" if estimate.device == "cuda" else "the CPU"
+    basis = f"{estimate.past_runs} past runs of this model" if estimate.past_runs else "first principles"
+    return (
+        f"This job is predicted to take {say_duration(estimate.duration_s)} on {where} "
+        f"({round(estimate.duration_s / 60)} minutes, from {basis}), over the limit of {limit_minutes:g} minutes "
+        f"(AVP_MAX_JOB_MINUTES); {fix}"
+    )
