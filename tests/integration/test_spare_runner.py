@@ -287,7 +287,11 @@ def test_a_sigkilled_runner_that_was_a_spare_fails_its_job_as_before(make_portal
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 def test_no_spare_outlives_its_portal(make_portal, how: signal.Signals) -> None:
     portal = make_portal(**SPARE_ON)
-    spare = the_spare(portal)
+    jobs_dir = portal.data_dir / "jobs"
+    runner = the_spare(portal)
+    job = portal.submit(**LONG_JOB)
+    portal.wait_for_event(job["id"], "step")  # the first spare runs the job, the next one waits beside it
+    (spare,) = wait_for(lambda: spare_runners(jobs_dir), 10, "a spare beside the running job")
     assert process_group(spare) == [spare], "the spare leads its own process group"
 
     portal.stop(how)
@@ -296,8 +300,10 @@ def test_no_spare_outlives_its_portal(make_portal, how: signal.Signals) -> None:
         assert f"stopped spare runner {spare}" in portal.log_path.read_text() and not alive(spare)
     else:  # nothing of the portal's runs: the kernel's parent-death signal ends it
         wait_for(lambda: not alive(spare), 5, f"end of spare {spare}")
+    # The job's runner stops at its next step (seconds of CPU on a busy machine), like any runner whose parent dies.
+    wait_for(lambda: not process_group(runner), IMPORT_TIMEOUT_S, f"end of runner {runner}")
     assert not process_group(spare)
-    assert not spare_runners(portal.data_dir / "jobs")
+    assert not spare_runners(jobs_dir)
 
 
 def test_with_spares_off_every_job_gets_a_runner_spawned_for_it(make_portal) -> None:
