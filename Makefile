@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # browser and SIGKILL-rerun tests past their time bounds (see the commit that set this).
 PYTEST_WORKERS ?= 0
 
-.PHONY: setup run test lint system-deps demo-model bench bench-portal clean
+.PHONY: setup run test lint system-deps demo-model bench bench-portal bench-queue clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench: setup
 
 bench-portal: setup
 	$(BIN)/python bench/portal_bench.py
+
+bench-queue: setup
+	$(BIN)/python bench/queue_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -49,10 +49,6 @@ class Executor(Protocol):
         """Ask the job's runner to stop (`run` then returns `cancelled`); False when it runs no such job."""
         ...
 
-    async def job_finished(self) -> None:
-        """A job has ended and its status is written: the moment to prepare the next one's runner."""
-        ...
-
     async def close(self) -> None:
         """Nothing of the executor's outlives this (the worker calls it once it stops)."""
         ...

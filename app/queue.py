@@ -104,20 +104,18 @@ class Worker:
 
     async def _process(self, job_id: str, began: anyio.Event, free_slots: anyio.Semaphore) -> None:
         try:
-            if await self._run(job_id, began):
-                # Its status is written: what the executor prepares for the next job competes with no job of ours.
-                await self._executor.job_finished()
+            await self._run(job_id, began)
         finally:
             began.set()  # however it ended, the consumer goes on
             free_slots.release()
             if not self.running_jobs:
                 self.state = "idle"
 
-    async def _run(self, job_id: str, began: anyio.Event) -> bool:
-        """Run one queued job and record how it ended; False when it was no longer queued."""
+    async def _run(self, job_id: str, began: anyio.Event) -> None:
+        """Run one queued job and record how it ended (nothing when it is no longer queued)."""
         job = await self._store.call(self._store.get_job, job_id)
         if job is None or job.status != "queued":
-            return False  # cancelled or deleted while it waited
+            return  # cancelled or deleted while it waited
         self.running_jobs.append(job_id)
         self.state = "running"
         try:
@@ -138,7 +136,6 @@ class Worker:
             )
         finally:
             self.running_jobs.remove(job_id)
-        return True
 
     def _recorder(self, job_id: str) -> EventSink:
         """Journals each of the job's protocol events, carrying its progress from one to the next."""

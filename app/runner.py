@@ -4,10 +4,13 @@ A job's runner is a fresh process: either a spare (`python -m gpu_runner standby
 spawned ahead so that torch and diffusers are already imported when the job comes, and handed
 the job directory on its stdin) or, where no live spare is there (or spares are off,
 AVP_SPARE_RUNNER), `python -m gpu_runner run <job dir>` spawned for the job. At most one spare
-exists, spawned when the executor starts and again once each job has ended and its status is
-written (not while it runs: its imports would compete with the job); one job runs at a time.
-Either way the child runs in its own session (its own process group) so a cancel reaches everything
-it started, and it asks the kernel for SIGTERM when this process dies. Its stdout carries only
+waits, spawned when the executor starts and again as each job starts, so that the next queued job
+finds one ready; one job runs at a time. A spare waiting beside a running job yields the CPU to it:
+its session's autogroup (Linux's CPU share of a session) gets the lowest weight, nice 19, until that
+job's runner ends, and always before the spare is handed its job (0), so a job never runs at low
+priority. Either way the
+child runs in its own session (its own process group) so a cancel reaches everything it started,
+and it asks the kernel for SIGTERM when this process dies. Its stdout carries only
 protocol lines, handed one by one to the run's event sink; its stderr goes to runner.log (a spare's,
 until its job comes, to `<jobs dir>/spare-runner.log`). The user-facing outcome is decided by the
 exit code and the last `error` event, never by a stack trace.
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 1 << 20
 SPARE_LOG = "spare-runner.log"  # in the jobs directory: what spares say before their job comes
 SPARE_LOG_MAX_BYTES = 1 << 20  # beyond this the log is moved to spare-runner.log.1 when a spare is spawned
+SPARE_NICE = 19  # a waiting spare's autogroup: the lowest CPU weight, so its imports take what the job leaves
 # gpu_runner's parent: the runner's interpreter may be another venv's, without this project installed
 _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -60,6 +64,7 @@ class _Child:
         self.cancel_requested = anyio.Event()
         self.spare_spawned = spare_spawned  # a spare's spawn time (monotonic); None for a runner spawned for the job
         self.log_size_at_hand_over = 0  # a spare's job's runner.log (a job run again appends to it)
+        self.niced = False  # a spare whose autogroup waits at SPARE_NICE
 
     def signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -99,9 +104,10 @@ class Supervisor(Executor):
         spare = self._spare
         return spare.process.pid if spare is not None and spare.process.returncode is None else None
 
-    async def ensure_spare(self) -> None:
+    async def ensure_spare(self, beside_a_job: bool = False) -> None:
         """Spawn a spare runner unless spares are off, one is alive, or the supervisor is closed.
 
+        `beside_a_job`: a job's runner is running, so the spare waits at SPARE_NICE until that runner ends.
         Best effort: a spare that cannot be spawned is logged, and the next job spawns its own runner.
         """
         if self._spare_jobs_dir is None or self._closed:
@@ -120,18 +126,16 @@ class Supervisor(Executor):
                         log_path.replace(log_path.with_name(SPARE_LOG + ".1"))
                 args = ("standby", str(self._spare_jobs_dir))
                 process = await self._open_runner(args, subprocess.PIPE, log_path, self._spare_jobs_dir)
-                self._spare = _Child(process, spare_spawned=spawned)
+                spare = self._spare = _Child(process, spare_spawned=spawned)
         except Exception:
             log.exception("could not spawn a spare runner; the next job spawns its own")
             return
         log.info("spawned spare runner %d (its log: %s)", process.pid, log_path)
+        if beside_a_job:
+            spare.niced = await _set_autogroup_nice(process.pid, SPARE_NICE)
 
     async def start(self) -> None:
         """The first job's runner, importing while nobody waits."""
-        await self.ensure_spare()
-
-    async def job_finished(self) -> None:
-        """The next job's runner: its imports now compete with nothing."""
         await self.ensure_spare()
 
     async def close(self) -> None:
@@ -159,12 +163,15 @@ class Supervisor(Executor):
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._stop_when_cancelled, child)
+                tg.start_soon(self.ensure_spare, True)  # the next job's runner, importing while this one runs
                 await self._follow(job_id, child, transcript, on_event)
                 await process.wait()
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._stop(child)
+                if self._spare is not None:  # nothing of this job's competes with the spare's imports any more
+                    await _give_back_full_weight(self._spare)
             self._children.pop(job_id, None)
         if child.spare_spawned is not None:
             _note_a_spare_that_never_took_its_job(job_dir, child, self.spare_log)
@@ -238,6 +245,9 @@ class Supervisor(Executor):
         if spare.process.returncode is not None:
             await self._discard_spare(spare, f"it had exited with {spare.process.returncode}")
             return None
+        if not await _give_back_full_weight(spare):  # so that no job runs at low priority
+            await self._discard_spare(spare, f"its CPU priority could not be given back for job {job_id}")
+            return None
         assert spare.process.stdin is not None
         spare.log_size_at_hand_over = _size(job_dir / jobdir.LOG_FILE)
         try:
@@ -265,6 +275,31 @@ class Supervisor(Executor):
         await spare.process.aclose()  # reaped, its pipes closed
         if why is None:
             log.info("stopped spare runner %d", spare.process.pid)
+
+
+async def _set_autogroup_nice(pid: int, nice: int) -> bool:
+    """Set the nice value of the autogroup of `pid`, a session leader (its session's CPU weight against others').
+
+    Anyone may set 0 to 19 on their own processes' autogroups, and so give a spare its weight back; the
+    kernel refuses changes less than 0.1 s apart (EAGAIN), so this tries for a second. False where it could
+    not: no autogroups here (a kernel without them, or not Linux) or the process is gone.
+    """
+    for _ in range(10):
+        try:
+            Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
+            return True
+        except BlockingIOError:
+            await anyio.sleep(0.1)
+        except OSError:
+            return False
+    return False
+
+
+async def _give_back_full_weight(spare: _Child) -> bool:
+    """Set a niced spare's autogroup back to nice 0; False where the kernel would not (it stays niced)."""
+    if spare.niced:
+        spare.niced = not await _set_autogroup_nice(spare.process.pid, 0)
+    return not spare.niced
 
 
 def _note_a_spare_that_never_took_its_job(job_dir: Path, spare: _Child, spare_log: Path | None) -> None:

@@ -94,6 +94,7 @@ class Portal:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     front_url: str | None = None  # set when a test reaches the portal through a proxy
+    repo_root: Path = REPO_ROOT  # the checkout it runs (a bench may measure another)
 
     @property
     def direct_url(self) -> str:
@@ -114,7 +115,7 @@ class Portal:
         """`python -m app serve` for this portal, as subprocess arguments."""
         return {
             "args": [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            "cwd": REPO_ROOT,
+            "cwd": self.repo_root,
             "env": {**os.environ, "AVP_DATA_DIR": str(self.data_dir), **self.env},
         }
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from app.executor import EventSink
-from app.runner import SPARE_LOG, Supervisor
+from app.runner import SPARE_LOG, SPARE_NICE, Supervisor
 from contract import jobdir, protocol
 from gpu_runner import stdout
 from tests.portal import Portal, process_group, runner_processes, spare_runners, wait_for
@@ -74,6 +74,16 @@ def the_spare(portal: Portal) -> int:
     wait_for(lambda: spare_is_ready(jobs_dir, pid), IMPORT_TIMEOUT_S, f"ready line from spare runner {pid}")
     assert spare_runners(jobs_dir) == [pid], "at most one spare"
     return pid
+
+
+def autogroup_nice(pid: int) -> int:
+    """The nice value of the process's autogroup (its session's CPU weight), from "/autogroup-N nice V"."""
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+
+
+def cancel(portal: Portal, job_id: str) -> None:
+    with portal.client() as client:
+        assert client.post(f"/api/jobs/{job_id}/cancel", json={}).status_code == 202
 
 
 def first_line(job_dir: Path) -> str:
@@ -214,23 +224,33 @@ def test_a_spare_whose_parent_is_already_gone_exits_at_once(tmp_path) -> None:
 # --- through a real portal -----------------------------------------------------------------------------------
 
 
-def test_a_spare_waits_between_jobs_and_a_new_one_comes_when_a_job_ends(make_portal) -> None:
+def test_the_next_spare_is_spawned_as_a_job_starts_waits_at_low_priority_and_takes_the_next_job(make_portal) -> None:
     portal = make_portal(**SPARE_ON)
     jobs_dir = portal.data_dir / "jobs"
     first = the_spare(portal)
     assert not has_cuda_driver(first), "an idle spare never touches CUDA"
+    running, queued = portal.submit(**LONG_JOB), portal.submit(**LONG_JOB)
 
-    job = portal.submit(**BRIEF_JOB)
-    portal.wait_for_event(job["id"], "step")
-    job_dir = portal.job_dir(job["id"])
-    assert runner_processes(job_dir) == [first], "the spare runs the job"
-    assert spare_runners(jobs_dir) == [], "no new spare imports while a job runs"
-    assert portal.wait(job["id"])["status"] == "succeeded"
-    assert f"runner started: spare runner {first} took this job " in first_line(job_dir)
+    portal.wait_for_event(running["id"], "step")
+    assert runner_processes(portal.job_dir(running["id"])) == [first], "the spare runs the job"
+    (second,) = wait_for(lambda: spare_runners(jobs_dir), 10, "a spare spawned while the job runs")
+    wait_for(lambda: autogroup_nice(second) == SPARE_NICE, 10, f"spare {second} at nice {SPARE_NICE}")
+    assert autogroup_nice(first) == 0, "the job runs at normal priority"
+    assert not has_cuda_driver(second), "a spare waiting beside a job never touches CUDA"
 
-    second = the_spare(portal)
-    assert second != first and not alive(first)
-    assert not has_cuda_driver(second)
+    cancel(portal, running["id"])  # the queued job goes to the spare that waited beside it
+    portal.wait_for_event(queued["id"], "step")
+    assert runner_processes(portal.job_dir(queued["id"])) == [second]
+    assert f"runner started: spare runner {second} took this job " in first_line(portal.job_dir(queued["id"]))
+    assert autogroup_nice(second) == 0, "given its job, the spare runs at normal priority"
+    (third,) = wait_for(lambda: spare_runners(jobs_dir), 10, "the spare after that")
+    assert third not in (first, second)
+    wait_for(lambda: autogroup_nice(third) == SPARE_NICE, 10, f"spare {third} at nice {SPARE_NICE}")
+
+    cancel(portal, queued["id"])
+    assert [portal.wait(job["id"])["status"] for job in (running, queued)] == ["cancelled", "cancelled"]
+    assert spare_runners(jobs_dir) == [third], "cancelling a job leaves the waiting spare alone"
+    wait_for(lambda: autogroup_nice(third) == 0, 10, "the waiting spare's weight back once no job runs")
 
 
 def test_a_spare_killed_while_idle_is_replaced_and_the_next_jobs_run(make_portal) -> None:
@@ -267,7 +287,11 @@ def test_a_sigkilled_runner_that_was_a_spare_fails_its_job_as_before(make_portal
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 def test_no_spare_outlives_its_portal(make_portal, how: signal.Signals) -> None:
     portal = make_portal(**SPARE_ON)
-    spare = the_spare(portal)
+    jobs_dir = portal.data_dir / "jobs"
+    runner = the_spare(portal)
+    job = portal.submit(**LONG_JOB)
+    portal.wait_for_event(job["id"], "step")  # the first spare runs the job, the next one waits beside it
+    (spare,) = wait_for(lambda: spare_runners(jobs_dir), 10, "a spare beside the running job")
     assert process_group(spare) == [spare], "the spare leads its own process group"
 
     portal.stop(how)
@@ -276,8 +300,10 @@ def test_no_spare_outlives_its_portal(make_portal, how: signal.Signals) -> None:
         assert f"stopped spare runner {spare}" in portal.log_path.read_text() and not alive(spare)
     else:  # nothing of the portal's runs: the kernel's parent-death signal ends it
         wait_for(lambda: not alive(spare), 5, f"end of spare {spare}")
+    # The job's runner stops at its next step (seconds of CPU on a busy machine), like any runner whose parent dies.
+    wait_for(lambda: not process_group(runner), IMPORT_TIMEOUT_S, f"end of runner {runner}")
     assert not process_group(spare)
-    assert not spare_runners(portal.data_dir / "jobs")
+    assert not spare_runners(jobs_dir)
 
 
 def test_with_spares_off_every_job_gets_a_runner_spawned_for_it(make_portal) -> None:

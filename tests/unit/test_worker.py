@@ -32,7 +32,7 @@ class TwoSlots:
         self.started: list[str] = []
         self.finish: dict[str, anyio.Event] = {}
         self.cancelled: set[str] = set()
-        self.calls: list[str] = []  # start, job_finished and close, in order
+        self.calls: list[str] = []  # start and close, in order
 
     async def start(self) -> None:
         self.calls.append("start")
@@ -50,9 +50,6 @@ class TwoSlots:
         self.cancelled.add(job_id)
         self.finish[job_id].set()
         return True
-
-    async def job_finished(self) -> None:
-        self.calls.append("job_finished")
 
     async def close(self) -> None:
         self.calls.append("close")
@@ -114,7 +111,7 @@ def test_two_jobs_run_at_once_in_queue_order_and_the_third_waits_for_a_slot(tmp_
         assert worker.current_job is None
 
     executor = with_worker(tmp_path, scenario)
-    assert executor.calls == ["start", "job_finished", "job_finished", "job_finished", "close"]
+    assert executor.calls == ["start", "close"]
 
 
 def test_a_cancel_goes_to_the_executor_and_a_shutdown_interrupts_what_runs(tmp_path: Path) -> None:
@@ -127,7 +124,7 @@ def test_a_cancel_goes_to_the_executor_and_a_shutdown_interrupts_what_runs(tmp_p
         assert statuses(store) == {"a": "cancelled", "b": "running", "c": "running"}
 
     executor = with_worker(tmp_path, scenario)
-    assert executor.calls == ["start", "job_finished", "close"]
+    assert executor.calls == ["start", "close"]
     store = Store(tmp_path / "portal.db")
     try:
         assert statuses(store) == {"a": "cancelled", "b": "interrupted", "c": "interrupted"}
