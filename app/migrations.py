@@ -56,7 +56,13 @@ def _v1_initial(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial,)
+def _v2_retention(db: sqlite3.Connection) -> None:
+    """Retention (app/retention.py): whether a person marked the job keep, and when its files were removed."""
+    db.execute("ALTER TABLE jobs ADD COLUMN keep INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE jobs ADD COLUMN files_removed_at REAL")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_retention)
 LATEST = len(MIGRATIONS)
 
 

@@ -41,6 +41,8 @@ class Worker:
         self.alive = False
         self.state = "starting"
         self.running_jobs: list[str] = []  # in the order they started
+        self.jobs_ended = 0  # since start-up: jobs this worker ran whose outcome is recorded
+        self._job_ended = anyio.Event()
 
     @property
     def current_job(self) -> str | None:
@@ -53,6 +55,12 @@ class Worker:
 
     def enqueue(self, job_id: str) -> None:
         self._send.send_nowait(job_id)
+
+    async def wait_for_job_end(self, seen: int) -> int:
+        """Return once more than `seen` jobs have ended (`jobs_ended` counts them); how many have."""
+        while self.jobs_ended <= seen:
+            await self._job_ended.wait()
+        return self.jobs_ended
 
     def cancel(self, job_id: str) -> bool:
         """Ask the executor to stop a running job; False when it runs no such job (it may still be queued)."""
@@ -105,6 +113,9 @@ class Worker:
     async def _process(self, job_id: str, began: anyio.Event, free_slots: anyio.Semaphore) -> None:
         try:
             if await self._run(job_id, began):
+                self.jobs_ended += 1
+                self._job_ended.set()
+                self._job_ended = anyio.Event()
                 # Its status is written: what the executor prepares for the next job competes with no job of ours.
                 await self._executor.job_finished()
         finally:

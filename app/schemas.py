@@ -129,6 +129,8 @@ class JobOut(Base):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    keep: bool  # marked keep: retention (AVP_KEEP_DAYS, AVP_KEEP_GB) never removes its files
+    files_removed_at: str | None  # when retention removed its files (video, preview, log); the job itself stays
     links: JobLinks
 
 

@@ -171,6 +171,9 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
         ({"AVP_PASSWORD_HASH": "hunter2"}, "not a hash made by `avportal hash-password`"),
         ({"AVP_WEIGHT_CACHE_DIR": __file__}, "AVP_WEIGHT_CACHE_DIR=.* is not a directory"),
         ({"AVP_SPARE_RUNNER": "yes"}, "AVP_SPARE_RUNNER='yes' must be on"),
+        ({"AVP_KEEP_GB": "0"}, "AVP_KEEP_GB='0' must be a number above 0, or unset for no limit"),
+        ({"AVP_KEEP_DAYS": "-1"}, "AVP_KEEP_DAYS='-1' must be a number above 0"),
+        ({"AVP_KEEP_DAYS": "a week"}, "AVP_KEEP_DAYS='a week' is not a float"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message) -> None:
