@@ -1,7 +1,7 @@
 """Retention over the real store and job directories: which jobs' files go, in what order, and what stays.
 
 The jobs are made through Jobs (their directories with job.json) and moved along through the journal; their
-files are written here with sizes the test chooses. tests/integration/test_retention.py runs real demo jobs.
+files are written here with sizes the test chooses. tests/integration/test_retention_portal.py runs real demo jobs.
 """
 
 from __future__ import annotations
