@@ -27,6 +27,12 @@ def files_removed(portal: Portal, job_id: str):
     return portal.job(job_id)["files_removed_at"]
 
 
+def log_with(portal: Portal, line: str) -> str:
+    """The portal's whole log (the access log follows what we look for) once it holds `line`; else empty."""
+    whole = portal.log_path.read_text()
+    return whole if line in whole else ""
+
+
 def test_the_longest_finished_jobs_files_go_first_and_kept_running_and_queued_jobs_keep_theirs(make_portal) -> None:
     first: Portal = make_portal()
     made = [first.submit(prompt=f"a {colour} ball bouncing", **TINY)["id"] for colour in ("white", "red", "green")]
@@ -62,21 +68,6 @@ def test_the_longest_finished_jobs_files_go_first_and_kept_running_and_queued_jo
     assert files_removed(second, kept) is None and second.job_dir(kept).is_dir()
     assert files_removed(second, middle) is None and second.job_dir(middle).is_dir()
 
-    # after a job ends: over the limit again, the longest finished go first; the running and queued stay
-    after = second.submit(prompt="a yellow ball moving up", **TINY)["id"]
-    running = second.submit(prompt="a green square bouncing", **LONG_JOB)["id"]
-    queued = second.submit(prompt="a red square moving down", **TINY)["id"]
-    assert second.wait(after)["status"] == "succeeded"
-    wait_for(lambda: files_removed(second, middle), 30, "removal of the longest finished job's files")
-    youngest_first = [newest, after]
-    gone = [files_removed(second, job_id) is not None for job_id in youngest_first]
-    assert gone == sorted(gone, reverse=True), f"a younger job's files went before an older one's: {gone}"
-    for job_id in (running, queued):
-        job = second.job(job_id)
-        assert job["status"] in ("queued", "running") and job["files_removed_at"] is None
-        assert (second.job_dir(job_id) / "job.json").is_file()
-    assert second.job(kept)["files_removed_at"] is None and second.job_dir(kept).is_dir()
-
     with second.client() as c:
         job = c.get(f"/api/jobs/{aged}").json()
         assert job["status"] == "succeeded" and job["result"]["frames"] == 9, "the row stays"
@@ -85,7 +76,6 @@ def test_the_longest_finished_jobs_files_go_first_and_kept_running_and_queued_jo
         assert video.status_code == 404 and "files were removed" in video.json()["detail"]
         assert c.put(f"/api/jobs/{aged}/keep").status_code == 409
         assert c.get(f"/api/jobs/{kept}/video").status_code == 200
-
         page = c.get(f"/jobs/{aged}")
         assert page.status_code == 200 and 'id="files-removed"' in page.text and "<video" not in page.text
         listed = c.get("/").text
@@ -94,6 +84,21 @@ def test_the_longest_finished_jobs_files_go_first_and_kept_running_and_queued_jo
         remix = c.get(f"/?from_job={aged}")
         assert remix.status_code == 200 and "a red ball bouncing" in remix.text
 
-    log = second.log_path.read_text()  # whole: the access log follows
-    assert f"removed the files of job {aged}" in log and f"removed the files of job {middle}" in log
-    assert "AVP_KEEP_DAYS=2" in log and "AVP_KEEP_GB" in log
+    # after a job ends: over the limit again, the longest finished go first; the running and queued stay
+    after = second.submit(prompt="a yellow ball moving up", **TINY)["id"]
+    running = second.submit(prompt="a green square bouncing", **LONG_JOB)["id"]
+    queued = second.submit(prompt="a red square moving down", **TINY)["id"]
+    assert second.wait(after)["status"] == "succeeded"
+    wait_for(lambda: files_removed(second, middle), 30, "removal of the longest finished job's files")
+    older_first = [newest, after]
+    gone = [files_removed(second, job_id) is not None for job_id in older_first]
+    assert gone == sorted(gone, reverse=True), f"a younger job's files went before an older one's: {gone}"
+    for job_id in (running, queued):
+        job = second.job(job_id)
+        assert job["status"] in ("queued", "running") and job["files_removed_at"] is None
+        assert (second.job_dir(job_id) / "job.json").is_file()
+    assert second.job(kept)["files_removed_at"] is None and second.job_dir(kept).is_dir()
+    # logged, once the removal is done (the row notes it first)
+    log = wait_for(lambda: log_with(second, f"removed the files of job {middle}"), 30, "the removal's log line")
+    assert f"removed the files of job {aged}" in log and "AVP_KEEP_DAYS=2 days" in log
+    assert f"removed the files of job {middle}" in log and "more than AVP_KEEP_GB" in log
