@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import shutil
@@ -40,6 +41,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     spare_runner: bool = True  # a runner waits with torch and diffusers imported for the next job (AVP_SPARE_RUNNER)
     max_upload_mb: float = 20.0  # largest image file accepted by POST /api/uploads
     upload_ttl_s: float = 86400.0  # how long an upload no job uses is kept
+    keep_days: float | None = None  # retention: finished jobs' files are removed this many days after (AVP_KEEP_DAYS)
+    keep_gb: float | None = None  # retention: the oldest finished jobs' files go beyond this many GiB (AVP_KEEP_GB)
     log_level: str = "info"
     # LAN deployment (deploy/README.md): credentials, proxy, limits
     password_hash: str | None = None  # made by `avportal hash-password`
@@ -150,6 +153,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
             return value
 
+        def limit(name: str) -> float | None:
+            """A retention limit: unset (no limit) or a positive number."""
+            raw = env.get(name, "").strip()
+            if not raw:
+                return None
+            value = number(name, 0.0, float, -math.inf)
+            if not 0 < value < math.inf:
+                raise SettingsError(f"{name}={raw!r} must be a number above 0, or unset for no limit")
+            return value
+
         model_dir = env.get("AVP_MODEL_DIR", "").strip()
         if model_dir and not Path(model_dir).is_dir():
             raise SettingsError(
@@ -214,6 +227,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             spare_runner=spare_runner == "on",
             max_upload_mb=number("AVP_MAX_UPLOAD_MB", 20.0, float, 0.01),
             upload_ttl_s=number("AVP_UPLOAD_TTL_S", 86400.0, float, 1),
+            keep_days=limit("AVP_KEEP_DAYS"),
+            keep_gb=limit("AVP_KEEP_GB"),
             log_level=env.get("AVP_LOG_LEVEL", "").strip() or "info",
             password_hash=password_hash,
             api_token=api_token,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +25,8 @@ from app.uploads import Upload, Uploads, write_job_image
 from contract import cost, jobdir
 from contract.models import ModelSpec
 from contract.request import Request
+
+log = logging.getLogger(__name__)
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 # How many of a model's newest finished jobs a job-cost estimate learns from.
@@ -179,6 +183,39 @@ class Jobs(msgspec.Struct, frozen=True):
         await self.store.call(self.store.delete_job, job.id)
         await anyio.to_thread.run_sync(shutil.rmtree, self.job_dir(job.id), True)
 
+    async def set_keep(self, job: JobRow, keep: bool) -> JobRow:
+        """Mark the job keep (retention never removes its files), or unmark it; returns the job as it is now."""
+        if job.files_removed_at is not None:
+            raise Conflict(f"The job's files were removed on {_iso(job.files_removed_at)}; there is nothing to keep.")
+
+        def mark() -> JobRow | None:
+            return self.store.get_job(job.id) if self.store.set_keep(job.id, keep) else None
+
+        marked = await self.store.call(mark)
+        if marked is None:
+            raise Conflict("The job was deleted or its files removed meanwhile; there is nothing to keep.")
+        return marked
+
+    async def with_removable_files(self) -> list[JobRow]:
+        """Finished jobs not marked keep whose files are still there, the longest finished first."""
+        return await self.store.call(self.store.jobs_with_removable_files)
+
+    async def remove_files(self, job: JobRow) -> bool:
+        """Remove a finished job's directory (video, preview, image, log), keeping its row with the time they
+        went; False when the job may no longer lose them (marked keep or deleted meanwhile)."""
+        if not await self.store.call(self.store.claim_files_removal, job.id, time.time()):
+            return False
+        try:
+            await anyio.to_thread.run_sync(shutil.rmtree, self.job_dir(job.id))
+        except FileNotFoundError:
+            pass  # nothing was left
+        except OSError as exc:  # the row says they went: it no longer offers the video
+            log.warning("could not remove every file of job %s: %s", job.id, exc)
+        removed = await self.get_job(job.id)
+        if removed is not None:
+            self.journal.pages.row_changed(removed)  # no event: its stream ended with the job
+        return True
+
     async def refresh_job_files(self) -> None:
         """Point unfinished jobs' job.json at this installation's model and caches before they run again.
 
@@ -206,10 +243,14 @@ class Jobs(msgspec.Struct, frozen=True):
         await self.store.call(refresh)
 
     def video_path(self, job: JobRow) -> Path | None:
-        if job.status != "succeeded":
+        if not has_video(job):
             return None
         path = self.job_dir(job.id) / jobdir.VIDEO_FILE
         return path if path.is_file() else None
+
+
+def has_video(job: JobRow) -> bool:
+    return job.status == "succeeded" and job.files_removed_at is None
 
 
 def _unknown_upload() -> InvalidRequest:
@@ -236,10 +277,12 @@ def present(job: JobRow, settings: Settings) -> JobOut:
         started_at=_iso(job.started_at),
         finished_at=_iso(job.finished_at),
         estimate=job.estimate,
+        keep=job.keep,
+        files_removed_at=_iso(job.files_removed_at),
         links=JobLinks(
             self=base,
             page=settings.url(f"/jobs/{job.id}"),
             events=f"{base}/events",
-            video=f"{base}/video" if job.status == "succeeded" else None,
+            video=f"{base}/video" if has_video(job) else None,
         ),
     )

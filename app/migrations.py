@@ -63,7 +63,13 @@ def _v2_job_estimate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE jobs ADD COLUMN estimate TEXT")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_job_estimate)
+def _v3_retention(db: sqlite3.Connection) -> None:
+    """Retention (app/retention.py): whether a person marked the job keep, and when its files were removed."""
+    db.execute("ALTER TABLE jobs ADD COLUMN keep INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE jobs ADD COLUMN files_removed_at REAL")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_job_estimate, _v3_retention)
 LATEST = len(MIGRATIONS)
 
 

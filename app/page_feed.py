@@ -11,6 +11,7 @@ htmx, which sends the token from the page's `hx-headers` (base.html).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -62,8 +63,10 @@ def job_context(job: JobRow, models: dict[str, ModelSpec]) -> dict[str, Any]:
         for i, name in enumerate(STAGES)
     ]
     settings = [(name, getattr(job.request, name)) for name in FIELDS if name not in _SHOWN_APART]
+    removed = job.files_removed_at
     return {
         "job": job,
+        "files_removed_on": None if removed is None else f"{datetime.fromtimestamp(removed, UTC):%Y-%m-%d %H:%M} UTC",
         "timeline": timeline,
         "spec": models.get(job.request.model or ""),
         "settings": [(name, value) for name, value in settings if value is not None],
@@ -103,6 +106,11 @@ class PageFeed:
             self._rows_shown[job.id] = shows
         if self._broker.listening(ROWS_TOPIC):
             self._broker.publish(ROWS_TOPIC, self.row(job, new=stored.id == 1))
+
+    def row_changed(self, job: JobRow) -> None:
+        """Something a list's row shows changed with no event (retention removed the job's files)."""
+        if self._broker.listening(ROWS_TOPIC):
+            self._broker.publish(ROWS_TOPIC, self.row(job, new=False))
 
     def panel(self, job: JobRow, event_id: int) -> Push:
         html = self._render("fragments/_job_panel.html", job_context(job, self._settings.models()))

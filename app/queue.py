@@ -41,6 +41,8 @@ class Worker:
         self.alive = False
         self.state = "starting"
         self.running_jobs: list[str] = []  # in the order they started
+        self.jobs_ended = 0  # since start-up: jobs this worker ran whose outcome is recorded
+        self._job_ended = anyio.Event()
 
     @property
     def current_job(self) -> str | None:
@@ -53,6 +55,12 @@ class Worker:
 
     def enqueue(self, job_id: str) -> None:
         self._send.send_nowait(job_id)
+
+    async def wait_for_job_end(self, seen: int) -> int:
+        """Return once more than `seen` jobs have ended (`jobs_ended` counts them); how many have."""
+        while self.jobs_ended <= seen:
+            await self._job_ended.wait()
+        return self.jobs_ended
 
     def cancel(self, job_id: str) -> bool:
         """Ask the executor to stop a running job; False when it runs no such job (it may still be queued)."""
@@ -104,18 +112,21 @@ class Worker:
 
     async def _process(self, job_id: str, began: anyio.Event, free_slots: anyio.Semaphore) -> None:
         try:
-            await self._run(job_id, began)
+            if await self._run(job_id, began):
+                self.jobs_ended += 1
+                self._job_ended.set()
+                self._job_ended = anyio.Event()
         finally:
             began.set()  # however it ended, the consumer goes on
             free_slots.release()
             if not self.running_jobs:
                 self.state = "idle"
 
-    async def _run(self, job_id: str, began: anyio.Event) -> None:
-        """Run one queued job and record how it ended (nothing when it is no longer queued)."""
+    async def _run(self, job_id: str, began: anyio.Event) -> bool:
+        """Run one queued job and record how it ended; False when it was no longer queued."""
         job = await self._store.call(self._store.get_job, job_id)
         if job is None or job.status != "queued":
-            return  # cancelled or deleted while it waited
+            return False  # cancelled or deleted while it waited
         self.running_jobs.append(job_id)
         self.state = "running"
         try:
@@ -136,6 +147,7 @@ class Worker:
             )
         finally:
             self.running_jobs.remove(job_id)
+        return True
 
     def _recorder(self, job_id: str) -> EventSink:
         """Journals each of the job's protocol events, carrying its progress from one to the next."""

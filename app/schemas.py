@@ -187,6 +187,8 @@ class JobOut(Base):
     started_at: str | None
     finished_at: str | None
     estimate: Estimate | None  # predicted at submit (duration, peak memory, disk); None for older jobs
+    keep: bool  # marked keep: retention (AVP_KEEP_DAYS, AVP_KEEP_GB) never removes its files
+    files_removed_at: str | None  # when retention removed its files (video, preview, log); the job itself stays
     links: JobLinks
 
 

@@ -51,6 +51,8 @@ class JobRow(msgspec.Struct, frozen=True):
     started_at: float | None
     finished_at: float | None
     estimate: Estimate | None  # predicted when it was submitted; None for a job from before estimates
+    keep: bool  # a person marked it: retention never removes its files
+    files_removed_at: float | None  # when retention removed its files; the row stays
 
     @property
     def finished(self) -> bool:
@@ -74,8 +76,10 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _JOB_COLUMNS = (
-    "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at, estimate"
+    "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at, estimate, "
+    "keep, files_removed_at"
 )
+_TERMINAL_SQL = ",".join(f"'{status}'" for status in sorted(TERMINAL))
 
 
 _decode_request = msgspec.json.Decoder(Request).decode
@@ -87,7 +91,22 @@ def _encode(value: Any) -> str:
 
 
 def _row_to_job(row: tuple) -> JobRow:
-    seq, job_id, status, request, progress, error, result, attempts, created, started, finished, estimate = row
+    (
+        seq,
+        job_id,
+        status,
+        request,
+        progress,
+        error,
+        result,
+        attempts,
+        created,
+        started,
+        finished,
+        estimate,
+        keep,
+        removed,
+    ) = row
     return JobRow(
         seq=seq,
         id=job_id,
@@ -101,6 +120,8 @@ def _row_to_job(row: tuple) -> JobRow:
         started_at=started,
         finished_at=finished,
         estimate=_decode_estimate(estimate) if estimate else None,
+        keep=bool(keep),
+        files_removed_at=removed,
     )
 
 
@@ -215,6 +236,31 @@ class Store:
         with self._transaction():
             self._db.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def set_keep(self, job_id: str, keep: bool) -> bool:
+        """Mark or unmark the job keep; False when there is no such job or its files are gone already."""
+        cursor = self._db.execute(
+            "UPDATE jobs SET keep = ? WHERE id = ? AND files_removed_at IS NULL", (int(keep), job_id)
+        )
+        return cursor.rowcount == 1
+
+    def jobs_with_removable_files(self) -> list[JobRow]:
+        """Finished jobs not marked keep whose files are still there, the longest finished first."""
+        rows = self._db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ({_TERMINAL_SQL}) AND keep = 0 "
+            "AND files_removed_at IS NULL ORDER BY finished_at, seq"
+        )
+        return [_row_to_job(r) for r in rows]
+
+    def claim_files_removal(self, job_id: str, now: float) -> bool:
+        """Note that the job's files are being removed, if it may still lose them (finished, not marked keep
+        meanwhile, not deleted); False otherwise. Claimed in one statement, so a keep mark never races it."""
+        cursor = self._db.execute(
+            f"UPDATE jobs SET files_removed_at = ? WHERE id = ? AND status IN ({_TERMINAL_SQL}) AND keep = 0 "
+            "AND files_removed_at IS NULL",
+            (now, job_id),
+        )
+        return cursor.rowcount == 1
 
     def create_upload(self, upload_id: str, filename: str, width: int, height: int, created_at: float) -> None:
         self._db.execute(

@@ -29,6 +29,7 @@ from app.journal import Journal
 from app.page_feed import PageFeed
 from app.queue import Worker
 from app.ratelimit import RateLimited, SubmitRateLimit
+from app.retention import Retention
 from app.routes import api, events, files, login, pages, uploads
 from app.runner import Supervisor
 from app.schemas import ErrorResponse, FieldError, InvalidRequest
@@ -62,6 +63,7 @@ class Parts(msgspec.Struct, frozen=True):
     pages: PageFeed
     worker: Worker
     jobs: Jobs
+    retention: Retention
     uploads: Uploads
     auth: Authenticator
     login_throttle: LoginThrottle
@@ -96,6 +98,7 @@ def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngin
         pages=pages,
         worker=worker,
         jobs=jobs,
+        retention=Retention(jobs, worker, settings),
         uploads=uploads,
         auth=Authenticator(settings, secret),
         login_throttle=LoginThrottle(),
@@ -187,6 +190,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             tg.start_soon(run_worker)
             tg.start_soon(parts.broker.beat_every, settings.heartbeat_s)
             tg.start_soon(parts.uploads.sweep_forever)
+            tg.start_soon(parts.retention.run)
             try:
                 yield
             finally:

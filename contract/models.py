@@ -52,8 +52,8 @@ class ModelSpec(msgspec.Struct, frozen=True):
 DEMO_NOTE = (
     "The demo model is a tiny LTX-2 trained on a synthetic world, so it runs in seconds on a CPU: "
     "one red, green, blue, yellow or white ball or square on a dark background, moving left, right, "
-    "up or down, or bouncing, with a high beep, a low hum, silence or clicks. Try \"a red ball "
-    "bouncing with clicks\". To generate real clips, point the portal at a Diffusers-format LTX-2 "
+    'up or down, or bouncing, with a high beep, a low hum, silence or clicks. Try "a red ball '
+    'bouncing with clicks". To generate real clips, point the portal at a Diffusers-format LTX-2 '
     "directory: AVP_MODEL_DIR=/path/to/LTX-2 make run"
 )
 

@@ -118,9 +118,7 @@ def store_in_fp8(model: nn.Module, selects: Callable[[str], bool], prefix: str =
     Works layer by layer, so at most one layer's full-precision weight is alive beside the
     FP8 copies: call it before moving the model to the GPU (or per block while materialising).
     """
-    targets = [
-        (name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and selects(prefix + name)
-    ]
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and selects(prefix + name)]
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)

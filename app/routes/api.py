@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
@@ -95,6 +95,18 @@ class JobsApi(Controller):
     @delete("/jobs/{job_id:str}", status_code=204, summary="Delete a finished job and its files")
     async def delete_job(self, job_id: FromPath[str], jobs: NamedDependency[Jobs]) -> None:
         await jobs.delete(await load_job(jobs, job_id))
+
+    @put("/jobs/{job_id:str}/keep", summary="Mark a job keep: retention never removes its files")
+    async def keep_job(
+        self, job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+    ) -> JobOut:
+        return present(await jobs.set_keep(await load_job(jobs, job_id), True), settings)
+
+    @delete("/jobs/{job_id:str}/keep", status_code=200, summary="Unmark a job keep: retention may remove its files")
+    async def unkeep_job(
+        self, job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+    ) -> JobOut:
+        return present(await jobs.set_keep(await load_job(jobs, job_id), False), settings)
 
     @get("/models", summary="Models with their constraints and defaults")
     async def list_models(self, settings: NamedDependency[Settings]) -> ModelList:

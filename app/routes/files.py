@@ -86,7 +86,8 @@ async def job_video(
     job = await load_job(jobs, job_id)
     path = jobs.video_path(job)
     if path is None:
-        raise NotFoundException(f"Job {job_id} has no video: it is {job.status}.")
+        why = "its files were removed (retention)" if job.files_removed_at is not None else f"it is {job.status}"
+        raise NotFoundException(f"Job {job_id} has no video: {why}.")
     size = (await anyio.Path(path).stat()).st_size
     headers = {
         "Accept-Ranges": "bytes",

@@ -23,7 +23,7 @@ from app.jobs import Conflict, Jobs, QueueFull
 from app.page_feed import job_context
 from app.ratelimit import RateLimited
 from app.routes.api import client_address, load_job
-from app.schemas import InvalidRequest
+from app.schemas import FieldError, InvalidRequest
 from contract.models import ModelSpec
 from contract.request import FIELDS, valid_frame_counts
 
@@ -160,6 +160,23 @@ async def favicon(settings: NamedDependency[Settings]) -> Redirect:
     return Redirect(settings.url("/static/favicon.svg"), status_code=301)
 
 
+@post("/jobs/{job_id:str}/keep", name="keep_job_form", status_code=200)
+async def keep_job_form(
+    request: Request,
+    job_id: FromPath[str],
+    data: URLEncodedBody[dict[str, str]],
+    jobs: NamedDependency[Jobs],
+    settings: NamedDependency[Settings],
+) -> Template | Redirect:
+    """The panel's keep switch: `keep=on` marks the job keep, `keep=off` unmarks it."""
+    if data.get("keep") not in ("on", "off"):
+        raise InvalidRequest([FieldError(field="keep", message="must be on or off")])
+    job = await jobs.set_keep(await load_job(jobs, job_id), data["keep"] == "on")
+    if not request.headers.get("hx-request"):
+        return Redirect(settings.url(f"/jobs/{job.id}"), status_code=303)
+    return HTMXTemplate(template_name="fragments/_job_panel.html", context=job_context(job, settings.models()))
+
+
 handlers = [
     favicon,
     index,
@@ -170,4 +187,5 @@ handlers = [
     job_panel,
     cancel_job_form,
     delete_job_form,
+    keep_job_form,
 ]

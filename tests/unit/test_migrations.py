@@ -42,8 +42,12 @@ def test_the_previous_releases_database_is_upgraded_keeping_its_rows(tmp_path: P
 
     assert migrations.migrate(db) == 0
     assert migrations.schema_version(db) == migrations.LATEST
-    # Every row as it was; version 2 added the estimate column, empty for jobs submitted before it.
-    assert db.execute("SELECT * FROM jobs ORDER BY seq").fetchall() == [(*row, None) for row in rows]
+    # Every row as it was; later steps add columns after these: v2 the estimate (empty for jobs submitted
+    # before it), v3 retention's keep mark and removal time (not kept, files not removed).
+    old_columns = len(rows[0])
+    upgraded = db.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
+    assert [row[:old_columns] for row in upgraded] == rows
+    assert [row[old_columns:] for row in upgraded] == [(None, 0, None)] * 3
     assert db.execute("SELECT * FROM job_events ORDER BY job_id, id").fetchall() == events
     # version 1 is exactly the schema that release made: a new database has the same tables, columns and indexes
     fresh = connect(tmp_path / "fresh.sqlite3")

@@ -207,6 +207,9 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
         ({"AVP_SPARE_RUNNER": "yes"}, "AVP_SPARE_RUNNER='yes' must be on"),
         ({"AVP_ALLOWED_HOSTS": "portal.lan:8000"}, "AVP_ALLOWED_HOSTS entry 'portal.lan:8000' is not a host name"),
         ({"AVP_ALLOWED_HOSTS": "https://portal.lan"}, "AVP_ALLOWED_HOSTS entry 'https://portal.lan' is not a host"),
+        ({"AVP_KEEP_GB": "0"}, "AVP_KEEP_GB='0' must be a number above 0, or unset for no limit"),
+        ({"AVP_KEEP_DAYS": "-1"}, "AVP_KEEP_DAYS='-1' must be a number above 0"),
+        ({"AVP_KEEP_DAYS": "a week"}, "AVP_KEEP_DAYS='a week' is not a float"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message) -> None:
