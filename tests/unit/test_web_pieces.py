@@ -87,6 +87,9 @@ def test_the_job_lists_stage_column_names_the_stage_only_while_the_job_runs(
         created_at=0.0,
         started_at=None,
         finished_at=None,
+        estimate=None,
+        keep=False,
+        files_removed_at=None,
     )
     row = templates.engine.get_template("fragments/_job_row.html").render(job=job)
     prompt, status_cell, stage_cell, progress = re.findall(r"<td>(.*?)</td>", row, re.S)
