@@ -20,23 +20,17 @@ import pytest
 
 from contract import jobdir, protocol
 from contract.models import demo_spec
-from contract.request import Request
+from contract.request import Request, merge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-DEMO_REQUEST = {
-    "prompt": "a red robot dances on the beach at sunset, waves crash",
-    "negative_prompt": "",
-    "model": "demo",
-    "width": 256,
-    "height": 160,
-    "num_frames": 25,
-    "fps": 24.0,
-    "steps": 8,
-    "guidance_scale": 3.0,
-    "seed": 1234,
-    "image_strength": 1.0,
-}
+# The demo model's defaults, with a prompt and a seed: every field set, as the runner gets it.
+DEMO_REQUEST = msgspec.structs.asdict(
+    merge(
+        Request(prompt="a red robot dances on the beach at sunset, waves crash", model="demo", seed=1234),
+        demo_spec(Path("demo")).defaults,
+    )
+)
 NO_CACHES = jobdir.RunnerOptions()
 # A runner's last line for a small clip, for tests of what the portal makes of it.
 A_RESULT = protocol.Result(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
@@ -21,7 +21,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from app.broker import HEARTBEAT, Broker
+from app.broker import HEARTBEAT, Broker, Subscription
 from app.jobs import Jobs
 from app.page_feed import ROWS_TOPIC, PageFeed, panel_topic
 from app.routes.api import load_job
@@ -50,6 +50,33 @@ def _end(status: str) -> ServerSentEventMessage:
     return ServerSentEventMessage(data=json.dumps({"type": END, "status": status}), event=END)
 
 
+def _api_event(event: dict[str, Any]) -> tuple[int, ServerSentEventMessage, str | None]:
+    return event["id"], _message(event), event["type"] if event["type"] in TERMINAL else None
+
+
+async def _follow(
+    live: Subscription, last_id: int, read: Callable[[Any], tuple[int, ServerSentEventMessage, str | None]]
+) -> AsyncIterator[ServerSentEventMessage]:
+    """A job's live messages after `last_id` (what `read` makes of each: its id, its message, the status it
+    ended the job with), heartbeats between them, and `end` after the job's last."""
+    while True:
+        try:
+            item = await live.receive()
+        except anyio.EndOfStream:  # shutdown, or this client fell behind: it reconnects with Last-Event-ID
+            return
+        if item is HEARTBEAT:
+            yield _heartbeat()
+            continue
+        event_id, message, ended = read(item)
+        if event_id <= last_id:
+            continue
+        yield message
+        last_id = event_id
+        if ended:
+            yield _end(ended)
+            return
+
+
 async def _job_stream(jobs: Jobs, broker: Broker, job_id: str, last_id: int) -> AsyncIterator[ServerSentEventMessage]:
     with broker.subscribe(job_id) as live:
         backlog = await jobs.backlog(job_id, last_id)
@@ -62,21 +89,8 @@ async def _job_stream(jobs: Jobs, broker: Broker, job_id: str, last_id: int) -> 
         if backlog.job.finished:  # its terminal event is sent: now, or before the client reconnected
             yield _end(backlog.job.status)
             return
-        while True:
-            try:
-                event = await live.receive()
-            except anyio.EndOfStream:  # shutdown, or this client fell behind: it reconnects with Last-Event-ID
-                return
-            if event is HEARTBEAT:
-                yield _heartbeat()
-                continue
-            if event["id"] <= last_id:
-                continue
-            yield _message(event)
-            last_id = event["id"]
-            if event["type"] in TERMINAL:
-                yield _end(event["type"])
-                return
+        async for message in _follow(live, last_id, _api_event):
+            yield message
 
 
 @get("/api/jobs/{job_id:str}/events", summary="A job's events as SSE", tags=["jobs"])
@@ -109,21 +123,8 @@ async def _job_page_stream(
         if job.finished:
             yield _end(job.status)
             return
-        while True:
-            try:
-                push = await live.receive()
-            except anyio.EndOfStream:  # shutdown, or this client fell behind: it reconnects with Last-Event-ID
-                return
-            if push is HEARTBEAT:
-                yield _heartbeat()
-                continue
-            if push.event_id <= last_id:
-                continue
-            yield push.message
-            last_id = push.event_id
-            if push.ended:
-                yield _end(push.ended)
-                return
+        async for message in _follow(live, last_id, lambda push: (push.event_id, push.message, push.ended)):
+            yield message
 
 
 @get("/events/jobs/{job_id:str}", summary="A job page's stream: its panel, rendered (one stream per page)")

@@ -4,33 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from contract.models import demo_spec
-from contract.request import Request, max_frames_for_fps, valid_frame_counts
+from contract.request import Request, max_frames_for_fps, merge, valid_frame_counts
 
 SPEC = demo_spec(Path("/models/demo"))
-VALID = dict(
-    prompt="a red ball",
-    negative_prompt="",
-    width=256,
-    height=160,
-    num_frames=25,
-    fps=24.0,
-    steps=8,
-    guidance_scale=3.0,
-    seed=1,
-    image_strength=1.0,
-)
+VALID = merge(Request(prompt="a red ball", seed=1), SPEC.defaults)
 
 
 def check(**changes) -> dict[str, str]:
-    return dict(SPEC.violations(Request(**{**VALID, **changes})))
+    return dict(SPEC.violations(msgspec.structs.replace(VALID, **changes)))
 
 
 def test_the_defaults_are_valid() -> None:
-    d = SPEC.defaults
-    assert check(width=d.width, height=d.height, num_frames=d.num_frames, fps=d.fps, steps=d.steps) == {}
+    assert check() == {}
 
 
 @pytest.mark.parametrize(
