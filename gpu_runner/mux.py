@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 AAC_FRAME_SAMPLES = 1024
 DEFAULT_CRF = 18  # visually near-lossless; the clips are short, so size matters little
+FADE_OUT_S = 0.005  # the soundtrack's last 5 ms fade to silence (see faded_out)
 
 
 def exact_frame_rate(fps: float) -> Fraction:
@@ -36,6 +37,19 @@ def fit_audio(audio: np.ndarray, num_samples: int) -> np.ndarray:
     if audio.shape[1] >= num_samples:
         return audio[:, :num_samples]
     return np.pad(audio, ((0, 0), (0, num_samples - audio.shape[1])))
+
+
+def faded_out(audio: np.ndarray, samples: int) -> np.ndarray:
+    """`audio` with its last `samples` samples faded to silence along a half cosine.
+
+    The model's soundtrack ends a few tens of milliseconds before the video and is padded with
+    silence: a loud one would stop mid-wave, a step that plays as a click.
+    """
+    samples = min(samples, audio.shape[1])
+    if samples:
+        audio = audio.copy()
+        audio[:, -samples:] *= (0.5 + 0.5 * np.cos(np.linspace(0.0, np.pi, samples))).astype(audio.dtype)
+    return audio
 
 
 def playable(audio: np.ndarray) -> np.ndarray:
@@ -66,7 +80,7 @@ class Mp4Writer:
         self.path = path
         self.partial = path.with_name(f".{path.name}.partial")
         self.rate = exact_frame_rate(fps)
-        self.audio = playable(audio)
+        self.audio = faded_out(playable(audio), round(FADE_OUT_S * sample_rate))
         self.sample_rate = sample_rate
         self.layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
         self.crf = crf

@@ -138,3 +138,24 @@ def test_non_finite_audio_samples_become_silence_so_the_encoder_accepts_them():
 
     audio = np.array([[0.5, np.nan, np.inf, -np.inf, 2.0, -0.25]], dtype=np.float32)
     assert playable(audio).tolist() == [[0.5, 0.0, 0.0, 0.0, 1.0, -0.25]]
+
+
+def decoded_audio(path) -> np.ndarray:
+    """The MP4's soundtrack as (channels, samples) float, as a player hears it."""
+    with av.open(str(path)) as container:
+        return np.concatenate([frame.to_ndarray() for frame in container.decode(audio=0)], axis=1)
+
+
+def test_a_soundtrack_shorter_than_the_video_fades_out_instead_of_stopping_with_a_click(tmp_path):
+    # A loud tone that stops a little before the video ends, as the model's audio does (~30 ms short).
+    path = tmp_path / "video.mp4"
+    loud = tone(2.0) / 0.3 * 0.9
+    write_clip(path, moving_gradient(25, 64, 96), 24.0, loud[:, : round((25 / 24 - 0.03) * SAMPLE_RATE)])
+
+    audio = decoded_audio(path)[0]
+    steepest_in_the_tone = np.abs(np.diff(audio[SAMPLE_RATE // 4 : SAMPLE_RATE // 2])).max()  # 440 Hz at 0.9
+    end = round((25 / 24 - 0.03) * SAMPLE_RATE)
+    around_the_end = np.abs(np.diff(audio[end - 480 : end + 480]))  # 20 ms each side
+    # An abrupt stop is a step of up to 0.9 between two samples (a click); the tone's own steepest is ~0.1.
+    assert around_the_end.max() <= 1.2 * steepest_in_the_tone, (around_the_end.max(), steepest_in_the_tone)
+    assert np.abs(audio[end + 240 : end + 480]).max() < 0.01, "silence after it"
