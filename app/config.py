@@ -43,7 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     upload_ttl_s: float = 86400.0  # how long an upload no job uses is kept
     keep_days: float | None = None  # retention: finished jobs' files are removed this many days after (AVP_KEEP_DAYS)
     keep_gb: float | None = None  # retention: the oldest finished jobs' files go beyond this many GiB (AVP_KEEP_GB)
-    log_level: str = "info"
+    log_level: str = "info"  # the web process's log (AVP_LOG_LEVEL)
     # LAN deployment (deploy/README.md): credentials, proxy, limits
     password_hash: str | None = None  # made by `avportal hash-password`
     api_token: str | None = None
@@ -192,6 +192,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         spare_runner = env.get("AVP_SPARE_RUNNER", "").strip() or "on"
         if spare_runner not in ("on", "off"):
             raise SettingsError(f"AVP_SPARE_RUNNER={spare_runner!r} must be on (the default) or off")
+        log_level = env.get("AVP_LOG_LEVEL", "").strip().lower() or "info"
+        if log_level not in LOG_LEVELS:
+            raise SettingsError(f"AVP_LOG_LEVEL={log_level!r} must be one of {', '.join(LOG_LEVELS)} (default info)")
         root_path = env.get("AVP_ROOT_PATH", "").strip().rstrip("/")
         if root_path and not _ROOT_PATH.fullmatch(root_path):
             raise SettingsError(
@@ -229,7 +232,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             upload_ttl_s=number("AVP_UPLOAD_TTL_S", 86400.0, float, 1),
             keep_days=limit("AVP_KEEP_DAYS"),
             keep_gb=limit("AVP_KEEP_GB"),
-            log_level=env.get("AVP_LOG_LEVEL", "").strip() or "info",
+            log_level=log_level,
             password_hash=password_hash,
             api_token=api_token,
             insecure_no_auth=env.get("AVP_INSECURE_NO_AUTH", "").strip() == "1",
@@ -241,6 +244,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
 MIN_TOKEN_CHARS = 16
 _ROOT_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")

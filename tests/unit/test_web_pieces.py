@@ -208,6 +208,7 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
         ({"AVP_PASSWORD_HASH": "hunter2"}, "not a hash made by `avportal hash-password`"),
         ({"AVP_WEIGHT_CACHE_DIR": __file__}, "AVP_WEIGHT_CACHE_DIR=.* is not a directory"),
         ({"AVP_SPARE_RUNNER": "yes"}, "AVP_SPARE_RUNNER='yes' must be on"),
+        ({"AVP_LOG_LEVEL": "verbose"}, "AVP_LOG_LEVEL='verbose' must be one of critical, error, warning, info, debug"),
         ({"AVP_ALLOWED_HOSTS": "portal.lan:8000"}, "AVP_ALLOWED_HOSTS entry 'portal.lan:8000' is not a host name"),
         ({"AVP_ALLOWED_HOSTS": "https://portal.lan"}, "AVP_ALLOWED_HOSTS entry 'https://portal.lan' is not a host"),
         ({"AVP_KEEP_GB": "0"}, "AVP_KEEP_GB='0' must be a number above 0, or unset for no limit"),
