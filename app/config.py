@@ -149,8 +149,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 value = kind(raw)
             except ValueError:
                 raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}") from None
-            if value < minimum:
-                raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+            if not math.isfinite(value) or value < minimum:  # nan compares as neither
+                raise SettingsError(f"{name}={raw!r} must be a number of at least {minimum}")
             return value
 
         def limit(name: str) -> float | None:

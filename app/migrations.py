@@ -56,17 +56,25 @@ def _v1_initial(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _add_missing_columns(db: sqlite3.Connection, columns: dict[str, str]) -> None:
+    """Add each of `columns` (name: SQL type) that `jobs` lacks. Steps that add columns skip those already
+    there, so a database made by a development build that numbered its steps differently still upgrades."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for name, sql_type in columns.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
+
+
 def _v2_job_estimate(db: sqlite3.Connection) -> None:
     """Each job's predicted cost (contract/cost.py), made when it is submitted; NULL for older jobs."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    if "estimate" not in columns:
-        db.execute("ALTER TABLE jobs ADD COLUMN estimate TEXT")
+    _add_missing_columns(db, {"estimate": "TEXT"})
 
 
 def _v3_retention(db: sqlite3.Connection) -> None:
-    """Retention (app/retention.py): whether a person marked the job keep, and when its files were removed."""
-    db.execute("ALTER TABLE jobs ADD COLUMN keep INTEGER NOT NULL DEFAULT 0")
-    db.execute("ALTER TABLE jobs ADD COLUMN files_removed_at REAL")
+    """Retention (app/retention.py): whether a person marked the job keep, and when its files were removed.
+
+    The estimate again: a development build numbered retention's step 2, and its databases skip step 2 here."""
+    _add_missing_columns(db, {"keep": "INTEGER NOT NULL DEFAULT 0", "files_removed_at": "REAL", "estimate": "TEXT"})
 
 
 MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_job_estimate, _v3_retention)

@@ -259,7 +259,7 @@ LOG_AND_PREVIEW_BYTES = 2**20
 
 
 class Estimate(msgspec.Struct, frozen=True, kw_only=True):
-    """A job's predicted cost, made when it is submitted (docs/protocol.md says how far off it can be)."""
+    """A job's predicted cost, made when it is submitted (the README, "Before a job starts": how far off it is)."""
 
     duration_s: float  # from start to finished MP4: how long it holds the worker
     denoise_s: float  # of which denoising

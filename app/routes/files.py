@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated
 
 import anyio
+from anyio import AsyncFile
 from litestar import Request, Response, get, route
 from litestar.di import NamedDependency
 from litestar.enums import HttpMethod
@@ -43,8 +44,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
     return first, last
 
 
-async def _read(path: Path, first: int, last: int) -> AsyncIterator[bytes]:
-    async with await anyio.open_file(path, "rb") as f:
+async def _read(file: AsyncFile[bytes], first: int, last: int) -> AsyncIterator[bytes]:
+    async with file as f:
         await f.seek(first)
         remaining = last - first + 1
         while remaining > 0:
@@ -88,13 +89,19 @@ async def job_video(
     if path is None:
         why = "its files were removed (retention)" if job.files_removed_at is not None else f"it is {job.status}"
         raise NotFoundException(f"Job {job_id} has no video: {why}.")
-    size = (await anyio.Path(path).stat()).st_size
+    try:  # opened before answering: removed from now on (a delete, retention), the open file still reads whole
+        video = await anyio.open_file(path, "rb")
+    except FileNotFoundError:
+        raise NotFoundException(f"Job {job_id} has no video: its files were removed a moment ago.") from None
+    size = os.fstat(video.wrapped.fileno()).st_size
     headers = {
         "Accept-Ranges": "bytes",
         "Content-Disposition": f'{"attachment" if download else "inline"}; filename="{job.id}.mp4"',
         "Cache-Control": "private, max-age=3600",
     }
     wanted = parse_range(range_header, size)
+    if wanted is False or request.method == HttpMethod.HEAD:
+        await video.aclose()  # no body to send
     if wanted is False:
         return Response(b"", status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
     first, last = wanted if wanted else (0, size - 1)
@@ -104,4 +111,4 @@ async def job_video(
     status = 206 if wanted else 200
     if request.method == HttpMethod.HEAD:
         return Response(b"", status_code=status, media_type="video/mp4", headers=headers)
-    return Stream(_read(path, first, last), status_code=status, media_type="video/mp4", headers=headers)
+    return Stream(_read(video, first, last), status_code=status, media_type="video/mp4", headers=headers)

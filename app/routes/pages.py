@@ -168,13 +168,13 @@ async def keep_job_form(
     jobs: NamedDependency[Jobs],
     settings: NamedDependency[Settings],
 ) -> Template | Redirect:
-    """The panel's keep switch: `keep=on` marks the job keep, `keep=off` unmarks it."""
+    """The panel's keep switch: `keep=on` marks the job keep, `keep=off` unmarks it; htmx gets the switch back."""
     if data.get("keep") not in ("on", "off"):
         raise InvalidRequest([FieldError(field="keep", message="must be on or off")])
     job = await jobs.set_keep(await load_job(jobs, job_id), data["keep"] == "on")
     if not request.headers.get("hx-request"):
         return Redirect(settings.url(f"/jobs/{job.id}"), status_code=303)
-    return HTMXTemplate(template_name="fragments/_job_panel.html", context=job_context(job, settings.models()))
+    return HTMXTemplate(template_name="fragments/_keep_form.html", context={"job": job})
 
 
 handlers = [

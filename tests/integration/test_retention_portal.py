@@ -45,6 +45,8 @@ def test_the_longest_finished_jobs_files_go_first_and_kept_running_and_queued_jo
         assert 'id="keep-button" aria-pressed="false"' in c.get(f"/jobs/{kept}").text
         panel = c.post(f"/jobs/{kept}/keep", data={"keep": "on"}, headers={"HX-Request": "true"})
         assert panel.status_code == 200 and 'id="keep-button" aria-pressed="true"' in panel.text
+        # only the switch comes back: the panel is the page stream's, and a late answer could undo a newer push
+        assert panel.text.lstrip().startswith('<form id="keep-form"') and 'id="job-panel"' not in panel.text
     with first.client() as c:  # and the API's
         assert c.put(f"/api/jobs/{middle}/keep").json()["keep"] is True
         assert c.delete(f"/api/jobs/{middle}/keep").json()["keep"] is False

@@ -118,3 +118,18 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     with pytest.raises(migrations.SchemaTooNew, match="newer than this release"):
         migrations.migrate(db)
     assert migrations.schema_version(db) == migrations.LATEST + 1
+
+
+def test_a_database_whose_version_2_added_retentions_columns_upgrades_to_every_column(tmp_path: Path) -> None:
+    """A development build numbered retention's step 2 (keep, files_removed_at) before the estimate took it."""
+    db = connect(tmp_path / "db.sqlite3")
+    migrations.migrate(db, migrations.MIGRATIONS[:1])
+    db.execute("ALTER TABLE jobs ADD COLUMN keep INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE jobs ADD COLUMN files_removed_at REAL")
+    db.execute("PRAGMA user_version = 2")
+
+    assert migrations.migrate(db) == 2
+    fresh = connect(tmp_path / "fresh.sqlite3")
+    migrations.migrate(fresh)
+    without_position = [{column[1:] for column in layout(d)["jobs"]} for d in (db, fresh)]
+    assert without_position[0] == without_position[1]  # the same columns, in another order

@@ -198,7 +198,9 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
     ("env", "message"),
     [
         ({"AVP_PORT": "eighty"}, "AVP_PORT='eighty' is not a int"),
-        ({"AVP_MAX_QUEUE": "0"}, "AVP_MAX_QUEUE='0' must be at least 1"),
+        ({"AVP_MAX_QUEUE": "0"}, "AVP_MAX_QUEUE='0' must be a number of at least 1"),
+        ({"AVP_MAX_JOB_MINUTES": "nan"}, "AVP_MAX_JOB_MINUTES='nan' must be a number of at least 0"),
+        ({"AVP_HEARTBEAT_S": "inf"}, "AVP_HEARTBEAT_S='inf' must be a number of at least"),
         ({"AVP_MODEL_DIR": "/no/such/dir"}, "is not a directory"),
         ({"AVP_RUNNER_PYTHON": "/no/such/python"}, "is not an executable"),
         ({"AVP_PRECISION": "int4"}, "AVP_PRECISION='int4' is not one of fp8, bf16, fp32"),
@@ -332,3 +334,27 @@ def test_the_submit_limit_refuses_the_burst_beyond_it_and_says_when_to_retry() -
         limit.take("10.0.0.2")
     assert 0 < refused.value.retry_after_s <= 20
     limit.take("10.0.0.3")  # another client has its own bucket
+
+
+def test_a_video_removed_between_the_check_and_the_read_is_a_404_not_a_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention or a delete can remove a job's files after the handler found its video and before it read it."""
+    from litestar.testing import TestClient
+
+    from app.jobs import Jobs
+    from app.queue import Worker
+    from app.web import create_app
+
+    async def no_worker(self, directory):  # the job stays queued; the handler is what is tested
+        raise RuntimeError("no runner here")
+
+    monkeypatch.setattr(Worker, "_ensure_demo_model", no_worker)
+    monkeypatch.setattr(Jobs, "video_path", lambda self, job: tmp_path / "removed-a-moment-ago.mp4")
+    app = create_app(Settings.from_env({"AVP_DATA_DIR": str(tmp_path / "data")}))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        job_id = client.post("/api/jobs", json={"prompt": "a red ball bouncing"}).json()["id"]
+        for method in ("GET", "HEAD"):
+            response = client.request(method, f"/api/jobs/{job_id}/video")
+            assert response.status_code == 404, (method, response.status_code)
+        assert "removed a moment ago" in client.get(f"/api/jobs/{job_id}/video").json()["detail"]
