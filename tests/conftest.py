@@ -33,10 +33,16 @@ def portal(make_portal) -> Portal:
 
 
 @pytest.fixture(scope="module")
-def shared_portal(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[Portal]:  # noqa: F811
+def shared_portal(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    demo_model_dir: Path,  # noqa: F811
+) -> Iterator[Portal]:
     """One portal for a module's tests that need nothing of their own: a start costs seconds of CPU (its spare
-    runner imports torch). Those tests must wait for the jobs they look at, and never assume an empty portal."""
-    portal = Portal(data_dir=prepare_data_dir(tmp_path_factory.mktemp("shared") / "data", demo_model_dir), env={})
+    runner imports torch). Those tests must wait for the jobs they look at, and never assume an empty portal.
+    A module may set SHARED_PORTAL_ENV (AVP_* settings) for its portal."""
+    data_dir = prepare_data_dir(tmp_path_factory.mktemp("shared") / "data", demo_model_dir)
+    portal = Portal(data_dir=data_dir, env=getattr(request.module, "SHARED_PORTAL_ENV", {}))
     portal.start()
     yield portal
     portal.stop()

@@ -14,10 +14,9 @@ import anyio
 import httpx
 from httpx_sse import aconnect_sse
 
-from tests.portal import Portal, runner_processes
+from tests.portal import LONG_JOB, Portal, runner_processes
 
 # Long enough on a 2-core CPU (several seconds of denoising) to act on it while it runs.
-LONG_JOB = {"width": 512, "height": 288, "num_frames": 97, "steps": 100}
 
 
 def wait_until_gone(job_dir: Path, timeout: float) -> float:

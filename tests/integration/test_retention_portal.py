@@ -11,10 +11,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tests.portal import Portal, wait_for
+from tests.portal import LONG_JOB, Portal, wait_for
 
 TINY = {"width": 64, "height": 64, "num_frames": 9, "steps": 2}
-LONG_JOB = {"width": 512, "height": 288, "num_frames": 97, "steps": 100}  # runs for minutes: it stays running
 DAY_S = 86400
 GIB = 1024**3
 

@@ -23,11 +23,10 @@ from app.executor import EventSink
 from app.runner import SPARE_LOG, SPARE_NICE, Supervisor
 from contract import jobdir, protocol
 from gpu_runner import stdout
-from tests.portal import Portal, process_group, runner_processes, spare_runners, wait_for
+from tests.portal import LONG_JOB, Portal, process_group, runner_processes, spare_runners, wait_for
 from tests.runner_fixtures import REPO_ROOT, read_mp4, write_job
 
 SPARE_ON = {"AVP_SPARE_RUNNER": "on"}
-LONG_JOB = {"width": 512, "height": 288, "num_frames": 97, "steps": 100}  # cancelled or killed once it steps
 BRIEF_JOB = {"width": 512, "height": 288, "num_frames": 25, "steps": 12}  # ~2 s of denoising on a 2-core CPU
 IMPORT_TIMEOUT_S = 60  # torch + diffusers on a busy 2-core machine
 
