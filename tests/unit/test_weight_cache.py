@@ -12,6 +12,7 @@ import torch
 from diffusers import LTX2VideoTransformer3DModel
 from safetensors.torch import load_file, save_file
 
+from gpu_runner.cache_budget import GIB, Cache, CacheBudget, Limit
 from gpu_runner.families.ltx2.loading import DiffusersDirectory
 from gpu_runner.fp8 import FP8_DTYPE, FP8Linear
 from gpu_runner.weight_cache import WeightCache
@@ -19,6 +20,11 @@ from tests.runner_fixtures import scramble_keeping_size_and_time
 
 CPU = torch.device("cpu")
 DTYPE = torch.bfloat16  # what a GPU job computes in; the CPU runs it too, slowly, at the demo's size
+
+
+def weight_cache(directory: Path, limit_bytes: int = GIB) -> WeightCache:
+    """A weight cache alone under a budget (a GiB: far more than the demo's entries, unless a test says less)."""
+    return WeightCache(directory, CacheBudget([Cache(directory)], Limit(limit_bytes, "the test's budget")))
 
 
 @pytest.fixture
@@ -29,7 +35,7 @@ def model_dir(demo_model_dir: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def source(model_dir: Path, tmp_path: Path) -> DiffusersDirectory:
-    return DiffusersDirectory(model_dir, WeightCache(tmp_path / "weights"))
+    return DiffusersDirectory(model_dir, weight_cache(tmp_path / "weights"))
 
 
 @pytest.fixture
@@ -158,7 +164,7 @@ def test_a_cache_that_cannot_be_written_never_fails_the_load(
 ) -> None:
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("")
-    source = DiffusersDirectory(model_dir, WeightCache(blocked / "weights"))
+    source = DiffusersDirectory(model_dir, weight_cache(blocked / "weights"))
 
     with caplog.at_level(logging.WARNING, logger="gpu_runner.weight_cache"):
         transformer = source.load_transformer(DTYPE, "fp8", CPU)
