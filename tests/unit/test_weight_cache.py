@@ -172,6 +172,34 @@ def test_a_cache_that_cannot_be_written_never_fails_the_load(
     assert "could not write" in caplog.text
 
 
+def test_a_second_model_makes_room_by_removing_the_least_recently_used_models_entry(
+    source: DiffusersDirectory, model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source.load_transformer(DTYPE, "fp8", CPU)
+    (first,) = entries(source)
+    size = first.stat().st_size
+    other_model = Path(shutil.copytree(model_dir, tmp_path / "other-model"))  # a model library's second model
+    library = DiffusersDirectory(other_model, weight_cache(source.weight_cache.directory, limit_bytes=size * 3 // 2))
+
+    with caplog.at_level(logging.INFO, logger="gpu_runner.cache_budget"):
+        library.load_transformer(DTYPE, "fp8", CPU)
+    (second,) = entries(source)
+    assert second != first and f"removed {first}" in caplog.text
+
+
+def test_an_entry_larger_than_the_budget_is_not_written_and_the_load_goes_on(
+    source: DiffusersDirectory, model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source.load_transformer(DTYPE, "fp8", CPU)
+    (entry,) = entries(source)
+    small = DiffusersDirectory(model_dir, weight_cache(tmp_path / "small", limit_bytes=entry.stat().st_size // 2))
+
+    with caplog.at_level(logging.INFO, logger="gpu_runner.cache_budget"):
+        transformer = small.load_transformer(DTYPE, "fp8", CPU)
+    assert any(isinstance(m, FP8Linear) for m in transformer.modules())
+    assert not (tmp_path / "small").exists() and "not writing" in caplog.text
+
+
 def test_the_chunked_reader_gives_safetensors_tensors_bit_for_bit_across_chunk_edges(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
