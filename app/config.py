@@ -15,7 +15,7 @@ from typing import get_args
 import msgspec
 
 from app.passwords import is_password_hash
-from contract.jobdir import RunnerOptions
+from contract.jobdir import DEFAULT_CACHE_GB, RunnerOptions
 from contract.models import ModelSpec, Precision, model_specs
 
 
@@ -35,7 +35,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_s: float = 3.0  # uvicorn's wait for open connections (SSE) at shutdown
     heartbeat_s: float = 15.0
     precision: str | None = None  # overrides every model's CUDA precision policy: fp8, bf16 or fp32
-    prompt_cache_mb: int = 2048  # encoded prompts kept on disk, least recently used dropped first
+    cache_gb: float = DEFAULT_CACHE_GB  # every cache together (FP8 weights, prompts, compiled kernels): AVP_CACHE_GB
+    prompt_cache_mb: int = 2048  # encoded prompts kept on disk (a cap inside cache_gb), least recently used first
     weight_cache: str = ""  # an absolute directory for FP8 transformers, "off", or "" for the data dir's
     compile_blocks: bool = True  # on a CUDA GPU, jobs compile the transformer's blocks (AVP_COMPILE)
     spare_runner: bool = True  # a runner waits with torch and diffusers imported for the next job (AVP_SPARE_RUNNER)
@@ -132,6 +133,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             prompt_cache_mb=self.prompt_cache_mb,
             weight_cache_dir=None if weight_cache_dir is None else str(weight_cache_dir),
             compile_cache_dir=None if compile_cache_dir is None else str(compile_cache_dir),
+            cache_gb=self.cache_gb,
         )
 
     def models(self) -> dict[str, ModelSpec]:
@@ -153,14 +155,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise SettingsError(f"{name}={raw!r} must be a number of at least {minimum}")
             return value
 
-        def limit(name: str) -> float | None:
-            """A retention limit: unset (no limit) or a positive number."""
+        def limit(name: str, unset: str = "for no limit") -> float | None:
+            """A limit: a positive number, or None when unset (which means `unset`)."""
             raw = env.get(name, "").strip()
             if not raw:
                 return None
             value = number(name, 0.0, float, -math.inf)
             if not 0 < value < math.inf:
-                raise SettingsError(f"{name}={raw!r} must be a number above 0, or unset for no limit")
+                raise SettingsError(f"{name}={raw!r} must be a number above 0, or unset {unset}")
             return value
 
         model_dir = env.get("AVP_MODEL_DIR", "").strip()
@@ -224,6 +226,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             shutdown_grace_s=number("AVP_SHUTDOWN_GRACE_S", 3.0),
             heartbeat_s=number("AVP_HEARTBEAT_S", 15.0, float, 0.1),
             precision=precision,
+            cache_gb=limit("AVP_CACHE_GB", f"for {DEFAULT_CACHE_GB:g} GiB") or DEFAULT_CACHE_GB,
             prompt_cache_mb=int(number("AVP_PROMPT_CACHE_MB", 2048, int, 0)),
             weight_cache=weight_cache,
             compile_blocks=compile_blocks == "on",

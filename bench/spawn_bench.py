@@ -66,7 +66,7 @@ from gpu_runner import memory, stdout  # noqa: E402
 from gpu_runner.demo import model as demo_model  # noqa: E402
 from gpu_runner.families import family_for  # noqa: E402
 from gpu_runner.job import load_job  # noqa: E402
-from gpu_runner.pipeline import prompt_cache_for  # noqa: E402
+from gpu_runner.pipeline import cache_budget_for, prompt_cache_for  # noqa: E402
 
 PROMPT = "a red ball bouncing on a wooden floor, with clicks"
 SHARED_MEMORY = Path("/dev/shm")  # tmpfs: where the model goes when the disk cannot hold it beside its cache
@@ -188,7 +188,7 @@ def seed_prompt(job_dir: Path) -> None:
     """Put the job's prompt context in its prompt cache under the runner's own key: no job loads the encoder."""
     job = load_job(job_dir)
     family = family_for(job, None)
-    cache, key = prompt_cache_for(job, family)
+    cache, key = prompt_cache_for(job, family, cache_budget_for(job))
     config = json.loads((job.model_dir / "transformer" / "config.json").read_text())
     shape = (2, family.sequence_length(), config["caption_channels"])  # [negative, positive]
     dtype = memory.compute_dtype(memory.pick_device(), "fp8")

@@ -19,6 +19,7 @@ VIDEO_FILE = "video.mp4"
 IMAGE_FILE = "image.png"  # the conditioning image, normalised to the job's size by the web process
 LOG_FILE = "runner.log"  # the runner's stderr
 PREVIEW_FILE = "preview.jpg"  # replaced whole every few steps while denoising
+DEFAULT_CACHE_GB = 50.0  # AVP_CACHE_GB: two full-size models' FP8 transformers (18 GiB each), prompts and kernels
 
 
 class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,6 +32,7 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
     # where set, on a CUDA GPU the transformer's blocks go through torch.compile and torch keeps the
     # compiled kernels here, so a later job of the same shape compiles in seconds
     compile_cache_dir: str | None = None
+    cache_gb: float = DEFAULT_CACHE_GB  # the three caches together, least recently used entries removed first
 
 
 class JobFile(msgspec.Struct, frozen=True):
@@ -46,6 +48,7 @@ class JobFile(msgspec.Struct, frozen=True):
     prompt_cache_mb: int = 2048
     weight_cache_dir: str | None = None
     compile_cache_dir: str | None = None
+    cache_gb: float = DEFAULT_CACHE_GB
 
 
 def job_file(job_id: str, request: Request, spec: ModelSpec, options: RunnerOptions, *, image: bool = False) -> JobFile:

@@ -8,6 +8,7 @@ turns an out-of-memory error into a message naming the stage and the job's size.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +18,8 @@ from pathlib import Path
 import torch
 
 from contract import jobdir, protocol
-from gpu_runner import admission, memory, mux
+from gpu_runner import admission, cache_budget, memory, mux
+from gpu_runner.cache_budget import GIB, MIB, Cache, CacheBudget, Limit
 from gpu_runner.cancel import Cancellation
 from gpu_runner.compiling import compiles
 from gpu_runner.families import Family, family_for
@@ -39,8 +41,20 @@ COMPILE_NOTE = (
 def generate(
     job: Job, emit: Emit, cancellation: Cancellation, started: float, family: Family | None = None
 ) -> protocol.Result:
+    """The job's stages; then its caches are brought within their budget, however the stages ended (each new
+    entry made room as it was written, but torch writes its compiled kernels with no such moment before)."""
+    budget = cache_budget_for(job)
+    family = family or family_for(job, weight_cache_for(job, budget))
+    try:
+        return _stages(job, emit, cancellation, started, family, budget)
+    finally:
+        budget.sweep()
+
+
+def _stages(
+    job: Job, emit: Emit, cancellation: Cancellation, started: float, family: Family, budget: CacheBudget
+) -> protocol.Result:
     request = job.request
-    family = family or family_for(job, weight_cache_for(job))
     family.check_mode(job)
     device = memory.pick_device()
     precision = job.file.precision or job.spec.precision_cuda
@@ -56,7 +70,7 @@ def generate(
         admission.admit(family.predict_peak(precision, request), free_gib, size)
 
     # 1-3. The prompt's context: from the cache, or from the text side, then freed.
-    cache, cache_key = prompt_cache_for(job, family)
+    cache, cache_key = prompt_cache_for(job, family, budget)
     context = cache.get(cache_key) if cache else None
     if context is None:
         # 1. Load the text side (for LTX-2: the encoder streamed block by block on CUDA, tokenizer, connectors).
@@ -81,12 +95,14 @@ def generate(
     # 4. Load the denoiser onto the GPU; its decoders wait on the CPU until the denoiser has gone.
     with stages("load_transformer"):
         denoiser = family.load_denoiser(job, context, device, dtype, precision)
-        compiled = compiles(device, None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir))
+        compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
+        compiled = compiles(device, compile_cache)
 
     # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step,
     #    with a preview of the clip every few steps. Compiled blocks make the first step slow: the stage says
-    #    so, and the ETA leaves that step out.
-    with stages("denoise", note=denoise_note(compiled)):
+    #    so, and the ETA leaves that step out. Torch's compile cache is in use while the blocks compile and run.
+    kernels_in_use = cache_budget.using(compile_cache, directory=True) if compiled else contextlib.nullcontext()
+    with stages("denoise", note=denoise_note(compiled)), kernels_in_use:
         on_step_end = step_reporter(
             emit, cancellation, request.steps, family.previews(job), first_step_compiles=compiled
         )
@@ -129,17 +145,32 @@ def denoise_note(compiled: bool) -> str | None:
     return COMPILE_NOTE if compiled else None
 
 
-def prompt_cache_for(job: Job, family: Family) -> tuple[PromptCache | None, str]:
+def prompt_cache_for(job: Job, family: Family, budget: CacheBudget) -> tuple[PromptCache | None, str]:
     if job.file.prompt_cache_dir is None:
         return None, ""
     request = job.request
-    cache = PromptCache(Path(job.file.prompt_cache_dir), job.file.prompt_cache_mb * 2**20)
+    cache = PromptCache(Path(job.file.prompt_cache_dir), budget)
     key = cache.key(job.spec.id, family.revision(), request.prompt, request.negative_prompt, family.sequence_length())
     return cache, key
 
 
-def weight_cache_for(job: Job) -> WeightCache | None:
-    return None if job.file.weight_cache_dir is None else WeightCache(Path(job.file.weight_cache_dir))
+def weight_cache_for(job: Job, budget: CacheBudget) -> WeightCache | None:
+    return None if job.file.weight_cache_dir is None else WeightCache(Path(job.file.weight_cache_dir), budget)
+
+
+def cache_budget_for(job: Job) -> CacheBudget:
+    """The job's caches under AVP_CACHE_GB: prompts (capped by AVP_PROMPT_CACHE_MB too), FP8 weights and torch's
+    compile cache (one entry: its files refer to each other)."""
+    options = job.file
+    caches = []
+    if options.prompt_cache_dir is not None:
+        cap = Limit(options.prompt_cache_mb * MIB, f"AVP_PROMPT_CACHE_MB={options.prompt_cache_mb}")
+        caches.append(Cache(Path(options.prompt_cache_dir), cap=cap))
+    if options.weight_cache_dir is not None:
+        caches.append(Cache(Path(options.weight_cache_dir)))
+    if options.compile_cache_dir is not None:
+        caches.append(Cache(Path(options.compile_cache_dir), whole=True))
+    return CacheBudget(caches, Limit(int(options.cache_gb * GIB), f"AVP_CACHE_GB={options.cache_gb:g}"))
 
 
 class Stages:

@@ -4,19 +4,22 @@ What is cached is what the denoiser consumes: the text connectors' outputs for t
 [negative, positive] pair (a few MB), not the encoder's 49 stacked hidden states (~385 MB
 a prompt at full size). The key covers everything that changes them: the model, both
 prompts, the sequence length and the encoder+connector revision. Files are safetensors;
-the cache is bounded in bytes and evicts the least recently used entries.
+the cache is bounded (AVP_PROMPT_CACHE_MB, inside AVP_CACHE_GB: gpu_runner/cache_budget.py), the least
+recently used entries removed first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from gpu_runner import cache_budget
+from gpu_runner.cache_budget import CacheBudget
 
 REVISION_FILES = ("text_encoder", "tokenizer", "connectors")
 
@@ -38,9 +41,9 @@ def model_revision(model_dir: Path, components: tuple[str, ...] = REVISION_FILES
 
 
 class PromptCache:
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, budget: CacheBudget) -> None:
         self.directory = directory
-        self.max_bytes = max_bytes
+        self.budget = budget
 
     @staticmethod
     def key(model_id: str, revision: str, prompt: str, negative_prompt: str, sequence_length: int) -> str:
@@ -48,28 +51,19 @@ class PromptCache:
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     def _path(self, key: str) -> Path:
-        return self.directory / f"{key}.safetensors"
+        return self.directory / f"{key}{cache_budget.ENTRY_SUFFIX}"
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
         path = self._path(key)
         try:
-            tensors = load_file(path)
+            with cache_budget.using(path) as present:  # recorded as used; no sweep takes it while it is read
+                return load_file(path) if present else None
         except (OSError, ValueError, SafetensorError):
-            return None  # absent, or a torn file from a crash: encode again
-        os.utime(path)  # recently used
-        return tensors
+            return None  # unreadable, or a torn file from a crash: encode again
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self._path(key).with_suffix(".partial")
-        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, partial)
-        partial.replace(self._path(key))  # atomic: a reader sees the whole file or none
-        self.evict()
-
-    def evict(self) -> None:
-        entries = sorted(self.directory.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
-        total = 0
-        for path in entries:
-            total += path.stat().st_size
-            if total > self.max_bytes:
-                path.unlink(missing_ok=True)
+        path = self._path(key)
+        tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        if self.budget.make_room(path, sum(t.numel() * t.element_size() for t in tensors.values())):
+            with cache_budget.writing(path) as partial:  # atomic: a reader sees the whole file or none
+                save_file(tensors, partial)

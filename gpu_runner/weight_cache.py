@@ -9,10 +9,12 @@ tensors straight onto the GPU, so the CPU never holds the model.
 An entry's name covers the component's directory and a fingerprint of its config and weight
 files (names, sizes and modification times: a fine-tune has the same names and sizes), the
 compute dtype and this module's format version. Writing an entry removes the others of the
-same directory, so a model keeps one. An entry is written whole or not at all (`.partial`,
-fsync, rename); a missing, truncated or differently laid out file is a miss, and the job loads
-the slow way and writes the entry again. The cache never fails a job: a write that cannot
-finish (a full disk, say) is logged and skipped.
+same directory, so a model keeps one; entries share AVP_CACHE_GB with the other caches
+(gpu_runner/cache_budget.py), so a model library's entries go least recently used first, and one
+that cannot fit is not written. An entry is written whole or not at all (`.partial`, fsync,
+rename); a missing, truncated or differently laid out file is a miss, and the job loads the slow
+way and writes the entry again. The cache never fails a job: a write that cannot finish (a full
+disk, say) is logged and skipped.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
+from gpu_runner import cache_budget
+from gpu_runner.cache_budget import CacheBudget
 from gpu_runner.prompt_cache import model_revision
 
 # Bump when what an entry holds changes meaning (which layers are FP8, how they are scaled).
@@ -43,8 +47,9 @@ log = logging.getLogger(__name__)
 
 
 class WeightCache:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, budget: CacheBudget) -> None:
         self.directory = directory
+        self.budget = budget
 
     def entry(self, component_dir: Path, dtype: torch.dtype) -> CachedWeights:
         """Where the FP8 copy of the component in `component_dir` (e.g. <model>/transformer) is kept."""
@@ -52,12 +57,13 @@ class WeightCache:
         place = _digest(str(component_dir))
         revision = model_revision(component_dir.parent, (component_dir.name,), modified_times=True)
         content = _digest(json.dumps([FORMAT_VERSION, str(dtype), revision]))
-        return CachedWeights(self.directory / f"{place}-{content}.safetensors")
+        return CachedWeights(self.directory / f"{place}-{content}{cache_budget.ENTRY_SUFFIX}", self.budget)
 
 
 @dataclass(frozen=True)
 class CachedWeights:
     path: Path
+    budget: CacheBudget
 
     def load(self, build: Callable[[], nn.Module], device: torch.device) -> nn.Module | None:
         """The cached model on `device`, or None when the entry is missing, torn or laid out differently.
@@ -65,8 +71,13 @@ class CachedWeights:
         `build` makes the model's skeleton: its parameters on the meta device, laid out as the entry
         stores them (FP8 where it holds FP8). It is called only when the entry exists.
         """
-        if not self.path.is_file():
-            return None
+        try:
+            with cache_budget.using(self.path) as present:  # recorded as used; no sweep takes it while it is read
+                return self._load(build, device) if present else None
+        except OSError as error:  # the entry cannot even be opened
+            return _miss(self.path, str(error))
+
+    def _load(self, build: Callable[[], nn.Module], device: torch.device) -> nn.Module | None:
         began = time.monotonic()
         model = build()
         expected = model.state_dict()  # meta tensors: names, shapes and dtypes, no storage
@@ -88,24 +99,22 @@ class CachedWeights:
         return model
 
     def save(self, model: nn.Module) -> None:
-        """Write the model's tensors (on the CPU) as this entry, then drop the other entries of its directory."""
+        """Write the model's tensors (on the CPU) as this entry, in place of the other entries of its directory
+        and once there is room for it within the budget."""
         began = time.monotonic()
-        partial = self.path.with_suffix(".partial")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(model.state_dict(), partial)
-            with partial.open("rb") as written:
-                os.fsync(written.fileno())  # on disk before it gets its name: a named entry is a whole one
-            partial.replace(self.path)
-        except (OSError, SafetensorError, ValueError) as error:
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-            log.warning("weight cache: could not write %s (%s); the next job casts again", self.path, error)
-            return
         place = self.path.name.split("-")[0]
         for other in self.path.parent.glob(f"{place}-*"):
             if other != self.path:
-                other.unlink(missing_ok=True)  # an older revision of this model, or a crashed write
+                cache_budget.remove(other, f"{self.path.name} replaces it")  # an older revision, or a crashed write
+        tensors = model.state_dict()
+        if not self.budget.make_room(self.path, sum(t.numel() * t.element_size() for t in tensors.values())):
+            return
+        try:
+            with cache_budget.writing(self.path) as partial:
+                save_file(tensors, partial)
+        except (OSError, SafetensorError, ValueError) as error:
+            log.warning("weight cache: could not write %s (%s); the next job casts again", self.path, error)
+            return
         gib = self.path.stat().st_size / 2**30
         log.info("weight cache: wrote %s (%.2f GiB) in %.1f s", self.path.name, gib, time.monotonic() - began)
 

@@ -46,13 +46,19 @@ def test_a_repeated_prompt_skips_the_text_encoder_and_gives_the_same_bytes(demo_
     assert len(list(cache.glob("*.safetensors"))) == 2
 
 
+def prompt_cache(directory, cap_bytes: int):
+    from gpu_runner.cache_budget import GIB, Cache, CacheBudget, Limit
+    from gpu_runner.prompt_cache import PromptCache
+
+    cap = Limit(cap_bytes, "AVP_PROMPT_CACHE_MB")
+    return PromptCache(directory, CacheBudget([Cache(directory, cap=cap)], Limit(GIB, "AVP_CACHE_GB")))
+
+
 def test_the_prompt_cache_stays_within_its_size_by_dropping_the_least_recently_used(tmp_path) -> None:
     import torch
 
-    from gpu_runner.prompt_cache import PromptCache
-
     entry = {"video": torch.zeros(1000)}  # ~4 KB on disk
-    cache = PromptCache(tmp_path, max_bytes=10_000)
+    cache = prompt_cache(tmp_path, cap_bytes=10_000)
     cache.put("a", entry)
     cache.put("b", entry)
     assert cache.get("a") is not None  # "a" is now the most recently used
@@ -63,9 +69,7 @@ def test_the_prompt_cache_stays_within_its_size_by_dropping_the_least_recently_u
 def test_a_torn_prompt_cache_entry_is_a_miss_not_a_crash(tmp_path) -> None:
     import torch
 
-    from gpu_runner.prompt_cache import PromptCache
-
-    cache = PromptCache(tmp_path, max_bytes=10**6)
+    cache = prompt_cache(tmp_path, cap_bytes=10**6)
     cache.put("a", {"video": torch.zeros(1000)})
     entry = tmp_path / "a.safetensors"
     with entry.open("r+b") as file:

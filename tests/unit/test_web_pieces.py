@@ -216,6 +216,9 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
         ({"AVP_KEEP_GB": "0"}, "AVP_KEEP_GB='0' must be a number above 0, or unset for no limit"),
         ({"AVP_KEEP_DAYS": "-1"}, "AVP_KEEP_DAYS='-1' must be a number above 0"),
         ({"AVP_KEEP_DAYS": "a week"}, "AVP_KEEP_DAYS='a week' is not a float"),
+        ({"AVP_CACHE_GB": "0"}, "AVP_CACHE_GB='0' must be a number above 0, or unset for 50 GiB"),
+        ({"AVP_CACHE_GB": "inf"}, "AVP_CACHE_GB='inf' must be a number above 0"),
+        ({"AVP_CACHE_GB": "lots"}, "AVP_CACHE_GB='lots' is not a float"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message) -> None:
@@ -229,6 +232,11 @@ def test_the_weight_cache_lives_under_the_data_dir_unless_moved_or_turned_off(tm
     moved = Settings.from_env({**data, "AVP_WEIGHT_CACHE_DIR": str(tmp_path / "fast" / ".." / "nvme")})
     assert moved.weight_cache_dir == tmp_path.resolve() / "nvme"
     assert Settings.from_env({**data, "AVP_WEIGHT_CACHE_DIR": "off"}).weight_cache_dir is None
+
+
+def test_every_job_carries_the_cache_budget_in_gib() -> None:
+    assert Settings.from_env({}).runner_options().cache_gb == 50
+    assert Settings.from_env({"AVP_CACHE_GB": "0.25"}).runner_options().cache_gb == 0.25
 
 
 def test_jobs_compile_with_a_cache_under_the_data_dir_unless_turned_off(tmp_path: Path) -> None:

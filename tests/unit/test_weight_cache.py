@@ -12,6 +12,7 @@ import torch
 from diffusers import LTX2VideoTransformer3DModel
 from safetensors.torch import load_file, save_file
 
+from gpu_runner.cache_budget import GIB, Cache, CacheBudget, Limit
 from gpu_runner.families.ltx2.loading import DiffusersDirectory
 from gpu_runner.fp8 import FP8_DTYPE, FP8Linear
 from gpu_runner.weight_cache import WeightCache
@@ -19,6 +20,11 @@ from tests.runner_fixtures import scramble_keeping_size_and_time
 
 CPU = torch.device("cpu")
 DTYPE = torch.bfloat16  # what a GPU job computes in; the CPU runs it too, slowly, at the demo's size
+
+
+def weight_cache(directory: Path, limit_bytes: int = GIB) -> WeightCache:
+    """A weight cache alone under a budget (a GiB: far more than the demo's entries, unless a test says less)."""
+    return WeightCache(directory, CacheBudget([Cache(directory)], Limit(limit_bytes, "the test's budget")))
 
 
 @pytest.fixture
@@ -29,7 +35,7 @@ def model_dir(demo_model_dir: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def source(model_dir: Path, tmp_path: Path) -> DiffusersDirectory:
-    return DiffusersDirectory(model_dir, WeightCache(tmp_path / "weights"))
+    return DiffusersDirectory(model_dir, weight_cache(tmp_path / "weights"))
 
 
 @pytest.fixture
@@ -158,12 +164,40 @@ def test_a_cache_that_cannot_be_written_never_fails_the_load(
 ) -> None:
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("")
-    source = DiffusersDirectory(model_dir, WeightCache(blocked / "weights"))
+    source = DiffusersDirectory(model_dir, weight_cache(blocked / "weights"))
 
     with caplog.at_level(logging.WARNING, logger="gpu_runner.weight_cache"):
         transformer = source.load_transformer(DTYPE, "fp8", CPU)
     assert any(isinstance(m, FP8Linear) for m in transformer.modules())
     assert "could not write" in caplog.text
+
+
+def test_a_second_model_makes_room_by_removing_the_least_recently_used_models_entry(
+    source: DiffusersDirectory, model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source.load_transformer(DTYPE, "fp8", CPU)
+    (first,) = entries(source)
+    size = first.stat().st_size
+    other_model = Path(shutil.copytree(model_dir, tmp_path / "other-model"))  # a model library's second model
+    library = DiffusersDirectory(other_model, weight_cache(source.weight_cache.directory, limit_bytes=size * 3 // 2))
+
+    with caplog.at_level(logging.INFO, logger="gpu_runner.cache_budget"):
+        library.load_transformer(DTYPE, "fp8", CPU)
+    (second,) = entries(source)
+    assert second != first and f"removed {first}" in caplog.text
+
+
+def test_an_entry_larger_than_the_budget_is_not_written_and_the_load_goes_on(
+    source: DiffusersDirectory, model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source.load_transformer(DTYPE, "fp8", CPU)
+    (entry,) = entries(source)
+    small = DiffusersDirectory(model_dir, weight_cache(tmp_path / "small", limit_bytes=entry.stat().st_size // 2))
+
+    with caplog.at_level(logging.INFO, logger="gpu_runner.cache_budget"):
+        transformer = small.load_transformer(DTYPE, "fp8", CPU)
+    assert any(isinstance(m, FP8Linear) for m in transformer.modules())
+    assert not (tmp_path / "small").exists() and "not writing" in caplog.text
 
 
 def test_the_chunked_reader_gives_safetensors_tensors_bit_for_bit_across_chunk_edges(

@@ -87,8 +87,10 @@ def place_denoiser(
         # otherwise leave the GPU waiting for launches: a step 0.34x as long at 49 frames, 0.64x at 481
         # (bench/results/2026-11-26-h200-compiled.md). A block's graph differs per guidance pass and
         # for long clips' sliced feed-forwards: more versions than dynamo's default limit of 8.
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache))
-        os.environ.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))  # ~/.triton is read-only in systemd
+        # Always there, whatever the environment says: AVP_CACHE_GB counts that directory (gpu_runner/cache_budget.py),
+        # and ~/.triton is read-only under the shipped systemd unit.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache)
+        os.environ["TRITON_CACHE_DIR"] = str(compile_cache / "triton")
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
         pipe.transformer.compile_repeated_blocks()
     pipe.transformer.to(device)
