@@ -160,8 +160,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raw = env.get(name, "").strip()
             if not raw:
                 return None
-            value = number(name, 0.0, float, -math.inf)
-            if not 0 < value < math.inf:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a float") from None
+            if not 0 < value < math.inf:  # nan compares as neither
                 raise SettingsError(f"{name}={raw!r} must be a number above 0, or unset {unset}")
             return value
 
