@@ -14,6 +14,7 @@ from typing import get_args
 
 import msgspec
 
+from app.disk import DataDisk
 from app.passwords import is_password_hash
 from contract.jobdir import RunnerOptions
 from contract.models import ModelSpec, Precision, model_specs
@@ -43,6 +44,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     upload_ttl_s: float = 86400.0  # how long an upload no job uses is kept
     keep_days: float | None = None  # retention: finished jobs' files are removed this many days after (AVP_KEEP_DAYS)
     keep_gb: float | None = None  # retention: the oldest finished jobs' files go beyond this many GiB (AVP_KEEP_GB)
+    min_free_mb: float = 1024.0  # kept free on the data disk: jobs and uploads that would eat into it are refused
     log_level: str = "info"
     # LAN deployment (deploy/README.md): credentials, proxy, limits
     password_hash: str | None = None  # made by `avportal hash-password`
@@ -114,6 +116,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
+
+    @property
+    def data_disk(self) -> DataDisk:
+        return DataDisk(self.data_dir, int(self.min_free_mb * 2**20))
 
     @property
     def max_upload_bytes(self) -> int:
@@ -192,6 +198,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         spare_runner = env.get("AVP_SPARE_RUNNER", "").strip() or "on"
         if spare_runner not in ("on", "off"):
             raise SettingsError(f"AVP_SPARE_RUNNER={spare_runner!r} must be on (the default) or off")
+        min_free_mb = number("AVP_MIN_FREE_MB", 1024.0)
+        if not math.isfinite(min_free_mb):
+            raise SettingsError(f"AVP_MIN_FREE_MB={env['AVP_MIN_FREE_MB'].strip()!r} must be a number of MB, 0 or more")
         root_path = env.get("AVP_ROOT_PATH", "").strip().rstrip("/")
         if root_path and not _ROOT_PATH.fullmatch(root_path):
             raise SettingsError(
@@ -229,6 +238,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             upload_ttl_s=number("AVP_UPLOAD_TTL_S", 86400.0, float, 1),
             keep_days=limit("AVP_KEEP_DAYS"),
             keep_gb=limit("AVP_KEEP_GB"),
+            min_free_mb=min_free_mb,
             log_level=env.get("AVP_LOG_LEVEL", "").strip() or "info",
             password_hash=password_hash,
             api_token=api_token,
