@@ -198,8 +198,9 @@ class Jobs(msgspec.Struct, frozen=True):
     async def delete(self, job: JobRow) -> None:
         if not job.finished:
             raise Conflict(f"The job is {job.status}; cancel it first, then delete it.")
-        await self.store.call(self.store.delete_job, job.id)
+        # Its files first: on a full disk they are what frees the room the database needs to forget the job.
         await anyio.to_thread.run_sync(shutil.rmtree, self.job_dir(job.id), True)
+        await self.store.call(self.store.delete_job, job.id)
 
     async def set_keep(self, job: JobRow, keep: bool) -> JobRow:
         """Mark the job keep (retention never removes its files), or unmark it; returns the job as it is now."""
