@@ -14,6 +14,7 @@ from typing import get_args
 
 import msgspec
 
+from app.disk import DataDisk
 from app.passwords import is_password_hash
 from contract.jobdir import DEFAULT_CACHE_GB, RunnerOptions
 from contract.models import ModelSpec, Precision, model_specs
@@ -44,6 +45,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     upload_ttl_s: float = 86400.0  # how long an upload no job uses is kept
     keep_days: float | None = None  # retention: finished jobs' files are removed this many days after (AVP_KEEP_DAYS)
     keep_gb: float | None = None  # retention: the oldest finished jobs' files go beyond this many GiB (AVP_KEEP_GB)
+    min_free_mb: float = 1024.0  # kept free on the data disk: jobs and uploads that would eat into it are refused
     log_level: str = "info"  # the web process's log (AVP_LOG_LEVEL)
     # LAN deployment (deploy/README.md): credentials, proxy, limits
     password_hash: str | None = None  # made by `avportal hash-password`
@@ -115,6 +117,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
+
+    @property
+    def data_disk(self) -> DataDisk:
+        return DataDisk(self.data_dir, int(self.min_free_mb * 2**20))
 
     @property
     def max_upload_bytes(self) -> int:
@@ -200,6 +206,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         log_level = env.get("AVP_LOG_LEVEL", "").strip().lower() or "info"
         if log_level not in LOG_LEVELS:
             raise SettingsError(f"AVP_LOG_LEVEL={log_level!r} must be one of {', '.join(LOG_LEVELS)} (default info)")
+        min_free_mb = number("AVP_MIN_FREE_MB", 1024.0)
         root_path = env.get("AVP_ROOT_PATH", "").strip().rstrip("/")
         if root_path and not _ROOT_PATH.fullmatch(root_path):
             raise SettingsError(
@@ -238,6 +245,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             upload_ttl_s=number("AVP_UPLOAD_TTL_S", 86400.0, float, 1),
             keep_days=limit("AVP_KEEP_DAYS"),
             keep_gb=limit("AVP_KEEP_GB"),
+            min_free_mb=min_free_mb,
             log_level=log_level,
             password_hash=password_hash,
             api_token=api_token,

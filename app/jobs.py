@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import shutil
@@ -23,6 +24,7 @@ from app.schemas import FieldError, InvalidRequest, JobError, JobLinks, JobOut, 
 from app.store import JobRow, Store, StoredEvent
 from app.uploads import Upload, Uploads, write_job_image
 from contract import cost, jobdir
+from contract.disk import is_disk_full
 from contract.models import ModelSpec
 from contract.request import Request
 
@@ -102,14 +104,16 @@ class Jobs(msgspec.Struct, frozen=True):
     async def submit(self, raw: Any, client: str, *, strict: bool = True) -> JobRow:
         """Validate, write the job directory, store the job and queue it.
 
-        Raises InvalidRequest (a job predicted past AVP_MAX_JOB_MINUTES too), RateLimited (this client
-        submits too often) or QueueFull.
+        Raises InvalidRequest (a job predicted past AVP_MAX_JOB_MINUTES too), DiskFull (its files would not fit
+        on the data disk with AVP_MIN_FREE_MB to spare, or failed to), RateLimited (this client submits too
+        often) or QueueFull.
         """
         resolved, spec = validate_request(raw, self.settings.models(), strict=strict)
         estimate = await self.estimate(resolved, spec)
         too_long = None if estimate is None else cost.over_limit(estimate, resolved, self.settings.max_job_minutes)
         if too_long:
             raise InvalidRequest([FieldError(field="request", message=too_long)])
+        await self._check_room(estimate)
         self.submit_limit.take(client)
         upload = await self._upload_for(resolved.image_upload_id)
         job_id = uuid.uuid4().hex
@@ -130,13 +134,27 @@ class Jobs(msgspec.Struct, frozen=True):
             assert job is not None
             return job, first
 
-        created = await self.store.call(write_and_store)
+        try:
+            created = await self.store.call(write_and_store)
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, job_dir, ignore_errors=True))
+            raise self.settings.data_disk.full("the job") from error
         if created is None:
             raise QueueFull
         job, first = created
         self.journal.announce(job, first)
         self.worker.enqueue(job_id)
         return job
+
+    async def _check_room(self, estimate: cost.Estimate | None) -> None:
+        """Refuse (DiskFull) a job whose files, with those the jobs before it will still write, would eat into
+        AVP_MIN_FREE_MB. The MP4 and preview are written under temporary names and renamed, so the estimate's
+        bytes are the job's peak too; the caches it may fill keep their own limits."""
+        ahead_bytes, ahead = await self.store.call(self.store.unfinished_disk_bytes)
+        what = f"this job and the {ahead} queued or running before it" if ahead else "this job"
+        self.settings.data_disk.check_room(ahead_bytes + (estimate.disk_bytes if estimate else 0), what)
 
     async def estimate(self, request: Request, spec: ModelSpec) -> cost.Estimate | None:
         """The job-cost estimate of a resolved request (contract/cost.py), learned from this model's past runs;
@@ -180,8 +198,9 @@ class Jobs(msgspec.Struct, frozen=True):
     async def delete(self, job: JobRow) -> None:
         if not job.finished:
             raise Conflict(f"The job is {job.status}; cancel it first, then delete it.")
-        await self.store.call(self.store.delete_job, job.id)
+        # Its files first: on a full disk they are what frees the room the database needs to forget the job.
         await anyio.to_thread.run_sync(shutil.rmtree, self.job_dir(job.id), True)
+        await self.store.call(self.store.delete_job, job.id)
 
     async def set_keep(self, job: JobRow, keep: bool) -> JobRow:
         """Mark the job keep (retention never removes its files), or unmark it; returns the job as it is now."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import anyio
 
@@ -23,11 +25,15 @@ from app.progress import JobProgress
 from app.runner import runner_command, runner_env
 from app.store import Store
 from contract import protocol
+from contract.disk import is_disk_full
 from contract.models import DEMO_MANIFEST
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2  # a job interrupted by a restart runs once more, not forever
+DISK_RETRY_S = 2.0  # how often the worker tries again to record a job while the data disk is full
+WAITING_FOR_DISK = "waiting for disk space"  # the worker's state meanwhile (/healthz)
+T = TypeVar("T")
 
 
 class Worker:
@@ -130,10 +136,12 @@ class Worker:
         self.running_jobs.append(job_id)
         self.state = "running"
         try:
-            await self._journal.set_status(job_id, "running", start_attempt=True, attempt=job.attempts + 1)
+            await self._until_recorded(
+                job_id, self._journal.set_status, job_id, "running", start_attempt=True, attempt=job.attempts + 1
+            )
             began.set()
             outcome = await self._executor.run(job_id, self._jobs_dir / job_id, self._recorder(job_id))
-            await self._journal.set_status(job_id, outcome.status, **outcome.details())
+            await self._until_recorded(job_id, self._journal.set_status, job_id, outcome.status, **outcome.details())
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._journal.set_status(
@@ -142,8 +150,13 @@ class Worker:
             raise
         except Exception as exc:  # one job's failure must never stop the worker
             log.exception("job %s failed inside the portal", job_id)
-            await self._journal.set_status(
-                job_id, "failed", code="internal", message=f"The portal could not run this job: {exc}"
+            await self._until_recorded(
+                job_id,
+                self._journal.set_status,
+                job_id,
+                "failed",
+                code="disk_full" if is_disk_full(exc) else "internal",  # e.g. its runner.log could not be created
+                message=f"The portal could not run this job: {exc}",
             )
         finally:
             self.running_jobs.remove(job_id)
@@ -155,9 +168,32 @@ class Worker:
 
         async def record(event: protocol.Event) -> None:
             nonlocal progress
-            progress = await self._journal.runner_event(job_id, event, progress)
+            progress = await self._until_recorded(job_id, self._journal.runner_event, job_id, event, progress)
 
         return record
+
+    async def _until_recorded(self, job_id: str, write: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """`write(*args, **kwargs)`, a journal write, tried again every DISK_RETRY_S while the data disk is full.
+
+        What happened to a job is stored before the queue moves on, so the worker waits for space instead of
+        losing it (or dying). A runner meanwhile goes on until its own writes fail (`disk_full`) or it ends.
+        """
+        waited = False
+        while True:
+            try:
+                written = await write(*args, **kwargs)
+            except Exception as error:
+                if not is_disk_full(error):
+                    raise
+                if not waited:
+                    log.warning("job %s: the data disk is full (%s); waiting for space to record it", job_id, error)
+                    waited, self.state = True, WAITING_FOR_DISK
+                await anyio.sleep(DISK_RETRY_S)
+                continue
+            if waited:
+                log.info("job %s: recorded again, the data disk has room", job_id)
+                self.state = "running"
+            return written
 
     async def _ensure_demo_model(self, directory: Path) -> None:
         """Build the demo model on first start (a few seconds, no network)."""

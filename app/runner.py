@@ -325,6 +325,7 @@ _EXIT_MEANING = {
     protocol.EXIT_INVALID_INPUT: ("invalid_input", "The runner refused the job's settings."),
     protocol.EXIT_OUT_OF_MEMORY: ("out_of_memory", "The GPU ran out of memory."),
     protocol.EXIT_MODEL_MISSING: ("model_missing", "The model's files are missing or incomplete."),
+    protocol.EXIT_DISK_FULL: ("disk_full", "The disk ran out of space while the job wrote its files."),
 }
 
 

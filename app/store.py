@@ -232,6 +232,13 @@ class Store:
             if timings and held is not None
         ]
 
+    def unfinished_disk_bytes(self) -> tuple[int, int]:
+        """(the bytes their estimates say they write, how many) of the jobs queued, running or interrupted."""
+        return self._db.execute(
+            "SELECT COALESCE(SUM(json_extract(estimate, '$.disk_bytes')), 0), COUNT(*) FROM jobs "
+            "WHERE status IN ('queued', 'running', 'interrupted')"
+        ).fetchone()
+
     def delete_job(self, job_id: str) -> None:
         with self._transaction():
             self._db.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))

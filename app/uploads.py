@@ -34,7 +34,9 @@ import msgspec
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
+from app.disk import DataDisk, DiskFull
 from app.store import Store
+from contract.disk import is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +188,12 @@ def write_job_image(image: Image.Image, destination: Path) -> None:
 class Uploads:
     """Receives, stores, finds, normalises and expires uploads under one directory."""
 
-    def __init__(self, directory: Path, store: Store, max_bytes: int, ttl_s: float) -> None:
+    def __init__(self, directory: Path, store: Store, max_bytes: int, ttl_s: float, disk: DataDisk) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory.resolve()
         self._store = store
         self.max_bytes = max_bytes
+        self.disk = disk
         self.ttl_s = ttl_s
         self._decoding = anyio.CapacityLimiter(DECODES_AT_ONCE)
         for leftover in self.directory.glob(INCOMING_PREFIX + "*"):  # a crash mid-upload left it
@@ -201,19 +204,30 @@ class Uploads:
     async def receive(
         self, content_type: str | None, content_length: str | None, receive: Callable[[], Awaitable[Any]]
     ) -> Upload:
-        """Read a multipart body from the ASGI `receive`, keep its `file` part if it is an image."""
+        """Read a multipart body from the ASGI `receive`, keep its `file` part if it is an image.
+
+        A body that would eat into AVP_MIN_FREE_MB, or a write that finds no space, is refused with 507.
+        """
         body_limit = self.max_bytes + MULTIPART_ENVELOPE
         declared = _declared_length(content_length)
         if declared is not None and declared > body_limit:
             raise UploadRejected(413, self._too_large(f"the request declares {declared} bytes"))
         boundary = _boundary(content_type)
-        incoming = self._path(INCOMING_PREFIX + secrets.token_hex(16))
         try:
-            filename = await self._stream_file_part(boundary, declared, self._body(receive, body_limit), incoming)
-            data = await anyio.Path(incoming).read_bytes()
-        finally:
-            await anyio.Path(incoming).unlink(missing_ok=True)
-        return await self._keep(data, display_name(filename))
+            self.disk.check_room(self.max_bytes if declared is None else declared, "the upload")
+            incoming = self._path(INCOMING_PREFIX + secrets.token_hex(16))
+            try:
+                filename = await self._stream_file_part(boundary, declared, self._body(receive, body_limit), incoming)
+                data = await anyio.Path(incoming).read_bytes()
+            finally:
+                await anyio.Path(incoming).unlink(missing_ok=True)
+            return await self._keep(data, display_name(filename))
+        except DiskFull as refused:
+            raise UploadRejected(507, refused.message) from None
+        except Exception as error:
+            if is_disk_full(error):
+                raise UploadRejected(507, self.disk.full("the upload").message) from error
+            raise
 
     async def _stream_file_part(
         self, boundary: str, declared: int | None, chunks: AsyncIterator[bytes], target: Path

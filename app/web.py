@@ -24,6 +24,7 @@ from app import sse_names
 from app.auth import PUBLIC, Authenticator, LoginRequired, LoginThrottle, load_or_create_secret, require_login
 from app.broker import Broker
 from app.config import Settings
+from app.disk import DiskFull
 from app.jobs import Conflict, Jobs, QueueFull
 from app.journal import Journal
 from app.page_feed import PageFeed
@@ -37,6 +38,7 @@ from app.security import ServedHostsOnly, add_security_headers, csrf_middleware
 from app.store import Store
 from app.uploads import MULTIPART_ENVELOPE, UploadRejected, Uploads
 from contract.cost import say_duration
+from contract.disk import is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,11 @@ def build_templates(settings: Settings) -> JinjaTemplateEngine:
     """The pages' templates; built before the app, since the page feed renders fragments with them too."""
     templates = JinjaTemplateEngine(directory=ROOT / "templates")
     templates.engine.globals.update(
-        url=settings.url, auth_enabled=settings.auth_enabled, sse=sse_names, say_duration=say_duration
+        url=settings.url,
+        auth_enabled=settings.auth_enabled,
+        sse=sse_names,
+        say_duration=say_duration,
+        data_disk=settings.data_disk.status,
     )
     return templates
 
@@ -89,7 +95,7 @@ def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngin
     spare_jobs_dir = settings.jobs_dir if settings.spare_runner else None
     executor = Supervisor(settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
     worker = Worker(store, journal, executor, settings.jobs_dir, settings.runner_python)
-    uploads = Uploads(settings.uploads_dir, store, settings.max_upload_bytes, settings.upload_ttl_s)
+    uploads = Uploads(settings.uploads_dir, store, settings.max_upload_bytes, settings.upload_ttl_s, settings.data_disk)
     jobs = Jobs(settings, store, journal, worker, uploads, SubmitRateLimit(settings.submit_per_minute))
     return Parts(
         settings=settings,
@@ -165,7 +171,14 @@ def _conflict(_: Request, exc: Conflict) -> Response[ErrorResponse]:
     return _error(409, str(exc))
 
 
+def _disk_full(_: Request, exc: DiskFull) -> Response[ErrorResponse]:
+    return _error(507, exc.message, [FieldError(field="request", message=exc.message)])
+
+
 def _unexpected(request: Request, exc: Exception) -> Response[ErrorResponse]:
+    if is_disk_full(exc):  # a write of any handler (SQLite, a file) that found no space gets the same answer
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return _disk_full(request, request.app.state.parts.settings.data_disk.full("the change"))
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _error(500, "The portal hit an internal error; it is logged on the server.")
 
@@ -226,6 +239,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             LoginRequired: _login_required,
             Conflict: _conflict,
             UploadRejected: _upload_rejected,
+            DiskFull: _disk_full,
             HTTPException: _http,
             Exception: _unexpected,
         },

@@ -22,13 +22,14 @@ STAGES = (
     "mux",  # finishing the file; the streams are muxed while the video decodes
 )
 
-ErrorCode = Literal["invalid_input", "model_missing", "out_of_memory", "cancelled", "internal"]
+ErrorCode = Literal["invalid_input", "model_missing", "out_of_memory", "disk_full", "cancelled", "internal"]
 
 # Exit codes the supervisor classifies; anything else is an internal failure.
 EXIT_OK = 0
 EXIT_INVALID_INPUT = 2
 EXIT_OUT_OF_MEMORY = 3
 EXIT_MODEL_MISSING = 4
+EXIT_DISK_FULL = 5
 EXIT_CANCELLED_INT = 130
 EXIT_CANCELLED_TERM = 143
 
@@ -36,6 +37,7 @@ EXIT_FOR_ERROR: dict[str, int] = {
     "invalid_input": EXIT_INVALID_INPUT,
     "out_of_memory": EXIT_OUT_OF_MEMORY,
     "model_missing": EXIT_MODEL_MISSING,
+    "disk_full": EXIT_DISK_FULL,
     "cancelled": EXIT_CANCELLED_TERM,
     "internal": 1,
 }

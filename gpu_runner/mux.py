@@ -9,6 +9,7 @@ still being decoded, so the whole clip is never held in memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from fractions import Fraction
@@ -93,7 +94,10 @@ class Mp4Writer:
 
     def __exit__(self, *_exception) -> None:
         if self._container is not None:  # not finished: close what is open and leave nothing behind
-            self._container.close()
+            # Closing writes the trailer, which fails again on a full disk: the error that ended the block is
+            # the one to report, and the partial file goes either way.
+            with contextlib.suppress(Exception):
+                self._container.close()
         self.partial.unlink(missing_ok=True)
 
     def add_frames(self, frames: np.ndarray) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from contract import jobdir, protocol
+from contract.disk import is_disk_full
 from gpu_runner import admission, cache_budget, memory, mux
 from gpu_runner.cache_budget import GIB, MIB, Cache, CacheBudget, Limit
 from gpu_runner.cancel import Cancellation
@@ -193,6 +194,8 @@ class Stages:
         except Exception as error:
             if memory.is_out_of_memory(error):
                 raise JobError("out_of_memory", self._out_of_memory_message(name)) from error
+            if is_disk_full(error):
+                raise JobError("disk_full", _disk_full_message(name, error)) from error
             raise
         self.timings[name] = round(time.monotonic() - entered, 3)
         snapshot = memory.snapshot(name, self.device)
@@ -206,6 +209,18 @@ class Stages:
             f"Out of GPU memory during {stage} at {request.width}x{request.height}, {request.num_frames} frames. "
             "Try fewer frames or a smaller size, or stop other programs that hold GPU memory."
         )
+
+
+def _disk_full_message(stage: str, error: BaseException) -> str:
+    """What a job that ran out of disk space says: where, and what to do. Its partial files are gone (the MP4 and
+    the preview are written under temporary names, removed when a write fails)."""
+    filename = getattr(error, "filename", None)
+    writing = f" writing {Path(filename).name}" if filename else ""
+    return (
+        f"The disk ran out of space during {stage}{writing}, so the job stopped and kept no video. Free space on "
+        "the data disk (delete finished jobs you no longer need, or set AVP_KEEP_DAYS or AVP_KEEP_GB so that old "
+        "jobs' files are removed), then run it again."
+    )
 
 
 def seconds_left(step_times: Sequence[float], total: int, first_step_compiles: bool) -> float | None:

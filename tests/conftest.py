@@ -8,6 +8,23 @@ import pytest
 from tests.portal import Portal, prepare_data_dir
 from tests.proxies import Proxy
 from tests.runner_fixtures import demo_model_dir  # noqa: F401  (registers the session fixture)
+from tests.small_disk import SmallDisk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator:
+    """Mount small tmpfs file systems (`small_disk(size_mib)`, a SmallDisk); all are unmounted afterwards. A test
+    that starts portals on one asks for this fixture before `make_portal`, so the portals stop first."""
+    mounted: list[SmallDisk] = []
+
+    def mount(size_mib: int) -> SmallDisk:
+        disk = SmallDisk(tmp_path / f"disk{len(mounted)}", size_mib).mount()
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        disk.unmount()
 
 
 @pytest.fixture

@@ -127,11 +127,15 @@ class JobsApi(Controller):
         )
 
 
-@get("/healthz", summary="Liveness, including the worker's", tags=["health"], opt={PUBLIC: True})
-async def healthz(jobs: NamedDependency[Jobs], worker: NamedDependency[Worker]) -> Response[dict[str, Any]]:
+@get("/healthz", summary="Liveness, the worker's, and free disk space", tags=["health"], opt={PUBLIC: True})
+async def healthz(
+    jobs: NamedDependency[Jobs], worker: NamedDependency[Worker], settings: NamedDependency[Settings]
+) -> Response[dict[str, Any]]:
+    """503 only when the worker is dead; a data disk below AVP_MIN_FREE_MB still serves (`low_disk`)."""
     queued = await jobs.count_queued()
+    disk = settings.data_disk.status()
     body = {
-        "status": "ok" if worker.alive else "worker_dead",
+        "status": "worker_dead" if not worker.alive else "low_disk" if disk.low else "ok",
         "worker": {
             "alive": worker.alive,
             "state": worker.state,
@@ -140,5 +144,6 @@ async def healthz(jobs: NamedDependency[Jobs], worker: NamedDependency[Worker]) 
             "slots": worker.slots,
         },
         "queued": queued,
+        "disk": msgspec.to_builtins(disk),
     }
     return Response(body, status_code=200 if worker.alive else 503)

@@ -19,6 +19,7 @@ from litestar.response import Redirect, Template
 
 from app.auth import PUBLIC
 from app.config import Settings
+from app.disk import DiskFull
 from app.jobs import Conflict, Jobs, QueueFull
 from app.page_feed import job_context
 from app.ratelimit import RateLimited
@@ -108,7 +109,7 @@ async def create_job(
         return HTMXTemplate(
             template_name="fragments/_form.html", context=_form_context(settings, values, errors), status_code=200
         )
-    except (QueueFull, RateLimited) as exc:
+    except (QueueFull, RateLimited, DiskFull) as exc:
         errors = {"form": str(exc)}
         return HTMXTemplate(template_name="fragments/_form.html", context=_form_context(settings, values, errors))
     url = settings.url(f"/jobs/{job.id}")

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 
+from contract.disk import is_disk_full
 from gpu_runner import mux
 from tests.runner_fixtures import read_mp4
 
@@ -131,6 +132,19 @@ def test_leaving_the_writer_without_finishing_leaves_no_file(tmp_path):
         writer.add_frames(moving_gradient(9, 64, 64))
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_disk_that_fills_mid_write_raises_its_error_and_leaves_no_partial_file(small_disk):
+    disk = small_disk(8)
+    disk.fill(leave=256 * 1024)  # room for the start of the clip, not for all of it
+    noise = np.random.default_rng(0).integers(0, 256, (49, 160, 256, 3), dtype=np.uint8)  # megabytes at CRF 18
+
+    with pytest.raises(OSError) as failed:
+        write_clip(disk.root / "video.mp4", noise, 24.0, tone(2.0))
+
+    assert is_disk_full(failed.value)
+    assert sorted(path.name for path in disk.root.iterdir()) == [".filler-0"], "no video, no partial file"
+    assert disk.free_bytes() == 256 * 1024, "the partial file's space is given back"
 
 
 def test_non_finite_audio_samples_become_silence_so_the_encoder_accepts_them():

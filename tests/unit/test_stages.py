@@ -64,6 +64,24 @@ def test_running_out_of_memory_names_the_stage_and_the_size(job):
     assert "25 frames" in raised.value.message and "Try" in raised.value.message
 
 
+def test_a_preview_that_finds_the_disk_full_fails_the_job_as_disk_full_leaving_no_partial_preview(job, small_disk):
+    disk = small_disk(4)
+    stages = Stages(lambda event: None, Cancellation(), torch.device("cpu"), job, time.monotonic())
+    previews = PreviewWriter(lambda name: disk.root / name, (3, 16, 16), total_steps=2, previews=2)
+    sigmas = torch.tensor([1.0, 0.5, 0.0])
+    disk.fill()
+
+    with pytest.raises(JobError) as raised, stages("denoise"):
+        for index in range(2):
+            previews.after_step(sigmas, index, torch.randn(1, 3 * 16 * 16, 128))
+
+    assert raised.value.code == "disk_full"
+    message = raised.value.message
+    assert message.startswith("The disk ran out of space during denoise")
+    assert "kept no video" in message and "AVP_KEEP_DAYS or AVP_KEEP_GB" in message
+    assert sorted(path.name for path in disk.root.iterdir()) == [".filler-0"]
+
+
 def test_a_cancelled_job_enters_no_further_stage(job):
     events = []
     cancellation = Cancellation()

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from app import uploads as uploads_module
+from app.disk import DataDisk
 from app.store import Store
 from app.uploads import MAX_DISPLAY_NAME, UploadRejected, Uploads, decode_image, display_name, fit_for_job, sniff_format
 from tests import upload_corpus as corpus
@@ -81,7 +82,7 @@ def test_uploads_and_job_images_decode_one_at_a_time_however_many_arrive_togethe
     monkeypatch.setattr(uploads_module, "decode_image", counter.wrap(decode_image))
     monkeypatch.setattr(uploads_module, "fit_for_job", counter.wrap(fit_for_job))
     store = Store(tmp_path / "portal.sqlite3")
-    uploads = Uploads(tmp_path / "uploads", store, max_bytes=2**20, ttl_s=60)
+    uploads = Uploads(tmp_path / "uploads", store, max_bytes=2**20, ttl_s=60, disk=DataDisk(tmp_path, 0))
     body = corpus.multipart(corpus.encode(corpus.photo(), "PNG"))
 
     async def upload():

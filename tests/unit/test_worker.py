@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 
+from app import queue
 from app.broker import Broker
 from app.config import Settings
 from app.executor import EventSink, Outcome
@@ -130,3 +131,32 @@ def test_a_cancel_goes_to_the_executor_and_a_shutdown_interrupts_what_runs(tmp_p
         assert statuses(store) == {"a": "cancelled", "b": "interrupted", "c": "interrupted"}
     finally:
         store.close()
+
+
+def test_on_a_full_disk_the_worker_waits_to_record_and_goes_on_once_space_returns(small_disk, monkeypatch) -> None:
+    monkeypatch.setattr(queue, "DISK_RETRY_S", 0.05)
+    disk = small_disk(8)
+
+    async def scenario(worker: Worker, executor: TwoSlots, store: Store) -> None:
+        disk.fill()  # before the worker's first write: a cannot be marked running
+        await until(lambda: worker.state == queue.WAITING_FOR_DISK)
+        assert worker.alive and executor.started == [] and statuses(store)["a"] == "queued"
+
+        disk.unfill()
+        await until(lambda: executor.started == ["a", "b"] and store.get_job("b").progress.stage == "denoise")
+        assert worker.state == "running"
+
+        disk.fill()
+        executor.finish["a"].set()  # its outcome cannot be stored: it holds its slot, c waits
+        await until(lambda: worker.state == queue.WAITING_FOR_DISK)
+        await anyio.sleep(0.2)
+        assert executor.started == ["a", "b"] and statuses(store)["a"] == "running"
+
+        disk.unfill()
+        await until(lambda: executor.started == ["a", "b", "c"])
+        executor.finish["b"].set()
+        executor.finish["c"].set()
+        await until(lambda: worker.state == "idle")
+        assert statuses(store) == {"a": "succeeded", "b": "succeeded", "c": "succeeded"}
+
+    with_worker(disk.root, scenario)
