@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from contract.disk import is_disk_full
 from gpu_runner import cache_budget
 from gpu_runner.cache_budget import CacheBudget
+
+log = logging.getLogger(__name__)
 
 REVISION_FILES = ("text_encoder", "tokenizer", "connectors")
 
@@ -65,5 +69,11 @@ class PromptCache:
         path = self._path(key)
         tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
         if self.budget.make_room(path, sum(t.numel() * t.element_size() for t in tensors.values())):
-            with cache_budget.writing(path) as partial:  # atomic: a reader sees the whole file or none
-                save_file(tensors, partial)
+            try:
+                with cache_budget.writing(path) as partial:  # atomic: a reader sees the whole file or none
+                    save_file(tensors, partial)
+            except Exception as error:
+                if not is_disk_full(error):
+                    raise
+                # A cache is optional: the job goes on without the entry (its own files may still fit).
+                log.warning("prompt cache: entry not kept, the disk is full (%s)", error)

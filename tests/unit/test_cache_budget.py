@@ -182,3 +182,19 @@ def test_files_that_are_not_entries_are_neither_counted_nor_removed(tmp_path) ->
     assert [e.path.name for e in caches.entries()] == ["a.safetensors"]
     caches.sweep()
     assert other.exists() and (cache.directory / "a.safetensors").exists()
+
+
+def test_a_prompt_entry_that_finds_the_disk_full_is_not_kept_and_the_job_goes_on(small_disk, caplog) -> None:
+    import torch
+
+    from gpu_runner.prompt_cache import PromptCache
+
+    disk = small_disk(4)
+    directory = disk.root / "prompts"
+    directory.mkdir()
+    prompts = PromptCache(directory, budget(Cache(directory), limit=1000 * KB * KB))
+    disk.fill()
+    with caplog.at_level(logging.WARNING, logger="gpu_runner.prompt_cache"):
+        prompts.put("a-key", {"context": torch.zeros(65536)})  # 256 KiB: no room
+    assert prompts.get("a-key") is None and list(directory.iterdir()) == [], "no entry, no partial left"
+    assert "the disk is full" in caplog.text
