@@ -9,6 +9,7 @@ import getpass
 import logging
 import os
 import socket
+import sqlite3
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -20,6 +21,7 @@ from app.config import Settings, SettingsError
 from app.data_lock import DataDirBusy, DataDirLock
 from app.passwords import hash_password
 from app.web import create_app
+from contract.disk import is_disk_full
 
 MIN_PASSWORD_CHARS = 8
 
@@ -42,8 +44,13 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+# Below this much free space a failure to open the store is taken for a full disk, whatever SQLite calls it.
+STARTUP_ROOM_BYTES = 2**20
+
+
 def serve(settings: Settings) -> int:
-    """Serve until stopped; 3 (having changed nothing) when another portal holds the data directory or the port.
+    """Serve until stopped; 3 (having changed nothing) when another portal holds the data directory or the port,
+    or the data disk is too full to open the store.
 
     The data directory is locked before anything reads it, and the port is bound before start-up
     recovery, which marks the jobs the last portal left running as interrupted: only a portal that
@@ -61,7 +68,17 @@ def serve(settings: Settings) -> int:
         return _refuse(
             f"{settings.host}:{settings.port} {why}; stop whatever uses it, or choose another port (--port or AVP_PORT)"
         )
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except (OSError, sqlite3.Error) as error:
+        disk = settings.data_disk.status()
+        # On a full tmpfs SQLite says "disk I/O error" (it cannot make the WAL's shared-memory file), not "full".
+        if not (is_disk_full(error) or disk.free_bytes < STARTUP_ROOM_BYTES):
+            raise
+        return _refuse(
+            f"the data disk is full ({disk.free} free where the data directory {settings.data_dir} is), so the "
+            "job database cannot be opened; free space on that disk, then start the portal again"
+        )
     config = uvicorn.Config(
         app,
         host=settings.host,

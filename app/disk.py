@@ -59,9 +59,10 @@ class DataDisk(msgspec.Struct, frozen=True):
         status = self.status()
         if status.free_bytes - need_bytes >= self.min_free_bytes:
             return
+        needs = f"but {what} will write about {say_bytes(need_bytes)}, and " if need_bytes else "and "
         raise DiskFull(
-            f"Not enough free space on the data disk: {status.free} free, but {what} will write about "
-            f"{say_bytes(need_bytes)}, and {status.floor} must stay free (AVP_MIN_FREE_MB). {ADVICE}"
+            f"Not enough free space on the data disk: {status.free} free, {needs}{status.floor} must stay free "
+            f"(AVP_MIN_FREE_MB). {ADVICE}"
         )
 
     def full(self, what: str) -> DiskFull:

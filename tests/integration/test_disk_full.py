@@ -139,3 +139,26 @@ def test_a_job_that_runs_out_of_space_fails_as_disk_full_and_the_next_runs_once_
         assert c.get(f"/api/jobs/{queued['id']}/video").status_code == 200
         health = c.get("/healthz").json()
         assert health["status"] == "ok" and health["worker"]["state"] in ("idle", "running")
+
+
+def test_a_portal_started_on_a_full_disk_says_so_changes_nothing_and_starts_once_space_returns(
+    small_disk, make_portal, demo_model_dir
+) -> None:
+    disk, first = portal_on_a_small_disk(small_disk, make_portal, demo_model_dir)
+    done = first.submit(prompt="a white ball bouncing", **TINY)
+    assert first.wait(done["id"])["status"] == "succeeded"
+    first.stop()
+    disk.fill()
+
+    again = Portal(data_dir=first.data_dir, env=first.env)
+    refused = again.refused()
+    assert refused.returncode == 3, refused.stderr
+    assert "the data disk is full (0.0 KB free" in refused.stderr and "free space on that disk" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    disk.unfill()
+    again.start()
+    try:
+        assert again.job(done["id"])["status"] == "succeeded", "the job from before is as it was"
+    finally:
+        again.stop()
