@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from gpu_runner.job import MODEL_SUBFOLDERS, WEIGHTLESS_SUBFOLDERS, JobError, check_model_dir, load_job
+from contract.library import COMPONENTS, WEIGHTLESS_COMPONENTS
+from gpu_runner.job import JobError, check_model_dir, load_job
 from tests.runner_fixtures import write_job
 
 
@@ -14,10 +15,10 @@ from tests.runner_fixtures import write_job
 def model_dir(tmp_path):
     """A directory shaped like a Diffusers LTX-2 model: every config, a weights file where one belongs."""
     root = tmp_path / "model"
-    for subfolder, config_name in MODEL_SUBFOLDERS.items():
+    for subfolder, config_name in COMPONENTS.items():
         (root / subfolder).mkdir(parents=True)
         (root / subfolder / config_name).write_text("{}")
-        if subfolder not in WEIGHTLESS_SUBFOLDERS:
+        if subfolder not in WEIGHTLESS_COMPONENTS:
             (root / subfolder / "model.safetensors").write_bytes(b"")
     return root
 
@@ -110,7 +111,7 @@ def test_an_output_video_symlinked_elsewhere_is_refused(tmp_path, model_dir):
         job.path("video.mp4")
 
 
-@pytest.mark.parametrize("subfolder", sorted(MODEL_SUBFOLDERS))
+@pytest.mark.parametrize("subfolder", sorted(COMPONENTS))
 def test_a_missing_model_subfolder_is_named(model_dir, subfolder):
     for entry in (model_dir / subfolder).iterdir():
         entry.unlink()
