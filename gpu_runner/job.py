@@ -74,7 +74,8 @@ def confined(path: Path, root: Path, *, what: str) -> Path:
 
 
 def check_model_dir(model_dir: Path) -> None:
-    """Every component directory present, readable and inside `model_dir`; else model_missing."""
+    """Every component directory present, readable and inside `model_dir`, and the whole recognised as an LTX-2
+    model (contract/library.py); else model_missing."""
     model_dir = model_dir.resolve()
     advice = "run `python -m gpu_runner demo-model <dir>` or point AVP_MODEL_DIR at a Diffusers-format LTX-2 directory"
     if not model_dir.is_dir():
@@ -83,6 +84,10 @@ def check_model_dir(model_dir: Path) -> None:
         problem = library.component_problem(model_dir, component)
         if problem:
             raise JobError("model_missing", f"model subfolder {component}/ {problem}; {advice}")
+    try:
+        library.recognise(model_dir)
+    except library.Unrecognised as error:  # changed since the job was submitted
+        raise JobError("model_missing", f"model directory {model_dir} is not a usable LTX-2 model: {error}") from None
 
 
 def _spec_for(job_file: jobdir.JobFile) -> specs.ModelSpec:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from contract.library import TRANSFORMER_SWITCHES, Recognised, Unrecognised, recognise
+from contract.models import MODEL_KINDS, Unusable, model_id, offered_models
 
 
 @pytest.mark.parametrize(
@@ -147,3 +148,88 @@ def test_a_file_or_a_missing_path_is_not_a_model(tmp_path):
 
     assert "is not a directory" in reason(tmp_path / "file")
     assert "is not a directory" in reason(tmp_path / "nowhere")
+
+
+# ---- offering: every directory of AVP_MODELS_DIR (and AVP_MODEL_DIR's) becomes a model or an Unusable ----
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("LTX-2.3 Distilled", "ltx-2.3-distilled"),
+        ("ltx2_dev", "ltx2_dev"),
+        ("../..", None),
+        ("  Über modell!  ", "ber-modell"),
+        ("___", None),
+        ("x" * 100, "x" * 64),
+    ],
+)
+def test_a_model_id_is_the_directory_name_made_safe(name, expected):
+    assert model_id(name) == expected
+
+
+def test_every_model_directory_is_offered_or_listed_with_its_problem(tmp_path):
+    library_dir = tmp_path / "models"
+    write_model(library_dir / "LTX-2.3 Distilled", "2.3", "distilled")
+    write_model(library_dir / "ltx-2.0", "2.0")
+    shutil.rmtree(write_model(library_dir / "half copied", "2.0") / "vae")
+    write_model(library_dir / "ltx-2.3-distilled", "2.3", "distilled")  # the same id as the first
+    write_model(library_dir / "demo", "2.0")  # the data dir's own demo: offered as the demo only
+    write_model(library_dir / "Demo!", "2.0")  # an id the demo holds
+    write_model(library_dir / ".ltx-2.0.building-7", "2.0")
+    (library_dir / "demo-model-build.log").write_text("")
+
+    offer = offered_models(library_dir / "demo", library_dir, None)
+
+    assert list(offer.models) == ["ltx-2.3-distilled", "ltx-2.0", "demo"]
+    distilled, dev = offer.models["ltx-2.3-distilled"], offer.models["ltx-2.0"]
+    assert (distilled.kind, distilled.version, distilled.variant, distilled.modes) == (
+        "ltx-2.3",
+        "2.3",
+        "distilled",
+        ("quality",),
+    )
+    assert distilled.path == str((library_dir / "LTX-2.3 Distilled").resolve())
+    assert (distilled.defaults.steps, distilled.defaults.guidance_scale) == (8, 1.0)
+    assert (dev.kind, dev.version, dev.variant, dev.defaults.steps) == ("ltx-2", "2.0", "dev", 30)
+    taken = "is taken by another model: rename the directory"
+    assert offer.unusable == (
+        Unusable(id="demo", directory="Demo!", problem=f"its model id 'demo' {taken}"),
+        Unusable(id="half-copied", directory="half copied", problem="incomplete: vae/ is missing"),
+        Unusable(
+            id="ltx-2.3-distilled",
+            directory="ltx-2.3-distilled",
+            problem=f"its model id 'ltx-2.3-distilled' {taken}",
+        ),
+    )
+
+
+def test_avp_model_dir_comes_first_once_and_an_unrecognised_one_does_not_stop_the_rest(tmp_path):
+    library_dir = tmp_path / "models"
+    single = write_model(library_dir / "b-model", "2.3")
+    write_model(library_dir / "a-model", "2.0")
+
+    offer = offered_models(library_dir / "demo", library_dir, single)
+    assert list(offer.models) == ["b-model", "a-model", "demo"] and offer.unusable == ()
+
+    (single / "scheduler" / "scheduler_config.json").write_text(json.dumps({"use_dynamic_shifting": "maybe"}))
+    offer = offered_models(library_dir / "demo", library_dir, single)
+    assert list(offer.models) == ["a-model", "demo"]
+    assert [(found.id, found.problem.split(" has ")[0]) for found in offer.unusable] == [
+        ("b-model", "scheduler/scheduler_config.json")
+    ]
+
+
+def test_without_a_library_directory_the_demo_alone_is_offered(tmp_path):
+    offer = offered_models(tmp_path / "models" / "demo", tmp_path / "models", None)
+
+    assert list(offer.models) == ["demo"] and offer.unusable == ()
+
+
+def test_the_runner_rebuilds_a_library_models_spec_from_its_kind_and_path(tmp_path):
+    model = write_model(tmp_path / "models" / "My LTX", "2.3")
+    offered = offered_models(tmp_path / "models" / "demo", tmp_path / "models", None).models["my-ltx"]
+
+    rebuilt = MODEL_KINDS[offered.kind](Path(offered.path))
+    assert (rebuilt.id, rebuilt.version, rebuilt.constraints) == ("my-ltx", "2.3", offered.constraints)
+    assert rebuilt.path == str(model.resolve())
