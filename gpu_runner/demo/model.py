@@ -395,12 +395,20 @@ def vocoder(version: Version = "2.0"):
 
 
 def _vocoder_with_bandwidth_extension():
-    """LTX-2.3's vocoder: 16 kHz mel to 16 kHz audio, then a second vocoder extends it to 48 kHz
-    (its own mel of that audio, hop 80); the real kernels and rates, widths 1536 and 512 cut to 64 and 32."""
+    """LTX-2.3's vocoder: 16 kHz mel to 16 kHz audio, then a second vocoder extends it to 48 kHz (from its own
+    mel of that audio, hop 80). The real upsampling kernels and rates; widths 1536 and 512 cut to 64 and 32 and
+    one resnet kernel instead of three, as the demo's 2.0 vocoder has."""
     from diffusers.pipelines.ltx2 import LTX2VocoderWithBWE
 
     return LTX2VocoderWithBWE(
-        in_channels=2 * MEL_BINS, hidden_channels=64, bwe_hidden_channels=32, num_mel_channels=MEL_BINS
+        in_channels=2 * MEL_BINS,
+        hidden_channels=64,
+        resnet_kernel_sizes=[3],
+        resnet_dilations=[[1, 3, 5]],
+        bwe_hidden_channels=32,
+        bwe_resnet_kernel_sizes=[3],
+        bwe_resnet_dilations=[[1, 3, 5]],
+        num_mel_channels=MEL_BINS,
     )
 
 

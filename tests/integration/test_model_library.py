@@ -1,9 +1,12 @@
 """The model library through the real portal: AVP_MODELS_DIR's directories offered, the broken ones listed with
-their problem, and a job for one of them refused naming the fix."""
+their problem, a job for one of them refused naming the fix, and jobs on LTX-2.0 and LTX-2.3 layouts run by the
+real runner."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +75,20 @@ def test_the_create_form_offers_every_model_and_shows_the_unusable_one_disabled(
         assert f'<option value="{model}"' in page
     assert "<option disabled>half copied: cannot be used (incomplete: text_encoder/ is missing" in page
     assert '<option value="ltx-2.0-dev" selected>LTX-2.0 dev (ltx-2.0-dev)</option>' in form
+
+
+@pytest.mark.parametrize(("model", "audio_rate"), [("ltx-2.0-dev", 24000), ("ltx-2.3-distilled", 48000)])
+def test_a_job_on_each_versions_layout_runs_through_the_real_runner(
+    library_portal: Portal, version_model_dirs, model, audio_rate
+):
+    job = library_portal.submit(prompt="a red ball", model=model, width=128, height=96, num_frames=9, steps=2)
+    finished = library_portal.wait(job["id"], timeout=180)
+
+    assert finished["status"] == "succeeded", finished["error"]
+    assert finished["request"]["model"] == model
+    assert (finished["result"]["width"], finished["result"]["audio_sample_rate"]) == (128, audio_rate)
+    job_file = json.loads((library_portal.job_dir(job["id"]) / "job.json").read_text())
+    built = version_model_dirs[{"ltx-2.0-dev": "2.0", "ltx-2.3-distilled": "2.3-distilled"}[model]]
+    assert Path(job_file["model_path"]).resolve() == built.resolve()
+    log = (library_portal.job_dir(job["id"]) / "runner.log").read_text()
+    assert "newly initialized" not in log  # every weight of the directory was loaded into its own class
