@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.portal import Portal, prepare_data_dir
+from tests.portal import Portal, prepare_data_dir, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,22 @@ def test_a_job_on_each_versions_layout_runs_through_the_real_runner(
     assert Path(job_file["model_path"]).resolve() == built.resolve()
     log = (library_portal.job_dir(job["id"]) / "runner.log").read_text()
     assert "newly initialized" not in log  # every weight of the directory was loaded into its own class
+
+
+def test_a_model_copied_into_the_data_dirs_models_while_the_portal_runs_is_offered_without_a_restart(
+    make_portal, version_model_dirs
+):
+    portal = make_portal()  # no AVP_MODELS_DIR: the library is <data dir>/models, where the demo lives
+    models = portal.data_dir / "models"
+    with portal.client() as c:
+
+        def offered() -> list[str]:
+            return [model["id"] for model in c.get("/api/models").json()["models"]]
+
+        assert offered() == ["demo"]
+        (models / "Late Arrival").symlink_to(version_model_dirs["2.3"])
+        assert wait_for(lambda: offered() if "late-arrival" in offered() else None, 30, "new model") == [
+            "late-arrival",
+            "demo",
+        ]
+        assert c.get("/api/models").json()["unusable"] == []
