@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import get_args
@@ -17,7 +18,7 @@ import msgspec
 from app.disk import DataDisk
 from app.passwords import is_password_hash
 from contract.jobdir import DEFAULT_CACHE_GB, RunnerOptions
-from contract.models import ModelSpec, Precision, model_specs
+from contract.models import ModelSpec, Offer, Precision, offered_models
 
 
 class SettingsError(ValueError):
@@ -28,7 +29,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 8000
-    model_dir: Path | None = None  # a Diffusers-format LTX-2 directory
+    model_dir: Path | None = None  # a Diffusers-format LTX-2 directory (AVP_MODEL_DIR), offered first
+    models_dir: Path | None = None  # a directory of model directories (AVP_MODELS_DIR); None: <data dir>/models
     runner_python: str = sys.executable
     max_queue: int = 20
     max_job_minutes: float = 60.0  # jobs predicted to take longer are refused at submit; 0: no limit
@@ -142,8 +144,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             cache_gb=self.cache_gb,
         )
 
+    @property
+    def library_dir(self) -> Path:
+        """Where model directories are looked for: AVP_MODELS_DIR, else the data dir's models/ (the demo's home)."""
+        return self.models_dir or self.data_dir / "models"
+
+    def library(self) -> Offer:
+        """The models offered and the model directories found that cannot be, read from their configs at most
+        LIBRARY_REREAD_S ago (pages and event streams ask for them often; a scan reads every model's configs)."""
+        key = (self.demo_model_dir, self.library_dir, self.model_dir)
+        read_at, offer = _library_reads.get(key, (-math.inf, None))
+        if offer is None or time.monotonic() - read_at > LIBRARY_REREAD_S:
+            offer = offered_models(self.demo_model_dir, self.library_dir, self.model_dir)
+            _library_reads[key] = (time.monotonic(), offer)
+        return offer
+
     def models(self) -> dict[str, ModelSpec]:
-        return model_specs(self.demo_model_dir, self.model_dir)
+        """The models offered, the default first."""
+        return self.library().models
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -179,6 +197,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(
                 f"AVP_MODEL_DIR={model_dir!r} is not a directory; point it at a Diffusers-format "
                 "LTX-2 directory (with transformer/, vae/, text_encoder/ ...) or unset it to use the demo model"
+            )
+        models_dir = env.get("AVP_MODELS_DIR", "").strip()
+        if models_dir and not Path(models_dir).is_dir():
+            raise SettingsError(
+                f"AVP_MODELS_DIR={models_dir!r} is not a directory; point it at a directory holding Diffusers-format "
+                "LTX-2 model directories, or unset it for <data dir>/models"
             )
         precision = env.get("AVP_PRECISION", "").strip() or None
         if precision is not None and precision not in get_args(Precision):
@@ -229,6 +253,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             host=env.get("AVP_HOST", "").strip() or "127.0.0.1",
             port=int(number("AVP_PORT", 8000, int, 0)),
             model_dir=Path(model_dir).resolve() if model_dir else None,
+            models_dir=Path(models_dir).resolve() if models_dir else None,
             runner_python=runner_python,
             max_queue=int(number("AVP_MAX_QUEUE", 20, int, 1)),
             max_job_minutes=number("AVP_MAX_JOB_MINUTES", 60.0),
@@ -260,6 +285,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
 MIN_TOKEN_CHARS = 16
+LIBRARY_REREAD_S = 2.0  # a model directory added, repaired or removed shows within this long
+_library_reads: dict[tuple[Path, Path, Path | None], tuple[float, Offer]] = {}
 _ROOT_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 

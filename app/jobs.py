@@ -108,7 +108,7 @@ class Jobs(msgspec.Struct, frozen=True):
         on the data disk with AVP_MIN_FREE_MB to spare, or failed to), RateLimited (this client submits too
         often) or QueueFull.
         """
-        resolved, spec = validate_request(raw, self.settings.models(), strict=strict)
+        resolved, spec = validate_request(raw, self.settings.library(), strict=strict)
         estimate = await self.estimate(resolved, spec)
         too_long = None if estimate is None else cost.over_limit(estimate, resolved, self.settings.max_job_minutes)
         if too_long:

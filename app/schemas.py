@@ -14,7 +14,7 @@ import msgspec
 
 from app.progress import JobProgress
 from contract.cost import Estimate
-from contract.models import ModelSpec
+from contract.models import ModelSpec, Offer
 from contract.request import TEXT_FIELDS, Request
 
 
@@ -132,7 +132,7 @@ def parse_request(raw: Any, *, strict: bool = True) -> tuple[Request, list[Field
     return Request(**values), errors
 
 
-def validate_request(raw: Any, models: dict[str, ModelSpec], *, strict: bool = True) -> tuple[Request, ModelSpec]:
+def validate_request(raw: Any, models: Offer, *, strict: bool = True) -> tuple[Request, ModelSpec]:
     """Types, then the model's rules, with every problem reported at once; raises InvalidRequest."""
     request, errors = parse_request(raw, strict=strict)
     seen = {e.field for e in errors}
@@ -145,19 +145,29 @@ def validate_request(raw: Any, models: dict[str, ModelSpec], *, strict: bool = T
     return resolved, spec
 
 
-def resolve_request(request: Request, models: dict[str, ModelSpec]) -> tuple[Request, ModelSpec]:
+def resolve_request(request: Request, offer: Offer) -> tuple[Request, ModelSpec]:
     """Fill defaults from the model's spec, choose a seed, check every rule; raises InvalidRequest."""
-    model_id = request.model or next(iter(models))
-    spec = models.get(model_id)
+    model_id = request.model or next(iter(offer.models))
+    spec = offer.models.get(model_id)
     if spec is None:
-        raise InvalidRequest(
-            [FieldError(field="model", message=f"unknown model {model_id!r}; available: {', '.join(models)}")]
-        )
+        raise InvalidRequest([FieldError(field="model", message=_model_problem(model_id, offer))])
     resolved = spec.resolve(request)
     problems = spec.violations(resolved)
     if problems:
         raise InvalidRequest([FieldError(field=f, message=m) for f, m in problems])
     return resolved, spec
+
+
+def _model_problem(model_id: str, offer: Offer) -> str:
+    """Why `model_id` cannot be used, and what to do instead."""
+    available = f"pick one of {', '.join(offer.models)} (GET /api/models)"
+    unusable = next((found for found in offer.unusable if found.id == model_id), None)
+    if unusable is None:
+        return f"unknown model {model_id!r}; {available}"
+    return (
+        f"model {model_id!r} cannot be used: its directory {unusable.directory!r} {unusable.problem}. "
+        f"Repair the directory, or {available}"
+    )
 
 
 # ---- responses ---------------------------------------------------------------------
@@ -209,6 +219,10 @@ class ModelOut(Base):
     id: str
     label: str
     kind: str
+    version: str  # "2.0" or "2.3" (the demo is a tiny 2.0)
+    variant: str  # "dev" or "distilled"
+    modes: list[str]  # what the portal can run with it: "quality" (full guidance)
+    parts: list[str]  # optional parts present: "latent_upsampler", "distilled_lora"
     note: str
     constraints: dict[str, Any]
     defaults: dict[str, Any]
@@ -216,5 +230,12 @@ class ModelOut(Base):
     fps_choices: list[float]
 
 
+class UnusableModel(Base):
+    id: str | None  # the id it would have (None: its directory's name gives none)
+    directory: str  # the directory's name, in AVP_MODELS_DIR (or AVP_MODEL_DIR's)
+    problem: str  # what is missing or unknown, naming the file or key
+
+
 class ModelList(Base):
-    models: list[ModelOut]
+    models: list[ModelOut]  # the default first
+    unusable: list[UnusableModel]  # model directories found that cannot be used, and why

@@ -6,6 +6,7 @@ the runner (re-checking job.json) apply the same rules. Torch-free.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -13,10 +14,12 @@ from typing import Literal
 
 import msgspec
 
+from contract import library
 from contract.request import Constraints, Request, merge, violations
 
 Precision = Literal["fp8", "bf16", "fp32"]
-ModelKind = Literal["demo", "ltx-2"]
+ModelKind = Literal["demo", "ltx-2", "ltx-2.3"]
+Mode = Literal["quality"]  # what the runner can do with a model; two-stage "fast" comes later
 
 
 class ModelSpec(msgspec.Struct, frozen=True):
@@ -30,6 +33,10 @@ class ModelSpec(msgspec.Struct, frozen=True):
     fps_choices: tuple[float, ...]
     precision_cuda: Precision
     note: str = ""
+    version: library.Version = "2.0"
+    variant: library.Variant = "dev"
+    modes: tuple[Mode, ...] = ("quality",)
+    parts: tuple[str, ...] = ()  # optional parts present: "latent_upsampler", "distilled_lora"
 
     def resolve(self, request: Request, seed: int | None = None) -> Request:
         """`request` with this model's defaults filled in and a seed chosen (`seed`, else a random one)."""
@@ -82,11 +89,12 @@ def demo_spec(path: Path) -> ModelSpec:
     )
 
 
-def ltx2_spec(path: Path) -> ModelSpec:
+def ltx2_spec(path: Path, version: library.Version = "2.0") -> ModelSpec:
+    """An LTX-2 model directory of `version`, as a dev model (`library_spec` applies what the directory has)."""
     return ModelSpec(
-        id="ltx-2",
-        label="LTX-2 (" + path.name + ")",
-        kind="ltx-2",
+        id=model_id(path.name) or KIND_OF_VERSION[version],
+        label=f"LTX-{version} ({path.name})",
+        kind=KIND_OF_VERSION[version],
         path=str(path),
         constraints=Constraints(),
         defaults=Request(
@@ -102,19 +110,102 @@ def ltx2_spec(path: Path) -> ModelSpec:
         presets=((768, 512), (512, 768), (768, 448), (1024, 576), (1280, 704), (704, 1280), (512, 512)),
         fps_choices=(24.0, 25.0, 30.0, 48.0, 50.0),
         precision_cuda="fp8",
+        version=version,
     )
 
 
+def ltx23_spec(path: Path) -> ModelSpec:
+    return ltx2_spec(path, "2.3")
+
+
+KIND_OF_VERSION: dict[library.Version, ModelKind] = {"2.0": "ltx-2", "2.3": "ltx-2.3"}
 # The registry of model kinds: a kind names how to build the spec of a model directory.
-MODEL_KINDS: dict[str, Callable[[Path], ModelSpec]] = {"demo": demo_spec, "ltx-2": ltx2_spec}
+MODEL_KINDS: dict[str, Callable[[Path], ModelSpec]] = {"demo": demo_spec, "ltx-2": ltx2_spec, "ltx-2.3": ltx23_spec}
+# A distilled model is trained to denoise in a few steps without guidance.
+DISTILLED_DEFAULTS = Request(steps=8, guidance_scale=1.0)
 
 
-def model_specs(demo_dir: Path, model_dir: Path | None) -> dict[str, ModelSpec]:
-    """The models this installation offers, the default one first."""
-    specs = [demo_spec(demo_dir)]
-    if model_dir is not None:
-        specs.insert(0, ltx2_spec(model_dir))
-    return {spec.id: spec for spec in specs}
+def library_spec(path: Path, recognised: library.Recognised) -> ModelSpec:
+    """The spec of a recognised model directory: its version's, with its variant's defaults and its parts."""
+    spec = MODEL_KINDS[KIND_OF_VERSION[recognised.version]](path)
+    defaults = merge(DISTILLED_DEFAULTS, spec.defaults) if recognised.variant == "distilled" else spec.defaults
+    return msgspec.structs.replace(
+        spec,
+        label=f"LTX-{recognised.version} {recognised.variant} ({path.name})",
+        variant=recognised.variant,
+        defaults=defaults,
+        parts=recognised.parts,
+        note="; ".join(recognised.notes),
+    )
+
+
+_NOT_IN_ID = re.compile(r"[^a-z0-9._-]+")
+MAX_ID_CHARS = 64
+
+
+def model_id(directory_name: str) -> str | None:
+    """A model's id from its directory's name: lower case, runs of anything but letters, digits, '.', '_'
+    and '-' made one '-', trimmed; None when nothing usable is left. Stable while the directory keeps its name."""
+    slug = _NOT_IN_ID.sub("-", directory_name.lower()).strip("-._")[:MAX_ID_CHARS].rstrip("-._")
+    return slug or None
+
+
+class Unusable(msgspec.Struct, frozen=True):
+    """A model directory the portal found but cannot offer, and why (the fix is in the reason)."""
+
+    id: str | None  # None when its name gives no id
+    directory: str  # the directory's name
+    problem: str
+
+
+class Offer(msgspec.Struct, frozen=True):
+    models: dict[str, ModelSpec]  # by id, the default first
+    unusable: tuple[Unusable, ...]
+
+
+def offered_models(demo_dir: Path, models_dir: Path | None, model_dir: Path | None) -> Offer:
+    """The models this installation offers: AVP_MODEL_DIR's first (the default), then every model directory
+    in AVP_MODELS_DIR by id, then the demo; and the directories found there that cannot be offered, with why.
+
+    Hidden entries and the demo's own directory are skipped; a directory listed twice is offered once."""
+    found = [model_dir] if model_dir is not None else []
+    if models_dir is not None and models_dir.is_dir():
+        demo = demo_dir.resolve()
+        found += sorted(
+            (entry for entry in models_dir.iterdir() if not entry.name.startswith(".") and entry.is_dir()),
+            key=lambda entry: entry.name,
+        )
+        found = [entry for entry in found if entry.resolve() != demo]
+    models: dict[str, ModelSpec] = {}
+    unusable: list[Unusable] = []
+    seen: dict[Path, str] = {}
+    for directory in found:
+        resolved = directory.resolve()
+        if resolved in seen:
+            continue
+        seen[resolved] = directory.name
+        identity = model_id(directory.name)
+        problem = _id_problem(identity, models)
+        if problem is None:
+            try:
+                # the path as found, not resolved: a symlink's own name gives the id, in the runner too
+                spec = library_spec(directory.absolute(), library.recognise(resolved))
+                models[spec.id] = spec
+                continue
+            except library.Unrecognised as error:
+                problem = str(error)
+        unusable.append(Unusable(id=identity, directory=directory.name, problem=problem))
+    demo_model = demo_spec(demo_dir)
+    models.setdefault(demo_model.id, demo_model)
+    return Offer(models=models, unusable=tuple(unusable))
+
+
+def _id_problem(identity: str | None, models: dict[str, ModelSpec]) -> str | None:
+    if identity is None:
+        return "its name gives no model id: rename the directory to letters, digits, '.', '_' or '-'"
+    if identity == "demo" or identity in models:
+        return f"its model id {identity!r} is taken by another model: rename the directory"
+    return None
 
 
 # Written last by `python -m gpu_runner demo-model <dir>`: its presence means the build completed.

@@ -1,4 +1,4 @@
-"""Command line: `python -m gpu_runner run <job dir>`, `... standby <jobs dir>` and `... demo-model <dir> [--random]`.
+"""Command line: `python -m gpu_runner run <job dir>`, `... standby <jobs dir>` and `... demo-model <dir> [...]`.
 
 `run` owns the process's life: stdout is the progress protocol and nothing else, the
 process dies with its parent, and every ending is one protocol event plus an exit code.
@@ -26,7 +26,10 @@ from pathlib import Path
 from contract import jobdir, protocol
 from gpu_runner import stdout
 
-USAGE = "usage: python -m gpu_runner run <job dir> | standby <jobs dir> | demo-model <dir> [--random]"
+USAGE = (
+    "usage: python -m gpu_runner run <job dir> | standby <jobs dir> | demo-model <dir> [--random]"
+    " | demo-model <dir> --random --version 2.0|2.3 [--distilled]"
+)
 PR_SET_PDEATHSIG = 1
 MAX_JOB_LINE_BYTES = 4096
 
@@ -43,6 +46,11 @@ def main(argv: list[str]) -> int:
             return demo_model(Path(target), "trained")
         case ["demo-model", target, "--random"]:
             return demo_model(Path(target), "random")
+        case ["demo-model", target, "--random", "--version", ("2.0" | "2.3") as version, *variant] if variant in (
+            [],
+            ["--distilled"],
+        ):
+            return version_model(Path(target), version, "distilled" if variant else "dev")
         case _:
             print(USAGE, file=sys.stderr)
             return 2
@@ -147,6 +155,16 @@ def demo_model(target: Path, weights: str) -> int:
     started = time.monotonic()
     path = build_demo_model(target, weights)
     print(f"demo model ({weights} weights) ready in {path} ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def version_model(target: Path, version: str, variant: str) -> int:
+    """Build a tiny random-weight model directory of one LTX-2 version's layout (with a latent upsampler)."""
+    from gpu_runner.demo.model import build_version_model
+
+    started = time.monotonic()
+    path = build_version_model(target, version, variant)
+    print(f"LTX-{version} {variant} layout (tiny, random weights) ready in {path} ({time.monotonic() - started:.1f} s)")
     return 0
 
 

@@ -5,30 +5,15 @@ Torch-free, so a bad job is refused before the diffusion stack is imported.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
 import msgspec
 
-from contract import jobdir, protocol
+from contract import jobdir, library, protocol
 from contract import models as specs
 from contract.request import Request
-
-# What each component directory must hold for the runner to load it.
-MODEL_SUBFOLDERS: dict[str, str] = {
-    "text_encoder": "config.json",
-    "tokenizer": "tokenizer_config.json",
-    "connectors": "config.json",
-    "transformer": "config.json",
-    "vae": "config.json",
-    "audio_vae": "config.json",
-    "vocoder": "config.json",
-    "scheduler": "scheduler_config.json",
-}
-WEIGHTLESS_SUBFOLDERS = {"tokenizer", "scheduler"}
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 
 
 class JobError(Exception):
@@ -89,34 +74,20 @@ def confined(path: Path, root: Path, *, what: str) -> Path:
 
 
 def check_model_dir(model_dir: Path) -> None:
-    """Every component directory present, readable and inside `model_dir`; else model_missing."""
+    """Every component directory present, readable and inside `model_dir`, and the whole recognised as an LTX-2
+    model (contract/library.py); else model_missing."""
     model_dir = model_dir.resolve()
     advice = "run `python -m gpu_runner demo-model <dir>` or point AVP_MODEL_DIR at a Diffusers-format LTX-2 directory"
     if not model_dir.is_dir():
         raise JobError("model_missing", f"model directory {model_dir} does not exist; {advice}")
-    for subfolder, config_name in MODEL_SUBFOLDERS.items():
-        problem = _subfolder_problem(model_dir, subfolder, config_name)
+    for component in library.COMPONENTS:
+        problem = library.component_problem(model_dir, component)
         if problem:
-            raise JobError("model_missing", f"model subfolder {subfolder}/ {problem}; {advice}")
-
-
-def _subfolder_problem(model_dir: Path, subfolder: str, config_name: str) -> str | None:
-    directory = (model_dir / subfolder).resolve()
-    if not directory.is_relative_to(model_dir):
-        return "resolves outside the model directory"
-    if not directory.is_dir():
-        return "is missing"
+            raise JobError("model_missing", f"model subfolder {component}/ {problem}; {advice}")
     try:
-        json.loads((directory / config_name).read_text())
-    except FileNotFoundError:
-        return f"has no {config_name}"
-    except (OSError, ValueError):
-        return f"has an unreadable {config_name}"
-    if subfolder not in WEIGHTLESS_SUBFOLDERS and not any(
-        entry.name.endswith(WEIGHT_SUFFIXES) for entry in directory.iterdir()
-    ):
-        return "has no weights"
-    return None
+        library.recognise(model_dir)
+    except library.Unrecognised as error:  # changed since the job was submitted
+        raise JobError("model_missing", f"model directory {model_dir} is not a usable LTX-2 model: {error}") from None
 
 
 def _spec_for(job_file: jobdir.JobFile) -> specs.ModelSpec:

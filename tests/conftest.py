@@ -7,7 +7,7 @@ import pytest
 
 from tests.portal import Portal, prepare_data_dir
 from tests.proxies import Proxy
-from tests.runner_fixtures import demo_model_dir  # noqa: F401  (registers the session fixture)
+from tests.runner_fixtures import demo_model_dir, version_model_dirs  # noqa: F401  (registers the session fixtures)
 from tests.small_disk import SmallDisk
 
 

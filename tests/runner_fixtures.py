@@ -55,6 +55,22 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def version_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight models of each LTX-2 version's layout, dev and distilled, built once per test session
+    with the project's own command, keyed "2.0", "2.3", "2.0-distilled", "2.3-distilled"."""
+    root = tmp_path_factory.mktemp("versions")
+    built = {}
+    for version in ("2.0", "2.3"):
+        for variant in ("dev", "distilled"):
+            name = version if variant == "dev" else f"{version}-distilled"
+            flags = ["--distilled"] if variant == "distilled" else []
+            command = ["demo-model", str(root / name), "--random", "--version", version, *flags]
+            subprocess.run([sys.executable, "-m", "gpu_runner", *command], cwd=REPO_ROOT, check=True)
+            built[name] = root / name
+    return built
+
+
 def write_job(job_dir: Path, model_path: Path, **overrides: object) -> Path:
     """Write a valid demo job.json into `job_dir`; overrides name JobFile or request fields.
 

@@ -17,7 +17,7 @@ from app.auth import PUBLIC
 from app.config import Settings
 from app.jobs import Jobs, present
 from app.queue import Worker
-from app.schemas import JobList, JobOut, ModelList, ModelOut, decode_body
+from app.schemas import JobList, JobOut, ModelList, ModelOut, UnusableModel, decode_body
 from app.store import JobRow
 from contract.request import given
 
@@ -108,22 +108,28 @@ class JobsApi(Controller):
     ) -> JobOut:
         return present(await jobs.set_keep(await load_job(jobs, job_id), False), settings)
 
-    @get("/models", summary="Models with their constraints and defaults")
+    @get("/models", summary="Models with their constraints and defaults, and model directories that cannot be used")
     async def list_models(self, settings: NamedDependency[Settings]) -> ModelList:
+        offer = settings.library()
         return ModelList(
             models=[
                 ModelOut(
                     id=spec.id,
                     label=spec.label,
                     kind=spec.kind,
+                    version=spec.version,
+                    variant=spec.variant,
+                    modes=list(spec.modes),
+                    parts=list(spec.parts),
                     note=spec.note,
                     constraints=msgspec.to_builtins(spec.constraints),
                     defaults=given(spec.defaults),
                     presets=[list(p) for p in spec.presets],
                     fps_choices=list(spec.fps_choices),
                 )
-                for spec in settings.models().values()
-            ]
+                for spec in offer.models.values()
+            ],
+            unusable=[UnusableModel(**msgspec.structs.asdict(found)) for found in offer.unusable],
         )
 
 

@@ -33,7 +33,8 @@ RECENT_JOBS = 30
 
 def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
     """What the create form needs: the chosen model, its choices, the current values, the errors."""
-    models = settings.models()
+    offer = settings.library()
+    models = offer.models
     spec = models.get(str(values.get("model") or "")) or next(iter(models.values()))
     # The model's defaults, then what the person chose; a field with neither shows blank (a random seed).
     merged = {name: "" if value is None else value for name, value in msgspec.structs.asdict(spec.defaults).items()}
@@ -41,6 +42,7 @@ def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, 
     merged["model"] = spec.id
     return {
         "models": list(models.values()),
+        "unusable": offer.unusable,
         "spec": spec,
         "values": merged,
         "errors": errors or {},

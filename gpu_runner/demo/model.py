@@ -9,6 +9,11 @@ The trained weights ship with the project in `gpu_runner/demo/weights` (see MODE
 there; `gpu_runner/demo/train.py` made them), installed by `python -m gpu_runner demo-model`. The
 same architecture with random weights is kept for tests that need only shapes, and is what
 training starts from.
+
+`build_version_model` makes the same tiny sizes in the layout of one LTX-2 version (2.0 or 2.3:
+the same component classes and config keys as the full-size model, see `VERSION_LAYOUTS`), dev or
+distilled, with a x2 spatial latent upsampler: random weights, for checking the model library's
+recognition and the runner on a CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import os
 import shutil
 import string
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +34,8 @@ FORMAT_VERSION = 2
 SEED = 0
 TRAINED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 Weights = Literal["trained", "random"]
+Version = Literal["2.0", "2.3"]
+Variant = Literal["dev", "distilled"]
 
 # Widths that must agree across components (the real model's values in comments).
 TEXT_WIDTH = 64  # Gemma-3 hidden size = connector heads x head dim (3840 = 30 x 128)
@@ -62,42 +70,54 @@ gentle quick smooth detailed realistic photorealistic film documentary style vin
 
 
 def build_demo_model(target: Path, weights: Weights = "trained") -> Path:
-    """Install the demo model into `target` (a Diffusers-format directory) unless it is there.
+    """Install the demo model into `target` (a Diffusers-format directory) unless it is there."""
+    return _build(target, {"weights": weights}, lambda staging: _write_demo(staging, weights))
+
+
+def build_version_model(target: Path, version: Version, variant: Variant = "dev") -> Path:
+    """A tiny random-weight model directory of LTX-`version`'s layout, with a x2 latent upsampler."""
+    identity = {"weights": "random", "version": version, "variant": variant}
+    return _build(target, identity, lambda staging: _write_version(staging, version, variant))
+
+
+def is_complete(
+    path: Path, weights: Weights = "trained", version: Version | None = None, variant: Variant | None = None
+) -> bool:
+    """True when `path` holds a finished build of the current format with these weights (and layout)."""
+    try:
+        manifest = json.loads((path / specs.DEMO_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    wanted = {"format_version": FORMAT_VERSION, "weights": weights, "version": version, "variant": variant}
+    return isinstance(manifest, dict) and all(manifest.get(key) == value for key, value in wanted.items())
+
+
+def _build(target: Path, identity: dict[str, str], write: Callable[[Path], str]) -> Path:
+    """Build into `target` unless a build of this identity is there; `write` fills a directory and returns its note.
 
     The model is assembled in a temporary sibling directory and renamed into place, with the
     manifest written last inside it, so `target` is either absent or complete.
     """
     target = target.resolve()
-    if is_complete(target, weights):
+    if is_complete(target, **identity):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.building-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_pipeline(staging, weights)
-        _install(staging, target, weights)
+        note = write(staging)
+        manifest = {"format_version": FORMAT_VERSION, **identity, "seed": SEED, "note": note}
+        (staging / specs.DEMO_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _install(staging, target, identity)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def is_complete(path: Path, weights: Weights = "trained") -> bool:
-    """True when `path` holds a finished demo model of the current format with these weights."""
-    try:
-        manifest = json.loads((path / specs.DEMO_MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(manifest, dict)
-        and manifest.get("format_version") == FORMAT_VERSION
-        and manifest.get("weights") == weights
-    )
-
-
-def _install(staging: Path, target: Path, weights: Weights) -> None:
+def _install(staging: Path, target: Path, identity: dict[str, str]) -> None:
     """Move a finished build into place, replacing an incomplete or outdated one."""
     if target.exists():
-        if is_complete(target, weights):  # another process finished first
+        if is_complete(target, **identity):  # another process finished first
             return
         stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
         target.rename(stale)
@@ -105,48 +125,58 @@ def _install(staging: Path, target: Path, weights: Weights) -> None:
     staging.rename(target)
 
 
-def _write_pipeline(directory: Path, weights: Weights) -> None:
+def _write_demo(directory: Path, weights: Weights) -> str:
     if weights == "trained":
         shutil.copytree(TRAINED_WEIGHTS, directory, ignore=shutil.ignore_patterns("training_log.json"))
-        note = "LTX-2 architecture at a tiny size, trained on a synthetic world (see MODEL_CARD.md)."
-    else:
-        from diffusers import LTX2Pipeline
+        return "LTX-2 architecture at a tiny size, trained on a synthetic world (see MODEL_CARD.md)."
+    from diffusers import LTX2Pipeline
 
-        LTX2Pipeline(**build_components()).save_pretrained(directory)
-        note = "LTX-2 architecture at a tiny size with random weights; video and sound are noise."
-    manifest = {"format_version": FORMAT_VERSION, "weights": weights, "seed": SEED, "note": note}
-    (directory / specs.DEMO_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    LTX2Pipeline(**build_components()).save_pretrained(directory)
+    return "LTX-2 architecture at a tiny size with random weights; video and sound are noise."
 
 
-def build_components() -> dict[str, object]:
-    """The pipeline's components, each seeded on its own so that one's size leaves the others alone."""
+def _write_version(directory: Path, version: Version, variant: Variant) -> str:
+    from diffusers import LTX2Pipeline
+
+    LTX2Pipeline(**build_components(version, variant)).save_pretrained(directory)
+    torch.manual_seed(SEED)
+    latent_upsampler(version).eval().save_pretrained(directory / "latent_upsampler")
+    return f"LTX-{version} {variant} layout at a tiny size with random weights; video and sound are noise."
+
+
+def build_components(version: Version = "2.0", variant: Variant = "dev") -> dict[str, object]:
+    """The pipeline's components, each seeded on its own so that one's size leaves the others alone.
+
+    Version 2.0 at these sizes is the demo's architecture."""
     tokenizer = build_tokenizer()
     components: dict[str, object] = {"tokenizer": tokenizer}
     for name, factory in (
         ("text_encoder", lambda: text_encoder(len(tokenizer))),
-        ("connectors", connectors),
-        ("transformer", transformer),
-        ("vae", video_vae),
+        ("connectors", lambda: connectors(version)),
+        ("transformer", lambda: transformer(version)),
+        ("vae", lambda: video_vae(version)),
         ("audio_vae", audio_vae),
-        ("vocoder", vocoder),
+        ("vocoder", lambda: vocoder(version)),
     ):
         torch.manual_seed(SEED)
         components[name] = factory().eval()
-    components["scheduler"] = ltx2_scheduler()
+    components["scheduler"] = ltx2_scheduler(variant)
     return components
 
 
-def ltx2_scheduler():
-    """LTX-2's scheduler: resolution-dependent shift over the token count, ending at zero noise."""
+def ltx2_scheduler(variant: Variant = "dev"):
+    """LTX-2's schedulers. Dev: a resolution-dependent shift over the token count, stretched to end at
+    shift_terminal. Distilled: no shift at all (its few sigmas are fixed by the pipeline)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
+    dev = variant == "dev"
     return FlowMatchEulerDiscreteScheduler(
-        use_dynamic_shifting=True,
+        use_dynamic_shifting=dev,
         base_shift=0.95,
         max_shift=2.05,
         base_image_seq_len=1024,
         max_image_seq_len=4096,
-        shift_terminal=0.1,
+        shift_terminal=0.1 if dev else None,
     )
 
 
@@ -209,70 +239,118 @@ def text_encoder(vocab_size: int):
     return Gemma3ForConditionalGeneration(config)
 
 
-def connectors():
+# What LTX-2.3 changes against 2.0, at the demo's sizes (the full-size values in comments). The keys
+# are those of the full-size configs; contract/library.py recognises a version by the same keys.
+VERSION_LAYOUTS: dict[str, dict[str, dict[str, object]]] = {
+    "2.0": {"connectors": {}, "transformer": {}, "vae": {}},
+    "2.3": {
+        # Each modality's connector projects to its own width, the transformer's cross-attention width
+        # (4096 = 32 x 128 for video, 2048 = 32 x 64 for audio); 8 gated layers each in full size.
+        "connectors": {
+            "video_connector_num_attention_heads": 6,
+            "video_connector_attention_head_dim": 32,
+            "audio_connector_num_attention_heads": 6,
+            "audio_connector_attention_head_dim": 16,
+            "video_gated_attn": True,
+            "audio_gated_attn": True,
+            "per_modality_projections": True,
+            "video_hidden_dim": 192,
+            "audio_hidden_dim": 96,
+            "proj_bias": True,
+        },
+        # Gated attention, cross-attention modulation, STG's perturbed attention; the connectors
+        # hand over prompt embeddings already at the cross-attention widths.
+        "transformer": {
+            "gated_attn": True,
+            "cross_attn_mod": True,
+            "audio_gated_attn": True,
+            "audio_cross_attn_mod": True,
+            "use_prompt_embeddings": False,
+            "perturbed_attn": True,
+        },
+        # Four up blocks (spatiotemporal, spatiotemporal, temporal, spatial) without residual
+        # upsampling, widths 256, 512, 512, 1024 in full size; encoder widths end 1024, 1024.
+        "vae": {
+            "decoder_block_out_channels": (16, 32, 32, 64),
+            "decoder_layers_per_block": (1, 1, 1, 1, 1),
+            "decoder_spatio_temporal_scaling": (True, True, True, True),
+            "decoder_inject_noise": (False, False, False, False, False),
+            "upsample_type": ("spatiotemporal", "spatiotemporal", "temporal", "spatial"),
+            "upsample_residual": (False, False, False, False),
+            "upsample_factor": (2, 2, 1, 2),
+            "decoder_spatial_padding_mode": "zeros",
+        },
+    },
+}
+
+
+def connectors(version: Version = "2.0"):
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
 
-    return LTX2TextConnectors(
-        caption_channels=TEXT_WIDTH,
-        text_proj_in_factor=TEXT_LAYERS + 1,
-        video_connector_num_attention_heads=4,
-        video_connector_attention_head_dim=TEXT_WIDTH // 4,
-        video_connector_num_layers=2,
-        video_connector_num_learnable_registers=CONNECTOR_REGISTERS,
-        audio_connector_num_attention_heads=4,
-        audio_connector_attention_head_dim=TEXT_WIDTH // 4,
-        audio_connector_num_layers=2,
-        audio_connector_num_learnable_registers=CONNECTOR_REGISTERS,
-        connector_rope_base_seq_len=PROMPT_TOKENS,
-        rope_type="split",
-    )
+    config: dict[str, object] = {
+        "caption_channels": TEXT_WIDTH,
+        "text_proj_in_factor": TEXT_LAYERS + 1,
+        "video_connector_num_attention_heads": 4,
+        "video_connector_attention_head_dim": TEXT_WIDTH // 4,
+        "video_connector_num_layers": 2,
+        "video_connector_num_learnable_registers": CONNECTOR_REGISTERS,
+        "audio_connector_num_attention_heads": 4,
+        "audio_connector_attention_head_dim": TEXT_WIDTH // 4,
+        "audio_connector_num_layers": 2,
+        "audio_connector_num_learnable_registers": CONNECTOR_REGISTERS,
+        "connector_rope_base_seq_len": PROMPT_TOKENS,
+        "rope_type": "split",
+    }
+    return LTX2TextConnectors(**config | VERSION_LAYOUTS[version]["connectors"])
 
 
-def transformer():
+def transformer(version: Version = "2.0"):
     from diffusers import LTX2VideoTransformer3DModel
 
-    return LTX2VideoTransformer3DModel(
-        in_channels=VIDEO_LATENT_CHANNELS,
-        out_channels=VIDEO_LATENT_CHANNELS,
-        num_attention_heads=6,
-        attention_head_dim=32,
-        cross_attention_dim=192,
-        vae_scale_factors=(8, 32, 32),
-        audio_in_channels=AUDIO_LATENT_CHANNELS * MEL_BINS // 4,
-        audio_out_channels=AUDIO_LATENT_CHANNELS * MEL_BINS // 4,
-        audio_num_attention_heads=6,  # as many heads as video: the cross-modal RoPE splits over both
-        audio_attention_head_dim=16,
-        audio_cross_attention_dim=96,
-        num_layers=6,
-        caption_channels=TEXT_WIDTH,
-        rope_type="split",
-    )
+    config: dict[str, object] = {
+        "in_channels": VIDEO_LATENT_CHANNELS,
+        "out_channels": VIDEO_LATENT_CHANNELS,
+        "num_attention_heads": 6,
+        "attention_head_dim": 32,
+        "cross_attention_dim": 192,
+        "vae_scale_factors": (8, 32, 32),
+        "audio_in_channels": AUDIO_LATENT_CHANNELS * MEL_BINS // 4,
+        "audio_out_channels": AUDIO_LATENT_CHANNELS * MEL_BINS // 4,
+        "audio_num_attention_heads": 6,  # as many heads as video: the cross-modal RoPE splits over both
+        "audio_attention_head_dim": 16,
+        "audio_cross_attention_dim": 96,
+        "num_layers": 6,
+        "caption_channels": TEXT_WIDTH,
+        "rope_type": "split",
+    }
+    return LTX2VideoTransformer3DModel(**config | VERSION_LAYOUTS[version]["transformer"])
 
 
-def video_vae():
+def video_vae(version: Version = "2.0"):
     from diffusers import AutoencoderKLLTX2Video
 
     # The real block pattern: patchify 4x, then spatial, temporal and two spatiotemporal 2x
-    # steps down (32x, 8x) and three spatiotemporal 2x steps up after a 4x unpatchify.
-    return AutoencoderKLLTX2Video(
-        latent_channels=VIDEO_LATENT_CHANNELS,
-        block_out_channels=(16, 32, 64, 64),
-        decoder_block_out_channels=(32, 64, 128),
-        layers_per_block=(1, 1, 1, 1, 1),
-        decoder_layers_per_block=(1, 1, 1, 1),
-        spatio_temporal_scaling=(True, True, True, True),
-        decoder_spatio_temporal_scaling=(True, True, True),
-        decoder_inject_noise=(False, False, False, False),
-        downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
-        upsample_type=("spatiotemporal", "spatiotemporal", "spatiotemporal"),
-        upsample_residual=(True, True, True),
-        upsample_factor=(2, 2, 2),
-        patch_size=4,
-        patch_size_t=1,
-        decoder_causal=False,
-        spatial_compression_ratio=32,
-        temporal_compression_ratio=8,
-    )
+    # steps down (32x, 8x) and (2.0) three spatiotemporal 2x steps up after a 4x unpatchify.
+    config: dict[str, object] = {
+        "latent_channels": VIDEO_LATENT_CHANNELS,
+        "block_out_channels": (16, 32, 64, 64),
+        "decoder_block_out_channels": (32, 64, 128),
+        "layers_per_block": (1, 1, 1, 1, 1),
+        "decoder_layers_per_block": (1, 1, 1, 1),
+        "spatio_temporal_scaling": (True, True, True, True),
+        "decoder_spatio_temporal_scaling": (True, True, True),
+        "decoder_inject_noise": (False, False, False, False),
+        "downsample_type": ("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+        "upsample_type": ("spatiotemporal", "spatiotemporal", "spatiotemporal"),
+        "upsample_residual": (True, True, True),
+        "upsample_factor": (2, 2, 2),
+        "patch_size": 4,
+        "patch_size_t": 1,
+        "decoder_causal": False,
+        "spatial_compression_ratio": 32,
+        "temporal_compression_ratio": 8,
+    }
+    return AutoencoderKLLTX2Video(**config | VERSION_LAYOUTS[version]["vae"])
 
 
 def audio_vae():
@@ -292,7 +370,9 @@ def audio_vae():
     )
 
 
-def vocoder():
+def vocoder(version: Version = "2.0"):
+    if version == "2.3":
+        return _vocoder_with_bandwidth_extension()
     from diffusers.pipelines.ltx2 import LTX2Vocoder
 
     model = LTX2Vocoder(
@@ -312,3 +392,38 @@ def vocoder():
         model.conv_in.weight /= scale
         model.conv_in.bias -= centre * model.conv_in.weight.sum(dim=(1, 2))
     return model
+
+
+def _vocoder_with_bandwidth_extension():
+    """LTX-2.3's vocoder: 16 kHz mel to 16 kHz audio, then a second vocoder extends it to 48 kHz (from its own
+    mel of that audio, hop 80). The real upsampling kernels and rates; widths 1536 and 512 cut to 64 and 32 and
+    one resnet kernel instead of three, as the demo's 2.0 vocoder has."""
+    from diffusers.pipelines.ltx2 import LTX2VocoderWithBWE
+
+    return LTX2VocoderWithBWE(
+        in_channels=2 * MEL_BINS,
+        hidden_channels=64,
+        resnet_kernel_sizes=[3],
+        resnet_dilations=[[1, 3, 5]],
+        bwe_hidden_channels=32,
+        bwe_resnet_kernel_sizes=[3],
+        bwe_resnet_dilations=[[1, 3, 5]],
+        num_mel_channels=MEL_BINS,
+    )
+
+
+def latent_upsampler(version: Version):
+    """The x2 spatial latent upsampler of stage 2 (full size: 1024 channels, 4 blocks a stage); 2.0's
+    resamples with a rational (blurring) resampler, 2.3's with a plain pixel shuffle."""
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+
+    return LTX2LatentUpsamplerModel(
+        in_channels=VIDEO_LATENT_CHANNELS,
+        mid_channels=2 * VIDEO_LATENT_CHANNELS,  # a multiple of 32: its group norms have 32 groups
+        num_blocks_per_stage=1,
+        dims=3,
+        spatial_upsample=True,
+        temporal_upsample=False,
+        rational_spatial_scale=2.0,
+        use_rational_resampler=version == "2.0",
+    )

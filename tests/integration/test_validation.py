@@ -20,7 +20,7 @@ CASES = [
     ({"steps": 2.5}, {"steps": "must be a whole number"}),
     ({"fps": "fast"}, {"fps": "must be a number"}),
     ({"prompt": 7}, {"prompt": "must be text"}),
-    ({"model": "sora"}, {"model": "unknown model 'sora'; available: demo"}),
+    ({"model": "sora"}, {"model": "unknown model 'sora'; pick one of demo (GET /api/models)"}),
     ({"steps": 0}, {"steps": "outside 1..100"}),
     ({"steps": -3}, {"steps": "outside 1..100"}),
     ({"width": 4096}, {"width": "above the maximum 2048"}),

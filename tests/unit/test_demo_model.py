@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from diffusers import AutoencoderKLLTX2Video, LTX2Pipeline
+from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
 
 from contract import models as specs
 from gpu_runner.demo.model import TRAINED_WEIGHTS, build_demo_model, is_complete
@@ -98,3 +99,34 @@ def test_an_incomplete_directory_is_replaced_by_a_complete_build(tmp_path):
     assert is_complete(target)
     assert (target / "transformer" / "config.json").read_text().startswith("{\n")
     assert [path.name for path in tmp_path.iterdir()] == ["demo"]
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.3"])
+def test_a_version_build_loads_as_an_ltx2_pipeline_of_that_versions_layout_with_a_x2_upsampler(
+    version_model_dirs, version
+):
+    pipe = LTX2Pipeline.from_pretrained(version_model_dirs[version])
+    upsampler = LTX2LatentUpsamplerModel.from_pretrained(version_model_dirs[version] / "latent_upsampler")
+
+    layout_2_3 = version == "2.3"
+    transformer = pipe.transformer.config
+    assert (transformer.gated_attn, transformer.cross_attn_mod, transformer.perturbed_attn) == (layout_2_3,) * 3
+    assert transformer.use_prompt_embeddings is not layout_2_3
+    assert pipe.connectors.config.per_modality_projections is layout_2_3
+    assert type(pipe.vocoder).__name__ == ("LTX2VocoderWithBWE" if layout_2_3 else "LTX2Vocoder")
+    assert len(pipe.vae.config.decoder_block_out_channels) == (4 if layout_2_3 else 3)
+    latents = torch.randn(1, pipe.vae.config.latent_channels, 2, 3, 4)
+    with torch.no_grad():
+        assert pipe.vae.decode(latents).sample.shape == (1, 3, 9, 96, 128)  # 32x in space, 8x in time after one
+        assert upsampler(latents).shape == (1, latents.shape[1], 2, 6, 8)
+    assert pipe.scheduler.config.use_dynamic_shifting and pipe.scheduler.config.shift_terminal == 0.1
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.3"])
+def test_a_distilled_build_has_the_distilled_scheduler_and_is_a_build_of_its_own(version_model_dirs, version):
+    distilled = version_model_dirs[f"{version}-distilled"]
+    scheduler = json.loads((distilled / "scheduler" / "scheduler_config.json").read_text())
+
+    assert (scheduler["use_dynamic_shifting"], scheduler["shift_terminal"]) == (False, None)
+    assert is_complete(distilled, "random", version, "distilled")
+    assert not is_complete(distilled, "random", version, "dev") and not is_complete(distilled, "random")

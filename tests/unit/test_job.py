@@ -6,20 +6,16 @@ import json
 
 import pytest
 
-from gpu_runner.job import MODEL_SUBFOLDERS, WEIGHTLESS_SUBFOLDERS, JobError, check_model_dir, load_job
+from contract.library import COMPONENTS
+from gpu_runner.job import JobError, check_model_dir, load_job
 from tests.runner_fixtures import write_job
+from tests.unit.test_library import write_model
 
 
 @pytest.fixture
 def model_dir(tmp_path):
-    """A directory shaped like a Diffusers LTX-2 model: every config, a weights file where one belongs."""
-    root = tmp_path / "model"
-    for subfolder, config_name in MODEL_SUBFOLDERS.items():
-        (root / subfolder).mkdir(parents=True)
-        (root / subfolder / config_name).write_text("{}")
-        if subfolder not in WEIGHTLESS_SUBFOLDERS:
-            (root / subfolder / "model.safetensors").write_bytes(b"")
-    return root
+    """A directory shaped like a Diffusers LTX-2.0 model: every config, a weights file where one belongs."""
+    return write_model(tmp_path / "model", "2.0")
 
 
 def refusal(job_dir) -> JobError:
@@ -110,7 +106,7 @@ def test_an_output_video_symlinked_elsewhere_is_refused(tmp_path, model_dir):
         job.path("video.mp4")
 
 
-@pytest.mark.parametrize("subfolder", sorted(MODEL_SUBFOLDERS))
+@pytest.mark.parametrize("subfolder", sorted(COMPONENTS))
 def test_a_missing_model_subfolder_is_named(model_dir, subfolder):
     for entry in (model_dir / subfolder).iterdir():
         entry.unlink()
@@ -129,7 +125,7 @@ def test_a_malformed_or_weightless_subfolder_is_named(model_dir):
         check_model_dir(model_dir)
 
     (model_dir / "vae" / "config.json").write_text(json.dumps({}))
-    (model_dir / "vae" / "model.safetensors").unlink()
+    (model_dir / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(JobError, match="vae/ has no weights"):
         check_model_dir(model_dir)
 
@@ -146,3 +142,13 @@ def test_a_missing_model_directory_is_model_missing(tmp_path):
     with pytest.raises(JobError, match="does not exist") as raised:
         check_model_dir(tmp_path / "nowhere")
     assert raised.value.code == "model_missing"
+
+
+def test_a_model_directory_changed_into_an_unknown_one_after_submit_is_model_missing_naming_the_key(model_dir):
+    scheduler = model_dir / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(json.dumps(json.loads(scheduler.read_text()) | {"shift_terminal": None}))
+
+    with pytest.raises(JobError) as raised:
+        check_model_dir(model_dir)
+    assert raised.value.code == "model_missing"
+    assert "not a usable LTX-2 model" in raised.value.message and "shift_terminal=None" in raised.value.message

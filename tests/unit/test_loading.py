@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
+import pytest
 import torch
+from diffusers.pipelines.ltx2 import LTX2Vocoder, LTX2VocoderWithBWE
+from safetensors.torch import load_file
 
 from gpu_runner.compiling import compiles
 from gpu_runner.demo import model as demo_model
 from gpu_runner.families.ltx2 import loading
-from gpu_runner.families.ltx2.loading import place_denoiser
+from gpu_runner.families.ltx2.loading import DiffusersDirectory, place_denoiser
+from tests.unit.test_guidance import denoiser
 
 
 def test_blocks_are_compiled_only_on_a_cuda_gpu(tmp_path, monkeypatch):
@@ -46,3 +50,18 @@ def test_place_denoiser_compiles_exactly_when_compiles_says_so(tmp_path, monkeyp
     place_denoiser(pipe, torch.device("cpu"), tokens=160, compile_cache=tmp_path / "compiled")
 
     assert all(block._compiled_call_impl is not None for block in transformer.transformer_blocks)
+
+
+@pytest.mark.parametrize(("version", "vocoder_class"), [("2.0", LTX2Vocoder), ("2.3", LTX2VocoderWithBWE)])
+def test_the_denoiser_has_the_vocoder_of_its_directorys_version_with_every_weight_loaded(
+    version_model_dirs, version, vocoder_class
+):
+    directory = version_model_dirs[version]
+
+    vocoder = denoiser(directory).vocoder
+
+    assert type(vocoder) is vocoder_class and DiffusersDirectory(directory).is_ltx2_0() is (version == "2.0")
+    stored = load_file(directory / "vocoder" / "diffusion_pytorch_model.safetensors")
+    loaded = vocoder.state_dict()
+    assert stored.keys() <= loaded.keys()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in stored.items())

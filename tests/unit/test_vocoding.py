@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from diffusers.pipelines.ltx2 import LTX2Vocoder
+from diffusers.pipelines.ltx2 import LTX2Vocoder, LTX2VocoderWithBWE
 
-from gpu_runner.families.ltx2.vocoding import vocode
+from gpu_runner.families.ltx2.vocoding import samples_per_frame, vocode
 
 SILENCE_LOG_MEL = math.log(1e-5)  # the demo's audio VAE gives -11.5 for silence
 FRAMES = 101  # 1.01 s of mel frames: the demo's clip of 25 frames at 24 fps
@@ -41,3 +41,15 @@ def test_a_near_silent_clip_has_no_burst_at_its_ends_and_keeps_its_length_and_ti
     assert waveform.shape == plain.shape == (1, 2, FRAMES * vocoder.total_upsample_factor)
     middle = slice(12 * vocoder.total_upsample_factor, -12 * vocoder.total_upsample_factor)
     torch.testing.assert_close(waveform[..., middle], plain[..., middle])
+
+
+def test_ltx_2_3s_bandwidth_extended_vocoder_keeps_the_clips_length_at_48_khz(version_model_dirs):
+    vocoder = LTX2VocoderWithBWE.from_pretrained(version_model_dirs["2.3"] / "vocoder", low_cpu_mem_usage=False)
+    mel = near_silence()
+
+    with torch.no_grad():
+        waveform = vocode(vocoder.eval(), mel)
+
+    # 100 mel frames a second: 160 samples each at 16 kHz, extended to 48 kHz
+    assert vocoder.config.output_sampling_rate == 48000 and samples_per_frame(vocoder) == 480
+    assert waveform.shape == (1, 2, FRAMES * 480)

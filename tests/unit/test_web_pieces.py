@@ -202,6 +202,7 @@ def test_store_numbers_events_per_job_and_refuses_past_the_queue_limit(tmp_path:
         ({"AVP_MAX_JOB_MINUTES": "nan"}, "AVP_MAX_JOB_MINUTES='nan' must be a number of at least 0"),
         ({"AVP_HEARTBEAT_S": "inf"}, "AVP_HEARTBEAT_S='inf' must be a number of at least"),
         ({"AVP_MODEL_DIR": "/no/such/dir"}, "is not a directory"),
+        ({"AVP_MODELS_DIR": "/no/such/dir"}, "AVP_MODELS_DIR=./no/such/dir. is not a directory"),
         ({"AVP_RUNNER_PYTHON": "/no/such/python"}, "is not an executable"),
         ({"AVP_PRECISION": "int4"}, "AVP_PRECISION='int4' is not one of fp8, bf16, fp32"),
         ({"AVP_ROOT_PATH": "portal"}, "must look like /portal"),

@@ -7,6 +7,7 @@ built in memory.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -21,9 +22,10 @@ from diffusers import (
     LTX2Pipeline,
     LTX2VideoTransformer3DModel,
 )
-from diffusers.pipelines.ltx2 import LTX2Vocoder
+from diffusers.pipelines.ltx2 import LTX2Vocoder, LTX2VocoderWithBWE
 from torch import nn
 
+from contract import library
 from contract.cost import component_gib
 from gpu_runner import fp8, memory
 from gpu_runner.compiling import COMPILE_RECOMPILE_LIMIT, compiles
@@ -32,6 +34,7 @@ from gpu_runner.prompt_cache import model_revision
 from gpu_runner.weight_cache import WeightCache
 
 DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
+VOCODERS = {vocoder.__name__: vocoder for vocoder in (LTX2Vocoder, LTX2VocoderWithBWE)}
 # How every model is read, said outright. Diffusers' default, low_cpu_mem_usage=True, needs `accelerate`, which
 # the runner does without (memory.empty_weights stands in where it needs meta tensors); without it Diffusers falls
 # back to this anyway, warning once per component (five times a job). It builds each module with initialisation
@@ -119,10 +122,13 @@ class DiffusersDirectory:
     def transformer_config(self) -> dict:
         return json.loads((self.model_dir / "transformer" / "config.json").read_text())
 
+    @functools.cached_property
+    def version(self) -> library.Version:
+        """2.0 or 2.3, as contract/library.py recognises the directory from its configs (the job's checks did)."""
+        return library.recognise(self.model_dir).version
+
     def is_ltx2_0(self) -> bool:
-        """LTX-2.0's connectors share one projection between video and audio; 2.3's have one each."""
-        config = json.loads((self.model_dir / "connectors" / "config.json").read_text())
-        return not config.get("per_modality_projections", True)
+        return self.version == "2.0"
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device) -> LTX2Pipeline:
         """Text encoder, tokenizer and connectors (left on the CPU until the encoder is done)."""
@@ -154,7 +160,7 @@ class DiffusersDirectory:
             tokenizer=None,
             connectors=connectors,
             transformer=transformer,
-            vocoder=LTX2Vocoder.from_pretrained(
+            vocoder=VOCODERS[library.VOCODER_CLASS[self.version]].from_pretrained(
                 model_dir, subfolder="vocoder", dtype=torch.float32, **WITHOUT_ACCELERATE
             ),
         )

@@ -21,5 +21,13 @@ EDGE_FRAMES = 16
 def vocode(vocoder: torch.nn.Module, mel: torch.Tensor) -> torch.Tensor:
     """The vocoder's (batch, channels, samples) waveform for a (batch, channels, frames, mel bins) spectrogram."""
     continued = F.pad(mel, (0, 0, EDGE_FRAMES, EDGE_FRAMES), mode="replicate")
-    edge_samples = EDGE_FRAMES * vocoder.total_upsample_factor
+    edge_samples = EDGE_FRAMES * samples_per_frame(vocoder)
     return vocoder(continued)[..., edge_samples:-edge_samples]
+
+
+def samples_per_frame(vocoder: torch.nn.Module) -> int:
+    """Waveform samples per mel frame: the upsampling, times the rate change of LTX-2.3's bandwidth extension,
+    which wraps a 2.0-style vocoder (16 kHz) and extends its output to 48 kHz."""
+    inner = getattr(vocoder, "vocoder", vocoder)
+    output_rate = vocoder.config["output_sampling_rate"]
+    return inner.total_upsample_factor * output_rate // vocoder.config.get("input_sampling_rate", output_rate)

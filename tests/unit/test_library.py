@@ -1,0 +1,235 @@
+"""Recognising a model directory from its own config files: version, variant, optional parts, or why not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from contract.library import TRANSFORMER_SWITCHES, Recognised, Unrecognised, recognise
+from contract.models import MODEL_KINDS, Unusable, model_id, offered_models
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "variant"),
+    [
+        ("2.0", "2.0", "dev"),
+        ("2.3", "2.3", "dev"),
+        ("2.0-distilled", "2.0", "distilled"),
+        ("2.3-distilled", "2.3", "distilled"),
+    ],
+)
+def test_the_tiny_builds_are_recognised_as_their_version_and_variant_with_their_upsampler(
+    version_model_dirs, name, version, variant
+):
+    assert recognise(version_model_dirs[name]) == Recognised(
+        family="ltx-2", version=version, variant=variant, upsampler=True
+    )
+
+
+def test_the_demo_model_is_an_ltx_2_0_dev_model_without_an_upsampler(demo_model_dir):
+    assert recognise(demo_model_dir) == Recognised(family="ltx-2", version="2.0", variant="dev", upsampler=False)
+
+
+# Hand-written directories: the config keys recognition reads, as the full-size models have them.
+def write_model(root: Path, version: str = "2.3", variant: str = "dev", **configs: dict) -> Path:
+    layout_2_3 = version == "2.3"
+    written = {
+        "transformer/config.json": {"_class_name": "LTX2VideoTransformer3DModel", **TRANSFORMER_SWITCHES[version]},
+        "connectors/config.json": {"_class_name": "LTX2TextConnectors", "per_modality_projections": layout_2_3},
+        "vae/config.json": {
+            "_class_name": "AutoencoderKLLTX2Video",
+            "decoder_block_out_channels": [256, 512, 512, 1024] if layout_2_3 else [256, 512, 1024],
+        },
+        "audio_vae/config.json": {"_class_name": "AutoencoderKLLTX2Audio"},
+        "vocoder/config.json": {"_class_name": "LTX2VocoderWithBWE" if layout_2_3 else "LTX2Vocoder"},
+        "text_encoder/config.json": {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"]},
+        "tokenizer/tokenizer_config.json": {},
+        "scheduler/scheduler_config.json": {
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "use_dynamic_shifting": variant == "dev",
+            "shift_terminal": 0.1 if variant == "dev" else None,
+        },
+    }
+    for path, config in written.items():
+        file = root / path
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps(config | configs.get(file.parent.name, {})))
+        if file.parent.name not in ("tokenizer", "scheduler"):
+            (file.parent / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    return root
+
+
+def reason(directory: Path) -> str:
+    with pytest.raises(Unrecognised) as raised:
+        recognise(directory)
+    return str(raised.value)
+
+
+@pytest.mark.parametrize(("version", "variant"), [("2.0", "dev"), ("2.3", "distilled")])
+def test_a_config_only_directory_is_recognised_from_its_keys(tmp_path, version, variant):
+    assert recognise(write_model(tmp_path / "m", version, variant)) == Recognised(
+        family="ltx-2", version=version, variant=variant, upsampler=False
+    )
+
+
+def test_a_2_0_transformer_config_saved_before_the_switches_existed_is_2_0(tmp_path):
+    model = write_model(tmp_path / "m", "2.0")
+    (model / "transformer" / "config.json").write_text(json.dumps({"_class_name": "LTX2VideoTransformer3DModel"}))
+
+    assert recognise(model).version == "2.0"
+
+
+def test_a_dev_model_lists_its_distilled_lora_and_a_distilled_model_needs_none(tmp_path):
+    dev = write_model(tmp_path / "dev", "2.3", "dev")
+    distilled = write_model(tmp_path / "distilled", "2.3", "distilled")
+    for model in (dev, distilled):
+        (model / "ltx-2.3-22b-distilled-lora-384.safetensors").write_bytes(b"")
+        (model / "notes.txt").write_text("")
+
+    assert recognise(dev).distilled_lora == "ltx-2.3-22b-distilled-lora-384.safetensors"
+    assert recognise(dev).parts == ("distilled_lora",)
+    assert recognise(distilled).distilled_lora is None
+
+
+def test_an_upsampler_counts_only_when_complete_and_a_broken_one_is_noted(version_model_dirs, tmp_path):
+    model = shutil.copytree(version_model_dirs["2.3-distilled"], tmp_path / "m")
+    assert recognise(model).parts == ("latent_upsampler",)
+
+    (model / "latent_upsampler" / "diffusion_pytorch_model.safetensors").unlink()
+    broken = recognise(model)
+    assert not broken.upsampler
+    assert broken.notes == ("latent_upsampler/ has no weights, so it is left out",)
+
+    shutil.rmtree(model / "latent_upsampler")
+    assert recognise(model) == Recognised(family="ltx-2", version="2.3", variant="distilled", upsampler=False)
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda m: shutil.rmtree(m / "vocoder"), "incomplete: vocoder/ is missing"),
+        (lambda m: (m / "vae" / "diffusion_pytorch_model.safetensors").unlink(), "incomplete: vae/ has no weights"),
+        (lambda m: (m / "transformer" / "config.json").write_text("{"), "transformer/ has an unreadable config.json"),
+        (lambda m: (m / "connectors" / "config.json").write_text("[]"), "connectors/config.json is not a JSON object"),
+        (
+            lambda m: (m / "scheduler" / "scheduler_config.json").unlink(),
+            "incomplete: scheduler/ has no scheduler_config.json",
+        ),
+    ],
+)
+def test_an_incomplete_directory_names_the_missing_or_unreadable_file(tmp_path, damage, expected):
+    model = write_model(tmp_path / "m")
+    damage(model)
+
+    assert expected in reason(model)
+
+
+@pytest.mark.parametrize(
+    ("configs", "expected"),
+    [
+        ({"transformer": {"gated_attn": True, "use_prompt_embeddings": True}}, "gated_attn=True"),
+        ({"transformer": {"_class_name": "WanTransformer3DModel"}}, "transformer/config.json has _class_name"),
+        ({"connectors": {"per_modality_projections": False}}, "per_modality_projections=False"),
+        ({"vae": {"decoder_block_out_channels": [256, 512, 1024]}}, "VAE decoder has 4 blocks"),
+        ({"vocoder": {"_class_name": "LTX2Vocoder"}}, "'LTX2VocoderWithBWE'"),
+        ({"text_encoder": {"model_type": "gemma4_unified"}}, "model_type 'gemma4_unified'"),
+        ({"scheduler": {"use_dynamic_shifting": True, "shift_terminal": None}}, "shift_terminal=None"),
+    ],
+)
+def test_an_unknown_or_mixed_directory_names_the_key_and_what_it_should_be(tmp_path, configs, expected):
+    assert expected in reason(write_model(tmp_path / "m", "2.3", **configs))
+
+
+def test_a_file_or_a_missing_path_is_not_a_model(tmp_path):
+    (tmp_path / "file").write_text("")
+
+    assert "is not a directory" in reason(tmp_path / "file")
+    assert "is not a directory" in reason(tmp_path / "nowhere")
+
+
+# ---- offering: every directory of AVP_MODELS_DIR (and AVP_MODEL_DIR's) becomes a model or an Unusable ----
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("LTX-2.3 Distilled", "ltx-2.3-distilled"),
+        ("ltx2_dev", "ltx2_dev"),
+        ("../..", None),
+        ("  Über modell!  ", "ber-modell"),
+        ("___", None),
+        ("x" * 100, "x" * 64),
+    ],
+)
+def test_a_model_id_is_the_directory_name_made_safe(name, expected):
+    assert model_id(name) == expected
+
+
+def test_every_model_directory_is_offered_or_listed_with_its_problem(tmp_path):
+    library_dir = tmp_path / "models"
+    write_model(library_dir / "LTX-2.3 Distilled", "2.3", "distilled")
+    write_model(library_dir / "ltx-2.0", "2.0")
+    shutil.rmtree(write_model(library_dir / "half copied", "2.0") / "vae")
+    write_model(library_dir / "ltx-2.3-distilled", "2.3", "distilled")  # the same id as the first
+    write_model(library_dir / "demo", "2.0")  # the data dir's own demo: offered as the demo only
+    write_model(library_dir / "Demo!", "2.0")  # an id the demo holds
+    write_model(library_dir / ".ltx-2.0.building-7", "2.0")
+    (library_dir / "demo-model-build.log").write_text("")
+
+    offer = offered_models(library_dir / "demo", library_dir, None)
+
+    assert list(offer.models) == ["ltx-2.3-distilled", "ltx-2.0", "demo"]
+    distilled, dev = offer.models["ltx-2.3-distilled"], offer.models["ltx-2.0"]
+    assert (distilled.kind, distilled.version, distilled.variant, distilled.modes) == (
+        "ltx-2.3",
+        "2.3",
+        "distilled",
+        ("quality",),
+    )
+    assert distilled.path == str((library_dir / "LTX-2.3 Distilled").resolve())
+    assert (distilled.defaults.steps, distilled.defaults.guidance_scale) == (8, 1.0)
+    assert (dev.kind, dev.version, dev.variant, dev.defaults.steps) == ("ltx-2", "2.0", "dev", 30)
+    taken = "is taken by another model: rename the directory"
+    assert offer.unusable == (
+        Unusable(id="demo", directory="Demo!", problem=f"its model id 'demo' {taken}"),
+        Unusable(id="half-copied", directory="half copied", problem="incomplete: vae/ is missing"),
+        Unusable(
+            id="ltx-2.3-distilled",
+            directory="ltx-2.3-distilled",
+            problem=f"its model id 'ltx-2.3-distilled' {taken}",
+        ),
+    )
+
+
+def test_avp_model_dir_comes_first_once_and_an_unrecognised_one_does_not_stop_the_rest(tmp_path):
+    library_dir = tmp_path / "models"
+    single = write_model(library_dir / "b-model", "2.3")
+    write_model(library_dir / "a-model", "2.0")
+
+    offer = offered_models(library_dir / "demo", library_dir, single)
+    assert list(offer.models) == ["b-model", "a-model", "demo"] and offer.unusable == ()
+
+    (single / "scheduler" / "scheduler_config.json").write_text(json.dumps({"use_dynamic_shifting": "maybe"}))
+    offer = offered_models(library_dir / "demo", library_dir, single)
+    assert list(offer.models) == ["a-model", "demo"]
+    assert [(found.id, found.problem.split(" has ")[0]) for found in offer.unusable] == [
+        ("b-model", "scheduler/scheduler_config.json")
+    ]
+
+
+def test_without_a_library_directory_the_demo_alone_is_offered(tmp_path):
+    offer = offered_models(tmp_path / "models" / "demo", tmp_path / "models", None)
+
+    assert list(offer.models) == ["demo"] and offer.unusable == ()
+
+
+def test_the_runner_rebuilds_a_library_models_spec_from_its_kind_and_path(tmp_path):
+    model = write_model(tmp_path / "models" / "My LTX", "2.3")
+    offered = offered_models(tmp_path / "models" / "demo", tmp_path / "models", None).models["my-ltx"]
+
+    rebuilt = MODEL_KINDS[offered.kind](Path(offered.path))
+    assert (rebuilt.id, rebuilt.version, rebuilt.constraints) == ("my-ltx", "2.3", offered.constraints)
+    assert rebuilt.path == str(model.resolve())
