@@ -13,7 +13,7 @@ from contract.models import offered_models
 from contract.request import Request
 from gpu_runner.families import family_for
 from gpu_runner.job import load_job
-from gpu_runner.pipeline import prompt_cache_for
+from gpu_runner.pipeline import cache_budget_for, prompt_cache_for
 from gpu_runner.weight_cache import WeightCache
 
 
@@ -25,7 +25,7 @@ def test_two_library_models_with_the_same_files_get_their_own_prompt_and_weight_
         shutil.copytree(version_model_dirs["2.0"], library / name)
     models = offered_models(library / "demo", library, None).models
     options = jobdir.RunnerOptions(prompt_cache_dir=str(tmp_path / "prompts"), weight_cache_dir=str(tmp_path / "w"))
-    cache = WeightCache(tmp_path / "w")
+    cache = None  # the weight cache under the budget the runner builds from the first job's file
 
     prompt_keys, weight_entries = {}, {}
     for model_id in ("ltx-a", "ltx-b", "ltx-a"):
@@ -35,7 +35,9 @@ def test_two_library_models_with_the_same_files_get_their_own_prompt_and_weight_
         request = spec.resolve(Request(prompt="a red ball", width=128, height=96, num_frames=9), seed=1)
         jobdir.write_job_file(job_dir, jobdir.job_file(model_id, request, spec, options))
         job = load_job(job_dir)
-        _, key = prompt_cache_for(job, family_for(job, cache))
+        budget = cache_budget_for(job)
+        cache = cache or WeightCache(tmp_path / "w", budget)
+        _, key = prompt_cache_for(job, family_for(job, cache), budget)
         entry = cache.entry(job.model_dir / "transformer", torch.bfloat16).path
         assert prompt_keys.setdefault(model_id, key) == key and weight_entries.setdefault(model_id, entry) == entry
 
