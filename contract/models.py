@@ -163,8 +163,12 @@ class Offer(msgspec.Struct, frozen=True):
     unusable: tuple[Unusable, ...]
 
 
+# AVP_MODEL_DIR's model keeps the id it had before the library: jobs and scripts name it so.
+MODEL_DIR_ID = "ltx-2"
+
+
 def offered_models(demo_dir: Path, models_dir: Path | None, model_dir: Path | None) -> Offer:
-    """The models this installation offers: AVP_MODEL_DIR's first (the default), then every model directory
+    """The models this installation offers: AVP_MODEL_DIR's first (the default, id `ltx-2`), then every model directory
     in AVP_MODELS_DIR by id, then the demo; and the directories found there that cannot be offered, with why.
 
     Hidden entries and the demo's own directory are skipped; a directory listed twice is offered once."""
@@ -184,13 +188,13 @@ def offered_models(demo_dir: Path, models_dir: Path | None, model_dir: Path | No
         if resolved in seen:
             continue
         seen[resolved] = directory.name
-        identity = model_id(directory.name)
+        identity = MODEL_DIR_ID if directory is model_dir else model_id(directory.name)
         problem = _id_problem(identity, models)
         if problem is None:
             try:
                 # the path as found, not resolved: a symlink's own name gives the id, in the runner too
                 spec = library_spec(directory.absolute(), library.recognise(resolved))
-                models[spec.id] = spec
+                models[identity] = msgspec.structs.replace(spec, id=identity)
                 continue
             except library.Unrecognised as error:
                 problem = str(error)

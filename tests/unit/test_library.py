@@ -210,13 +210,15 @@ def test_avp_model_dir_comes_first_once_and_an_unrecognised_one_does_not_stop_th
     write_model(library_dir / "a-model", "2.0")
 
     offer = offered_models(library_dir / "demo", library_dir, single)
-    assert list(offer.models) == ["b-model", "a-model", "demo"] and offer.unusable == ()
+    # AVP_MODEL_DIR's model keeps its id from before the library, whatever its directory is called
+    assert list(offer.models) == ["ltx-2", "a-model", "demo"] and offer.unusable == ()
+    assert offer.models["ltx-2"].path == str(single.absolute())
 
     (single / "scheduler" / "scheduler_config.json").write_text(json.dumps({"use_dynamic_shifting": "maybe"}))
     offer = offered_models(library_dir / "demo", library_dir, single)
     assert list(offer.models) == ["a-model", "demo"]
     assert [(found.id, found.problem.split(" has ")[0]) for found in offer.unusable] == [
-        ("b-model", "scheduler/scheduler_config.json")
+        ("ltx-2", "scheduler/scheduler_config.json")
     ]
 
 
