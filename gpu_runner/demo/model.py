@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 
 from contract import models as specs
+from contract.library import TRANSFORMER_SWITCHES
 
 FORMAT_VERSION = 2
 SEED = 0
@@ -260,14 +261,7 @@ VERSION_LAYOUTS: dict[str, dict[str, dict[str, object]]] = {
         },
         # Gated attention, cross-attention modulation, STG's perturbed attention; the connectors
         # hand over prompt embeddings already at the cross-attention widths.
-        "transformer": {
-            "gated_attn": True,
-            "cross_attn_mod": True,
-            "audio_gated_attn": True,
-            "audio_cross_attn_mod": True,
-            "use_prompt_embeddings": False,
-            "perturbed_attn": True,
-        },
+        "transformer": dict(TRANSFORMER_SWITCHES["2.3"]),
         # Four up blocks (spatiotemporal, spatiotemporal, temporal, spatial) without residual
         # upsampling, widths 256, 512, 512, 1024 in full size; encoder widths end 1024, 1024.
         "vae": {

@@ -52,21 +52,12 @@ def test_submitting_the_form_shows_live_progress_then_a_playable_video(portal: P
     page.wait_for_url("**/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]
 
-    percents: list[float] = []
-    statuses: set[str] = set()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and page.locator("#job-video").count() == 0:
-        if page.locator("#job-progress").count():
-            percents.append(float(page.locator("#job-progress").get_attribute("value") or 0))
-            statuses.add(page.locator("#job-status").inner_text())
-        time.sleep(0.1)
+    percents, statuses = watch_progress_until_the_video(page)
     assert page.locator("#job-video").count() == 1, f"no video; statuses seen {statuses}"
     in_between = {p for p in percents if 0 < p < 100}
     assert len(in_between) >= 2, f"progress did not move live: {sorted(set(percents))}"
     assert "running" in statuses
-    page.wait_for_function("document.querySelector('#job-video').readyState >= 1", timeout=20000)
-    duration = page.evaluate("document.querySelector('#job-video').duration")
-    assert abs(duration - 97 / 24) < 0.1
+    assert abs(video_duration(page) - 97 / 24) < 0.1
     assert page.locator("#job-status").inner_text() == "succeeded"
     # Everything the job page asked for after its own document (the stream may open before
     # wait_for_url returns, so count from the document rather than from a moment in time).
