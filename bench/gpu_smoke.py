@@ -218,7 +218,13 @@ class RandomWeights:
         )
 
     def load_denoiser(
-        self, dtype: torch.dtype, precision: str, connectors: PrecomputedConnectors, device: torch.device, conditioned
+        self,
+        dtype: torch.dtype,
+        precision: str,
+        connectors: PrecomputedConnectors,
+        device: torch.device,
+        conditioned,
+        fast: bool = False,
     ):
         began = time.monotonic()
         transformer = random_transformer(self.size, device, dtype, fp8_storage=precision == "fp8")
@@ -227,7 +233,7 @@ class RandomWeights:
             audio_vae = self.size.audio_vae()
             vocoder = self.size.vocoder()
         pipe = DenoisingPipeline(
-            scheduler=ltx2_scheduler(),
+            scheduler=ltx2_scheduler("distilled" if fast else "dev"),
             vae=vae.eval(),
             audio_vae=audio_vae.eval(),
             text_encoder=None,

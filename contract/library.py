@@ -35,6 +35,9 @@ COMPONENTS: dict[str, str] = {
 WEIGHTLESS_COMPONENTS = {"tokenizer", "scheduler"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 UPSAMPLER = "latent_upsampler"  # optional: the x2 spatial latent upsampler of two-stage generation
+# Optional beside a dev transformer/: the distilled transformer of the same model (the demo ships one), which
+# gives a dev model fast mode without a LoRA.
+DISTILLED_TRANSFORMER = "transformer_distilled"
 
 # transformer/config.json's switches, as each version sets them (a switch left out of the file
 # takes the class's default, which is 2.0's: older 2.0 directories predate these keys).
@@ -85,12 +88,36 @@ class Recognised(msgspec.Struct, frozen=True):
     variant: Variant
     upsampler: bool  # latent_upsampler/ present and complete
     distilled_lora: str | None = None  # a file name in the directory (dev models only)
+    distilled_transformer: bool = False  # transformer_distilled/ present, complete, transformer/'s layout
     notes: tuple[str, ...] = ()  # optional parts present but unusable, and why
 
     @property
     def parts(self) -> tuple[str, ...]:
         """The optional parts present, by name."""
-        return ((UPSAMPLER,) if self.upsampler else ()) + (("distilled_lora",) if self.distilled_lora else ())
+        return (
+            ((UPSAMPLER,) if self.upsampler else ())
+            + (("distilled_lora",) if self.distilled_lora else ())
+            + ((DISTILLED_TRANSFORMER,) if self.distilled_transformer else ())
+        )
+
+    @property
+    def fast_transformer(self) -> str | None:
+        """The subfolder of the transformer fast mode runs (a distilled one), None when there is none."""
+        if self.variant == "distilled":
+            return "transformer"
+        return DISTILLED_TRANSFORMER if self.distilled_transformer else None
+
+    def fast_missing(self) -> str | None:
+        """What the model lacks for fast mode (the distilled two-stage path), None when it has everything."""
+        missing = []
+        if self.fast_transformer is None:
+            missing.append(
+                "a distilled transformer (this is a dev model: use its distilled variant, or add "
+                f"{DISTILLED_TRANSFORMER}/)"
+            )
+        if not self.upsampler:
+            missing.append(f"a {UPSAMPLER}/ (the x2 spatial latent upsampler, LTX2LatentUpsamplerModel)")
+        return " and ".join(missing) or None
 
 
 def recognise(directory: Path) -> Recognised:
@@ -107,9 +134,16 @@ def recognise(directory: Path) -> Recognised:
     version = _version(directory)
     variant = _variant(_config(directory, "scheduler"))
     upsampler, notes = _upsampler(directory)
+    distilled, distilled_notes = _distilled_transformer(directory) if variant == "dev" else (False, ())
     lora = _distilled_lora(directory) if variant == "dev" else None
     return Recognised(
-        family="ltx-2", version=version, variant=variant, upsampler=upsampler, distilled_lora=lora, notes=notes
+        family="ltx-2",
+        version=version,
+        variant=variant,
+        upsampler=upsampler,
+        distilled_lora=lora,
+        distilled_transformer=distilled,
+        notes=notes + distilled_notes,
     )
 
 
@@ -219,6 +253,26 @@ def _upsampler(directory: Path) -> tuple[bool, tuple[str, ...]]:
         if found != COMPONENT_CLASS[UPSAMPLER]:
             problem = f"has _class_name {found!r}, not {COMPONENT_CLASS[UPSAMPLER]!r}"
     return (True, ()) if problem is None else (False, (f"{UPSAMPLER}/ {problem}, so it is left out",))
+
+
+def _distilled_transformer(directory: Path) -> tuple[bool, tuple[str, ...]]:
+    """transformer_distilled/: usable when complete and laid out as transformer/ (its weights load into it)."""
+    if not (directory / DISTILLED_TRANSFORMER).exists():
+        return False, ()
+    problem = component_problem(directory, DISTILLED_TRANSFORMER)
+    if problem is None:
+        layout, dev = (
+            {key: value for key, value in _config(directory, name).items() if not key.startswith("_")}
+            for name in (DISTILLED_TRANSFORMER, "transformer")
+        )
+        if _config(directory, DISTILLED_TRANSFORMER).get("_class_name") != COMPONENT_CLASS["transformer"]:
+            problem = f"is not a {COMPONENT_CLASS['transformer']}"
+        elif layout != dev:
+            differing = sorted(key for key in layout.keys() | dev.keys() if layout.get(key) != dev.get(key))
+            problem = "is laid out unlike transformer/ (config.json differs in " + ", ".join(differing[:5]) + ")"
+    if problem is None:
+        return True, ()
+    return False, (f"{DISTILLED_TRANSFORMER}/ {problem}, so it is left out",)
 
 
 def _distilled_lora(directory: Path) -> str | None:

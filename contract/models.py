@@ -6,6 +6,7 @@ the runner (re-checking job.json) apply the same rules. Torch-free.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 from collections.abc import Callable
@@ -15,11 +16,11 @@ from typing import Literal
 import msgspec
 
 from contract import library
-from contract.request import Constraints, Request, merge, violations
+from contract.request import FAST_FIXED, Constraints, Request, merge, violations
 
 Precision = Literal["fp8", "bf16", "fp32"]
 ModelKind = Literal["demo", "ltx-2", "ltx-2.3"]
-Mode = Literal["quality"]  # what the runner can do with a model; two-stage "fast" comes later
+Mode = Literal["fast", "quality"]  # request.MODES: what the runner can do with a model
 
 
 class ModelSpec(msgspec.Struct, frozen=True):
@@ -35,12 +36,18 @@ class ModelSpec(msgspec.Struct, frozen=True):
     note: str = ""
     version: library.Version = "2.0"
     variant: library.Variant = "dev"
-    modes: tuple[Mode, ...] = ("quality",)
-    parts: tuple[str, ...] = ()  # optional parts present: "latent_upsampler", "distilled_lora"
+    modes: tuple[Mode, ...] = ("quality",)  # the default first
+    parts: tuple[str, ...] = ()  # optional parts present: "latent_upsampler", "distilled_lora", ...
+    fast_missing: str | None = "a distilled transformer and a latent upsampler"  # why fast is not in `modes`
 
     def resolve(self, request: Request, seed: int | None = None) -> Request:
-        """`request` with this model's defaults filled in and a seed chosen (`seed`, else a random one)."""
-        resolved = merge(msgspec.structs.replace(request, model=self.id), self.defaults)
+        """`request` with this model's defaults filled in and a seed chosen (`seed`, else a random one).
+        The mode comes first: fast mode fixes the steps and the guidance, so those defaults stay out."""
+        mode = request.mode or self.modes[0]
+        defaults = self.defaults
+        if mode == "fast":
+            defaults = msgspec.structs.replace(defaults, **dict.fromkeys(FAST_FIXED))
+        resolved = merge(msgspec.structs.replace(request, model=self.id, mode=mode), defaults)
         if resolved.seed is None:
             chosen = secrets.randbelow(self.constraints.max_seed + 1) if seed is None else seed
             resolved = msgspec.structs.replace(resolved, seed=chosen)
@@ -48,12 +55,22 @@ class ModelSpec(msgspec.Struct, frozen=True):
 
     def violations(self, request: Request) -> list[tuple[str, str]]:
         """Every rule a resolved request breaks, a field the model needs left unset included."""
+        fixed = FAST_FIXED if request.mode == "fast" else ()
         unset = [
             (name, "is missing")
             for name in Request.__struct_fields__
-            if getattr(request, name) is None and (getattr(self.defaults, name) is not None or name == "seed")
+            if getattr(request, name) is None
+            and (getattr(self.defaults, name) is not None or name in ("seed", "mode"))
+            and name not in fixed
         ]
-        return unset + violations(self.constraints, request)
+        return unset + self._mode_violations(request) + violations(self.constraints, request)
+
+    def _mode_violations(self, request: Request) -> list[tuple[str, str]]:
+        if request.mode is None or request.mode in self.modes:
+            return []
+        if request.mode == "fast":
+            return [("mode", f"fast mode needs {self.fast_missing}, which model {self.id!r} lacks; choose quality")]
+        return [("mode", f"model {self.id!r} offers " + " or ".join(self.modes))]
 
 
 DEMO_NOTE = (
@@ -74,15 +91,15 @@ def demo_spec(path: Path) -> ModelSpec:
         constraints=Constraints(),
         defaults=Request(
             negative_prompt="",
-            width=256,
-            height=160,
+            width=320,
+            height=192,
             num_frames=25,
             fps=24.0,
             steps=8,
             guidance_scale=3.0,
             image_strength=1.0,
         ),
-        presets=((256, 160), (160, 256), (224, 224), (320, 192), (512, 288)),
+        presets=((320, 192), (192, 320), (256, 256), (384, 256), (512, 320)),  # multiples of 64: fast mode's
         fps_choices=(24.0, 25.0, 30.0),
         precision_cuda="bf16",
         note=DEMO_NOTE,
@@ -130,13 +147,32 @@ def library_spec(path: Path, recognised: library.Recognised) -> ModelSpec:
     spec = MODEL_KINDS[KIND_OF_VERSION[recognised.version]](path)
     defaults = merge(DISTILLED_DEFAULTS, spec.defaults) if recognised.variant == "distilled" else spec.defaults
     return msgspec.structs.replace(
-        spec,
+        with_parts(spec, recognised),
         label=f"LTX-{recognised.version} {recognised.variant} ({path.name})",
-        variant=recognised.variant,
         defaults=defaults,
-        parts=recognised.parts,
         note="; ".join(recognised.notes),
     )
+
+
+def with_parts(spec: ModelSpec, recognised: library.Recognised) -> ModelSpec:
+    """`spec` with what its directory holds: variant, optional parts, and the modes they allow (fast first)."""
+    missing = recognised.fast_missing()
+    return msgspec.structs.replace(
+        spec,
+        variant=recognised.variant,
+        parts=recognised.parts,
+        modes=("quality",) if missing else ("fast", "quality"),
+        fast_missing=missing,
+    )
+
+
+def directory_spec(kind: str, path: Path) -> ModelSpec:
+    """The spec of the model directory a job names: its kind's, with what the directory holds (as the web
+    process offered it). Raises library.Unrecognised when the directory is not a usable model."""
+    recognised = library.recognise(path)
+    if kind == "demo":
+        return with_parts(demo_spec(path), recognised)
+    return library_spec(path, recognised)
 
 
 _NOT_IN_ID = re.compile(r"[^a-z0-9._-]+")
@@ -200,6 +236,9 @@ def offered_models(demo_dir: Path, models_dir: Path | None, model_dir: Path | No
                 problem = str(error)
         unusable.append(Unusable(id=identity, directory=directory.name, problem=problem))
     demo_model = demo_spec(demo_dir)
+    # Not installed yet: offered as it ships, its jobs fail naming the command that installs it.
+    with contextlib.suppress(library.Unrecognised):
+        demo_model = with_parts(demo_model, library.recognise(demo_dir))
     models.setdefault(demo_model.id, demo_model)
     return Offer(models=models, unusable=tuple(unusable))
 

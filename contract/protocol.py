@@ -16,6 +16,8 @@ STAGES = (
     "free_text_encoder",
     "load_transformer",
     "denoise",
+    "upsample",  # fast mode only: the x2 spatial latent upsample between its two denoising stages
+    "refine",  # fast mode only: the second denoising stage, at full size
     "free_transformer",
     "decode_audio",  # before the video: the muxer takes video frames as they are decoded
     "decode_video",
@@ -23,6 +25,15 @@ STAGES = (
 )
 
 ErrorCode = Literal["invalid_input", "model_missing", "out_of_memory", "disk_full", "cancelled", "internal"]
+
+FAST_ONLY = ("upsample", "refine")
+DENOISING = ("denoise", "upsample", "refine")  # the stages between loading the transformer and freeing it
+
+
+def stages_of(mode: str | None) -> tuple[str, ...]:
+    """The stages a job of this mode goes through, in order."""
+    return STAGES if mode == "fast" else tuple(name for name in STAGES if name not in FAST_ONLY)
+
 
 # Exit codes the supervisor classifies; anything else is an internal failure.
 EXIT_OK = 0
@@ -54,10 +65,13 @@ class Stage(_Event, tag="stage"):
 
 
 class Step(_Event, tag="step"):
-    step: int  # 1-based: steps finished so far
-    total: int
-    elapsed_s: float
-    eta_s: float | None  # seconds left; None while unknown (after a first step that compiled)
+    step: int  # 1-based: steps of its denoising stage finished so far
+    total: int  # that stage's steps
+    elapsed_s: float  # since that stage's start
+    eta_s: float | None  # seconds of denoising left, later stages included; None while unknown (a first step compiled)
+    stage: str = "denoise"  # the denoising stage: "denoise", or fast mode's "refine"
+    stage_number: int = 1  # 1-based among the job's denoising stages: "stage 2 of 2"
+    stages: int = 1
 
 
 class Tile(_Event, tag="tile"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -21,6 +21,7 @@ class Request(msgspec.Struct, kw_only=True, frozen=True):
     prompt: str = ""
     negative_prompt: str | None = None
     model: str | None = None  # a model id from GET /api/models; None: the first one
+    mode: str | None = None  # "fast" or "quality" (MODES); None: the model's default, fast where it can
     width: int | None = None
     height: int | None = None
     num_frames: int | None = None  # 8k+1
@@ -33,6 +34,14 @@ class Request(msgspec.Struct, kw_only=True, frozen=True):
 
 
 FIELDS: tuple[str, ...] = Request.__struct_fields__
+# "fast": the distilled two-stage path (half size, x2 latent upsample, a short refine at full size, no guidance);
+# "quality": one guided stage at full size with the steps and guidance asked for.
+MODES = ("fast", "quality")
+# What fast mode fixes, so a request must leave it out.
+FAST_FIXED = ("steps", "guidance_scale")
+# Fast mode's schedule: diffusers' DISTILLED_SIGMA_VALUES at half size, then STAGE_2_DISTILLED_SIGMA_VALUES at full
+# size (the runner takes diffusers' lists; a unit test keeps these lengths equal to theirs).
+FAST_STEPS = (8, 3)
 # Text fields: a form's blank string is a value here (an empty negative prompt), not "use the default".
 TEXT_FIELDS = frozenset(f.name for f in msgspec.structs.fields(Request) if f.type in (str, str | None))
 
@@ -52,6 +61,7 @@ class Constraints(msgspec.Struct, frozen=True):
     """What a model accepts: the numbers every rule below is checked against."""
 
     size_multiple: int = 32  # the video VAE compresses 32x spatially
+    fast_size_multiple: int = 64  # fast mode's first stage runs at half size, which must stay on that grid
     min_side: int = 64
     max_side: int = 2048  # RoPE covers 2048 px
     frame_step: int = 8  # the VAE compresses 8x in time, first frame causal: 8k+1 frames
@@ -88,10 +98,11 @@ def _range(value: float | None, lo: float, hi: float) -> str | None:
     return None
 
 
-def _side(c: Constraints, value: int | None) -> str | None:
+def _side(c: Constraints, r: Request, value: int | None) -> str | None:
     if value is None:
         return None
-    m = c.size_multiple
+    fast = r.mode == "fast"
+    m = c.fast_size_multiple if fast else c.size_multiple
     if value < c.min_side:
         return f"{value} is below the minimum {c.min_side}"
     if value > c.max_side:
@@ -99,7 +110,23 @@ def _side(c: Constraints, value: int | None) -> str | None:
     if value % m:
         below = value // m * m
         options = [v for v in (below, below + m) if c.min_side <= v <= c.max_side]
-        return f"{value} is not a multiple of {m}; nearest valid: " + " or ".join(map(str, options))
+        why = " (fast mode makes its first stage at half size, on the VAE's 32-pixel grid)" if fast else ""
+        return f"{value} is not a multiple of {m}{why}; nearest valid: " + " or ".join(map(str, options))
+    return None
+
+
+def _mode(c: Constraints, r: Request) -> str | None:
+    if r.mode is not None and r.mode not in MODES:
+        return f"{r.mode!r} is not a mode; choose " + " or ".join(map(repr, MODES))
+    return None
+
+
+def _fixed_in_fast_mode(r: Request, value: float | None) -> str | None:
+    if r.mode == "fast" and value is not None:
+        return (
+            f"is fixed in fast mode ({FAST_STEPS[0]} steps at half size, then {FAST_STEPS[1]} at full size, no "
+            "guidance); leave it out, or choose mode quality to set it"
+        )
     return None
 
 
@@ -141,12 +168,15 @@ def _frames(c: Constraints, r: Request) -> str | None:
 RULES: dict[str, Rule] = {
     "prompt": _prompt,
     "negative_prompt": lambda c, r: _text(c, r.negative_prompt),
-    "width": lambda c, r: _side(c, r.width),
-    "height": lambda c, r: _side(c, r.height),
+    "mode": _mode,
+    "width": lambda c, r: _side(c, r, r.width),
+    "height": lambda c, r: _side(c, r, r.height),
     "num_frames": _frames,
     "fps": lambda c, r: _range(r.fps, c.min_fps, c.max_fps),
-    "steps": lambda c, r: _range(r.steps, c.min_steps, c.max_steps),
-    "guidance_scale": lambda c, r: _range(r.guidance_scale, c.min_guidance, c.max_guidance),
+    "steps": lambda c, r: _fixed_in_fast_mode(r, r.steps) or _range(r.steps, c.min_steps, c.max_steps),
+    "guidance_scale": lambda c, r: (
+        _fixed_in_fast_mode(r, r.guidance_scale) or _range(r.guidance_scale, c.min_guidance, c.max_guidance)
+    ),
     "seed": lambda c, r: _range(r.seed, 0, c.max_seed),
     "image_strength": lambda c, r: _range(r.image_strength, 0.0, 1.0),
 }
@@ -167,3 +197,23 @@ def valid_frame_counts(c: Constraints, fps: float) -> list[int]:
 def max_frames_for_fps(c: Constraints, fps: float) -> int:
     limit = math.floor(c.max_duration_s * fps) + 1
     return min(c.max_frames, c.min_frames + (limit - c.min_frames) // c.frame_step * c.frame_step)
+
+
+class DenoiseStage(NamedTuple):
+    """One denoising stage of a job: where it runs, at what size, how many steps, with what guidance."""
+
+    name: str  # its protocol stage: "denoise", then "refine" in fast mode
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float  # 1: no guidance, one transformer pass a step
+
+
+def denoise_stages(request: Request) -> tuple[DenoiseStage, ...]:
+    """The denoising stages a resolved request runs: fast mode's two, or quality's one."""
+    if request.mode == "fast":
+        return (
+            DenoiseStage("denoise", request.width // 2, request.height // 2, FAST_STEPS[0], 1.0),
+            DenoiseStage("refine", request.width, request.height, FAST_STEPS[1], 1.0),
+        )
+    return (DenoiseStage("denoise", request.width, request.height, request.steps, request.guidance_scale),)

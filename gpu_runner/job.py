@@ -61,7 +61,6 @@ def load_job(directory: Path) -> Job:
         image = job.path(job_file.image_file)
         if not image.is_file():
             raise JobError("invalid_input", f"image_file {job_file.image_file!r} is not in the job directory")
-    check_model_dir(job.model_dir)
     return job
 
 
@@ -91,13 +90,15 @@ def check_model_dir(model_dir: Path) -> None:
 
 
 def _spec_for(job_file: jobdir.JobFile) -> specs.ModelSpec:
+    """The model's spec as its directory is now (checked first: it may have changed since the job was submitted)."""
     model_path = Path(job_file.model_path)
     if not model_path.is_absolute():
         raise JobError("invalid_input", "model_path must be absolute")
     if job_file.model_kind not in specs.MODEL_KINDS:
         kinds = sorted(specs.MODEL_KINDS)
         raise JobError("invalid_input", f"model_kind {job_file.model_kind!r} is not one of {kinds}")
-    return specs.MODEL_KINDS[job_file.model_kind](model_path)
+    check_model_dir(model_path)
+    return specs.directory_spec(job_file.model_kind, model_path)
 
 
 def _check_request(spec: specs.ModelSpec, request: Request) -> None:

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 
 from contract import jobdir, protocol
+from contract.cost import video_tokens
 from contract.disk import is_disk_full
+from contract.request import DenoiseStage, Request, denoise_stages
 from gpu_runner import admission, cache_budget, memory, mux
 from gpu_runner.cache_budget import GIB, MIB, Cache, CacheBudget, Limit
 from gpu_runner.cancel import Cancellation
@@ -102,12 +104,21 @@ def _stages(
     # 5. Denoise video and audio latents together, reporting (and honouring cancellation) per step,
     #    with a preview of the clip every few steps. Compiled blocks make the first step slow: the stage says
     #    so, and the ETA leaves that step out. Torch's compile cache is in use while the blocks compile and run.
+    #    Fast mode denoises at half size, upsamples the video latents x2, and refines them at full size.
     kernels_in_use = cache_budget.using(compile_cache, directory=True) if compiled else contextlib.nullcontext()
-    with stages("denoise", note=denoise_note(compiled)), kernels_in_use:
-        on_step_end = step_reporter(
-            emit, cancellation, request.steps, family.previews(job), first_step_compiles=compiled
-        )
-        video_latents, audio_latents = family.denoise(denoiser, job, on_step_end)
+    plan = denoise_stages(request)
+    latents = None
+    with kernels_in_use:
+        for number, stage in enumerate(plan, start=1):
+            if latents is not None:
+                with stages("upsample"):
+                    video_latents, audio_latents = latents
+                    latents = family.upsample(denoiser, video_latents, device), audio_latents
+            with stages(stage.name, note=denoise_note(compiled)):
+                reporter = StageReporter(number, plan, compiled)
+                on_step_end = step_reporter(emit, cancellation, reporter, family.previews(job, stage))
+                latents = family.denoise(denoiser, job, stage, on_step_end, start=latents)
+    video_latents, audio_latents = latents
 
     # 6. Free the denoiser before decoding: the decoders need the room.
     with stages("free_transformer"):
@@ -223,15 +234,18 @@ def _disk_full_message(stage: str, error: BaseException) -> str:
     )
 
 
-def seconds_left(step_times: Sequence[float], total: int, first_step_compiles: bool) -> float | None:
-    """The ETA once `len(step_times)` of `total` steps have taken these times; None while nothing honest is known.
+def seconds_left(
+    step_times: Sequence[float], total: int, first_step_compiles: bool, later: float = 0.0
+) -> float | None:
+    """The ETA once `len(step_times)` of `total` steps have taken these times, and `later` more steps of this
+    stage's cost follow in later stages; None while nothing honest is known.
 
     The first step is a warm-up (3x a later step uncompiled) or, with compiled blocks, mostly compiling (26-45 s
     against 0.4-5 s a step), so from the second step on the estimate is the mean of the steps after it. After
     the first step alone, its time stands for the rest unless it compiled: then the time left is unknown.
     """
     done = len(step_times)
-    left = total - done
+    left = total - done + later
     if left <= 0:
         return 0.0
     if done >= 2:
@@ -241,16 +255,42 @@ def seconds_left(step_times: Sequence[float], total: int, first_step_compiles: b
     return None
 
 
+class StageReporter:
+    """Where a denoising stage stands among the job's: its number, its steps, and what the stages after it
+    cost in its own steps (a step's cost taken as its video tokens: the transformer's linears dominate)."""
+
+    def __init__(self, number: int, plan: Sequence[DenoiseStage], first_step_compiles: bool) -> None:
+        self.number, self.stages, self.first_step_compiles = number, len(plan), first_step_compiles
+        stage = plan[number - 1]
+        self.name, self.total = stage.name, stage.steps
+
+        def tokens(of: DenoiseStage) -> int:
+            return video_tokens(Request(width=of.width, height=of.height, num_frames=1))
+
+        self.later = sum(later.steps * tokens(later) / tokens(stage) for later in plan[number:])
+
+    def step(self, step_times: Sequence[float], elapsed: float) -> protocol.Step:
+        eta = seconds_left(step_times, self.total, self.first_step_compiles, self.later)
+        return protocol.Step(
+            step=len(step_times),
+            total=self.total,
+            elapsed_s=round(elapsed, 3),
+            eta_s=None if eta is None else round(eta, 3),
+            stage=self.name,
+            stage_number=self.number,
+            stages=self.stages,
+        )
+
+
 def step_reporter(
     emit: Emit,
     cancellation: Cancellation,
-    total: int,
+    stage: StageReporter,
     previews,
-    first_step_compiles: bool = False,
     clock: Callable[[], float] = time.monotonic,
 ):
-    """The per-step callback: a `step` event with an ETA (`seconds_left`), a preview every few steps, then a
-    cancellation check.
+    """The per-step callback of one denoising stage: a `step` event with an ETA (`seconds_left`), a preview every
+    few steps, then a cancellation check.
 
     Raising from it (Cancelled) leaves the pipeline before it decodes anything.
     """
@@ -259,14 +299,10 @@ def step_reporter(
 
     def on_step_end(pipe, index: int, _timestep, tensors: dict) -> dict:
         nonlocal last_end
-        done = index + 1
         now = clock()
-        elapsed = now - started
         step_times.append(now - last_end)
         last_end = now
-        eta = seconds_left(step_times, total, first_step_compiles)
-        eta_s = None if eta is None else round(eta, 3)
-        emit(protocol.Step(step=done, total=total, elapsed_s=round(elapsed, 3), eta_s=eta_s))
+        emit(stage.step(step_times, now - started))
         preview = previews.after_step(pipe.scheduler.sigmas, index, tensors["latents"])
         if preview is not None:
             emit(preview)

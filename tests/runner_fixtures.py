@@ -20,14 +20,15 @@ import pytest
 
 from contract import jobdir, protocol
 from contract.models import demo_spec
-from contract.request import Request, merge
+from contract.request import FAST_FIXED, Request, merge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# The demo model's defaults, with a prompt and a seed: every field set, as the runner gets it.
+# The demo model's defaults in quality mode (steps and guidance set: tests size their jobs by steps), with a
+# prompt and a seed: every field set, as the runner gets it. write_job(..., mode="fast") makes a fast job.
 DEMO_REQUEST = msgspec.structs.asdict(
     merge(
-        Request(prompt="a red robot dances on the beach at sunset, waves crash", model="demo", seed=1234),
+        Request(prompt="a red robot dances on the beach at sunset, waves", model="demo", mode="quality", seed=1234),
         demo_spec(Path("demo")).defaults,
     )
 )
@@ -80,6 +81,8 @@ def write_job(job_dir: Path, model_path: Path, **overrides: object) -> Path:
     job_dir.mkdir(parents=True, exist_ok=True)
     made = jobdir.job_file(job_dir.name, Request(**DEMO_REQUEST), demo_spec(Path(model_path).resolve()), NO_CACHES)
     job = msgspec.to_builtins(made)  # then changed as asked, invalid values included (tests of the runner's checks)
+    if overrides.get("mode") == "fast":
+        job["request"].update(dict.fromkeys(FAST_FIXED))  # fixed by the mode: unless a test sets them to see a refusal
     job["request"].update({k: v for k, v in overrides.items() if k not in JOB_FIELDS})
     job.update({k: v for k, v in overrides.items() if k in JOB_FIELDS})
     path = job_dir / jobdir.JOB_FILE

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from contract.cost import PeakPrediction
-from contract.request import Request
+from contract.request import DenoiseStage, Request
 from gpu_runner.job import Job, JobError
 
 Context = dict[str, torch.Tensor]  # a prompt's encoding: what the prompt cache keeps
+Latents = tuple[torch.Tensor, torch.Tensor]  # (video, audio) latents of one clip
 OnStepEnd = Callable  # diffusers' callback_on_step_end: (pipe, step index, timestep, tensors) -> dict
 OnTile = Callable[[int, int], None]  # (tiles done, tiles in the plan)
 
@@ -49,12 +50,20 @@ class Family(ABC):
         """The denoiser placed on `device` (compiled where `compiling.compiles` says), decoders on the CPU."""
 
     @abstractmethod
-    def previews(self, job: Job) -> object:
-        """What `pipeline.step_reporter` asks for a preview after each step: `after_step(sigmas, index, latents)`."""
+    def previews(self, job: Job, stage: DenoiseStage) -> object:
+        """What `pipeline.step_reporter` asks for a preview after each step of `stage`:
+        `after_step(sigmas, index, latents)`."""
 
     @abstractmethod
-    def denoise(self, denoiser: object, job: Job, on_step_end: OnStepEnd) -> tuple[torch.Tensor, torch.Tensor]:
-        """Video and audio latents of the job's clip, its guidance the family's own."""
+    def denoise(
+        self, denoiser: object, job: Job, stage: DenoiseStage, on_step_end: OnStepEnd, start: Latents | None = None
+    ) -> Latents:
+        """Video and audio latents after one denoising stage (contract.request.denoise_stages), its guidance the
+        family's own: from noise, or from `start` (the previous stage's, upsampled)."""
+
+    def upsample(self, denoiser: object, latents: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Video latents at twice the height and width, for fast mode's refine stage."""
+        raise JobError("invalid_input", "this model family has no fast mode")
 
     @abstractmethod
     def decoders(self, denoiser: object) -> object:

@@ -17,7 +17,7 @@ from contract.request import Request
 from gpu_runner import families, pipeline
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import Job, JobError
-from tests.runner_fixtures import DEMO_REQUEST, NO_CACHES
+from tests.runner_fixtures import DEMO_REQUEST, NO_CACHES, read_mp4
 
 
 def test_every_contract_model_kind_has_a_family():
@@ -51,16 +51,19 @@ class Fake(families.Family):
 
     def load_denoiser(self, job, context, device, dtype, precision):
         self.calls.append(f"load_denoiser {sorted(context)}")
-        return SimpleNamespace(scheduler=SimpleNamespace(sigmas=torch.linspace(1, 0, job.request.steps + 1)))
+        return SimpleNamespace(scheduler=SimpleNamespace(sigmas=torch.linspace(1, 0, 101)))
 
-    def previews(self, job):
+    def previews(self, job, stage):
         return SimpleNamespace(after_step=lambda *_: None)
 
-    def denoise(self, denoiser, job, on_step_end):
-        for index in range(job.request.steps):
+    def denoise(self, denoiser, job, stage, on_step_end, start=None):
+        for index in range(stage.steps):
             on_step_end(denoiser, index, None, {"latents": None})
-        request = job.request
-        return torch.zeros(request.num_frames, request.height, request.width), torch.zeros(1)  # "latents": the frames
+        return torch.zeros(job.request.num_frames, stage.height, stage.width), torch.zeros(1)  # "latents": the frames
+
+    def upsample(self, denoiser, latents, device):
+        self.calls.append("upsample")
+        return latents.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
 
     def decoders(self, denoiser):
         return {}
@@ -91,9 +94,25 @@ def test_a_family_registered_for_a_new_kind_runs_through_the_stage_skeleton(tmp_
     result = pipeline.generate(job, events.append, Cancellation(), started=0.0)
 
     assert calls == ["load_text_side", "encode encoder", "load_denoiser ['context']", "decode_audio", "decode_video"]
-    assert [e.name for e in events if isinstance(e, protocol.Stage)] == list(protocol.STAGES)
+    assert [e.name for e in events if isinstance(e, protocol.Stage)] == list(protocol.stages_of("quality"))
     assert [e.step for e in events if isinstance(e, protocol.Step)] == [1, 2]
     assert result.frames == 9 and (tmp_path / jobdir.VIDEO_FILE).is_file()
+
+
+def test_a_fast_job_denoises_at_half_size_upsamples_then_refines_at_full_size(tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setitem(families.FAMILIES, "fake", lambda model_dir, weight_cache: Fake(calls))
+    job = fake_job(tmp_path, num_frames=9, mode="fast", steps=None, guidance_scale=None)
+    events: list[protocol.Event] = []
+
+    result = pipeline.generate(job, events.append, Cancellation(), started=0.0)
+
+    assert [e.name for e in events if isinstance(e, protocol.Stage)] == list(protocol.STAGES)
+    assert "upsample" in calls
+    steps = [(e.stage, e.stage_number, e.stages, e.step, e.total) for e in events if isinstance(e, protocol.Step)]
+    assert steps == [("denoise", 1, 2, n, 8) for n in range(1, 9)] + [("refine", 2, 2, n, 3) for n in range(1, 4)]
+    assert (result.width, result.height) == (job.request.width, job.request.height)
+    assert read_mp4(tmp_path / jobdir.VIDEO_FILE).width == job.request.width  # 2x stage 1's frames
 
 
 def test_a_family_refuses_a_mode_it_does_not_have(tmp_path, monkeypatch):

@@ -7,11 +7,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from contract.models import demo_spec
-from contract.request import Request, max_frames_for_fps, merge, valid_frame_counts
+from contract import library
+from contract.models import demo_spec, with_parts
+from contract.request import Request, denoise_stages, max_frames_for_fps, valid_frame_counts
 
-SPEC = demo_spec(Path("/models/demo"))
-VALID = merge(Request(prompt="a red ball", seed=1), SPEC.defaults)
+SPEC = demo_spec(Path("/models/demo"))  # as it ships in the code: quality alone until its directory says more
+VALID = SPEC.resolve(Request(prompt="a red ball", seed=1))
+DEV = library.Recognised(family="ltx-2", version="2.0", variant="dev", upsampler=False)
+# The demo's directory with its distilled transformer and upsampler: fast mode, the default
+FAST_SPEC = with_parts(SPEC, msgspec.structs.replace(DEV, upsampler=True, distilled_transformer=True))
 
 
 def check(**changes) -> dict[str, str]:
@@ -59,3 +63,54 @@ def test_valid_frame_counts_are_8k_plus_1_within_range_and_duration() -> None:
     assert all((n - 1) % 8 == 0 for n in counts)
     assert valid_frame_counts(SPEC.constraints, 12.0)[-1] == max_frames_for_fps(SPEC.constraints, 12.0) == 241
     assert all(not check(num_frames=n, fps=12.0) for n in valid_frame_counts(SPEC.constraints, 12.0))
+
+
+def test_a_model_with_a_distilled_transformer_and_an_upsampler_defaults_to_fast_mode() -> None:
+    assert FAST_SPEC.modes == ("fast", "quality")
+    fast = FAST_SPEC.resolve(Request(prompt="a red ball", seed=1))
+    assert fast.mode == "fast" and fast.steps is None and fast.guidance_scale is None  # fixed by the mode
+    assert FAST_SPEC.violations(fast) == []
+    assert [(s.name, s.width, s.height, s.steps, s.guidance_scale) for s in denoise_stages(fast)] == [
+        ("denoise", fast.width // 2, fast.height // 2, 8, 1.0),
+        ("refine", fast.width, fast.height, 3, 1.0),
+    ]
+    quality = FAST_SPEC.resolve(Request(prompt="a red ball", seed=1, mode="quality"))
+    assert (quality.steps, quality.guidance_scale) == (SPEC.defaults.steps, SPEC.defaults.guidance_scale)
+    assert [(s.name, s.steps) for s in denoise_stages(quality)] == [("denoise", SPEC.defaults.steps)]
+
+
+def test_fast_mode_refuses_steps_and_guidance_and_sizes_off_the_64_pixel_grid() -> None:
+    asked = Request(prompt="a red ball", seed=1, steps=12, guidance_scale=4.0, width=352, height=224)
+    errors = dict(FAST_SPEC.violations(FAST_SPEC.resolve(asked)))
+    assert set(errors) == {"steps", "guidance_scale", "width", "height"}
+    assert "fixed in fast mode" in errors["steps"] and "choose mode quality" in errors["guidance_scale"]
+    assert "352 is not a multiple of 64" in errors["width"] and "nearest valid: 320 or 384" in errors["width"]
+    assert "nearest valid: 192 or 256" in errors["height"]
+    # the same request in quality mode is fine: 32-pixel grid, its own steps and guidance
+    assert FAST_SPEC.violations(FAST_SPEC.resolve(msgspec.structs.replace(asked, mode="quality"))) == []
+
+
+@pytest.mark.parametrize(
+    ("parts", "missing"),
+    [
+        ({}, ["a distilled transformer", "a latent_upsampler/"]),
+        ({"upsampler": True}, ["a distilled transformer"]),
+        ({"distilled_transformer": True}, ["a latent_upsampler/"]),
+    ],
+)
+def test_fast_mode_on_a_model_that_lacks_its_parts_names_what_is_missing(parts, missing) -> None:
+    spec = with_parts(SPEC, msgspec.structs.replace(DEV, **parts))
+    assert spec.modes == ("quality",)
+    errors = dict(spec.violations(spec.resolve(Request(prompt="a red ball", seed=1, mode="fast"))))
+    assert list(errors) == ["mode"]
+    assert all(part in errors["mode"] for part in missing) and "choose quality" in errors["mode"]
+
+
+def test_a_distilled_model_runs_fast_mode_on_its_own_transformer() -> None:
+    distilled = msgspec.structs.replace(DEV, variant="distilled", upsampler=True)
+    assert distilled.fast_transformer == "transformer" and distilled.fast_missing() is None
+    assert msgspec.structs.replace(DEV, distilled_transformer=True).fast_transformer == "transformer_distilled"
+
+
+def test_an_unknown_mode_is_named_with_the_choices() -> None:
+    assert "'turbo' is not a mode; choose 'fast' or 'quality'" in check(mode="turbo")["mode"]

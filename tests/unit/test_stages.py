@@ -11,11 +11,20 @@ import torch
 from PIL import Image
 
 from contract import jobdir, protocol
+from contract.request import DenoiseStage
 from gpu_runner.cancel import Cancellation, Cancelled
 from gpu_runner.compiling import compiles
 from gpu_runner.families.ltx2.preview import UPSCALE, PreviewWriter, clean_estimate
 from gpu_runner.job import JobError, load_job
-from gpu_runner.pipeline import COMPILE_NOTE, Stages, denoise_note, seconds_left, step_reporter, tile_reporter
+from gpu_runner.pipeline import (
+    COMPILE_NOTE,
+    StageReporter,
+    Stages,
+    denoise_note,
+    seconds_left,
+    step_reporter,
+    tile_reporter,
+)
 from tests.runner_fixtures import write_job
 
 
@@ -60,7 +69,7 @@ def test_running_out_of_memory_names_the_stage_and_the_size(job):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     assert raised.value.code == "out_of_memory"
-    assert "denoise" in raised.value.message and "256x160" in raised.value.message
+    assert "denoise" in raised.value.message and "320x192" in raised.value.message
     assert "25 frames" in raised.value.message and "Try" in raised.value.message
 
 
@@ -102,7 +111,7 @@ def test_the_step_callback_reports_then_stops_a_cancelled_run(tmp_path):
     events = []
     cancellation = Cancellation()
     previews = PreviewWriter(lambda name: tmp_path / name, (2, 3, 4), total_steps=4, previews=4)
-    on_step_end = step_reporter(events.append, cancellation, total=4, previews=previews)
+    on_step_end = step_reporter(events.append, cancellation, one_stage(4), previews=previews)
     latents = {"latents": torch.randn(1, 2 * 3 * 4, 8)}
 
     assert on_step_end(fake_pipe(4), 0, None, latents) == {}
@@ -115,14 +124,17 @@ def test_the_step_callback_reports_then_stops_a_cancelled_run(tmp_path):
     assert steps[0].eta_s == pytest.approx(3 * steps[0].elapsed_s, abs=1e-3)
 
 
-def steps_taking(seconds: list[float], first_step_compiles: bool) -> list[protocol.Step]:
+def one_stage(steps: int, first_step_compiles: bool = False) -> StageReporter:
+    return StageReporter(1, [DenoiseStage("denoise", 64, 64, steps, 3.0)], first_step_compiles)
+
+
+def steps_taking(seconds: list[float], first_step_compiles: bool, stage: StageReporter | None = None) -> list:
     """The step events of a run whose steps take these times, on a fake clock."""
     clock = [1000.0]
     events = []
     no_previews = SimpleNamespace(after_step=lambda *_: None)
-    on_step_end = step_reporter(
-        events.append, Cancellation(), len(seconds), no_previews, first_step_compiles, clock=lambda: clock[0]
-    )
+    stage = stage or one_stage(len(seconds), first_step_compiles)
+    on_step_end = step_reporter(events.append, Cancellation(), stage, no_previews, clock=lambda: clock[0])
     for index, took in enumerate(seconds):
         clock[0] += took
         on_step_end(fake_pipe(len(seconds)), index, None, {"latents": None})
@@ -158,6 +170,18 @@ def test_an_uncompiled_warm_up_step_stands_for_the_rest_only_until_the_second_st
 )
 def test_the_time_left_is_the_later_steps_mean_times_the_steps_left(step_times, total, compiled, eta):
     assert seconds_left(step_times, total, compiled) == (eta if eta is None else pytest.approx(eta))
+
+
+def test_fast_mode_steps_name_their_stage_and_count_the_refine_in_the_time_left():
+    plan = [DenoiseStage("denoise", 160, 96, 8, 1.0), DenoiseStage("refine", 320, 192, 3, 1.0)]
+    first = steps_taking([1.0] * 8, False, StageReporter(1, plan, False))
+    second = steps_taking([4.0] * 3, False, StageReporter(2, plan, False))
+
+    assert {(s.stage, s.stage_number, s.stages, s.total) for s in first} == {("denoise", 1, 2, 8)}
+    assert {(s.stage, s.stage_number, s.stages, s.total) for s in second} == {("refine", 2, 2, 3)}
+    # the refine's 3 steps at 4x the tokens count as 12 of stage 1's steps
+    assert first[1].eta_s == pytest.approx(6 + 12) and first[-1].eta_s == pytest.approx(12)
+    assert [s.eta_s for s in second] == [pytest.approx(8.0), pytest.approx(4.0), 0]
 
 
 def test_previews_show_the_clean_estimate_of_every_sampled_frame_as_a_jpeg(tmp_path):

@@ -7,19 +7,23 @@ from the model's own configs, not from its name.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import torch
+from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
+from torch import nn
 
 from contract.cost import PeakPrediction, latent_shape, predict_peak, video_tokens
-from contract.request import Request
+from contract.request import DenoiseStage, Request, denoise_stages
 from gpu_runner import memory
-from gpu_runner.families.base import Context, Family, OnStepEnd, OnTile
+from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile
 from gpu_runner.families.ltx2 import tiling
 from gpu_runner.families.ltx2.conditioning import image_conditions
 from gpu_runner.families.ltx2.guidance import share_stg_prefix
-from gpu_runner.families.ltx2.loading import place_denoiser
+from gpu_runner.families.ltx2.loading import UpsamplingPipeline, place_denoiser
 from gpu_runner.families.ltx2.preview import PreviewWriter
 from gpu_runner.families.ltx2.text import PrecomputedConnectors, encode
 from gpu_runner.families.ltx2.vocoding import vocode
@@ -29,6 +33,28 @@ from gpu_runner.job import Job
 LTX2_0_GUIDANCE = {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
 # 2.3's STG block, diffusers' default, spelled out for the STG pass to share the blocks before it.
 LTX2_3_GUIDANCE = {"spatio_temporal_guidance_blocks": [28]}
+# No guidance: one transformer pass a step. All six scales said outright: the audio ones, left to diffusers'
+# defaults, would add CFG, STG and modality passes for the audio (2-3x the passes).
+NO_GUIDANCE = {
+    "guidance_scale": 1.0,
+    "audio_guidance_scale": 1.0,
+    "stg_scale": 0.0,
+    "audio_stg_scale": 0.0,
+    "modality_scale": 1.0,
+    "audio_modality_scale": 1.0,
+    "spatio_temporal_guidance_blocks": None,
+}
+# Fast mode's fixed schedule, diffusers' own (contract/request.py's FAST_STEPS counts them for the web process).
+FAST_SIGMAS = {"denoise": DISTILLED_SIGMA_VALUES, "refine": STAGE_2_DISTILLED_SIGMA_VALUES}
+
+
+@dataclass
+class Denoiser:
+    """What load_denoiser places: the pipeline (transformer on the GPU, decoders on the CPU) and, in fast mode,
+    the latent upsampler (on the CPU until its stage)."""
+
+    pipe: nn.Module
+    upsampler: nn.Module | None = None
 
 
 class Ltx2(Family):
@@ -66,26 +92,36 @@ class Ltx2(Family):
         """The transformer (its big linears in FP8: from the weight cache straight onto the GPU, or cast on the
         CPU before it moves) on the GPU, VAEs, vocoder and scheduler on the CPU until their stages."""
         conditioned = job.file.image_file is not None
-        pipe = self.source.load_denoiser(dtype, precision, PrecomputedConnectors(context), device, conditioned)
+        fast = job.request.mode == "fast"
+        connectors = PrecomputedConnectors(context)
+        pipe = self.source.load_denoiser(dtype, precision, connectors, device, conditioned, fast=fast)
         compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
         place_denoiser(pipe, device, video_tokens(job.request), compile_cache)
-        share_stg_prefix(pipe.transformer, self.guidance(job.request)["spatio_temporal_guidance_blocks"])
-        return pipe
+        first_stage = denoise_stages(job.request)[0]  # fast mode's stages have no STG
+        share_stg_prefix(pipe.transformer, self.guidance(first_stage)["spatio_temporal_guidance_blocks"])
+        return Denoiser(pipe, self.source.load_upsampler(dtype) if fast else None)
 
-    def previews(self, job: Job) -> PreviewWriter:
-        return PreviewWriter(job.path, latent_shape(job.request), job.request.steps)
+    def previews(self, job: Job, stage: DenoiseStage) -> PreviewWriter:
+        shape = latent_shape(msgspec.structs.replace(job.request, width=stage.width, height=stage.height))
+        return PreviewWriter(job.path, shape, stage.steps)
 
-    def denoise(self, denoiser, job: Job, on_step_end: OnStepEnd) -> tuple[torch.Tensor, torch.Tensor]:
+    def denoise(
+        self, denoiser: Denoiser, job: Job, stage: DenoiseStage, on_step_end: OnStepEnd, start: Latents | None = None
+    ) -> Latents:
+        """One denoising stage: from noise, or (fast mode's refine) from `start` noised to the stage's first sigma."""
         request = job.request
-        return denoiser(
-            **denoiser.connectors.placeholder_embeds(),
-            width=request.width,
-            height=request.height,
+        fixed = FAST_SIGMAS[stage.name] if request.mode == "fast" else None
+        video, audio = start if start is not None else (None, None)
+        return denoiser.pipe(
+            **denoiser.pipe.connectors.placeholder_embeds(),
+            width=stage.width,
+            height=stage.height,
             num_frames=request.num_frames,
             frame_rate=request.fps,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            **self.guidance(request),
+            num_inference_steps=stage.steps,
+            **({"sigmas": list(fixed)} if fixed else {}),
+            **({"latents": video, "audio_latents": audio, "noise_scale": fixed[0]} if start is not None else {}),
+            **self.guidance(stage),
             **image_conditions(job),
             # A CPU generator draws the same noise on every device: same seed, same clip.
             generator=torch.Generator("cpu").manual_seed(request.seed),
@@ -94,9 +130,29 @@ class Ltx2(Family):
             callback_on_step_end=on_step_end,
         )
 
-    def decoders(self, denoiser) -> dict:
+    def upsample(self, denoiser: Denoiser, latents: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Fast mode: stage 1's video latents x2 in height and width (diffusers' upsample pipeline), the upsampler
+        on the GPU for this stage only."""
+        upsampler, denoiser.upsampler = denoiser.upsampler.to(device), None
+        upsampling = UpsamplingPipeline(vae=denoiser.pipe.vae, latent_upsampler=upsampler)
+        height, width = latents.shape[-2:]
+        scale = upsampling.vae_spatial_compression_ratio
+        upsampled = upsampling(
+            latents=latents,
+            latents_normalized=False,  # the denoising pipeline's latent output is denormalised
+            height=height * scale,
+            width=width * scale,
+            output_type="latent",
+            return_dict=False,
+        )[0]
+        del upsampling, upsampler
+        memory.release(device)
+        return upsampled
+
+    def decoders(self, denoiser: Denoiser) -> dict:
         # Each decode stage pops what it uses, so nothing keeps a decoder alive past its stage.
-        return {"vae": denoiser.vae, "audio_vae": denoiser.audio_vae, "vocoder": denoiser.vocoder}
+        pipe = denoiser.pipe
+        return {"vae": pipe.vae, "audio_vae": pipe.audio_vae, "vocoder": pipe.vocoder}
 
     def decode_audio(self, decoders, latents: torch.Tensor, device: torch.device) -> tuple[np.ndarray, int]:
         """The mel spectrogram from the audio VAE, then the vocoder's waveform (vocoding.py), in float32."""
@@ -117,20 +173,24 @@ class Ltx2(Family):
         del vae
         memory.release(device)
 
-    def guidance(self, request: Request) -> dict:
-        """The guidance beyond CFG, from the model's own configs.
+    def guidance(self, stage: DenoiseStage) -> dict:
+        """A stage's guidance, from its scale and the model's own configs.
 
-        LTX-2 keeps diffusers' recommended STG, modality and rescale terms, with the LTX-2.0
+        Scale 1 (fast mode, distilled models) is no guidance at all: NO_GUIDANCE. Otherwise LTX-2 keeps
+        diffusers' recommended STG, modality and rescale terms, with the LTX-2.0
         settings when its connectors show 2.0 (one projection shared by both modalities). The STG
         pass starts at its first STG block from the positive CFG row's states there (guidance.py).
         A transformer too shallow to have that STG block (the demo's 6 blocks) uses CFG alone
         (two passes a step) with the request's scale for audio too.
         """
+        if stage.guidance_scale <= 1.0:
+            return dict(NO_GUIDANCE)
         settings = LTX2_0_GUIDANCE if self.source.is_ltx2_0() else LTX2_3_GUIDANCE
         if max(settings["spatio_temporal_guidance_blocks"]) < int(self.source.transformer_config()["num_layers"]):
-            return dict(settings)
+            return {"guidance_scale": stage.guidance_scale, **settings}
         return {
-            "audio_guidance_scale": request.guidance_scale,
+            "guidance_scale": stage.guidance_scale,
+            "audio_guidance_scale": stage.guidance_scale,
             "stg_scale": 0.0,
             "audio_stg_scale": 0.0,
             "modality_scale": 1.0,

@@ -22,7 +22,8 @@ from diffusers import (
     LTX2Pipeline,
     LTX2VideoTransformer3DModel,
 )
-from diffusers.pipelines.ltx2 import LTX2Vocoder, LTX2VocoderWithBWE
+from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline, LTX2Vocoder, LTX2VocoderWithBWE
+from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 from torch import nn
 
 from contract import library
@@ -69,6 +70,15 @@ class DenoisingPipeline(_DevicedByTransformer, LTX2Pipeline):
 
 class ConditionedDenoisingPipeline(_DevicedByTransformer, LTX2ConditionPipeline):
     """Image-to-video: it encodes its condition image with the VAE, so the VAE comes along to the GPU."""
+
+
+class UpsamplingPipeline(LTX2LatentUpsamplePipeline):
+    """Fast mode's x2 spatial latent upsample, on the upsampler's device (the VAE, whose latent statistics it
+    would read, waits on the CPU: the latents it gets are already denormalised)."""
+
+    @property
+    def _execution_device(self) -> torch.device:
+        return self.latent_upsampler.device
 
 
 def place_denoiser(
@@ -145,13 +155,24 @@ class DiffusersDirectory:
         connectors: PrecomputedConnectors,
         device: torch.device,
         conditioned: bool = False,
+        fast: bool = False,
     ) -> LTX2Pipeline | LTX2ConditionPipeline:
-        """The denoising half: the transformer as `load_transformer` gives it, the decoders on the CPU."""
+        """The denoising half: the transformer as `load_transformer` gives it, the decoders on the CPU.
+
+        Fast mode takes the distilled transformer (library.Recognised.fast_transformer) and a scheduler that
+        steps through the fixed distilled sigmas as given (no shift: a dev scheduler's config, shift switched off).
+        """
         model_dir = self.model_dir
-        transformer = self.load_transformer(dtype, precision, device)
+        subfolder = library.recognise(model_dir).fast_transformer if fast else "transformer"
+        transformer = self.load_transformer(dtype, precision, device, subfolder or "transformer")
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler")
+        if fast:
+            scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+                scheduler.config, use_dynamic_shifting=False, shift_terminal=None
+            )
         pipeline_class = ConditionedDenoisingPipeline if conditioned else DenoisingPipeline
         return pipeline_class(
-            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler"),
+            scheduler=scheduler,
             vae=AutoencoderKLLTX2Video.from_pretrained(model_dir, subfolder="vae", dtype=dtype, **WITHOUT_ACCELERATE),
             audio_vae=AutoencoderKLLTX2Audio.from_pretrained(
                 model_dir, subfolder="audio_vae", dtype=torch.float32, **WITHOUT_ACCELERATE
@@ -165,7 +186,15 @@ class DiffusersDirectory:
             ),
         )
 
-    def load_transformer(self, dtype: torch.dtype, precision: str, device: torch.device) -> nn.Module:
+    def load_upsampler(self, dtype: torch.dtype) -> LTX2LatentUpsamplerModel:
+        """Fast mode's x2 spatial latent upsampler, on the CPU until its stage."""
+        return LTX2LatentUpsamplerModel.from_pretrained(
+            self.model_dir, subfolder=library.UPSAMPLER, dtype=dtype, **WITHOUT_ACCELERATE
+        ).eval()
+
+    def load_transformer(
+        self, dtype: torch.dtype, precision: str, device: torch.device, subfolder: str = "transformer"
+    ) -> nn.Module:
         """The transformer, its big linears stored in FP8 when `precision` is "fp8".
 
         With a weight cache, FP8 comes from there when it can: the cached tensors go straight onto
@@ -174,12 +203,12 @@ class DiffusersDirectory:
         """
         cached = None
         if precision == "fp8" and self.weight_cache is not None:
-            cached = self.weight_cache.entry(self.model_dir / "transformer", dtype)
-            transformer = cached.load(lambda: self.fp8_skeleton(dtype), device)
+            cached = self.weight_cache.entry(self.model_dir / subfolder, dtype)
+            transformer = cached.load(lambda: self.fp8_skeleton(dtype, subfolder), device)
             if transformer is not None:
                 return transformer
         transformer = LTX2VideoTransformer3DModel.from_pretrained(
-            self.model_dir, subfolder="transformer", dtype=dtype, **WITHOUT_ACCELERATE
+            self.model_dir, subfolder=subfolder, dtype=dtype, **WITHOUT_ACCELERATE
         )
         if precision == "fp8":
             fp8.store_in_fp8(transformer, is_fp8_layer)
@@ -187,9 +216,9 @@ class DiffusersDirectory:
             cached.save(transformer)
         return transformer
 
-    def fp8_skeleton(self, dtype: torch.dtype) -> nn.Module:
+    def fp8_skeleton(self, dtype: torch.dtype, subfolder: str = "transformer") -> nn.Module:
         """The transformer with no weights (meta tensors), laid out as FP8 storage leaves it: what the cache fills."""
-        config = LTX2VideoTransformer3DModel.load_config(self.model_dir, subfolder="transformer")
+        config = LTX2VideoTransformer3DModel.load_config(self.model_dir, subfolder=subfolder)
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # as from_pretrained(dtype=...) builds it
         try:
