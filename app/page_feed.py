@@ -23,7 +23,7 @@ from app.broker import Broker
 from app.config import Settings
 from app.store import JobRow, StoredEvent
 from contract.models import ModelSpec
-from contract.protocol import STAGES
+from contract.protocol import stages_of
 from contract.request import FIELDS
 
 ROWS_TOPIC = "job-rows"
@@ -55,12 +55,13 @@ class Push(msgspec.Struct, frozen=True):
 def job_context(job: JobRow, models: dict[str, ModelSpec]) -> dict[str, Any]:
     """What the job page's panel shows of a job: the job, its stage timeline, its model, its settings."""
     current = job.progress.stage
-    reached = STAGES.index(current) if current in STAGES else -1
+    stages = stages_of(job.request.mode)
+    reached = stages.index(current) if current in stages else -1
     if job.status == "succeeded":
-        reached = len(STAGES)
+        reached = len(stages)
     timeline = [
         {"name": name, "state": "done" if i < reached else "current" if i == reached else "pending"}
-        for i, name in enumerate(STAGES)
+        for i, name in enumerate(stages)
     ]
     settings = [(name, getattr(job.request, name)) for name in FIELDS if name not in _SHOWN_APART]
     removed = job.files_removed_at

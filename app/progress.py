@@ -12,17 +12,19 @@ import msgspec
 from contract import protocol
 
 # The overall percentage in three bands: the stages before denoising share 0-5 %, the denoising
-# steps 5-90 % (they dominate a job's time), the stages after it 90-100 %.
+# steps 5-90 % (they dominate a job's time; fast mode's two stages share it equally), the stages after it 90-100 %.
 DENOISE_START, DENOISE_END = 5.0, 90.0
-_DENOISE = protocol.STAGES.index("denoise")
-_BEFORE, _AFTER = protocol.STAGES[:_DENOISE], protocol.STAGES[_DENOISE + 1 :]
+_BEFORE = protocol.STAGES[: protocol.STAGES.index(protocol.DENOISING[0])]
+_AFTER = protocol.STAGES[protocol.STAGES.index(protocol.DENOISING[-1]) + 1 :]
 
 
 class JobProgress(msgspec.Struct, frozen=True, kw_only=True):
     stage: str | None = None
     stage_note: str | None = None  # the runner's note on the current stage, e.g. that its first step compiles
-    step: int = 0
+    step: int = 0  # of the denoising stage under way
     total: int = 0
+    denoise_stage: int = 1  # which of the job's denoising stages the steps belong to: "stage 2 of 2"
+    denoise_stages: int = 1
     percent: float = 0.0
     eta_s: float | None = None  # None: not known yet (the first step compiled)
     tiles_done: int = 0
@@ -39,10 +41,18 @@ class JobProgress(msgspec.Struct, frozen=True, kw_only=True):
         match event:
             case protocol.Stage(name=name, note=note):
                 return msgspec.structs.replace(self, stage=name, stage_note=note, percent=self._entering(name))
-            case protocol.Step(step=step, total=total, eta_s=eta):
-                percent = DENOISE_START + (DENOISE_END - DENOISE_START) * step / max(total, 1)
-                eta = None if eta is None else round(eta, 1)
-                return msgspec.structs.replace(self, step=step, total=total, eta_s=eta, percent=round(percent, 1))
+            case protocol.Step(step=step, total=total, eta_s=eta, stage_number=number, stages=stages):
+                done = (number - 1 + step / max(total, 1)) / max(stages, 1)
+                percent = DENOISE_START + (DENOISE_END - DENOISE_START) * done
+                return msgspec.structs.replace(
+                    self,
+                    step=step,
+                    total=total,
+                    denoise_stage=number,
+                    denoise_stages=stages,
+                    eta_s=None if eta is None else round(eta, 1),
+                    percent=round(percent, 1),
+                )
             case protocol.Preview(step=step):
                 return msgspec.structs.replace(self, preview_step=step)
             case protocol.Tile(done=done, total=total):
@@ -56,7 +66,7 @@ class JobProgress(msgspec.Struct, frozen=True, kw_only=True):
             return round(DENOISE_START * (_BEFORE.index(stage) + 1) / (len(_BEFORE) + 1), 1)
         if stage in _AFTER:
             return round(DENOISE_END + (100 - DENOISE_END) * _AFTER.index(stage) / len(_AFTER), 1)
-        return self.percent  # denoise itself: its steps move the percentage
+        return self.percent  # the denoising stages: their steps move the percentage
 
 
 decode_progress = msgspec.json.Decoder(JobProgress).decode

@@ -17,14 +17,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
-from contract.request import Request
+from contract.request import DenoiseStage, Request, denoise_stages
 
 GIB = 1024**3
 DeviceKind = Literal["cpu", "cuda"]
@@ -94,15 +94,39 @@ def predict_peak(
     precision: str,
     tokens: int,
     inner_width: int,
+    guided: bool = True,
+    upsampler_file_gib: float = 0.0,
 ) -> PeakPrediction:
-    """LTX-2's peak per phase, from the model's files and the clip's tokens."""
+    """LTX-2's peak per phase, from the model's files and the tokens of its largest denoising stage (`guided`: in
+    CFG's batch of two rows; fast mode's is one row, and its latent upsampler joins the transformer for a stage)."""
     transformer_gib = transformer_file_gib * (FP8_RESIDENT_RATIO if precision == "fp8" else 1.0)
-    per_token = ACTIVATION_GIB_PER_TOKEN_BATCHED if tokens <= LONG_CLIP_TOKENS else ACTIVATION_GIB_PER_TOKEN_ONE_ROW
+    if tokens > LONG_CLIP_TOKENS:
+        per_token = ACTIVATION_GIB_PER_TOKEN_ONE_ROW
+    else:
+        per_token = ACTIVATION_GIB_PER_TOKEN_BATCHED / (1 if guided else 2)
     width_scale = inner_width / REFERENCE_WIDTH
     return PeakPrediction(
         text_gib=connectors_file_gib + TEXT_STREAMING_GIB * width_scale,
-        denoise_gib=transformer_gib + tokens * per_token * width_scale,
+        denoise_gib=transformer_gib + upsampler_file_gib + tokens * per_token * width_scale,
         decode_gib=vae_file_gib + DECODE_TILE_GIB * width_scale,
+    )
+
+
+def predict_job_peak(
+    weights_gib: Callable[[str], float], inner_width: int, precision: str, request: Request
+) -> PeakPrediction:
+    """A resolved request's peak per phase (`predict_peak`), its denoising at its largest stage; `weights_gib`
+    gives a component's weight files' size. The web process's estimate and the runner's admission both use it."""
+    stages = denoise_stages(request)
+    return predict_peak(
+        transformer_file_gib=weights_gib("transformer"),
+        connectors_file_gib=weights_gib("connectors"),
+        vae_file_gib=weights_gib("vae"),
+        precision=precision,
+        tokens=max(video_tokens(at_size_of(request, stage)) for stage in stages),
+        inner_width=inner_width,
+        guided=any(stage.guidance_scale > 1.0 for stage in stages),
+        upsampler_file_gib=weights_gib("latent_upsampler") if len(stages) > 1 else 0.0,
     )
 
 
@@ -115,7 +139,7 @@ def component_gib(model_dir: Path, component: str) -> float:
     return sum(f.stat().st_size for f in files if f.name.endswith((".safetensors", ".bin"))) / GIB
 
 
-WEIGHT_COMPONENTS = ("text_encoder", "connectors", "transformer", "vae", "audio_vae", "vocoder")
+WEIGHT_COMPONENTS = ("text_encoder", "connectors", "transformer", "vae", "audio_vae", "vocoder", "latent_upsampler")
 
 
 @dataclass(frozen=True)
@@ -146,11 +170,25 @@ def guidance_rows(model_kind: str, guidance_scale: float) -> int:
 
 
 def denoise_flop(size: ModelSize, model_kind: str, request: Request) -> float:
-    """The transformer's FLOPs for the whole denoise: per layer and token ~32 d^2 in its linears
-    (self-attention, cross-attention, a 4x feed-forward), and 4 d per token pair in attention."""
-    tokens, width = video_tokens(request), size.inner_width
-    per_pass = size.layers * tokens * (32 * width * width + 4 * tokens * width)
-    return per_pass * guidance_rows(model_kind, request.guidance_scale) * request.steps
+    """The transformer's FLOPs for the whole denoise, every stage (fast mode's two): per layer and token ~32 d^2 in
+    its linears (self-attention, cross-attention, a 4x feed-forward), and 4 d per token pair in attention."""
+    width = size.inner_width
+    total = 0.0
+    for stage in denoise_stages(request):
+        tokens = video_tokens(at_size_of(request, stage))
+        per_pass = size.layers * tokens * (32 * width * width + 4 * tokens * width)
+        total += per_pass * guidance_rows(model_kind, stage.guidance_scale) * stage.steps
+    return total
+
+
+def at_size_of(request: Request, stage: DenoiseStage) -> Request:
+    """`request` at the size `stage` runs at."""
+    return msgspec.structs.replace(request, width=stage.width, height=stage.height)
+
+
+def denoise_steps(request: Request) -> int:
+    """Denoising steps over every stage of the job."""
+    return sum(stage.steps for stage in denoise_stages(request))
 
 
 def decode_work(size: ModelSize, request: Request) -> float:
@@ -217,7 +255,7 @@ def learned(size: ModelSize, model_kind: str, default: Rates, runs: Sequence[Pas
     for run in runs:
         predicted = list(_parts(size, model_kind, default, run.request)[1:])
         measured = [run.timings.get(stage, 0.0) for stage in _GROWING]
-        steps = run.request.steps
+        steps = denoise_steps(run.request)
         if steps == 1:
             predicted[0] = measured[0] = 0.0  # its one step is all warm-up: fixed
         elif run.first_step_s is not None:
@@ -282,14 +320,8 @@ def estimate(
     relevant = [run for run in runs if run.device == device]
     rates = learned(size, model_kind, first_principles(size, device), relevant)
     parts = _parts(size, model_kind, rates, request)
-    peak = predict_peak(
-        transformer_file_gib=size.weights_gib["transformer"],
-        connectors_file_gib=size.weights_gib["connectors"],
-        vae_file_gib=size.weights_gib["vae"],
-        precision=precision if device == "cuda" else "fp32",  # a CPU computes in float32
-        tokens=video_tokens(request),
-        inner_width=size.inner_width,
-    )
+    # a CPU computes in float32
+    peak = predict_job_peak(size.weights_gib.get, size.inner_width, precision if device == "cuda" else "fp32", request)
     pixel_frames = request.width * request.height * request.num_frames
     disk = pixel_frames * MP4_BYTES_PER_PIXEL_FRAME + clip_seconds(request) * AUDIO_BYTES_PER_S + LOG_AND_PREVIEW_BYTES
     return Estimate(
@@ -329,13 +361,17 @@ def over_limit(estimate: Estimate, request: Request, limit_minutes: float) -> st
     limit_s = limit_minutes * 60
     if not limit_minutes or estimate.duration_s <= limit_s:
         return None
-    per_step = estimate.denoise_s / request.steps
-    fitting_steps = math.floor((limit_s - (estimate.duration_s - estimate.denoise_s)) / per_step) if per_step else 0
-    fix = (
-        f"use at most {fitting_steps} steps, or fewer frames or a smaller size"
-        if fitting_steps >= 1
-        else "use fewer frames or a smaller size (fewer steps alone would not do)"
-    )
+    if request.steps is None:  # fast mode: its steps are fixed
+        fix = "use fewer frames or a smaller size"
+    else:
+        per_step = estimate.denoise_s / request.steps
+        rest = estimate.duration_s - estimate.denoise_s
+        fitting_steps = math.floor((limit_s - rest) / per_step) if per_step else 0
+        fix = (
+            f"use at most {fitting_steps} steps, or fewer frames or a smaller size"
+            if fitting_steps >= 1
+            else "use fewer frames or a smaller size (fewer steps alone would not do)"
+        )
     where = "the GPU" if estimate.device == "cuda" else "the CPU"
     basis = f"{estimate.past_runs} past runs of this model" if estimate.past_runs else "first principles"
     return (

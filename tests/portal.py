@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 from httpx_sse import ServerSentEvent, connect_sse
 
+from contract.request import FAST_FIXED
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -90,6 +92,13 @@ def wait_for(find, timeout: float, what: str):
 # A demo job that runs for minutes on a CPU: it holds the worker (running, or with jobs queued behind it) until
 # a test cancels or kills it.
 LONG_JOB = {"width": 512, "height": 288, "num_frames": 97, "steps": 100}
+
+
+def quality_if_steps(fields: dict[str, Any]) -> dict[str, Any]:
+    """Request fields with mode quality where they set steps or guidance, which fast mode fixes."""
+    if "mode" not in fields and any(name in fields for name in FAST_FIXED):
+        return {**fields, "mode": "quality"}
+    return fields
 
 
 @dataclass
@@ -181,8 +190,11 @@ class Portal:
             yield client
 
     def submit(self, **fields: Any) -> dict[str, Any]:
+        """Submit a job; one that sets its steps or guidance (tests size jobs by steps) runs in quality mode."""
         with self.client() as c:
-            response = c.post("/api/jobs", json={"prompt": "a red ball bouncing with clicks", **fields})
+            response = c.post(
+                "/api/jobs", json={"prompt": "a red ball bouncing with clicks", **quality_if_steps(fields)}
+            )
         assert response.status_code == 201, response.text
         return response.json()
 

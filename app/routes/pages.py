@@ -26,7 +26,7 @@ from app.ratelimit import RateLimited
 from app.routes.api import client_address, load_job
 from app.schemas import FieldError, InvalidRequest
 from contract.models import ModelSpec
-from contract.request import FIELDS, valid_frame_counts
+from contract.request import FAST_FIXED, FIELDS, valid_frame_counts
 
 RECENT_JOBS = 30
 
@@ -40,7 +40,12 @@ def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, 
     merged = {name: "" if value is None else value for name, value in msgspec.structs.asdict(spec.defaults).items()}
     merged.update({k: v for k, v in values.items() if v is not None and v != ""})
     merged["model"] = spec.id
+    if merged.get("mode") not in spec.modes:
+        merged["mode"] = spec.modes[0]
+    fast = merged["mode"] == "fast"
     return {
+        "fast": fast,  # the schedule is fixed: no steps or guidance to set, sides on fast mode's grid
+        "presets": [preset for preset in spec.presets if not fast or _on_fast_grid(spec, preset)],
         "models": list(models.values()),
         "unusable": offer.unusable,
         "spec": spec,
@@ -60,12 +65,21 @@ def _frame_choices(spec: ModelSpec, fps: Any) -> list[tuple[int, str]]:
     return [(n, f"{n / rate:.2f} s ({n} frames)") for n in valid_frame_counts(spec.constraints, rate)]
 
 
+def _on_fast_grid(spec: ModelSpec, preset: tuple[int, int]) -> bool:
+    return all(side % spec.constraints.fast_size_multiple == 0 for side in preset)
+
+
 def _form_values(form: dict[str, str]) -> dict[str, Any]:
-    """Request fields from the HTML form; the resolution preset "WxH" becomes width and height."""
+    """Request fields from the HTML form; the resolution preset "WxH" becomes width and height.
+
+    The form leaves out steps and guidance in fast mode; a browser without script, which cannot redraw the form
+    when the mode changes, still sends them from the quality form: fast mode fixes them, so they are dropped."""
     values: dict[str, Any] = {k: form[k] for k in FIELDS if k in form}
     width, _, height = form.get("resolution", "").partition("x")
     if width and height:
         values["width"], values["height"] = width, height
+    if values.get("mode") == "fast":
+        values = {k: v for k, v in values.items() if k not in FAST_FIXED}
     return values
 
 
@@ -89,9 +103,10 @@ async def form_fragment(
     model: FromQuery[str | None] = None,
     fps: FromQuery[str | None] = None,
     num_frames: FromQuery[str | None] = None,
+    mode: FromQuery[str | None] = None,
 ) -> Template:
-    """The form again after the model or frame rate changed: its choices depend on both."""
-    values = {"model": model, "fps": fps, "num_frames": num_frames}
+    """The form again after the model, the mode or the frame rate changed: its choices depend on them."""
+    values = {"model": model, "fps": fps, "num_frames": num_frames, "mode": mode}
     return HTMXTemplate(template_name="fragments/_form.html", context=_form_context(settings, values))
 
 

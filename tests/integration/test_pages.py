@@ -19,8 +19,10 @@ def portal(shared_portal: Portal) -> Portal:
 
 
 def form(**fields: str) -> dict[str, str]:
+    """The create form as a browser posts it, in quality mode (its steps keep the jobs short)."""
     return {
         "model": "demo",
+        "mode": "quality",
         "prompt": "a blue square moving left",
         "resolution": "256x160",
         "fps": "24",
@@ -120,3 +122,28 @@ def test_the_form_uploads_an_image_shows_a_preview_and_carries_its_id_into_the_j
         request = c.get(f"/api/jobs/{job_id}").json()["request"]
     assert (request["image_upload_id"], request["image_strength"]) == (upload_id, 0.7)
     assert (portal.job_dir(job_id) / "image.png").is_file()
+
+
+def test_the_create_form_starts_in_fast_mode_without_steps_or_guidance_and_redraws_for_quality(portal: Portal) -> None:
+    with portal.client() as c:
+        page = c.get("/").text
+        quality = c.get("/fragments/form", params={"model": "demo", "mode": "quality"}).text
+    assert re.search(r'<option value="fast"\s+selected', page) and 'id="fast-note"' in page
+    assert 'name="steps"' not in page and 'name="guidance_scale"' not in page
+    assert re.search(r'<option value="quality"\s+selected', quality) and 'name="steps"' in quality
+    assert 'id="fast-note"' not in quality
+
+
+def test_a_fast_form_makes_a_two_stage_job_whose_page_says_which_stage(portal: Portal) -> None:
+    # as a browser without script sends it after choosing fast: the quality form's steps and guidance still in it
+    fast = form(mode="fast", resolution="320x192", num_frames="9", steps="30", guidance_scale="5")
+    with portal.form_client() as c:
+        response = c.post("/jobs", data=fast, headers=HX)
+        job_id = response.headers["HX-Redirect"].rsplit("/", 1)[1]
+        job = portal.wait(job_id)
+        page = c.get(f"/jobs/{job_id}").text
+    assert job["status"] == "succeeded", job
+    assert (job["request"]["mode"], job["request"]["steps"], job["request"]["guidance_scale"]) == ("fast", None, None)
+    assert "stage 2 of 2, step 3/3" in page
+    timeline = re.findall(r'<li class="done">([a-z ]+)</li>', page)
+    assert timeline[timeline.index("denoise") :][:3] == ["denoise", "upsample", "refine"]

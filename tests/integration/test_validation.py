@@ -33,7 +33,21 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("fields", "expected"), CASES, ids=[",".join(c[0]) for c in CASES])
+# The demo's default mode is fast: a schedule of its own, and sides on a 64-pixel grid.
+FAST_CASES = [
+    ({"steps": 12}, {"steps": "is fixed in fast mode"}),
+    ({"guidance_scale": 4}, {"guidance_scale": "choose mode quality to set it"}),
+    ({"width": 352, "height": 224}, {"width": "multiple of 64", "height": "nearest valid: 192 or 256"}),
+    ({"mode": "turbo"}, {"mode": "'turbo' is not a mode; choose 'fast' or 'quality'"}),
+    ({"mode": 2}, {"mode": "must be text"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [({"mode": "quality", **fields}, expected) for fields, expected in CASES] + FAST_CASES,
+    ids=[",".join(c[0]) for c in CASES + FAST_CASES],
+)
 def test_invalid_requests_are_refused_with_every_field_named(shared_portal: Portal, fields, expected) -> None:
     body = {"prompt": "a red ball", **fields}
     with shared_portal.client() as c:

@@ -170,3 +170,21 @@ def test_when_even_one_step_is_too_long_the_message_asks_for_a_smaller_clip() ->
 )
 def test_durations_are_said_as_people_say_them(seconds, said) -> None:
     assert cost.say_duration(seconds) == said
+
+
+def test_fast_mode_costs_its_two_unguided_stages_and_peaks_with_the_upsampler_at_full_size() -> None:
+    quality = resolved(mode="quality", width=512, height=320, num_frames=49, steps=11, guidance_scale=1.0)
+    fast = msgspec.structs.replace(quality, mode="fast", steps=None, guidance_scale=None)
+    half = msgspec.structs.replace(quality, width=256, height=160)
+    # 8 unguided passes at half size, then 3 at full size
+    expected = cost.denoise_flop(SIZE, DEMO.kind, msgspec.structs.replace(half, steps=8)) + cost.denoise_flop(
+        SIZE, DEMO.kind, msgspec.structs.replace(quality, steps=3)
+    )
+    assert cost.denoise_flop(SIZE, DEMO.kind, fast) == pytest.approx(expected)
+    assert cost.denoise_flop(SIZE, DEMO.kind, fast) < cost.denoise_flop(SIZE, DEMO.kind, quality)
+    with_upsampler = {**SIZE.weights_gib, "latent_upsampler": 0.5}
+    fast_peak = cost.predict_job_peak(with_upsampler.get, SIZE.inner_width, "bf16", fast)
+    quality_peak = cost.predict_job_peak(with_upsampler.get, SIZE.inner_width, "bf16", quality)
+    assert fast_peak.denoise_gib == pytest.approx(quality_peak.denoise_gib + 0.5)  # same tokens, one row, + upsampler
+    too_long = cost.over_limit(predicted(fast), fast, limit_minutes=1e-4)
+    assert too_long and "use fewer frames or a smaller size" in too_long and "steps" not in too_long.split(";")[1]

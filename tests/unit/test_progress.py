@@ -41,13 +41,29 @@ def test_progress_moves_forward_through_the_stages_and_steps() -> None:
 
 def test_the_stages_before_denoising_share_the_first_band_and_those_after_it_the_last() -> None:
     before = protocol.STAGES[: protocol.STAGES.index("denoise")]
-    after = protocol.STAGES[protocol.STAGES.index("denoise") + 1 :]
+    after = protocol.STAGES[protocol.STAGES.index("refine") + 1 :]
     start = [JobProgress().apply(protocol.Stage(name=name, t=0)).percent for name in before]
     end = [JobProgress().apply(protocol.Stage(name=name, t=0)).percent for name in after]
     assert start == sorted(start) and start[0] > 0 and start[-1] < DENOISE_START
     assert end == sorted(end) and end[0] == DENOISE_END and end[-1] < 100
-    entering = JobProgress(percent=3.0).apply(protocol.Stage(name="denoise", t=0))
-    assert entering.percent == 3.0, "denoising's own steps move the percentage"
+    for denoising in protocol.DENOISING:
+        entering = JobProgress(percent=30.0).apply(protocol.Stage(name=denoising, t=0))
+        assert entering.percent == 30.0, "denoising's own steps move the percentage"
+
+
+def test_fast_mode_stages_share_the_middle_band_and_say_which_stage_the_steps_are_in() -> None:
+    progress = JobProgress()
+    seen = []
+    for stage, number, total in (("denoise", 1, 8), ("refine", 2, 3)):
+        for step in range(1, total + 1):
+            event = protocol.Step(
+                step=step, total=total, elapsed_s=1, eta_s=1, stage=stage, stage_number=number, stages=2
+            )
+            progress = progress.apply(event)
+            seen.append(progress.percent)
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    assert seen[7] == (DENOISE_START + DENOISE_END) / 2 and seen[-1] == DENOISE_END
+    assert (progress.denoise_stage, progress.denoise_stages, progress.step, progress.total) == (2, 2, 3, 3)
 
 
 @pytest.mark.parametrize(("step", "percent"), [(0, DENOISE_START), (15, 47.5), (30, DENOISE_END)])
@@ -86,7 +102,7 @@ def test_the_stage_note_lasts_while_its_stage_does_and_an_eta_stays_unknown_unti
     assert progress.stage_note is None, "a stage's note goes with it"
 
 
-def test_a_row_stored_before_the_struct_still_decodes_and_encodes_with_the_same_keys() -> None:
+def test_a_row_stored_before_the_struct_still_decodes_and_encodes_with_its_keys() -> None:
     # As the portal wrote `jobs.progress` with json.dumps of a dict.
     old = {
         "stage": "denoise",
@@ -101,7 +117,8 @@ def test_a_row_stored_before_the_struct_still_decodes_and_encodes_with_the_same_
     }
     progress = decode_progress(json.dumps(old))
     assert (progress.stage, progress.step, progress.percent, progress.preview_step) == ("denoise", 7, 24.8, 6)
-    assert json.loads(msgspec.json.encode(progress)) == old
+    # the keys it had, and those added since at their defaults (one denoising stage, as every job had then)
+    assert json.loads(msgspec.json.encode(progress)) == {**old, "denoise_stage": 1, "denoise_stages": 1}
     assert decode_progress("{}") == JobProgress(), "the column's default"
 
 

@@ -16,7 +16,7 @@ import torch
 from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
 from torch import nn
 
-from contract.cost import PeakPrediction, latent_shape, predict_peak, video_tokens
+from contract.cost import PeakPrediction, latent_shape, predict_job_peak, video_tokens
 from contract.request import DenoiseStage, Request, denoise_stages
 from gpu_runner import memory
 from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile
@@ -73,14 +73,8 @@ class Ltx2(Family):
 
     def predict_peak(self, precision: str, request: Request) -> PeakPrediction:
         config = self.source.transformer_config()
-        return predict_peak(
-            transformer_file_gib=self.source.weights_gib("transformer"),
-            connectors_file_gib=self.source.weights_gib("connectors"),
-            vae_file_gib=self.source.weights_gib("vae"),
-            precision=precision,
-            tokens=video_tokens(request),
-            inner_width=int(config["num_attention_heads"]) * int(config["attention_head_dim"]),
-        )
+        inner_width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+        return predict_job_peak(self.source.weights_gib, inner_width, precision, request)
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device):
         return self.source.load_text_side(dtype, device)
