@@ -60,7 +60,7 @@ class ModelSpec(msgspec.Struct, frozen=True):
             (name, "is missing")
             for name in Request.__struct_fields__
             if getattr(request, name) is None
-            and (getattr(self.defaults, name) is not None or name in ("seed", "mode"))
+            and (getattr(self.defaults, name) is not None or name == "seed")
             and name not in fixed
         ]
         return unset + self._mode_violations(request) + violations(self.constraints, request)
