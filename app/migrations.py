@@ -77,7 +77,14 @@ def _v3_retention(db: sqlite3.Connection) -> None:
     _add_missing_columns(db, {"keep": "INTEGER NOT NULL DEFAULT 0", "files_removed_at": "REAL", "estimate": "TEXT"})
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_job_estimate, _v3_retention)
+def _v4_job_mode(db: sqlite3.Connection) -> None:
+    """Each job's request names its mode (fast or quality); jobs from before modes ran quality, the one path."""
+    db.execute(
+        "UPDATE jobs SET request = json_set(request, '$.mode', 'quality') WHERE json_extract(request, '$.mode') IS NULL"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_job_estimate, _v3_retention, _v4_job_mode)
 LATEST = len(MIGRATIONS)
 
 

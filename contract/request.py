@@ -21,8 +21,7 @@ class Request(msgspec.Struct, kw_only=True, frozen=True):
     prompt: str = ""
     negative_prompt: str | None = None
     model: str | None = None  # a model id from GET /api/models; None: the first one
-    mode: str | None = None  # "fast" or "quality" (MODES); None: the model's default (in a job stored before modes
-    # existed, which resolve() did not fill: quality, the one path there was)
+    mode: str | None = None  # "fast" or "quality" (MODES); None: the model's default
     width: int | None = None
     height: int | None = None
     num_frames: int | None = None  # 8k+1

@@ -137,7 +137,10 @@ def test_through_a_proxy_under_a_sub_path_a_person_logs_in_makes_a_clip_and_canc
 
     # More than six jobs listed: the list still lives on one stream (browsers allow six connections a host).
     with portal.client() as api:
-        queued = [api.post("/api/jobs", json={"prompt": f"queued clip {i}", "steps": 1}).json() for i in range(6)]
+        queued = [
+            api.post("/api/jobs", json={"prompt": f"queued clip {i}", "mode": "quality", "steps": 1}).json()
+            for i in range(6)
+        ]
         streams.clear()
         page.goto(proxy.base_url + "/")
         assert page.locator("#job-rows tr.job").count() == 8

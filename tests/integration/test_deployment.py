@@ -158,7 +158,14 @@ def test_a_logged_in_person_posts_forms_only_with_the_csrf_token(behind_nginx: P
     with logged_in(behind_nginx) as browser:
         session = next(c for c in browser.cookies.jar if c.name == "avp_session")
         assert session.path == "/portal/" and session.has_nonstandard_attr("HttpOnly")
-        form = {"prompt": "a blue square", "resolution": "256x160", "fps": "24", "num_frames": "25", "steps": "1"}
+        form = {
+            "prompt": "a blue square",
+            "mode": "quality",
+            "resolution": "256x160",
+            "fps": "24",
+            "num_frames": "25",
+            "steps": "1",
+        }
         forged = browser.post("/jobs", data=form, headers={"x-csrftoken": ""})
         assert forged.status_code == 403 and "CSRF" in forged.json()["detail"]
         assert browser.get("/api/jobs").json()["jobs"] == [], "nothing was created"

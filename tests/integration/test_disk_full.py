@@ -54,7 +54,7 @@ def test_below_the_floor_jobs_and_uploads_get_a_507_saying_what_is_free_and_what
         assert 2 * MIB < disk_health["free_bytes"] <= 3 * MIB
 
         before = c.get("/api/jobs").json()["jobs"]
-        refused = c.post("/api/jobs", json={"prompt": "a red ball bouncing", **TINY})
+        refused = c.post("/api/jobs", json={"prompt": "a red ball bouncing", "mode": "quality", **TINY})
         assert refused.status_code == 507, refused.text
         [error] = refused.json()["errors"]
         assert error["field"] == "request" and error["message"] == refused.json()["detail"]

@@ -16,7 +16,7 @@ def test_a_huge_cpu_job_is_refused_naming_the_predicted_minutes_the_limit_and_wh
 ) -> None:
     with shared_portal.client() as c:
         before = c.get("/api/jobs").json()["jobs"]
-        response = c.post("/api/jobs", json={"prompt": "a red ball bouncing with clicks", **HUGE})
+        response = c.post("/api/jobs", json={"prompt": "a red ball bouncing with clicks", "mode": "quality", **HUGE})
         assert response.status_code == 400, response.text
         [error] = response.json()["errors"]
         assert error["field"] == "request"
@@ -26,7 +26,14 @@ def test_a_huge_cpu_job_is_refused_naming_the_predicted_minutes_the_limit_and_wh
         assert "fewer frames or a smaller size" in error["message"]
         assert c.get("/api/jobs").json()["jobs"] == before, "no job was created"
     with shared_portal.form_client() as browser:  # the create form shows the same refusal above its fields
-        form = {"prompt": "a red ball", "resolution": "2048x2048", "num_frames": "481", "fps": "24", "steps": "100"}
+        form = {
+            "prompt": "a red ball",
+            "mode": "quality",
+            "resolution": "2048x2048",
+            "num_frames": "481",
+            "fps": "24",
+            "steps": "100",
+        }
         page = browser.post("/jobs", data=form, headers={"hx-request": "true"})
         assert page.status_code == 200 and 'class="error" role="alert">This job is predicted to take' in page.text
         assert browser.get("/api/jobs").json()["jobs"] == before

@@ -85,6 +85,7 @@ def test_the_previous_releases_jobs_show_play_remix_resume_and_delete(make_porta
             "prompt": "a red ball bouncing with clicks",
             "negative_prompt": "blurry",
             "model": "demo",
+            "mode": "quality",  # the one path there was then, said now that there are two (migration 4)
             "width": 256,
             "height": 160,
             "num_frames": 17,
