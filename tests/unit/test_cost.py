@@ -140,6 +140,8 @@ def test_the_gpu_peak_is_the_runners_admission_figure() -> None:
         precision="bf16",
         tokens=cost.video_tokens(request),
         inner_width=SIZE.inner_width,
+        latents=cost.latent_shape(request),
+        vae_width=SIZE.vae_width,
     )
     assert predicted(request, "cuda").peak_gib == pytest.approx(expected.peak_gib, abs=0.01)
 

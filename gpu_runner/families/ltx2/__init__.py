@@ -6,13 +6,14 @@ from the model's own configs, not from its name.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from contract.cost import PeakPrediction, latent_shape, predict_peak, video_tokens
+from contract.cost import PeakPrediction, VaeDecoder, latent_shape, plan_decode_tiles, predict_peak, vae_width, video_tokens
 from contract.request import Request
 from gpu_runner import memory
 from gpu_runner.families.base import Context, Family, OnStepEnd, OnTile
@@ -54,6 +55,8 @@ class Ltx2(Family):
             precision=precision,
             tokens=video_tokens(request),
             inner_width=int(config["num_attention_heads"]) * int(config["attention_head_dim"]),
+            latents=latent_shape(request),
+            vae_width=vae_width(self.source.vae_config()),
         )
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device):
@@ -109,11 +112,15 @@ class Ltx2(Family):
         return waveform, sample_rate
 
     def decode_video(
-        self, decoders, latents: torch.Tensor, device: torch.device, on_tile: OnTile
+        self, decoders, latents: torch.Tensor, device: torch.device, on_tile: OnTile, budget_gib: float
     ) -> Iterator[np.ndarray]:
-        """The video in tiles (families/ltx2/tiling.py), the VAE freed once the last chunk is out."""
+        """The video in the largest tiles that fit `budget_gib` (contract/cost.py plans them, families/ltx2/tiling.py
+        decodes them), the VAE freed once the last chunk is out."""
         vae = decoders.pop("vae").to(device)
-        yield from tiling.decode_tiled(vae, latents, on_tile)
+        weights_gib = sum(p.numel() * p.element_size() for p in vae.parameters()) / 2**30
+        decoder = VaeDecoder(weights_gib, vae_width(vae.config), torch.finfo(vae.dtype).bits // 8)
+        tiles = plan_decode_tiles(tuple(latents.shape[2:]), decoder, budget_gib)
+        yield from tiling.decode_tiled(vae, latents, on_tile, **dataclasses.asdict(tiles))
         del vae
         memory.release(device)
 
