@@ -14,8 +14,9 @@ from gpu_runner.job import JobError
 
 # A CPU job's decode budget, in RAM (a CPU runs the demo model; nothing is admitted there). By the cost model the
 # demo's VAE takes 32 bytes an output voxel in float32 (measured on a CPU: ~48), so its clips at the default
-# 256x160 decode untiled up to ~190 frames, and longer or larger ones in the largest tiles that fit, as on a GPU.
-CPU_DECODE_BUDGET_GIB = 0.25
+# 256x160 decode untiled up to ~400 frames, and longer or larger ones in the largest tiles that fit, as on a
+# GPU (its largest preset, 512x288, in whole frames ~100 at a time).
+CPU_DECODE_BUDGET_GIB = 0.5
 
 
 def admit(prediction: PeakPrediction, free_gib: float, size: str) -> float:

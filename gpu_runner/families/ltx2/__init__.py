@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contract.cost import PeakPrediction, VaeDecoder, latent_shape, plan_decode_tiles, predict_peak, vae_width, video_tokens
+from contract.cost import PeakPrediction, latent_shape, plan_decode_tiles, predict_peak, vae_width, video_tokens
 from contract.request import Request
 from gpu_runner import memory
 from gpu_runner.families.base import Context, Family, OnStepEnd, OnTile
@@ -117,9 +117,7 @@ class Ltx2(Family):
         """The video in the largest tiles that fit `budget_gib` (contract/cost.py plans them, families/ltx2/tiling.py
         decodes them), the VAE freed once the last chunk is out."""
         vae = decoders.pop("vae").to(device)
-        weights_gib = sum(p.numel() * p.element_size() for p in vae.parameters()) / 2**30
-        decoder = VaeDecoder(weights_gib, vae_width(vae.config), torch.finfo(vae.dtype).bits // 8)
-        tiles = plan_decode_tiles(tuple(latents.shape[2:]), decoder, budget_gib)
+        tiles = plan_decode_tiles(tuple(latents.shape[2:]), tiling.decoder_cost(vae), budget_gib)
         yield from tiling.decode_tiled(vae, latents, on_tile, **dataclasses.asdict(tiles))
         del vae
         memory.release(device)

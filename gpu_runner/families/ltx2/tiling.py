@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from contract.cost import VaeDecoder, vae_width
+
 # The tiles: 64 frames with 24 overlap in time, 512 px with 64 overlap in space.
 TILE_FRAMES, OVERLAP_FRAMES = 64, 24
 TILE_PIXELS, OVERLAP_PIXELS = 512, 64
@@ -189,6 +191,12 @@ def decode_tiled(
         chunk = to_rgb_frames(video[:, :finished])
         del video  # not held while the consumer encodes the chunk
         yield chunk
+
+
+def decoder_cost(vae) -> VaeDecoder:
+    """The VAE as the tile planner (contract/cost.py) sees it: its weights as they are, its width, its dtype."""
+    weights_gib = sum(p.numel() * p.element_size() for p in vae.parameters()) / 2**30
+    return VaeDecoder(weights_gib, vae_width(vae.config), torch.finfo(vae.dtype).bits // 8)
 
 
 def ramp(length: int, rise: int, fall: int) -> torch.Tensor:
