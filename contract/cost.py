@@ -119,11 +119,13 @@ def decode_budget_gib(prediction: PeakPrediction, free_gib: float) -> float:
 # ---- the video decode's tiles, from a memory budget --------------------------------------------------------
 #
 # The decode's peak is the VAE's weights plus activations in proportion to the output voxels (frames x
-# pixels) of the largest tile it decodes at once: at the decoder's full resolution each output voxel holds
-# the activations of its highest-resolution stage. Measured on full-size LTX-2.0 and 2.3 VAEs with random
-# weights in bf16 on an H100 (bench/decode_tiles_bench.py, bench/results/2026-12-06-h100-decode-tiles.md).
-# Their decoders' full-resolution stage is 256 channels wide (`decoder_block_out_channels[0]`); other
-# widths (the demo's 32) scale it.
+# pixels) of the largest tile it decodes at once: each output voxel holds the activations of the decoder's
+# highest-resolution stage. LTX-2.0's VAE (2.28 GiB of bf16 weights) measured 59-63 elements a voxel:
+# diffusers' untiled 481-frame 768x448 decode peaked at 20.4 GiB (H100), our 512 px / 64-frame tiles at
+# 3.79 and 4.36 GiB for 49 and 481 frames (H200, bench/gpu_smoke.py), random weights. LTX-2.3's VAE
+# needed 13% less than 2.0's a voxel on a CPU (float32, the growth from 9 to 25 frames at 256x256), so
+# 2.0's figure covers both. bench/decode_tiles_bench.py measures it on a GPU. Both decoders' full-resolution
+# stage is 256 channels wide (`decoder_block_out_channels[0]`); other widths (the demo's 32) scale it.
 DECODE_ELEMENTS_PER_VOXEL = 64.0
 REFERENCE_VAE_WIDTH = 256
 # A spatially tiled decode adds its tiles into a float32 RGB buffer as large as one temporal tile's frames
