@@ -106,14 +106,22 @@ def predict_peak(
     text_gib = connectors_file_gib + TEXT_STREAMING_GIB * width_scale
     denoise_gib = transformer_gib + tokens * per_token * width_scale
     vae = VaeDecoder(weights_gib=vae_file_gib, width=vae_width, element_bytes=4 if precision == "fp32" else 2)
-    tiles = plan_decode_tiles(latents, vae, max(text_gib, denoise_gib))
+    tiles = plan_decode_tiles(latents, vae, decode_budget_gib(text_gib, denoise_gib))
     return PeakPrediction(text_gib=text_gib, denoise_gib=denoise_gib, decode_gib=decode_peak_gib(latents, tiles, vae))
 
 
-def decode_budget_gib(prediction: PeakPrediction, free_gib: float) -> float:
-    """What the video decode may hold on a GPU: the job's peak before it (text or denoise phase, whichever is
-    larger: the decode then adds nothing to the job's peak), and never more than was free at admission."""
-    return min(max(prediction.text_gib, prediction.denoise_gib), free_gib - MARGIN_GIB)
+# The least budget a decode gets: a tiny model's job (the demo's) holds almost nothing before its decode. It is
+# also a CPU job's whole budget, in RAM (nothing is admitted there): by the cost model the demo's VAE takes 32
+# bytes an output voxel in float32 (~48 measured on a CPU), so its clips at the default 256x160 decode untiled
+# up to ~400 frames, and its largest preset, 512x288, in whole frames ~100 at a time.
+MIN_DECODE_BUDGET_GIB = 0.5
+
+
+def decode_budget_gib(text_gib: float, denoise_gib: float, free_gib: float = math.inf) -> float:
+    """What the video decode may hold on a GPU: the job's peak before it (its text or denoise phase, whichever
+    is larger: the decode then adds nothing to the job's peak, the transformer being freed before it) or
+    MIN_DECODE_BUDGET_GIB if more, and never more than was free at admission."""
+    return min(max(text_gib, denoise_gib, MIN_DECODE_BUDGET_GIB), free_gib - MARGIN_GIB)
 
 
 # ---- the video decode's tiles, from a memory budget --------------------------------------------------------
