@@ -186,6 +186,10 @@ class RandomWeights:
         with empty_weights():
             return dict(self.size.transformer().config)
 
+    def vae_config(self) -> dict:
+        with empty_weights():
+            return dict(self.size.vae().config)
+
     def weights_gib(self, component: str) -> float:
         """What the component's bf16 weight files would weigh: its parameter count, counted on the meta device."""
         with empty_weights():

@@ -64,8 +64,6 @@ ACTIVATION_GIB_PER_TOKEN_ONE_ROW = 2.37 / 20496
 REFERENCE_WIDTH = 4096
 # The text phase beyond the connectors' weights: streamed encoder layers, hidden states, context.
 TEXT_STREAMING_GIB = 3.0
-# One decode tile's activations at LTX-2's VAE width (512 px spatial, 64-frame temporal tiles).
-DECODE_TILE_GIB = 4.0
 
 
 @dataclass(frozen=True)
@@ -94,26 +92,33 @@ def predict_peak(
     precision: str,
     tokens: int,
     inner_width: int,
+    latents: tuple[int, int, int],
+    vae_width: int,
     guided: bool = True,
     upsampler_file_gib: float = 0.0,
 ) -> PeakPrediction:
-    """LTX-2's peak per phase, from the model's files and the tokens of its largest denoising stage (`guided`: in
-    CFG's batch of two rows; fast mode's is one row, and its latent upsampler joins the transformer for a stage)."""
+    """LTX-2's peak per phase, from the model's files, the tokens of its largest denoising stage (`guided`: in
+    CFG's batch of two rows; fast mode's is one row, and its latent upsampler joins the transformer for a stage)
+    and the clip's latent shape.
+
+    The decode's tiles are planned within the larger of the other two phases (`decode_budget_gib`), so the
+    decode costs no more than the job already holds unless even its smallest tiles do not fit.
+    """
     transformer_gib = transformer_file_gib * (FP8_RESIDENT_RATIO if precision == "fp8" else 1.0)
     if tokens > LONG_CLIP_TOKENS:
         per_token = ACTIVATION_GIB_PER_TOKEN_ONE_ROW
     else:
         per_token = ACTIVATION_GIB_PER_TOKEN_BATCHED / (1 if guided else 2)
     width_scale = inner_width / REFERENCE_WIDTH
-    return PeakPrediction(
-        text_gib=connectors_file_gib + TEXT_STREAMING_GIB * width_scale,
-        denoise_gib=transformer_gib + upsampler_file_gib + tokens * per_token * width_scale,
-        decode_gib=vae_file_gib + DECODE_TILE_GIB * width_scale,
-    )
+    text_gib = connectors_file_gib + TEXT_STREAMING_GIB * width_scale
+    denoise_gib = transformer_gib + upsampler_file_gib + tokens * per_token * width_scale
+    vae = VaeDecoder(weights_gib=vae_file_gib, width=vae_width, element_bytes=4 if precision == "fp32" else 2)
+    tiles = plan_decode_tiles(latents, vae, decode_budget_gib(text_gib, denoise_gib))
+    return PeakPrediction(text_gib=text_gib, denoise_gib=denoise_gib, decode_gib=decode_peak_gib(latents, tiles, vae))
 
 
 def predict_job_peak(
-    weights_gib: Callable[[str], float], inner_width: int, precision: str, request: Request
+    weights_gib: Callable[[str], float], inner_width: int, vae_width: int, precision: str, request: Request
 ) -> PeakPrediction:
     """A resolved request's peak per phase (`predict_peak`), its denoising at its largest stage; `weights_gib`
     gives a component's weight files' size. The web process's estimate and the runner's admission both use it."""
@@ -125,9 +130,130 @@ def predict_job_peak(
         precision=precision,
         tokens=max(video_tokens(at_size_of(request, stage)) for stage in stages),
         inner_width=inner_width,
+        latents=latent_shape(request),
+        vae_width=vae_width,
         guided=any(stage.guidance_scale > 1.0 for stage in stages),
         upsampler_file_gib=weights_gib("latent_upsampler") if len(stages) > 1 else 0.0,
     )
+
+
+# The least budget a decode gets: a tiny model's job (the demo's) holds almost nothing before its decode. It is
+# also a CPU job's whole budget, in RAM (nothing is admitted there): by the cost model the demo's VAE takes 32
+# bytes an output voxel in float32 (~48 measured on a CPU), so its clips at the default 256x160 decode untiled
+# up to ~400 frames, and its largest preset, 512x288, in whole frames ~100 at a time.
+MIN_DECODE_BUDGET_GIB = 0.5
+
+
+def decode_budget_gib(text_gib: float, denoise_gib: float, free_gib: float = math.inf) -> float:
+    """What the video decode may hold on a GPU: the job's peak before it (its text or denoise phase, whichever
+    is larger: the decode then adds nothing to the job's peak, the transformer being freed before it) or
+    MIN_DECODE_BUDGET_GIB if more, and never more than was free at admission."""
+    return min(max(text_gib, denoise_gib, MIN_DECODE_BUDGET_GIB), free_gib - MARGIN_GIB)
+
+
+# ---- the video decode's tiles, from a memory budget --------------------------------------------------------
+#
+# The decode's peak is the VAE's weights plus activations in proportion to the output voxels (frames x
+# pixels) of the largest tile it decodes at once: each output voxel holds the activations of the decoder's
+# highest-resolution stage. LTX-2.0's VAE (2.28 GiB of bf16 weights) measured 59-63 elements a voxel:
+# diffusers' untiled 481-frame 768x448 decode peaked at 20.4 GiB (H100), our 512 px / 64-frame tiles at
+# 3.79 and 4.36 GiB for 49 and 481 frames (H200, bench/gpu_smoke.py), random weights. LTX-2.3's VAE
+# needed 13% less than 2.0's a voxel on a CPU (float32, the growth from 9 to 25 frames at 256x256), so
+# 2.0's figure covers both. bench/decode_tiles_bench.py measures it on a GPU. Both decoders' full-resolution
+# stage is 256 channels wide (`decoder_block_out_channels[0]`); other widths (the demo's 32) scale it.
+DECODE_ELEMENTS_PER_VOXEL = 64.0
+REFERENCE_VAE_WIDTH = 256
+# A spatially tiled decode adds its tiles into a float32 RGB buffer as large as one temporal tile's frames
+# (and the overlap it carries to the next): 12 bytes a voxel and a third again for the blend's temporaries.
+BLEND_BUFFER_BYTES_PER_VOXEL = 16
+# Temporal tiles overlap by 3 latent frames (24 frames), spatial ones by 2 latent cells (64 px); the smallest
+# tiles, where nothing larger fits, are 8 latent frames (64 frames) by 4 cells (128 px).
+OVERLAP_LATENT_FRAMES, OVERLAP_LATENT_CELLS = 3, 2
+MIN_LATENT_FRAMES, MIN_LATENT_CELLS = 8, 4
+FRAMES_PER_LATENT, PIXELS_PER_LATENT = 8, 32
+
+
+@dataclass(frozen=True)
+class VaeDecoder:
+    """A video VAE as far as its decode's memory goes."""
+
+    weights_gib: float  # resident on the device while it decodes
+    width: int  # channels of the decoder's full-resolution stage: decoder_block_out_channels[0]
+    element_bytes: int  # 2 in bf16, 4 in float32
+
+    @property
+    def bytes_per_voxel(self) -> float:
+        return DECODE_ELEMENTS_PER_VOXEL * self.width / REFERENCE_VAE_WIDTH * self.element_bytes
+
+
+@dataclass(frozen=True)
+class DecodeTiles:
+    """Tile and overlap sizes in frames and pixels (the tiled decoder's arguments); spatial tiles are square."""
+
+    tile_frames: int
+    overlap_frames: int
+    tile_pixels: int
+    overlap_pixels: int
+
+
+def plan_decode_tiles(latents: tuple[int, int, int], vae: VaeDecoder, budget_gib: float) -> DecodeTiles:
+    """The largest tiles of a clip of `latents` (frames, rows, columns) whose decode fits `budget_gib`.
+
+    In order: the whole clip as one tile; else whole frames in temporal tiles (a temporal seam costs the
+    overlap's frames once; spatial seams cost a blend buffer and more decoder edges), as few as fit and
+    then evened out; else the smallest temporal tiles with the largest square spatial tiles that fit. Where
+    nothing fits, the smallest tiles: the decode then needs more than `budget_gib` (`decode_peak_gib` says how much).
+    """
+    frames, rows, columns = latents
+    whole_frame = max(rows, columns)
+    everything = _tiles(frames, 0, whole_frame, 0)
+    if decode_peak_gib(latents, everything, vae) <= budget_gib:
+        return everything
+    shortest = min(MIN_LATENT_FRAMES, frames)
+    overlap = OVERLAP_LATENT_FRAMES if shortest < frames else 0
+    for length in range(frames - 1, shortest - 1, -1):
+        tiles = _tiles(length, overlap, whole_frame, 0)
+        if decode_peak_gib(latents, tiles, vae) <= budget_gib:
+            return _tiles(_evened(frames, length, overlap), overlap, whole_frame, 0)
+    for side in range(whole_frame - 1, MIN_LATENT_CELLS - 1, -1):
+        tiles = _tiles(shortest, overlap, side, OVERLAP_LATENT_CELLS)
+        if decode_peak_gib(latents, tiles, vae) <= budget_gib:
+            return tiles
+    smallest = min(MIN_LATENT_CELLS, whole_frame)
+    return _tiles(shortest, overlap, smallest, OVERLAP_LATENT_CELLS if smallest < whole_frame else 0)
+
+
+def decode_peak_gib(latents: tuple[int, int, int], tiles: DecodeTiles, vae: VaeDecoder) -> float:
+    """The cost model: the VAE's weights, the largest tile's activations, and the blend buffer where tiled in space."""
+    frames, rows, columns = latents
+    tile_latents = tiles.tile_frames // FRAMES_PER_LATENT
+    tile_cells = tiles.tile_pixels // PIXELS_PER_LATENT
+    # One tile holds the clip's 8(F' - 1) + 1 frames; a later temporal tile decodes one latent frame more
+    # (the causal one, then dropped): 8t + 1 frames.
+    tile_frames = FRAMES_PER_LATENT * (min(tile_latents, frames) - (tile_latents >= frames)) + 1
+    tile_area = min(tile_cells, rows) * min(tile_cells, columns) * PIXELS_PER_LATENT**2
+    frame_area = rows * columns * PIXELS_PER_LATENT**2
+    activations = vae.bytes_per_voxel * tile_frames * tile_area
+    if tile_cells < max(rows, columns):
+        buffers = BLEND_BUFFER_BYTES_PER_VOXEL * tile_frames * frame_area
+    else:  # whole frames: nothing to blend into, only the temporal overlap carried to the next tile (float32 RGB)
+        buffers = 12 * tiles.overlap_frames * frame_area
+    return vae.weights_gib + (activations + buffers) / GIB
+
+
+def _tiles(latent_frames: int, overlap: int, cells: int, overlap_cells: int) -> DecodeTiles:
+    return DecodeTiles(
+        tile_frames=FRAMES_PER_LATENT * latent_frames,
+        overlap_frames=FRAMES_PER_LATENT * overlap,
+        tile_pixels=PIXELS_PER_LATENT * cells,
+        overlap_pixels=PIXELS_PER_LATENT * overlap_cells,
+    )
+
+
+def _evened(length: int, tile: int, overlap: int) -> int:
+    """The shortest tile that covers `length` in as many tiles as `tile` needs, so the tiles come out even."""
+    count = 1 + math.ceil(max(length - tile, 0) / (tile - overlap))
+    return math.ceil((length + (count - 1) * overlap) / count)
 
 
 # ---- the model, as far as its cost goes: read from its files, no weights loaded -------------------------
@@ -142,10 +268,16 @@ def component_gib(model_dir: Path, component: str) -> float:
 WEIGHT_COMPONENTS = ("text_encoder", "connectors", "transformer", "vae", "audio_vae", "vocoder", "latent_upsampler")
 
 
+def vae_width(vae_config: dict) -> int:
+    """The video VAE decoder's full-resolution width, the one its decode's activations grow with."""
+    return int(vae_config["decoder_block_out_channels"][0])
+
+
 @dataclass(frozen=True)
 class ModelSize:
     layers: int
     inner_width: int
+    vae_width: int
     weights_gib: dict[str, float]  # per component, as stored
 
     @classmethod
@@ -155,6 +287,7 @@ class ModelSize:
         return cls(
             layers=int(config["num_layers"]),
             inner_width=int(config["num_attention_heads"]) * int(config["attention_head_dim"]),
+            vae_width=vae_width(json.loads((model_dir / "vae" / "config.json").read_text())),
             weights_gib={name: component_gib(model_dir, name) for name in WEIGHT_COMPONENTS},
         )
 
@@ -320,8 +453,8 @@ def estimate(
     relevant = [run for run in runs if run.device == device]
     rates = learned(size, model_kind, first_principles(size, device), relevant)
     parts = _parts(size, model_kind, rates, request)
-    # a CPU computes in float32
-    peak = predict_job_peak(size.weights_gib.get, size.inner_width, precision if device == "cuda" else "fp32", request)
+    precision = precision if device == "cuda" else "fp32"  # a CPU computes in float32
+    peak = predict_job_peak(size.weights_gib.get, size.inner_width, size.vae_width, precision, request)
     pixel_frames = request.width * request.height * request.num_frames
     disk = pixel_frames * MP4_BYTES_PER_PIXEL_FRAME + clip_seconds(request) * AUDIO_BYTES_PER_S + LOG_AND_PREVIEW_BYTES
     return Estimate(

@@ -64,13 +64,15 @@ def _stages(
     dtype = memory.compute_dtype(device, precision)
     stages = Stages(emit, cancellation, device, job, started)
 
-    # 0. Refuse, before loading anything, a job whose predicted peak exceeds the free VRAM.
+    # 0. Refuse, before loading anything, a job whose predicted peak exceeds the free VRAM; what is admitted
+    #    sets the video decode's memory budget.
+    decode_budget_gib = admission.CPU_DECODE_BUDGET_GIB
     if device.type == "cuda":
         size = f"{request.width}x{request.height}, {request.num_frames} frames"
         asked = time.monotonic()
         free_gib = memory.free_vram_gib(device)  # the process's first CUDA call: the driver starts here
         log.info("CUDA started in %.2f s, %.1f GiB free", time.monotonic() - asked, free_gib)
-        admission.admit(family.predict_peak(precision, request), free_gib, size)
+        decode_budget_gib = admission.admit(family.predict_peak(precision, request), free_gib, size)
 
     # 1-3. The prompt's context: from the cache, or from the text side, then freed.
     cache, cache_key = prompt_cache_for(job, family, budget)
@@ -134,7 +136,8 @@ def _stages(
     # 9. finish the MP4 (flush, moov atom to the front); video.mp4 appears only when complete.
     with mux.Mp4Writer(job.path(jobdir.VIDEO_FILE), request.fps, waveform, sample_rate) as writer:
         with stages("decode_video"):
-            for frames in family.decode_video(decoders, video_latents, device, tile_reporter(emit, cancellation)):
+            on_tile = tile_reporter(emit, cancellation)
+            for frames in family.decode_video(decoders, video_latents, device, on_tile, decode_budget_gib):
                 writer.add_frames(frames)
         with stages("mux"):
             writer.finish()

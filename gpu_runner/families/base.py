@@ -75,9 +75,10 @@ class Family(ABC):
 
     @abstractmethod
     def decode_video(
-        self, decoders: object, latents: torch.Tensor, device: torch.device, on_tile: OnTile
+        self, decoders: object, latents: torch.Tensor, device: torch.device, on_tile: OnTile, budget_gib: float
     ) -> Iterator[np.ndarray]:
-        """Chunks of (frames, height, width, 3) uint8 RGB, in order, as they are decoded."""
+        """Chunks of (frames, height, width, 3) uint8 RGB, in order, as they are decoded, holding at most about
+        `budget_gib` of device memory (the decoder's weights included) where the clip allows."""
 
     def check_mode(self, job: Job) -> None:
         """Refuse a job this family cannot run (an image condition where it has no image-to-video)."""

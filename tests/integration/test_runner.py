@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -10,8 +11,10 @@ import sys
 
 import numpy as np
 import pytest
+from diffusers import AutoencoderKLLTX2Video
 
-from contract import jobdir, protocol
+from contract import cost, jobdir, protocol
+from gpu_runner import admission
 from gpu_runner.families.ltx2 import tiling
 from tests.runner_fixtures import REPO_ROOT, read_mp4, run_job, write_job
 
@@ -168,14 +171,15 @@ def test_sigterm_during_denoising_exits_143_leaving_no_video(demo_model_dir, tmp
 
 def test_sigterm_during_the_video_decode_stops_at_a_tile_boundary_leaving_no_video(demo_model_dir, tmp_path):
     job_dir = tmp_path / "job"
-    # 544x64, 241 frames: 6 temporal tiles x 2 columns, so tiles remain when the signal lands.
-    write_job(job_dir, demo_model_dir, steps=2, width=544, height=64, num_frames=241)
+    # 512x288, 481 frames: past a CPU job's decode budget, so it decodes in several temporal tiles, and tiles
+    # remain when the signal lands.
+    write_job(job_dir, demo_model_dir, steps=2, width=512, height=288, num_frames=481)
 
     exit_code, events = run_job_until(job_dir, lambda event: isinstance(event, protocol.Tile))
 
     assert_cancelled_leaving_no_video(exit_code, events, job_dir)
     tiles = of_type(events, protocol.Tile)
-    assert tiles[-1].done < tiles[-1].total == 12
+    assert tiles[-1].done < tiles[-1].total == planned_tiles(demo_model_dir, 481, 512, 288).total
     assert "mux" not in [stage.name for stage in of_type(events, protocol.Stage)]
 
 
@@ -204,6 +208,14 @@ def assert_tiles_count_up_to_the_announced_total(events, expected_total):
     assert names.index("decode_video") < events.index(tiles[0]) and events.index(tiles[-1]) < names.index("mux")
 
 
+def planned_tiles(demo_model_dir, num_frames: int, width: int, height: int) -> tiling.TilePlan:
+    """The tiles the runner decodes a demo clip in on a CPU: planned within its decode budget."""
+    latent_shape = (1, 8, (num_frames - 1) // 8 + 1, height // 32, width // 32)
+    vae = AutoencoderKLLTX2Video.from_pretrained(demo_model_dir / "vae")  # float32, as on a CPU
+    tiles = cost.plan_decode_tiles(latent_shape[2:], tiling.decoder_cost(vae), admission.CPU_DECODE_BUDGET_GIB)
+    return tiling.TilePlan.for_latents(latent_shape, 8, 32, **dataclasses.asdict(tiles))
+
+
 def test_the_video_decode_reports_each_tile_against_the_true_total(finished_job):
     _, events, _ = finished_job
 
@@ -211,8 +223,7 @@ def test_the_video_decode_reports_each_tile_against_the_true_total(finished_job)
 
 
 # A 481-frame clip (20 s at 24 fps), the longest a job may ask for. AVP_TEST_LONG_CLIP_SIZE
-# ("WxH") sets its size; 544 px wide splits the demo's 512 px tiles in two, so the runner
-# tiles in width as well as in time (12 temporal tiles x 2: 24 tiles).
+# ("WxH") sets its size; the runner decodes it in the tiles a CPU job's decode budget allows.
 LONG_CLIP_FRAMES = 481
 LONG_CLIP_SIZE = os.environ.get("AVP_TEST_LONG_CLIP_SIZE", "544x64")
 
@@ -226,8 +237,8 @@ def test_a_481_frame_job_completes_through_the_tiled_decode(demo_model_dir, tmp_
     exit_code, events, stderr = run_job(job_dir, timeout=600)
 
     assert exit_code == 0, stderr
-    latent_shape = (1, 8, (LONG_CLIP_FRAMES - 1) // 8 + 1, height // 32, width // 32)
-    assert_tiles_count_up_to_the_announced_total(events, tiling.TilePlan.for_latents(latent_shape, 8, 32).total)
+    plan = planned_tiles(demo_model_dir, LONG_CLIP_FRAMES, width, height)
+    assert_tiles_count_up_to_the_announced_total(events, plan.total)
     clip = read_mp4(job_dir / "video.mp4")
     assert (clip.width, clip.height, len(clip.frames)) == (width, height, LONG_CLIP_FRAMES)
     assert events[-1].frames == LONG_CLIP_FRAMES

@@ -140,6 +140,8 @@ def test_the_gpu_peak_is_the_runners_admission_figure() -> None:
         precision="bf16",
         tokens=cost.video_tokens(request),
         inner_width=SIZE.inner_width,
+        latents=cost.latent_shape(request),
+        vae_width=SIZE.vae_width,
     )
     assert predicted(request, "cuda").peak_gib == pytest.approx(expected.peak_gib, abs=0.01)
 
@@ -183,8 +185,8 @@ def test_fast_mode_costs_its_two_unguided_stages_and_peaks_with_the_upsampler_at
     assert cost.denoise_flop(SIZE, DEMO.kind, fast) == pytest.approx(expected)
     assert cost.denoise_flop(SIZE, DEMO.kind, fast) < cost.denoise_flop(SIZE, DEMO.kind, quality)
     with_upsampler = {**SIZE.weights_gib, "latent_upsampler": 0.5}
-    fast_peak = cost.predict_job_peak(with_upsampler.get, SIZE.inner_width, "bf16", fast)
-    quality_peak = cost.predict_job_peak(with_upsampler.get, SIZE.inner_width, "bf16", quality)
+    fast_peak = cost.predict_job_peak(with_upsampler.get, SIZE.inner_width, SIZE.vae_width, "bf16", fast)
+    quality_peak = cost.predict_job_peak(with_upsampler.get, SIZE.inner_width, SIZE.vae_width, "bf16", quality)
     assert fast_peak.denoise_gib == pytest.approx(quality_peak.denoise_gib + 0.5)  # same tokens, one row, + upsampler
     too_long = cost.over_limit(predicted(fast), fast, limit_minutes=1e-4)
     assert too_long and "use fewer frames or a smaller size" in too_long and "steps" not in too_long.split(";")[1]

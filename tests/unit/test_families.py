@@ -72,7 +72,7 @@ class Fake(families.Family):
         self.calls.append("decode_audio")
         return np.zeros((2, 16000), dtype=np.float32), 16000
 
-    def decode_video(self, decoders, latents, device, on_tile):
+    def decode_video(self, decoders, latents, device, on_tile, budget_gib):
         self.calls.append("decode_video")
         yield np.full((*latents.shape, 3), 128, dtype=np.uint8)
         on_tile(1, 1)

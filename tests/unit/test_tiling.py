@@ -10,14 +10,16 @@ up as a wrong value.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from contract.cost import VaeDecoder, plan_decode_tiles
 from gpu_runner.demo import world
-from gpu_runner.families.ltx2 import tiling
+from gpu_runner.families.ltx2 import Ltx2, tiling
 
 FRAMES_PER_LATENT = 8  # LTX-2's temporal compression; its spatial one is 32
 VALID_FRAME_COUNTS = range(9, 482, FRAMES_PER_LATENT)  # 8k + 1, up to 20 s at 24 fps
@@ -283,3 +285,41 @@ def test_decode_memory_does_not_grow_with_clip_length(demo_model_dir):
     figures_mib = dict(zip(["97", "481", "97 kept", "481 kept"], (round(f / 2**20, 1) for f in figures), strict=True))
     assert long - short < extra_frames_bytes / 4, figures_mib
     assert long_kept - short_kept > extra_frames_bytes / 2, figures_mib
+
+
+# ---- tiles planned from a memory budget (contract/cost.py) ------------------------------
+
+PLANNED_VAE = VaeDecoder(weights_gib=0.0, width=256, element_bytes=2)
+
+
+@pytest.mark.parametrize("num_frames", [9, 17, 97, 481])
+@pytest.mark.parametrize("budget_gib", [0.0, 0.2, 0.5, 2.0, 100.0])
+def test_every_planned_tiling_keeps_every_frame_row_and_column_aligned(num_frames, budget_gib):
+    # 544x96 splits into spatial tiles at the smallest budgets and into temporal ones at the middle ones.
+    latents = positional_latents(num_frames, 96, 544)
+    tiles = plan_decode_tiles(tuple(latents.shape[2:]), PLANNED_VAE, budget_gib)
+
+    frames = decode_all(PositionDecoder(), latents, **dataclasses.asdict(tiles))
+
+    assert frames.shape == (num_frames, 96, 544, 3)
+    assert misalignments(frames) == {"frames": 0, "rows": 0, "columns": 0}, tiles
+
+
+def test_the_family_decodes_in_the_tiles_its_budget_allows(demo_model_dir):
+    from diffusers import AutoencoderKLLTX2Video
+
+    vae = AutoencoderKLLTX2Video.from_pretrained(demo_model_dir / "vae").eval()
+    latents = torch.randn(1, vae.config.latent_channels, 13, 2, 3)  # 97 frames at 96x64
+
+    def tiles_and_frames(budget_gib: float) -> tuple[int, int]:
+        reports = []
+
+        def on_tile(done: int, total: int) -> None:
+            reports.append(total)
+
+        with torch.no_grad():
+            chunks = list(Ltx2(None).decode_video({"vae": vae}, latents, torch.device("cpu"), on_tile, budget_gib))
+        return reports[0], sum(map(len, chunks))
+
+    assert tiles_and_frames(1.0) == (1, 97)  # the whole clip fits: one tile, no seams
+    assert tiles_and_frames(0.0) == (2, 97)  # nothing fits: the smallest tiles (64 frames), whole frames still

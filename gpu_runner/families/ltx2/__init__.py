@@ -6,8 +6,8 @@ from the model's own configs, not from its name.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -16,7 +16,7 @@ import torch
 from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
 from torch import nn
 
-from contract.cost import PeakPrediction, latent_shape, predict_job_peak, video_tokens
+from contract.cost import PeakPrediction, latent_shape, plan_decode_tiles, predict_job_peak, vae_width, video_tokens
 from contract.request import DenoiseStage, Request, denoise_stages
 from gpu_runner import memory
 from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile
@@ -48,7 +48,7 @@ NO_GUIDANCE = {
 FAST_SIGMAS = {"denoise": DISTILLED_SIGMA_VALUES, "refine": STAGE_2_DISTILLED_SIGMA_VALUES}
 
 
-@dataclass
+@dataclasses.dataclass
 class Denoiser:
     """What load_denoiser places: the pipeline (transformer on the GPU, decoders on the CPU) and, in fast mode,
     the latent upsampler (on the CPU until its stage)."""
@@ -74,7 +74,9 @@ class Ltx2(Family):
     def predict_peak(self, precision: str, request: Request) -> PeakPrediction:
         config = self.source.transformer_config()
         inner_width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-        return predict_job_peak(self.source.weights_gib, inner_width, precision, request)
+        return predict_job_peak(
+            self.source.weights_gib, inner_width, vae_width(self.source.vae_config()), precision, request
+        )
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device):
         return self.source.load_text_side(dtype, device)
@@ -159,11 +161,13 @@ class Ltx2(Family):
         return waveform, sample_rate
 
     def decode_video(
-        self, decoders, latents: torch.Tensor, device: torch.device, on_tile: OnTile
+        self, decoders, latents: torch.Tensor, device: torch.device, on_tile: OnTile, budget_gib: float
     ) -> Iterator[np.ndarray]:
-        """The video in tiles (families/ltx2/tiling.py), the VAE freed once the last chunk is out."""
+        """The video in the largest tiles that fit `budget_gib` (contract/cost.py plans them, families/ltx2/tiling.py
+        decodes them), the VAE freed once the last chunk is out."""
         vae = decoders.pop("vae").to(device)
-        yield from tiling.decode_tiled(vae, latents, on_tile)
+        tiles = plan_decode_tiles(tuple(latents.shape[2:]), tiling.decoder_cost(vae), budget_gib)
+        yield from tiling.decode_tiled(vae, latents, on_tile, **dataclasses.asdict(tiles))
         del vae
         memory.release(device)
 

@@ -132,6 +132,9 @@ class DiffusersDirectory:
     def transformer_config(self) -> dict:
         return json.loads((self.model_dir / "transformer" / "config.json").read_text())
 
+    def vae_config(self) -> dict:
+        return json.loads((self.model_dir / "vae" / "config.json").read_text())
+
     @functools.cached_property
     def version(self) -> library.Version:
         """2.0 or 2.3, as contract/library.py recognises the directory from its configs (the job's checks did)."""

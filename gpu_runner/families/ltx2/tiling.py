@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from contract.cost import VaeDecoder, vae_width
+
 # The tiles: 64 frames with 24 overlap in time, 512 px with 64 overlap in space.
 TILE_FRAMES, OVERLAP_FRAMES = 64, 24
 TILE_PIXELS, OVERLAP_PIXELS = 512, 64
@@ -104,6 +106,10 @@ class TilePlan:
     def total(self) -> int:
         return len(self.times) * len(self.rows) * len(self.columns)
 
+    @property
+    def tiled_in_space(self) -> bool:
+        return len(self.rows) * len(self.columns) > 1
+
     def first_frame(self, latent: int) -> int:
         """The first frame latent frame `latent` holds (the causal first latent holds frame 0 alone)."""
         return max(self.frames_per_latent * (latent - 1) + 1, 0)
@@ -160,15 +166,19 @@ def decode_tiled(
     carried: torch.Tensor | None = None  # the previous temporal tile's weighted frames over the shared overlap
     for time in plan.times:
         num_frames = plan.first_frame(time.end) - plan.first_frame(time.start)
-        video = torch.zeros(3, num_frames, height, width, device=latents.device)
+        # Whole frames need no buffer to blend spatial tiles into: the decoded tile is the video.
+        video = torch.zeros(3, num_frames, height, width, device=latents.device) if plan.tiled_in_space else None
         # Decode from one latent earlier unless at the clip's start; the extra frame is the causal one, dropped.
         read_from = max(time.start - 1, 0)
         for row in plan.rows:
             for column in plan.columns:
                 tile = latents[:, :, read_from : time.end, row.start : row.end, column.start : column.end]
                 decoded = vae.decode(tile, timestep, return_dict=False)[0][0, :, time.start - read_from :]
-                weights = plan.spatial_weights(row, column).to(decoded.device)
-                video[:, :, plan.pixels(row), plan.pixels(column)] += decoded.float() * weights
+                if video is None:
+                    video = decoded.float()
+                else:
+                    weights = plan.spatial_weights(row, column).to(decoded.device)
+                    video[:, :, plan.pixels(row), plan.pixels(column)] += decoded.float() * weights
                 del decoded
                 done += 1
                 on_tile(done, plan.total)
@@ -181,6 +191,12 @@ def decode_tiled(
         chunk = to_rgb_frames(video[:, :finished])
         del video  # not held while the consumer encodes the chunk
         yield chunk
+
+
+def decoder_cost(vae) -> VaeDecoder:
+    """The VAE as the tile planner (contract/cost.py) sees it: its weights as they are, its width, its dtype."""
+    weights_gib = sum(p.numel() * p.element_size() for p in vae.parameters()) / 2**30
+    return VaeDecoder(weights_gib, vae_width(vae.config), torch.finfo(vae.dtype).bits // 8)
 
 
 def ramp(length: int, rise: int, fall: int) -> torch.Tensor:
