@@ -43,15 +43,18 @@ class ModelSpec(msgspec.Struct, frozen=True):
     def resolve(self, request: Request, seed: int | None = None) -> Request:
         """`request` with this model's defaults filled in and a seed chosen (`seed`, else a random one).
         The mode comes first: fast mode fixes the steps and the guidance, so those defaults stay out."""
-        mode = request.mode or self.modes[0]
-        defaults = self.defaults
-        if mode == "fast":
-            defaults = msgspec.structs.replace(defaults, **dict.fromkeys(FAST_FIXED))
-        resolved = merge(msgspec.structs.replace(request, model=self.id, mode=mode), defaults)
+        resolved = merge(msgspec.structs.replace(request, model=self.id), self.mode_defaults(request.mode))
         if resolved.seed is None:
             chosen = secrets.randbelow(self.constraints.max_seed + 1) if seed is None else seed
             resolved = msgspec.structs.replace(resolved, seed=chosen)
         return resolved
+
+    def mode_defaults(self, mode: str | None = None) -> Request:
+        """The defaults of `mode` (None: the model's first), the mode among them: fast mode fixes the steps and
+        the guidance, so those stay out."""
+        mode = mode or self.modes[0]
+        fixed = dict.fromkeys(FAST_FIXED) if mode == "fast" else {}
+        return msgspec.structs.replace(self.defaults, mode=mode, **fixed)
 
     def violations(self, request: Request) -> list[tuple[str, str]]:
         """Every rule a resolved request breaks, a field the model needs left unset included."""

@@ -123,7 +123,7 @@ class JobsApi(Controller):
                     parts=list(spec.parts),
                     note=spec.note,
                     constraints=msgspec.to_builtins(spec.constraints),
-                    defaults=given(spec.defaults),
+                    defaults=given(spec.mode_defaults()),
                     presets=[list(p) for p in spec.presets],
                     fps_choices=list(spec.fps_choices),
                 )

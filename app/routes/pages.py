@@ -43,9 +43,13 @@ def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, 
     if merged.get("mode") not in spec.modes:
         merged["mode"] = spec.modes[0]
     fast = merged["mode"] == "fast"
+    presets = [preset for preset in spec.presets if not fast or _on_fast_grid(spec, preset)]
+    chosen = _size(merged)
+    if chosen and chosen not in presets and (not fast or _on_fast_grid(spec, chosen)):
+        presets.insert(0, chosen)  # a job's own size, to make it again ("use these settings again")
     return {
         "fast": fast,  # the schedule is fixed: no steps or guidance to set, sides on fast mode's grid
-        "presets": [preset for preset in spec.presets if not fast or _on_fast_grid(spec, preset)],
+        "presets": presets,
         "models": list(models.values()),
         "unusable": offer.unusable,
         "spec": spec,
@@ -63,6 +67,13 @@ def _frame_choices(spec: ModelSpec, fps: Any) -> list[tuple[int, str]]:
     if not spec.constraints.min_fps <= rate <= spec.constraints.max_fps:
         rate = spec.defaults.fps
     return [(n, f"{n / rate:.2f} s ({n} frames)") for n in valid_frame_counts(spec.constraints, rate)]
+
+
+def _size(values: dict[str, Any]) -> tuple[int, int] | None:
+    try:
+        return int(values["width"]), int(values["height"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _on_fast_grid(spec: ModelSpec, preset: tuple[int, int]) -> bool:

@@ -38,10 +38,11 @@ def test_every_model_directory_is_listed_with_version_variant_and_modes_and_the_
     assert list(models) == ["ltx-2.3-distilled", "ltx-2.0-dev", "demo"]
     summary = {id: (m["kind"], m["version"], m["variant"], m["modes"], m["parts"]) for id, m in models.items()}
     assert summary == {
-        "ltx-2.3-distilled": ("ltx-2.3", "2.3", "distilled", ["quality"], ["latent_upsampler"]),
+        "ltx-2.3-distilled": ("ltx-2.3", "2.3", "distilled", ["fast", "quality"], ["latent_upsampler"]),
         "ltx-2.0-dev": ("ltx-2", "2.0", "dev", ["quality"], ["latent_upsampler"]),
-        "demo": ("demo", "2.0", "dev", ["quality"], []),
+        "demo": ("demo", "2.0", "dev", ["fast", "quality"], ["latent_upsampler", "transformer_distilled"]),
     }
+    assert models["demo"]["defaults"]["mode"] == "fast" and models["ltx-2.0-dev"]["defaults"]["mode"] == "quality"
     assert models["ltx-2.3-distilled"]["defaults"]["steps"] == 8
     assert models["ltx-2.3-distilled"]["defaults"]["guidance_scale"] == 1.0
     (broken,) = listed["unusable"]
@@ -56,6 +57,18 @@ def test_every_model_directory_is_listed_with_version_variant_and_modes_and_the_
         ("../../etc", "unknown model '../../etc'; pick one of ltx-2.3-distilled, ltx-2.0-dev, demo"),
     ],
 )
+def test_fast_mode_on_a_dev_model_without_a_distilled_transformer_is_a_400_naming_what_it_lacks(
+    library_portal: Portal,
+):
+    with library_portal.client() as c:
+        response = c.post("/api/jobs", json={"prompt": "a red ball", "model": "ltx-2.0-dev", "mode": "fast"})
+        assert response.status_code == 400, response.text
+        (error,) = response.json()["errors"]
+        assert error["field"] == "mode" and "needs a distilled transformer" in error["message"]
+        assert "latent_upsampler" not in error["message"], "it has the upsampler"
+        assert c.get("/api/jobs").json()["jobs"] == []
+
+
 def test_a_job_for_an_unusable_or_unknown_model_is_a_400_naming_the_fix(library_portal: Portal, model, expected):
     with library_portal.client() as c:
         response = c.post("/api/jobs", json={"prompt": "a red ball", "model": model})

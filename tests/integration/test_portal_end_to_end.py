@@ -33,7 +33,7 @@ def test_a_submitted_prompt_streams_progress_and_ends_as_an_mp4_with_audio(make_
     steps = [json.loads(e.data) for e in events if e.event == "step"]
     assert [s["step"] for s in steps] == list(range(1, 7)) and all(s["total"] == 6 for s in steps)
     stages = [json.loads(e.data)["name"] for e in events if e.event == "stage"]
-    assert stages == list(protocol.STAGES)  # every stage, in order, once
+    assert stages == list(protocol.stages_of("quality"))  # every stage of its mode, in order, once
 
     finished = portal.job(job["id"])
     assert finished["status"] == "succeeded" and finished["progress"]["percent"] == 100.0

@@ -18,14 +18,14 @@ from gpu_runner import admission
 from gpu_runner.families.ltx2 import tiling
 from tests.runner_fixtures import REPO_ROOT, read_mp4, run_job, write_job
 
-STEPS = 8
+DEFAULT_JOB = {"mode": "fast"}  # the demo's default: 320x192, 25 frames, in fast mode's 8 + 3 steps
 
 
 @pytest.fixture(scope="module")
 def finished_job(demo_model_dir, tmp_path_factory):
     """The demo's default job, run once for the tests that read its transcript, video and log (its stderr)."""
     job_dir = tmp_path_factory.mktemp("jobs") / "default"
-    write_job(job_dir, demo_model_dir, steps=STEPS)
+    write_job(job_dir, demo_model_dir, **DEFAULT_JOB)
     exit_code, events, stderr = run_job(job_dir)
     assert exit_code == 0, stderr
     return job_dir, events, stderr
@@ -50,13 +50,16 @@ def test_every_denoising_step_is_reported_with_a_shrinking_eta(finished_job):
     _, events, _ = finished_job
     steps = of_type(events, protocol.Step)
 
-    assert [(step.step, step.total) for step in steps] == [(n, STEPS) for n in range(1, STEPS + 1)]
+    assert [(step.stage, step.step, step.total) for step in steps] == [("denoise", n, 8) for n in range(1, 9)] + [
+        ("refine", n, 3) for n in range(1, 4)
+    ]
     assert all(step.eta_s is not None for step in steps), "an uncompiled first step stands for the rest"
+    assert steps[7].eta_s > 0, "stage 1's last step still counts the refine"
     assert steps[-1].eta_s == 0
-    # Steps come between entering denoise and leaving it.
+    # Each stage's steps come between entering it and leaving it.
     names = [getattr(event, "name", None) for event in events]
-    first_step = events.index(steps[0])
-    assert names.index("denoise") < first_step and events.index(steps[-1]) < names.index("free_transformer")
+    assert names.index("denoise") < events.index(steps[0]) and events.index(steps[7]) < names.index("upsample")
+    assert names.index("refine") < events.index(steps[8]) and events.index(steps[-1]) < names.index("free_transformer")
 
 
 def test_the_job_ends_with_a_result_describing_the_video(finished_job):
@@ -64,7 +67,7 @@ def test_the_job_ends_with_a_result_describing_the_video(finished_job):
     result = events[-1]
 
     assert isinstance(result, protocol.Result)
-    assert (result.file, result.frames, result.width, result.height, result.fps) == ("video.mp4", 25, 256, 160, 24.0)
+    assert (result.file, result.frames, result.width, result.height, result.fps) == ("video.mp4", 25, 320, 192, 24.0)
     assert result.audio_sample_rate == 24000
     assert result.duration_s == pytest.approx(25 / 24, abs=1e-3)
     assert result.peak_vram_gib is None
@@ -77,7 +80,7 @@ def test_the_video_holds_the_requested_frames_and_matching_audio(finished_job):
     clip = read_mp4(job_dir / "video.mp4")
 
     assert clip.stream_count == 2
-    assert (clip.video_codec, clip.width, clip.height, len(clip.frames)) == ("h264", 256, 160, 25)
+    assert (clip.video_codec, clip.width, clip.height, len(clip.frames)) == ("h264", 320, 192, 25)
     assert (clip.audio_codec, clip.sample_rate) == ("aac", 24000)
     assert abs(clip.audio_duration_s - clip.video_duration_s) <= 1024 / 24000
     assert sorted(path.name for path in job_dir.iterdir()) == ["job.json", "preview.jpg", "video.mp4"]
@@ -93,8 +96,8 @@ def test_the_same_seed_gives_the_same_frames_and_another_seed_does_not(finished_
     job_dir, _, _ = finished_job
     first = read_mp4(job_dir / "video.mp4").frames
 
-    write_job(tmp_path / "again", demo_model_dir, steps=STEPS)
-    write_job(tmp_path / "reseeded", demo_model_dir, steps=STEPS, seed=4321)
+    write_job(tmp_path / "again", demo_model_dir, **DEFAULT_JOB)
+    write_job(tmp_path / "reseeded", demo_model_dir, **DEFAULT_JOB, seed=4321)
     for name in ("again", "reseeded"):
         exit_code, _, stderr = run_job(tmp_path / name)
         assert exit_code == 0, stderr
