@@ -31,7 +31,7 @@ import torch
 from contract import models as specs
 from contract.library import TRANSFORMER_SWITCHES
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: fast mode's latent_upsampler/ and transformer_distilled/
 SEED = 0
 TRAINED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 Weights = Literal["trained", "random"]
@@ -133,6 +133,9 @@ def _write_demo(directory: Path, weights: Weights) -> str:
     from diffusers import LTX2Pipeline
 
     LTX2Pipeline(**build_components()).save_pretrained(directory)
+    torch.manual_seed(SEED)
+    latent_upsampler("2.0").eval().save_pretrained(directory / "latent_upsampler")
+    shutil.copytree(directory / "transformer", directory / "transformer_distilled")  # the student's starting point
     return "LTX-2 architecture at a tiny size with random weights; video and sound are noise."
 
 
