@@ -6,9 +6,10 @@ tiny is width and depth only; the video VAE keeps the real compression (32x in s
 in time with a causal first frame), so the real size and frame-count rules apply unchanged.
 
 The trained weights ship with the project in `gpu_runner/demo/weights` (see MODEL_CARD.md
-there; `gpu_runner/demo/train.py` made them), installed by `python -m gpu_runner demo-model`. The
-same architecture with random weights is kept for tests that need only shapes, and is what
-training starts from.
+there; `gpu_runner/demo/train.py` made them), installed by `python -m gpu_runner demo-model`,
+with fast mode's parts beside the pipeline's: a x2 spatial `latent_upsampler/` and a
+`transformer_distilled/` for the distilled 8 + 3 sigmas. The same architecture with random
+weights is kept for tests that need only shapes, and is what training starts from.
 
 `build_version_model` makes the same tiny sizes in the layout of one LTX-2 version (2.0 or 2.3:
 the same component classes and config keys as the full-size model, see `VERSION_LAYOUTS`), dev or
@@ -31,7 +32,7 @@ import torch
 from contract import models as specs
 from contract.library import TRANSFORMER_SWITCHES
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: fast mode's latent_upsampler/ and transformer_distilled/
 SEED = 0
 TRAINED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 Weights = Literal["trained", "random"]
@@ -133,6 +134,9 @@ def _write_demo(directory: Path, weights: Weights) -> str:
     from diffusers import LTX2Pipeline
 
     LTX2Pipeline(**build_components()).save_pretrained(directory)
+    torch.manual_seed(SEED)
+    latent_upsampler("2.0").eval().save_pretrained(directory / "latent_upsampler")
+    shutil.copytree(directory / "transformer", directory / "transformer_distilled")  # the student's starting point
     return "LTX-2 architecture at a tiny size with random weights; video and sound are noise."
 
 

@@ -5,8 +5,12 @@
 Stages: `video_vae`, `audio_vae` and `vocoder` learn from the world directly and are
 independent (they may run at once on separate GPUs); `transformer` (with the text
 connectors) learns LTX-2's flow-matching objective on the latents of the two trained VAEs,
-conditioned on the frozen tiny Gemma-3; `export` writes the Diffusers directory, and
-`import --source DIR` turns an exported directory back into a run to train on from.
+conditioned on the frozen tiny Gemma-3. Fast (two-stage) generation adds two more, after
+those: `latent_upsampler` learns the x2 spatial latent upsampling between the two stages from
+world clips rendered at both sizes, and `distill` teaches a copy of the transformer to reach
+the guided transformer's results in the distilled 8 + 3 sigmas without guidance. `export`
+writes the Diffusers directory, and `import --source DIR` turns an exported directory back
+into a run to train on from.
 
 Every stage is reproducible from `--seed` (step k's batch is drawn from seed + k, the model
 from seed) and resumable: it checkpoints to DIR/<stage>.pt and appends its losses to
@@ -16,6 +20,7 @@ DIR/<stage>.jsonl, so a run cut off by a time limit goes on where it stopped.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import math
@@ -25,14 +30,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy
 import torch
 import torch.nn.functional as F
+from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES as STAGE_1_SIGMAS
+from diffusers.pipelines.ltx2.utils import STAGE_2_DISTILLED_SIGMA_VALUES as STAGE_2_SIGMAS
 from torch import nn
 
 from gpu_runner.demo import model as demo_model
 from gpu_runner.demo import world
 
-STAGES = ("video_vae", "audio_vae", "vocoder", "transformer")
+STAGES = ("video_vae", "audio_vae", "vocoder", "transformer", "latent_upsampler", "distill")
+# What fast mode adds to the pipeline's components: saved beside them in their own directories.
+EXTRA_COMPONENTS = ("latent_upsampler", "transformer_distilled")
 MEL_RATE = 16000  # the audio VAE's mel spectrogram: LTX-2's 16 kHz, hop 160 (100 frames a second)
 MEL_HOP = 160
 MEL_FFT = 1024
@@ -42,6 +52,19 @@ AUDIO_LATENT_STEP = 4  # mel frames per audio latent frame
 FPS = 24.0
 # (width, height, frames) the model sees; the default 256x160x25 most often.
 SHAPES = ((256, 160, 25), (256, 160, 25), (256, 160, 33), (160, 256, 25), (224, 224, 17), (320, 192, 17))
+# Fast mode's full-size shapes (its sides are multiples of 64; stage 1 runs at half of each side),
+# the default 320x192x25 most often.
+FAST_SHAPES = (
+    (320, 192, 25),
+    (320, 192, 25),
+    (320, 192, 33),
+    (192, 320, 25),
+    (256, 256, 17),
+    (384, 256, 25),
+    (512, 320, 17),
+)
+TEACHER_GUIDANCE = 3.0  # the demo's default guidance scale: its quality path
+TEACHER_STEPS = 16  # of the dev schedule, twice the demo's default: the teacher's results are its best
 LATENT_NOISE = 0.05
 LATENT_PENALTY = 1e-4
 UNCONDITIONED = 0.1  # share of captions dropped to "" so classifier-free guidance has something to contrast
@@ -52,7 +75,7 @@ class Options:
     """Command-line choices that size a run (a CPU smoke test makes them tiny)."""
 
     batch: int | None = None  # clips per step at 25 frames; None: the stage's own
-    pool: int = 2560  # transformer: clips per shape encoded up front
+    pool: int | None = None  # transformer, distill: clips per shape prepared up front; None: the stage's own
 
 
 @dataclass(frozen=True)
@@ -62,6 +85,7 @@ class Hyper:
     warmup: int = 200
     betas: tuple[float, float] = (0.9, 0.99)
     ema_decay: float = 0.999  # of the exported weights' moving average; 0 exports the live weights
+    pool: int = 0  # clips per shape prepared up front, where the stage does
 
 
 HYPER = {
@@ -70,7 +94,10 @@ HYPER = {
     # The first run (betas 0.9, exporting the moving average) made every sound ~40 dB too quiet;
     # HiFi-GAN's beta 0.8 with the live weights exported reproduces the world's levels.
     "vocoder": Hyper(batch=48, learning_rate=4e-4, betas=(0.8, 0.99), ema_decay=0.0),
-    "transformer": Hyper(batch=128, learning_rate=3e-4, warmup=300),
+    "transformer": Hyper(batch=128, learning_rate=3e-4, warmup=300, pool=2560),
+    # These two train for a few hundred steps: a slow moving average would still be mostly their start.
+    "latent_upsampler": Hyper(batch=32, learning_rate=1e-3, warmup=50, ema_decay=0.99),
+    "distill": Hyper(batch=64, learning_rate=1e-4, warmup=50, ema_decay=0.99, pool=512),
 }
 
 
@@ -124,8 +151,8 @@ class Batches:
         draw = random.Random(self.seed * 1_000_003 + step)
         return world.sample_scenes(count, seed=draw.randrange(2**31)), draw
 
-    def shape(self, step: int) -> tuple[int, int, int]:
-        return random.Random(self.seed * 7919 + step).choice(SHAPES)
+    def shape(self, step: int, shapes: tuple[tuple[int, int, int], ...] = SHAPES) -> tuple[int, int, int]:
+        return random.Random(self.seed * 7919 + step).choice(shapes)
 
     def video(self, scenes, width: int, height: int, frames: int) -> torch.Tensor:
         clip = world.render_video(scenes, width=width, height=height, frames=frames, fps=FPS, device=self.device)
@@ -194,6 +221,7 @@ class Stage:
         self.device = device
         self.options = options
         self.batch = options.batch or HYPER[self.name].batch
+        self.pool = options.pool or HYPER[self.name].pool
 
     def clips(self, frames: int) -> int:
         """Clips per batch at this length: about as many frames as the batch at 25."""
@@ -290,43 +318,27 @@ class Pool:
     audio_frames: int
 
 
-class Transformer(Stage):
-    """The denoiser and the text connectors, exactly as the pipeline will call them."""
+class Denoiser(Stage):
+    """A stage that trains a transformer through the pipeline's own pieces: its prompt encoding, its latent
+    packing and normalisation, and the transformer call it makes."""
 
-    name = "transformer"
-    trained = ("transformer", "connectors")
+    frozen: tuple[str, ...] = ("vae", "audio_vae", "text_encoder")
 
     def __init__(self, components, batches, device, options):
         super().__init__(components, batches, device, options)
         from diffusers import LTX2Pipeline
 
-        self.pipeline = LTX2Pipeline(**components)
-        for frozen in ("vae", "audio_vae", "text_encoder"):
+        self.pipeline = LTX2Pipeline(**pipeline_components(components))
+        for frozen in self.frozen:
             components[frozen].requires_grad_(False).eval()
-        self.pools = {shape: self._pool(shape, index) for index, shape in enumerate(sorted(set(SHAPES)))}
 
-    @torch.no_grad()
-    def _pool(self, shape: tuple[int, int, int], index: int) -> Pool:
-        width, height, frames = shape
-        chunks = []
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            for chunk in range(math.ceil(self.options.pool / 64)):
-                scenes, _ = self.batches.scenes(
-                    -(index * 100_000 + chunk + 1), min(64, self.options.pool)
-                )  # never a training step's draw
-                chunks.append((scenes, *self._latents(scenes, width, height, frames)))
-        scenes, videos, audios, audio_frames = zip(*chunks, strict=True)
-        return Pool([scene for part in scenes for scene in part], torch.cat(videos), torch.cat(audios), audio_frames[0])
-
-    def _latents(self, scenes, width, height, frames):
+    def pack(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Denormalised (B, C, F, H, W) video and (B, C, L, M) audio latents as the transformer reads them."""
         pipe = self.pipeline
-        video = pipe.vae.encode(self.batches.video(scenes, width, height, frames)).latent_dist.mode()
         video = pipe._pack_latents(pipe._normalize_latents(video, pipe.vae.latents_mean, pipe.vae.latents_std))
-        audio_frames = audio_latent_frames(frames / FPS)
-        audio = pipe.audio_vae.encode(self.batches.mel(scenes, audio_frames)).latent_dist.mode()
         audio = pipe._pack_audio_latents(audio)
         audio = pipe._normalize_audio_latents(audio, pipe.audio_vae.latents_mean, pipe.audio_vae.latents_std)
-        return video.float(), audio.float(), audio_frames
+        return video.float(), audio.float()
 
     def context(self, captions: list[str]):
         pipe = self.pipeline
@@ -339,27 +351,14 @@ class Transformer(Stage):
             )
         return pipe.connectors(embeds, mask, padding_side=pipe.tokenizer.padding_side)
 
-    def loss(self, step):
+    def velocity(self, transformer, video, audio, context, sigma, shape, audio_frames):
+        """The transformer's velocity for packed latents at noise levels `sigma` (one per clip) of clips of
+        `shape` (width, height, frames), called as the pipeline calls it."""
         pipe = self.pipeline
-        width, height, frames = shape = self.batches.shape(step)
-        pool = self.pools[shape]
-        _, draw = self.batches.scenes(step, 0)
-        picked = draw.choices(range(len(pool.scenes)), k=self.clips(frames))
-        captions = ["" if draw.random() < UNCONDITIONED else world.caption(pool.scenes[i], draw) for i in picked]
-        rows = torch.tensor(picked, device=self.device)
-        video, audio, audio_frames = pool.video[rows], pool.audio[rows], pool.audio_frames
-        video_context, audio_context, context_mask = self.context(captions)
-
+        width, height, frames = shape
+        video_context, audio_context, context_mask = context
         batch = video.shape[0]
-        generator = torch.Generator(device=self.device).manual_seed(self.batches.seed * 31 + step)
-        sigma = training_sigmas(pipe.scheduler.config, batch, video.shape[1], generator, self.device)
-        noise_video = torch.randn(video.shape, generator=generator, device=self.device)
-        noise_audio = torch.randn(audio.shape, generator=generator, device=self.device)
-        noisy_video = (1 - sigma[:, None, None]) * video + sigma[:, None, None] * noise_video
-        noisy_audio = (1 - sigma[:, None, None]) * audio + sigma[:, None, None] * noise_audio
         timestep = sigma * pipe.scheduler.config.num_train_timesteps  # what the scheduler's timesteps are
-
-        transformer = pipe.transformer
         latent_frames = (frames - 1) // pipe.vae_temporal_compression_ratio + 1
         latent_height = height // pipe.vae_spatial_compression_ratio
         latent_width = width // pipe.vae_spatial_compression_ratio
@@ -367,9 +366,9 @@ class Transformer(Stage):
             batch, latent_frames, latent_height, latent_width, self.device, fps=FPS
         )
         audio_coords = transformer.audio_rope.prepare_audio_coords(batch, audio_frames, self.device)
-        predicted_video, predicted_audio = transformer(
-            hidden_states=noisy_video,
-            audio_hidden_states=noisy_audio,
+        return transformer(
+            hidden_states=video,
+            audio_hidden_states=audio,
             encoder_hidden_states=video_context,
             audio_encoder_hidden_states=audio_context,
             timestep=timestep,
@@ -386,35 +385,298 @@ class Transformer(Stage):
             use_cross_timestep=True,  # what the pipeline passes by default
             return_dict=False,
         )
+
+
+class Transformer(Denoiser):
+    """The denoiser and the text connectors, exactly as the pipeline will call them."""
+
+    name = "transformer"
+    trained = ("transformer", "connectors")
+
+    def __init__(self, components, batches, device, options):
+        super().__init__(components, batches, device, options)
+        self.pools = {shape: self._pool(shape, index) for index, shape in enumerate(sorted(set(SHAPES)))}
+
+    @torch.no_grad()
+    def _pool(self, shape: tuple[int, int, int], index: int) -> Pool:
+        width, height, frames = shape
+        chunks = []
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            for chunk in range(math.ceil(self.pool / 64)):
+                # never a training step's draw
+                scenes, _ = self.batches.scenes(-(index * 100_000 + chunk + 1), min(64, self.pool))
+                chunks.append((scenes, *self._latents(scenes, width, height, frames)))
+        scenes, videos, audios, audio_frames = zip(*chunks, strict=True)
+        return Pool([scene for part in scenes for scene in part], torch.cat(videos), torch.cat(audios), audio_frames[0])
+
+    def _latents(self, scenes, width, height, frames):
+        pipe = self.pipeline
+        video = pipe.vae.encode(self.batches.video(scenes, width, height, frames)).latent_dist.mode()
+        audio_frames = audio_latent_frames(frames / FPS)
+        audio = pipe.audio_vae.encode(self.batches.mel(scenes, audio_frames)).latent_dist.mode()
+        return *self.pack(video, audio), audio_frames
+
+    def loss(self, step):
+        width, height, frames = shape = self.batches.shape(step)
+        pool = self.pools[shape]
+        _, draw = self.batches.scenes(step, 0)
+        picked = draw.choices(range(len(pool.scenes)), k=self.clips(frames))
+        captions = ["" if draw.random() < UNCONDITIONED else world.caption(pool.scenes[i], draw) for i in picked]
+        rows = torch.tensor(picked, device=self.device)
+        video, audio, audio_frames = pool.video[rows], pool.audio[rows], pool.audio_frames
+
+        batch = video.shape[0]
+        generator = torch.Generator(device=self.device).manual_seed(self.batches.seed * 31 + step)
+        sigma = training_sigmas(self.pipeline.scheduler.config, batch, video.shape[1], generator, self.device)
+        noise_video = torch.randn(video.shape, generator=generator, device=self.device)
+        noise_audio = torch.randn(audio.shape, generator=generator, device=self.device)
+        noisy_video = (1 - sigma[:, None, None]) * video + sigma[:, None, None] * noise_video
+        noisy_audio = (1 - sigma[:, None, None]) * audio + sigma[:, None, None] * noise_audio
+        predicted_video, predicted_audio = self.velocity(
+            self.components["transformer"], noisy_video, noisy_audio, self.context(captions), sigma, shape, audio_frames
+        )
         video_loss = F.mse_loss(predicted_video.float(), noise_video - video)
         audio_loss = F.mse_loss(predicted_audio.float(), noise_audio - audio)
         return {"loss": video_loss + audio_loss, "video": video_loss, "audio": audio_loss}
 
 
+class LatentUpsampler(Stage):
+    """Fast mode's x2 spatial upsampler between its stages, on the video VAE's denormalised latents (where the
+    upsampling pipeline applies it): a world clip encoded at half width and height should become the same clip
+    encoded at full size."""
+
+    name = "latent_upsampler"
+    trained = ("latent_upsampler",)
+
+    def __init__(self, components, batches, device, options):
+        super().__init__(components, batches, device, options)
+        components["vae"].requires_grad_(False).eval()
+
+    def loss(self, step):
+        vae = self.components["vae"]
+        width, height, frames = self.batches.shape(step, FAST_SHAPES)
+        scenes, _ = self.batches.scenes(step, self.clips(frames))
+        with torch.no_grad():
+            small, full = [
+                vae.encode(self.batches.video(scenes, w, h, frames)).latent_dist.mode()
+                for w, h in ((width // 2, height // 2), (width, height))
+            ]
+        upsampled = self.components["latent_upsampler"](small)
+        # Each channel in units of its spread, as the transformer will read the latents.
+        error = (upsampled.float() - full.float()) / vae.latents_std.view(1, -1, 1, 1, 1)
+        loss = error.square().mean()
+        return {"loss": loss}
+
+
+@dataclass
+class TeacherPaths:
+    """For clips of one shape, where the teacher started (at `start_sigma`) and what it reached: packed,
+    normalised latents, one row per caption."""
+
+    captions: list[str]
+    shape: tuple[int, int, int]  # (width, height, frames)
+    audio_frames: int
+    start_sigma: float
+    sigmas: tuple[float, ...]  # where fast mode samples on the way
+    video_start: torch.Tensor
+    audio_start: torch.Tensor
+    video_end: torch.Tensor
+    audio_end: torch.Tensor
+
+
+class Distill(Denoiser):
+    """A copy of the trained transformer learns to reach the guided transformer's results (the demo's quality path)
+    in fast mode's fixed sigmas and without guidance.
+
+    For each clip the teacher runs its guided dev schedule as fast mode's two stages run: from noise at half width
+    and height (stage 1), then, once that result is upsampled and noised to the first stage-2 sigma as inference
+    does, at full size from there (stage 2). The student learns the straight path from each start to the teacher's
+    result (the velocity that carries the one to the other) at exactly the sigmas fast mode samples, so that its
+    8 + 3 Euler steps end where the teacher's guided ones did.
+    """
+
+    name = "distill"
+    trained = ("transformer_distilled",)
+    frozen = (*Denoiser.frozen, "connectors", "transformer", "latent_upsampler")
+
+    def __init__(self, components, batches, device, options):
+        super().__init__(components, batches, device, options)
+        from diffusers import LTX2Pipeline
+
+        self.refiner = LTX2Pipeline(**pipeline_components(components) | {"scheduler": fast_scheduler(components)})
+        for pipe in (self.pipeline, self.refiner):
+            pipe.set_progress_bar_config(disable=True)
+        started = time.monotonic()
+        self.paths = {shape: self._teach(shape, index) for index, shape in enumerate(sorted(set(FAST_SHAPES)))}
+        print(f"distill: the teacher's paths, {self.pool} clips per shape, took {time.monotonic() - started:.0f} s")
+
+    @torch.no_grad()
+    def _teach(self, shape: tuple[int, int, int], index: int) -> tuple[TeacherPaths, TeacherPaths]:
+        """The teacher's paths for stage 1 (at half width and height) and stage 2 (full size) of clips of `shape`."""
+        width, height, frames = shape
+        small = (width // 2, height // 2, frames)
+        first_sigma = STAGE_2_SIGMAS[0]
+        captions, stage_1, stage_2 = [], [], []
+        for chunk in range(math.ceil(self.pool / 128)):
+            # never a training step's draw
+            scenes, draw = self.batches.scenes(-(index * 100_000 + chunk + 1), min(128, self.pool))
+            captions += [world.caption(scene, draw) for scene in scenes]
+            generator = torch.Generator(device=self.device).manual_seed(self.batches.seed * 131 + 1000 * index + chunk)
+            noise = self._noise(len(scenes), small, generator)
+            video, audio = self._guided(self.pipeline, captions[-len(scenes) :], small, *noise)
+            stage_1.append((*noise, *self.pack(video, audio)))
+            # Stage 2 starts as inference starts it: the upsampled result, noised to the first stage-2 sigma.
+            upsampled = self.pack(self.components["latent_upsampler"](video), audio)
+            noise = self._noise(len(scenes), shape, generator)
+            start = [first_sigma * n + (1 - first_sigma) * x for n, x in zip(noise, upsampled, strict=True)]
+            sigmas = self._dev_sigmas_below(first_sigma, start[0].shape[1])
+            video, audio = self._guided(self.refiner, captions[-len(scenes) :], shape, *start, sigmas=sigmas)
+            stage_2.append((*start, *self.pack(video, audio)))
+        audio_frames = audio_latent_frames(frames / FPS)
+        return tuple(
+            TeacherPaths(
+                captions, size, audio_frames, sigmas[0], tuple(sigmas), *map(torch.cat, zip(*parts, strict=True))
+            )
+            for size, sigmas, parts in ((small, STAGE_1_SIGMAS, stage_1), (shape, STAGE_2_SIGMAS, stage_2))
+        )
+
+    def _noise(self, count: int, shape, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed noise for `count` clips of `shape`: video (B, tokens, channels), audio (B, frames, features)."""
+        pipe = self.pipeline
+        width, height, frames = shape
+        tokens = ((frames - 1) // pipe.vae_temporal_compression_ratio + 1) * (height // 32) * (width // 32)
+        audio_features = demo_model.AUDIO_LATENT_CHANNELS * demo_model.MEL_BINS // 4
+        return (
+            torch.randn(count, tokens, demo_model.VIDEO_LATENT_CHANNELS, generator=generator, device=self.device),
+            torch.randn(
+                count, audio_latent_frames(frames / FPS), audio_features, generator=generator, device=self.device
+            ),
+        )
+
+    def _dev_sigmas_below(self, start: float, tokens: int) -> list[float]:
+        """`start`, then the sigmas of the teacher's dev schedule (as the pipeline makes it) below it."""
+        scheduler = copy.deepcopy(self.pipeline.scheduler)
+        mu = dev_shift(scheduler.config, tokens)
+        scheduler.set_timesteps(sigmas=numpy.linspace(1.0, 1 / TEACHER_STEPS, TEACHER_STEPS), mu=mu)
+        return [start, *(float(sigma) for sigma in scheduler.sigmas[:-1] if sigma < start)]
+
+    def _guided(self, pipe, captions, shape, video, audio, **schedule) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's result, denormalised, from packed latents at its schedule's first sigma (the dev schedule's
+        TEACHER_STEPS unless `sigmas` says otherwise)."""
+        width, height, frames = shape
+        # The pipeline normalises audio latents it is given (and leaves packed video latents as they are).
+        audio = pipe._denormalize_audio_latents(audio, pipe.audio_vae.latents_mean, pipe.audio_vae.latents_std)
+        return pipe(
+            prompt=captions,
+            negative_prompt=[""] * len(captions),  # the demo's default negative prompt
+            width=width,
+            height=height,
+            num_frames=frames,
+            frame_rate=FPS,
+            num_inference_steps=len(schedule.get("sigmas", ())) or TEACHER_STEPS,
+            latents=video,
+            audio_latents=audio,
+            max_sequence_length=demo_model.PROMPT_TOKENS,
+            output_type="latent",
+            return_dict=False,
+            **guidance(TEACHER_GUIDANCE),
+            **schedule,
+        )
+
+    def loss(self, step):
+        shape = self.batches.shape(step, FAST_SHAPES)
+        _, draw = self.batches.scenes(step, 0)
+        paths = self.paths[shape][draw.random() < 0.5]  # stage 1 or stage 2
+        picked = draw.choices(range(len(paths.captions)), k=self.clips(paths.shape[2]))
+        rows = torch.tensor(picked, device=self.device)
+        sigma = torch.tensor([draw.choice(paths.sigmas) for _ in picked], device=self.device)
+
+        def on_path(start: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """The point at `sigma` on the straight path from the start through the teacher's result, and the
+            velocity along it (the pipeline's: noise minus clean)."""
+            noise = (start - (1 - paths.start_sigma) * end) / paths.start_sigma
+            level = sigma[:, None, None]
+            return (1 - level) * end + level * noise, noise - end
+
+        noisy_video, target_video = on_path(paths.video_start[rows], paths.video_end[rows])
+        noisy_audio, target_audio = on_path(paths.audio_start[rows], paths.audio_end[rows])
+        context = self.context([paths.captions[i] for i in picked])
+        student = self.components["transformer_distilled"]
+        predicted_video, predicted_audio = self.velocity(
+            student, noisy_video, noisy_audio, context, sigma, paths.shape, paths.audio_frames
+        )
+        video_loss = F.mse_loss(predicted_video.float(), target_video)
+        audio_loss = F.mse_loss(predicted_audio.float(), target_audio)
+        return {"loss": video_loss + audio_loss, "video": video_loss, "audio": audio_loss}
+
+
+def guidance(scale: float) -> dict:
+    """The pipeline's guidance arguments for the demo: classifier-free guidance alone (its 6 blocks have no STG
+    block), at `scale` for both modalities; 1 is none. All six scales are set: left out, the audio ones default to
+    guidance and cost passes."""
+    return {
+        "guidance_scale": scale,
+        "audio_guidance_scale": scale,
+        "stg_scale": 0.0,
+        "audio_stg_scale": 0.0,
+        "modality_scale": 1.0,
+        "audio_modality_scale": 1.0,
+        "spatio_temporal_guidance_blocks": None,
+    }
+
+
+def fast_scheduler(components: dict):
+    """Fast mode's scheduler: the model's own, unshifted, so that the fixed sigmas are used as they are."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    config = components["scheduler"].config
+    return FlowMatchEulerDiscreteScheduler.from_config(config, use_dynamic_shifting=False, shift_terminal=None)
+
+
 def training_sigmas(schedule, batch: int, tokens: int, generator: torch.Generator, device) -> torch.Tensor:
     """Noise levels with the inference schedule's shift for this token count, so training spends
     its steps where sampling will."""
-    from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift
-
-    mu = calculate_shift(
-        tokens, schedule.base_image_seq_len, schedule.max_image_seq_len, schedule.base_shift, schedule.max_shift
-    )
-    shift = math.exp(mu)
+    shift = math.exp(dev_shift(schedule, tokens))
     uniform = torch.rand(batch, generator=generator, device=device)
     return shift * uniform / (1 + (shift - 1) * uniform)
 
 
-STAGE_CLASSES = {stage.name: stage for stage in (VideoVAE, AudioVAE, Vocoder, Transformer)}
+def dev_shift(schedule, tokens: int) -> float:
+    """The dev schedule's shift (its log) for this many video tokens, as the pipeline computes it."""
+    from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift
+
+    return calculate_shift(
+        tokens, schedule.base_image_seq_len, schedule.max_image_seq_len, schedule.base_shift, schedule.max_shift
+    )
+
+
+STAGE_CLASSES = {stage.name: stage for stage in (VideoVAE, AudioVAE, Vocoder, Transformer, LatentUpsampler, Distill)}
 
 
 # -- checkpoints, export ------------------------------------------------------------------------
 
 
-def load_components(run_dir: Path, device: torch.device) -> dict:
-    """Random components from the seed, with every stage trained so far loaded over them."""
+def fresh_components() -> dict:
+    """The pipeline's components and fast mode's, random from the seed."""
     torch.manual_seed(0)
     components = demo_model.build_components()
+    torch.manual_seed(0)
+    components["latent_upsampler"] = demo_model.latent_upsampler("2.0")
+    components["transformer_distilled"] = copy.deepcopy(components["transformer"])
+    return components
+
+
+def pipeline_components(components: dict) -> dict:
+    """The components an LTX2Pipeline takes: all but fast mode's."""
+    return {name: component for name, component in components.items() if name not in EXTRA_COMPONENTS}
+
+
+def load_components(run_dir: Path, device: torch.device) -> dict:
+    """Random components from the seed, with every stage trained so far loaded over them."""
+    components = fresh_components()
     for stage in STAGES:
+        if stage == "distill":  # the student starts as the trained transformer
+            components["transformer_distilled"].load_state_dict(components["transformer"].state_dict())
         checkpoint = run_dir / f"{stage}.pt"
         if checkpoint.exists():
             saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -569,16 +831,21 @@ def train(
 
 
 def export(run_dir: Path, target: Path) -> None:
-    """The trained pipeline as a Diffusers directory, in bf16 to keep the repository small."""
+    """The trained pipeline as a Diffusers directory, in bf16 to keep the repository small, with fast mode's
+    components (each in its own directory beside the pipeline's) where their stages have trained."""
     from diffusers import LTX2Pipeline
 
     components = load_components(run_dir, torch.device("cpu"))
     for name, component in components.items():
         if isinstance(component, nn.Module):
             components[name] = component.to(torch.bfloat16)
-    LTX2Pipeline(**components).save_pretrained(target)
+    LTX2Pipeline(**pipeline_components(components)).save_pretrained(target)
+    trained = [stage for stage in STAGES if (run_dir / f"{stage}.jsonl").exists()]
+    for stage in trained:
+        for name in set(STAGE_CLASSES[stage].trained) & set(EXTRA_COMPONENTS):
+            components[name].save_pretrained(target / name)
     logs = {
-        stage: [json.loads(line) for line in (run_dir / f"{stage}.jsonl").read_text().splitlines()] for stage in STAGES
+        stage: [json.loads(line) for line in (run_dir / f"{stage}.jsonl").read_text().splitlines()] for stage in trained
     }
     (target / "training_log.json").write_text(json.dumps(logs) + "\n")
 
@@ -588,9 +855,9 @@ def import_exported(source: Path, run_dir: Path) -> list[str]:
     have today's architecture becomes a checkpoint with its training log, so training goes on
     from those weights; a stage whose architecture changed is left to train from scratch.
 
-    Returns the stages imported.
+    Returns the stages imported; a stage the export lacks (fast mode's, say) is not one of them.
     """
-    built = demo_model.build_components()
+    built = fresh_components()
     frozen = type(built["text_encoder"]).from_pretrained(source / "text_encoder").state_dict()
     language = {key: value for key, value in built["text_encoder"].state_dict().items() if "vision" not in key}
     if any(not torch.equal(value.bfloat16(), frozen[key]) for key, value in language.items()):
@@ -599,6 +866,8 @@ def import_exported(source: Path, run_dir: Path) -> list[str]:
     run_dir.mkdir(parents=True, exist_ok=True)
     imported = []
     for stage in STAGE_CLASSES.values():
+        if stage.name not in logs or not all((source / name / "config.json").exists() for name in stage.trained):
+            continue
         saved_configs = [json.loads((source / name / "config.json").read_text()) for name in stage.trained]
         if any(
             _architecture(saved) != _architecture(built[name].config)
@@ -607,7 +876,8 @@ def import_exported(source: Path, run_dir: Path) -> list[str]:
             continue
         models = {name: type(built[name]).from_pretrained(source / name).float().state_dict() for name in stage.trained}
         log = logs[stage.name]
-        state = {"models": models, "step": log[-1]["step"], "trained_s": log[-1]["elapsed_s"]}
+        # The shipped vocoder's log (it was trained apart, see MODEL_CARD.md) has steps but no times.
+        state = {"models": models, "step": log[-1]["step"], "trained_s": log[-1].get("elapsed_s", 0.0)}
         torch.save(state, run_dir / f"{stage.name}.pt")
         (run_dir / f"{stage.name}.jsonl").write_text("".join(json.dumps(record) + "\n" for record in log))
         imported.append(stage.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,11 +59,28 @@ def test_the_shipped_demo_model_is_small_enough_for_the_repository(demo_model_di
     assert json.loads((demo_model_dir / specs.DEMO_MANIFEST).read_text())["weights"] == "trained"
 
 
+def test_the_demo_has_fast_modes_upsampler_and_a_distilled_transformer_of_its_own(demo_model_dir):
+    upsampler = LTX2LatentUpsamplerModel.from_pretrained(demo_model_dir / "latent_upsampler")
+    stage_1 = torch.randn(1, 32, 4, 3, 5, dtype=upsampler.dtype)  # a 320x192x25 job's stage 1, at 160x96
+    with torch.no_grad():
+        assert upsampler(stage_1).shape == (1, 32, 4, 6, 10)
+
+    transformer = demo_model_dir / "transformer"
+    distilled = demo_model_dir / "transformer_distilled"
+    config = json.loads((transformer / "config.json").read_text())
+    assert strip_versions(json.loads((distilled / "config.json").read_text())) == strip_versions(config)
+    weights = "diffusion_pytorch_model.safetensors"
+    assert file_digests(distilled)[Path(weights)] != file_digests(transformer)[Path(weights)]
+    shipped = [TRAINED_WEIGHTS / part / weights for part in ("latent_upsampler", "transformer_distilled")]
+    assert sum(path.stat().st_size for path in shipped) < 15 * 1000**2
+
+
 def test_random_weights_stay_available_with_the_same_architecture(tmp_path, demo_model_dir):
     random_dir = build_demo_model(tmp_path / "random", "random")
 
     assert is_complete(random_dir, "random") and not is_complete(random_dir, "trained")
-    for component in ("transformer", "vae", "audio_vae", "vocoder", "connectors"):
+    fast_mode = ("latent_upsampler", "transformer_distilled")
+    for component in ("transformer", "vae", "audio_vae", "vocoder", "connectors", *fast_mode):
         trained_config = json.loads((demo_model_dir / component / "config.json").read_text())
         random_config = json.loads((random_dir / component / "config.json").read_text())
         assert strip_versions(random_config) == strip_versions(trained_config), component

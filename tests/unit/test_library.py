@@ -29,8 +29,8 @@ def test_the_tiny_builds_are_recognised_as_their_version_and_variant_with_their_
     )
 
 
-def test_the_demo_model_is_an_ltx_2_0_dev_model_without_an_upsampler(demo_model_dir):
-    assert recognise(demo_model_dir) == Recognised(family="ltx-2", version="2.0", variant="dev", upsampler=False)
+def test_the_demo_model_is_an_ltx_2_0_dev_model_with_fast_modes_upsampler(demo_model_dir):
+    assert recognise(demo_model_dir) == Recognised(family="ltx-2", version="2.0", variant="dev", upsampler=True)
 
 
 # Hand-written directories: the config keys recognition reads, as the full-size models have them.
