@@ -359,7 +359,8 @@ LOAD_GIB_PER_S = {"cpu": 0.5, "cuda": 1.0}
 
 
 # The stages whose time grows with the clip, as a result's timings name them.
-_GROWING = ("denoise", "decode_video", "decode_audio")
+# (fast mode's upsample and refine count as denoising: the estimate's denoise part covers its two stages)
+_GROWING = (("denoise", "upsample", "refine"), ("decode_video",), ("decode_audio",))
 
 
 class PastRun(msgspec.Struct, frozen=True):
@@ -387,7 +388,7 @@ def learned(size: ModelSize, model_kind: str, default: Rates, runs: Sequence[Pas
     fixed, denoise, decode, audio = [], [], [], []
     for run in runs:
         predicted = list(_parts(size, model_kind, default, run.request)[1:])
-        measured = [run.timings.get(stage, 0.0) for stage in _GROWING]
+        measured = [sum(run.timings.get(stage, 0.0) for stage in stages) for stages in _GROWING]
         steps = denoise_steps(run.request)
         if steps == 1:
             predicted[0] = measured[0] = 0.0  # its one step is all warm-up: fixed

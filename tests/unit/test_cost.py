@@ -190,3 +190,12 @@ def test_fast_mode_costs_its_two_unguided_stages_and_peaks_with_the_upsampler_at
     assert fast_peak.denoise_gib == pytest.approx(quality_peak.denoise_gib + 0.5)  # same tokens, one row, + upsampler
     too_long = cost.over_limit(predicted(fast), fast, limit_minutes=1e-4)
     assert too_long and "use fewer frames or a smaller size" in too_long and "steps" not in too_long.split(";")[1]
+
+
+def test_a_fast_runs_upsample_and_refine_count_as_its_denoising() -> None:
+    fast = msgspec.structs.replace(resolved(width=512, height=320), mode="fast", steps=None, guidance_scale=None)
+    plain = run_like(fast, denoise_x=4.0, decode_x=1.0, fixed_s=2.0)
+    denoising = plain.timings["denoise"]
+    split = {**plain.timings, "denoise": denoising * 0.5, "upsample": denoising * 0.1, "refine": denoising * 0.4}
+    run = msgspec.structs.replace(plain, timings=split)
+    assert predicted(fast, runs=[run]).denoise_s == pytest.approx(4.0 * predicted(fast).denoise_s, rel=0.01)
