@@ -126,6 +126,7 @@ class Mp4Writer:
         self._video = self._container.add_stream("libx264", rate=self.rate)
         self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
         self._video.options = {"crf": str(self.crf)}
+        self._video.codec_context.thread_type = "FRAME"
         self._sound = self._container.add_stream("aac", rate=self.sample_rate, layout=self.layout)
 
     def _samples_for(self, num_frames: int) -> int:

@@ -29,7 +29,7 @@ import numpy
 import torch
 
 from contract import jobdir
-from contract.models import demo_spec
+from contract.models import demo_spec, directory_spec
 from contract.request import Request
 from gpu_runner.demo import measure, world
 
@@ -95,7 +95,7 @@ def generate(model_dir: Path, prompt: str, seed: int, work_dir: Path, **request:
     from gpu_runner.pipeline import generate as run_stages
 
     job_dir = Path(tempfile.mkdtemp(dir=work_dir))
-    spec = demo_spec(model_dir.resolve())  # its defaults are what the portal's form starts with
+    spec = directory_spec("demo", model_dir.resolve())  # as the portal offers it: its defaults, its default mode
     fields = {key: value for key, value in request.items() if key != "precision"}
     resolved = spec.resolve(Request(prompt=prompt, seed=seed, **fields))
     options = jobdir.RunnerOptions(precision=request.get("precision"))

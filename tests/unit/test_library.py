@@ -29,8 +29,29 @@ def test_the_tiny_builds_are_recognised_as_their_version_and_variant_with_their_
     )
 
 
-def test_the_demo_model_is_an_ltx_2_0_dev_model_with_fast_modes_upsampler(demo_model_dir):
-    assert recognise(demo_model_dir) == Recognised(family="ltx-2", version="2.0", variant="dev", upsampler=True)
+def test_the_demo_model_is_an_ltx_2_0_dev_model_with_fast_modes_upsampler_and_distilled_transformer(demo_model_dir):
+    recognised = recognise(demo_model_dir)
+    assert recognised == Recognised(
+        family="ltx-2", version="2.0", variant="dev", upsampler=True, distilled_transformer=True
+    )
+    assert recognised.fast_transformer == "transformer_distilled" and recognised.fast_missing() is None
+
+
+def test_a_distilled_transformer_counts_only_when_laid_out_as_the_dev_one(tmp_path):
+    model = write_model(tmp_path / "m", "2.0")
+    distilled = model / "transformer_distilled"
+    distilled.mkdir()
+    (distilled / "config.json").write_text((model / "transformer" / "config.json").read_text())
+    (distilled / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    assert recognise(model).distilled_transformer and recognise(model).parts == ("transformer_distilled",)
+
+    layout = json.loads((model / "transformer" / "config.json").read_text()) | {"num_layers": 3}
+    (distilled / "config.json").write_text(json.dumps(layout))
+    unlike = recognise(model)
+    assert not unlike.distilled_transformer and unlike.fast_transformer is None
+    assert unlike.notes == (
+        "transformer_distilled/ is laid out unlike transformer/ (config.json differs in num_layers), so it is left out",
+    )
 
 
 # Hand-written directories: the config keys recognition reads, as the full-size models have them.
