@@ -1,7 +1,7 @@
 """The trained demo model follows its prompts: colour, motion, sound and their synchrony.
 
-25 clips go through the runner's own stages (gpu_runner.demo.evaluate) at the demo's defaults
-(256x160, 25 frames at 24 fps, 8 steps, guidance 3) and are measured from the MP4s they wrote
+25 clips go through the runner's own stages (gpu_runner.demo.evaluate) at the demo's quality-mode defaults
+(320x192, 25 frames at 24 fps, 8 steps, guidance 3) and are measured from the MP4s they wrote
 (gpu_runner.demo.measure). Every colour and every motion is asked for with 5 seeds
 (AVP_TEST_QUALITY_SEEDS: fewer for a quicker local run; each check keeps its threshold as the same
 share of the clips, rounded up, so a smaller run is never more lenient, but it is stricter per clip:
@@ -32,7 +32,7 @@ TONE_OVER_SILENCE_DB = 20.0  # measured: 30 dB (silence at -48 dBFS)
 
 @pytest.fixture(scope="module")
 def measured(demo_model_dir):
-    return list(evaluate.evaluate(demo_model_dir, evaluate.prompt_set(SEEDS)))
+    return list(evaluate.evaluate(demo_model_dir, evaluate.prompt_set(SEEDS), mode="quality"))
 
 
 def enough() -> int:
@@ -83,14 +83,21 @@ def test_clicks_fall_within_2_frames_of_floor_contacts(measured):
     assert sum(syncs) / len(syncs) >= SYNC_TARGET
 
 
-def test_fast_modes_8_plus_3_follows_prompts_better_with_the_distilled_transformer(demo_model_dir):
+def test_fast_modes_8_plus_3_follows_prompts_better_with_the_distilled_transformer_and_colour_and_sound_as_quality(
+    demo_model_dir, measured
+):
     """Fast mode's two stages (8 + 3 fixed sigmas, no guidance) with the transformer distilled for them and with the
-    guided one they were distilled from, on the same prompts and seeds: the distilled follows more of them."""
+    guided one they were distilled from, on the same prompts and seeds: the distilled follows more of them, and
+    follows colour and sound at least as well as the quality path (`measured`). Its motion does not yet: 22 of 25
+    against quality's 24 (MODEL_CARD.md), so motion is not asserted here."""
     runs = ("fast distilled", "fast undistilled")
     table = evaluate.fast_table(demo_model_dir, evaluate.prompt_set(SEEDS), torch.device("cpu"), runs)
 
     followed = {run: sum(sum(oks) for oks in checks.values()) for run, checks in table.items()}
     assert followed["fast distilled"] > followed["fast undistilled"], table
+    for check in ("colour", "sound"):
+        quality = sum(evaluate.followed(prompt, result).get(check, False) for prompt, result in measured)
+        assert sum(table["fast distilled"][check]) >= quality, (check, table)
 
 
 # ---- quality regressions (the tiled decode's: tests/unit/test_tiling.py) -------------------------
