@@ -159,8 +159,10 @@ def decode_budget_gib(text_gib: float, denoise_gib: float, free_gib: float = mat
 # diffusers' untiled 481-frame 768x448 decode peaked at 20.4 GiB (H100), our 512 px / 64-frame tiles at
 # 3.79 and 4.36 GiB for 49 and 481 frames (H200, bench/gpu_smoke.py), random weights. LTX-2.3's VAE
 # needed 13% less than 2.0's a voxel on a CPU (float32, the growth from 9 to 25 frames at 256x256), so
-# 2.0's figure covers both. bench/decode_tiles_bench.py measures it on a GPU. Both decoders' full-resolution
-# stage is 256 channels wide (`decoder_block_out_channels[0]`); other widths (the demo's 32) scale it.
+# 2.0's figure covers both. bench/decode_tiles_bench.py measures it on a GPU: 59.2 (2.0) and 52.6 (2.3) on an
+# H100 (bench/results/2026-12-06-h100-decode-tiles.md), so 64 keeps every plan's prediction at or above it.
+# Both decoders' full-resolution stage is 256 channels wide (`decoder_block_out_channels[0]`); other widths
+# (the demo's 32) scale it.
 DECODE_ELEMENTS_PER_VOXEL = 64.0
 REFERENCE_VAE_WIDTH = 256
 # A spatially tiled decode adds its tiles into a float32 RGB buffer as large as one temporal tile's frames
