@@ -188,7 +188,9 @@ def test_a_logged_in_person_posts_forms_only_with_the_csrf_token(behind_nginx: P
 
 def test_the_api_and_its_event_stream_work_through_nginx_with_a_token(behind_nginx: Portal) -> None:
     with behind_nginx.client() as client:
-        submitted = client.post("/api/jobs", json={"prompt": "a red ball bouncing with clicks", **LONG_JOB})
+        submitted = client.post(
+            "/api/jobs", json={"prompt": "a red ball bouncing with clicks", "mode": "quality", **LONG_JOB}
+        )
     job = submitted.json()
     assert submitted.status_code == 201 and submitted.headers["location"] == f"/portal/api/jobs/{job['id']}"
     assert job["links"]["page"] == f"/portal/jobs/{job['id']}"

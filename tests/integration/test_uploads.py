@@ -243,7 +243,7 @@ def test_a_body_that_is_not_multipart_is_refused(uploads_portal: Portal) -> None
 def test_a_job_gets_the_upload_normalised_to_its_size_upright_and_without_metadata(uploads_portal: Portal) -> None:
     upload_id = upload(uploads_portal, corpus.rotated_jpeg(6)).json()["upload_id"]
 
-    job = uploads_portal.submit(image_upload_id=upload_id, image_strength=0.8, width=256, height=160)
+    job = uploads_portal.submit(image_upload_id=upload_id, image_strength=0.8, width=256, height=160, mode="quality")
 
     assert job["request"]["image_upload_id"] == upload_id and job["request"]["image_strength"] == 0.8
     job_dir = uploads_portal.job_dir(job["id"])
