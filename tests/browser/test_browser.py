@@ -39,13 +39,20 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+def choose_quality_mode(page) -> None:
+    """Switch the create form to quality mode (these tests size their clips by steps); the form redraws with them."""
+    page.select_option("select[name=mode]", "quality")
+    page.locator("input[name=steps]").wait_for()
+
+
 def test_submitting_the_form_shows_live_progress_then_a_playable_video(portal: Portal, browser: Browser) -> None:
     page = browser.new_page()
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     page.goto(portal.base_url + "/")
+    choose_quality_mode(page)
     page.fill("textarea[name=prompt]", "a green ball moving right with a high beep")
-    page.select_option("select[name=resolution]", "512x288")
+    page.select_option("select[name=resolution]", "512x320")
     page.select_option("select[name=num_frames]", "97")
     page.fill("input[name=steps]", "24")
     page.click("button[type=submit]")
@@ -112,6 +119,7 @@ def test_through_a_proxy_under_a_sub_path_a_person_logs_in_makes_a_clip_and_canc
     page.wait_for_url(proxy.base_url + "/")
 
     # A clip, watched while it is made.
+    choose_quality_mode(page)
     page.fill("textarea[name=prompt]", "a green ball moving right with a high beep")
     page.select_option("select[name=num_frames]", "49")
     page.fill("input[name=steps]", "40")
@@ -125,6 +133,7 @@ def test_through_a_proxy_under_a_sub_path_a_person_logs_in_makes_a_clip_and_canc
 
     # A second clip, cancelled while it runs.
     page.goto(proxy.base_url + "/")
+    choose_quality_mode(page)
     page.fill("textarea[name=prompt]", "a clip nobody will see")
     page.fill("input[name=steps]", "100")
     page.click("#create-form button[type=submit]")
