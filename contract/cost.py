@@ -139,8 +139,9 @@ def predict_job_peak(
 
 # The least budget a decode gets: a tiny model's job (the demo's) holds almost nothing before its decode. It is
 # also a CPU job's whole budget, in RAM (nothing is admitted there): by the cost model the demo's VAE takes 32
-# bytes an output voxel in float32 (~48 measured on a CPU), so its clips at the default 256x160 decode untiled
-# up to ~400 frames, and its largest preset, 512x288, in whole frames ~100 at a time.
+# bytes an output voxel in float32 (~48 measured on a CPU), so its clips at the default 320x192 decode untiled
+# up to ~260 frames, and at its largest preset, 512x320, untiled up to ~100 frames, longer ones in whole frames
+# ~90 at a time.
 MIN_DECODE_BUDGET_GIB = 0.5
 
 

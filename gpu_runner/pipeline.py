@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 
 from contract import jobdir, protocol
-from contract.cost import video_tokens
 from contract.disk import is_disk_full
-from contract.request import DenoiseStage, Request, denoise_stages
+from contract.request import DenoiseStage, denoise_stages
 from gpu_runner import admission, cache_budget, memory, mux
 from gpu_runner.cache_budget import GIB, MIB, Cache, CacheBudget, Limit
 from gpu_runner.cancel import Cancellation
@@ -266,11 +265,8 @@ class StageReporter:
         self.number, self.stages, self.first_step_compiles = number, len(plan), first_step_compiles
         stage = plan[number - 1]
         self.name, self.total = stage.name, stage.steps
-
-        def tokens(of: DenoiseStage) -> int:
-            return video_tokens(Request(width=of.width, height=of.height, num_frames=1))
-
-        self.later = sum(later.steps * tokens(later) / tokens(stage) for later in plan[number:])
+        area = stage.width * stage.height  # a frame's tokens grow with it
+        self.later = sum(later.steps * later.width * later.height / area for later in plan[number:])
 
     def step(self, step_times: Sequence[float], elapsed: float) -> protocol.Step:
         eta = seconds_left(step_times, self.total, self.first_step_compiles, self.later)

@@ -13,7 +13,7 @@ import torch
 from contract import jobdir, protocol
 from contract.cost import PeakPrediction
 from contract.models import MODEL_KINDS, demo_spec
-from contract.request import Request
+from contract.request import FAST_STEPS, Request, denoise_stages
 from gpu_runner import families, pipeline
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import Job, JobError
@@ -121,3 +121,11 @@ def test_a_family_refuses_a_mode_it_does_not_have(tmp_path, monkeypatch):
     job = Job(job.directory, msgspec.structs.replace(job.file, image_file="image.png"), job.spec, job.model_dir)
     with pytest.raises(JobError, match="does not generate video from an image"):
         pipeline.generate(job, lambda event: None, Cancellation(), started=0.0)
+
+
+def test_fast_modes_stages_take_diffusers_distilled_sigma_lists_as_the_contract_counts_them():
+    from gpu_runner.families.ltx2 import FAST_SIGMAS
+
+    fast = Request(prompt="a red ball", mode="fast", width=320, height=192, num_frames=9)
+    assert list(FAST_SIGMAS) == [stage.name for stage in denoise_stages(fast)]
+    assert tuple(len(sigmas) for sigmas in FAST_SIGMAS.values()) == FAST_STEPS

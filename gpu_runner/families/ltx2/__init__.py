@@ -10,13 +10,20 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgspec
 import numpy as np
 import torch
 from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
 from torch import nn
 
-from contract.cost import PeakPrediction, latent_shape, plan_decode_tiles, predict_job_peak, vae_width, video_tokens
+from contract.cost import (
+    PeakPrediction,
+    at_size_of,
+    latent_shape,
+    plan_decode_tiles,
+    predict_job_peak,
+    vae_width,
+    video_tokens,
+)
 from contract.request import DenoiseStage, Request, denoise_stages
 from gpu_runner import memory
 from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile
@@ -98,8 +105,7 @@ class Ltx2(Family):
         return Denoiser(pipe, self.source.load_upsampler(dtype) if fast else None)
 
     def previews(self, job: Job, stage: DenoiseStage) -> PreviewWriter:
-        shape = latent_shape(msgspec.structs.replace(job.request, width=stage.width, height=stage.height))
-        return PreviewWriter(job.path, shape, stage.steps)
+        return PreviewWriter(job.path, latent_shape(at_size_of(job.request, stage)), stage.steps)
 
     def denoise(
         self, denoiser: Denoiser, job: Job, stage: DenoiseStage, on_step_end: OnStepEnd, start: Latents | None = None

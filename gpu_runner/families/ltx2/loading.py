@@ -136,9 +136,13 @@ class DiffusersDirectory:
         return json.loads((self.model_dir / "vae" / "config.json").read_text())
 
     @functools.cached_property
+    def recognised(self) -> library.Recognised:
+        """The directory as contract/library.py recognises it from its configs (the job's checks did), read once."""
+        return library.recognise(self.model_dir)
+
+    @property
     def version(self) -> library.Version:
-        """2.0 or 2.3, as contract/library.py recognises the directory from its configs (the job's checks did)."""
-        return library.recognise(self.model_dir).version
+        return self.recognised.version
 
     def is_ltx2_0(self) -> bool:
         return self.version == "2.0"
@@ -166,7 +170,7 @@ class DiffusersDirectory:
         steps through the fixed distilled sigmas as given (no shift: a dev scheduler's config, shift switched off).
         """
         model_dir = self.model_dir
-        subfolder = library.recognise(model_dir).fast_transformer if fast else "transformer"
+        subfolder = self.recognised.fast_transformer if fast else "transformer"
         transformer = self.load_transformer(dtype, precision, device, subfolder or "transformer")
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler")
         if fast:
