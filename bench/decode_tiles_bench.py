@@ -11,7 +11,7 @@ them first. Run on the GPU (about two minutes on an H100):
 
     python bench/decode_tiles_bench.py --out bench/results/<date>-<card>-decode-tiles.md
 
-The VAE configs are bench/configs/ltx2-vae-configs.json (diffusers' AutoencoderKLLTX2Video arguments).
+The VAE configs are bench/configs/ltx2-family-configs.json's (diffusers' AutoencoderKLLTX2Video arguments).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from gpu_smoke import device_name, random_module  # noqa: E402
 from contract import cost  # noqa: E402
 from gpu_runner.families.ltx2 import tiling  # noqa: E402
 
-CONFIGS = json.loads((Path(__file__).parent / "configs" / "ltx2-vae-configs.json").read_text())
+FAMILY = json.loads((Path(__file__).parent / "configs" / "ltx2-family-configs.json").read_text())
+CONFIGS = {version: FAMILY[version]["vae"]["config"] for version in ("2.0", "2.3")}
 # (frames, width, height) and the budgets (GiB, weights included) the planner is given for each.
 CLIPS = [((481, 768, 448), (6, 12, 20)), ((121, 768, 448), (6, 20)), ((121, 1280, 704), (6, 12, 20))]
 FIXED = cost.DecodeTiles(

@@ -725,7 +725,7 @@ def measure_runner(results: Results, workdir: Path) -> None:
             Row(
                 path=RUNNER_JOB,
                 frames=frames,
-                seconds=run["step_s"],
+                seconds=run["step_s"]["denoise"],
                 peak_gib=run["result"].peak_vram_gib,
                 note=f"{setting.runner_steps} steps, {prompt}, every stage (stage table below)",
                 end_to_end_s=gpu_smoke.end_to_end_30_steps(run),

@@ -1,10 +1,10 @@
-"""GPU smoke: the runner's own stages on full-size LTX-2.0 components with RANDOM WEIGHTS.
+"""GPU smoke: the runner's own stages on full-size LTX-2.0 or 2.3 components with RANDOM WEIGHTS.
 
-Builds every component at full size in memory (no weights can be downloaded): the 19B DiT
-from the LTX-2.0 config in bench/configs/, its video VAE, the audio VAE, vocoder and
-1.4B connectors at diffusers' defaults (which are LTX-2.0's), and a Gemma-3 12B text
-encoder. Then runs `gpu_runner.pipeline.generate` - the same stages a job runs - at
-768x448 for each frame count, and prints per-stage time and peak VRAM.
+Builds every component at full size in memory (no weights can be downloaded) from
+bench/configs/ltx2-family-configs.json: the 19B DiT, video VAE, audio VAE, vocoder, connectors,
+latent upsampler and the Gemma-3 12B text encoder of `--version`. Then runs
+`gpu_runner.pipeline.generate` - the same stages a job runs - at 768x448 for each frame count,
+and prints per-stage time and peak VRAM.
 
 "load" stages here build random weights in memory instead of reading a checkpoint from
 disk, so their times are not load times. Run on the lent GPU:
@@ -18,6 +18,8 @@ bench/fp8_matmul.py and bench/gpu_bench.py; `TINY_SIZE` builds the demo model's 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import itertools
 import json
 import statistics
@@ -33,9 +35,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from contract import jobdir, protocol  # noqa: E402
-from contract.models import ltx2_spec  # noqa: E402
-from contract.request import Request  # noqa: E402
+from contract import jobdir, library, protocol  # noqa: E402
+from contract.models import ltx2_spec, with_parts  # noqa: E402
+from contract.request import Request, denoise_stages  # noqa: E402
 from gpu_runner import fp8, memory  # noqa: E402
 from gpu_runner.cancel import Cancellation  # noqa: E402
 from gpu_runner.demo import model as demo_model  # noqa: E402
@@ -47,7 +49,8 @@ from gpu_runner.job import Job  # noqa: E402
 from gpu_runner.memory import empty_weights  # noqa: E402
 from gpu_runner.pipeline import generate  # noqa: E402
 
-CONFIGS = json.loads((Path(__file__).parent / "configs" / "ltx2.0-diffusers-configs.json").read_text())
+FAMILY = json.loads((Path(__file__).parent / "configs" / "ltx2-family-configs.json").read_text())
+VERSIONS = ("2.0", "2.3")
 TEXT_STAGES = ("load_text_encoder", "encode_prompt", "free_text_encoder")
 
 
@@ -65,35 +68,6 @@ def materialize(module: nn.Module, device: str | torch.device, dtype: torch.dtyp
     module.to(device)  # buffers, built for real on the CPU
 
 
-def gemma3_12b(_vocab_size: int | None = None) -> nn.Module:
-    """Gemma-3 12B with its vision tower, as LTX-2 ships it (its own 262k vocabulary covers any tokenizer)."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
-
-    config = Gemma3Config(
-        text_config=Gemma3TextConfig(
-            vocab_size=262208,
-            hidden_size=3840,
-            intermediate_size=15360,
-            num_hidden_layers=48,
-            num_attention_heads=16,
-            num_key_value_heads=8,
-            head_dim=256,
-            sliding_window=1024,
-            query_pre_attn_scalar=256,
-        ),
-        vision_config=SiglipVisionConfig(
-            hidden_size=1152,
-            intermediate_size=4304,
-            num_hidden_layers=27,
-            num_attention_heads=16,
-            image_size=896,
-            patch_size=14,
-        ),
-        mm_tokens_per_image=256,
-    )
-    return Gemma3ForConditionalGeneration(config)
-
-
 @dataclass(frozen=True)
 class ModelSize:
     """How to construct each component at one size; built under `empty_weights`, then materialised."""
@@ -105,26 +79,42 @@ class ModelSize:
     vocoder: Callable[[], nn.Module]
     connectors: Callable[[], nn.Module]
     text_encoder: Callable[[int], nn.Module]  # the tokenizer's vocabulary size -> encoder
+    latent_upsampler: Callable[[], nn.Module]  # fast mode's x2 spatial upsampler
     sequence_length: int  # prompt tokens
+    version: str = "2.0"
 
 
-def _full_size() -> ModelSize:
-    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
-    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2Vocoder
+def family_component(version: str, component: str) -> Callable[[], nn.Module]:
+    """A builder of one full-size component from bench/configs/ltx2-family-configs.json (class and arguments)."""
+    entry = FAMILY[version][component]
+    module_name, class_name = entry["class"].rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if "config_class" in entry:  # a transformers model: its config object, then the model
+        config_module, config_name = entry["config_class"].rsplit(".", 1)
+        config_class = getattr(importlib.import_module(config_module), config_name)
+        return lambda: cls(config_class.from_dict(entry["config"]))
+    return lambda: cls(**entry["config"])
 
+
+def full_size(version: str) -> ModelSize:
+    """Every component of LTX-`version` at full size (the text encoder, Gemma-3 12B with its vision tower, brings
+    its own 262k vocabulary, which covers any tokenizer)."""
+    component = functools.partial(family_component, version)
     return ModelSize(
-        name="LTX-2.0",
-        transformer=lambda: LTX2VideoTransformer3DModel(**CONFIGS["transformer"]),
-        vae=lambda: AutoencoderKLLTX2Video(**CONFIGS["vae"]),
-        audio_vae=AutoencoderKLLTX2Audio,  # diffusers' defaults are LTX-2.0's
-        vocoder=LTX2Vocoder,
-        connectors=LTX2TextConnectors,
-        text_encoder=gemma3_12b,
+        name=f"LTX-{version}",
+        transformer=component("transformer"),
+        vae=component("vae"),
+        audio_vae=component("audio_vae"),
+        vocoder=component("vocoder"),
+        connectors=component("connectors"),
+        text_encoder=lambda _vocab_size=None: component("text_encoder")(),
+        latent_upsampler=component("latent_upsampler"),
         sequence_length=1024,
+        version=version,
     )
 
 
-FULL_SIZE = _full_size()
+FULL_SIZE = full_size("2.0")
 # The demo model's sizes (gpu_runner/demo/model.py): the same classes, tiny widths, CPU-quick.
 TINY_SIZE = ModelSize(
     name="demo (tiny)",
@@ -134,6 +124,7 @@ TINY_SIZE = ModelSize(
     vocoder=demo_model.vocoder,
     connectors=demo_model.connectors,
     text_encoder=demo_model.text_encoder,
+    latent_upsampler=lambda: demo_model.latent_upsampler("2.0"),
     sequence_length=demo_model.PROMPT_TOKENS,
 )
 
@@ -172,6 +163,8 @@ class RandomWeights:
     def __init__(self, size: ModelSize = FULL_SIZE) -> None:
         self.size = size
         self.built_s: dict[str, float] = {}
+        self.passes = 0  # transformer forwards
+        self.pass_rows = 0  # their batch rows (guidance batches several)
 
     def revision(self) -> str:
         return "random"
@@ -179,8 +172,12 @@ class RandomWeights:
     def sequence_length(self) -> int:
         return self.size.sequence_length
 
+    @property
+    def version(self) -> str:
+        return self.size.version
+
     def is_ltx2_0(self) -> bool:
-        return True
+        return self.version == "2.0"
 
     def transformer_config(self) -> dict:
         with empty_weights():
@@ -246,8 +243,21 @@ class RandomWeights:
             transformer=transformer,
             vocoder=vocoder.eval(),
         )
+        transformer.register_forward_pre_hook(self._count_pass, with_kwargs=True)
         self.built_s["denoiser"] = time.monotonic() - began
         return pipe
+
+    def load_upsampler(self, dtype: torch.dtype) -> nn.Module:
+        """Fast mode's upsampler, on the CPU until its stage as the runner keeps it."""
+        began = time.monotonic()
+        upsampler = random_module(self.size.latent_upsampler, "cpu", dtype)
+        self.built_s["upsampler"] = time.monotonic() - began
+        return upsampler
+
+    def _count_pass(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        self.passes += 1
+        self.pass_rows += hidden.shape[0]
 
 
 def run(
@@ -260,12 +270,21 @@ def run(
     height: int = 448,
     prompt_cache: Path | None = None,
     compile_blocks: bool = False,
+    mode: str = "quality",
 ) -> dict:
-    """One job through `gpu_runner.pipeline.generate`; with `prompt_cache`, a repeated prompt skips the encoder."""
-    job_dir = workdir / f"job-{frames}"
+    """One job through `gpu_runner.pipeline.generate`; with `prompt_cache`, a repeated prompt skips the encoder.
+
+    `mode` "fast" runs the distilled two-stage path (its steps are fixed: `steps` is ignored); the random
+    transformer stands in for a distilled one, which has the same layout.
+    """
+    job_dir = workdir / f"job-{mode}-{frames}-{width}x{height}-{len(list(workdir.glob('job-*')))}"
     job_dir.mkdir()
     model_dir = workdir / "no-checkpoint"
-    spec = ltx2_spec(model_dir)
+    spec = with_parts(
+        ltx2_spec(model_dir, size.version),
+        library.Recognised(family="ltx-2", version=size.version, variant="distilled", upsampler=True),
+    )
+    generation = {"mode": "fast"} if mode == "fast" else {"mode": "quality", "steps": steps, "guidance_scale": 4.0}
     asked = Request(
         prompt="a red ball bouncing on a wooden floor, with clicks",
         negative_prompt="blurry",
@@ -273,8 +292,7 @@ def run(
         height=height,
         num_frames=frames,
         fps=24.0,
-        steps=steps,
-        guidance_scale=4.0,
+        **generation,
     )
     request = spec.resolve(asked, seed=1)
     options = jobdir.RunnerOptions(
@@ -288,23 +306,37 @@ def run(
     source = RandomWeights(size)
     began = time.monotonic()
     result = generate(job, lambda e: events.append((time.monotonic(), e)), Cancellation(), began, family=Ltx2(source))
-    step_times = [t for t, e in events if isinstance(e, protocol.Step)]
-    step_s = [b - a for a, b in itertools.pairwise(step_times)] or [result.timings["denoise"] / steps]
     return {
         "predicted": Ltx2(source).predict_peak(precision, request),
         "frames": frames,
+        "mode": mode,
+        "size": f"{width}x{height}",
+        "steps": sum(stage.steps for stage in denoise_stages(request)),
         "result": result,
         "memory": {e.stage: e for _, e in events if isinstance(e, protocol.Memory)},
-        "step_s": statistics.median(step_s),
+        "step_s": step_seconds(events),
         "built_s": source.built_s,
+        "passes": source.passes,
+        "pass_rows": source.pass_rows,
         "cold_prompt": "load_text_encoder" in result.timings,
     }
+
+
+def step_seconds(events: list[tuple[float, protocol.Event]]) -> dict[str, float]:
+    """Per denoising stage, the median seconds between its consecutive steps (so its first step, which may
+    compile, counts only in the stage's time)."""
+    steps = [(t, e) for t, e in events if isinstance(e, protocol.Step)]
+    between: dict[str, list[float]] = {}
+    for (before, earlier), (after, later) in itertools.pairwise(steps):
+        if earlier.stage == later.stage:
+            between.setdefault(later.stage, []).append(after - before)
+    return {stage: statistics.median(seconds) for stage, seconds in between.items()}
 
 
 def stage_table(runs: list[dict]) -> list[str]:
     """Per-stage time and peak VRAM of each run, then the job's totals, as markdown lines."""
     lines = [
-        "| stage | " + " | ".join(f"{r['frames']} frames: s / peak GiB" for r in runs) + " |",
+        "| stage | " + " | ".join(f"{_label(r)}: s / peak GiB" for r in runs) + " |",
         "|---|" + "---|" * len(runs),
     ]
     for stage in protocol.STAGES:
@@ -319,12 +351,17 @@ def stage_table(runs: list[dict]) -> list[str]:
                 cells.append(f"{seconds:.2f} / {peak}")
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     rows = {
-        "denoise step (median)": [f"{r['step_s']:.3f} s" for r in runs],
+        **{
+            f"{stage} step (median)": [_seconds(r["step_s"].get(stage), ".3f") for r in runs]
+            for stage in ("denoise", "refine")
+        },
+        "transformer forwards (batch rows)": [f"{r['passes']} ({r['pass_rows']})" for r in runs],
         "allocated after load_transformer": [_gib(r["memory"]["load_transformer"].allocated_gib) for r in runs],
         "predicted peak (admission)": [f"{r['predicted'].peak_gib:.2f} GiB, {r['predicted'].peak_phase}" for r in runs],
         "job peak VRAM": [_gib(r["result"].peak_vram_gib) for r in runs],
         "text phase peak": [_text_peak(r) for r in runs],
-        "30 steps, end to end (extrapolated)": [f"{end_to_end_30_steps(r):.1f} s" for r in runs],
+        "every stage but the two loads": [f"{unloaded_s(r):.1f} s" for r in runs],
+        "30 steps, end to end (extrapolated)": [_seconds(end_to_end_30_steps(r), ".1f") for r in runs],
         "random weights built in memory": [", ".join(f"{k} {v:.1f} s" for k, v in r["built_s"].items()) for r in runs],
     }
     for name, cells in rows.items():
@@ -332,10 +369,25 @@ def stage_table(runs: list[dict]) -> list[str]:
     return lines
 
 
-def end_to_end_30_steps(run: dict) -> float:
-    """The job's stage times with its denoise stretched to 30 steps at the median step time (extrapolated)."""
+def _label(run: dict) -> str:
+    return run.get("label") or f"{run['mode']} {run['frames']}f {run['size']}"
+
+
+def end_to_end_30_steps(run: dict) -> float | None:
+    """A quality job's stage times with its denoise stretched to 30 steps at the median step time (extrapolated);
+    None for fast mode, whose steps are fixed."""
+    if run["mode"] == "fast":
+        return None
     timings = run["result"].timings
-    return sum(timings.values()) - timings["denoise"] + 30 * run["step_s"]
+    return sum(timings.values()) - timings["denoise"] + 30 * run["step_s"]["denoise"]
+
+
+LOAD_STAGES = ("load_text_encoder", "load_transformer")
+
+
+def unloaded_s(run: dict) -> float:
+    """The job's stages but its two loads, which random weights replace by building in memory (not a load time)."""
+    return sum(seconds for stage, seconds in run["result"].timings.items() if stage not in LOAD_STAGES)
 
 
 def _text_peak(run: dict) -> str:
@@ -349,16 +401,24 @@ def _gib(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} GiB"
 
 
+def _seconds(value: float | None, spec: str) -> str:
+    return "-" if value is None else f"{value:{spec}} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[49, 481])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--precision", choices=["fp8", "bf16"], default="fp8")
+    parser.add_argument("--version", choices=VERSIONS, default="2.0")
+    parser.add_argument("--mode", choices=["fast", "quality"], default="quality")
     args = parser.parse_args()
+    size = full_size(args.version)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [run(frames, args.steps, args.precision, Path(tmp)) for frames in args.frames]
+        runs = [run(f, args.steps, args.precision, Path(tmp), size, mode=args.mode) for f in args.frames]
     print(f"# GPU smoke: {device_name()}, torch {torch.__version__}, RANDOM WEIGHTS")
-    print(f"# LTX-2.0 sizes, 768x448 at 24 fps, precision {args.precision}, {args.steps} timed steps, cold prompt\n")
+    steps = "" if args.mode == "fast" else f", {args.steps} timed steps"
+    print(f"# {size.name} sizes, 768x448 at 24 fps, {args.mode}, precision {args.precision}{steps}, cold prompt\n")
     print("\n".join(stage_table(runs)))
 
 
