@@ -97,7 +97,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_smoke  # noqa: E402
 from fp8_matmul import ceiling_tflops, mark, seconds_between, timed  # noqa: E402
-from gpu_smoke import FULL_SIZE, TINY_SIZE, ModelSize, device_name, random_module, random_transformer  # noqa: E402
+from gpu_smoke import (  # noqa: E402
+    FULL_SIZE,
+    TINY_SIZE,
+    ModelSize,
+    device_name,
+    random_context,
+    random_module,
+    random_transformer,
+)
 
 from gpu_runner import fp8, memory  # noqa: E402
 from gpu_runner.compiling import COMPILE_RECOMPILE_LIMIT  # noqa: E402
@@ -418,22 +426,6 @@ def synchronize(device: torch.device) -> None:
 # --- what one denoising step costs ---------------------------------------------------------------------
 
 
-def text_context(setting: Setting, transformer: torch.nn.Module, dtype: torch.dtype) -> PrecomputedConnectors:
-    """Random stand-ins for the connectors' outputs for [negative, positive]: what every path attends to.
-
-    The mask is all ones, as LTX-2's connectors return it.
-    """
-    generator = torch.Generator(setting.device).manual_seed(0)
-    shape = (2, setting.size.sequence_length, transformer.config.caption_channels)
-    return PrecomputedConnectors(
-        {
-            "video": torch.randn(shape, generator=generator, device=setting.device, dtype=dtype),
-            "audio": torch.randn(shape, generator=generator, device=setting.device, dtype=dtype),
-            "mask": torch.ones(shape[:2], device=setting.device, dtype=torch.int64),
-        }
-    )
-
-
 def denoising_pipeline(transformer, decoders: dict, context: PrecomputedConnectors) -> DenoisingPipeline:
     """The stock LTX2Pipeline's loop around `transformer`; the decoders stay on the CPU, never called."""
     pipe = DenoisingPipeline(
@@ -612,7 +604,7 @@ def measure_stock(
 ) -> None:
     """The stock transformer's paths in bf16, then with diffusers' layerwise FP8 hooks (cast in place)."""
     setting = results.setting
-    pipe = denoising_pipeline(transformer, decoders, text_context(setting, transformer, dtype))
+    pipe = denoising_pipeline(transformer, decoders, random_context(setting.size, setting.device, dtype))
     variants = [v for v in setting.variants if v.model == STOCK]
     for variant in sorted(variants, key=lambda v: v == HOOKS):
         if variant == HOOKS:
@@ -631,7 +623,7 @@ def measure_ours(
     time) and that cannot be undone, so short clips go first and the set-up happens on the way.
     """
     setting = results.setting
-    pipe = denoising_pipeline(transformer, decoders, text_context(setting, transformer, dtype))
+    pipe = denoising_pipeline(transformer, decoders, random_context(setting.size, setting.device, dtype))
     fp8.use_fp8_matmul(transformer)
     long_clip = False
     for frames in sorted(setting.frames):

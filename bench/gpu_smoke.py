@@ -153,6 +153,25 @@ def random_transformer(size: ModelSize, device: str | torch.device, dtype: torch
     return transformer.eval()
 
 
+def random_context(size: ModelSize, device: torch.device, dtype: torch.dtype) -> PrecomputedConnectors:
+    """Random stand-ins for the connectors' outputs for [negative, positive]: what the transformer attends to.
+
+    As wide as this size's connectors make them per modality (2.0: 3840 both; 2.3: 4096 video, 2048 audio); the
+    mask is all ones, as LTX-2's connectors return it.
+    """
+    with empty_weights():
+        config = size.connectors().config
+    generator = torch.Generator(device).manual_seed(0)
+
+    def states(modality: str) -> torch.Tensor:
+        width = config[f"{modality}_connector_num_attention_heads"] * config[f"{modality}_connector_attention_head_dim"]
+        shape = (2, size.sequence_length, width)
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    mask = torch.ones((2, size.sequence_length), device=device, dtype=torch.int64)
+    return PrecomputedConnectors({"video": states("video"), "audio": states("audio"), "mask": mask})
+
+
 def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
 

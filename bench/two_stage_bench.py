@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_smoke  # noqa: E402
 from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline  # noqa: E402
 from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES  # noqa: E402
-from gpu_bench import text_context  # noqa: E402
 from gpu_smoke import (  # noqa: E402
     TINY_SIZE,
     VERSIONS,
@@ -47,6 +46,7 @@ from gpu_smoke import (  # noqa: E402
     _gib,
     device_name,
     full_size,
+    random_context,
     random_module,
     random_transformer,
     stage_table,
@@ -112,7 +112,7 @@ def stock_rows(size: ModelSize, clips: tuple[Clip, ...], device: torch.device) -
         audio_vae=audio_vae.to(device).eval(),
         text_encoder=None,
         tokenizer=None,
-        connectors=text_context(argparse.Namespace(size=size, device=device), transformer, dtype),
+        connectors=random_context(size, device, dtype),
         transformer=transformer,
         vocoder=vocoder.to(device).eval(),
     )

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 AAC_FRAME_SAMPLES = 1024
 DEFAULT_CRF = 18  # visually near-lossless; the clips are short, so size matters little
+DEFAULT_PRESET = "medium"  # x264's own default speed/size trade-off
 FADE_OUT_S = 0.005  # the soundtrack's last 5 ms fade to silence (see faded_out)
 
 
@@ -77,7 +78,16 @@ class Mp4Writer:
     block otherwise removes the partial file.
     """
 
-    def __init__(self, path: Path, fps: float, audio: np.ndarray, sample_rate: int, *, crf: int = DEFAULT_CRF):
+    def __init__(
+        self,
+        path: Path,
+        fps: float,
+        audio: np.ndarray,
+        sample_rate: int,
+        *,
+        crf: int = DEFAULT_CRF,
+        preset: str = DEFAULT_PRESET,
+    ):
         self.path = path
         self.partial = path.with_name(f".{path.name}.partial")
         self.rate = exact_frame_rate(fps)
@@ -85,6 +95,7 @@ class Mp4Writer:
         self.sample_rate = sample_rate
         self.layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
         self.crf = crf
+        self.preset = preset
         self.frames_written = 0
         self.samples_written = 0
         self._container: av.container.OutputContainer | None = None
@@ -125,7 +136,7 @@ class Mp4Writer:
         self._container = av.open(str(self.partial), mode="w", format="mp4", options={"movflags": "+faststart"})
         self._video = self._container.add_stream("libx264", rate=self.rate)
         self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
-        self._video.options = {"crf": str(self.crf)}
+        self._video.options = {"crf": str(self.crf), "preset": self.preset}
         self._video.codec_context.thread_type = "FRAME"
         self._sound = self._container.add_stream("aac", rate=self.sample_rate, layout=self.layout)
 
