@@ -45,6 +45,7 @@ PROGRESS_EVERY_S = 2.0
 MAX_BACKOFF_S = 3600.0  # the longest wait between two attempts
 TIMEOUT_S = 10.0  # one attempt, connecting included
 AT_ONCE = 4  # attempts in flight together: a slow receiver holds one slot, not the loop
+STORE_RETRY_S = 2.0  # how long deliveries wait while the database cannot record them
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -158,7 +159,11 @@ class Webhooks:
         ):
             while True:
                 wake = self._wake = anyio.Event()
-                due, upcoming = await self._store.call(self._store.due_deliveries, time.time())
+                try:
+                    due, upcoming = await self._store.call(self._store.due_deliveries, time.time())
+                except Exception:  # the database cannot be read (a full disk, say): no delivery is lost, only late
+                    log.exception("cannot read the webhook deliveries; trying again in %s s", STORE_RETRY_S)
+                    due, upcoming = [], time.time() + STORE_RETRY_S
                 for delivery in due:
                     if delivery.id not in self._in_flight:
                         self._in_flight.add(delivery.id)
@@ -169,7 +174,11 @@ class Webhooks:
     async def _attempt(self, client: httpx.AsyncClient, limiter: anyio.CapacityLimiter, delivery: Delivery) -> None:
         try:
             async with limiter:
-                attempt = await self.send(client, delivery)
+                try:
+                    attempt = await self.send(client, delivery)
+                except Exception as exc:  # a bug here must not stop the deliveries: this one is recorded, retried
+                    log.exception("webhook %s of job %s: the attempt failed", delivery.id, delivery.job_id)
+                    attempt = Attempt(None, f"the portal could not send it: {exc!r}")
             now, attempts = time.time(), delivery.attempts + 1
             retry_at = None if attempts >= self._max_attempts else now + backoff_s(attempts, self._first_backoff_s)
             if attempt.error is not None:
@@ -183,7 +192,11 @@ class Webhooks:
                     attempt.error,
                 )
             record = self._store.record_attempt
-            await self._store.call(record, delivery.id, now, attempt.status, attempt.error, retry_at)
+            try:
+                await self._store.call(record, delivery.id, now, attempt.status, attempt.error, retry_at)
+            except Exception:  # not recorded (a full disk, say): still pending as it was, tried again after a pause
+                log.exception("webhook %s: cannot record its attempt; trying again in %s s", delivery.id, STORE_RETRY_S)
+                await anyio.sleep(STORE_RETRY_S)
         finally:
             self._in_flight.discard(delivery.id)
             self.wake()
