@@ -226,20 +226,22 @@ class Webhooks:
         failed = ""
         for address in addresses:
             netloc = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
-            try:
-                response = await client.post(
-                    parts._replace(netloc=netloc, fragment="").geturl(),
-                    content=delivery.body,
-                    headers=headers,
-                    extensions=extensions,
-                )
-            except httpx.ConnectError as exc:
-                failed = f"could not connect to {address} port {port} ({exc or type(exc).__name__})"
-                continue  # the next address the host resolved to, checked as well
-            except httpx.HTTPError as exc:
-                return Attempt(None, f"{type(exc).__name__} from {address} port {port}: {exc}".rstrip(": "))
-            if response.is_success:
-                return Attempt(response.status_code, None)
-            why = "; redirects are not followed" if response.is_redirect else ""
-            return Attempt(response.status_code, f"HTTP {response.status_code} {response.reason_phrase}{why}")
+            url = parts._replace(netloc=netloc, fragment="").geturl()
+            # The answer's headers are all it reads (its body is never read), within TIMEOUT_S however slowly
+            # the receiver drips them.
+            with anyio.move_on_after(TIMEOUT_S):
+                try:
+                    async with client.stream(
+                        "POST", url, content=delivery.body, headers=headers, extensions=extensions
+                    ) as response:
+                        status, reason, moved = response.status_code, response.reason_phrase, response.is_redirect
+                except httpx.ConnectError as exc:
+                    failed = f"could not connect to {address} port {port} ({exc or type(exc).__name__})"
+                    continue  # the next address the host resolved to, checked as well
+                except httpx.HTTPError as exc:
+                    return Attempt(None, f"{type(exc).__name__} from {address} port {port}: {exc}".rstrip(": "))
+                if 200 <= status < 300:
+                    return Attempt(status, None)
+                return Attempt(status, f"HTTP {status} {reason}" + ("; redirects are not followed" if moved else ""))
+            return Attempt(None, f"no answer from {address} port {port} within {TIMEOUT_S:g} s")
         return Attempt(None, failed)

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import standardwebhooks
 
+from app import webhooks as webhooks_module
 from app.broker import Broker
 from app.config import Settings, SettingsError
 from app.jobs import present
@@ -29,6 +30,7 @@ from app.webhook_targets import Allowlist, Refused, Webhook, check_destination, 
 from app.webhooks import (
     MAX_BACKOFF_S,
     SECRET_FILE,
+    Attempt,
     Webhooks,
     backoff_s,
     check_secret,
@@ -374,3 +376,12 @@ def test_the_loop_retries_with_backoff_keeps_the_id_and_gives_up_after_the_last_
         [gave_up] = store.deliveries("a")
     assert (gave_up.event, gave_up.state, gave_up.attempts, gave_up.next_at) == ("completed", "failed", 3, None)
     assert gave_up.last_error.startswith(f"could not connect to 127.0.0.1 port {port}")
+
+
+def test_a_receiver_that_never_answers_fails_the_attempt_after_the_timeout(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(webhooks_module, "TIMEOUT_S", 0.3)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connections wait in its backlog, never answered
+        port = silent.getsockname()[1]
+        with journal_with_webhooks(tmp_path) as (_, _, webhooks, _):
+            attempt = attempt_once(webhooks, delivery(f"http://127.0.0.1:{port}/"))
+    assert attempt == Attempt(None, f"no answer from 127.0.0.1 port {port} within 0.3 s")
