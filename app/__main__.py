@@ -1,4 +1,5 @@
-"""Command line: `python -m app serve [--host H] [--port P]`, `python -m app hash-password` (also `avportal`)."""
+"""Command line: `python -m app serve [--host H] [--port P]`, `python -m app hash-password`, `python -m app
+webhook-secret` (also `avportal`)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from types import FrameType
 import msgspec
 import uvicorn
 
-from app.config import Settings, SettingsError
+from app.config import Settings
 from app.data_lock import DataDirBusy, DataDirLock
 from app.passwords import hash_password
 from app.web import create_app
+from app.webhooks import load_or_create_secret as load_or_create_webhook_secret
 from contract.disk import is_disk_full
 
 MIN_PASSWORD_CHARS = 8
@@ -121,16 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "hash-password", help="read a password (twice, or once from a pipe) and print AVP_PASSWORD_HASH for it"
     )
+    commands.add_parser(
+        "webhook-secret",
+        help="print the secret webhook deliveries are signed with (AVP_WEBHOOK_SECRET, else the data directory's, "
+        "made on first use), for receivers to verify them",
+    )
     args = parser.parse_args(argv)
     if args.command == "hash-password":
         return _hash_password()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
     try:
         settings = msgspec.structs.replace(Settings.from_env(), **overrides)
+        if args.command == "webhook-secret":
+            print(load_or_create_webhook_secret(settings.data_dir, settings.webhook_secret))
+            return 0
         settings.check_exposure()
-    except SettingsError as exc:
+    except ValueError as exc:  # a SettingsError, or the data directory's webhook secret is damaged
         print(f"avportal: {exc}", file=sys.stderr)
         return 2
     return serve(settings)

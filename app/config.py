@@ -17,6 +17,8 @@ import msgspec
 
 from app.disk import DataDisk
 from app.passwords import is_password_hash
+from app.webhook_targets import Allowlist
+from app.webhooks import check_secret
 from contract.jobdir import DEFAULT_CACHE_GB, RunnerOptions
 from contract.models import ModelSpec, Offer, Precision, offered_models
 
@@ -58,6 +60,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     trusted_proxies: str = "127.0.0.1,::1"  # whose X-Forwarded-For/-Proto uvicorn believes
     allowed_hosts: tuple[str, ...] = ()  # host names served besides loopback's (AVP_ALLOWED_HOSTS), normalised
     submit_per_minute: int = 30  # per client
+    # signed webhooks (app/webhooks.py)
+    webhook_allow: Allowlist = Allowlist()  # the destinations webhooks may call (AVP_WEBHOOK_ALLOW); none: refused
+    webhook_secret: str | None = None  # AVP_WEBHOOK_SECRET (whsec_...); None: the data directory's
+    webhook_backoff_s: float = 5.0  # the wait after a delivery's first failed attempt, doubling after each
+    webhook_attempts: int = 20  # a delivery is given up after this many attempts
 
     @property
     def auth_enabled(self) -> bool:
@@ -248,6 +255,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(
                 "AVP_PASSWORD_HASH is not a hash made by `avportal hash-password` (scrypt:N:r:p:salt:digest)"
             )
+        try:
+            webhook_allow = Allowlist.parse(env.get("AVP_WEBHOOK_ALLOW", ""))
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        webhook_secret = env.get("AVP_WEBHOOK_SECRET", "").strip() or None
+        if webhook_secret is not None:
+            try:
+                check_secret(webhook_secret)
+            except ValueError as exc:
+                raise SettingsError(f"AVP_WEBHOOK_SECRET {exc}") from None
         return cls(
             data_dir=Path(env.get("AVP_DATA_DIR", "").strip() or "data").resolve(),
             host=env.get("AVP_HOST", "").strip() or "127.0.0.1",
@@ -280,6 +297,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             trusted_proxies=env.get("AVP_TRUSTED_PROXIES", "").strip() or "127.0.0.1,::1",
             submit_per_minute=int(number("AVP_SUBMIT_PER_MINUTE", 30, int, 1)),
             allowed_hosts=allowed_hosts,
+            webhook_allow=webhook_allow,
+            webhook_secret=webhook_secret,
+            webhook_backoff_s=number("AVP_WEBHOOK_BACKOFF_S", 5.0, float, 0.01),
+            webhook_attempts=int(number("AVP_WEBHOOK_ATTEMPTS", 20, int, 1)),
         )
 
 

@@ -20,9 +20,19 @@ from app.config import Settings
 from app.journal import Journal
 from app.queue import Worker
 from app.ratelimit import SubmitRateLimit
-from app.schemas import FieldError, InvalidRequest, JobError, JobLinks, JobOut, validate_request
-from app.store import JobRow, Store, StoredEvent
+from app.schemas import (
+    FieldError,
+    InvalidRequest,
+    JobError,
+    JobLinks,
+    JobOut,
+    WebhookDeliveryOut,
+    validate_request,
+)
+from app.store import Delivery, JobRow, Store, StoredEvent
 from app.uploads import Upload, Uploads, write_job_image
+from app.webhook_targets import FIELDS as WEBHOOK_FIELDS
+from app.webhook_targets import Webhook, read_webhook
 from contract import cost, jobdir
 from contract.disk import is_disk_full
 from contract.models import ModelSpec
@@ -108,6 +118,7 @@ class Jobs(msgspec.Struct, frozen=True):
         on the data disk with AVP_MIN_FREE_MB to spare, or failed to), RateLimited (this client submits too
         often) or QueueFull.
         """
+        raw, webhook = await self._split_webhook(raw, strict)
         resolved, spec = validate_request(raw, self.settings.library(), strict=strict)
         estimate = await self.estimate(resolved, spec)
         too_long = None if estimate is None else cost.over_limit(estimate, resolved, self.settings.max_job_minutes)
@@ -126,7 +137,9 @@ class Jobs(msgspec.Struct, frozen=True):
             if image is not None:  # the runner sees only this normalised copy, never the upload
                 write_job_image(image, job_dir / jobdir.IMAGE_FILE)
             jobdir.write_job_file(job_dir, job_file)
-            first = self.store.create_job(job_id, resolved, {"type": "queued"}, self.settings.max_queue, estimate)
+            first = self.store.create_job(
+                job_id, resolved, {"type": "queued"}, self.settings.max_queue, estimate, webhook
+            )
             if first is None:
                 shutil.rmtree(job_dir)
                 return None
@@ -147,6 +160,24 @@ class Jobs(msgspec.Struct, frozen=True):
         self.journal.announce(job, first)
         self.worker.enqueue(job_id)
         return job
+
+    async def _split_webhook(self, raw: Any, strict: bool) -> tuple[Any, Webhook | None]:
+        """The request's fields, and its webhook (app/webhook_targets.py), which is about delivery, not generation:
+        stored with the job, never in its job.json. Raises InvalidRequest naming every bad field, of both."""
+        if not isinstance(raw, dict) or not any(name in raw for name in WEBHOOK_FIELDS):
+            return raw, None
+        rest = {name: value for name, value in raw.items() if name not in WEBHOOK_FIELDS}
+        webhook, problems = await read_webhook(raw, self.settings.webhook_allow)
+        if problems:
+            try:
+                validate_request(rest, self.settings.library(), strict=strict)
+            except InvalidRequest as exc:
+                problems = exc.errors + problems
+            raise InvalidRequest(problems)
+        return rest, webhook
+
+    async def webhook_deliveries(self, job_id: str) -> list[Delivery]:
+        return await self.store.call(self.store.deliveries, job_id)
 
     async def _check_room(self, estimate: cost.Estimate | None) -> None:
         """Refuse (DiskFull) a job whose files, with those the jobs before it will still write, would eat into
@@ -303,5 +334,22 @@ def present(job: JobRow, settings: Settings) -> JobOut:
             page=settings.url(f"/jobs/{job.id}"),
             events=f"{base}/events",
             video=f"{base}/video" if has_video(job) else None,
+            webhooks=f"{base}/webhooks" if job.webhook else None,
         ),
+        webhook=job.webhook.url if job.webhook else None,
+        webhook_events=list(job.webhook.events) if job.webhook else None,
+    )
+
+
+def present_delivery(delivery: Delivery) -> WebhookDeliveryOut:
+    return WebhookDeliveryOut(
+        id=delivery.id,
+        event=delivery.event,
+        status=delivery.state,
+        attempts=delivery.attempts,
+        created_at=_iso(delivery.created_at) or "",
+        next_attempt_at=_iso(delivery.next_at),
+        last_attempt_at=_iso(delivery.last_attempt_at),
+        last_status_code=delivery.last_status,
+        last_error=delivery.last_error,
     )

@@ -7,33 +7,46 @@ pushed fragments agree.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from app.broker import Broker
 from app.page_feed import PageFeed
 from app.progress import JobProgress
-from app.store import JobRow, JobUpdate, Store, StoredEvent
+from app.store import JobRow, JobUpdate, Store, StoredEvent, WebhookEvent
 from contract import protocol
+
+if TYPE_CHECKING:
+    from app.webhooks import Webhooks
 
 
 class Journal:
-    def __init__(self, store: Store, broker: Broker, pages: PageFeed) -> None:
+    def __init__(self, store: Store, broker: Broker, pages: PageFeed, webhooks: Webhooks | None = None) -> None:
         self.store = store
         self.broker = broker
         self.pages = pages
+        self.webhooks = webhooks  # queues the deliveries a job's events make, with the events
 
     async def record(self, job_id: str, event: dict[str, Any], update: JobUpdate | None = None) -> StoredEvent:
+        webhook_event = None if self.webhooks is None else self.webhooks.event_for(event)
+        stored = await self._record(job_id, event, update, webhook_event)
+        if webhook_event is not None and self.webhooks is not None:
+            self.webhooks.wake()
+        return stored
+
+    async def _record(
+        self, job_id: str, event: dict[str, Any], update: JobUpdate | None, webhook_event: WebhookEvent | None
+    ) -> StoredEvent:
         if update is None or not self.pages.watching(job_id):
             # Nothing a page shows changes (a memory line, a runner's error before its status), or no
             # page is open to show it: skip reading the job back and rendering.
-            stored = await self.store.call(self.store.record, job_id, event, update)
+            stored = await self.store.call(self.store.record, job_id, event, update, webhook_event)
             self.broker.publish(job_id, stored.data)
             return stored
 
         def record_and_read() -> tuple[StoredEvent, JobRow | None]:  # one trip: the job as this event left it
-            return self.store.record(job_id, event, update), self.store.get_job(job_id)
+            return self.store.record(job_id, event, update, webhook_event), self.store.get_job(job_id)
 
         stored, job = await self.store.call(record_and_read)
         if job is None:  # deleted meanwhile

@@ -84,7 +84,36 @@ def _v4_job_mode(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_job_estimate, _v3_retention, _v4_job_mode)
+def _v5_webhooks(db: sqlite3.Connection) -> None:
+    """Signed webhooks (app/webhooks.py): a job's webhook, and every delivery with its attempts, kept so that a
+    restart loses none (the id is the delivery's `webhook-id`, the same on every attempt)."""
+    for statement in (
+        """CREATE TABLE IF NOT EXISTS webhooks (
+            job_id TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            events TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE IF NOT EXISTS webhook_deliveries (
+            id TEXT NOT NULL UNIQUE,
+            job_id TEXT NOT NULL,
+            event TEXT NOT NULL,
+            url TEXT NOT NULL,
+            body BLOB NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            next_at REAL,
+            last_attempt_at REAL,
+            last_status INTEGER,
+            last_error TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS webhook_deliveries_job ON webhook_deliveries(job_id, event, created_at)",
+        "CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries(state, next_at)",
+    ):
+        db.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_job_estimate, _v3_retention, _v4_job_mode, _v5_webhooks)
 LATEST = len(MIGRATIONS)
 
 

@@ -64,6 +64,8 @@ def job_context(job: JobRow, models: dict[str, ModelSpec]) -> dict[str, Any]:
         for i, name in enumerate(stages)
     ]
     settings = [(name, getattr(job.request, name)) for name in FIELDS if name not in _SHOWN_APART]
+    if job.webhook is not None:
+        settings += [("webhook", job.webhook.url), ("webhook_events", ", ".join(job.webhook.events))]
     removed = job.files_removed_at
     return {
         "job": job,

@@ -183,6 +183,7 @@ class JobLinks(Base):
     page: str
     events: str
     video: str | None
+    webhooks: str | None = None  # its webhook deliveries, where it has a webhook
 
 
 class JobOut(Base):
@@ -200,6 +201,24 @@ class JobOut(Base):
     keep: bool  # marked keep: retention (AVP_KEEP_DAYS, AVP_KEEP_GB) never removes its files
     files_removed_at: str | None  # when retention removed its files (video, preview, log); the job itself stays
     links: JobLinks
+    webhook: str | None = None  # the URL its webhook deliveries go to
+    webhook_events: list[str] | None = None  # the events it sends there (Replicate's names, and progress)
+
+
+class WebhookDeliveryOut(Base):
+    id: str  # the `webhook-id` header: the same on every attempt of the delivery
+    event: str  # start, output, logs, progress or completed
+    status: str  # pending, delivered or failed (given up after AVP_WEBHOOK_ATTEMPTS)
+    attempts: int
+    created_at: str
+    next_attempt_at: str | None  # when a pending delivery is tried next
+    last_attempt_at: str | None
+    last_status_code: int | None  # the HTTP status the receiver answered last, if it answered
+    last_error: str | None  # why the last attempt failed
+
+
+class WebhookDeliveryList(Base):
+    deliveries: list[WebhookDeliveryOut]  # oldest first
 
 
 class JobList(Base):

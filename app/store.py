@@ -11,6 +11,7 @@ import functools
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -21,6 +22,7 @@ import msgspec
 
 from app import migrations
 from app.progress import JobProgress, decode_progress
+from app.webhook_targets import Webhook
 from contract.cost import Estimate, PastRun
 from contract.request import Request
 
@@ -53,6 +55,7 @@ class JobRow(msgspec.Struct, frozen=True):
     estimate: Estimate | None  # predicted when it was submitted; None for a job from before estimates
     keep: bool  # a person marked it: retention never removes its files
     files_removed_at: float | None  # when retention removed its files; the row stays
+    webhook: Webhook | None = None  # where its deliveries go (app/webhooks.py); None: no webhook
 
     @property
     def finished(self) -> bool:
@@ -63,6 +66,37 @@ class StoredEvent(msgspec.Struct, frozen=True):
     id: int
     type: str
     data: dict[str, Any]  # the event as JSON, including "type" and "id"
+
+
+class WebhookEvent(msgspec.Struct, frozen=True):
+    """A webhook event an event of a job makes: queued for delivery, in the event's transaction, when the job's
+    webhook asks for it and none of its name was queued in the last `min_interval_s`."""
+
+    name: str  # one of app.webhook_targets.EVENTS
+    render: Callable[[JobRow, str], bytes]  # the delivery's body, from the job as the event left it
+    min_interval_s: float = 0.0
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """One webhook delivery: its id (the `webhook-id` header, the same on every attempt), the body it sends."""
+
+    id: str
+    job_id: str
+    event: str
+    url: str
+    body: bytes
+    state: str  # pending, delivered or failed (gave up)
+    attempts: int
+    created_at: float
+    next_at: float | None  # when a pending delivery is tried next
+    last_attempt_at: float | None
+    last_status: int | None  # the HTTP status of the last attempt, if it got one
+    last_error: str | None
+
+
+_DELIVERY_COLUMNS = (
+    "id, job_id, event, url, body, state, attempts, created_at, next_at, last_attempt_at, last_status, last_error"
+)
 
 
 class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,13 +111,15 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
 
 _JOB_COLUMNS = (
     "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at, estimate, "
-    "keep, files_removed_at"
+    "keep, files_removed_at, "
+    "(SELECT json_object('url', url, 'events', json(events)) FROM webhooks WHERE webhooks.job_id = jobs.id)"
 )
 _TERMINAL_SQL = ",".join(f"'{status}'" for status in sorted(TERMINAL))
 
 
 _decode_request = msgspec.json.Decoder(Request).decode
 _decode_estimate = msgspec.json.Decoder(Estimate).decode
+_decode_webhook = msgspec.json.Decoder(Webhook).decode
 
 
 def _encode(value: Any) -> str:
@@ -106,6 +142,7 @@ def _row_to_job(row: tuple) -> JobRow:
         estimate,
         keep,
         removed,
+        webhook,
     ) = row
     return JobRow(
         seq=seq,
@@ -122,6 +159,7 @@ def _row_to_job(row: tuple) -> JobRow:
         estimate=_decode_estimate(estimate) if estimate else None,
         keep=bool(keep),
         files_removed_at=removed,
+        webhook=_decode_webhook(webhook) if webhook else None,
     )
 
 
@@ -150,6 +188,7 @@ class Store:
         first_event: dict[str, Any],
         max_queued: int,
         estimate: Estimate | None = None,
+        webhook: Webhook | None = None,
     ) -> StoredEvent | None:
         """Insert a job with its first event; None (nothing written) when `max_queued` jobs already wait."""
         now = time.time()
@@ -167,15 +206,29 @@ class Store:
                     None if estimate is None else _encode(estimate),
                 ),
             )
+            if webhook is not None:
+                self._db.execute(
+                    "INSERT INTO webhooks (job_id, url, events) VALUES (?, ?, ?)",
+                    (job_id, webhook.url, _encode(webhook.events)),
+                )
             return self._append(job_id, first_event, now)
 
-    def record(self, job_id: str, event: dict[str, Any], update: JobUpdate | None = None) -> StoredEvent:
-        """Append one event and apply its column changes atomically; the event gets the next id."""
+    def record(
+        self,
+        job_id: str,
+        event: dict[str, Any],
+        update: JobUpdate | None = None,
+        webhook_event: WebhookEvent | None = None,
+    ) -> StoredEvent:
+        """Append one event and apply its column changes atomically; the event gets the next id. A webhook
+        delivery the event makes is queued in the same transaction, so no restart loses it."""
         now = time.time()
         with self._transaction():
             stored = self._append(job_id, event, now)
             if update is not None:
                 self._apply(job_id, update, now)
+            if webhook_event is not None:
+                self._queue_delivery(job_id, webhook_event, now)
         return stored
 
     def get_job(self, job_id: str) -> JobRow | None:
@@ -242,6 +295,8 @@ class Store:
     def delete_job(self, job_id: str) -> None:
         with self._transaction():
             self._db.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
+            self._db.execute("DELETE FROM webhook_deliveries WHERE job_id = ?", (job_id,))
+            self._db.execute("DELETE FROM webhooks WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def set_keep(self, job_id: str, keep: bool) -> bool:
@@ -289,7 +344,56 @@ class Store:
     def delete_upload(self, upload_id: str) -> None:
         self._db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
 
+    def deliveries(self, job_id: str) -> list[Delivery]:
+        """The job's webhook deliveries, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE job_id = ? ORDER BY rowid", (job_id,)
+        )
+        return [Delivery(*row) for row in rows]
+
+    def due_deliveries(self, now: float) -> tuple[list[Delivery], float | None]:
+        """The pending deliveries due by `now`, oldest first, and when the next one not yet due is."""
+        rows = self._db.execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE state = 'pending' AND next_at <= ? "
+            "ORDER BY next_at, rowid",
+            (now,),
+        )
+        due = [Delivery(*row) for row in rows]
+        (upcoming,) = self._db.execute(
+            "SELECT MIN(next_at) FROM webhook_deliveries WHERE state = 'pending' AND next_at > ?", (now,)
+        ).fetchone()
+        return due, upcoming
+
+    def record_attempt(
+        self, delivery_id: str, now: float, status: int | None, error: str | None, retry_at: float | None
+    ) -> None:
+        """One attempt's outcome: delivered (no error), pending again until `retry_at`, or failed for good."""
+        state = "delivered" if error is None else "pending" if retry_at is not None else "failed"
+        self._db.execute(
+            "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, next_at = ?, last_attempt_at = ?, "
+            "last_status = ?, last_error = ? WHERE id = ?",
+            (state, retry_at if state == "pending" else None, now, status, error, delivery_id),
+        )
+
     # ---- internals ------------------------------------------------------------------
+
+    def _queue_delivery(self, job_id: str, event: WebhookEvent, now: float) -> None:
+        wanted = self._db.execute("SELECT url, events FROM webhooks WHERE job_id = ?", (job_id,)).fetchone()
+        if wanted is None or event.name not in json.loads(wanted[1]):
+            return
+        if event.min_interval_s:
+            (last,) = self._db.execute(
+                "SELECT MAX(created_at) FROM webhook_deliveries WHERE job_id = ? AND event = ?", (job_id, event.name)
+            ).fetchone()
+            if last is not None and now - last < event.min_interval_s:
+                return
+        job = self.get_job(job_id)
+        assert job is not None  # its event was just appended in this transaction
+        self._db.execute(
+            "INSERT INTO webhook_deliveries (id, job_id, event, url, body, state, created_at, next_at) "
+            "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            (f"msg_{uuid.uuid4().hex}", job_id, event.name, wanted[0], event.render(job, event.name), now, now),
+        )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

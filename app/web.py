@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from app.auth import PUBLIC, Authenticator, LoginRequired, LoginThrottle, load_o
 from app.broker import Broker
 from app.config import Settings
 from app.disk import DiskFull
-from app.jobs import Conflict, Jobs, QueueFull
+from app.jobs import Conflict, Jobs, QueueFull, present
 from app.journal import Journal
 from app.page_feed import PageFeed
 from app.queue import Worker
@@ -37,6 +38,8 @@ from app.schemas import ErrorResponse, FieldError, InvalidRequest
 from app.security import ServedHostsOnly, add_security_headers, csrf_middleware
 from app.store import Store
 from app.uploads import MULTIPART_ENVELOPE, UploadRejected, Uploads
+from app.webhooks import Webhooks
+from app.webhooks import load_or_create_secret as load_or_create_webhook_secret
 from contract.cost import say_duration
 from contract.disk import is_disk_full
 
@@ -73,6 +76,7 @@ class Parts(msgspec.Struct, frozen=True):
     uploads: Uploads
     auth: Authenticator
     login_throttle: LoginThrottle
+    webhooks: Webhooks
 
     def injectable(self) -> dict[str, Provide]:
         return {name: _constant(getattr(self, name)) for name in INJECTED}
@@ -91,7 +95,15 @@ def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngin
     store = Store(settings.db_path)
     broker = Broker()
     pages = PageFeed(broker, templates, settings)
-    journal = Journal(store, broker, pages)
+    webhooks = Webhooks(
+        store,
+        functools.partial(present, settings=settings),
+        load_or_create_webhook_secret(settings.data_dir, settings.webhook_secret),
+        settings.webhook_allow,
+        settings.webhook_backoff_s,
+        settings.webhook_attempts,
+    )
+    journal = Journal(store, broker, pages, webhooks)
     spare_jobs_dir = settings.jobs_dir if settings.spare_runner else None
     executor = Supervisor(settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
     worker = Worker(store, journal, executor, settings.jobs_dir, settings.runner_python)
@@ -108,6 +120,7 @@ def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngin
         uploads=uploads,
         auth=Authenticator(settings, secret),
         login_throttle=LoginThrottle(),
+        webhooks=webhooks,
     )
 
 
@@ -204,6 +217,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             tg.start_soon(parts.broker.beat_every, settings.heartbeat_s)
             tg.start_soon(parts.uploads.sweep_forever)
             tg.start_soon(parts.retention.run)
+            tg.start_soon(parts.webhooks.run)
             try:
                 yield
             finally:

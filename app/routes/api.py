@@ -15,9 +15,9 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from app.auth import PUBLIC
 from app.config import Settings
-from app.jobs import Jobs, present
+from app.jobs import Jobs, present, present_delivery
 from app.queue import Worker
-from app.schemas import JobList, JobOut, ModelList, ModelOut, UnusableModel, decode_body
+from app.schemas import JobList, JobOut, ModelList, ModelOut, UnusableModel, WebhookDeliveryList, decode_body
 from app.store import JobRow
 from contract.request import given
 
@@ -84,6 +84,11 @@ class JobsApi(Controller):
         self, job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
     ) -> JobOut:
         return present(await load_job(jobs, job_id), settings)
+
+    @get("/jobs/{job_id:str}/webhooks", summary="The job's webhook deliveries: event, status, attempts, last error")
+    async def job_webhooks(self, job_id: FromPath[str], jobs: NamedDependency[Jobs]) -> WebhookDeliveryList:
+        job = await load_job(jobs, job_id)
+        return WebhookDeliveryList(deliveries=[present_delivery(d) for d in await jobs.webhook_deliveries(job.id)])
 
     @post("/jobs/{job_id:str}/cancel", status_code=202, summary="Cancel a queued or running job")
     async def cancel_job(

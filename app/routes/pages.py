@@ -20,7 +20,7 @@ from litestar.response import Redirect, Template
 from app.auth import PUBLIC
 from app.config import Settings
 from app.disk import DiskFull
-from app.jobs import Conflict, Jobs, QueueFull
+from app.jobs import Conflict, Jobs, QueueFull, present_delivery
 from app.page_feed import job_context
 from app.ratelimit import RateLimited
 from app.routes.api import client_address, load_job
@@ -152,7 +152,10 @@ async def jobs_fragment(jobs: NamedDependency[Jobs]) -> Template:
 @get("/jobs/{job_id:str}", name="job_page")
 async def job_page(job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]) -> Template:
     job = await load_job(jobs, job_id)
-    return HTMXTemplate(template_name="job.html", context=job_context(job, settings.models()))
+    deliveries = [present_delivery(d) for d in await jobs.webhook_deliveries(job.id)] if job.webhook else []
+    return HTMXTemplate(
+        template_name="job.html", context={**job_context(job, settings.models()), "deliveries": deliveries}
+    )
 
 
 @get("/jobs/{job_id:str}/panel", name="job_panel")
