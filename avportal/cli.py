@@ -29,9 +29,21 @@ EXIT_FAILED = 1  # the job failed
 EXIT_INVALID = 2  # invalid input: the portal's 400 (its field errors printed), or a malformed option
 EXIT_CANCELLED = 3  # the job was cancelled
 EXIT_PORTAL = 4  # the portal could not be reached, or refused otherwise (a token, a full queue, an unknown job)
-EXIT_LEFT_RUNNING = 130  # Ctrl-C, answered "leave it running"
+EXIT_LEFT_RUNNING = 130  # Ctrl-C: answered "leave it running", or before there was a job to ask about
 
 CLIENT_COMMANDS = ("generate", "jobs", "watch", "cancel")
+# generate's options that are request fields as they are (dest names); --size is two
+REQUEST_OPTIONS = (
+    "model",
+    "mode",
+    "num_frames",
+    "fps",
+    "steps",
+    "guidance_scale",
+    "seed",
+    "negative_prompt",
+    "image_strength",
+)
 # The request fields set by an option of another name, for error messages that point at what the user typed.
 OPTION_OF_FIELD = {
     "prompt": "PROMPT",
@@ -120,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except PortalError as error:
         _say(err, f"avportal: {error}")
         return EXIT_PORTAL
+    except KeyboardInterrupt:  # before a job was made, or while its MP4 downloads: nothing to ask
+        _say(err, "avportal: interrupted")
+        return EXIT_LEFT_RUNNING
 
 
 def _say(console: Console, text: str) -> None:
@@ -139,8 +154,7 @@ def _generate(portal: AVPortal, args: argparse.Namespace, out: Console, err: Con
     if args.image is not None and not args.image.is_file():
         _say(err, f"avportal: --image: no such file: {args.image}")
         return EXIT_INVALID
-    names = ("model", "mode", "num_frames", "fps", "steps", "guidance_scale", "seed", "negative_prompt")
-    fields: dict[str, Any] = {name: getattr(args, name) for name in (*names, "image_strength")}
+    fields: dict[str, Any] = {name: getattr(args, name) for name in REQUEST_OPTIONS}
     if args.size is not None:
         fields["width"], fields["height"] = args.size
     job = portal.submit(args.prompt, image=args.image, **{k: v for k, v in fields.items() if v is not None})
@@ -156,7 +170,7 @@ def _watch(portal: AVPortal, args: argparse.Namespace, out: Console, err: Consol
 def _follow(portal: AVPortal, job: Job, output: Path | None, err: Console, out: Console) -> int:
     """Show the job's progress to its end; on Ctrl-C, ask whether to cancel it. Fetches the MP4 if it succeeds."""
     view, last_id = JobView.of(job), None
-    while not view.finished:
+    while True:
         try:
             with Progress(
                 TextColumn("{task.fields[job]}"),
@@ -164,7 +178,6 @@ def _follow(portal: AVPortal, job: Job, output: Path | None, err: Console, out: 
                 TaskProgressColumn(),
                 TextColumn("{task.description}"),
                 console=err,
-                transient=False,
             ) as bar:
                 task = bar.add_task(view.describe(), total=1.0, completed=view.fraction, job=job.id)
                 for event in portal.events(job.id, last_event_id=last_id):
@@ -172,7 +185,7 @@ def _follow(portal: AVPortal, job: Job, output: Path | None, err: Console, out: 
                     view = view.apply(event)
                     # Drawn at once, not at the next tick: a quick stage would otherwise never show.
                     bar.update(task, completed=view.fraction, description=view.describe(), refresh=True)
-            view = JobView.of(portal.job(job.id))  # the stream has ended: how the job ended
+            return _ended(portal, portal.job(job.id), output, err, out)
         except KeyboardInterrupt:
             if not _ask_cancel(err, job.id):
                 again = ["avportal", "watch", job.id, *(["-o", str(output)] if output else [])]
@@ -185,7 +198,6 @@ def _follow(portal: AVPortal, job: Job, output: Path | None, err: Console, out: 
                 if refused.status_code != 409:  # 409: it ended meanwhile; how, the stream tells
                     raise
             _say(err, f"cancelling job {job.id} ...")
-    return _ended(portal, portal.job(job.id), output, err, out)
 
 
 def _ask_cancel(err: Console, job_id: str) -> bool:

@@ -33,19 +33,8 @@ class JobView:
 
     @classmethod
     def of(cls, job: Job) -> JobView:
-        progress = job.progress
-        return cls(
-            id=job.id,
-            status=job.status,
-            stage=progress.get("stage"),
-            step=progress.get("step", 0),
-            total=progress.get("total", 0),
-            stage_number=progress.get("denoise_stage", 1),
-            stages=progress.get("denoise_stages", 1),
-            eta_s=progress.get("eta_s"),
-            previews=1 if progress.get("preview_step") else 0,
-            **{name: job.data.get(name) for name in QUEUE_FIELDS},
-        )
+        """The job as its JSON has it; the rest comes from its events, which a follower reads from the first."""
+        return cls(id=job.id, status=job.status, **{name: job.data.get(name) for name in QUEUE_FIELDS})
 
     @property
     def finished(self) -> bool:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent
 
-from avportal import AsyncAVPortal, AVPortal, Event, InvalidInput, StreamLost, Unreachable
+from avportal import AsyncAVPortal, AVPortal, Event, InvalidInput, Job, StreamLost, Unreachable
 from avportal.cli import main
 from avportal.stream import EventCursor
 from avportal.view import JobView
@@ -157,8 +157,10 @@ def test_a_refused_submit_names_each_field() -> None:
 
 
 def test_the_progress_line_shows_stage_step_eta_and_previews() -> None:
-    view = JobView(id="j", status="queued")
+    view = JobView.of(Job({"id": "j", "status": "queued"}))
     assert view.describe() == "queued", "a portal without queue positions"
+    listed = JobView.of(Job({"id": "j", "status": "queued", "queue_position": 1, "eta_start_s": None}))
+    assert listed.describe() == "queued, next in line"
     queued = view.apply(Event(1, "queued", {"queue_position": 2, "eta_start_s": 12.4, "eta_finish_s": 75}))
     assert queued.describe() == "queued, position 2, starts in ~12 s, done in ~1 min 15 s"
     view = queued.apply(Event(2, "running", {})).apply(Event(3, "stage", {"name": "refine"}))
