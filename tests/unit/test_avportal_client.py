@@ -190,3 +190,25 @@ def test_the_client_imports_neither_the_portal_nor_torch() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     modules = set(json.loads(loaded.stdout.replace("'", '"')))
     assert "avportal" in modules and not modules & {"app", "contract", "gpu_runner", "torch", "litestar", "msgspec"}
+
+
+def test_the_token_and_address_come_from_the_arguments_or_the_environment(monkeypatch) -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"jobs": [], "next_before": None})
+
+    monkeypatch.setenv("AVP_URL", "http://from-env.test:9000/portal/")
+    monkeypatch.setenv("AVP_API_TOKEN", "env-token")
+    with AVPortal(transport=httpx.MockTransport(answer)) as portal:
+        assert portal.jobs(limit=5) == []
+    with AVPortal("http://given.test", "given-token", transport=httpx.MockTransport(answer)) as portal:
+        portal.jobs()
+    assert str(seen[0].url) == "http://from-env.test:9000/portal/api/jobs?limit=5"
+    assert seen[0].headers["authorization"] == "Bearer env-token"
+    assert seen[1].url.host == "given.test" and seen[1].headers["authorization"] == "Bearer given-token"
+    monkeypatch.delenv("AVP_API_TOKEN")
+    with AVPortal("http://given.test", transport=httpx.MockTransport(answer)) as portal:
+        portal.jobs()
+    assert "authorization" not in seen[2].headers
