@@ -80,7 +80,7 @@ def _reaching(url: str) -> Iterator[None]:
     try:
         yield
     except httpx.TransportError as error:
-        raise Unreachable(f"no answer from the portal at {url}: {error or type(error).__name__}") from error
+        raise Unreachable(f"no answer from the portal at {url}: {str(error) or type(error).__name__}") from error
 
 
 @contextlib.contextmanager

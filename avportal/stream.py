@@ -106,7 +106,7 @@ class EventCursor:
         StreamLost once nothing has been received for `reconnect_for` seconds.
         """
         if not self.connected and error is not None:
-            why = error or type(error).__name__
+            why = str(error) or type(error).__name__
             raise Unreachable(f"could not open the event stream {self.path}: {why}") from error
         now = self._clock()
         if self._lost_since is None:
