@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 
 AAC_FRAME_SAMPLES = 1024
 DEFAULT_CRF = 18  # visually near-lossless; the clips are short, so size matters little
-DEFAULT_PRESET = "medium"  # x264's own default speed/size trade-off
+# x264's veryfast: about 4x medium's speed (x264's default) for a file of the same size at this CRF
+# (bench/encode_bench.py). The encode runs inside the decode_video stage, and at medium it took most of a fast
+# 481-frame job's 20 s on an H100 box (bench/results/2026-12-06-h100-two-stage.md).
+DEFAULT_PRESET = "veryfast"
 FADE_OUT_S = 0.005  # the soundtrack's last 5 ms fade to silence (see faded_out)
 
 
