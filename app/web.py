@@ -139,8 +139,10 @@ def _is_page(request: Request) -> bool:
 
 
 def _http(request: Request, exc: HTTPException) -> Response[ErrorResponse] | Template:
-    if exc.status_code == 404 and _is_page(request):  # an unknown or deleted job's page, say: a page, not JSON
-        return Template(template_name="not_found.html", context={"detail": exc.detail}, status_code=404)
+    # A person's browser gets a page, not JSON: for an unknown or deleted job's page, say, or another site's form.
+    page = {404: "not_found.html", 403: "refused.html"}.get(exc.status_code)
+    if page is not None and _is_page(request):
+        return Template(template_name=page, context={"detail": exc.detail}, status_code=exc.status_code)
     errors = [FieldError(field="body", message=exc.detail)] if exc.status_code == 400 else None
     return _error(exc.status_code, exc.detail, errors, **(exc.headers or {}))
 
