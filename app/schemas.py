@@ -14,6 +14,7 @@ import msgspec
 
 from app.disk import DiskStatus
 from app.progress import JobProgress
+from app.store import Ended, JobStatus
 from contract import protocol
 from contract.cost import Estimate
 from contract.models import ModelSpec, Offer
@@ -176,7 +177,7 @@ def _model_problem(model_id: str, offer: Offer) -> str:
 
 
 class JobError(Base):
-    code: str
+    code: protocol.ErrorCode
     message: str
 
 
@@ -189,7 +190,7 @@ class JobLinks(Base):
 
 class JobOut(Base):
     id: str
-    status: str
+    status: JobStatus
     request: Request  # as resolved: every field the model needs set, the seed chosen
     progress: JobProgress
     error: JobError | None
@@ -298,7 +299,7 @@ class ErrorEvent(protocol.Error, kw_only=True, tag="error"):
 class StatusEvent(Base):
     """The portal's own events: the job's status changed (its `type` is the new status)."""
 
-    type: Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+    type: JobStatus
     id: int
     attempt: int | None = None  # running: which attempt (a job interrupted by a restart runs again)
     code: protocol.ErrorCode | None = None  # failed: what kind of failure
@@ -309,7 +310,7 @@ class EndEvent(Base):
     """The last message of a stream, never stored (so it has no id): the job ended with `status`."""
 
     type: Literal["end"]
-    status: str
+    status: Ended
 
 
 JobEvent = (

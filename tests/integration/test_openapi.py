@@ -50,6 +50,7 @@ def test_the_document_is_valid_and_describes_the_real_shapes(shared_portal: Port
     job = parts["JobOut"]["properties"]
     assert job["request"] == ref("Request") and job["progress"] == ref("JobProgress")
     assert {"oneOf": [ref("Result"), {"type": "null"}]} == job["result"]
+    assert set(job["status"]["enum"]) == {"queued", "running", "succeeded", "failed", "cancelled", "interrupted"}
     assert {"step", "total", "percent", "eta_s", "stage"} <= set(parts["JobProgress"]["properties"])
     model = parts["ModelOut"]["properties"]
     assert model["constraints"] == ref("Constraints") and model["defaults"] == ref("ModelDefaults")
