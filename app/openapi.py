@@ -52,5 +52,5 @@ def openapi_config(settings: Settings) -> OpenAPIConfig:
         version="0.1.0",
         path="/schema",
         render_plugins=[SwaggerUI(settings)],
-        servers=[Server(url=settings.url("/"))],
+        servers=[Server(url=settings.root_path or "/")],
     )
