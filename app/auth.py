@@ -29,7 +29,7 @@ SECRET_FILE = "secret.key"
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:
-    """The key that signs sessions and CSRF tokens; kept in the data dir so a restart logs nobody out."""
+    """The key that signs sessions; kept in the data dir so a restart logs nobody out."""
     path = data_dir / SECRET_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)

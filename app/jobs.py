@@ -33,7 +33,7 @@ from app.store import Delivery, JobRow, Store, StoredEvent
 from app.uploads import Upload, Uploads, write_job_image
 from app.webhook_targets import FIELDS as WEBHOOK_FIELDS
 from app.webhook_targets import Webhook, read_webhook
-from contract import cost, jobdir
+from contract import cost, jobdir, protocol
 from contract.disk import is_disk_full
 from contract.models import ModelSpec
 from contract.request import Request
@@ -321,7 +321,7 @@ def present(job: JobRow, settings: Settings) -> JobOut:
         request=job.request,
         progress=job.progress,
         error=JobError(**job.error) if job.error else None,
-        result=job.result,
+        result=msgspec.convert(job.result, protocol.Result) if job.result else None,
         attempts=job.attempts,
         created_at=_iso(job.created_at) or "",
         started_at=_iso(job.started_at),

@@ -5,8 +5,8 @@ feed renders each fragment once and publishes it, encoded as an SSE message, to 
 the broker, which hands that same message to every subscriber: a job page's panel when some page
 shows that job, a job list's row only when what the row shows (status, stage, whole percent) changed.
 
-Fragments rendered once for everybody carry no per-session CSRF token: their forms post through
-htmx, which sends the token from the page's `hx-headers` (base.html).
+Fragments are rendered once for everybody: their forms carry nothing per person (no CSRF token; the
+browser's Sec-Fetch-Site and Origin headers prove a post comes from the portal's page, app/security.py).
 """
 
 from __future__ import annotations

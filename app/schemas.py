@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
+from app.disk import DiskStatus
 from app.progress import JobProgress
+from app.store import Ended, JobStatus
+from contract import protocol
 from contract.cost import Estimate
 from contract.models import ModelSpec, Offer
-from contract.request import TEXT_FIELDS, Request
+from contract.request import TEXT_FIELDS, Constraints, Request
 
 
 class Base(msgspec.Struct, kw_only=True):
@@ -174,7 +177,7 @@ def _model_problem(model_id: str, offer: Offer) -> str:
 
 
 class JobError(Base):
-    code: str
+    code: protocol.ErrorCode
     message: str
 
 
@@ -188,11 +191,11 @@ class JobLinks(Base):
 
 class JobOut(Base):
     id: str
-    status: str
+    status: JobStatus
     request: Request  # as resolved: every field the model needs set, the seed chosen
     progress: JobProgress
     error: JobError | None
-    result: dict[str, Any] | None
+    result: protocol.Result | None  # the runner's result event, once the job succeeded
     attempts: int
     created_at: str
     started_at: str | None
@@ -234,6 +237,11 @@ class UploadOut(Base):
     thumbnail_url: str
 
 
+class ModelDefaults(Request, omit_defaults=True):
+    """A model's defaults in its default mode: the request fields it sets, and only those, so a client may submit
+    them as they are."""
+
+
 class ModelOut(Base):
     id: str
     label: str
@@ -243,8 +251,8 @@ class ModelOut(Base):
     modes: list[str]  # what the portal can run with it: "quality" (full guidance)
     parts: list[str]  # optional parts present: "latent_upsampler", "distilled_lora"
     note: str
-    constraints: dict[str, Any]
-    defaults: dict[str, Any]
+    constraints: Constraints
+    defaults: ModelDefaults
     presets: list[list[int]]
     fps_choices: list[float]
 
@@ -258,3 +266,72 @@ class UnusableModel(Base):
 class ModelList(Base):
     models: list[ModelOut]  # the default first
     unusable: list[UnusableModel]  # model directories found that cannot be used, and why
+
+
+class WorkerHealth(Base):
+    alive: bool
+    state: str  # "starting", "idle", "running", "waiting for disk space", "stopped"
+    current_job: str | None  # the first of running_jobs
+    running_jobs: list[str]  # in the order they started
+    slots: int  # how many jobs it runs at once
+
+
+class Health(Base):
+    status: Literal["ok", "low_disk", "worker_dead"]
+    worker: WorkerHealth
+    queued: int
+    disk: DiskStatus
+
+
+# ---- a job's event stream (GET /api/jobs/{id}/events): what each SSE message's data is -------------------------
+# The runner's events as stored: each with its number in the job, which is also the SSE id (for Last-Event-ID).
+
+
+class StageEvent(protocol.Stage, kw_only=True, tag="stage"):
+    id: int
+
+
+class StepEvent(protocol.Step, kw_only=True, tag="step"):
+    id: int
+
+
+class TileEvent(protocol.Tile, kw_only=True, tag="tile"):
+    id: int
+
+
+class MemoryEvent(protocol.Memory, kw_only=True, tag="memory"):
+    id: int
+
+
+class PreviewEvent(protocol.Preview, kw_only=True, tag="preview"):
+    id: int
+
+
+class ResultEvent(protocol.Result, kw_only=True, tag="result"):
+    id: int
+
+
+class ErrorEvent(protocol.Error, kw_only=True, tag="error"):
+    id: int
+
+
+class StatusEvent(Base):
+    """The portal's own events: the job's status changed (its `type` is the new status)."""
+
+    type: JobStatus
+    id: int
+    attempt: int | None = None  # running: which attempt (a job interrupted by a restart runs again)
+    code: protocol.ErrorCode | None = None  # failed: what kind of failure
+    message: str | None = None  # failed, cancelled, interrupted, queued again: for a person
+
+
+class EndEvent(Base):
+    """The last message of a stream, never stored (so it has no id): the job ended with `status`."""
+
+    type: Literal["end"]
+    status: Ended
+
+
+JobEvent = (
+    StageEvent | StepEvent | TileEvent | MemoryEvent | PreviewEvent | ResultEvent | ErrorEvent | StatusEvent | EndEvent
+)

@@ -1,23 +1,14 @@
-"""Browser-facing protections: served host names only, CSRF on state-changing requests, security headers."""
+"""Browser-facing protections: served host names only, cross-site requests refused (CSRF), security headers."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
-from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.exceptions import PermissionDeniedException
 from litestar.middleware import ASGIMiddleware
-from litestar.middleware.base import DefineMiddleware
-from litestar.middleware.csrf import CSRFMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
-
-CSRF_HEADER = "x-csrftoken"
-CSRF_COOKIE = "avp_csrf"
 
 # No inline script or style anywhere (htmx's own indicator style is switched off in base.html).
 CONTENT_SECURITY_POLICY = (
@@ -59,47 +50,63 @@ class ServedHostsOnly(ASGIMiddleware):
         await send({"type": "http.response.body", "body": body})
 
 
-def _preflighted_or_bearer(scope: Scope) -> bool:
-    """Requests a forged cross-site page cannot make, so they need no CSRF token.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # never change anything here, so never refused
+_OWN_PAGES = frozenset({"same-origin", "none"})  # a page of this origin; the person typed the URL or used a bookmark
 
-    A bearer token is never sent by a browser on its own (the auth guard checks it). A JSON body
-    or a DELETE makes the browser ask a CORS preflight first, which the portal never grants.
+
+def cross_origin_refusal(method: str, headers: Headers, settings: Settings) -> str | None:
+    """Why a browser must not be let make this request (CSRF), or None: Go's `http.CrossOriginProtection` rule.
+
+    A browser says which site made a request in Sec-Fetch-Site (every browser since 2023): only the portal's
+    own pages may change anything; `same-site` is refused too (a sibling subdomain or another port is another
+    application). A browser that sends no Sec-Fetch-Site (plain HTTP to a LAN name is not a secure context, so
+    it is left out there) still sends Origin on every POST: its host name must be one the portal serves
+    (loopback's or AVP_ALLOWED_HOSTS, as ServedHostsOnly checks Host; the port is not compared, since a proxy
+    in front listens on its own). A request with neither header is no browser's (curl, scripts): it faces
+    authentication only.
     """
-    headers = Headers.from_scope(scope)
-    if headers.get("authorization", "").lower().startswith("bearer "):
-        return True
-    if scope.get("method") in ("DELETE", "PUT", "PATCH"):
-        return True
-    return headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+    if method in SAFE_METHODS:
+        return None
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        if site.strip().lower() in _OWN_PAGES:
+            return None
+        return (
+            f"Refused: this {method} came from a page of another site (Sec-Fetch-Site: {site[:40]}), and the portal "
+            "takes changes only from its own pages. Open the portal at its own address and do it there. " + _SCRIPTS
+        )
+    origin = headers.get("origin")
+    if origin is None:
+        return None
+    scheme, _, authority = origin.partition("://")
+    if scheme.lower() in ("http", "https") and settings.serves_host(authority):
+        return None
+    return (
+        f"Refused: this {method} came from a page at {origin[:100]!r}, not from the portal's own pages. If that is "
+        "the address you reach the portal by (through a proxy, say), add its host name to AVP_ALLOWED_HOSTS on "
+        "the server and restart the portal; otherwise open the portal at its own address and do it there. " + _SCRIPTS
+    )
 
 
-class _CSRFUnlessPreflighted(CSRFMiddleware):
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == ScopeType.HTTP and _preflighted_or_bearer(scope):
-            await self.app(scope, receive, send)
-            return
-        try:
-            await super().__call__(scope, receive, send)
-        except PermissionDeniedException:
-            raise PermissionDeniedException(CSRF_REFUSED) from None
-
-
-CSRF_REFUSED = (
-    "Refused without a CSRF token: reload the page and try again. API clients send "
-    "`Authorization: Bearer <AVP_API_TOKEN>` or a JSON body (Content-Type: application/json)."
+_SCRIPTS = (
+    "Scripts send neither Origin nor Sec-Fetch-Site (curl does not) and, where the portal asks for credentials, "
+    "`Authorization: Bearer <AVP_API_TOKEN>`."
 )
 
 
-def csrf_middleware(settings: Settings, secret: bytes) -> DefineMiddleware:
-    """Litestar's double-submit CSRF check; htmx sends the token in a header (hx-headers on <body>)."""
-    config = CSRFConfig(
-        secret=hmac.new(secret, b"csrf", hashlib.sha256).hexdigest(),
-        cookie_name=CSRF_COOKIE,
-        header_name=CSRF_HEADER,
-        cookie_path=settings.url("/"),
-        cookie_samesite="strict",
-    )
-    return DefineMiddleware(_CSRFUnlessPreflighted, config=config)
+class CrossOriginProtection(ASGIMiddleware):
+    """Answers 403 to a state-changing request that another site's page made a browser send (cross_origin_refusal)."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        refusal = cross_origin_refusal(scope["method"], Headers.from_scope(scope), self.settings)
+        if refusal is not None:
+            raise PermissionDeniedException(refusal)
+        await next_app(scope, receive, send)
 
 
 async def add_security_headers(message: Message, scope: Scope) -> None:

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
 import anyio
 import anyio.to_thread
@@ -29,8 +29,10 @@ from contract.request import Request
 P = ParamSpec("P")
 T = TypeVar("T")
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-STATUSES = TERMINAL | {"queued", "running", "interrupted"}
+Ended = Literal["succeeded", "failed", "cancelled"]
+JobStatus = Literal[Ended, "queued", "running", "interrupted"]  # the API's JSON names them too
+TERMINAL = frozenset(get_args(Ended))
+STATUSES = frozenset(get_args(JobStatus))
 
 
 # An upload stays while it is young or while any job's request names it.

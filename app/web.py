@@ -10,11 +10,10 @@ from pathlib import Path
 
 import anyio
 import msgspec
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.openapi import OpenAPIConfig
 from litestar.plugins.htmx import HTMXPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
@@ -28,6 +27,7 @@ from app.config import Settings
 from app.disk import DiskFull
 from app.jobs import Conflict, Jobs, QueueFull, present
 from app.journal import Journal
+from app.openapi import openapi_config
 from app.page_feed import PageFeed
 from app.queue import Worker
 from app.ratelimit import RateLimited, SubmitRateLimit
@@ -35,7 +35,7 @@ from app.retention import Retention
 from app.routes import api, events, files, login, pages, uploads
 from app.runner import Supervisor
 from app.schemas import ErrorResponse, FieldError, InvalidRequest
-from app.security import ServedHostsOnly, add_security_headers, csrf_middleware
+from app.security import CrossOriginProtection, ServedHostsOnly, add_security_headers
 from app.store import Store
 from app.uploads import MULTIPART_ENVELOPE, UploadRejected, Uploads
 from app.webhooks import Webhooks
@@ -145,13 +145,17 @@ def _validation(_: Request, exc: ValidationException) -> Response[ErrorResponse]
 
 
 def _is_page(request: Request) -> bool:
-    """Whether a person's browser asked for the path (the API, streams, the schema and static files are not pages)."""
-    return not request.url.path.startswith(("/api/", "/events/", "/schema", "/static/"))
+    """Whether a person's browser asked for the path (the API, streams, the schema's document and static files are
+    not pages; the schema's page at /schema is)."""
+    path = request.url.path
+    return path == "/schema" or not path.startswith(("/api/", "/events/", "/schema", "/static/"))
 
 
 def _http(request: Request, exc: HTTPException) -> Response[ErrorResponse] | Template:
-    if exc.status_code == 404 and _is_page(request):  # an unknown or deleted job's page, say: a page, not JSON
-        return Template(template_name="not_found.html", context={"detail": exc.detail}, status_code=404)
+    # A person's browser gets a page, not JSON: for an unknown or deleted job's page, say, or another site's form.
+    page = {404: "not_found.html", 403: "refused.html"}.get(exc.status_code)
+    if page is not None and _is_page(request):
+        return Template(template_name=page, context={"detail": exc.detail}, status_code=exc.status_code)
     errors = [FieldError(field="body", message=exc.detail)] if exc.status_code == 400 else None
     return _error(exc.status_code, exc.detail, errors, **(exc.headers or {}))
 
@@ -230,17 +234,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
             api.JobsApi,
             api.healthz,
             events.job_events,
-            events.job_list_page_events,
-            events.job_page_events,
             files.job_video,
             files.job_preview,
-            *pages.handlers,
-            *login.handlers,
             *uploads.handlers,
+            # The pages and their streams are no API: /schema leaves them out.
+            Router(
+                "/",
+                route_handlers=[events.job_list_page_events, events.job_page_events, *pages.handlers, *login.handlers],
+                include_in_schema=False,
+            ),
             create_static_files_router(path="/static", directories=[ROOT / "static"], opt={PUBLIC: True}),
         ],
         guards=[require_login],
-        middleware=[ServedHostsOnly(settings), csrf_middleware(settings, secret)],
+        middleware=[ServedHostsOnly(settings), CrossOriginProtection(settings)],
         before_send=[add_security_headers],
         request_max_body_size=settings.max_upload_bytes + MULTIPART_ENVELOPE,
         dependencies=parts.injectable(),
@@ -259,6 +265,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         template_config=TemplateConfig(instance=templates),
         plugins=[HTMXPlugin()],
-        openapi_config=OpenAPIConfig(title="AV Portal", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config(settings),
         state=State({"parts": parts}),
     )

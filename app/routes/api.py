@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
@@ -17,7 +17,18 @@ from app.auth import PUBLIC
 from app.config import Settings
 from app.jobs import Jobs, present, present_delivery
 from app.queue import Worker
-from app.schemas import JobList, JobOut, ModelList, ModelOut, UnusableModel, WebhookDeliveryList, decode_body
+from app.schemas import (
+    Health,
+    JobList,
+    JobOut,
+    ModelDefaults,
+    ModelList,
+    ModelOut,
+    UnusableModel,
+    WebhookDeliveryList,
+    WorkerHealth,
+    decode_body,
+)
 from app.store import JobRow
 from contract.request import given
 
@@ -52,7 +63,14 @@ class JobsApi(Controller):
         status_code=201,
         summary="Submit a generation request",
         operation_class=_TakesARequest,
-        response_headers=[ResponseHeader(name="Location", description="the job's API URL", documentation_only=True)],
+        response_headers=[
+            ResponseHeader(
+                name="Location",
+                description="the job's API URL",
+                value="/api/jobs/ID",  # documentation only: its type makes the header's schema (a string)
+                documentation_only=True,
+            )
+        ],
     )
     async def create_job(
         self, request: Request, jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
@@ -127,8 +145,8 @@ class JobsApi(Controller):
                     modes=list(spec.modes),
                     parts=list(spec.parts),
                     note=spec.note,
-                    constraints=msgspec.to_builtins(spec.constraints),
-                    defaults=given(spec.mode_defaults()),
+                    constraints=spec.constraints,
+                    defaults=msgspec.convert(given(spec.mode_defaults()), ModelDefaults),
                     presets=[list(p) for p in spec.presets],
                     fps_choices=list(spec.fps_choices),
                 )
@@ -141,20 +159,20 @@ class JobsApi(Controller):
 @get("/healthz", summary="Liveness, the worker's, and free disk space", tags=["health"], opt={PUBLIC: True})
 async def healthz(
     jobs: NamedDependency[Jobs], worker: NamedDependency[Worker], settings: NamedDependency[Settings]
-) -> Response[dict[str, Any]]:
+) -> Response[Health]:
     """503 only when the worker is dead; a data disk below AVP_MIN_FREE_MB still serves (`low_disk`)."""
     queued = await jobs.count_queued()
     disk = settings.data_disk.status()
-    body = {
-        "status": "worker_dead" if not worker.alive else "low_disk" if disk.low else "ok",
-        "worker": {
-            "alive": worker.alive,
-            "state": worker.state,
-            "current_job": worker.current_job,
-            "running_jobs": list(worker.running_jobs),
-            "slots": worker.slots,
-        },
-        "queued": queued,
-        "disk": msgspec.to_builtins(disk),
-    }
+    body = Health(
+        status="worker_dead" if not worker.alive else "low_disk" if disk.low else "ok",
+        worker=WorkerHealth(
+            alive=worker.alive,
+            state=worker.state,
+            current_job=worker.current_job,
+            running_jobs=list(worker.running_jobs),
+            slots=worker.slots,
+        ),
+        queued=queued,
+        disk=disk,
+    )
     return Response(body, status_code=200 if worker.alive else 503)

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import anyio
 from litestar import get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -26,6 +27,7 @@ from app.jobs import Jobs
 from app.page_feed import ROWS_TOPIC, PageFeed, panel_topic
 from app.routes.api import load_job
 from app.routes.pages import RECENT_JOBS
+from app.schemas import JobEvent
 from app.sse_names import END
 from app.store import TERMINAL
 
@@ -93,7 +95,14 @@ async def _job_stream(jobs: Jobs, broker: Broker, job_id: str, last_id: int) -> 
             yield message
 
 
-@get("/api/jobs/{job_id:str}/events", summary="A job's events as SSE", tags=["jobs"])
+@get(
+    "/api/jobs/{job_id:str}/events",
+    summary="A job's events as SSE",
+    description="Each message's `event` is the data's `type`, its `id` the data's `id` (send it back as "
+    "Last-Event-ID to resume); `end` comes last. docs/protocol.md shows a whole job.",
+    tags=["jobs"],
+    responses={200: ResponseSpec(JobEvent, description="One SSE message's data", media_type="text/event-stream")},
+)
 async def job_events(
     job_id: FromPath[str],
     jobs: NamedDependency[Jobs],

@@ -38,10 +38,6 @@ def upload_out(upload: Upload, settings: Settings) -> UploadOut:
     status_code=201,
     summary="Upload a JPEG, PNG or WebP image (multipart field `file`)",
     tags=["uploads"],
-    # No CSRF check here, so scripts can upload on a loopback portal without a login: a forged upload
-    # only leaves an unused, size-bounded file that expires; using it takes a job submit, which is
-    # checked. (A check would also have to read the whole multipart body before the guards stream it.)
-    opt={"exclude_from_csrf": True},
 )
 async def create_upload(
     request: Request,
@@ -67,7 +63,7 @@ async def upload_thumbnail(upload_id: FromPath[str], uploads: NamedDependency[Up
     )
 
 
-@post("/fragments/upload", name="upload_fragment", status_code=200)
+@post("/fragments/upload", name="upload_fragment", status_code=200, include_in_schema=False)  # the form's, no API
 async def upload_fragment(
     request: Request,
     uploads: NamedDependency[Uploads],

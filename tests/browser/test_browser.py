@@ -211,3 +211,40 @@ def test_the_job_list_puts_a_new_job_on_top_and_follows_its_row_from_its_stream_
     expect(page.locator(f"#job-{older['id']} .badge")).to_have_text("succeeded")
     assert requests == [], "rows arrive on the stream; nothing re-fetches the list"
     page.close()
+
+
+def test_the_api_page_renders_from_the_portals_own_files_under_its_csp_and_tries_a_call(
+    make_portal, make_proxy, browser: Browser
+) -> None:
+    """/schema's Swagger UI behind a proxy under a sub-path, after logging in: nothing from elsewhere or blocked."""
+    portal = make_portal(AVP_PASSWORD_HASH=hash_password(PASSWORD), AVP_ROOT_PATH="/portal", AVP_SPARE_RUNNER="off")
+    proxy = make_proxy("nginx", portal)
+    page = browser.new_context().new_page()
+    fetched: list[str] = []
+    page.on("request", lambda r: fetched.append(r.url))
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    page.goto(proxy.base_url + "/schema")
+    page.wait_for_url("**/portal/login?next=%2Fschema")  # the same rule as the API's: log in first
+    page.fill("input[name=password]", PASSWORD)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(proxy.base_url + "/schema")
+    operations = page.locator(".opblock")
+    expect(operations.first).to_be_visible(timeout=20000)
+    assert page.locator(".opblock-summary-path").all_inner_texts().count("/api/jobs/{job_id}/cancel") == 1
+    assert operations.count() >= 10
+
+    models = page.locator("#operations-jobs-ApiModelsListModels")  # Try it out: the API under the root path
+    models.locator(".opblock-summary").click()
+    models.locator(".try-out__btn").click()
+    models.locator(".execute").click()
+    expect(models.locator(".live-responses-table tbody .response-col_status")).to_have_text("200", timeout=20000)
+    assert proxy.base_url + "/api/models" in fetched
+
+    assert all(url.startswith(proxy.base_url + "/") for url in fetched), [u for u in fetched if proxy.base_url not in u]
+    assert not blocked, f"the CSP blocked something: {blocked}"
+    assert not errors, errors
+    page.context.close()
