@@ -14,6 +14,7 @@ what the default predicted), so the estimate follows this machine as soon as it 
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import statistics
@@ -438,6 +439,7 @@ class Estimate(msgspec.Struct, frozen=True, kw_only=True):
 
     duration_s: float  # from start to finished MP4: how long it holds the worker
     denoise_s: float  # of which denoising
+    decode_s: float | None = None  # of which the video and audio decodes after it (None: an estimate made before)
     peak_gib: float  # VRAM on CUDA, RAM on a CPU
     disk_bytes: int  # what the job writes to its directory: the MP4, preview, log
     device: DeviceKind
@@ -464,11 +466,49 @@ def estimate(
     return Estimate(
         duration_s=sum(parts),
         denoise_s=parts[1],
+        decode_s=parts[2] + parts[3],
         peak_gib=round(peak.peak_gib, 2),
         disk_bytes=math.ceil(disk),
         device=device,
         past_runs=len(relevant),
     )
+
+
+# ---- the queue: when each job starts and ends --------------------------------------------------------------
+
+
+def seconds_left(estimate: Estimate | None, elapsed_s: float, denoise_left_s: float | None) -> float | None:
+    """How long a running job still takes: while it denoises, the runner's own measure of the steps left
+    (`denoise_left_s`) and the decodes after them; otherwise what its estimate leaves after `elapsed_s`
+    (never below nothing). None when it has no estimate and no measure."""
+    if denoise_left_s is not None and estimate is not None and estimate.decode_s is not None:
+        return denoise_left_s + estimate.decode_s
+    if estimate is None:
+        return denoise_left_s
+    return max(estimate.duration_s - elapsed_s, 0.0)
+
+
+def forecast_queue(
+    running_left_s: Sequence[float | None], queued_s: Sequence[float | None], slots: int
+) -> list[tuple[float | None, float | None]]:
+    """(start, finish), seconds from now, of each queued job in queue order: each starts on the slot that frees
+    first, the running jobs holding theirs for `running_left_s`; `queued_s` are the jobs' durations. Unknown
+    (None) from the first job whose slot frees at an unknown time on: a job's unknown duration makes its
+    slot's next start unknown."""
+    free_at: list[float] = [math.inf if left is None else left for left in running_left_s]
+    free_at += [0.0] * max(slots - len(free_at), 0)
+    heapq.heapify(free_at)
+    forecast: list[tuple[float | None, float | None]] = []
+    for duration in queued_s:
+        start = heapq.heappop(free_at) if free_at else math.inf
+        finish = math.inf if duration is None else start + duration
+        heapq.heappush(free_at, finish)
+        forecast.append((_known(start), _known(finish)))
+    return forecast
+
+
+def _known(seconds: float) -> float | None:
+    return None if math.isinf(seconds) else round(seconds, 1)
 
 
 # Where a loaded NVIDIA driver shows: Linux, and WSL's GPU bridge.

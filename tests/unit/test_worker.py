@@ -68,13 +68,13 @@ def with_worker(tmp_path: Path, scenario: Callable[[Worker, TwoSlots, Store], Aw
     store = Store(tmp_path / "portal.db")
     executor = TwoSlots()
     settings, broker = Settings(data_dir=tmp_path), Broker()
-    journal = Journal(store, broker, PageFeed(broker, build_templates(settings), settings))
+    journal = Journal(store, broker, PageFeed(broker, build_templates(settings), settings), slots=executor.capacity)
     worker = Worker(store, journal, executor, tmp_path / "jobs", "python")
 
     async def main() -> None:
         for job_id in "abc":
             await store.call(store.create_job, job_id, Request(prompt=job_id), {"type": "queued"}, 10)
-            worker.enqueue(job_id)
+            worker.wake()
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker.run, None)
             await scenario(worker, executor, store)
