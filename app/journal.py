@@ -31,8 +31,7 @@ class Journal:
         unfinished job's place again, for the pages, and show it on those open (the job `besides` excepted: its
         own event is about to show it)."""
         snapshot = await self.store.call(self.store.queue_snapshot)
-        self.pages.places = places(snapshot, self.slots)
-        self.pages.queue_moved(snapshot, besides)
+        self.pages.queue_moved(snapshot, places(snapshot, self.slots), besides)
 
     async def record(self, job_id: str, event: dict[str, Any], update: JobUpdate | None = None) -> StoredEvent:
         if update is not None and update.status is not None:

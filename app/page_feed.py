@@ -90,6 +90,14 @@ def job_context(job: JobRow, models: dict[str, ModelSpec], place: Place | None) 
     }
 
 
+def _shown(place: Place | None) -> tuple[int | None, int | None, int | None] | None:
+    """What pages show of a queued job's place: its position, and its times to the second."""
+    if place is None:
+        return None
+    start, finish = place.starts_at, place.finishes_at
+    return place.position, None if start is None else round(start), None if finish is None else round(finish)
+
+
 def _row_shows(job: JobRow) -> tuple[str, str | None, int]:
     return job.status, job.progress.stage, job.progress.whole_percent
 
@@ -126,19 +134,23 @@ class PageFeed:
         if self._broker.listening(ROWS_TOPIC):
             self._broker.publish(ROWS_TOPIC, self.row(job, new=stored.id == 1))
 
-    def queue_moved(self, snapshot: QueueSnapshot, besides: str | None) -> None:
-        """Show the unfinished jobs' new places (`self.places`) on the pages open: the panels of those some
-        page shows, every queued job's row, and the queue's controls on job lists."""
-        self.paused = snapshot.paused
+    def queue_moved(self, snapshot: QueueSnapshot, places: dict[str, Place], besides: str | None) -> None:
+        """Take the unfinished jobs' new `places` and show what changed on the pages open: the panel of a queued
+        job some page shows and every queued job's row, where its place moved; the queue's controls on job
+        lists, where it was paused or resumed. (A running job's panel and row work out its time left from its
+        progress whenever its events push them.)"""
+        before, self.places = self.places, places
         rows = self._broker.listening(ROWS_TOPIC)
-        if rows:
-            self._broker.publish(ROWS_TOPIC, self.controls())
-        for job in snapshot.running + snapshot.queued:
-            if job.id == besides:
+        if snapshot.paused != self.paused:
+            self.paused = snapshot.paused
+            if rows:
+                self._broker.publish(ROWS_TOPIC, self.controls())
+        for job in snapshot.queued:
+            if job.id == besides or _shown(before.get(job.id)) == _shown(places.get(job.id)):
                 continue
             if self._broker.listening(panel_topic(job.id)):
                 self._broker.publish(panel_topic(job.id), self.panel(job, None))
-            if rows and job.status == "queued":
+            if rows:
                 self._broker.publish(ROWS_TOPIC, self.row(job, new=False))
 
     def controls(self) -> Push:
