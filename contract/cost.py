@@ -2,7 +2,7 @@
 
 One estimate for everything that asks: the runner's admission (the peak, against free VRAM), the
 portal's admission (the duration, against AVP_MAX_JOB_MINUTES), the data-disk check (the disk), and
-the duration a queued job shows. Torch-free: the web process and the runner both import it.
+the duration a queued job shows, with the queue's start and finish times built on it (`forecast_queue`). Torch-free: the web process and the runner both import it.
 
 The duration is a fixed part (spawn, loading, text encoding, the first step's warm-up) plus three
 parts that grow with the clip: denoising (the transformer's FLOPs: linears per token, attention per
