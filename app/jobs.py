@@ -220,8 +220,11 @@ class Jobs(msgspec.Struct, frozen=True):
             job = await self.get_job(job_id)  # read after subscribing: an end meanwhile is not missed
             if job is None or job.finished:
                 return
-            while (await live.receive()).get("type") not in TERMINAL:
-                pass
+            try:
+                while (await live.receive()).get("type") not in TERMINAL:
+                    pass
+            except anyio.EndOfStream:  # shutting down: answer with the job as it is
+                return
 
     async def prioritize(self, job: JobRow) -> None:
         """Move a queued job to the front of the queue."""

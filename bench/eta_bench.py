@@ -31,6 +31,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.config import Settings  # noqa: E402
 from app.store import Store  # noqa: E402
 from contract.cost import ModelSize  # noqa: E402
 from tests.portal import Portal  # noqa: E402  (the same real-portal harness the tests use)
@@ -113,7 +114,7 @@ class Recorded(msgspec.Struct):
 
 def record(data_dir: Path, model_dir: Path, path: Path) -> None:
     """The portal's finished runs as the estimate reads them (Store.past_runs), oldest first, with the model's size."""
-    store = Store(data_dir / "portal.db")
+    store = Store(Settings(data_dir=data_dir).db_path)
     try:
         runs = list(reversed(store.past_runs("demo", 100)))
     finally:
