@@ -17,6 +17,16 @@ from app.store import JobRow, QueueSnapshot, Store
 from contract import cost
 from contract.request import Request
 
+# Demo runs this portal made on a 2-core CPU (bench/eta_bench.py --record): 3 learning runs, then 5 of other
+# sizes, frames and steps queued at once, oldest first.
+RECORDED = Path(__file__).resolve().parents[1] / "data" / "demo_cpu_runs.json"
+
+
+class Recorded(msgspec.Struct):
+    model: cost.ModelSize
+    runs: list[cost.PastRun]
+
+
 ESTIMATE = cost.Estimate(
     duration_s=30.0, denoise_s=20.0, decode_s=6.0, peak_gib=1.0, disk_bytes=1, device="cpu", past_runs=3
 )
@@ -39,6 +49,21 @@ def job(job_id: str, status: str = "queued", *, started_at: float | None = None,
         keep=False,
         files_removed_at=None,
     )
+
+
+def test_recorded_runs_are_predicted_from_the_runs_before_them_with_a_median_error_within_30_percent() -> None:
+    """As the portal predicts a queued job: from the model's runs that had ended (newest first), for sizes,
+    frames and steps none of them had. The misses are the fixed part (spawning, loading), which varies run to
+    run by seconds on a shared CPU."""
+    recorded = msgspec.json.decode(RECORDED.read_bytes(), type=Recorded)
+    errors = []
+    for n in range(3, len(recorded.runs)):
+        run, before = recorded.runs[n], recorded.runs[:n][::-1]
+        guess = cost.estimate(recorded.model, "demo", run.request, device="cpu", precision="bf16", runs=before)
+        assert guess.past_runs == n
+        errors.append(abs(guess.duration_s - run.held_s) / run.held_s)
+    assert len(errors) == 5 and sorted(errors)[2] <= 0.30, errors  # the median
+    assert max(errors) <= 0.45, errors
 
 
 def test_one_slot_runs_the_queue_one_after_another_from_when_the_running_job_ends() -> None:
