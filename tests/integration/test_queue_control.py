@@ -106,6 +106,8 @@ def test_queue_positions_follow_a_move_to_the_front_and_the_order_and_pause_surv
 
     rows = portal.stream("/events/jobs")
     assert next(rows).event == sse_names.JOB_LIST
+    panels = portal.stream(f"/events/jobs/{a}")  # a's page
+    assert "Number 1 in the queue" in next(panels).data
     moved = post(portal, f"/api/jobs/{c}/prioritize")
     assert moved.status_code == 200 and moved.json()["queue_position"] == 1
     assert places(portal) == [(c, 1), (a, 2), (b, 3)]
@@ -114,6 +116,9 @@ def test_queue_positions_follow_a_move_to_the_front_and_the_order_and_pause_surv
         pushed = next(rows).data
     assert "#3 in queue" in pushed
     rows.close()
+    moved_panel = next(panels)  # a's page follows without a new event of a's: the push has no id
+    assert "Number 2 in the queue" in moved_panel.data and moved_panel.event == sse_names.JOB_PANEL
+    panels.close()
     with portal.client() as client:
         assert f"/jobs/{c}/prioritize" not in client.get("/").text.split(f'id="job-{a}"')[0], "#1 has no button"
 
