@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 import shutil
@@ -18,6 +19,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.journal import Journal
+from app.places import Place, places
 from app.queue import Worker
 from app.ratelimit import SubmitRateLimit
 from app.schemas import (
@@ -29,7 +31,7 @@ from app.schemas import (
     WebhookDeliveryOut,
     validate_request,
 )
-from app.store import Delivery, JobRow, Store, StoredEvent
+from app.store import TERMINAL, Delivery, JobRow, QueueSnapshot, Store, StoredEvent
 from app.uploads import Upload, Uploads, write_job_image
 from app.webhook_targets import FIELDS as WEBHOOK_FIELDS
 from app.webhook_targets import Webhook, read_webhook
@@ -52,6 +54,34 @@ class QueueFull(Exception):
 
 class Conflict(Exception):
     """The job is in a state that does not allow the operation; the message says what to do."""
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 200
+
+
+class KeyReused(InvalidRequest):
+    """An Idempotency-Key sent again with another body (422)."""
+
+    def __init__(self) -> None:
+        message = (
+            "was used in the last 24 hours for a request with another body; send the same body to get that "
+            "job again, or a new key for a new job"
+        )
+        super().__init__([FieldError(field=IDEMPOTENCY_HEADER, message=message)])
+
+
+class _Replayed(Exception):
+    """Another submit with the same Idempotency-Key stored its job first: (its id, its body's hash)."""
+
+    def __init__(self, first: tuple[str, str]) -> None:
+        super().__init__(first[0])
+        self.first = first
+
+
+def body_hash(raw: Any) -> str:
+    """What makes two bodies "the same" for an Idempotency-Key: their JSON, keys sorted, spacing aside."""
+    return hashlib.sha256(msgspec.json.encode(raw, order="sorted")).hexdigest()
 
 
 class Backlog(msgspec.Struct, frozen=True):
@@ -111,8 +141,32 @@ class Jobs(msgspec.Struct, frozen=True):
     async def count_queued(self) -> int:
         return await self.store.call(self.store.count_with_status, "queued")
 
-    async def submit(self, raw: Any, client: str, *, strict: bool = True) -> JobRow:
-        """Validate, write the job directory, store the job and queue it.
+    async def submit_once(self, raw: Any, client: str, key: str) -> tuple[JobRow, bool]:
+        """`submit` under an Idempotency-Key: (the job, True) when it is new; (the key's first job, False) when the
+        key came with the same body in the last 24 hours (nothing is validated or counted again); KeyReused
+        when it came with another body. A key whose job was deleted since makes a new job."""
+        if len(key) > MAX_IDEMPOTENCY_KEY or not key.strip():
+            message = f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters (a UUID is a good key), not {len(key)}"
+            raise InvalidRequest([FieldError(field=IDEMPOTENCY_HEADER, message=message)])
+        digest = body_hash(raw)
+        first = await self.store.call(self.store.idempotent_job, key)
+        if first is None:
+            try:
+                return await self.submit(raw, client, idempotency=(key, digest)), True
+            except _Replayed as replayed:  # a submit with this key stored its job first
+                first = replayed.first
+        job_id, first_digest = first
+        if first_digest != digest:
+            raise KeyReused
+        job = await self.get_job(job_id)
+        if job is None:
+            raise Conflict(f"The job this {IDEMPOTENCY_HEADER} made was deleted meanwhile; send a new key.")
+        return job, False
+
+    async def submit(
+        self, raw: Any, client: str, *, strict: bool = True, idempotency: tuple[str, str] | None = None
+    ) -> JobRow:
+        """Validate, write the job directory, store the job and queue it (with `idempotency`, its key and body hash).
 
         Raises InvalidRequest (a job predicted past AVP_MAX_JOB_MINUTES too), DiskFull (its files would not fit
         on the data disk with AVP_MIN_FREE_MB to spare, or failed to), RateLimited (this client submits too
@@ -133,12 +187,14 @@ class Jobs(msgspec.Struct, frozen=True):
         image = None if upload is None else await self._fitted(upload, resolved.width, resolved.height)
 
         def write_and_store() -> tuple[JobRow, StoredEvent] | None:
+            if idempotency is not None and (first := self.store.idempotent_job(idempotency[0])) is not None:
+                raise _Replayed(first)
             job_dir.mkdir(parents=True)
             if image is not None:  # the runner sees only this normalised copy, never the upload
                 write_job_image(image, job_dir / jobdir.IMAGE_FILE)
             jobdir.write_job_file(job_dir, job_file)
             first = self.store.create_job(
-                job_id, resolved, {"type": "queued"}, self.settings.max_queue, estimate, webhook
+                job_id, resolved, {"type": "queued"}, self.settings.max_queue, estimate, webhook, idempotency
             )
             if first is None:
                 shutil.rmtree(job_dir)
@@ -157,8 +213,9 @@ class Jobs(msgspec.Struct, frozen=True):
         if created is None:
             raise QueueFull
         job, first = created
+        await self.journal.queue_moved(besides=job_id)  # its place, before its row shows it
         self.journal.announce(job, first)
-        self.worker.enqueue(job_id)
+        self.worker.wake()
         return job
 
     async def _split_webhook(self, raw: Any, strict: bool) -> tuple[Any, Webhook | None]:
@@ -178,6 +235,61 @@ class Jobs(msgspec.Struct, frozen=True):
 
     async def webhook_deliveries(self, job_id: str) -> list[Delivery]:
         return await self.store.call(self.store.deliveries, job_id)
+
+    async def places(self) -> dict[str, Place]:
+        """Every running and queued job's place in the queue, as of now."""
+        return places(await self.queue(), self.worker.slots)
+
+    async def queue(self) -> QueueSnapshot:
+        return await self.store.call(self.store.queue_snapshot)
+
+    async def wait(self, job_id: str, seconds: float) -> None:
+        """Return once the job has ended (or was deleted), or after `seconds` (Prefer: wait)."""
+        with anyio.move_on_after(seconds), self.journal.broker.subscribe(job_id) as live:
+            job = await self.get_job(job_id)  # read after subscribing: an end meanwhile is not missed
+            if job is None or job.finished:
+                return
+            try:
+                while (await live.receive()).get("type") not in TERMINAL:
+                    pass
+            except anyio.EndOfStream:  # shutting down: answer with the job as it is
+                return
+
+    async def prioritize(self, job: JobRow) -> None:
+        """Move a queued job to the front of the queue."""
+        if not await self.store.call(self.store.prioritize, job.id):
+            raise Conflict(f"The job is {job.status}, not queued; only a queued job can move to the front.")
+        await self.journal.queue_moved()
+
+    async def set_paused(self, paused: bool) -> None:
+        """Pause the queue (what runs finishes; nothing queued starts) or resume it."""
+        await self.worker.set_paused(paused)
+        await self.journal.queue_moved()
+
+    async def cancel_queued(self) -> list[str]:
+        """Cancel every queued job (what runs goes on); their ids, in queue order."""
+        cancelled = []
+        for queued in (await self.queue()).queued:
+            job = await self.get_job(queued.id)
+            if job is not None and job.status == "queued":  # not started, cancelled or deleted meanwhile
+                await self.cancel(job)
+                cancelled.append(job.id)
+        return cancelled
+
+    async def reestimate_queued(self) -> None:
+        """Estimate the queued jobs again from the runs that have ended since (a job ended): their durations
+        are what the queue's times add up."""
+        snapshot = await self.queue()
+        offer = self.settings.models()
+        changed = False
+        for job in snapshot.queued:
+            spec = offer.get(job.request.model or "")
+            fresh = None if spec is None else await self.estimate(job.request, spec)
+            if fresh is not None and fresh != job.estimate:
+                await self.store.call(self.store.set_estimate, job.id, fresh)
+                changed = True
+        if changed:
+            await self.journal.queue_moved()
 
     async def _check_room(self, estimate: cost.Estimate | None) -> None:
         """Refuse (DiskFull) a job whose files, with those the jobs before it will still write, would eat into
@@ -312,9 +424,12 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts is not None else None
 
 
-def present(job: JobRow, settings: Settings) -> JobOut:
-    """The job as the API shows it; its links are what a browser asks for (under AVP_ROOT_PATH)."""
+def present(job: JobRow, settings: Settings, places: dict[str, Place]) -> JobOut:
+    """The job as the API shows it, with its place in the queue (`places`, from `Jobs.places`); its links are
+    what a browser asks for (under AVP_ROOT_PATH)."""
     base = settings.url(f"/api/jobs/{job.id}")
+    now = time.time()
+    place = places.get(job.id) if job.status in ("queued", "running") else None
     return JobOut(
         id=job.id,
         status=job.status,
@@ -327,6 +442,9 @@ def present(job: JobRow, settings: Settings) -> JobOut:
         started_at=_iso(job.started_at),
         finished_at=_iso(job.finished_at),
         estimate=job.estimate,
+        queue_position=None if place is None else place.position,
+        eta_start_s=None if place is None else place.eta_start_s(now),
+        eta_finish_s=None if place is None else place.eta_finish_s(now),
         keep=job.keep,
         files_removed_at=_iso(job.files_removed_at),
         links=JobLinks(

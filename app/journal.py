@@ -13,6 +13,7 @@ import msgspec
 
 from app.broker import Broker
 from app.page_feed import PageFeed
+from app.places import places
 from app.progress import JobProgress
 from app.store import JobRow, JobUpdate, Store, StoredEvent, WebhookEvent
 from contract import protocol
@@ -22,11 +23,21 @@ if TYPE_CHECKING:
 
 
 class Journal:
-    def __init__(self, store: Store, broker: Broker, pages: PageFeed, webhooks: Webhooks | None = None) -> None:
+    def __init__(
+        self, store: Store, broker: Broker, pages: PageFeed, *, slots: int, webhooks: Webhooks | None = None
+    ) -> None:
         self.store = store
         self.broker = broker
         self.pages = pages
+        self.slots = slots  # the executor's: how many queued jobs start at once (app/places.py)
         self.webhooks = webhooks  # queues the deliveries a job's events make, with the events
+
+    async def queue_moved(self, *, besides: str | None = None) -> None:
+        """The queue changed (a job queued, started, ended or moved; the queue paused or resumed): work out every
+        unfinished job's place again, for the pages, and show it on those open (the job `besides` excepted: its
+        own event is about to show it)."""
+        snapshot = await self.store.call(self.store.queue_snapshot)
+        self.pages.queue_moved(snapshot, places(snapshot, self.slots), besides)
 
     async def record(self, job_id: str, event: dict[str, Any], update: JobUpdate | None = None) -> StoredEvent:
         webhook_event = None if self.webhooks is None else self.webhooks.event_for(event)
@@ -38,6 +49,15 @@ class Journal:
     async def _record(
         self, job_id: str, event: dict[str, Any], update: JobUpdate | None, webhook_event: WebhookEvent | None
     ) -> StoredEvent:
+        if update is not None and update.status is not None:
+            stored = await self.store.call(self.store.record, job_id, event, update, webhook_event)
+            await self.queue_moved(besides=job_id)
+            job = await self.store.call(self.store.get_job, job_id)
+            if job is None:  # deleted meanwhile
+                self.broker.publish(job_id, stored.data)
+            else:
+                self.announce(job, stored)
+            return stored
         if update is None or not self.pages.watching(job_id):
             # Nothing a page shows changes (a memory line, a runner's error before its status), or no
             # page is open to show it: skip reading the job back and rendering.

@@ -113,7 +113,32 @@ def _v5_webhooks(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_job_estimate, _v3_retention, _v4_job_mode, _v5_webhooks)
+def _v6_queue_control(db: sqlite3.Connection) -> None:
+    """The queue's order and state (app/queue.py): a queued job's priority (a move to the front raises it above
+    every other; then submission order), whether the queue is paused, and the API's idempotency keys."""
+    _add_missing_columns(db, {"priority": "INTEGER NOT NULL DEFAULT 0"})
+    for statement in (
+        "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(status, priority DESC, seq)",
+        "CREATE TABLE IF NOT EXISTS queue_state (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+        """CREATE TABLE IF NOT EXISTS idempotency_keys (
+            key TEXT PRIMARY KEY,
+            body_hash TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX IF NOT EXISTS idempotency_keys_age ON idempotency_keys(created_at)",
+    ):
+        db.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _v1_initial,
+    _v2_job_estimate,
+    _v3_retention,
+    _v4_job_mode,
+    _v5_webhooks,
+    _v6_queue_control,
+)
 LATEST = len(MIGRATIONS)
 
 

@@ -11,6 +11,7 @@ browser's Sec-Fetch-Site and Origin headers prove a post comes from the portal's
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,8 @@ from litestar.response import ServerSentEventMessage
 from app import sse_names
 from app.broker import Broker
 from app.config import Settings
-from app.store import JobRow, StoredEvent
+from app.places import Place, running_place
+from app.store import JobRow, QueueSnapshot, StoredEvent
 from contract.models import ModelSpec
 from contract.protocol import stages_of
 from contract.request import FIELDS
@@ -47,13 +49,26 @@ class Encoded(ServerSentEventMessage):
 
 class Push(msgspec.Struct, frozen=True):
     message: Encoded
-    event_id: int = 0  # the job's stored event it shows (a job page's Last-Event-ID)
+    event_id: int | None = 0  # the job's stored event it shows (a job page's Last-Event-ID); None: no new event,
+    # the panel shows the job's place in a queue that moved
     ended: str | None = None  # the job's terminal status, once it has one: its page's stream ends after this
     adds: str | None = None  # the id of the job whose row this adds to the list
 
 
-def job_context(job: JobRow, models: dict[str, ModelSpec]) -> dict[str, Any]:
-    """What the job page's panel shows of a job: the job, its stage timeline, its model, its settings."""
+def queue_context(job: JobRow, place: Place | None) -> dict[str, Any]:
+    """What a page shows of a job's place in the queue: its position, and in how many seconds it should start
+    and finish (None: unknown). A running job's finish comes from its progress as it is now."""
+    now = time.time()
+    if job.status == "running":
+        place = running_place(job, now)
+    if job.status not in ("queued", "running") or place is None:
+        return {"position": None, "starts_in": None, "finishes_in": None}
+    return {"position": place.position, "starts_in": place.eta_start_s(now), "finishes_in": place.eta_finish_s(now)}
+
+
+def job_context(job: JobRow, models: dict[str, ModelSpec], place: Place | None) -> dict[str, Any]:
+    """What the job page's panel shows of a job: the job, its place in the queue, its stage timeline, its model,
+    its settings."""
     current = job.progress.stage
     stages = stages_of(job.request.mode)
     reached = stages.index(current) if current in stages else -1
@@ -69,11 +84,20 @@ def job_context(job: JobRow, models: dict[str, ModelSpec]) -> dict[str, Any]:
     removed = job.files_removed_at
     return {
         "job": job,
+        "queue": queue_context(job, place),
         "files_removed_on": None if removed is None else f"{datetime.fromtimestamp(removed, UTC):%Y-%m-%d %H:%M} UTC",
         "timeline": timeline,
         "spec": models.get(job.request.model or ""),
         "settings": [(name, value) for name, value in settings if value is not None],
     }
+
+
+def _shown(place: Place | None) -> tuple[int | None, int | None, int | None] | None:
+    """What pages show of a queued job's place: its position, and its times to the second."""
+    if place is None:
+        return None
+    start, finish = place.starts_at, place.finishes_at
+    return place.position, None if start is None else round(start), None if finish is None else round(finish)
 
 
 def _row_shows(job: JobRow) -> tuple[str, str | None, int]:
@@ -86,6 +110,8 @@ class PageFeed:
         self._templates = templates
         self._settings = settings
         self._rows_shown: dict[str, tuple[str, str | None, int]] = {}  # unfinished jobs only
+        self.places: dict[str, Place] = {}  # every unfinished job's, as the journal last worked them out
+        self.paused = False  # the queue's state, as the journal last read it
 
     def watching(self, job_id: str) -> bool:
         """Whether a page shows this job now. If none does, forget what rows showed of it: the next
@@ -110,22 +136,51 @@ class PageFeed:
         if self._broker.listening(ROWS_TOPIC):
             self._broker.publish(ROWS_TOPIC, self.row(job, new=stored.id == 1))
 
+    def queue_moved(self, snapshot: QueueSnapshot, places: dict[str, Place], besides: str | None) -> None:
+        """Take the unfinished jobs' new `places` and show what changed on the pages open: the panel of a queued
+        job some page shows and every queued job's row, where its place moved; the queue's controls on job
+        lists, where it was paused or resumed. (A running job's panel and row work out its time left from its
+        progress whenever its events push them.)"""
+        before, self.places = self.places, places
+        rows = self._broker.listening(ROWS_TOPIC)
+        if snapshot.paused != self.paused:
+            self.paused = snapshot.paused
+            if rows:
+                self._broker.publish(ROWS_TOPIC, self.controls())
+        for job in snapshot.queued:
+            if job.id == besides or _shown(before.get(job.id)) == _shown(places.get(job.id)):
+                continue
+            if self._broker.listening(panel_topic(job.id)):
+                self._broker.publish(panel_topic(job.id), self.panel(job, None))
+            if rows:
+                self._broker.publish(ROWS_TOPIC, self.row(job, new=False))
+
+    def controls(self) -> Push:
+        html = self._render("fragments/_queue_controls.html", {"paused": self.paused, "oob": True})
+        return Push(Encoded(ServerSentEventMessage(data=html, event=sse_names.JOB_ROW)))
+
     def row_changed(self, job: JobRow) -> None:
         """Something a list's row shows changed with no event (retention removed the job's files)."""
         if self._broker.listening(ROWS_TOPIC):
             self._broker.publish(ROWS_TOPIC, self.row(job, new=False))
 
-    def panel(self, job: JobRow, event_id: int) -> Push:
-        html = self._render("fragments/_job_panel.html", job_context(job, self._settings.models()))
-        message = ServerSentEventMessage(data=html, event=sse_names.JOB_PANEL, id=str(event_id))
+    def panel(self, job: JobRow, event_id: int | None) -> Push:
+        """The job's panel; `event_id` None: a queue move, no new event (the message keeps no id, so a page that
+        reconnects still says the last event it saw)."""
+        context = job_context(job, self._settings.models(), self.places.get(job.id))
+        html = self._render("fragments/_job_panel.html", context)
+        message = ServerSentEventMessage(
+            data=html, event=sse_names.JOB_PANEL, id=None if event_id is None else str(event_id)
+        )
         return Push(Encoded(message), event_id, ended=job.status if job.finished else None)
 
     def row(self, job: JobRow, *, new: bool) -> Push:
-        html = self._render("fragments/_job_rows_push.html", {"job": job, "new": new, "oob": not new})
+        context = {"job": job, "new": new, "oob": not new, "places": self.places}
+        html = self._render("fragments/_job_rows_push.html", context)
         return Push(Encoded(ServerSentEventMessage(data=html, event=sse_names.JOB_ROW)), adds=job.id if new else None)
 
     def rows(self, jobs: list[JobRow]) -> Push:
-        html = self._render("fragments/_job_rows_push.html", {"jobs": jobs})
+        html = self._render("fragments/_job_rows_push.html", {"jobs": jobs, "places": self.places})
         return Push(Encoded(ServerSentEventMessage(data=html, event=sse_names.JOB_LIST)))
 
     def _render(self, name: str, context: dict[str, Any]) -> str:

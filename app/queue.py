@@ -1,17 +1,17 @@
-"""The worker: one consumer drains a stream of job ids in order, running as many at once as its executor has slots.
+"""The worker: one consumer takes the next queued job from SQLite, running as many at once as its executor has slots.
 
 The local executor has one slot, so two jobs never share VRAM. Which machine runs a job is the
 executor's business (app/executor.py); the worker decides what runs next and records what happens.
 
-SQLite is the source of truth; the stream only carries ids. At start-up every job still
-queued is put back on the stream, and a job that was running when the process died is
-marked interrupted and queued again once.
+SQLite is the queue: its order (a job moved to the front first, then submission order) and whether it
+is paused live there, so both survive a restart and a queued job can be moved. The consumer reads the
+next job whenever a slot is free and something changed (`wake`: a submit, a resume, a move). At
+start-up a job that was running when the process died is marked interrupted and queued again once.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -43,7 +43,8 @@ class Worker:
         self._executor = executor
         self._jobs_dir = jobs_dir
         self._runner_python = runner_python
-        self._send, self._receive = anyio.create_memory_object_stream[str](math.inf)
+        self._woken = anyio.Event()
+        self.paused = False  # read from the store at recovery; no job starts while it is set
         self.alive = False
         self.state = "starting"
         self.running_jobs: list[str] = []  # in the order they started
@@ -59,8 +60,16 @@ class Worker:
     def slots(self) -> int:
         return self._executor.capacity
 
-    def enqueue(self, job_id: str) -> None:
-        self._send.send_nowait(job_id)
+    def wake(self) -> None:
+        """The queue changed (a job queued or moved, the queue resumed): look again for the next job."""
+        self._woken.set()
+        self._woken = anyio.Event()
+
+    async def set_paused(self, paused: bool) -> None:
+        """Pause (running jobs finish, no queued job starts) or resume the queue; kept in the store."""
+        await self._store.call(self._store.set_paused, paused)
+        self.paused = paused
+        self.wake()
 
     async def wait_for_job_end(self, seen: int) -> int:
         """Return once more than `seen` jobs have ended (`jobs_ended` counts them); how many have."""
@@ -73,7 +82,8 @@ class Worker:
         return self._executor.cancel(job_id)
 
     async def recover(self) -> None:
-        """Queue again what a previous process left queued, running or interrupted."""
+        """Queue again what a previous process left running or interrupted, and pause if it was paused."""
+        self.paused = await self._store.call(self._store.paused)
         leftovers = await self._store.call(self._store.jobs_with_status, ("queued", "running", "interrupted"))
         for job in leftovers:
             status = job.status
@@ -91,7 +101,8 @@ class Worker:
                     )
                     continue
                 await self._journal.set_status(job.id, "queued", message="Queued again after an interruption.")
-            self.enqueue(job.id)
+        await self._journal.queue_moved()  # the pages' places, before the first page asks
+        self.wake()
 
     async def run(self, demo_model_dir: Path | None) -> None:
         self.alive = True
@@ -107,14 +118,25 @@ class Worker:
             await self._executor.close()  # nothing of the executor's (a spare runner) outlives the worker
 
     async def _consume(self) -> None:
-        """Take ids in order; each job starts once a slot is free and the job before it is marked running."""
+        """Start the next queued job once a slot is free and the job before it is marked running."""
         free_slots = anyio.Semaphore(self._executor.capacity)
         async with anyio.create_task_group() as jobs:
-            async for job_id in self._receive:
+            while True:
                 await free_slots.acquire()
+                job_id = await self._next_job()
                 began = anyio.Event()
                 jobs.start_soon(self._process, job_id, began, free_slots)
-                await began.wait()  # so the stored order of `running` is the queue's order
+                await began.wait()  # so the next read sees this one running, and `running` keeps the queue's order
+
+    async def _next_job(self) -> str:
+        """The queued job that starts next, once there is one and the queue is not paused."""
+        while True:
+            woken = self._woken  # taken before reading, so a change during the read is not missed
+            if not self.paused:
+                job_id = await self._store.call(self._store.next_queued)
+                if job_id is not None:
+                    return job_id
+            await woken.wait()
 
     async def _process(self, job_id: str, began: anyio.Event, free_slots: anyio.Semaphore) -> None:
         try:

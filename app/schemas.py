@@ -200,7 +200,10 @@ class JobOut(Base):
     created_at: str
     started_at: str | None
     finished_at: str | None
-    estimate: Estimate | None  # predicted at submit (duration, peak memory, disk); None for older jobs
+    estimate: Estimate | None  # predicted at submit, again while queued as runs end; None for older jobs
+    queue_position: int | None  # 1 = starts next; None when not queued
+    eta_start_s: float | None  # seconds from now until it should start; None when started, paused or unknown
+    eta_finish_s: float | None  # seconds from now until it should finish; None when finished or unknown
     keep: bool  # marked keep: retention (AVP_KEEP_DAYS, AVP_KEEP_GB) never removes its files
     files_removed_at: str | None  # when retention removed its files (video, preview, log); the job itself stays
     links: JobLinks
@@ -222,6 +225,17 @@ class WebhookDeliveryOut(Base):
 
 class WebhookDeliveryList(Base):
     deliveries: list[WebhookDeliveryOut]  # oldest first
+
+
+class QueueOut(Base):
+    paused: bool  # no queued job starts until the queue is resumed; running jobs finish
+    slots: int  # how many jobs run at once
+    running: list[JobOut]  # as they started
+    queued: list[JobOut]  # in the order they start (queue_position 1, 2, ...)
+
+
+class CancelledJobs(Base):
+    cancelled: list[str]  # the ids of the jobs cancelled, in queue order
 
 
 class JobList(Base):

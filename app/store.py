@@ -101,6 +101,14 @@ _DELIVERY_COLUMNS = (
 )
 
 
+class QueueSnapshot(msgspec.Struct, frozen=True):
+    """The queue as one read saw it: whether it is paused, the running jobs (as they started), the queued in order."""
+
+    paused: bool
+    running: list[JobRow]
+    queued: list[JobRow]
+
+
 class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
     """Column changes that go into the same transaction as one event."""
 
@@ -117,6 +125,9 @@ _JOB_COLUMNS = (
     "(SELECT json_object('url', url, 'events', json(events)) FROM webhooks WHERE webhooks.job_id = jobs.id)"
 )
 _TERMINAL_SQL = ",".join(f"'{status}'" for status in sorted(TERMINAL))
+# The order queued jobs start in: moved to the front (a higher priority) first, then as submitted.
+_QUEUE_ORDER = "priority DESC, seq"
+IDEMPOTENCY_KEEP_S = 24 * 3600  # how long an Idempotency-Key answers with its first job
 
 
 _decode_request = msgspec.json.Decoder(Request).decode
@@ -191,12 +202,22 @@ class Store:
         max_queued: int,
         estimate: Estimate | None = None,
         webhook: Webhook | None = None,
+        idempotency: tuple[str, str] | None = None,
     ) -> StoredEvent | None:
-        """Insert a job with its first event; None (nothing written) when `max_queued` jobs already wait."""
+        """Insert a job with its first event; None (nothing written) when `max_queued` jobs already wait.
+
+        `idempotency` (an Idempotency-Key and its body's hash) is kept with the job for IDEMPOTENCY_KEEP_S; keys
+        older than that are forgotten here."""
         now = time.time()
         with self._transaction():
             if self.count_with_status("queued") >= max_queued:
                 return None
+            if idempotency is not None:
+                self._db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (now - IDEMPOTENCY_KEEP_S,))
+                self._db.execute(
+                    "INSERT INTO idempotency_keys (key, body_hash, job_id, created_at) VALUES (?, ?, ?, ?)",
+                    (*idempotency, job_id, now),
+                )
             self._db.execute(
                 "INSERT INTO jobs (id, status, request, progress, created_at, estimate) VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -236,6 +257,50 @@ class Store:
     def get_job(self, job_id: str) -> JobRow | None:
         row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _row_to_job(row) if row else None
+
+    def idempotent_job(self, key: str) -> tuple[str, str] | None:
+        """(the job id, its body's hash) a fresh Idempotency-Key was first used for; None for a new or expired key."""
+        return self._db.execute(
+            "SELECT job_id, body_hash FROM idempotency_keys WHERE key = ? AND created_at >= ?",
+            (key, time.time() - IDEMPOTENCY_KEEP_S),
+        ).fetchone()
+
+    def next_queued(self) -> str | None:
+        """The id of the queued job that starts next."""
+        query = f"SELECT id FROM jobs WHERE status = 'queued' ORDER BY {_QUEUE_ORDER} LIMIT 1"
+        row = self._db.execute(query).fetchone()
+        return row[0] if row else None
+
+    def queue_snapshot(self) -> QueueSnapshot:
+        running = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'running' ORDER BY started_at")
+        queued = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY {_QUEUE_ORDER}")
+        return QueueSnapshot(
+            paused=self.paused(),
+            running=[_row_to_job(r) for r in running],
+            queued=[_row_to_job(r) for r in queued],
+        )
+
+    def prioritize(self, job_id: str) -> bool:
+        """Put a queued job before every other queued job; False when it is not queued."""
+        cursor = self._db.execute(
+            "UPDATE jobs SET priority = (SELECT COALESCE(MAX(priority), 0) + 1 FROM jobs WHERE status = 'queued') "
+            "WHERE id = ? AND status = 'queued'",
+            (job_id,),
+        )
+        return cursor.rowcount == 1
+
+    def paused(self) -> bool:
+        row = self._db.execute("SELECT value FROM queue_state WHERE name = 'paused'").fetchone()
+        return row is not None and row[0] == "1"
+
+    def set_paused(self, paused: bool) -> None:
+        self._db.execute(
+            "INSERT INTO queue_state (name, value) VALUES ('paused', ?) ON CONFLICT(name) DO UPDATE SET value = ?",
+            ("1" if paused else "0",) * 2,
+        )
+
+    def set_estimate(self, job_id: str, estimate: Estimate) -> None:
+        self._db.execute("UPDATE jobs SET estimate = ? WHERE id = ?", (_encode(estimate), job_id))
 
     def list_jobs(self, limit: int, before_seq: int | None = None) -> list[JobRow]:
         if before_seq is None:
@@ -299,6 +364,7 @@ class Store:
             self._db.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM webhook_deliveries WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM webhooks WHERE job_id = ?", (job_id,))
+            self._db.execute("DELETE FROM idempotency_keys WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def set_keep(self, job_id: str, keep: bool) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,10 +24,10 @@ from app.auth import PUBLIC, Authenticator, LoginRequired, LoginThrottle, load_o
 from app.broker import Broker
 from app.config import Settings
 from app.disk import DiskFull
-from app.jobs import Conflict, Jobs, QueueFull, present
+from app.jobs import Conflict, Jobs, KeyReused, QueueFull, present
 from app.journal import Journal
 from app.openapi import openapi_config
-from app.page_feed import PageFeed
+from app.page_feed import PageFeed, queue_context
 from app.queue import Worker
 from app.ratelimit import RateLimited, SubmitRateLimit
 from app.retention import Retention
@@ -58,6 +57,7 @@ def build_templates(settings: Settings) -> JinjaTemplateEngine:
         sse=sse_names,
         say_duration=say_duration,
         data_disk=settings.data_disk.status,
+        queue_context=queue_context,
     )
     return templates
 
@@ -97,15 +97,16 @@ def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngin
     pages = PageFeed(broker, templates, settings)
     webhooks = Webhooks(
         store,
-        functools.partial(present, settings=settings),
+        # the job as the API shows it, its place in the queue as the pages last worked it out
+        lambda job: present(job, settings, pages.places),
         load_or_create_webhook_secret(settings.data_dir, settings.webhook_secret),
         settings.webhook_allow,
         settings.webhook_backoff_s,
         settings.webhook_attempts,
     )
-    journal = Journal(store, broker, pages, webhooks)
     spare_jobs_dir = settings.jobs_dir if settings.spare_runner else None
     executor = Supervisor(settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
+    journal = Journal(store, broker, pages, slots=executor.capacity, webhooks=webhooks)
     worker = Worker(store, journal, executor, settings.jobs_dir, settings.runner_python)
     uploads = Uploads(settings.uploads_dir, store, settings.max_upload_bytes, settings.upload_ttl_s, settings.data_disk)
     jobs = Jobs(settings, store, journal, worker, uploads, SubmitRateLimit(settings.submit_per_minute))
@@ -130,6 +131,10 @@ def _error(status: int, detail: str, errors: list[FieldError] | None = None, **h
 
 def _invalid(_: Request, exc: InvalidRequest) -> Response[ErrorResponse]:
     return _error(400, f"Invalid request: {exc}", exc.errors)
+
+
+def _key_reused(_: Request, exc: KeyReused) -> Response[ErrorResponse]:
+    return _error(422, f"Unprocessable request: {exc}", exc.errors)
 
 
 def _validation(_: Request, exc: ValidationException) -> Response[ErrorResponse]:
@@ -214,10 +219,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
             except Exception:  # the lifespan must outlive a dead worker; /healthz reports it
                 log.exception("the worker stopped")
 
+        async def reestimate_queued() -> None:
+            """Each ended job teaches the estimate: the queued jobs' times follow."""
+            ended = 0
+            while True:
+                ended = await parts.worker.wait_for_job_end(ended)
+                try:
+                    await parts.jobs.reestimate_queued()
+                except Exception:  # the times shown stay as they were; the queue itself goes on
+                    log.exception("could not estimate the queued jobs again")
+
         await parts.jobs.refresh_job_files()  # before recovery queues them again
         await parts.worker.recover()
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_worker)
+            tg.start_soon(reestimate_queued)
             tg.start_soon(parts.broker.beat_every, settings.heartbeat_s)
             tg.start_soon(parts.uploads.sweep_forever)
             tg.start_soon(parts.retention.run)
@@ -232,6 +248,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             api.JobsApi,
+            api.QueueApi,
             api.healthz,
             events.job_events,
             files.job_video,
@@ -252,6 +269,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies=parts.injectable(),
         lifespan=[lifespan],
         exception_handlers={
+            KeyReused: _key_reused,
             InvalidRequest: _invalid,
             ValidationException: _validation,
             QueueFull: _queue_full,

@@ -2,7 +2,8 @@
 
 One estimate for everything that asks: the runner's admission (the peak, against free VRAM), the
 portal's admission (the duration, against AVP_MAX_JOB_MINUTES), the data-disk check (the disk), and
-the duration a queued job shows. Torch-free: the web process and the runner both import it.
+the duration a queued job shows, with the queue's start and finish times built on it (`forecast_queue`).
+Torch-free: the web process and the runner both import it.
 
 The duration is a fixed part (spawn, loading, text encoding, the first step's warm-up) plus three
 parts that grow with the clip: denoising (the transformer's FLOPs: linears per token, attention per
@@ -14,6 +15,7 @@ what the default predicted), so the estimate follows this machine as soon as it 
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import statistics
@@ -317,6 +319,11 @@ def denoise_flop(size: ModelSize, model_kind: str, request: Request) -> float:
     return total
 
 
+def denoise_passes(model_kind: str, request: Request) -> int:
+    """Transformer passes over the whole denoise: steps times guidance rows, every stage."""
+    return sum(stage.steps * guidance_rows(model_kind, stage.guidance_scale) for stage in denoise_stages(request))
+
+
 def at_size_of(request: Request, stage: DenoiseStage) -> Request:
     """`request` at the size `stage` runs at."""
     return msgspec.structs.replace(request, width=stage.width, height=stage.height)
@@ -346,6 +353,10 @@ class Rates(msgspec.Struct, frozen=True):
     denoise_flop_per_s: float
     decode_work_per_s: float  # decode_work units a second
     audio_s_per_clip_s: float  # seconds of audio decoding per second of clip
+    # Learned only, where past runs of different shapes tell them apart from the rates: what a transformer pass
+    # costs beyond its FLOPs (a small model's per-call overhead), and what a video decode costs whatever its size.
+    denoise_s_per_pass: float = 0.0
+    decode_base_s: float = 0.0
 
 
 # First principles, on purpose nearer the slow end of each kind (so a queued job is not promised too
@@ -385,41 +396,82 @@ def first_principles(size: ModelSize, device: DeviceKind) -> Rates:
 def learned(size: ModelSize, model_kind: str, default: Rates, runs: Sequence[PastRun]) -> Rates:
     """`default` corrected by what `runs` measured: each rate by the median of measured over predicted,
     the fixed part by the median of what the growing parts leave of each run's time. A run's first step
-    counts as fixed (it warms up, or compiles on CUDA): the denoise rate is measured on the steps after it."""
+    counts as fixed (it warms up, or compiles on CUDA): the denoise rate is measured on the steps after it.
+
+    Where the runs differ in shape enough to tell a per-pass (denoise) or per-job (video decode) cost from the
+    rate, both are fitted (`_fit`): a small model's steps cost mostly their calls, not their FLOPs, and a rate
+    alone would make a larger clip's prediction grow far faster than its time does."""
     if not runs:
         return default
     fixed, denoise, decode, audio = [], [], [], []
+    denoise_points, decode_points = [], []
     for run in runs:
         predicted = list(_parts(size, model_kind, default, run.request)[1:])
         measured = [sum(run.timings.get(stage, 0.0) for stage in stages) for stages in _GROWING]
         steps = denoise_steps(run.request)
+        flop, passes = denoise_flop(size, model_kind, run.request), denoise_passes(model_kind, run.request)
         if steps == 1:
             predicted[0] = measured[0] = 0.0  # its one step is all warm-up: fixed
         elif run.first_step_s is not None:
             predicted[0] *= (steps - 1) / steps
             measured[0] -= run.first_step_s
+            flop, passes = flop * (steps - 1) / steps, passes * (steps - 1) / steps
         for ratios, guess, took in zip((denoise, decode, audio), predicted, measured, strict=True):
             if guess > 0 and took > 0:
                 ratios.append(took / guess)
+        if predicted[0] > 0 and measured[0] > 0:
+            denoise_points.append((passes, flop, measured[0]))
+        if measured[1] > 0:
+            decode_points.append((1.0, decode_work(size, run.request), measured[1]))
         fixed.append(max(0.0, run.held_s - sum(measured)))
 
     def slower(rate: float, ratios: list[float]) -> float:
         return rate / statistics.median(ratios) if ratios else rate
 
-    return Rates(
+    rates = Rates(
         fixed_s=statistics.median(fixed),
         denoise_flop_per_s=slower(default.denoise_flop_per_s, denoise),
         decode_work_per_s=slower(default.decode_work_per_s, decode),
         audio_s_per_clip_s=default.audio_s_per_clip_s * (statistics.median(audio) if audio else 1.0),
     )
+    if (per_pass := _fit(denoise_points)) is not None:
+        rates = msgspec.structs.replace(rates, denoise_s_per_pass=per_pass[0], denoise_flop_per_s=1 / per_pass[1])
+    if (per_job := _fit(decode_points)) is not None:
+        rates = msgspec.structs.replace(rates, decode_base_s=per_job[0], decode_work_per_s=1 / per_job[1])
+    return rates
+
+
+# Two shapes tell a per-unit cost from a rate only if their work per unit differs by this much.
+FIT_SPREAD = 1.5
+
+
+def _fit(points: Sequence[tuple[float, float, float]]) -> tuple[float, float] | None:
+    """(a, b), both positive, with measured ~ a * units + b * work over `points` (units, work, measured), fitted
+    by least relative squares (each run weighs by its own error, so the largest job does not decide alone);
+    None when the points' work per unit spans less than FIT_SPREAD (one shape, or shapes alike: nothing tells a
+    from b), or the best fit is not positive (noise: the rate alone does better)."""
+    spread = [work / units for units, work, _ in points if units > 0]
+    if len(points) < 2 or not spread or max(spread) < FIT_SPREAD * min(spread):
+        return None
+    uu = uw = ww = um = wm = 0.0
+    for units, work, took in points:
+        weight = 1 / took**2
+        uu, uw, ww = uu + weight * units * units, uw + weight * units * work, ww + weight * work * work
+        um, wm = um + weight * units * took, wm + weight * work * took
+    determinant = uu * ww - uw * uw
+    if determinant <= 0:
+        return None
+    a, b = (um * ww - wm * uw) / determinant, (uu * wm - uw * um) / determinant
+    return (a, b) if a > 0 and b > 0 else None
 
 
 def _parts(size: ModelSize, model_kind: str, rates: Rates, request: Request) -> tuple[float, float, float, float]:
     """Seconds: fixed, denoise, video decode, audio decode."""
     return (
         rates.fixed_s,
-        denoise_flop(size, model_kind, request) / rates.denoise_flop_per_s,
-        decode_work(size, request) / rates.decode_work_per_s,
+        denoise_flop(size, model_kind, request) / rates.denoise_flop_per_s
+        + denoise_passes(model_kind, request) * rates.denoise_s_per_pass,
+        rates.decode_base_s + decode_work(size, request) / rates.decode_work_per_s,
         clip_seconds(request) * rates.audio_s_per_clip_s,
     )
 
@@ -438,6 +490,7 @@ class Estimate(msgspec.Struct, frozen=True, kw_only=True):
 
     duration_s: float  # from start to finished MP4: how long it holds the worker
     denoise_s: float  # of which denoising
+    decode_s: float | None = None  # of which the video and audio decodes after it (None: an estimate made before)
     peak_gib: float  # VRAM on CUDA, RAM on a CPU
     disk_bytes: int  # what the job writes to its directory: the MP4, preview, log
     device: DeviceKind
@@ -464,11 +517,49 @@ def estimate(
     return Estimate(
         duration_s=sum(parts),
         denoise_s=parts[1],
+        decode_s=parts[2] + parts[3],
         peak_gib=round(peak.peak_gib, 2),
         disk_bytes=math.ceil(disk),
         device=device,
         past_runs=len(relevant),
     )
+
+
+# ---- the queue: when each job starts and ends --------------------------------------------------------------
+
+
+def seconds_left(estimate: Estimate | None, elapsed_s: float, denoise_left_s: float | None) -> float | None:
+    """How long a running job still takes: while it denoises, the runner's own measure of the steps left
+    (`denoise_left_s`) and the decodes after them; otherwise what its estimate leaves after `elapsed_s`
+    (never below nothing). None when it has no estimate and no measure."""
+    if denoise_left_s is not None and estimate is not None and estimate.decode_s is not None:
+        return denoise_left_s + estimate.decode_s
+    if estimate is None:
+        return denoise_left_s
+    return max(estimate.duration_s - elapsed_s, 0.0)
+
+
+def forecast_queue(
+    running_left_s: Sequence[float | None], queued_s: Sequence[float | None], slots: int
+) -> list[tuple[float | None, float | None]]:
+    """(start, finish), seconds from now, of each queued job in queue order: each starts on the slot that frees
+    first, the running jobs holding theirs for `running_left_s`; `queued_s` are the jobs' durations. Unknown
+    (None) from the first job whose slot frees at an unknown time on: a job's unknown duration makes its
+    slot's next start unknown."""
+    free_at: list[float] = [math.inf if left is None else left for left in running_left_s]
+    free_at += [0.0] * max(slots - len(free_at), 0)
+    heapq.heapify(free_at)
+    forecast: list[tuple[float | None, float | None]] = []
+    for duration in queued_s:
+        start = heapq.heappop(free_at) if free_at else math.inf
+        finish = math.inf if duration is None else start + duration
+        heapq.heappush(free_at, finish)
+        forecast.append((_known(start), _known(finish)))
+    return forecast
+
+
+def _known(seconds: float) -> float | None:
+    return None if math.isinf(seconds) else round(seconds, 1)
 
 
 # Where a loaded NVIDIA driver shows: Linux, and WSL's GPU bridge.

@@ -11,19 +11,24 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
 
 from app.auth import PUBLIC
 from app.config import Settings
-from app.jobs import Jobs, present, present_delivery
+from app.jobs import IDEMPOTENCY_HEADER, Jobs, present, present_delivery
+from app.places import places
 from app.queue import Worker
 from app.schemas import (
+    CancelledJobs,
+    FieldError,
     Health,
+    InvalidRequest,
     JobList,
     JobOut,
     ModelDefaults,
     ModelList,
     ModelOut,
+    QueueOut,
     UnusableModel,
     WebhookDeliveryList,
     WorkerHealth,
@@ -31,6 +36,19 @@ from app.schemas import (
 )
 from app.store import JobRow
 from contract.request import given
+
+MAX_WAIT_S = 60  # Prefer: wait=N, at most (Replicate's limit)
+Prefer = Annotated[
+    str | None,
+    HeaderParameter(name="Prefer", description=f"wait=N (N <= {MAX_WAIT_S}): answer once the job ends or N s pass"),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name=IDEMPOTENCY_HEADER,
+        description="the same key with the same body within 24 h answers with the first job (200), not a new one",
+    ),
+]
 
 
 def client_address(request: Request) -> str:
@@ -54,6 +72,33 @@ class _TakesARequest(Operation):
         self.request_body = RequestBody(content={"application/json": OpenAPIMediaType(schema=schema)}, required=True)
 
 
+def wait_preference(prefer: str | None) -> int | None:
+    """The seconds a `Prefer: wait=N` header asks to wait (RFC 7240: preferences separated by commas, their
+    parameters by semicolons); None when it asks for none. A wait that is no whole number of seconds up to
+    MAX_WAIT_S is a 400 naming the header."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.split(";")[0].partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        if not value.isascii() or not value.isdigit() or int(value) > MAX_WAIT_S:
+            message = f"wait must be a whole number of seconds from 0 to {MAX_WAIT_S}, not {value[:20]!r}"
+            raise InvalidRequest([FieldError(field="Prefer", message=message)])
+        return int(value)
+    return None
+
+
+async def answer(
+    jobs: Jobs, settings: Settings, job: JobRow, wait: int | None, status_code: int = 200, **headers: str
+) -> Response[JobOut]:
+    """The job as it is, after waiting up to `wait` seconds for it to end (Prefer: wait)."""
+    if wait is not None:
+        await jobs.wait(job.id, wait)
+        job = await jobs.get_job(job.id) or job  # deleted meanwhile: as it was
+        headers["Preference-Applied"] = f"wait={wait}"
+    return Response(present(job, settings, await jobs.places()), status_code=status_code, headers=headers)
+
+
 class JobsApi(Controller):
     path = "/api"
     tags = ["jobs"]
@@ -69,15 +114,33 @@ class JobsApi(Controller):
                 description="the job's API URL",
                 value="/api/jobs/ID",  # documentation only: its type makes the header's schema (a string)
                 documentation_only=True,
-            )
+            ),
+            ResponseHeader(
+                name="Preference-Applied",
+                description="wait=N, as it was waited",
+                value="wait=N",
+                documentation_only=True,
+            ),
         ],
     )
     async def create_job(
-        self, request: Request, jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+        self,
+        request: Request,
+        jobs: NamedDependency[Jobs],
+        settings: NamedDependency[Settings],
+        prefer: Prefer = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[JobOut]:
+        """201 with a new job; 200 with the first job of an Idempotency-Key sent again with the same body."""
+        wait = wait_preference(prefer)  # a bad header makes no job
         # The body is decoded here, not by Litestar, so that any body gets a 400 saying what is wrong with it.
-        job = present(await jobs.submit(decode_body(await request.body()), client_address(request)), settings)
-        return Response(job, status_code=201, headers={"Location": job.links.self})
+        raw = decode_body(await request.body())
+        if idempotency_key is None:
+            job, created = await jobs.submit(raw, client_address(request)), True
+        else:
+            job, created = await jobs.submit_once(raw, client_address(request), idempotency_key)
+        location = settings.url(f"/api/jobs/{job.id}")
+        return await answer(jobs, settings, job, wait, 201 if created else 200, Location=location)
 
     @get("/jobs", summary="Jobs, newest first")
     async def list_jobs(
@@ -92,16 +155,22 @@ class JobsApi(Controller):
             before_seq = (await load_job(jobs, before)).seq
         found = await jobs.newest(limit + 1, before_seq)
         page = found[:limit]
+        places = await jobs.places()
         return JobList(
-            jobs=[present(j, settings) for j in page],
+            jobs=[present(j, settings, places) for j in page],
             next_before=page[-1].id if len(found) > limit else None,
         )
 
-    @get("/jobs/{job_id:str}", summary="One job")
+    @get("/jobs/{job_id:str}", summary="One job (Prefer: wait=N answers once it ends or N s pass)")
     async def get_job(
-        self, job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
-    ) -> JobOut:
-        return present(await load_job(jobs, job_id), settings)
+        self,
+        job_id: FromPath[str],
+        jobs: NamedDependency[Jobs],
+        settings: NamedDependency[Settings],
+        prefer: Prefer = None,
+    ) -> Response[JobOut]:
+        wait = wait_preference(prefer)
+        return await answer(jobs, settings, await load_job(jobs, job_id), wait)
 
     @get("/jobs/{job_id:str}/webhooks", summary="The job's webhook deliveries: event, status, attempts, last error")
     async def job_webhooks(self, job_id: FromPath[str], jobs: NamedDependency[Jobs]) -> WebhookDeliveryList:
@@ -113,7 +182,14 @@ class JobsApi(Controller):
         self, job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
     ) -> JobOut:
         await jobs.cancel(await load_job(jobs, job_id))
-        return present(await load_job(jobs, job_id), settings)
+        return present(await load_job(jobs, job_id), settings, await jobs.places())
+
+    @post("/jobs/{job_id:str}/prioritize", status_code=200, summary="Move a queued job to the front of the queue")
+    async def prioritize_job(
+        self, job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+    ) -> JobOut:
+        await jobs.prioritize(await load_job(jobs, job_id))
+        return present(await load_job(jobs, job_id), settings, await jobs.places())
 
     @delete("/jobs/{job_id:str}", status_code=204, summary="Delete a finished job and its files")
     async def delete_job(self, job_id: FromPath[str], jobs: NamedDependency[Jobs]) -> None:
@@ -123,13 +199,13 @@ class JobsApi(Controller):
     async def keep_job(
         self, job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
     ) -> JobOut:
-        return present(await jobs.set_keep(await load_job(jobs, job_id), True), settings)
+        return present(await jobs.set_keep(await load_job(jobs, job_id), True), settings, await jobs.places())
 
     @delete("/jobs/{job_id:str}/keep", status_code=200, summary="Unmark a job keep: retention may remove its files")
     async def unkeep_job(
         self, job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
     ) -> JobOut:
-        return present(await jobs.set_keep(await load_job(jobs, job_id), False), settings)
+        return present(await jobs.set_keep(await load_job(jobs, job_id), False), settings, await jobs.places())
 
     @get("/models", summary="Models with their constraints and defaults, and model directories that cannot be used")
     async def list_models(self, settings: NamedDependency[Settings]) -> ModelList:
@@ -154,6 +230,42 @@ class JobsApi(Controller):
             ],
             unusable=[UnusableModel(**msgspec.structs.asdict(found)) for found in offer.unusable],
         )
+
+
+async def queue_state(jobs: Jobs, settings: Settings) -> QueueOut:
+    snapshot = await jobs.queue()
+    where = places(snapshot, jobs.worker.slots)
+    return QueueOut(
+        paused=snapshot.paused,
+        slots=jobs.worker.slots,
+        running=[present(job, settings, where) for job in snapshot.running],
+        queued=[present(job, settings, where) for job in snapshot.queued],
+    )
+
+
+class QueueApi(Controller):
+    """The queue as a whole: its state, pause and resume, cancel what waits."""
+
+    path = "/api/queue"
+    tags = ["queue"]
+
+    @get("/", summary="The queue: paused or not, the running jobs, the queued ones in order with their times")
+    async def get_queue(self, jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]) -> QueueOut:
+        return await queue_state(jobs, settings)
+
+    @post("/pause", status_code=200, summary="Pause the queue: running jobs finish, no queued job starts")
+    async def pause(self, jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]) -> QueueOut:
+        await jobs.set_paused(True)
+        return await queue_state(jobs, settings)
+
+    @post("/resume", status_code=200, summary="Resume the queue")
+    async def resume(self, jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]) -> QueueOut:
+        await jobs.set_paused(False)
+        return await queue_state(jobs, settings)
+
+    @post("/cancel-queued", status_code=200, summary="Cancel every queued job (running jobs go on)")
+    async def cancel_queued(self, jobs: NamedDependency[Jobs]) -> CancelledJobs:
+        return CancelledJobs(cancelled=await jobs.cancel_queued())
 
 
 @get("/healthz", summary="Liveness, the worker's, and free disk space", tags=["health"], opt={PUBLIC: True})

@@ -57,10 +57,11 @@ def _api_event(event: dict[str, Any]) -> tuple[int, ServerSentEventMessage, str 
 
 
 async def _follow(
-    live: Subscription, last_id: int, read: Callable[[Any], tuple[int, ServerSentEventMessage, str | None]]
+    live: Subscription, last_id: int, read: Callable[[Any], tuple[int | None, ServerSentEventMessage, str | None]]
 ) -> AsyncIterator[ServerSentEventMessage]:
     """A job's live messages after `last_id` (what `read` makes of each: its id, its message, the status it
-    ended the job with), heartbeats between them, and `end` after the job's last."""
+    ended the job with), heartbeats between them, and `end` after the job's last. A message of no id (a page's
+    panel after the queue moved) is no event of the job's: it always goes."""
     while True:
         try:
             item = await live.receive()
@@ -70,10 +71,10 @@ async def _follow(
             yield _heartbeat()
             continue
         event_id, message, ended = read(item)
-        if event_id <= last_id:
+        if event_id is not None and event_id <= last_id:
             continue
         yield message
-        last_id = event_id
+        last_id = last_id if event_id is None else event_id
         if ended:
             yield _end(ended)
             return

@@ -11,7 +11,7 @@ import contextlib
 from typing import Any
 
 import msgspec
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.plugins.htmx import ClientRedirect, HTMXTemplate
@@ -21,7 +21,7 @@ from app.auth import PUBLIC
 from app.config import Settings
 from app.disk import DiskFull
 from app.jobs import Conflict, Jobs, QueueFull, present_delivery
-from app.page_feed import job_context
+from app.page_feed import PageFeed, job_context
 from app.ratelimit import RateLimited
 from app.routes.api import client_address, load_job
 from app.schemas import FieldError, InvalidRequest
@@ -94,9 +94,17 @@ def _form_values(form: dict[str, str]) -> dict[str, Any]:
     return values
 
 
+def _list_context(pages: PageFeed) -> dict[str, Any]:
+    """What a job list shows beside its jobs: their places in the queue, and whether it is paused."""
+    return {"places": pages.places, "paused": pages.paused}
+
+
 @get("/", name="index")
 async def index(
-    jobs: NamedDependency[Jobs], settings: NamedDependency[Settings], from_job: FromQuery[str | None] = None
+    jobs: NamedDependency[Jobs],
+    settings: NamedDependency[Settings],
+    pages: NamedDependency[PageFeed],
+    from_job: FromQuery[str | None] = None,
 ) -> Template:
     """The create page. `?from_job=<id>` fills the form with that job's settings (seed included)."""
     values: dict[str, Any] = {}
@@ -105,7 +113,8 @@ async def index(
         if source is not None:
             values = msgspec.structs.asdict(source.request)
     recent = await jobs.newest(RECENT_JOBS)
-    return HTMXTemplate(template_name="index.html", context={**_form_context(settings, values), "jobs": recent})
+    context = {**_form_context(settings, values), **_list_context(pages), "jobs": recent}
+    return HTMXTemplate(template_name="index.html", context=context)
 
 
 @get("/fragments/form", name="form_fragment")
@@ -145,36 +154,84 @@ async def create_job(
 
 
 @get("/fragments/jobs", name="jobs_fragment")
-async def jobs_fragment(jobs: NamedDependency[Jobs]) -> Template:
-    return HTMXTemplate(template_name="fragments/_job_rows.html", context={"jobs": await jobs.newest(RECENT_JOBS)})
+async def jobs_fragment(jobs: NamedDependency[Jobs], pages: NamedDependency[PageFeed]) -> Template:
+    context = {**_list_context(pages), "jobs": await jobs.newest(RECENT_JOBS)}
+    return HTMXTemplate(template_name="fragments/_job_rows.html", context=context)
+
+
+async def _panel_context(jobs: Jobs, settings: Settings, pages: PageFeed, job_id: str) -> dict[str, Any]:
+    job = await load_job(jobs, job_id)
+    return job_context(job, settings.models(), pages.places.get(job.id))
 
 
 @get("/jobs/{job_id:str}", name="job_page")
-async def job_page(job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]) -> Template:
-    job = await load_job(jobs, job_id)
+async def job_page(
+    job_id: FromPath[str],
+    jobs: NamedDependency[Jobs],
+    settings: NamedDependency[Settings],
+    pages: NamedDependency[PageFeed],
+) -> Template:
+    context = await _panel_context(jobs, settings, pages, job_id)
+    job = context["job"]
     deliveries = [present_delivery(d) for d in await jobs.webhook_deliveries(job.id)] if job.webhook else []
-    return HTMXTemplate(
-        template_name="job.html", context={**job_context(job, settings.models()), "deliveries": deliveries}
-    )
+    return HTMXTemplate(template_name="job.html", context={**context, "deliveries": deliveries})
 
 
 @get("/jobs/{job_id:str}/panel", name="job_panel")
 async def job_panel(
-    job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+    job_id: FromPath[str],
+    jobs: NamedDependency[Jobs],
+    settings: NamedDependency[Settings],
+    pages: NamedDependency[PageFeed],
 ) -> Template:
-    job = await load_job(jobs, job_id)
-    return HTMXTemplate(template_name="fragments/_job_panel.html", context=job_context(job, settings.models()))
+    context = await _panel_context(jobs, settings, pages, job_id)
+    return HTMXTemplate(template_name="fragments/_job_panel.html", context=context)
 
 
 @post("/jobs/{job_id:str}/cancel", name="cancel_job_form", status_code=200)
 async def cancel_job_form(
-    job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+    job_id: FromPath[str],
+    jobs: NamedDependency[Jobs],
+    settings: NamedDependency[Settings],
+    pages: NamedDependency[PageFeed],
 ) -> Template:
-    job = await load_job(jobs, job_id)
     with contextlib.suppress(Conflict):  # it finished meanwhile: the panel below shows how
-        await jobs.cancel(job)
-    job = await load_job(jobs, job_id)
-    return HTMXTemplate(template_name="fragments/_job_panel.html", context=job_context(job, settings.models()))
+        await jobs.cancel(await load_job(jobs, job_id))
+    context = await _panel_context(jobs, settings, pages, job_id)
+    return HTMXTemplate(template_name="fragments/_job_panel.html", context=context)
+
+
+def _back_home(request: Request, settings: Settings) -> Response[None] | Redirect:
+    """What a job list's queue controls get back: htmx, nothing (the list's stream shows the change); a browser
+    without script, the home page again."""
+    if request.headers.get("hx-request"):
+        return Response(None, status_code=204)
+    return Redirect(settings.url("/"), status_code=303)
+
+
+@post("/queue/pause", name="pause_queue_form", status_code=200)
+async def pause_queue_form(
+    request: Request, jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+) -> Response[None] | Redirect:
+    await jobs.set_paused(True)
+    return _back_home(request, settings)
+
+
+@post("/queue/resume", name="resume_queue_form", status_code=200)
+async def resume_queue_form(
+    request: Request, jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+) -> Response[None] | Redirect:
+    await jobs.set_paused(False)
+    return _back_home(request, settings)
+
+
+@post("/jobs/{job_id:str}/prioritize", name="prioritize_job_form", status_code=200)
+async def prioritize_job_form(
+    request: Request, job_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+) -> Response[None] | Redirect:
+    with contextlib.suppress(Conflict):  # it started meanwhile: the list shows it running
+        await jobs.prioritize(await load_job(jobs, job_id))
+    return _back_home(request, settings)
 
 
 @post("/jobs/{job_id:str}/delete", name="delete_job_form", status_code=200)
@@ -220,4 +277,7 @@ handlers = [
     cancel_job_form,
     delete_job_form,
     keep_job_form,
+    pause_queue_form,
+    resume_queue_form,
+    prioritize_job_form,
 ]

@@ -203,7 +203,7 @@ def test_the_job_list_puts_a_new_job_on_top_and_follows_its_row_from_its_stream_
     expect(row.locator(".badge")).to_have_text("running", timeout=60000)
     percents: set[str] = set()
     while row.locator(".badge").inner_text() == "running":
-        percents.add(row.locator("td").nth(3).inner_text())
+        percents.add(row.locator("td").last.inner_text())  # the progress column
         time.sleep(0.1)
     expect(row.locator(".badge")).to_have_text("succeeded")
     assert len(percents) >= 2, f"the row's progress did not move: {percents}"
@@ -248,3 +248,28 @@ def test_the_api_page_renders_from_the_portals_own_files_under_its_csp_and_tries
     assert not blocked, f"the CSP blocked something: {blocked}"
     assert not errors, errors
     page.context.close()
+
+
+def test_a_person_pauses_the_queue_moves_a_job_to_the_front_and_resumes_from_the_job_list(
+    portal: Portal, browser: Browser
+) -> None:
+    page = browser.new_page()
+    page.goto(portal.base_url + "/")
+    page.wait_for_timeout(500)  # time for the page's stream to connect
+    page.click("#queue-pause-button")
+    expect(page.locator("#queue-resume-button")).to_be_visible(timeout=10000)  # pushed by the list's stream
+    expect(page.locator("#queue-state")).to_contain_text("Queue paused")
+
+    first, second = (portal.submit(steps=2, prompt=f"clip {n}")["id"] for n in (1, 2))
+    expect(page.locator(f"#job-{second} .queue-position")).to_have_text("#2 in queue", timeout=10000)
+    page.locator(f"#job-{second} .prioritize-button").click()
+    expect(page.locator(f"#job-{second} .queue-position")).to_have_text("#1 in queue", timeout=10000)
+    expect(page.locator(f"#job-{first} .queue-position")).to_have_text("#2 in queue")
+    assert page.locator(f"#job-{second} .prioritize-button").count() == 0, "the first in line has nothing to jump"
+
+    page.click("#queue-resume-button")
+    expect(page.locator("#queue-pause-button")).to_be_visible(timeout=10000)
+    for job_id in (first, second):
+        expect(page.locator(f"#job-{job_id} .badge")).to_have_text("succeeded", timeout=90000)
+    assert portal.job(second)["started_at"] < portal.job(first)["started_at"], "the job moved to the front ran first"
+    page.close()

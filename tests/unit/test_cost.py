@@ -77,6 +77,31 @@ def test_past_runs_move_the_estimate_to_what_this_machine_measured() -> None:
     assert then.duration_s > first.duration_s
 
 
+def test_runs_of_two_shapes_tell_a_small_models_per_pass_cost_from_its_flop_rate() -> None:
+    """Steps of the tiny demo cost mostly their calls: a rate alone, learned from a small clip, would predict a
+    larger one many times too slow. Two shapes apart are enough to fit both."""
+    per_pass_s, flop_per_s, decode_base_s, work_per_s, fixed_s = 0.05, 2e11, 0.4, 5e5, 3.0
+
+    def run(request: Request) -> cost.PastRun:
+        denoise = (
+            cost.denoise_passes(DEMO.kind, request) * per_pass_s
+            + cost.denoise_flop(SIZE, DEMO.kind, request) / flop_per_s
+        )
+        video = decode_base_s + cost.decode_work(SIZE, request) / work_per_s
+        audio = cost.clip_seconds(request) * 0.05
+        timings = {"denoise": denoise, "decode_video": video, "decode_audio": audio}
+        return cost.PastRun(request=request, device="cpu", held_s=fixed_s + denoise + video + audio, timings=timings)
+
+    small, larger = (
+        resolved(width=256, height=256, num_frames=9, steps=4),
+        resolved(width=512, height=320, num_frames=97),
+    )
+    truth = run(resolved(width=384, height=256, num_frames=49, steps=16))
+    learned = predicted(truth.request, runs=[run(small), run(larger)])
+    assert learned.duration_s == pytest.approx(truth.held_s, rel=0.02)
+    assert predicted(truth.request, runs=[run(small)]).duration_s > 1.3 * truth.held_s, "a rate alone overshoots"
+
+
 def test_one_odd_run_does_not_swing_the_estimate_and_runs_on_another_device_are_not_used() -> None:
     seen = resolved()
     steady = [run_like(seen, denoise_x=2.0, decode_x=2.0, fixed_s=4.0) for _ in range(4)]

@@ -66,7 +66,7 @@ def test_the_longest_finished_go_first_until_within_keep_gb_and_kept_or_unfinish
         for job_id in (oldest, failed, newest):
             job = await parts.jobs.get_job(job_id)
             assert job.files_removed_at is not None and not parts.jobs.job_dir(job_id).exists()
-        shown = present(await parts.jobs.get_job(oldest), parts.settings)
+        shown = present(await parts.jobs.get_job(oldest), parts.settings, await parts.jobs.places())
         assert shown.status == "succeeded" and shown.files_removed_at and shown.links.video is None
         assert shown.request.prompt == "a red ball", "the row keeps its request"
         with pytest.raises(Conflict, match="files were removed"):

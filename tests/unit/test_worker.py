@@ -62,19 +62,23 @@ async def until(condition: Callable[[], bool]) -> None:
             await anyio.sleep(0.01)
 
 
-def with_worker(tmp_path: Path, scenario: Callable[[Worker, TwoSlots, Store], Awaitable[None]]) -> TwoSlots:
-    """Run `scenario` beside a worker over TwoSlots with jobs a, b and c queued in that order, then stop the
-    worker as the portal's lifespan does (by cancelling it); the executor, for what it was asked."""
+def with_worker(
+    tmp_path: Path, scenario: Callable[[Worker, TwoSlots, Store], Awaitable[None]], *, paused: bool = False
+) -> TwoSlots:
+    """Run `scenario` beside a worker over TwoSlots with jobs a, b and c queued in that order (and the queue
+    `paused`), then stop the worker as the portal's lifespan does (by cancelling it); the executor, for what it
+    was asked."""
     store = Store(tmp_path / "portal.db")
     executor = TwoSlots()
     settings, broker = Settings(data_dir=tmp_path), Broker()
-    journal = Journal(store, broker, PageFeed(broker, build_templates(settings), settings))
+    journal = Journal(store, broker, PageFeed(broker, build_templates(settings), settings), slots=executor.capacity)
     worker = Worker(store, journal, executor, tmp_path / "jobs", "python")
 
     async def main() -> None:
         for job_id in "abc":
             await store.call(store.create_job, job_id, Request(prompt=job_id), {"type": "queued"}, 10)
-            worker.enqueue(job_id)
+            worker.wake()
+        await worker.set_paused(paused)
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker.run, None)
             await scenario(worker, executor, store)
@@ -113,6 +117,32 @@ def test_two_jobs_run_at_once_in_queue_order_and_the_third_waits_for_a_slot(tmp_
 
     executor = with_worker(tmp_path, scenario)
     assert executor.calls == ["start", "close"]
+
+
+def test_a_paused_queue_starts_nothing_and_a_job_moved_to_the_front_starts_first(tmp_path: Path) -> None:
+    async def scenario(worker: Worker, executor: TwoSlots, store: Store) -> None:
+        await anyio.sleep(0.1)  # room for a wrong start to show
+        assert executor.started == [] and statuses(store) == {"a": "queued", "b": "queued", "c": "queued"}
+        assert await store.call(store.prioritize, "c")
+        await worker.set_paused(False)
+        await until(lambda: len(executor.started) == 2)
+        assert executor.started == ["c", "a"]
+
+        await worker.set_paused(True)
+        executor.finish["c"].set()  # a slot frees while paused
+        await until(lambda: statuses(store)["c"] == "succeeded")
+        await anyio.sleep(0.1)
+        assert executor.started == ["c", "a"] and statuses(store)["b"] == "queued", "paused: b waits"
+        assert await store.call(store.paused), "kept in the store, for a restart"
+
+        await worker.set_paused(False)
+        await until(lambda: executor.started == ["c", "a", "b"])
+        assert not await store.call(store.prioritize, "b"), "a running job has no place to move to"
+        executor.finish["a"].set()
+        executor.finish["b"].set()
+        await until(lambda: worker.state == "idle")
+
+    with_worker(tmp_path, scenario, paused=True)
 
 
 def test_a_cancel_goes_to_the_executor_and_a_shutdown_interrupts_what_runs(tmp_path: Path) -> None:
