@@ -31,7 +31,8 @@ from app.schemas import (
     WebhookDeliveryOut,
     validate_request,
 )
-from app.store import TERMINAL, Delivery, JobRow, QueueSnapshot, Store, StoredEvent
+from app.statuses import TERMINAL
+from app.store import Delivery, JobRow, QueueSnapshot, Store, StoredEvent
 from app.uploads import Upload, Uploads, write_job_image
 from app.webhook_targets import FIELDS as WEBHOOK_FIELDS
 from app.webhook_targets import Webhook, read_webhook

@@ -14,7 +14,7 @@ import msgspec
 
 from app.disk import DiskStatus
 from app.progress import JobProgress
-from app.store import Ended, JobStatus
+from app.statuses import Ended, JobStatus
 from contract import protocol
 from contract.cost import Estimate
 from contract.models import ModelSpec, Offer

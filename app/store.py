@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar, get_args
+from typing import Any, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -22,17 +22,13 @@ import msgspec
 
 from app import migrations
 from app.progress import JobProgress, decode_progress
+from app.statuses import TERMINAL
 from app.webhook_targets import Webhook
 from contract.cost import Estimate, PastRun
 from contract.request import Request
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-Ended = Literal["succeeded", "failed", "cancelled"]
-JobStatus = Literal[Ended, "queued", "running", "interrupted"]  # the API's JSON names them too
-TERMINAL = frozenset(get_args(Ended))
-STATUSES = frozenset(get_args(JobStatus))
 
 
 # An upload stays while it is young or while any job's request names it.

@@ -29,7 +29,7 @@ from app.routes.api import load_job
 from app.routes.pages import RECENT_JOBS
 from app.schemas import JobEvent
 from app.sse_names import END
-from app.store import TERMINAL
+from app.statuses import TERMINAL
 
 # An id as this portal sends them: a job's event number. Longer numbers are nobody's id (and would not fit SQLite).
 _EVENT_ID = re.compile(r"[0-9]{1,18}")

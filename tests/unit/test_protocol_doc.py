@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.sse_names import END as END_EVENT
-from app.store import STATUSES, TERMINAL
+from app.statuses import STATUSES, TERMINAL
 from contract import protocol
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()

@@ -237,8 +237,11 @@ def journal_with_webhooks(tmp_path: Path, allow: str = "127.0.0.1", attempts: in
     settings = Settings(data_dir=tmp_path, webhook_allow=Allowlist.parse(allow))
     store, broker = Store(tmp_path / "portal.db"), Broker()
     secret = new_secret()
-    webhooks = Webhooks(store, lambda job: present(job, settings), secret, settings.webhook_allow, 0.05, attempts)
-    journal = Journal(store, broker, PageFeed(broker, build_templates(settings), settings), webhooks)
+    pages = PageFeed(broker, build_templates(settings), settings)
+    webhooks = Webhooks(
+        store, lambda job: present(job, settings, pages.places), secret, settings.webhook_allow, 0.05, attempts
+    )
+    journal = Journal(store, broker, pages, slots=1, webhooks=webhooks)
     try:
         yield store, journal, webhooks, secret
     finally:
