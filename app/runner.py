@@ -8,7 +8,8 @@ waits, spawned when the executor starts and again as each job starts, so that th
 finds one ready; one job runs at a time. A spare waiting beside a running job yields the CPU to it:
 its session's autogroup (Linux's CPU share of a session) gets the lowest weight, nice 19, until that
 job's runner ends, and always before the spare is handed its job (0), so a job never runs at low
-priority. Either way the
+priority. A spare that dies before it reads its job (killed while idle, its end not yet noticed
+when the job is handed over) ran nothing of it, so a runner spawned for the job runs it. Either way the
 child runs in its own session (its own process group) so a cancel reaches everything it started,
 and it asks the kernel for SIGTERM when this process dies. Its stdout carries only
 protocol lines, handed one by one to the run's event sink; its stderr goes to runner.log (a spare's,
@@ -78,6 +79,10 @@ class _Transcript:
         self.result: protocol.Result | None = None
         self.last_error: protocol.Error | None = None
         self.violation: str | None = None
+        self.lines = 0  # stdout lines read, protocol events or not
+
+    def is_empty(self) -> bool:
+        return self.lines == 0
 
 
 class Supervisor(Executor):
@@ -154,18 +159,37 @@ class Supervisor(Executor):
 
     async def run(self, job_id: str, job_dir: Path, on_event: EventSink) -> Outcome:
         # Shielded: a cancel (a shutdown) cannot land between the hand-over and the registration, where
-        # the runner would go on unsupervised; it lands inside the try below, which stops the runner.
+        # the runner would go on unsupervised; it lands inside _supervise, which stops the runner.
         with anyio.CancelScope(shield=True):
             child = await self._hand_to_spare(job_id, job_dir) or await self._spawn(job_dir)
             self._children[job_id] = child
-        process = child.process
+        transcript = await self._supervise(job_id, child, on_event)
+        if child.spare_spawned is not None and _never_took_its_job(job_dir, child):
+            # The spare died before it read its job (killed while idle, its death not yet reaped when the
+            # job was handed over): nothing of the job ran, so a runner spawned for it runs it now.
+            _note_a_spare_that_never_took_its_job(job_dir, child, self.spare_log)
+            if not child.cancel_requested.is_set() and transcript.is_empty():
+                log.warning(
+                    "spare runner %d not used: it had exited with %s before it took job %s; spawning a runner for it",
+                    child.process.pid,
+                    child.process.returncode,
+                    job_id,
+                )
+                with anyio.CancelScope(shield=True):
+                    child = await self._spawn(job_dir)
+                    self._children[job_id] = child
+                transcript = await self._supervise(job_id, child, on_event)
+        return _classify(child.process.returncode, child.cancel_requested.is_set(), transcript)
+
+    async def _supervise(self, job_id: str, child: _Child, on_event: EventSink) -> _Transcript:
+        """Follow a registered runner to its end (stopped on cancel), with a spare importing beside it."""
         transcript = _Transcript()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._stop_when_cancelled, child)
                 tg.start_soon(self.ensure_spare, True)  # the next job's runner, importing while this one runs
                 await self._follow(job_id, child, transcript, on_event)
-                await process.wait()
+                await child.process.wait()
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -173,9 +197,7 @@ class Supervisor(Executor):
                 if self._spare is not None:  # nothing of this job's competes with the spare's imports any more
                     await _give_back_full_weight(self._spare)
             self._children.pop(job_id, None)
-        if child.spare_spawned is not None:
-            _note_a_spare_that_never_took_its_job(job_dir, child, self.spare_log)
-        return _classify(process.returncode, child.cancel_requested.is_set(), transcript)
+        return transcript
 
     async def _follow(self, job_id: str, child: _Child, transcript: _Transcript, on_event: EventSink) -> None:
         assert child.process.stdout is not None
@@ -190,6 +212,7 @@ class Supervisor(Executor):
                 transcript.violation = f"a line longer than {MAX_LINE_BYTES} bytes"
                 break
             number += 1
+            transcript.lines = number
             try:
                 event = protocol.decode(line)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -302,11 +325,14 @@ async def _give_back_full_weight(spare: _Child) -> bool:
     return not spare.niced
 
 
+def _never_took_its_job(job_dir: Path, spare: _Child) -> bool:
+    """A spare that takes its job writes runner.log from then on; one that wrote nothing never took it."""
+    return _size(job_dir / jobdir.LOG_FILE) <= spare.log_size_at_hand_over
+
+
 def _note_a_spare_that_never_took_its_job(job_dir: Path, spare: _Child, spare_log: Path | None) -> None:
-    """A spare that takes its job writes runner.log from then on; if it wrote nothing, say so there."""
+    """Say in the job's runner.log that its spare ended before it took the job, and where the spare's words are."""
     log_path = job_dir / jobdir.LOG_FILE
-    if _size(log_path) > spare.log_size_at_hand_over:
-        return
     with contextlib.suppress(OSError), open(log_path, "a") as runner_log:
         runner_log.write(
             f"spare runner {spare.process.pid} ended (exit status {spare.process.returncode}) before it took this "

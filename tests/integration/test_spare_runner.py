@@ -89,6 +89,12 @@ def first_line(job_dir: Path) -> str:
     return (job_dir / jobdir.LOG_FILE).read_text(errors="replace").splitlines()[0]
 
 
+def spawned_for_the_job(job_dir: Path) -> bool:
+    """The job ran in `python -m gpu_runner run`: its runner.log has that runner's first line."""
+    lines = (job_dir / jobdir.LOG_FILE).read_text(errors="replace").splitlines()
+    return any(line.endswith("gpu_runner runner started") for line in lines)
+
+
 # --- through the supervisor ----------------------------------------------------------------------------------
 
 
@@ -138,6 +144,28 @@ def test_a_job_handed_to_a_spare_gives_what_a_runner_spawned_for_it_gives(demo_m
     assert all(np.array_equal(a, b) for a, b in zip(spare_clip.frames, fresh_clip.frames, strict=True))
     assert not alive(pid) and not process_group(pid)
     assert not spare_runners(jobs_dir), "close() killed the spare spawned after the job"
+
+
+def test_a_job_handed_to_a_spare_that_died_unnoticed_runs_in_a_runner_spawned_for_it(demo_model_dir, tmp_path) -> None:
+    jobs_dir = tmp_path / "jobs"
+    write_job(jobs_dir / "job", demo_model_dir, steps=2)
+
+    async def main() -> tuple[int, object]:
+        supervisor = Supervisor(sys.executable, 5, spare_jobs_dir=jobs_dir)
+        await supervisor.ensure_spare()
+        pid = supervisor.spare_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # no await before run(): the supervisor has not seen the spare end
+        outcome = await supervisor.run("job", jobs_dir / "job", Recorder().sink("job"))
+        await supervisor.close()
+        return pid, outcome
+
+    pid, outcome = anyio.run(main)
+
+    assert outcome.status == "succeeded", outcome
+    assert spawned_for_the_job(jobs_dir / "job")
+    assert (jobs_dir / "job" / "video.mp4").stat().st_size > 0
+    assert not alive(pid) and not process_group(pid)
 
 
 def test_cancelling_a_job_whose_spare_is_still_importing_ends_it_cancelled(demo_model_dir, tmp_path) -> None:
@@ -262,7 +290,7 @@ def test_a_spare_killed_while_idle_is_replaced_and_the_next_jobs_run(make_portal
 
     job = portal.wait(portal.submit(steps=2)["id"])
     assert job["status"] == "succeeded", job["error"]
-    assert first_line(portal.job_dir(job["id"])).endswith("gpu_runner runner started"), "spawned for the job"
+    assert spawned_for_the_job(portal.job_dir(job["id"]))
     assert f"spare runner {killed} not used: it had exited with -9" in portal.log_path.read_text()
 
     replacement = the_spare(portal)
