@@ -10,9 +10,18 @@ from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    Reference,
+    RequestBody,
+    Schema,
+)
 from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
 
+from app import webhook_targets
 from app.auth import PUBLIC
 from app.config import Settings
 from app.jobs import IDEMPOTENCY_HEADER, Jobs, present, present_delivery
@@ -65,10 +74,27 @@ async def load_job(jobs: Jobs, job_id: str) -> JobRow:
 
 @dataclass
 class _TakesARequest(Operation):
-    """The OpenAPI of a handler that decodes its JSON body itself (with decode_body): a request's fields."""
+    """The OpenAPI of a handler that decodes its JSON body itself (with decode_body): a request's fields and
+    the job's webhook, which is no field of the request (app/webhook_targets.py)."""
 
     def __post_init__(self) -> None:
-        schema = Reference(ref="#/components/schemas/Request")
+        webhook = Schema(
+            type=OpenAPIType.OBJECT,
+            properties={
+                "webhook": Schema(
+                    type=OpenAPIType.STRING,
+                    format=OpenAPIFormat.URI,
+                    max_length=webhook_targets.MAX_URL_CHARS,
+                    description="where the job's signed webhook deliveries go (its host allowed by AVP_WEBHOOK_ALLOW)",
+                ),
+                "webhook_events": Schema(
+                    type=OpenAPIType.ARRAY,
+                    items=Schema(type=OpenAPIType.STRING, enum=list(webhook_targets.EVENTS)),
+                    description=f"the events delivered there; {', '.join(webhook_targets.DEFAULT_EVENTS)} by default",
+                ),
+            },
+        )
+        schema = Schema(all_of=[Reference(ref="#/components/schemas/Request"), webhook])
         self.request_body = RequestBody(content={"application/json": OpenAPIMediaType(schema=schema)}, required=True)
 
 

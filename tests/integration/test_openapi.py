@@ -56,7 +56,16 @@ def test_the_document_is_valid_and_describes_the_real_shapes(shared_portal: Port
     assert model["constraints"] == ref("Constraints") and model["defaults"] == ref("ModelDefaults")
 
     create = document["paths"]["/api/jobs"]["post"]
-    assert create["requestBody"]["content"]["application/json"]["schema"] == ref("Request")
+    request_part, webhook_part = create["requestBody"]["content"]["application/json"]["schema"]["allOf"]
+    assert request_part == ref("Request"), "the body is a request's fields"
+    assert webhook_part["properties"]["webhook"]["format"] == "uri", "and a job's webhook beside them"
+    assert set(webhook_part["properties"]["webhook_events"]["items"]["enum"]) == {
+        "start",
+        "output",
+        "logs",
+        "completed",
+        "progress",
+    }
     assert create["responses"]["201"]["content"]["application/json"]["schema"] == ref("JobOut")
     stream = document["paths"]["/api/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]
     events = {r["$ref"].rsplit("/", 1)[1] for r in stream["text/event-stream"]["schema"]["oneOf"]}
