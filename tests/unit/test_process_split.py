@@ -25,7 +25,7 @@ def modules_loaded_by(imports: list[str]) -> set[str]:
     ("imports", "never"),
     [
         (CONTRACT, {"torch", "diffusers", "transformers", "litestar", "app", "gpu_runner"}),
-        (["app.web", "app.__main__"], {"torch", "diffusers", "transformers", "gpu_runner"}),
+        (["app.web", "app.__main__"], {"torch", "diffusers", "transformers", "gpu_runner", "av"}),
         (["gpu_runner.__main__", "gpu_runner.pipeline"], {"litestar", "uvicorn", "app"}),
     ],
     ids=["contract", "web process", "runner"],
