@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
+import os
 import re
 import shutil
 import time
@@ -364,12 +366,12 @@ class Jobs(msgspec.Struct, frozen=True):
         return await self.store.call(self.store.jobs_with_removable_files)
 
     async def remove_files(self, job: JobRow) -> bool:
-        """Remove a finished job's directory (video, preview, image, log), keeping its row with the time they
-        went; False when the job may no longer lose them (marked keep or deleted meanwhile)."""
+        """Remove a finished job's files (video, preview, image, log, job.json) but its poster, keeping its row
+        with the time they went; False when the job may no longer lose them (marked keep or deleted meanwhile)."""
         if not await self.store.call(self.store.claim_files_removal, job.id, time.time()):
             return False
         try:
-            await anyio.to_thread.run_sync(shutil.rmtree, self.job_dir(job.id))
+            await anyio.to_thread.run_sync(_remove_all_but_the_poster, self.job_dir(job.id))
         except FileNotFoundError:
             pass  # nothing was left
         except OSError as exc:  # the row says they went: it no longer offers the video
@@ -410,6 +412,22 @@ class Jobs(msgspec.Struct, frozen=True):
             return None
         path = self.job_dir(job.id) / jobdir.VIDEO_FILE
         return path if path.is_file() else None
+
+
+def _remove_all_but_the_poster(job_dir: Path) -> None:
+    """Empty a job's directory but for its poster (tens of KB: the gallery still shows the clip); the directory
+    goes too when nothing is left."""
+    with os.scandir(job_dir) as entries:
+        for entry in entries:
+            if entry.name == jobdir.POSTER_FILE and entry.is_file(follow_symlinks=False):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # a runner's preview replaced as we go
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+    with contextlib.suppress(OSError):  # not empty: the poster stays
+        job_dir.rmdir()
 
 
 def has_video(job: JobRow) -> bool:

@@ -1,8 +1,9 @@
 """Retention: finished jobs' files are removed, the longest finished first, to keep them within
 AVP_KEEP_DAYS and AVP_KEEP_GB (both off unless set).
 
-What goes is a job's directory (video, preview, image, log, job.json); its row stays with the time its
-files went, so the job still lists, shows its settings and fills the form again. Never the files of a
+What goes is a job's files (video, preview, image, log, job.json) but its poster, a few tens of KB that keep the
+gallery showing the clip (and count in AVP_KEEP_GB with the rest); its row stays with the time its files went, so
+the job still lists, shows its settings and fills the form again. Never the files of a
 queued, running or interrupted job, nor of one a person marked keep. A sweep runs at start-up, after
 each job ends, and hourly (jobs age while the portal idles).
 """

@@ -137,7 +137,7 @@ class Supervisor(Executor):
             return
         log.info("spawned spare runner %d (its log: %s)", process.pid, log_path)
         if beside_a_job:
-            spare.niced = await _set_autogroup_nice(process.pid, SPARE_NICE)
+            spare.niced = await set_autogroup_nice(process.pid, SPARE_NICE)
 
     async def start(self) -> None:
         """The first job's runner, importing while nobody waits."""
@@ -300,7 +300,7 @@ class Supervisor(Executor):
             log.info("stopped spare runner %d", spare.process.pid)
 
 
-async def _set_autogroup_nice(pid: int, nice: int) -> bool:
+async def set_autogroup_nice(pid: int, nice: int) -> bool:
     """Set the nice value of the autogroup of `pid`, a session leader (its session's CPU weight against others').
 
     Anyone may set 0 to 19 on their own processes' autogroups, and so give a spare its weight back; the
@@ -321,7 +321,7 @@ async def _set_autogroup_nice(pid: int, nice: int) -> bool:
 async def _give_back_full_weight(spare: _Child) -> bool:
     """Set a niced spare's autogroup back to nice 0; False where the kernel would not (it stays niced)."""
     if spare.niced:
-        spare.niced = not await _set_autogroup_nice(spare.process.pid, 0)
+        spare.niced = not await set_autogroup_nice(spare.process.pid, 0)
     return not spare.niced
 
 

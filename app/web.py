@@ -28,6 +28,7 @@ from app.jobs import Conflict, Jobs, KeyReused, QueueFull, present
 from app.journal import Journal
 from app.openapi import openapi_config
 from app.page_feed import PageFeed, queue_context
+from app.posters import make_missing_posters
 from app.queue import Worker
 from app.ratelimit import RateLimited, SubmitRateLimit
 from app.retention import Retention
@@ -238,6 +239,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             tg.start_soon(parts.uploads.sweep_forever)
             tg.start_soon(parts.retention.run)
             tg.start_soon(parts.webhooks.run)
+            tg.start_soon(make_missing_posters, settings.runner_python, settings.jobs_dir)
             try:
                 yield
             finally:
@@ -253,6 +255,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             events.job_events,
             files.job_video,
             files.job_preview,
+            files.job_poster,
             *uploads.handlers,
             # The pages and their streams are no API: /schema leaves them out.
             Router(

@@ -1,12 +1,14 @@
 """The job directory: its file names, job.json (what the web process hands the runner), and the one way to write it.
 
-`<data dir>/jobs/<job id>/` holds job.json, the conditioning image, preview.jpg, runner.log and
-video.mp4. Everything that starts a job (the portal, benches, tests, the demo's evaluation)
+`<data dir>/jobs/<job id>/` holds job.json, the conditioning image, preview.jpg, runner.log,
+video.mp4 and poster.jpg. Everything that starts a job (the portal, benches, tests, the demo's evaluation)
 writes job.json through `write_job_file`, so every runner reads the same shape.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import msgspec
@@ -19,6 +21,8 @@ VIDEO_FILE = "video.mp4"
 IMAGE_FILE = "image.png"  # the conditioning image, normalised to the job's size by the web process
 LOG_FILE = "runner.log"  # the runner's stderr
 PREVIEW_FILE = "preview.jpg"  # replaced whole every few steps while denoising
+# One frame of the finished clip (gpu_runner/poster.py), written beside video.mp4; the one file retention keeps
+POSTER_FILE = "poster.jpg"
 DEFAULT_CACHE_GB = 50.0  # AVP_CACHE_GB: two full-size models' FP8 transformers (18 GiB each), prompts and kernels
 
 
@@ -68,3 +72,34 @@ def write_job_file(job_dir: Path, job: JobFile) -> Path:
     path = job_dir / JOB_FILE
     path.write_bytes(msgspec.json.encode(job))
     return path
+
+
+def wants_poster(job_dir: Path) -> bool:
+    """Whether a job directory holds a finished clip without its poster: video.mp4 a regular file (never a symlink)
+    and nothing named poster.jpg (not even a dangling symlink, which a write must not follow)."""
+    return _is_regular_file(job_dir / VIDEO_FILE) and not os.path.lexists(job_dir / POSTER_FILE)
+
+
+def jobs_wanting_posters(jobs_dir: Path) -> list[Path]:
+    """The job directories in `jobs_dir` whose clip has no poster (made before posters existed), by name.
+
+    A job directory is a real directory (no symlink) right inside `jobs_dir` holding job.json as a regular
+    file; anything else there (the spare runner's log, a stray file or link) is left alone.
+    """
+    try:
+        with os.scandir(jobs_dir) as entries:
+            found = [
+                Path(entry.path)
+                for entry in entries
+                if entry.is_dir(follow_symlinks=False) and _is_regular_file(Path(entry.path) / JOB_FILE)
+            ]
+    except FileNotFoundError:
+        return []
+    return sorted(path for path in found if wants_poster(path))
+
+
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -1,4 +1,5 @@
-"""Command line: `python -m gpu_runner run <job dir>`, `... standby <jobs dir>` and `... demo-model <dir> [...]`.
+"""Command line: `python -m gpu_runner run <job dir>`, `... standby <jobs dir>`, `... posters <jobs dir>` and
+`... demo-model <dir> [...]`.
 
 `run` owns the process's life: stdout is the progress protocol and nothing else, the
 process dies with its parent, and every ending is one protocol event plus an exit code.
@@ -9,6 +10,10 @@ there is a job (never touching CUDA: an idle spare holds no GPU memory), then ON
 stdin names the job directory, and the job runs exactly as under `run`, in the same process,
 which exits after it. The portal spawns it ahead of the job, so a job does not wait for the
 imports (docs/architecture.md, "Two processes, one contract").
+
+`posters` makes the poster of every finished clip in the jobs directory that has none (clips made before the
+runner wrote posters); the portal runs it once at start-up. CPU only, at the lowest priority: it imports PyAV,
+never torch, so it cannot touch CUDA.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ from contract import jobdir, protocol
 from gpu_runner import stdout
 
 USAGE = (
-    "usage: python -m gpu_runner run <job dir> | standby <jobs dir> | demo-model <dir> [--random]"
+    "usage: python -m gpu_runner run <job dir> | standby <jobs dir> | posters <jobs dir> | demo-model <dir> [--random]"
     " | demo-model <dir> --random --version 2.0|2.3 [--distilled]"
 )
 PR_SET_PDEATHSIG = 1
+LOWEST_PRIORITY = 19  # nice: making posters takes only the CPU a running job leaves
+LOG_FORMAT = "%(asctime)s %(name)s %(message)s"
 MAX_JOB_LINE_BYTES = 4096
 
 log = logging.getLogger("gpu_runner")
@@ -42,6 +49,8 @@ def main(argv: list[str]) -> int:
             return run(Path(job_dir))
         case ["standby", jobs_dir]:
             return standby(Path(jobs_dir))
+        case ["posters", jobs_dir]:
+            return posters(Path(jobs_dir))
         case ["demo-model", target]:
             return demo_model(Path(target), "trained")
         case ["demo-model", target, "--random"]:
@@ -148,6 +157,24 @@ def _run_job(job_dir: Path, emit: stdout.Emitter, started: float, *, imported: b
     return protocol.EXIT_OK
 
 
+def posters(jobs_dir: Path) -> int:
+    """Make the missing posters in `jobs_dir`; exit 1 when one could not be made (each is logged), else 0.
+
+    Stdout is unused; the log goes to stderr. Dies with its parent, as a job's runner does.
+    """
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
+    os.nice(LOWEST_PRIORITY)
+    if not _die_with_parent():
+        return protocol.EXIT_CANCELLED_TERM
+    from gpu_runner.poster import make_missing
+
+    started = time.monotonic()
+    made, failed = make_missing(jobs_dir)
+    failures = f"; {failed} could not be made (logged above)" if failed else ""
+    log.info("posters made: %d, in %.1f s%s", made, time.monotonic() - started, failures)
+    return 1 if failed else 0
+
+
 def demo_model(target: Path, weights: str) -> int:
     """Install the shipped trained demo model, or build the same architecture with random weights."""
     from gpu_runner.demo.model import build_demo_model
@@ -171,7 +198,7 @@ def version_model(target: Path, version: str, variant: str) -> int:
 def _claim_process() -> stdout.Emitter:
     """Stdout for the protocol only, logging to stderr."""
     emit = stdout.claim_stdout()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
     return emit
 
 

@@ -21,6 +21,8 @@ import numpy as np
 if TYPE_CHECKING:
     import av  # imported where a clip is muxed: PyAV loads FFmpeg (~0.1 s), needed only at a job's end
 
+    from gpu_runner.poster import PosterFrame
+
 log = logging.getLogger(__name__)
 
 AAC_FRAME_SAMPLES = 1024
@@ -78,7 +80,8 @@ class Mp4Writer:
     as the video reaches its end, so memory holds no more than the encoders' look-ahead.
     Use it as a context manager: the file appears at `path` only when `finish()` completes
     (it is written under a temporary name in the same directory and renamed); leaving the
-    block otherwise removes the partial file.
+    block otherwise removes the partial file. With a `poster`, it sees every frame and its
+    poster is written once the MP4 is in place.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class Mp4Writer:
         *,
         crf: int = DEFAULT_CRF,
         preset: str = DEFAULT_PRESET,
+        poster: PosterFrame | None = None,
     ):
         self.path = path
         self.partial = path.with_name(f".{path.name}.partial")
@@ -99,6 +103,7 @@ class Mp4Writer:
         self.layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
         self.crf = crf
         self.preset = preset
+        self.poster = poster
         self.frames_written = 0
         self.samples_written = 0
         self._container: av.container.OutputContainer | None = None
@@ -117,13 +122,15 @@ class Mp4Writer:
     def add_frames(self, frames: np.ndarray) -> None:
         if self._container is None:
             self._open(width=frames.shape[2], height=frames.shape[1])
+        if self.poster is not None:
+            self.poster.see(frames, self.frames_written)
         for pixels in frames:
             self._mux(self._video, _video_frame(pixels, self.frames_written, self.rate))
             self.frames_written += 1
             self._mux_audio(until=self._samples_for(self.frames_written), whole_frames_only=True)
 
     def finish(self) -> None:
-        """Mux the audio's tail, flush the encoders, and move the finished file into place."""
+        """Mux the audio's tail, flush the encoders, move the finished file into place, then write the poster."""
         if self._container is None:
             raise ValueError("an MP4 needs at least one frame")
         self._mux_audio(until=self._samples_for(self.frames_written), whole_frames_only=False)
@@ -132,6 +139,8 @@ class Mp4Writer:
         self._container.close()  # writes the moov atom at the front (faststart)
         self._container = None
         os.replace(self.partial, self.path)
+        if self.poster is not None:
+            self.poster.write()
 
     def _open(self, width: int, height: int) -> None:
         import av

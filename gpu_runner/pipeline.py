@@ -26,6 +26,7 @@ from gpu_runner.cancel import Cancellation
 from gpu_runner.compiling import compiles
 from gpu_runner.families import Family, family_for
 from gpu_runner.job import Job, JobError
+from gpu_runner.poster import PosterFrame
 from gpu_runner.prompt_cache import PromptCache
 from gpu_runner.weight_cache import WeightCache
 
@@ -132,8 +133,10 @@ def _stages(
         waveform, sample_rate = family.decode_audio(decoders, audio_latents, device)
 
     # 8. Decode the video chunk by chunk, streaming each finished chunk of frames into the muxer, and
-    # 9. finish the MP4 (flush, moov atom to the front); video.mp4 appears only when complete.
-    with mux.Mp4Writer(job.path(jobdir.VIDEO_FILE), request.fps, waveform, sample_rate) as writer:
+    # 9. finish the MP4 (flush, moov atom to the front); video.mp4 appears only when complete, then its poster
+    #    (the middle frame, kept as it went by).
+    poster = PosterFrame(job.path(jobdir.POSTER_FILE), request.num_frames)
+    with mux.Mp4Writer(job.path(jobdir.VIDEO_FILE), request.fps, waveform, sample_rate, poster=poster) as writer:
         with stages("decode_video"):
             on_tile = tile_reporter(emit, cancellation)
             for frames in family.decode_video(decoders, video_latents, device, on_tile, decode_budget_gib):

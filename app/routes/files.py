@@ -1,4 +1,5 @@
-"""The finished video, with HTTP Range support so browsers can seek and start playing at once."""
+"""A job's files: the finished video, with HTTP Range support so browsers can seek and start playing at once, its
+poster (a frame of the clip, for the gallery) and the preview while it runs."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from litestar import Request, Response, get, route
 from litestar.di import NamedDependency
 from litestar.enums import HttpMethod
 from litestar.exceptions import NotFoundException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter
 from litestar.response import Stream
 
 from app.jobs import Jobs
 from app.routes.api import load_job
-from contract.jobdir import PREVIEW_FILE
+from app.schemas import ErrorResponse
+from contract.jobdir import POSTER_FILE, PREVIEW_FILE
 
 CHUNK = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -65,6 +68,29 @@ async def job_preview(job_id: FromPath[str], jobs: NamedDependency[Jobs]) -> Res
     except FileNotFoundError:
         raise NotFoundException(f"Job {job_id} has no preview yet.") from None
     return Response(content, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+@get(
+    "/api/jobs/{job_id:str}/poster",
+    summary="A frame of the finished clip (JPEG, at most 640 px wide), for galleries",
+    tags=["jobs"],
+    media_type="image/jpeg",
+    responses={404: ResponseSpec(ErrorResponse, description="No such job, or it has no poster (the detail says why)")},
+)
+async def job_poster(job_id: FromPath[str], jobs: NamedDependency[Jobs]) -> Response[bytes]:
+    """The clip's middle frame, written with the MP4; kept when retention removes the job's other files."""
+    job = await load_job(jobs, job_id)
+    if job.status != "succeeded":
+        raise NotFoundException(f"Job {job_id} has no poster: it is {job.status}.")
+    try:
+        content = await anyio.Path(jobs.job_dir(job.id) / POSTER_FILE).read_bytes()
+    except FileNotFoundError:
+        if job.files_removed_at is not None:
+            why = "its files were removed (retention) before it had one"
+        else:
+            why = "none was made yet (the portal makes the missing posters of older clips when it starts)"
+        raise NotFoundException(f"Job {job_id} has no poster: {why}.") from None
+    return Response(content, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @route(

@@ -100,6 +100,7 @@ def test_an_uploaded_image_starts_a_clip_through_the_portal(portal: Portal):
     assert sorted(p.name for p in portal.job_dir(with_image["id"]).iterdir()) == [
         "image.png",
         "job.json",
+        "poster.jpg",
         "preview.jpg",
         "runner.log",
         "video.mp4",

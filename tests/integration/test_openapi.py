@@ -74,6 +74,9 @@ def test_the_document_is_valid_and_describes_the_real_shapes(shared_portal: Port
         "EndEvent",
     }
     assert "id" in parts["StepEvent"]["required"] and parts["StepEvent"]["properties"]["type"]["const"] == "step"
+    poster = document["paths"]["/api/jobs/{job_id}/poster"]["get"]["responses"]
+    assert set(poster["200"]["content"]) == {"image/jpeg"}
+    assert poster["404"]["content"]["application/json"]["schema"] == ref("ErrorResponse")
     health = document["paths"]["/healthz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert health == ref("Health")
 

@@ -65,7 +65,7 @@ def test_the_longest_finished_jobs_files_go_first_and_kept_running_and_queued_jo
 
     # at start-up: the job older than two days goes, unless kept; the rest fit
     wait_for(lambda: files_removed(second, aged), 30, "removal of the aged job's files")
-    assert not second.job_dir(aged).exists()
+    assert [p.name for p in second.job_dir(aged).iterdir()] == ["poster.jpg"], "all but the poster go"
     assert files_removed(second, kept) is None and second.job_dir(kept).is_dir()
     assert files_removed(second, middle) is None and second.job_dir(middle).is_dir()
 
@@ -75,6 +75,8 @@ def test_the_longest_finished_jobs_files_go_first_and_kept_running_and_queued_jo
         assert job["files_removed_at"] and job["links"]["video"] is None and job["keep"] is False
         video = c.get(f"/api/jobs/{aged}/video")
         assert video.status_code == 404 and "files were removed" in video.json()["detail"]
+        poster = c.get(f"/api/jobs/{aged}/poster")
+        assert poster.status_code == 200 and poster.content == (second.job_dir(aged) / "poster.jpg").read_bytes()
         assert c.put(f"/api/jobs/{aged}/keep").status_code == 409
         assert c.get(f"/api/jobs/{kept}/video").status_code == 200
         page = c.get(f"/jobs/{aged}")

@@ -11,12 +11,14 @@ import json
 import shutil
 import sqlite3
 from html.parser import HTMLParser
+from io import BytesIO
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from app import migrations
-from tests.portal import Portal, prepare_data_dir
+from tests.portal import Portal, prepare_data_dir, wait_for
 
 OLD_DATA = Path(__file__).resolve().parent.parent / "data" / "release-8da605c"
 RED_BALL = "816d66228adf4e6486336e2d3bbc835f"  # succeeded: seed 1234, 17 frames, negative prompt "blurry"
@@ -109,6 +111,11 @@ def test_the_previous_releases_jobs_show_play_remix_resume_and_delete(make_porta
             assert video.content == (OLD_DATA / "jobs" / job_id / "video.mp4").read_bytes()
         assert "a red ball bouncing with clicks" in c.get("/").text  # the recent jobs list
 
+        # that release wrote no posters: the finished clips get theirs (the middle frame) soon after start-up
+        for job_id, size in ((RED_BALL, (256, 160)), (BLUE_SQUARE, (224, 224))):
+            poster = wait_for(lambda job_id=job_id: _poster(c, job_id), 60, f"the poster of {job_id}")
+            assert Image.open(BytesIO(poster), formats=["JPEG"]).size == size
+
         # the job the old portal was running is run again, with this installation's model and caches
         green = portal.wait(GREEN_BALL, timeout=180)
         assert green["status"] == "succeeded", green["error"]
@@ -134,6 +141,11 @@ def test_the_previous_releases_jobs_show_play_remix_resume_and_delete(make_porta
     remix = portal.wait(remix_id, timeout=180)
     assert remix["status"] == "succeeded", remix["error"]
     assert remix["request"] == red["request"]
+
+
+def _poster(client, job_id: str) -> bytes | None:
+    answer = client.get(f"/api/jobs/{job_id}/poster")
+    return answer.content if answer.status_code == 200 else None
 
 
 def test_an_unfinished_old_job_whose_model_is_gone_fails_as_model_missing(make_portal, old_data_dir: Path) -> None:

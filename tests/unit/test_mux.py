@@ -30,9 +30,9 @@ def is_nearest_its_own(decoded: list[np.ndarray], frames: np.ndarray, index: int
     return all(errors[index] < errors[i] for i in beside)
 
 
-def write_clip(path, frames: np.ndarray, fps: float, audio: np.ndarray, chunk_frames: int = 8) -> None:
+def write_clip(path, frames: np.ndarray, fps: float, audio: np.ndarray, chunk_frames: int = 8, poster=None) -> None:
     """Hand `frames` to the writer in chunks, as the tiled decoder does."""
-    with mux.Mp4Writer(path, fps, audio, SAMPLE_RATE) as writer:
+    with mux.Mp4Writer(path, fps, audio, SAMPLE_RATE, poster=poster) as writer:
         for start in range(0, len(frames), chunk_frames):
             writer.add_frames(frames[start : start + chunk_frames])
         writer.finish()

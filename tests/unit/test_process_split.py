@@ -25,10 +25,12 @@ def modules_loaded_by(imports: list[str]) -> set[str]:
     ("imports", "never"),
     [
         (CONTRACT, {"torch", "diffusers", "transformers", "litestar", "app", "gpu_runner"}),
-        (["app.web", "app.__main__"], {"torch", "diffusers", "transformers", "gpu_runner"}),
+        (["app.web", "app.__main__"], {"torch", "diffusers", "transformers", "gpu_runner", "av"}),
         (["gpu_runner.__main__", "gpu_runner.pipeline"], {"litestar", "uvicorn", "app"}),
+        # the poster maker the portal runs at start-up: PyAV, never torch, so it cannot touch CUDA
+        (["gpu_runner.__main__", "gpu_runner.poster"], {"torch", "diffusers", "litestar", "app"}),
     ],
-    ids=["contract", "web process", "runner"],
+    ids=["contract", "web process", "runner", "poster maker"],
 )
 def test_each_side_imports_only_its_own_stack(imports: list[str], never: set[str]) -> None:
     loaded = modules_loaded_by(imports)

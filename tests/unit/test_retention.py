@@ -81,6 +81,25 @@ def test_the_longest_finished_go_first_until_within_keep_gb_and_kept_or_unfinish
     with_parts(tmp_path, scenario, keep_gb=budget / GIB)
 
 
+def test_a_finished_jobs_poster_outlives_its_other_files_and_goes_with_the_job(tmp_path: Path) -> None:
+    async def scenario(parts: Parts) -> None:
+        job_id = await make_job(parts, "red", status="succeeded")
+        job_dir = parts.jobs.job_dir(job_id)
+        for name in (jobdir.POSTER_FILE, jobdir.LOG_FILE, jobdir.PREVIEW_FILE):
+            (job_dir / name).write_bytes(b"\0" * 1000)
+        (job_dir / "leftover").mkdir()  # anything else in it goes too
+        (job_dir / "leftover" / "file").write_bytes(b"x")
+
+        assert await parts.retention.sweep() == [job_id]
+        assert [p.name for p in job_dir.iterdir()] == [jobdir.POSTER_FILE], "the gallery still shows the clip"
+        assert (await parts.jobs.get_job(job_id)).files_removed_at is not None
+
+        await parts.jobs.delete(await parts.jobs.get_job(job_id))
+        assert not job_dir.exists(), "deleting the job takes its poster"
+
+    with_parts(tmp_path, scenario, keep_days=0.0)
+
+
 def test_keep_days_removes_every_finished_job_older_than_that_and_none_younger(tmp_path: Path) -> None:
     async def scenario(parts: Parts) -> None:
         job = await parts.jobs.get_job(await make_job(parts, "red", status="cancelled"))
