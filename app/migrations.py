@@ -131,6 +131,12 @@ def _v6_queue_control(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _v7_job_list_filters(db: sqlite3.Connection) -> None:
+    """The job list's model filter (app/store.py, JobFilter) reads the model from each job's request: indexed, so a
+    model's newest jobs are found without reading every request (a filter by status has jobs_status)."""
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_model ON jobs(json_extract(request, '$.model'), seq)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_initial,
     _v2_job_estimate,
@@ -138,6 +144,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v4_job_mode,
     _v5_webhooks,
     _v6_queue_control,
+    _v7_job_list_filters,
 )
 LATEST = len(MIGRATIONS)
 
