@@ -132,9 +132,11 @@ def _v6_queue_control(db: sqlite3.Connection) -> None:
 
 
 def _v7_job_list_filters(db: sqlite3.Connection) -> None:
-    """The job list's model filter (app/store.py, JobFilter) reads the model from each job's request: indexed, so a
-    model's newest jobs are found without reading every request (a filter by status has jobs_status)."""
+    """The job list's filters (app/store.py, JobFilter) read the model and the prompt from each job's request: both
+    indexed, so a model's newest jobs are found without reading every request, and a prompt search scans the
+    prompts alone (a filter by status has jobs_status)."""
     db.execute("CREATE INDEX IF NOT EXISTS jobs_model ON jobs(json_extract(request, '$.model'), seq)")
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_prompt ON jobs(json_extract(request, '$.prompt'))")
 
 
 MIGRATIONS: tuple[Migration, ...] = (

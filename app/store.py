@@ -105,8 +105,8 @@ class QueueSnapshot(msgspec.Struct, frozen=True):
     queued: list[JobRow]
 
 
-# The model and prompt filters read the request's JSON; the model's expression is indexed (migration 7), so it must
-# be spelled the same here.
+# The model and prompt filters read the request's JSON; both expressions are indexed (migration 7), so they must be
+# spelled the same here.
 _MODEL_SQL = "json_extract(request, '$.model')"
 _PROMPT_SQL = "json_extract(request, '$.prompt')"
 
@@ -127,8 +127,13 @@ class JobFilter(msgspec.Struct, frozen=True):
     model: str | None = None
     search: str | None = None
 
-    def sql(self) -> tuple[list[str], list[Any]]:
-        """The WHERE conditions and their arguments."""
+    def sql(self) -> tuple[str, list[str], list[Any]]:
+        """The table to read (with the index to read it by), the WHERE conditions and their arguments.
+
+        A search without a status reads the prompts from their index: a substring cannot seek in it, but scanning
+        it skips parsing every request (10,000 jobs with no match: 5 ms instead of 30 here), and SQLite's planner,
+        which cannot tell how rare a match is, would scan the table. A status narrows by jobs_status first."""
+        source = "jobs INDEXED BY jobs_prompt" if self.search and self.status is None else "jobs"
         where: list[str] = []
         args: list[Any] = []
         if self.status is not None:
@@ -141,7 +146,7 @@ class JobFilter(msgspec.Struct, frozen=True):
             escaped = self.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append(f"{_PROMPT_SQL} LIKE ? ESCAPE '\\'")
             args.append(f"%{escaped}%")
-        return where, args
+        return source, where, args
 
     def matches(self, job: JobRow) -> bool:
         """What `sql` selects, for one job in hand (a new job, before a filtered list shows it)."""
@@ -347,11 +352,12 @@ class Store:
 
     def list_jobs(self, limit: int, before_seq: int | None = None, only: JobFilter | None = None) -> list[JobRow]:
         """Up to `limit` jobs, newest first: those submitted before `before_seq` (keyset paging), that match `only`."""
-        where, args = (only or JobFilter()).sql()
+        source, where, args = (only or JobFilter()).sql()
         if before_seq is not None:
             where, args = [*where, "seq < ?"], [*args, before_seq]
         clause = f"WHERE {' AND '.join(where)} " if where else ""
-        rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {clause}ORDER BY seq DESC LIMIT ?", (*args, limit))
+        query = f"SELECT {_JOB_COLUMNS} FROM {source} {clause}ORDER BY seq DESC LIMIT ?"
+        rows = self._db.execute(query, (*args, limit))
         return [_row_to_job(r) for r in rows]
 
     def jobs_with_status(self, statuses: Iterable[str]) -> list[JobRow]:

@@ -144,14 +144,22 @@ def test_a_job_filter_selects_in_sqlite_what_it_matches_in_python(
         store.close()
 
 
-def test_a_model_filter_reads_the_index_not_every_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("only", "index"),
+    [
+        (JobFilter(model="demo"), "jobs_model"),
+        (JobFilter(search="red"), "jobs_prompt"),
+        (JobFilter(search="red", model="demo"), "jobs_prompt"),
+        (JobFilter(search="red", status="failed"), "jobs_status"),
+    ],
+)
+def test_a_filter_reads_an_index_not_every_request(tmp_path: Path, only: JobFilter, index: str) -> None:
     store = _seeded_store(tmp_path / "db.sqlite3")
     try:
-        where, args = JobFilter(model="demo").sql()
-        plan = store._db.execute(
-            f"EXPLAIN QUERY PLAN SELECT seq FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT 25", args
-        ).fetchall()
-        assert any("USING INDEX jobs_model" in row[-1] for row in plan), plan
+        source, where, args = only.sql()
+        query = f"SELECT seq FROM {source} WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT 25"
+        plan = store._db.execute(f"EXPLAIN QUERY PLAN {query}", args).fetchall()
+        assert any(f"INDEX {index}" in row[-1] for row in plan), plan
     finally:
         store.close()
 
