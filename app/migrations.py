@@ -134,9 +134,9 @@ def _v6_queue_control(db: sqlite3.Connection) -> None:
 def _v7_job_list_filters(db: sqlite3.Connection) -> None:
     """The job list's filters (app/store.py, JobFilter) read the model and the prompt from each job's request: both
     indexed, so a model's newest jobs are found without reading every request, and a prompt search scans the
-    prompts alone (a filter by status has jobs_status)."""
+    prompts alone, newest first (a filter by status has jobs_status)."""
     db.execute("CREATE INDEX IF NOT EXISTS jobs_model ON jobs(json_extract(request, '$.model'), seq)")
-    db.execute("CREATE INDEX IF NOT EXISTS jobs_prompt ON jobs(json_extract(request, '$.prompt'))")
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_prompt ON jobs(seq, json_extract(request, '$.prompt'))")
 
 
 MIGRATIONS: tuple[Migration, ...] = (

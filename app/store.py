@@ -130,10 +130,11 @@ class JobFilter(msgspec.Struct, frozen=True):
     def sql(self) -> tuple[str, list[str], list[Any]]:
         """The table to read (with the index to read it by), the WHERE conditions and their arguments.
 
-        A search without a status reads the prompts from their index: a substring cannot seek in it, but scanning
-        it skips parsing every request (10,000 jobs with no match: 5 ms instead of 30 here), and SQLite's planner,
-        which cannot tell how rare a match is, would scan the table. A status narrows by jobs_status first."""
-        source = "jobs INDEXED BY jobs_prompt" if self.search and self.status is None else "jobs"
+        A search reads the prompts from their index, newest first (jobs_prompt holds each job's seq and prompt): it
+        stops once the page is full, as a scan of the table would, but where few or no prompts match, it never
+        parses a request (10,000 jobs, no match: 2 ms instead of 15 here). SQLite's planner cannot tell how rare a
+        match is, so the index is named."""
+        source = "jobs INDEXED BY jobs_prompt" if self.search else "jobs"
         where: list[str] = []
         args: list[Any] = []
         if self.status is not None:

@@ -1,6 +1,6 @@
-// The home page's grid of job cards (templates/fragments/_job_card.html). Everything is delegated from the
-// document, so cards the page's stream pushes in later behave the same. A file of its own: the CSP forbids
-// inline script and handlers.
+// The home page's grid of job cards (templates/fragments/_job_card.html), and the job page's poster. Everything is
+// delegated from the document, so cards and panels the pages' streams push in later behave the same. A file of its
+// own: the CSP forbids inline script and handlers.
 //  - A finished clip plays in its card, muted and looping: while the mouse is over its picture, or after a tap
 //    on it (a second tap stops it). The card's media holds the video's URL in data-video.
 //  - A click or tap elsewhere on a card (not on a link, button or form) opens the job's page.

@@ -150,7 +150,7 @@ def test_a_job_filter_selects_in_sqlite_what_it_matches_in_python(
         (JobFilter(model="demo"), "jobs_model"),
         (JobFilter(search="red"), "jobs_prompt"),
         (JobFilter(search="red", model="demo"), "jobs_prompt"),
-        (JobFilter(search="red", status="failed"), "jobs_status"),
+        (JobFilter(search="red", status="failed"), "jobs_prompt"),
     ],
 )
 def test_a_filter_reads_an_index_not_every_request(tmp_path: Path, only: JobFilter, index: str) -> None:
