@@ -168,7 +168,8 @@ async def _job_list_stream(
                 return
             if push is HEARTBEAT:
                 yield _heartbeat()
-            elif push.adds is None or push.adds.id not in listed and query.takes_new(push.adds):
+            # a change goes to every list; a new job only where it matches (one made while the list was read is in it)
+            elif push.adds is None or (push.adds.id not in listed and query.takes_new(push.adds)):
                 yield push.message
 
 
