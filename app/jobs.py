@@ -34,7 +34,7 @@ from app.schemas import (
     validate_request,
 )
 from app.statuses import TERMINAL
-from app.store import Delivery, JobRow, QueueSnapshot, Store, StoredEvent
+from app.store import Delivery, JobFilter, JobRow, QueueSnapshot, Store, StoredEvent
 from app.uploads import Upload, Uploads, write_job_image
 from app.webhook_targets import FIELDS as WEBHOOK_FIELDS
 from app.webhook_targets import Webhook, read_webhook
@@ -122,9 +122,10 @@ class Jobs(msgspec.Struct, frozen=True):
             return None
         return await self.store.call(self.store.get_job, job_id)
 
-    async def newest(self, limit: int, before_seq: int | None = None) -> list[JobRow]:
-        """Up to `limit` jobs, newest first; with `before_seq`, those submitted before that one."""
-        return await self.store.call(self.store.list_jobs, limit, before_seq)
+    async def newest(self, limit: int, before_seq: int | None = None, only: JobFilter | None = None) -> list[JobRow]:
+        """Up to `limit` jobs, newest first; with `before_seq`, those submitted before that one; with `only`, those
+        that match it."""
+        return await self.store.call(self.store.list_jobs, limit, before_seq, only)
 
     async def backlog(self, job_id: str, last_id: int, *, events: bool = True) -> Backlog:
         """What a (re)connecting stream starts from, read in one trip so its parts agree.

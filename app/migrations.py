@@ -131,6 +131,14 @@ def _v6_queue_control(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _v7_job_list_filters(db: sqlite3.Connection) -> None:
+    """The job list's filters (app/store.py, JobFilter) read the model and the prompt from each job's request: both
+    indexed, so a model's newest jobs are found without reading every request, and a prompt search scans the
+    prompts alone, newest first (a filter by status has jobs_status)."""
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_model ON jobs(json_extract(request, '$.model'), seq)")
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_prompt ON jobs(seq, json_extract(request, '$.prompt'))")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_initial,
     _v2_job_estimate,
@@ -138,6 +146,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v4_job_mode,
     _v5_webhooks,
     _v6_queue_control,
+    _v7_job_list_filters,
 )
 LATEST = len(MIGRATIONS)
 

@@ -3,7 +3,8 @@
 The journal hands the feed every stored change of a job with the job as it stands after it. The
 feed renders each fragment once and publishes it, encoded as an SSE message, to a page topic of
 the broker, which hands that same message to every subscriber: a job page's panel when some page
-shows that job, a job list's row only when what the row shows (status, stage, whole percent) changed.
+shows that job, a job list's card only when what the card shows of it live (status, stage, whole percent)
+changed.
 
 Fragments are rendered once for everybody: their forms carry nothing per person (no CSRF token; the
 browser's Sec-Fetch-Site and Origin headers prove a post comes from the portal's page, app/security.py).
@@ -22,6 +23,7 @@ from litestar.response import ServerSentEventMessage
 from app import sse_names
 from app.broker import Broker
 from app.config import Settings
+from app.job_list import Listing
 from app.places import Place, running_place
 from app.store import JobRow, QueueSnapshot, StoredEvent
 from contract.models import ModelSpec
@@ -52,7 +54,7 @@ class Push(msgspec.Struct, frozen=True):
     event_id: int | None = 0  # the job's stored event it shows (a job page's Last-Event-ID); None: no new event,
     # the panel shows the job's place in a queue that moved
     ended: str | None = None  # the job's terminal status, once it has one: its page's stream ends after this
-    adds: str | None = None  # the id of the job whose row this adds to the list
+    adds: JobRow | None = None  # the job whose card this adds on top of the lists (each list takes it if it matches)
 
 
 def queue_context(job: JobRow, place: Place | None) -> dict[str, Any]:
@@ -160,7 +162,7 @@ class PageFeed:
         return Push(Encoded(ServerSentEventMessage(data=html, event=sse_names.JOB_ROW)))
 
     def row_changed(self, job: JobRow) -> None:
-        """Something a list's row shows changed with no event (retention removed the job's files)."""
+        """Something a list's card shows changed with no event (retention removed the job's files)."""
         if self._broker.listening(ROWS_TOPIC):
             self._broker.publish(ROWS_TOPIC, self.row(job, new=False))
 
@@ -175,12 +177,14 @@ class PageFeed:
         return Push(Encoded(message), event_id, ended=job.status if job.finished else None)
 
     def row(self, job: JobRow, *, new: bool) -> Push:
+        """A job's card: replacing the card of that id where a list shows it, or, `new`, on top of the lists."""
         context = {"job": job, "new": new, "oob": not new, "places": self.places}
-        html = self._render("fragments/_job_rows_push.html", context)
-        return Push(Encoded(ServerSentEventMessage(data=html, event=sse_names.JOB_ROW)), adds=job.id if new else None)
+        html = self._render("fragments/_job_cards_push.html", context)
+        return Push(Encoded(ServerSentEventMessage(data=html, event=sse_names.JOB_ROW)), adds=job if new else None)
 
-    def rows(self, jobs: list[JobRow]) -> Push:
-        html = self._render("fragments/_job_rows_push.html", {"jobs": jobs, "places": self.places})
+    def rows(self, listing: Listing) -> Push:
+        """A list's whole page of cards (what its stream sends on connecting), and its Load more link."""
+        html = self._render("fragments/_job_cards_push.html", {"listing": listing, "places": self.places})
         return Push(Encoded(ServerSentEventMessage(data=html, event=sse_names.JOB_LIST)))
 
     def _render(self, name: str, context: dict[str, Any]) -> str:

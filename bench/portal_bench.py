@@ -10,7 +10,9 @@ stamped with the wall clock, so the GPU is out of the picture and only the porta
   latency from the runner writing a line to each subscriber reading it, p50/p99;
 - page events: --page-subscribers clients on the same job's page stream (`/events/jobs/{id}`, the
   panel rendered once per event for all of them); latency from the runner line to each panel read;
-- list page: GET / (the create page with the job list) and GET /api/jobs with --history jobs, p50/p95.
+- list pages: with --history jobs, p50/p95 of GET / (the create page with the job list's first 24 cards), a page
+  filtered by status (one job in ten failed), by model, searched for a prompt word in one job of ten and for one in
+  none (every prompt read), the second page as Load more fetches it, and GET /api/jobs.
 
     .venv/bin/python bench/portal_bench.py [--subscribers 500 --history 10000 --submits 200]
 
@@ -24,18 +26,18 @@ import asyncio
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
 import textwrap
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.store import JobUpdate, Store  # noqa: E402
+from tests.job_history import seed_jobs  # noqa: E402
 from tests.portal import Portal  # noqa: E402  (the same real-portal harness the tests use)
 
 TOKEN = "bench-token-0123456789abcdef"
@@ -69,19 +71,30 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+COLOURS = ("red", "green", "blue", "yellow", "white")
+SHAPES = ("ball", "square")
+
+
 def seed_history(db_path: Path, count: int) -> None:
-    """`count` finished jobs, as if the portal had run them."""
-    store = Store(db_path)
-    request = {"prompt": "an old clip", "model": "demo", "width": 256, "height": 160, "num_frames": 25, "fps": 24.0}
-    for i in range(count):
-        job_id = uuid.uuid4().hex
-        store.create_job(job_id, {**request, "seed": i}, {"type": "queued"}, max_queued=count + 1)
-        store.record(job_id, {"type": "succeeded"}, JobUpdate(status="succeeded"))
-    store.close()
+    """`count` finished jobs, as if the portal had run them: one in ten failed, the prompts' colour and shape vary."""
+    prompts = [f"a {COLOURS[i % 5]} {SHAPES[i // 5 % 2]} clip {i}" for i in range(count)]
+    statuses = ["failed" if i % 10 == 0 else "succeeded" for i in range(count)]
+    seed_jobs(db_path, [{"prompt": p, "status": s} for p, s in zip(prompts, statuses, strict=True)])
 
 
 def measure_pages(portal: Portal, requests: int) -> dict[str, list[float]]:
-    timings: dict[str, list[float]] = {"/": [], "/api/jobs": []}
+    with portal.client() as client:
+        second_page = re.search(r'id="load-more-link" href="/\?before=(\d+)"', client.get("/").text)[1]
+    paths = [
+        "/",
+        "/?status=failed",
+        "/?model=demo",
+        "/?q=blue+square",
+        "/?q=zebra",
+        f"/fragments/jobs?before={second_page}",
+        "/api/jobs",
+    ]
+    timings: dict[str, list[float]] = {path: [] for path in paths}
     with portal.client() as client:
         for path in timings:
             assert client.get(path).status_code == 200  # warm, and proves the token is accepted
@@ -224,8 +237,8 @@ def main() -> None:
         page_expected = args.page_subscribers * args.events
         name = f"panel, runner line -> {args.page_subscribers} page subscribers ({len(page_events)} of {page_expected})"
         row(name, page_events, "p99 < 100 ms")
-    row(f"list page GET / ({args.history} jobs)", pages["/"], "p95 < 50 ms")
-    row(f"GET /api/jobs ({args.history} jobs)", pages["/api/jobs"], "")
+    for path, timings in pages.items():
+        row(f"GET {path} ({args.history} jobs)", timings, "p95 < 50 ms" if path != "/api/jobs" else "")
     print(f"\nmean event latency {statistics.mean(events) * 1000:.1f} ms")
 
 

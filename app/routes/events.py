@@ -19,14 +19,16 @@ import anyio
 from litestar import get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, HeaderParameter
+from litestar.params import FromPath, FromQuery, HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from app.broker import HEARTBEAT, Broker, Subscription
+from app.config import Settings
+from app.job_list import ListQuery
 from app.jobs import Jobs
 from app.page_feed import ROWS_TOPIC, PageFeed, panel_topic
 from app.routes.api import load_job
-from app.routes.pages import RECENT_JOBS
+from app.routes.pages import list_query, read_listing
 from app.schemas import JobEvent
 from app.sse_names import END
 from app.statuses import TERMINAL
@@ -149,13 +151,16 @@ async def job_page_events(
     return ServerSentEvent(_job_page_stream(jobs, broker, pages, job_id, _last_event_id(last_event_id)))
 
 
-async def _job_list_stream(jobs: Jobs, broker: Broker, pages: PageFeed) -> AsyncIterator[ServerSentEventMessage]:
-    """A job list's rows: all of them on connecting (what changed since the page was made, or while
-    reconnecting, is in them), then a job's row when what it shows changed, a new job's at the top."""
+async def _job_list_stream(
+    jobs: Jobs, broker: Broker, pages: PageFeed, query: ListQuery
+) -> AsyncIterator[ServerSentEventMessage]:
+    """A job list's cards: its page on connecting (what changed since the page was made, or while reconnecting,
+    is in it), then a job's card when what it shows changed (htmx replaces it where the page shows it, and drops
+    it where not), a new job's on top where the list takes it (newest first, matching the list's filters)."""
     with broker.subscribe(ROWS_TOPIC) as live:
-        recent = await jobs.newest(RECENT_JOBS)
-        listed = {job.id for job in recent}
-        yield pages.rows(recent).message
+        listing = await read_listing(jobs, query)
+        listed = {job.id for job in listing.jobs}
+        yield pages.rows(listing).message
         while True:
             try:
                 push = await live.receive()
@@ -163,12 +168,22 @@ async def _job_list_stream(jobs: Jobs, broker: Broker, pages: PageFeed) -> Async
                 return
             if push is HEARTBEAT:
                 yield _heartbeat()
-            elif push.adds not in listed:  # a job made while the list was read is in it already
+            # a change goes to every list; a new job only where it matches (one made while the list was read is in it)
+            elif push.adds is None or (push.adds.id not in listed and query.takes_new(push.adds)):
                 yield push.message
 
 
-@get("/events/jobs", summary="The job list page's stream: its rows, rendered (one stream per page)")
+@get("/events/jobs", summary="The job list page's stream: its cards, rendered (one stream per page)")
 async def job_list_page_events(
-    jobs: NamedDependency[Jobs], broker: NamedDependency[Broker], pages: NamedDependency[PageFeed]
+    jobs: NamedDependency[Jobs],
+    broker: NamedDependency[Broker],
+    pages: NamedDependency[PageFeed],
+    settings: NamedDependency[Settings],
+    status: FromQuery[str | None] = None,
+    model: FromQuery[str | None] = None,
+    q: FromQuery[str | None] = None,
+    before: FromQuery[str | None] = None,
 ) -> ServerSentEvent:
-    return ServerSentEvent(_job_list_stream(jobs, broker, pages))
+    """The list's page as `/` has it for the same parameters (a bad one is a 400 naming it), then its changes."""
+    query = list_query(settings, status, model, q, before)
+    return ServerSentEvent(_job_list_stream(jobs, broker, pages, query))

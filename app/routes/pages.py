@@ -1,8 +1,8 @@
 """HTML pages and the fragments htmx swaps in (hypermedia: the server renders, the browser shows).
 
-One URL family per thing shown: the create page with its form and the live job list, the
-job page with its live panel. Each page opens ONE event stream, which pushes the fragments
-it shows, rendered (app/routes/events.py, app/page_feed.py).
+One URL family per thing shown: the create page with its form and the live job list (a grid of cards, filtered by
+its query string: app/job_list.py), the job page with its live panel. Each page opens ONE event stream, which
+pushes the fragments it shows, rendered (app/routes/events.py, app/page_feed.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.plugins.htmx import ClientRedirect, HTMXTemplate
 from litestar.response import Redirect, Template
 
+from app import job_list
 from app.auth import PUBLIC
 from app.config import Settings
 from app.disk import DiskFull
@@ -27,8 +28,6 @@ from app.routes.api import client_address, load_job
 from app.schemas import FieldError, InvalidRequest
 from contract.models import ModelSpec
 from contract.request import FAST_FIXED, FIELDS, valid_frame_counts
-
-RECENT_JOBS = 30
 
 
 def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
@@ -99,21 +98,46 @@ def _list_context(pages: PageFeed) -> dict[str, Any]:
     return {"places": pages.places, "paused": pages.paused}
 
 
+def list_query(
+    settings: Settings, status: str | None, model: str | None, q: str | None, before: str | None
+) -> job_list.ListQuery:
+    return job_list.read_query(list(settings.models()), status, model, q, before)
+
+
+async def read_listing(jobs: Jobs, query: job_list.ListQuery) -> job_list.Listing:
+    return job_list.page_of(await jobs.newest(job_list.PAGE_SIZE + 1, query.before, query.only), query)
+
+
 @get("/", name="index")
 async def index(
     jobs: NamedDependency[Jobs],
     settings: NamedDependency[Settings],
     pages: NamedDependency[PageFeed],
     from_job: FromQuery[str | None] = None,
+    status: FromQuery[str | None] = None,
+    model: FromQuery[str | None] = None,
+    q: FromQuery[str | None] = None,
+    before: FromQuery[str | None] = None,
 ) -> Template:
-    """The create page. `?from_job=<id>` fills the form with that job's settings (seed included)."""
+    """The create page and the job list. `?from_job=<id>` fills the form with that job's settings (seed included);
+    `status`, `model`, `q` and `before` pick the jobs listed (a bad one: the page, with a 400 that names it)."""
     values: dict[str, Any] = {}
     if from_job:
         source = await jobs.get_job(from_job)
         if source is not None:
             values = msgspec.structs.asdict(source.request)
-    recent = await jobs.newest(RECENT_JOBS)
-    context = {**_form_context(settings, values), **_list_context(pages), "jobs": recent}
+    context = {
+        **_list_context(pages),
+        **_form_context(settings, values),
+        "statuses": job_list.OFFERED_STATUSES,
+        "max_search": job_list.MAX_SEARCH_CHARS,
+    }
+    try:
+        query = list_query(settings, status, model, q, before)
+    except InvalidRequest as exc:
+        context |= {"listing": None, "list_errors": exc.errors}
+        return HTMXTemplate(template_name="index.html", context=context, status_code=400)
+    context["listing"] = await read_listing(jobs, query)
     return HTMXTemplate(template_name="index.html", context=context)
 
 
@@ -154,9 +178,20 @@ async def create_job(
 
 
 @get("/fragments/jobs", name="jobs_fragment")
-async def jobs_fragment(jobs: NamedDependency[Jobs], pages: NamedDependency[PageFeed]) -> Template:
-    context = {**_list_context(pages), "jobs": await jobs.newest(RECENT_JOBS)}
-    return HTMXTemplate(template_name="fragments/_job_rows.html", context=context)
+async def jobs_fragment(
+    jobs: NamedDependency[Jobs],
+    settings: NamedDependency[Settings],
+    pages: NamedDependency[PageFeed],
+    status: FromQuery[str | None] = None,
+    model: FromQuery[str | None] = None,
+    q: FromQuery[str | None] = None,
+    before: FromQuery[str | None] = None,
+) -> Template:
+    """A page of the job list's cards (Load more appends it to the grid) and the link to the next (out of band).
+    A bad parameter is a 400 naming it."""
+    listing = await read_listing(jobs, list_query(settings, status, model, q, before))
+    context = {**_list_context(pages), "listing": listing}
+    return HTMXTemplate(template_name="fragments/_job_cards_more.html", context=context)
 
 
 async def _panel_context(jobs: Jobs, settings: Settings, pages: PageFeed, job_id: str) -> dict[str, Any]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import re
 import time
-from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from app.passwords import hash_password
 from tests import upload_corpus as corpus
@@ -17,26 +16,6 @@ pytestmark = pytest.mark.browser
 
 PASSWORD = "a long browser password"
 TOKEN = "browser-test-token-0123456789"
-
-CHROMIUM = os.environ.get("AVP_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: install Debian's chromium (make test does)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def choose_quality_mode(page) -> None:
@@ -69,11 +48,12 @@ def test_submitting_the_form_shows_live_progress_then_a_playable_video(portal: P
     # Everything the job page asked for after its own document (the stream may open before
     # wait_for_url returns, so count from the document rather than from a moment in time).
     after_page = requests[len(requests) - requests[::-1].index(page.url) :]
-    fetched = [url for url in after_page if not any(part in url for part in ("/preview", "/video", "/static/"))]
+    files = ("/preview", "/video", "/poster", "/static/")
+    fetched = [url for url in after_page if not any(part in url for part in files)]
     assert fetched == [f"{portal.base_url}/events/jobs/{job_id}"], "the stream pushes the panel: nothing re-GETs it"
 
     page.goto(portal.base_url + "/")
-    assert page.locator("#job-rows tr.job").count() == 1
+    assert page.locator("#job-cards .job").count() == 1
     page.close()
 
 
@@ -152,14 +132,14 @@ def test_through_a_proxy_under_a_sub_path_a_person_logs_in_makes_a_clip_and_canc
         ]
         streams.clear()
         page.goto(proxy.base_url + "/")
-        assert page.locator("#job-rows tr.job").count() == 8
+        assert page.locator("#job-cards .job").count() == 8
         page.wait_for_timeout(500)  # time for the page's stream to connect
         api.post(f"/api/jobs/{queued[-1]['id']}/cancel")
         expect(page.locator(f"#job-{queued[-1]['id']} .badge")).to_have_text("cancelled", timeout=10000)
         assert streams == [proxy.base_url + "/events/jobs"], "one stream for the whole page"
         for job in queued[:-1]:
             api.post(f"/api/jobs/{job['id']}/cancel")
-    page.click(f"#job-{queued[0]['id']} a")
+    page.click(f"#job-{queued[0]['id']} a.prompt")
     page.wait_for_url(f"**/portal/jobs/{queued[0]['id']}")
     assert page.locator("#job-status").inner_text() in ("running", "cancelled", "succeeded")
     assert not blocked, f"the CSP blocked something: {blocked}"
@@ -185,7 +165,7 @@ def test_choosing_an_image_uploads_it_with_a_preview_and_the_job_starts_from_it(
     page.close()
 
 
-def test_the_job_list_puts_a_new_job_on_top_and_follows_its_row_from_its_stream_alone(
+def test_the_job_list_puts_a_new_job_on_top_and_follows_its_card_from_its_stream_alone(
     portal: Portal, browser: Browser
 ) -> None:
     older = portal.wait(portal.submit(steps=1, prompt="an older clip")["id"])
@@ -193,23 +173,25 @@ def test_the_job_list_puts_a_new_job_on_top_and_follows_its_row_from_its_stream_
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     page.goto(portal.base_url + "/")
-    expect(page.locator("#job-rows tr.job")).to_have_count(1)
+    expect(page.locator("#job-cards .job")).to_have_count(1)
     page.wait_for_timeout(500)  # time for the page's stream to connect
     requests.clear()
 
     job = portal.submit(steps=30, prompt="a clip that appears by itself")
-    row = page.locator(f"#job-{job['id']}")
-    expect(page.locator("#job-rows tr.job").first).to_have_id(f"job-{job['id']}", timeout=10000)
-    expect(row.locator(".badge")).to_have_text("running", timeout=60000)
+    card = page.locator(f"#job-{job['id']}")
+    expect(page.locator("#job-cards .job").first).to_have_id(f"job-{job['id']}", timeout=10000)
+    expect(card.locator(".badge")).to_have_text("running", timeout=60000)
     percents: set[str] = set()
-    while row.locator(".badge").inner_text() == "running":
-        percents.add(row.locator("td").last.inner_text())  # the progress column
+    while card.locator(".badge").inner_text() == "running":
+        shown = re.search(r"\d+%", card.inner_text())  # read at once: the card may be replaced between two reads
+        percents.add(shown[0] if shown else "")
         time.sleep(0.1)
-    expect(row.locator(".badge")).to_have_text("succeeded")
-    assert len(percents) >= 2, f"the row's progress did not move: {percents}"
-    expect(page.locator("#job-rows tr.job")).to_have_count(2)
+    expect(card.locator(".badge")).to_have_text("succeeded")
+    assert len(percents) >= 2, f"the card's progress did not move: {percents}"
+    expect(page.locator("#job-cards .job")).to_have_count(2)
     expect(page.locator(f"#job-{older['id']} .badge")).to_have_text("succeeded")
-    assert requests == [], "rows arrive on the stream; nothing re-fetches the list"
+    refetched = [url for url in requests if not url.endswith("/poster")]  # the finished card's poster frame
+    assert refetched == [], "cards arrive on the stream; nothing re-fetches the list"
     page.close()
 
 

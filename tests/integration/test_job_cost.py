@@ -50,9 +50,9 @@ def test_a_queued_job_shows_its_predicted_duration(shared_portal: Portal) -> Non
         assert 0 < estimate["denoise_s"] < estimate["duration_s"] and estimate["disk_bytes"] > 0
         with shared_portal.client() as c:
             page = c.get(f"/jobs/{queued['id']}").text
-            row = re.search(rf'<tr id="job-{queued["id"]}".*?</tr>', c.get("/").text, re.S)[0]
+            card = re.search(rf'<article id="job-{queued["id"]}".*?</article>', c.get("/").text, re.S)[0]
         assert re.search(r"Predicted to take about \d+ (s|min) once it starts, on the\s+CPU", page)
-        assert re.search(r"about \d+ (s|min) \(predicted\)", row)
+        assert re.search(r"about \d+ (s|min) \(predicted\)", card)
     finally:
         with shared_portal.client() as c:
             for job in (queued, running):

@@ -89,8 +89,11 @@ def test_the_create_form_offers_every_model_and_shows_the_unusable_one_disabled(
         page = c.get("/").text
         form = c.get("/fragments/form", params={"model": "ltx-2.0-dev"}).text
 
+    create_form = page[page.index('id="create-form"') : page.index("</form>", page.index('id="create-form"'))]
+    filters = page[page.index('id="job-filters"') :]
     for model in ("ltx-2.3-distilled", "ltx-2.0-dev", "demo"):
-        assert f'<option value="{model}"' in page
+        assert f'<option value="{model}"' in create_form
+        assert f'<option value="{model}">{model}</option>' in filters, "the job list filters by every usable model"
     assert "<option disabled>half copied: cannot be used (incomplete: text_encoder/ is missing" in page
     assert '<option value="ltx-2.0-dev" selected>LTX-2.0 dev (ltx-2.0-dev)</option>' in form
 

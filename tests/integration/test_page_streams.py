@@ -37,7 +37,7 @@ def test_the_job_page_stream_pushes_its_panel_on_each_change_then_ends_and_a_rec
     assert [e.event for e in up_to_date] == [sse_names.END], "nothing to catch up on: it just ends"
 
 
-def test_the_job_list_stream_sends_the_list_then_a_new_job_on_top_and_a_row_only_when_it_shows_something_new(
+def test_the_job_list_stream_sends_the_list_then_a_new_job_on_top_and_a_card_only_when_it_shows_something_new(
     portal: Portal,
 ) -> None:
     older = portal.submit(steps=1, prompt="an older clip")["id"]
@@ -45,7 +45,7 @@ def test_the_job_list_stream_sends_the_list_then_a_new_job_on_top_and_a_row_only
     rows = portal.stream("/events/jobs")
     first = next(rows)
     assert first.event == sse_names.JOB_LIST
-    assert first.data.startswith('<tbody id="job-rows" hx-swap-oob="innerHTML">') and f'id="job-{older}"' in first.data
+    assert first.data.startswith('<div id="job-cards" hx-swap-oob="innerHTML">') and f'id="job-{older}"' in first.data
 
     job_id = portal.submit(steps=4, prompt="a <new> clip")["id"]
     shown: list[str] = []
@@ -58,16 +58,21 @@ def test_the_job_list_stream_sends_the_list_then_a_new_job_on_top_and_a_row_only
     rows.close()
 
     new, *updates = shown
-    assert new.startswith(f'<tbody hx-swap-oob="afterbegin:#job-rows"><tr id="job-{job_id}"')
+    assert new.startswith(f'<div hx-swap-oob="afterbegin:#job-cards"><article id="job-{job_id}"')
     assert "a &lt;new&gt; clip" in new
-    assert all(u.startswith(f'<tr id="job-{job_id}" class="job status-') and 'hx-swap-oob="true"' in u for u in updates)
+    assert all(
+        u.startswith(f'<article id="job-{job_id}" class="job card status-') and 'hx-swap-oob="true"' in u
+        for u in updates
+    )
     assert len(set(shown)) == len(shown), "no row is sent twice the same"
 
-    def row_shows(html: str) -> tuple[str, ...]:
-        return re.search(r'<span class="badge">(\w+)</span></td>\s*<td>([\w ]*)</td>.*?(\d+)%', html, re.S).groups()
+    def card_shows(html: str) -> tuple[str, ...]:
+        """Its status, stage (only while it runs) and whole percent (only while unfinished)."""
+        stage, percent = (re.search(rf'<span class="{c}">([\w ]+?)%?</span>', html) for c in ("stage", "percent"))
+        return re.search(r'<span class="badge">(\w+)</span>', html)[1], *(m[1] if m else "" for m in (stage, percent))
 
-    shows = [row_shows(html) for html in shown]
+    shows = [card_shows(html) for html in shown]
     assert all(a != b for a, b in zip(shows, shows[1:], strict=False)), shows
-    assert shows[0] == ("queued", "", "0") and shows[-1] == ("succeeded", "", "100")  # the stage only while it runs
+    assert shows[0] == ("queued", "", "0") and shows[-1] == ("succeeded", "", "")
     assert ("running", "denoise") in {show[:2] for show in shows}
     assert len(updates) < len(list(portal.events(job_id))), "steps within one whole percent, memory lines: no row"

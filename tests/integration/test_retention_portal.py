@@ -82,8 +82,10 @@ def test_the_longest_finished_jobs_files_go_first_and_kept_running_and_queued_jo
         page = c.get(f"/jobs/{aged}")
         assert page.status_code == 200 and 'id="files-removed"' in page.text and "<video" not in page.text
         listed = c.get("/").text
-        row = listed[listed.index(f'id="job-{aged}"') :]
-        assert "files removed" in row[: row.index("</tr>")]
+        card = listed[listed.index(f'id="job-{aged}"') :]
+        card = card[: card.index("</article>")]
+        assert "files removed" in card and f'src="/api/jobs/{aged}/poster"' in card, "its poster frame stays"
+        assert "data-video" not in card, "no video to play on hover"
         remix = c.get(f"/?from_job={aged}")
         assert remix.status_code == 200 and "a red ball bouncing" in remix.text
 

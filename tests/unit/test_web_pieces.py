@@ -16,7 +16,7 @@ from app.progress import JobProgress
 from app.ratelimit import RateLimited, SubmitRateLimit
 from app.routes.files import parse_range
 from app.runner import _classify, _Transcript
-from app.store import JobRow, JobUpdate, Store
+from app.store import JobFilter, JobRow, JobUpdate, Store
 from app.web import build_templates
 from contract import protocol
 from contract.request import Request
@@ -71,7 +71,7 @@ def test_a_stage_note_and_an_unknown_eta_reach_the_json_api_and_the_job_page(
         ("queued", None, ""),
     ],
 )
-def test_the_job_lists_stage_column_names_the_stage_only_while_the_job_runs(
+def test_a_job_card_names_the_stage_only_while_the_job_runs(
     tmp_path: Path, status: str, stage: str | None, shown: str
 ) -> None:
     templates = build_templates(Settings.from_env({"AVP_DATA_DIR": str(tmp_path)}))
@@ -91,9 +91,77 @@ def test_the_job_lists_stage_column_names_the_stage_only_while_the_job_runs(
         keep=False,
         files_removed_at=None,
     )
-    row = templates.engine.get_template("fragments/_job_row.html").render(job=job)
-    prompt, status_cell, stage_cell, progress = re.findall(r"<td>(.*?)</td>", row, re.S)
-    assert status in status_cell and stage_cell == shown
+    card = templates.engine.get_template("fragments/_job_card.html").render(job=job)
+    assert re.search(r'<span class="badge">(\w+)</span>', card)[1] == status
+    stage_shown = re.search(r'<span class="stage">([\w ]+)</span>', card)
+    assert (stage_shown[1] if stage_shown else "") == shown
+    assert ("<progress" in card) == (status in ("queued", "running")), "progress only on unfinished cards"
+
+
+def _seeded_store(path: Path) -> Store:
+    """Jobs a, b, c, d, e (oldest first) of two models, two statuses and prompts with LIKE's special characters."""
+    store = Store(path)
+    for job_id, prompt, model, status in [
+        ("a", "a red ball", "demo", "succeeded"),
+        ("b", "A RED square 100%", "ltx-2", "failed"),
+        ("c", "red_ball under \\ a slash", "demo", "succeeded"),
+        ("d", "rédball", "demo", "failed"),
+        ("e", "a blue ball", "ltx-2", "succeeded"),
+    ]:
+        store.create_job(job_id, {"prompt": prompt, "model": model}, {"type": "queued"}, max_queued=10)
+        store.record(job_id, {"type": status}, JobUpdate(status=status))
+    return store
+
+
+@pytest.mark.parametrize(
+    ("only", "expected"),
+    [
+        (JobFilter(), "edcba"),
+        (JobFilter(status="failed"), "db"),
+        (JobFilter(model="ltx-2"), "eb"),
+        (JobFilter(model="ltx-2", status="succeeded"), "e"),
+        (JobFilter(search="RED"), "cba"),  # ASCII letters in either case; "rédball" holds no "red"
+        (JobFilter(search="red_ball"), "c"),  # `_` is an underscore, not any character
+        (JobFilter(search="0%"), "b"),  # `%` is a percent sign
+        (JobFilter(search="\\"), "c"),  # the escape character itself
+        (JobFilter(search="rÉd"), ""),  # SQLite folds ASCII letters only; the Python check agrees
+        (JobFilter(search="réd"), "d"),
+        (JobFilter(search="ball", status="succeeded", model="demo"), "ca"),
+    ],
+)
+def test_a_job_filter_selects_in_sqlite_what_it_matches_in_python(
+    tmp_path: Path, only: JobFilter, expected: str
+) -> None:
+    store = _seeded_store(tmp_path / "db.sqlite3")
+    try:
+        listed = store.list_jobs(10, only=only)
+        assert "".join(job.id for job in listed) == expected
+        every = store.list_jobs(10)
+        assert {job.id for job in every if only.matches(job)} == set(expected), "a new job's card follows the same rule"
+        if listed:  # keyset paging: the jobs before a job's seq, newest first, no overlap
+            assert "".join(j.id for j in store.list_jobs(10, before_seq=listed[0].seq, only=only)) == expected[1:]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("only", "index"),
+    [
+        (JobFilter(model="demo"), "jobs_model"),
+        (JobFilter(search="red"), "jobs_prompt"),
+        (JobFilter(search="red", model="demo"), "jobs_prompt"),
+        (JobFilter(search="red", status="failed"), "jobs_prompt"),
+    ],
+)
+def test_a_filter_reads_an_index_not_every_request(tmp_path: Path, only: JobFilter, index: str) -> None:
+    store = _seeded_store(tmp_path / "db.sqlite3")
+    try:
+        source, where, args = only.sql()
+        query = f"SELECT seq FROM {source} WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT 25"
+        plan = store._db.execute(f"EXPLAIN QUERY PLAN {query}", args).fetchall()
+        assert any(f"INDEX {index}" in row[-1] for row in plan), plan
+    finally:
+        store.close()
 
 
 def _transcript(result: bool = False, error: protocol.Error | None = None, violation: str | None = None):
