@@ -1,8 +1,8 @@
 """Fit the demo model's preview colours from its own decodes; the map ships with its weights.
 
-    python -m gpu_runner.demo.colours MODEL_DIR [--out gpu_runner/demo/weights/preview_colours.json]
+    python -m gpu_runner.demo.colours MODEL_DIR [--seeds 3] [--out gpu_runner/demo/weights/preview_colours.json]
 
-Runs one clip of each of the world's colours (the demo's default job: fast mode, 320x192, 25 frames) through
+Runs one clip of each of the world's colours per seed (the demo's default job: fast mode, 320x192, 25 frames) through
 the runner's own stages, pools each clip's decoded frames into its latent cells as a portal's first job of a model
 does, and fits one map to all of them (gpu_runner/preview_colours.py). `demo-model` copies the file from the
 shipped weights into the model directory, where the runner looks first.
@@ -43,13 +43,13 @@ class Recording(Ltx2):
         return self.learners[-1]
 
 
-def fit_demo_colours(model_dir: Path, work_dir: Path) -> ColourMap:
-    """One map from one clip of each colour, learnt as a model without a map learns it."""
+def fit_demo_colours(model_dir: Path, work_dir: Path, seeds: int) -> ColourMap:
+    """One map from one clip of each colour per seed, learnt as a model without a map learns it."""
     model = work_dir / "model"
     shutil.copytree(model_dir, model, ignore=shutil.ignore_patterns(MAP_FILE))  # no map: each clip teaches
     spec = directory_spec("demo", model)
     family = Recording(DiffusersDirectory(model))
-    for number, prompt in enumerate(prompt_set(seeds=1)):
+    for number, prompt in enumerate(prompt_set(seeds)):
         job_dir = work_dir / f"job{number}"
         job_dir.mkdir()
         # a colours directory of its own per clip, so that no clip finds an earlier one's map
@@ -66,10 +66,11 @@ def fit_demo_colours(model_dir: Path, work_dir: Path) -> ColourMap:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=TRAINED_WEIGHTS / MAP_FILE)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
-        colours = fit_demo_colours(args.model_dir, Path(work))
+        colours = fit_demo_colours(args.model_dir, Path(work), args.seeds)
     args.out.write_bytes(colours.to_json())
     print(f"{args.out}: {colours.channels} channels, RMS error {colours.rms_error} levels")
 
