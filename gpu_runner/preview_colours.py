@@ -63,13 +63,22 @@ class ColourMap:
         return cls(matrix, str(fields["model"]), str(fields["vae"]), fields.get("rms_error"))
 
 
-def fit(cells: torch.Tensor, colours: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """The least-squares (channels + 1, 3) map from (N, channels) latents to (N, 3) colours, and its RMS error."""
+def fit(cells: torch.Tensor, colours: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """The least-squares (channels + 1, 3) map from (N, channels) latents to (N, 3) colours, each cell's squared
+    error weighted by `weights` where given, and its (unweighted) RMS error."""
     cells, colours = cells.detach().float().cpu(), colours.detach().float().cpu()
     design = torch.cat([cells, torch.ones(len(cells), 1)], dim=1)
-    matrix = torch.linalg.lstsq(design, colours, driver="gelsd").solution
+    root = torch.ones(len(cells), 1) if weights is None else weights.float().cpu().sqrt()[:, None]
+    matrix = torch.linalg.lstsq(design * root, colours * root, driver="gelsd").solution
     rms = float((design @ matrix - colours).square().mean().sqrt())
     return matrix, rms
+
+
+def standing_out(colours: torch.Tensor) -> torch.Tensor:
+    """Weights for one clip's (N, 3) cell colours: 1 + (distance from the clip's median colour / 32)^2. Most cells
+    of a clip are its ground, which a plain fit serves at the cost of what stands out from it (on the demo, a
+    plain fit shifts a red object's hue by 25 degrees, this one by 15)."""
+    return 1 + ((colours - colours.median(dim=0).values).norm(dim=1) / 32).square()
 
 
 def latent_frame_of(pixel_frames: np.ndarray, frames_per_latent: int) -> np.ndarray:
@@ -116,12 +125,13 @@ class ColourLearner:
     def add(self, chunk: np.ndarray) -> None:
         self.pooler.add(chunk)
 
-    def samples(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, C) latents and (N, 3) mean decoded colours of the cells the decode reached."""
+    def samples(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, C) latents, (N, 3) mean decoded colours and (N,) weights (`standing_out`) of the cells the decode
+        reached."""
         colours = torch.from_numpy(self.pooler.means()).reshape(-1, 3)
         cells = self.cells.reshape(-1, self.cells.shape[-1])
         decoded = ~colours.isnan().any(dim=1)
-        return cells[decoded], colours[decoded]
+        return cells[decoded], colours[decoded], standing_out(colours[decoded])
 
     def fit(self, model: str, vae: str) -> ColourMap:
         matrix, rms = fit(*self.samples())

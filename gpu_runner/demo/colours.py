@@ -58,8 +58,8 @@ def fit_demo_colours(model_dir: Path, work_dir: Path, seeds: int) -> ColourMap:
         jobdir.write_job_file(job_dir, jobdir.job_file(job_dir.name, request, spec, options))
         generate(load_job(job_dir), lambda event: None, Cancellation(), time.monotonic(), family)
     samples = [learner.samples() for learner in family.learners]
-    cells, colours = (torch.cat(parts) for parts in zip(*samples, strict=True))
-    matrix, rms = fit(cells, colours)
+    cells, colours, weights = (torch.cat(parts) for parts in zip(*samples, strict=True))
+    matrix, rms = fit(cells, colours, weights)
     return ColourMap(matrix, "demo", rms_error=round(rms, 2))
 
 

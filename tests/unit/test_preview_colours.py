@@ -20,6 +20,7 @@ from gpu_runner.preview_colours import (
     ColourStore,
     fit,
     latent_frame_of,
+    standing_out,
 )
 
 
@@ -59,8 +60,19 @@ def test_cells_no_frame_reached_are_left_out_of_the_fit():
     cells = torch.randn(3, 1, 1, 2)
     learner = ColourLearner(cells, frames_per_latent=8, pixels_per_latent=1)
     learner.add(np.zeros((9, 1, 1, 3), dtype=np.uint8))  # latent frames 0 and 1 only
-    samples, colours = learner.samples()
-    assert torch.equal(samples, cells[:2].reshape(2, 2)) and colours.shape == (2, 3)
+    samples, colours, weights = learner.samples()
+    assert torch.equal(samples, cells[:2].reshape(2, 2)) and colours.shape == (2, 3) and weights.shape == (2,)
+
+
+def test_cells_standing_out_from_the_clips_ground_weigh_more_in_the_fit():
+    ground, ball = [10.0, 10.0, 12.0], [10.0 + 96, 10.0, 12.0]
+    weights = standing_out(torch.tensor([ground] * 9 + [ball]))
+    assert weights[:9].tolist() == [1.0] * 9 and weights[9] == pytest.approx(1 + 3**2)
+    # a cell's weight counts as that many copies of it
+    cells, colours = torch.randn(10, 2), torch.randn(10, 3) * 50
+    copies = torch.tensor([1] * 9 + [4])
+    repeated = fit(cells.repeat_interleave(copies, dim=0), colours.repeat_interleave(copies, dim=0))[0]
+    assert torch.allclose(fit(cells, colours, copies.float())[0], repeated, atol=1e-3)
 
 
 def a_map(bias: tuple[float, float, float], channels: int = 4, model: str = "m", vae: str = "v1") -> ColourMap:

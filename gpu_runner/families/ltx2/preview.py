@@ -52,7 +52,8 @@ class PreviewWriter:
         self._previous: torch.Tensor | None = None
         self._told = False  # that there are no colours, once per stage
         # Whole latent frames are sliced out before anything is copied: the preview holds a few frames' cells.
-        self._shown = torch.from_numpy(np.linspace(0, self._frames - 1, min(FRAMES_SHOWN, self._frames)).round())
+        shown = np.linspace(0, self._frames - 1, min(FRAMES_SHOWN, self._frames)).round().astype(np.int64)
+        self._shown = torch.from_numpy(shown)
         self.upscale = upscale_for(len(self._shown), self._width)
 
     def after_step(self, sigmas: torch.Tensor, index: int, latents: torch.Tensor) -> protocol.Preview | None:
@@ -65,7 +66,8 @@ class PreviewWriter:
                 return None
             self._told = True
             return protocol.Preview(file=None, step=done, note=NO_COLOURS)
-        cells = latents[:1].detach().reshape(self._frames, self._height * self._width, -1)[self._shown.long()]
+        frames = latents[:1].detach().reshape(self._frames, self._height * self._width, -1)
+        cells = frames.index_select(0, self._shown.to(frames.device))
         previous, self._previous = self._previous, cells.float()
         if previous is None or not due:
             return None
