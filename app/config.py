@@ -124,6 +124,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.data_dir / "cache" / "compiled" if self.compile_blocks else None
 
     @property
+    def preview_colours_dir(self) -> Path:
+        """Each model's preview colour map, learnt from its first clip (gpu_runner/preview_colours.py)."""
+        return self.data_dir / "preview_colours"
+
+    @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
 
@@ -149,6 +154,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             weight_cache_dir=None if weight_cache_dir is None else str(weight_cache_dir),
             compile_cache_dir=None if compile_cache_dir is None else str(compile_cache_dir),
             cache_gb=self.cache_gb,
+            preview_colours_dir=str(self.preview_colours_dir),
         )
 
     @property

@@ -29,7 +29,8 @@ class JobProgress(msgspec.Struct, frozen=True, kw_only=True):
     eta_s: float | None = None  # None: not known yet (the first step compiled)
     tiles_done: int = 0
     tiles_total: int = 0
-    preview_step: int = 0
+    preview_step: int = 0  # the step the latest preview.jpg shows; 0: none yet
+    preview_note: str | None = None  # why there is no preview (the model has no colours yet), from the runner
 
     @property
     def whole_percent(self) -> int:
@@ -53,8 +54,10 @@ class JobProgress(msgspec.Struct, frozen=True, kw_only=True):
                     eta_s=None if eta is None else round(eta, 1),
                     percent=round(percent, 1),
                 )
+            case protocol.Preview(file=None, note=note):
+                return msgspec.structs.replace(self, preview_note=note)
             case protocol.Preview(step=step):
-                return msgspec.structs.replace(self, preview_step=step)
+                return msgspec.structs.replace(self, preview_step=step, preview_note=None)
             case protocol.Tile(done=done, total=total):
                 return msgspec.structs.replace(self, tiles_done=done, tiles_total=total)
             case protocol.Result():

@@ -58,7 +58,7 @@ class JobView:
                     stages=d.get("stages", 1),
                     eta_s=d.get("eta_s"),
                 )
-            case "preview":
+            case "preview" if d.get("file"):  # one with no file only says why there is no picture
                 return replace(view, previews=view.previews + 1)
             case "tile":
                 return replace(view, tiles=(d["done"], d["total"]))

@@ -188,6 +188,9 @@ class RandomWeights:
     def revision(self) -> str:
         return "random"
 
+    def latent_revision(self) -> str:
+        return "random"
+
     def sequence_length(self) -> int:
         return self.size.sequence_length
 

@@ -37,6 +37,9 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
     # compiled kernels here, so a later job of the same shape compiles in seconds
     compile_cache_dir: str | None = None
     cache_gb: float = DEFAULT_CACHE_GB  # the three caches together, least recently used entries removed first
+    # each model's preview colour map, learnt from its first clip, is kept here (gpu_runner/preview_colours.py);
+    # not a cache: a few hundred bytes a model, never removed
+    preview_colours_dir: str | None = None
 
 
 class JobFile(msgspec.Struct, frozen=True):
@@ -53,6 +56,7 @@ class JobFile(msgspec.Struct, frozen=True):
     weight_cache_dir: str | None = None
     compile_cache_dir: str | None = None
     cache_gb: float = DEFAULT_CACHE_GB
+    preview_colours_dir: str | None = None
 
 
 def job_file(job_id: str, request: Request, spec: ModelSpec, options: RunnerOptions, *, image: bool = False) -> JobFile:

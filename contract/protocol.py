@@ -90,8 +90,9 @@ class Memory(_Event, tag="memory"):
 
 
 class Preview(_Event, tag="preview"):
-    file: str
+    file: str | None  # None: no picture this time (the model has no colour map yet), `note` says why
     step: int
+    note: str | None = None
 
 
 class Result(_Event, tag="result"):

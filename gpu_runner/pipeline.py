@@ -27,6 +27,7 @@ from gpu_runner.compiling import compiles
 from gpu_runner.families import Family, family_for
 from gpu_runner.job import Job, JobError
 from gpu_runner.poster import PosterFrame
+from gpu_runner.preview_colours import ColourStore
 from gpu_runner.prompt_cache import PromptCache
 from gpu_runner.weight_cache import WeightCache
 
@@ -97,6 +98,10 @@ def _stages(
         with stages("encode_prompt"):
             context = {name: tensor.to(device) for name, tensor in context.items()}
 
+    # The model's preview colours: shipped with it, or learnt from an earlier clip; else this clip teaches them.
+    colour_store = colour_store_for(job, family)
+    colours = colour_store.load()
+
     # 4. Load the denoiser onto the GPU; its decoders wait on the CPU until the denoiser has gone.
     with stages("load_transformer"):
         denoiser = family.load_denoiser(job, context, device, dtype, precision)
@@ -118,7 +123,7 @@ def _stages(
                     latents = family.upsample(denoiser, video_latents, device), audio_latents
             with stages(stage.name, note=denoise_note(compiled)):
                 reporter = StageReporter(number, plan, compiled)
-                on_step_end = step_reporter(emit, cancellation, reporter, family.previews(job, stage))
+                on_step_end = step_reporter(emit, cancellation, reporter, family.previews(job, stage, colours))
                 latents = family.denoise(denoiser, job, stage, on_step_end, start=latents)
     video_latents, audio_latents = latents
 
@@ -132,15 +137,21 @@ def _stages(
     with stages("decode_audio"):
         waveform, sample_rate = family.decode_audio(decoders, audio_latents, device)
 
-    # 8. Decode the video chunk by chunk, streaming each finished chunk of frames into the muxer, and
+    # 8. Decode the video chunk by chunk, streaming each finished chunk of frames into the muxer (and, for a model
+    #    with no preview colours, into what learns them), and
     # 9. finish the MP4 (flush, moov atom to the front); video.mp4 appears only when complete, then its poster
     #    (the middle frame, kept as it went by).
     poster = PosterFrame(job.path(jobdir.POSTER_FILE), request.num_frames)
     with mux.Mp4Writer(job.path(jobdir.VIDEO_FILE), request.fps, waveform, sample_rate, poster=poster) as writer:
         with stages("decode_video"):
             on_tile = tile_reporter(emit, cancellation)
+            learner = family.colour_learner(decoders, video_latents) if colours is None and colour_store.path else None
             for frames in family.decode_video(decoders, video_latents, device, on_tile, decode_budget_gib):
                 writer.add_frames(frames)
+                if learner:
+                    learner.add(frames)
+            if learner:
+                colour_store.save(learner.fit(colour_store.model, colour_store.vae))
         with stages("mux"):
             writer.finish()
 
@@ -169,6 +180,13 @@ def prompt_cache_for(job: Job, family: Family, budget: CacheBudget) -> tuple[Pro
     cache = PromptCache(Path(job.file.prompt_cache_dir), budget)
     key = cache.key(job.spec.id, family.revision(), request.prompt, request.negative_prompt, family.sequence_length())
     return cache, key
+
+
+def colour_store_for(job: Job, family: Family) -> ColourStore:
+    directory = job.file.preview_colours_dir
+    if directory is None:
+        return ColourStore(job.model_dir, None, job.spec.id, "")
+    return ColourStore(job.model_dir, Path(directory), job.spec.id, family.latent_revision())
 
 
 def weight_cache_for(job: Job, budget: CacheBudget) -> WeightCache | None:

@@ -11,6 +11,7 @@ import torch
 from contract.cost import PeakPrediction
 from contract.request import DenoiseStage, Request
 from gpu_runner.job import Job, JobError
+from gpu_runner.preview_colours import ColourLearner, ColourMap
 
 Context = dict[str, torch.Tensor]  # a prompt's encoding: what the prompt cache keeps
 Latents = tuple[torch.Tensor, torch.Tensor]  # (video, audio) latents of one clip
@@ -50,9 +51,18 @@ class Family(ABC):
         """The denoiser placed on `device` (compiled where `compiling.compiles` says), decoders on the CPU."""
 
     @abstractmethod
-    def previews(self, job: Job, stage: DenoiseStage) -> object:
+    def latent_revision(self) -> str:
+        """What identifies the latent space (the VAE's files), for the key of the model's preview colours."""
+
+    @abstractmethod
+    def previews(self, job: Job, stage: DenoiseStage, colours: ColourMap | None) -> object:
         """What `pipeline.step_reporter` asks for a preview after each step of `stage`:
-        `after_step(sigmas, index, latents)`."""
+        `after_step(sigmas, index, latents)`, colouring with `colours` (None: the model has none yet)."""
+
+    @abstractmethod
+    def colour_learner(self, decoders: object, latents: torch.Tensor) -> ColourLearner:
+        """What learns the model's preview colours from the decode of `latents` (called before `decode_video`):
+        the latents as previews see them, and how many frames and pixels a latent cell decodes to."""
 
     @abstractmethod
     def denoise(

@@ -165,7 +165,9 @@ def test_the_progress_line_shows_stage_step_eta_and_previews() -> None:
     assert queued.describe() == "queued, position 2, starts in ~12 s, done in ~1 min 15 s"
     view = queued.apply(Event(2, "running", {})).apply(Event(3, "stage", {"name": "refine"}))
     step = {"step": 2, "total": 3, "elapsed_s": 0.5, "eta_s": 0.06, "stage": "refine", "stage_number": 2, "stages": 2}
-    view = view.apply(Event(4, "step", step)).apply(Event(5, "preview", {"file": "preview.jpg", "step": 2}))
+    no_colours = {"file": None, "step": 1, "note": "No colour preview yet"}
+    view = view.apply(Event(4, "step", step)).apply(Event(5, "preview", no_colours))
+    view = view.apply(Event(6, "preview", {"file": "preview.jpg", "step": 2}))
     assert view.describe() == "refine: stage 2 of 2, step 2/3 · ETA 0 s · 1 preview"
     assert view.fraction == pytest.approx((1 + 2 / 3) / 2)
     quality = JobView(id="j", status="running").apply(Event(1, "stage", {"name": "denoise"}))

@@ -17,6 +17,7 @@ from contract.request import FAST_STEPS, Request, denoise_stages
 from gpu_runner import families, pipeline
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import Job, JobError
+from gpu_runner.preview_colours import ColourLearner
 from tests.runner_fixtures import DEMO_REQUEST, NO_CACHES, read_mp4
 
 
@@ -53,8 +54,14 @@ class Fake(families.Family):
         self.calls.append(f"load_denoiser {sorted(context)}")
         return SimpleNamespace(scheduler=SimpleNamespace(sigmas=torch.linspace(1, 0, 101)))
 
-    def previews(self, job, stage):
+    def latent_revision(self) -> str:
+        return "fake"
+
+    def previews(self, job, stage, colours):
         return SimpleNamespace(after_step=lambda *_: None)
+
+    def colour_learner(self, decoders, latents):
+        return ColourLearner(latents[..., None].float(), frames_per_latent=1, pixels_per_latent=1)
 
     def denoise(self, denoiser, job, stage, on_step_end, start=None):
         for index in range(stage.steps):
@@ -129,3 +136,17 @@ def test_fast_modes_stages_take_diffusers_distilled_sigma_lists_as_the_contract_
     fast = Request(prompt="a red ball", mode="fast", width=320, height=192, num_frames=9)
     assert list(FAST_SIGMAS) == [stage.name for stage in denoise_stages(fast)]
     assert tuple(len(sigmas) for sigmas in FAST_SIGMAS.values()) == FAST_STEPS
+
+
+def test_a_family_with_no_preview_colours_learns_them_from_its_decode_into_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setitem(families.FAMILIES, "fake", lambda model_dir, weight_cache: Fake([]))
+    job = fake_job(tmp_path, num_frames=9, steps=2)
+    learning = msgspec.structs.replace(job.file, preview_colours_dir=str(tmp_path / "colours"))
+    job = Job(job.directory, learning, job.spec, job.model_dir)
+
+    pipeline.generate(job, lambda event: None, Cancellation(), started=0.0)
+
+    learnt = pipeline.colour_store_for(job, Fake([])).load()
+    assert learnt is not None and learnt.model == job.spec.id
+    # the fake's frames are mid-grey whatever its (all-zero) latents: the bias carries it all
+    assert torch.allclose(learnt.rgb(torch.zeros(1, 1)), torch.full((1, 3), 128.0), atol=0.1)

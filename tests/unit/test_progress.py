@@ -80,6 +80,14 @@ def test_previews_tiles_and_the_result_each_change_their_part_only() -> None:
     assert running.apply(A_RESULT) == changed(running, percent=100.0, eta_s=0.0)
 
 
+def test_a_preview_with_no_picture_keeps_its_note_until_a_picture_comes() -> None:
+    no_colours = protocol.Preview(file=None, step=2, note="No colour preview yet")
+    told = JobProgress().apply(no_colours)
+    assert (told.preview_step, told.preview_note) == (0, "No colour preview yet"), "no picture to point at"
+    shown = told.apply(protocol.Preview(file="preview.jpg", step=4))
+    assert (shown.preview_step, shown.preview_note) == (4, None)
+
+
 @pytest.mark.parametrize(
     "event",
     [protocol.Memory(stage="mux", device="cpu"), protocol.Error(code="internal", message="bad tensor")],
@@ -118,7 +126,8 @@ def test_a_row_stored_before_the_struct_still_decodes_and_encodes_with_its_keys(
     progress = decode_progress(json.dumps(old))
     assert (progress.stage, progress.step, progress.percent, progress.preview_step) == ("denoise", 7, 24.8, 6)
     # the keys it had, and those added since at their defaults (one denoising stage, as every job had then)
-    assert json.loads(msgspec.json.encode(progress)) == {**old, "denoise_stage": 1, "denoise_stages": 1}
+    added = {"denoise_stage": 1, "denoise_stages": 1, "preview_note": None}
+    assert json.loads(msgspec.json.encode(progress)) == {**old, **added}
     assert decode_progress("{}") == JobProgress(), "the column's default"
 
 

@@ -14,7 +14,7 @@ from contract import jobdir, protocol
 from contract.request import DenoiseStage
 from gpu_runner.cancel import Cancellation, Cancelled
 from gpu_runner.compiling import compiles
-from gpu_runner.families.ltx2.preview import UPSCALE, PreviewWriter, clean_estimate
+from gpu_runner.families.ltx2.preview import GAP, PreviewWriter, clean_estimate
 from gpu_runner.job import JobError, load_job
 from gpu_runner.pipeline import (
     COMPILE_NOTE,
@@ -25,7 +25,13 @@ from gpu_runner.pipeline import (
     step_reporter,
     tile_reporter,
 )
+from gpu_runner.preview_colours import ColourMap
 from tests.runner_fixtures import write_job
+
+
+def grey(channels: int) -> ColourMap:
+    """A colour map that sums the channels into a grey around mid-level."""
+    return ColourMap(torch.cat([torch.full((channels, 3), 10.0), torch.full((1, 3), 128.0)]))
 
 
 @pytest.fixture
@@ -76,7 +82,7 @@ def test_running_out_of_memory_names_the_stage_and_the_size(job):
 def test_a_preview_that_finds_the_disk_full_fails_the_job_as_disk_full_leaving_no_partial_preview(job, small_disk):
     disk = small_disk(4)
     stages = Stages(lambda event: None, Cancellation(), torch.device("cpu"), job, time.monotonic())
-    previews = PreviewWriter(lambda name: disk.root / name, (3, 16, 16), total_steps=2, previews=2)
+    previews = PreviewWriter(lambda name: disk.root / name, (3, 16, 16), total_steps=2, colours=grey(128), previews=2)
     sigmas = torch.tensor([1.0, 0.5, 0.0])
     disk.fill()
 
@@ -110,7 +116,7 @@ def fake_pipe(total: int):
 def test_the_step_callback_reports_then_stops_a_cancelled_run(tmp_path):
     events = []
     cancellation = Cancellation()
-    previews = PreviewWriter(lambda name: tmp_path / name, (2, 3, 4), total_steps=4, previews=4)
+    previews = PreviewWriter(lambda name: tmp_path / name, (2, 3, 4), total_steps=4, colours=grey(8), previews=4)
     on_step_end = step_reporter(events.append, cancellation, one_stage(4), previews=previews)
     latents = {"latents": torch.randn(1, 2 * 3 * 4, 8)}
 
@@ -185,7 +191,7 @@ def test_fast_mode_steps_name_their_stage_and_count_the_refine_in_the_time_left(
 
 
 def test_previews_show_the_clean_estimate_of_every_sampled_frame_as_a_jpeg(tmp_path):
-    previews = PreviewWriter(lambda name: tmp_path / name, (3, 2, 5), total_steps=4, previews=2)
+    previews = PreviewWriter(lambda name: tmp_path / name, (3, 2, 5), total_steps=4, colours=grey(8), previews=2)
     sigmas = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
     clean, noise = torch.randn(1, 3 * 2 * 5, 8), torch.randn(1, 3 * 2 * 5, 8)
     written = []
@@ -194,7 +200,7 @@ def test_previews_show_the_clean_estimate_of_every_sampled_frame_as_a_jpeg(tmp_p
         written.append(previews.after_step(sigmas, index, (1 - s) * clean + s * noise))
     assert [w.step if w else None for w in written] == [None, 2, None, 4]
     image = Image.open(tmp_path / jobdir.PREVIEW_FILE)
-    assert image.format == "JPEG" and image.size == (3 * 5 * UPSCALE, 2 * UPSCALE)
+    assert image.format == "JPEG" and image.size == (3 * 5 * previews.upscale + 2 * GAP, 2 * previews.upscale)
     assert not list(tmp_path.glob("*.partial"))
 
 

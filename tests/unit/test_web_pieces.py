@@ -12,6 +12,7 @@ import pytest
 
 from app.broker import SUBSCRIBER_BUFFER, Broker
 from app.config import Settings, SettingsError
+from app.page_feed import job_context
 from app.progress import JobProgress
 from app.ratelimit import RateLimited, SubmitRateLimit
 from app.routes.files import parse_range
@@ -162,6 +163,41 @@ def test_a_filter_reads_an_index_not_every_request(tmp_path: Path, only: JobFilt
         assert any(f"INDEX {index}" in row[-1] for row in plan), plan
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        protocol.Preview(file=None, step=2, note="No colour preview yet: this model's first clip teaches the portal"),
+        protocol.Preview(file="preview.jpg", step=6),
+    ],
+)
+def test_a_running_jobs_panel_shows_its_preview_with_what_it_is_or_why_there_is_none(tmp_path, event) -> None:
+    templates = build_templates(Settings.from_env({"AVP_DATA_DIR": str(tmp_path)}))
+    job = JobRow(
+        seq=1,
+        id="a" * 32,
+        status="running",
+        request=Request(prompt="a red ball"),
+        progress=JobProgress(stage="denoise").apply(event),
+        error=None,
+        result=None,
+        attempts=1,
+        created_at=0.0,
+        started_at=0.0,
+        finished_at=None,
+        estimate=None,
+        keep=False,
+        files_removed_at=None,
+    )
+    panel = html.unescape(
+        templates.engine.get_template("fragments/_job_panel.html").render(**job_context(job, {}, None))
+    )
+    if event.file is None:
+        assert event.note in panel and 'id="job-preview"' not in panel, "a note instead of noise"
+    else:
+        assert 'id="job-preview"' in panel and "preview?step=6" in panel
+        assert "current guess of the clip at step 6" in panel and "arbitrary" not in panel
 
 
 def _transcript(result: bool = False, error: protocol.Error | None = None, violation: str | None = None):

@@ -30,11 +30,12 @@ from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile
 from gpu_runner.families.ltx2 import tiling
 from gpu_runner.families.ltx2.conditioning import image_conditions
 from gpu_runner.families.ltx2.guidance import share_stg_prefix
-from gpu_runner.families.ltx2.loading import UpsamplingPipeline, place_denoiser
+from gpu_runner.families.ltx2.loading import DenoisingPipeline, UpsamplingPipeline, place_denoiser
 from gpu_runner.families.ltx2.preview import PreviewWriter
 from gpu_runner.families.ltx2.text import PrecomputedConnectors, encode
 from gpu_runner.families.ltx2.vocoding import vocode
 from gpu_runner.job import Job
+from gpu_runner.preview_colours import ColourLearner, ColourMap
 
 # LTX-2.0's guidance beyond diffusers' defaults (which follow 2.3): no cross timestep, STG at block 29.
 LTX2_0_GUIDANCE = {"use_cross_timestep": False, "spatio_temporal_guidance_blocks": [29]}
@@ -104,8 +105,19 @@ class Ltx2(Family):
         share_stg_prefix(pipe.transformer, self.guidance(first_stage)["spatio_temporal_guidance_blocks"])
         return Denoiser(pipe, self.source.load_upsampler(dtype) if fast else None)
 
-    def previews(self, job: Job, stage: DenoiseStage) -> PreviewWriter:
-        return PreviewWriter(job.path, latent_shape(at_size_of(job.request, stage)), stage.steps)
+    def latent_revision(self) -> str:
+        return self.source.latent_revision()
+
+    def previews(self, job: Job, stage: DenoiseStage, colours: ColourMap | None) -> PreviewWriter:
+        return PreviewWriter(job.path, latent_shape(at_size_of(job.request, stage)), stage.steps, colours)
+
+    def colour_learner(self, decoders, latents: torch.Tensor) -> ColourLearner:
+        """The denoiser's latents are normalised (the pipeline's latent output is not): the map is fitted on them."""
+        vae = decoders["vae"]
+        scaling = vae.config.scaling_factor
+        normalised = DenoisingPipeline._normalize_latents(latents, vae.latents_mean, vae.latents_std, scaling)
+        cells = normalised[0].permute(1, 2, 3, 0)  # (F, H, W, C), as a packed token sequence is laid out
+        return ColourLearner(cells, vae.temporal_compression_ratio, vae.spatial_compression_ratio)
 
     def denoise(
         self, denoiser: Denoiser, job: Job, stage: DenoiseStage, on_step_end: OnStepEnd, start: Latents | None = None

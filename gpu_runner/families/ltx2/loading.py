@@ -120,6 +120,11 @@ class DiffusersDirectory:
     def revision(self) -> str:
         return model_revision(self.model_dir)
 
+    def latent_revision(self) -> str:
+        """The VAE's fingerprint, modification times included, as the weight cache's: a VAE of the same size and
+        config with other weights (the demo's random build) is another latent space."""
+        return model_revision(self.model_dir, ("vae",), modified_times=True)
+
     def sequence_length(self) -> int:
         """Tokens per prompt: the tokenizer's declared maximum, at most LTX-2's 1024."""
         config = json.loads((self.model_dir / "tokenizer" / "tokenizer_config.json").read_text())

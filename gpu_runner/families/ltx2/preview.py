@@ -1,9 +1,10 @@
-"""Previews: every few steps, a small JPEG of the whole clip as the model currently sees it.
+"""Previews: every few steps, a small JPEG of frames across the clip as the model currently sees it.
 
 The picture is the clean-latent estimate, not the noisy latents: for a flow-matching Euler
 step x' = x + (s' - s) v, the model's clean estimate is x0 = x' - s' v, and v follows from
-two consecutive latents, so no extra model call is needed. A fixed linear projection maps
-the latent channels to RGB; its colours are arbitrary, its shapes and motion are not.
+two consecutive latents, so no extra model call is needed. The model's colour map (gpu_runner/preview_colours.py,
+fitted to its own decodes) turns each latent cell into the colour the VAE would give it, so the strip looks like
+the clip. A model with no map yet gets no picture: an event says so, and its first clip teaches the map.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import torch
 from PIL import Image
 
 from contract import jobdir, protocol
+from gpu_runner.preview_colours import ColourMap
 
 FRAMES_SHOWN = 8  # latent frames sampled across the clip, side by side
-UPSCALE = 4  # pixels per latent cell in the preview
+STRIP_WIDTH = 1280  # about the widest a page shows the strip: pixels enough not to be blown up blocky
+UPSCALE_LIMITS = (2, 32)  # pixels per latent cell, at most as many as the cell decodes to
+GAP = 2  # dark pixels between frames
+NO_COLOURS = "No colour preview yet: this model's first clip teaches the portal its colours."
 
 
 def clean_estimate(previous: torch.Tensor, latents: torch.Tensor, sigma: float, next_sigma: float) -> torch.Tensor:
@@ -24,34 +29,59 @@ def clean_estimate(previous: torch.Tensor, latents: torch.Tensor, sigma: float, 
     return latents - next_sigma * velocity
 
 
+def upscale_for(frames: int, width: int) -> int:
+    """Pixels per latent cell for a strip of `frames` frames `width` cells wide."""
+    low, high = UPSCALE_LIMITS
+    return int(np.clip(STRIP_WIDTH // max(frames * width, 1), low, high))
+
+
 class PreviewWriter:
-    def __init__(self, path_of, latent_shape: tuple[int, int, int], total_steps: int, previews: int = 6) -> None:
+    def __init__(
+        self,
+        path_of,
+        latent_shape: tuple[int, int, int],
+        total_steps: int,
+        colours: ColourMap | None,
+        previews: int = 6,
+    ) -> None:
         self._path_of = path_of  # name -> a path confined to the job directory
         self._frames, self._height, self._width = latent_shape
         self._every = max(1, total_steps // previews)
         self._total = total_steps
+        self._colours = colours
         self._previous: torch.Tensor | None = None
-        self._projection: torch.Tensor | None = None
+        self._told = False  # that there are no colours, once per stage
+        # Whole latent frames are sliced out before anything is copied: the preview holds a few frames' cells.
+        shown = np.linspace(0, self._frames - 1, min(FRAMES_SHOWN, self._frames)).round().astype(np.int64)
+        self._shown = torch.from_numpy(shown)
+        self.upscale = upscale_for(len(self._shown), self._width)
 
     def after_step(self, sigmas: torch.Tensor, index: int, latents: torch.Tensor) -> protocol.Preview | None:
-        """Called with the packed video latents after step `index`; returns an event when a preview was written."""
-        previous, self._previous = self._previous, latents[:1].detach().float()
+        """Called with the packed video latents after step `index`; returns an event when a preview was written,
+        or, the first time, when none can be (no colour map)."""
         done = index + 1
-        if previous is None or (done % self._every and done != self._total):
+        due = done % self._every == 0 or done == self._total
+        if self._colours is None:
+            if not due or self._told:
+                return None
+            self._told = True
+            return protocol.Preview(file=None, step=done, note=NO_COLOURS)
+        frames = latents[:1].detach().reshape(self._frames, self._height * self._width, -1)
+        cells = frames.index_select(0, self._shown.to(frames.device))
+        previous, self._previous = self._previous, cells.float()
+        if previous is None or not due:
             return None
         self._write(clean_estimate(previous, self._previous, float(sigmas[index]), float(sigmas[index + 1])))
         return protocol.Preview(file=jobdir.PREVIEW_FILE, step=done)
 
     def _write(self, clean: torch.Tensor) -> None:
-        cells = clean.reshape(self._frames, self._height, self._width, -1).cpu()
-        if self._projection is None:
-            generator = torch.Generator().manual_seed(0)
-            self._projection = torch.randn(cells.shape[-1], 3, generator=generator) / cells.shape[-1] ** 0.5
-        shown = np.linspace(0, self._frames - 1, min(FRAMES_SHOWN, self._frames)).round().astype(int)
-        rgb = (cells[shown] @ self._projection).numpy()
-        low, high = np.percentile(rgb, [1, 99])
-        pixels = ((rgb - low) / max(high - low, 1e-6) * 255).clip(0, 255).astype(np.uint8)
-        strip = np.concatenate(list(pixels), axis=1).repeat(UPSCALE, axis=0).repeat(UPSCALE, axis=1)
+        rgb = self._colours.rgb(clean).reshape(len(self._shown), self._height, self._width, 3)
+        pixels = rgb.round().to(torch.uint8).cpu().numpy()
+        size = (self._width * self.upscale, self._height * self.upscale)
+        # Smoothly upscaled, as the decoder's pixels blend between cells; frames kept apart by a gap.
+        strip = Image.new("RGB", (len(pixels) * (size[0] + GAP) - GAP, size[1]), (16, 16, 16))
+        for number, frame in enumerate(pixels):
+            strip.paste(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR), (number * (size[0] + GAP), 0))
         partial = self._path_of(jobdir.PREVIEW_FILE + ".partial")
-        Image.fromarray(strip).save(partial, format="JPEG", quality=80)
+        strip.save(partial, format="JPEG", quality=85)
         partial.replace(self._path_of(jobdir.PREVIEW_FILE))  # the web process never serves a half-written file
