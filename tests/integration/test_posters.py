@@ -16,6 +16,9 @@ from tests.portal import Portal, prepare_data_dir, wait_for
 from tests.runner_fixtures import read_mp4
 
 TINY = {"width": 96, "height": 64, "num_frames": 9, "steps": 2}
+# A clip whose frames differ (a bright ball crossing the frame): its middle frame is told apart from the others.
+MOVING = {"prompt": "a white ball moving right", "width": 256, "height": 160, "num_frames": 25, "steps": 8}
+MIDDLE = MOVING["num_frames"] // 2
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> 
     data_dir = prepare_data_dir(tmp_path_factory.mktemp("posters") / "data", demo_model_dir)
     portal = Portal(data_dir=data_dir, env={}).start()
     try:
-        done = portal.submit(**TINY)["id"]
+        done = portal.submit(**MOVING)["id"]
         assert portal.wait(done)["status"] == "succeeded"
         with portal.client() as api:
             api.post("/api/queue/pause").raise_for_status()
@@ -48,9 +51,9 @@ def test_a_finished_job_has_its_clips_middle_frame_as_its_poster(finished) -> No
         served = api.get(f"/api/jobs/{done}/poster")
     assert served.status_code == 200 and served.headers["content-type"] == "image/jpeg"
     assert served.content == written and served.headers["cache-control"] == "private, max-age=3600"
-    assert Image.open(BytesIO(served.content)).size == (96, 64)
+    assert Image.open(BytesIO(served.content)).size == (256, 160)
     errors = middle_frame_error(served.content, job_dir / "video.mp4")
-    assert min(errors) == errors[4], f"the middle of 9 frames: {errors}"
+    assert min(errors) == errors[MIDDLE], f"the middle of {MOVING['num_frames']} frames: {errors}"
 
 
 def test_a_job_without_a_clip_has_no_poster(finished) -> None:
@@ -75,7 +78,7 @@ def test_a_clip_without_a_poster_gets_one_soon_after_start_up(finished, make_por
             assert "none was made yet" in missing.json()["detail"]
     poster = wait_for(lambda: _poster(second, done), 60, "the poster made at start-up")
     errors = middle_frame_error(poster, second.job_dir(done) / "video.mp4")
-    assert min(errors) == errors[4], f"made from that clip's middle frame: {errors}"
+    assert min(errors) == errors[MIDDLE], f"made from that clip's middle frame: {errors}"
     assert not (second.job_dir(queued) / "poster.jpg").exists() and second.job(queued)["status"] == "queued"
     said = wait_for(lambda: "posters made:" in (log := second.log_path.read_text()) and log, 30, "the maker's log")
     assert "poster maker: " in said and "posters made: 1, in" in said
