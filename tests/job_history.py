@@ -7,7 +7,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from app.store import JobUpdate, Store
+from app.progress import JobProgress
+from app.store import JobRow, JobUpdate, Store
+from contract.request import Request
 
 # A finished demo job's request, as the portal stores it (resolved: every field set).
 REQUEST: dict[str, Any] = {
@@ -38,3 +40,24 @@ def seed_jobs(db_path: Path, jobs: list[dict[str, Any]]) -> list[str]:
     finally:
         store.close()
     return made
+
+
+def job_row(job_id: str = "a" * 32, status: str = "queued", **fields: Any) -> JobRow:
+    """A job as the store returns it, for tests of what shows one: nothing run, `fields` over the defaults."""
+    row: dict[str, Any] = {
+        "seq": 1,
+        "id": job_id,
+        "status": status,
+        "request": Request(prompt="a red ball"),
+        "progress": JobProgress(),
+        "error": None,
+        "result": None,
+        "attempts": 1,
+        "created_at": 0.0,
+        "started_at": None,
+        "finished_at": None,
+        "estimate": None,
+        "keep": False,
+        "files_removed_at": None,
+    }
+    return JobRow(**(row | fields))

@@ -19,7 +19,7 @@ import anyio
 from litestar import get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, FromQuery, HeaderParameter
+from litestar.params import FromPath, HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from app.broker import HEARTBEAT, Broker, Subscription
@@ -28,7 +28,7 @@ from app.job_list import ListQuery
 from app.jobs import Jobs
 from app.page_feed import ROWS_TOPIC, PageFeed, panel_topic
 from app.routes.api import load_job
-from app.routes.pages import list_query, read_listing
+from app.routes.pages import LIST_PARAMS, ListParams, read_listing
 from app.schemas import JobEvent
 from app.sse_names import END
 from app.statuses import TERMINAL
@@ -173,17 +173,18 @@ async def _job_list_stream(
                 yield push.message
 
 
-@get("/events/jobs", summary="The job list page's stream: its cards, rendered (one stream per page)")
+@get(
+    "/events/jobs",
+    summary="The job list page's stream: its cards, rendered (one stream per page)",
+    dependencies=LIST_PARAMS,
+)
 async def job_list_page_events(
     jobs: NamedDependency[Jobs],
     broker: NamedDependency[Broker],
     pages: NamedDependency[PageFeed],
     settings: NamedDependency[Settings],
-    status: FromQuery[str | None] = None,
-    model: FromQuery[str | None] = None,
-    q: FromQuery[str | None] = None,
-    before: FromQuery[str | None] = None,
+    listed: NamedDependency[ListParams],
 ) -> ServerSentEvent:
     """The list's page as `/` has it for the same parameters (a bad one is a 400 naming it), then its changes."""
-    query = list_query(settings, status, model, q, before)
+    query = listed.query(settings)
     return ServerSentEvent(_job_list_stream(jobs, broker, pages, query))

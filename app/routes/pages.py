@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.plugins.htmx import ClientRedirect, HTMXTemplate
 from litestar.response import Redirect, Template
@@ -98,26 +98,44 @@ def _list_context(pages: PageFeed) -> dict[str, Any]:
     return {"places": pages.places, "paused": pages.paused}
 
 
-def list_query(
-    settings: Settings, status: str | None, model: str | None, q: str | None, before: str | None
-) -> job_list.ListQuery:
-    return job_list.read_query(list(settings.models()), status, model, q, before)
+class ListParams(msgspec.Struct, frozen=True):
+    """The job list's query parameters as a request gives them, read by every handler of the list (its page, its
+    Load more fragment, its stream); `query` checks them."""
+
+    status: str | None
+    model: str | None
+    q: str | None
+    before: str | None
+
+    def query(self, settings: Settings) -> job_list.ListQuery:
+        """The list's query; a bad parameter is an InvalidRequest naming it."""
+        return job_list.read_query(list(settings.models()), self.status, self.model, self.q, self.before)
+
+
+def _list_params(
+    status: FromQuery[str | None] = None,
+    model: FromQuery[str | None] = None,
+    q: FromQuery[str | None] = None,
+    before: FromQuery[str | None] = None,
+) -> ListParams:
+    return ListParams(status, model, q, before)
+
+
+# The handlers that show the job list take `listed: NamedDependency[ListParams]`.
+LIST_PARAMS = {"listed": Provide(_list_params, sync_to_thread=False)}
 
 
 async def read_listing(jobs: Jobs, query: job_list.ListQuery) -> job_list.Listing:
     return job_list.page_of(await jobs.newest(job_list.PAGE_SIZE + 1, query.before, query.only), query)
 
 
-@get("/", name="index")
+@get("/", name="index", dependencies=LIST_PARAMS)
 async def index(
     jobs: NamedDependency[Jobs],
     settings: NamedDependency[Settings],
     pages: NamedDependency[PageFeed],
+    listed: NamedDependency[ListParams],
     from_job: FromQuery[str | None] = None,
-    status: FromQuery[str | None] = None,
-    model: FromQuery[str | None] = None,
-    q: FromQuery[str | None] = None,
-    before: FromQuery[str | None] = None,
 ) -> Template:
     """The create page and the job list. `?from_job=<id>` fills the form with that job's settings (seed included);
     `status`, `model`, `q` and `before` pick the jobs listed (a bad one: the page, with a 400 that names it)."""
@@ -133,7 +151,7 @@ async def index(
         "max_search": job_list.MAX_SEARCH_CHARS,
     }
     try:
-        query = list_query(settings, status, model, q, before)
+        query = listed.query(settings)
     except InvalidRequest as exc:
         context |= {"listing": None, "list_errors": exc.errors}
         return HTMXTemplate(template_name="index.html", context=context, status_code=400)
@@ -177,19 +195,16 @@ async def create_job(
     return ClientRedirect(url) if request.headers.get("hx-request") else Redirect(url, status_code=303)
 
 
-@get("/fragments/jobs", name="jobs_fragment")
+@get("/fragments/jobs", name="jobs_fragment", dependencies=LIST_PARAMS)
 async def jobs_fragment(
     jobs: NamedDependency[Jobs],
     settings: NamedDependency[Settings],
     pages: NamedDependency[PageFeed],
-    status: FromQuery[str | None] = None,
-    model: FromQuery[str | None] = None,
-    q: FromQuery[str | None] = None,
-    before: FromQuery[str | None] = None,
+    listed: NamedDependency[ListParams],
 ) -> Template:
     """A page of the job list's cards (Load more appends it to the grid) and the link to the next (out of band).
     A bad parameter is a 400 naming it."""
-    listing = await read_listing(jobs, list_query(settings, status, model, q, before))
+    listing = await read_listing(jobs, listed.query(settings))
     context = {**_list_context(pages), "listing": listing}
     return HTMXTemplate(template_name="fragments/_job_cards_more.html", context=context)
 

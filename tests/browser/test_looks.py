@@ -85,8 +85,12 @@ def poll(page: Page, expression: str, what: str, timeout: float = 60) -> object:
     return value
 
 
+BLOCKED: list[str] = []  # what the pages' CSP refused, for the module's tests to find empty
+
+
 def open_page(context: BrowserContext, url: str, viewport: dict[str, int]) -> Page:
     page = context.new_page()
+    page.on("console", lambda m: BLOCKED.append(m.text) if "Content Security Policy" in m.text else None)
     page.set_viewport_size(viewport)
     page.goto(url)
     return page
@@ -160,6 +164,7 @@ def test_the_home_grid_and_the_job_page_look_right_empty_running_and_finished(
         assert box and box["width"] > 100 and box["height"] > 50, box
     fits(home, "home-finished")
     home.close()
+    assert not BLOCKED, f"the CSP (no inline script or style) refused something: {BLOCKED}"
 
 
 def test_on_a_phone_every_page_fits_the_form_takes_a_thumb_and_the_player_fills_the_width(
@@ -198,3 +203,4 @@ def test_on_a_phone_every_page_fits_the_form_takes_a_thumb_and_the_player_fills_
     expect(bad_filter.locator("#filter-error")).to_be_visible()
     fits(bad_filter, "bad-filter-phone")
     bad_filter.close()
+    assert not BLOCKED, f"the CSP (no inline script or style) refused something: {BLOCKED}"

@@ -16,6 +16,7 @@ from app.schemas import InvalidRequest
 from app.store import JobRow, QueueSnapshot, Store
 from contract import cost
 from contract.request import Request
+from tests.job_history import job_row
 
 # Demo runs this portal made on a 2-core CPU (bench/eta_bench.py --record): 3 learning runs, then 5 of other
 # sizes, frames and steps queued at once, oldest first.
@@ -33,21 +34,15 @@ ESTIMATE = cost.Estimate(
 
 
 def job(job_id: str, status: str = "queued", *, started_at: float | None = None, **progress: object) -> JobRow:
-    return JobRow(
+    return job_row(
+        job_id,
+        status,
         seq=0,
-        id=job_id,
-        status=status,
         request=Request(prompt=job_id),
         progress=JobProgress(**progress),
-        error=None,
-        result=None,
         attempts=0,
-        created_at=0.0,
         started_at=started_at,
-        finished_at=None,
         estimate=ESTIMATE,
-        keep=False,
-        files_removed_at=None,
     )
 
 

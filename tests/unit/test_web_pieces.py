@@ -17,10 +17,10 @@ from app.progress import JobProgress
 from app.ratelimit import RateLimited, SubmitRateLimit
 from app.routes.files import parse_range
 from app.runner import _classify, _Transcript
-from app.store import JobFilter, JobRow, JobUpdate, Store
+from app.store import JobFilter, JobUpdate, Store
 from app.web import build_templates
 from contract import protocol
-from contract.request import Request
+from tests.job_history import job_row
 from tests.runner_fixtures import A_RESULT
 
 
@@ -76,22 +76,7 @@ def test_a_job_card_names_the_stage_only_while_the_job_runs(
     tmp_path: Path, status: str, stage: str | None, shown: str
 ) -> None:
     templates = build_templates(Settings.from_env({"AVP_DATA_DIR": str(tmp_path)}))
-    job = JobRow(
-        seq=1,
-        id="a" * 32,
-        status=status,
-        request=Request(prompt="a red ball"),
-        progress=JobProgress(stage=stage),
-        error=None,
-        result=None,
-        attempts=1,
-        created_at=0.0,
-        started_at=None,
-        finished_at=None,
-        estimate=None,
-        keep=False,
-        files_removed_at=None,
-    )
+    job = job_row(status=status, progress=JobProgress(stage=stage))
     card = templates.engine.get_template("fragments/_job_card.html").render(job=job)
     assert re.search(r'<span class="badge">(\w+)</span>', card)[1] == status
     stage_shown = re.search(r'<span class="stage">([\w ]+)</span>', card)
@@ -174,22 +159,7 @@ def test_a_filter_reads_an_index_not_every_request(tmp_path: Path, only: JobFilt
 )
 def test_a_running_jobs_panel_shows_its_preview_with_what_it_is_or_why_there_is_none(tmp_path, event) -> None:
     templates = build_templates(Settings.from_env({"AVP_DATA_DIR": str(tmp_path)}))
-    job = JobRow(
-        seq=1,
-        id="a" * 32,
-        status="running",
-        request=Request(prompt="a red ball"),
-        progress=JobProgress(stage="denoise").apply(event),
-        error=None,
-        result=None,
-        attempts=1,
-        created_at=0.0,
-        started_at=0.0,
-        finished_at=None,
-        estimate=None,
-        keep=False,
-        files_removed_at=None,
-    )
+    job = job_row(status="running", progress=JobProgress(stage="denoise").apply(event), started_at=0.0)
     panel = html.unescape(
         templates.engine.get_template("fragments/_job_panel.html").render(**job_context(job, {}, None))
     )
