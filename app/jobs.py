@@ -142,6 +142,10 @@ class Jobs(msgspec.Struct, frozen=True):
 
         return await self.store.call(read)
 
+    async def extensions_of(self, job_id: str) -> list[str]:
+        """The ids of the jobs that extend this one, oldest first."""
+        return await self.store.call(self.store.extensions_of, job_id)
+
     async def count_queued(self) -> int:
         return await self.store.call(self.store.count_with_status, "queued")
 
@@ -177,7 +181,12 @@ class Jobs(msgspec.Struct, frozen=True):
         often) or QueueFull.
         """
         raw, webhook = await self._split_webhook(raw, strict)
+        source = await self._extension_source(raw)
+        if source is not None:
+            raw = extension_defaults(raw, source.request)
         resolved, spec = validate_request(raw, self.settings.library(), strict=strict)
+        if source is not None:
+            check_extension(resolved, source.request)
         estimate = await self.estimate(resolved, spec)
         too_long = None if estimate is None else cost.over_limit(estimate, resolved, self.settings.max_job_minutes)
         if too_long:
@@ -185,10 +194,23 @@ class Jobs(msgspec.Struct, frozen=True):
         await self._check_room(estimate)
         self.submit_limit.take(client)
         upload = await self._upload_for(resolved.image_upload_id)
+        keyframe_uploads = [await self._keyframe_upload(i, k.upload_id) for i, k in enumerate(resolved.keyframes or ())]
         job_id = uuid.uuid4().hex
         job_dir = self.job_dir(job_id)
-        job_file = jobdir.job_file(job_id, resolved, spec, self.settings.runner_options(), image=upload is not None)
+        job_file = jobdir.job_file(
+            job_id,
+            resolved,
+            spec,
+            self.settings.runner_options(),
+            image=upload is not None,
+            extension=source is not None,
+        )
         image = None if upload is None else await self._fitted(upload, resolved.width, resolved.height)
+        # Each keyframe's image gets the same normalisation as the first-frame image: fitted to the job's size.
+        keyframe_images = [
+            await self._fitted(u, resolved.width, resolved.height, "keyframes") for u in keyframe_uploads
+        ]
+        source_dir = None if source is None else self.job_dir(source.id)
 
         def write_and_store() -> tuple[JobRow, StoredEvent] | None:
             if idempotency is not None and (first := self.store.idempotent_job(idempotency[0])) is not None:
@@ -196,6 +218,10 @@ class Jobs(msgspec.Struct, frozen=True):
             job_dir.mkdir(parents=True)
             if image is not None:  # the runner sees only this normalised copy, never the upload
                 write_job_image(image, job_dir / jobdir.IMAGE_FILE)
+            for name, keyframe_image in zip(job_file.keyframe_files, keyframe_images, strict=True):
+                write_job_image(keyframe_image, job_dir / name)
+            if source_dir is not None:  # the earlier clip and its audio latents, for the runner to read
+                copy_source(source_dir, job_dir)
             jobdir.write_job_file(job_dir, job_file)
             first = self.store.create_job(
                 job_id, resolved, {"type": "queued"}, self.settings.max_queue, estimate, webhook, idempotency
@@ -329,11 +355,42 @@ class Jobs(msgspec.Struct, frozen=True):
             raise _unknown_upload()
         return upload
 
-    async def _fitted(self, upload: Upload, width: int, height: int) -> Image.Image:
+    async def _fitted(self, upload: Upload, width: int, height: int, field: str = "image_upload_id") -> Image.Image:
         try:
             return await self.uploads.fitted(upload, width, height)
         except FileNotFoundError:  # swept away a moment ago
-            raise _unknown_upload() from None
+            raise _unknown_upload(field) from None
+
+    async def _keyframe_upload(self, index: int, upload_id: str) -> Upload:
+        upload = await self.uploads.find(upload_id)
+        if upload is None:
+            raise _unknown_upload("keyframes", f"keyframes[{index}].upload_id ")
+        return upload
+
+    async def _extension_source(self, raw: Any) -> JobRow | None:
+        """The finished job an extension continues (`extend_from`), its clip and audio latents still there; None
+        for a request that extends nothing. Raises InvalidRequest naming extend_from."""
+        if not isinstance(raw, dict) or raw.get("extend_from") in (None, ""):
+            return None
+        job_id = raw["extend_from"]
+        source = await self.get_job(job_id) if isinstance(job_id, str) else None
+        problem = None
+        if source is None:
+            problem = f"{str(job_id)[:40]!r} is not a job here; give the id of a finished job (GET /api/jobs)"
+        elif source.status != "succeeded":
+            problem = f"job {source.id} {source.status}; only a finished clip can be extended"
+        elif source.files_removed_at is not None:
+            problem = f"job {source.id}'s files were removed (retention); its clip is gone"
+        else:
+            source_dir = self.job_dir(source.id)
+            if not (source_dir / jobdir.AUDIO_LATENTS_FILE).is_file():
+                problem = (
+                    f"job {source.id} was made before clips kept their audio latents, so its soundtrack cannot be "
+                    "continued; extend a newer job"
+                )
+        if problem:
+            raise InvalidRequest([FieldError(field="extend_from", message=problem)])
+        return source
 
     async def cancel(self, job: JobRow) -> None:
         if job.finished:
@@ -435,16 +492,56 @@ def has_video(job: JobRow) -> bool:
     return job.status == "succeeded" and job.files_removed_at is None
 
 
-def _unknown_upload() -> InvalidRequest:
-    message = "is not a current upload (unknown, or expired unused); upload the image again"
-    return InvalidRequest([FieldError(field="image_upload_id", message=message)])
+def _unknown_upload(field: str = "image_upload_id", what: str = "") -> InvalidRequest:
+    message = f"{what}is not a current upload (unknown, or expired unused); upload the image again"
+    return InvalidRequest([FieldError(field=field, message=message)])
+
+
+# What an extension takes from the job it continues unless the request says it: the clips must join.
+EXTENSION_INHERITS = ("model", "width", "height", "fps")
+
+
+def extension_defaults(raw: dict, source: Request) -> dict:
+    """An extension's request with the earlier job's model, size and frame rate where it leaves them out."""
+    inherited = {name: getattr(source, name) for name in EXTENSION_INHERITS if raw.get(name) in (None, "")}
+    return {**raw, **inherited}
+
+
+def check_extension(resolved: Request, source: Request) -> None:
+    """An extension joins its clip to the earlier one: the same model (its audio latents), size and frame rate."""
+    problems = [
+        FieldError(
+            field=name,
+            message=(
+                f"is {getattr(resolved, name)!r}, but the clip it extends has {getattr(source, name)!r}; "
+                "an extension keeps the earlier clip's (leave it out)"
+            ),
+        )
+        for name in EXTENSION_INHERITS
+        if getattr(resolved, name) != getattr(source, name)
+    ]
+    if problems:
+        raise InvalidRequest(problems)
+
+
+def copy_source(source_dir: Path, job_dir: Path) -> None:
+    """The earlier job's clip and audio latents into an extension's job directory: hard links where the disk
+    allows (the files never change once written), else copies."""
+    for name, copy in (
+        (jobdir.VIDEO_FILE, jobdir.SOURCE_VIDEO_FILE),
+        (jobdir.AUDIO_LATENTS_FILE, jobdir.SOURCE_AUDIO_LATENTS_FILE),
+    ):
+        try:
+            os.link(source_dir / name, job_dir / copy, follow_symlinks=False)
+        except OSError:
+            shutil.copyfile(source_dir / name, job_dir / copy, follow_symlinks=False)
 
 
 def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts is not None else None
 
 
-def present(job: JobRow, settings: Settings, places: dict[str, Place]) -> JobOut:
+def present(job: JobRow, settings: Settings, places: dict[str, Place], extended_by: list[str] | None = None) -> JobOut:
     """The job as the API shows it, with its place in the queue (`places`, from `Jobs.places`); its links are
     what a browser asks for (under AVP_ROOT_PATH)."""
     base = settings.url(f"/api/jobs/{job.id}")
@@ -476,6 +573,7 @@ def present(job: JobRow, settings: Settings, places: dict[str, Place]) -> JobOut
         ),
         webhook=job.webhook.url if job.webhook else None,
         webhook_events=list(job.webhook.events) if job.webhook else None,
+        extended_by=extended_by,
     )
 
 

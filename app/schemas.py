@@ -209,6 +209,8 @@ class JobOut(Base):
     links: JobLinks
     webhook: str | None = None  # the URL its webhook deliveries go to
     webhook_events: list[str] | None = None  # the events it sends there (Replicate's names, and progress)
+    # the jobs that extend this one (their request's extend_from names it); filled for one job, not in lists
+    extended_by: list[str] | None = None
 
 
 class WebhookDeliveryOut(Base):

@@ -34,7 +34,9 @@ T = TypeVar("T")
 # An upload stays while it is young or while any job's request names it.
 _UPLOAD_ALIVE = (
     "(uploads.created_at >= ? OR EXISTS "
-    "(SELECT 1 FROM jobs WHERE json_extract(jobs.request, '$.image_upload_id') = uploads.id))"
+    "(SELECT 1 FROM jobs WHERE json_extract(jobs.request, '$.image_upload_id') = uploads.id) OR EXISTS "
+    "(SELECT 1 FROM jobs, json_each(jobs.request, '$.keyframes') AS keyframe "
+    "WHERE json_extract(keyframe.value, '$.upload_id') = uploads.id))"
 )
 
 
@@ -306,6 +308,13 @@ class Store:
     def get_job(self, job_id: str) -> JobRow | None:
         row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _row_to_job(row) if row else None
+
+    def extensions_of(self, job_id: str) -> list[str]:
+        """The ids of the jobs that extend this one (their request's extend_from), oldest first."""
+        rows = self._db.execute(
+            "SELECT id FROM jobs WHERE json_extract(request, '$.extend_from') = ? ORDER BY seq", (job_id,)
+        ).fetchall()
+        return [row[0] for row in rows]
 
     def idempotent_job(self, key: str) -> tuple[str, str] | None:
         """(the job id, its body's hash) a fresh Idempotency-Key was first used for; None for a new or expired key."""

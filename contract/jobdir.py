@@ -23,6 +23,12 @@ LOG_FILE = "runner.log"  # the runner's stderr
 PREVIEW_FILE = "preview.jpg"  # replaced whole every few steps while denoising
 # One frame of the finished clip (gpu_runner/poster.py), written beside video.mp4; the one file retention keeps
 POSTER_FILE = "poster.jpg"
+# The clip's audio latents as the denoiser left them (safetensors, a few KB a second), kept so that a later job can
+# extend this one with its soundtrack held over the overlap (issue 17, point 2)
+AUDIO_LATENTS_FILE = "audio_latents.safetensors"
+# An extension's copies of the earlier job's clip and audio latents (the runner opens nothing outside its job dir)
+SOURCE_VIDEO_FILE = "source.mp4"
+SOURCE_AUDIO_LATENTS_FILE = "source_audio_latents.safetensors"
 DEFAULT_CACHE_GB = 50.0  # AVP_CACHE_GB: two full-size models' FP8 transformers (18 GiB each), prompts and kernels
 
 
@@ -57,9 +63,27 @@ class JobFile(msgspec.Struct, frozen=True):
     compile_cache_dir: str | None = None
     cache_gb: float = DEFAULT_CACHE_GB
     preview_colours_dir: str | None = None
+    # ---- keyframes: one normalised image per request.keyframes entry, in its order (file names in the job dir)
+    keyframe_files: tuple[str, ...] = ()
+    # ---- extend: the earlier job's clip and audio latents, copied into this job directory
+    source_video_file: str | None = None
+    source_audio_latents_file: str | None = None
 
 
-def job_file(job_id: str, request: Request, spec: ModelSpec, options: RunnerOptions, *, image: bool = False) -> JobFile:
+def keyframe_file(index: int) -> str:
+    """The job directory's name for the normalised image of request.keyframes[index]."""
+    return f"keyframe-{index}.png"
+
+
+def job_file(
+    job_id: str,
+    request: Request,
+    spec: ModelSpec,
+    options: RunnerOptions,
+    *,
+    image: bool = False,
+    extension: bool = False,
+) -> JobFile:
     """job.json's content for a resolved `request` on the model `spec`."""
     return JobFile(
         id=job_id,
@@ -67,6 +91,9 @@ def job_file(job_id: str, request: Request, spec: ModelSpec, options: RunnerOpti
         model_kind=spec.kind,
         model_path=spec.path,
         image_file=IMAGE_FILE if image else None,
+        keyframe_files=tuple(keyframe_file(i) for i in range(len(request.keyframes or ()))),
+        source_video_file=SOURCE_VIDEO_FILE if extension else None,
+        source_audio_latents_file=SOURCE_AUDIO_LATENTS_FILE if extension else None,
         **msgspec.structs.asdict(options),
     )
 

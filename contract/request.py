@@ -15,6 +15,15 @@ from typing import Any, NamedTuple
 import msgspec
 
 
+class Keyframe(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One image the clip passes through: an upload, the output frame it stands at (0 the first, -1 the last), and
+    how strictly (1 keeps it as it is; lower lets the model change it)."""
+
+    upload_id: str
+    frame: int
+    strength: float = 1.0
+
+
 class Request(msgspec.Struct, kw_only=True, frozen=True):
     """A generation request. None: the model's default (a missing seed: a random one, shown afterwards)."""
 
@@ -31,6 +40,10 @@ class Request(msgspec.Struct, kw_only=True, frozen=True):
     seed: int | None = None
     image_upload_id: str | None = None  # from POST /api/uploads: the clip's first frame is conditioned on it
     image_strength: float | None = None  # 1 keeps the image as it is; lower lets the model change it
+    # ---- keyframes (issue 17, point 1): images at chosen output frames; first + last frame is the common case
+    keyframes: tuple[Keyframe, ...] | None = None
+    # ---- extend (issue 17, point 2): a finished job's id; this job continues its clip from its last frames
+    extend_from: str | None = None
 
 
 FIELDS: tuple[str, ...] = Request.__struct_fields__
@@ -43,7 +56,9 @@ FAST_FIXED = ("steps", "guidance_scale")
 # size (the runner takes diffusers' lists; a unit test keeps these lengths equal to theirs).
 FAST_STEPS = (8, 3)
 # Text fields: a form's blank string is a value here (an empty negative prompt), not "use the default".
-TEXT_FIELDS = frozenset(f.name for f in msgspec.structs.fields(Request) if f.type in (str, str | None))
+TEXT_FIELDS = frozenset(
+    f.name for f in msgspec.structs.fields(Request) if f.type in (str, str | None) and f.name != "extend_from"
+)
 
 
 def merge(request: Request, defaults: Request) -> Request:
@@ -165,6 +180,89 @@ def _frames(c: Constraints, r: Request) -> str | None:
     return None
 
 
+# ---- keyframes: the pipeline places a condition at a latent frame; the web page and the API speak in output frames
+
+MAX_KEYFRAMES = 8
+
+
+def latent_frames(c: Constraints, num_frames: int) -> int:
+    """Latent frames of a clip: the first output frame alone (the causal VAE), then one per `frame_step` frames."""
+    return (num_frames - 1) // c.frame_step + 1
+
+
+def keyframe_frames(c: Constraints, num_frames: int) -> list[int]:
+    """The output frames a keyframe may stand at: 0, and the last frame of each later latent frame (8, 16, ...,
+    num_frames - 1), so each is one latent frame and the clip's last frame is one of them."""
+    return [0, *range(c.frame_step, num_frames, c.frame_step)]
+
+
+def keyframe_latent_index(c: Constraints, num_frames: int, frame: int) -> int:
+    """The latent index (diffusers' LTX2VideoCondition.index) of a valid keyframe frame; -1 is the last frame.
+    Latent frame k >= 1 holds output frames 8k-7..8k, so frame f is in latent (f - 1) // 8 + 1."""
+    if frame < 0:
+        frame += num_frames
+    return 0 if frame == 0 else (frame - 1) // c.frame_step + 1
+
+
+def _keyframes(c: Constraints, r: Request) -> str | None:
+    keyframes = r.keyframes
+    if not keyframes:
+        return None
+    if len(keyframes) > MAX_KEYFRAMES:
+        return f"has {len(keyframes)} keyframes; the limit is {MAX_KEYFRAMES}"
+    if r.extend_from is not None:
+        return "cannot be combined with extend_from (an extension starts from the earlier clip's last frames)"
+    frames = r.num_frames
+    if frames is None or _frames(c, r) is not None:
+        return None  # num_frames' own rule speaks
+    valid = keyframe_frames(c, frames)
+    taken: dict[int, int] = {}
+    for i, keyframe in enumerate(keyframes):
+        where = f"keyframes[{i}]"
+        frame = keyframe.frame
+        if not -frames <= frame < frames:
+            return (
+                f"{where}.frame {frame} is past the clip's {frames} frames; use 0..{frames - 1}, "
+                f"or -1 for the last frame"
+            )
+        absolute = frame + frames if frame < 0 else frame
+        if absolute not in valid:
+            nearest = min(valid, key=lambda v: (abs(v - absolute), v))
+            return (
+                f"{where}.frame {frame} is not on a latent frame (a keyframe stands at 0 or a multiple of "
+                f"{c.frame_step}, the last frame {frames - 1} included); nearest valid: {nearest}"
+            )
+        strength = _range(keyframe.strength, 0.0, 1.0)
+        if strength:
+            return f"{where}.strength {strength}"
+        latent = keyframe_latent_index(c, frames, frame)
+        if latent in taken:
+            return f"{where} and keyframes[{taken[latent]}] both stand at frame {absolute}; keep one image per frame"
+        taken[latent] = i
+        if latent == 0 and r.image_upload_id is not None:
+            return f"{where} stands at frame 0, which image_upload_id already sets; keep one of them"
+    return None
+
+
+# ---- extend: the new part starts from the earlier clip's last frames
+
+EXTEND_OVERLAP = 9  # the earlier clip's last frames (two latent frames) that condition the new part's first ones
+
+
+def _extend_from(c: Constraints, r: Request) -> str | None:
+    if r.extend_from is None:
+        return None
+    if r.image_upload_id is not None:
+        return "cannot be combined with image_upload_id (an extension starts from the earlier clip's last frames)"
+    least = EXTEND_OVERLAP + c.frame_step
+    if r.num_frames is not None and r.num_frames < least:
+        return (
+            f"needs num_frames of at least {least}: the new part's first {EXTEND_OVERLAP} frames are the earlier "
+            f"clip's last ones"
+        )
+    return None
+
+
 RULES: dict[str, Rule] = {
     "prompt": _prompt,
     "negative_prompt": lambda c, r: _text(c, r.negative_prompt),
@@ -179,6 +277,8 @@ RULES: dict[str, Rule] = {
     ),
     "seed": lambda c, r: _range(r.seed, 0, c.max_seed),
     "image_strength": lambda c, r: _range(r.image_strength, 0.0, 1.0),
+    "keyframes": _keyframes,
+    "extend_from": _extend_from,
 }
 
 

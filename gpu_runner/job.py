@@ -61,6 +61,14 @@ def load_job(directory: Path) -> Job:
         image = job.path(job_file.image_file)
         if not image.is_file():
             raise JobError("invalid_input", f"image_file {job_file.image_file!r} is not in the job directory")
+    named = [(f"keyframe_files[{i}]", name) for i, name in enumerate(job_file.keyframe_files)]
+    named += [("source_video_file", job_file.source_video_file)]
+    named += [("source_audio_latents_file", job_file.source_audio_latents_file)]
+    for what, name in named:
+        if name is not None and not job.path(name).is_file():
+            raise JobError("invalid_input", f"{what} {name!r} is not in the job directory")
+    if (job_file.source_video_file is None) != (job_file.request.extend_from is None):
+        raise JobError("invalid_input", "an extension needs source_video_file, and only an extension has one")
     return job
 
 

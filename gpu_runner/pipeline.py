@@ -20,7 +20,7 @@ import torch
 from contract import jobdir, protocol
 from contract.disk import is_disk_full
 from contract.request import DenoiseStage, denoise_stages
-from gpu_runner import admission, cache_budget, memory, mux
+from gpu_runner import admission, cache_budget, extension, memory, mux
 from gpu_runner.cache_budget import GIB, MIB, Cache, CacheBudget, Limit
 from gpu_runner.cancel import Cancellation
 from gpu_runner.compiling import compiles
@@ -126,6 +126,8 @@ def _stages(
                 on_step_end = step_reporter(emit, cancellation, reporter, family.previews(job, stage, colours))
                 latents = family.denoise(denoiser, job, stage, on_step_end, start=latents)
     video_latents, audio_latents = latents
+    # An extension's soundtrack: the earlier clip's audio latents, then the new part's, decoded in one piece.
+    audio_latents = family.joined_audio(denoiser, audio_latents)
 
     # 6. Free the denoiser before decoding: the decoders need the room.
     with stages("free_transformer"):
@@ -141,19 +143,22 @@ def _stages(
     #    with no preview colours, into what learns them), and
     # 9. finish the MP4 (flush, moov atom to the front); video.mp4 appears only when complete, then its poster
     #    (the middle frame, kept as it went by).
-    poster = PosterFrame(job.path(jobdir.POSTER_FILE), request.num_frames)
+    #    An extension's clip is the earlier clip's frames, then the new part's after the overlap (extension.py).
+    total_frames = extension.joined_frame_count(job, extension.source_frame_count(job))
+    poster = PosterFrame(job.path(jobdir.POSTER_FILE), total_frames)
     with mux.Mp4Writer(job.path(jobdir.VIDEO_FILE), request.fps, waveform, sample_rate, poster=poster) as writer:
         with stages("decode_video"):
             on_tile = tile_reporter(emit, cancellation)
             learner = family.colour_learner(decoders, video_latents) if colours is None and colour_store.path else None
-            for frames in family.decode_video(decoders, video_latents, device, on_tile, decode_budget_gib):
+            decoded = family.decode_video(decoders, video_latents, device, on_tile, decode_budget_gib)
+            for frames in extension.joined_frames(job, learner_feed(decoded, learner)):
                 writer.add_frames(frames)
-                if learner:
-                    learner.add(frames)
             if learner:
                 colour_store.save(learner.fit(colour_store.model, colour_store.vae))
         with stages("mux"):
             writer.finish()
+            # The clip's audio latents, kept so that a later job can extend it (a few KB a second).
+            extension.keep_audio_latents(job.path(jobdir.AUDIO_LATENTS_FILE), audio_latents)
 
     return protocol.Result(
         file=jobdir.VIDEO_FILE,
@@ -166,6 +171,14 @@ def _stages(
         peak_vram_gib=stages.peak_vram_gib,
         timings=stages.timings,
     )
+
+
+def learner_feed(chunks, learner):
+    """The decoded chunks, each shown to the preview colours' learner (where there is one) as it passes."""
+    for frames in chunks:
+        if learner:
+            learner.add(frames)
+        yield frames
 
 
 def denoise_note(compiled: bool) -> str | None:

@@ -122,7 +122,8 @@ async def answer(
         await jobs.wait(job.id, wait)
         job = await jobs.get_job(job.id) or job  # deleted meanwhile: as it was
         headers["Preference-Applied"] = f"wait={wait}"
-    return Response(present(job, settings, await jobs.places()), status_code=status_code, headers=headers)
+    shown = present(job, settings, await jobs.places(), await jobs.extensions_of(job.id))
+    return Response(shown, status_code=status_code, headers=headers)
 
 
 class JobsApi(Controller):

@@ -27,7 +27,7 @@ from app.ratelimit import RateLimited
 from app.routes.api import client_address, load_job
 from app.schemas import FieldError, InvalidRequest
 from contract.models import ModelSpec
-from contract.request import FAST_FIXED, FIELDS, valid_frame_counts
+from contract.request import FAST_FIXED, FIELDS, MAX_KEYFRAMES, valid_frame_counts
 
 
 def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
@@ -90,7 +90,40 @@ def _form_values(form: dict[str, str]) -> dict[str, Any]:
         values["width"], values["height"] = width, height
     if values.get("mode") == "fast":
         values = {k: v for k, v in values.items() if k not in FAST_FIXED}
+    keyframes = _form_keyframes(form)
+    if keyframes:
+        values["keyframes"] = keyframes
+    else:
+        values.pop("keyframes", None)
+    if not str(values.get("extend_from") or "").strip():
+        values.pop("extend_from", None)
     return values
+
+
+def _form_keyframes(form: dict[str, str]) -> list[dict[str, Any]]:
+    """The timeline's keyframes: rows `keyframe_upload_<i>`, `keyframe_frame_<i>`, `keyframe_strength_<i>` (a row
+    without an upload is an empty slot); numbers stay text, converted with the rest of the form."""
+    rows = []
+    for i in range(MAX_KEYFRAMES):
+        upload_id = form.get(f"keyframe_upload_{i}", "").strip()
+        if not upload_id:
+            continue
+        row: dict[str, Any] = {"upload_id": upload_id, "frame": _number(form.get(f"keyframe_frame_{i}", ""))}
+        strength = form.get(f"keyframe_strength_{i}", "").strip()
+        if strength:
+            row["strength"] = _number(strength)
+        rows.append(row)
+    return rows
+
+
+def _number(text: str) -> Any:
+    """A form's number as a number where it reads as one; else the text, for the rules to name."""
+    for kind in (int, float):
+        try:
+            return kind(text.strip())
+        except ValueError:
+            pass
+    return text
 
 
 def _list_context(pages: PageFeed) -> dict[str, Any]:
@@ -211,7 +244,10 @@ async def jobs_fragment(
 
 async def _panel_context(jobs: Jobs, settings: Settings, pages: PageFeed, job_id: str) -> dict[str, Any]:
     job = await load_job(jobs, job_id)
-    return job_context(job, settings.models(), pages.places.get(job.id))
+    return {
+        **job_context(job, settings.models(), pages.places.get(job.id)),
+        "extended_by": await jobs.extensions_of(job.id),
+    }
 
 
 @get("/jobs/{job_id:str}", name="job_page")

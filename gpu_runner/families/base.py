@@ -90,8 +90,15 @@ class Family(ABC):
         """Chunks of (frames, height, width, 3) uint8 RGB, in order, as they are decoded, holding at most about
         `budget_gib` of device memory (the decoder's weights included) where the clip allows."""
 
+    def joined_audio(self, denoiser: object, audio_latents: torch.Tensor) -> torch.Tensor:
+        """The whole clip's audio latents: an extension's joined to the earlier clip's (a family that extends
+        says how); by default the new ones as they are."""
+        return audio_latents
+
     def check_mode(self, job: Job) -> None:
         """Refuse a job this family cannot run (an image condition where it has no image-to-video)."""
-        mode, what = ("text", "text alone") if job.file.image_file is None else ("image", "an image")
+        file = job.file
+        conditioned = file.image_file is not None or file.keyframe_files or file.source_video_file is not None
+        mode, what = ("image", "images or an earlier clip") if conditioned else ("text", "text alone")
         if mode not in self.modes:
             raise JobError("invalid_input", f"model {job.spec.id!r} does not generate video from {what}")

@@ -28,7 +28,7 @@ from contract.request import DenoiseStage, Request, denoise_stages
 from gpu_runner import memory
 from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile
 from gpu_runner.families.ltx2 import tiling
-from gpu_runner.families.ltx2.conditioning import image_conditions
+from gpu_runner.families.ltx2.conditioning import AudioHold, audio_hold, image_conditions, is_conditioned
 from gpu_runner.families.ltx2.guidance import share_stg_prefix
 from gpu_runner.families.ltx2.loading import DenoisingPipeline, UpsamplingPipeline, place_denoiser
 from gpu_runner.families.ltx2.preview import PreviewWriter
@@ -63,6 +63,13 @@ class Denoiser:
 
     pipe: nn.Module
     upsampler: nn.Module | None = None
+    conditions: dict = dataclasses.field(default_factory=dict)  # the pipeline's `conditions`, read once
+    hold: AudioHold | None = None  # an extension's audio hold
+
+
+def audio_latents_per_second(pipe) -> float:
+    """The audio latents a second of clip has, as diffusers' pipeline counts them."""
+    return pipe.audio_sampling_rate / pipe.audio_hop_length / pipe.audio_vae_temporal_compression_ratio
 
 
 class Ltx2(Family):
@@ -95,7 +102,7 @@ class Ltx2(Family):
     def load_denoiser(self, job: Job, context: Context, device: torch.device, dtype: torch.dtype, precision: str):
         """The transformer (its big linears in FP8: from the weight cache straight onto the GPU, or cast on the
         CPU before it moves) on the GPU, VAEs, vocoder and scheduler on the CPU until their stages."""
-        conditioned = job.file.image_file is not None
+        conditioned = is_conditioned(job)
         fast = job.request.mode == "fast"
         connectors = PrecomputedConnectors(context)
         pipe = self.source.load_denoiser(dtype, precision, connectors, device, conditioned, fast=fast)
@@ -103,7 +110,9 @@ class Ltx2(Family):
         place_denoiser(pipe, device, video_tokens(job.request), compile_cache)
         first_stage = denoise_stages(job.request)[0]  # fast mode's stages have no STG
         share_stg_prefix(pipe.transformer, self.guidance(first_stage)["spatio_temporal_guidance_blocks"])
-        return Denoiser(pipe, self.source.load_upsampler(dtype) if fast else None)
+        upsampler = self.source.load_upsampler(dtype) if fast else None
+        hold = audio_hold(job, audio_latents_per_second(pipe)) if conditioned else None
+        return Denoiser(pipe, upsampler, image_conditions(job), hold)
 
     def latent_revision(self) -> str:
         return self.source.latent_revision()
@@ -136,13 +145,26 @@ class Ltx2(Family):
             **({"sigmas": list(fixed)} if fixed else {}),
             **({"latents": video, "audio_latents": audio, "noise_scale": fixed[0]} if start is not None else {}),
             **self.guidance(stage),
-            **image_conditions(job),
+            **denoiser.conditions,
             # A CPU generator draws the same noise on every device: same seed, same clip.
             generator=torch.Generator("cpu").manual_seed(request.seed),
             output_type="latent",
             return_dict=False,
-            callback_on_step_end=on_step_end,
+            **self._step_callback(denoiser, on_step_end),
         )
+
+    @staticmethod
+    def _step_callback(denoiser: Denoiser, on_step_end: OnStepEnd) -> dict:
+        if denoiser.hold is None:
+            return {"callback_on_step_end": on_step_end}
+        return {
+            "callback_on_step_end": denoiser.hold.wrap(on_step_end),
+            "callback_on_step_end_tensor_inputs": ["latents", "audio_latents"],
+        }
+
+    def joined_audio(self, denoiser: Denoiser, audio_latents: torch.Tensor) -> torch.Tensor:
+        """An extension's whole soundtrack in latents (the earlier clip's, then the new part's); else as given."""
+        return audio_latents if denoiser.hold is None else denoiser.hold.joined(audio_latents)
 
     def upsample(self, denoiser: Denoiser, latents: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Fast mode: stage 1's video latents x2 in height and width (diffusers' upsample pipeline), the upsampler

@@ -69,7 +69,18 @@ class DenoisingPipeline(_DevicedByTransformer, LTX2Pipeline):
 
 
 class ConditionedDenoisingPipeline(_DevicedByTransformer, LTX2ConditionPipeline):
-    """Image-to-video: it encodes its condition image with the VAE, so the VAE comes along to the GPU."""
+    """Image-to-video, keyframes, extension: it encodes its conditions with the VAE, so the VAE comes along to the
+    GPU. Its step callback may also take the audio latents (an extension's audio hold changes them in place)."""
+
+    _callback_tensor_inputs = [*LTX2ConditionPipeline._callback_tensor_inputs, "audio_latents"]
+
+    def _prepare_keyframe_coords(self, *args, pixel_frame_idx: int, **kwargs):
+        """A keyframe at latent index k >= 1 stands at output frame 8k, the last of the frames that latent frame
+        decodes to (contract/request.py's keyframe frames: the clip's last frame is one), as the original LTX-2
+        code places a keyframe at the output frame asked for; diffusers puts it at the latent frame's first
+        output frame, 8k - 7, which would leave a last-frame keyframe 7 frames before the end."""
+        shift = self.vae_temporal_compression_ratio - 1
+        return super()._prepare_keyframe_coords(*args, pixel_frame_idx=pixel_frame_idx + shift, **kwargs)
 
 
 class UpsamplingPipeline(LTX2LatentUpsamplePipeline):

@@ -66,7 +66,9 @@ class PreviewWriter:
                 return None
             self._told = True
             return protocol.Preview(file=None, step=done, note=NO_COLOURS)
-        frames = latents[:1].detach().reshape(self._frames, self._height * self._width, -1)
+        # The clip's own tokens come first; keyframe tokens (appended by the condition pipeline) are left out.
+        tokens = self._frames * self._height * self._width
+        frames = latents[:1, :tokens].detach().reshape(self._frames, self._height * self._width, -1)
         cells = frames.index_select(0, self._shown.to(frames.device))
         previous, self._previous = self._previous, cells.float()
         if previous is None or not due:
