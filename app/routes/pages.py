@@ -55,6 +55,7 @@ def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, 
         "values": merged,
         "errors": errors or {},
         "frame_choices": _frame_choices(spec, merged["fps"]),
+        "max_keyframes": MAX_KEYFRAMES,
     }
 
 
@@ -169,6 +170,7 @@ async def index(
     pages: NamedDependency[PageFeed],
     listed: NamedDependency[ListParams],
     from_job: FromQuery[str | None] = None,
+    extend_from: FromQuery[str | None] = None,
 ) -> Template:
     """The create page and the job list. `?from_job=<id>` fills the form with that job's settings (seed included);
     `status`, `model`, `q` and `before` pick the jobs listed (a bad one: the page, with a 400 that names it)."""
@@ -177,6 +179,11 @@ async def index(
         source = await jobs.get_job(from_job)
         if source is not None:
             values = msgspec.structs.asdict(source.request)
+    if extend_from:  # a finished job's Extend link: its model, size and frame rate, and a prompt to write
+        source = await jobs.get_job(extend_from)
+        if source is not None:
+            kept = {name: getattr(source.request, name) for name in ("model", "mode", "width", "height", "fps")}
+            values = {**kept, "extend_from": source.id}
     context = {
         **_list_context(pages),
         **_form_context(settings, values),

@@ -11,13 +11,14 @@ from typing import Annotated
 from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, HeaderParameter
+from litestar.params import FromPath, FromQuery, HeaderParameter
 from litestar.plugins.htmx import HTMXTemplate
 from litestar.response import File, Template
 
 from app.config import Settings
 from app.schemas import UploadOut
 from app.uploads import Upload, UploadRejected, Uploads
+from contract.request import MAX_KEYFRAMES
 
 ContentType = Annotated[str | None, HeaderParameter(name="Content-Type", required=False)]
 ContentLength = Annotated[str | None, HeaderParameter(name="Content-Length", required=False)]
@@ -87,4 +88,36 @@ async def upload_fragment(
     )
 
 
-handlers = [create_upload, upload_thumbnail, upload_fragment]
+@post("/fragments/keyframe", name="keyframe_fragment", status_code=200, include_in_schema=False)
+async def keyframe_fragment(
+    request: Request,
+    uploads: NamedDependency[Uploads],
+    settings: NamedDependency[Settings],
+    content_type: ContentType,
+    content_length: ContentLength,
+    slot: FromQuery[int] = 0,
+) -> Template:
+    """The keyframe timeline after an image was added: its row at `slot` (or why the image was refused) and, out of
+    band, the add control for the next slot. Answers 200 either way, so htmx shows it in the timeline."""
+    slot = min(max(slot, 0), MAX_KEYFRAMES - 1)
+    context: dict[str, object] = {"upload_error": None, "upload": None, "slot": slot, "keyframe": None}
+    try:
+        context["upload"] = upload_out(await uploads.receive(content_type, content_length, request.receive), settings)
+    except UploadRejected as rejected:
+        context["upload_error"] = rejected.message
+    taken = slot + 1 if context["upload"] else slot
+    context |= {"next_slot": taken, "max_keyframes": MAX_KEYFRAMES, "oob": True}
+    return HTMXTemplate(
+        template_name="fragments/_keyframe_row.html",
+        context=context,
+        headers={"Connection": "close"} if context["upload_error"] else None,
+    )
+
+
+@get("/fragments/keyframe/removed", name="keyframe_removed", include_in_schema=False)
+async def keyframe_removed() -> str:
+    """What a timeline row's Remove button fetches: nothing (htmx deletes the row)."""
+    return ""
+
+
+handlers = [create_upload, upload_thumbnail, upload_fragment, keyframe_fragment, keyframe_removed]
