@@ -1,13 +1,17 @@
-"""Keyframes through the portal (issue 17, point 1): uploads become keyframe images normalised to the job's size,
-and each bad keyframe is a 400 naming the field and what to do."""
+"""Keyframes (issue 17, point 1) through the portal and in fast mode: uploads become keyframe images normalised to
+the job's size, each bad keyframe is a 400 naming the field and what to do, and fast mode keeps them in both stages
+(the tolerance of tests/integration/test_keyframes.py)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from tests import upload_corpus as corpus
+from tests.keyframe_world import CENTRE_TOLERANCE_PX, FRAMES, centre, keyframe_images
 from tests.portal import Portal
+from tests.runner_fixtures import read_mp4, run_job, write_job
 
 
 def upload(client, width: int = 64, height: int = 64) -> str:
@@ -74,3 +78,20 @@ def test_a_keyframe_at_frame_0_beside_a_first_frame_image_is_a_400(shared_portal
         response = client.post("/api/jobs", json=body)
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "keyframes"
+
+
+def test_a_fast_job_keeps_its_keyframes_through_both_stages(demo_model_dir, tmp_path):
+    """Fast mode conditions both stages on the keyframes: stage 1 at half size, the refine at full size."""
+    first, last = keyframe_images(320, 192)
+    keyframes = [{"upload_id": "a" * 32, "frame": 0}, {"upload_id": "b" * 32, "frame": FRAMES - 1}]
+    job = {"mode": "fast", "width": 320, "height": 192, "num_frames": FRAMES, "keyframes": keyframes, "seed": 0}
+    write_job(tmp_path / "job", demo_model_dir, prompt="a red ball", keyframe_files=["k0.png", "k1.png"], **job)
+    Image.fromarray(first).save(tmp_path / "job" / "k0.png")
+    Image.fromarray(last).save(tmp_path / "job" / "k1.png")
+    exit_code, _, stderr = run_job(tmp_path / "job")
+    assert exit_code == 0, stderr
+    clip = read_mp4(tmp_path / "job" / "video.mp4")
+    assert (clip.width, clip.height, len(clip.frames)) == (320, 192, FRAMES)
+    for frame, keyframe in ((clip.frames[0], first), (clip.frames[-1], last)):
+        distance = np.hypot(*np.subtract(centre(frame), centre(keyframe)))
+        assert distance <= CENTRE_TOLERANCE_PX, (centre(frame), centre(keyframe))
