@@ -55,6 +55,8 @@ OPTION_OF_FIELD = {
     "image_upload_id": "--image",
     "file": "--image",
     "image_strength": "--image-strength",
+    "keyframes": "--keyframe",
+    "extend_from": "--extend",
 }
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
@@ -64,6 +66,29 @@ def _size(text: str) -> tuple[int, int]:
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 320x192")
     return int(match[1]), int(match[2])
+
+
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _keyframe(text: str) -> dict[str, Any]:
+    """--keyframe FILE_OR_UPLOAD_ID@FRAME[:STRENGTH]: an image file (uploaded on submit) or an upload's id, the
+    output frame it stands at (0 the first, -1 the last) and, optionally, its strength."""
+    source, at, where = text.rpartition("@")
+    frame_text, _, strength_text = where.partition(":")
+    try:
+        if not at or not source:
+            raise ValueError
+        keyframe: dict[str, Any] = {"frame": int(frame_text)}
+        if strength_text:
+            keyframe["strength"] = float(strength_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not IMAGE@FRAME[:STRENGTH], e.g. first.png@0 or last.png@-1:0.9"
+        ) from None
+    if _UPLOAD_ID.fullmatch(source):
+        return {"upload_id": source, **keyframe}
+    return {"file": Path(source), **keyframe}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--negative", dest="negative_prompt", help="what the clip should not show")
     generate.add_argument("--image", type=Path, help="an image (JPEG, PNG, WebP) for the clip's first frame")
     generate.add_argument("--image-strength", type=float, dest="image_strength", help="1 keeps the image as it is")
+    generate.add_argument(
+        "--keyframe",
+        type=_keyframe,
+        action="append",
+        dest="keyframes",
+        metavar="IMAGE@FRAME[:STRENGTH]",
+        help="an image (a file, or an upload's id) the clip passes through at an output frame (0 the first, -1 the "
+        "last), with a strength (default 1); repeat it, e.g. --keyframe first.png@0 --keyframe last.png@-1",
+    )
+    generate.add_argument("--extend", dest="extend_from", metavar="JOB_ID", help="continue this finished job's clip")
     generate.add_argument("-o", "--output", type=Path, help="where to write the MP4 (default: JOB_ID.mp4)")
 
     commands.add_parser("jobs", parents=[connection], help="list the newest jobs").add_argument(
@@ -154,7 +189,11 @@ def _generate(portal: AVPortal, args: argparse.Namespace, out: Console, err: Con
     if args.image is not None and not args.image.is_file():
         _say(err, f"avportal: --image: no such file: {args.image}")
         return EXIT_INVALID
-    fields: dict[str, Any] = {name: getattr(args, name) for name in REQUEST_OPTIONS}
+    for keyframe in args.keyframes or ():
+        if "file" in keyframe and not keyframe["file"].is_file():
+            _say(err, f"avportal: --keyframe: no such file: {keyframe['file']}")
+            return EXIT_INVALID
+    fields: dict[str, Any] = {name: getattr(args, name) for name in (*REQUEST_OPTIONS, "keyframes", "extend_from")}
     if args.size is not None:
         fields["width"], fields["height"] = args.size
     job = portal.submit(args.prompt, image=args.image, **{k: v for k, v in fields.items() if v is not None})

@@ -134,7 +134,8 @@ class _Portal:
 
     def submit(self, prompt: str, *, image: str | Path | None = None, **fields: Any) -> Any:
         """Submit a job (uploading `image` first, to start the clip from): the queued Job. `fields` are the
-        request's (`model`, `mode`, `width`, `height`, `num_frames`, `fps`, `steps`, `seed`, ...)."""
+        request's (`model`, `mode`, `width`, `height`, `num_frames`, `fps`, `steps`, `seed`, `extend_from`, ...);
+        `keyframes` entries may name a local image as `{"file": path, "frame": ...}`, uploaded first."""
         return self._run(self._submit(prompt, image, fields))
 
     def job(self, job_id: str) -> Any:
@@ -175,6 +176,14 @@ class _Portal:
     def _submit(self, prompt: str, image: str | Path | None, fields: dict[str, Any]) -> _Plan:
         if image is not None:
             fields = {**fields, "image_upload_id": (yield from self._upload(Path(image)))["upload_id"]}
+        if fields.get("keyframes"):  # a keyframe given as {"file": path} is uploaded first
+            keyframes = []
+            for keyframe in fields["keyframes"]:
+                if "file" in keyframe:
+                    rest = {k: v for k, v in keyframe.items() if k != "file"}
+                    keyframe = {"upload_id": (yield from self._upload(Path(keyframe["file"])))["upload_id"], **rest}
+                keyframes.append(keyframe)
+            fields = {**fields, "keyframes": keyframes}
         return Job((yield _Call("POST", "/api/jobs", json={"prompt": prompt, **fields})))
 
     def _job(self, job_id: str) -> _Plan:
