@@ -34,7 +34,7 @@ ROWS_TOPIC = "job-rows"
 _SHOWN_APART = ("prompt", "image_upload_id")  # the job page shows these above its settings table
 
 
-def _shown(name: str, value: Any) -> Any:
+def _setting(name: str, value: Any) -> Any:
     """A setting as the job page's table shows it: keyframes as their frames and strengths."""
     if name == "keyframes" and value:
         return ", ".join(f"frame {k.frame} (strength {k.strength:g})" for k in value)
@@ -87,7 +87,7 @@ def job_context(job: JobRow, models: dict[str, ModelSpec], place: Place | None) 
         {"name": name, "state": "done" if i < reached else "current" if i == reached else "pending"}
         for i, name in enumerate(stages)
     ]
-    settings = [(name, _shown(name, getattr(job.request, name))) for name in FIELDS if name not in _SHOWN_APART]
+    settings = [(name, _setting(name, getattr(job.request, name))) for name in FIELDS if name not in _SHOWN_APART]
     if job.webhook is not None:
         settings += [("webhook", job.webhook.url), ("webhook_events", ", ".join(job.webhook.events))]
     removed = job.files_removed_at

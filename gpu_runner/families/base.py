@@ -99,6 +99,6 @@ class Family(ABC):
         """Refuse a job this family cannot run (an image condition where it has no image-to-video)."""
         file = job.file
         conditioned = file.image_file is not None or file.keyframe_files or file.source_video_file is not None
-        mode, what = ("image", "images or an earlier clip") if conditioned else ("text", "text alone")
+        mode, what = ("image", "an image, keyframes or an earlier clip") if conditioned else ("text", "text alone")
         if mode not in self.modes:
             raise JobError("invalid_input", f"model {job.spec.id!r} does not generate video from {what}")
