@@ -4,6 +4,8 @@ the job's size, each bad keyframe is a 400 naming the field and what to do, and 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -95,3 +97,50 @@ def test_a_fast_job_keeps_its_keyframes_through_both_stages(demo_model_dir, tmp_
     for frame, keyframe in ((clip.frames[0], first), (clip.frames[-1], last)):
         distance = np.hypot(*np.subtract(centre(frame), centre(keyframe)))
         assert distance <= CENTRE_TOLERANCE_PX, (centre(frame), centre(keyframe))
+
+
+def test_the_form_timeline_adds_keyframes_and_carries_them_into_the_job(shared_portal: Portal):
+    portal = shared_portal
+    hx = {"HX-Request": "true"}
+    with portal.form_client() as client:
+        image = corpus.encode(corpus.photo(), "PNG")
+        first = client.post("/fragments/keyframe?slot=0", files={"file": ("a.png", image)}, headers=hx).text
+        second = client.post("/fragments/keyframe?slot=1", files={"file": ("b.png", image)}, headers=hx).text
+        ids = [
+            re.search(rf'name="keyframe_upload_{i}" value="([0-9a-f]{{32}})"', row).group(1)
+            for i, row in enumerate((first, second))
+        ]
+        assert 'name="keyframe_frame_0" min="-1" step="1"\n           value="0"' in first
+        assert 'value="-1"' in second, "a later image goes to the last frame until moved"
+        assert 'hx-swap-oob="true"' in second and "slot=2" in second, "the add control moves to the next slot"
+        refused = client.post("/fragments/keyframe?slot=2", files={"file": ("x.png", corpus.SVG)}, headers=hx).text
+        assert "not a JPEG, PNG or WebP" in refused and "slot=2" in refused
+
+        fields = {
+            "model": "demo",
+            "mode": "quality",
+            "prompt": "a red ball",
+            "resolution": "64x64",
+            "num_frames": "9",
+            "fps": "24",
+            "steps": "2",
+            "guidance_scale": "3",
+            "seed": "",
+            "keyframe_upload_0": ids[0],
+            "keyframe_frame_0": "0",
+            "keyframe_strength_0": "1",
+            "keyframe_upload_1": ids[1],
+            "keyframe_frame_1": "5",
+            "keyframe_strength_1": "0.9",
+        }
+        wrong = client.post("/jobs", data=fields, headers=hx).text
+        assert 'id="error-keyframes"' in wrong and "nearest valid: 8" in wrong
+        assert f'name="keyframe_upload_1" value="{ids[1]}"' in wrong, "the timeline keeps its rows"
+        response = client.post("/jobs", data={**fields, "keyframe_frame_1": "-1"}, headers=hx)
+        job_id = response.headers["HX-Redirect"].rsplit("/", 1)[1]
+        request = client.get(f"/api/jobs/{job_id}").json()["request"]
+    assert request["keyframes"] == [
+        {"upload_id": ids[0], "frame": 0, "strength": 1.0},
+        {"upload_id": ids[1], "frame": -1, "strength": 0.9},
+    ]
+    assert portal.wait(job_id, timeout=180)["status"] == "succeeded"
