@@ -102,6 +102,15 @@ def test_the_two_jobs_are_linked_both_ways(extended):
         earlier_page = client.get(f"/jobs/{first['id']}").text
         later_page = client.get(f"/jobs/{second['id']}").text
     assert f"/jobs/{second['id']}" in earlier_page and f"/jobs/{first['id']}" in later_page
+    assert f'href="/?extend_from={first["id"]}"' in earlier_page, "a finished clip offers Extend"
+
+
+def test_the_extend_link_opens_the_form_on_that_clip(extended):
+    portal, first, _ = extended
+    with portal.client() as client:
+        page = client.get("/", params={"extend_from": first["id"]}).text
+    assert 'id="extending"' in page and f'name="extend_from" value="{first["id"]}"' in page
+    assert 'value="256x160" selected' in page, "its size is kept"
 
 
 @pytest.mark.parametrize(

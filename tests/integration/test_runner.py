@@ -83,7 +83,8 @@ def test_the_video_holds_the_requested_frames_and_matching_audio(finished_job):
     assert (clip.video_codec, clip.width, clip.height, len(clip.frames)) == ("h264", 320, 192, 25)
     assert (clip.audio_codec, clip.sample_rate) == ("aac", 24000)
     assert abs(clip.audio_duration_s - clip.video_duration_s) <= 1024 / 24000
-    assert sorted(path.name for path in job_dir.iterdir()) == ["audio_latents.safetensors", "job.json", "poster.jpg", "preview.jpg", "video.mp4"]
+    kept = ["audio_latents.safetensors", "job.json", "poster.jpg", "preview.jpg", "video.mp4"]
+    assert sorted(path.name for path in job_dir.iterdir()) == kept
 
 
 def test_the_runner_log_has_no_warning_about_a_missing_accelerate(finished_job):
