@@ -370,8 +370,8 @@ class Jobs(msgspec.Struct, frozen=True):
     async def _extension_source(self, raw: Any) -> JobRow | None:
         """The finished job an extension continues (`extend_from`), its clip and audio latents still there; None
         for a request that extends nothing. Raises InvalidRequest naming extend_from."""
-        if not isinstance(raw, dict) or raw.get("extend_from") in (None, ""):
-            return None
+        if not isinstance(raw, dict) or raw.get("extend_from") is None:
+            return None  # (the form leaves a blank one out)
         job_id = raw["extend_from"]
         source = await self.get_job(job_id) if isinstance(job_id, str) else None
         problem = None

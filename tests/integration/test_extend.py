@@ -117,6 +117,7 @@ def test_the_extend_link_opens_the_form_on_that_clip(extended):
     ("fields", "field", "says"),
     [
         ({"extend_from": "0" * 32}, "extend_from", "not a job here"),
+        ({"extend_from": ""}, "extend_from", "not a job here"),
         ({"width": 384}, "width", "keeps the earlier clip's"),
         ({"num_frames": 9}, "extend_from", "at least 17"),
         ({"keyframes": [{"upload_id": "0" * 32, "frame": 0}]}, "keyframes", "extend_from"),
