@@ -209,6 +209,15 @@ class JobOut(Base):
     links: JobLinks
     webhook: str | None = None  # the URL its webhook deliveries go to
     webhook_events: list[str] | None = None  # the events it sends there (Replicate's names, and progress)
+    batch_id: str | None = None  # the batch it was submitted in (POST /api/batches); None: submitted alone
+
+
+class BatchOut(Base):
+    id: str
+    jobs: list[JobOut]  # in submission order: prompt by prompt, each with every seed
+    counts: dict[str, int]  # how many of its jobs have each status
+    finished: bool  # every job of it has ended
+    page: str  # the gallery filtered to the batch
 
 
 class WebhookDeliveryOut(Base):

@@ -251,6 +251,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             api.JobsApi,
             api.QueueApi,
+            api.BatchesApi,
             api.healthz,
             events.job_events,
             files.job_video,
