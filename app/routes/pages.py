@@ -260,6 +260,18 @@ async def job_page(
     return HTMXTemplate(template_name="job.html", context={**context, "deliveries": deliveries})
 
 
+@get("/jobs/{job_id:str}/webhooks", name="job_webhooks_fragment")
+async def job_webhooks_fragment(job_id: FromPath[str], jobs: NamedDependency[Jobs]) -> Template:
+    """The job page's table of webhook deliveries as they stand now (it asks for itself while some may change); a
+    job without a webhook has none: 404."""
+    job = await load_job(jobs, job_id)
+    if job.webhook is None:
+        raise NotFoundException("This job has no webhook.")
+    deliveries = [present_delivery(d) for d in await jobs.webhook_deliveries(job.id)]
+    context = {"job": job, "deliveries": deliveries}
+    return HTMXTemplate(template_name="fragments/_webhook_deliveries.html", context=context)
+
+
 @get("/jobs/{job_id:str}/panel", name="job_panel")
 async def job_panel(
     job_id: FromPath[str],
@@ -369,6 +381,7 @@ handlers = [
     jobs_fragment,
     job_page,
     job_panel,
+    job_webhooks_fragment,
     cancel_job_form,
     cancel_batch_form,
     delete_job_form,

@@ -80,6 +80,14 @@ def at(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
+def deliveries_table(portal: Portal, job_id: str) -> str:
+    """The job page's table of deliveries as it asks for itself while they may change."""
+    with portal.client() as c:
+        answer = c.get(f"/jobs/{job_id}/webhooks")
+        assert answer.status_code == 200, answer.text
+        return answer.text
+
+
 def test_every_event_is_delivered_signed_through_a_receiver_killed_mid_delivery(make_portal, make_receiver) -> None:
     secret = new_secret()
     portal = make_portal(AVP_WEBHOOK_ALLOW="127.0.0.1", AVP_WEBHOOK_SECRET=secret, AVP_WEBHOOK_BACKOFF_S="0.3")
@@ -93,6 +101,8 @@ def test_every_event_is_delivered_signed_through_a_receiver_killed_mid_delivery(
     receiver.kill()  # in the middle of that delivery: the portal's attempt loses its connection
     # It fails, and so does the retry that finds nobody listening; then the receiver comes back on its port.
     until_deliveries(portal, job["id"], lambda found: found[0]["attempts"] >= 2, timeout=60)
+    waiting = deliveries_table(portal, job["id"])
+    assert 'class="delivery-pending"' in waiting and 'hx-trigger="every 2s"' in waiting, "the page's table follows"
     receiver.record.unlink()
     receiver.start()
 
@@ -125,6 +135,8 @@ def test_every_event_is_delivered_signed_through_a_receiver_killed_mid_delivery(
         page = c.get(f"/jobs/{job['id']}").text
     assert "Webhook deliveries" in page and receiver.url in page
     assert all(d["id"] in page for d in listed) and page.count('class="delivery-delivered"') == len(listed)
+    settled = deliveries_table(portal, job["id"])
+    assert settled.count('class="delivery-delivered"') == len(listed) and "hx-trigger" not in settled, "it stops asking"
 
 
 def test_a_pending_delivery_survives_a_restart_of_the_portal(
@@ -188,6 +200,10 @@ def test_bad_webhooks_are_400s_naming_the_field_and_a_dead_destination_is_given_
     with portal.client() as c:
         page = c.get(f"/jobs/{job['id']}").text
     assert 'class="delivery-failed"' in page and dead in page
+    with portal.client() as c:
+        plain = portal.submit(**TINY)
+        assert c.get(f"/jobs/{plain['id']}/webhooks").status_code == 404, "a job without a webhook has no table"
+        c.post(f"/api/jobs/{plain['id']}/cancel", json={})
 
 
 def test_a_bad_webhook_secret_stops_the_portal_before_it_serves(tmp_path: Path) -> None:
