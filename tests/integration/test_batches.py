@@ -8,7 +8,9 @@ import re
 from typing import Any
 
 import httpx
+import pytest
 
+from avportal import AVPortal, InvalidInput
 from tests.portal import Portal, prepare_data_dir
 from tests.small_disk import MIB
 
@@ -179,3 +181,22 @@ def test_a_batch_the_data_disk_cannot_hold_whole_leaves_none_of_its_jobs(small_d
     assert job_ids(portal) == {probe["id"]}, "the batch's first job was withdrawn with it"
     assert sorted(p.name for p in (portal.data_dir / "jobs").iterdir() if p.is_dir()) == [probe["id"]]
     disk.unfill()
+
+
+def test_the_client_library_submits_follows_and_cancels_a_batch(shared_portal: Portal) -> None:
+    portal = shared_portal
+    with AVPortal(portal.base_url) as client:
+        assert post(portal, "/api/queue/pause", {}).json()["paused"]
+        try:
+            batch = client.submit_batch(["a green square moving right", "a red ball moving up"], seeds=[5], **QUICK)
+            assert [(job.request["prompt"], job.request["seed"]) for job in batch["jobs"]] == [
+                ("a green square moving right", 5),
+                ("a red ball moving up", 5),
+            ]
+            assert client.batch(batch["id"])["counts"] == {"queued": 2}
+            cancelled = client.cancel_batch(batch["id"])
+            assert cancelled["finished"] and {job.status for job in cancelled["jobs"]} == {"cancelled"}
+            with pytest.raises(InvalidInput, match="seeds"):
+                client.submit_batch(["a red ball"], seeds=0, **QUICK)
+        finally:
+            post(portal, "/api/queue/resume", {})
