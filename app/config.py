@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+import ssl
 import sys
 import time
 from collections.abc import Mapping
@@ -65,6 +66,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_secret: str | None = None  # AVP_WEBHOOK_SECRET (whsec_...); None: the data directory's
     webhook_backoff_s: float = 5.0  # the wait after a delivery's first failed attempt, doubling after each
     webhook_attempts: int = 20  # a delivery is given up after this many attempts
+    webhook_ca_file: Path | None = None  # AVP_WEBHOOK_CA_FILE: the CA certificates https destinations are checked by
 
     @property
     def auth_enabled(self) -> bool:
@@ -271,6 +273,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 check_secret(webhook_secret)
             except ValueError as exc:
                 raise SettingsError(f"AVP_WEBHOOK_SECRET {exc}") from None
+        webhook_ca_file = env.get("AVP_WEBHOOK_CA_FILE", "").strip() or None
+        if webhook_ca_file is not None:
+            webhook_ca_file = _ca_file(webhook_ca_file)
         return cls(
             data_dir=Path(env.get("AVP_DATA_DIR", "").strip() or "data").resolve(),
             host=env.get("AVP_HOST", "").strip() or "127.0.0.1",
@@ -307,6 +312,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             webhook_secret=webhook_secret,
             webhook_backoff_s=number("AVP_WEBHOOK_BACKOFF_S", 5.0, float, 0.01),
             webhook_attempts=int(number("AVP_WEBHOOK_ATTEMPTS", 20, int, 1)),
+            webhook_ca_file=webhook_ca_file,
         )
 
 
@@ -347,3 +353,17 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a name other than localhost may resolve to anything
+
+
+def _ca_file(value: str) -> Path:
+    """AVP_WEBHOOK_CA_FILE as a path whose PEM certificates load (so a typo stops the portal at start, not each
+    delivery), or a SettingsError saying what is wrong."""
+    path = Path(value).resolve()
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(
+            f"AVP_WEBHOOK_CA_FILE {path} cannot be read as PEM CA certificates ({exc.strerror or exc}); "
+            "point it at a readable PEM bundle, or leave it unset to trust the public CAs"
+        ) from None
+    return path

@@ -1,9 +1,10 @@
 """The home page's job list: which jobs it shows (the filters in its query string), a page of them at a time.
 
 The filters are GET parameters of `/` (bookmarkable): `status`, `model` (one of the library's), `q` (a piece of the
-prompt) and `before` (keyset paging: the jobs submitted before the one with that `seq`, as "Load more" asks).
-A bad value is refused with a 400 naming the parameter and what it may be. The same parameters open the page's
-stream (`/events/jobs`) and fetch the next page (`/fragments/jobs`).
+prompt), `batch` (a batch's id: the gallery of one batch, app/batches.py) and `before` (keyset paging: the jobs
+submitted before the one with that `seq`, as "Load more" asks). A bad value is refused with a 400 naming the
+parameter and what it may be. The same parameters open the page's stream (`/events/jobs`) and fetch the next page
+(`/fragments/jobs`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
+from app.batches import BATCH_ID
 from app.schemas import FieldError, InvalidRequest
 from app.statuses import STATUSES
 from app.store import JobFilter, JobRow
@@ -38,7 +40,9 @@ class ListQuery(msgspec.Struct, frozen=True):
 
     def params(self, before: int | None = None) -> str:
         """The filters (and `before`) as a query string, empty when there are none; for the list's links."""
-        pairs = [("status", self.only.status), ("model", self.only.model), ("q", self.only.search), ("before", before)]
+        only = self.only
+        pairs = [("status", only.status), ("model", only.model), ("q", only.search), ("batch", only.batch)]
+        pairs.append(("before", before))
         text = urlencode([(name, value) for name, value in pairs if value is not None])
         return f"?{text}" if text else ""
 
@@ -52,11 +56,18 @@ class Listing(msgspec.Struct, frozen=True):
 
 
 def read_query(
-    models: list[str], status: str | None, model: str | None, q: str | None, before: str | None
+    models: list[str],
+    status: str | None,
+    model: str | None,
+    q: str | None,
+    before: str | None,
+    batch: str | None = None,
 ) -> ListQuery:
     """The list's query from its GET parameters (empty ones count as absent); InvalidRequest naming each bad one."""
     errors = []
-    status, model, q, before = (None if v is None or not v.strip() else v.strip() for v in (status, model, q, before))
+    status, model, q, before, batch = (
+        None if v is None or not v.strip() else v.strip() for v in (status, model, q, before, batch)
+    )
     if status is not None and status not in STATUSES:
         errors.append(FieldError(field="status", message=f"must be one of {', '.join(sorted(STATUSES))}, or absent"))
     if model is not None and model not in models:
@@ -66,9 +77,12 @@ def read_query(
         errors.append(FieldError(field="q", message=f"is {len(q)} characters: search with {MAX_SEARCH_CHARS} or fewer"))
     if before is not None and not _SEQ.fullmatch(before):
         errors.append(FieldError(field="before", message="must be a job's number as the list's Load more link gives"))
+    if batch is not None and not BATCH_ID.fullmatch(batch):
+        errors.append(FieldError(field="batch", message="must be a batch's id (32 hex digits) as its link gives"))
     if errors:
         raise InvalidRequest(errors)
-    return ListQuery(JobFilter(status=status, model=model, search=q), None if before is None else int(before))
+    only = JobFilter(status=status, model=model, search=q, batch=batch)
+    return ListQuery(only, None if before is None else int(before))
 
 
 def page_of(found: list[JobRow], query: ListQuery) -> Listing:

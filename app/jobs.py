@@ -19,12 +19,14 @@ import anyio.to_thread
 import msgspec
 from PIL import Image
 
+from app import batches
 from app.config import Settings
 from app.journal import Journal
 from app.places import Place, places
 from app.queue import Worker
 from app.ratelimit import SubmitRateLimit
 from app.schemas import (
+    BatchOut,
     FieldError,
     InvalidRequest,
     JobError,
@@ -48,11 +50,12 @@ log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 # How many of a model's newest finished jobs a job-cost estimate learns from.
 PAST_RUNS = 20
+WITHDRAW_WAIT_S = 30  # how long a batch that could not be made whole waits for a started job of it to end
 
 
 class QueueFull(Exception):
-    def __init__(self) -> None:
-        super().__init__("The queue is full; try again when some jobs have finished.")
+    def __init__(self, message: str = "The queue is full; try again when some jobs have finished.") -> None:
+        super().__init__(message)
 
 
 class Conflict(Exception):
@@ -172,9 +175,16 @@ class Jobs(msgspec.Struct, frozen=True):
         return job, False
 
     async def submit(
-        self, raw: Any, client: str, *, strict: bool = True, idempotency: tuple[str, str] | None = None
+        self,
+        raw: Any,
+        client: str,
+        *,
+        strict: bool = True,
+        idempotency: tuple[str, str] | None = None,
+        batch_id: str | None = None,
     ) -> JobRow:
-        """Validate, write the job directory, store the job and queue it (with `idempotency`, its key and body hash).
+        """Validate, write the job directory, store the job and queue it (with `idempotency`, its key and body hash;
+        with `batch_id`, as a job of that batch, which took this client's submit from the rate limit already).
 
         Raises InvalidRequest (a job predicted past AVP_MAX_JOB_MINUTES too), DiskFull (its files would not fit
         on the data disk with AVP_MIN_FREE_MB to spare, or failed to), RateLimited (this client submits too
@@ -192,7 +202,8 @@ class Jobs(msgspec.Struct, frozen=True):
         if too_long:
             raise InvalidRequest([FieldError(field="request", message=too_long)])
         await self._check_room(estimate)
-        self.submit_limit.take(client)
+        if batch_id is None:
+            self.submit_limit.take(client)
         upload = await self._upload_for(resolved.image_upload_id)
         keyframe_uploads = [await self._keyframe_upload(i, k.upload_id) for i, k in enumerate(resolved.keyframes or ())]
         job_id = uuid.uuid4().hex
@@ -224,7 +235,7 @@ class Jobs(msgspec.Struct, frozen=True):
                 copy_source(source_dir, job_dir)
             jobdir.write_job_file(job_dir, job_file)
             first = self.store.create_job(
-                job_id, resolved, {"type": "queued"}, self.settings.max_queue, estimate, webhook, idempotency
+                job_id, resolved, {"type": "queued"}, self.settings.max_queue, estimate, webhook, idempotency, batch_id
             )
             if first is None:
                 shutil.rmtree(job_dir)
@@ -247,6 +258,72 @@ class Jobs(msgspec.Struct, frozen=True):
         self.journal.announce(job, first)
         self.worker.wake()
         return job
+
+    async def submit_batch(self, raw: Any, client: str, *, strict: bool = True) -> list[JobRow]:
+        """A batch's jobs (app/batches.py), submitted in order as one batch, or none of them.
+
+        Every job's request is checked before any is made (a bad one is an InvalidRequest naming its entry, e.g.
+        `prompts[2]`), and the queue's room for all of them; the batch takes one submit from the client's rate
+        limit. Should a job still be refused (the queue filled meanwhile, the disk), those made are withdrawn."""
+        variations = batches.expand(raw, self.settings.max_queue)
+        problems: dict[tuple[str, str], FieldError] = {}
+        for variation in variations:
+            rest = {name: value for name, value in variation.body.items() if name not in WEBHOOK_FIELDS}
+            try:
+                validate_request(rest, self.settings.library(), strict=strict)
+            except InvalidRequest as exc:
+                for error in exc.errors:
+                    named = FieldError(field=variation.field_name(error.field), message=error.message)
+                    problems.setdefault((named.field, named.message), named)
+        if problems:
+            raise InvalidRequest(list(problems.values()))
+        room = self.settings.max_queue - await self.count_queued()
+        if len(variations) > room:
+            raise QueueFull(
+                f"The queue has room for {max(room, 0)} more jobs and this batch has {len(variations)}; "
+                "try again when some jobs have finished, or send fewer prompts or seeds."
+            )
+        self.submit_limit.take(client)
+        batch_id = uuid.uuid4().hex
+        made: list[JobRow] = []
+        try:
+            for variation in variations:
+                made.append(await self.submit(variation.body, client, strict=strict, batch_id=batch_id))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._withdraw(made)
+            raise
+        return made
+
+    async def _withdraw(self, made: list[JobRow]) -> None:
+        """Cancel and delete the jobs of a batch that could not be made whole."""
+        for job in made:
+            current = await self.get_job(job.id)
+            if current is not None and not current.finished:
+                with contextlib.suppress(Conflict):  # it ended meanwhile
+                    await self.cancel(current)
+                await self.wait(job.id, WITHDRAW_WAIT_S)  # a started one ends once its runner has exited
+            current = await self.get_job(job.id)
+            if current is not None and current.finished:
+                await self.delete(current)
+
+    async def batch(self, batch_id: str) -> list[JobRow]:
+        """A batch's jobs in submission order; none for an unknown (or wholly deleted) batch."""
+        if not batches.BATCH_ID.fullmatch(batch_id):
+            return []
+        return await self.store.call(self.store.batch_jobs, batch_id)
+
+    async def cancel_batch(self, batch_id: str) -> list[str]:
+        """Cancel every job of a batch that has not ended (queued or running); their ids."""
+        cancelled = []
+        for job in await self.batch(batch_id):
+            if not job.finished:
+                try:
+                    await self.cancel(job)
+                except Conflict:  # it ended meanwhile
+                    continue
+                cancelled.append(job.id)
+        return cancelled
 
     async def _split_webhook(self, raw: Any, strict: bool) -> tuple[Any, Webhook | None]:
         """The request's fields, and its webhook (app/webhook_targets.py), which is about delivery, not generation:
@@ -574,6 +651,21 @@ def present(job: JobRow, settings: Settings, places: dict[str, Place], extended_
         webhook=job.webhook.url if job.webhook else None,
         webhook_events=list(job.webhook.events) if job.webhook else None,
         extended_by=extended_by,
+        batch_id=job.batch_id,
+    )
+
+
+def present_batch(batch_id: str, jobs: list[JobRow], settings: Settings, places: dict[str, Place]) -> BatchOut:
+    """A batch as the API shows it: its jobs in order and how many have each status."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
+    return BatchOut(
+        id=batch_id,
+        jobs=[present(job, settings, places) for job in jobs],
+        counts=counts,
+        finished=all(job.finished for job in jobs),
+        page=settings.url(f"/?batch={batch_id}"),
     )
 
 

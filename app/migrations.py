@@ -139,6 +139,13 @@ def _v7_job_list_filters(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS jobs_prompt ON jobs(seq, json_extract(request, '$.prompt'))")
 
 
+def _v8_batches(db: sqlite3.Connection) -> None:
+    """Batches (POST /api/batches): the batch a job was submitted in, NULL for a job submitted alone; a batch's jobs
+    are read by it, in submission order."""
+    _add_missing_columns(db, {"batch_id": "TEXT"})
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id, seq) WHERE batch_id IS NOT NULL")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_initial,
     _v2_job_estimate,
@@ -147,6 +154,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v5_webhooks,
     _v6_queue_control,
     _v7_job_list_filters,
+    _v8_batches,
 )
 LATEST = len(MIGRATIONS)
 

@@ -10,9 +10,7 @@ next start tries again.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import subprocess
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from app.runner import SPARE_NICE, runner_command, runner_env, set_autogroup_nice
+from app.runner import SPARE_NICE, open_runner, set_autogroup_nice, signal_group
 from contract import jobdir
 
 log = logging.getLogger(__name__)
@@ -42,14 +40,8 @@ async def _make_missing_posters(runner_python: str, jobs_dir: Path) -> None:
     log.info("making posters for %d finished jobs that have none, in the background", len(wanting))
     started = time.monotonic()
     try:
-        process = await anyio.open_process(
-            runner_command(runner_python, "posters", str(jobs_dir)),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=jobs_dir,
-            env=runner_env(),
-            start_new_session=True,
+        process = await open_runner(
+            runner_python, ("posters", str(jobs_dir)), stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=jobs_dir
         )
     except OSError:
         log.exception("could not start the poster maker; jobs without a poster keep none until the next start")
@@ -62,8 +54,7 @@ async def _make_missing_posters(runner_python: str, jobs_dir: Path) -> None:
     finally:
         with anyio.CancelScope(shield=True):  # the portal stops: so does the poster maker
             if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
+                signal_group(process, signal.SIGKILL)
             await process.aclose()
     for line in said.decode(errors="replace").splitlines():
         log.info("poster maker: %s", line)

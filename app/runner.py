@@ -26,6 +26,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -49,6 +50,26 @@ def runner_command(python: str, *args: str) -> list[str]:
     return [python, "-m", "gpu_runner", *args]
 
 
+async def open_runner(python: str, args: tuple[str, ...], *, stdin: int, stderr: Any, cwd: Path) -> Process:
+    """`python -m gpu_runner <args>` in a session of its own (so `signal_group` reaches whatever it starts), its
+    stdout a pipe."""
+    return await anyio.open_process(
+        runner_command(python, *args),
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        cwd=cwd,
+        env=runner_env(),
+        start_new_session=True,
+    )
+
+
+def signal_group(process: Process, sig: signal.Signals) -> None:
+    """Signal the runner's whole process group (its session), gone or not."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
 def runner_env() -> dict[str, str]:
     """The runner's environment: ours, plus the project on its path (its interpreter may be another venv's)."""
     return {
@@ -68,8 +89,7 @@ class _Child:
         self.niced = False  # a spare whose autogroup waits at SPARE_NICE
 
     def signal_group(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, sig)
+        signal_group(self.process, sig)
 
 
 class _Transcript:
@@ -248,17 +268,9 @@ class Supervisor(Executor):
         return _Child(process)
 
     async def _open_runner(self, args: tuple[str, ...], stdin: int, log_path: Path, cwd: Path) -> Process:
-        """A runner process in its own session, its stdout the protocol, its stderr appended to `log_path`."""
+        """A runner process, its stdout the protocol, its stderr appended to `log_path`."""
         with open(log_path, "ab") as stderr_log:
-            return await anyio.open_process(
-                runner_command(self._python, *args),
-                stdin=stdin,
-                stdout=subprocess.PIPE,
-                stderr=stderr_log,
-                cwd=cwd,
-                env=runner_env(),
-                start_new_session=True,
-            )
+            return await open_runner(self._python, args, stdin=stdin, stderr=stderr_log, cwd=cwd)
 
     async def _hand_to_spare(self, job_id: str, job_dir: Path) -> _Child | None:
         """The waiting spare, told the job's directory on its stdin; None where there is no live spare."""

@@ -211,6 +211,15 @@ class JobOut(Base):
     webhook_events: list[str] | None = None  # the events it sends there (Replicate's names, and progress)
     # the jobs that extend this one (their request's extend_from names it); filled for one job, not in lists
     extended_by: list[str] | None = None
+    batch_id: str | None = None  # the batch it was submitted in (POST /api/batches); None: submitted alone
+
+
+class BatchOut(Base):
+    id: str
+    jobs: list[JobOut]  # in submission order: prompt by prompt, each with every seed
+    counts: dict[str, int]  # how many of its jobs have each status
+    finished: bool  # every job of it has ended
+    page: str  # the gallery filtered to the batch
 
 
 class WebhookDeliveryOut(Base):

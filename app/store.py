@@ -56,6 +56,7 @@ class JobRow(msgspec.Struct, frozen=True):
     keep: bool  # a person marked it: retention never removes its files
     files_removed_at: float | None  # when retention removed its files; the row stays
     webhook: Webhook | None = None  # where its deliveries go (app/webhooks.py); None: no webhook
+    batch_id: str | None = None  # the batch it was submitted in (POST /api/batches); None: submitted alone
 
     @property
     def finished(self) -> bool:
@@ -123,11 +124,12 @@ _ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstu
 
 class JobFilter(msgspec.Struct, frozen=True):
     """Which jobs a job list shows: of one status, of one model, whose prompt holds `search` (a substring, the case
-    of ASCII letters ignored; `%`, `_` and `\\` are plain characters). None: any."""
+    of ASCII letters ignored; `%`, `_` and `\\` are plain characters), of one batch. None: any."""
 
     status: str | None = None
     model: str | None = None
     search: str | None = None
+    batch: str | None = None
 
     def sql(self) -> tuple[str, list[str], list[Any]]:
         """The table to read (with the index to read it by), the WHERE conditions and their arguments.
@@ -142,6 +144,9 @@ class JobFilter(msgspec.Struct, frozen=True):
         if self.status is not None:
             where.append("status = ?")
             args.append(self.status)
+        if self.batch is not None:
+            where.append("batch_id = ?")
+            args.append(self.batch)
         if self.model is not None:
             where.append(f"{_MODEL_SQL} = ?")
             args.append(self.model)
@@ -156,6 +161,7 @@ class JobFilter(msgspec.Struct, frozen=True):
         return (
             (self.status is None or job.status == self.status)
             and (self.model is None or job.request.model == self.model)
+            and (self.batch is None or job.batch_id == self.batch)
             and (not self.search or _ascii_lower(self.search) in _ascii_lower(job.request.prompt or ""))
         )
 
@@ -172,7 +178,7 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
 
 _JOB_COLUMNS = (
     "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at, estimate, "
-    "keep, files_removed_at, "
+    "keep, files_removed_at, batch_id, "
     "(SELECT json_object('url', url, 'events', json(events)) FROM webhooks WHERE webhooks.job_id = jobs.id)"
 )
 _TERMINAL_SQL = ",".join(f"'{status}'" for status in sorted(TERMINAL))
@@ -206,6 +212,7 @@ def _row_to_job(row: tuple) -> JobRow:
         estimate,
         keep,
         removed,
+        batch_id,
         webhook,
     ) = row
     return JobRow(
@@ -224,6 +231,7 @@ def _row_to_job(row: tuple) -> JobRow:
         keep=bool(keep),
         files_removed_at=removed,
         webhook=_decode_webhook(webhook) if webhook else None,
+        batch_id=batch_id,
     )
 
 
@@ -254,6 +262,7 @@ class Store:
         estimate: Estimate | None = None,
         webhook: Webhook | None = None,
         idempotency: tuple[str, str] | None = None,
+        batch_id: str | None = None,
     ) -> StoredEvent | None:
         """Insert a job with its first event; None (nothing written) when `max_queued` jobs already wait.
 
@@ -270,7 +279,8 @@ class Store:
                     (*idempotency, job_id, now),
                 )
             self._db.execute(
-                "INSERT INTO jobs (id, status, request, progress, created_at, estimate) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, status, request, progress, created_at, estimate, batch_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     first_event["type"],
@@ -278,6 +288,7 @@ class Store:
                     _encode(JobProgress()),
                     now,
                     None if estimate is None else _encode(estimate),
+                    batch_id,
                 ),
             )
             if webhook is not None:
@@ -368,6 +379,11 @@ class Store:
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         query = f"SELECT {_JOB_COLUMNS} FROM {source} {clause}ORDER BY seq DESC LIMIT ?"
         rows = self._db.execute(query, (*args, limit))
+        return [_row_to_job(r) for r in rows]
+
+    def batch_jobs(self, batch_id: str) -> list[JobRow]:
+        """A batch's jobs in the order they were submitted; none for an unknown batch."""
+        rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE batch_id = ? ORDER BY seq", (batch_id,))
         return [_row_to_job(r) for r in rows]
 
     def jobs_with_status(self, statuses: Iterable[str]) -> list[JobRow]:

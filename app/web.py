@@ -104,6 +104,7 @@ def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngin
         settings.webhook_allow,
         settings.webhook_backoff_s,
         settings.webhook_attempts,
+        settings.webhook_ca_file,
     )
     spare_jobs_dir = settings.jobs_dir if settings.spare_runner else None
     executor = Supervisor(settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
@@ -251,6 +252,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             api.JobsApi,
             api.QueueApi,
+            api.BatchesApi,
             api.healthz,
             events.job_events,
             files.job_video,

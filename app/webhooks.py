@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -124,6 +125,7 @@ class Webhooks:
         allow: Allowlist,
         first_backoff_s: float,
         max_attempts: int,
+        ca_file: Path | None = None,
     ) -> None:
         self._store = store
         self._present = present
@@ -131,6 +133,8 @@ class Webhooks:
         self._allow = allow
         self._first_backoff_s = first_backoff_s
         self._max_attempts = max_attempts
+        # The certificates an https destination's is checked against: AVP_WEBHOOK_CA_FILE's alone, or the public ones.
+        self._verify: ssl.SSLContext | bool = True if ca_file is None else ssl.create_default_context(cafile=ca_file)
         self._wake = anyio.Event()
         self._in_flight: set[str] = set()
 
@@ -152,9 +156,18 @@ class Webhooks:
         """Deliver every pending delivery when it is due, forever (a task of the app's lifespan)."""
         limiter = anyio.CapacityLimiter(AT_ONCE)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per attempt: the table records them
-        # trust_env off: a proxy from the environment would resolve and connect to the name itself.
+        # trust_env off: a proxy from the environment would resolve and connect to the name itself. No connection is
+        # kept for the next delivery: connections are pooled by the address they went to, and one set up (its
+        # certificate checked) for one host name must not carry a delivery to another name at the same address.
+        client = httpx.AsyncClient(
+            timeout=TIMEOUT_S,
+            follow_redirects=False,
+            trust_env=False,
+            verify=self._verify,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
         async with (
-            httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False, trust_env=False) as client,
+            client,
             anyio.create_task_group() as tg,
         ):
             while True:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import httpx
 from httpx_sse import aconnect_sse, connect_sse
@@ -101,6 +102,10 @@ def _answer(response: httpx.Response) -> Any:
     return response.json() if response.content else None
 
 
+def _with_jobs(batch: dict[str, Any]) -> dict[str, Any]:
+    return {**batch, "jobs": [Job(data) for data in batch["jobs"]]}
+
+
 class _Portal:
     """What both clients share: settings, and every API method as a plan."""
 
@@ -137,6 +142,27 @@ class _Portal:
         request's (`model`, `mode`, `width`, `height`, `num_frames`, `fps`, `steps`, `seed`, `extend_from`, ...);
         `keyframes` entries may name a local image as `{"file": path, "frame": ...}`, uploaded first."""
         return self._run(self._submit(prompt, image, fields))
+
+    def submit_batch(
+        self,
+        prompts: list[str] | None = None,
+        *,
+        seeds: int | list[int] | None = None,
+        image: str | Path | None = None,
+        **fields: Any,
+    ) -> Any:
+        """Submit a batch (POST /api/batches): a job for every prompt with every seed (`seeds`: a count, or a list),
+        the other `fields` shared (a single `prompt` among them when `prompts` is not given). The batch as the portal
+        answers it: `{"id", "jobs", "counts", "finished", "page"}`, its jobs as Job."""
+        return self._run(self._submit_batch(prompts, seeds, image, fields))
+
+    def batch(self, batch_id: str) -> Any:
+        """A batch as `submit_batch` returns it, as it is now."""
+        return self._run(self._batch(batch_id))
+
+    def cancel_batch(self, batch_id: str) -> Any:
+        """Cancel every job of a batch that has not ended: the batch as it is then."""
+        return self._run(self._batch(batch_id, "cancel"))
 
     def job(self, job_id: str) -> Any:
         return self._run(self._job(job_id))
@@ -185,6 +211,19 @@ class _Portal:
                 keyframes.append(keyframe)
             fields = {**fields, "keyframes": keyframes}
         return Job((yield _Call("POST", "/api/jobs", json={"prompt": prompt, **fields})))
+
+    def _submit_batch(
+        self, prompts: list[str] | None, seeds: int | list[int] | None, image: str | Path | None, fields: dict
+    ) -> _Plan:
+        body = {**fields, **({"prompts": prompts} if prompts is not None else {})}
+        body |= {"seeds": seeds} if seeds is not None else {}
+        if image is not None:
+            body["image_upload_id"] = (yield from self._upload(Path(image)))["upload_id"]
+        return _with_jobs((yield _Call("POST", "/api/batches", json=body)))
+
+    def _batch(self, batch_id: str, action: str | None = None) -> _Plan:
+        path = "/".join(("/api/batches", quote(batch_id, safe=""), *((action,) if action else ())))
+        return _with_jobs((yield _Call("POST" if action else "GET", path, **({"json": {}} if action else {}))))
 
     def _job(self, job_id: str) -> _Plan:
         return Job((yield _Call("GET", job_path(job_id))))

@@ -239,8 +239,16 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--quality-steps", type=int, default=3)
     parser.add_argument("--only", choices=["stock", "ours"], help="one half of the bench (default: both)")
     parser.add_argument("--out", type=Path, help="the report, rewritten after every job")
+    parser.add_argument(
+        "--clips",
+        nargs="+",
+        choices=[clip.name for clip in FULL_CLIPS],
+        help="these full-size clips only (default: all), so that a version's table can take two device calls",
+    )
     args = parser.parse_args(argv)
     size, clips = (TINY_SIZE, TINY_CLIPS) if args.tiny else (full_size(args.version), FULL_CLIPS)
+    if args.clips and not args.tiny:
+        clips = tuple(clip for clip in clips if clip.name in args.clips)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     header = (
         f"# Two-stage bench: {size.name}, {device_name()}, torch {torch.__version__}, RANDOM WEIGHTS\n\n"

@@ -24,10 +24,11 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
 from app import webhook_targets
 from app.auth import PUBLIC
 from app.config import Settings
-from app.jobs import IDEMPOTENCY_HEADER, Jobs, present, present_delivery
+from app.jobs import IDEMPOTENCY_HEADER, Jobs, present, present_batch, present_delivery
 from app.places import places
 from app.queue import Worker
 from app.schemas import (
+    BatchOut,
     CancelledJobs,
     FieldError,
     Health,
@@ -268,6 +269,79 @@ async def queue_state(jobs: Jobs, settings: Settings) -> QueueOut:
         running=[present(job, settings, where) for job in snapshot.running],
         queued=[present(job, settings, where) for job in snapshot.queued],
     )
+
+
+@dataclass
+class _TakesABatch(_TakesARequest):
+    """The OpenAPI of POST /api/batches: a job's body and the batch's prompts and seeds (app/batches.py)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        variations = Schema(
+            type=OpenAPIType.OBJECT,
+            properties={
+                "prompts": Schema(
+                    type=OpenAPIType.ARRAY,
+                    items=Schema(type=OpenAPIType.STRING),
+                    min_items=1,
+                    description="one job per prompt (in place of `prompt`), each with every seed",
+                ),
+                "seeds": Schema(
+                    one_of=[
+                        Schema(type=OpenAPIType.INTEGER, minimum=1),
+                        Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.INTEGER), min_items=1),
+                    ],
+                    description="a count of jobs (seeded from `seed` up, or at random), or a list of seeds",
+                ),
+            },
+        )
+        body = self.request_body.content["application/json"].schema
+        body.all_of = [*body.all_of, variations]
+
+
+async def load_batch(jobs: Jobs, batch_id: str) -> list[JobRow]:
+    found = await jobs.batch(batch_id)
+    if not found:
+        raise NotFoundException(f"No batch with id {batch_id!r}.")
+    return found
+
+
+class BatchesApi(Controller):
+    """Several prompts and/or seeds in one submit: a job each, seen and cancelled as one batch."""
+
+    path = "/api/batches"
+    tags = ["batches"]
+
+    @post(
+        "/",
+        status_code=201,
+        summary="Submit a batch: a request with prompts and/or seeds",
+        operation_class=_TakesABatch,
+    )
+    async def create_batch(
+        self, request: Request, jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+    ) -> Response[BatchOut]:
+        """201 with the batch's jobs, all queued; a 400 naming `prompts[i]`, `seeds` or a field when any job would
+        be refused (then none is made); a 429 when the queue has no room for all of them."""
+        made = await jobs.submit_batch(decode_body(await request.body()), client_address(request))
+        batch_id = made[0].batch_id
+        assert batch_id is not None
+        body = present_batch(batch_id, made, settings, await jobs.places())
+        return Response(body, status_code=201, headers={"Location": settings.url(f"/api/batches/{batch_id}")})
+
+    @get("/{batch_id:str}", summary="A batch: its jobs in order, how many have each status")
+    async def get_batch(
+        self, batch_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+    ) -> BatchOut:
+        return present_batch(batch_id, await load_batch(jobs, batch_id), settings, await jobs.places())
+
+    @post("/{batch_id:str}/cancel", status_code=202, summary="Cancel every job of a batch that has not ended")
+    async def cancel_batch(
+        self, batch_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+    ) -> BatchOut:
+        await load_batch(jobs, batch_id)
+        await jobs.cancel_batch(batch_id)
+        return present_batch(batch_id, await load_batch(jobs, batch_id), settings, await jobs.places())
 
 
 class QueueApi(Controller):

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
+from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.plugins.htmx import ClientRedirect, HTMXTemplate
 from litestar.response import Redirect, Template
@@ -21,7 +22,7 @@ from app import job_list
 from app.auth import PUBLIC
 from app.config import Settings
 from app.disk import DiskFull
-from app.jobs import Conflict, Jobs, QueueFull, present_delivery
+from app.jobs import Conflict, Jobs, QueueFull, present_batch, present_delivery
 from app.page_feed import PageFeed, job_context
 from app.ratelimit import RateLimited
 from app.routes.api import client_address, load_job
@@ -56,6 +57,7 @@ def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, 
         "errors": errors or {},
         "frame_choices": _frame_choices(spec, merged["fps"]),
         "max_keyframes": MAX_KEYFRAMES,
+        "max_batch": settings.max_queue,
     }
 
 
@@ -140,10 +142,12 @@ class ListParams(msgspec.Struct, frozen=True):
     model: str | None
     q: str | None
     before: str | None
+    batch: str | None
 
     def query(self, settings: Settings) -> job_list.ListQuery:
         """The list's query; a bad parameter is an InvalidRequest naming it."""
-        return job_list.read_query(list(settings.models()), self.status, self.model, self.q, self.before)
+        models = list(settings.models())
+        return job_list.read_query(models, self.status, self.model, self.q, self.before, self.batch)
 
 
 def _list_params(
@@ -151,8 +155,9 @@ def _list_params(
     model: FromQuery[str | None] = None,
     q: FromQuery[str | None] = None,
     before: FromQuery[str | None] = None,
+    batch: FromQuery[str | None] = None,
 ) -> ListParams:
-    return ListParams(status, model, q, before)
+    return ListParams(status, model, q, before, batch)
 
 
 # The handlers that show the job list take `listed: NamedDependency[ListParams]`.
@@ -196,6 +201,8 @@ async def index(
         context |= {"listing": None, "list_errors": exc.errors}
         return HTMXTemplate(template_name="index.html", context=context, status_code=400)
     context["listing"] = await read_listing(jobs, query)
+    if query.only.batch is not None:
+        context["batch"] = present_batch(query.only.batch, await jobs.batch(query.only.batch), settings, {})
     return HTMXTemplate(template_name="index.html", context=context)
 
 
@@ -220,19 +227,45 @@ async def create_job(
     settings: NamedDependency[Settings],
 ) -> Template | ClientRedirect | Redirect:
     values = _form_values(data)
+    count, lines = data.get("count", "").strip(), bool(data.get("prompt_lines"))
+    shown = {**values, "count": count, "prompt_lines": lines}  # the form again, as it was sent
     try:
-        job = await jobs.submit(values, client_address(request), strict=False)
+        if count in ("", "1") and not lines:
+            url = f"/jobs/{(await jobs.submit(values, client_address(request), strict=False)).id}"
+        else:
+            made = await jobs.submit_batch(_batch_body(values, count, lines), client_address(request), strict=False)
+            url = f"/?batch={made[0].batch_id}"
     except InvalidRequest as exc:
         # A problem of the request as a whole (predicted too long) shows above the form.
-        errors = {e.field if e.field in FIELDS else "form": e.message for e in exc.errors}
+        errors = dict(_on_the_form(e) for e in exc.errors)
         return HTMXTemplate(
-            template_name="fragments/_form.html", context=_form_context(settings, values, errors), status_code=200
+            template_name="fragments/_form.html", context=_form_context(settings, shown, errors), status_code=200
         )
     except (QueueFull, RateLimited, DiskFull) as exc:
         errors = {"form": str(exc)}
-        return HTMXTemplate(template_name="fragments/_form.html", context=_form_context(settings, values, errors))
-    url = settings.url(f"/jobs/{job.id}")
+        return HTMXTemplate(template_name="fragments/_form.html", context=_form_context(settings, shown, errors))
+    url = settings.url(url)
     return ClientRedirect(url) if request.headers.get("hx-request") else Redirect(url, status_code=303)
+
+
+def _batch_body(values: dict[str, Any], count: str, lines: bool) -> dict[str, Any]:
+    """A batch's body from the form: one job per non-blank line of the prompt (with `lines`), `count` seeds each."""
+    body = dict(values)
+    if lines:
+        body["prompts"] = [line.strip() for line in str(body.pop("prompt", "")).splitlines() if line.strip()]
+    if count:
+        body["seeds"] = int(count) if count.isascii() and count.isdigit() else count
+    return body
+
+
+def _on_the_form(error: FieldError) -> tuple[str, str]:
+    """The form's field a request's or a batch's problem shows under (`form`, above it, for the request as a
+    whole), and what it says there."""
+    if error.field.startswith("prompts["):  # prompts[i]: the (i + 1)th non-blank line of the prompt
+        return "prompt", f"prompt {int(error.field[8:-1]) + 1} (of its lines): {error.message}"
+    if error.field in ("prompts", "seeds"):
+        return ("prompt" if error.field == "prompts" else "count"), error.message
+    return (error.field if error.field in FIELDS else "form"), error.message
 
 
 @get("/fragments/jobs", name="jobs_fragment", dependencies=LIST_PARAMS)
@@ -270,6 +303,18 @@ async def job_page(
     return HTMXTemplate(template_name="job.html", context={**context, "deliveries": deliveries})
 
 
+@get("/jobs/{job_id:str}/webhooks", name="job_webhooks_fragment")
+async def job_webhooks_fragment(job_id: FromPath[str], jobs: NamedDependency[Jobs]) -> Template:
+    """The job page's table of webhook deliveries as they stand now (it asks for itself while some may change); a
+    job without a webhook has none: 404."""
+    job = await load_job(jobs, job_id)
+    if job.webhook is None:
+        raise NotFoundException("This job has no webhook.")
+    deliveries = [present_delivery(d) for d in await jobs.webhook_deliveries(job.id)]
+    context = {"job": job, "deliveries": deliveries}
+    return HTMXTemplate(template_name="fragments/_webhook_deliveries.html", context=context)
+
+
 @get("/jobs/{job_id:str}/panel", name="job_panel")
 async def job_panel(
     job_id: FromPath[str],
@@ -300,6 +345,18 @@ def _back_home(request: Request, settings: Settings) -> Response[None] | Redirec
     if request.headers.get("hx-request"):
         return Response(None, status_code=204)
     return Redirect(settings.url("/"), status_code=303)
+
+
+@post("/batches/{batch_id:str}/cancel", name="cancel_batch_form", status_code=200)
+async def cancel_batch_form(
+    request: Request, batch_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
+) -> Redirect | ClientRedirect:
+    """Cancel what of a batch has not ended; back to the batch's gallery, where its cards show it."""
+    if not await jobs.batch(batch_id):
+        raise NotFoundException(f"No batch with id {batch_id!r}.")
+    await jobs.cancel_batch(batch_id)
+    url = settings.url(f"/?batch={batch_id}")
+    return ClientRedirect(url) if request.headers.get("hx-request") else Redirect(url, status_code=303)
 
 
 @post("/queue/pause", name="pause_queue_form", status_code=200)
@@ -367,7 +424,9 @@ handlers = [
     jobs_fragment,
     job_page,
     job_panel,
+    job_webhooks_fragment,
     cancel_job_form,
+    cancel_batch_form,
     delete_job_form,
     keep_job_form,
     pause_queue_form,

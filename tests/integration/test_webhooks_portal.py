@@ -34,11 +34,11 @@ class Receiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    def start(self, hang: bool = False) -> Receiver:
+    def start(self, hang: bool = False, tls: tuple[Path, Path] | None = None) -> Receiver:
         args = [sys.executable, "-m", "tests.webhook_receiver", str(self.port), self.secret, str(self.record)]
-        self.process = subprocess.Popen(
-            args + (["--hang"] if hang else []), cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
-        )
+        args += ["--hang"] if hang else []
+        args += ["--tls", *map(str, tls)] if tls else []
+        self.process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None and self.process.stdout.readline() == "listening\n"
         return self
 
@@ -80,6 +80,14 @@ def at(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
+def deliveries_table(portal: Portal, job_id: str) -> str:
+    """The job page's table of deliveries as it asks for itself while they may change."""
+    with portal.client() as c:
+        answer = c.get(f"/jobs/{job_id}/webhooks")
+        assert answer.status_code == 200, answer.text
+        return answer.text
+
+
 def test_every_event_is_delivered_signed_through_a_receiver_killed_mid_delivery(make_portal, make_receiver) -> None:
     secret = new_secret()
     portal = make_portal(AVP_WEBHOOK_ALLOW="127.0.0.1", AVP_WEBHOOK_SECRET=secret, AVP_WEBHOOK_BACKOFF_S="0.3")
@@ -93,6 +101,8 @@ def test_every_event_is_delivered_signed_through_a_receiver_killed_mid_delivery(
     receiver.kill()  # in the middle of that delivery: the portal's attempt loses its connection
     # It fails, and so does the retry that finds nobody listening; then the receiver comes back on its port.
     until_deliveries(portal, job["id"], lambda found: found[0]["attempts"] >= 2, timeout=60)
+    waiting = deliveries_table(portal, job["id"])
+    assert 'class="delivery-pending"' in waiting and 'hx-trigger="every 2s"' in waiting, "the page's table follows"
     receiver.record.unlink()
     receiver.start()
 
@@ -125,6 +135,8 @@ def test_every_event_is_delivered_signed_through_a_receiver_killed_mid_delivery(
         page = c.get(f"/jobs/{job['id']}").text
     assert "Webhook deliveries" in page and receiver.url in page
     assert all(d["id"] in page for d in listed) and page.count('class="delivery-delivered"') == len(listed)
+    settled = deliveries_table(portal, job["id"])
+    assert settled.count('class="delivery-delivered"') == len(listed) and "hx-trigger" not in settled, "it stops asking"
 
 
 def test_a_pending_delivery_survives_a_restart_of_the_portal(
@@ -188,10 +200,70 @@ def test_bad_webhooks_are_400s_naming_the_field_and_a_dead_destination_is_given_
     with portal.client() as c:
         page = c.get(f"/jobs/{job['id']}").text
     assert 'class="delivery-failed"' in page and dead in page
+    with portal.client() as c:
+        plain = portal.submit(**TINY)
+        assert c.get(f"/jobs/{plain['id']}/webhooks").status_code == 404, "a job without a webhook has no table"
+        c.post(f"/api/jobs/{plain['id']}/cancel", json={})
+
+
+def certificates(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA of the test's own (openssl), and a certificate it signed for the host name `name` alone:
+    (the CA's certificate, the certificate, its key)."""
+    ca, ca_key, cert, key, request, extensions = (
+        directory / f for f in ("ca.pem", "ca.key", "cert.pem", "cert.key", "cert.csr", "cert.ext")
+    )
+    extensions.write_text(
+        f"subjectAltName=DNS:{name}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+    )
+    for args in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=avportal test CA"]
+        + ["-keyout", ca_key, "-out", ca],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", key, "-out", request],
+        ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "1"]
+        + ["-extfile", extensions, "-out", cert],
+    ):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, cwd=directory)
+    return ca, cert, key
+
+
+def test_https_deliveries_check_the_certificate_against_the_urls_host_name(make_portal, make_receiver, tmp_path):
+    """Delivered over TLS to a checked address, the certificate checked against the URL's host name (sent as the
+    server name) by AVP_WEBHOOK_CA_FILE's CA. The same receiver by its address fails: its certificate names no
+    address, and the connection the first delivery made to that address is not reused for the second."""
+    ca, cert, key = certificates(tmp_path, "localhost")
+    secret = new_secret()
+    portal = make_portal(
+        AVP_WEBHOOK_ALLOW="localhost,127.0.0.1,::1",
+        AVP_WEBHOOK_SECRET=secret,
+        AVP_WEBHOOK_CA_FILE=str(ca),
+        AVP_WEBHOOK_ATTEMPTS="1",
+    )
+    receiver = make_receiver(secret).start(tls=(cert, key))
+    with portal.client() as c:
+        c.post("/api/queue/pause", json={}).raise_for_status()  # cancelled unstarted, each job sends `completed` alone
+        jobs = {}
+        for name in ("localhost", "127.0.0.1"):
+            url = f"https://{name}:{receiver.port}/hook"
+            jobs[name] = portal.submit(**TINY, webhook=url, webhook_events=["completed"])["id"]
+            c.post(f"/api/jobs/{jobs[name]}/cancel", json={}).raise_for_status()
+            until_deliveries(portal, jobs[name], lambda found: found[0]["status"] != "pending", timeout=60)
+    [by_name] = deliveries(portal, jobs["localhost"])
+    assert (by_name["status"], by_name["last_status_code"]) == ("delivered", 204), by_name
+    [got] = receiver.got()
+    assert got["verified"] and got["job_id"] == jobs["localhost"] and got["host"] == f"localhost:{receiver.port}"
+    [by_address] = deliveries(portal, jobs["127.0.0.1"])
+    assert by_address["status"] == "failed" and "certificate" in by_address["last_error"], by_address
+    assert len(receiver.got()) == 1, "nothing was sent over a connection whose certificate did not check out"
 
 
 def test_a_bad_webhook_secret_stops_the_portal_before_it_serves(tmp_path: Path) -> None:
     refused = Portal(tmp_path / "data", {"AVP_WEBHOOK_SECRET": "whsec_c2hvcnQ="}).refused()
     assert refused.returncode == 2
     assert "AVP_WEBHOOK_SECRET holds 5 bytes; use 24 to 64 random bytes" in refused.stderr
+    assert not (tmp_path / "data").exists(), "nothing made"
+    (tmp_path / "not-pem.txt").write_text("hello")
+    for ca_file, words in ((tmp_path / "missing.pem", "No such file"), (tmp_path / "not-pem.txt", "cannot be read")):
+        refused = Portal(tmp_path / "data", {"AVP_WEBHOOK_CA_FILE": str(ca_file)}).refused()
+        assert refused.returncode == 2 and "AVP_WEBHOOK_CA_FILE" in refused.stderr and words in refused.stderr
     assert not (tmp_path / "data").exists(), "nothing made"
