@@ -46,6 +46,8 @@ class _FormFields(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
+        if tag == "input" and a.get("type") in ("checkbox", "radio") and "checked" not in a:
+            return  # an unchecked box sends nothing (the form's "One clip per line")
         if tag == "input" and a.get("name") and a.get("type") != "file":
             self.fields[a["name"]] = a.get("value") or ""
         elif tag == "textarea":
