@@ -6,6 +6,7 @@ test directory can use them; helpers are imported directly.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,16 +60,18 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def version_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random-weight models of each LTX-2 version's layout, dev and distilled, built once per test session
-    with the project's own command, keyed "2.0", "2.3", "2.0-distilled", "2.3-distilled"."""
+    with the project's own command, keyed "2.0", "2.3", "2.0-distilled", "2.3-distilled". The four commands run in
+    one interpreter (`gpu_runner.__main__.main`, what `python -m gpu_runner` calls): torch is imported once."""
     root = tmp_path_factory.mktemp("versions")
-    built = {}
+    built, commands = {}, []
     for version in ("2.0", "2.3"):
         for variant in ("dev", "distilled"):
             name = version if variant == "dev" else f"{version}-distilled"
             flags = ["--distilled"] if variant == "distilled" else []
-            command = ["demo-model", str(root / name), "--random", "--version", version, *flags]
-            subprocess.run([sys.executable, "-m", "gpu_runner", *command], cwd=REPO_ROOT, check=True)
+            commands.append(["demo-model", str(root / name), "--random", "--version", version, *flags])
             built[name] = root / name
+    script = "import json, sys\nfrom gpu_runner.__main__ import main\nsys.exit(max(map(main, json.loads(sys.argv[1]))))"
+    subprocess.run([sys.executable, "-c", script, json.dumps(commands)], cwd=REPO_ROOT, check=True)
     return built
 
 

@@ -67,6 +67,8 @@ TEACHER_GUIDANCE = 3.0  # the demo's default guidance scale: its quality path
 TEACHER_STEPS = 16  # of the dev schedule, twice the demo's default: the teacher's results are its best
 LATENT_NOISE = 0.05
 LATENT_PENALTY = 1e-4
+STAT_CLIPS = 128  # the video VAE's latent statistics: 8 batches of 16 default-size clips
+STAT_BATCH = 16
 UNCONDITIONED = 0.1  # share of captions dropped to "" so classifier-free guidance has something to contrast
 
 
@@ -76,6 +78,8 @@ class Options:
 
     batch: int | None = None  # clips per step at 25 frames; None: the stage's own
     pool: int | None = None  # transformer, distill: clips per shape prepared up front; None: the stage's own
+    stat_clips: int | None = None  # video_vae: clips its latent statistics are measured on; None: STAT_CLIPS
+    teacher_steps: int | None = None  # distill: the teacher's dev-schedule steps; None: TEACHER_STEPS
 
 
 @dataclass(frozen=True)
@@ -253,13 +257,18 @@ class VideoVAE(Stage):
 
     def finish(self):
         vae = self.components["vae"]
-        latents = [vae.encode(self.batches.video(*self._eval_clip(step))).latent_dist.mode() for step in range(8)]
+        total = self.options.stat_clips or STAT_CLIPS
+        counts = [min(STAT_BATCH, total - start) for start in range(0, total, STAT_BATCH)]
+        latents = [
+            vae.encode(self.batches.video(*self._eval_clip(step, count))).latent_dist.mode()
+            for step, count in enumerate(counts)
+        ]
         stacked = torch.cat(latents).transpose(0, 1).flatten(1)
         vae.latents_mean.copy_(stacked.mean(1))
         vae.latents_std.copy_(stacked.std(1))
 
-    def _eval_clip(self, step):
-        scenes, _ = self.batches.scenes(10**9 + step, 16)
+    def _eval_clip(self, step, count):
+        scenes, _ = self.batches.scenes(10**9 + step, count)
         return scenes, 256, 160, 25
 
 
@@ -503,6 +512,7 @@ class Distill(Denoiser):
         super().__init__(components, batches, device, options)
         from diffusers import LTX2Pipeline
 
+        self.teacher_steps = options.teacher_steps or TEACHER_STEPS
         self.refiner = LTX2Pipeline(**pipeline_components(components) | {"scheduler": fast_scheduler(components)})
         for pipe in (self.pipeline, self.refiner):
             pipe.set_progress_bar_config(disable=True)
@@ -557,12 +567,13 @@ class Distill(Denoiser):
         """`start`, then the sigmas of the teacher's dev schedule (as the pipeline makes it) below it."""
         scheduler = copy.deepcopy(self.pipeline.scheduler)
         mu = dev_shift(scheduler.config, tokens)
-        scheduler.set_timesteps(sigmas=numpy.linspace(1.0, 1 / TEACHER_STEPS, TEACHER_STEPS), mu=mu)
+        steps = self.teacher_steps
+        scheduler.set_timesteps(sigmas=numpy.linspace(1.0, 1 / steps, steps), mu=mu)
         return [start, *(float(sigma) for sigma in scheduler.sigmas[:-1] if sigma < start)]
 
     def _guided(self, pipe, captions, shape, video, audio, **schedule) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's result, denormalised, from packed latents at its schedule's first sigma (the dev schedule's
-        TEACHER_STEPS unless `sigmas` says otherwise)."""
+        teacher_steps unless `sigmas` says otherwise)."""
         width, height, frames = shape
         # The pipeline normalises audio latents it is given (and leaves packed video latents as they are).
         audio = pipe._denormalize_audio_latents(audio, pipe.audio_vae.latents_mean, pipe.audio_vae.latents_std)
@@ -573,7 +584,7 @@ class Distill(Denoiser):
             height=height,
             num_frames=frames,
             frame_rate=FPS,
-            num_inference_steps=len(schedule.get("sigmas", ())) or TEACHER_STEPS,
+            num_inference_steps=len(schedule.get("sigmas", ())) or self.teacher_steps,
             latents=video,
             audio_latents=audio,
             max_sequence_length=demo_model.PROMPT_TOKENS,
@@ -901,6 +912,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pool", type=int, default=Options.pool, help="transformer: clips per shape encoded up front")
     parser.add_argument("--batch", type=int, help="clips per step at 25 frames (default: the stage's own)")
+    parser.add_argument(
+        "--stat-clips", type=int, help=f"video_vae: clips its latent statistics are measured on (default {STAT_CLIPS})"
+    )
+    parser.add_argument(
+        "--teacher-steps", type=int, help=f"distill: the teacher's dev-schedule steps (default {TEACHER_STEPS})"
+    )
     args = parser.parse_args(argv)
     if args.stage == "export":
         export(args.run_dir, args.target)
@@ -917,7 +934,7 @@ def main(argv: list[str] | None = None) -> None:
             args.steps,
             torch.device(args.device),
             args.seed,
-            Options(args.batch, args.pool),
+            Options(args.batch, args.pool, args.stat_clips, args.teacher_steps),
         )
 
 

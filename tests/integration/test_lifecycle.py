@@ -60,8 +60,9 @@ def test_cancelling_a_running_job_stops_its_runner_and_the_next_job_runs(portal:
 
 def test_a_sigkilled_portal_loses_no_job_and_reruns_the_interrupted_one(make_portal) -> None:
     first = make_portal()
-    # Killed at its first step, so 20 steps leave plenty of the first attempt; the rerun does all 20.
-    interrupted = first.submit(**{**LONG_JOB, "steps": 20}, seed=7)
+    # Killed at its first step, so 6 steps of this size leave seconds of the first attempt (and its decode) when the
+    # kill lands within milliseconds; the rerun does all 6.
+    interrupted = first.submit(**{**LONG_JOB, "steps": 6}, seed=7)
     waiting = [first.submit(steps=2, seed=s) for s in (1, 2)]
     first.wait_for_event(interrupted["id"], "step")
     job_dir = first.job_dir(interrupted["id"])
@@ -69,7 +70,7 @@ def test_a_sigkilled_portal_loses_no_job_and_reruns_the_interrupted_one(make_por
     wait_until_gone(job_dir, timeout=5)  # the runner dies with its parent
 
     second = make_portal(data_dir=first.data_dir)
-    # A liveness bound, not a speed check: the 20-step rerun takes ~12 s alone on 2 cores, more when
+    # A liveness bound, not a speed check: the 6-step rerun takes a few seconds alone on 2 cores, more when
     # other work shares them.
     rerun = second.wait(interrupted["id"], timeout=300)
     assert rerun["status"] == "succeeded" and rerun["attempts"] == 2
@@ -111,7 +112,8 @@ def test_a_second_portal_on_a_held_data_dir_or_port_exits_and_changes_no_job(mak
 
 
 def test_reconnecting_with_last_event_id_replays_without_gap_or_duplicate(portal: Portal) -> None:
-    job = portal.submit(**{**LONG_JOB, "steps": 30})
+    # 6 steps of this size: the job runs on for seconds after the first step, while the client is away.
+    job = portal.submit(**{**LONG_JOB, "steps": 6})
     seen: list[int] = []
     for sse in portal.events(job["id"]):
         seen.append(int(sse.id))
