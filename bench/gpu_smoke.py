@@ -31,19 +31,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from contract import jobdir, library, protocol  # noqa: E402
 from contract.models import ltx2_spec, with_parts  # noqa: E402
-from contract.request import Request, denoise_stages  # noqa: E402
+from contract.request import Keyframe, Request, denoise_stages  # noqa: E402
 from gpu_runner import fp8, memory  # noqa: E402
 from gpu_runner.cancel import Cancellation  # noqa: E402
 from gpu_runner.demo import model as demo_model  # noqa: E402
 from gpu_runner.demo.model import ltx2_scheduler  # noqa: E402
 from gpu_runner.families.ltx2 import Ltx2  # noqa: E402
-from gpu_runner.families.ltx2.loading import DenoisingPipeline, is_fp8_layer  # noqa: E402
+from gpu_runner.families.ltx2.loading import (  # noqa: E402
+    ConditionedDenoisingPipeline,
+    DenoisingPipeline,
+    is_fp8_layer,
+)
 from gpu_runner.families.ltx2.text import PrecomputedConnectors, prepare_text_encoder  # noqa: E402
 from gpu_runner.job import Job  # noqa: E402
 from gpu_runner.memory import empty_weights  # noqa: E402
@@ -255,7 +260,8 @@ class RandomWeights:
             vae = self.size.vae().to(dtype)
             audio_vae = self.size.audio_vae()
             vocoder = self.size.vocoder()
-        pipe = DenoisingPipeline(
+        pipeline_class = ConditionedDenoisingPipeline if conditioned else DenoisingPipeline  # as the runner picks
+        pipe = pipeline_class(
             scheduler=ltx2_scheduler("distilled" if fast else "dev"),
             vae=vae.eval(),
             audio_vae=audio_vae.eval(),
@@ -293,11 +299,13 @@ def run(
     prompt_cache: Path | None = None,
     compile_blocks: bool = False,
     mode: str = "quality",
+    first_and_last: bool = False,
 ) -> dict:
     """One job through `gpu_runner.pipeline.generate`; with `prompt_cache`, a repeated prompt skips the encoder.
 
     `mode` "fast" runs the distilled two-stage path (its steps are fixed: `steps` is ignored); the random
-    transformer stands in for a distilled one, which has the same layout.
+    transformer stands in for a distilled one, which has the same layout. `first_and_last` pins the clip's first
+    and last frames to two images (keyframes at frames 0 and -1), as a job with two uploads would.
     """
     job_dir = workdir / f"job-{mode}-{frames}-{width}x{height}-{len(list(workdir.glob('job-*')))}"
     job_dir.mkdir()
@@ -314,6 +322,9 @@ def run(
         height=height,
         num_frames=frames,
         fps=24.0,
+        keyframes=(Keyframe(upload_id="first", frame=0), Keyframe(upload_id="last", frame=-1))
+        if first_and_last
+        else None,
         **generation,
     )
     request = spec.resolve(asked, seed=1)
@@ -323,6 +334,9 @@ def run(
         compile_cache_dir=str(workdir / "compiled") if compile_blocks else None,
     )
     job_file = jobdir.job_file(job_dir.name, request, spec, options)
+    for index, name in enumerate(job_file.keyframe_files):  # what the web process writes from the uploads
+        colour = (200, 40, 30) if index == 0 else (30, 60, 220)
+        Image.new("RGB", (width, height), colour).save(job_dir / name, format="PNG")
     job = Job(directory=job_dir, file=job_file, spec=spec, model_dir=model_dir)
     events: list[tuple[float, protocol.Event]] = []
     source = RandomWeights(size)

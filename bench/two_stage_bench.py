@@ -65,10 +65,11 @@ class Clip:
     frames: int
     width: int
     height: int
+    first_and_last: bool = False  # keyframes at the first and the last frame
 
     @property
     def name(self) -> str:
-        return f"{self.mode} {self.frames}f {self.width}x{self.height}"
+        return f"{self.mode} {self.frames}f {self.width}x{self.height}" + (" first+last" if self.first_and_last else "")
 
 
 FULL_CLIPS = (
@@ -77,8 +78,14 @@ FULL_CLIPS = (
     Clip("fast", 121, 1280, 704),
     Clip("quality", 121, 768, 448),
     Clip("quality", 481, 768, 448),
+    Clip("fast", 121, 768, 448, first_and_last=True),
 )
-TINY_CLIPS = (Clip("fast", 17, 256, 128), Clip("fast", 9, 256, 128), Clip("quality", 9, 256, 128))
+TINY_CLIPS = (
+    Clip("fast", 17, 256, 128),
+    Clip("fast", 9, 256, 128),
+    Clip("quality", 9, 256, 128),
+    Clip("fast", 17, 256, 128, first_and_last=True),
+)
 STOCK_COLUMNS = ("clip", "stage 1 s", "upsample s", "stage 2 + decode s", "total s", "peak VRAM GiB", "passes")
 
 
@@ -121,7 +128,7 @@ def stock_rows(size: ModelSize, clips: tuple[Clip, ...], device: torch.device) -
     for stock in (pipe, upsample):
         stock.set_progress_bar_config(disable=True)
     rows = []
-    for clip in (c for c in clips if c.mode == "fast"):
+    for clip in (c for c in clips if c.mode == "fast" and not c.first_and_last):
         log(f"stock, {clip.name}")
         passes.clear()
         memory.release(device)
@@ -177,6 +184,7 @@ def our_runs(size: ModelSize, clips: tuple[Clip, ...], workdir: Path, quality_st
                 prompt_cache=workdir / "prompts",
                 compile_blocks=True,
                 mode=clip.mode,
+                first_and_last=clip.first_and_last,
             )
             memory.release(device)
             run["label"] = f"{clip.name} {attempt}".strip()
