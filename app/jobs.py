@@ -40,7 +40,9 @@ from app.webhook_targets import FIELDS as WEBHOOK_FIELDS
 from app.webhook_targets import Webhook, read_webhook
 from contract import cost, jobdir, protocol
 from contract.disk import is_disk_full
+from contract.loras import Library as LoraLibrary
 from contract.models import ModelSpec
+from contract.provenance import LoraUsed, ModelUsed, Provenance, file_sha256, model_revision, portal_version
 from contract.request import Request
 
 log = logging.getLogger(__name__)
@@ -177,7 +179,9 @@ class Jobs(msgspec.Struct, frozen=True):
         often) or QueueFull.
         """
         raw, webhook = await self._split_webhook(raw, strict)
-        resolved, spec = validate_request(raw, self.settings.library(), strict=strict)
+        lora_library = self.settings.lora_library()
+        resolved, spec = validate_request(raw, self.settings.library(), strict=strict, loras=lora_library)
+        job_loras, provenance = await anyio.to_thread.run_sync(made_with, resolved, spec, lora_library)
         estimate = await self.estimate(resolved, spec)
         too_long = None if estimate is None else cost.over_limit(estimate, resolved, self.settings.max_job_minutes)
         if too_long:
@@ -187,7 +191,15 @@ class Jobs(msgspec.Struct, frozen=True):
         upload = await self._upload_for(resolved.image_upload_id)
         job_id = uuid.uuid4().hex
         job_dir = self.job_dir(job_id)
-        job_file = jobdir.job_file(job_id, resolved, spec, self.settings.runner_options(), image=upload is not None)
+        job_file = jobdir.job_file(
+            job_id,
+            resolved,
+            spec,
+            self.settings.runner_options(),
+            image=upload is not None,
+            loras=job_loras,
+            provenance=provenance,
+        )
         image = None if upload is None else await self._fitted(upload, resolved.width, resolved.height)
 
         def write_and_store() -> tuple[JobRow, StoredEvent] | None:
@@ -198,7 +210,14 @@ class Jobs(msgspec.Struct, frozen=True):
                 write_job_image(image, job_dir / jobdir.IMAGE_FILE)
             jobdir.write_job_file(job_dir, job_file)
             first = self.store.create_job(
-                job_id, resolved, {"type": "queued"}, self.settings.max_queue, estimate, webhook, idempotency
+                job_id,
+                resolved,
+                {"type": "queued"},
+                self.settings.max_queue,
+                estimate,
+                webhook,
+                idempotency,
+                provenance,
             )
             if first is None:
                 shutil.rmtree(job_dir)
@@ -231,7 +250,7 @@ class Jobs(msgspec.Struct, frozen=True):
         webhook, problems = await read_webhook(raw, self.settings.webhook_allow)
         if problems:
             try:
-                validate_request(rest, self.settings.library(), strict=strict)
+                validate_request(rest, self.settings.library(), strict=strict, loras=self.settings.lora_library())
             except InvalidRequest as exc:
                 problems = exc.errors + problems
             raise InvalidRequest(problems)
@@ -476,6 +495,37 @@ def present(job: JobRow, settings: Settings, places: dict[str, Place]) -> JobOut
         ),
         webhook=job.webhook.url if job.webhook else None,
         webhook_events=list(job.webhook.events) if job.webhook else None,
+        provenance=job.provenance,
+    )
+
+
+def made_with(request: Request, spec: ModelSpec, library: LoraLibrary) -> tuple[tuple[jobdir.JobLora, ...], Provenance]:
+    """A resolved request's LoRA files as the runner gets them, and its provenance (the model's revision, each
+    LoRA's SHA-256, the portal's version): file reads, so call it in a thread."""
+    job_loras = []
+    for choice in request.loras or ():
+        lora = library.get(choice.name)
+        assert lora is not None  # validate_request checked
+        path = Path(lora.path)
+        job_loras.append(jobdir.JobLora(choice.name, choice.scale, str(path.absolute()), file_sha256(path)))
+    return tuple(job_loras), current_provenance(spec, job_loras)
+
+
+def current_provenance(spec: ModelSpec, job_loras) -> Provenance:
+    """The provenance a job of `spec` with these LoRAs (JobLora) would have now."""
+    return Provenance(
+        portal_version=portal_version(),
+        model=ModelUsed(
+            id=spec.id,
+            kind=spec.kind,
+            version=spec.version,
+            variant=spec.variant,
+            revision=model_revision(Path(spec.path)),
+        ),
+        loras=tuple(
+            LoraUsed(name=lora.name, scale=lora.scale, sha256=lora.sha256, size_bytes=Path(lora.path).stat().st_size)
+            for lora in job_loras
+        ),
     )
 
 

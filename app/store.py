@@ -25,6 +25,7 @@ from app.progress import JobProgress, decode_progress
 from app.statuses import TERMINAL
 from app.webhook_targets import Webhook
 from contract.cost import Estimate, PastRun
+from contract.provenance import Provenance
 from contract.request import Request
 
 P = ParamSpec("P")
@@ -54,6 +55,7 @@ class JobRow(msgspec.Struct, frozen=True):
     keep: bool  # a person marked it: retention never removes its files
     files_removed_at: float | None  # when retention removed its files; the row stays
     webhook: Webhook | None = None  # where its deliveries go (app/webhooks.py); None: no webhook
+    provenance: Provenance | None = None  # what made it, recorded at submit; None for a job from before
 
     @property
     def finished(self) -> bool:
@@ -170,7 +172,7 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
 
 _JOB_COLUMNS = (
     "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at, estimate, "
-    "keep, files_removed_at, "
+    "keep, files_removed_at, provenance, "
     "(SELECT json_object('url', url, 'events', json(events)) FROM webhooks WHERE webhooks.job_id = jobs.id)"
 )
 _TERMINAL_SQL = ",".join(f"'{status}'" for status in sorted(TERMINAL))
@@ -182,6 +184,7 @@ IDEMPOTENCY_KEEP_S = 24 * 3600  # how long an Idempotency-Key answers with its f
 _decode_request = msgspec.json.Decoder(Request).decode
 _decode_estimate = msgspec.json.Decoder(Estimate).decode
 _decode_webhook = msgspec.json.Decoder(Webhook).decode
+_decode_provenance = msgspec.json.Decoder(Provenance).decode
 
 
 def _encode(value: Any) -> str:
@@ -204,6 +207,7 @@ def _row_to_job(row: tuple) -> JobRow:
         estimate,
         keep,
         removed,
+        provenance,
         webhook,
     ) = row
     return JobRow(
@@ -222,6 +226,7 @@ def _row_to_job(row: tuple) -> JobRow:
         keep=bool(keep),
         files_removed_at=removed,
         webhook=_decode_webhook(webhook) if webhook else None,
+        provenance=_decode_provenance(provenance) if provenance else None,
     )
 
 
@@ -252,6 +257,7 @@ class Store:
         estimate: Estimate | None = None,
         webhook: Webhook | None = None,
         idempotency: tuple[str, str] | None = None,
+        provenance: Provenance | None = None,
     ) -> StoredEvent | None:
         """Insert a job with its first event; None (nothing written) when `max_queued` jobs already wait.
 
@@ -268,7 +274,8 @@ class Store:
                     (*idempotency, job_id, now),
                 )
             self._db.execute(
-                "INSERT INTO jobs (id, status, request, progress, created_at, estimate) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, status, request, progress, created_at, estimate, provenance) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     first_event["type"],
@@ -276,6 +283,7 @@ class Store:
                     _encode(JobProgress()),
                     now,
                     None if estimate is None else _encode(estimate),
+                    None if provenance is None else _encode(provenance),
                 ),
             )
             if webhook is not None:
