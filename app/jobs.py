@@ -42,7 +42,15 @@ from contract import cost, jobdir, protocol
 from contract.disk import is_disk_full
 from contract.loras import Library as LoraLibrary
 from contract.models import ModelSpec
-from contract.provenance import LoraUsed, ModelUsed, Provenance, file_sha256, model_revision, portal_version
+from contract.provenance import (
+    LoraUsed,
+    ModelUsed,
+    Provenance,
+    changes,
+    file_sha256,
+    model_revision,
+    portal_version,
+)
 from contract.request import Request
 
 log = logging.getLogger(__name__)
@@ -509,6 +517,25 @@ def made_with(request: Request, spec: ModelSpec, library: LoraLibrary) -> tuple[
         path = Path(lora.path)
         job_loras.append(jobdir.JobLora(choice.name, choice.scale, str(path.absolute()), file_sha256(path)))
     return tuple(job_loras), current_provenance(spec, job_loras)
+
+
+def provenance_changes(job: JobRow, settings: Settings) -> list[str]:
+    """What differs between what made `job` and what its settings would use now, in words ("use these settings
+    again" shows them); nothing for a job from before provenance was recorded. Reads files: call it in a thread."""
+    then = job.provenance
+    if then is None:
+        return []
+    spec = settings.models().get(then.model.id)
+    if spec is None:
+        return [f"model {then.model.id!r} is no longer offered"]
+    library = settings.lora_library()
+    found = []
+    for used in then.loras:
+        lora = library.get(used.name)
+        if lora is not None and lora.problem is None:
+            path = Path(lora.path)
+            found.append(jobdir.JobLora(used.name, used.scale, str(path), file_sha256(path)))
+    return changes(then, current_provenance(spec, found))
 
 
 def current_provenance(spec: ModelSpec, job_loras) -> Provenance:

@@ -148,7 +148,7 @@ def attach(
     touched: dict[str, LowRank] = {}
     for lora, scale in loras:
         for name, layer in lora.layers.items():
-            wrapped = touched.get(name) or _wrapped(transformer, modules, name)
+            wrapped = touched.get(name) or wrap(transformer, name, modules)
             touched[name] = wrapped
             weight_dtype = dtype or _compute_dtype(wrapped.base)
             factor = scale * layer.alpha / layer.down.shape[0]
@@ -201,7 +201,9 @@ def _check_fits(modules: dict[str, nn.Module], lora: str, name: str, layer: Lora
         )
 
 
-def _wrapped(transformer: nn.Module, modules: dict[str, nn.Module], name: str) -> LowRank:
+def wrap(transformer: nn.Module, name: str, modules: dict[str, nn.Module] | None = None) -> LowRank:
+    """The layer `name` wrapped in LowRank (in place; the wrapper when it is one already)."""
+    modules = dict(transformer.named_modules()) if modules is None else modules
     module = modules[name]
     if isinstance(module, LowRank):
         return module

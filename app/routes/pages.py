@@ -8,8 +8,10 @@ pushes the fragments it shows, rendered (app/routes/events.py, app/page_feed.py)
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
@@ -21,13 +23,14 @@ from app import job_list
 from app.auth import PUBLIC
 from app.config import Settings
 from app.disk import DiskFull
-from app.jobs import Conflict, Jobs, QueueFull, present_delivery
+from app.jobs import Conflict, Jobs, QueueFull, present_delivery, provenance_changes
 from app.page_feed import PageFeed, job_context
 from app.ratelimit import RateLimited
 from app.routes.api import client_address, load_job
 from app.schemas import FieldError, InvalidRequest
+from contract import loras
 from contract.models import ModelSpec
-from contract.request import FAST_FIXED, FIELDS, valid_frame_counts
+from contract.request import FAST_FIXED, FIELDS, LORA_SCALES, MAX_LORAS, valid_frame_counts
 
 
 def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
@@ -47,6 +50,7 @@ def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, 
     if chosen and chosen not in presets and (not fast or _on_fast_grid(spec, chosen)):
         presets.insert(0, chosen)  # a job's own size, to make it again ("use these settings again")
     return {
+        **_lora_context(settings, spec, merged.get("loras")),
         "fast": fast,  # the schedule is fixed: no steps or guidance to set, sides on fast mode's grid
         "presets": presets,
         "models": list(models.values()),
@@ -56,6 +60,42 @@ def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, 
         "errors": errors or {},
         "frame_choices": _frame_choices(spec, merged["fps"]),
     }
+
+
+# ---- LoRAs (issue 17): the form's picker, a name and a scale slider per slot ----------------------
+
+
+def _lora_context(settings: Settings, spec: ModelSpec, chosen: Any) -> dict[str, Any]:
+    """The LoRAs the form offers for `spec` (those of the library that fit it) and its MAX_LORAS slots, filled with
+    the current choice (a job's, for "use these settings again")."""
+    library = settings.lora_library()
+    offered = [
+        lora
+        for lora in sorted(library.loras.values(), key=lambda lora: lora.name)
+        if lora.problem is None and loras.fit_problem(lora, Path(spec.path), spec.version, spec.id) is None
+    ]
+    slots = []
+    for choice in list(chosen or ())[:MAX_LORAS]:
+        if isinstance(choice, dict):
+            name, scale = choice.get("name"), choice.get("scale", 1)
+        else:  # a job's LoraChoice
+            name, scale = choice.name, choice.scale
+        slots.append({"name": name or "", "scale": scale})
+    slots += [{"name": "", "scale": 1} for _ in range(MAX_LORAS - len(slots))]
+    return {"lora_choices": offered, "lora_slots": slots, "lora_scales": LORA_SCALES}
+
+
+def _form_loras(form: dict[str, str]) -> list[dict[str, str]] | None:
+    """The picker's slots as the request's `loras`: each slot with a name chosen, with its slider's scale."""
+    chosen = [
+        {"name": form[f"lora_name_{slot}"], "scale": form.get(f"lora_scale_{slot}") or "1"}
+        for slot in range(MAX_LORAS + 1)  # one past the limit: a forged form's extra slot is refused, not dropped
+        if form.get(f"lora_name_{slot}", "").strip()
+    ]
+    return chosen or None
+
+
+# ---- end LoRAs ------------------------------------------------------------------------------
 
 
 def _frame_choices(spec: ModelSpec, fps: Any) -> list[tuple[int, str]]:
@@ -90,7 +130,15 @@ def _form_values(form: dict[str, str]) -> dict[str, Any]:
         values["width"], values["height"] = width, height
     if values.get("mode") == "fast":
         values = {k: v for k, v in values.items() if k not in FAST_FIXED}
+    if (chosen := _form_loras(form)) is not None:
+        values["loras"] = chosen
     return values
+
+
+def _form_field(field: str) -> str:
+    """Where the form shows an error of `field`: beside its widget (a LoRA slot's beside the picker), else on top."""
+    field = field.split("[")[0]  # loras[1].scale -> loras
+    return field if field in FIELDS else "form"
 
 
 def _list_context(pages: PageFeed) -> dict[str, Any]:
@@ -140,13 +188,16 @@ async def index(
     """The create page and the job list. `?from_job=<id>` fills the form with that job's settings (seed included);
     `status`, `model`, `q` and `before` pick the jobs listed (a bad one: the page, with a 400 that names it)."""
     values: dict[str, Any] = {}
+    changed: list[str] = []
     if from_job:
         source = await jobs.get_job(from_job)
         if source is not None:
             values = msgspec.structs.asdict(source.request)
+            changed = await anyio.to_thread.run_sync(provenance_changes, source, settings)
     context = {
         **_list_context(pages),
         **_form_context(settings, values),
+        "provenance_changes": changed,  # what differs since that job (its model's files, its LoRAs, the portal)
         "statuses": job_list.OFFERED_STATUSES,
         "max_search": job_list.MAX_SEARCH_CHARS,
     }
@@ -184,7 +235,7 @@ async def create_job(
         job = await jobs.submit(values, client_address(request), strict=False)
     except InvalidRequest as exc:
         # A problem of the request as a whole (predicted too long) shows above the form.
-        errors = {e.field if e.field in FIELDS else "form": e.message for e in exc.errors}
+        errors = {_form_field(e.field): e.message for e in exc.errors}
         return HTMXTemplate(
             template_name="fragments/_form.html", context=_form_context(settings, values, errors), status_code=200
         )
