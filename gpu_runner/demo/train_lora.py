@@ -14,6 +14,7 @@ model in the metadata: about 0.3 MB. MODEL_CARD.md records the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -143,7 +144,7 @@ def run(steps: int, batch: int, pool: int, learning_rate: float, out: Path, seed
 
     torch.manual_seed(seed)
     device = torch.device("cpu")
-    components = dict(LTX2Pipeline.from_pretrained(TRAINED_WEIGHTS, torch_dtype=torch.float32).components)
+    components = dict(LTX2Pipeline.from_pretrained(TRAINED_WEIGHTS, dtype=torch.float32).components)
     began = time.monotonic()
     stage = PurpleLora(components, Batches(seed, device), device, train.Options(batch=batch, pool=pool))
     prepared = time.monotonic() - began
@@ -192,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", type=int, default=96, help="clips per shape, encoded once")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--threads", type=int, default=1, help="torch's CPU threads (1: see one_thread)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     record = run(args.steps, args.batch, args.pool, args.lr, args.out)
     print(json.dumps(record, indent=2))
 
@@ -216,6 +219,18 @@ def check_prompts(seeds: int, colour: str = WORD) -> list:
     ]
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one CPU thread for the block: this model's ops are tiny, and on a busy 2-core machine two threads
+    made a training step 5-10x slower than one (their OpenMP waits), measured."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def clips_with(model_dir: Path, prompts: list, loras: list[tuple[Path, float]]) -> list[torch.Tensor]:
     """The prompts' clips (3, F, H, W) at CHECK_SIZE in one batch through the quality path (the demo's defaults),
     with `loras` applied through the runner's own low-rank path (gpu_runner/lora.py)."""
@@ -231,7 +246,7 @@ def clips_with(model_dir: Path, prompts: list, loras: list[tuple[Path, float]]) 
         lora.attach(pipe.transformer, [(lora.read_lora(path), scale) for path, scale in loras], dtype=torch.float32)
     defaults = demo_spec(model_dir).defaults
     width, height, frames = CHECK_SIZE
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         video, audio = pipe(
             prompt=[prompt.text for prompt in prompts],
             negative_prompt=[""] * len(prompts),

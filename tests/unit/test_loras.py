@@ -220,3 +220,13 @@ def test_no_fp8_layer_is_left_unselected_by_the_name_rule():
     """The wrapped names keep the FP8 rule's view: a LowRank's base is named `<layer>.base`, never selected twice."""
     assert is_fp8_layer("transformer_blocks.0.attn1.to_q")
     assert not is_fp8_layer("transformer_blocks.0.attn1.to_q.base")
+
+
+def test_the_command_line_takes_loras_as_name_and_scale(capsys):
+    from avportal.cli import build_parser, main
+
+    args = build_parser().parse_args(["generate", "a purple ball", "--lora", "demo-purple:0.8", "--lora", "other"])
+    assert args.loras == [{"name": "demo-purple", "scale": 0.8}, {"name": "other"}]
+    with pytest.raises(SystemExit) as refused:
+        main(["generate", "a ball", "--lora", "demo-purple:lots"])
+    assert refused.value.code == 2 and "the scale 'lots' is not a number" in capsys.readouterr().err
