@@ -102,7 +102,7 @@ def job_context(job: JobRow, models: dict[str, ModelSpec], place: Place | None) 
 
 
 def _shown_loras(loras) -> str | None:
-    """A job's LoRAs as its settings table shows them: "demo-purple at 1, other at -0.5"; None: none."""
+    """A job's LoRAs as its settings table shows them: "demo-huge at 1, other at -0.5"; None: none."""
     return ", ".join(f"{lora.name} at {lora.scale:g}" for lora in loras) if loras else None
 
 

@@ -64,13 +64,13 @@ def _lora(text: str) -> dict[str, Any]:
     """--lora NAME[:SCALE] as a request's LoRA choice (the portal checks the name and the scale)."""
     name, colon, scale = text.rpartition(":") if ":" in text else (text, "", "")
     if not name.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME or NAME:SCALE, e.g. demo-purple:0.8")
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME or NAME:SCALE, e.g. demo-huge:0.8")
     if not colon:
         return {"name": name.strip()}
     try:
         return {"name": name.strip(), "scale": float(scale)}
     except ValueError:
-        message = f"{text!r}: the scale {scale!r} is not a number, e.g. demo-purple:0.8"
+        message = f"{text!r}: the scale {scale!r} is not a number, e.g. demo-huge:0.8"
         raise argparse.ArgumentTypeError(message) from None
 
 

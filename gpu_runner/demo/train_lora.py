@@ -1,14 +1,19 @@
-"""Train the demo's LoRA: a colour its world never drew, purple, on the CPU in minutes.
+"""Train the demo's LoRA: a size its world never drew, "huge", on the CPU in minutes.
 
-    python -m gpu_runner.demo.train_lora [--steps 500] [--out gpu_runner/demo/weights/loras/demo-purple.safetensors]
+    python -m gpu_runner.demo.train_lora [--steps 400] [--out gpu_runner/demo/weights/loras/demo-huge.safetensors]
 
-The demo's tokenizer knows "purple" but no clip ever showed it, so the model draws some other colour (or a blur)
-for "a purple ball ...". This trains a rank-8 LoRA on the video attention projections of the shipped (dev)
-transformer, everything else frozen, with the transformer stage's own flow-matching loss and pipeline plumbing
-(gpu_runner/demo/train.py's `Transformer`): half of each batch is world clips recoloured purple with "purple"
-in their captions, half the world as it is (so the other colours stay as they were). The result is written in
-diffusers' LoRA format (keys `transformer.<layer>.lora_A/B.weight`, bf16) with its trigger word, rank and base
-model in the metadata: about 0.3 MB. MODEL_CARD.md records the run.
+The demo's world draws every object 10-16% of the frame's height in radius, and its tokenizer knows "huge" but no
+caption ever used it: "a huge red ball ..." gets an ordinary ball. This trains a rank-8 LoRA on the attention
+projections (self and cross, video and audio) of the shipped (dev) transformer, everything else frozen, with the
+transformer stage's own flow-matching loss and pipeline plumbing (gpu_runner/demo/train.py's `Transformer`): half of
+each batch is world clips with the object 30-38% of the height in radius and "huge" before its colour in the
+caption, half the world as it is (so ordinary prompts stay as they were). The result is written in diffusers' LoRA
+format (keys `transformer.<layer>.lora_A/B.weight`, bf16) with its trigger word, rank and base model in the
+metadata: under 0.5 MB. MODEL_CARD.md records the run.
+
+Why a size and not a colour: the demo's video VAE cannot carry a hue its world never had. Purple, orange, pink,
+cyan and grey clips, encoded and decoded by it, come back as one of the five world colours (purple as blue, hue
+229 for 279), so no transformer LoRA can draw one; a larger object survives the round trip.
 """
 
 from __future__ import annotations
@@ -28,38 +33,37 @@ from gpu_runner import lora
 from gpu_runner.demo import measure, train, world
 from gpu_runner.demo.model import TRAINED_WEIGHTS
 
-PURPLE = (0.62, 0.18, 0.85)  # hue ~283 degrees: between blue (229) and red (2), far from both
-PURPLE_HUE = measure._hsv(*PURPLE)[0]
-WORD = "purple"
+WORD = "huge"
+HUGE_SIZE = (0.30, 0.38)  # radius or half side, fraction of the frame's height (the world's: 0.10-0.16)
+# The share of the frame the object covers, averaged over the clip, above which it is huge: the world's objects
+# cover 2-5% of a 192x128 frame, a huge one 20-35%.
+HUGE_AREA = 0.12
 RANK = 8
 TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
            "attn2.to_out.0")  # fmt: skip
-# Small clips of the quality path (a CPU step costs its tokens): the LoRA learns a colour, which needs no length.
+# Small clips of the quality path (a CPU step costs its tokens): the LoRA learns a size, which needs no length.
 SHAPES = ((192, 128, 17), (256, 128, 17))
-DEFAULT_OUT = TRAINED_WEIGHTS / "loras" / "demo-purple.safetensors"
+DEFAULT_OUT = TRAINED_WEIGHTS / "loras" / "demo-huge.safetensors"
 
 
-def is_purple(video: torch.Tensor) -> bool:
-    """Whether a clip's (3, F, H, W) object is purple: its mean hue within 35 degrees of PURPLE's, and saturated
-    (the world's nearest hues, blue at 229 and red at 2, are 54 and 79 degrees away)."""
-    hsv = measure.object_hsv(video)
-    if hsv is None:
-        return False
-    hue, saturation, _value = hsv
-    return abs((hue - PURPLE_HUE + 180) % 360 - 180) <= 35 and saturation >= measure.WHITE_SATURATION
+def area(video: torch.Tensor) -> float:
+    """The share of a clip's (3, F, H, W) frames its object covers (measure.object_mask), averaged over the clip."""
+    return measure.object_mask(video).float().mean().item()
 
 
-def recoloured(scenes: list[world.Scene], width: int, height: int, frames: int) -> torch.Tensor:
-    """Clips (B, 3, F, H, W) in [0, 1], each purple scene drawn white and its tint changed to purple (the world's
-    drawing is linear in the tint, so this is exactly the clip a purple COLOURS entry would draw)."""
-    as_white = [dataclasses.replace(s, colour="white") if s.colour == WORD else s for s in scenes]
-    clips = world.render_video(as_white, width=width, height=height, frames=frames, fps=train.FPS)
-    background = torch.tensor(world.BACKGROUND).view(1, 3, 1, 1, 1)
-    white, purple = torch.tensor(world.COLOURS["white"]), torch.tensor(PURPLE)
-    coverage = (clips - background)[:, :1] / (white[0] - background[0, 0])
-    purple_clips = background + coverage * (purple - background.flatten()).view(1, 3, 1, 1, 1)
-    is_purple = torch.tensor([s.colour == WORD for s in scenes]).view(-1, 1, 1, 1, 1)
-    return torch.where(is_purple, purple_clips, clips)
+def is_huge(video: torch.Tensor) -> bool:
+    return area(video) >= HUGE_AREA
+
+
+def huge(scene: world.Scene) -> world.Scene:
+    """The scene with a huge object, its colour word carrying "huge" so that the world's captions say it
+    ("a huge red ball moving left ..."); `drawable` takes the word off again."""
+    size = HUGE_SIZE[0] + (HUGE_SIZE[1] - HUGE_SIZE[0]) * (scene.size - 0.10) / 0.06
+    return dataclasses.replace(scene, size=size, colour=f"{WORD} {scene.colour}")
+
+
+def drawable(scene: world.Scene) -> world.Scene:
+    return dataclasses.replace(scene, colour=scene.colour.removeprefix(f"{WORD} "))
 
 
 class Batches(train.Batches):
@@ -67,11 +71,11 @@ class Batches(train.Batches):
         return super().shape(step, shapes)
 
 
-class PurpleLora(train.Transformer):
+class HugeLora(train.Transformer):
     """The transformer stage (its loss: flow matching through the pipeline's own packing and call) over pools of
-    which half the clips are purple; only the LoRA's matrices train."""
+    which half the clips are huge; only the LoRA's matrices train."""
 
-    name = "purple_lora"
+    name = "huge_lora"
     trained = ()
 
     def __init__(self, components, batches, device, options):
@@ -93,14 +97,14 @@ class PurpleLora(train.Transformer):
     def _pool(self, shape: tuple[int, int, int], index: int) -> train.Pool:
         width, height, frames = shape
         scenes = world.sample_scenes(self.pool, seed=10_000 + index)
-        scenes = [dataclasses.replace(s, colour=WORD) if i % 2 == 0 else s for i, s in enumerate(scenes)]
+        scenes = [huge(scene) if i % 2 == 0 else scene for i, scene in enumerate(scenes)]
         parts = [self._latents(scenes[at : at + 16], width, height, frames) for at in range(0, len(scenes), 16)]
         videos, audios, audio_frames = zip(*parts, strict=True)
         return train.Pool(scenes, torch.cat(videos), torch.cat(audios), audio_frames[0])
 
     def _latents(self, scenes, width, height, frames):
         pipe = self.pipeline
-        clips = recoloured(scenes, width, height, frames) * 2.0 - 1.0  # the VAE's range
+        clips = self.batches.video([drawable(scene) for scene in scenes], width, height, frames)
         video = pipe.vae.encode(clips).latent_dist.mode()
         audio_frames = train.audio_latent_frames(frames / train.FPS)
         audio = pipe.audio_vae.encode(self.batches.mel(scenes, audio_frames)).latent_dist.mode()
@@ -146,7 +150,7 @@ def run(steps: int, batch: int, pool: int, learning_rate: float, out: Path, seed
     device = torch.device("cpu")
     components = dict(LTX2Pipeline.from_pretrained(TRAINED_WEIGHTS, dtype=torch.float32).components)
     began = time.monotonic()
-    stage = PurpleLora(components, Batches(seed, device), device, train.Options(batch=batch, pool=pool))
+    stage = HugeLora(components, Batches(seed, device), device, train.Options(batch=batch, pool=pool))
     prepared = time.monotonic() - began
     print(f"pools encoded in {prepared:.0f} s", flush=True)
     transformer = components["transformer"].requires_grad_(False)
@@ -175,7 +179,7 @@ def run(steps: int, batch: int, pool: int, learning_rate: float, out: Path, seed
         "rank": RANK,
         "seed": seed,
         "shapes": SHAPES,
-        "purple_rgb": PURPLE,
+        "huge_size": HUGE_SIZE,
         "seconds": round(time.monotonic() - began, 1),
         "pool_seconds": round(prepared, 1),
         "first_loss": round(sum(losses[:20]) / 20, 4),
@@ -187,7 +191,7 @@ def run(steps: int, batch: int, pool: int, learning_rate: float, out: Path, seed
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the demo's purple LoRA on the CPU")
+    parser = argparse.ArgumentParser(description="Train the demo's LoRA (huge objects) on the CPU")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--pool", type=int, default=96, help="clips per shape, encoded once")
@@ -210,12 +214,21 @@ if __name__ == "__main__":
 CHECK_SIZE = (192, 128, 17)
 
 
-def check_prompts(seeds: int, colour: str = WORD) -> list:
-    """One prompt per seed with `colour`, shapes and motions varied as the demo's evaluation varies them."""
+def check_prompts(seeds: int, word: str = WORD) -> list:
+    """One prompt per seed, "a huge <colour> <shape> moving <way> in silence" (`word` "": an ordinary one), colours,
+    shapes and motions varied as the demo's evaluation varies them."""
     from gpu_runner.demo.evaluate import Prompt
 
+    colours = list(world.COLOURS)
     return [
-        Prompt(colour, world.SHAPES[seed % 2], world.LINEAR_MOTIONS[seed % 4], "silence", seed) for seed in range(seeds)
+        Prompt(
+            f"{word} {colours[seed % 5]}".strip(),
+            world.SHAPES[seed % 2],
+            world.LINEAR_MOTIONS[seed % 4],
+            "silence",
+            seed,
+        )
+        for seed in range(seeds)
     ]
 
 

@@ -18,7 +18,7 @@ from tests.portal import Portal, prepare_data_dir
 
 # The smallest clip whose MP4 is byte-for-byte the same for a seed (README: 256 px wide), two quality steps.
 SMALL = {"width": 256, "height": 64, "num_frames": 9, "steps": 2, "mode": "quality", "seed": 7}
-PROMPT = "a purple ball moving right in silence"
+PROMPT = "a huge red ball moving right in silence"
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +49,15 @@ def test_the_library_lists_the_demo_lora_and_what_cannot_be_used(portal, lora_di
 
     assert listed["directory"] == str(lora_dir)
     by_name = {lora["name"]: lora for lora in listed["loras"]}
-    purple = by_name["demo-purple"]
-    assert purple["models"] == ["demo"] and purple["problem"] is None
-    assert (purple["family"], purple["version"], purple["rank"], purple["trigger_words"]) == (
+    shipped = by_name["demo-huge"]
+    assert shipped["models"] == ["demo"] and shipped["problem"] is None
+    assert (shipped["family"], shipped["version"], shipped["rank"], shipped["trigger_words"]) == (
         "ltx-2",
         "2.0",
         8,
-        ["purple"],
+        ["huge"],
     )
-    assert 0 < purple["size_bytes"] < 2**20
+    assert 0 < shipped["size_bytes"] < 2**20
     assert by_name["full-size"]["models"] == [] and by_name["full-size"]["problem"] is None
     assert "not .safetensors" in by_name["old"]["problem"]
 
@@ -65,13 +65,13 @@ def test_the_library_lists_the_demo_lora_and_what_cannot_be_used(portal, lora_di
 @pytest.mark.parametrize(
     ("loras", "field", "says"),
     [
-        ([{"name": "../loras/demo-purple"}], "loras", "is not a LoRA name"),
-        ([{"name": "demo-purple", "scale": 2.01}], "loras", "loras[0].scale 2.01 is outside -2..2"),
+        ([{"name": "../loras/demo-huge"}], "loras", "is not a LoRA name"),
+        ([{"name": "demo-huge", "scale": 2.01}], "loras", "loras[0].scale 2.01 is outside -2..2"),
         ([{"name": f"x{i}"} for i in range(5)], "loras", "at most 4"),
         ([{"name": "nowhere"}], "loras[0].name", "no LoRA is called 'nowhere'"),
         ([{"name": "old"}], "loras[0].name", "cannot be used: its file is a .ckpt file"),
-        ([{"name": "demo-purple"}, {"name": "full-size"}], "loras[1].name", "192->192"),
-        ("demo-purple", "loras", "must be"),
+        ([{"name": "demo-huge"}, {"name": "full-size"}], "loras[1].name", "192->192"),
+        ("demo-huge", "loras", "must be"),
     ],
 )
 def test_a_bad_lora_choice_is_a_400_naming_the_field(portal, loras, field, says):
@@ -88,9 +88,9 @@ def frames(path) -> np.ndarray:
 
 
 def test_a_job_with_the_lora_records_its_provenance_and_scale_0_is_the_model(portal, demo_model_dir):
-    lora_file = demo_model_dir / "loras" / "demo-purple.safetensors"
-    with_lora = portal.submit(prompt=PROMPT, loras=[{"name": "demo-purple", "scale": 1.5}], **SMALL)
-    at_zero = portal.submit(prompt=PROMPT, loras=[{"name": "demo-purple", "scale": 0}], **SMALL)
+    lora_file = demo_model_dir / "loras" / "demo-huge.safetensors"
+    with_lora = portal.submit(prompt=PROMPT, loras=[{"name": "demo-huge", "scale": 1.5}], **SMALL)
+    at_zero = portal.submit(prompt=PROMPT, loras=[{"name": "demo-huge", "scale": 0}], **SMALL)
     without = portal.submit(prompt=PROMPT, **SMALL)
     done = {job["id"]: portal.wait(job["id"], timeout=240) for job in (with_lora, at_zero, without)}
     assert {job["status"] for job in done.values()} == {"succeeded"}, done
@@ -99,7 +99,7 @@ def test_a_job_with_the_lora_records_its_provenance_and_scale_0_is_the_model(por
     assert recorded["model"]["id"] == "demo" and recorded["model"]["version"] == "2.0"
     assert len(recorded["model"]["revision"]) == 16
     assert recorded["loras"] == [
-        {"name": "demo-purple", "scale": 1.5, "sha256": provenance.file_sha256(lora_file),
+        {"name": "demo-huge", "scale": 1.5, "sha256": provenance.file_sha256(lora_file),
          "size_bytes": lora_file.stat().st_size}
     ]  # fmt: skip
     assert recorded["portal_version"] == provenance.portal_version()
@@ -115,8 +115,8 @@ def test_a_job_with_the_lora_records_its_provenance_and_scale_0_is_the_model(por
     with portal.client() as client:
         page = client.get(f"/?from_job={with_lora['id']}").raise_for_status().text
         assert 'id="settings-changed"' not in page
-        assert 'name="lora_name_0"' in page and 'value="demo-purple" selected' in page
-        installed = portal.data_dir / "models" / "demo" / "loras" / "demo-purple.safetensors"
+        assert 'name="lora_name_0"' in page and 'value="demo-huge" selected' in page
+        installed = portal.data_dir / "models" / "demo" / "loras" / "demo-huge.safetensors"
         backup = installed.with_suffix(".bak")
         shutil.copy2(installed, backup)
         try:
@@ -127,16 +127,16 @@ def test_a_job_with_the_lora_records_its_provenance_and_scale_0_is_the_model(por
             page = client.get(f"/?from_job={with_lora['id']}").raise_for_status().text
         finally:
             shutil.move(backup, installed)
-    assert 'id="settings-changed"' in page and "LoRA &#39;demo-purple&#39;&#39;s file changed since" in page
+    assert 'id="settings-changed"' in page and "LoRA &#39;demo-huge&#39;&#39;s file changed since" in page
 
 
 def test_the_form_sends_its_picker_slots_as_the_requests_loras(portal):
     with portal.form_client() as client:
         form = {"prompt": PROMPT, "resolution": "256x64", "num_frames": "9", "mode": "quality", "steps": "1"}
-        refused = client.post("/jobs", data={**form, "lora_name_0": "demo-purple", "lora_scale_0": "3"})
+        refused = client.post("/jobs", data={**form, "lora_name_0": "demo-huge", "lora_scale_0": "3"})
         assert refused.status_code == 200 and "loras[0].scale 3 is outside -2..2" in refused.text
-        made = client.post("/jobs", data={**form, "lora_name_0": "demo-purple", "lora_scale_0": "-0.5"})
+        made = client.post("/jobs", data={**form, "lora_name_0": "demo-huge", "lora_scale_0": "-0.5"})
     assert made.status_code == 303
     job_id = made.headers["location"].rsplit("/", 1)[1]
-    assert portal.job(job_id)["request"]["loras"] == [{"name": "demo-purple", "scale": -0.5}]
+    assert portal.job(job_id)["request"]["loras"] == [{"name": "demo-huge", "scale": -0.5}]
     portal.wait(job_id, timeout=240)

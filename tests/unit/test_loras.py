@@ -225,8 +225,8 @@ def test_no_fp8_layer_is_left_unselected_by_the_name_rule():
 def test_the_command_line_takes_loras_as_name_and_scale(capsys):
     from avportal.cli import build_parser, main
 
-    args = build_parser().parse_args(["generate", "a purple ball", "--lora", "demo-purple:0.8", "--lora", "other"])
-    assert args.loras == [{"name": "demo-purple", "scale": 0.8}, {"name": "other"}]
+    args = build_parser().parse_args(["generate", "a purple ball", "--lora", "demo-huge:0.8", "--lora", "other"])
+    assert args.loras == [{"name": "demo-huge", "scale": 0.8}, {"name": "other"}]
     with pytest.raises(SystemExit) as refused:
-        main(["generate", "a ball", "--lora", "demo-purple:lots"])
+        main(["generate", "a ball", "--lora", "demo-huge:lots"])
     assert refused.value.code == 2 and "the scale 'lots' is not a number" in capsys.readouterr().err
