@@ -230,3 +230,46 @@ def test_the_command_line_takes_loras_as_name_and_scale(capsys):
     with pytest.raises(SystemExit) as refused:
         main(["generate", "a ball", "--lora", "demo-huge:lots"])
     assert refused.value.code == 2 and "the scale 'lots' is not a number" in capsys.readouterr().err
+
+
+def test_a_dev_model_with_a_distilled_lora_gets_fast_mode_with_the_lora_on_stage_2_alone(demo_model_dir, tmp_path):
+    """The demo without its transformer_distilled/, but with a LoRA holding (distilled - dev) of the first block's
+    to_q at full rank: fast mode is offered, and the runner applies that LoRA in the refine only."""
+    import shutil
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    from contract.models import directory_spec
+    from gpu_runner.families.ltx2 import LORA_GROUPS, Ltx2
+    from gpu_runner.families.ltx2.loading import DiffusersDirectory
+
+    model = shutil.copytree(demo_model_dir, tmp_path / "dev", ignore=shutil.ignore_patterns("transformer_distilled"))
+    dev, distilled = (
+        load_file(str(demo_model_dir / part / "diffusion_pytorch_model.safetensors"))
+        for part in ("transformer", "transformer_distilled")
+    )
+    name = "transformer_blocks.0.attn1.to_q"
+    difference = distilled[f"{name}.weight"].float() - dev[f"{name}.weight"].float()
+    u, s, vh = torch.linalg.svd(difference)
+    tensors = {
+        f"transformer.{name}.lora_A.weight": vh.contiguous(),
+        f"transformer.{name}.lora_B.weight": (u * s).contiguous(),
+    }
+    save_file(tensors, str(model / "demo-distilled-lora-192.safetensors"))
+
+    assert directory_spec("demo", model).modes == ("fast", "quality")
+    source = DiffusersDirectory(model)
+    assert source.fast_lora() == model / "demo-distilled-lora-192.safetensors"
+    transformer = source.load_transformer(torch.float32, "fp32", torch.device("cpu"))
+    job = SimpleNamespace(file=SimpleNamespace(loras=()))
+    Ltx2(source).attach_loras(transformer, job, torch.float32, fast=True)
+
+    layer = transformer.transformer_blocks[0].attn1.to_q
+    x = torch.randn(2, layer.in_features)
+    assert layer.active == ()  # stage 1: the dev transformer as it is
+    assert torch.allclose(layer(x), layer.base(x))
+    lora.activate(transformer, LORA_GROUPS["refine"])
+    # the distilled layer's weight; a LoRA leaves the bias as it is (the dev model's)
+    want = torch.nn.functional.linear(x, distilled[f"{name}.weight"].float(), dev[f"{name}.bias"].float())
+    assert layer.active == ("distilled",) and torch.allclose(layer(x), want, atol=1e-4)
