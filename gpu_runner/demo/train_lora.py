@@ -12,8 +12,8 @@ format (keys `transformer.<layer>.lora_A/B.weight`, bf16) with its trigger word,
 metadata: under 0.5 MB. MODEL_CARD.md records the run.
 
 Why a size and not a colour: the demo's video VAE cannot carry a hue its world never had. Purple, orange, pink,
-cyan and grey clips, encoded and decoded by it, come back as one of the five world colours (purple as blue, hue
-229 for 279), so no transformer LoRA can draw one; a larger object survives the round trip.
+cyan and grey clips, encoded and decoded by it, come back in other hues (purple as blue, hue 229 for 279; orange
+as red), so no transformer LoRA can draw one; a larger object survives the round trip.
 """
 
 from __future__ import annotations
