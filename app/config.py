@@ -21,6 +21,10 @@ from app.passwords import is_password_hash
 from app.webhook_targets import Allowlist
 from app.webhooks import check_secret
 from contract.jobdir import DEFAULT_CACHE_GB, RunnerOptions
+from contract.loras import DEFAULT_MAX_MB as DEFAULT_LORA_MAX_MB
+from contract.loras import FOLDER as MODEL_LORA_FOLDER
+from contract.loras import Library as LoraLibrary
+from contract.loras import scan as scan_loras
 from contract.models import ModelSpec, Offer, Precision, offered_models
 
 
@@ -34,6 +38,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8000
     model_dir: Path | None = None  # a Diffusers-format LTX-2 directory (AVP_MODEL_DIR), offered first
     models_dir: Path | None = None  # a directory of model directories (AVP_MODELS_DIR); None: <data dir>/models
+    # LoRAs (issue 17): the LoRA library's folder (AVP_LORA_DIR; None: <data dir>/loras) and its largest file
+    lora_dir: Path | None = None
+    lora_max_mb: float = DEFAULT_LORA_MAX_MB
     runner_python: str = sys.executable
     max_queue: int = 20
     max_job_minutes: float = 60.0  # jobs predicted to take longer are refused at submit; 0: no limit
@@ -157,6 +164,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             compile_cache_dir=None if compile_cache_dir is None else str(compile_cache_dir),
             cache_gb=self.cache_gb,
             preview_colours_dir=str(self.preview_colours_dir),
+            lora_dirs=tuple(str(folder) for folder in self.lora_folders()),
         )
 
     @property
@@ -173,6 +181,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             offer = offered_models(self.demo_model_dir, self.library_dir, self.model_dir)
             _library_reads[key] = (time.monotonic(), offer)
         return offer
+
+    @property
+    def loras_dir(self) -> Path:
+        """The LoRA library's folder: AVP_LORA_DIR, else the data dir's loras/."""
+        return self.lora_dir or self.data_dir / "loras"
+
+    def lora_folders(self) -> tuple[Path, ...]:
+        """Where LoRAs are found: AVP_LORA_DIR first, then each offered model's own loras/ (the demo ships one)."""
+        return (self.loras_dir, *(Path(spec.path) / MODEL_LORA_FOLDER for spec in self.models().values()))
+
+    def lora_library(self) -> LoraLibrary:
+        """The LoRAs found, read from their headers at most LIBRARY_REREAD_S ago (contract/loras.py)."""
+        folders = self.lora_folders()
+        key = ("loras", folders, self.lora_max_mb)
+        read_at, found = _library_reads.get(key, (-math.inf, None))
+        if found is None or time.monotonic() - read_at > LIBRARY_REREAD_S:
+            found = scan_loras(folders, int(self.lora_max_mb * 2**20))
+            _library_reads[key] = (time.monotonic(), found)
+        return found
 
     def models(self) -> dict[str, ModelSpec]:
         """The models offered, the default first."""
@@ -218,6 +245,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(
                 f"AVP_MODELS_DIR={models_dir!r} is not a directory; point it at a directory holding Diffusers-format "
                 "LTX-2 model directories, or unset it for <data dir>/models"
+            )
+        lora_dir = env.get("AVP_LORA_DIR", "").strip()
+        if lora_dir and Path(lora_dir).exists() and not Path(lora_dir).is_dir():
+            raise SettingsError(
+                f"AVP_LORA_DIR={lora_dir!r} is not a directory; point it at the folder of your .safetensors LoRAs, "
+                "or unset it for <data dir>/loras"
             )
         precision = env.get("AVP_PRECISION", "").strip() or None
         if precision is not None and precision not in get_args(Precision):
@@ -282,6 +315,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             port=int(number("AVP_PORT", 8000, int, 0)),
             model_dir=Path(model_dir).resolve() if model_dir else None,
             models_dir=Path(models_dir).resolve() if models_dir else None,
+            lora_dir=Path(lora_dir).resolve() if lora_dir else None,
+            lora_max_mb=number("AVP_LORA_MAX_MB", DEFAULT_LORA_MAX_MB, float, 1),
             runner_python=runner_python,
             max_queue=int(number("AVP_MAX_QUEUE", 20, int, 1)),
             max_job_minutes=number("AVP_MAX_JOB_MINUTES", 60.0),
@@ -319,7 +354,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
 MIN_TOKEN_CHARS = 16
 LIBRARY_REREAD_S = 2.0  # a model directory added, repaired or removed shows within this long
-_library_reads: dict[tuple[Path, Path, Path | None], tuple[float, Offer]] = {}
+_library_reads: dict[tuple, tuple[float, Offer | LoraLibrary]] = {}  # the models' and the LoRAs' reads
 _ROOT_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 

@@ -42,7 +42,17 @@ from app.webhook_targets import FIELDS as WEBHOOK_FIELDS
 from app.webhook_targets import Webhook, read_webhook
 from contract import cost, jobdir, protocol
 from contract.disk import is_disk_full
+from contract.loras import Library as LoraLibrary
 from contract.models import ModelSpec
+from contract.provenance import (
+    LoraUsed,
+    ModelUsed,
+    Provenance,
+    changes,
+    file_sha256,
+    model_revision,
+    portal_version,
+)
 from contract.request import Request
 
 log = logging.getLogger(__name__)
@@ -191,12 +201,8 @@ class Jobs(msgspec.Struct, frozen=True):
         often) or QueueFull.
         """
         raw, webhook = await self._split_webhook(raw, strict)
-        source = await self._extension_source(raw)
-        if source is not None:
-            raw = extension_defaults(raw, source.request)
-        resolved, spec = validate_request(raw, self.settings.library(), strict=strict)
-        if source is not None:
-            check_extension(resolved, source.request)
+        resolved, spec, source, lora_library = await self._resolve(raw, strict)
+        job_loras, provenance = await anyio.to_thread.run_sync(made_with, resolved, spec, lora_library)
         estimate = await self.estimate(resolved, spec)
         too_long = None if estimate is None else cost.over_limit(estimate, resolved, self.settings.max_job_minutes)
         if too_long:
@@ -215,6 +221,8 @@ class Jobs(msgspec.Struct, frozen=True):
             self.settings.runner_options(),
             image=upload is not None,
             extension=source is not None,
+            loras=job_loras,
+            provenance=provenance,
         )
         image = None if upload is None else await self._fitted(upload, resolved.width, resolved.height)
         # Each keyframe's image gets the same normalisation as the first-frame image: fitted to the job's size.
@@ -235,7 +243,15 @@ class Jobs(msgspec.Struct, frozen=True):
                 copy_source(source_dir, job_dir)
             jobdir.write_job_file(job_dir, job_file)
             first = self.store.create_job(
-                job_id, resolved, {"type": "queued"}, self.settings.max_queue, estimate, webhook, idempotency, batch_id
+                job_id,
+                resolved,
+                {"type": "queued"},
+                self.settings.max_queue,
+                estimate,
+                webhook,
+                idempotency,
+                batch_id=batch_id,
+                provenance=provenance,
             )
             if first is None:
                 shutil.rmtree(job_dir)
@@ -259,6 +275,19 @@ class Jobs(msgspec.Struct, frozen=True):
         self.worker.wake()
         return job
 
+    async def _resolve(self, raw: Any, strict: bool) -> tuple[Request, ModelSpec, JobRow | None, LoraLibrary]:
+        """The request resolved by its model's rules and the LoRA library (an extension's unset fields taken from
+        the job it extends, and checked against it): the request, its model, the job it extends, the LoRAs.
+        Raises InvalidRequest naming every problem."""
+        source = await self._extension_source(raw)
+        if source is not None:
+            raw = extension_defaults(raw, source.request)
+        lora_library = self.settings.lora_library()
+        resolved, spec = validate_request(raw, self.settings.library(), strict=strict, loras=lora_library)
+        if source is not None:
+            check_extension(resolved, source.request)
+        return resolved, spec, source, lora_library
+
     async def submit_batch(self, raw: Any, client: str, *, strict: bool = True) -> list[JobRow]:
         """A batch's jobs (app/batches.py), submitted in order as one batch, or none of them.
 
@@ -270,7 +299,7 @@ class Jobs(msgspec.Struct, frozen=True):
         for variation in variations:
             rest = {name: value for name, value in variation.body.items() if name not in WEBHOOK_FIELDS}
             try:
-                validate_request(rest, self.settings.library(), strict=strict)
+                await self._resolve(rest, strict)
             except InvalidRequest as exc:
                 for error in exc.errors:
                     named = FieldError(field=variation.field_name(error.field), message=error.message)
@@ -334,7 +363,7 @@ class Jobs(msgspec.Struct, frozen=True):
         webhook, problems = await read_webhook(raw, self.settings.webhook_allow)
         if problems:
             try:
-                validate_request(rest, self.settings.library(), strict=strict)
+                validate_request(rest, self.settings.library(), strict=strict, loras=self.settings.lora_library())
             except InvalidRequest as exc:
                 problems = exc.errors + problems
             raise InvalidRequest(problems)
@@ -652,6 +681,7 @@ def present(job: JobRow, settings: Settings, places: dict[str, Place], extended_
         webhook_events=list(job.webhook.events) if job.webhook else None,
         extended_by=extended_by,
         batch_id=job.batch_id,
+        provenance=job.provenance,
     )
 
 
@@ -666,6 +696,55 @@ def present_batch(batch_id: str, jobs: list[JobRow], settings: Settings, places:
         counts=counts,
         finished=all(job.finished for job in jobs),
         page=settings.url(f"/?batch={batch_id}"),
+    )
+
+
+def made_with(request: Request, spec: ModelSpec, library: LoraLibrary) -> tuple[tuple[jobdir.JobLora, ...], Provenance]:
+    """A resolved request's LoRA files as the runner gets them, and its provenance (the model's revision, each
+    LoRA's SHA-256, the portal's version): file reads, so call it in a thread."""
+    job_loras = []
+    for choice in request.loras or ():
+        lora = library.get(choice.name)
+        assert lora is not None  # validate_request checked
+        path = Path(lora.path)
+        job_loras.append(jobdir.JobLora(choice.name, choice.scale, str(path.absolute()), file_sha256(path)))
+    return tuple(job_loras), current_provenance(spec, job_loras)
+
+
+def provenance_changes(job: JobRow, settings: Settings) -> list[str]:
+    """What differs between what made `job` and what its settings would use now, in words ("use these settings
+    again" shows them); nothing for a job from before provenance was recorded. Reads files: call it in a thread."""
+    then = job.provenance
+    if then is None:
+        return []
+    spec = settings.models().get(then.model.id)
+    if spec is None:
+        return [f"model {then.model.id!r} is no longer offered"]
+    library = settings.lora_library()
+    found = []
+    for used in then.loras:
+        lora = library.get(used.name)
+        if lora is not None and lora.problem is None:
+            path = Path(lora.path)
+            found.append(jobdir.JobLora(used.name, used.scale, str(path), file_sha256(path)))
+    return changes(then, current_provenance(spec, found))
+
+
+def current_provenance(spec: ModelSpec, job_loras) -> Provenance:
+    """The provenance a job of `spec` with these LoRAs (JobLora) would have now."""
+    return Provenance(
+        portal_version=portal_version(),
+        model=ModelUsed(
+            id=spec.id,
+            kind=spec.kind,
+            version=spec.version,
+            variant=spec.variant,
+            revision=model_revision(Path(spec.path)),
+        ),
+        loras=tuple(
+            LoraUsed(name=lora.name, scale=lora.scale, sha256=lora.sha256, size_bytes=Path(lora.path).stat().st_size)
+            for lora in job_loras
+        ),
     )
 
 

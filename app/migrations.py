@@ -146,6 +146,12 @@ def _v8_batches(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id, seq) WHERE batch_id IS NOT NULL")
 
 
+def _v9_job_provenance(db: sqlite3.Connection) -> None:
+    """What made each job's clip (contract/provenance.py: the model's revision, its LoRAs' hashes, the portal's
+    version), recorded at submit; NULL for older jobs."""
+    _add_missing_columns(db, {"provenance": "TEXT"})
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_initial,
     _v2_job_estimate,
@@ -155,6 +161,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v6_queue_control,
     _v7_job_list_filters,
     _v8_batches,
+    _v9_job_provenance,
 )
 LATEST = len(MIGRATIONS)
 

@@ -90,6 +90,13 @@ def job_context(job: JobRow, models: dict[str, ModelSpec], place: Place | None) 
     settings = [(name, _setting(name, getattr(job.request, name))) for name in FIELDS if name not in _SHOWN_APART]
     if job.webhook is not None:
         settings += [("webhook", job.webhook.url), ("webhook_events", ", ".join(job.webhook.events))]
+    settings = [(name, _shown_loras(value) if name == "loras" else value) for name, value in settings]
+    if job.provenance is not None:  # LoRAs and provenance (issue 17)
+        model = job.provenance.model
+        settings += [
+            ("model_revision", f"{model.id} LTX-{model.version} {model.variant}, files {model.revision}"),
+            ("portal_version", job.provenance.portal_version),
+        ]
     removed = job.files_removed_at
     return {
         "job": job,
@@ -99,6 +106,11 @@ def job_context(job: JobRow, models: dict[str, ModelSpec], place: Place | None) 
         "spec": models.get(job.request.model or ""),
         "settings": [(name, value) for name, value in settings if value is not None],
     }
+
+
+def _shown_loras(loras) -> str | None:
+    """A job's LoRAs as its settings table shows them: "demo-huge at 1, other at -0.5"; None: none."""
+    return ", ".join(f"{lora.name} at {lora.scale:g}" for lora in loras) if loras else None
 
 
 def _shown(place: Place | None) -> tuple[int | None, int | None, int | None] | None:

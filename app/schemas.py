@@ -17,7 +17,10 @@ from app.progress import JobProgress
 from app.statuses import Ended, JobStatus
 from contract import protocol
 from contract.cost import Estimate
+from contract.loras import Library as LoraLibrary
+from contract.loras import problems as lora_problems
 from contract.models import ModelSpec, Offer
+from contract.provenance import Provenance
 from contract.request import TEXT_FIELDS, Constraints, Request
 
 
@@ -135,12 +138,15 @@ def parse_request(raw: Any, *, strict: bool = True) -> tuple[Request, list[Field
     return Request(**values), errors
 
 
-def validate_request(raw: Any, models: Offer, *, strict: bool = True) -> tuple[Request, ModelSpec]:
-    """Types, then the model's rules, with every problem reported at once; raises InvalidRequest."""
+def validate_request(
+    raw: Any, models: Offer, *, strict: bool = True, loras: LoraLibrary | None = None
+) -> tuple[Request, ModelSpec]:
+    """Types, then the model's rules (and, given the LoRA library, whether each LoRA is there and fits the model),
+    with every problem reported at once; raises InvalidRequest."""
     request, errors = parse_request(raw, strict=strict)
     seen = {e.field for e in errors}
     try:
-        resolved, spec = resolve_request(request, models)
+        resolved, spec = resolve_request(request, models, loras)
     except InvalidRequest as exc:
         errors += [e for e in exc.errors if e.field not in seen]
     if errors:
@@ -148,7 +154,7 @@ def validate_request(raw: Any, models: Offer, *, strict: bool = True) -> tuple[R
     return resolved, spec
 
 
-def resolve_request(request: Request, offer: Offer) -> tuple[Request, ModelSpec]:
+def resolve_request(request: Request, offer: Offer, loras: LoraLibrary | None = None) -> tuple[Request, ModelSpec]:
     """Fill defaults from the model's spec, choose a seed, check every rule; raises InvalidRequest."""
     model_id = request.model or next(iter(offer.models))
     spec = offer.models.get(model_id)
@@ -156,6 +162,8 @@ def resolve_request(request: Request, offer: Offer) -> tuple[Request, ModelSpec]
         raise InvalidRequest([FieldError(field="model", message=_model_problem(model_id, offer))])
     resolved = spec.resolve(request)
     problems = spec.violations(resolved)
+    if loras is not None and not any(field == "loras" for field, _ in problems):
+        problems += lora_problems(resolved.loras, spec, loras)
     if problems:
         raise InvalidRequest([FieldError(field=f, message=m) for f, m in problems])
     return resolved, spec
@@ -212,6 +220,8 @@ class JobOut(Base):
     # the jobs that extend this one (their request's extend_from names it); filled for one job, not in lists
     extended_by: list[str] | None = None
     batch_id: str | None = None  # the batch it was submitted in (POST /api/batches); None: submitted alone
+    # what made it (model revision, LoRA hashes, portal version), recorded at submit; None for older jobs
+    provenance: Provenance | None = None
 
 
 class BatchOut(Base):
@@ -291,6 +301,25 @@ class UnusableModel(Base):
 class ModelList(Base):
     models: list[ModelOut]  # the default first
     unusable: list[UnusableModel]  # model directories found that cannot be used, and why
+
+
+class LoraOut(Base):
+    """A LoRA of the library (AVP_LORA_DIR, the models' loras/), as its file's header describes it."""
+
+    name: str  # what a job's loras[].name gives
+    family: str | None  # "ltx-2" where its layers are LTX-2's; None: unknown
+    version: str | None  # "2.0" or "2.3" where its metadata or layers say; None: either
+    rank: int | None  # its largest layer's
+    size_bytes: int
+    trigger_words: list[str]  # from its metadata; put them in the prompt
+    layers: int  # how many layers it changes
+    models: list[str]  # the ids of the offered models it fits
+    problem: str | None  # why it cannot be used (not safetensors, too big, unreadable); None: usable
+
+
+class LoraList(Base):
+    loras: list[LoraOut]  # by name
+    directory: str  # AVP_LORA_DIR: where to put more
 
 
 class WorkerHealth(Base):

@@ -25,6 +25,7 @@ from app.progress import JobProgress, decode_progress
 from app.statuses import TERMINAL
 from app.webhook_targets import Webhook
 from contract.cost import Estimate, PastRun
+from contract.provenance import Provenance
 from contract.request import Request
 
 P = ParamSpec("P")
@@ -57,6 +58,7 @@ class JobRow(msgspec.Struct, frozen=True):
     files_removed_at: float | None  # when retention removed its files; the row stays
     webhook: Webhook | None = None  # where its deliveries go (app/webhooks.py); None: no webhook
     batch_id: str | None = None  # the batch it was submitted in (POST /api/batches); None: submitted alone
+    provenance: Provenance | None = None  # what made it, recorded at submit; None for a job from before
 
     @property
     def finished(self) -> bool:
@@ -178,7 +180,7 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
 
 _JOB_COLUMNS = (
     "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at, estimate, "
-    "keep, files_removed_at, batch_id, "
+    "keep, files_removed_at, batch_id, provenance, "
     "(SELECT json_object('url', url, 'events', json(events)) FROM webhooks WHERE webhooks.job_id = jobs.id)"
 )
 _TERMINAL_SQL = ",".join(f"'{status}'" for status in sorted(TERMINAL))
@@ -190,6 +192,7 @@ IDEMPOTENCY_KEEP_S = 24 * 3600  # how long an Idempotency-Key answers with its f
 _decode_request = msgspec.json.Decoder(Request).decode
 _decode_estimate = msgspec.json.Decoder(Estimate).decode
 _decode_webhook = msgspec.json.Decoder(Webhook).decode
+_decode_provenance = msgspec.json.Decoder(Provenance).decode
 
 
 def _encode(value: Any) -> str:
@@ -213,6 +216,7 @@ def _row_to_job(row: tuple) -> JobRow:
         keep,
         removed,
         batch_id,
+        provenance,
         webhook,
     ) = row
     return JobRow(
@@ -232,6 +236,7 @@ def _row_to_job(row: tuple) -> JobRow:
         files_removed_at=removed,
         webhook=_decode_webhook(webhook) if webhook else None,
         batch_id=batch_id,
+        provenance=_decode_provenance(provenance) if provenance else None,
     )
 
 
@@ -263,6 +268,7 @@ class Store:
         webhook: Webhook | None = None,
         idempotency: tuple[str, str] | None = None,
         batch_id: str | None = None,
+        provenance: Provenance | None = None,
     ) -> StoredEvent | None:
         """Insert a job with its first event; None (nothing written) when `max_queued` jobs already wait.
 
@@ -279,8 +285,8 @@ class Store:
                     (*idempotency, job_id, now),
                 )
             self._db.execute(
-                "INSERT INTO jobs (id, status, request, progress, created_at, estimate, batch_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, status, request, progress, created_at, estimate, batch_id, provenance) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     first_event["type"],
@@ -289,6 +295,7 @@ class Store:
                     now,
                     None if estimate is None else _encode(estimate),
                     batch_id,
+                    None if provenance is None else _encode(provenance),
                 ),
             )
             if webhook is not None:

@@ -47,6 +47,7 @@ REQUEST_OPTIONS = (
 # The request fields set by an option of another name, for error messages that point at what the user typed.
 OPTION_OF_FIELD = {
     "prompt": "PROMPT",
+    "loras": "--lora",
     "negative_prompt": "--negative",
     "num_frames": "--frames",
     "width": "--size",
@@ -59,6 +60,20 @@ OPTION_OF_FIELD = {
     "extend_from": "--extend",
 }
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
+def _lora(text: str) -> dict[str, Any]:
+    """--lora NAME[:SCALE] as a request's LoRA choice (the portal checks the name and the scale)."""
+    name, colon, scale = text.rpartition(":") if ":" in text else (text, "", "")
+    if not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME or NAME:SCALE, e.g. demo-huge:0.8")
+    if not colon:
+        return {"name": name.strip()}
+    try:
+        return {"name": name.strip(), "scale": float(scale)}
+    except ValueError:
+        message = f"{text!r}: the scale {scale!r} is not a number, e.g. demo-huge:0.8"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -132,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
         "last), with a strength (default 1); repeat it, e.g. --keyframe first.png@0 --keyframe last.png@-1",
     )
     generate.add_argument("--extend", dest="extend_from", metavar="JOB_ID", help="continue this finished job's clip")
+    generate.add_argument(
+        "--lora",
+        type=_lora,
+        action="append",
+        dest="loras",
+        metavar="NAME[:SCALE]",
+        help="apply a LoRA of the portal's library (GET /api/loras) at SCALE (default 1); up to 4 times",
+    )
     generate.add_argument("-o", "--output", type=Path, help="where to write the MP4 (default: JOB_ID.mp4)")
 
     commands.add_parser("jobs", parents=[connection], help="list the newest jobs").add_argument(
@@ -180,7 +203,8 @@ def _say(console: Console, text: str) -> None:
 def _invalid(error: InvalidInput) -> str:
     lines = [f"avportal: invalid input ({error.status_code}): {error.detail}"]
     for field in error.errors:
-        option = OPTION_OF_FIELD.get(field.field, f"--{field.field.replace('_', '-')}")
+        name = field.field.split("[")[0]  # loras[1].scale: the --lora option
+        option = OPTION_OF_FIELD.get(name, f"--{name.replace('_', '-')}")
         lines.append(f"  {option} ({field.field}): {field.message}")
     return "\n".join(lines)
 
@@ -196,6 +220,8 @@ def _generate(portal: AVPortal, args: argparse.Namespace, out: Console, err: Con
     fields: dict[str, Any] = {name: getattr(args, name) for name in (*REQUEST_OPTIONS, "keyframes", "extend_from")}
     if args.size is not None:
         fields["width"], fields["height"] = args.size
+    if args.loras:
+        fields["loras"] = args.loras
     job = portal.submit(args.prompt, image=args.image, **{k: v for k, v in fields.items() if v is not None})
     _say(err, f"job {job.id} submitted")
     output = args.output or Path(f"{job.id if _SAFE_ID.fullmatch(job.id) else 'clip'}.mp4")

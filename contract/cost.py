@@ -98,6 +98,7 @@ def predict_peak(
     vae_width: int,
     guided: bool = True,
     upsampler_file_gib: float = 0.0,
+    lora_file_gib: float = 0.0,
 ) -> PeakPrediction:
     """LTX-2's peak per phase, from the model's files, the tokens of its largest denoising stage (`guided`: in
     CFG's batch of two rows; fast mode's is one row, and its latent upsampler joins the transformer for a stage)
@@ -113,17 +114,23 @@ def predict_peak(
         per_token = ACTIVATION_GIB_PER_TOKEN_BATCHED / (1 if guided else 2)
     width_scale = inner_width / REFERENCE_WIDTH
     text_gib = connectors_file_gib + TEXT_STREAMING_GIB * width_scale
-    denoise_gib = transformer_gib + upsampler_file_gib + tokens * per_token * width_scale
+    denoise_gib = transformer_gib + upsampler_file_gib + lora_file_gib + tokens * per_token * width_scale
     vae = VaeDecoder(weights_gib=vae_file_gib, width=vae_width, element_bytes=4 if precision == "fp32" else 2)
     tiles = plan_decode_tiles(latents, vae, decode_budget_gib(text_gib, denoise_gib))
     return PeakPrediction(text_gib=text_gib, denoise_gib=denoise_gib, decode_gib=decode_peak_gib(latents, tiles, vae))
 
 
 def predict_job_peak(
-    weights_gib: Callable[[str], float], inner_width: int, vae_width: int, precision: str, request: Request
+    weights_gib: Callable[[str], float],
+    inner_width: int,
+    vae_width: int,
+    precision: str,
+    request: Request,
+    lora_gib: float = 0.0,
 ) -> PeakPrediction:
     """A resolved request's peak per phase (`predict_peak`), its denoising at its largest stage; `weights_gib`
-    gives a component's weight files' size. The web process's estimate and the runner's admission both use it."""
+    gives a component's weight files' size, `lora_gib` the job's LoRA files' (held beside the transformer, as
+    stored). The web process's estimate and the runner's admission both use it."""
     stages = denoise_stages(request)
     return predict_peak(
         transformer_file_gib=weights_gib("transformer"),
@@ -136,6 +143,7 @@ def predict_job_peak(
         vae_width=vae_width,
         guided=any(stage.guidance_scale > 1.0 for stage in stages),
         upsampler_file_gib=weights_gib("latent_upsampler") if len(stages) > 1 else 0.0,
+        lora_file_gib=lora_gib,
     )
 
 

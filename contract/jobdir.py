@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from contract.models import ModelSpec
+from contract.provenance import Provenance
 from contract.request import Request
 
 JOB_FILE = "job.json"
@@ -46,6 +47,17 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
     # each model's preview colour map, learnt from its first clip, is kept here (gpu_runner/preview_colours.py);
     # not a cache: a few hundred bytes a model, never removed
     preview_colours_dir: str | None = None
+    # the LoRA folders (AVP_LORA_DIR, the models' loras/): the runner reads a job's LoRA files only inside them
+    lora_dirs: tuple[str, ...] = ()
+
+
+class JobLora(msgspec.Struct, frozen=True):
+    """One of the job's LoRAs as the portal found it in the library: where its file is and what it was."""
+
+    name: str
+    scale: float
+    path: str  # absolute, inside one of `lora_dirs`
+    sha256: str
 
 
 class JobFile(msgspec.Struct, frozen=True):
@@ -68,6 +80,10 @@ class JobFile(msgspec.Struct, frozen=True):
     # ---- extend: the earlier job's clip and audio latents, copied into this job directory
     source_video_file: str | None = None
     source_audio_latents_file: str | None = None
+    # ---- LoRAs and provenance
+    lora_dirs: tuple[str, ...] = ()
+    loras: tuple[JobLora, ...] = ()  # request.loras, found (the same names in the same order)
+    provenance: Provenance | None = None  # what made the clip; the runner writes it into the MP4
 
 
 def keyframe_file(index: int) -> str:
@@ -83,6 +99,8 @@ def job_file(
     *,
     image: bool = False,
     extension: bool = False,
+    loras: tuple[JobLora, ...] = (),
+    provenance: Provenance | None = None,
 ) -> JobFile:
     """job.json's content for a resolved `request` on the model `spec`."""
     return JobFile(
@@ -95,6 +113,8 @@ def job_file(
         source_video_file=SOURCE_VIDEO_FILE if extension else None,
         source_audio_latents_file=SOURCE_AUDIO_LATENTS_FILE if extension else None,
         **msgspec.structs.asdict(options),
+        loras=loras,
+        provenance=provenance,
     )
 
 

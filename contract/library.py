@@ -36,7 +36,7 @@ WEIGHTLESS_COMPONENTS = {"tokenizer", "scheduler"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 UPSAMPLER = "latent_upsampler"  # optional: the x2 spatial latent upsampler of two-stage generation
 # Optional beside a dev transformer/: the distilled transformer of the same model (the demo ships one), which
-# gives a dev model fast mode without a LoRA.
+# gives a dev model fast mode without a LoRA (with one, DISTILLED_LORA below, stage 2 applies it).
 DISTILLED_TRANSFORMER = "transformer_distilled"
 
 # transformer/config.json's switches, as each version sets them (a switch left out of the file
@@ -102,10 +102,21 @@ class Recognised(msgspec.Struct, frozen=True):
 
     @property
     def fast_transformer(self) -> str | None:
-        """The subfolder of the transformer fast mode runs (a distilled one), None when there is none."""
+        """The subfolder of the transformer fast mode runs (a distilled one; a dev model's own with its distilled
+        LoRA, `fast_lora`, applied to stage 2), None when there is none."""
         if self.variant == "distilled":
             return "transformer"
-        return DISTILLED_TRANSFORMER if self.distilled_transformer else None
+        if self.distilled_transformer:
+            return DISTILLED_TRANSFORMER
+        return "transformer" if self.distilled_lora else None
+
+    @property
+    def fast_lora(self) -> str | None:
+        """A dev model's distilled LoRA file (in the model directory) that fast mode applies to its stage 2 alone,
+        where the model has no distilled transformer of its own."""
+        if self.variant == "dev" and not self.distilled_transformer:
+            return self.distilled_lora
+        return None
 
     def fast_missing(self) -> str | None:
         """What the model lacks for fast mode (the distilled two-stage path), None when it has everything."""
@@ -113,7 +124,7 @@ class Recognised(msgspec.Struct, frozen=True):
         if self.fast_transformer is None:
             missing.append(
                 "a distilled transformer (this is a dev model: use its distilled variant, or add "
-                f"{DISTILLED_TRANSFORMER}/)"
+                f"{DISTILLED_TRANSFORMER}/ or its distilled LoRA file, e.g. ltx-2-19b-distilled-lora-384.safetensors)"
             )
         if not self.upsampler:
             missing.append(f"a {UPSAMPLER}/ (the x2 spatial latent upsampler, LTX2LatentUpsamplerModel)")

@@ -9,10 +9,26 @@ the field below, its rule in `RULES` and, where people should see it, the form's
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgspec
+
+# ---- LoRAs (issue 17): a job's choice of LoRAs from GET /api/loras ----------------------------
+MAX_LORAS = 4  # contract/loras.py's; kept here so the rules need no file access
+LORA_SCALES = (-2.0, 2.0)
+LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+class LoraChoice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One LoRA of a job: its name in GET /api/loras and how strongly it applies (1: as trained; 0: not at all)."""
+
+    name: str
+    scale: float = 1.0
+
+
+# ---- end LoRAs ------------------------------------------------------------------------------
 
 
 class Keyframe(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -44,6 +60,8 @@ class Request(msgspec.Struct, kw_only=True, frozen=True):
     keyframes: tuple[Keyframe, ...] | None = None
     # ---- extend (issue 17, point 2): a finished job's id; this job continues its clip from its last frames
     extend_from: str | None = None
+    # LoRAs (issue 17): up to MAX_LORAS from GET /api/loras, applied to the transformer at their scales
+    loras: tuple[LoraChoice, ...] | None = None
 
 
 FIELDS: tuple[str, ...] = Request.__struct_fields__
@@ -260,6 +278,28 @@ def _extend_from(c: Constraints, r: Request) -> str | None:
             f"needs num_frames of at least {least}: the new part's first {EXTEND_OVERLAP} frames are the earlier "
             f"clip's last ones"
         )
+
+
+def _loras(c: Constraints, r: Request) -> str | None:
+    """The LoRAs' number, names and scales; whether each exists and fits the model is the library's check
+    (contract/loras.py), made where the files are."""
+    if not r.loras:
+        return None
+    if len(r.loras) > MAX_LORAS:
+        return f"{len(r.loras)} LoRAs given; at most {MAX_LORAS} per job"
+    seen: set[str] = set()
+    for index, lora in enumerate(r.loras):
+        where = f"loras[{index}]"
+        if not LORA_NAME.fullmatch(lora.name):
+            return (
+                f"{where}.name {lora.name[:80]!r} is not a LoRA name: a name from GET /api/loras (letters, digits, "
+                "'.', '_', '+', '-'; no path)"
+            )
+        if lora.name in seen:
+            return f"{where}.name {lora.name!r} is given twice; give each LoRA once"
+        seen.add(lora.name)
+        if problem := _range(lora.scale, *LORA_SCALES):
+            return f"{where}.scale {problem}"
     return None
 
 
@@ -279,6 +319,7 @@ RULES: dict[str, Rule] = {
     "image_strength": lambda c, r: _range(r.image_strength, 0.0, 1.0),
     "keyframes": _keyframes,
     "extend_from": _extend_from,
+    "loras": _loras,
 }
 
 

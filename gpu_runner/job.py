@@ -56,6 +56,7 @@ def load_job(directory: Path) -> Job:
     _check_request(spec, job_file.request)
     if job_file.precision not in (None, *get_args(specs.Precision)):
         raise JobError("invalid_input", f"precision {job_file.precision!r} is not one of {get_args(specs.Precision)}")
+    _check_loras(job_file)
     job = Job(directory=directory, file=job_file, spec=spec, model_dir=Path(job_file.model_path).resolve())
     if job_file.image_file is not None:
         image = job.path(job_file.image_file)
@@ -107,6 +108,27 @@ def _spec_for(job_file: jobdir.JobFile) -> specs.ModelSpec:
         raise JobError("invalid_input", f"model_kind {job_file.model_kind!r} is not one of {kinds}")
     check_model_dir(model_path)
     return specs.directory_spec(job_file.model_kind, model_path)
+
+
+def _check_loras(job_file: jobdir.JobFile) -> None:
+    """The job's LoRA files: the request's, in order, each a .safetensors file of its name inside one of the LoRA
+    folders (never anywhere else, symlinks resolved), still there."""
+    asked = [(choice.name, choice.scale) for choice in job_file.request.loras or ()]
+    if asked != [(lora.name, lora.scale) for lora in job_file.loras]:
+        raise JobError("invalid_input", "loras: job.json's LoRA files are not the request's LoRAs")
+    folders = [Path(folder).resolve() for folder in job_file.lora_dirs]
+    for lora in job_file.loras:
+        path = Path(lora.path)
+        if not path.is_absolute() or path.name != f"{lora.name}.safetensors":
+            message = f"LoRA {lora.name!r}: its path is not <LoRA folder>/{lora.name}.safetensors"
+            raise JobError("invalid_input", message)
+        resolved = path.resolve()
+        if not any(resolved.is_relative_to(folder) for folder in folders):
+            raise JobError("invalid_input", f"LoRA {lora.name!r} resolves outside the LoRA folders")
+        if not resolved.is_file():
+            raise JobError(
+                "model_missing", f"LoRA {lora.name!r} is gone from {path.parent} since the job was submitted"
+            )
 
 
 def _check_request(spec: specs.ModelSpec, request: Request) -> None:

@@ -94,8 +94,10 @@ class Mp4Writer:
         crf: int = DEFAULT_CRF,
         preset: str = DEFAULT_PRESET,
         poster: PosterFrame | None = None,
+        metadata: dict[str, str] | None = None,
     ):
         self.path = path
+        self.metadata = metadata or {}  # container tags, e.g. the job's provenance under "comment"
         self.partial = path.with_name(f".{path.name}.partial")
         self.rate = exact_frame_rate(fps)
         self.audio = faded_out(playable(audio), round(FADE_OUT_S * sample_rate))
@@ -146,6 +148,7 @@ class Mp4Writer:
         import av
 
         self._container = av.open(str(self.partial), mode="w", format="mp4", options={"movflags": "+faststart"})
+        self._container.metadata.update(self.metadata)
         self._video = self._container.add_stream("libx264", rate=self.rate)
         self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
         self._video.options = {"crf": str(self.crf), "preset": self.preset}

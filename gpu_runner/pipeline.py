@@ -9,6 +9,7 @@ turns an out-of-memory error into a message naming the stage and the job's size.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,8 +20,9 @@ import torch
 
 from contract import jobdir, protocol
 from contract.disk import is_disk_full
+from contract.provenance import MP4_KEY, to_json
 from contract.request import DenoiseStage, denoise_stages
-from gpu_runner import admission, cache_budget, extension, memory, mux
+from gpu_runner import admission, cache_budget, extension, lora, memory, mux
 from gpu_runner.cache_budget import GIB, MIB, Cache, CacheBudget, Limit
 from gpu_runner.cancel import Cancellation
 from gpu_runner.compiling import compiles
@@ -73,7 +75,9 @@ def _stages(
         asked = time.monotonic()
         free_gib = memory.free_vram_gib(device)  # the process's first CUDA call: the driver starts here
         log.info("CUDA started in %.2f s, %.1f GiB free", time.monotonic() - asked, free_gib)
-        decode_budget_gib = admission.admit(family.predict_peak(precision, request), free_gib, size)
+        predicted = family.predict_peak(precision, request)
+        predicted = dataclasses.replace(predicted, denoise_gib=predicted.denoise_gib + lora.files_gib(job))
+        decode_budget_gib = admission.admit(predicted, free_gib, size)
 
     # 1-3. The prompt's context: from the cache, or from the text side, then freed.
     cache, cache_key = prompt_cache_for(job, family, budget)
@@ -146,7 +150,9 @@ def _stages(
     #    An extension's clip is the earlier clip's frames, then the new part's after the overlap (extension.py).
     total_frames = extension.joined_frame_count(job, extension.source_frame_count(job))
     poster = PosterFrame(job.path(jobdir.POSTER_FILE), total_frames)
-    with mux.Mp4Writer(job.path(jobdir.VIDEO_FILE), request.fps, waveform, sample_rate, poster=poster) as writer:
+    provenance = {} if job.file.provenance is None else {MP4_KEY: to_json(job.file.provenance)}
+    video_file = job.path(jobdir.VIDEO_FILE)
+    with mux.Mp4Writer(video_file, request.fps, waveform, sample_rate, poster=poster, metadata=provenance) as writer:
         with stages("decode_video"):
             on_tile = tile_reporter(emit, cancellation)
             learner = family.colour_learner(decoders, video_latents) if colours is None and colour_store.path else None

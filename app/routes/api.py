@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio.to_thread
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import ResponseHeader
@@ -35,6 +36,8 @@ from app.schemas import (
     InvalidRequest,
     JobList,
     JobOut,
+    LoraList,
+    LoraOut,
     ModelDefaults,
     ModelList,
     ModelOut,
@@ -45,6 +48,7 @@ from app.schemas import (
     decode_body,
 )
 from app.store import JobRow
+from contract import loras
 from contract.request import given
 
 MAX_WAIT_S = 60  # Prefer: wait=N, at most (Replicate's limit)
@@ -258,6 +262,32 @@ class JobsApi(Controller):
             ],
             unusable=[UnusableModel(**msgspec.structs.asdict(found)) for found in offer.unusable],
         )
+
+    @get("/loras", summary="LoRAs of the library: base family and version, rank, size, trigger words, models fitted")
+    async def list_loras(self, settings: NamedDependency[Settings]) -> LoraList:
+        return await anyio.to_thread.run_sync(lora_list, settings)
+
+
+def lora_list(settings: Settings) -> LoraList:
+    """The LoRA library as the API shows it (headers read in a thread: a new file's header is read once)."""
+    library, models = settings.lora_library(), settings.models().values()
+    return LoraList(
+        loras=[
+            LoraOut(
+                name=lora.name,
+                family=lora.family,
+                version=lora.version,
+                rank=lora.rank,
+                size_bytes=lora.size_bytes,
+                trigger_words=list(lora.trigger_words),
+                layers=len(lora.layers),
+                models=loras.fitting(lora, models),
+                problem=lora.problem,
+            )
+            for lora in sorted(library.loras.values(), key=lambda lora: lora.name)
+        ],
+        directory=str(settings.loras_dir),
+    )
 
 
 async def queue_state(jobs: Jobs, settings: Settings) -> QueueOut:

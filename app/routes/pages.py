@@ -8,8 +8,10 @@ pushes the fragments it shows, rendered (app/routes/events.py, app/page_feed.py)
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
@@ -22,13 +24,14 @@ from app import job_list
 from app.auth import PUBLIC
 from app.config import Settings
 from app.disk import DiskFull
-from app.jobs import Conflict, Jobs, QueueFull, present_batch, present_delivery
+from app.jobs import Conflict, Jobs, QueueFull, present_batch, present_delivery, provenance_changes
 from app.page_feed import PageFeed, job_context
 from app.ratelimit import RateLimited
 from app.routes.api import client_address, load_job
 from app.schemas import FieldError, InvalidRequest
+from contract import loras
 from contract.models import ModelSpec
-from contract.request import FAST_FIXED, FIELDS, MAX_KEYFRAMES, valid_frame_counts
+from contract.request import FAST_FIXED, FIELDS, LORA_SCALES, MAX_KEYFRAMES, MAX_LORAS, valid_frame_counts
 
 
 def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
@@ -48,6 +51,7 @@ def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, 
     if chosen and chosen not in presets and (not fast or _on_fast_grid(spec, chosen)):
         presets.insert(0, chosen)  # a job's own size, to make it again ("use these settings again")
     return {
+        **_lora_context(settings, spec, merged.get("loras")),
         "fast": fast,  # the schedule is fixed: no steps or guidance to set, sides on fast mode's grid
         "presets": presets,
         "models": list(models.values()),
@@ -59,6 +63,42 @@ def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, 
         "max_keyframes": MAX_KEYFRAMES,
         "max_batch": settings.max_queue,
     }
+
+
+# ---- LoRAs (issue 17): the form's picker, a name and a scale slider per slot ----------------------
+
+
+def _lora_context(settings: Settings, spec: ModelSpec, chosen: Any) -> dict[str, Any]:
+    """The LoRAs the form offers for `spec` (those of the library that fit it) and its MAX_LORAS slots, filled with
+    the current choice (a job's, for "use these settings again")."""
+    library = settings.lora_library()
+    offered = [
+        lora
+        for lora in sorted(library.loras.values(), key=lambda lora: lora.name)
+        if lora.problem is None and loras.fit_problem(lora, Path(spec.path), spec.version, spec.id) is None
+    ]
+    slots = []
+    for choice in list(chosen or ())[:MAX_LORAS]:
+        if isinstance(choice, dict):
+            name, scale = choice.get("name"), choice.get("scale", 1)
+        else:  # a job's LoraChoice
+            name, scale = choice.name, choice.scale
+        slots.append({"name": name or "", "scale": scale})
+    slots += [{"name": "", "scale": 1} for _ in range(MAX_LORAS - len(slots))]
+    return {"lora_choices": offered, "lora_slots": slots, "lora_scales": LORA_SCALES}
+
+
+def _form_loras(form: dict[str, str]) -> list[dict[str, str]] | None:
+    """The picker's slots as the request's `loras`: each slot with a name chosen, with its slider's scale."""
+    chosen = [
+        {"name": form[f"lora_name_{slot}"], "scale": form.get(f"lora_scale_{slot}") or "1"}
+        for slot in range(MAX_LORAS + 1)  # one past the limit: a forged form's extra slot is refused, not dropped
+        if form.get(f"lora_name_{slot}", "").strip()
+    ]
+    return chosen or None
+
+
+# ---- end LoRAs ------------------------------------------------------------------------------
 
 
 def _frame_choices(spec: ModelSpec, fps: Any) -> list[tuple[int, str]]:
@@ -100,6 +140,8 @@ def _form_values(form: dict[str, str]) -> dict[str, Any]:
         values.pop("keyframes", None)
     if not str(values.get("extend_from") or "").strip():
         values.pop("extend_from", None)
+    if (chosen := _form_loras(form)) is not None:
+        values["loras"] = chosen
     return values
 
 
@@ -180,10 +222,12 @@ async def index(
     """The create page and the job list. `?from_job=<id>` fills the form with that job's settings (seed included);
     `status`, `model`, `q` and `before` pick the jobs listed (a bad one: the page, with a 400 that names it)."""
     values: dict[str, Any] = {}
+    changed: list[str] = []
     if from_job:
         source = await jobs.get_job(from_job)
         if source is not None:
             values = msgspec.structs.asdict(source.request)
+            changed = await anyio.to_thread.run_sync(provenance_changes, source, settings)
     if extend_from:  # a finished job's Extend link: its model, size and frame rate, and a prompt to write
         source = await jobs.get_job(extend_from)
         if source is not None:
@@ -192,6 +236,7 @@ async def index(
     context = {
         **_list_context(pages),
         **_form_context(settings, values),
+        "provenance_changes": changed,  # what differs since that job (its model's files, its LoRAs, the portal)
         "statuses": job_list.OFFERED_STATUSES,
         "max_search": job_list.MAX_SEARCH_CHARS,
     }
@@ -265,7 +310,8 @@ def _on_the_form(error: FieldError) -> tuple[str, str]:
         return "prompt", f"prompt {int(error.field[8:-1]) + 1} (of its lines): {error.message}"
     if error.field in ("prompts", "seeds"):
         return ("prompt" if error.field == "prompts" else "count"), error.message
-    return (error.field if error.field in FIELDS else "form"), error.message
+    field = error.field.split("[")[0]  # beside its widget: loras[1].scale beside the LoRA picker
+    return (field if field in FIELDS else "form"), error.message
 
 
 @get("/fragments/jobs", name="jobs_fragment", dependencies=LIST_PARAMS)

@@ -30,7 +30,7 @@ import torch
 
 from contract import jobdir
 from contract.models import demo_spec, directory_spec
-from contract.request import Request
+from contract.request import LoraChoice, Request
 from gpu_runner.demo import measure, world
 
 BANDS = {"high beep": (700.0, 1100.0), "low hum": (80.0, 160.0)}  # Hz; the world's tones are 860-900 and 105-115
@@ -86,8 +86,16 @@ def prompt_set(seeds: int) -> list[Prompt]:
     return prompts
 
 
-def generate(model_dir: Path, prompt: str, seed: int, work_dir: Path, **request: object) -> Clip:
-    """One clip through the runner's own stages, read back from its MP4."""
+def generate(
+    model_dir: Path,
+    prompt: str,
+    seed: int,
+    work_dir: Path,
+    loras: tuple[tuple[Path, float], ...] = (),
+    **request: object,
+) -> Clip:
+    """One clip through the runner's own stages, read back from its MP4; `loras`: (file, scale) pairs applied as a
+    job's LoRAs (named by their files)."""
     import av
 
     from gpu_runner.cancel import Cancellation
@@ -97,9 +105,12 @@ def generate(model_dir: Path, prompt: str, seed: int, work_dir: Path, **request:
     job_dir = Path(tempfile.mkdtemp(dir=work_dir))
     spec = directory_spec("demo", model_dir.resolve())  # as the portal offers it: its defaults, its default mode
     fields = {key: value for key, value in request.items() if key != "precision"}
-    resolved = spec.resolve(Request(prompt=prompt, seed=seed, **fields))
-    options = jobdir.RunnerOptions(precision=request.get("precision"))
-    jobdir.write_job_file(job_dir, jobdir.job_file(job_dir.name, resolved, spec, options))
+    choices = tuple(LoraChoice(path.stem, scale) for path, scale in loras)
+    resolved = spec.resolve(Request(prompt=prompt, seed=seed, loras=choices or None, **fields))
+    folders = tuple(sorted({str(path.parent.resolve()) for path, _scale in loras}))
+    options = jobdir.RunnerOptions(precision=request.get("precision"), lora_dirs=folders)
+    job_loras = tuple(jobdir.JobLora(path.stem, scale, str(path.resolve()), "") for path, scale in loras)
+    jobdir.write_job_file(job_dir, jobdir.job_file(job_dir.name, resolved, spec, options, loras=job_loras))
     result = run_stages(load_job(job_dir), lambda event: None, Cancellation(), time.monotonic())
     with av.open(str(job_dir / result.file)) as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]

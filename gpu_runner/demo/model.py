@@ -32,7 +32,7 @@ import torch
 from contract import models as specs
 from contract.library import TRANSFORMER_SWITCHES
 
-FORMAT_VERSION = 4  # 3: fast mode's latent_upsampler/ and transformer_distilled/; 4: preview_colours.json
+FORMAT_VERSION = 5  # 3: fast mode's latent_upsampler/ and transformer_distilled/; 4: preview_colours.json; 5: loras/
 SEED = 0
 TRAINED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 Weights = Literal["trained", "random"]

@@ -101,7 +101,9 @@ def test_the_previous_releases_jobs_show_play_remix_resume_and_delete(make_porta
             "image_strength": 1.0,
             "keyframes": None,  # issue 17's fields, absent from an older job: their defaults
             "extend_from": None,
+            "loras": None,  # none: the field came later (LoRAs)
         }
+        assert red["provenance"] is None  # recorded since migration 8
         assert red["result"]["frames"] == 17 and red["links"]["video"] == f"/api/jobs/{RED_BALL}/video"
         assert listed[BLUE_SQUARE]["request"]["width"] == 224 and listed[BLUE_SQUARE]["request"]["seed"] == 77
 

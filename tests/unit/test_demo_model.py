@@ -54,7 +54,7 @@ def test_the_directory_loads_as_an_ltx2_pipeline_whose_parts_fit_together(demo_m
 
 def test_the_shipped_demo_model_is_small_enough_for_the_repository(demo_model_dir):
     size = sum(path.stat().st_size for path in TRAINED_WEIGHTS.rglob("*") if path.is_file())
-    assert size < 40 * 1024**2
+    assert size < 41 * 1024**2  # 40 MiB of model, and its LoRA (loras/demo-huge.safetensors, 0.47 MB)
     assert (TRAINED_WEIGHTS / "MODEL_CARD.md").is_file()
     assert json.loads((demo_model_dir / specs.DEMO_MANIFEST).read_text())["weights"] == "trained"
 

@@ -25,7 +25,7 @@ from contract.cost import (
     video_tokens,
 )
 from contract.request import DenoiseStage, Request, denoise_stages
-from gpu_runner import memory
+from gpu_runner import lora, memory
 from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile
 from gpu_runner.families.ltx2 import tiling
 from gpu_runner.families.ltx2.conditioning import AudioHold, audio_hold, image_conditions, is_conditioned
@@ -52,6 +52,10 @@ NO_GUIDANCE = {
     "audio_modality_scale": 1.0,
     "spatio_temporal_guidance_blocks": None,
 }
+# Which groups of LoRAs (gpu_runner/lora.py) each denoising stage applies: the job's always; a dev model's distilled
+# LoRA, standing in for a distilled transformer in fast mode, in stage 2 (the refine) alone.
+DISTILLED_GROUP = "distilled"
+LORA_GROUPS = {"denoise": ("job",), "refine": ("job", DISTILLED_GROUP)}
 # Fast mode's fixed schedule, diffusers' own (contract/request.py's FAST_STEPS counts them for the web process).
 FAST_SIGMAS = {"denoise": DISTILLED_SIGMA_VALUES, "refine": STAGE_2_DISTILLED_SIGMA_VALUES}
 
@@ -106,6 +110,7 @@ class Ltx2(Family):
         fast = job.request.mode == "fast"
         connectors = PrecomputedConnectors(context)
         pipe = self.source.load_denoiser(dtype, precision, connectors, device, conditioned, fast=fast)
+        self.attach_loras(pipe.transformer, job, dtype, fast)
         compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
         place_denoiser(pipe, device, video_tokens(job.request), compile_cache)
         first_stage = denoise_stages(job.request)[0]  # fast mode's stages have no STG
@@ -113,6 +118,18 @@ class Ltx2(Family):
         upsampler = self.source.load_upsampler(dtype) if fast else None
         hold = audio_hold(job, audio_latents_per_second(pipe)) if conditioned else None
         return Denoiser(pipe, upsampler, image_conditions(job), hold)
+
+    def attach_loras(self, transformer: nn.Module, job: Job, dtype: torch.dtype, fast: bool) -> None:
+        """The job's LoRAs as a low-rank path beside the (FP8) weights, for every stage (gpu_runner/lora.py; one at
+        scale 0 is left out, so it is exactly the model); in fast mode on a dev model with a distilled LoRA and no
+        distilled transformer, that LoRA too, for stage 2 alone (`denoise` switches it on)."""
+        chosen = [(lora.read_lora(Path(item.path), item.name), item.scale) for item in job.file.loras if item.scale]
+        if chosen:
+            lora.attach(transformer, chosen, "job", dtype)
+        distilled = getattr(self.source, "fast_lora", lambda: None)() if fast else None
+        if distilled is not None:
+            lora.attach(transformer, [(lora.read_lora(distilled), 1.0)], DISTILLED_GROUP, dtype)
+            lora.activate(transformer, LORA_GROUPS["denoise"])
 
     def latent_revision(self) -> str:
         return self.source.latent_revision()
@@ -133,6 +150,7 @@ class Ltx2(Family):
     ) -> Latents:
         """One denoising stage: from noise, or (fast mode's refine) from `start` noised to the stage's first sigma."""
         request = job.request
+        lora.activate(denoiser.pipe.transformer, LORA_GROUPS[stage.name])
         fixed = FAST_SIGMAS[stage.name] if request.mode == "fast" else None
         video, audio = start if start is not None else (None, None)
         return denoiser.pipe(

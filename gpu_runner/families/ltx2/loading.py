@@ -156,6 +156,11 @@ class DiffusersDirectory:
         """The directory as contract/library.py recognises it from its configs (the job's checks did), read once."""
         return library.recognise(self.model_dir)
 
+    def fast_lora(self) -> Path | None:
+        """A dev model's distilled LoRA that fast mode applies to stage 2 (library.Recognised.fast_lora), if any."""
+        name = self.recognised.fast_lora
+        return None if name is None else self.model_dir / name
+
     @property
     def version(self) -> library.Version:
         return self.recognised.version
