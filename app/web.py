@@ -98,8 +98,9 @@ def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngin
     pages = PageFeed(broker, templates, settings)
     webhooks = Webhooks(
         store,
-        # the job as the API shows it, its place in the queue as the pages last worked it out
-        lambda job: present(job, settings, pages.places),
+        # the job as the API shows it, its place in the queue as the pages last worked it out; rendered in the
+        # store's thread, inside the transaction that queues the delivery, so it may read the store
+        lambda job: present(job, settings, pages.places, store.extensions_of(job.id)),
         load_or_create_webhook_secret(settings.data_dir, settings.webhook_secret),
         settings.webhook_allow,
         settings.webhook_backoff_s,
