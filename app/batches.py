@@ -10,6 +10,7 @@ validated, one that fits the queue's limit but not the room it has now a 429.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from app.schemas import FieldError, InvalidRequest
@@ -18,15 +19,13 @@ BATCH_FIELDS = ("prompts", "seeds")
 BATCH_ID = re.compile(r"[0-9a-f]{32}")
 
 
+@dataclass(frozen=True)
 class Variation:
     """One job of a batch: its body, and which entry of `prompts` and of a list of `seeds` it took (for errors)."""
 
-    __slots__ = ("body", "prompt_index", "seed_index")
-
-    def __init__(self, body: dict[str, Any], prompt_index: int | None, seed_index: int | None) -> None:
-        self.body = body
-        self.prompt_index = prompt_index
-        self.seed_index = seed_index
+    body: dict[str, Any]
+    prompt_index: int | None
+    seed_index: int | None
 
     def field_name(self, field: str) -> str:
         """Where a problem of this job's `field` lies in the batch's body."""
