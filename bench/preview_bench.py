@@ -9,6 +9,14 @@ pooled into its latent cells, then the least-squares fit. Each timing is the med
 preview, the fastest: on a shared CPU the median carries other processes' load, as the step time does).
 
     python bench/preview_bench.py [--repeats 20]
+
+On a GPU (`--device cuda`), what a preview costs the denoiser: a stand-in step (bf16 matmuls on the card, timed to
+`--step-ms`, whose result the latents depend on, as a real step's do) runs `--steps` times with a preview due at
+every step (a fast job's stages), with no previews, with previews finished in line (the step callback waits for
+the step's kernels, then colours, JPEG and rename), and with previews on the runner's PreviewThread. Full-size
+latents of fast 121-frame jobs: stage 1 of 768x448 (384x224), stage 2 of 768x448 and of 1280x704.
+
+    python bench/preview_bench.py --device cuda [--step-ms 80 300] [--steps 11]
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from gpu_runner.cancel import Cancellation  # noqa: E402
 from gpu_runner.demo.model import build_demo_model  # noqa: E402
 from gpu_runner.families.ltx2.preview import PreviewWriter  # noqa: E402
 from gpu_runner.job import load_job  # noqa: E402
-from gpu_runner.pipeline import generate  # noqa: E402
+from gpu_runner.pipeline import PreviewThread, generate  # noqa: E402
 from gpu_runner.preview_colours import MAP_FILE, ColourLearner, ColourMap  # noqa: E402
 
 # (name, latent channels, latent frames, height and width in latent cells, pixels per cell)
@@ -73,7 +81,7 @@ def preview_s(work: Path, colours: ColourMap, frames: int, height: int, width: i
 
     def due_step() -> None:
         writer.after_step(sigmas, 0, first)  # keeps the shown frames' latents
-        assert writer.after_step(sigmas, 1, second) is not None
+        writer.after_step(sigmas, 1, second)()  # in line: the whole cost, wherever a job runs it
 
     return times(due_step, repeats)
 
@@ -92,11 +100,84 @@ def fit_s(channels: int, frames: int, height: int, width: int, pixels: int, repe
     return statistics.median(times(learn, repeats))
 
 
+# (name, latent frames, height and width in latent cells) of fast 121-frame jobs' stages
+GPU_SHAPES = [
+    ("121f 768x448, stage 1 (384x224)", 16, 7, 12),
+    ("121f 768x448, stage 2", 16, 14, 24),
+    ("121f 1280x704, stage 2", 16, 22, 40),
+]
+
+
+def stand_in_step(device: torch.device, step_ms: float):
+    """A callable queueing about `step_ms` of bf16 matmuls and returning a scalar that depends on them."""
+    matrix = torch.randn(4096, 4096, device=device, dtype=torch.bfloat16) / 64
+
+    def run(count: int) -> torch.Tensor:
+        product = matrix
+        for _ in range(count):
+            product = product @ matrix
+        return product[:1, :1].float()
+
+    run(4)
+    torch.cuda.synchronize(device)
+    began = time.perf_counter()
+    run(50)
+    torch.cuda.synchronize(device)
+    count = max(1, round(step_ms / ((time.perf_counter() - began) * 1000 / 50)))
+    return lambda: run(count)
+
+
+def gpu_steps_s(work: Path, device, step, colours, shape, steps: int, how: str) -> float:
+    """Seconds a step, `steps` stand-in steps with a preview due at each, previews finished `how`."""
+    frames, height, width = shape
+    writer = PreviewWriter(lambda name: work / name, shape, total_steps=steps, colours=colours, previews=steps)
+    sigmas = torch.linspace(1, 0, steps + 1)
+    latents = torch.randn(1, frames * height * width, colours.channels, device=device, dtype=torch.bfloat16)
+    torch.cuda.synchronize(device)
+    began = time.perf_counter()
+    with PreviewThread(lambda event: None) as thread:
+        for index in range(steps):
+            latents = latents * 0.99 + step().to(latents.dtype)
+            work_left = None if how == "none" else writer.after_step(sigmas, index, latents)
+            if work_left is not None:
+                thread.submit(work_left) if how == "thread" else work_left()
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - began) / steps
+
+
+def gpu_main(args) -> None:
+    device = torch.device(args.device)
+    card = torch.cuda.get_device_name(device)
+    print(f"{card}, torch {torch.__version__}; full-size latent shapes, random latents and map\n")
+    print("| latents | stand-in step ms | no previews ms/step | in line: ms/step (cost) | thread: ms/step (cost) |")
+    print("|---|---|---|---|---|")
+    colours = ColourMap(torch.randn(128 + 1, 3) * 10)
+    with tempfile.TemporaryDirectory() as work:
+        for step_ms in args.step_ms:
+            step = stand_in_step(device, step_ms)
+            for name, *shape in GPU_SHAPES:
+                runs = {how: [] for how in ("none", "in line", "thread")}
+                for _ in range(args.repeats):
+                    for how, taken in runs.items():
+                        taken.append(gpu_steps_s(Path(work), device, step, colours, tuple(shape), args.steps, how))
+                none, inline, threaded = (statistics.median(runs[how]) * 1000 for how in runs)
+                print(
+                    f"| {name} | {step_ms:.0f} | {none:.1f} | {inline:.1f} ({(inline - none) / none:+.1%}) "
+                    f"| {threaded:.1f} ({(threaded - none) / none:+.1%}) |"
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--step-ms", type=float, nargs="+", default=[80.0, 300.0])
+    parser.add_argument("--steps", type=int, default=11)
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.device != "cpu":
+        gpu_main(args)
+        return
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         step, demo_map = demo_step_s(work)

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -125,9 +126,10 @@ def _stages(
                 with stages("upsample"):
                     video_latents, audio_latents = latents
                     latents = family.upsample(denoiser, video_latents, device), audio_latents
-            with stages(stage.name, note=denoise_note(compiled)):
+            with stages(stage.name, note=denoise_note(compiled)), PreviewThread(emit) as preview_thread:
                 reporter = StageReporter(number, plan, compiled)
-                on_step_end = step_reporter(emit, cancellation, reporter, family.previews(job, stage, colours))
+                previews = family.previews(job, stage, colours)
+                on_step_end = step_reporter(emit, cancellation, reporter, previews, preview_thread.submit)
                 latents = family.denoise(denoiser, job, stage, on_step_end, start=latents)
     video_latents, audio_latents = latents
     # An extension's soundtrack: the earlier clip's audio latents, then the new part's, decoded in one piece.
@@ -321,18 +323,56 @@ class StageReporter:
         )
 
 
+class PreviewThread:
+    """Finishes previews beside the denoiser: colouring, JPEG and rename (and, on a GPU, the wait for the step's
+    kernels that reading its latents implies) would otherwise stall every step that shows one, every step of a
+    fast job's 8+3. One preview at a time: the next waits for the last, so a slow disk slows the denoiser rather
+    than piling up frames. A preview that fails (a full disk) raises at the next one or when the stage ends,
+    inside the stage, as it did when written in line. Its events come from this thread (the emitter is locked).
+    """
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview")
+        self._last: Future | None = None
+
+    def submit(self, work: Callable[[], protocol.Event]) -> None:
+        self._wait()
+        self._last = self._pool.submit(lambda: self._emit(work()))
+
+    def _wait(self) -> None:
+        last, self._last = self._last, None
+        if last is not None:
+            last.result()  # re-raises what the preview raised
+
+    def __enter__(self) -> PreviewThread:
+        return self
+
+    def __exit__(self, failure, *_) -> None:
+        try:
+            if failure is None:
+                self._wait()
+        finally:
+            # Leaving with an error (a cancel): the preview in hand is not waited for, nor its failure reported.
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def step_reporter(
     emit: Emit,
     cancellation: Cancellation,
     stage: StageReporter,
     previews,
+    run_preview: Callable[[Callable[[], protocol.Event]], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ):
     """The per-step callback of one denoising stage: a `step` event with an ETA (`seconds_left`), a preview every
-    few steps, then a cancellation check.
+    few steps (finished by `run_preview`, a PreviewThread's submit in a job; in line by default), then a
+    cancellation check.
 
     Raising from it (Cancelled) leaves the pipeline before it decodes anything.
     """
+    if run_preview is None:
+        run_preview = lambda work: emit(work())  # noqa: E731
     started = last_end = clock()
     step_times: list[float] = []
 
@@ -344,7 +384,7 @@ def step_reporter(
         emit(stage.step(step_times, now - started))
         preview = previews.after_step(pipe.scheduler.sigmas, index, tensors["latents"])
         if preview is not None:
-            emit(preview)
+            run_preview(preview)
         cancellation.check()
         return {}
 

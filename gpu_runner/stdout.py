@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import IO
 
 from contract.protocol import Event, encode
@@ -13,14 +14,18 @@ SPARE_READY = "spare runner {pid}: torch and diffusers imported in"
 
 
 class Emitter:
-    """Writes events to the protocol stream, one line each, flushed at once."""
+    """Writes events to the protocol stream, one line each, flushed at once; from any thread (previews are
+    finished on one of their own), a line never interleaved with another."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
+        self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
-        self._stream.write(encode(event) + b"\n")
-        self._stream.flush()
+        line = encode(event) + b"\n"
+        with self._lock:
+            self._stream.write(line)
+            self._stream.flush()
 
 
 def claim_stdout() -> Emitter:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import signal
+import threading
 import time
 from types import SimpleNamespace
 
@@ -18,6 +20,7 @@ from gpu_runner.families.ltx2.preview import GAP, PreviewWriter, clean_estimate
 from gpu_runner.job import JobError, load_job
 from gpu_runner.pipeline import (
     COMPILE_NOTE,
+    PreviewThread,
     StageReporter,
     Stages,
     denoise_note,
@@ -86,9 +89,12 @@ def test_a_preview_that_finds_the_disk_full_fails_the_job_as_disk_full_leaving_n
     sigmas = torch.tensor([1.0, 0.5, 0.0])
     disk.fill()
 
-    with pytest.raises(JobError) as raised, stages("denoise"):
+    # finished beside the denoiser, as in a job: the failure still surfaces inside the stage
+    with pytest.raises(JobError) as raised, stages("denoise"), PreviewThread(lambda event: None) as thread:
         for index in range(2):
-            previews.after_step(sigmas, index, torch.randn(1, 3 * 16 * 16, 128))
+            work = previews.after_step(sigmas, index, torch.randn(1, 3 * 16 * 16, 128))
+            if work is not None:
+                thread.submit(work)
 
     assert raised.value.code == "disk_full"
     message = raised.value.message
@@ -197,11 +203,48 @@ def test_previews_show_the_clean_estimate_of_every_sampled_frame_as_a_jpeg(tmp_p
     written = []
     for index in range(4):  # exact flow-matching states x_s = (1 - s) x0 + s noise
         s = sigmas[index + 1]
-        written.append(previews.after_step(sigmas, index, (1 - s) * clean + s * noise))
+        work = previews.after_step(sigmas, index, (1 - s) * clean + s * noise)
+        written.append(None if work is None else work())
     assert [w.step if w else None for w in written] == [None, 2, None, 4]
     image = Image.open(tmp_path / jobdir.PREVIEW_FILE)
     assert image.format == "JPEG" and image.size == (3 * 5 * previews.upscale + 2 * GAP, 2 * previews.upscale)
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_preview_thread_finishes_previews_off_the_caller_one_at_a_time_and_in_order():
+    events, finished_on = [], []
+    release = threading.Event()
+
+    def work(step: int, wait: bool = False):
+        def finish() -> protocol.Preview:
+            if wait:
+                assert release.wait(10)
+            finished_on.append(threading.current_thread().name)
+            return protocol.Preview(file=jobdir.PREVIEW_FILE, step=step)
+
+        return finish
+
+    with PreviewThread(events.append) as thread:
+        thread.submit(work(2, wait=True))
+        assert events == [], "the caller does not wait for a preview it hands over"
+        release.set()
+        thread.submit(work(4))  # waits for step 2's preview first
+        assert [e.step for e in events] == [2]
+    assert [e.step for e in events] == [2, 4], "the stage ends only once its last preview is sent"
+    assert all(name.startswith("preview") for name in finished_on)
+
+
+def test_a_failed_preview_raises_at_the_next_one_and_not_over_a_cancel():
+    def failing():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError), PreviewThread(lambda event: None) as thread:
+        thread.submit(failing)
+        thread.submit(lambda: protocol.Preview(file=None, step=2))
+
+    with pytest.raises(Cancelled), PreviewThread(lambda event: None) as thread:
+        thread.submit(failing)
+        raise Cancelled(signal.SIGTERM)
 
 
 def test_the_clean_estimate_of_an_euler_step_is_the_sample_it_aims_at():

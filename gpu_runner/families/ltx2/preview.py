@@ -9,6 +9,8 @@ the clip. A model with no map yet gets no picture: an event says so, and its fir
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from PIL import Image
@@ -21,6 +23,10 @@ STRIP_WIDTH = 1280  # about the widest a page shows the strip: pixels enough not
 UPSCALE_LIMITS = (2, 32)  # pixels per latent cell, at most as many as the cell decodes to
 GAP = 2  # dark pixels between frames
 NO_COLOURS = "No colour preview yet: this model's first clip teaches the portal its colours."
+
+# What is left of a preview once its frames are picked: colouring, the JPEG, the rename; it returns the event to
+# send once the file is in place. pipeline.PreviewThread runs it beside the denoiser, which goes on meanwhile.
+PreviewWork = Callable[[], protocol.Preview]
 
 
 def clean_estimate(previous: torch.Tensor, latents: torch.Tensor, sigma: float, next_sigma: float) -> torch.Tensor:
@@ -56,25 +62,35 @@ class PreviewWriter:
         self._shown = torch.from_numpy(shown)
         self.upscale = upscale_for(len(self._shown), self._width)
 
-    def after_step(self, sigmas: torch.Tensor, index: int, latents: torch.Tensor) -> protocol.Preview | None:
-        """Called with the packed video latents after step `index`; returns an event when a preview was written,
-        or, the first time, when none can be (no colour map)."""
+    def after_step(self, sigmas: torch.Tensor, index: int, latents: torch.Tensor) -> PreviewWork | None:
+        """Called with the packed video latents after step `index`; returns the rest of the work when a preview
+        is due (its event says the picture is written or, the first time, that none can be: no colour map).
+
+        Only the shown frames are sliced out here (kernels queued, no wait for the device); the work left holds
+        those few frames and nothing else of the step."""
         done = index + 1
         due = done % self._every == 0 or done == self._total
         if self._colours is None:
             if not due or self._told:
                 return None
             self._told = True
-            return protocol.Preview(file=None, step=done, note=NO_COLOURS)
+            note = protocol.Preview(file=None, step=done, note=NO_COLOURS)
+            return lambda: note
         # The clip's own tokens come first; keyframe tokens (appended by the condition pipeline) are left out.
         tokens = self._frames * self._height * self._width
         frames = latents[:1, :tokens].detach().reshape(self._frames, self._height * self._width, -1)
         cells = frames.index_select(0, self._shown.to(frames.device))
-        previous, self._previous = self._previous, cells.float()
+        previous, current = self._previous, cells.float()
+        self._previous = current
         if previous is None or not due:
             return None
-        self._write(clean_estimate(previous, self._previous, float(sigmas[index]), float(sigmas[index + 1])))
-        return protocol.Preview(file=jobdir.PREVIEW_FILE, step=done)
+        sigma, next_sigma = float(sigmas[index]), float(sigmas[index + 1])
+
+        def write() -> protocol.Preview:
+            self._write(clean_estimate(previous, current, sigma, next_sigma))
+            return protocol.Preview(file=jobdir.PREVIEW_FILE, step=done)
+
+        return write
 
     def _write(self, clean: torch.Tensor) -> None:
         rgb = self._colours.rgb(clean).reshape(len(self._shown), self._height, self._width, 3)
