@@ -342,10 +342,10 @@ class Jobs(msgspec.Struct, frozen=True):
             return []
         return await self.store.call(self.store.batch_jobs, batch_id)
 
-    async def cancel_batch(self, batch_id: str) -> list[str]:
-        """Cancel every job of a batch that has not ended (queued or running); their ids."""
+    async def cancel_batch(self, batch: list[JobRow]) -> list[str]:
+        """Cancel every job of a batch (its jobs, as `batch` read them) that has not ended; their ids."""
         cancelled = []
-        for job in await self.batch(batch_id):
+        for job in batch:
             if not job.finished:
                 try:
                     await self.cancel(job)

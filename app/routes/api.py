@@ -369,8 +369,7 @@ class BatchesApi(Controller):
     async def cancel_batch(
         self, batch_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
     ) -> BatchOut:
-        await load_batch(jobs, batch_id)
-        await jobs.cancel_batch(batch_id)
+        await jobs.cancel_batch(await load_batch(jobs, batch_id))
         return present_batch(batch_id, await load_batch(jobs, batch_id), settings, await jobs.places())
 
 

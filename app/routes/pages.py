@@ -27,7 +27,7 @@ from app.disk import DiskFull
 from app.jobs import Conflict, Jobs, QueueFull, present_batch, present_delivery, provenance_changes
 from app.page_feed import PageFeed, job_context
 from app.ratelimit import RateLimited
-from app.routes.api import client_address, load_job
+from app.routes.api import client_address, load_batch, load_job
 from app.schemas import FieldError, InvalidRequest
 from contract import loras
 from contract.models import ModelSpec
@@ -398,9 +398,7 @@ async def cancel_batch_form(
     request: Request, batch_id: FromPath[str], jobs: NamedDependency[Jobs], settings: NamedDependency[Settings]
 ) -> Redirect | ClientRedirect:
     """Cancel what of a batch has not ended; back to the batch's gallery, where its cards show it."""
-    if not await jobs.batch(batch_id):
-        raise NotFoundException(f"No batch with id {batch_id!r}.")
-    await jobs.cancel_batch(batch_id)
+    await jobs.cancel_batch(await load_batch(jobs, batch_id))
     url = settings.url(f"/?batch={batch_id}")
     return ClientRedirect(url) if request.headers.get("hx-request") else Redirect(url, status_code=303)
 

@@ -229,8 +229,8 @@ def certificates(directory: Path, name: str) -> tuple[Path, Path, Path]:
 
 def test_https_deliveries_check_the_certificate_against_the_urls_host_name(make_portal, make_receiver, tmp_path):
     """Delivered over TLS to a checked address, the certificate checked against the URL's host name (sent as the
-    server name) by AVP_WEBHOOK_CA_FILE's CA. The same receiver by its address fails: its certificate names no
-    address, and the connection the first delivery made to that address is not reused for the second."""
+    server name) by AVP_WEBHOOK_CA_FILE's CA. The same receiver by its address fails, its certificate naming no
+    address, although the first delivery reached that very address under its host name."""
     ca, cert, key = certificates(tmp_path, "localhost")
     secret = new_secret()
     portal = make_portal(
