@@ -300,12 +300,14 @@ def run(
     compile_blocks: bool = False,
     mode: str = "quality",
     first_and_last: bool = False,
+    image: bool = False,
 ) -> dict:
     """One job through `gpu_runner.pipeline.generate`; with `prompt_cache`, a repeated prompt skips the encoder.
 
     `mode` "fast" runs the distilled two-stage path (its steps are fixed: `steps` is ignored); the random
     transformer stands in for a distilled one, which has the same layout. `first_and_last` pins the clip's first
-    and last frames to two images (keyframes at frames 0 and -1), as a job with two uploads would.
+    and last frames to two images (keyframes at frames 0 and -1), as a job with two uploads would; `image` starts
+    it from one image (image-to-video), as a job with an uploaded still would.
     """
     job_dir = workdir / f"job-{mode}-{frames}-{width}x{height}-{len(list(workdir.glob('job-*')))}"
     job_dir.mkdir()
@@ -325,6 +327,7 @@ def run(
         keyframes=(Keyframe(upload_id="first", frame=0), Keyframe(upload_id="last", frame=-1))
         if first_and_last
         else None,
+        image_upload_id="image" if image else None,
         **generation,
     )
     request = spec.resolve(asked, seed=1)
@@ -333,10 +336,12 @@ def run(
         prompt_cache_dir=None if prompt_cache is None else str(prompt_cache),
         compile_cache_dir=str(workdir / "compiled") if compile_blocks else None,
     )
-    job_file = jobdir.job_file(job_dir.name, request, spec, options)
+    job_file = jobdir.job_file(job_dir.name, request, spec, options, image=image)
     for index, name in enumerate(job_file.keyframe_files):  # what the web process writes from the uploads
         colour = (200, 40, 30) if index == 0 else (30, 60, 220)
         Image.new("RGB", (width, height), colour).save(job_dir / name, format="PNG")
+    if image:
+        Image.new("RGB", (width, height), (40, 160, 60)).save(job_dir / jobdir.IMAGE_FILE, format="PNG")
     job = Job(directory=job_dir, file=job_file, spec=spec, model_dir=model_dir)
     events: list[tuple[float, protocol.Event]] = []
     source = RandomWeights(size)

@@ -66,10 +66,12 @@ class Clip:
     width: int
     height: int
     first_and_last: bool = False  # keyframes at the first and the last frame
+    image: bool = False  # image-to-video: the clip starts from an image
 
     @property
     def name(self) -> str:
-        return f"{self.mode} {self.frames}f {self.width}x{self.height}" + (" first+last" if self.first_and_last else "")
+        conditioning = (" first+last" if self.first_and_last else "") + (" image" if self.image else "")
+        return f"{self.mode} {self.frames}f {self.width}x{self.height}{conditioning}"
 
 
 FULL_CLIPS = (
@@ -79,12 +81,14 @@ FULL_CLIPS = (
     Clip("quality", 121, 768, 448),
     Clip("quality", 481, 768, 448),
     Clip("fast", 121, 768, 448, first_and_last=True),
+    Clip("fast", 121, 768, 448, image=True),
 )
 TINY_CLIPS = (
     Clip("fast", 17, 256, 128),
     Clip("fast", 9, 256, 128),
     Clip("quality", 9, 256, 128),
     Clip("fast", 17, 256, 128, first_and_last=True),
+    Clip("fast", 17, 256, 128, image=True),
 )
 STOCK_COLUMNS = ("clip", "stage 1 s", "upsample s", "stage 2 + decode s", "total s", "peak VRAM GiB", "passes")
 
@@ -128,7 +132,7 @@ def stock_rows(size: ModelSize, clips: tuple[Clip, ...], device: torch.device) -
     for stock in (pipe, upsample):
         stock.set_progress_bar_config(disable=True)
     rows = []
-    for clip in (c for c in clips if c.mode == "fast" and not c.first_and_last):
+    for clip in (c for c in clips if c.mode == "fast" and not c.first_and_last and not c.image):
         log(f"stock, {clip.name}")
         passes.clear()
         memory.release(device)
@@ -185,6 +189,7 @@ def our_runs(size: ModelSize, clips: tuple[Clip, ...], workdir: Path, quality_st
                 compile_blocks=True,
                 mode=clip.mode,
                 first_and_last=clip.first_and_last,
+                image=clip.image,
             )
             memory.release(device)
             run["label"] = f"{clip.name} {attempt}".strip()

@@ -223,13 +223,7 @@ def _compute_dtype(layer: nn.Module) -> torch.dtype:
     return torch.bfloat16 if weight.dtype.itemsize == 1 else weight.dtype
 
 
-def files_gib(job) -> float:
-    """The job's LoRA files' size (held beside the transformer while it denoises), and a fast dev job's distilled
-    LoRA's: what the runner adds to the predicted peak before admitting the job."""
-    from contract import library
-
-    paths = [Path(entry.path) for entry in job.file.loras if entry.scale]
-    distilled = library.recognise(job.model_dir).fast_lora if job.request.mode == "fast" else None
-    if distilled is not None:
-        paths.append(job.model_dir / distilled)
+def files_gib(paths: list[Path]) -> float:
+    """LoRA files' size (held beside the transformer while it denoises: `Family.lora_files`), what the runner adds
+    to the predicted peak before admitting the job."""
     return sum(path.stat().st_size for path in paths if path.is_file()) / 2**30

@@ -77,7 +77,8 @@ def _stages(
         free_gib = memory.free_vram_gib(device)  # the process's first CUDA call: the driver starts here
         log.info("CUDA started in %.2f s, %.1f GiB free", time.monotonic() - asked, free_gib)
         predicted = family.predict_peak(precision, request)
-        predicted = dataclasses.replace(predicted, denoise_gib=predicted.denoise_gib + lora.files_gib(job))
+        loras_gib = lora.files_gib(family.lora_files(job))
+        predicted = dataclasses.replace(predicted, denoise_gib=predicted.denoise_gib + loras_gib)
         decode_budget_gib = admission.admit(predicted, free_gib, size)
 
     # 1-3. The prompt's context: from the cache, or from the text side, then freed.

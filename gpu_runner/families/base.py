@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,6 +95,11 @@ class Family(ABC):
         """The whole clip's audio latents: an extension's joined to the earlier clip's (a family that extends
         says how); by default the new ones as they are."""
         return audio_latents
+
+    def lora_files(self, job: Job) -> list[Path]:
+        """The LoRA files the job's transformer will hold beside it (admission adds their bytes to its peak):
+        the job's own, by default; a family with a distilled LoRA for fast mode adds it."""
+        return [Path(entry.path) for entry in job.file.loras if entry.scale]
 
     def check_mode(self, job: Job) -> None:
         """Refuse a job this family cannot run (an image condition where it has no image-to-video)."""

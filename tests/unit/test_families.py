@@ -14,7 +14,7 @@ from contract import jobdir, protocol
 from contract.cost import PeakPrediction
 from contract.models import MODEL_KINDS, demo_spec
 from contract.request import FAST_STEPS, Request, denoise_stages
-from gpu_runner import families, pipeline
+from gpu_runner import families, lora, pipeline
 from gpu_runner.cancel import Cancellation
 from gpu_runner.job import Job, JobError
 from gpu_runner.preview_colours import ColourLearner
@@ -150,3 +150,23 @@ def test_a_family_with_no_preview_colours_learns_them_from_its_decode_into_the_d
     assert learnt is not None and learnt.model == job.spec.id
     # the fake's frames are mid-grey whatever its (all-zero) latents: the bias carries it all
     assert torch.allclose(learnt.rgb(torch.zeros(1, 1)), torch.full((1, 3), 128.0), atol=0.1)
+
+
+def test_admission_counts_the_jobs_loras_and_a_fast_jobs_distilled_lora_from_the_model_not_its_directory(tmp_path):
+    """The distilled LoRA comes from the family's source (what will load it), so a model with no directory on disk
+    (random weights in a bench) is admitted too, as it was not when admission read the directory again."""
+    from gpu_runner.families.ltx2 import Ltx2
+
+    own, distilled = tmp_path / "own.safetensors", tmp_path / "distilled.safetensors"
+    own.write_bytes(b"x" * 3 * 2**20)
+    distilled.write_bytes(b"x" * 2**20)
+    entries = [SimpleNamespace(path=str(own), scale=0.5), SimpleNamespace(path=str(tmp_path / "off"), scale=0.0)]
+
+    def job(mode: str) -> SimpleNamespace:
+        return SimpleNamespace(file=SimpleNamespace(loras=entries), request=SimpleNamespace(mode=mode))
+
+    with_lora = Ltx2(SimpleNamespace(fast_lora=lambda: distilled))
+    assert with_lora.lora_files(job("fast")) == [own, distilled]
+    assert with_lora.lora_files(job("quality")) == [own]
+    assert Ltx2(SimpleNamespace()).lora_files(job("fast")) == [own], "a source with no distilled LoRA adds none"
+    assert lora.files_gib(with_lora.lora_files(job("fast"))) == pytest.approx(4 / 1024)

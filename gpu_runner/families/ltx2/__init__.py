@@ -131,6 +131,10 @@ class Ltx2(Family):
             lora.attach(transformer, [(lora.read_lora(distilled), 1.0)], DISTILLED_GROUP, dtype)
             lora.activate(transformer, LORA_GROUPS["denoise"])
 
+    def lora_files(self, job: Job) -> list[Path]:
+        distilled = getattr(self.source, "fast_lora", lambda: None)() if job.request.mode == "fast" else None
+        return super().lora_files(job) + ([] if distilled is None else [distilled])
+
     def latent_revision(self) -> str:
         return self.source.latent_revision()
 
