@@ -321,3 +321,21 @@ def test_an_ltx_2_5_transformer_with_a_gemma_3_text_encoder_is_refused_naming_ge
     (model / "text_encoder" / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
 
     assert "LTX-2.5 uses 'gemma4_unified' (Gemma-4)" in reason(model)
+
+
+def test_an_image_on_ltx_2_5s_fast_mode_is_refused_naming_the_field_and_quality_takes_it(tmp_path):
+    model = write_ltx2_5(tmp_path / "m")
+    upsampler = model / "latent_upsampler"
+    upsampler.mkdir()
+    (upsampler / "config.json").write_text(json.dumps({"_class_name": "LTX2LatentUpsamplerModel"}))
+    (upsampler / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    spec = library_spec(model, recognise(model))
+    assert spec.modes == ("fast", "quality")
+
+    def refused(mode: str, **condition) -> list[str]:
+        request = spec.resolve(Request(prompt="a", mode=mode, **condition))
+        return [field for field, message in spec.violations(request) if "LTX-2.5's fast mode" in message]
+
+    assert refused("fast", image_upload_id="u1") == ["image_upload_id"]
+    assert refused("fast", extend_from="j1") == ["extend_from"]
+    assert refused("quality", image_upload_id="u1") == refused("fast") == []
