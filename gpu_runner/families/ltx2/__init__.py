@@ -274,9 +274,10 @@ class Ltx2(Family):
         model from noise, conditioned on the latents), read from disk now that the transformer is gone, in diffusers'
         own tiles where the clip exceeds its reference tile (768 px, 80 frames: what bounds its memory), freed once its
         pixels are out; they go to the muxer in chunks. One `tile` event when it is done."""
-        del decoders["vae"]  # the latents are already denormalised: the decoder needs none of its statistics
+        # The latents are already denormalised, so the VAE goes unused; it was loaded in the job's compute dtype.
+        dtype = decoders.pop("vae").dtype
         seed = decoders.pop("diffusion_seed")
-        decoder = self.source.load_diffusion_decoder(latents.dtype).to(device)
+        decoder = self.source.load_diffusion_decoder(dtype).to(device)
         decoder.enable_tiling()
         pipe = DiffusionDecodingPipeline(diffusion_decoder=decoder, scheduler=None)
         pixels = pipe(
