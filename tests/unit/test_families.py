@@ -150,3 +150,11 @@ def test_a_family_with_no_preview_colours_learns_them_from_its_decode_into_the_d
     assert learnt is not None and learnt.model == job.spec.id
     # the fake's frames are mid-grey whatever its (all-zero) latents: the bias carries it all
     assert torch.allclose(learnt.rgb(torch.zeros(1, 1)), torch.full((1, 3), 128.0), atol=0.1)
+
+
+@pytest.mark.parametrize(("frames", "token_frames"), [(9, 33), (121, 161), (481, 601)])
+def test_ltx_2_5s_fast_mode_plans_for_its_padded_canvas_and_keyframe_slots(frames, token_frames):
+    """9 frames pad to a 24-frame segment (4 latent frames) with 1 slot; 121 fill 5 segments with 5 slots."""
+    from gpu_runner.families.ltx2 import slots
+
+    assert slots.token_frames(Request(num_frames=frames)) == token_frames

@@ -12,6 +12,7 @@ import functools
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import torch
 from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
@@ -117,9 +118,17 @@ class Ltx2(Family):
     def predict_peak(self, precision: str, request: Request) -> PeakPrediction:
         config = self.source.transformer_config()
         inner_width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+        denoised = self._as_denoised(request)
         return predict_job_peak(
-            self.source.weights_gib, inner_width, vae_width(self.source.vae_config()), precision, request
+            self.source.weights_gib, inner_width, vae_width(self.source.vae_config()), precision, denoised
         )
+
+    def _as_denoised(self, request: Request) -> Request:
+        """The request as long as the transformer sees it: LTX-2.5's fast mode denoises a padded canvas and its
+        keyframe slots (slots.token_frames), up to a third more tokens than the clip's."""
+        if request.mode == "fast" and getattr(self.source, "slot_pipeline", False):
+            return msgspec.structs.replace(request, num_frames=slots.token_frames(request))
+        return request
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device):
         return self.source.load_text_side(dtype, device)
@@ -142,7 +151,7 @@ class Ltx2(Family):
         pipe = self.source.load_denoiser(dtype, precision, connectors, device, conditioned, fast=fast)
         self.attach_loras(pipe.transformer, job, dtype, fast)
         compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
-        place_denoiser(pipe, device, video_tokens(job.request), compile_cache)
+        place_denoiser(pipe, device, video_tokens(self._as_denoised(job.request)), compile_cache)
         first_stage = denoise_stages(job.request)[0]  # fast mode's stages have no STG
         share_stg_prefix(pipe.transformer, self.guidance(first_stage)["spatio_temporal_guidance_blocks"])
         upsampler = self.source.load_upsampler(dtype) if fast else None
