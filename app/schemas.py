@@ -281,10 +281,11 @@ class ModelOut(Base):
     id: str
     label: str
     kind: str
-    version: str  # "2.0" or "2.3" (the demo is a tiny 2.0)
-    variant: str  # "dev" or "distilled"
-    modes: list[str]  # what the portal can run with it: "quality" (full guidance)
-    parts: list[str]  # optional parts present: "latent_upsampler", "distilled_lora"
+    version: str  # "2.0", "2.3" or "2.5" (the demo is a tiny 2.0)
+    variant: str  # "dev" or "distilled": transformer/'s
+    modes: list[str]  # what the portal can run with it: "fast" (distilled two-stage), "quality" (full guidance)
+    parts: list[str]  # optional parts present: "latent_upsampler", "distilled_lora", "diffusion_decoder", ...
+    disabled_modes: dict[str, str]  # each mode it cannot run, with what its directory lacks for it
     note: str
     constraints: Constraints
     defaults: ModelDefaults

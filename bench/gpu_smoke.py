@@ -1,8 +1,9 @@
-"""GPU smoke: the runner's own stages on full-size LTX-2.0 or 2.3 components with RANDOM WEIGHTS.
+"""GPU smoke: the runner's own stages on full-size LTX-2.0, 2.3 or 2.5 components with RANDOM WEIGHTS.
 
 Builds every component at full size in memory (no weights can be downloaded) from
 bench/configs/ltx2-family-configs.json: the 19B DiT, video VAE, audio VAE, vocoder, connectors,
-latent upsampler and the Gemma-3 12B text encoder of `--version`. Then runs
+latent upsampler and the Gemma-3 12B text encoder of `--version` (2.5: Gemma-4 12B, and the diffusion
+decoder its fast mode decodes with). Then runs
 `gpu_runner.pipeline.generate` - the same stages a job runs - at 768x448 for each frame count,
 and prints per-stage time and peak VRAM.
 
@@ -47,6 +48,7 @@ from gpu_runner.families.ltx2 import Ltx2  # noqa: E402
 from gpu_runner.families.ltx2.loading import (  # noqa: E402
     ConditionedDenoisingPipeline,
     DenoisingPipeline,
+    SlotDenoisingPipeline,
     is_fp8_layer,
 )
 from gpu_runner.families.ltx2.text import PrecomputedConnectors, prepare_text_encoder  # noqa: E402
@@ -55,7 +57,7 @@ from gpu_runner.memory import empty_weights  # noqa: E402
 from gpu_runner.pipeline import generate  # noqa: E402
 
 FAMILY = json.loads((Path(__file__).parent / "configs" / "ltx2-family-configs.json").read_text())
-VERSIONS = ("2.0", "2.3")
+VERSIONS = ("2.0", "2.3", "2.5")
 TEXT_STAGES = ("load_text_encoder", "encode_prompt", "free_text_encoder")
 
 
@@ -87,6 +89,7 @@ class ModelSize:
     latent_upsampler: Callable[[], nn.Module]  # fast mode's x2 spatial upsampler
     sequence_length: int  # prompt tokens
     version: str = "2.0"
+    diffusion_decoder: Callable[[], nn.Module] | None = None  # LTX-2.5's: its fast mode's video decoder
 
 
 def family_component(version: str, component: str) -> Callable[[], nn.Module]:
@@ -116,6 +119,7 @@ def full_size(version: str) -> ModelSize:
         latent_upsampler=component("latent_upsampler"),
         sequence_length=1024,
         version=version,
+        diffusion_decoder=component("diffusion_decoder") if "diffusion_decoder" in FAMILY[version] else None,
     )
 
 
@@ -203,6 +207,11 @@ class RandomWeights:
     def version(self) -> str:
         return self.size.version
 
+    @property
+    def slot_pipeline(self) -> bool:
+        """As loading.DiffusersDirectory: LTX-2.5's fast mode runs the keyframe-slot pipeline and diffusion decoder."""
+        return self.version == "2.5"
+
     def is_ltx2_0(self) -> bool:
         return self.version == "2.0"
 
@@ -261,6 +270,8 @@ class RandomWeights:
             audio_vae = self.size.audio_vae()
             vocoder = self.size.vocoder()
         pipeline_class = ConditionedDenoisingPipeline if conditioned else DenoisingPipeline  # as the runner picks
+        if fast and self.slot_pipeline:
+            pipeline_class = SlotDenoisingPipeline
         pipe = pipeline_class(
             scheduler=ltx2_scheduler("distilled" if fast else "dev"),
             vae=vae.eval(),
@@ -281,6 +292,13 @@ class RandomWeights:
         upsampler = random_module(self.size.latent_upsampler, "cpu", dtype)
         self.built_s["upsampler"] = time.monotonic() - began
         return upsampler
+
+    def load_diffusion_decoder(self, dtype: torch.dtype) -> nn.Module:
+        """LTX-2.5's diffusion decoder, built on the CPU when its stage comes, as the runner reads it then."""
+        began = time.monotonic()
+        decoder = random_module(self.size.diffusion_decoder, "cpu", dtype)
+        self.built_s["diffusion decoder"] = time.monotonic() - began
+        return decoder
 
     def _count_pass(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
@@ -314,7 +332,15 @@ def run(
     model_dir = workdir / "no-checkpoint"
     spec = with_parts(
         ltx2_spec(model_dir, size.version),
-        library.Recognised(family="ltx-2", version=size.version, variant="distilled", upsampler=True),
+        library.Recognised(
+            family="ltx-2",
+            version=size.version,
+            variant="distilled",
+            upsampler=True,
+            # LTX-2.5 as published: the random transformer stands in for both of its transformers
+            full_transformer=library.FULL_TRANSFORMER if size.version == "2.5" else None,
+            diffusion_decoder=size.diffusion_decoder is not None,
+        ),
     )
     generation = {"mode": "fast"} if mode == "fast" else {"mode": "quality", "steps": steps, "guidance_scale": 4.0}
     asked = Request(

@@ -308,7 +308,7 @@ class ModelSize:
 # Transformer passes a denoising step makes: one per guidance row. Guidance 1 is a single unguided pass;
 # otherwise the demo runs CFG (2 rows) and LTX-2 CFG, STG and modality guidance (4 rows; the STG row
 # shares its first blocks with another, gpu_runner/families/ltx2/guidance.py, so a little less).
-GUIDED_ROWS = {"demo": 2, "ltx-2": 4, "ltx-2.3": 4}
+GUIDED_ROWS = {"demo": 2, "ltx-2": 4, "ltx-2.3": 4, "ltx-2.5": 4}
 
 
 def guidance_rows(model_kind: str, guidance_scale: float) -> int:

@@ -1,9 +1,11 @@
 """The model library: what a Diffusers-format LTX-2 directory is, read from its own config files.
 
 A directory is recognised by what its components say about themselves, never by its name: the
-version (2.0 or 2.3) from transformer/config.json's feature switches, checked against the
-connectors', VAE's, vocoder's and text encoder's configs; the variant (dev or distilled) from the
-scheduler's config; and which optional parts are present. Whatever is missing or unknown becomes
+version (2.0, 2.3 or 2.5) from transformer/config.json's feature switches, checked against the
+connectors', VAE's, vocoder's and text encoder's configs; the variant (dev or distilled) of
+transformer/ from the scheduler's config; and which optional parts are present (for 2.5 its second
+transformer, found by its config, not its folder's name, and its duration head, diffusion decoder
+and prompt enhancer). Whatever is missing or unknown becomes
 an `Unrecognised` naming the file or key and what it should be, so a broken directory is listed
 with its reason instead of breaking start-up. Torch-free: the web process lists models with it,
 the runner re-checks a job's model directory with it.
@@ -18,7 +20,7 @@ from typing import Any, Literal
 
 import msgspec
 
-Version = Literal["2.0", "2.3"]
+Version = Literal["2.0", "2.3", "2.5"]
 Variant = Literal["dev", "distilled"]
 
 # What each component directory must hold for the runner to load it.
@@ -39,8 +41,27 @@ UPSAMPLER = "latent_upsampler"  # optional: the x2 spatial latent upsampler of t
 # gives a dev model fast mode without a LoRA (with one, DISTILLED_LORA below, stage 2 applies it).
 DISTILLED_TRANSFORMER = "transformer_distilled"
 
+# LTX-2.5's own parts beside the 2.3 layout: fast mode decodes with the diffusion decoder (a small diffusion model of
+# its own, after the upsample and refine); the duration head picks a clip's length from the prompt; the optional
+# prompt enhancer (a Gemma-4 E2B) rewrites a prompt. The published repository also has transformer_full/, the dev
+# transformer beside the distilled transformer/: found by its config (FULL_TRANSFORMER is only its usual name).
+DIFFUSION_DECODER = "diffusion_decoder"
+DURATION_HEAD = "duration_head"
+PROMPT_ENHANCER = "prompt_enhancer"
+FULL_TRANSFORMER = "transformer_full"
+
 # transformer/config.json's switches, as each version sets them (a switch left out of the file
-# takes the class's default, which is 2.0's: older 2.0 directories predate these keys).
+# takes the class's default, which is 2.0's: older 2.0 directories predate these keys). 2.5 is 2.3's
+# transformer with keyframe slots (a learnt absolute position embedding marks their tokens) and
+# feed-forwards without bias.
+_LTX2_3_SWITCHES = {
+    "gated_attn": True,
+    "cross_attn_mod": True,
+    "audio_gated_attn": True,
+    "audio_cross_attn_mod": True,
+    "use_prompt_embeddings": False,
+    "perturbed_attn": True,
+}
 TRANSFORMER_SWITCHES: dict[str, dict[str, bool]] = {
     "2.0": {
         "gated_attn": False,
@@ -49,21 +70,17 @@ TRANSFORMER_SWITCHES: dict[str, dict[str, bool]] = {
         "audio_cross_attn_mod": False,
         "use_prompt_embeddings": True,
         "perturbed_attn": False,
+        "use_keyframes_abs_pos_embedding": False,
+        "ff_bias": True,
     },
-    "2.3": {
-        "gated_attn": True,
-        "cross_attn_mod": True,
-        "audio_gated_attn": True,
-        "audio_cross_attn_mod": True,
-        "use_prompt_embeddings": False,
-        "perturbed_attn": True,
-    },
+    "2.3": _LTX2_3_SWITCHES | {"use_keyframes_abs_pos_embedding": False, "ff_bias": True},
+    "2.5": _LTX2_3_SWITCHES | {"use_keyframes_abs_pos_embedding": True, "ff_bias": False},
 }
 # What the other components of each version are: the connectors' projection, the number of VAE
 # decoder blocks (2.0: three spatiotemporal; 2.3: four, one temporal and one spatial) and the vocoder.
-CONNECTOR_PER_MODALITY = {"2.0": False, "2.3": True}
-VAE_DECODER_BLOCKS = {"2.0": 3, "2.3": 4}
-VOCODER_CLASS = {"2.0": "LTX2Vocoder", "2.3": "LTX2VocoderWithBWE"}
+CONNECTOR_PER_MODALITY = {"2.0": False, "2.3": True, "2.5": True}
+VAE_DECODER_BLOCKS = {"2.0": 3, "2.3": 4, "2.5": 4}
+VOCODER_CLASS = {"2.0": "LTX2Vocoder", "2.3": "LTX2VocoderWithBWE", "2.5": "LTX2VocoderWithBWE"}
 COMPONENT_CLASS = {
     "transformer": "LTX2VideoTransformer3DModel",
     "connectors": "LTX2TextConnectors",
@@ -71,8 +88,12 @@ COMPONENT_CLASS = {
     "audio_vae": "AutoencoderKLLTX2Audio",
     "scheduler": "FlowMatchEulerDiscreteScheduler",
     UPSAMPLER: "LTX2LatentUpsamplerModel",
+    DIFFUSION_DECODER: "LTX2VideoDiffusionDecoderModel",
+    DURATION_HEAD: "LTX2DurationHead",
 }
-TEXT_ENCODER_TYPE = "gemma3"  # Gemma-3 for both versions (2.5 moved to Gemma-4, which the runner cannot run)
+# The text encoder's config.json model_type: Gemma-3 up to 2.3, Gemma-4 (Gemma4UnifiedForConditionalGeneration) in 2.5.
+TEXT_ENCODER_TYPE = {"2.0": "gemma3", "2.3": "gemma3", "2.5": "gemma4_unified"}
+TEXT_ENCODER_NAME = {"gemma3": "Gemma-3", "gemma4_unified": "Gemma-4"}
 DEV_SHIFT_TERMINAL = 0.1
 # A dev model's LoRA that makes it behave as the distilled one (e.g. ltx-2-19b-distilled-lora-384.safetensors).
 DISTILLED_LORA = re.compile(r".*distill.*lora.*\.safetensors", re.IGNORECASE)
@@ -85,11 +106,16 @@ class Unrecognised(Exception):
 class Recognised(msgspec.Struct, frozen=True):
     family: Literal["ltx-2"]
     version: Version
-    variant: Variant
+    variant: Variant  # of transformer/
     upsampler: bool  # latent_upsampler/ present and complete
     distilled_lora: str | None = None  # a file name in the directory (dev models only)
     distilled_transformer: bool = False  # transformer_distilled/ present, complete, transformer/'s layout
     notes: tuple[str, ...] = ()  # optional parts present but unusable, and why
+    # LTX-2.5 only:
+    full_transformer: str | None = None  # beside a distilled transformer/: the subfolder of the dev one
+    diffusion_decoder: bool = False  # diffusion_decoder/ present and complete
+    duration_head: bool = False  # duration_head/ present and complete
+    prompt_enhancer: bool = False  # prompt_enhancer/ present and complete
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -98,6 +124,10 @@ class Recognised(msgspec.Struct, frozen=True):
             ((UPSAMPLER,) if self.upsampler else ())
             + (("distilled_lora",) if self.distilled_lora else ())
             + ((DISTILLED_TRANSFORMER,) if self.distilled_transformer else ())
+            + ((self.full_transformer,) if self.full_transformer else ())
+            + ((DIFFUSION_DECODER,) if self.diffusion_decoder else ())
+            + ((DURATION_HEAD,) if self.duration_head else ())
+            + ((PROMPT_ENHANCER,) if self.prompt_enhancer else ())
         )
 
     @property
@@ -109,6 +139,19 @@ class Recognised(msgspec.Struct, frozen=True):
         if self.distilled_transformer:
             return DISTILLED_TRANSFORMER
         return "transformer" if self.distilled_lora else None
+
+    @property
+    def quality_transformer(self) -> str | None:
+        """The subfolder of the transformer quality mode runs: transformer/, but for LTX-2.5 a dev one (a distilled
+        2.5's second transformer, `full_transformer`), None when there is none."""
+        if self.version == "2.5" and self.variant == "distilled":
+            return self.full_transformer
+        return "transformer"
+
+    @property
+    def quality_distilled(self) -> bool:
+        """Whether quality mode runs a distilled transformer (then it takes a distilled model's defaults)."""
+        return self.variant == "distilled" and self.quality_transformer == "transformer"
 
     @property
     def fast_lora(self) -> str | None:
@@ -128,7 +171,18 @@ class Recognised(msgspec.Struct, frozen=True):
             )
         if not self.upsampler:
             missing.append(f"a {UPSAMPLER}/ (the x2 spatial latent upsampler, LTX2LatentUpsamplerModel)")
+        if self.version == "2.5" and not self.diffusion_decoder:
+            missing.append(f"a {DIFFUSION_DECODER}/ (LTX-2.5's video decoder, {COMPONENT_CLASS[DIFFUSION_DECODER]})")
         return " and ".join(missing) or None
+
+    def quality_missing(self) -> str | None:
+        """What the model lacks for quality mode, None when it has everything."""
+        if self.quality_transformer is None:
+            return (
+                f"the dev transformer ({FULL_TRANSFORMER}/ in LTX-2.5's published layout: a "
+                f"{COMPONENT_CLASS['transformer']} laid out as transformer/, beside the distilled transformer/)"
+            )
+        return None
 
 
 def recognise(directory: Path) -> Recognised:
@@ -140,14 +194,14 @@ def recognise(directory: Path) -> Recognised:
     if missing:
         raise Unrecognised("incomplete: " + "; ".join(missing))
     for name, class_name in COMPONENT_CLASS.items():
-        if name != UPSAMPLER:
+        if name in COMPONENTS:  # the optional parts are checked where they are looked for
             _expect_class(directory, name, class_name)
     version = _version(directory)
     variant = _variant(_config(directory, "scheduler"))
-    upsampler, notes = _upsampler(directory)
+    upsampler, notes = _optional_model(directory, UPSAMPLER)
     distilled, distilled_notes = _distilled_transformer(directory) if variant == "dev" else (False, ())
     lora = _distilled_lora(directory) if variant == "dev" else None
-    return Recognised(
+    recognised = Recognised(
         family="ltx-2",
         version=version,
         variant=variant,
@@ -156,6 +210,7 @@ def recognise(directory: Path) -> Recognised:
         distilled_transformer=distilled,
         notes=notes + distilled_notes,
     )
+    return _with_ltx2_5_parts(directory, recognised) if version == "2.5" else recognised
 
 
 def component_problem(model_dir: Path, name: str) -> str | None:
@@ -199,7 +254,7 @@ def _expect_class(directory: Path, name: str, class_name: str) -> None:
 
 
 def _version(directory: Path) -> Version:
-    """2.0 or 2.3 from the transformer's switches, then every other component must be of the same version."""
+    """2.0, 2.3 or 2.5 from the transformer's switches, then every other component must be of the same version."""
     transformer = _config(directory, "transformer")
     version = next(
         (
@@ -212,14 +267,16 @@ def _version(directory: Path) -> Version:
     if version is None:
         found = ", ".join(f"{key}={transformer.get(key)!r}" for key in TRANSFORMER_SWITCHES["2.0"])
         raise Unrecognised(
-            f"transformer/config.json is neither LTX-2.0 nor LTX-2.3: its {found} match neither version's "
-            "(2.0: gated and modulated attention off, prompt embeddings on; 2.3: the other way round)"
+            f"transformer/config.json is not LTX-2.0's, 2.3's or 2.5's: its {found} match no version's "
+            "(2.0: gated and modulated attention off, prompt embeddings on; 2.3: the other way round; 2.5: 2.3's "
+            "with keyframe position embeddings on and feed-forward bias off)"
         )
     text = _config(directory, "text_encoder")
-    if text.get("model_type") != TEXT_ENCODER_TYPE:
+    expected = TEXT_ENCODER_TYPE[version]
+    if text.get("model_type") != expected:
         raise Unrecognised(
             f"text_encoder/config.json has model_type {text.get('model_type')!r}; LTX-{version} uses "
-            f"{TEXT_ENCODER_TYPE!r} (Gemma-3)"
+            f"{expected!r} ({TEXT_ENCODER_NAME[expected]})"
         )
     per_modality = _config(directory, "connectors").get("per_modality_projections", False)
     if per_modality != CONNECTOR_PER_MODALITY[version]:
@@ -255,32 +312,86 @@ def _variant(scheduler: dict[str, Any]) -> Variant:
     )
 
 
-def _upsampler(directory: Path) -> tuple[bool, tuple[str, ...]]:
-    if not (directory / UPSAMPLER).exists():
+def _optional_model(directory: Path, name: str) -> tuple[bool, tuple[str, ...]]:
+    """An optional component (the latent upsampler, 2.5's diffusion decoder or duration head): usable when complete
+    and of its class; present but unusable is a note saying why it is left out."""
+    if not (directory / name).exists():
         return False, ()
-    problem = component_problem(directory, UPSAMPLER)
+    problem = component_problem(directory, name)
     if problem is None:
-        found = _config(directory, UPSAMPLER).get("_class_name")
-        if found != COMPONENT_CLASS[UPSAMPLER]:
-            problem = f"has _class_name {found!r}, not {COMPONENT_CLASS[UPSAMPLER]!r}"
-    return (True, ()) if problem is None else (False, (f"{UPSAMPLER}/ {problem}, so it is left out",))
+        found = _config(directory, name).get("_class_name")
+        if found != COMPONENT_CLASS[name]:
+            problem = f"has _class_name {found!r}, not {COMPONENT_CLASS[name]!r}"
+    return (True, ()) if problem is None else (False, (f"{name}/ {problem}, so it is left out",))
+
+
+def _with_ltx2_5_parts(directory: Path, recognised: Recognised) -> Recognised:
+    """LTX-2.5's parts: the dev transformer beside a distilled transformer/, the diffusion decoder, the duration head
+    and the prompt enhancer (read by its own loader; here only whether it is complete)."""
+    decoder, decoder_notes = _optional_model(directory, DIFFUSION_DECODER)
+    duration, duration_notes = _optional_model(directory, DURATION_HEAD)
+    full, full_notes = _second_transformer(directory) if recognised.variant == "distilled" else (None, ())
+    enhancer, enhancer_notes = False, ()
+    if (directory / PROMPT_ENHANCER).exists():
+        problem = component_problem(directory, PROMPT_ENHANCER)
+        enhancer = problem is None
+        enhancer_notes = () if enhancer else (f"{PROMPT_ENHANCER}/ {problem}, so it is left out",)
+    return msgspec.structs.replace(
+        recognised,
+        full_transformer=full,
+        diffusion_decoder=decoder,
+        duration_head=duration,
+        prompt_enhancer=enhancer,
+        notes=recognised.notes + full_notes + decoder_notes + duration_notes + enhancer_notes,
+    )
+
+
+def _second_transformer(directory: Path) -> tuple[str | None, tuple[str, ...]]:
+    """Beside a distilled transformer/, the first other subfolder whose config.json is an LTX-2 transformer's (the
+    published LTX-2.5 repository calls it transformer_full/; the name is its convention, so the configs decide):
+    usable when complete and laid out as transformer/ (a distilled and a dev transformer share their config, so
+    the scheduler's config says which transformer/ is, and the second one is the other)."""
+    candidates = []
+    for entry in sorted(directory.iterdir(), key=lambda entry: entry.name):
+        if entry.name == "transformer" or entry.name.startswith(".") or not entry.is_dir():
+            continue
+        try:
+            config = json.loads((entry / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict) and config.get("_class_name") == COMPONENT_CLASS["transformer"]:
+            candidates.append(entry.name)
+    notes = []
+    for name in candidates:
+        problem = _transformer_layout_problem(directory, name)
+        if problem is None:
+            return name, tuple(notes)
+        notes.append(f"{name}/ {problem}, so it is left out")
+    return None, tuple(notes)
+
+
+def _transformer_layout_problem(directory: Path, name: str) -> str | None:
+    """What keeps a second transformer's weights from loading into transformer/'s layout, None when nothing does."""
+    problem = component_problem(directory, name)
+    if problem is not None:
+        return problem
+    layout, reference = (
+        {key: value for key, value in _config(directory, folder).items() if not key.startswith("_")}
+        for folder in (name, "transformer")
+    )
+    if _config(directory, name).get("_class_name") != COMPONENT_CLASS["transformer"]:
+        return f"is not a {COMPONENT_CLASS['transformer']}"
+    if layout != reference:
+        differing = sorted(key for key in layout.keys() | reference.keys() if layout.get(key) != reference.get(key))
+        return "is laid out unlike transformer/ (config.json differs in " + ", ".join(differing[:5]) + ")"
+    return None
 
 
 def _distilled_transformer(directory: Path) -> tuple[bool, tuple[str, ...]]:
     """transformer_distilled/: usable when complete and laid out as transformer/ (its weights load into it)."""
     if not (directory / DISTILLED_TRANSFORMER).exists():
         return False, ()
-    problem = component_problem(directory, DISTILLED_TRANSFORMER)
-    if problem is None:
-        layout, dev = (
-            {key: value for key, value in _config(directory, name).items() if not key.startswith("_")}
-            for name in (DISTILLED_TRANSFORMER, "transformer")
-        )
-        if _config(directory, DISTILLED_TRANSFORMER).get("_class_name") != COMPONENT_CLASS["transformer"]:
-            problem = f"is not a {COMPONENT_CLASS['transformer']}"
-        elif layout != dev:
-            differing = sorted(key for key in layout.keys() | dev.keys() if layout.get(key) != dev.get(key))
-            problem = "is laid out unlike transformer/ (config.json differs in " + ", ".join(differing[:5]) + ")"
+    problem = _transformer_layout_problem(directory, DISTILLED_TRANSFORMER)
     if problem is None:
         return True, ()
     return False, (f"{DISTILLED_TRANSFORMER}/ {problem}, so it is left out",)

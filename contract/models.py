@@ -19,7 +19,7 @@ from contract import library
 from contract.request import FAST_FIXED, Constraints, Request, merge, violations
 
 Precision = Literal["fp8", "bf16", "fp32"]
-ModelKind = Literal["demo", "ltx-2", "ltx-2.3"]
+ModelKind = Literal["demo", "ltx-2", "ltx-2.3", "ltx-2.5"]
 Mode = Literal["fast", "quality"]  # request.MODES: what the runner can do with a model
 
 
@@ -39,6 +39,13 @@ class ModelSpec(msgspec.Struct, frozen=True):
     modes: tuple[Mode, ...] = ("quality",)  # the default first
     parts: tuple[str, ...] = ()  # optional parts present: "latent_upsampler", "distilled_lora", ...
     fast_missing: str | None = "a distilled transformer and a latent upsampler"  # why fast is not in `modes`
+    quality_missing: str | None = None  # why quality is not in `modes` (an LTX-2.5 without its dev transformer)
+
+    @property
+    def disabled_modes(self) -> dict[str, str]:
+        """Each mode the model cannot run, with what it lacks for it."""
+        missing = {"fast": self.fast_missing, "quality": self.quality_missing}
+        return {mode: why for mode, why in missing.items() if why and mode not in self.modes}
 
     def resolve(self, request: Request, seed: int | None = None) -> Request:
         """`request` with this model's defaults filled in and a seed chosen (`seed`, else a random one).
@@ -70,10 +77,29 @@ class ModelSpec(msgspec.Struct, frozen=True):
 
     def _mode_violations(self, request: Request) -> list[tuple[str, str]]:
         if request.mode is None or request.mode in self.modes:
-            return []
-        if request.mode == "fast":
+            return self._fast_conditions(request)
+        if request.mode == "fast" and self.fast_missing:
             return [("mode", f"fast mode needs {self.fast_missing}, which model {self.id!r} lacks; choose quality")]
+        if request.mode == "quality" and self.quality_missing:
+            return [("mode", f"quality mode needs {self.quality_missing}, which model {self.id!r} lacks; choose fast")]
         return [("mode", f"model {self.id!r} offers " + " or ".join(self.modes))]
+
+    def _fast_conditions(self, request: Request) -> list[tuple[str, str]]:
+        """LTX-2.5's fast mode (the keyframe-slot pipeline) runs from text alone here: its image, keyframe and
+        extension conditions are not wired yet, so a job asking for them is refused rather than run without."""
+        if self.version != "2.5" or request.mode != "fast":
+            return []
+        asked = [
+            name
+            for name, value in (
+                ("image_upload_id", request.image_upload_id),
+                ("keyframes", request.keyframes),
+                ("extend_from", request.extend_from),
+            )
+            if value
+        ]
+        why = "LTX-2.5's fast mode generates from the prompt alone in this portal; choose mode quality for it"
+        return [(name, why) for name in asked]
 
 
 DEMO_NOTE = (
@@ -138,17 +164,27 @@ def ltx23_spec(path: Path) -> ModelSpec:
     return ltx2_spec(path, "2.3")
 
 
-KIND_OF_VERSION: dict[library.Version, ModelKind] = {"2.0": "ltx-2", "2.3": "ltx-2.3"}
+def ltx25_spec(path: Path) -> ModelSpec:
+    return ltx2_spec(path, "2.5")
+
+
+KIND_OF_VERSION: dict[library.Version, ModelKind] = {"2.0": "ltx-2", "2.3": "ltx-2.3", "2.5": "ltx-2.5"}
 # The registry of model kinds: a kind names how to build the spec of a model directory.
-MODEL_KINDS: dict[str, Callable[[Path], ModelSpec]] = {"demo": demo_spec, "ltx-2": ltx2_spec, "ltx-2.3": ltx23_spec}
+MODEL_KINDS: dict[str, Callable[[Path], ModelSpec]] = {
+    "demo": demo_spec,
+    "ltx-2": ltx2_spec,
+    "ltx-2.3": ltx23_spec,
+    "ltx-2.5": ltx25_spec,
+}
 # A distilled model is trained to denoise in a few steps without guidance.
 DISTILLED_DEFAULTS = Request(steps=8, guidance_scale=1.0)
 
 
 def library_spec(path: Path, recognised: library.Recognised) -> ModelSpec:
-    """The spec of a recognised model directory: its version's, with its variant's defaults and its parts."""
+    """The spec of a recognised model directory: its version's, with its variant's defaults and its parts (quality
+    mode on a distilled transformer takes a distilled model's defaults; LTX-2.5's quality runs its dev one)."""
     spec = MODEL_KINDS[KIND_OF_VERSION[recognised.version]](path)
-    defaults = merge(DISTILLED_DEFAULTS, spec.defaults) if recognised.variant == "distilled" else spec.defaults
+    defaults = merge(DISTILLED_DEFAULTS, spec.defaults) if recognised.quality_distilled else spec.defaults
     return msgspec.structs.replace(
         with_parts(spec, recognised),
         label=f"LTX-{recognised.version} {recognised.variant} ({path.name})",
@@ -158,14 +194,21 @@ def library_spec(path: Path, recognised: library.Recognised) -> ModelSpec:
 
 
 def with_parts(spec: ModelSpec, recognised: library.Recognised) -> ModelSpec:
-    """`spec` with what its directory holds: variant, optional parts, and the modes they allow (fast first)."""
-    missing = recognised.fast_missing()
+    """`spec` with what its directory holds: variant, optional parts, and the modes they allow (fast first).
+    Raises library.Unrecognised when it allows none."""
+    fast_missing, quality_missing = recognised.fast_missing(), recognised.quality_missing()
+    modes = tuple(mode for mode, missing in (("fast", fast_missing), ("quality", quality_missing)) if not missing)
+    if not modes:
+        raise library.Unrecognised(
+            f"no mode can run: fast mode needs {fast_missing}; quality mode needs {quality_missing}"
+        )
     return msgspec.structs.replace(
         spec,
         variant=recognised.variant,
         parts=recognised.parts,
-        modes=("quality",) if missing else ("fast", "quality"),
-        fast_missing=missing,
+        modes=modes,
+        fast_missing=fast_missing,
+        quality_missing=quality_missing,
     )
 
 

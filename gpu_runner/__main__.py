@@ -33,7 +33,7 @@ from gpu_runner import stdout
 
 USAGE = (
     "usage: python -m gpu_runner run <job dir> | standby <jobs dir> | posters <jobs dir> | demo-model <dir> [--random]"
-    " | demo-model <dir> --random --version 2.0|2.3 [--distilled]"
+    " | demo-model <dir> --random --version 2.0|2.3 [--distilled] | demo-model <dir> --random --version 2.5"
 )
 PR_SET_PDEATHSIG = 1
 LOWEST_PRIORITY = 19  # nice: making posters takes only the CPU a running job leaves
@@ -60,6 +60,9 @@ def main(argv: list[str]) -> int:
             ["--distilled"],
         ):
             return version_model(Path(target), version, "distilled" if variant else "dev")
+        case ["demo-model", target, "--random", "--version", "2.5"]:
+            # As published: a distilled transformer/ and scheduler, the dev one in transformer_full/.
+            return version_model(Path(target), "2.5", "distilled")
         case _:
             print(USAGE, file=sys.stderr)
             return 2

@@ -252,6 +252,7 @@ class JobsApi(Controller):
                     variant=spec.variant,
                     modes=list(spec.modes),
                     parts=list(spec.parts),
+                    disabled_modes=spec.disabled_modes,
                     note=spec.note,
                     constraints=spec.constraints,
                     defaults=msgspec.convert(given(spec.mode_defaults()), ModelDefaults),

@@ -11,10 +11,12 @@ with fast mode's parts beside the pipeline's: a x2 spatial `latent_upsampler/` a
 `transformer_distilled/` for the distilled 8 + 3 sigmas. The same architecture with random
 weights is kept for tests that need only shapes, and is what training starts from.
 
-`build_version_model` makes the same tiny sizes in the layout of one LTX-2 version (2.0 or 2.3:
+`build_version_model` makes the same tiny sizes in the layout of one LTX-2 version (2.0, 2.3 or 2.5:
 the same component classes and config keys as the full-size model, see `VERSION_LAYOUTS`), dev or
 distilled, with a x2 spatial latent upsampler: random weights, for checking the model library's
-recognition and the runner on a CPU.
+recognition and the runner on a CPU. 2.5's is laid out as its published repository: a Gemma-4 text
+encoder, a distilled transformer/ and scheduler, the dev transformer_full/, a duration_head/ and a
+diffusion_decoder/ (no prompt_enhancer/: it is optional).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ FORMAT_VERSION = 5  # 3: fast mode's latent_upsampler/ and transformer_distilled
 SEED = 0
 TRAINED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 Weights = Literal["trained", "random"]
-Version = Literal["2.0", "2.3"]
+Version = Literal["2.0", "2.3", "2.5"]
 Variant = Literal["dev", "distilled"]
 
 # Widths that must agree across components (the real model's values in comments).
@@ -146,7 +148,27 @@ def _write_version(directory: Path, version: Version, variant: Variant) -> str:
     LTX2Pipeline(**build_components(version, variant)).save_pretrained(directory)
     torch.manual_seed(SEED)
     latent_upsampler(version).eval().save_pretrained(directory / "latent_upsampler")
+    if version == "2.5":
+        _write_ltx2_5_parts(directory)
     return f"LTX-{version} {variant} layout at a tiny size with random weights; video and sound are noise."
+
+
+def _write_ltx2_5_parts(directory: Path) -> None:
+    """LTX-2.5's parts beside the pipeline's: the dev transformer_full/ (its own random weights), the duration head
+    and the diffusion decoder, the latter two listed in model_index.json as the published repository lists them."""
+    from diffusers import LTX2VideoDiffusionDecoderModel
+    from diffusers.pipelines.ltx2 import LTX2DurationHead
+
+    torch.manual_seed(SEED + 1)
+    transformer("2.5").eval().save_pretrained(directory / "transformer_full")
+    parts = {"duration_head": duration_head(), "diffusion_decoder": diffusion_decoder()}
+    for name, part in parts.items():
+        part.eval().save_pretrained(directory / name)
+    index_file = directory / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index["duration_head"] = ["diffusers", LTX2DurationHead.__name__]
+    index["diffusion_decoder"] = ["diffusers", LTX2VideoDiffusionDecoderModel.__name__]
+    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def build_components(version: Version = "2.0", variant: Variant = "dev") -> dict[str, object]:
@@ -156,7 +178,7 @@ def build_components(version: Version = "2.0", variant: Variant = "dev") -> dict
     tokenizer = build_tokenizer()
     components: dict[str, object] = {"tokenizer": tokenizer}
     for name, factory in (
-        ("text_encoder", lambda: text_encoder(len(tokenizer))),
+        ("text_encoder", lambda: text_encoder(len(tokenizer), version)),
         ("connectors", lambda: connectors(version)),
         ("transformer", lambda: transformer(version)),
         ("vae", lambda: video_vae(version)),
@@ -214,7 +236,9 @@ def build_tokenizer():
     return tokenizer
 
 
-def text_encoder(vocab_size: int):
+def text_encoder(vocab_size: int, version: Version = "2.0"):
+    if version == "2.5":
+        return _gemma4_text_encoder(vocab_size)
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
     text = Gemma3TextConfig(
@@ -242,6 +266,80 @@ def text_encoder(vocab_size: int):
         image_token_index=vocab_size - 1,
     )
     return Gemma3ForConditionalGeneration(config)
+
+
+def _gemma4_text_encoder(vocab_size: int):
+    """LTX-2.5's Gemma-4 (Gemma4UnifiedForConditionalGeneration) at the demo's text width: its sliding and full
+    attention layers (full ones with their own head width, keys doubling as values, partial proportional RoPE),
+    and token-sized vision and audio embedders, which keep the class and layout (full size: 48 layers, 3840 wide)."""
+    from transformers import Gemma4UnifiedConfig, Gemma4UnifiedForConditionalGeneration
+
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": TEXT_WIDTH,
+        "intermediate_size": 2 * TEXT_WIDTH,
+        "num_hidden_layers": TEXT_LAYERS,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "global_head_dim": 32,
+        "num_global_key_value_heads": 1,
+        "attention_k_eq_v": True,
+        "max_position_embeddings": PROMPT_TOKENS,
+        "sliding_window": PROMPT_TOKENS,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "final_logit_softcapping": 30.0,
+        "rope_parameters": {
+            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+    }
+    vision = {"patch_size": 16, "pooling_kernel_size": 3, "mm_embed_dim": TEXT_WIDTH, "mm_posemb_size": 16}
+    special = ("boi_token_id", "eoi_token_id", "image_token_id", "video_token_id", "boa_token_id")
+    ids = {name: vocab_size - 7 + offset for offset, name in enumerate(special)}
+    config = Gemma4UnifiedConfig(
+        text_config=text,
+        vision_config=vision | {"output_proj_dims": TEXT_WIDTH},
+        audio_config={"audio_embed_dim": 16},
+        eoa_token_index=vocab_size - 2,
+        audio_token_id=vocab_size - 1,
+        **ids,
+    )
+    return Gemma4UnifiedForConditionalGeneration(config)
+
+
+def duration_head():
+    """LTX-2.5's duration head: attention pooling over the connectors' video and audio prompt tokens, then an MLP
+    (full size: pooler and MLP 256 wide, one query, 4 heads)."""
+    from diffusers.pipelines.ltx2 import LTX2DurationHead
+
+    torch.manual_seed(SEED)
+    return LTX2DurationHead(
+        video_cross_attention_dim=192,
+        audio_cross_attention_dim=96,
+        pooler_hidden_dim=16,
+        num_pooler_heads=2,
+        mlp_hidden_dim=16,
+    )
+
+
+def diffusion_decoder():
+    """LTX-2.5's diffusion decoder at a tiny size: the real strides (x8 in time, x8 in space then 4x4 patches), one
+    block a stage, 1x1x1 windows in the deterministic stages and 1x3x3 in the pixel stage (full size: 2048 to 256
+    wide, 3x7x7 to 11x11x11 windows). Its neighbourhood attention runs through torch's FlexAttention, which a CPU
+    runs unfused: each stage costs about a second of tracing, so the stages stay one block deep."""
+    from diffusers import LTX2VideoDiffusionDecoderModel
+
+    torch.manual_seed(SEED)
+    return LTX2VideoDiffusionDecoderModel(
+        latent_channels=VIDEO_LATENT_CHANNELS,
+        decoder_head_dim=8,
+        decoder_stage_channels=(64, 32, 16, 16, 8),
+        decoder_stage_depths=(1, 1, 1, 1, 1),
+        decoder_stage_kernels=((1, 1, 1),) * 4,
+        decoder_stage5_kernel=(1, 3, 3),
+        decoder_t_emb_dim=32,
+    )
 
 
 # What LTX-2.3 changes against 2.0, at the demo's sizes (the full-size values in comments). The keys
@@ -280,6 +378,8 @@ VERSION_LAYOUTS: dict[str, dict[str, dict[str, object]]] = {
         },
     },
 }
+# LTX-2.5 is 2.3's layout with keyframe slots and feed-forwards without bias in its transformer.
+VERSION_LAYOUTS["2.5"] = VERSION_LAYOUTS["2.3"] | {"transformer": dict(TRANSFORMER_SWITCHES["2.5"])}
 
 
 def connectors(version: Version = "2.0"):
@@ -369,7 +469,7 @@ def audio_vae():
 
 
 def vocoder(version: Version = "2.0"):
-    if version == "2.3":
+    if version != "2.0":
         return _vocoder_with_bandwidth_extension()
     from diffusers.pipelines.ltx2 import LTX2Vocoder
 

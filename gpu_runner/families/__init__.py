@@ -27,7 +27,12 @@ def _ltx2(model_dir: Path, weight_cache: WeightCache | None) -> Family:
 
 # Contract model kind -> the family that runs it, given the model's directory and the weight cache.
 # The demo is LTX-2 at a tiny size: the same family.
-FAMILIES: dict[str, Callable[[Path, WeightCache | None], Family]] = {"demo": _ltx2, "ltx-2": _ltx2, "ltx-2.3": _ltx2}
+FAMILIES: dict[str, Callable[[Path, WeightCache | None], Family]] = {
+    "demo": _ltx2,
+    "ltx-2": _ltx2,
+    "ltx-2.3": _ltx2,
+    "ltx-2.5": _ltx2,
+}
 
 
 def family_for(job: Job, weight_cache: WeightCache | None) -> Family:

@@ -170,3 +170,11 @@ def test_admission_counts_the_jobs_loras_and_a_fast_jobs_distilled_lora_from_the
     assert with_lora.lora_files(job("quality")) == [own]
     assert Ltx2(SimpleNamespace()).lora_files(job("fast")) == [own], "a source with no distilled LoRA adds none"
     assert lora.files_gib(with_lora.lora_files(job("fast"))) == pytest.approx(4 / 1024)
+
+
+@pytest.mark.parametrize(("frames", "token_frames"), [(9, 33), (121, 161), (481, 601)])
+def test_ltx_2_5s_fast_mode_plans_for_its_padded_canvas_and_keyframe_slots(frames, token_frames):
+    """9 frames pad to a 24-frame segment (4 latent frames) with 1 slot; 121 fill 5 segments with 5 slots."""
+    from gpu_runner.families.ltx2 import slots
+
+    assert slots.token_frames(Request(num_frames=frames)) == token_frames

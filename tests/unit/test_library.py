@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from contract.library import TRANSFORMER_SWITCHES, Recognised, Unrecognised, recognise
-from contract.models import MODEL_KINDS, Unusable, model_id, offered_models
+from contract.library import TEXT_ENCODER_TYPE, TRANSFORMER_SWITCHES, Recognised, Unrecognised, recognise
+from contract.models import MODEL_KINDS, Unusable, library_spec, model_id, offered_models
+from contract.request import Request
 
 
 @pytest.mark.parametrize(
@@ -56,7 +57,7 @@ def test_a_distilled_transformer_counts_only_when_laid_out_as_the_dev_one(tmp_pa
 
 # Hand-written directories: the config keys recognition reads, as the full-size models have them.
 def write_model(root: Path, version: str = "2.3", variant: str = "dev", **configs: dict) -> Path:
-    layout_2_3 = version == "2.3"
+    layout_2_3 = version in ("2.3", "2.5")
     written = {
         "transformer/config.json": {"_class_name": "LTX2VideoTransformer3DModel", **TRANSFORMER_SWITCHES[version]},
         "connectors/config.json": {"_class_name": "LTX2TextConnectors", "per_modality_projections": layout_2_3},
@@ -66,7 +67,7 @@ def write_model(root: Path, version: str = "2.3", variant: str = "dev", **config
         },
         "audio_vae/config.json": {"_class_name": "AutoencoderKLLTX2Audio"},
         "vocoder/config.json": {"_class_name": "LTX2VocoderWithBWE" if layout_2_3 else "LTX2Vocoder"},
-        "text_encoder/config.json": {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"]},
+        "text_encoder/config.json": {"model_type": TEXT_ENCODER_TYPE[version]},
         "tokenizer/tokenizer_config.json": {},
         "scheduler/scheduler_config.json": {
             "_class_name": "FlowMatchEulerDiscreteScheduler",
@@ -256,3 +257,85 @@ def test_the_runner_rebuilds_a_library_models_spec_from_its_kind_and_path(tmp_pa
     rebuilt = MODEL_KINDS[offered.kind](Path(offered.path))
     assert (rebuilt.id, rebuilt.version, rebuilt.constraints) == ("my-ltx", "2.3", offered.constraints)
     assert rebuilt.path == str(model.resolve())
+
+
+def write_ltx2_5(root: Path, without: tuple[str, ...] = ()) -> Path:
+    """A config-only LTX-2.5 directory as published: distilled transformer/ and scheduler, the dev transformer under
+    a name of its own (the configs find it, not the name), the diffusion decoder and duration head."""
+    model = write_model(root, "2.5", "distilled")
+    parts = {
+        "dev weights": json.loads((model / "transformer" / "config.json").read_text()),
+        "diffusion_decoder": {"_class_name": "LTX2VideoDiffusionDecoderModel"},
+        "duration_head": {"_class_name": "LTX2DurationHead"},
+    }
+    for name, config in parts.items():
+        if name not in without:
+            (model / name).mkdir()
+            (model / name / "config.json").write_text(json.dumps(config))
+            (model / name / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    return model
+
+
+def test_an_ltx_2_5_directory_is_recognised_from_its_configs_with_its_dev_transformer_found_by_its_config(tmp_path):
+    recognised = recognise(write_ltx2_5(tmp_path / "m"))
+
+    assert recognised == Recognised(
+        family="ltx-2",
+        version="2.5",
+        variant="distilled",
+        upsampler=False,
+        full_transformer="dev weights",
+        diffusion_decoder=True,
+        duration_head=True,
+    )
+    assert (recognised.fast_transformer, recognised.quality_transformer) == ("transformer", "dev weights")
+    spec = library_spec(tmp_path / "m", recognised)
+    assert (spec.kind, spec.version, spec.modes) == ("ltx-2.5", "2.5", ("quality",))
+    assert spec.disabled_modes == {
+        "fast": "a latent_upsampler/ (the x2 spatial latent upsampler, LTX2LatentUpsamplerModel)"
+    }
+    assert (spec.defaults.steps, spec.defaults.guidance_scale) == (30, 4.0), "quality runs the dev transformer"
+
+
+@pytest.mark.parametrize(
+    ("missing", "mode", "named"),
+    [("diffusion_decoder", "fast", "diffusion_decoder/"), ("dev weights", "quality", "transformer_full/")],
+)
+def test_an_ltx_2_5_directory_without_a_part_a_mode_needs_offers_the_other_and_a_job_for_it_is_refused(
+    tmp_path, missing, mode, named
+):
+    model = write_ltx2_5(tmp_path / "m", without=(missing,))
+    upsampler = model / "latent_upsampler"
+    upsampler.mkdir()
+    (upsampler / "config.json").write_text(json.dumps({"_class_name": "LTX2LatentUpsamplerModel"}))
+    (upsampler / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    spec = library_spec(model, recognise(model))
+
+    assert mode not in spec.modes and named in spec.disabled_modes[mode]
+    ((field, message),) = [v for v in spec.violations(spec.resolve(Request(prompt="a", mode=mode))) if v[0] == "mode"]
+    assert named in message and f"{mode} mode needs" in message
+
+
+def test_an_ltx_2_5_transformer_with_a_gemma_3_text_encoder_is_refused_naming_gemma_4(tmp_path):
+    model = write_ltx2_5(tmp_path / "m")
+    (model / "text_encoder" / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
+
+    assert "LTX-2.5 uses 'gemma4_unified' (Gemma-4)" in reason(model)
+
+
+def test_an_image_on_ltx_2_5s_fast_mode_is_refused_naming_the_field_and_quality_takes_it(tmp_path):
+    model = write_ltx2_5(tmp_path / "m")
+    upsampler = model / "latent_upsampler"
+    upsampler.mkdir()
+    (upsampler / "config.json").write_text(json.dumps({"_class_name": "LTX2LatentUpsamplerModel"}))
+    (upsampler / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    spec = library_spec(model, recognise(model))
+    assert spec.modes == ("fast", "quality")
+
+    def refused(mode: str, **condition) -> list[str]:
+        request = spec.resolve(Request(prompt="a", mode=mode, **condition))
+        return [field for field, message in spec.violations(request) if "LTX-2.5's fast mode" in message]
+
+    assert refused("fast", image_upload_id="u1") == ["image_upload_id"]
+    assert refused("fast", extend_from="j1") == ["extend_from"]
+    assert refused("quality", image_upload_id="u1") == refused("fast") == []

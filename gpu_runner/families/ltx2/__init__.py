@@ -1,4 +1,5 @@
-"""The LTX-2 family: Gemma-3 text encoder and connectors, the audio-video DiT, video and audio VAEs, vocoder.
+"""The LTX-2 family: Gemma-3 (2.5: Gemma-4) text encoder and connectors, the audio-video DiT, video and audio VAEs,
+vocoder; LTX-2.5's fast mode runs its keyframe-slot pipeline and diffusion decoder (slots.py).
 
 The demo model is this family at a tiny size; what differs between them (its guidance) follows
 from the model's own configs, not from its name.
@@ -7,9 +8,11 @@ from the model's own configs, not from its name.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import torch
 from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
@@ -27,10 +30,15 @@ from contract.cost import (
 from contract.request import DenoiseStage, Request, denoise_stages
 from gpu_runner import lora, memory
 from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile
-from gpu_runner.families.ltx2 import tiling
+from gpu_runner.families.ltx2 import slots, tiling
 from gpu_runner.families.ltx2.conditioning import AudioHold, audio_hold, image_conditions, is_conditioned
 from gpu_runner.families.ltx2.guidance import share_stg_prefix
-from gpu_runner.families.ltx2.loading import DenoisingPipeline, UpsamplingPipeline, place_denoiser
+from gpu_runner.families.ltx2.loading import (
+    DenoisingPipeline,
+    DiffusionDecodingPipeline,
+    UpsamplingPipeline,
+    place_denoiser,
+)
 from gpu_runner.families.ltx2.preview import PreviewWriter
 from gpu_runner.families.ltx2.text import PrecomputedConnectors, encode
 from gpu_runner.families.ltx2.vocoding import vocode
@@ -58,6 +66,7 @@ DISTILLED_GROUP = "distilled"
 LORA_GROUPS = {"denoise": ("job",), "refine": ("job", DISTILLED_GROUP)}
 # Fast mode's fixed schedule, diffusers' own (contract/request.py's FAST_STEPS counts them for the web process).
 FAST_SIGMAS = {"denoise": DISTILLED_SIGMA_VALUES, "refine": STAGE_2_DISTILLED_SIGMA_VALUES}
+DIFFUSION_DECODE_CHUNK = 16  # frames the diffusion decoder's pixels go to the muxer in
 
 
 @dataclasses.dataclass
@@ -69,6 +78,22 @@ class Denoiser:
     upsampler: nn.Module | None = None
     conditions: dict = dataclasses.field(default_factory=dict)  # the pipeline's `conditions`, read once
     hold: AudioHold | None = None  # an extension's audio hold
+    slots: slots.Slots | None = None  # LTX-2.5's fast mode: stage 1's keyframe slots, for stage 2
+    diffusion_seed: int | None = None  # LTX-2.5's fast mode: the diffusion decoder's noise seed (the job's)
+
+
+def doubled(upsampling: UpsamplingPipeline, video: torch.Tensor) -> torch.Tensor:
+    """Video latents (denormalised, as the denoising pipelines give them) at twice the height and width."""
+    height, width = video.shape[-2:]
+    scale = upsampling.vae_spatial_compression_ratio
+    return upsampling(
+        latents=video,
+        latents_normalized=False,
+        height=height * scale,
+        width=width * scale,
+        output_type="latent",
+        return_dict=False,
+    )[0]
 
 
 def audio_latents_per_second(pipe) -> float:
@@ -93,15 +118,29 @@ class Ltx2(Family):
     def predict_peak(self, precision: str, request: Request) -> PeakPrediction:
         config = self.source.transformer_config()
         inner_width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+        denoised = self._as_denoised(request)
         return predict_job_peak(
-            self.source.weights_gib, inner_width, vae_width(self.source.vae_config()), precision, request
+            self.source.weights_gib, inner_width, vae_width(self.source.vae_config()), precision, denoised
         )
+
+    def _as_denoised(self, request: Request) -> Request:
+        """The request as long as the transformer sees it: LTX-2.5's fast mode denoises a padded canvas and its
+        keyframe slots (slots.token_frames), up to a third more tokens than the clip's."""
+        if request.mode == "fast" and getattr(self.source, "slot_pipeline", False):
+            return msgspec.structs.replace(request, num_frames=slots.token_frames(request))
+        return request
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device):
         return self.source.load_text_side(dtype, device)
 
     def encode(self, text, request: Request, device: torch.device, dtype: torch.dtype) -> Context:
-        return encode(text, request.prompt, request.negative_prompt, self.sequence_length(), device, dtype)
+        context = encode(text, request.prompt, request.negative_prompt, self.sequence_length(), device, dtype)
+        # DURATION HEAD (issue 16, point 4: `num_frames: "auto"`, not built here). The text embeddings exist now:
+        # an LTX-2.5 text side carries its duration head (`text.duration_head`, loading.load_text_side; None for
+        # 2.0/2.3), which reads the positive row of the connectors' outputs, context["video"][1:],
+        # context["audio"][1:] and context["mask"][1:] (row 0 is the negative prompt). A prompt-cache hit skips
+        # this method: the cached context holds the same three tensors, so the head can run on them there too.
+        return context
 
     def load_denoiser(self, job: Job, context: Context, device: torch.device, dtype: torch.dtype, precision: str):
         """The transformer (its big linears in FP8: from the weight cache straight onto the GPU, or cast on the
@@ -112,12 +151,17 @@ class Ltx2(Family):
         pipe = self.source.load_denoiser(dtype, precision, connectors, device, conditioned, fast=fast)
         self.attach_loras(pipe.transformer, job, dtype, fast)
         compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
-        place_denoiser(pipe, device, video_tokens(job.request), compile_cache)
+        place_denoiser(pipe, device, video_tokens(self._as_denoised(job.request)), compile_cache)
         first_stage = denoise_stages(job.request)[0]  # fast mode's stages have no STG
         share_stg_prefix(pipe.transformer, self.guidance(first_stage)["spatio_temporal_guidance_blocks"])
         upsampler = self.source.load_upsampler(dtype) if fast else None
         hold = audio_hold(job, audio_latents_per_second(pipe)) if conditioned else None
-        return Denoiser(pipe, upsampler, image_conditions(job), hold)
+        seed = job.request.seed if self._slot_pipeline(job) else None
+        return Denoiser(pipe, upsampler, image_conditions(job), hold, diffusion_seed=seed)
+
+    def _slot_pipeline(self, job: Job) -> bool:
+        """Whether the job runs LTX-2.5's keyframe-slot pipeline and diffusion decoder (its fast mode)."""
+        return job.request.mode == "fast" and getattr(self.source, "slot_pipeline", False)
 
     def attach_loras(self, transformer: nn.Module, job: Job, dtype: torch.dtype, fast: bool) -> None:
         """The job's LoRAs as a low-rank path beside the (FP8) weights, for every stage (gpu_runner/lora.py; one at
@@ -156,6 +200,11 @@ class Ltx2(Family):
         request = job.request
         lora.activate(denoiser.pipe.transformer, LORA_GROUPS[stage.name])
         fixed = FAST_SIGMAS[stage.name] if request.mode == "fast" else None
+        if self._slot_pipeline(job):
+            latents, denoiser.slots = slots.denoise(
+                denoiser.pipe, request, stage, fixed, on_step_end, start, denoiser.slots
+            )
+            return latents
         video, audio = start if start is not None else (None, None)
         return denoiser.pipe(
             **denoiser.pipe.connectors.placeholder_embeds(),
@@ -189,20 +238,13 @@ class Ltx2(Family):
         return audio_latents if denoiser.hold is None else denoiser.hold.joined(audio_latents)
 
     def upsample(self, denoiser: Denoiser, latents: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Fast mode: stage 1's video latents x2 in height and width (diffusers' upsample pipeline), the upsampler
-        on the GPU for this stage only."""
+        """Fast mode: stage 1's video latents (and LTX-2.5's keyframe slots) x2 in height and width (diffusers'
+        upsample pipeline), the upsampler on the GPU for this stage only."""
         upsampler, denoiser.upsampler = denoiser.upsampler.to(device), None
         upsampling = UpsamplingPipeline(vae=denoiser.pipe.vae, latent_upsampler=upsampler)
-        height, width = latents.shape[-2:]
-        scale = upsampling.vae_spatial_compression_ratio
-        upsampled = upsampling(
-            latents=latents,
-            latents_normalized=False,  # the denoising pipeline's latent output is denormalised
-            height=height * scale,
-            width=width * scale,
-            output_type="latent",
-            return_dict=False,
-        )[0]
+        upsampled = doubled(upsampling, latents)
+        if denoiser.slots is not None:
+            denoiser.slots = slots.upsampled(denoiser.slots, functools.partial(doubled, upsampling))
         del upsampling, upsampler
         memory.release(device)
         return upsampled
@@ -210,7 +252,8 @@ class Ltx2(Family):
     def decoders(self, denoiser: Denoiser) -> dict:
         # Each decode stage pops what it uses, so nothing keeps a decoder alive past its stage.
         pipe = denoiser.pipe
-        return {"vae": pipe.vae, "audio_vae": pipe.audio_vae, "vocoder": pipe.vocoder}
+        decoders = {"vae": pipe.vae, "audio_vae": pipe.audio_vae, "vocoder": pipe.vocoder}
+        return decoders | ({"diffusion_seed": denoiser.diffusion_seed} if denoiser.diffusion_seed is not None else {})
 
     def decode_audio(self, decoders, latents: torch.Tensor, device: torch.device) -> tuple[np.ndarray, int]:
         """The mel spectrogram from the audio VAE, then the vocoder's waveform (vocoding.py), in float32."""
@@ -226,12 +269,43 @@ class Ltx2(Family):
         self, decoders, latents: torch.Tensor, device: torch.device, on_tile: OnTile, budget_gib: float
     ) -> Iterator[np.ndarray]:
         """The video in the largest tiles that fit `budget_gib` (contract/cost.py plans them, families/ltx2/tiling.py
-        decodes them), the VAE freed once the last chunk is out."""
+        decodes them), the VAE freed once the last chunk is out; LTX-2.5's fast mode decodes with its diffusion decoder
+        instead (`diffusion_decode`)."""
+        if "diffusion_seed" in decoders:
+            yield from self.diffusion_decode(decoders, latents, device, on_tile)
+            return
         vae = decoders.pop("vae").to(device)
         tiles = plan_decode_tiles(tuple(latents.shape[2:]), tiling.decoder_cost(vae), budget_gib)
         yield from tiling.decode_tiled(vae, latents, on_tile, **dataclasses.asdict(tiles))
         del vae
         memory.release(device)
+
+    def diffusion_decode(
+        self, decoders, latents: torch.Tensor, device: torch.device, on_tile: OnTile
+    ) -> Iterator[np.ndarray]:
+        """LTX-2.5's diffusion decoder (diffusers' LTX2VideoDiffusionDecodePipeline: one x0 step of a small diffusion
+        model from noise, conditioned on the latents), read from disk now that the transformer is gone, in diffusers'
+        own tiles where the clip exceeds its reference tile (768 px, 80 frames: what bounds its memory), freed once its
+        pixels are out; they go to the muxer in chunks. One `tile` event when it is done."""
+        # The latents are already denormalised, so the VAE goes unused; it was loaded in the job's compute dtype.
+        dtype = decoders.pop("vae").dtype
+        seed = decoders.pop("diffusion_seed")
+        decoder = self.source.load_diffusion_decoder(dtype).to(device)
+        decoder.enable_tiling()
+        pipe = DiffusionDecodingPipeline(diffusion_decoder=decoder, scheduler=None)
+        pixels = pipe(
+            latents=latents,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="pt",  # (batch, frames, 3, height, width) in [0, 1]
+            denormalize=False,
+            return_dict=False,
+        )[0][0]
+        del pipe, decoder
+        memory.release(device)
+        on_tile(1, 1)
+        for start in range(0, pixels.shape[0], DIFFUSION_DECODE_CHUNK):
+            chunk = pixels[start : start + DIFFUSION_DECODE_CHUNK].permute(0, 2, 3, 1)
+            yield (chunk.float() * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
     def guidance(self, stage: DenoiseStage) -> dict:
         """A stage's guidance, from its scale and the model's own configs.

@@ -20,9 +20,17 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     LTX2ConditionPipeline,
     LTX2Pipeline,
+    LTX2VideoDiffusionDecoderModel,
     LTX2VideoTransformer3DModel,
 )
-from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline, LTX2Vocoder, LTX2VocoderWithBWE
+from diffusers.pipelines.ltx2 import (
+    LTX2DFRPipeline,
+    LTX2DurationHead,
+    LTX2LatentUpsamplePipeline,
+    LTX2VideoDiffusionDecodePipeline,
+    LTX2Vocoder,
+    LTX2VocoderWithBWE,
+)
 from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 from torch import nn
 
@@ -83,6 +91,18 @@ class ConditionedDenoisingPipeline(_DevicedByTransformer, LTX2ConditionPipeline)
         return super()._prepare_keyframe_coords(*args, pixel_frame_idx=pixel_frame_idx + shift, **kwargs)
 
 
+class SlotDenoisingPipeline(_DevicedByTransformer, LTX2DFRPipeline):
+    """LTX-2.5's fast mode: diffusers' keyframe-slot (DFR) pass, each call one stage (families/ltx2/slots.py)."""
+
+
+class DiffusionDecodingPipeline(LTX2VideoDiffusionDecodePipeline):
+    """LTX-2.5's diffusion decode on the decoder's device (its scheduler is unused: the decoder steps itself)."""
+
+    @property
+    def _execution_device(self) -> torch.device:
+        return self.diffusion_decoder.device
+
+
 class UpsamplingPipeline(LTX2LatentUpsamplePipeline):
     """Fast mode's x2 spatial latent upsample, on the upsampler's device (the VAE, whose latent statistics it
     would read, waits on the CPU: the latents it gets are already denormalised)."""
@@ -93,7 +113,10 @@ class UpsamplingPipeline(LTX2LatentUpsamplePipeline):
 
 
 def place_denoiser(
-    pipe: LTX2Pipeline | LTX2ConditionPipeline, device: torch.device, tokens: int, compile_cache: Path | None = None
+    pipe: LTX2Pipeline | LTX2ConditionPipeline | LTX2DFRPipeline,
+    device: torch.device,
+    tokens: int,
+    compile_cache: Path | None = None,
 ) -> None:
     """The transformer goes to the GPU, set up to keep long clips' activations small; the VAE only if it encodes.
 
@@ -169,12 +192,27 @@ class DiffusersDirectory:
         return self.version == "2.0"
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device) -> LTX2Pipeline:
-        """Text encoder, tokenizer and connectors (left on the CPU until the encoder is done)."""
+        """Text encoder (Gemma-3, or 2.5's Gemma-4: the pipeline reads either's hidden states alike), tokenizer and
+        connectors (left on the CPU until the encoder is done); for LTX-2.5, its duration head too, which reads the
+        connectors' outputs (families/ltx2/text.py). The prompt enhancer is never loaded here: it has a phase of
+        its own."""
         text = LTX2Pipeline.from_pretrained(
-            self.model_dir, dtype=dtype, **WITHOUT_ACCELERATE, **dict.fromkeys(DENOISING_COMPONENTS)
+            self.model_dir,
+            dtype=dtype,
+            **WITHOUT_ACCELERATE,
+            **dict.fromkeys((*DENOISING_COMPONENTS, "prompt_enhancer", "processor", library.DURATION_HEAD)),
         )
         text.text_encoder = prepare_text_encoder(text.text_encoder, device)
+        if self.recognised.duration_head:
+            text.duration_head = LTX2DurationHead.from_pretrained(
+                self.model_dir, subfolder=library.DURATION_HEAD, dtype=dtype, **WITHOUT_ACCELERATE
+            ).eval()
         return text
+
+    @property
+    def slot_pipeline(self) -> bool:
+        """Whether fast mode runs LTX-2.5's keyframe-slot pipeline with the diffusion decoder (else LTX2Pipeline)."""
+        return self.version == "2.5"
 
     def load_denoiser(
         self,
@@ -184,14 +222,17 @@ class DiffusersDirectory:
         device: torch.device,
         conditioned: bool = False,
         fast: bool = False,
-    ) -> LTX2Pipeline | LTX2ConditionPipeline:
+    ) -> LTX2Pipeline | LTX2ConditionPipeline | LTX2DFRPipeline:
         """The denoising half: the transformer as `load_transformer` gives it, the decoders on the CPU.
 
         Fast mode takes the distilled transformer (library.Recognised.fast_transformer) and a scheduler that
-        steps through the fixed distilled sigmas as given (no shift: a dev scheduler's config, shift switched off).
+        steps through the fixed distilled sigmas as given (no shift: a dev scheduler's config, shift switched off);
+        for LTX-2.5, in diffusers' keyframe-slot pipeline. Quality mode takes library.Recognised.quality_transformer
+        (LTX-2.5's dev transformer_full/).
         """
         model_dir = self.model_dir
-        subfolder = self.recognised.fast_transformer if fast else "transformer"
+        recognised = self.recognised
+        subfolder = recognised.fast_transformer if fast else recognised.quality_transformer
         transformer = self.load_transformer(dtype, precision, device, subfolder or "transformer")
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler")
         if fast:
@@ -199,6 +240,8 @@ class DiffusersDirectory:
                 scheduler.config, use_dynamic_shifting=False, shift_terminal=None
             )
         pipeline_class = ConditionedDenoisingPipeline if conditioned else DenoisingPipeline
+        if fast and self.slot_pipeline:
+            pipeline_class = SlotDenoisingPipeline
         return pipeline_class(
             scheduler=scheduler,
             vae=AutoencoderKLLTX2Video.from_pretrained(model_dir, subfolder="vae", dtype=dtype, **WITHOUT_ACCELERATE),
@@ -218,6 +261,12 @@ class DiffusersDirectory:
         """Fast mode's x2 spatial latent upsampler, on the CPU until its stage."""
         return LTX2LatentUpsamplerModel.from_pretrained(
             self.model_dir, subfolder=library.UPSAMPLER, dtype=dtype, **WITHOUT_ACCELERATE
+        ).eval()
+
+    def load_diffusion_decoder(self, dtype: torch.dtype) -> LTX2VideoDiffusionDecoderModel:
+        """LTX-2.5's diffusion decoder, read when its stage comes (the transformer is gone by then)."""
+        return LTX2VideoDiffusionDecoderModel.from_pretrained(
+            self.model_dir, subfolder=library.DIFFUSION_DECODER, dtype=dtype, **WITHOUT_ACCELERATE
         ).eval()
 
     def load_transformer(

@@ -1,0 +1,108 @@
+"""LTX-2.5 through the real portal and runner, on the tiny 2.5-layout model that `python -m gpu_runner demo-model
+<dir> --random --version 2.5` builds: recognised from its configs, listed with its modes (and a copy lacking its
+diffusion decoder with fast mode disabled and why), a fast job refused there naming the folder, and a fast job run
+through every 2.5 stage on the CPU: the Gemma-4 text phase, stage 1 and its keyframe slots, the x2 upsample, the
+refine, the diffusion decoder and the mux with sound.
+
+Random weights prove the plumbing only: the clip is noise, and nothing here says the model generates well."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contract import jobdir
+from tests.portal import Portal, prepare_data_dir
+from tests.runner_fixtures import REPO_ROOT, read_mp4
+
+SIZE = 64  # the smallest fast-mode size: stage 1 at 32x32 is one latent cell (the CPU's FlexAttention is slow)
+
+
+@pytest.fixture(scope="module")
+def ltx25_model(tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("ltx25") / "model"
+    command = [sys.executable, "-m", "gpu_runner", "demo-model", str(target), "--random", "--version", "2.5"]
+    subprocess.run(command, cwd=REPO_ROOT, check=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def ltx25_portal(tmp_path_factory, demo_model_dir, ltx25_model):
+    """A portal whose AVP_MODELS_DIR holds the 2.5 model and a copy of it without diffusion_decoder/ (a copy: a
+    component linked from elsewhere resolves outside its model directory, which makes it unusable)."""
+    library = tmp_path_factory.mktemp("ltx25-library")
+    (library / "LTX-2.5").symlink_to(ltx25_model)
+    shutil.copytree(ltx25_model, library / "ltx-2.5-no-decoder", ignore=shutil.ignore_patterns("diffusion_decoder"))
+    data_dir = prepare_data_dir(tmp_path_factory.mktemp("ltx25-data") / "data", demo_model_dir)
+    portal = Portal(data_dir=data_dir, env={"AVP_MODELS_DIR": str(library)}).start()
+    yield portal
+    portal.stop()
+
+
+def test_an_ltx_2_5_directory_is_listed_with_its_modes_and_parts_and_one_lacking_a_part_with_the_mode_disabled(
+    ltx25_portal: Portal,
+):
+    with ltx25_portal.client() as c:
+        models = {model["id"]: model for model in c.get("/api/models").json()["models"]}
+
+    full, lacking = models["ltx-2.5"], models["ltx-2.5-no-decoder"]
+    assert (full["kind"], full["version"], full["variant"], full["modes"]) == (
+        "ltx-2.5",
+        "2.5",
+        "distilled",
+        ["fast", "quality"],
+    )
+    assert full["parts"] == ["latent_upsampler", "transformer_full", "diffusion_decoder", "duration_head"]
+    assert full["disabled_modes"] == {}
+    assert lacking["modes"] == ["quality"] and "diffusion_decoder/" in lacking["disabled_modes"]["fast"]
+    # quality runs the dev transformer_full/, so it takes a dev model's steps and guidance
+    assert (full["defaults"]["mode"], lacking["defaults"]["steps"], lacking["defaults"]["guidance_scale"]) == (
+        "fast",
+        30,
+        4.0,
+    )
+
+
+def test_a_fast_job_on_a_2_5_model_without_its_diffusion_decoder_is_a_400_naming_the_folder(ltx25_portal: Portal):
+    with ltx25_portal.client() as c:
+        response = c.post("/api/jobs", json={"prompt": "a red ball", "model": "ltx-2.5-no-decoder", "mode": "fast"})
+        assert response.status_code == 400, response.text
+        (error,) = response.json()["errors"]
+        assert error["field"] == "mode" and "fast mode needs a diffusion_decoder/" in error["message"]
+        assert c.get("/api/jobs").json()["jobs"] == []
+
+
+def test_a_fast_2_5_job_runs_every_stage_through_the_real_runner_into_an_mp4_with_sound(ltx25_portal: Portal):
+    job = ltx25_portal.submit(model="ltx-2.5", width=SIZE, height=SIZE, num_frames=9)
+    stages = [event["name"] for event in _events(ltx25_portal, job["id"]) if event["type"] == "stage"]
+    finished = ltx25_portal.job(job["id"])
+
+    assert finished["status"] == "succeeded", finished["error"]
+    assert finished["request"]["mode"] == "fast"
+    assert stages == [
+        "load_text_encoder",
+        "encode_prompt",
+        "free_text_encoder",
+        "load_transformer",
+        "denoise",
+        "upsample",
+        "refine",
+        "free_transformer",
+        "decode_audio",
+        "decode_video",  # the diffusion decoder
+        "mux",
+    ]
+    video = read_mp4(ltx25_portal.job_dir(job["id"]) / jobdir.VIDEO_FILE)
+    assert (video.width, video.height, len(video.frames)) == (SIZE, SIZE, 9)
+    assert video.sample_rate == 48000 and video.audio_duration_s == pytest.approx(9 / 24, abs=0.03)
+    log = (ltx25_portal.job_dir(job["id"]) / "runner.log").read_text()
+    assert "newly initialized" not in log  # every weight of the directory was loaded into its own class
+
+
+def _events(portal: Portal, job_id: str) -> list[dict]:
+    return [json.loads(sse.data) for sse in portal.events(job_id, timeout=300) if sse.event != "end"]
