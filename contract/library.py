@@ -90,6 +90,7 @@ class Recognised(msgspec.Struct, frozen=True):
     distilled_lora: str | None = None  # a file name in the directory (dev models only)
     distilled_transformer: bool = False  # transformer_distilled/ present, complete, transformer/'s layout
     notes: tuple[str, ...] = ()  # optional parts present but unusable, and why
+    text_parts: tuple[str, ...] = ()  # DURATION_HEAD and/or PROMPT_ENHANCER (`text_parts`)
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -98,6 +99,7 @@ class Recognised(msgspec.Struct, frozen=True):
             ((UPSAMPLER,) if self.upsampler else ())
             + (("distilled_lora",) if self.distilled_lora else ())
             + ((DISTILLED_TRANSFORMER,) if self.distilled_transformer else ())
+            + self.text_parts
         )
 
     @property
@@ -147,6 +149,7 @@ def recognise(directory: Path) -> Recognised:
     upsampler, notes = _upsampler(directory)
     distilled, distilled_notes = _distilled_transformer(directory) if variant == "dev" else (False, ())
     lora = _distilled_lora(directory) if variant == "dev" else None
+    extras, extra_notes = text_parts(directory)
     return Recognised(
         family="ltx-2",
         version=version,
@@ -154,7 +157,8 @@ def recognise(directory: Path) -> Recognised:
         upsampler=upsampler,
         distilled_lora=lora,
         distilled_transformer=distilled,
-        notes=notes + distilled_notes,
+        notes=notes + distilled_notes + extra_notes,
+        text_parts=extras,
     )
 
 
@@ -291,3 +295,46 @@ def _distilled_lora(directory: Path) -> str | None:
         entry.name for entry in directory.iterdir() if entry.is_file() and DISTILLED_LORA.fullmatch(entry.name)
     )
     return names[0] if names else None
+
+
+# ---- LTX-2.5's optional text-side parts (issue 16, points 4-5): the duration head and the prompt enhancer -------
+# Each is a capability of the model that has it, shown in `Recognised.parts`: `num_frames: "auto"` needs the first,
+# `enhance_prompt: true` the second (contract/models.py refuses a job asking a model without).
+DURATION_HEAD = "duration_head"
+PROMPT_ENHANCER = "prompt_enhancer"
+TEXT_PART_CLASS = {DURATION_HEAD: "LTX2DurationHead"}  # the enhancer is a transformers model: its config has none
+# Where the enhancer's tokenizer (with its chat template) may be: its own folder, else the Diffusers layout's
+# processor/ (diffusers' LTX-2.5 pipeline templates the enhancer's chat with it).
+ENHANCER_TOKENIZER_DIRS = (PROMPT_ENHANCER, "processor")
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def enhancer_tokenizer_dir(enhancer_dir: Path) -> Path:
+    """The folder holding the enhancer's tokenizer: prompt_enhancer/ itself, else its model's processor/."""
+    for name in ENHANCER_TOKENIZER_DIRS:
+        candidate = enhancer_dir.parent / name
+        if (candidate / TOKENIZER_CONFIG).is_file():
+            return candidate
+    return enhancer_dir
+
+
+def text_parts(directory: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The duration head and prompt enhancer present and usable, and notes on those present but not."""
+    parts: list[str] = []
+    notes: list[str] = []
+    for name in (DURATION_HEAD, PROMPT_ENHANCER):
+        if not (directory / name).exists():
+            continue
+        problem = component_problem(directory, name)
+        if problem is None and name in TEXT_PART_CLASS:
+            found = _config(directory, name).get("_class_name")
+            if found != TEXT_PART_CLASS[name]:
+                problem = f"has _class_name {found!r}, not {TEXT_PART_CLASS[name]!r}"
+        tokenizer = enhancer_tokenizer_dir(directory / name) / TOKENIZER_CONFIG
+        if problem is None and name == PROMPT_ENHANCER and not tokenizer.is_file():
+            problem = f"has no tokenizer ({TOKENIZER_CONFIG} in {name}/ or processor/)"
+        if problem is None:
+            parts.append(name)
+        else:
+            notes.append(f"{name}/ {problem}, so it is left out")
+    return tuple(parts), tuple(notes)
