@@ -23,11 +23,12 @@ from diffusers.pipelines.ltx2.utils import GEMMA4_PROMPT_ENHANCEMENT_CONFIG, LTX
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
+from contract.cost import ENHANCE_MAX_NEW_TOKENS
 from contract.library import enhancer_tokenizer_dir
 from gpu_runner import memory
 
 OnToken = Callable[[int, int], None]  # (tokens generated so far, the most it may generate)
-MAX_NEW_TOKENS = GEMMA4_PROMPT_ENHANCEMENT_CONFIG.max_new_tokens  # 600: the reference's bound
+MAX_NEW_TOKENS = ENHANCE_MAX_NEW_TOKENS  # the reference's bound, diffusers' GEMMA4_PROMPT_ENHANCEMENT_CONFIG's
 
 
 class _TokenCounter(BaseStreamer):
