@@ -451,6 +451,7 @@ class Jobs(msgspec.Struct, frozen=True):
             device=cost.likely_device(runs),
             precision=self.settings.precision or spec.precision_cuda,
             runs=runs,
+            enhance_tokens=self.settings.enhance_max_tokens,
         )
 
     async def _upload_for(self, upload_id: str | None) -> Upload | None:

@@ -77,7 +77,8 @@ TEXT_STREAMING_GIB = 3.0
 # principles, not yet measured (issue 16, point 7 measures it): a 12B Gemma-4 keeps ~0.4 MB of bf16 KV a token
 # (48 layers x 2 x 8 heads x 256 x 2 bytes), ~1 GiB for 2.6k tokens.
 ENHANCE_WORKING_GIB = 1.5
-ENHANCE_MAX_NEW_TOKENS = 600  # diffusers' GEMMA4_PROMPT_ENHANCEMENT_CONFIG.max_new_tokens (a unit test keeps it so)
+# diffusers' GEMMA4_PROMPT_ENHANCEMENT_CONFIG.max_new_tokens (a unit test keeps it so): AVP_ENHANCE_MAX_TOKENS' default
+ENHANCE_MAX_NEW_TOKENS = 600
 # Its time: loading its files (LOAD_GIB_PER_S), then each new token reads every weight once, so a token costs the
 # weights over the memory bandwidth: assumed a third of an H100's 3.3 TB/s on CUDA, 10 GB/s on a CPU. The ETA plans
 # for the most tokens it may write; learned rates leave this stage out (its time is not the clip's).
@@ -547,6 +548,7 @@ def estimate(
     device: DeviceKind,
     precision: str,
     runs: Sequence[PastRun] = (),
+    enhance_tokens: int = ENHANCE_MAX_NEW_TOKENS,
 ) -> Estimate:
     """`request` (resolved, and `planned` where the model chooses its length) on `device`, from `runs` of the same
     model on that kind of device where there are."""
@@ -557,7 +559,7 @@ def estimate(
     peak = predict_job_peak(
         size.weights_gib.get, size.inner_width, size.vae_width, precision, request, enhancer_gib=size.enhancer_gib
     )
-    enhancing = enhance_seconds(size.enhancer_gib, device) if request.enhance_prompt else 0.0
+    enhancing = enhance_seconds(size.enhancer_gib, device, enhance_tokens) if request.enhance_prompt else 0.0
     pixel_frames = request.width * request.height * request.num_frames
     disk = pixel_frames * MP4_BYTES_PER_PIXEL_FRAME + clip_seconds(request) * AUDIO_BYTES_PER_S + LOG_AND_PREVIEW_BYTES
     return Estimate(
@@ -571,9 +573,9 @@ def estimate(
     )
 
 
-def enhance_seconds(enhancer_file_gib: float, device: DeviceKind) -> float:
-    """The prompt enhancer's stage at most: loading its files, then ENHANCE_MAX_NEW_TOKENS tokens."""
-    reading = ENHANCE_MAX_NEW_TOKENS * enhancer_file_gib / ENHANCE_READ_GIB_PER_S[device]
+def enhance_seconds(enhancer_file_gib: float, device: DeviceKind, tokens: int = ENHANCE_MAX_NEW_TOKENS) -> float:
+    """The prompt enhancer's stage at most: loading its files, then writing `tokens` (AVP_ENHANCE_MAX_TOKENS)."""
+    reading = tokens * enhancer_file_gib / ENHANCE_READ_GIB_PER_S[device]
     return enhancer_file_gib / LOAD_GIB_PER_S[device] + reading
 
 

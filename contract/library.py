@@ -318,6 +318,29 @@ def enhancer_tokenizer_dir(enhancer_dir: Path) -> Path:
     return enhancer_dir
 
 
+def connector_widths(connectors_config: dict[str, Any]) -> tuple[int, int]:
+    """The widths of the text connectors' video and audio outputs, which the duration head reads: each modality's
+    own projection (2.3, 2.5: video_hidden_dim, audio_hidden_dim), else the caption width both share (2.0)."""
+    if connectors_config.get("per_modality_projections"):
+        return int(connectors_config.get("video_hidden_dim", 4096)), int(
+            connectors_config.get("audio_hidden_dim", 2048)
+        )
+    width = int(connectors_config.get("caption_channels", 3840))
+    return width, width
+
+
+def _duration_head_problem(directory: Path) -> str | None:
+    """What keeps duration_head/ from reading this model's connector outputs (None: nothing)."""
+    head = _config(directory, DURATION_HEAD)
+    if head.get("_class_name") != TEXT_PART_CLASS[DURATION_HEAD]:
+        return f"has _class_name {head.get('_class_name')!r}, not {TEXT_PART_CLASS[DURATION_HEAD]!r}"
+    reads = head.get("video_cross_attention_dim", 4096), head.get("audio_cross_attention_dim", 2048)  # its defaults
+    given = connector_widths(_config(directory, "connectors"))
+    if reads != given:
+        return f"reads connector outputs {reads[0]} and {reads[1]} wide, but this model's connectors give {given}"
+    return None
+
+
 def text_parts(directory: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The duration head and prompt enhancer present and usable, and notes on those present but not."""
     parts: list[str] = []
@@ -326,10 +349,8 @@ def text_parts(directory: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
         if not (directory / name).exists():
             continue
         problem = component_problem(directory, name)
-        if problem is None and name in TEXT_PART_CLASS:
-            found = _config(directory, name).get("_class_name")
-            if found != TEXT_PART_CLASS[name]:
-                problem = f"has _class_name {found!r}, not {TEXT_PART_CLASS[name]!r}"
+        if problem is None and name == DURATION_HEAD:
+            problem = _duration_head_problem(directory)
         tokenizer = enhancer_tokenizer_dir(directory / name) / TOKENIZER_CONFIG
         if problem is None and name == PROMPT_ENHANCER and not tokenizer.is_file():
             problem = f"has no tokenizer ({TOKENIZER_CONFIG} in {name}/ or processor/)"

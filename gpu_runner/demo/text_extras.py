@@ -6,6 +6,7 @@ durations and the enhancer's words mean nothing.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -21,8 +22,10 @@ CHAT_TEMPLATE = (
 )
 
 
-def duration_head(video_width: int, audio_width: int):
-    """An LTX2DurationHead reading connector outputs of these widths (the model's cross-attention widths)."""
+def duration_head(video_width: int, audio_width: int, seconds: float | None = None):
+    """An LTX2DurationHead reading connector outputs of these widths (the model's cross-attention widths); with
+    `seconds`, one that predicts that duration for every prompt (its output layer a constant log-duration), so a
+    CPU test knows the length it will get and keeps it short."""
     from diffusers.pipelines.ltx2 import LTX2DurationHead
 
     torch.manual_seed(SEED)
@@ -34,6 +37,10 @@ def duration_head(video_width: int, audio_width: int):
         num_pooler_heads=2,
         mlp_hidden_dim=16,
     )
+    if seconds is not None:
+        with torch.no_grad():
+            head.mlp_out.weight.zero_()
+            head.mlp_out.bias.fill_(math.log(seconds))
     return head.eval()
 
 
@@ -73,9 +80,12 @@ def prompt_enhancer(vocab_size: int):
     return Gemma4ForConditionalGeneration(config).eval()
 
 
-def write_text_extras(model_dir: Path, tokenizer, video_width: int, audio_width: int) -> None:
-    """duration_head/ and prompt_enhancer/ (the enhancer with `tokenizer`, given a chat template) in `model_dir`."""
-    duration_head(video_width, audio_width).save_pretrained(model_dir / DURATION_HEAD)
+def write_text_extras(
+    model_dir: Path, tokenizer, video_width: int, audio_width: int, seconds: float | None = None
+) -> None:
+    """duration_head/ (`duration_head`'s) and prompt_enhancer/ (the enhancer with `tokenizer`, given a chat
+    template) in `model_dir`."""
+    duration_head(video_width, audio_width, seconds).save_pretrained(model_dir / DURATION_HEAD)
     enhancer_dir = model_dir / PROMPT_ENHANCER
     prompt_enhancer(len(tokenizer)).save_pretrained(enhancer_dir)
     tokenizer.chat_template = CHAT_TEMPLATE

@@ -6,6 +6,7 @@ and its page."""
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 import anyio
@@ -146,6 +147,11 @@ def extras_dir(tmp_path_factory) -> Path:
     from gpu_runner.demo.text_extras import write_text_extras
 
     directory = tmp_path_factory.mktemp("extras")
+    (directory / "connectors").mkdir()
+    connectors = {"_class_name": "LTX2TextConnectors", "per_modality_projections": True}
+    (directory / "connectors" / "config.json").write_text(
+        json.dumps(connectors | {"video_hidden_dim": 8, "audio_hidden_dim": 4})
+    )
     write_text_extras(directory, build_tokenizer(), video_width=8, audio_width=4)
     return directory
 
@@ -167,6 +173,20 @@ def test_a_part_that_cannot_be_used_is_left_out_with_why(extras_dir: Path, tmp_p
     assert parts == ()
     assert "duration_head/ has _class_name 'SomethingElse', not 'LTX2DurationHead'" in notes[0]
     assert "prompt_enhancer/ has no tokenizer" in notes[1]
+
+
+def test_a_duration_head_for_other_connectors_is_left_out(extras_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "model"
+    shutil.copytree(extras_dir, other)
+    (other / "connectors" / "config.json").write_text(json.dumps({"caption_channels": 64}))  # an LTX-2.0's
+    parts, notes = library.text_parts(other)
+    assert parts == (library.PROMPT_ENHANCER,)
+    assert notes == (
+        "duration_head/ reads connector outputs 8 and 4 wide, but this model's connectors give (64, 64), "
+        "so it is left out",
+    )
 
 
 # ---- the portal: the runner's events into the job's row, its JSON and its page ----------------------------------

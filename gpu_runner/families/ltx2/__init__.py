@@ -105,10 +105,16 @@ class Ltx2(Family):
         return encode(text, request.prompt, request.negative_prompt, self.sequence_length(), device, dtype)
 
     def enhance_prompt(self, job: Job, device: torch.device, on_token: OnToken) -> str:
-        """LTX-2.5's prompt_enhancer/ (enhance.py), on `device` until it is done."""
+        """LTX-2.5's prompt_enhancer/ (enhance.py), on `device` until it is done, writing at most
+        AVP_ENHANCE_MAX_TOKENS tokens."""
         request = job.request
         return enhance.enhance_prompt(
-            job.model_dir / PROMPT_ENHANCER, request.prompt, device=device, seed=request.seed, on_token=on_token
+            job.model_dir / PROMPT_ENHANCER,
+            request.prompt,
+            device=device,
+            seed=request.seed,
+            on_token=on_token,
+            max_new_tokens=job.file.enhance_max_tokens,
         )
 
     def predict_num_frames(self, job: Job, context: Context, device: torch.device) -> int:

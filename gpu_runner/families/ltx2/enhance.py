@@ -28,7 +28,7 @@ from contract.library import enhancer_tokenizer_dir
 from gpu_runner import memory
 
 OnToken = Callable[[int, int], None]  # (tokens generated so far, the most it may generate)
-MAX_NEW_TOKENS = ENHANCE_MAX_NEW_TOKENS  # the reference's bound, diffusers' GEMMA4_PROMPT_ENHANCEMENT_CONFIG's
+MAX_NEW_TOKENS = ENHANCE_MAX_NEW_TOKENS  # the reference's bound (a job's is AVP_ENHANCE_MAX_TOKENS)
 
 
 class _TokenCounter(BaseStreamer):
