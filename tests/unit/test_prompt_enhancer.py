@@ -74,3 +74,23 @@ def test_the_tokenizer_may_be_the_models_processor(tmp_path):
     assert enhance_prompt(enhancer, "a green ball", device=CPU, seed=0, max_new_tokens=4) == enhance_prompt(
         enhancer, "a green ball", device=CPU, seed=0, max_new_tokens=4
     )
+
+
+def test_the_runner_reports_the_tokens_now_and_then_and_stops_when_cancelled() -> None:
+    import signal
+
+    from contract import protocol
+    from gpu_runner.cancel import Cancellation, Cancelled
+    from gpu_runner.pipeline import TOKEN_EVENT_S, token_reporter
+
+    emitted: list[protocol.Event] = []
+    cancellation = Cancellation()
+    now = [0.0]
+    on_token = token_reporter(emitted.append, cancellation, clock=lambda: now[0])
+    for done in range(1, 11):  # ten tokens, a fifth of the reporting interval apart
+        on_token(done, 600)
+        now[0] += TOKEN_EVENT_S / 5
+    assert emitted == [protocol.Token(done=1, total=600), protocol.Token(done=6, total=600)]
+    cancellation.signum = signal.SIGTERM
+    with pytest.raises(Cancelled):
+        on_token(11, 600)

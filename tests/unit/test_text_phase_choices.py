@@ -138,6 +138,17 @@ def test_the_optional_stages_come_where_the_runner_enters_them() -> None:
     assert protocol.ENHANCE_STAGE not in protocol.STAGES and protocol.DURATION_STAGE not in protocol.STAGES
 
 
+def test_the_command_line_asks_for_both() -> None:
+    from avportal.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "a red ball", "--frames", "auto", "--enhance-prompt"])
+    assert (args.num_frames, args.enhance_prompt) == (AUTO, True)
+    plain = build_parser().parse_args(["generate", "a red ball", "--frames", "49"])
+    assert (plain.num_frames, plain.enhance_prompt) == (49, None), "left out: the request leaves it out"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "a red ball", "--frames", "long"])
+
+
 # ---- the library: the parts as a directory holds them ---------------------------------------------------------
 
 
