@@ -8,6 +8,10 @@ tokens, the answer cleaned of curly quotes and leading non-letters. It runs firs
 the GPU (it generates token by token: streaming its layers would cost a full weight transfer per token), and is
 freed before the text encoder loads; its memory and time are the `enhance_*` lines of contract/cost.py.
 
+The text-to-video form only: a job with a first-frame image or keyframes is enhanced from its text alone (diffusers'
+image-aware variant shows the enhancer the image through the Gemma-4 processor's vision input, which this does not
+load).
+
 Its tokenizer (with the chat template) is the one in prompt_enhancer/, else the model's processor/ (the Diffusers
 layout's, which the pipeline uses for the enhancer's chat template): contract/library.py checks one is there.
 """
