@@ -17,8 +17,6 @@ from pathlib import Path
 import torch
 from diffusers.pipelines.ltx2 import LTX2DurationHead
 
-DURATION_HEAD = "duration_head"  # its subfolder in a model directory
-
 
 def load_duration_head(directory: Path, device: torch.device) -> LTX2DurationHead:
     """The head in `directory` (a model's duration_head/), in float32 on `device`."""

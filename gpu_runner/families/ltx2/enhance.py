@@ -18,7 +18,6 @@ layout's, which the pipeline uses for the enhancer's chat template): contract/li
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,9 +29,7 @@ from transformers.generation.streamers import BaseStreamer
 from contract.cost import ENHANCE_MAX_NEW_TOKENS
 from contract.library import enhancer_tokenizer_dir
 from gpu_runner import memory
-
-OnToken = Callable[[int, int], None]  # (tokens generated so far, the most it may generate)
-MAX_NEW_TOKENS = ENHANCE_MAX_NEW_TOKENS  # the reference's bound (a job's is AVP_ENHANCE_MAX_TOKENS)
+from gpu_runner.families.base import OnToken
 
 
 class _TokenCounter(BaseStreamer):
@@ -61,7 +58,7 @@ def enhance_prompt(
     device: torch.device,
     seed: int,
     on_token: OnToken | None = None,
-    max_new_tokens: int = MAX_NEW_TOKENS,
+    max_new_tokens: int = ENHANCE_MAX_NEW_TOKENS,  # the reference's bound (a job's: AVP_ENHANCE_MAX_TOKENS)
     dtype: torch.dtype | None = None,
 ) -> str:
     """`prompt` rewritten by the enhancer in `enhancer_dir` (a model's prompt_enhancer/), on `device` in `dtype`
