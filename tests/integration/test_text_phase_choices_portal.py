@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 
 import pytest
@@ -76,3 +77,6 @@ def test_an_auto_length_enhanced_job_runs_and_the_portal_keeps_and_shows_the_cho
     assert all(e["total"] == ENHANCE_TOKENS for e in events if e["type"] == "token")
     assert enhanced in page and "Use this prompt" in page and f"{FRAMES} (auto: chosen by the model)" in page
     assert f">{enhanced}</textarea>" in again, "use this prompt: the form holds the enhanced prompt"
+    checkbox = re.search(r'<input type="checkbox" name="enhance_prompt"[^>]*>', again)
+    assert checkbox and "checked" not in checkbox[0], "offered, and off: the prompt is enhanced already"
+    assert re.search(r'<option value="auto"\s+selected\s*>', again), "the length left to the model again"
