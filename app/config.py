@@ -20,6 +20,7 @@ from app.disk import DataDisk
 from app.passwords import is_password_hash
 from app.webhook_targets import Allowlist
 from app.webhooks import check_secret
+from contract.cost import ENHANCE_MAX_NEW_TOKENS
 from contract.jobdir import DEFAULT_CACHE_GB, RunnerOptions
 from contract.loras import DEFAULT_MAX_MB as DEFAULT_LORA_MAX_MB
 from contract.loras import FOLDER as MODEL_LORA_FOLDER
@@ -50,6 +51,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     precision: str | None = None  # overrides every model's CUDA precision policy: fp8, bf16 or fp32
     cache_gb: float = DEFAULT_CACHE_GB  # every cache together (FP8 weights, prompts, compiled kernels): AVP_CACHE_GB
     prompt_cache_mb: int = 2048  # encoded prompts kept on disk (a cap inside cache_gb), least recently used first
+    enhance_max_tokens: int = ENHANCE_MAX_NEW_TOKENS  # the most tokens a prompt enhancer writes (LTX-2.5)
     weight_cache: str = ""  # an absolute directory for FP8 transformers, "off", or "" for the data dir's
     compile_blocks: bool = True  # on a CUDA GPU, jobs compile the transformer's blocks (AVP_COMPILE)
     spare_runner: bool = True  # a runner waits with torch and diffusers imported for the next job (AVP_SPARE_RUNNER)
@@ -160,6 +162,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             precision=self.precision,
             prompt_cache_dir=str(self.prompt_cache_dir),
             prompt_cache_mb=self.prompt_cache_mb,
+            enhance_max_tokens=self.enhance_max_tokens,
             weight_cache_dir=None if weight_cache_dir is None else str(weight_cache_dir),
             compile_cache_dir=None if compile_cache_dir is None else str(compile_cache_dir),
             cache_gb=self.cache_gb,
@@ -326,6 +329,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             precision=precision,
             cache_gb=limit("AVP_CACHE_GB", f"for {DEFAULT_CACHE_GB:g} GiB") or DEFAULT_CACHE_GB,
             prompt_cache_mb=int(number("AVP_PROMPT_CACHE_MB", 2048, int, 0)),
+            enhance_max_tokens=int(number("AVP_ENHANCE_MAX_TOKENS", ENHANCE_MAX_NEW_TOKENS, int, 1)),
             weight_cache=weight_cache,
             compile_blocks=compile_blocks == "on",
             spare_runner=spare_runner == "on",

@@ -53,7 +53,7 @@ from contract.provenance import (
     model_revision,
     portal_version,
 )
-from contract.request import Request
+from contract.request import AUTO, Request, planned
 
 log = logging.getLogger(__name__)
 
@@ -447,10 +447,11 @@ class Jobs(msgspec.Struct, frozen=True):
         return cost.estimate(
             size,
             spec.kind,
-            request,
+            planned(spec.constraints, request),  # num_frames "auto": the longest clip, until the runner has chosen
             device=cost.likely_device(runs),
             precision=self.settings.precision or spec.precision_cuda,
             runs=runs,
+            enhance_tokens=self.settings.enhance_max_tokens,
         )
 
     async def _upload_for(self, upload_id: str | None) -> Upload | None:
@@ -656,7 +657,7 @@ def present(job: JobRow, settings: Settings, places: dict[str, Place], extended_
     return JobOut(
         id=job.id,
         status=job.status,
-        request=job.request,
+        request=msgspec.structs.replace(job.request, num_frames=job.num_frames or job.request.num_frames),
         progress=job.progress,
         error=JobError(**job.error) if job.error else None,
         result=msgspec.convert(job.result, protocol.Result) if job.result else None,
@@ -682,6 +683,8 @@ def present(job: JobRow, settings: Settings, places: dict[str, Place], extended_
         extended_by=extended_by,
         batch_id=job.batch_id,
         provenance=job.provenance,
+        num_frames_requested=AUTO if job.request.num_frames == AUTO else None,
+        enhanced_prompt=job.enhanced_prompt,
     )
 
 

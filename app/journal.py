@@ -99,6 +99,10 @@ class Journal:
         """Store one protocol event; returns the job's progress after it."""
         new_progress = progress.apply(event)
         result = msgspec.to_builtins(event) if isinstance(event, protocol.Result) else None
-        update = JobUpdate(progress=new_progress, result=result) if (new_progress or result) else None
+        # the text phase's choices (LTX-2.5): stored with the job, as the job JSON and page show them
+        chosen = event.num_frames if isinstance(event, protocol.NumFrames) else None
+        enhanced = event.prompt if isinstance(event, protocol.EnhancedPrompt) else None
+        changes = {"progress": new_progress, "result": result, "num_frames_chosen": chosen, "enhanced_prompt": enhanced}
+        update = JobUpdate(**changes) if any(value is not None for value in changes.values()) else None
         await self.record(job_id, msgspec.to_builtins(event), update)
         return new_progress or progress

@@ -152,6 +152,13 @@ def _v9_job_provenance(db: sqlite3.Connection) -> None:
     _add_missing_columns(db, {"provenance": "TEXT"})
 
 
+def _v10_text_phase_choices(db: sqlite3.Connection) -> None:
+    """What the runner's text phase chose for a job (LTX-2.5, issue 16): the clip's length where its request left it
+    to the duration head (num_frames "auto"), and the prompt enhancer's rewrite where it asked for one; NULL until
+    the runner reports them, and for every other job."""
+    _add_missing_columns(db, {"num_frames_chosen": "INTEGER", "enhanced_prompt": "TEXT"})
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_initial,
     _v2_job_estimate,
@@ -162,6 +169,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v7_job_list_filters,
     _v8_batches,
     _v9_job_provenance,
+    _v10_text_phase_choices,
 )
 LATEST = len(MIGRATIONS)
 

@@ -28,16 +28,20 @@ from app.places import Place, running_place
 from app.store import JobRow, QueueSnapshot, StoredEvent
 from contract.models import ModelSpec
 from contract.protocol import stages_of
-from contract.request import FIELDS
+from contract.request import AUTO, FIELDS
 
 ROWS_TOPIC = "job-rows"
 _SHOWN_APART = ("prompt", "image_upload_id")  # the job page shows these above its settings table
 
 
-def _setting(name: str, value: Any) -> Any:
-    """A setting as the job page's table shows it: keyframes as their frames and strengths."""
+def _setting(job: JobRow, name: str, value: Any) -> Any:
+    """A setting as the job page's table shows it: keyframes as their frames and strengths, a length left to the
+    model as what it chose."""
     if name == "keyframes" and value:
         return ", ".join(f"frame {k.frame} (strength {k.strength:g})" for k in value)
+    if name == "num_frames" and value == AUTO:
+        chosen = job.num_frames_chosen
+        return "auto: the model chooses from the prompt" if chosen is None else f"{chosen} (auto: chosen by the model)"
     return value
 
 
@@ -79,7 +83,8 @@ def job_context(job: JobRow, models: dict[str, ModelSpec], place: Place | None) 
     """What the job page's panel shows of a job: the job, its place in the queue, its stage timeline, its model,
     its settings."""
     current = job.progress.stage
-    stages = stages_of(job.request.mode)
+    request = job.request
+    stages = stages_of(request.mode, enhance=bool(request.enhance_prompt), auto_frames=request.num_frames == AUTO)
     reached = stages.index(current) if current in stages else -1
     if job.status == "succeeded":
         reached = len(stages)
@@ -87,7 +92,7 @@ def job_context(job: JobRow, models: dict[str, ModelSpec], place: Place | None) 
         {"name": name, "state": "done" if i < reached else "current" if i == reached else "pending"}
         for i, name in enumerate(stages)
     ]
-    settings = [(name, _setting(name, getattr(job.request, name))) for name in FIELDS if name not in _SHOWN_APART]
+    settings = [(name, _setting(job, name, getattr(request, name))) for name in FIELDS if name not in _SHOWN_APART]
     if job.webhook is not None:
         settings += [("webhook", job.webhook.url), ("webhook_events", ", ".join(job.webhook.events))]
     settings = [(name, _shown_loras(value) if name == "loras" else value) for name, value in settings]

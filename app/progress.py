@@ -31,6 +31,8 @@ class JobProgress(msgspec.Struct, frozen=True, kw_only=True):
     tiles_total: int = 0
     preview_step: int = 0  # the step the latest preview.jpg shows; 0: none yet
     preview_note: str | None = None  # why there is no preview (the model has no colours yet), from the runner
+    tokens_done: int = 0  # the prompt enhancer's tokens so far, of at most tokens_total (enhance_prompt: true)
+    tokens_total: int = 0
 
     @property
     def whole_percent(self) -> int:
@@ -60,6 +62,8 @@ class JobProgress(msgspec.Struct, frozen=True, kw_only=True):
                 return msgspec.structs.replace(self, preview_step=step, preview_note=None)
             case protocol.Tile(done=done, total=total):
                 return msgspec.structs.replace(self, tiles_done=done, tiles_total=total)
+            case protocol.Token(done=done, total=total):
+                return msgspec.structs.replace(self, tokens_done=done, tokens_total=total)
             case protocol.Result():
                 return msgspec.structs.replace(self, percent=100.0, eta_s=0.0)
         return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 
@@ -45,13 +45,16 @@ class InvalidRequest(Exception):
 
 
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Request)}
-_TYPE_WORDS = {int: "a whole number", float: "a number", str: "text"}
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
 
 
 def _type_word(field: msgspec.structs.FieldInfo) -> str:
+    kinds = getattr(field.type, "__args__", (field.type,))
+    # a fixed word the field also takes (num_frames' "auto")
+    words = [f'"{word}"' for kind in kinds if get_origin(kind) is Literal for word in get_args(kind)]
     for kind, word in _TYPE_WORDS.items():
-        if kind in getattr(field.type, "__args__", (field.type,)):
-            return word
+        if kind in kinds:
+            return " or ".join([word, *words])
     return "a value of the right type"
 
 
@@ -161,7 +164,7 @@ def resolve_request(request: Request, offer: Offer, loras: LoraLibrary | None = 
     if spec is None:
         raise InvalidRequest([FieldError(field="model", message=_model_problem(model_id, offer))])
     resolved = spec.resolve(request)
-    problems = spec.violations(resolved)
+    problems = spec.violations(resolved, offer.models.values())
     if loras is not None and not any(field == "loras" for field, _ in problems):
         problems += lora_problems(resolved.loras, spec, loras)
     if problems:
@@ -222,6 +225,10 @@ class JobOut(Base):
     batch_id: str | None = None  # the batch it was submitted in (POST /api/batches); None: submitted alone
     # what made it (model revision, LoRA hashes, portal version), recorded at submit; None for older jobs
     provenance: Provenance | None = None
+    # LTX-2.5's text phase (issue 16): "auto" where the request left the length to the duration head (request's
+    # num_frames is then "auto" until the head has chosen, the chosen count after); None where it gave a number
+    num_frames_requested: Literal["auto"] | None = None
+    enhanced_prompt: str | None = None  # the prompt enhancer's rewrite (enhance_prompt: true), once made
 
 
 class BatchOut(Base):
@@ -362,6 +369,18 @@ class PreviewEvent(protocol.Preview, kw_only=True, tag="preview"):
     id: int
 
 
+class TokenEvent(protocol.Token, kw_only=True, tag="token"):
+    id: int
+
+
+class EnhancedPromptEvent(protocol.EnhancedPrompt, kw_only=True, tag="enhanced_prompt"):
+    id: int
+
+
+class NumFramesEvent(protocol.NumFrames, kw_only=True, tag="num_frames"):
+    id: int
+
+
 class ResultEvent(protocol.Result, kw_only=True, tag="result"):
     id: int
 
@@ -388,5 +407,16 @@ class EndEvent(Base):
 
 
 JobEvent = (
-    StageEvent | StepEvent | TileEvent | MemoryEvent | PreviewEvent | ResultEvent | ErrorEvent | StatusEvent | EndEvent
+    StageEvent
+    | StepEvent
+    | TileEvent
+    | MemoryEvent
+    | PreviewEvent
+    | TokenEvent
+    | EnhancedPromptEvent
+    | NumFramesEvent
+    | ResultEvent
+    | ErrorEvent
+    | StatusEvent
+    | EndEvent
 )

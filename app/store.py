@@ -59,10 +59,20 @@ class JobRow(msgspec.Struct, frozen=True):
     webhook: Webhook | None = None  # where its deliveries go (app/webhooks.py); None: no webhook
     batch_id: str | None = None  # the batch it was submitted in (POST /api/batches); None: submitted alone
     provenance: Provenance | None = None  # what made it, recorded at submit; None for a job from before
+    # What its text phase chose (LTX-2.5): the length the duration head picked for num_frames "auto", and the prompt
+    # enhancer's rewrite of the prompt; None until the runner reports them (migration 10).
+    num_frames_chosen: int | None = None
+    enhanced_prompt: str | None = None
 
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def num_frames(self) -> int | None:
+        """The clip's length in frames: the request's, or the one the duration head chose; None while unknown."""
+        frames = self.request.num_frames
+        return frames if isinstance(frames, int) else self.num_frames_chosen
 
 
 class StoredEvent(msgspec.Struct, frozen=True):
@@ -176,11 +186,13 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
     error: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     start_attempt: bool = False
+    num_frames_chosen: int | None = None  # the runner's text-phase choices (protocol.NumFrames, EnhancedPrompt)
+    enhanced_prompt: str | None = None
 
 
 _JOB_COLUMNS = (
     "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at, estimate, "
-    "keep, files_removed_at, batch_id, provenance, "
+    "keep, files_removed_at, batch_id, provenance, num_frames_chosen, enhanced_prompt, "
     "(SELECT json_object('url', url, 'events', json(events)) FROM webhooks WHERE webhooks.job_id = jobs.id)"
 )
 _TERMINAL_SQL = ",".join(f"'{status}'" for status in sorted(TERMINAL))
@@ -197,6 +209,13 @@ _decode_provenance = msgspec.json.Decoder(Provenance).decode
 
 def _encode(value: Any) -> str:
     return msgspec.json.encode(value).decode()
+
+
+def _as_run(request: Request, num_frames_chosen: int | None) -> Request:
+    """A finished job's request as it ran: num_frames "auto" as the length its duration head chose."""
+    if isinstance(request.num_frames, int):
+        return request
+    return msgspec.structs.replace(request, num_frames=num_frames_chosen)
 
 
 def _row_to_job(row: tuple) -> JobRow:
@@ -217,6 +236,8 @@ def _row_to_job(row: tuple) -> JobRow:
         removed,
         batch_id,
         provenance,
+        num_frames_chosen,
+        enhanced_prompt,
         webhook,
     ) = row
     return JobRow(
@@ -237,6 +258,8 @@ def _row_to_job(row: tuple) -> JobRow:
         webhook=_decode_webhook(webhook) if webhook else None,
         batch_id=batch_id,
         provenance=_decode_provenance(provenance) if provenance else None,
+        num_frames_chosen=num_frames_chosen,
+        enhanced_prompt=enhanced_prompt,
     )
 
 
@@ -415,22 +438,25 @@ class Store:
     def past_runs(self, model_id: str, limit: int) -> list[PastRun]:
         """The newest `limit` finished jobs of `model_id`, newest first: what a job-cost estimate learns from."""
         rows = self._db.execute(
-            "SELECT request, json_extract(result, '$.timings'), finished_at - started_at, "
+            "SELECT request, num_frames_chosen, json_extract(result, '$.timings'), finished_at - started_at, "
             "json_extract(result, '$.peak_vram_gib') IS NULL, "
             "(SELECT json_extract(data, '$.elapsed_s') FROM job_events WHERE job_id = jobs.id AND type = 'step' "
             " AND json_extract(data, '$.step') = 1 ORDER BY id DESC LIMIT 1) FROM jobs "  # the last attempt's
-            "WHERE status = 'succeeded' AND json_extract(request, '$.model') = ? ORDER BY seq DESC LIMIT ?",
+            "WHERE status = 'succeeded' AND json_extract(request, '$.model') = ? "
+            # an "auto" length learns only once known (always, for a job that succeeded)
+            "AND (json_type(request, '$.num_frames') = 'integer' OR num_frames_chosen IS NOT NULL) "
+            "ORDER BY seq DESC LIMIT ?",
             (model_id, limit),
         )
         return [
             PastRun(
-                request=_decode_request(request),
+                request=_as_run(_decode_request(request), num_frames_chosen),
                 device="cpu" if on_cpu else "cuda",  # a CPU run reports no VRAM peak
                 held_s=held,
                 timings=json.loads(timings),
                 first_step_s=first_step,
             )
-            for request, timings, held, on_cpu, first_step in rows
+            for request, num_frames_chosen, timings, held, on_cpu, first_step in rows
             if timings and held is not None
         ]
 
@@ -578,8 +604,14 @@ class Store:
             if value is not None:
                 sets.append(f"{column} = ?")
                 values.append(_encode(value))
+        for column in ("num_frames_chosen", "enhanced_prompt"):
+            value = getattr(update, column)
+            if value is not None:
+                sets.append(f"{column} = ?")
+                values.append(value)
         if update.start_attempt:
             sets += ["attempts = attempts + 1", "started_at = ?", "finished_at = NULL", "error = NULL"]
+            sets += ["num_frames_chosen = NULL", "enhanced_prompt = NULL"]  # this attempt's text phase chooses again
             values.append(now)
         if sets:
             self._db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*values, job_id))

@@ -104,7 +104,7 @@ def event_name(event: dict[str, Any]) -> str | None:
         return "output"
     if kind == "stage":
         return "logs"
-    if kind in ("step", "tile", "preview"):
+    if kind in ("step", "tile", "preview", "token", "enhanced_prompt", "num_frames"):
         return "progress"
     return None
 

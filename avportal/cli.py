@@ -43,6 +43,7 @@ REQUEST_OPTIONS = (
     "seed",
     "negative_prompt",
     "image_strength",
+    "enhance_prompt",
 )
 # The request fields set by an option of another name, for error messages that point at what the user typed.
 OPTION_OF_FIELD = {
@@ -58,6 +59,7 @@ OPTION_OF_FIELD = {
     "image_strength": "--image-strength",
     "keyframes": "--keyframe",
     "extend_from": "--extend",
+    "enhance_prompt": "--enhance-prompt",
 }
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
@@ -74,6 +76,16 @@ def _lora(text: str) -> dict[str, Any]:
     except ValueError:
         message = f"{text!r}: the scale {scale!r} is not a number, e.g. demo-huge:0.8"
         raise argparse.ArgumentTypeError(message) from None
+
+
+def _frames(text: str) -> int | str:
+    """--frames: a frame count, or "auto" (the model picks the length: a model with a duration head)."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a frame count (8k+1, e.g. 49) or auto") from None
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -128,7 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt", help="what the clip shows and sounds like")
     generate.add_argument("--model", help="a model id (GET /api/models); default: the portal's first")
     generate.add_argument("--mode", help="fast or quality; default: the model's")
-    generate.add_argument("--frames", type=int, dest="num_frames", help="frames, 8k+1 (e.g. 25, 49, 97)")
+    generate.add_argument(
+        "--frames",
+        type=_frames,
+        dest="num_frames",
+        help="frames, 8k+1 (e.g. 25, 49, 97), or auto: the model picks the length (a model with a duration head)",
+    )
+    generate.add_argument(
+        "--enhance-prompt",
+        action="store_const",
+        const=True,
+        dest="enhance_prompt",
+        help="the model's prompt enhancer rewrites the prompt first (a model with one)",
+    )
     generate.add_argument("--size", type=_size, metavar="WxH", help="width x height in pixels, e.g. 320x192")
     generate.add_argument("--fps", type=float, help="frames per second")
     generate.add_argument("--steps", type=int, help="denoising steps (quality mode)")

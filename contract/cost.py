@@ -15,6 +15,7 @@ what the default predicted), so the estimate follows this machine as soon as it 
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import math
@@ -26,6 +27,7 @@ from typing import Literal
 
 import msgspec
 
+from contract.protocol import ENHANCE_STAGE
 from contract.request import DenoiseStage, Request, denoise_stages
 
 GIB = 1024**3
@@ -68,21 +70,48 @@ REFERENCE_WIDTH = 4096
 TEXT_STREAMING_GIB = 3.0
 
 
+# ---- the prompt enhancer (LTX-2.5, enhance_prompt: true): its own phase, before the text encoder --------------
+# It generates token by token, so it runs whole on the GPU in its files' dtype (streaming its layers would move every
+# weight once a token): its weights plus this much for the KV cache of its chat (the 2.5 system prompt and the user's
+# prompt, ~2k tokens, then up to ENHANCE_MAX_NEW_TOKENS) and generate()'s working tensors. Planned from first
+# principles, not yet measured (issue 16, point 7 measures it): a 12B Gemma-4 keeps ~0.4 MB of bf16 KV a token
+# (48 layers x 2 x 8 heads x 256 x 2 bytes), ~1 GiB for 2.6k tokens.
+ENHANCE_WORKING_GIB = 1.5
+# diffusers' GEMMA4_PROMPT_ENHANCEMENT_CONFIG.max_new_tokens (a unit test keeps it so): AVP_ENHANCE_MAX_TOKENS' default
+ENHANCE_MAX_NEW_TOKENS = 600
+# Its time: loading its files (LOAD_GIB_PER_S), then each new token reads every weight once, so a token costs the
+# weights over the memory bandwidth: assumed a third of an H100's 3.3 TB/s on CUDA, 10 GB/s on a CPU. The ETA plans
+# for the most tokens it may write; learned rates leave this stage out (its time is not the clip's).
+ENHANCE_READ_GIB_PER_S = {"cpu": 10.0, "cuda": 1000.0}
+
+
+def enhance_gib(enhancer_file_gib: float) -> float:
+    """The enhancer phase's peak: nothing for a model without one (or a job that does not ask)."""
+    return enhancer_file_gib + ENHANCE_WORKING_GIB if enhancer_file_gib else 0.0
+
+
 @dataclass(frozen=True)
 class PeakPrediction:
-    """A job's peak per phase, each one model at a time (docs/architecture.md): text, denoise, decode."""
+    """A job's peak per phase, each one model at a time (docs/architecture.md): the prompt enhancer's (a job that
+    asks for it), text, denoise, decode."""
 
     text_gib: float
     denoise_gib: float
     decode_gib: float
+    enhance_gib: float = 0.0
 
     @property
     def peak_gib(self) -> float:
-        return max(self.text_gib, self.denoise_gib, self.decode_gib) + MARGIN_GIB
+        return max(self.enhance_gib, self.text_gib, self.denoise_gib, self.decode_gib) + MARGIN_GIB
 
     @property
     def peak_phase(self) -> str:
-        phases = {"text encoding": self.text_gib, "denoising": self.denoise_gib, "decoding": self.decode_gib}
+        phases = {
+            "prompt enhancement": self.enhance_gib,
+            "text encoding": self.text_gib,
+            "denoising": self.denoise_gib,
+            "decoding": self.decode_gib,
+        }
         return max(phases, key=phases.__getitem__)
 
 
@@ -127,12 +156,15 @@ def predict_job_peak(
     precision: str,
     request: Request,
     lora_gib: float = 0.0,
+    enhancer_gib: float = 0.0,
 ) -> PeakPrediction:
     """A resolved request's peak per phase (`predict_peak`), its denoising at its largest stage; `weights_gib`
     gives a component's weight files' size, `lora_gib` the job's LoRA files' (held beside the transformer, as
-    stored). The web process's estimate and the runner's admission both use it."""
+    stored), `enhancer_gib` the prompt enhancer's (counted where the request asks for it). A request whose length
+    the model chooses (num_frames "auto") must come `planned` (contract.request). The web process's estimate and
+    the runner's admission both use it."""
     stages = denoise_stages(request)
-    return predict_peak(
+    peak = predict_peak(
         transformer_file_gib=weights_gib("transformer"),
         connectors_file_gib=weights_gib("connectors"),
         vae_file_gib=weights_gib("vae"),
@@ -145,6 +177,7 @@ def predict_job_peak(
         upsampler_file_gib=weights_gib("latent_upsampler") if len(stages) > 1 else 0.0,
         lora_file_gib=lora_gib,
     )
+    return dataclasses.replace(peak, enhance_gib=enhance_gib(enhancer_gib if request.enhance_prompt else 0.0))
 
 
 # The least budget a decode gets: a tiny model's job (the demo's) holds almost nothing before its decode. It is
@@ -292,6 +325,7 @@ class ModelSize:
     inner_width: int
     vae_width: int
     weights_gib: dict[str, float]  # per component, as stored
+    enhancer_gib: float = 0.0  # the prompt enhancer's files (0: none); apart, as only a job that asks loads it
 
     @classmethod
     def read(cls, model_dir: Path) -> ModelSize:
@@ -302,6 +336,7 @@ class ModelSize:
             inner_width=int(config["num_attention_heads"]) * int(config["attention_head_dim"]),
             vae_width=vae_width(json.loads((model_dir / "vae" / "config.json").read_text())),
             weights_gib={name: component_gib(model_dir, name) for name in WEIGHT_COMPONENTS},
+            enhancer_gib=component_gib(model_dir, "prompt_enhancer"),
         )
 
 
@@ -431,7 +466,7 @@ def learned(size: ModelSize, model_kind: str, default: Rates, runs: Sequence[Pas
             denoise_points.append((passes, flop, measured[0]))
         if measured[1] > 0:
             decode_points.append((1.0, decode_work(size, run.request), measured[1]))
-        fixed.append(max(0.0, run.held_s - sum(measured)))
+        fixed.append(max(0.0, run.held_s - sum(measured) - run.timings.get(ENHANCE_STAGE, 0.0)))
 
     def slower(rate: float, ratios: list[float]) -> float:
         return rate / statistics.median(ratios) if ratios else rate
@@ -513,17 +548,22 @@ def estimate(
     device: DeviceKind,
     precision: str,
     runs: Sequence[PastRun] = (),
+    enhance_tokens: int = ENHANCE_MAX_NEW_TOKENS,
 ) -> Estimate:
-    """`request` (resolved) on `device`, from `runs` of the same model on that kind of device where there are."""
+    """`request` (resolved, and `planned` where the model chooses its length) on `device`, from `runs` of the same
+    model on that kind of device where there are."""
     relevant = [run for run in runs if run.device == device]
     rates = learned(size, model_kind, first_principles(size, device), relevant)
     parts = _parts(size, model_kind, rates, request)
     precision = precision if device == "cuda" else "fp32"  # a CPU computes in float32
-    peak = predict_job_peak(size.weights_gib.get, size.inner_width, size.vae_width, precision, request)
+    peak = predict_job_peak(
+        size.weights_gib.get, size.inner_width, size.vae_width, precision, request, enhancer_gib=size.enhancer_gib
+    )
+    enhancing = enhance_seconds(size.enhancer_gib, device, enhance_tokens) if request.enhance_prompt else 0.0
     pixel_frames = request.width * request.height * request.num_frames
     disk = pixel_frames * MP4_BYTES_PER_PIXEL_FRAME + clip_seconds(request) * AUDIO_BYTES_PER_S + LOG_AND_PREVIEW_BYTES
     return Estimate(
-        duration_s=sum(parts),
+        duration_s=sum(parts) + enhancing,
         denoise_s=parts[1],
         decode_s=parts[2] + parts[3],
         peak_gib=round(peak.peak_gib, 2),
@@ -531,6 +571,12 @@ def estimate(
         device=device,
         past_runs=len(relevant),
     )
+
+
+def enhance_seconds(enhancer_file_gib: float, device: DeviceKind, tokens: int = ENHANCE_MAX_NEW_TOKENS) -> float:
+    """The prompt enhancer's stage at most: loading its files, then writing `tokens` (AVP_ENHANCE_MAX_TOKENS)."""
+    reading = tokens * enhancer_file_gib / ENHANCE_READ_GIB_PER_S[device]
+    return enhancer_file_gib / LOAD_GIB_PER_S[device] + reading
 
 
 # ---- the queue: when each job starts and ends --------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 
+from contract.cost import ENHANCE_MAX_NEW_TOKENS
 from contract.models import ModelSpec
 from contract.provenance import Provenance
 from contract.request import Request
@@ -49,6 +50,8 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
     preview_colours_dir: str | None = None
     # the LoRA folders (AVP_LORA_DIR, the models' loras/): the runner reads a job's LoRA files only inside them
     lora_dirs: tuple[str, ...] = ()
+    # the most tokens a prompt enhancer (LTX-2.5, enhance_prompt: true) may write: AVP_ENHANCE_MAX_TOKENS
+    enhance_max_tokens: int = ENHANCE_MAX_NEW_TOKENS
 
 
 class JobLora(msgspec.Struct, frozen=True):
@@ -84,6 +87,8 @@ class JobFile(msgspec.Struct, frozen=True):
     lora_dirs: tuple[str, ...] = ()
     loras: tuple[JobLora, ...] = ()  # request.loras, found (the same names in the same order)
     provenance: Provenance | None = None  # what made the clip; the runner writes it into the MP4
+    # ---- LTX-2.5's prompt enhancer: the most tokens it may write (RunnerOptions')
+    enhance_max_tokens: int = ENHANCE_MAX_NEW_TOKENS
 
 
 def keyframe_file(index: int) -> str:

@@ -111,11 +111,10 @@ class Recognised(msgspec.Struct, frozen=True):
     distilled_lora: str | None = None  # a file name in the directory (dev models only)
     distilled_transformer: bool = False  # transformer_distilled/ present, complete, transformer/'s layout
     notes: tuple[str, ...] = ()  # optional parts present but unusable, and why
+    text_parts: tuple[str, ...] = ()  # DURATION_HEAD and/or PROMPT_ENHANCER, present and usable (`text_parts`)
     # LTX-2.5 only:
     full_transformer: str | None = None  # beside a distilled transformer/: the subfolder of the dev one
     diffusion_decoder: bool = False  # diffusion_decoder/ present and complete
-    duration_head: bool = False  # duration_head/ present and complete
-    prompt_enhancer: bool = False  # prompt_enhancer/ present and complete
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -126,8 +125,7 @@ class Recognised(msgspec.Struct, frozen=True):
             + ((DISTILLED_TRANSFORMER,) if self.distilled_transformer else ())
             + ((self.full_transformer,) if self.full_transformer else ())
             + ((DIFFUSION_DECODER,) if self.diffusion_decoder else ())
-            + ((DURATION_HEAD,) if self.duration_head else ())
-            + ((PROMPT_ENHANCER,) if self.prompt_enhancer else ())
+            + self.text_parts
         )
 
     @property
@@ -201,6 +199,7 @@ def recognise(directory: Path) -> Recognised:
     upsampler, notes = _optional_model(directory, UPSAMPLER)
     distilled, distilled_notes = _distilled_transformer(directory) if variant == "dev" else (False, ())
     lora = _distilled_lora(directory) if variant == "dev" else None
+    extras, extra_notes = text_parts(directory)
     recognised = Recognised(
         family="ltx-2",
         version=version,
@@ -208,7 +207,8 @@ def recognise(directory: Path) -> Recognised:
         upsampler=upsampler,
         distilled_lora=lora,
         distilled_transformer=distilled,
-        notes=notes + distilled_notes,
+        notes=notes + distilled_notes + extra_notes,
+        text_parts=extras,
     )
     return _with_ltx2_5_parts(directory, recognised) if version == "2.5" else recognised
 
@@ -326,23 +326,15 @@ def _optional_model(directory: Path, name: str) -> tuple[bool, tuple[str, ...]]:
 
 
 def _with_ltx2_5_parts(directory: Path, recognised: Recognised) -> Recognised:
-    """LTX-2.5's parts: the dev transformer beside a distilled transformer/, the diffusion decoder, the duration head
-    and the prompt enhancer (read by its own loader; here only whether it is complete)."""
+    """LTX-2.5's own parts: the dev transformer beside a distilled transformer/ and the diffusion decoder (its
+    duration head and prompt enhancer are `text_parts`, which any version may have)."""
     decoder, decoder_notes = _optional_model(directory, DIFFUSION_DECODER)
-    duration, duration_notes = _optional_model(directory, DURATION_HEAD)
     full, full_notes = _second_transformer(directory) if recognised.variant == "distilled" else (None, ())
-    enhancer, enhancer_notes = False, ()
-    if (directory / PROMPT_ENHANCER).exists():
-        problem = component_problem(directory, PROMPT_ENHANCER)
-        enhancer = problem is None
-        enhancer_notes = () if enhancer else (f"{PROMPT_ENHANCER}/ {problem}, so it is left out",)
     return msgspec.structs.replace(
         recognised,
         full_transformer=full,
         diffusion_decoder=decoder,
-        duration_head=duration,
-        prompt_enhancer=enhancer,
-        notes=recognised.notes + full_notes + decoder_notes + duration_notes + enhancer_notes,
+        notes=recognised.notes + full_notes + decoder_notes,
     )
 
 
@@ -402,3 +394,67 @@ def _distilled_lora(directory: Path) -> str | None:
         entry.name for entry in directory.iterdir() if entry.is_file() and DISTILLED_LORA.fullmatch(entry.name)
     )
     return names[0] if names else None
+
+
+# ---- LTX-2.5's optional text-side parts (issue 16, points 4-5): the duration head and the prompt enhancer -------
+# Each is a capability of the model that has it, shown in `Recognised.parts`: `num_frames: "auto"` needs the first,
+# `enhance_prompt: true` the second (contract/models.py refuses a job asking a model without).
+DURATION_HEAD = "duration_head"
+PROMPT_ENHANCER = "prompt_enhancer"
+TEXT_PART_CLASS = {DURATION_HEAD: "LTX2DurationHead"}  # the enhancer is a transformers model: its config has none
+# Where the enhancer's tokenizer (with its chat template) may be: its own folder, else the Diffusers layout's
+# processor/ (diffusers' LTX-2.5 pipeline templates the enhancer's chat with it).
+ENHANCER_TOKENIZER_DIRS = (PROMPT_ENHANCER, "processor")
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def enhancer_tokenizer_dir(enhancer_dir: Path) -> Path:
+    """The folder holding the enhancer's tokenizer: prompt_enhancer/ itself, else its model's processor/."""
+    for name in ENHANCER_TOKENIZER_DIRS:
+        candidate = enhancer_dir.parent / name
+        if (candidate / TOKENIZER_CONFIG).is_file():
+            return candidate
+    return enhancer_dir
+
+
+def connector_widths(connectors_config: dict[str, Any]) -> tuple[int, int]:
+    """The widths of the text connectors' video and audio outputs, which the duration head reads: each modality's
+    own projection (2.3, 2.5: video_hidden_dim, audio_hidden_dim), else the caption width both share (2.0)."""
+    if connectors_config.get("per_modality_projections"):
+        return int(connectors_config.get("video_hidden_dim", 4096)), int(
+            connectors_config.get("audio_hidden_dim", 2048)
+        )
+    width = int(connectors_config.get("caption_channels", 3840))
+    return width, width
+
+
+def _duration_head_problem(directory: Path) -> str | None:
+    """What keeps duration_head/ from reading this model's connector outputs (None: nothing)."""
+    head = _config(directory, DURATION_HEAD)
+    if head.get("_class_name") != TEXT_PART_CLASS[DURATION_HEAD]:
+        return f"has _class_name {head.get('_class_name')!r}, not {TEXT_PART_CLASS[DURATION_HEAD]!r}"
+    reads = head.get("video_cross_attention_dim", 4096), head.get("audio_cross_attention_dim", 2048)  # its defaults
+    given = connector_widths(_config(directory, "connectors"))
+    if reads != given:
+        return f"reads connector outputs {reads[0]} and {reads[1]} wide, but this model's connectors give {given}"
+    return None
+
+
+def text_parts(directory: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The duration head and prompt enhancer present and usable, and notes on those present but not."""
+    parts: list[str] = []
+    notes: list[str] = []
+    for name in (DURATION_HEAD, PROMPT_ENHANCER):
+        if not (directory / name).exists():
+            continue
+        problem = component_problem(directory, name)
+        if problem is None and name == DURATION_HEAD:
+            problem = _duration_head_problem(directory)
+        tokenizer = enhancer_tokenizer_dir(directory / name) / TOKENIZER_CONFIG
+        if problem is None and name == PROMPT_ENHANCER and not tokenizer.is_file():
+            problem = f"has no tokenizer ({TOKENIZER_CONFIG} in {name}/ or processor/)"
+        if problem is None:
+            parts.append(name)
+        else:
+            notes.append(f"{name}/ {problem}, so it is left out")
+    return tuple(parts), tuple(notes)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
 from contract import library
-from contract.request import FAST_FIXED, Constraints, Request, merge, violations
+from contract.request import AUTO, FAST_FIXED, Constraints, Request, merge, violations
 
 Precision = Literal["fp8", "bf16", "fp32"]
 ModelKind = Literal["demo", "ltx-2", "ltx-2.3", "ltx-2.5"]
@@ -63,8 +63,9 @@ class ModelSpec(msgspec.Struct, frozen=True):
         fixed = dict.fromkeys(FAST_FIXED) if mode == "fast" else {}
         return msgspec.structs.replace(self.defaults, mode=mode, **fixed)
 
-    def violations(self, request: Request) -> list[tuple[str, str]]:
-        """Every rule a resolved request breaks, a field the model needs left unset included."""
+    def violations(self, request: Request, offered: Iterable[ModelSpec] = ()) -> list[tuple[str, str]]:
+        """Every rule a resolved request breaks, a field the model needs left unset included (a part the model
+        lacks names the `offered` models that have it)."""
         fixed = FAST_FIXED if request.mode == "fast" else ()
         unset = [
             (name, "is missing")
@@ -73,7 +74,19 @@ class ModelSpec(msgspec.Struct, frozen=True):
             and (getattr(self.defaults, name) is not None or name == "seed")
             and name not in fixed
         ]
-        return unset + self._mode_violations(request) + violations(self.constraints, request)
+        parts = self._part_violations(request, offered)
+        return unset + self._mode_violations(request) + parts + violations(self.constraints, request)
+
+    def _part_violations(self, request: Request, offered: Iterable[ModelSpec]) -> list[tuple[str, str]]:
+        """The fields that need an optional part the model lacks (PART_NEEDED), naming the models that can."""
+        asked = {"num_frames": request.num_frames == AUTO, "enhance_prompt": bool(request.enhance_prompt)}
+        problems = []
+        for field, (part, what, fix) in PART_NEEDED.items():
+            if asked[field] and part not in self.parts:
+                able = [spec.id for spec in offered if part in spec.parts]
+                who = f"models that can: {', '.join(able)}" if able else "no model offered here has one"
+                problems.append((field, f"{what} needs {part}/, which model {self.id!r} lacks ({who}); {fix}"))
+        return problems
 
     def _mode_violations(self, request: Request) -> list[tuple[str, str]]:
         if request.mode is None or request.mode in self.modes:
@@ -100,6 +113,14 @@ class ModelSpec(msgspec.Struct, frozen=True):
         ]
         why = "LTX-2.5's fast mode generates from the prompt alone in this portal; choose mode quality for it"
         return [(name, why) for name in asked]
+
+
+# Request fields that need an optional part of the model (contract/library.py's text parts, LTX-2.5's): the part,
+# what asks for it, and what to do instead.
+PART_NEEDED: dict[str, tuple[str, str, str]] = {
+    "num_frames": (library.DURATION_HEAD, f'"{AUTO}" (the model picks the length)', "choose a number of frames"),
+    "enhance_prompt": (library.PROMPT_ENHANCER, "the prompt enhancer", "leave enhance_prompt out"),
+}
 
 
 DEMO_NOTE = (

@@ -30,9 +30,21 @@ FAST_ONLY = ("upsample", "refine")
 DENOISING = ("denoise", "upsample", "refine")  # the stages between loading the transformer and freeing it
 
 
-def stages_of(mode: str | None) -> tuple[str, ...]:
-    """The stages a job of this mode goes through, in order."""
-    return STAGES if mode == "fast" else tuple(name for name in STAGES if name not in FAST_ONLY)
+# Stages only a job that asks for them has (LTX-2.5, issue 16): the prompt enhancer rewrites the prompt before
+# anything else loads (enhance_prompt: true); the duration head picks the clip's length once the prompt's context
+# exists, before the transformer loads (num_frames "auto").
+ENHANCE_STAGE = "enhance_prompt"
+DURATION_STAGE = "predict_duration"
+
+
+def stages_of(mode: str | None, *, enhance: bool = False, auto_frames: bool = False) -> tuple[str, ...]:
+    """The stages a job of this mode goes through, in order (with the enhancer's and the duration head's where it
+    asks for them)."""
+    stages = STAGES if mode == "fast" else tuple(name for name in STAGES if name not in FAST_ONLY)
+    if auto_frames:
+        at = stages.index("load_transformer")
+        stages = (*stages[:at], DURATION_STAGE, *stages[at:])
+    return (ENHANCE_STAGE, *stages) if enhance else stages
 
 
 # Exit codes the supervisor classifies; anything else is an internal failure.
@@ -95,6 +107,19 @@ class Preview(_Event, tag="preview"):
     note: str | None = None
 
 
+class Token(_Event, tag="token"):
+    done: int  # tokens the prompt enhancer has generated so far
+    total: int  # the most it may generate (it usually stops sooner)
+
+
+class EnhancedPrompt(_Event, tag="enhanced_prompt"):
+    prompt: str  # what the prompt enhancer made of the request's prompt: the prompt this job encodes
+
+
+class NumFrames(_Event, tag="num_frames"):
+    num_frames: int  # the clip's length the duration head chose (num_frames "auto"), within the model's limits
+
+
 class Result(_Event, tag="result"):
     file: str
     frames: int
@@ -112,7 +137,7 @@ class Error(_Event, tag="error"):
     message: str
 
 
-Event = Stage | Step | Tile | Memory | Preview | Result | Error
+Event = Stage | Step | Tile | Memory | Preview | Token | EnhancedPrompt | NumFrames | Result | Error
 
 _decoder = msgspec.json.Decoder(Event)
 

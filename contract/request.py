@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -49,7 +49,7 @@ class Request(msgspec.Struct, kw_only=True, frozen=True):
     mode: str | None = None  # "fast" or "quality" (MODES); None: the model's default
     width: int | None = None
     height: int | None = None
-    num_frames: int | None = None  # 8k+1
+    num_frames: int | Literal["auto"] | None = None  # 8k+1; AUTO: the model's duration head picks it (LTX-2.5)
     fps: float | None = None
     steps: int | None = None
     guidance_scale: float | None = None
@@ -62,6 +62,13 @@ class Request(msgspec.Struct, kw_only=True, frozen=True):
     extend_from: str | None = None
     # LoRAs (issue 17): up to MAX_LORAS from GET /api/loras, applied to the transformer at their scales
     loras: tuple[LoraChoice, ...] | None = None
+    # ---- LTX-2.5 (issue 16, point 5): the model's prompt enhancer rewrites the prompt before it is encoded
+    enhance_prompt: bool | None = None  # None: no
+
+
+# num_frames' "let the model choose" (issue 16, point 4): the runner's duration head picks the length from the prompt,
+# within the model's limits; until then admission, the ETA and the disk check plan for the longest clip (`planned`).
+AUTO = "auto"
 
 
 FIELDS: tuple[str, ...] = Request.__struct_fields__
@@ -177,7 +184,7 @@ def _prompt(c: Constraints, r: Request) -> str | None:
 
 def _frames(c: Constraints, r: Request) -> str | None:
     frames = r.num_frames
-    if frames is None:
+    if frames is None or frames == AUTO:  # whether the model has a duration head is its spec's check
         return None
     if frames < c.min_frames:
         return f"{frames} is below the minimum {c.min_frames}"
@@ -231,6 +238,11 @@ def _keyframes(c: Constraints, r: Request) -> str | None:
     if r.extend_from is not None:
         return "cannot be combined with extend_from (an extension starts from the earlier clip's last frames)"
     frames = r.num_frames
+    if frames == AUTO:
+        return (
+            f'cannot be combined with num_frames "{AUTO}": a keyframe stands at a frame of a known length; '
+            "choose num_frames"
+        )
     if frames is None or _frames(c, r) is not None:
         return None  # num_frames' own rule speaks
     valid = keyframe_frames(c, frames)
@@ -273,6 +285,8 @@ def _extend_from(c: Constraints, r: Request) -> str | None:
     if r.image_upload_id is not None:
         return "cannot be combined with image_upload_id (an extension starts from the earlier clip's last frames)"
     least = EXTEND_OVERLAP + c.frame_step
+    if r.num_frames == AUTO:
+        return f'cannot be combined with num_frames "{AUTO}"; choose num_frames (at least {least})'
     if r.num_frames is not None and r.num_frames < least:
         return (
             f"needs num_frames of at least {least}: the new part's first {EXTEND_OVERLAP} frames are the earlier "
@@ -333,6 +347,14 @@ def valid_frame_counts(c: Constraints, fps: float) -> list[int]:
     """Every frame count the model accepts at this frame rate (8k+1, in range, <= duration limit)."""
     top = min(c.max_frames, max_frames_for_fps(c, fps))
     return list(range(c.min_frames, top + 1, c.frame_step))
+
+
+def planned(c: Constraints, r: Request) -> Request:
+    """A resolved request as admission, the ETA and the disk check plan it: num_frames AUTO as the longest clip the
+    model makes at the request's frame rate (the length is known only once the runner's duration head chose it)."""
+    if r.num_frames != AUTO:
+        return r
+    return msgspec.structs.replace(r, num_frames=max_frames_for_fps(c, r.fps))
 
 
 def max_frames_for_fps(c: Constraints, fps: float) -> int:

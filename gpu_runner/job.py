@@ -5,6 +5,7 @@ Torch-free, so a bad job is refused before the diffusion stack is imported.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
@@ -35,6 +36,12 @@ class Job:
     @property
     def request(self) -> Request:
         return self.file.request
+
+    def with_request(self, **changes: object) -> Job:
+        """This job with its request's fields changed: what the text phase chose (LTX-2.5's enhanced prompt, the
+        length its duration head picked) for the stages after it."""
+        request = msgspec.structs.replace(self.file.request, **changes)
+        return dataclasses.replace(self, file=msgspec.structs.replace(self.file, request=request))
 
     def path(self, name: str) -> Path:
         """A file in the job directory, refused if it resolves anywhere else."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +23,7 @@ import torch
 from contract import jobdir, protocol
 from contract.disk import is_disk_full
 from contract.provenance import MP4_KEY, to_json
-from contract.request import DenoiseStage, denoise_stages
+from contract.request import AUTO, DenoiseStage, denoise_stages, planned
 from gpu_runner import admission, cache_budget, extension, lora, memory, mux
 from gpu_runner.cache_budget import GIB, MIB, Cache, CacheBudget, Limit
 from gpu_runner.cancel import Cancellation
@@ -70,16 +71,27 @@ def _stages(
 
     # 0. Refuse, before loading anything, a job whose predicted peak exceeds the free VRAM; what is admitted
     #    sets the video decode's memory budget.
+    #    A length the model chooses (num_frames "auto") is admitted as the longest clip it may choose.
     decode_budget_gib = admission.CPU_DECODE_BUDGET_GIB
     if device.type == "cuda":
-        size = f"{request.width}x{request.height}, {request.num_frames} frames"
+        longest = planned(job.spec.constraints, request)
+        size = f"{request.width}x{request.height}, {longest.num_frames} frames"
         asked = time.monotonic()
         free_gib = memory.free_vram_gib(device)  # the process's first CUDA call: the driver starts here
         log.info("CUDA started in %.2f s, %.1f GiB free", time.monotonic() - asked, free_gib)
-        predicted = family.predict_peak(precision, request)
+        predicted = family.predict_peak(precision, longest)
         loras_gib = lora.files_gib(family.lora_files(job))
         predicted = dataclasses.replace(predicted, denoise_gib=predicted.denoise_gib + loras_gib)
         decode_budget_gib = admission.admit(predicted, free_gib, size)
+
+    # 0b. LTX-2.5's prompt enhancer (enhance_prompt: true), alone on the device and freed before the text encoder
+    #     loads: the job encodes (and the prompt cache keys) its rewrite of the prompt.
+    if request.enhance_prompt:
+        with stages(protocol.ENHANCE_STAGE):
+            enhanced = family.enhance_prompt(job, device, token_reporter(emit, cancellation))
+        emit(protocol.EnhancedPrompt(prompt=enhanced))
+        job = stages.job = job.with_request(prompt=enhanced)
+        request = job.request
 
     # 1-3. The prompt's context: from the cache, or from the text side, then freed.
     cache, cache_key = prompt_cache_for(job, family, budget)
@@ -103,6 +115,15 @@ def _stages(
         # A cache hit: the encoder is never loaded.
         with stages("encode_prompt"):
             context = {name: tensor.to(device) for name, tensor in context.items()}
+
+    # 3b. LTX-2.5's duration head (num_frames "auto"): the clip's length from the prompt's context, for every stage
+    #     after this one.
+    if request.num_frames == AUTO:
+        with stages(protocol.DURATION_STAGE):
+            frames = family.predict_num_frames(job, context, device)
+        emit(protocol.NumFrames(num_frames=frames))
+        job = stages.job = job.with_request(num_frames=frames)
+        request = job.request
 
     # The model's preview colours: shipped with it, or learnt from an earlier clip; else this clip teaches them.
     colour_store = colour_store_for(job, family)
@@ -390,6 +411,26 @@ def step_reporter(
         return {}
 
     return on_step_end
+
+
+# The prompt enhancer writes tens of tokens a second: a `token` event at most this often, a cancellation check at each.
+TOKEN_EVENT_S = 0.5
+
+
+def token_reporter(emit: Emit, cancellation: Cancellation, clock: Callable[[], float] = time.monotonic):
+    """The prompt enhancer's per-token callback: a `token` event now and then (TOKEN_EVENT_S), then a cancellation
+    check (raising from it stops the generation)."""
+    last = -math.inf
+
+    def on_token(done: int, total: int) -> None:
+        nonlocal last
+        now = clock()
+        if now - last >= TOKEN_EVENT_S:
+            emit(protocol.Token(done=done, total=total))
+            last = now
+        cancellation.check()
+
+    return on_token
 
 
 def tile_reporter(emit: Emit, cancellation: Cancellation):

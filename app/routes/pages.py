@@ -33,6 +33,8 @@ from contract import loras
 from contract.models import ModelSpec
 from contract.request import FAST_FIXED, FIELDS, LORA_SCALES, MAX_KEYFRAMES, MAX_LORAS, valid_frame_counts
 
+USE_ENHANCED_PROMPT = "enhanced_prompt"  # ?use=: the job page's "use this prompt" (templates/fragments/_job_panel.html)
+
 
 def _form_context(settings: Settings, values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
     """What the create form needs: the chosen model, its choices, the current values, the errors."""
@@ -217,9 +219,11 @@ async def index(
     pages: NamedDependency[PageFeed],
     listed: NamedDependency[ListParams],
     from_job: FromQuery[str | None] = None,
+    use: FromQuery[str | None] = None,
     extend_from: FromQuery[str | None] = None,
 ) -> Template:
-    """The create page and the job list. `?from_job=<id>` fills the form with that job's settings (seed included);
+    """The create page and the job list. `?from_job=<id>` fills the form with that job's settings (seed included),
+    with `&use=enhanced_prompt` its enhanced prompt as the prompt ("use this prompt": not enhanced again);
     `status`, `model`, `q` and `before` pick the jobs listed (a bad one: the page, with a 400 that names it)."""
     values: dict[str, Any] = {}
     changed: list[str] = []
@@ -227,6 +231,8 @@ async def index(
         source = await jobs.get_job(from_job)
         if source is not None:
             values = msgspec.structs.asdict(source.request)
+            if use == USE_ENHANCED_PROMPT and source.enhanced_prompt:
+                values |= {"prompt": source.enhanced_prompt, "enhance_prompt": False}
             changed = await anyio.to_thread.run_sync(provenance_changes, source, settings)
     if extend_from:  # a finished job's Extend link: its model, size and frame rate, and a prompt to write
         source = await jobs.get_job(extend_from)

@@ -18,6 +18,7 @@ Context = dict[str, torch.Tensor]  # a prompt's encoding: what the prompt cache 
 Latents = tuple[torch.Tensor, torch.Tensor]  # (video, audio) latents of one clip
 OnStepEnd = Callable  # diffusers' callback_on_step_end: (pipe, step index, timestep, tensors) -> dict
 OnTile = Callable[[int, int], None]  # (tiles done, tiles in the plan)
+OnToken = Callable[[int, int], None]  # (tokens the prompt enhancer wrote so far, the most it may write)
 
 
 class Family(ABC):
@@ -44,6 +45,18 @@ class Family(ABC):
     @abstractmethod
     def encode(self, text: object, request: Request, device: torch.device, dtype: torch.dtype) -> Context:
         """The prompt and negative prompt encoded: all the denoiser needs of the text side."""
+
+    # ---- LTX-2.5's optional text-side parts (issue 16, points 4-5); a family whose models have none keeps these
+
+    def enhance_prompt(self, job: Job, device: torch.device, on_token: OnToken) -> str:
+        """The job's prompt rewritten by the model's prompt enhancer (enhance_prompt: true), which is freed before
+        this returns; `on_token(done, most)` follows each token it writes."""
+        raise JobError("invalid_input", f"model {job.spec.id!r} has no prompt enhancer")
+
+    def predict_num_frames(self, job: Job, context: Context, device: torch.device) -> int:
+        """The clip's length in frames as the model's duration head picks it from the prompt's `context`
+        (num_frames "auto"), within the model's limits at the job's frame rate."""
+        raise JobError("invalid_input", f"model {job.spec.id!r} has no duration head")
 
     @abstractmethod
     def load_denoiser(

@@ -52,6 +52,9 @@ def test_the_document_is_valid_and_describes_the_real_shapes(shared_portal: Port
     assert {"oneOf": [ref("Result"), {"type": "null"}]} == job["result"]
     assert set(job["status"]["enum"]) == {"queued", "running", "succeeded", "failed", "cancelled", "interrupted"}
     assert {"step", "total", "percent", "eta_s", "stage"} <= set(parts["JobProgress"]["properties"])
+    # LTX-2.5's text-phase choices: a length the model picks, and the prompt enhancer's rewrite
+    assert {"type": "string", "const": "auto"} in request["num_frames"]["oneOf"]
+    assert {"num_frames_requested", "enhanced_prompt"} <= set(job) and "enhance_prompt" in request
     model = parts["ModelOut"]["properties"]
     assert model["constraints"] == ref("Constraints") and model["defaults"] == ref("ModelDefaults")
 
@@ -69,7 +72,8 @@ def test_the_document_is_valid_and_describes_the_real_shapes(shared_portal: Port
     assert create["responses"]["201"]["content"]["application/json"]["schema"] == ref("JobOut")
     stream = document["paths"]["/api/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]
     events = {r["$ref"].rsplit("/", 1)[1] for r in stream["text/event-stream"]["schema"]["oneOf"]}
-    assert events == {f"{kind}Event" for kind in ("Stage", "Step", "Tile", "Memory", "Preview", "Result", "Error")} | {
+    kinds = ("Stage", "Step", "Tile", "Memory", "Preview", "Token", "EnhancedPrompt", "NumFrames", "Result", "Error")
+    assert events == {f"{kind}Event" for kind in kinds} | {
         "StatusEvent",
         "EndEvent",
     }

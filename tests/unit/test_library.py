@@ -286,7 +286,7 @@ def test_an_ltx_2_5_directory_is_recognised_from_its_configs_with_its_dev_transf
         upsampler=False,
         full_transformer="dev weights",
         diffusion_decoder=True,
-        duration_head=True,
+        text_parts=("duration_head",),
     )
     assert (recognised.fast_transformer, recognised.quality_transformer) == ("transformer", "dev weights")
     spec = library_spec(tmp_path / "m", recognised)

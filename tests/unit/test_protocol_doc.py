@@ -20,7 +20,7 @@ def blocks(kind: str) -> list[str]:
 
 
 def test_the_demo_transcript_is_protocol_lines_walking_every_stage_to_a_result() -> None:
-    transcript, _, endings = blocks("jsonl")
+    transcript, _, endings, _ = blocks("jsonl")
     events = [protocol.decode(line) for line in transcript.splitlines()]
     stages = [e.name for e in events if isinstance(e, protocol.Stage)]
     assert stages == list(protocol.STAGES)
@@ -42,7 +42,7 @@ def test_the_demo_transcript_is_protocol_lines_walking_every_stage_to_a_result()
 
 
 def test_the_compiled_start_announces_the_compile_and_estimates_from_the_steps_after_the_first() -> None:
-    _, compiled, _ = blocks("jsonl")
+    _, compiled, _, _ = blocks("jsonl")
     stage, *steps = [protocol.decode(line) for line in compiled.splitlines()]
     assert isinstance(stage, protocol.Stage) and stage.name == "denoise" and "compiles" in stage.note
     assert all(isinstance(step, protocol.Step) for step in steps) and len(steps) >= 3
@@ -50,6 +50,25 @@ def test_the_compiled_start_announces_the_compile_and_estimates_from_the_steps_a
     first = steps[0].elapsed_s
     for n, step in enumerate(steps[1:], start=2):  # the mean of steps 2..n, times the steps left
         assert step.eta_s == pytest.approx((step.elapsed_s - first) / (n - 1) * (step.total - n), abs=2e-3)
+
+
+def test_a_job_leaving_choices_to_the_model_has_their_stages_and_reports_what_was_chosen() -> None:
+    *_, chosen = blocks("jsonl")
+    events = [protocol.decode(line) for line in chosen.splitlines()]
+    stages = [e.name for e in events if isinstance(e, protocol.Stage)]
+    every = protocol.stages_of("quality", enhance=True, auto_frames=True)
+    assert stages == list(every[: every.index("load_transformer") + 1])
+    kinds = [type(e) for e in events]
+    # each choice is reported after its stage's memory event, before the next stage
+    for stage, choice in (
+        (protocol.ENHANCE_STAGE, protocol.EnhancedPrompt),
+        (protocol.DURATION_STAGE, protocol.NumFrames),
+    ):
+        at = next(i for i, e in enumerate(events) if isinstance(e, protocol.Memory) and e.stage == stage)
+        assert kinds[at + 1] is choice
+    tokens = [e for e in events if isinstance(e, protocol.Token)]
+    assert tokens and [t.done for t in tokens] == sorted(t.done for t in tokens)
+    assert all(t.done <= t.total for t in tokens)
 
 
 def test_the_sse_example_frames_carry_their_stored_event_and_end_with_end() -> None:

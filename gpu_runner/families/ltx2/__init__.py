@@ -27,10 +27,11 @@ from contract.cost import (
     vae_width,
     video_tokens,
 )
-from contract.request import DenoiseStage, Request, denoise_stages
+from contract.library import DURATION_HEAD, PROMPT_ENHANCER
+from contract.request import DenoiseStage, Request, denoise_stages, max_frames_for_fps
 from gpu_runner import lora, memory
-from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile
-from gpu_runner.families.ltx2 import slots, tiling
+from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile, OnToken
+from gpu_runner.families.ltx2 import duration, enhance, slots, tiling
 from gpu_runner.families.ltx2.conditioning import AudioHold, audio_hold, image_conditions, is_conditioned
 from gpu_runner.families.ltx2.guidance import share_stg_prefix
 from gpu_runner.families.ltx2.loading import (
@@ -118,10 +119,10 @@ class Ltx2(Family):
     def predict_peak(self, precision: str, request: Request) -> PeakPrediction:
         config = self.source.transformer_config()
         inner_width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+        vae = vae_width(self.source.vae_config())
+        enhancer = self.source.weights_gib(PROMPT_ENHANCER)  # counted only where the request asks for it
         denoised = self._as_denoised(request)
-        return predict_job_peak(
-            self.source.weights_gib, inner_width, vae_width(self.source.vae_config()), precision, denoised
-        )
+        return predict_job_peak(self.source.weights_gib, inner_width, vae, precision, denoised, enhancer_gib=enhancer)
 
     def _as_denoised(self, request: Request) -> Request:
         """The request as long as the transformer sees it: LTX-2.5's fast mode denoises a padded canvas and its
@@ -134,13 +135,38 @@ class Ltx2(Family):
         return self.source.load_text_side(dtype, device)
 
     def encode(self, text, request: Request, device: torch.device, dtype: torch.dtype) -> Context:
-        context = encode(text, request.prompt, request.negative_prompt, self.sequence_length(), device, dtype)
-        # DURATION HEAD (issue 16, point 4: `num_frames: "auto"`, not built here). The text embeddings exist now:
-        # an LTX-2.5 text side carries its duration head (`text.duration_head`, loading.load_text_side; None for
-        # 2.0/2.3), which reads the positive row of the connectors' outputs, context["video"][1:],
-        # context["audio"][1:] and context["mask"][1:] (row 0 is the negative prompt). A prompt-cache hit skips
-        # this method: the cached context holds the same three tensors, so the head can run on them there too.
-        return context
+        return encode(text, request.prompt, request.negative_prompt, self.sequence_length(), device, dtype)
+
+    def enhance_prompt(self, job: Job, device: torch.device, on_token: OnToken) -> str:
+        """LTX-2.5's prompt_enhancer/ (enhance.py), on `device` until it is done, writing at most
+        AVP_ENHANCE_MAX_TOKENS tokens."""
+        request = job.request
+        return enhance.enhance_prompt(
+            job.model_dir / PROMPT_ENHANCER,
+            request.prompt,
+            device=device,
+            seed=request.seed,
+            on_token=on_token,
+            max_new_tokens=job.file.enhance_max_tokens,
+        )
+
+    def predict_num_frames(self, job: Job, context: Context, device: torch.device) -> int:
+        """LTX-2.5's duration_head/ (duration.py) on the positive prompt's row of the context (the last: rows are
+        [negative, positive]), bounded by the model's shortest clip and its longest at the job's frame rate."""
+        head = duration.load_duration_head(job.model_dir / DURATION_HEAD, device)
+        limits, fps = job.spec.constraints, job.request.fps
+        frames = duration.predict_num_frames(
+            head,
+            context["video"][-1:],
+            context["audio"][-1:],
+            frame_rate=fps,
+            min_frames=limits.min_frames,
+            max_frames=max_frames_for_fps(limits, fps),
+            frame_step=limits.frame_step,
+        )
+        del head
+        memory.release(device)
+        return frames
 
     def load_denoiser(self, job: Job, context: Context, device: torch.device, dtype: torch.dtype, precision: str):
         """The transformer (its big linears in FP8: from the weight cache straight onto the GPU, or cast on the

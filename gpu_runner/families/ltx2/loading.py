@@ -25,7 +25,6 @@ from diffusers import (
 )
 from diffusers.pipelines.ltx2 import (
     LTX2DFRPipeline,
-    LTX2DurationHead,
     LTX2LatentUpsamplePipeline,
     LTX2VideoDiffusionDecodePipeline,
     LTX2Vocoder,
@@ -193,9 +192,8 @@ class DiffusersDirectory:
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device) -> LTX2Pipeline:
         """Text encoder (Gemma-3, or 2.5's Gemma-4: the pipeline reads either's hidden states alike), tokenizer and
-        connectors (left on the CPU until the encoder is done); for LTX-2.5, its duration head too, which reads the
-        connectors' outputs (families/ltx2/text.py). The prompt enhancer is never loaded here: it has a phase of
-        its own."""
+        connectors (left on the CPU until the encoder is done). The duration head and the prompt enhancer are
+        never loaded here: each has a stage of its own (Ltx2.predict_num_frames, Ltx2.enhance_prompt)."""
         text = LTX2Pipeline.from_pretrained(
             self.model_dir,
             dtype=dtype,
@@ -203,10 +201,6 @@ class DiffusersDirectory:
             **dict.fromkeys((*DENOISING_COMPONENTS, "prompt_enhancer", "processor", library.DURATION_HEAD)),
         )
         text.text_encoder = prepare_text_encoder(text.text_encoder, device)
-        if self.recognised.duration_head:
-            text.duration_head = LTX2DurationHead.from_pretrained(
-                self.model_dir, subfolder=library.DURATION_HEAD, dtype=dtype, **WITHOUT_ACCELERATE
-            ).eval()
         return text
 
     @property
