@@ -15,8 +15,8 @@ weights is kept for tests that need only shapes, and is what training starts fro
 the same component classes and config keys as the full-size model, see `VERSION_LAYOUTS`), dev or
 distilled, with a x2 spatial latent upsampler: random weights, for checking the model library's
 recognition and the runner on a CPU. 2.5's is laid out as its published repository: a Gemma-4 text
-encoder, a distilled transformer/ and scheduler, the dev transformer_full/, a duration_head/ and a
-diffusion_decoder/ (no prompt_enhancer/: it is optional).
+encoder, a distilled transformer/ and scheduler, the dev transformer_full/, a diffusion_decoder/, a
+duration_head/ (fixed to choose TINY_DURATION_S) and the optional prompt_enhancer/ (gpu_runner/demo/text_extras.py).
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ from typing import Literal
 
 import torch
 
+from contract import library
 from contract import models as specs
 from contract.library import TRANSFORMER_SWITCHES
 
 FORMAT_VERSION = 5  # 3: fast mode's latent_upsampler/ and transformer_distilled/; 4: preview_colours.json; 5: loras/
 SEED = 0
+TINY_DURATION_S = 0.375  # what the tiny 2.5 model's duration head always picks: 9 frames at 24 fps
 TRAINED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 Weights = Literal["trained", "random"]
 Version = Literal["2.0", "2.3", "2.5"]
@@ -154,16 +156,21 @@ def _write_version(directory: Path, version: Version, variant: Variant) -> str:
 
 
 def _write_ltx2_5_parts(directory: Path) -> None:
-    """LTX-2.5's parts beside the pipeline's: the dev transformer_full/ (its own random weights), the duration head
-    and the diffusion decoder, the latter two listed in model_index.json as the published repository lists them."""
+    """LTX-2.5's parts beside the pipeline's: the dev transformer_full/ (its own random weights), the diffusion
+    decoder, the duration head (one that always picks TINY_DURATION_S, so `num_frames: "auto"` stays short on a
+    CPU) and the optional prompt enhancer; the decoder and head listed in model_index.json as the published
+    repository lists them."""
     from diffusers import LTX2VideoDiffusionDecoderModel
     from diffusers.pipelines.ltx2 import LTX2DurationHead
 
+    from gpu_runner.demo.text_extras import write_text_extras
+
     torch.manual_seed(SEED + 1)
     transformer("2.5").eval().save_pretrained(directory / "transformer_full")
-    parts = {"duration_head": duration_head(), "diffusion_decoder": diffusion_decoder()}
-    for name, part in parts.items():
-        part.eval().save_pretrained(directory / name)
+    diffusion_decoder().eval().save_pretrained(directory / "diffusion_decoder")
+    connectors_config = json.loads((directory / "connectors" / "config.json").read_text())
+    widths = library.connector_widths(connectors_config)
+    write_text_extras(directory, build_tokenizer(), *widths, seconds=TINY_DURATION_S)
     index_file = directory / "model_index.json"
     index = json.loads(index_file.read_text())
     index["duration_head"] = ["diffusers", LTX2DurationHead.__name__]
@@ -306,21 +313,6 @@ def _gemma4_text_encoder(vocab_size: int):
         **ids,
     )
     return Gemma4UnifiedForConditionalGeneration(config)
-
-
-def duration_head():
-    """LTX-2.5's duration head: attention pooling over the connectors' video and audio prompt tokens, then an MLP
-    (full size: pooler and MLP 256 wide, one query, 4 heads)."""
-    from diffusers.pipelines.ltx2 import LTX2DurationHead
-
-    torch.manual_seed(SEED)
-    return LTX2DurationHead(
-        video_cross_attention_dim=192,
-        audio_cross_attention_dim=96,
-        pooler_hidden_dim=16,
-        num_pooler_heads=2,
-        mlp_hidden_dim=16,
-    )
 
 
 def diffusion_decoder():

@@ -1,8 +1,8 @@
 """LTX-2.5 through the real portal and runner, on the tiny 2.5-layout model that `python -m gpu_runner demo-model
 <dir> --random --version 2.5` builds: recognised from its configs, listed with its modes (and a copy lacking its
 diffusion decoder with fast mode disabled and why), a fast job refused there naming the folder, and a fast job run
-through every 2.5 stage on the CPU: the Gemma-4 text phase, stage 1 and its keyframe slots, the x2 upsample, the
-refine, the diffusion decoder and the mux with sound.
+through every 2.5 stage on the CPU: the prompt enhancer, the Gemma-4 text phase, the duration head choosing the
+length, stage 1 and its keyframe slots, the x2 upsample, the refine, the diffusion decoder and the mux with sound.
 
 Random weights prove the plumbing only: the clip is noise, and nothing here says the model generates well."""
 
@@ -21,6 +21,8 @@ from tests.portal import Portal, prepare_data_dir
 from tests.runner_fixtures import REPO_ROOT, read_mp4
 
 SIZE = 64  # the smallest fast-mode size: stage 1 at 32x32 is one latent cell (the CPU's FlexAttention is slow)
+FRAMES = 9  # what the tiny model's duration head always picks (gpu_runner.demo.model.TINY_DURATION_S)
+ENHANCE_TOKENS = 8  # the random enhancer's words mean nothing: a few prove the plumbing
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,8 @@ def ltx25_portal(tmp_path_factory, demo_model_dir, ltx25_model):
     (library / "LTX-2.5").symlink_to(ltx25_model)
     shutil.copytree(ltx25_model, library / "ltx-2.5-no-decoder", ignore=shutil.ignore_patterns("diffusion_decoder"))
     data_dir = prepare_data_dir(tmp_path_factory.mktemp("ltx25-data") / "data", demo_model_dir)
-    portal = Portal(data_dir=data_dir, env={"AVP_MODELS_DIR": str(library)}).start()
+    env = {"AVP_MODELS_DIR": str(library), "AVP_ENHANCE_MAX_TOKENS": str(ENHANCE_TOKENS)}
+    portal = Portal(data_dir=data_dir, env=env).start()
     yield portal
     portal.stop()
 
@@ -57,7 +60,13 @@ def test_an_ltx_2_5_directory_is_listed_with_its_modes_and_parts_and_one_lacking
         "distilled",
         ["fast", "quality"],
     )
-    assert full["parts"] == ["latent_upsampler", "transformer_full", "diffusion_decoder", "duration_head"]
+    assert full["parts"] == [
+        "latent_upsampler",
+        "transformer_full",
+        "diffusion_decoder",
+        "duration_head",
+        "prompt_enhancer",
+    ]
     assert full["disabled_modes"] == {}
     assert lacking["modes"] == ["quality"] and "diffusion_decoder/" in lacking["disabled_modes"]["fast"]
     # quality runs the dev transformer_full/, so it takes a dev model's steps and guidance
@@ -78,16 +87,22 @@ def test_a_fast_job_on_a_2_5_model_without_its_diffusion_decoder_is_a_400_naming
 
 
 def test_a_fast_2_5_job_runs_every_stage_through_the_real_runner_into_an_mp4_with_sound(ltx25_portal: Portal):
-    job = ltx25_portal.submit(model="ltx-2.5", width=SIZE, height=SIZE, num_frames=9)
-    stages = [event["name"] for event in _events(ltx25_portal, job["id"]) if event["type"] == "stage"]
+    job = ltx25_portal.submit(model="ltx-2.5", width=SIZE, height=SIZE, num_frames="auto", enhance_prompt=True)
+    events = _events(ltx25_portal, job["id"])
+    stages = [event["name"] for event in events if event["type"] == "stage"]
     finished = ltx25_portal.job(job["id"])
 
     assert finished["status"] == "succeeded", finished["error"]
     assert finished["request"]["mode"] == "fast"
+    assert (finished["num_frames_requested"], finished["request"]["num_frames"]) == ("auto", FRAMES)
+    assert isinstance(finished["enhanced_prompt"], str)
+    assert [e["num_frames"] for e in events if e["type"] == "num_frames"] == [FRAMES]
     assert stages == [
+        "enhance_prompt",
         "load_text_encoder",
         "encode_prompt",
         "free_text_encoder",
+        "predict_duration",
         "load_transformer",
         "denoise",
         "upsample",
@@ -98,8 +113,8 @@ def test_a_fast_2_5_job_runs_every_stage_through_the_real_runner_into_an_mp4_wit
         "mux",
     ]
     video = read_mp4(ltx25_portal.job_dir(job["id"]) / jobdir.VIDEO_FILE)
-    assert (video.width, video.height, len(video.frames)) == (SIZE, SIZE, 9)
-    assert video.sample_rate == 48000 and video.audio_duration_s == pytest.approx(9 / 24, abs=0.03)
+    assert (video.width, video.height, len(video.frames)) == (SIZE, SIZE, FRAMES)
+    assert video.sample_rate == 48000 and video.audio_duration_s == pytest.approx(FRAMES / 24, abs=0.03)
     log = (ltx25_portal.job_dir(job["id"]) / "runner.log").read_text()
     assert "newly initialized" not in log  # every weight of the directory was loaded into its own class
 
