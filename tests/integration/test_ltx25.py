@@ -8,6 +8,7 @@ Random weights prove the plumbing only: the clip is noise, and nothing here says
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import subprocess
@@ -52,6 +53,7 @@ def test_an_ltx_2_5_directory_is_listed_with_its_modes_and_parts_and_one_lacking
 ):
     with ltx25_portal.client() as c:
         models = {model["id"]: model for model in c.get("/api/models").json()["models"]}
+        form = html.unescape(c.get("/fragments/form", params={"model": "ltx-2.5-no-decoder"}).text)
 
     full, lacking = models["ltx-2.5"], models["ltx-2.5-no-decoder"]
     assert (full["kind"], full["version"], full["variant"], full["modes"]) == (
@@ -69,6 +71,7 @@ def test_an_ltx_2_5_directory_is_listed_with_its_modes_and_parts_and_one_lacking
     ]
     assert full["disabled_modes"] == {}
     assert lacking["modes"] == ["quality"] and "diffusion_decoder/" in lacking["disabled_modes"]["fast"]
+    assert f"Fast mode is off for this model: it needs {lacking['disabled_modes']['fast']}." in " ".join(form.split())
     # quality runs the dev transformer_full/, so it takes a dev model's steps and guidance
     assert (full["defaults"]["mode"], lacking["defaults"]["steps"], lacking["defaults"]["guidance_scale"]) == (
         "fast",
