@@ -76,6 +76,8 @@ TEXT_ENCODER_TYPE = "gemma3"  # Gemma-3 for both versions (2.5 moved to Gemma-4,
 DEV_SHIFT_TERMINAL = 0.1
 # A dev model's LoRA that makes it behave as the distilled one (e.g. ltx-2-19b-distilled-lora-384.safetensors).
 DISTILLED_LORA = re.compile(r".*distill.*lora.*\.safetensors", re.IGNORECASE)
+# Written last by `avportal import-model` (gpu_runner/import_model.py): the files a model was imported from.
+IMPORT_SOURCE = "source.json"
 
 
 class Unrecognised(Exception):
@@ -291,3 +293,17 @@ def _distilled_lora(directory: Path) -> str | None:
         entry.name for entry in directory.iterdir() if entry.is_file() and DISTILLED_LORA.fullmatch(entry.name)
     )
     return names[0] if names else None
+
+
+def import_source(directory: Path) -> str:
+    """Where an imported model came from, in words ("imported from ltx-2-19b-dev.safetensors, ..."); "" for a
+    directory that was not imported (or whose source.json cannot be read)."""
+    try:
+        source = json.loads((directory / IMPORT_SOURCE).read_text())
+        files = [name for name in source["imported_from"] if isinstance(name, str)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    text = "imported from " + ", ".join(files)
+    if isinstance(source.get("fp8"), str):
+        text += f" ({source['fp8']})"
+    return text

@@ -39,6 +39,7 @@ class ModelSpec(msgspec.Struct, frozen=True):
     modes: tuple[Mode, ...] = ("quality",)  # the default first
     parts: tuple[str, ...] = ()  # optional parts present: "latent_upsampler", "distilled_lora", ...
     fast_missing: str | None = "a distilled transformer and a latent upsampler"  # why fast is not in `modes`
+    source: str = ""  # where an imported model came from (library.import_source); "" when not imported
 
     def resolve(self, request: Request, seed: int | None = None) -> Request:
         """`request` with this model's defaults filled in and a seed chosen (`seed`, else a random one).
@@ -154,6 +155,7 @@ def library_spec(path: Path, recognised: library.Recognised) -> ModelSpec:
         label=f"LTX-{recognised.version} {recognised.variant} ({path.name})",
         defaults=defaults,
         note="; ".join(recognised.notes),
+        source=library.import_source(path),
     )
 
 
@@ -195,6 +197,7 @@ class Unusable(msgspec.Struct, frozen=True):
     id: str | None  # None when its name gives no id
     directory: str  # the directory's name
     problem: str
+    source: str = ""  # where an imported model came from (library.import_source); "" when not imported
 
 
 class Offer(msgspec.Struct, frozen=True):
@@ -237,7 +240,9 @@ def offered_models(demo_dir: Path, models_dir: Path | None, model_dir: Path | No
                 continue
             except library.Unrecognised as error:
                 problem = str(error)
-        unusable.append(Unusable(id=identity, directory=directory.name, problem=problem))
+        unusable.append(
+            Unusable(id=identity, directory=directory.name, problem=problem, source=library.import_source(resolved))
+        )
     demo_model = demo_spec(demo_dir)
     # Not installed yet: offered as it ships, its jobs fail naming the command that installs it.
     with contextlib.suppress(library.Unrecognised):

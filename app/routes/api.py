@@ -253,6 +253,7 @@ class JobsApi(Controller):
                     modes=list(spec.modes),
                     parts=list(spec.parts),
                     note=spec.note,
+                    source=spec.source,
                     constraints=spec.constraints,
                     defaults=msgspec.convert(given(spec.mode_defaults()), ModelDefaults),
                     presets=[list(p) for p in spec.presets],
