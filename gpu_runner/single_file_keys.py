@@ -113,18 +113,18 @@ def _vae_blocks_to_diffusers(name: str, encoder_blocks: int) -> str:
 
 
 def _vae_blocks_to_single_file(name: str, encoder_blocks: int) -> str:
-    name = re.sub(r"^encoder\.mid_block", f"encoder.down_blocks.{2 * encoder_blocks}", name)
-    name = re.sub(
-        r"^encoder\.down_blocks\.(\d+)(\.downsamplers\.0)?",
-        lambda m: f"encoder.down_blocks.{2 * int(m[1]) + (1 if m[2] else 0)}",
-        name,
-    )
-    name = re.sub(r"^decoder\.mid_block", "decoder.up_blocks.0", name)
-    return re.sub(
-        r"^decoder\.up_blocks\.(\d+)(\.upsamplers\.0)?",
-        lambda m: f"decoder.up_blocks.{2 * int(m[1]) + (1 if m[2] else 2)}",
-        name,
-    )
+    def down(match: re.Match[str]) -> str:
+        if match[1] is None:
+            return f"encoder.down_blocks.{2 * encoder_blocks}"
+        return f"encoder.down_blocks.{2 * int(match[1]) + (1 if match[2] else 0)}"
+
+    def up(match: re.Match[str]) -> str:
+        if match[1] is None:
+            return "decoder.up_blocks.0"
+        return f"decoder.up_blocks.{2 * int(match[1]) + (1 if match[2] else 2)}"
+
+    name = re.sub(r"^encoder\.(?:mid_block|down_blocks\.(\d+)(\.downsamplers\.0)?)", down, name)
+    return re.sub(r"^decoder\.(?:mid_block|up_blocks\.(\d+)(\.upsamplers\.0)?)", up, name)
 
 
 def encoder_blocks(names: list[str] | tuple[str, ...] | set[str]) -> int:
