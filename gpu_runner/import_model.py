@@ -586,6 +586,7 @@ def write_model(result: Plan, models_dir: Path, name: str, text_encoder: Path | 
             lacking = _take_text_encoder(text_encoder, staging)
         else:
             lacking = ["text_encoder/ and tokenizer/ (Gemma-3, not in the single file): give --text-encoder DIR"]
+        (staging / "model_index.json").write_text(json.dumps(_model_index(result, staging), indent=2) + "\n")
         source = {
             "imported_from": result.sources,
             "version": result.version,
@@ -601,6 +602,27 @@ def write_model(result: Plan, models_dir: Path, name: str, text_encoder: Path | 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return lacking
+
+
+def _model_index(result: Plan, staging: Path) -> dict[str, Any]:
+    """The pipeline's model_index.json, as LTX2Pipeline.save_pretrained writes it (the upsampler is not in it)."""
+    index: dict[str, Any] = {"_class_name": "LTX2Pipeline", "_diffusers_version": _diffusers_version()}
+    for component in COMPONENT_ORDER[:5]:
+        dotted = result.configs[component]["_dotted"]
+        index[component] = ["ltx2" if ".pipelines.ltx2" in dotted else "diffusers", dotted.rpartition(".")[2]]
+    index["scheduler"] = ["diffusers", "FlowMatchEulerDiscreteScheduler"]
+    index["text_encoder"] = ["transformers", "Gemma3ForConditionalGeneration"]
+    tokenizer = "GemmaTokenizer"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        tokenizer = json.loads((staging / "tokenizer" / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    index["tokenizer"] = ["transformers", tokenizer or "GemmaTokenizer"]
+    return index | dict.fromkeys(("duration_head", "processor", "prompt_enhancer"), [None, None])
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
 
 
 def _saved(config: dict[str, Any]) -> dict[str, Any]:

@@ -137,7 +137,7 @@ def test_an_imported_model_generates_through_the_real_runner_in_each_mode(import
         model=f"ltx-{version}-tiny-distilled",
         mode=mode,
         width=128,
-        height=96,
+        height=64,
         num_frames=9,
         **fields,
     )
