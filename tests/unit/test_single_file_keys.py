@@ -40,7 +40,7 @@ KNOWN = [
         "connectors",
         "audio_text_proj_in.bias",
     ),
-    ("vae.encoder.down_blocks.0.res_blocks.3.conv1.conv.bias", "vae", "encoder.down_blocks.0.resnets.3.conv1.conv.bias"),
+    ("vae.encoder.down_blocks.0.res_blocks.2.norm.bias", "vae", "encoder.down_blocks.0.resnets.2.norm.bias"),
     ("vae.encoder.down_blocks.7.conv.conv.bias", "vae", "encoder.down_blocks.3.downsamplers.0.conv.conv.bias"),
     ("vae.encoder.down_blocks.8.res_blocks.1.conv2.conv.bias", "vae", "encoder.mid_block.resnets.1.conv2.conv.bias"),
     ("vae.decoder.up_blocks.0.res_blocks.4.conv1.conv.bias", "vae", "decoder.mid_block.resnets.4.conv1.conv.bias"),
