@@ -15,8 +15,9 @@ then recognises like any other. Step by step:
    say (attention heads) comes from the file's metadata `config` JSON, else the full-size value where the widths
    are the full-size ones; otherwise the import stops and says so.
 3. The tensors are streamed one at a time into each component's safetensors file (a 40 GB file on a 24 GB machine):
-   FP8 weights (Lightricks' FP8, ComfyUI's scaled FP8 with `scale_weight` / `weight_scale`) are upcast to bf16 with
-   their scale applied; the runner stores them in FP8 again on the GPU (AVP_PRECISION).
+   FP8 weights (Lightricks' FP8, ComfyUI's scaled FP8 with `scale_weight` / `weight_scale`) are upcast, their scale
+   applied, to the precision of the file's other tensors (bf16 in Lightricks' files); the runner stores them in FP8
+   again on the GPU (AVP_PRECISION).
 4. The text encoder and tokenizer (Gemma-3, not in the single file) are hard-linked, else copied, from the folder
    --text-encoder names; without it the model is written but listed unusable, naming what it lacks.
 5. All of it is written into a hidden temporary directory inside AVP_MODELS_DIR (the library skips hidden entries),
@@ -37,6 +38,7 @@ import shutil
 import struct
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,7 @@ class Tensor:
     dtype: str  # safetensors' name: BF16, F8_E4M3, ...
     shape: tuple[int, ...]
     scale: str | None = None  # the FP8 weight's scale tensor in the same file
+    upcast: str | None = None  # what an FP8 tensor is written as: the file's other tensors' dtype
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Plan:
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     loras: list[Path] = field(default_factory=list)
     fp8: int = 0  # FP8 tensors upcast
+    upcast: str = "BF16"  # to this dtype
     sources: list[str] = field(default_factory=list)
 
     @property
@@ -154,6 +158,10 @@ def plan(files: list[Path], variant: str | None, text_encoder: Path | None) -> P
     vae_blocks = keys.encoder_blocks(set(header))
     for source, entries, upsampler in [(path, header, False)] + [(p, h, True) for p, h in extra]:
         _map_file(result, source, entries, upsampler, vae_blocks)
+    result.upcast = _precision(header)
+    for tensors in result.components.values():
+        for tensor in tensors.values():
+            tensor.upcast = result.upcast if tensor.dtype in FP8_DTYPES else None
     family = json.loads(FAMILY_CONFIGS.read_text())[version]
     hints = _metadata_config(metadata).get("transformer", {})
     text = _text_widths(text_encoder)
@@ -204,6 +212,14 @@ def _map_file(result: Plan, path: Path, header: dict[str, Any], upsampler: bool,
             f"{path.name} has {len(unknown)} tensors of no LTX-2 component (e.g. {', '.join(unknown[:3])}): "
             "it is not a Lightricks LTX-2 single file this version of the portal knows"
         )
+
+
+def _precision(header: dict[str, Any]) -> str:
+    """The dtype most of a file's tensors that are not FP8 have (their scales aside): what FP8 is upcast to."""
+    found = Counter(
+        entry["dtype"] for entry in header.values() if entry.get("shape") and entry.get("dtype") in DTYPE_NAMES
+    )
+    return found.most_common(1)[0][0] if found else "BF16"
 
 
 def _metadata_config(metadata: dict[str, str]) -> dict[str, Any]:
@@ -420,7 +436,7 @@ def _checked(component: str, dotted: str, config: dict[str, Any], shapes: dict[s
 
 
 def _out_dtype(tensor: Tensor) -> str:
-    return "BF16" if tensor.dtype in FP8_DTYPES else tensor.dtype
+    return tensor.upcast or tensor.dtype
 
 
 def _out_bytes(tensor: Tensor) -> int:
@@ -476,7 +492,7 @@ def _read(tensor: Tensor, handles: dict[Path, Any]) -> Any:
     if tensor.dtype in FP8_DTYPES:
         if tensor.scale is not None:
             value = value.float() * handle.get_tensor(tensor.scale).float()
-        value = value.to(torch.bfloat16)
+        value = value.to(getattr(torch, DTYPE_NAMES[tensor.upcast or "BF16"]))
     return value.contiguous()
 
 
@@ -591,7 +607,7 @@ def write_model(result: Plan, models_dir: Path, name: str, text_encoder: Path | 
             "imported_from": result.sources,
             "version": result.version,
             "variant": result.variant,
-            "fp8": f"{result.fp8} FP8 tensors upcast to bf16" if result.fp8 else None,
+            "fp8": f"{result.fp8} FP8 tensors upcast to {DTYPE_NAMES[result.upcast]}" if result.fp8 else None,
             "text_encoder": str(text_encoder) if text_encoder else None,
             "lacking": lacking,
             "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -674,7 +690,8 @@ def main(argv: list[str]) -> int:
         )
         if result.fp8:
             print(
-                f"FP8: {result.fp8} FP8 tensors upcast to bf16 (the runner stores them in FP8 again on the GPU)",
+                f"FP8: {result.fp8} FP8 tensors upcast to {DTYPE_NAMES[result.upcast]}, the file's other tensors' "
+                "precision (the runner stores the transformer in FP8 again on the GPU)",
                 file=sys.stderr,
             )
         if "latent_upsampler" not in result.components:
