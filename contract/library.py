@@ -12,6 +12,7 @@ the runner re-checks a job's model directory with it.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +79,8 @@ DEV_SHIFT_TERMINAL = 0.1
 DISTILLED_LORA = re.compile(r".*distill.*lora.*\.safetensors", re.IGNORECASE)
 # Written last by `avportal import-model` (gpu_runner/import_model.py): the files a model was imported from.
 IMPORT_SOURCE = "source.json"
+# Where an import writes before it renames the model into place: `.importing-<name>-<pid>` in AVP_MODELS_DIR.
+IMPORTING = re.compile(r"\.importing-(?P<name>.+)-(?P<pid>\d+)")
 
 
 class Unrecognised(Exception):
@@ -307,3 +310,20 @@ def import_source(directory: Path) -> str:
     if isinstance(source.get("fp8"), str):
         text += f" ({source['fp8']})"
     return text
+
+
+def unfinished_import(entry_name: str) -> str | None:
+    """Why a hidden `.importing-<name>-<pid>` directory is no model (yet); None for any other name."""
+    match = IMPORTING.fullmatch(entry_name)
+    if match is None:
+        return None
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return (
+            f"an import of {match['name']!r} that did not finish (avportal import-model was stopped): delete this "
+            "directory and import again"
+        )
+    except (PermissionError, OverflowError, ValueError):
+        pass
+    return f"{match['name']!r} is being imported (avportal import-model, process {match['pid']}); offered once it ends"

@@ -213,8 +213,10 @@ def offered_models(demo_dir: Path, models_dir: Path | None, model_dir: Path | No
     """The models this installation offers: AVP_MODEL_DIR's first (the default, id `ltx-2`), then every model directory
     in AVP_MODELS_DIR by id, then the demo; and the directories found there that cannot be offered, with why.
 
-    Hidden entries and the demo's own directory are skipped; a directory listed twice is offered once."""
+    Hidden entries and the demo's own directory are skipped, but for an import's temporary directory, listed as
+    unusable (being written, or left by an import that was stopped); a directory listed twice is offered once."""
     found = [model_dir] if model_dir is not None else []
+    unusable: list[Unusable] = []
     if models_dir is not None and models_dir.is_dir():
         demo = demo_dir.resolve()
         found += sorted(
@@ -222,8 +224,12 @@ def offered_models(demo_dir: Path, models_dir: Path | None, model_dir: Path | No
             key=lambda entry: entry.name,
         )
         found = [entry for entry in found if entry.resolve() != demo]
+        unusable += [
+            Unusable(id=None, directory=entry.name, problem=problem)
+            for entry in sorted(models_dir.iterdir(), key=lambda entry: entry.name)
+            if (problem := library.unfinished_import(entry.name)) is not None and entry.is_dir()
+        ]
     models: dict[str, ModelSpec] = {}
-    unusable: list[Unusable] = []
     seen: dict[Path, str] = {}
     for directory in found:
         resolved = directory.resolve()

@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import sys
 import time
@@ -554,7 +555,7 @@ def write_model(result: Plan, models_dir: Path, name: str, text_encoder: Path | 
     target = models_dir / name
     if target.exists() or target.is_symlink():
         raise ImportFailed(f"{target} already exists: choose another --name, or remove it first")
-    staging = models_dir / f".importing-{name}-{os.getpid()}"
+    staging = models_dir / f".importing-{name}-{os.getpid()}"  # library.IMPORTING: listed unusable, never offered
     shutil.rmtree(staging, ignore_errors=True)
     lacking: list[str] = []
     try:
@@ -674,6 +675,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     name = args.name or default_name(args.files)
+    # A stop (systemd, kill) unwinds like Ctrl-C: the temporary directory is removed on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         if not NAME.fullmatch(name) or model_id(name) is None:
             raise ImportFailed(f"--name {name!r}: use letters, digits, '.', '_' and '-' (up to 64), e.g. ltx-2-19b-dev")
