@@ -111,7 +111,10 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     if not isinstance(header, dict):
         raise ImportFailed(f"{path.name} is not a safetensors file (its header is not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
-    ends = [entry.get("data_offsets", [0, 0])[1] for entry in header.values() if isinstance(entry, dict)]
+    fields = {"dtype", "shape", "data_offsets"}
+    if not all(isinstance(entry, dict) and fields <= entry.keys() for entry in header.values()):
+        raise ImportFailed(f"{path.name} is not a safetensors file (a header entry lacks its dtype, shape or offsets)")
+    ends = [entry["data_offsets"][1] for entry in header.values()]
     needed = 8 + length + max(ends, default=0)
     if size < needed:
         raise ImportFailed(
@@ -163,6 +166,9 @@ def plan(files: list[Path], variant: str | None, text_encoder: Path | None) -> P
     for tensors in result.components.values():
         for tensor in tensors.values():
             tensor.upcast = result.upcast if tensor.dtype in FP8_DTYPES else None
+    missing = [name for name in COMPONENT_ORDER[:5] if name not in result.components]
+    if missing:
+        raise ImportFailed(f"{path.name} lacks the {', '.join(missing)} tensors a Lightricks single file holds")
     family = json.loads(FAMILY_CONFIGS.read_text())[version]
     hints = _metadata_config(metadata).get("transformer", {})
     text = _text_widths(text_encoder)
@@ -170,11 +176,11 @@ def plan(files: list[Path], variant: str | None, text_encoder: Path | None) -> P
         if component in result.components:
             shapes = {name: tensor.shape for name, tensor in result.components[component].items()}
             entry = family[component]
-            config = INFER[component](dict(entry["config"]), shapes, hints, text)
+            try:
+                config = INFER[component](dict(entry["config"]), shapes, hints, text)
+            except (KeyError, IndexError) as error:
+                raise ImportFailed(f"the {component} tensors lack {error}: not an LTX-{version} {component}") from None
             result.configs[component] = _checked(component, entry["class"], config, shapes)
-    missing = [name for name in COMPONENT_ORDER[:5] if name not in result.components]
-    if missing:
-        raise ImportFailed(f"{path.name} lacks the {', '.join(missing)} tensors a Lightricks single file holds")
     return result
 
 
