@@ -205,10 +205,17 @@ def test_an_import_lacking_the_tokenizer_is_listed_unusable_with_its_reason_and_
     models_dir = tmp_path / "models"
     models_dir.mkdir()
 
+    lora = tmp_path / "ltx-2.3-22b-distilled-lora-384.safetensors"  # a dev model's distilled LoRA comes along
+    save_file({"diffusion_model.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 192)}, str(lora))
+
     # a Gemma folder without its tokenizer files: the weights import, the model cannot be used
-    done = import_model(models_dir, dit, upsampler, "--text-encoder", source / "text_encoder", "--name", "no-tokenizer")
+    text_encoder = source / "text_encoder"
+    done = import_model(
+        models_dir, dit, upsampler, lora, "--text-encoder", text_encoder, "--name", "no-tokenizer", "--variant", "dev"
+    )
 
     assert done.returncode == 0, done.stderr
+    assert (models_dir / "no-tokenizer" / lora.name).read_bytes() == lora.read_bytes()
     assert "cannot be used yet: it lacks tokenizer/ has no tokenizer_config.json" in done.stderr
     offer = offered_models(Path("/nonexistent-demo"), models_dir, None)
     (unusable,) = offer.unusable
