@@ -675,9 +675,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--text-encoder",
         type=Path,
+        metavar="DIR",
         help="a Gemma-3 folder (or a Diffusers LTX-2 model directory) to take text_encoder/ and tokenizer/ from",
     )
-    parser.add_argument("--models-dir", type=Path, required=True, help="the model library (AVP_MODELS_DIR)")
+    parser.add_argument(
+        "--models-dir", type=Path, required=True, help="the model library (avportal import-model sets AVP_MODELS_DIR's)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     name = args.name or default_name(args.files)
