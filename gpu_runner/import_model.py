@@ -479,7 +479,7 @@ def _stream_component(
         out.write(struct.pack("<Q", len(header)) + header)
         for name in order:
             value = _read(tensors[name], handles) if name in tensors else buffers[name].contiguous()
-            out.write(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+            out.write(value.reshape(-1).view(torch.uint8).numpy().data)  # the tensor's own bytes, not a copy
             advance(value.numel() * value.element_size())
         out.flush()
         os.fsync(out.fileno())
@@ -503,7 +503,7 @@ def _read(tensor: Tensor, handles: dict[Path, Any]) -> Any:
     return value.contiguous()
 
 
-def _missing_buffers(component: str, config: dict[str, Any], tensors: dict[str, Tensor]) -> dict[str, Any]:
+def _missing_buffers(config: dict[str, Any], tensors: dict[str, Tensor]) -> dict[str, Any]:
     """Persistent buffers the file does not carry (a vocoder's filters, the upsampler's blur kernel): computed by
     building the component on the CPU, which only small components need."""
     import torch
@@ -543,8 +543,6 @@ def _take_text_encoder(given: Path, staging: Path) -> list[str]:
     parts = (("text_encoder", encoder, TEXT_ENCODER_FILES), ("tokenizer", tokenizer, TOKENIZER_FILES))
     for part, folder, wanted in parts:
         chosen = [entry for entry in sorted(folder.iterdir()) if entry.is_file() and wanted.fullmatch(entry.name)]
-        if part == "tokenizer":
-            chosen = [entry for entry in chosen if entry.name != "config.json"]
         (staging / part).mkdir()
         for entry in chosen:
             _link_or_copy(entry, staging / part / entry.name)
@@ -590,7 +588,7 @@ def write_model(result: Plan, models_dir: Path, name: str, text_encoder: Path | 
                 folder = staging / component
                 folder.mkdir()
                 (folder / "config.json").write_text(json.dumps(_saved(config), indent=2) + "\n")
-                buffers = _missing_buffers(component, config, result.components[component])
+                buffers = _missing_buffers(config, result.components[component])
                 _stream_component(
                     folder / WEIGHTS_FILE,
                     result.components[component],
