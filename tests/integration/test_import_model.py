@@ -9,6 +9,7 @@ each end with a message saying so and nothing in the library.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,7 @@ def test_each_version_is_offered_with_its_version_variant_modes_and_where_it_cam
     portal, _, said = imported
     with portal.client() as c:
         listed = c.get("/api/models").json()
+        page = c.get("/").text
 
     models = {model["id"]: model for model in listed["models"]}
     assert listed["unusable"] == []
@@ -87,6 +89,9 @@ def test_each_version_is_offered_with_its_version_variant_modes_and_where_it_cam
     assert "204 FP8 tensors upcast to float32" in models["ltx-2.3-tiny-distilled"]["source"]
     assert "upcast to float32" in said["2.3"] and "FP8" not in said["2.0"]
     assert models["demo"]["source"] == ""
+    # the create form's model picker says it too
+    option = r'<option value="ltx-2.0-tiny-distilled"\s+(selected\s*)?title="imported from ltx-2.0-tiny-distilled\.'
+    assert re.search(option, page) and "(ltx-2.0-tiny-distilled), imported</option>" in page
 
 
 @pytest.mark.parametrize("version", ["2.0", "2.3"])
