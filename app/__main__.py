@@ -1,5 +1,5 @@
 """Command line: `python -m app serve [--host H] [--port P]`, `python -m app hash-password`, `python -m app
-webhook-secret` (also `avportal`)."""
+webhook-secret`, `python -m app import-model FILE...` (also `avportal`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -21,6 +22,7 @@ import uvicorn
 from app.config import Settings
 from app.data_lock import DataDirBusy, DataDirLock
 from app.passwords import hash_password
+from app.runner import runner_command, runner_env
 from app.web import create_app
 from app.webhooks import load_or_create_secret as load_or_create_webhook_secret
 from contract.disk import is_disk_full
@@ -128,7 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         help="print the secret webhook deliveries are signed with (AVP_WEBHOOK_SECRET, else the data directory's, "
         "made on first use), for receivers to verify them",
     )
-    args = parser.parse_args(argv)
+    commands.add_parser(
+        "import-model",
+        add_help=False,
+        help="import Lightricks' single-file LTX-2 checkpoints into the model library (AVP_MODELS_DIR); "
+        "avportal import-model --help for its options",
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "import-model":
+        return _import_model(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "hash-password":
         return _hash_password()
 
@@ -144,6 +156,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avportal: {exc}", file=sys.stderr)
         return 2
     return serve(settings)
+
+
+def _import_model(arguments: list[str]) -> int:
+    """Run the import in the runner's Python (AVP_RUNNER_PYTHON: the diffusion stack may live in its own venv),
+    into the library the portal reads; its progress bar and messages go straight to this terminal."""
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"avportal: {exc}", file=sys.stderr)
+        return 2
+    settings.library_dir.mkdir(parents=True, exist_ok=True)
+    library = ["--models-dir", str(settings.library_dir)]
+    command = runner_command(settings.runner_python, "import-model", *arguments, *library)
+    return subprocess.run(command, env=runner_env(), check=False).returncode
 
 
 def _hash_password() -> int:

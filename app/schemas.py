@@ -294,6 +294,7 @@ class ModelOut(Base):
     parts: list[str]  # optional parts present: "latent_upsampler", "distilled_lora", "diffusion_decoder", ...
     disabled_modes: dict[str, str]  # each mode it cannot run, with what its directory lacks for it
     note: str
+    source: str  # where an imported model came from ("imported from ltx-2-19b-dev.safetensors, ..."); "" if not
     constraints: Constraints
     defaults: ModelDefaults
     presets: list[list[int]]
@@ -304,6 +305,7 @@ class UnusableModel(Base):
     id: str | None  # the id it would have (None: its directory's name gives none)
     directory: str  # the directory's name, in AVP_MODELS_DIR (or AVP_MODEL_DIR's)
     problem: str  # what is missing or unknown, naming the file or key
+    source: str  # where an imported model came from; "" when it was not imported
 
 
 class ModelList(Base):

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avportal",
         description="A client for the AV Portal: generate clips, follow and cancel jobs.",
-        epilog="The portal itself: avportal serve --help, avportal hash-password. "
+        epilog="The portal itself: avportal serve --help, avportal hash-password, avportal import-model FILE... "
         f"Exit codes: {EXIT_OK} done, {EXIT_FAILED} job failed, {EXIT_INVALID} invalid input, "
         f"{EXIT_CANCELLED} job cancelled, {EXIT_PORTAL} portal unreachable or refusing, "
         f"{EXIT_LEFT_RUNNING} interrupted with the job left running.",

@@ -14,6 +14,7 @@ the runner re-checks a job's model directory with it.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -97,6 +98,10 @@ TEXT_ENCODER_NAME = {"gemma3": "Gemma-3", "gemma4_unified": "Gemma-4"}
 DEV_SHIFT_TERMINAL = 0.1
 # A dev model's LoRA that makes it behave as the distilled one (e.g. ltx-2-19b-distilled-lora-384.safetensors).
 DISTILLED_LORA = re.compile(r".*distill.*lora.*\.safetensors", re.IGNORECASE)
+# Written last by `avportal import-model` (gpu_runner/import_model.py): the files a model was imported from.
+IMPORT_SOURCE = "source.json"
+# Where an import writes before it renames the model into place: `.importing-<name>-<pid>` in AVP_MODELS_DIR.
+IMPORTING = re.compile(r"\.importing-(?P<name>.+)-(?P<pid>\d+)")
 
 
 class Unrecognised(Exception):
@@ -458,3 +463,34 @@ def text_parts(directory: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
         else:
             notes.append(f"{name}/ {problem}, so it is left out")
     return tuple(parts), tuple(notes)
+
+
+def import_source(directory: Path) -> str:
+    """Where an imported model came from, in words ("imported from ltx-2-19b-dev.safetensors, ..."); "" for a
+    directory that was not imported (or whose source.json cannot be read)."""
+    try:
+        source = json.loads((directory / IMPORT_SOURCE).read_text())
+        files = [name for name in source["imported_from"] if isinstance(name, str)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    text = "imported from " + ", ".join(files)
+    if isinstance(source.get("fp8"), str):
+        text += f" ({source['fp8']})"
+    return text
+
+
+def unfinished_import(entry_name: str) -> str | None:
+    """Why a hidden `.importing-<name>-<pid>` directory is no model (yet); None for any other name."""
+    match = IMPORTING.fullmatch(entry_name)
+    if match is None:
+        return None
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return (
+            f"an import of {match['name']!r} that did not finish (avportal import-model was stopped): delete this "
+            "directory and import again"
+        )
+    except (PermissionError, OverflowError, ValueError):
+        pass
+    return f"{match['name']!r} is being imported (avportal import-model, process {match['pid']}); offered once it ends"

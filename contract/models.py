@@ -40,6 +40,7 @@ class ModelSpec(msgspec.Struct, frozen=True):
     parts: tuple[str, ...] = ()  # optional parts present: "latent_upsampler", "distilled_lora", ...
     fast_missing: str | None = "a distilled transformer and a latent upsampler"  # why fast is not in `modes`
     quality_missing: str | None = None  # why quality is not in `modes` (an LTX-2.5 without its dev transformer)
+    source: str = ""  # where an imported model came from (library.import_source); "" when not imported
 
     @property
     def disabled_modes(self) -> dict[str, str]:
@@ -211,6 +212,7 @@ def library_spec(path: Path, recognised: library.Recognised) -> ModelSpec:
         label=f"LTX-{recognised.version} {recognised.variant} ({path.name})",
         defaults=defaults,
         note="; ".join(recognised.notes),
+        source=library.import_source(path),
     )
 
 
@@ -259,6 +261,7 @@ class Unusable(msgspec.Struct, frozen=True):
     id: str | None  # None when its name gives no id
     directory: str  # the directory's name
     problem: str
+    source: str = ""  # where an imported model came from (library.import_source); "" when not imported
 
 
 class Offer(msgspec.Struct, frozen=True):
@@ -274,8 +277,10 @@ def offered_models(demo_dir: Path, models_dir: Path | None, model_dir: Path | No
     """The models this installation offers: AVP_MODEL_DIR's first (the default, id `ltx-2`), then every model directory
     in AVP_MODELS_DIR by id, then the demo; and the directories found there that cannot be offered, with why.
 
-    Hidden entries and the demo's own directory are skipped; a directory listed twice is offered once."""
+    Hidden entries and the demo's own directory are skipped, but for an import's temporary directory, listed as
+    unusable (being written, or left by an import that was stopped); a directory listed twice is offered once."""
     found = [model_dir] if model_dir is not None else []
+    unusable: list[Unusable] = []
     if models_dir is not None and models_dir.is_dir():
         demo = demo_dir.resolve()
         found += sorted(
@@ -283,8 +288,12 @@ def offered_models(demo_dir: Path, models_dir: Path | None, model_dir: Path | No
             key=lambda entry: entry.name,
         )
         found = [entry for entry in found if entry.resolve() != demo]
+        unusable += [
+            Unusable(id=None, directory=entry.name, problem=problem)
+            for entry in sorted(models_dir.iterdir(), key=lambda entry: entry.name)
+            if (problem := library.unfinished_import(entry.name)) is not None and entry.is_dir()
+        ]
     models: dict[str, ModelSpec] = {}
-    unusable: list[Unusable] = []
     seen: dict[Path, str] = {}
     for directory in found:
         resolved = directory.resolve()
@@ -301,7 +310,9 @@ def offered_models(demo_dir: Path, models_dir: Path | None, model_dir: Path | No
                 continue
             except library.Unrecognised as error:
                 problem = str(error)
-        unusable.append(Unusable(id=identity, directory=directory.name, problem=problem))
+        unusable.append(
+            Unusable(id=identity, directory=directory.name, problem=problem, source=library.import_source(resolved))
+        )
     demo_model = demo_spec(demo_dir)
     # Not installed yet: offered as it ships, its jobs fail naming the command that installs it.
     with contextlib.suppress(library.Unrecognised):

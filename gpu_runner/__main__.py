@@ -34,6 +34,7 @@ from gpu_runner import stdout
 USAGE = (
     "usage: python -m gpu_runner run <job dir> | standby <jobs dir> | posters <jobs dir> | demo-model <dir> [--random]"
     " | demo-model <dir> --random --version 2.0|2.3 [--distilled] | demo-model <dir> --random --version 2.5"
+    " | import-model FILE... --models-dir DIR [...]"
 )
 PR_SET_PDEATHSIG = 1
 LOWEST_PRIORITY = 19  # nice: making posters takes only the CPU a running job leaves
@@ -51,6 +52,10 @@ def main(argv: list[str]) -> int:
             return standby(Path(jobs_dir))
         case ["posters", jobs_dir]:
             return posters(Path(jobs_dir))
+        case ["import-model", *arguments]:
+            from gpu_runner.import_model import main as import_model
+
+            return import_model(arguments)
         case ["demo-model", target]:
             return demo_model(Path(target), "trained")
         case ["demo-model", target, "--random"]:

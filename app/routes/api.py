@@ -254,6 +254,7 @@ class JobsApi(Controller):
                     parts=list(spec.parts),
                     disabled_modes=spec.disabled_modes,
                     note=spec.note,
+                    source=spec.source,
                     constraints=spec.constraints,
                     defaults=msgspec.convert(given(spec.mode_defaults()), ModelDefaults),
                     presets=[list(p) for p in spec.presets],

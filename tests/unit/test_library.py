@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -339,3 +340,19 @@ def test_an_image_on_ltx_2_5s_fast_mode_is_refused_naming_the_field_and_quality_
     assert refused("fast", image_upload_id="u1") == ["image_upload_id"]
     assert refused("fast", extend_from="j1") == ["extend_from"]
     assert refused("quality", image_upload_id="u1") == refused("fast") == []
+
+
+def test_an_imports_temporary_directory_is_listed_unusable_never_offered(tmp_path):
+    library_dir = tmp_path / "models"
+    write_model(library_dir / f".importing-ltx-2-19b-dev-{os.getpid()}", "2.0")  # complete, but still being written
+    write_model(library_dir / ".importing-ltx-2.3-22b-dev-999999999", "2.3")  # no such process: a stopped import
+
+    offer = offered_models(library_dir / "demo", library_dir, None)
+
+    assert list(offer.models) == ["demo"]
+    running, stopped = offer.unusable  # by name
+    assert (stopped.id, stopped.directory) == (None, ".importing-ltx-2.3-22b-dev-999999999")
+    assert stopped.problem.startswith("an import of 'ltx-2.3-22b-dev' that did not finish")
+    assert "delete this directory and import again" in stopped.problem
+    being = f"'ltx-2-19b-dev' is being imported (avportal import-model, process {os.getpid()})"
+    assert running.problem.startswith(being)
