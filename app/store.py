@@ -59,6 +59,7 @@ class JobRow(msgspec.Struct, frozen=True):
     webhook: Webhook | None = None  # where its deliveries go (app/webhooks.py); None: no webhook
     batch_id: str | None = None  # the batch it was submitted in (POST /api/batches); None: submitted alone
     provenance: Provenance | None = None  # what made it, recorded at submit; None for a job from before
+    slot: str | None = None  # the runner slot it runs or last ran on ("gpu0", "cpu1"); None: it never started
 
     @property
     def finished(self) -> bool:
@@ -176,11 +177,12 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
     error: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     start_attempt: bool = False
+    slot: str | None = None  # the slot a starting job runs on
 
 
 _JOB_COLUMNS = (
     "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at, estimate, "
-    "keep, files_removed_at, batch_id, provenance, "
+    "keep, files_removed_at, batch_id, provenance, slot, "
     "(SELECT json_object('url', url, 'events', json(events)) FROM webhooks WHERE webhooks.job_id = jobs.id)"
 )
 _TERMINAL_SQL = ",".join(f"'{status}'" for status in sorted(TERMINAL))
@@ -217,6 +219,7 @@ def _row_to_job(row: tuple) -> JobRow:
         removed,
         batch_id,
         provenance,
+        slot,
         webhook,
     ) = row
     return JobRow(
@@ -237,6 +240,7 @@ def _row_to_job(row: tuple) -> JobRow:
         webhook=_decode_webhook(webhook) if webhook else None,
         batch_id=batch_id,
         provenance=_decode_provenance(provenance) if provenance else None,
+        slot=slot,
     )
 
 
@@ -573,6 +577,9 @@ class Store:
             if update.status in TERMINAL:
                 sets.append("finished_at = ?")
                 values.append(now)
+        if update.slot is not None:
+            sets.append("slot = ?")
+            values.append(update.slot)
         for column in ("progress", "error", "result"):
             value = getattr(update, column)
             if value is not None:
