@@ -69,6 +69,8 @@ def test_a_job_one_slot_cannot_hold_goes_to_the_other_and_waits_for_it_while_sma
     big = shared_portal.submit(**LONG_JOB)
     shared_portal.wait(big["id"], {"running"})
     assert shared_portal.job(big["id"])["slot"] == "cpu1", "cpu0 is free but cannot hold it"
+    with shared_portal.client() as c:
+        assert 'on <span class="slot">cpu1</span>' in c.get(f"/jobs/{big['id']}").text, "its page says where it runs"
 
     waiting = shared_portal.submit(**LONG_JOB, seed=5)  # cpu0 is free and too small, cpu1 busy: it waits
     wait_for(lambda: health(shared_portal)["worker"]["waiting_for_room"] == [waiting["id"]], 30, "a job waiting")
