@@ -18,6 +18,8 @@ import msgspec
 
 from app.disk import DataDisk
 from app.passwords import is_password_hash
+from app.slots import Slot, SlotMemory
+from app.slots import resolve as resolve_slots
 from app.webhook_targets import Allowlist
 from app.webhooks import check_secret
 from contract.cost import ENHANCE_MAX_NEW_TOKENS
@@ -55,6 +57,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     weight_cache: str = ""  # an absolute directory for FP8 transformers, "off", or "" for the data dir's
     compile_blocks: bool = True  # on a CUDA GPU, jobs compile the transformer's blocks (AVP_COMPILE)
     spare_runner: bool = True  # a runner waits with torch and diffusers imported for the next job (AVP_SPARE_RUNNER)
+    gpus: str = "auto"  # the runner slots (AVP_GPUS, app/slots.py): auto, card numbers (0,2) or cpu:N
+    slot_memory_gb: str = ""  # the CPU slots' memory for admission (AVP_SLOT_MEMORY_GB): one figure, or one per slot
     max_upload_mb: float = 20.0  # largest image file accepted by POST /api/uploads
     upload_ttl_s: float = 86400.0  # how long an upload no job uses is kept
     keep_days: float | None = None  # retention: finished jobs' files are removed this many days after (AVP_KEEP_DAYS)
@@ -109,6 +113,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 "addressed to a name it knows (loopback's, and these). Set AVP_ALLOWED_HOSTS to the names and "
                 "addresses people type to reach it, comma-separated, for example portal.lan,192.168.1.20."
             )
+
+    def slots(self) -> tuple[tuple[Slot, ...], SlotMemory]:
+        """The host's runner slots and how to read what each can hold (AVP_GPUS, AVP_SLOT_MEMORY_GB)."""
+        try:
+            return resolve_slots(self.gpus, self.slot_memory_gb)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
 
     @property
     def jobs_dir(self) -> Path:
@@ -312,7 +323,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         webhook_ca_file = env.get("AVP_WEBHOOK_CA_FILE", "").strip() or None
         if webhook_ca_file is not None:
             webhook_ca_file = _ca_file(webhook_ca_file)
-        return cls(
+        settings = cls(
             data_dir=Path(env.get("AVP_DATA_DIR", "").strip() or "data").resolve(),
             host=env.get("AVP_HOST", "").strip() or "127.0.0.1",
             port=int(number("AVP_PORT", 8000, int, 0)),
@@ -352,7 +363,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             webhook_backoff_s=number("AVP_WEBHOOK_BACKOFF_S", 5.0, float, 0.01),
             webhook_attempts=int(number("AVP_WEBHOOK_ATTEMPTS", 20, int, 1)),
             webhook_ca_file=webhook_ca_file,
+            gpus=env.get("AVP_GPUS", "").strip() or "auto",
+            slot_memory_gb=env.get("AVP_SLOT_MEMORY_GB", "").strip(),
         )
+        settings.slots()  # a card that does not exist, or a bad slot setting, stops the start with its reason
+        return settings
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names

@@ -1,9 +1,10 @@
 """What runs a job's directory: the one interface the worker drives, whichever machine does the work.
 
-The worker (app/queue.py) decides which job runs and records what happens; an executor only runs
-a job directory, streams the runner's protocol events back and says how it ended. The local
-supervisor (app/runner.py, runner processes on this machine with a spare waiting) is the one
-implementation today; another (a remote pool) implements the same methods and the worker does not change.
+The worker (app/queue.py) decides which job runs next and records what happens; an executor has slots
+(app/slots.py), says which free slot can hold a job now (`claim`, from the job's predicted peak), runs a job
+directory on it, streams the runner's protocol events back and says how it ended. The local slots
+(app/runner.py: runner processes on this machine, a spare waiting per slot) are the one implementation today;
+another (a remote pool) implements the same methods and the worker does not change.
 """
 
 from __future__ import annotations
@@ -28,18 +29,58 @@ class Outcome(msgspec.Struct, frozen=True):
         return {k: v for k, v in (("code", self.code), ("message", self.message)) if v is not None}
 
 
+class SlotState(msgspec.Struct, frozen=True):
+    """One slot as /healthz shows it."""
+
+    name: str  # "gpu0", "cpu1": job JSON's `slot`
+    device: str  # "cuda" or "cpu"
+    card: int | None  # the card's number (nvidia-smi's); None for a CPU slot
+    job: str | None  # the job it runs; None when free (or claimed for a job about to start)
+    free_gib: float | None  # what a job may take there now (a card's free memory, a CPU slot's setting)
+    total_gib: float | None  # the most a job could ever take there; None: unchecked
+    spare_pid: int | None  # its waiting spare runner
+
+
 class Executor(Protocol):
     @property
     def capacity(self) -> int:
-        """How many jobs it runs at once: the worker never has more than this in flight."""
+        """How many slots it has: the worker never has more jobs than this in flight."""
+        ...
+
+    @property
+    def free_slots(self) -> int:
+        """How many slots are neither running nor claimed."""
+        ...
+
+    @property
+    def cpu_only(self) -> bool:
+        """Every slot was asked to compute on the CPU (AVP_GPUS=cpu:N), so jobs are estimated for the CPU."""
+        ...
+
+    def unholdable(self, need_gib: float | None) -> str | None:
+        """Why no slot could ever hold a job whose predicted peak is `need_gib` GiB; None when one could."""
+        ...
+
+    def claim(self, need_gib: float | None) -> str | None:
+        """Claim a free slot that can hold a job whose predicted peak is `need_gib` GiB (None: unknown) now; its
+        name, or None while none can. The worker hands it to `run` or gives it back with `release`."""
+        ...
+
+    def release(self, slot: str) -> None:
+        """The claimed slot's job ended or never started: it is free again."""
+        ...
+
+    def states(self) -> list[SlotState]:
+        """Every slot, in order, for /healthz."""
         ...
 
     async def start(self) -> None:
         """Get ready for the first job (before the worker takes any)."""
         ...
 
-    async def run(self, job_id: str, job_dir: Path, on_event: EventSink) -> Outcome:
-        """Run the job written in `job_dir` to its end, handing each protocol event to `on_event`.
+    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
+        """Run the job written in `job_dir` on the claimed `slot` to its end, handing each protocol event to
+        `on_event`.
 
         A cancel of the calling task (a shutdown) stops the job's runner before it propagates.
         """

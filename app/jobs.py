@@ -207,6 +207,9 @@ class Jobs(msgspec.Struct, frozen=True):
         too_long = None if estimate is None else cost.over_limit(estimate, resolved, self.settings.max_job_minutes)
         if too_long:
             raise InvalidRequest([FieldError(field="request", message=too_long)])
+        unholdable = None if estimate is None else self.worker.unholdable(estimate.peak_gib)
+        if unholdable:
+            raise InvalidRequest([FieldError(field="request", message=unholdable)])
         await self._check_room(estimate)
         if batch_id is None:
             self.submit_limit.take(client)
@@ -448,7 +451,7 @@ class Jobs(msgspec.Struct, frozen=True):
             size,
             spec.kind,
             planned(spec.constraints, request),  # num_frames "auto": the longest clip, until the runner has chosen
-            device=cost.likely_device(runs),
+            device="cpu" if self.worker.cpu_only else cost.likely_device(runs),
             precision=self.settings.precision or spec.precision_cuda,
             runs=runs,
             enhance_tokens=self.settings.enhance_max_tokens,
@@ -685,6 +688,7 @@ def present(job: JobRow, settings: Settings, places: dict[str, Place], extended_
         provenance=job.provenance,
         num_frames_requested=AUTO if job.request.num_frames == AUTO else None,
         enhanced_prompt=job.enhanced_prompt,
+        slot=job.slot,
     )
 
 

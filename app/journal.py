@@ -80,7 +80,10 @@ class Journal:
         self.broker.publish(job.id, stored.data)
         self.pages.changed(job, stored)
 
-    async def set_status(self, job_id: str, status: str, *, start_attempt: bool = False, **details: Any) -> None:
+    async def set_status(
+        self, job_id: str, status: str, *, start_attempt: bool = False, slot: str | None = None, **details: Any
+    ) -> None:
+        """Record a status change; `details` go into its event, `slot` (where a starting job runs) into the job."""
         error = {"code": details["code"], "message": details["message"]} if status == "failed" else None
         if status == "cancelled":
             error = {"code": "cancelled", "message": details.get("message", "Cancelled.")}
@@ -92,6 +95,7 @@ class Journal:
                 error=error,
                 start_attempt=start_attempt,
                 progress=JobProgress() if start_attempt else None,
+                slot=slot,
             ),
         )
 

@@ -159,6 +159,12 @@ def _v10_text_phase_choices(db: sqlite3.Connection) -> None:
     _add_missing_columns(db, {"num_frames_chosen": "INTEGER", "enhanced_prompt": "TEXT"})
 
 
+def _v11_job_slot(db: sqlite3.Connection) -> None:
+    """Runner slots (AVP_GPUS): the slot a job runs or last ran on ("gpu0", "cpu1"); NULL for a job that never
+    started, and for every job from before slots (they ran on the one runner there was)."""
+    _add_missing_columns(db, {"slot": "TEXT"})
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_initial,
     _v2_job_estimate,
@@ -170,6 +176,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v8_batches,
     _v9_job_provenance,
     _v10_text_phase_choices,
+    _v11_job_slot,
 )
 LATEST = len(MIGRATIONS)
 

@@ -1,7 +1,17 @@
-"""The worker: one consumer takes the next queued job from SQLite, running as many at once as its executor has slots.
+"""The worker: one consumer takes the queued jobs from SQLite in order, each to a free slot that can hold it.
 
-The local executor has one slot, so two jobs never share VRAM. Which machine runs a job is the
-executor's business (app/executor.py); the worker decides what runs next and records what happens.
+A slot runs one job at a time (app/slots.py: one per card, so two jobs never share a card's memory). Which
+machine runs a job is the executor's business (app/executor.py); the worker decides what runs next, on which
+free slot (the executor's `claim`, from the job's predicted peak against what each slot has free now), and
+records what happens.
+
+A queued job that no free slot can hold now (another program holds memory on the free card, or only a
+busy card is big enough) keeps its place: the jobs behind it that a free slot can hold start before it,
+but only MAX_PASSES times; after that, while any job of ours runs, nothing behind it starts until it has
+started (our jobs' ends free the memory it waits for). A job that no slot could ever hold (its peak beyond
+every slot's total) fails at once, saying so; the submit refuses such a job already, so this is one queued
+before the slots changed. While a job waits for room, the consumer looks again every ROOM_POLL_S (another
+program's memory comes and goes without telling us), besides each wake.
 
 SQLite is the queue: its order (a job moved to the front first, then submission order) and whether it
 is paused live there, so both survive a restart and a queued job can be moved. The consumer reads the
@@ -12,6 +22,7 @@ start-up a job that was running when the process died is marked interrupted and 
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,11 +30,11 @@ from typing import Any, TypeVar
 
 import anyio
 
-from app.executor import EventSink, Executor
+from app.executor import EventSink, Executor, SlotState
 from app.journal import Journal
 from app.progress import JobProgress
 from app.runner import runner_command, runner_env
-from app.store import Store
+from app.store import JobRow, Store
 from contract import protocol
 from contract.disk import is_disk_full
 from contract.models import DEMO_MANIFEST
@@ -33,6 +44,8 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2  # a job interrupted by a restart runs once more, not forever
 DISK_RETRY_S = 2.0  # how often the worker tries again to record a job while the data disk is full
 WAITING_FOR_DISK = "waiting for disk space"  # the worker's state meanwhile (/healthz)
+MAX_PASSES = 3  # how often jobs behind a queued job no free slot can hold may start before it
+ROOM_POLL_S = 2.0  # how often a queued job waiting for a slot with room looks again
 T = TypeVar("T")
 
 
@@ -50,6 +63,8 @@ class Worker:
         self.running_jobs: list[str] = []  # in the order they started
         self.jobs_ended = 0  # since start-up: jobs this worker ran whose outcome is recorded
         self._job_ended = anyio.Event()
+        self.waiting_for_room: list[str] = []  # queued jobs a free slot could not hold at the last look, in order
+        self._passed: dict[str, int] = {}  # queued job: how many jobs behind it started before it
 
     @property
     def current_job(self) -> str | None:
@@ -59,6 +74,17 @@ class Worker:
     @property
     def slots(self) -> int:
         return self._executor.capacity
+
+    @property
+    def cpu_only(self) -> bool:
+        return self._executor.cpu_only
+
+    def slot_states(self) -> list[SlotState]:
+        return self._executor.states()
+
+    def unholdable(self, need_gib: float | None) -> str | None:
+        """Why no slot could ever hold a job whose predicted peak is `need_gib` GiB; None when one could."""
+        return self._executor.unholdable(need_gib)
 
     def wake(self) -> None:
         """The queue changed (a job queued or moved, the queue resumed): look again for the next job."""
@@ -118,39 +144,71 @@ class Worker:
             await self._executor.close()  # nothing of the executor's (a spare runner) outlives the worker
 
     async def _consume(self) -> None:
-        """Start the next queued job once a slot is free and the job before it is marked running."""
-        free_slots = anyio.Semaphore(self._executor.capacity)
+        """Start the next queued job a free slot can hold, once the job before it is marked running."""
         async with anyio.create_task_group() as jobs:
             while True:
-                await free_slots.acquire()
-                job_id = await self._next_job()
+                job_id, slot = await self._next_job()
                 began = anyio.Event()
-                jobs.start_soon(self._process, job_id, began, free_slots)
+                jobs.start_soon(self._process, job_id, slot, began)
                 await began.wait()  # so the next read sees this one running, and `running` keeps the queue's order
 
-    async def _next_job(self) -> str:
-        """The queued job that starts next, once there is one and the queue is not paused."""
+    async def _next_job(self) -> tuple[str, str]:
+        """The queued job that starts next and the slot claimed for it, once there are and the queue is not
+        paused."""
         while True:
             woken = self._woken  # taken before reading, so a change during the read is not missed
-            if not self.paused:
-                job_id = await self._store.call(self._store.next_queued)
-                if job_id is not None:
-                    return job_id
-            await woken.wait()
+            if not self.paused and self._executor.free_slots:
+                snapshot = await self._store.call(self._store.queue_snapshot)
+                placed = await self._place(snapshot.queued)
+                if placed is not None:
+                    return placed
+            with anyio.move_on_after(ROOM_POLL_S if self.waiting_for_room else math.inf):
+                await woken.wait()
 
-    async def _process(self, job_id: str, began: anyio.Event, free_slots: anyio.Semaphore) -> None:
+    async def _place(self, queued: list[JobRow]) -> tuple[str, str] | None:
+        """The first queued job, in order, that a free slot can hold now, and its claimed slot; jobs behind one
+        that waits for room pass it at most MAX_PASSES times (while a job of ours runs). Fails the jobs no slot
+        could ever hold."""
+        waiting: list[str] = []
+        self._passed = {job.id: self._passed[job.id] for job in queued if job.id in self._passed}
+        placed = None
+        for job in queued:
+            need = None if job.estimate is None else job.estimate.peak_gib
+            never = self._executor.unholdable(need)
+            if never is not None:
+                await self._until_recorded(
+                    job.id, self._journal.set_status, job.id, "failed", code="out_of_memory", message=never
+                )
+                continue
+            slot = self._executor.claim(need)
+            if slot is not None:
+                for passed in waiting:
+                    self._passed[passed] = self._passed.get(passed, 0) + 1
+                self._passed.pop(job.id, None)
+                placed = job.id, slot
+                break
+            waiting.append(job.id)
+            if self._passed.get(job.id, 0) >= MAX_PASSES and self.running_jobs:
+                break  # passed often enough: the jobs behind it wait until our running jobs free its room
+        if waiting != self.waiting_for_room:
+            log.info("queued jobs waiting for a slot with room: %s", ", ".join(waiting) or "none")
+        self.waiting_for_room = waiting
+        return placed
+
+    async def _process(self, job_id: str, slot: str, began: anyio.Event) -> None:
         try:
-            if await self._run(job_id, began):
+            if await self._run(job_id, slot, began):
                 self.jobs_ended += 1
                 self._job_ended.set()
                 self._job_ended = anyio.Event()
         finally:
             began.set()  # however it ended, the consumer goes on
-            free_slots.release()
+            self._executor.release(slot)
             if not self.running_jobs:
                 self.state = "idle"
+            self.wake()  # a slot is free: the consumer looks again
 
-    async def _run(self, job_id: str, began: anyio.Event) -> bool:
+    async def _run(self, job_id: str, slot: str, began: anyio.Event) -> bool:
         """Run one queued job and record how it ended; False when it was no longer queued."""
         job = await self._store.call(self._store.get_job, job_id)
         if job is None or job.status != "queued":
@@ -159,10 +217,16 @@ class Worker:
         self.state = "running"
         try:
             await self._until_recorded(
-                job_id, self._journal.set_status, job_id, "running", start_attempt=True, attempt=job.attempts + 1
+                job_id,
+                self._journal.set_status,
+                job_id,
+                "running",
+                start_attempt=True,
+                slot=slot,
+                attempt=job.attempts + 1,
             )
             began.set()
-            outcome = await self._executor.run(job_id, self._jobs_dir / job_id, self._recorder(job_id))
+            outcome = await self._executor.run(job_id, self._jobs_dir / job_id, self._recorder(job_id), slot)
             await self._until_recorded(job_id, self._journal.set_status, job_id, outcome.status, **outcome.details())
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):

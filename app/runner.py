@@ -1,20 +1,23 @@
-"""The local executor (app/executor.py): the runner supervisor starts a job's runner, follows its protocol, ends it.
+"""The local executor (app/executor.py): `LocalSlots`, one `Supervisor` per runner slot of this host (app/slots.py);
+a supervisor starts its slot's job's runner, follows its protocol, ends it.
 
-A job's runner is a fresh process: either a spare (`python -m gpu_runner standby <jobs dir>`,
-spawned ahead so that torch and diffusers are already imported when the job comes, and handed
-the job directory on its stdin) or, where no live spare is there (or spares are off,
-AVP_SPARE_RUNNER), `python -m gpu_runner run <job dir>` spawned for the job. At most one spare
-waits, spawned when the executor starts and again as each job starts, so that the next queued job
-finds one ready; one job runs at a time. A spare waiting beside a running job yields the CPU to it:
+Each slot is a supervisor of its own with its own spare and its slot's environment (its card, or no
+card, and its threads), so what follows holds per slot. A job's runner is a fresh process: either a
+spare (`python -m gpu_runner standby <jobs dir>`, spawned ahead so that torch and diffusers are
+already imported when the job comes, and handed the job directory on its stdin) or, where no live
+spare is there (or spares are off, AVP_SPARE_RUNNER), `python -m gpu_runner run <job dir>` spawned
+for the job. At most one spare waits per slot, spawned when the executor starts and again as each
+of the slot's jobs starts, so that the next queued job finds one ready; a slot runs one job at a
+time. A spare waiting beside a running job yields the CPU to it:
 its session's autogroup (Linux's CPU share of a session) gets the lowest weight, nice 19, until that
 job's runner ends, and always before the spare is handed its job (0), so a job never runs at low
 priority. A spare that dies before it reads its job (killed while idle, its end not yet noticed
 when the job is handed over) ran nothing of it, so a runner spawned for the job runs it. Either way the
 child runs in its own session (its own process group) so a cancel reaches everything it started,
-and it asks the kernel for SIGTERM when this process dies. Its stdout carries only
-protocol lines, handed one by one to the run's event sink; its stderr goes to runner.log (a spare's,
-until its job comes, to `<jobs dir>/spare-runner.log`). The user-facing outcome is decided by the
-exit code and the last `error` event, never by a stack trace.
+and it asks the kernel for SIGTERM when this process dies. Its stdout carries only protocol lines,
+handed one by one to the run's event sink; its stderr goes to runner.log (a spare's, until its job
+comes, to `<jobs dir>/spare-runner.log`, or with several slots `spare-runner-<slot>.log`). The
+user-facing outcome is decided by the exit code and the last `error` event, never by a stack trace.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,8 @@ import msgspec
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from app.executor import EventSink, Executor, Outcome
+from app.executor import EventSink, Outcome, SlotState
+from app.slots import Slot, SlotMemory
 from contract import jobdir, protocol
 
 log = logging.getLogger(__name__)
@@ -50,16 +55,18 @@ def runner_command(python: str, *args: str) -> list[str]:
     return [python, "-m", "gpu_runner", *args]
 
 
-async def open_runner(python: str, args: tuple[str, ...], *, stdin: int, stderr: Any, cwd: Path) -> Process:
+async def open_runner(
+    python: str, args: tuple[str, ...], *, stdin: int, stderr: Any, cwd: Path, env: Mapping[str, str] | None = None
+) -> Process:
     """`python -m gpu_runner <args>` in a session of its own (so `signal_group` reaches whatever it starts), its
-    stdout a pipe."""
+    stdout a pipe; `env`: what its environment adds (a slot's card and threads)."""
     return await anyio.open_process(
         runner_command(python, *args),
         stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=stderr,
         cwd=cwd,
-        env=runner_env(),
+        env=runner_env(env),
         start_new_session=True,
     )
 
@@ -70,10 +77,12 @@ def signal_group(process: Process, sig: signal.Signals) -> None:
         os.killpg(process.pid, sig)
 
 
-def runner_env() -> dict[str, str]:
-    """The runner's environment: ours, plus the project on its path (its interpreter may be another venv's)."""
+def runner_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The runner's environment: ours, plus the project on its path (its interpreter may be another venv's), plus
+    `extra` (a slot's card and threads)."""
     return {
         **os.environ,
+        **(extra or {}),
         "PYTHONPATH": os.pathsep.join(p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p),
         "AVP_PARENT_PID": str(os.getpid()),
         "PYTHONUNBUFFERED": "1",
@@ -105,23 +114,33 @@ class _Transcript:
         return self.lines == 0
 
 
-class Supervisor(Executor):
-    def __init__(self, runner_python: str, cancel_grace_s: float, spare_jobs_dir: Path | None = None) -> None:
-        """`spare_jobs_dir`: the directory of the job directories, for a spare runner to wait in; None: no spares."""
+class Supervisor:
+    """One slot's runners: its job's, one at a time, and its spare."""
+
+    def __init__(
+        self,
+        runner_python: str,
+        cancel_grace_s: float,
+        spare_jobs_dir: Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        spare_log_name: str = SPARE_LOG,
+    ) -> None:
+        """`spare_jobs_dir`: the directory of the job directories, for a spare runner to wait in; None: no spares.
+        `env`: what its runners' environment adds (its slot's card); `spare_log_name`: its spares' log, in
+        `spare_jobs_dir`."""
         self._python = runner_python
         self._grace = cancel_grace_s
+        self._env = dict(env or {})
+        self._spare_log_name = spare_log_name
         self._children: dict[str, _Child] = {}
         self._spare_jobs_dir = spare_jobs_dir
         self._spare: _Child | None = None
         self._closed = False
 
     @property
-    def capacity(self) -> int:
-        return 1  # one GPU: two jobs never share its memory
-
-    @property
     def spare_log(self) -> Path | None:
-        return None if self._spare_jobs_dir is None else self._spare_jobs_dir / SPARE_LOG
+        return None if self._spare_jobs_dir is None else self._spare_jobs_dir / self._spare_log_name
 
     @property
     def spare_pid(self) -> int | None:
@@ -142,13 +161,13 @@ class Supervisor(Executor):
                 return
             dead = self._take_spare()
             await self._discard_spare(dead, f"it had exited with {dead.process.returncode}")
-        log_path = self._spare_jobs_dir / SPARE_LOG
+        log_path = self._spare_jobs_dir / self._spare_log_name
         spawned = time.monotonic()
         try:
             with anyio.CancelScope(shield=True):  # a spawned spare is always recorded, so close() finds it
                 with contextlib.suppress(OSError):
                     if log_path.stat().st_size > SPARE_LOG_MAX_BYTES:
-                        log_path.replace(log_path.with_name(SPARE_LOG + ".1"))
+                        log_path.replace(log_path.with_name(self._spare_log_name + ".1"))
                 args = ("standby", str(self._spare_jobs_dir))
                 process = await self._open_runner(args, subprocess.PIPE, log_path, self._spare_jobs_dir)
                 spare = self._spare = _Child(process, spare_spawned=spawned)
@@ -270,7 +289,7 @@ class Supervisor(Executor):
     async def _open_runner(self, args: tuple[str, ...], stdin: int, log_path: Path, cwd: Path) -> Process:
         """A runner process, its stdout the protocol, its stderr appended to `log_path`."""
         with open(log_path, "ab") as stderr_log:
-            return await open_runner(self._python, args, stdin=stdin, stderr=stderr_log, cwd=cwd)
+            return await open_runner(self._python, args, stdin=stdin, stderr=stderr_log, cwd=cwd, env=self._env)
 
     async def _hand_to_spare(self, job_id: str, job_dir: Path) -> _Child | None:
         """The waiting spare, told the job's directory on its stdin; None where there is no live spare."""
@@ -310,6 +329,125 @@ class Supervisor(Executor):
         await spare.process.aclose()  # reaped, its pipes closed
         if why is None:
             log.info("stopped spare runner %d", spare.process.pid)
+
+
+class LocalSlots:
+    """The local executor: this host's slots, a supervisor each; a job runs on the slot the worker claimed for it."""
+
+    def __init__(
+        self,
+        slots: Sequence[Slot],
+        memory: SlotMemory,
+        runner_python: str,
+        cancel_grace_s: float,
+        spare_jobs_dir: Path | None = None,
+    ) -> None:
+        self._slots = tuple(slots)
+        self._memory = memory
+        alone = len(self._slots) == 1  # one slot keeps the spare's log where it always was
+        self._supervisors = {
+            slot.name: Supervisor(
+                runner_python,
+                cancel_grace_s,
+                spare_jobs_dir,
+                env=slot.runner_env(),
+                spare_log_name=SPARE_LOG if alone else f"spare-runner-{slot.name}.log",
+            )
+            for slot in self._slots
+        }
+        self._claimed: dict[str, str | None] = {}  # slot name: the job it runs (None: claimed, not yet started)
+
+    @property
+    def capacity(self) -> int:
+        return len(self._slots)
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._slots) - len(self._claimed)
+
+    @property
+    def cpu_only(self) -> bool:
+        return all(slot.hidden_cards for slot in self._slots)
+
+    def supervisor(self, slot: str) -> Supervisor:
+        return self._supervisors[slot]
+
+    def unholdable(self, need_gib: float | None) -> str | None:
+        """Why no slot could ever hold a job whose predicted peak is `need_gib`; None when some slot could."""
+        if need_gib is None:
+            return None
+        totals = [(slot, self._read(self._memory.total_gib, slot)) for slot in self._slots]
+        if any(total is None or need_gib <= total for _, total in totals):
+            return None
+        has = ", ".join(f"{slot.name} {total:.1f} GiB" for slot, total in totals)
+        more = " (or give the CPU slots more: AVP_SLOT_MEMORY_GB)" if self._slots[0].device == "cpu" else ""
+        return (
+            f"This job needs about {need_gib:.1f} GiB at its peak, more than any runner slot has ({has}); "
+            f"use fewer frames or a smaller size{more}."
+        )
+
+    def claim(self, need_gib: float | None) -> str | None:
+        """Claim a free slot that can hold a job whose predicted peak is `need_gib` (None: unknown) now: the one
+        with the least room that holds it (a big card stays free for a big job), the first where rooms tie or are
+        unchecked. None while no free slot can."""
+        fitting = []
+        for order, slot in enumerate(self._slots):
+            if slot.name in self._claimed:
+                continue
+            room = self._read(self._memory.room_gib, slot)
+            if need_gib is None or room is None or need_gib <= room:
+                fitting.append((room is None, room or 0.0, order, slot.name))
+        if not fitting:
+            return None
+        name = min(fitting)[-1]
+        self._claimed[name] = None
+        return name
+
+    def release(self, slot: str) -> None:
+        """The slot's job has ended (or never started): the slot takes another."""
+        self._claimed.pop(slot, None)
+
+    def states(self) -> list[SlotState]:
+        states = []
+        for slot in self._slots:
+            room, total = self._read(self._memory.room_gib, slot), self._read(self._memory.total_gib, slot)
+            states.append(
+                SlotState(
+                    name=slot.name,
+                    device=slot.device,
+                    card=slot.card,
+                    job=self._claimed.get(slot.name),
+                    free_gib=None if room is None else round(room, 2),
+                    total_gib=None if total is None else round(total, 2),
+                    spare_pid=self._supervisors[slot.name].spare_pid,
+                )
+            )
+        return states
+
+    @staticmethod
+    def _read(figure: Callable[[Slot], float | None], slot: Slot) -> float | None:
+        """A slot's memory figure; None (unchecked: the runner's own admission still guards the card) where NVML
+        cannot read its card now."""
+        try:
+            return figure(slot)
+        except Exception as exc:  # the driver's trouble (pynvml.NVMLError and kin), not the job's
+            log.warning("slot %s: its card's memory cannot be read (%s); its runner admits its jobs", slot.name, exc)
+            return None
+
+    async def start(self) -> None:
+        for supervisor in self._supervisors.values():
+            await supervisor.start()
+
+    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
+        self._claimed[slot] = job_id
+        return await self._supervisors[slot].run(job_id, job_dir, on_event)
+
+    def cancel(self, job_id: str) -> bool:
+        return any(supervisor.cancel(job_id) for supervisor in self._supervisors.values())
+
+    async def close(self) -> None:
+        for supervisor in self._supervisors.values():
+            await supervisor.close()
 
 
 async def set_autogroup_nice(pid: int, nice: int) -> bool:

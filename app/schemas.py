@@ -229,6 +229,7 @@ class JobOut(Base):
     # num_frames is then "auto" until the head has chosen, the chosen count after); None where it gave a number
     num_frames_requested: Literal["auto"] | None = None
     enhanced_prompt: str | None = None  # the prompt enhancer's rewrite (enhance_prompt: true), once made
+    slot: str | None = None  # the runner slot it runs or last ran on ("gpu0", "cpu1", AVP_GPUS); None: never started
 
 
 class BatchOut(Base):
@@ -332,12 +333,24 @@ class LoraList(Base):
     directory: str  # AVP_LORA_DIR: where to put more
 
 
+class SlotHealth(Base):
+    name: str  # "gpu0", "cpu1": what a job's `slot` says
+    device: str  # "cuda" or "cpu"
+    card: int | None  # the card's number, as nvidia-smi shows it; None for a CPU slot
+    job: str | None  # the job it runs; None: free
+    free_gib: float | None  # what a job may take there now: the card's free memory, a CPU slot's AVP_SLOT_MEMORY_GB
+    total_gib: float | None  # the most a job could ever take there; None (and free_gib None): not checked
+    spare_pid: int | None  # its spare runner, waiting with torch imported; None: none now (or AVP_SPARE_RUNNER=off)
+
+
 class WorkerHealth(Base):
     alive: bool
     state: str  # "starting", "idle", "running", "waiting for disk space", "stopped"
     current_job: str | None  # the first of running_jobs
     running_jobs: list[str]  # in the order they started
     slots: int  # how many jobs it runs at once
+    slot_states: list[SlotHealth]  # every slot (AVP_GPUS), in order
+    waiting_for_room: list[str]  # queued jobs, in order, that no free slot could hold at the last look
 
 
 class Health(Base):

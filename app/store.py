@@ -63,6 +63,7 @@ class JobRow(msgspec.Struct, frozen=True):
     # enhancer's rewrite of the prompt; None until the runner reports them (migration 10).
     num_frames_chosen: int | None = None
     enhanced_prompt: str | None = None
+    slot: str | None = None  # the runner slot it runs or last ran on ("gpu0", "cpu1"); None: it never started
 
     @property
     def finished(self) -> bool:
@@ -188,11 +189,12 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
     start_attempt: bool = False
     num_frames_chosen: int | None = None  # the runner's text-phase choices (protocol.NumFrames, EnhancedPrompt)
     enhanced_prompt: str | None = None
+    slot: str | None = None  # the slot a starting job runs on
 
 
 _JOB_COLUMNS = (
     "seq, id, status, request, progress, error, result, attempts, created_at, started_at, finished_at, estimate, "
-    "keep, files_removed_at, batch_id, provenance, num_frames_chosen, enhanced_prompt, "
+    "keep, files_removed_at, batch_id, provenance, num_frames_chosen, enhanced_prompt, slot, "
     "(SELECT json_object('url', url, 'events', json(events)) FROM webhooks WHERE webhooks.job_id = jobs.id)"
 )
 _TERMINAL_SQL = ",".join(f"'{status}'" for status in sorted(TERMINAL))
@@ -238,6 +240,7 @@ def _row_to_job(row: tuple) -> JobRow:
         provenance,
         num_frames_chosen,
         enhanced_prompt,
+        slot,
         webhook,
     ) = row
     return JobRow(
@@ -260,6 +263,7 @@ def _row_to_job(row: tuple) -> JobRow:
         provenance=_decode_provenance(provenance) if provenance else None,
         num_frames_chosen=num_frames_chosen,
         enhanced_prompt=enhanced_prompt,
+        slot=slot,
     )
 
 
@@ -599,6 +603,9 @@ class Store:
             if update.status in TERMINAL:
                 sets.append("finished_at = ?")
                 values.append(now)
+        if update.slot is not None:
+            sets.append("slot = ?")
+            values.append(update.slot)
         for column in ("progress", "error", "result"):
             value = getattr(update, column)
             if value is not None:

@@ -33,7 +33,7 @@ from app.queue import Worker
 from app.ratelimit import RateLimited, SubmitRateLimit
 from app.retention import Retention
 from app.routes import api, events, files, login, pages, uploads
-from app.runner import Supervisor
+from app.runner import LocalSlots
 from app.schemas import ErrorResponse, FieldError, InvalidRequest
 from app.security import CrossOriginProtection, ServedHostsOnly, add_security_headers
 from app.store import Store
@@ -108,7 +108,7 @@ def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngin
         settings.webhook_ca_file,
     )
     spare_jobs_dir = settings.jobs_dir if settings.spare_runner else None
-    executor = Supervisor(settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
+    executor = LocalSlots(*settings.slots(), settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
     journal = Journal(store, broker, pages, slots=executor.capacity, webhooks=webhooks)
     worker = Worker(store, journal, executor, settings.jobs_dir, settings.runner_python)
     uploads = Uploads(settings.uploads_dir, store, settings.max_upload_bytes, settings.upload_ttl_s, settings.data_disk)

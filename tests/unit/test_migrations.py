@@ -46,14 +46,15 @@ def test_the_previous_releases_database_is_upgraded_keeping_its_rows(tmp_path: P
     # Every row as it was, its request naming the mode it ran (v4: quality); later steps add columns after these:
     # v2 the estimate (empty for jobs submitted before it), v3 retention's keep mark and removal time (not kept,
     # files not removed), v6 the queue's priority (none: submission order), v8 the batch (none: submitted alone),
-    # v9 the provenance (none recorded), v10 the text phase's choices (no length chosen, no enhanced prompt).
+    # v9 the provenance (none recorded), v10 the text phase's choices (no length chosen, no enhanced prompt),
+    # v11 the runner slot (none: they ran on the one runner there was).
     old_columns = len(rows[0])
     upgraded = db.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
     request = 3  # jobs.request's column
     for new, old in zip(upgraded, rows, strict=True):
         assert new[:request] + new[request + 1 : old_columns] == old[:request] + old[request + 1 :]
         assert json.loads(new[request]) == json.loads(old[request]) | {"mode": "quality"}
-    assert [row[old_columns:] for row in upgraded] == [(None, 0, None, 0, None, None, None, None)] * 3
+    assert [row[old_columns:] for row in upgraded] == [(None, 0, None, 0, None, None, None, None, None)] * 3
     assert db.execute("SELECT * FROM job_events ORDER BY job_id, id").fetchall() == events
     # version 1 is exactly the schema that release made: a new database has the same tables, columns and indexes
     fresh = connect(tmp_path / "fresh.sqlite3")

@@ -1,4 +1,5 @@
-"""The worker against an executor with two slots: jobs start in queue order, two at once, the third waits.
+"""The worker against an executor with two slots: jobs start in queue order, two at once, the third waits; per-slot
+admission (a job no free slot can hold waits, passed a bounded number of times; one no slot could ever hold fails).
 
 The executor here is a fake that runs nothing (the local one, real runner processes, is covered by the
 integration tests); the store, journal and broker are the real ones.
@@ -21,24 +22,56 @@ from app.queue import Worker
 from app.store import Store
 from app.web import build_templates
 from contract import protocol
+from contract.cost import Estimate
 from contract.request import Request
 
 
 class TwoSlots:
-    """An executor with two slots whose jobs end when the test says so."""
+    """An executor with two slots, s0 and s1, whose jobs end when the test says so; each slot holds a job whose peak
+    fits its `rooms` entry now (None: anything), and could ever hold one that fits its `totals` entry."""
 
     capacity = 2
+    cpu_only = True
 
-    def __init__(self) -> None:
+    def __init__(self, rooms: tuple[float | None, float | None] = (None, None), total: float | None = None) -> None:
+        self.rooms = dict(zip(("s0", "s1"), rooms, strict=True))
+        self.totals = dict.fromkeys(self.rooms, total)
+        self.claimed: dict[str, str | None] = {}
+        self.slot_of: dict[str, str] = {}
         self.started: list[str] = []
         self.finish: dict[str, anyio.Event] = {}
         self.cancelled: set[str] = set()
         self.calls: list[str] = []  # start and close, in order
 
+    @property
+    def free_slots(self) -> int:
+        return len(self.rooms) - len(self.claimed)
+
+    def unholdable(self, need: float | None) -> str | None:
+        if need is None or any(total is None or need <= total for total in self.totals.values()):
+            return None
+        return f"needs {need} GiB, more than any slot has"
+
+    def claim(self, need: float | None) -> str | None:
+        for name, room in self.rooms.items():
+            if name not in self.claimed and (need is None or room is None or need <= room):
+                self.claimed[name] = None
+                return name
+        return None
+
+    def release(self, slot: str) -> None:
+        self.claimed.pop(slot, None)
+
+    def states(self) -> list:
+        return []
+
     async def start(self) -> None:
         self.calls.append("start")
 
-    async def run(self, job_id: str, job_dir: Path, on_event: EventSink) -> Outcome:
+    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
+        assert self.claimed[slot] is None, "a job runs on a slot claimed for it"
+        self.claimed[slot] = job_id
+        self.slot_of[job_id] = slot
         self.started.append(job_id)
         self.finish[job_id] = anyio.Event()
         await on_event(protocol.Stage(name="denoise", t=0.0))
@@ -63,20 +96,26 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 def with_worker(
-    tmp_path: Path, scenario: Callable[[Worker, TwoSlots, Store], Awaitable[None]], *, paused: bool = False
+    tmp_path: Path,
+    scenario: Callable[[Worker, TwoSlots, Store], Awaitable[None]],
+    *,
+    paused: bool = False,
+    executor: TwoSlots | None = None,
+    peaks: dict[str, float] | None = None,
 ) -> TwoSlots:
     """Run `scenario` beside a worker over TwoSlots with jobs a, b and c queued in that order (and the queue
-    `paused`), then stop the worker as the portal's lifespan does (by cancelling it); the executor, for what it
-    was asked."""
+    `paused`; with `peaks`, those jobs in that order, each with that predicted peak), then stop the worker as the
+    portal's lifespan does (by cancelling it); the executor, for what it was asked."""
     store = Store(tmp_path / "portal.db")
-    executor = TwoSlots()
+    executor = executor or TwoSlots()
     settings, broker = Settings(data_dir=tmp_path), Broker()
     journal = Journal(store, broker, PageFeed(broker, build_templates(settings), settings), slots=executor.capacity)
     worker = Worker(store, journal, executor, tmp_path / "jobs", "python")
 
     async def main() -> None:
-        for job_id in "abc":
-            await store.call(store.create_job, job_id, Request(prompt=job_id), {"type": "queued"}, 10)
+        for job_id, peak in (peaks or dict.fromkeys("abc")).items():
+            estimate = None if peak is None else peak_estimate(peak)
+            await store.call(store.create_job, job_id, Request(prompt=job_id), {"type": "queued"}, 10, estimate)
             worker.wake()
         await worker.set_paused(paused)
         async with anyio.create_task_group() as tg:
@@ -92,8 +131,12 @@ def with_worker(
     return executor
 
 
-def statuses(store: Store) -> dict[str, str]:
-    return {job_id: store.get_job(job_id).status for job_id in "abc"}
+def peak_estimate(peak_gib: float) -> Estimate:
+    return Estimate(duration_s=10, denoise_s=5, peak_gib=peak_gib, disk_bytes=1, device="cpu", past_runs=0)
+
+
+def statuses(store: Store, ids: str = "abc") -> dict[str, str]:
+    return {job_id: store.get_job(job_id).status for job_id in ids}
 
 
 def test_two_jobs_run_at_once_in_queue_order_and_the_third_waits_for_a_slot(tmp_path: Path) -> None:
@@ -104,6 +147,7 @@ def test_two_jobs_run_at_once_in_queue_order_and_the_third_waits_for_a_slot(tmp_
         assert statuses(store) == {"a": "running", "b": "running", "c": "queued"}
         assert (worker.running_jobs, worker.current_job, worker.slots, worker.state) == (["a", "b"], "a", 2, "running")
         assert store.get_job("a").progress.stage == "denoise", "the executor's events reach the journal"
+        assert (store.get_job("a").slot, store.get_job("b").slot, store.get_job("c").slot) == ("s0", "s1", None)
 
         executor.finish["b"].set()
         await until(lambda: executor.started == ["a", "b", "c"])
@@ -190,3 +234,45 @@ def test_on_a_full_disk_the_worker_waits_to_record_and_goes_on_once_space_return
         assert statuses(store) == {"a": "succeeded", "b": "succeeded", "c": "succeeded"}
 
     with_worker(disk.root, scenario)
+
+
+def test_jobs_behind_one_no_free_slot_can_hold_pass_it_a_bounded_number_of_times(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(queue, "ROOM_POLL_S", 0.05)
+    executor = TwoSlots(rooms=(1, 1), total=10)  # another program holds most of both cards
+    assert queue.MAX_PASSES == 3
+
+    async def scenario(worker: Worker, executor: TwoSlots, store: Store) -> None:
+        await until(lambda: executor.started == ["b", "c"])
+        assert worker.waiting_for_room == ["a"] and statuses(store, "a") == {"a": "queued"}
+        executor.finish["b"].set()
+        await until(lambda: executor.started == ["b", "c", "d"])  # a passed a third time
+        executor.finish["c"].set()
+        await until(lambda: statuses(store, "c") == {"c": "succeeded"})
+        await anyio.sleep(0.2)  # room for a wrong fourth pass to show
+        assert executor.started == ["b", "c", "d"] and statuses(store, "ae") == {"a": "queued", "e": "queued"}
+        assert worker.waiting_for_room == ["a"], "e waits behind a, which was passed often enough"
+
+        executor.rooms["s1"] = 8  # the other program let go of c's card: a starts there, found by the poll
+        await until(lambda: executor.started == ["b", "c", "d", "a"])
+        assert executor.slot_of["a"] == "s1" and worker.waiting_for_room == []
+        executor.finish["d"].set()
+        await until(lambda: executor.started == ["b", "c", "d", "a", "e"])
+        executor.finish["a"].set()
+        executor.finish["e"].set()
+        await until(lambda: worker.state == "idle")
+        assert set(statuses(store, "abcde").values()) == {"succeeded"}
+
+    with_worker(tmp_path, scenario, executor=executor, peaks={"a": 5, "b": 0.5, "c": 0.5, "d": 0.5, "e": 0.5})
+
+
+def test_a_job_no_slot_could_ever_hold_fails_at_once_and_the_jobs_behind_it_run(tmp_path: Path) -> None:
+    async def scenario(worker: Worker, executor: TwoSlots, store: Store) -> None:
+        await until(lambda: executor.started == ["b", "c"])
+        failed = store.get_job("a")
+        assert failed.status == "failed" and failed.slot is None
+        assert failed.error == {"code": "out_of_memory", "message": "needs 50.0 GiB, more than any slot has"}
+        executor.finish["b"].set()
+        executor.finish["c"].set()
+        await until(lambda: worker.state == "idle")
+
+    with_worker(tmp_path, scenario, executor=TwoSlots(total=10), peaks={"a": 50, "b": 1, "c": 1})
