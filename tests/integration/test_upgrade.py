@@ -102,6 +102,7 @@ def test_the_previous_releases_jobs_show_play_remix_resume_and_delete(make_porta
             "keyframes": None,  # issue 17's fields, absent from an older job: their defaults
             "extend_from": None,
             "loras": None,  # none: the field came later (LoRAs)
+            "enhance_prompt": None,  # not asked: the prompt enhancer came later
         }
         assert red["provenance"] is None  # recorded since migration 8
         assert red["result"]["frames"] == 17 and red["links"]["video"] == f"/api/jobs/{RED_BALL}/video"
