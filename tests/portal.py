@@ -89,6 +89,10 @@ def wait_for(find, timeout: float, what: str):
     return found
 
 
+# Settings for a portal whose tests run no job: no spare runner, which would import torch and diffusers (seconds of
+# CPU, taken from the tests running beside it) for a job that never comes.
+NO_JOBS = {"AVP_SPARE_RUNNER": "off"}
+
 # A demo job that runs for minutes on a CPU: it holds the worker (running, or with jobs queued behind it) until
 # a test cancels or kills it.
 LONG_JOB = {"width": 512, "height": 288, "num_frames": 97, "steps": 100}
