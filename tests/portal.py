@@ -93,6 +93,10 @@ def wait_for(find, timeout: float, what: str):
 # CPU, taken from the tests running beside it) for a job that never comes.
 NO_JOBS = {"AVP_SPARE_RUNNER": "off"}
 
+# A demo job of about a second on a CPU (64x64, 9 frames, 2 steps; the demo's default size takes several times
+# that): for tests that need jobs to run and end, and look at nothing their size would change.
+TINY_JOB = {"width": 64, "height": 64, "num_frames": 9, "steps": 2}
+
 # A demo job that runs for minutes on a CPU: it holds the worker (running, or with jobs queued behind it) until
 # a test cancels or kills it.
 LONG_JOB = {"width": 512, "height": 288, "num_frames": 97, "steps": 100}
