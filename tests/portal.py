@@ -89,6 +89,14 @@ def wait_for(find, timeout: float, what: str):
     return found
 
 
+# Settings for a portal whose tests run no job: no spare runner, which would import torch and diffusers (seconds of
+# CPU, taken from the tests running beside it) for a job that never comes.
+NO_JOBS = {"AVP_SPARE_RUNNER": "off"}
+
+# A demo job of about a second on a CPU (64x64, 9 frames, 2 steps; the demo's default size takes several times
+# that): for tests that need jobs to run and end, and look at nothing their size would change.
+TINY_JOB = {"width": 64, "height": 64, "num_frames": 9, "steps": 2}
+
 # A demo job that runs for minutes on a CPU: it holds the worker (running, or with jobs queued behind it) until
 # a test cancels or kills it.
 LONG_JOB = {"width": 512, "height": 288, "num_frames": 97, "steps": 100}
@@ -196,6 +204,13 @@ class Portal:
             )
         assert response.status_code == 201, response.text
         return response.json()
+
+    def cancel(self, *job_ids: str) -> None:
+        """Cancel jobs a test has seen all it needs of, so that they take no CPU from the tests after it on a shared
+        portal (a queued one never runs)."""
+        with self.client() as c:
+            for job_id in job_ids:
+                assert c.post(f"/api/jobs/{job_id}/cancel", json={}).status_code in (202, 409), job_id  # 409: ended
 
     def job(self, job_id: str) -> dict[str, Any]:
         with self.client() as c:

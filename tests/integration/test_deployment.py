@@ -21,7 +21,7 @@ from httpx_sse import connect_sse
 
 from app.passwords import hash_password, verify_password
 from app.security import SECURITY_HEADERS
-from tests.portal import REPO_ROOT, Portal, free_port
+from tests.portal import NO_JOBS, REPO_ROOT, Portal, free_port
 
 PASSWORD = "correct horse battery"
 TOKEN = "test-token-0123456789abcdef"
@@ -105,7 +105,7 @@ def test_a_page_rebinding_its_domain_to_the_portal_gets_400_and_no_prompt(make_p
 
 @pytest.mark.parametrize("kind", ["nginx", "caddy"])
 def test_the_proxy_passes_the_host_on_and_the_portal_serves_only_its_names(make_portal, make_proxy, kind) -> None:
-    portal = make_portal(**secured_env(AVP_ALLOWED_HOSTS="portal.lan"))
+    portal = make_portal(**secured_env(AVP_ALLOWED_HOSTS="portal.lan", **NO_JOBS))
     make_proxy(kind, portal)
     with httpx.Client(base_url=portal.base_url, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         assert client.get("/api/jobs", headers={"Host": "portal.lan"}).status_code == 200
@@ -232,7 +232,7 @@ def test_nginx_refuses_bodies_above_the_upload_limit(behind_nginx: Portal) -> No
 
 
 def test_the_session_cookie_is_secure_when_a_trusted_proxy_says_https(make_portal) -> None:
-    portal = make_portal(**secured_env(AVP_ROOT_PATH=""))
+    portal = make_portal(**secured_env(AVP_ROOT_PATH="", **NO_JOBS))
     with httpx.Client(base_url=portal.direct_url, headers={"X-Forwarded-Proto": "https"}) as client:
         response = client.post("/login", data={"password": PASSWORD, "next": "/"}, follow_redirects=False)
     assert response.status_code == 303
@@ -257,7 +257,7 @@ def test_a_full_queue_and_a_hasty_client_get_429_with_retry_after(make_portal) -
 
 
 def test_wrong_passwords_are_slowed_down_then_refused_for_a_while(make_portal) -> None:
-    portal = make_portal(**secured_env(AVP_ROOT_PATH=""))
+    portal = make_portal(**secured_env(AVP_ROOT_PATH="", **NO_JOBS))
     with httpx.Client(base_url=portal.base_url, timeout=30) as client:
         statuses = []
         began = time.monotonic()

@@ -14,7 +14,7 @@ import anyio
 import httpx
 from httpx_sse import aconnect_sse
 
-from tests.portal import LONG_JOB, Portal, runner_processes
+from tests.portal import LONG_JOB, TINY_JOB, Portal, runner_processes
 
 # Long enough on a 2-core CPU (several seconds of denoising) to act on it while it runs.
 
@@ -42,7 +42,7 @@ def test_cancelling_a_queued_job_means_it_never_runs(portal: Portal) -> None:
 
 def test_cancelling_a_running_job_stops_its_runner_and_the_next_job_runs(portal: Portal) -> None:
     running = portal.submit(**LONG_JOB)
-    following = portal.submit(steps=2)
+    following = portal.submit(**TINY_JOB)
     portal.wait_for_event(running["id"], "step")
     job_dir = portal.job_dir(running["id"])
     assert runner_processes(job_dir), "the runner is running"
@@ -63,7 +63,7 @@ def test_a_sigkilled_portal_loses_no_job_and_reruns_the_interrupted_one(make_por
     # Killed at its first step, so 6 steps of this size leave seconds of the first attempt (and its decode) when the
     # kill lands within milliseconds; the rerun does all 6.
     interrupted = first.submit(**{**LONG_JOB, "steps": 6}, seed=7)
-    waiting = [first.submit(steps=2, seed=s) for s in (1, 2)]
+    waiting = [first.submit(**TINY_JOB, seed=s) for s in (1, 2)]
     first.wait_for_event(interrupted["id"], "step")
     job_dir = first.job_dir(interrupted["id"])
     first.stop(signal.SIGKILL)
@@ -127,7 +127,7 @@ def test_reconnecting_with_last_event_id_replays_without_gap_or_duplicate(portal
 
 
 def test_reconnecting_to_a_finished_job_ends_promptly_whatever_last_event_id_says(shared_portal: Portal) -> None:
-    job = shared_portal.submit(steps=2)
+    job = shared_portal.submit(**TINY_JOB)
     stored = [sse for sse in shared_portal.events(job["id"])][:-1]  # the last is `end`, which has no id
     newest = int(stored[-1].id)
     replayed = [*(sse.event for sse in stored), "end"]
@@ -177,7 +177,7 @@ def test_a_crashing_or_babbling_runner_fails_its_job_readably_and_the_worker_goe
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     portal = make_portal(AVP_RUNNER_PYTHON=str(fake), AVP_SPARE_RUNNER="off")  # the fake speaks only `run`
     garbage, crash, vanish = (portal.submit(prompt=p, steps=2) for p in ("garbage", "crash", "vanish"))
-    healthy = portal.submit(steps=2)
+    healthy = portal.submit(**TINY_JOB)
 
     assert portal.wait(healthy["id"])["status"] == "succeeded"
     failures = {

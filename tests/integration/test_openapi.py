@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 from openapi_spec_validator import validate
 
-from tests.portal import Portal
+from tests.portal import NO_JOBS, Portal
 
 TOKEN = "test-token-0123456789abcdef"
-SHARED_PORTAL_ENV = {"AVP_API_TOKEN": TOKEN}
+SHARED_PORTAL_ENV = {"AVP_API_TOKEN": TOKEN, **NO_JOBS}
 
 
 def schemas(node: Any, where: str = "") -> Iterator[tuple[str, dict[str, Any]]]:

@@ -65,6 +65,7 @@ def test_a_valid_form_redirects_to_the_job_page_which_shows_the_result(portal: P
         job_id = response.headers["HX-Redirect"].rsplit("/", 1)[1]
         plain = c.post("/jobs", data=form())
         assert plain.status_code == 303
+        portal.cancel(plain.headers["location"].rsplit("/", 1)[1])
         portal.wait(job_id)
         page = c.get(f"/jobs/{job_id}").text
         assert f'sse-connect="/events/jobs/{job_id}"' in page and 'sse-close="end"' in page
@@ -79,6 +80,7 @@ def test_the_job_list_fragment_shows_every_recent_job(portal: Portal) -> None:
         rows = c.get("/fragments/jobs").text
     assert all(f'id="job-{i}"' in rows for i in ids)
     assert rows.index(ids[2]) < rows.index(ids[0]), "newest first"
+    portal.cancel(*ids)
 
 
 def test_a_deleted_or_unknown_jobs_page_is_an_html_404_page_while_the_api_keeps_json(portal: Portal) -> None:
@@ -103,6 +105,7 @@ def test_prompts_are_escaped_in_pages(portal: Portal) -> None:
         rows = c.get("/fragments/jobs").text
     assert "<script>alert(1)</script>" not in page + rows
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    portal.cancel(job["id"])
 
 
 def test_the_form_uploads_an_image_shows_a_preview_and_carries_its_id_into_the_job(portal: Portal) -> None:
@@ -122,6 +125,7 @@ def test_the_form_uploads_an_image_shows_a_preview_and_carries_its_id_into_the_j
         request = c.get(f"/api/jobs/{job_id}").json()["request"]
     assert (request["image_upload_id"], request["image_strength"]) == (upload_id, 0.7)
     assert (portal.job_dir(job_id) / "image.png").is_file()
+    portal.cancel(job_id)
 
 
 def test_the_create_form_starts_in_fast_mode_without_steps_or_guidance_and_redraws_for_quality(portal: Portal) -> None:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from contract import protocol
-from tests.portal import Portal
+from tests.portal import TINY_JOB, Portal
 from tests.runner_fixtures import read_mp4
 
 
@@ -54,7 +54,7 @@ def test_a_submitted_prompt_streams_progress_and_ends_as_an_mp4_with_audio(make_
 
 
 def test_the_video_supports_range_requests_and_head(portal: Portal) -> None:
-    job = portal.wait(portal.submit(steps=2)["id"])
+    job = portal.wait(portal.submit(**TINY_JOB)["id"])
     url = job["links"]["video"]
     with portal.client() as c:
         whole = c.get(url).content
@@ -76,7 +76,7 @@ def without_date(headers: httpx.Headers) -> dict[str, str]:
 
 
 def test_a_finished_job_can_be_deleted_with_its_files(portal: Portal) -> None:
-    job = portal.wait(portal.submit(steps=2)["id"])
+    job = portal.wait(portal.submit(**TINY_JOB)["id"])
     job_dir = portal.job_dir(job["id"])
     assert (job_dir / "video.mp4").is_file()
     with portal.client() as c:
@@ -114,7 +114,7 @@ def test_a_running_job_shows_previews_of_the_clip(portal: Portal) -> None:
 
 def test_the_precision_setting_reaches_every_job(make_portal) -> None:
     portal = make_portal(AVP_PRECISION="fp8")
-    job = portal.submit(steps=1)
+    job = portal.submit(**TINY_JOB)
     written = json.loads((portal.job_dir(job["id"]) / "job.json").read_text())
     assert written["precision"] == "fp8"
     weight_cache = portal.data_dir.resolve() / "cache" / "weights"

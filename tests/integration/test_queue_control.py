@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 
 from app import sse_names
-from tests.portal import LONG_JOB, Portal
+from tests.portal import LONG_JOB, TINY_JOB, Portal
 
-QUICK = {"steps": 2, "mode": "quality"}  # a demo job of a few seconds
+QUICK = {**TINY_JOB, "mode": "quality"}
 
 
 def post(portal: Portal, path: str, **kwargs: Any) -> httpx.Response:

@@ -23,7 +23,7 @@ from app.executor import EventSink
 from app.runner import SPARE_LOG, SPARE_NICE, Supervisor
 from contract import jobdir, protocol
 from gpu_runner import stdout
-from tests.portal import LONG_JOB, Portal, process_group, runner_processes, spare_runners, wait_for
+from tests.portal import LONG_JOB, TINY_JOB, Portal, process_group, runner_processes, spare_runners, wait_for
 from tests.runner_fixtures import REPO_ROOT, read_mp4, write_job
 
 SPARE_ON = {"AVP_SPARE_RUNNER": "on"}
@@ -288,13 +288,13 @@ def test_a_spare_killed_while_idle_is_replaced_and_the_next_jobs_run(make_portal
     os.kill(killed, signal.SIGKILL)
     wait_for(lambda: not alive(killed), 5, "end of the killed spare")
 
-    job = portal.wait(portal.submit(steps=2)["id"])
+    job = portal.wait(portal.submit(**TINY_JOB)["id"])
     assert job["status"] == "succeeded", job["error"]
     assert spawned_for_the_job(portal.job_dir(job["id"]))
     assert f"spare runner {killed} not used: it had exited with -9" in portal.log_path.read_text()
 
     replacement = the_spare(portal)
-    following = portal.wait(portal.submit(steps=2)["id"])
+    following = portal.wait(portal.submit(**TINY_JOB)["id"])
     assert following["status"] == "succeeded", following["error"]
     assert f"runner started: spare runner {replacement} took this job " in first_line(portal.job_dir(following["id"]))
 
@@ -310,7 +310,7 @@ def test_a_sigkilled_runner_that_was_a_spare_fails_its_job_as_before(make_portal
     failed = portal.wait(job["id"])
     assert failed["status"] == "failed" and failed["error"]["code"] == "internal"
     assert "killed by SIGKILL" in failed["error"]["message"]
-    assert portal.wait(portal.submit(steps=2)["id"])["status"] == "succeeded", "the worker goes on"
+    assert portal.wait(portal.submit(**TINY_JOB)["id"])["status"] == "succeeded", "the worker goes on"
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
@@ -337,7 +337,7 @@ def test_no_spare_outlives_its_portal(make_portal, how: signal.Signals) -> None:
 
 def test_with_spares_off_every_job_gets_a_runner_spawned_for_it(make_portal) -> None:
     portal = make_portal(AVP_SPARE_RUNNER="off")
-    jobs = [portal.wait(portal.submit(steps=2, seed=seed)["id"]) for seed in (1, 2)]
+    jobs = [portal.wait(portal.submit(**TINY_JOB, seed=seed)["id"]) for seed in (1, 2)]
     for job in jobs:
         assert job["status"] == "succeeded", job["error"]
         assert first_line(portal.job_dir(job["id"])).endswith("gpu_runner runner started"), "`run`, not a spare"

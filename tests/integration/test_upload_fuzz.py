@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import upload_corpus as corpus
-from tests.portal import Portal, prepare_data_dir
+from tests.portal import NO_JOBS, Portal, prepare_data_dir
 
 FUZZ_EXAMPLES = int(os.environ.get("AVP_UPLOAD_FUZZ_EXAMPLES", "2000"))
 ANSWERS = {201, 400, 413, 415}
@@ -89,7 +89,7 @@ def requests(draw) -> tuple[bytes, str]:
 @pytest.fixture(scope="module")
 def fuzz_portal(tmp_path_factory, demo_model_dir):
     root = tmp_path_factory.mktemp("fuzz")
-    portal = Portal(data_dir=prepare_data_dir(root / "data", demo_model_dir), env={"AVP_MAX_UPLOAD_MB": "1"})
+    portal = Portal(data_dir=prepare_data_dir(root / "data", demo_model_dir), env={"AVP_MAX_UPLOAD_MB": "1", **NO_JOBS})
     yield portal.start()
     portal.stop()
 

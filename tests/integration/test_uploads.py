@@ -253,6 +253,7 @@ def test_a_job_gets_the_upload_normalised_to_its_size_upright_and_without_metada
     with Image.open(image_path) as image:
         assert (image.mode, image.size) == ("RGB", (256, 160))
         assert_upright(image)
+    uploads_portal.cancel(job["id"])
 
 
 @pytest.mark.parametrize("upload_id", ["f" * 32, "../../etc/passwd", "", "x" * 5000])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.portal import Portal
+from tests.portal import NO_JOBS, Portal
+
+SHARED_PORTAL_ENV = NO_JOBS  # every request here is refused
 
 CASES = [
     ({"width": 500}, {"width": "nearest valid: 480 or 512"}),
