@@ -5,7 +5,7 @@ in another; a distilled LoRA) become one Diffusers-format directory in AVP_MODEL
 then recognises like any other. Step by step:
 
 1. Each file's header is read (never its tensors): a file too short for what its header promises is truncated; a
-   file whose tensors are no LTX-2 DiT's is another model's. The version (2.0 or 2.3) comes from which tensors the
+   file whose tensors are no LTX-2 DiT's is another model's. The version (2.0, 2.3, 2.5) comes from which tensors the
    DiT has (gpu_runner/single_file_keys.py, the one name table); dev or distilled from --variant, else the file's
    name (Lightricks and ComfyUI name them `...-dev` / `...-distilled`).
 2. Every name is mapped to (component, Diffusers name). Each component's config is the full-size one of that
@@ -18,8 +18,8 @@ then recognises like any other. Step by step:
    FP8 weights (Lightricks' FP8, ComfyUI's scaled FP8 with `scale_weight` / `weight_scale`) are upcast, their scale
    applied, to the precision of the file's other tensors (bf16 in Lightricks' files); the runner stores them in FP8
    again on the GPU (AVP_PRECISION).
-4. The text encoder and tokenizer (Gemma-3, not in the single file) are hard-linked, else copied, from the folder
-   --text-encoder names; without it the model is written but listed unusable, naming what it lacks.
+4. The text encoder and tokenizer (Gemma-3; Gemma-4 for 2.5; not in the single file) are hard-linked, else copied,
+   from the folder --text-encoder names; without it the model is written but listed unusable, naming what it lacks.
 5. All of it is written into a hidden temporary directory inside AVP_MODELS_DIR (the library skips hidden entries),
    `source.json` (where it came from) last, then renamed into place: a half-written model is never listed. Any
    failure (a full disk included) removes the temporary directory and says what to do.
@@ -56,9 +56,20 @@ FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
 # Side tensors of FP8 checkpoints: the weight's scale (applied on upcast) and what a Diffusers directory drops.
 WEIGHT_SCALES = (".scale_weight", ".weight_scale")
 FP8_EXTRAS = re.compile(r".*(\.scale_input|\.input_scale|\.weight_scale_2|\.pre_quant_scale)|scaled_fp8")
-COMPONENT_ORDER = ("transformer", "connectors", "vae", "audio_vae", "vocoder", "latent_upsampler")
+COMPONENT_ORDER = (
+    "transformer",
+    "connectors",
+    "vae",
+    "audio_vae",
+    "vocoder",
+    "latent_upsampler",
+    library.DIFFUSION_DECODER,  # LTX-2.5's
+    library.DURATION_HEAD,  # LTX-2.5's
+)
+REQUIRED = COMPONENT_ORDER[:5]  # what every LTX-2 single file holds
+LTX2_5_PARTS = (library.DIFFUSION_DECODER, library.DURATION_HEAD)
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
-# Text-encoder and tokenizer files taken from --text-encoder (a Gemma-3 folder, or a Diffusers model's).
+# Text-encoder and tokenizer files taken from --text-encoder (a Gemma folder, or a Diffusers model's).
 TOKENIZER_FILES = re.compile(r"(tokenizer.*|special_tokens_map\.json|added_tokens\.json|chat_template.*)")
 TEXT_ENCODER_FILES = re.compile(r"(config\.json|generation_config\.json|.*\.safetensors(\.index\.json)?)")
 DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
@@ -127,7 +138,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 def plan(files: list[Path], variant: str | None, text_encoder: Path | None) -> Plan:
     """What the files hold and where each tensor goes, each component's config checked against the tensors."""
     main: tuple[Path, dict[str, Any], dict[str, str]] | None = None
-    extra: list[tuple[Path, dict[str, Any]]] = []
+    extra: list[tuple[Path, dict[str, Any], bool]] = []  # (file, header, is the upsampler)
     loras: list[Path] = []
     for path in files:
         header, metadata = read_header(path)
@@ -140,7 +151,9 @@ def plan(files: list[Path], variant: str | None, text_encoder: Path | None) -> P
                 )
             loras.append(path)
         elif keys.is_upsampler_file(names):
-            extra.append((path, header))
+            extra.append((path, header, True))
+        elif names and all(name.startswith(tuple(keys.PREFIX_OF[part] for part in LTX2_5_PARTS)) for name in names):
+            extra.append((path, header, False))  # LTX-2.5's diffusion decoder or duration head in a file of its own
         elif keys.version_of(names) is not None:
             if main is not None:
                 both = f"{main[0].name} and {path.name}"
@@ -160,22 +173,27 @@ def plan(files: list[Path], variant: str | None, text_encoder: Path | None) -> P
     result = Plan(version=version, variant=variant or _variant_from_name(path), loras=loras)
     result.sources = [p.name for p in files]
     vae_blocks = keys.encoder_blocks(set(header))
-    for source, entries, upsampler in [(path, header, False)] + [(p, h, True) for p, h in extra]:
+    for source, entries, upsampler in [(path, header, False), *extra]:
         _map_file(result, source, entries, upsampler, vae_blocks)
     result.upcast = _precision(header)
     for tensors in result.components.values():
         for tensor in tensors.values():
             tensor.upcast = result.upcast if tensor.dtype in FP8_DTYPES else None
-    missing = [name for name in COMPONENT_ORDER[:5] if name not in result.components]
+    missing = [name for name in REQUIRED if name not in result.components]
     if missing:
         raise ImportFailed(f"{path.name} lacks the {', '.join(missing)} tensors a Lightricks single file holds")
     family = json.loads(FAMILY_CONFIGS.read_text())[version]
-    hints = _metadata_config(metadata).get("transformer", {})
-    text = _text_widths(text_encoder)
+    if version != "2.5" and (parts := [part for part in LTX2_5_PARTS if part in result.components]):
+        raise ImportFailed(f"the files hold an LTX-2.5 {' and '.join(parts)}, but {path.name} is LTX-{version}'s DiT")
+    described = _metadata_config(metadata)
+    text = _text_widths(text_encoder, version)
     for component in COMPONENT_ORDER:
         if component in result.components:
             shapes = {name: tensor.shape for name, tensor in result.components[component].items()}
             entry = family[component]
+            # The heads no shape tells: the DiT's and connectors' in the metadata's transformer section (Lightricks'),
+            # the 2.5 parts' in sections of their own (assumed).
+            hints = described.get("transformer" if component in REQUIRED else component, {})
             try:
                 config = INFER[component](dict(entry["config"]), shapes, hints, text)
             except (KeyError, IndexError) as error:
@@ -238,17 +256,26 @@ def _metadata_config(metadata: dict[str, str]) -> dict[str, Any]:
     return {}
 
 
-def _text_widths(text_encoder: Path | None) -> tuple[int, int] | None:
-    """(hidden size, hidden states = layers + 1) of the Gemma-3 the person names: the connectors read them."""
+def _text_widths(text_encoder: Path | None, version: str) -> tuple[int, int] | None:
+    """(hidden size, hidden states = layers + 1) of the Gemma the person names (Gemma-3; 2.5's Gemma-4): the
+    connectors read them."""
     if text_encoder is None:
         return None
     folder = _text_encoder_folder(text_encoder)
+    expected = library.TEXT_ENCODER_TYPE[version]
+    gemma = library.TEXT_ENCODER_NAME[expected]
     try:
         config = json.loads((folder / "config.json").read_text())
         text = config.get("text_config", config)
-        return int(text["hidden_size"]), int(text["num_hidden_layers"]) + 1
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ImportFailed(f"--text-encoder: {folder / 'config.json'} is not a Gemma-3 config") from None
+        widths = int(text["hidden_size"]), int(text["num_hidden_layers"]) + 1
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise ImportFailed(f"--text-encoder: {folder / 'config.json'} is not a {gemma} config") from None
+    if config.get("model_type") != expected:
+        raise ImportFailed(
+            f"--text-encoder: {folder / 'config.json'} has model_type {config.get('model_type')!r}; LTX-{version} "
+            f"reads {gemma} ({expected!r}): give its folder"
+        )
+    return widths
 
 
 def _count(shapes: dict[str, tuple[int, ...]], pattern: str) -> int:
@@ -286,6 +313,9 @@ def _transformer(config: dict[str, Any], s: dict[str, tuple[int, ...]], hints: d
         "cross_attention_dim": s["transformer_blocks.0.attn2.to_k.weight"][1],
         "audio_cross_attention_dim": s["transformer_blocks.0.audio_attn2.to_k.weight"][1],
         "num_layers": _count(s, r"transformer_blocks\.(\d+)\..*"),
+        "ff_bias": "transformer_blocks.0.ff.net.0.proj.bias" in s,  # LTX-2.5's video feed-forwards have none
+        "audio_ff_bias": "transformer_blocks.0.audio_ff.net.0.proj.bias" in s,
+        "use_keyframes_abs_pos_embedding": keys.KEYFRAME_EMBEDDING in s,  # LTX-2.5's
     }
     if "caption_projection.linear_1.weight" in s:  # 2.0 projects the prompt in the DiT; 2.3's connectors do
         config["caption_channels"] = s["caption_projection.linear_1.weight"][1]
@@ -301,7 +331,7 @@ def _connectors(config: dict[str, Any], s: dict[str, tuple[int, ...]], hints: di
     if caption * factor != s[f"{projection}.weight"][1]:
         raise ImportFailed(
             f"the connectors read {s[projection + '.weight'][1]} text features, not the {caption} x {factor} of "
-            + ("the --text-encoder given" if text else "Gemma-3 12B: give its text encoder with --text-encoder")
+            + ("the --text-encoder given" if text else "Gemma 12B: give its text encoder with --text-encoder")
         )
     video_width = s["video_connector.transformer_blocks.0.attn1.to_q.weight"][0]
     audio_width = s["audio_connector.transformer_blocks.0.attn1.to_q.weight"][0]
@@ -402,6 +432,33 @@ def _upsampler(config: dict[str, Any], s: dict[str, tuple[int, ...]], hints: dic
     }
 
 
+def _described(config: dict[str, Any], s: dict[str, tuple[int, ...]], hints: dict[str, Any], text: Any) -> dict:
+    """LTX-2.5's diffusion decoder: its attention windows and strides are no shape's, so its config is the file's
+    metadata section `diffusion_decoder` (assumed; see gpu_runner/single_file_keys.py), else the full-size one;
+    _checked then holds it against every tensor's shape."""
+    return config | {key: value for key, value in hints.items() if key in config}
+
+
+def _duration_head(config: dict[str, Any], s: dict[str, tuple[int, ...]], hints: dict[str, Any], text: Any) -> dict:
+    width = s["video_input_proj.weight"][0]
+    heads = hints.get("num_pooler_heads")
+    if not (isinstance(heads, int) and heads > 0 and width % heads == 0):
+        heads = config["num_pooler_heads"] if width == config["pooler_hidden_dim"] else None
+    if heads is None:
+        raise ImportFailed(
+            f"the duration head's pooler heads of a {width}-wide pooler cannot be read from its shapes and the file's "
+            "metadata config does not give duration_head.num_pooler_heads"
+        )
+    return config | {
+        "video_cross_attention_dim": s["video_input_proj.weight"][1],
+        "audio_cross_attention_dim": s["audio_input_proj.weight"][1],
+        "pooler_hidden_dim": width,
+        "num_queries": s["attention_pooler.query_tokens"][0],
+        "num_pooler_heads": heads,
+        "mlp_hidden_dim": s["mlp_hidden.weight"][0],
+    }
+
+
 INFER = {
     "transformer": _transformer,
     "connectors": _connectors,
@@ -409,6 +466,8 @@ INFER = {
     "audio_vae": _audio_vae,
     "vocoder": _vocoder,
     "latent_upsampler": _upsampler,
+    library.DIFFUSION_DECODER: _described,
+    library.DURATION_HEAD: _duration_head,
 }
 
 
@@ -522,7 +581,7 @@ def _plain(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _text_encoder_folder(given: Path) -> Path:
-    """A Gemma-3 folder, or a Diffusers model directory's text_encoder/ (its tokenizer/ beside it)."""
+    """A Gemma folder, or a Diffusers model directory's text_encoder/ (its tokenizer/ beside it)."""
     return given / "text_encoder" if (given / "text_encoder" / "config.json").is_file() else given
 
 
@@ -606,7 +665,8 @@ def write_model(result: Plan, models_dir: Path, name: str, text_encoder: Path | 
         if text_encoder is not None:
             lacking = _take_text_encoder(text_encoder, staging)
         else:
-            lacking = ["text_encoder/ and tokenizer/ (Gemma-3, not in the single file): give --text-encoder DIR"]
+            gemma = library.TEXT_ENCODER_NAME[library.TEXT_ENCODER_TYPE[result.version]]
+            lacking = [f"text_encoder/ and tokenizer/ ({gemma}, not in the single file): give --text-encoder DIR"]
         (staging / "model_index.json").write_text(json.dumps(_model_index(result, staging), indent=2) + "\n")
         source = {
             "imported_from": result.sources,
@@ -626,18 +686,21 @@ def write_model(result: Plan, models_dir: Path, name: str, text_encoder: Path | 
 
 
 def _model_index(result: Plan, staging: Path) -> dict[str, Any]:
-    """The pipeline's model_index.json, as LTX2Pipeline.save_pretrained writes it (the upsampler is not in it)."""
+    """The pipeline's model_index.json, as LTX2Pipeline.save_pretrained writes it (the upsampler is not in it; 2.5's
+    duration head and diffusion decoder are, as its published repository lists them)."""
     index: dict[str, Any] = {"_class_name": "LTX2Pipeline", "_diffusers_version": _diffusers_version()}
-    for component in COMPONENT_ORDER[:5]:
-        dotted = result.configs[component]["_dotted"]
-        index[component] = ["ltx2" if ".pipelines.ltx2" in dotted else "diffusers", dotted.rpartition(".")[2]]
+    for component in REQUIRED + LTX2_5_PARTS:
+        if component in result.configs:
+            dotted = result.configs[component]["_dotted"]
+            index[component] = ["ltx2" if ".pipelines.ltx2" in dotted else "diffusers", dotted.rpartition(".")[2]]
     index["scheduler"] = ["diffusers", "FlowMatchEulerDiscreteScheduler"]
-    index["text_encoder"] = ["transformers", "Gemma3ForConditionalGeneration"]
+    text_class = json.loads(FAMILY_CONFIGS.read_text())[result.version]["text_encoder"]["class"]
+    index["text_encoder"] = ["transformers", text_class.rpartition(".")[2]]
     tokenizer = "GemmaTokenizer"
     with contextlib.suppress(OSError, ValueError, AttributeError):
         tokenizer = json.loads((staging / "tokenizer" / "tokenizer_config.json").read_text()).get("tokenizer_class")
     index["tokenizer"] = ["transformers", tokenizer or "GemmaTokenizer"]
-    return index | dict.fromkeys(("duration_head", "processor", "prompt_enhancer"), [None, None])
+    return dict.fromkeys(("duration_head", "processor", "prompt_enhancer"), [None, None]) | index
 
 
 def _diffusers_version() -> str:
@@ -674,7 +737,8 @@ def main(argv: list[str]) -> int:
         "--text-encoder",
         type=Path,
         metavar="DIR",
-        help="a Gemma-3 folder (or a Diffusers LTX-2 model directory) to take text_encoder/ and tokenizer/ from",
+        help="a Gemma-3 folder (Gemma-4 for LTX-2.5; or a Diffusers LTX-2 model directory) to take text_encoder/ and "
+        "tokenizer/ from",
     )
     parser.add_argument(
         "--models-dir", type=Path, required=True, help="the model library (avportal import-model sets AVP_MODELS_DIR's)"

@@ -1,6 +1,7 @@
 """`avportal import-model` on tiny models written in Lightricks' single-file layout (tests/single_file.py, through
 the import's name table run backwards), end to end: the real command imports each version into AVP_MODELS_DIR, the
-real portal offers it with where it came from, and the real runner generates with it in both modes. For LTX-2.0
+real portal offers it with where it came from, and the real runner generates with it in both modes (LTX-2.5, whose
+single file is the distilled DiT alone, in fast mode through its duration head and diffusion decoder). For LTX-2.0
 the imported tensors are those diffusers' own `from_single_file` reads from the same file, which checks the name
 table independently of its inverse. A truncated file, another model family's file and a disk that fills mid-import
 each end with a message saying so and nothing in the library.
@@ -25,6 +26,8 @@ from tests.single_file import component_tensors, write_single_files
 
 FP8_TOLERANCE = 0.07  # e4m3 keeps 3 mantissa bits: a relative error up to 1/16 of a weight's tensor-wide scale
 COMPONENTS = ("transformer", "connectors", "vae", "audio_vae", "vocoder", "latent_upsampler")
+LTX2_5_PARTS = ("diffusion_decoder", "duration_head")
+LTX2_5_SIZE = 64  # the smallest fast-mode size (tests/integration/test_ltx25.py): the CPU's FlexAttention is slow
 
 
 def import_model(models_dir: Path, *arguments: str | Path) -> subprocess.CompletedProcess[str]:
@@ -43,11 +46,16 @@ def import_model(models_dir: Path, *arguments: str | Path) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def single_files(tmp_path_factory, version_model_dirs) -> dict[str, tuple[Path, Path, Path]]:
     """Per version: (the DiT file, the upsampler file, the model they were written from). 2.3's DiT is ComfyUI's
-    scaled FP8."""
+    scaled FP8; 2.5's (the tiny distilled 2.5 `demo-model --version 2.5` builds) carries its diffusion decoder and
+    duration head."""
     root = tmp_path_factory.mktemp("single-files")
+    ltx25 = root / "ltx-2.5-source"
+    command = [sys.executable, "-m", "gpu_runner", "demo-model", str(ltx25), "--random", "--version", "2.5"]
+    subprocess.run(command, cwd=REPO_ROOT, check=True)
+    sources = {**version_model_dirs, "2.5-distilled": ltx25}
     files = {}
-    for version, fp8 in (("2.0", None), ("2.3", "comfy")):
-        source = version_model_dirs[f"{version}-distilled"]
+    for version, fp8 in (("2.0", None), ("2.3", "comfy"), ("2.5", None)):
+        source = sources[f"{version}-distilled"]
         dit = root / f"ltx-{version}-tiny-distilled.safetensors"
         upsampler = root / f"ltx-{version}-upscaler.safetensors"
         write_single_files(source, dit, upsampler, fp8=fp8)
@@ -82,6 +90,13 @@ def test_each_version_is_offered_with_its_version_variant_modes_and_where_it_cam
     for version in ("2.0", "2.3"):
         model = models[f"ltx-{version}-tiny-distilled"]
         assert (model["version"], model["variant"], model["modes"]) == (version, "distilled", ["fast", "quality"])
+    # 2.5: the single file is the distilled DiT alone, so quality mode (the dev transformer_full/) is off
+    ltx25 = models["ltx-2.5-tiny-distilled"]
+    assert (ltx25["version"], ltx25["variant"], ltx25["modes"]) == ("2.5", "distilled", ["fast"])
+    assert ltx25["parts"] == ["latent_upsampler", "diffusion_decoder", "duration_head"]
+    assert "transformer_full/" in ltx25["disabled_modes"]["quality"]
+    for version in ("2.0", "2.3", "2.5"):
+        model = models[f"ltx-{version}-tiny-distilled"]
         assert model["source"].startswith(
             f"imported from ltx-{version}-tiny-distilled.safetensors, ltx-{version}-upscaler.safetensors"
         )
@@ -94,11 +109,11 @@ def test_each_version_is_offered_with_its_version_variant_modes_and_where_it_cam
     assert re.search(option, page) and "(ltx-2.0-tiny-distilled), imported</option>" in page
 
 
-@pytest.mark.parametrize("version", ["2.0", "2.3"])
+@pytest.mark.parametrize("version", ["2.0", "2.3", "2.5"])
 def test_the_imported_tensors_are_those_of_the_model_the_file_was_written_from(imported, single_files, version):
     _, library, _ = imported
     source = single_files[version][2]
-    for component in COMPONENTS:
+    for component in COMPONENTS + (LTX2_5_PARTS if version == "2.5" else ()):
         got = component_tensors(library / f"ltx-{version}-tiny-distilled", component)
         expected = component_tensors(source, component)
         assert got.keys() == expected.keys(), component
@@ -155,6 +170,21 @@ def test_an_imported_model_generates_through_the_real_runner_in_each_mode(import
     assert (finished["result"]["width"], finished["result"]["height"]) == (128, 64)
     log = (portal.job_dir(job["id"]) / "runner.log").read_text()
     assert "newly initialized" not in log  # every weight came from the imported files
+
+
+def test_an_imported_ltx_2_5_model_generates_in_fast_mode_through_its_duration_head_and_diffusion_decoder(imported):
+    portal, _, _ = imported
+    job = portal.submit(
+        prompt="a red ball", model="ltx-2.5-tiny-distilled", width=LTX2_5_SIZE, height=LTX2_5_SIZE, num_frames="auto"
+    )
+    finished = portal.wait(job["id"], timeout=300)
+
+    assert finished["status"] == "succeeded", finished["error"]
+    assert finished["request"]["mode"] == "fast"
+    assert finished["num_frames_requested"] == "auto" and finished["request"]["num_frames"] == 9  # the head's pick
+    assert (finished["result"]["width"], finished["result"]["height"]) == (LTX2_5_SIZE, LTX2_5_SIZE)
+    log = (portal.job_dir(job["id"]) / "runner.log").read_text()
+    assert "newly initialized" not in log
 
 
 def nothing_listed(models_dir: Path) -> None:
