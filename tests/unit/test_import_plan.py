@@ -54,3 +54,20 @@ def test_a_full_size_files_configs_are_the_full_size_ones(tmp_path, version):
         got = import_model._saved(plan.configs[component])
         for key, value in family[component]["config"].items():
             assert json.loads(json.dumps(got[key])) == value, f"{component}.{key}"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale_shape", "kept"),
+    [
+        ("F8_E4M3", (), True),  # ComfyUI's per-tensor scale_weight: every row's scale
+        ("F8_E4M3", (1,), True),
+        ("F8_E4M3", (8, 1), True),  # one per row: the runner's own layout
+        ("F8_E4M3", (8,), True),
+        ("F8_E4M3", (8, 2), False),  # block scales: no per-row scale is exact
+        ("F8_E5M2", (), False),  # the runner stores e4m3
+    ],
+)
+def test_an_fp8_weight_is_kept_as_it_is_only_where_the_runners_fp8_layout_takes_it(dtype, scale_shape, kept):
+    weight = import_model.Tensor(Path("dit.safetensors"), "w.weight", dtype, (8, 16), "w.scale_weight")
+    weight.scale_shape = scale_shape
+    assert weight.keeps_fp8() is kept
