@@ -678,7 +678,7 @@ def _fp8_entry_items(result: Plan, staging: Path, dtype: Any, handles: dict[Path
         rows = tensor.shape[0]
         if tensor.scale is None:
             return torch.ones(rows, 1)
-        return raw(Tensor(tensor.file, tensor.scale, "", ())).float().reshape(-1, 1).expand(rows, 1)
+        return handles[tensor.file].get_tensor(tensor.scale).float().reshape(-1, 1).expand(rows, 1)
 
     def cast(tensor: Tensor, part: int) -> Any:
         return fp8.quantise_weight(_read(tensor, handles).to(dtype))[part]
