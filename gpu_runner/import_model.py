@@ -1,8 +1,10 @@
 """`avportal import-model FILE...`: Lightricks' single-file LTX-2 releases (and ComfyUI's) into the model library.
 
 The files a person has (the DiT with its connectors, VAEs and vocoder in one `.safetensors`; the x2 spatial upsampler
-in another; a distilled LoRA) become one Diffusers-format directory in AVP_MODELS_DIR, which contract/library.py
-then recognises like any other. Step by step:
+in another; a distilled LoRA; LTX-2.5's diffusion decoder and duration head, where the names are assumed: see
+gpu_runner/single_file_keys.py) become one Diffusers-format directory in AVP_MODELS_DIR, which contract/library.py
+then recognises like any other. A single file holds one transformer, so an imported distilled 2.5 has no dev
+transformer_full/ (quality mode). Step by step:
 
 1. Each file's header is read (never its tensors): a file too short for what its header promises is truncated; a
    file whose tensors are no LTX-2 DiT's is another model's. The version (2.0, 2.3, 2.5) comes from which tensors the
