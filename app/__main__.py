@@ -168,7 +168,10 @@ def _import_model(arguments: list[str]) -> int:
         return 2
     settings.library_dir.mkdir(parents=True, exist_ok=True)
     library = ["--models-dir", str(settings.library_dir)]
-    command = runner_command(settings.runner_python, "import-model", *arguments, *library)
+    # The weight cache and its budget: the import writes FP8 weights there as they are (the first FP8 job then casts
+    # nothing).
+    options = ["--runner-options", msgspec.json.encode(settings.runner_options()).decode()]
+    command = runner_command(settings.runner_python, "import-model", *arguments, *library, *options)
     return subprocess.run(command, env=runner_env(), check=False).returncode
 
 

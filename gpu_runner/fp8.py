@@ -36,8 +36,7 @@ class FP8Linear(nn.Module):
             scale = torch.empty(weight.shape[0], 1, dtype=torch.float32, device="meta")
             stored = torch.empty(weight.shape, dtype=FP8_DTYPE, device="meta")
         else:
-            scale = weight.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
-            stored = (weight.float() / scale).to(FP8_DTYPE)
+            stored, scale = quantise_weight(weight)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = nn.Parameter(stored, requires_grad=False)
         self.weight_scale = nn.Parameter(scale, requires_grad=False)
@@ -53,6 +52,12 @@ class FP8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, storage={FP8_DTYPE}"
+
+
+def quantise_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear's weight as FP8Linear stores it: e4m3, and one float32 scale per output row (amax / 448)."""
+    scale = weight.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    return (weight.float() / scale).to(FP8_DTYPE), scale
 
 
 def takes_fp8_matmul(enabled: bool, rows: int, min_rows: int) -> bool:

@@ -1,11 +1,13 @@
 """`avportal import-model FILE...`: Lightricks' single-file LTX-2 releases (and ComfyUI's) into the model library.
 
 The files a person has (the DiT with its connectors, VAEs and vocoder in one `.safetensors`; the x2 spatial upsampler
-in another; a distilled LoRA) become one Diffusers-format directory in AVP_MODELS_DIR, which contract/library.py
-then recognises like any other. Step by step:
+in another; a distilled LoRA; LTX-2.5's diffusion decoder and duration head, where the names are assumed: see
+gpu_runner/single_file_keys.py) become one Diffusers-format directory in AVP_MODELS_DIR, which contract/library.py
+then recognises like any other. A single file holds one transformer, so an imported distilled 2.5 has no dev
+transformer_full/ (quality mode). Step by step:
 
 1. Each file's header is read (never its tensors): a file too short for what its header promises is truncated; a
-   file whose tensors are no LTX-2 DiT's is another model's. The version (2.0 or 2.3) comes from which tensors the
+   file whose tensors are no LTX-2 DiT's is another model's. The version (2.0, 2.3, 2.5) comes from which tensors the
    DiT has (gpu_runner/single_file_keys.py, the one name table); dev or distilled from --variant, else the file's
    name (Lightricks and ComfyUI name them `...-dev` / `...-distilled`).
 2. Every name is mapped to (component, Diffusers name). Each component's config is the full-size one of that
@@ -16,10 +18,16 @@ then recognises like any other. Step by step:
    are the full-size ones; otherwise the import stops and says so.
 3. The tensors are streamed one at a time into each component's safetensors file (a 40 GB file on a 24 GB machine):
    FP8 weights (Lightricks' FP8, ComfyUI's scaled FP8 with `scale_weight` / `weight_scale`) are upcast, their scale
-   applied, to the precision of the file's other tensors (bf16 in Lightricks' files); the runner stores them in FP8
-   again on the GPU (AVP_PRECISION).
-4. The text encoder and tokenizer (Gemma-3, not in the single file) are hard-linked, else copied, from the folder
-   --text-encoder names; without it the model is written but listed unusable, naming what it lacks.
+   applied, to the precision of the file's other tensors (bf16 in Lightricks' files), which every precision the
+   runner offers can load. Where the installation has a weight cache (`avportal import-model` passes its runner
+   options), the transformer's FP8 weights that the runner's FP8 layout takes as they are (e4m3 in one of its FP8
+   layers, with one scale per tensor or per row: gpu_runner/fp8.py keeps a float32 scale per row, so a per-tensor
+   scale becomes every row's, exactly) are also written, unchanged, into the entry the model's first FP8 job would
+   otherwise cast and write (gpu_runner/weight_cache.py; the rest of the entry as the runner casts and loads it,
+   in the dtype this machine's runner computes FP8 jobs in). The output and source.json say, per component, which
+   FP8 tensors were kept and which upcast.
+4. The text encoder and tokenizer (Gemma-3; Gemma-4 for 2.5; not in the single file) are hard-linked, else copied,
+   from the folder --text-encoder names; without it the model is written but listed unusable, naming what it lacks.
 5. All of it is written into a hidden temporary directory inside AVP_MODELS_DIR (the library skips hidden entries),
    `source.json` (where it came from) last, then renamed into place: a half-written model is never listed. Any
    failure (a full disk included) removes the temporary directory and says what to do.
@@ -40,7 +48,9 @@ import struct
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +66,24 @@ FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
 # Side tensors of FP8 checkpoints: the weight's scale (applied on upcast) and what a Diffusers directory drops.
 WEIGHT_SCALES = (".scale_weight", ".weight_scale")
 FP8_EXTRAS = re.compile(r".*(\.scale_input|\.input_scale|\.weight_scale_2|\.pre_quant_scale)|scaled_fp8")
-COMPONENT_ORDER = ("transformer", "connectors", "vae", "audio_vae", "vocoder", "latent_upsampler")
+COMPONENT_ORDER = (
+    "transformer",
+    "connectors",
+    "vae",
+    "audio_vae",
+    "vocoder",
+    "latent_upsampler",
+    library.DIFFUSION_DECODER,  # LTX-2.5's
+    library.DURATION_HEAD,  # LTX-2.5's
+)
+REQUIRED = COMPONENT_ORDER[:5]  # what every LTX-2 single file holds
+LTX2_5_PARTS = (library.DIFFUSION_DECODER, library.DURATION_HEAD)
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
-# Text-encoder and tokenizer files taken from --text-encoder (a Gemma-3 folder, or a Diffusers model's).
+# Text-encoder and tokenizer files taken from --text-encoder (a Gemma folder, or a Diffusers model's).
 TOKENIZER_FILES = re.compile(r"(tokenizer.*|special_tokens_map\.json|added_tokens\.json|chat_template.*)")
 TEXT_ENCODER_FILES = re.compile(r"(config\.json|generation_config\.json|.*\.safetensors(\.index\.json)?)")
 DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "U8": 1}
 
 
 class ImportFailed(Exception):
@@ -76,6 +98,17 @@ class Tensor:
     shape: tuple[int, ...]
     scale: str | None = None  # the FP8 weight's scale tensor in the same file
     upcast: str | None = None  # what an FP8 tensor is written as: the file's other tensors' dtype
+    scale_shape: tuple[int, ...] = ()
+
+    def keeps_fp8(self) -> bool:
+        """Whether the runner's FP8 layout (gpu_runner/fp8.py: e4m3, one float32 scale per output row) takes this
+        weight as it is: e4m3, and its scale one per tensor (then every row's) or one per row."""
+        if self.dtype != "F8_E4M3" or len(self.shape) != 2:
+            return False
+        count = 1
+        for dim in self.scale_shape:
+            count *= dim
+        return self.scale is None or count in (1, self.shape[0])
 
 
 @dataclass
@@ -85,8 +118,9 @@ class Plan:
     components: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # component -> Diffusers name -> tensor
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     loras: list[Path] = field(default_factory=list)
-    fp8: int = 0  # FP8 tensors upcast
+    fp8: int = 0  # FP8 tensors, upcast in the model directory
     upcast: str = "BF16"  # to this dtype
+    kept: int = 0  # of them, the transformer's written as they are into the weight cache
     sources: list[str] = field(default_factory=list)
 
     @property
@@ -127,7 +161,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 def plan(files: list[Path], variant: str | None, text_encoder: Path | None) -> Plan:
     """What the files hold and where each tensor goes, each component's config checked against the tensors."""
     main: tuple[Path, dict[str, Any], dict[str, str]] | None = None
-    extra: list[tuple[Path, dict[str, Any]]] = []
+    extra: list[tuple[Path, dict[str, Any], bool]] = []  # (file, header, is the upsampler)
     loras: list[Path] = []
     for path in files:
         header, metadata = read_header(path)
@@ -140,7 +174,9 @@ def plan(files: list[Path], variant: str | None, text_encoder: Path | None) -> P
                 )
             loras.append(path)
         elif keys.is_upsampler_file(names):
-            extra.append((path, header))
+            extra.append((path, header, True))
+        elif names and all(name.startswith(tuple(keys.PREFIX_OF[part] for part in LTX2_5_PARTS)) for name in names):
+            extra.append((path, header, False))  # LTX-2.5's diffusion decoder or duration head in a file of its own
         elif keys.version_of(names) is not None:
             if main is not None:
                 both = f"{main[0].name} and {path.name}"
@@ -160,22 +196,27 @@ def plan(files: list[Path], variant: str | None, text_encoder: Path | None) -> P
     result = Plan(version=version, variant=variant or _variant_from_name(path), loras=loras)
     result.sources = [p.name for p in files]
     vae_blocks = keys.encoder_blocks(set(header))
-    for source, entries, upsampler in [(path, header, False)] + [(p, h, True) for p, h in extra]:
+    for source, entries, upsampler in [(path, header, False), *extra]:
         _map_file(result, source, entries, upsampler, vae_blocks)
     result.upcast = _precision(header)
     for tensors in result.components.values():
         for tensor in tensors.values():
             tensor.upcast = result.upcast if tensor.dtype in FP8_DTYPES else None
-    missing = [name for name in COMPONENT_ORDER[:5] if name not in result.components]
+    missing = [name for name in REQUIRED if name not in result.components]
     if missing:
         raise ImportFailed(f"{path.name} lacks the {', '.join(missing)} tensors a Lightricks single file holds")
     family = json.loads(FAMILY_CONFIGS.read_text())[version]
-    hints = _metadata_config(metadata).get("transformer", {})
-    text = _text_widths(text_encoder)
+    if version != "2.5" and (parts := [part for part in LTX2_5_PARTS if part in result.components]):
+        raise ImportFailed(f"the files hold an LTX-2.5 {' and '.join(parts)}, but {path.name} is LTX-{version}'s DiT")
+    described = _metadata_config(metadata)
+    text = _text_widths(text_encoder, version)
     for component in COMPONENT_ORDER:
         if component in result.components:
             shapes = {name: tensor.shape for name, tensor in result.components[component].items()}
             entry = family[component]
+            # The heads no shape tells: the DiT's and connectors' in the metadata's transformer section (Lightricks'),
+            # the 2.5 parts' in sections of their own (assumed).
+            hints = described.get("transformer" if component in REQUIRED else component, {})
             try:
                 config = INFER[component](dict(entry["config"]), shapes, hints, text)
             except (KeyError, IndexError) as error:
@@ -208,7 +249,9 @@ def _map_file(result: Plan, path: Path, header: dict[str, Any], upsampler: bool,
         component, target = mapped
         stem = name.removesuffix(".weight")
         scale = next((stem + suffix for suffix in WEIGHT_SCALES if stem + suffix in header), None)
-        tensor = Tensor(path, name, entry["dtype"], tuple(entry["shape"]), scale if name.endswith(".weight") else None)
+        scale = scale if name.endswith(".weight") else None
+        tensor = Tensor(path, name, entry["dtype"], tuple(entry["shape"]), scale)
+        tensor.scale_shape = tuple(header[scale]["shape"]) if scale else ()
         tensors = result.components.setdefault(component, {})
         if target in tensors:
             raise ImportFailed(f"{path.name} and {tensors[target].file.name} both hold {component}'s {target}")
@@ -238,17 +281,26 @@ def _metadata_config(metadata: dict[str, str]) -> dict[str, Any]:
     return {}
 
 
-def _text_widths(text_encoder: Path | None) -> tuple[int, int] | None:
-    """(hidden size, hidden states = layers + 1) of the Gemma-3 the person names: the connectors read them."""
+def _text_widths(text_encoder: Path | None, version: str) -> tuple[int, int] | None:
+    """(hidden size, hidden states = layers + 1) of the Gemma the person names (Gemma-3; 2.5's Gemma-4): the
+    connectors read them."""
     if text_encoder is None:
         return None
     folder = _text_encoder_folder(text_encoder)
+    expected = library.TEXT_ENCODER_TYPE[version]
+    gemma = library.TEXT_ENCODER_NAME[expected]
     try:
         config = json.loads((folder / "config.json").read_text())
         text = config.get("text_config", config)
-        return int(text["hidden_size"]), int(text["num_hidden_layers"]) + 1
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ImportFailed(f"--text-encoder: {folder / 'config.json'} is not a Gemma-3 config") from None
+        widths = int(text["hidden_size"]), int(text["num_hidden_layers"]) + 1
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise ImportFailed(f"--text-encoder: {folder / 'config.json'} is not a {gemma} config") from None
+    if config.get("model_type") != expected:
+        raise ImportFailed(
+            f"--text-encoder: {folder / 'config.json'} has model_type {config.get('model_type')!r}; LTX-{version} "
+            f"reads {gemma} ({expected!r}): give its folder"
+        )
+    return widths
 
 
 def _count(shapes: dict[str, tuple[int, ...]], pattern: str) -> int:
@@ -286,6 +338,9 @@ def _transformer(config: dict[str, Any], s: dict[str, tuple[int, ...]], hints: d
         "cross_attention_dim": s["transformer_blocks.0.attn2.to_k.weight"][1],
         "audio_cross_attention_dim": s["transformer_blocks.0.audio_attn2.to_k.weight"][1],
         "num_layers": _count(s, r"transformer_blocks\.(\d+)\..*"),
+        "ff_bias": "transformer_blocks.0.ff.net.0.proj.bias" in s,  # LTX-2.5's video feed-forwards have none
+        "audio_ff_bias": "transformer_blocks.0.audio_ff.net.0.proj.bias" in s,
+        "use_keyframes_abs_pos_embedding": keys.KEYFRAME_EMBEDDING in s,  # LTX-2.5's
     }
     if "caption_projection.linear_1.weight" in s:  # 2.0 projects the prompt in the DiT; 2.3's connectors do
         config["caption_channels"] = s["caption_projection.linear_1.weight"][1]
@@ -301,7 +356,7 @@ def _connectors(config: dict[str, Any], s: dict[str, tuple[int, ...]], hints: di
     if caption * factor != s[f"{projection}.weight"][1]:
         raise ImportFailed(
             f"the connectors read {s[projection + '.weight'][1]} text features, not the {caption} x {factor} of "
-            + ("the --text-encoder given" if text else "Gemma-3 12B: give its text encoder with --text-encoder")
+            + ("the --text-encoder given" if text else "Gemma 12B: give its text encoder with --text-encoder")
         )
     video_width = s["video_connector.transformer_blocks.0.attn1.to_q.weight"][0]
     audio_width = s["audio_connector.transformer_blocks.0.attn1.to_q.weight"][0]
@@ -402,6 +457,33 @@ def _upsampler(config: dict[str, Any], s: dict[str, tuple[int, ...]], hints: dic
     }
 
 
+def _described(config: dict[str, Any], s: dict[str, tuple[int, ...]], hints: dict[str, Any], text: Any) -> dict:
+    """LTX-2.5's diffusion decoder: its attention windows and strides are no shape's, so its config is the file's
+    metadata section `diffusion_decoder` (assumed; see gpu_runner/single_file_keys.py), else the full-size one;
+    _checked then holds it against every tensor's shape."""
+    return config | {key: value for key, value in hints.items() if key in config}
+
+
+def _duration_head(config: dict[str, Any], s: dict[str, tuple[int, ...]], hints: dict[str, Any], text: Any) -> dict:
+    width = s["video_input_proj.weight"][0]
+    heads = hints.get("num_pooler_heads")
+    if not (isinstance(heads, int) and heads > 0 and width % heads == 0):
+        heads = config["num_pooler_heads"] if width == config["pooler_hidden_dim"] else None
+    if heads is None:
+        raise ImportFailed(
+            f"the duration head's pooler heads of a {width}-wide pooler cannot be read from its shapes and the file's "
+            "metadata config does not give duration_head.num_pooler_heads"
+        )
+    return config | {
+        "video_cross_attention_dim": s["video_input_proj.weight"][1],
+        "audio_cross_attention_dim": s["audio_input_proj.weight"][1],
+        "pooler_hidden_dim": width,
+        "num_queries": s["attention_pooler.query_tokens"][0],
+        "num_pooler_heads": heads,
+        "mlp_hidden_dim": s["mlp_hidden.weight"][0],
+    }
+
+
 INFER = {
     "transformer": _transformer,
     "connectors": _connectors,
@@ -409,6 +491,8 @@ INFER = {
     "audio_vae": _audio_vae,
     "vocoder": _vocoder,
     "latent_upsampler": _upsampler,
+    library.DIFFUSION_DECODER: _described,
+    library.DURATION_HEAD: _duration_head,
 }
 
 
@@ -447,48 +531,72 @@ def _out_dtype(tensor: Tensor) -> str:
 
 
 def _out_bytes(tensor: Tensor) -> int:
-    size = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}.get(_out_dtype(tensor), 1)
+    size = DTYPE_BYTES.get(_out_dtype(tensor), 1)
     count = 1
     for dim in tensor.shape:
         count *= dim
     return count * size
 
 
-def _stream_component(
-    target: Path, tensors: dict[str, Tensor], buffers: dict[str, Any], advance: Any, handles: dict[Path, Any]
-) -> None:
+@dataclass
+class Item:
+    """One tensor of a file being written: what its header says, and how to make it when its turn comes."""
+
+    name: str
+    dtype: str  # safetensors' name
+    shape: tuple[int, ...]
+    make: Callable[[], Any]  # the tensor, of that dtype and shape, on the CPU
+
+    @property
+    def size(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * DTYPE_BYTES[self.dtype]
+
+
+def _component_items(tensors: dict[str, Tensor], buffers: dict[str, Any], handles: dict[Path, Any]) -> list[Item]:
+    """A component's tensors as the model directory stores them (FP8 upcast with its scale), then the buffers."""
+    items = [
+        Item(name, _out_dtype(tensor), tensor.shape, lambda tensor=tensor: _read(tensor, handles))
+        for name, tensor in sorted(tensors.items())
+    ]
+    for name, value in sorted(buffers.items()):
+        items.append(Item(name, _safetensors_dtype(value.dtype), tuple(value.shape), value.contiguous))
+    return items
+
+
+def _stream(target: Path, items: list[Item], advance: Any) -> None:
     """One safetensors file written tensor by tensor: the header from the shapes first, then each tensor's bytes
-    as it is read (FP8 upcast with its scale), so at most one tensor is in memory."""
+    as it is made, so at most one tensor is in memory."""
     import torch
 
     entries: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    order = sorted(tensors) + sorted(buffers)
-    for name in order:
-        if name in tensors:
-            dtype, shape, size = _out_dtype(tensors[name]), list(tensors[name].shape), _out_bytes(tensors[name])
-        else:
-            value = buffers[name]
-            dtype, shape = _safetensors_dtype(value.dtype), list(value.shape)
-            size = value.numel() * value.element_size()
-        entries[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
+    for item in items:
+        entries[item.name] = {
+            "dtype": item.dtype,
+            "shape": list(item.shape),
+            "data_offsets": [offset, offset + item.size],
+        }
+        offset += item.size
     header = json.dumps(entries, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
     with open(target, "wb") as out:
         out.write(struct.pack("<Q", len(header)) + header)
-        for name in order:
-            value = _read(tensors[name], handles) if name in tensors else buffers[name].contiguous()
+        for item in items:
+            value = item.make().contiguous()
+            assert (_safetensors_dtype(value.dtype), tuple(value.shape)) == (item.dtype, item.shape), item.name
             out.write(value.reshape(-1).view(torch.uint8).numpy().data)  # the tensor's own bytes, not a copy
-            advance(value.numel() * value.element_size())
+            advance(item.size)
         out.flush()
         os.fsync(out.fileno())
 
 
 def _safetensors_dtype(dtype: Any) -> str:
-    import torch
+    from gpu_runner.weight_cache import SAFETENSORS_DTYPES
 
-    return {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64"}[dtype]
+    return next(name for name, known in SAFETENSORS_DTYPES.items() if known == dtype)
 
 
 def _read(tensor: Tensor, handles: dict[Path, Any]) -> Any:
@@ -522,7 +630,7 @@ def _plain(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _text_encoder_folder(given: Path) -> Path:
-    """A Gemma-3 folder, or a Diffusers model directory's text_encoder/ (its tokenizer/ beside it)."""
+    """A Gemma folder, or a Diffusers model directory's text_encoder/ (its tokenizer/ beside it)."""
     return given / "text_encoder" if (given / "text_encoder" / "config.json").is_file() else given
 
 
@@ -551,8 +659,72 @@ def _take_text_encoder(given: Path, staging: Path) -> list[str]:
     return lacking
 
 
-def write_model(result: Plan, models_dir: Path, name: str, text_encoder: Path | None, quiet: bool = False) -> list[str]:
-    """Write the model into models_dir/name through a hidden temporary directory; what it lacks (empty: nothing)."""
+def _fp8_entry_items(result: Plan, staging: Path, dtype: Any, handles: dict[Path, Any]) -> list[Item]:
+    """The transformer as the runner's weight cache holds it (gpu_runner/weight_cache.py), laid out by the runner's
+    own FP8 skeleton: the FP8 weights `Tensor.keeps_fp8` takes written as they are, their per-tensor scale as every
+    row's (q * s either way: exact); the other FP8 layers cast as the runner casts them (fp8.quantise_weight of the
+    weight in the compute dtype); everything else in the compute dtype."""
+    from gpu_runner import fp8
+    from gpu_runner.families.ltx2.loading import DiffusersDirectory
+
+    tensors = result.components["transformer"]
+    buffers = _missing_buffers(result.configs["transformer"], tensors)
+    skeleton = DiffusersDirectory(staging).fp8_skeleton(dtype).state_dict()
+
+    def raw(tensor: Tensor) -> Any:
+        return handles[tensor.file].get_tensor(tensor.name)
+
+    def scale(tensor: Tensor) -> Any:
+        import torch
+
+        rows = tensor.shape[0]
+        if tensor.scale is None:
+            return torch.ones(rows, 1)
+        return handles[tensor.file].get_tensor(tensor.scale).float().reshape(-1, 1).expand(rows, 1)
+
+    def cast(tensor: Tensor, part: int) -> Any:
+        return fp8.quantise_weight(_read(tensor, handles).to(dtype))[part]
+
+    def converted(tensor: Tensor, to: Any) -> Any:
+        return _read(tensor, handles).to(to)
+
+    items = []
+    for name, meta in skeleton.items():
+        layer, _, leaf = name.rpartition(".")
+        weight = tensors.get(f"{layer}.weight")
+        if f"{layer}.weight_scale" in skeleton and leaf in ("weight", "weight_scale") and weight is not None:
+            part = 0 if leaf == "weight" else 1
+            if weight.keeps_fp8():
+                make = partial(raw, weight) if part == 0 else partial(scale, weight)
+            else:
+                make = partial(cast, weight, part)
+        elif name in tensors:
+            make = partial(converted, tensors[name], meta.dtype)
+        else:
+            make = partial(buffers[name].to, meta.dtype)
+        items.append(Item(name, _safetensors_dtype(meta.dtype), tuple(meta.shape), make))
+    return items
+
+
+def keeps_fp8(result: Plan) -> int:
+    """How many of the transformer's FP8 weights the runner's FP8 layout takes as they are (its FP8 layers only)."""
+    from gpu_runner.families.ltx2.loading import is_fp8_layer
+
+    tensors = result.components.get("transformer", {})
+    return sum(t.keeps_fp8() and is_fp8_layer(n.removesuffix(".weight")) for n, t in tensors.items())
+
+
+def write_model(
+    result: Plan,
+    models_dir: Path,
+    name: str,
+    text_encoder: Path | None,
+    quiet: bool = False,
+    weight_cache: Any = None,
+) -> list[str]:
+    """Write the model into models_dir/name through a hidden temporary directory; what it lacks (empty: nothing).
+    With a weight cache (gpu_runner/weight_cache.py), a file's FP8 transformer weights the runner's layout takes are
+    also written there as they are, as the entry the model's first FP8 job would have cast and written."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
     from safetensors import safe_open
 
@@ -562,6 +734,7 @@ def write_model(result: Plan, models_dir: Path, name: str, text_encoder: Path | 
     staging = models_dir / f".importing-{name}-{os.getpid()}"  # library.IMPORTING: listed unusable, never offered
     shutil.rmtree(staging, ignore_errors=True)
     lacking: list[str] = []
+    entry = None
     try:
         staging.mkdir(parents=True)
         with contextlib.ExitStack() as stack:
@@ -589,13 +762,19 @@ def write_model(result: Plan, models_dir: Path, name: str, text_encoder: Path | 
                 folder.mkdir()
                 (folder / "config.json").write_text(json.dumps(_saved(config), indent=2) + "\n")
                 buffers = _missing_buffers(config, result.components[component])
-                _stream_component(
-                    folder / WEIGHTS_FILE,
-                    result.components[component],
-                    buffers,
-                    lambda n: progress.advance(task, n),
-                    handles,
-                )
+                items = _component_items(result.components[component], buffers, handles)
+                _stream(folder / WEIGHTS_FILE, items, lambda n: progress.advance(task, n))
+            if weight_cache is not None and keeps_fp8(result):
+                from gpu_runner import memory
+
+                # The dtype this machine's runner computes an FP8 job in (bf16 on a GPU): the entry's key has it.
+                dtype = memory.compute_dtype(memory.pick_device(), "fp8")
+                entry = weight_cache.entry(target / "transformer", dtype, files_in=staging / "transformer")
+                items = _fp8_entry_items(result, staging, dtype, handles)
+                size = sum(item.size for item in items)
+                progress.update(task, description="weight cache", total=result.bytes_out + size)
+                if entry.write(size, lambda path: _stream(path, items, lambda n: progress.advance(task, n))):
+                    result.kept = keeps_fp8(result)
         scheduler = json.loads(FAMILY_CONFIGS.read_text())[result.version][f"scheduler_{result.variant}"]
         (staging / "scheduler").mkdir()
         (staging / "scheduler" / "scheduler_config.json").write_text(
@@ -606,13 +785,14 @@ def write_model(result: Plan, models_dir: Path, name: str, text_encoder: Path | 
         if text_encoder is not None:
             lacking = _take_text_encoder(text_encoder, staging)
         else:
-            lacking = ["text_encoder/ and tokenizer/ (Gemma-3, not in the single file): give --text-encoder DIR"]
+            gemma = library.TEXT_ENCODER_NAME[library.TEXT_ENCODER_TYPE[result.version]]
+            lacking = [f"text_encoder/ and tokenizer/ ({gemma}, not in the single file): give --text-encoder DIR"]
         (staging / "model_index.json").write_text(json.dumps(_model_index(result, staging), indent=2) + "\n")
         source = {
             "imported_from": result.sources,
             "version": result.version,
             "variant": result.variant,
-            "fp8": f"{result.fp8} FP8 tensors upcast to {DTYPE_NAMES[result.upcast]}" if result.fp8 else None,
+            "fp8": fp8_said(result) or None,
             "text_encoder": str(text_encoder) if text_encoder else None,
             "lacking": lacking,
             "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -621,23 +801,53 @@ def write_model(result: Plan, models_dir: Path, name: str, text_encoder: Path | 
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if entry is not None:
+            from gpu_runner import cache_budget
+
+            cache_budget.remove(entry.path, "its import failed")
         raise
     return lacking
 
 
+def fp8_said(result: Plan) -> str:
+    """What became of the files' FP8 tensors, per component ("" when there were none)."""
+    counts = Counter(
+        component
+        for component, tensors in result.components.items()
+        for tensor in tensors.values()
+        if tensor.dtype in FP8_DTYPES
+    )
+    upcast = DTYPE_NAMES[result.upcast]
+    said = []
+    for component in COMPONENT_ORDER:
+        total = counts.get(component, 0)
+        kept = result.kept if component == "transformer" else 0
+        if kept:
+            said.append(
+                f"{component}: {kept} FP8 tensors kept as they are in the weight cache (upcast to {upcast} in the "
+                "model directory, for other precisions)" + (f", {total - kept} upcast" if total > kept else "")
+            )
+        elif total:
+            said.append(f"{component}: {total} FP8 tensors upcast to {upcast}")
+    return "; ".join(said)
+
+
 def _model_index(result: Plan, staging: Path) -> dict[str, Any]:
-    """The pipeline's model_index.json, as LTX2Pipeline.save_pretrained writes it (the upsampler is not in it)."""
+    """The pipeline's model_index.json, as LTX2Pipeline.save_pretrained writes it (the upsampler is not in it; 2.5's
+    duration head and diffusion decoder are, as its published repository lists them)."""
     index: dict[str, Any] = {"_class_name": "LTX2Pipeline", "_diffusers_version": _diffusers_version()}
-    for component in COMPONENT_ORDER[:5]:
-        dotted = result.configs[component]["_dotted"]
-        index[component] = ["ltx2" if ".pipelines.ltx2" in dotted else "diffusers", dotted.rpartition(".")[2]]
+    for component in REQUIRED + LTX2_5_PARTS:
+        if component in result.configs:
+            dotted = result.configs[component]["_dotted"]
+            index[component] = ["ltx2" if ".pipelines.ltx2" in dotted else "diffusers", dotted.rpartition(".")[2]]
     index["scheduler"] = ["diffusers", "FlowMatchEulerDiscreteScheduler"]
-    index["text_encoder"] = ["transformers", "Gemma3ForConditionalGeneration"]
+    text_class = json.loads(FAMILY_CONFIGS.read_text())[result.version]["text_encoder"]["class"]
+    index["text_encoder"] = ["transformers", text_class.rpartition(".")[2]]
     tokenizer = "GemmaTokenizer"
     with contextlib.suppress(OSError, ValueError, AttributeError):
         tokenizer = json.loads((staging / "tokenizer" / "tokenizer_config.json").read_text()).get("tokenizer_class")
     index["tokenizer"] = ["transformers", tokenizer or "GemmaTokenizer"]
-    return index | dict.fromkeys(("duration_head", "processor", "prompt_enhancer"), [None, None])
+    return dict.fromkeys(("duration_head", "processor", "prompt_enhancer"), [None, None]) | index
 
 
 def _diffusers_version() -> str:
@@ -648,6 +858,26 @@ def _diffusers_version() -> str:
 
 def _saved(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "_dotted" and not k.startswith("_use_default")}
+
+
+def _weight_cache(options_json: str | None) -> Any:
+    """The installation's FP8 weight cache under its budget, None where it has none (AVP_WEIGHT_CACHE_DIR=off, or
+    the import run without the portal's options)."""
+    import msgspec
+
+    from contract.jobdir import RunnerOptions
+    from gpu_runner.pipeline import budget_of
+    from gpu_runner.weight_cache import WeightCache
+
+    if not options_json:
+        return None
+    try:
+        options = msgspec.json.decode(options_json, type=RunnerOptions)
+    except msgspec.ValidationError as error:
+        raise ImportFailed(f"--runner-options: {error}") from None
+    if options.weight_cache_dir is None:
+        return None
+    return WeightCache(Path(options.weight_cache_dir), budget_of(options))
 
 
 def default_name(files: list[Path]) -> str:
@@ -674,10 +904,16 @@ def main(argv: list[str]) -> int:
         "--text-encoder",
         type=Path,
         metavar="DIR",
-        help="a Gemma-3 folder (or a Diffusers LTX-2 model directory) to take text_encoder/ and tokenizer/ from",
+        help="a Gemma-3 folder (Gemma-4 for LTX-2.5; or a Diffusers LTX-2 model directory) to take text_encoder/ and "
+        "tokenizer/ from",
     )
     parser.add_argument(
         "--models-dir", type=Path, required=True, help="the model library (avportal import-model sets AVP_MODELS_DIR's)"
+    )
+    parser.add_argument(
+        "--runner-options",
+        help="the installation's runner options (JSON, as avportal import-model passes them): their weight cache "
+        "takes the file's FP8 transformer weights as they are",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -698,18 +934,15 @@ def main(argv: list[str]) -> int:
             f" ({result.bytes_out / 2**30:.2f} GiB to write)",
             file=sys.stderr,
         )
-        if result.fp8:
-            print(
-                f"FP8: {result.fp8} FP8 tensors upcast to {DTYPE_NAMES[result.upcast]}, the file's other tensors' "
-                "precision (the runner stores the transformer in FP8 again on the GPU)",
-                file=sys.stderr,
-            )
         if "latent_upsampler" not in result.components:
             print(
                 "no spatial upsampler file given (ltx-2-spatial-upscaler-x2-*.safetensors): fast mode needs it",
                 file=sys.stderr,
             )
-        lacking = write_model(result, args.models_dir, name, args.text_encoder, quiet=args.quiet)
+        weight_cache = _weight_cache(args.runner_options) if result.fp8 else None
+        lacking = write_model(result, args.models_dir, name, args.text_encoder, args.quiet, weight_cache)
+        if result.fp8:
+            print(f"FP8: {fp8_said(result)}", file=sys.stderr)
     except ImportFailed as error:
         print(f"avportal import-model: {error}; nothing was added to the library", file=sys.stderr)
         return 2

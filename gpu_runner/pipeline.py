@@ -237,9 +237,12 @@ def weight_cache_for(job: Job, budget: CacheBudget) -> WeightCache | None:
 
 
 def cache_budget_for(job: Job) -> CacheBudget:
-    """The job's caches under AVP_CACHE_GB: prompts (capped by AVP_PROMPT_CACHE_MB too), FP8 weights and torch's
-    compile cache (one entry: its files refer to each other)."""
-    options = job.file
+    return budget_of(job.file)
+
+
+def budget_of(options: jobdir.JobFile | jobdir.RunnerOptions) -> CacheBudget:
+    """The caches under AVP_CACHE_GB: prompts (capped by AVP_PROMPT_CACHE_MB too), FP8 weights and torch's compile
+    cache (one entry: its files refer to each other). From a job's options, or the installation's (an import)."""
     caches = []
     if options.prompt_cache_dir is not None:
         cap = Limit(options.prompt_cache_mb * MIB, f"AVP_PROMPT_CACHE_MB={options.prompt_cache_mb}")

@@ -15,6 +15,18 @@ NOT CHECKED against a real file (none can be downloaded here): where a 2.3 file 
 (`text_embedding_projection.*` with or without the `model.diffusion_model.` prefix: both are accepted), the BWE
 vocoder's names, and the upsampler file's names (taken to be the Diffusers ones, as diffusers' LTX upsampler
 conversion keeps them). A name this table does not know stops the import, naming it.
+
+LTX-2.5: its DiT is 2.3's (same names) with one more tensor, `keyframes_abs_pos_embedding` (the learnt marker of
+keyframe-slot tokens; the name is diffusers' and, by third-party ports' accounts, the file's too) and feed-forwards
+without bias. diffusers 0.42.1 has no 2.5 single-file converter, so NOT CHECKED: everything 2.5 adds. Taken here to be
+2.3's layout (the DiT file holding the connectors, VAEs and vocoder) with the diffusion decoder under
+`diffusion_decoder.` and the duration head under `duration_head.`, Diffusers' own names inside (in the DiT file or a
+file of their own). By third-party ports' accounts Lightricks' 2.5 release is split differently: the DiT (with its
+connectors but not their text projection, which ships in the Gemma-4 file), a video VAE file with bare names, an
+audio VAE file with the vocoder, and a duration-head file in the reference implementation's names
+(`attention_pooler.cross_attn.in_proj_weight`: one packed projection, not Diffusers' three); where the diffusion
+decoder ships is not known. Such files stop the import, naming their unknown tensors, until their names are
+known here.
 """
 
 from __future__ import annotations
@@ -22,9 +34,17 @@ from __future__ import annotations
 import re
 
 DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # Lightricks' / some ComfyUI re-saves
-PREFIX_OF = {"vae": "vae.", "audio_vae": "audio_vae.", "vocoder": "vocoder."}  # the rest are DiT or upsampler
+# The rest are DiT or upsampler. LTX-2.5's diffusion decoder and duration head: prefixes assumed (see above).
+PREFIX_OF = {
+    "vae": "vae.",
+    "audio_vae": "audio_vae.",
+    "vocoder": "vocoder.",
+    "diffusion_decoder": "diffusion_decoder.",
+    "duration_head": "duration_head.",
+}
 CONNECTOR_ROOTS = ("video_embeddings_connector", "audio_embeddings_connector", "text_embedding_projection")
 UPSAMPLER_MARKERS = ("initial_conv.weight", "final_conv.weight")  # what makes a bare-named file the upsampler
+KEYFRAME_EMBEDDING = "keyframes_abs_pos_embedding"  # LTX-2.5's DiT only (Diffusers keeps the name)
 # Tensors of the single file that have no place in a Diffusers directory (the VAE's extra statistics).
 DROPPED = re.compile(r"vae\.per_channel_statistics\.(channel|mean-of-stds)")
 
@@ -76,6 +96,8 @@ RENAMES = {
     "audio_vae": _AUDIO_VAE,
     "vocoder": _VOCODER,
     "latent_upsampler": (),
+    "diffusion_decoder": (),
+    "duration_head": (),
 }
 
 
@@ -179,10 +201,13 @@ def is_upsampler_file(names: list[str] | set[str]) -> bool:
 
 
 def version_of(names: set[str]) -> str | None:
-    """2.3 or 2.0 from which tensors a single file holds (2.3: gated attention and prompt modulation); None when it
-    holds no LTX-2 DiT."""
+    """2.5, 2.3 or 2.0 from which tensors a single file holds (2.3: gated attention and prompt modulation; 2.5:
+    2.3's with the keyframe slots' learnt position embedding); None when it holds no LTX-2 DiT. (2.5's other change,
+    feed-forwards without bias, is read from the shapes with the rest of its config.)"""
     dit = {name.removeprefix(prefix) for name in names for prefix in DIT_PREFIXES if name.startswith(prefix)}
     if not any(name.startswith(("adaln_single.", "patchify_proj.")) for name in dit):
         return None
+    if KEYFRAME_EMBEDDING in dit:
+        return "2.5"
     gated = any(".to_gate_logits." in name or name.startswith("prompt_adaln_single.") for name in dit)
     return "2.3" if gated else "2.0"

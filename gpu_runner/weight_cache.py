@@ -3,6 +3,8 @@
 The first FP8 job of a model reads its bf16 transformer (~38 GB at full size), casts the big
 linears to FP8 on the CPU (gpu_runner/fp8.py) and writes the result here as one safetensors
 file (~half the size): FP8 weights, their float32 per-row scales, every other tensor as loaded.
+(`avportal import-model` writes a model's entry itself from an FP8 single file, keeping its FP8 weights as they
+are: gpu_runner/import_model.py.)
 Later jobs build the transformer on the meta device, lay it out in FP8 and load the file's
 tensors straight onto the GPU, so the CPU never holds the model.
 
@@ -51,11 +53,14 @@ class WeightCache:
         self.directory = directory
         self.budget = budget
 
-    def entry(self, component_dir: Path, dtype: torch.dtype) -> CachedWeights:
-        """Where the FP8 copy of the component in `component_dir` (e.g. <model>/transformer) is kept."""
+    def entry(self, component_dir: Path, dtype: torch.dtype, files_in: Path | None = None) -> CachedWeights:
+        """Where the FP8 copy of the component in `component_dir` (e.g. <model>/transformer) is kept. `files_in`:
+        where its files are now, when they are to be renamed to `component_dir` with their modification times
+        (`avportal import-model` writes the entry from its temporary directory)."""
         component_dir = component_dir.resolve()
         place = _digest(str(component_dir))
-        revision = model_revision(component_dir.parent, (component_dir.name,), modified_times=True)
+        files_in = component_dir if files_in is None else files_in
+        revision = model_revision(files_in.parent, (files_in.name,), modified_times=True)
         content = _digest(json.dumps([FORMAT_VERSION, str(dtype), revision]))
         return CachedWeights(self.directory / f"{place}-{content}{cache_budget.ENTRY_SUFFIX}", self.budget)
 
@@ -101,22 +106,29 @@ class CachedWeights:
     def save(self, model: nn.Module) -> None:
         """Write the model's tensors (on the CPU) as this entry, in place of the other entries of its directory
         and once there is room for it within the budget."""
+        tensors = model.state_dict()
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        self.write(size, lambda partial: save_file(tensors, partial))
+
+    def write(self, size: int, write_to: Callable[[Path], None]) -> bool:
+        """Write this entry (`size` bytes, a safetensors file laid out as `load`'s skeleton) with `write_to(path)`,
+        in place of the other entries of its directory and once there is room; whether it was written."""
         began = time.monotonic()
         place = self.path.name.split("-")[0]
         for other in self.path.parent.glob(f"{place}-*"):
             if other != self.path:
                 cache_budget.remove(other, f"{self.path.name} replaces it")  # an older revision, or a crashed write
-        tensors = model.state_dict()
-        if not self.budget.make_room(self.path, sum(t.numel() * t.element_size() for t in tensors.values())):
-            return
+        if not self.budget.make_room(self.path, size):
+            return False
         try:
             with cache_budget.writing(self.path) as partial:
-                save_file(tensors, partial)
+                write_to(partial)
         except (OSError, SafetensorError, ValueError) as error:
             log.warning("weight cache: could not write %s (%s); the next job casts again", self.path, error)
-            return
+            return False
         gib = self.path.stat().st_size / 2**30
         log.info("weight cache: wrote %s (%.2f GiB) in %.1f s", self.path.name, gib, time.monotonic() - began)
+        return True
 
 
 def _miss(path: Path, why: str) -> None:

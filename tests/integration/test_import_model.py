@@ -1,6 +1,7 @@
 """`avportal import-model` on tiny models written in Lightricks' single-file layout (tests/single_file.py, through
 the import's name table run backwards), end to end: the real command imports each version into AVP_MODELS_DIR, the
-real portal offers it with where it came from, and the real runner generates with it in both modes. For LTX-2.0
+real portal offers it with where it came from, and the real runner generates with it in both modes (LTX-2.5, whose
+single file is the distilled DiT alone, in fast mode through its duration head and diffusion decoder). For LTX-2.0
 the imported tensors are those diffusers' own `from_single_file` reads from the same file, which checks the name
 table independently of its inverse. A truncated file, another model family's file and a disk that fills mid-import
 each end with a message saying so and nothing in the library.
@@ -19,12 +20,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from contract.models import offered_models
+from gpu_runner import single_file_keys as keys
+from gpu_runner.families.ltx2.loading import is_fp8_layer
 from tests.portal import Portal, prepare_data_dir
 from tests.runner_fixtures import REPO_ROOT
 from tests.single_file import component_tensors, write_single_files
 
 FP8_TOLERANCE = 0.07  # e4m3 keeps 3 mantissa bits: a relative error up to 1/16 of a weight's tensor-wide scale
 COMPONENTS = ("transformer", "connectors", "vae", "audio_vae", "vocoder", "latent_upsampler")
+LTX2_5_PARTS = ("diffusion_decoder", "duration_head")
+LTX2_5_SIZE = 64  # the smallest fast-mode size (tests/integration/test_ltx25.py): the CPU's FlexAttention is slow
 
 
 def import_model(models_dir: Path, *arguments: str | Path) -> subprocess.CompletedProcess[str]:
@@ -43,11 +48,16 @@ def import_model(models_dir: Path, *arguments: str | Path) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def single_files(tmp_path_factory, version_model_dirs) -> dict[str, tuple[Path, Path, Path]]:
     """Per version: (the DiT file, the upsampler file, the model they were written from). 2.3's DiT is ComfyUI's
-    scaled FP8."""
+    scaled FP8; 2.5's (the tiny distilled 2.5 `demo-model --version 2.5` builds) carries its diffusion decoder and
+    duration head."""
     root = tmp_path_factory.mktemp("single-files")
+    ltx25 = root / "ltx-2.5-source"
+    command = [sys.executable, "-m", "gpu_runner", "demo-model", str(ltx25), "--random", "--version", "2.5"]
+    subprocess.run(command, cwd=REPO_ROOT, check=True)
+    sources = {**version_model_dirs, "2.5-distilled": ltx25}
     files = {}
-    for version, fp8 in (("2.0", None), ("2.3", "comfy")):
-        source = version_model_dirs[f"{version}-distilled"]
+    for version, fp8 in (("2.0", None), ("2.3", "comfy"), ("2.5", None)):
+        source = sources[f"{version}-distilled"]
         dit = root / f"ltx-{version}-tiny-distilled.safetensors"
         upsampler = root / f"ltx-{version}-upscaler.safetensors"
         write_single_files(source, dit, upsampler, fp8=fp8)
@@ -71,40 +81,51 @@ def imported(tmp_path_factory, single_files, demo_model_dir) -> tuple[Portal, Pa
     portal.stop()
 
 
-def test_each_version_is_offered_with_its_version_variant_modes_and_where_it_came_from(imported):
+def test_each_version_is_offered_with_its_version_variant_modes_and_where_it_came_from(imported, single_files):
     portal, _, said = imported
     with portal.client() as c:
         listed = c.get("/api/models").json()
         page = c.get("/").text
 
     models = {model["id"]: model for model in listed["models"]}
+    ltx23 = models["ltx-2.3-tiny-distilled"]
     assert listed["unusable"] == []
     for version in ("2.0", "2.3"):
         model = models[f"ltx-{version}-tiny-distilled"]
         assert (model["version"], model["variant"], model["modes"]) == (version, "distilled", ["fast", "quality"])
+    # 2.5: the single file is the distilled DiT alone, so quality mode (the dev transformer_full/) is off
+    ltx25 = models["ltx-2.5-tiny-distilled"]
+    assert (ltx25["version"], ltx25["variant"], ltx25["modes"]) == ("2.5", "distilled", ["fast"])
+    assert ltx25["parts"] == ["latent_upsampler", "diffusion_decoder", "duration_head"]
+    assert "transformer_full/" in ltx25["disabled_modes"]["quality"]
+    for version in ("2.0", "2.3", "2.5"):
+        model = models[f"ltx-{version}-tiny-distilled"]
         assert model["source"].startswith(
             f"imported from ltx-{version}-tiny-distilled.safetensors, ltx-{version}-upscaler.safetensors"
         )
-    # the tiny models are float32: FP8 is upcast to the precision of the file's other tensors
-    assert "204 FP8 tensors upcast to float32" in models["ltx-2.3-tiny-distilled"]["source"]
-    assert "upcast to float32" in said["2.3"] and "FP8" not in said["2.0"]
+    # the FP8 block linears are kept as they are in the weight cache; the model directory has them upcast to the
+    # precision of the file's other tensors (the tiny models are float32); the gates, no FP8 layer of ours, upcast
+    kept = sum(map(is_fp8_layer, fp8_stored_linears(single_files["2.3"][2])))
+    fp8 = f"transformer: {kept} FP8 tensors kept as they are in the weight cache (upcast to float32 in the model"
+    assert fp8 in models["ltx-2.3-tiny-distilled"]["source"] and f", {204 - kept} upcast)" in ltx23["source"]
+    assert f"FP8: {fp8}" in said["2.3"] and "FP8" not in said["2.0"]
     assert models["demo"]["source"] == ""
     # the create form's model picker says it too
     option = r'<option value="ltx-2.0-tiny-distilled"\s+(selected\s*)?title="imported from ltx-2.0-tiny-distilled\.'
     assert re.search(option, page) and "(ltx-2.0-tiny-distilled), imported</option>" in page
 
 
-@pytest.mark.parametrize("version", ["2.0", "2.3"])
+@pytest.mark.parametrize("version", ["2.0", "2.3", "2.5"])
 def test_the_imported_tensors_are_those_of_the_model_the_file_was_written_from(imported, single_files, version):
     _, library, _ = imported
     source = single_files[version][2]
-    for component in COMPONENTS:
+    for component in COMPONENTS + (LTX2_5_PARTS if version == "2.5" else ()):
         got = component_tensors(library / f"ltx-{version}-tiny-distilled", component)
         expected = component_tensors(source, component)
         assert got.keys() == expected.keys(), component
+        fp8_stored = fp8_stored_linears(source) if version == "2.3" and component == "transformer" else ()
         for name, tensor in expected.items():
-            stored_fp8 = version == "2.3" and component == "transformer" and name.startswith("transformer_blocks.")
-            if stored_fp8 and tensor.ndim == 2:  # the block linears tests/single_file.py stored as scaled FP8
+            if name.removesuffix(".weight") in fp8_stored:  # the block linears tests/single_file.py stored as FP8
                 scale = tensor.abs().max()
                 assert (got[name].float() - tensor).abs().max() <= FP8_TOLERANCE * scale, name
             else:
@@ -155,6 +176,74 @@ def test_an_imported_model_generates_through_the_real_runner_in_each_mode(import
     assert (finished["result"]["width"], finished["result"]["height"]) == (128, 64)
     log = (portal.job_dir(job["id"]) / "runner.log").read_text()
     assert "newly initialized" not in log  # every weight came from the imported files
+    if version == "2.3":  # LTX-2 runs FP8 (on the CPU too): the import's weight-cache entry, no cast
+        assert "weight cache: loaded" in log and "weight cache: wrote" not in log
+
+
+def test_an_fp8_files_weights_are_the_weight_cache_entry_the_runners_own_cast_would_write(imported, single_files):
+    """The entry the import wrote for the scaled-FP8 2.3 file: its FP8 linears bit for bit with their per-tensor
+    scale as every row's, and, loaded by the runner's own function, within FP8 error of the runner's own cast of
+    the imported bf16 (here float32) weights, which it never reads."""
+    from diffusers import LTX2VideoTransformer3DModel
+
+    from gpu_runner import fp8
+    from gpu_runner.cache_budget import GIB, Cache, CacheBudget, Limit
+    from gpu_runner.families.ltx2.loading import DiffusersDirectory
+    from gpu_runner.weight_cache import WeightCache
+
+    _, library, _ = imported
+    model_dir = library / "ltx-2.3-tiny-distilled"
+    cache_dir = library.parent / "data" / "cache" / "weights"  # the data dir's, which the import was told of
+    cache = WeightCache(cache_dir, CacheBudget([Cache(cache_dir)], Limit(GIB, "the test's budget")))
+    dtype = torch.float32  # what the CPU computes an FP8 job in
+    entry = load_file(cache.entry(model_dir / "transformer", dtype).path)
+    single = load_file(single_files["2.3"][0])
+    for layer in filter(is_fp8_layer, fp8_stored_linears(single_files["2.3"][2])):
+        stored = keys.to_single_file("transformer", layer, "2.3")
+        assert torch.equal(entry[f"{layer}.weight"].view(torch.uint8), single[f"{stored}.weight"].view(torch.uint8))
+        rows = entry[f"{layer}.weight"].shape[0]
+        assert torch.equal(entry[f"{layer}.weight_scale"], single[f"{stored}.scale_weight"].expand(rows, 1))
+
+    reads = []
+    original = LTX2VideoTransformer3DModel.from_pretrained
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LTX2VideoTransformer3DModel, "from_pretrained", lambda *args, **kwargs: reads.append(args))
+        loaded = DiffusersDirectory(model_dir, cache).load_transformer(dtype, "fp8", torch.device("cpu"))
+    assert reads == []  # the entry was used: nothing was read from the model directory, nothing cast
+
+    theirs = original(model_dir, subfolder="transformer", dtype=dtype)
+    fp8.store_in_fp8(theirs, is_fp8_layer)  # the runner's own cast of the imported weights
+    ours = dict(loaded.named_modules())
+    layers = {name: module for name, module in theirs.named_modules() if isinstance(module, fp8.FP8Linear)}
+    for name, module in layers.items():
+        weight = ours[name].weight.float() * ours[name].weight_scale
+        reference = module.weight.float() * module.weight_scale
+        assert (weight - reference).abs().max() <= FP8_TOLERANCE * reference.abs().max(), name
+    for name, tensor in theirs.state_dict().items():
+        if not (name.rpartition(".")[0] in layers and name.endswith(("weight", "weight_scale"))):
+            assert torch.equal(loaded.state_dict()[name], tensor), name  # the rest as the runner loads it
+
+
+def fp8_stored_linears(model_dir: Path) -> list[str]:
+    """The transformer's layers tests/single_file.py stores as ComfyUI's scaled FP8 (Diffusers names)."""
+    tensors = component_tensors(model_dir, "transformer")
+    weights = {name: tensor for name, tensor in tensors.items() if name.endswith(".weight") and tensor.ndim == 2}
+    return [name.removesuffix(".weight") for name in weights if name.startswith("transformer_blocks.")]
+
+
+def test_an_imported_ltx_2_5_model_generates_in_fast_mode_through_its_duration_head_and_diffusion_decoder(imported):
+    portal, _, _ = imported
+    job = portal.submit(
+        prompt="a red ball", model="ltx-2.5-tiny-distilled", width=LTX2_5_SIZE, height=LTX2_5_SIZE, num_frames="auto"
+    )
+    finished = portal.wait(job["id"], timeout=300)
+
+    assert finished["status"] == "succeeded", finished["error"]
+    assert finished["request"]["mode"] == "fast"
+    assert finished["num_frames_requested"] == "auto" and finished["request"]["num_frames"] == 9  # the head's pick
+    assert (finished["result"]["width"], finished["result"]["height"]) == (LTX2_5_SIZE, LTX2_5_SIZE)
+    log = (portal.job_dir(job["id"]) / "runner.log").read_text()
+    assert "newly initialized" not in log
 
 
 def nothing_listed(models_dir: Path) -> None:

@@ -53,6 +53,10 @@ KNOWN = [
     ("vocoder.conv_pre.bias", "vocoder", "conv_in.bias"),
     ("vocoder.vocoder.resblocks.4.convs1.0.weight", "vocoder", "vocoder.resnets.4.convs1.0.weight"),
     ("vocoder.bwe_generator.act_post.downsample.lowpass.filter", "vocoder", "bwe_generator.act_out.downsample.filter"),
+    # LTX-2.5's (assumed, see the module's docstring)
+    ("model.diffusion_model.keyframes_abs_pos_embedding", "transformer", "keyframes_abs_pos_embedding"),
+    ("duration_head.attention_pooler.to_q.weight", "duration_head", "attention_pooler.to_q.weight"),
+    ("diffusion_decoder.decoder.conv_in.weight", "diffusion_decoder", "decoder.conv_in.weight"),
 ]
 
 
@@ -76,7 +80,9 @@ def test_the_upsampler_file_keeps_its_names_and_is_told_by_its_convolutions():
 def test_the_version_comes_from_the_dits_tensors():
     common = {"model.diffusion_model.adaln_single.linear.weight", "vae.encoder.conv_in.conv.weight"}
     assert keys.version_of(common) == "2.0"
-    assert keys.version_of(common | {"model.diffusion_model.prompt_adaln_single.linear.weight"}) == "2.3"
+    ltx2_3 = common | {"model.diffusion_model.prompt_adaln_single.linear.weight"}
+    assert keys.version_of(ltx2_3) == "2.3"
+    assert keys.version_of(ltx2_3 | {"model.diffusion_model.keyframes_abs_pos_embedding"}) == "2.5"
     assert keys.version_of({"model.diffusion_model.double_blocks.0.img_attn.qkv.weight"}) is None
 
 
