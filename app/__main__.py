@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 import sqlite3
-import subprocess
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -172,7 +171,9 @@ def _import_model(arguments: list[str]) -> int:
     # nothing).
     options = ["--runner-options", msgspec.json.encode(settings.runner_options()).decode()]
     command = runner_command(settings.runner_python, "import-model", *arguments, *library, *options)
-    return subprocess.run(command, env=runner_env(), check=False).returncode
+    # Replaced by the import, not waited on: Ctrl-C and SIGTERM reach it alone, so it removes what it half wrote
+    # (a waiting parent would kill it 0.25 s after a Ctrl-C, or die on SIGTERM and leave it writing).
+    os.execvpe(command[0], command, runner_env())
 
 
 def _hash_password() -> int:

@@ -161,8 +161,9 @@ def _v10_text_phase_choices(db: sqlite3.Connection) -> None:
 
 def _v11_job_slot(db: sqlite3.Connection) -> None:
     """Runner slots (AVP_GPUS): the slot a job runs or last ran on ("gpu0", "cpu1"); NULL for a job that never
-    started, and for every job from before slots (they ran on the one runner there was)."""
-    _add_missing_columns(db, {"slot": "TEXT"})
+    started, and for every job from before slots (they ran on the one runner there was). A development build
+    numbered this migration 10: its databases lack v10's columns, added here."""
+    _add_missing_columns(db, {"slot": "TEXT", "num_frames_chosen": "INTEGER", "enhanced_prompt": "TEXT"})
 
 
 MIGRATIONS: tuple[Migration, ...] = (

@@ -74,8 +74,8 @@ TEXT_STREAMING_GIB = 3.0
 # It generates token by token, so it runs whole on the GPU in its files' dtype (streaming its layers would move every
 # weight once a token): its weights plus this much for the KV cache of its chat (the 2.5 system prompt and the user's
 # prompt, ~2k tokens, then up to ENHANCE_MAX_NEW_TOKENS) and generate()'s working tensors. Planned from first
-# principles, not yet measured (issue 16, point 7 measures it): a 12B Gemma-4 keeps ~0.4 MB of bf16 KV a token
-# (48 layers x 2 x 8 heads x 256 x 2 bytes), ~1 GiB for 2.6k tokens.
+# principles, not yet measured: LTX-2.5's enhancer is a Gemma-4 E2B, whose KV per token stays under a 12B Gemma-4's
+# ~0.4 MB of bf16 (48 layers x 2 x 8 heads x 256 x 2 bytes), the bound used here: ~1 GiB for 2.6k tokens.
 ENHANCE_WORKING_GIB = 1.5
 # diffusers' GEMMA4_PROMPT_ENHANCEMENT_CONFIG.max_new_tokens (a unit test keeps it so): AVP_ENHANCE_MAX_TOKENS' default
 ENHANCE_MAX_NEW_TOKENS = 600
@@ -149,6 +149,23 @@ def predict_peak(
     return PeakPrediction(text_gib=text_gib, denoise_gib=denoise_gib, decode_gib=decode_peak_gib(latents, tiles, vae))
 
 
+# LTX-2.5's fast mode (diffusers' keyframe-slot pipeline) denoises the clip padded to whole keyframe segments of 24
+# or 32 frames (whichever pads least; the longer on a tie) and one more latent frame per segment, its keyframe slot:
+# up to a third more tokens than the clip's. The runner lays the canvas out with diffusers' own rule
+# (dfr_layout.resolve_canvas); this torch-free count plans for it, and a test holds the two equal.
+SLOT_SEGMENT_FRAMES = (32, 24)
+
+
+def slot_canvas_frames(num_frames: int) -> int:
+    """The frame count whose latent frames are as many as the slot pipeline denoises for a clip of `num_frames`
+    (121 frames: 15 latent frames of canvas + 1, and 5 slots: 21 latent frames, as 161 frames have)."""
+    content = num_frames - 1
+    segment = min(SLOT_SEGMENT_FRAMES, key=lambda frames: (-content % frames, -frames))
+    padded = content + -content % segment
+    latent_frames = padded // 8 + 1 + padded // segment
+    return (latent_frames - 1) * 8 + 1
+
+
 def predict_job_peak(
     weights_gib: Callable[[str], float],
     inner_width: int,
@@ -157,19 +174,24 @@ def predict_job_peak(
     request: Request,
     lora_gib: float = 0.0,
     enhancer_gib: float = 0.0,
+    slot_pipeline: bool = False,
 ) -> PeakPrediction:
     """A resolved request's peak per phase (`predict_peak`), its denoising at its largest stage; `weights_gib`
     gives a component's weight files' size, `lora_gib` the job's LoRA files' (held beside the transformer, as
     stored), `enhancer_gib` the prompt enhancer's (counted where the request asks for it). A request whose length
-    the model chooses (num_frames "auto") must come `planned` (contract.request). The web process's estimate and
-    the runner's admission both use it."""
+    the model chooses (num_frames "auto") must come `planned` (contract.request). With `slot_pipeline` (LTX-2.5)
+    a fast job denoises its slot canvas (`slot_canvas_frames`) and decodes with the diffusion decoder, which holds
+    its weights and the whole clip's pixels at once. The web process's estimate and the runner's admission both
+    use it."""
     stages = denoise_stages(request)
+    slots = slot_pipeline and request.mode == "fast"
+    denoised = msgspec.structs.replace(request, num_frames=slot_canvas_frames(request.num_frames)) if slots else request
     peak = predict_peak(
         transformer_file_gib=weights_gib("transformer"),
         connectors_file_gib=weights_gib("connectors"),
         vae_file_gib=weights_gib("vae"),
         precision=precision,
-        tokens=max(video_tokens(at_size_of(request, stage)) for stage in stages),
+        tokens=max(video_tokens(at_size_of(denoised, stage)) for stage in stages),
         inner_width=inner_width,
         latents=latent_shape(request),
         vae_width=vae_width,
@@ -177,6 +199,10 @@ def predict_job_peak(
         upsampler_file_gib=weights_gib("latent_upsampler") if len(stages) > 1 else 0.0,
         lora_file_gib=lora_gib,
     )
+    if slots:
+        pixels_gib = request.num_frames * request.width * request.height * 3 * (4 if precision == "fp32" else 2) / GIB
+        decoding = weights_gib("diffusion_decoder") + pixels_gib  # its working memory beyond these: to be measured
+        peak = dataclasses.replace(peak, decode_gib=max(peak.decode_gib, decoding))
     return dataclasses.replace(peak, enhance_gib=enhance_gib(enhancer_gib if request.enhance_prompt else 0.0))
 
 
@@ -311,7 +337,16 @@ def component_gib(model_dir: Path, component: str) -> float:
     return sum(f.stat().st_size for f in files if f.name.endswith((".safetensors", ".bin"))) / GIB
 
 
-WEIGHT_COMPONENTS = ("text_encoder", "connectors", "transformer", "vae", "audio_vae", "vocoder", "latent_upsampler")
+WEIGHT_COMPONENTS = (
+    "text_encoder",
+    "connectors",
+    "transformer",
+    "vae",
+    "audio_vae",
+    "vocoder",
+    "latent_upsampler",
+    "diffusion_decoder",  # LTX-2.5's (none elsewhere: 0)
+)
 
 
 def vae_width(vae_config: dict) -> int:
@@ -557,7 +592,13 @@ def estimate(
     parts = _parts(size, model_kind, rates, request)
     precision = precision if device == "cuda" else "fp32"  # a CPU computes in float32
     peak = predict_job_peak(
-        size.weights_gib.get, size.inner_width, size.vae_width, precision, request, enhancer_gib=size.enhancer_gib
+        lambda name: size.weights_gib.get(name, 0.0),
+        size.inner_width,
+        size.vae_width,
+        precision,
+        request,
+        enhancer_gib=size.enhancer_gib,
+        slot_pipeline=model_kind == "ltx-2.5",
     )
     enhancing = enhance_seconds(size.enhancer_gib, device, enhance_tokens) if request.enhance_prompt else 0.0
     pixel_frames = request.width * request.height * request.num_frames

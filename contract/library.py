@@ -404,8 +404,6 @@ def _distilled_lora(directory: Path) -> str | None:
 # ---- LTX-2.5's optional text-side parts (issue 16, points 4-5): the duration head and the prompt enhancer -------
 # Each is a capability of the model that has it, shown in `Recognised.parts`: `num_frames: "auto"` needs the first,
 # `enhance_prompt: true` the second (contract/models.py refuses a job asking a model without).
-DURATION_HEAD = "duration_head"
-PROMPT_ENHANCER = "prompt_enhancer"
 TEXT_PART_CLASS = {DURATION_HEAD: "LTX2DurationHead"}  # the enhancer is a transformers model: its config has none
 # Where the enhancer's tokenizer (with its chat template) may be: its own folder, else the Diffusers layout's
 # processor/ (diffusers' LTX-2.5 pipeline templates the enhancer's chat with it).

@@ -46,11 +46,16 @@ class Provenance(msgspec.Struct, frozen=True):
     loras: tuple[LoraUsed, ...] = ()
 
 
+# LTX-2.5's parts, absent elsewhere (so other versions' revisions are unchanged by them); a dev transformer under
+# another name than its usual transformer_full/ is left out of the hash.
+LTX2_5_PARTS = (library.FULL_TRANSFORMER, library.DIFFUSION_DECODER, library.DURATION_HEAD, library.PROMPT_ENHANCER)
+
+
 def model_revision(model_dir: Path) -> str:
     """A hash of the model's files: every component's configs (their bytes) and weight files (name, size and
     modification time; hashing tens of GB at each submit would take minutes), optional parts included."""
     digest = hashlib.sha256()
-    parts = (*library.COMPONENTS, library.UPSAMPLER, library.DISTILLED_TRANSFORMER)
+    parts = (*library.COMPONENTS, library.UPSAMPLER, library.DISTILLED_TRANSFORMER, *LTX2_5_PARTS)
     for part in parts:
         folder = model_dir / part
         if not folder.is_dir():

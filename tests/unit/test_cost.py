@@ -3,6 +3,7 @@ and a job predicted past the limit is refused with what would fit."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import msgspec
@@ -215,6 +216,25 @@ def test_fast_mode_costs_its_two_unguided_stages_and_peaks_with_the_upsampler_at
     assert fast_peak.denoise_gib == pytest.approx(quality_peak.denoise_gib + 0.5)  # same tokens, one row, + upsampler
     too_long = cost.over_limit(predicted(fast), fast, limit_minutes=1e-4)
     assert too_long and "use fewer frames or a smaller size" in too_long and "steps" not in too_long.split(";")[1]
+
+
+def test_an_ltx_2_5_fast_job_is_planned_on_its_slot_canvas_and_its_diffusion_decoder() -> None:
+    """The web estimate (what admission per slot and the submit check use) plans what the runner admits: the
+    denoise on the padded canvas and keyframe slots, the decode holding the decoder and the clip's pixels."""
+    fast = resolved(mode="fast", width=768, height=448, num_frames=121)
+    weights = {**SIZE.weights_gib, "latent_upsampler": 0.5, "diffusion_decoder": 2.0}
+    size = dataclasses.replace(SIZE, weights_gib=weights)
+    plain = cost.predict_job_peak(weights.get, SIZE.inner_width, SIZE.vae_width, "bf16", fast)
+    slotted = cost.predict_job_peak(weights.get, SIZE.inner_width, SIZE.vae_width, "bf16", fast, slot_pipeline=True)
+    canvas = msgspec.structs.replace(fast, num_frames=161)  # 121 frames: 16 latent frames + 5 slots = 21
+    assert slotted.denoise_gib == pytest.approx(
+        cost.predict_job_peak(weights.get, SIZE.inner_width, SIZE.vae_width, "bf16", canvas).denoise_gib
+    )
+    assert slotted.denoise_gib > plain.denoise_gib
+    assert slotted.decode_gib >= 2.0 + 121 * 768 * 448 * 3 * 2 / cost.GIB
+    as_2_5 = cost.estimate(size, "ltx-2.5", fast, device="cuda", precision="bf16")
+    as_2_3 = cost.estimate(size, "ltx-2.3", fast, device="cuda", precision="bf16")
+    assert as_2_5.peak_gib == pytest.approx(slotted.peak_gib, abs=0.01) and as_2_5.peak_gib > as_2_3.peak_gib
 
 
 def test_a_fast_runs_upsample_and_refine_count_as_its_denoising() -> None:

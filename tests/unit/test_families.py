@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from contract import jobdir, protocol
+from contract import cost, jobdir, protocol
 from contract.cost import PeakPrediction
 from contract.models import MODEL_KINDS, demo_spec
 from contract.request import FAST_STEPS, Request, denoise_stages
@@ -175,6 +175,13 @@ def test_admission_counts_the_jobs_loras_and_a_fast_jobs_distilled_lora_from_the
 @pytest.mark.parametrize(("frames", "token_frames"), [(9, 33), (121, 161), (481, 601)])
 def test_ltx_2_5s_fast_mode_plans_for_its_padded_canvas_and_keyframe_slots(frames, token_frames):
     """9 frames pad to a 24-frame segment (4 latent frames) with 1 slot; 121 fill 5 segments with 5 slots."""
-    from gpu_runner.families.ltx2 import slots
+    assert cost.slot_canvas_frames(frames) == token_frames
 
-    assert slots.token_frames(Request(num_frames=frames)) == token_frames
+
+def test_the_planned_slot_canvas_is_the_one_diffusers_lays_out_for_every_clip_length():
+    from diffusers.pipelines.ltx2.dfr_layout import resolve_canvas
+
+    for frames in range(9, 1001, 8):
+        canvas, _, positions = resolve_canvas(frames)
+        latent_frames = (canvas - 1) // 8 + 1 + len(positions)
+        assert cost.slot_canvas_frames(frames) == (latent_frames - 1) * 8 + 1, frames

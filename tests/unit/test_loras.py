@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from contract import loras
 from contract.library import recognise
 from contract.models import demo_spec, with_parts
-from contract.provenance import LoraUsed, ModelUsed, Provenance, changes
+from contract.provenance import LoraUsed, ModelUsed, Provenance, changes, model_revision
 from contract.request import Constraints, LoraChoice, Request, violations
 from gpu_runner import fp8, lora
 from gpu_runner.families.ltx2.loading import is_fp8_layer
@@ -214,6 +214,21 @@ def test_provenance_changes_name_the_model_the_loras_and_the_portal():
         "LoRA 'gone' is no longer in the library",
         "the portal was 0.1.0, now 0.2.0",
     ]
+
+
+def test_a_models_revision_changes_with_its_ltx_2_5_parts_and_not_with_files_beside_them(tmp_path):
+    model = tmp_path / "model"
+    (model / "transformer").mkdir(parents=True)
+    (model / "transformer" / "config.json").write_text("{}")
+    first = model_revision(model)
+    (model / "notes").mkdir()
+    (model / "notes" / "config.json").write_text("{}")
+    assert model_revision(model) == first, "a folder no model part lives in is not the model"
+    for part in ("transformer_full", "diffusion_decoder", "duration_head", "prompt_enhancer"):
+        (model / part).mkdir()
+        (model / part / "config.json").write_text(f'{{"part": "{part}"}}')
+        assert model_revision(model) != first, part
+        first = model_revision(model)
 
 
 def test_no_fp8_layer_is_left_unselected_by_the_name_rule():

@@ -140,3 +140,17 @@ def test_a_database_whose_version_2_added_retentions_columns_upgrades_to_every_c
     migrations.migrate(fresh)
     without_position = [{column[1:] for column in layout(d)["jobs"]} for d in (db, fresh)]
     assert without_position[0] == without_position[1]  # the same columns, in another order
+
+
+def test_a_database_whose_version_10_was_the_slot_gets_the_text_phase_columns_at_11(tmp_path: Path) -> None:
+    """A development build numbered the slot migration 10: its databases skip today's v10, so v11 adds its columns."""
+    db = connect(tmp_path / "slots-first.sqlite3")
+    migrations.migrate(db, migrations.MIGRATIONS[:9])
+    db.execute("ALTER TABLE jobs ADD COLUMN slot TEXT")
+    db.execute("PRAGMA user_version = 10")
+
+    migrations.migrate(db)
+
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    assert {"slot", "num_frames_chosen", "enhanced_prompt"} <= columns
+    assert migrations.schema_version(db) == migrations.LATEST

@@ -24,6 +24,7 @@ from contract.cost import (
     latent_shape,
     plan_decode_tiles,
     predict_job_peak,
+    slot_canvas_frames,
     vae_width,
     video_tokens,
 )
@@ -121,15 +122,14 @@ class Ltx2(Family):
         inner_width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
         vae = vae_width(self.source.vae_config())
         enhancer = self.source.weights_gib(PROMPT_ENHANCER)  # counted only where the request asks for it
-        denoised = self._as_denoised(request)
-        return predict_job_peak(self.source.weights_gib, inner_width, vae, precision, denoised, enhancer_gib=enhancer)
+        slotted = getattr(self.source, "slot_pipeline", False)
+        return predict_job_peak(
+            self.source.weights_gib, inner_width, vae, precision, request, enhancer_gib=enhancer, slot_pipeline=slotted
+        )
 
-    def _as_denoised(self, request: Request) -> Request:
-        """The request as long as the transformer sees it: LTX-2.5's fast mode denoises a padded canvas and its
-        keyframe slots (slots.token_frames), up to a third more tokens than the clip's."""
-        if request.mode == "fast" and getattr(self.source, "slot_pipeline", False):
-            return msgspec.structs.replace(request, num_frames=slots.token_frames(request))
-        return request
+    def _slot_pipeline(self, request: Request) -> bool:
+        """Whether the request runs LTX-2.5's keyframe-slot pipeline and diffusion decoder (its fast mode)."""
+        return request.mode == "fast" and getattr(self.source, "slot_pipeline", False)
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device):
         return self.source.load_text_side(dtype, device)
@@ -155,18 +155,19 @@ class Ltx2(Family):
         [negative, positive]), bounded by the model's shortest clip and its longest at the job's frame rate."""
         head = duration.load_duration_head(job.model_dir / DURATION_HEAD, device)
         limits, fps = job.spec.constraints, job.request.fps
-        frames = duration.predict_num_frames(
-            head,
-            context["video"][-1:],
-            context["audio"][-1:],
-            frame_rate=fps,
-            min_frames=limits.min_frames,
-            max_frames=max_frames_for_fps(limits, fps),
-            frame_step=limits.frame_step,
-        )
-        del head
-        memory.release(device)
-        return frames
+        try:
+            return duration.predict_num_frames(
+                head,
+                context["video"][-1:],
+                context["audio"][-1:],
+                frame_rate=fps,
+                min_frames=limits.min_frames,
+                max_frames=max_frames_for_fps(limits, fps),
+                frame_step=limits.frame_step,
+            )
+        finally:
+            del head
+            memory.release(device)
 
     def load_denoiser(self, job: Job, context: Context, device: torch.device, dtype: torch.dtype, precision: str):
         """The transformer (its big linears in FP8: from the weight cache straight onto the GPU, or cast on the
@@ -177,17 +178,16 @@ class Ltx2(Family):
         pipe = self.source.load_denoiser(dtype, precision, connectors, device, conditioned, fast=fast)
         self.attach_loras(pipe.transformer, job, dtype, fast)
         compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
-        place_denoiser(pipe, device, video_tokens(self._as_denoised(job.request)), compile_cache)
+        request = job.request
+        if self._slot_pipeline(request):  # its canvas and keyframe slots: up to a third more tokens than the clip's
+            request = msgspec.structs.replace(request, num_frames=slot_canvas_frames(request.num_frames))
+        place_denoiser(pipe, device, video_tokens(request), compile_cache)
         first_stage = denoise_stages(job.request)[0]  # fast mode's stages have no STG
         share_stg_prefix(pipe.transformer, self.guidance(first_stage)["spatio_temporal_guidance_blocks"])
         upsampler = self.source.load_upsampler(dtype) if fast else None
         hold = audio_hold(job, audio_latents_per_second(pipe)) if conditioned else None
-        seed = job.request.seed if self._slot_pipeline(job) else None
+        seed = job.request.seed if self._slot_pipeline(job.request) else None
         return Denoiser(pipe, upsampler, image_conditions(job), hold, diffusion_seed=seed)
-
-    def _slot_pipeline(self, job: Job) -> bool:
-        """Whether the job runs LTX-2.5's keyframe-slot pipeline and diffusion decoder (its fast mode)."""
-        return job.request.mode == "fast" and getattr(self.source, "slot_pipeline", False)
 
     def attach_loras(self, transformer: nn.Module, job: Job, dtype: torch.dtype, fast: bool) -> None:
         """The job's LoRAs as a low-rank path beside the (FP8) weights, for every stage (gpu_runner/lora.py; one at
@@ -226,7 +226,7 @@ class Ltx2(Family):
         request = job.request
         lora.activate(denoiser.pipe.transformer, LORA_GROUPS[stage.name])
         fixed = FAST_SIGMAS[stage.name] if request.mode == "fast" else None
-        if self._slot_pipeline(job):
+        if self._slot_pipeline(job.request):
             latents, denoiser.slots = slots.denoise(
                 denoiser.pipe, request, stage, fixed, on_step_end, start, denoiser.slots
             )
@@ -326,6 +326,7 @@ class Ltx2(Family):
             denormalize=False,
             return_dict=False,
         )[0][0]
+        pixels = pixels.cpu()  # the muxer's chunks come from here: the card is free for what follows
         del pipe, decoder
         memory.release(device)
         on_tile(1, 1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from diffusers.pipelines.ltx2.dfr_layout import resolve_canvas
 from diffusers.pipelines.ltx2.utils import trim_canvas
 
 from contract.request import DenoiseStage, Request
@@ -78,14 +77,6 @@ def clip_audio_latents(pipe, request: Request) -> int:
     """The audio latents of the clip's own length (the canvas's padding has some past it)."""
     per_second = pipe.audio_sampling_rate / pipe.audio_hop_length / pipe.audio_vae_temporal_compression_ratio
     return round(request.num_frames / request.fps * per_second)
-
-
-def token_frames(request: Request) -> int:
-    """The frame count whose latent frames are as many as the slot pipeline's: the canvas padded to whole keyframe
-    segments, and one latent frame per slot (121 frames: 16 latent frames and 5 slots)."""
-    canvas, _, positions = resolve_canvas(request.num_frames)
-    latent_frames = (canvas - 1) // 8 + 1 + len(positions)
-    return (latent_frames - 1) * 8 + 1
 
 
 def upsampled(slots: Slots, upsample) -> Slots:
