@@ -224,9 +224,14 @@ class RandomWeights:
             return dict(self.size.vae().config)
 
     def weights_gib(self, component: str) -> float:
-        """What the component's bf16 weight files would weigh: its parameter count, counted on the meta device."""
+        """What the component's bf16 weight files would weigh: its parameter count, counted on the meta device; none
+        for a part this size lacks (the prompt enhancer, which the family configs leave out; 2.5's own parts
+        elsewhere)."""
+        factory = getattr(self.size, component, None)
+        if factory is None:
+            return 0.0
         with empty_weights():
-            module = getattr(self.size, component)()
+            module = factory()
         return sum(p.numel() for p in module.parameters()) * 2 / 2**30
 
     def load_text_side(self, dtype: torch.dtype, device: torch.device):
