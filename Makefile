@@ -14,7 +14,7 @@ PYTEST_WORKERS ?= 0
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[runner,test]'
+	$(BIN)/python -m pip install -q -e '.[runner,test,ray]'  # ray: the Ray executor's tests
 	touch $@
 
 setup: $(STAMP)

@@ -1,0 +1,132 @@
+"""The Ray executor against a real local Ray cluster (run by tests/integration/test_ray_executor.py inside a
+loopback-only network namespace; not collected on its own).
+
+One cluster for the module (ray.cluster_utils.Cluster): a head with no GPU, as on the portal host, and two worker
+nodes, each with one (fake) GPU and the demo model's resource, each with its own models copy and scratch
+directory so a test can tell where a job runs. One portal with AVP_RAY_ADDRESS drives it; a local portal gives
+the transcript to compare with.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.ray_node import model_resource
+from tests.portal import Portal, prepare_data_dir, runner_processes, wait_for
+
+if not os.environ.get("RAY_USAGE_STATS_ENABLED") == "0":  # pragma: no cover - a guard for running it by hand
+    raise RuntimeError("run these cases through tests/integration/test_ray_executor.py")
+
+from ray.cluster_utils import Cluster  # noqa: E402  (after the guard: the optional extra)
+
+QUICK = {"steps": 2, "seed": 7}
+SLOW = {"steps": 100}  # minutes on a CPU: cancelled or interrupted long before its end
+NODE_LOSS = {"steps": 6, "seed": 11}
+
+
+def node_env(tmp: Path, name: str, demo_model_dir: Path) -> dict[str, str]:
+    models = tmp / name / "models"
+    shutil.copytree(demo_model_dir, models / "demo")
+    return {"AVP_MODELS_DIR": str(models), "AVP_RAY_SCRATCH": str(tmp / name / "scratch")}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[tuple[Cluster, dict]]:
+    """The head and two GPU nodes; a node's environment is the driver's when it is added, so each gets its own."""
+    tmp = tmp_path_factory.mktemp("ray")
+    saved = dict(os.environ)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path.cwd()), os.environ.get("PYTHONPATH"))))
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "node_ip_address": "127.0.0.1"},
+    )
+    nodes = {}
+    try:
+        for name in ("node-a", "node-b"):
+            os.environ.update(node_env(tmp, name, demo_model_dir))
+            nodes[name] = cluster.add_node(
+                num_cpus=1, num_gpus=1, resources={model_resource("demo"): 1000}, node_ip_address="127.0.0.1"
+            )
+        cluster.wait_for_nodes()
+        yield cluster, {name: (node, tmp / name / "scratch") for name, (node) in nodes.items()}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_portal(cluster, tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[Portal]:
+    ray_cluster, _ = cluster
+    data_dir = prepare_data_dir(tmp_path_factory.mktemp("portal") / "data", demo_model_dir)
+    portal = Portal(data_dir=data_dir, env={"AVP_RAY_ADDRESS": ray_cluster.address, "AVP_CANCEL_GRACE_S": "2"})
+    portal.start(timeout=60)
+    yield portal
+    portal.stop()
+
+
+def where_it_runs(nodes: dict, job_id: str) -> str:
+    """The node whose scratch directory holds the job now."""
+    found = [name for name, (_, scratch) in nodes.items() if (scratch / "jobs" / job_id).is_dir()]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def transcript(portal: Portal, job_id: str) -> list[str]:
+    return [sse.event for sse in portal.events(job_id, timeout=120)]
+
+
+def test_a_demo_job_runs_on_a_worker_node_with_the_local_transcript_and_its_clip_comes_back(
+    ray_portal: Portal, cluster, make_portal
+) -> None:
+    _, nodes = cluster
+    job = ray_portal.submit(**QUICK)
+    ray_portal.wait_for_event(job["id"], "stage", timeout=120)
+    node = where_it_runs(nodes, job["id"])
+    done = ray_portal.wait(job["id"], timeout=120)
+    assert done["status"] == "succeeded", done
+    assert done["slot"].startswith("ray")
+    job_dir = ray_portal.job_dir(job["id"])
+    assert (job_dir / "video.mp4").stat().st_size > 1000 and (job_dir / "poster.jpg").is_file()
+    assert (job_dir / "preview.jpg").is_file()
+    assert "--- ran on Ray node 127.0.0.1" in (job_dir / "runner.log").read_text()
+    assert not (nodes[node][1] / "jobs" / job["id"]).exists(), "the node's scratch job directory is removed"
+    with ray_portal.client() as c:
+        assert c.get(f"/api/jobs/{job['id']}/video").status_code == 200
+
+    local = make_portal(AVP_GPUS="cpu:1", AVP_SPARE_RUNNER="off")
+    local_job = local.submit(**QUICK)
+    assert local.wait(local_job["id"], timeout=120)["status"] == "succeeded"
+    assert transcript(ray_portal, job["id"]) == transcript(local, local_job["id"])
+
+
+def test_a_cancel_reaches_the_runner_on_its_node(ray_portal: Portal, cluster) -> None:
+    _, nodes = cluster
+    job = ray_portal.submit(**SLOW)
+    ray_portal.wait_for_event(job["id"], "step", timeout=120)
+    scratch_job = nodes[where_it_runs(nodes, job["id"])][1] / "jobs" / job["id"]
+    assert runner_processes(scratch_job), "its runner runs on the node"
+    ray_portal.cancel(job["id"])
+    assert ray_portal.wait(job["id"], timeout=60)["status"] == "cancelled"
+    wait_for(lambda: not runner_processes(scratch_job), 30, "the node's runner gone")
+
+
+def test_a_node_lost_mid_job_requeues_it_once_and_the_other_node_finishes_it(ray_portal: Portal, cluster) -> None:
+    ray_cluster, nodes = cluster
+    job = ray_portal.submit(**NODE_LOSS)
+    ray_portal.wait_for_event(job["id"], "step", timeout=120)
+    lost = where_it_runs(nodes, job["id"])
+    ray_cluster.remove_node(nodes[lost][0], allow_graceful=False)
+    done = ray_portal.wait(job["id"], timeout=180)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    types = transcript(ray_portal, job["id"])
+    assert "interrupted" in types and types[-2:] == ["succeeded", "end"]
+    other = next(name for name in nodes if name != lost)
+    assert "--- ran on Ray node" in (ray_portal.job_dir(job["id"]) / "runner.log").read_text()
+    assert not runner_processes(nodes[other][1] / "jobs" / job["id"])
