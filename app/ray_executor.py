@@ -71,6 +71,7 @@ class _RayRun:
         self.runner_pgid: int | None = None
         self.cancel_requested = False
         self.stopping = False
+        self.stream: object = None  # the task's ObjectRefGenerator
 
 
 class RayExecutor:
@@ -140,6 +141,9 @@ class RayExecutor:
         if run is None:
             return False
         run.cancel_requested = True
+        if run.node_id is None:  # still waiting for a node: the task is cancelled before its runner starts
+            with contextlib.suppress(Exception):
+                self._ray.cancel(run.stream)
         self._stop_runner(run)
         return True
 
@@ -165,6 +169,7 @@ class RayExecutor:
         stream = self._run_job.options(
             num_returns="streaming", max_retries=0, num_gpus=1, resources={resource: MODEL_SHARE}
         ).remote(job_id, files)
+        run.stream = stream
         try:
             async for ref in stream:
                 item = await ref
