@@ -4,7 +4,9 @@ loopback-only network namespace; not collected on its own).
 One cluster for the module (ray.cluster_utils.Cluster): a head with no GPU, as on the portal host, and two worker
 nodes, each with one (fake) GPU and the demo model's resource, each with its own models copy and scratch
 directory so a test can tell where a job runs. One portal with AVP_RAY_ADDRESS drives it; a local portal gives
-the transcript to compare with.
+the transcript to compare with. Cases: a demo job on a worker node (the local transcript, its files back), a
+cancel reaching the node's runner, a node removed mid-job (the job queued again and finished on the other), a
+model no node has (the executor itself, as a driver of the cluster).
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
+from app.executor import Outcome
+from app.ray_executor import RayExecutor
 from app.ray_node import model_resource
+from contract import jobdir
+from contract.request import Request
 from tests.portal import Portal, prepare_data_dir, runner_processes, wait_for
 
 if not os.environ.get("RAY_USAGE_STATS_ENABLED") == "0":  # pragma: no cover - a guard for running it by hand
@@ -102,7 +109,9 @@ def test_a_demo_job_runs_on_a_worker_node_with_the_local_transcript_and_its_clip
     local = make_portal(AVP_GPUS="cpu:1", AVP_SPARE_RUNNER="off")
     local_job = local.submit(**QUICK)
     assert local.wait(local_job["id"], timeout=120)["status"] == "succeeded"
-    assert transcript(ray_portal, job["id"]) == transcript(local, local_job["id"])
+    types = transcript(ray_portal, job["id"])
+    assert "preview" in types and types[-3:] == ["result", "succeeded", "end"]
+    assert types == transcript(local, local_job["id"])
 
 
 def test_a_cancel_reaches_the_runner_on_its_node(ray_portal: Portal, cluster) -> None:
@@ -130,3 +139,32 @@ def test_a_node_lost_mid_job_requeues_it_once_and_the_other_node_finishes_it(ray
     other = next(name for name in nodes if name != lost)
     assert "--- ran on Ray node" in (ray_portal.job_dir(job["id"]) / "runner.log").read_text()
     assert not runner_processes(nodes[other][1] / "jobs" / job["id"])
+
+
+def test_a_model_no_node_has_fails_its_job_at_once_naming_it(cluster, tmp_path: Path) -> None:
+    ray_cluster, _ = cluster
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    job = jobdir.JobFile(id="j", request=Request(prompt="x"), model_kind="ltx-2.3", model_path="/srv/models/ltx-big")
+    jobdir.write_job_file(job_dir, job)
+    executor = RayExecutor(ray_cluster.address, cancel_grace_s=1)
+
+    async def run() -> Outcome:
+        try:
+            events: list = []
+            slot = executor.claim(None)
+            assert slot == "ray0" and executor.capacity == 2, "one slot per GPU of the cluster"
+
+            async def sink(event) -> None:
+                events.append(event)
+
+            outcome = await executor.run("j", job_dir, sink, slot)
+            assert events == []
+            return outcome
+        finally:
+            await executor.close()
+
+    outcome = anyio.run(run)
+    assert (outcome.status, outcome.code) == ("failed", "model_missing")
+    assert "No node of the Ray cluster holds the model 'ltx-big'" in outcome.message
+    assert '"avp_model_ltx-big": 1000' in outcome.message
