@@ -26,13 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.ray_node import model_resource  # noqa: E402
 from tests.portal import REPO_ROOT, Portal  # noqa: E402  (the same real-portal harness the tests use)
+from tests.ray_cluster import local_cluster  # noqa: E402
 
 IN_NAMESPACE = "AVP_RAY_BENCH_NETNS"
 QUICK = {"steps": 2}
@@ -66,8 +65,8 @@ def main() -> None:
         ]
         for name, env in ways:
             report(name, measure(Path(tmp) / name.replace(" ", "").replace(",", "-"), demo, env, args.jobs))
-        with ray_cluster(Path(tmp), demo) as address:
-            report("ray", measure(Path(tmp) / "ray", demo, {"AVP_RAY_ADDRESS": address}, args.jobs))
+        with local_cluster(Path(tmp) / "cluster", demo, ("node",)) as (cluster, _):
+            report("ray", measure(Path(tmp) / "ray", demo, {"AVP_RAY_ADDRESS": cluster.address}, args.jobs))
     print(f"\n# load average {os.getloadavg()[0]:.2f} at the end")
 
 
@@ -97,31 +96,6 @@ def measure(tmp: Path, demo: Path, env: dict[str, str], jobs: int) -> list[tuple
     finally:
         portal.stop()
     return times
-
-
-@contextmanager
-def ray_cluster(tmp: Path, demo: Path):
-    """A head with no GPU (the portal's host) and one node with one fake GPU and the demo model; its address."""
-    from ray.cluster_utils import Cluster
-
-    models = tmp / "node-models"
-    shutil.copytree(demo, models / "demo")
-    saved = dict(os.environ)
-    os.environ.update(
-        AVP_MODELS_DIR=str(models),
-        AVP_RAY_SCRATCH=str(tmp / "node-scratch"),
-        PYTHONPATH=os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH")))),
-    )
-    node_ip = {"node_ip_address": "127.0.0.1"}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, **node_ip})
-    try:
-        cluster.add_node(num_cpus=1, num_gpus=1, resources={model_resource("demo"): 1000}, **node_ip)
-        cluster.wait_for_nodes()
-        yield cluster.address
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        cluster.shutdown()
 
 
 def report(name: str, times: list[tuple[float, float]]) -> None:

@@ -1,7 +1,7 @@
 """The Ray executor against a real local Ray cluster (run by tests/integration/test_ray_executor.py inside a
 loopback-only network namespace; not collected on its own).
 
-One cluster for the module (ray.cluster_utils.Cluster): a head with no GPU, as on the portal host, and two worker
+One cluster for the module (tests/ray_cluster.py): a head with no GPU, as on the portal host, and two worker
 nodes, each with one (fake) GPU and the demo model's resource, each with its own models copy and scratch
 directory so a test can tell where a job runs. One portal with AVP_RAY_ADDRESS drives it; a local portal gives
 the transcript to compare with. Cases: a demo job on a worker node (the local transcript, its files back), a
@@ -11,8 +11,6 @@ model no node has (the executor itself, as a driver of the cluster).
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,50 +19,20 @@ import pytest
 
 from app.executor import Outcome
 from app.ray_executor import RayExecutor
-from app.ray_node import model_resource
 from contract import jobdir
 from contract.request import Request
 from tests.portal import Portal, prepare_data_dir, runner_processes, wait_for
-
-if not os.environ.get("RAY_USAGE_STATS_ENABLED") == "0":  # pragma: no cover - a guard for running it by hand
-    raise RuntimeError("run these cases through tests/integration/test_ray_executor.py")
-
-from ray.cluster_utils import Cluster  # noqa: E402  (after the guard: the optional extra)
+from tests.ray_cluster import local_cluster
 
 QUICK = {"steps": 2, "seed": 7}
 SLOW = {"steps": 100}  # minutes on a CPU: cancelled or interrupted long before its end
 NODE_LOSS = {"steps": 6, "seed": 11}
 
 
-def node_env(tmp: Path, name: str, demo_model_dir: Path) -> dict[str, str]:
-    models = tmp / name / "models"
-    shutil.copytree(demo_model_dir, models / "demo")
-    return {"AVP_MODELS_DIR": str(models), "AVP_RAY_SCRATCH": str(tmp / name / "scratch")}
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[tuple[Cluster, dict]]:
-    """The head and two GPU nodes; a node's environment is the driver's when it is added, so each gets its own."""
-    tmp = tmp_path_factory.mktemp("ray")
-    saved = dict(os.environ)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path.cwd()), os.environ.get("PYTHONPATH"))))
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "node_ip_address": "127.0.0.1"},
-    )
-    nodes = {}
-    try:
-        for name in ("node-a", "node-b"):
-            os.environ.update(node_env(tmp, name, demo_model_dir))
-            nodes[name] = cluster.add_node(
-                num_cpus=1, num_gpus=1, resources={model_resource("demo"): 1000}, node_ip_address="127.0.0.1"
-            )
-        cluster.wait_for_nodes()
-        yield cluster, {name: (node, tmp / name / "scratch") for name, (node) in nodes.items()}
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        cluster.shutdown()
+def cluster(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[tuple[object, dict]]:
+    with local_cluster(tmp_path_factory.mktemp("ray"), demo_model_dir, ("node-a", "node-b")) as (ray_cluster, nodes):
+        yield ray_cluster, nodes
 
 
 @pytest.fixture(scope="module")
