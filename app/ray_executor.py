@@ -5,8 +5,8 @@ A job is a Ray task asking for one GPU and a sliver of the custom resource namin
 it. The task (a streaming generator) runs `python -m gpu_runner run` there exactly as a local slot does, and
 yields the runner's protocol lines as they come, the preview files before the events that announce them and
 the results at the end; this side writes them into the portal's job directory and hands the events to the
-worker, so SSE, previews and the outcome look as they do locally. The job's inputs (every file of its job
-directory but runner.log) travel with the task.
+worker, so SSE, previews and the outcome look as they do locally. The job's inputs (job.json and the files it
+names) travel with the task.
 
 Slots: one per GPU the cluster had when the portal started (`ray0`, `ray1`, ...; at least one), so the worker
 never has more jobs in flight than the cluster has cards; which node takes a job is Ray's choice, and the
@@ -159,11 +159,7 @@ class RayExecutor:
                 f"No node of the Ray cluster holds the model {model!r}: start a node that has it in its models "
                 f"directory with `ray start --resources '{{\"{resource}\": 1000}}'` (deploy/README.md).",
             )
-        files = {
-            path.name: path.read_bytes()
-            for path in sorted(job_dir.iterdir())
-            if path.is_file() and path.name != jobdir.LOG_FILE
-        }
+        files = {name: (job_dir / name).read_bytes() for name in _inputs(job)}
         run = self._runs[job_id] = _RayRun()
         transcript, code = Transcript(), None
         stream = self._run_job.options(
@@ -212,6 +208,13 @@ class RayExecutor:
         run.stopping = True
         strategy = self._ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(run.node_id, soft=False)
         self._stop.options(num_cpus=0, max_retries=0, scheduling_strategy=strategy).remote(run.runner_pgid, self._grace)
+
+
+def _inputs(job: jobdir.JobFile) -> list[str]:
+    """The files of the job directory its runner reads: job.json and those it names (images, an extension's
+    source); never what an earlier attempt left (its preview)."""
+    named = (job.image_file, *job.keyframe_files, job.source_video_file, job.source_audio_latents_file)
+    return [jobdir.JOB_FILE, *(name for name in named if name)]
 
 
 def _receive_file(job_dir: Path, name: str, data: bytes, run: _RayRun) -> None:
