@@ -32,7 +32,7 @@ import msgspec
 
 from app.config import SettingsError
 from app.executor import EventSink, Outcome, SlotState
-from app.ray_node import model_resource, run_job, stop_group
+from app.ray_node import model_resource, plain_name, run_job, stop_group
 from app.runner import Transcript, classify
 from contract import jobdir
 
@@ -220,8 +220,7 @@ def _inputs(job: jobdir.JobFile) -> list[str]:
 def _receive_file(job_dir: Path, name: str, data: bytes, run: _RayRun) -> None:
     """Write a file the node sent into the portal's job directory, whole (a reader never sees half a file); the
     node's runner.log is appended to the portal's, under a line saying where it ran."""
-    if Path(name).name != name or name in ("", ".", ".."):
-        raise ValueError(f"the node sent a file that is not a plain name: {name!r}")
+    name = plain_name(name)
     if name == jobdir.LOG_FILE:
         with open(job_dir / name, "ab") as log_file:
             log_file.write(f"--- ran on Ray node {_node(run)} ---\n".encode() + data)

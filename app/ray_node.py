@@ -84,7 +84,7 @@ def run_job(job_id: str, files: dict[str, bytes]) -> Iterator[tuple]:
     job_dir.mkdir(parents=True)
     try:
         for name, data in files.items():
-            (job_dir / _plain(name)).write_bytes(data)
+            (job_dir / plain_name(name)).write_bytes(data)
         job = msgspec.json.decode((job_dir / jobdir.JOB_FILE).read_bytes(), type=jobdir.JobFile)
         jobdir.write_job_file(job_dir, localise(job, models, loras, scratch))
         with open(job_dir / jobdir.LOG_FILE, "ab") as log:
@@ -135,10 +135,10 @@ def _preview_file(line: bytes) -> str | None:
         event = protocol.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None  # the portal reports the broken line
-    return _plain(event.file) if isinstance(event, protocol.Preview) and event.file else None
+    return plain_name(event.file) if isinstance(event, protocol.Preview) and event.file else None
 
 
-def _plain(name: str) -> str:
+def plain_name(name: str) -> str:
     """A file name of the job directory, never a path elsewhere."""
     if Path(name).name != name or name in ("", ".", ".."):
         raise ValueError(f"not a file name of the job directory: {name!r}")
