@@ -6,7 +6,7 @@ nodes, each with one (fake) GPU and the demo model's resource, each with its own
 directory so a test can tell where a job runs. One portal with AVP_RAY_ADDRESS drives it; a local portal gives
 the transcript to compare with. Cases: a demo job on a worker node (the local transcript, its files back), a
 cancel reaching the node's runner, a node removed mid-job (the job queued again and finished on the other), a
-model no node has (the executor itself, as a driver of the cluster).
+model no node has (the executor itself, as a driver of the cluster), an image job's image travelling to the node.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from app.executor import Outcome
 from app.ray_executor import RayExecutor
 from contract import jobdir
 from contract.request import Request
+from tests import upload_corpus as corpus
 from tests.portal import Portal, prepare_data_dir, runner_processes, wait_for
 from tests.ray_cluster import local_cluster
 
@@ -136,3 +137,14 @@ def test_a_model_no_node_has_fails_its_job_at_once_naming_it(cluster, tmp_path: 
     assert (outcome.status, outcome.code) == ("failed", "model_missing")
     assert "No node of the Ray cluster holds the model 'ltx-big'" in outcome.message
     assert '"avp_model_ltx-big": 1000' in outcome.message
+
+
+def test_an_image_job_takes_its_image_to_the_node(ray_portal: Portal) -> None:
+    with ray_portal.client() as client:
+        uploaded = client.post("/api/uploads", files={"file": ("photo.jpg", corpus.rotated_jpeg(6), "image/jpeg")})
+    assert uploaded.status_code == 201, uploaded.text
+    job = ray_portal.submit(image_upload_id=uploaded.json()["upload_id"], width=64, height=64, num_frames=9, steps=2)
+    done = ray_portal.wait(job["id"], timeout=120)
+    assert done["status"] == "succeeded", done["error"]
+    # the node's runner refuses a job whose image_file is not in its job directory (gpu_runner/job.py)
+    assert "image.png" in (ray_portal.job_dir(job["id"]) / "job.json").read_text()
