@@ -74,6 +74,8 @@ def test_a_demo_job_runs_on_a_worker_node_with_the_local_transcript_and_its_clip
     assert not (nodes[node][1] / "jobs" / job["id"]).exists(), "the node's scratch job directory is removed"
     with ray_portal.client() as c:
         assert c.get(f"/api/jobs/{job['id']}/video").status_code == 200
+        slots = c.get("/healthz").json()["worker"]["slot_states"]
+    assert [(slot["name"], slot["device"]) for slot in slots] == [("ray0", "cuda"), ("ray1", "cuda")], "a GPU each"
 
     local = make_portal(AVP_GPUS="cpu:1", AVP_SPARE_RUNNER="off")
     local_job = local.submit(**QUICK)
