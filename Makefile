@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RAY_STAMP := $(VENV)/.installed-ray
 PYTEST_ARGS ?=
 # PYTEST_WORKERS=2 runs test files on two workers, each file whole on one so its module-scoped fixtures
 # are built once. Off by default: on a busy 2-core machine two CPU-bound generations at once pushed the
@@ -17,17 +18,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[runner,test]'
 	touch $@
 
+# Ray (several hosts) is an optional extra of ~285 MB: the tests install it, `make run` does not.
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[ray]'
+	touch $@
+
 setup: $(STAMP)
 
 run: setup
 	$(BIN)/python -m app serve
 
 # Debian's chromium drives the browser tests (Playwright never downloads a browser here);
-# Debian's nginx and caddy run the deploy/ configs in front of the portal in the tests.
-SYSTEM_TOOLS := chromium nginx caddy
+# Debian's nginx and caddy run the deploy/ configs in front of the portal in the tests;
+# iproute2's `ip` brings up the loopback of the Ray tests' network namespace. (tool:package)
+SYSTEM_TOOLS := chromium:chromium nginx:nginx caddy:caddy ip:iproute2
 system-deps:
-	@missing=""; for tool in $(SYSTEM_TOOLS); do \
-	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
+	@missing=""; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
@@ -36,7 +43,7 @@ system-deps:
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup system-deps lint
+test: setup $(RAY_STAMP) system-deps lint
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo-model: setup

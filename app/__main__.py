@@ -151,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             print(load_or_create_webhook_secret(settings.data_dir, settings.webhook_secret))
             return 0
         settings.check_exposure()
+        if settings.ray_address:
+            from app.ray_executor import check_reachable
+
+            check_reachable(settings.ray_address)
     except ValueError as exc:  # a SettingsError, or the data directory's webhook secret is damaged
         print(f"avportal: {exc}", file=sys.stderr)
         return 2

@@ -59,6 +59,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     spare_runner: bool = True  # a runner waits with torch and diffusers imported for the next job (AVP_SPARE_RUNNER)
     gpus: str = "auto"  # the runner slots (AVP_GPUS, app/slots.py): auto, card numbers (0,2) or cpu:N
     slot_memory_gb: str = ""  # the CPU slots' memory for admission (AVP_SLOT_MEMORY_GB): one figure, or one per slot
+    ray_address: str | None = None  # AVP_RAY_ADDRESS: jobs run on this Ray cluster's nodes (app/ray_executor.py)
     max_upload_mb: float = 20.0  # largest image file accepted by POST /api/uploads
     upload_ttl_s: float = 86400.0  # how long an upload no job uses is kept
     keep_days: float | None = None  # retention: finished jobs' files are removed this many days after (AVP_KEEP_DAYS)
@@ -365,6 +366,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             webhook_ca_file=webhook_ca_file,
             gpus=env.get("AVP_GPUS", "").strip() or "auto",
             slot_memory_gb=env.get("AVP_SLOT_MEMORY_GB", "").strip(),
+            ray_address=env.get("AVP_RAY_ADDRESS", "").strip() or None,
         )
         settings.slots()  # a card that does not exist, or a bad slot setting, stops the start with its reason
         return settings

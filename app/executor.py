@@ -21,7 +21,9 @@ EventSink = Callable[[protocol.Event], Awaitable[None]]  # gets each protocol ev
 
 
 class Outcome(msgspec.Struct, frozen=True):
-    status: str  # succeeded, failed or cancelled
+    # succeeded, failed or cancelled; interrupted: the machine running it went away (a Ray node), so the worker
+    # queues it again once
+    status: str
     code: str | None = None
     message: str | None = None
 

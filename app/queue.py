@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from app.executor import EventSink, Executor, SlotState
+from app.executor import EventSink, Executor, Outcome, SlotState
 from app.journal import Journal
 from app.progress import JobProgress
 from app.runner import runner_command, runner_env
@@ -227,7 +227,12 @@ class Worker:
             )
             began.set()
             outcome = await self._executor.run(job_id, self._jobs_dir / job_id, self._recorder(job_id), slot)
-            await self._until_recorded(job_id, self._journal.set_status, job_id, outcome.status, **outcome.details())
+            if outcome.status == "interrupted":  # its machine went away (a Ray node): once more, elsewhere
+                await self._requeue_once(job_id, job.attempts + 1, outcome)
+            else:
+                await self._until_recorded(
+                    job_id, self._journal.set_status, job_id, outcome.status, **outcome.details()
+                )
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._journal.set_status(
@@ -247,6 +252,16 @@ class Worker:
         finally:
             self.running_jobs.remove(job_id)
         return True
+
+    async def _requeue_once(self, job_id: str, attempts: int, outcome: Outcome) -> None:
+        """A job whose run was interrupted by its machine going away: queued again once, failed after that."""
+        record = self._journal.set_status
+        await self._until_recorded(job_id, record, job_id, "interrupted", code=outcome.code, message=outcome.message)
+        if attempts < MAX_ATTEMPTS:
+            await self._until_recorded(job_id, record, job_id, "queued", message="Queued again after an interruption.")
+            return
+        message = f"{outcome.message} It was interrupted {attempts} times and not retried again; submit it again."
+        await self._until_recorded(job_id, record, job_id, "failed", code="internal", message=message)
 
     def _recorder(self, job_id: str) -> EventSink:
         """Journals each of the job's protocol events, carrying its progress from one to the next."""

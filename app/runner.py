@@ -101,7 +101,7 @@ class _Child:
         signal_group(self.process, sig)
 
 
-class _Transcript:
+class Transcript:
     """What the supervisor learned from the child's stdout."""
 
     def __init__(self) -> None:
@@ -112,6 +112,21 @@ class _Transcript:
 
     def is_empty(self) -> bool:
         return self.lines == 0
+
+    def read(self, line: bytes) -> protocol.Event | None:
+        """One stdout line: its protocol event, noted; None (and `violation` set) when it is not one."""
+        self.lines += 1
+        try:
+            event = protocol.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            shown = line[:120].decode("utf-8", "replace")
+            self.violation = f"line {self.lines} is not a protocol event ({exc}): {shown!r}"
+            return None
+        if isinstance(event, protocol.Result):
+            self.result = event
+        elif isinstance(event, protocol.Error):
+            self.last_error = event
+        return event
 
 
 class Supervisor:
@@ -218,11 +233,11 @@ class Supervisor:
                     child = await self._spawn(job_dir)
                     self._children[job_id] = child
                 transcript = await self._supervise(job_id, child, on_event)
-        return _classify(child.process.returncode, child.cancel_requested.is_set(), transcript)
+        return classify(child.process.returncode, child.cancel_requested.is_set(), transcript)
 
-    async def _supervise(self, job_id: str, child: _Child, on_event: EventSink) -> _Transcript:
+    async def _supervise(self, job_id: str, child: _Child, on_event: EventSink) -> Transcript:
         """Follow a registered runner to its end (stopped on cancel), with a spare importing beside it."""
-        transcript = _Transcript()
+        transcript = Transcript()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._stop_when_cancelled, child)
@@ -238,10 +253,9 @@ class Supervisor:
             self._children.pop(job_id, None)
         return transcript
 
-    async def _follow(self, job_id: str, child: _Child, transcript: _Transcript, on_event: EventSink) -> None:
+    async def _follow(self, job_id: str, child: _Child, transcript: Transcript, on_event: EventSink) -> None:
         assert child.process.stdout is not None
         lines = BufferedByteReceiveStream(child.process.stdout)
-        number = 0
         while True:
             try:
                 line = await lines.receive_until(b"\n", MAX_LINE_BYTES)
@@ -250,18 +264,9 @@ class Supervisor:
             except anyio.DelimiterNotFound:
                 transcript.violation = f"a line longer than {MAX_LINE_BYTES} bytes"
                 break
-            number += 1
-            transcript.lines = number
-            try:
-                event = protocol.decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                shown = line[:120].decode("utf-8", "replace")
-                transcript.violation = f"line {number} is not a protocol event ({exc}): {shown!r}"
+            event = transcript.read(line)
+            if event is None:
                 break
-            if isinstance(event, protocol.Result):
-                transcript.result = event
-            elif isinstance(event, protocol.Error):
-                transcript.last_error = event
             await on_event(event)
         log.warning("job %s: %s; stopping its runner", job_id, transcript.violation)
         await self._stop(child)
@@ -505,7 +510,7 @@ _EXIT_MEANING = {
 }
 
 
-def _classify(code: int | None, cancel_requested: bool, transcript: _Transcript) -> Outcome:
+def classify(code: int | None, cancel_requested: bool, transcript: Transcript) -> Outcome:
     if code == 0 and transcript.result is not None and transcript.violation is None:
         return Outcome("succeeded")
     if cancel_requested:

@@ -24,6 +24,7 @@ from app.auth import PUBLIC, Authenticator, LoginRequired, LoginThrottle, load_o
 from app.broker import Broker
 from app.config import Settings
 from app.disk import DiskFull
+from app.executor import Executor
 from app.jobs import Conflict, Jobs, KeyReused, QueueFull, present
 from app.journal import Journal
 from app.openapi import openapi_config
@@ -108,7 +109,13 @@ def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngin
         settings.webhook_ca_file,
     )
     spare_jobs_dir = settings.jobs_dir if settings.spare_runner else None
-    executor = LocalSlots(*settings.slots(), settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
+    executor: Executor
+    if settings.ray_address:
+        from app.ray_executor import RayExecutor  # ray, the optional extra, only where it is asked for
+
+        executor = RayExecutor(settings.ray_address, settings.cancel_grace_s)
+    else:
+        executor = LocalSlots(*settings.slots(), settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
     journal = Journal(store, broker, pages, slots=executor.capacity, webhooks=webhooks)
     worker = Worker(store, journal, executor, settings.jobs_dir, settings.runner_python)
     uploads = Uploads(settings.uploads_dir, store, settings.max_upload_bytes, settings.upload_ttl_s, settings.data_disk)

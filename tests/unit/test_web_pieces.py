@@ -16,7 +16,7 @@ from app.page_feed import job_context
 from app.progress import JobProgress
 from app.ratelimit import RateLimited, SubmitRateLimit
 from app.routes.files import parse_range
-from app.runner import _classify, _Transcript
+from app.runner import Transcript, classify
 from app.store import JobFilter, JobUpdate, Store
 from app.web import build_templates
 from contract import protocol
@@ -171,7 +171,7 @@ def test_a_running_jobs_panel_shows_its_preview_with_what_it_is_or_why_there_is_
 
 
 def _transcript(result: bool = False, error: protocol.Error | None = None, violation: str | None = None):
-    t = _Transcript()
+    t = Transcript()
     if result:
         t.result = A_RESULT
     t.last_error, t.violation = error, violation
@@ -211,7 +211,7 @@ def _transcript(result: bool = False, error: protocol.Error | None = None, viola
 def test_runner_exits_are_classified_from_exit_code_and_last_error(
     code, cancelled, transcript, status, error_code, fragment
 ) -> None:
-    outcome = _classify(code, cancelled, transcript)
+    outcome = classify(code, cancelled, transcript)
     assert (outcome.status, outcome.code) == (status, error_code)
     if fragment:
         assert fragment in outcome.message

@@ -276,3 +276,34 @@ def test_a_job_no_slot_could_ever_hold_fails_at_once_and_the_jobs_behind_it_run(
         await until(lambda: worker.state == "idle")
 
     with_worker(tmp_path, scenario, executor=TwoSlots(total=10), peaks={"a": 50, "b": 1, "c": 1})
+
+
+class LosesItsMachine(TwoSlots):
+    """Job a's machine goes away each time it runs (as a Ray node does): its run ends `interrupted`."""
+
+    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
+        if job_id != "a":
+            return await super().run(job_id, job_dir, on_event, slot)
+        self.claimed[slot] = job_id
+        self.started.append(job_id)
+        await on_event(protocol.Stage(name="denoise", t=0.0))
+        return Outcome("interrupted", "node_lost", "The Ray node 10.0.0.7 went away while this job ran.")
+
+
+def test_a_job_whose_machine_goes_away_is_queued_again_once_then_fails_naming_it(tmp_path: Path) -> None:
+    async def scenario(worker: Worker, executor: TwoSlots, store: Store) -> None:
+        await until(lambda: store.get_job("a").status == "failed")
+        assert executor.started.count("a") == 2, "run once more, then not again"
+        job = store.get_job("a")
+        assert job.attempts == 2 and job.error["code"] == "internal"
+        assert job.error["message"] == (
+            "The Ray node 10.0.0.7 went away while this job ran. It was interrupted 2 times and not retried again; "
+            "submit it again."
+        )
+        types = [event.type for event in store.events_after("a", 0)]
+        assert types.count("interrupted") == 2 and types.count("running") == 2 and types[-1] == "failed"
+        for job_id in "bc":
+            executor.finish[job_id].set()
+        await until(lambda: statuses(store) == {"a": "failed", "b": "succeeded", "c": "succeeded"})
+
+    with_worker(tmp_path, scenario, executor=LosesItsMachine())
