@@ -3,13 +3,14 @@
 The worker (app/queue.py) decides which job runs next and records what happens; an executor has slots
 (app/slots.py), says which free slot can hold a job now (`claim`, from the job's predicted peak), runs a job
 directory on it, streams the runner's protocol events back and says how it ended. The local slots
-(app/runner.py: runner processes on this machine, a spare waiting per slot) are the one implementation today;
-another (a remote pool) implements the same methods and the worker does not change.
+(app/runner.py: runner processes on this machine, a spare waiting per slot) and a Ray cluster's GPUs
+(app/ray_executor.py) implement the same methods, so the worker does not change; both keep their claims in
+`SlotClaims`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +42,37 @@ class SlotState(msgspec.Struct, frozen=True):
     free_gib: float | None  # what a job may take there now (a card's free memory, a CPU slot's setting)
     total_gib: float | None  # the most a job could ever take there; None: unchecked
     spare_pid: int | None  # its waiting spare runner
+
+
+class SlotClaims:
+    """Which of an executor's slots are claimed, and for which job (None: claimed, its job not yet started)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = tuple(names)
+        self._jobs: dict[str, str | None] = {}
+
+    @property
+    def capacity(self) -> int:
+        return len(self.names)
+
+    @property
+    def free(self) -> int:
+        return len(self.names) - len(self._jobs)
+
+    def is_claimed(self, name: str) -> bool:
+        return name in self._jobs
+
+    def take(self, name: str) -> None:
+        self._jobs[name] = None
+
+    def running(self, name: str, job_id: str) -> None:
+        self._jobs[name] = job_id
+
+    def release(self, name: str) -> None:
+        self._jobs.pop(name, None)
+
+    def job(self, name: str) -> str | None:
+        return self._jobs.get(name)
 
 
 class Executor(Protocol):

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from app.config import SettingsError
-from app.executor import EventSink, Outcome, SlotState
+from app.executor import EventSink, Outcome, SlotClaims, SlotState
 from app.ray_node import model_resource, plain_name, run_job, stop_group
 from app.runner import Transcript, classify
 from contract import jobdir
@@ -84,20 +84,19 @@ class RayExecutor:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         self._grace = cancel_grace_s
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        self._slots = tuple(f"ray{n}" for n in range(max(1, gpus)))
-        self._claimed: dict[str, str | None] = {}
+        self._claims = SlotClaims(f"ray{n}" for n in range(max(1, gpus)))
         self._runs: dict[str, _RayRun] = {}
         self._run_job = ray.remote(run_job)
         self._stop = ray.remote(stop_group)
-        log.info("Ray cluster at %s: %d GPU slots", address, len(self._slots))
+        log.info("Ray cluster at %s: %d GPU slots", address, self._claims.capacity)
 
     @property
     def capacity(self) -> int:
-        return len(self._slots)
+        return self._claims.capacity
 
     @property
     def free_slots(self) -> int:
-        return len(self._slots) - len(self._claimed)
+        return self._claims.free
 
     @property
     def cpu_only(self) -> bool:
@@ -107,13 +106,13 @@ class RayExecutor:
         return None  # the node's runner admits the job against its own card
 
     def claim(self, need_gib: float | None) -> str | None:
-        name = next((slot for slot in self._slots if slot not in self._claimed), None)
+        name = next((slot for slot in self._claims.names if not self._claims.is_claimed(slot)), None)
         if name is not None:
-            self._claimed[name] = None
+            self._claims.take(name)
         return name
 
     def release(self, slot: str) -> None:
-        self._claimed.pop(slot, None)
+        self._claims.release(slot)
 
     def states(self) -> list[SlotState]:
         return [
@@ -121,12 +120,12 @@ class RayExecutor:
                 name=slot,
                 device="cuda",
                 card=None,
-                job=self._claimed.get(slot),
+                job=self._claims.job(slot),
                 free_gib=None,
                 total_gib=None,
                 spare_pid=None,
             )
-            for slot in self._slots
+            for slot in self._claims.names
         ]
 
     async def start(self) -> None:
@@ -148,7 +147,7 @@ class RayExecutor:
         return True
 
     async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
-        self._claimed[slot] = job_id
+        self._claims.running(slot, job_id)
         job = msgspec.json.decode((job_dir / jobdir.JOB_FILE).read_bytes(), type=jobdir.JobFile)
         model = Path(job.model_path).name
         resource = model_resource(model)

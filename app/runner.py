@@ -37,7 +37,7 @@ import msgspec
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from app.executor import EventSink, Outcome, SlotState
+from app.executor import EventSink, Outcome, SlotClaims, SlotState
 from app.slots import Slot, SlotMemory
 from contract import jobdir, protocol
 
@@ -360,15 +360,15 @@ class LocalSlots:
             )
             for slot in self._slots
         }
-        self._claimed: dict[str, str | None] = {}  # slot name: the job it runs (None: claimed, not yet started)
+        self._claims = SlotClaims(slot.name for slot in self._slots)
 
     @property
     def capacity(self) -> int:
-        return len(self._slots)
+        return self._claims.capacity
 
     @property
     def free_slots(self) -> int:
-        return len(self._slots) - len(self._claimed)
+        return self._claims.free
 
     @property
     def cpu_only(self) -> bool:
@@ -397,7 +397,7 @@ class LocalSlots:
         unchecked. None while no free slot can."""
         fitting = []
         for order, slot in enumerate(self._slots):
-            if slot.name in self._claimed:
+            if self._claims.is_claimed(slot.name):
                 continue
             room = self._read(self._memory.room_gib, slot)
             if need_gib is None or room is None or need_gib <= room:
@@ -405,12 +405,12 @@ class LocalSlots:
         if not fitting:
             return None
         name = min(fitting)[-1]
-        self._claimed[name] = None
+        self._claims.take(name)
         return name
 
     def release(self, slot: str) -> None:
         """The slot's job has ended (or never started): the slot takes another."""
-        self._claimed.pop(slot, None)
+        self._claims.release(slot)
 
     def states(self) -> list[SlotState]:
         states = []
@@ -421,7 +421,7 @@ class LocalSlots:
                     name=slot.name,
                     device=slot.device,
                     card=slot.card,
-                    job=self._claimed.get(slot.name),
+                    job=self._claims.job(slot.name),
                     free_gib=None if room is None else round(room, 2),
                     total_gib=None if total is None else round(total, 2),
                     spare_pid=self._supervisors[slot.name].spare_pid,
@@ -444,7 +444,7 @@ class LocalSlots:
             await supervisor.start()
 
     async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
-        self._claimed[slot] = job_id
+        self._claims.running(slot, job_id)
         return await self._supervisors[slot].run(job_id, job_dir, on_event)
 
     def cancel(self, job_id: str) -> bool:
