@@ -41,6 +41,7 @@ from gpu_runner.families.ltx2.loading import (
     UpsamplingPipeline,
     place_denoiser,
 )
+from gpu_runner.families.ltx2.neighborhood import use_windowed_attention
 from gpu_runner.families.ltx2.preview import PreviewWriter
 from gpu_runner.families.ltx2.text import PrecomputedConnectors, encode
 from gpu_runner.families.ltx2.vocoding import vocode
@@ -318,6 +319,7 @@ class Ltx2(Family):
         seed = decoders.pop("diffusion_seed")
         decoder = self.source.load_diffusion_decoder(dtype).to(device)
         decoder.enable_tiling()
+        attention = use_windowed_attention(decoder)
         pipe = DiffusionDecodingPipeline(diffusion_decoder=decoder, scheduler=None)
         pixels = pipe(
             latents=latents,
@@ -327,6 +329,7 @@ class Ltx2(Family):
             return_dict=False,
         )[0][0]
         pixels = pixels.cpu()  # the muxer's chunks come from here: the card is free for what follows
+        attention.release()
         del pipe, decoder
         memory.release(device)
         on_tile(1, 1)
