@@ -330,6 +330,31 @@ def _optional_model(directory: Path, name: str) -> tuple[bool, tuple[str, ...]]:
     return (True, ()) if problem is None else (False, (f"{name}/ {problem}, so it is left out",))
 
 
+def decoder_minimum(directory: Path) -> tuple[int, int]:
+    """The smallest sides (pixels) and clip (frames) LTX-2.5's diffusion decoder can decode: each of its stages
+    attends within a window (`decoder_stage_kernels`, then `decoder_stage5_kernel` on the 4x4-pixel patches), which
+    must fit the stage's grid (diffusers refuses a smaller grid): 224 px and 11 frames as published."""
+    config = _config(directory, DIFFUSION_DECODER)
+    try:
+        kernels = [*config["decoder_stage_kernels"], config["decoder_stage5_kernel"]]
+        strides = config["decoder_upsample_strides"]
+        spatial = int(config["spatial_compression_ratio"])
+        patch = int(config["patch_size"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise Unrecognised(f"{DIFFUSION_DECODER}/config.json lacks or garbles {error}") from None
+    # A stage's grid, in latent cells, has grown by the strides of the upsamples before it; the last stage works on
+    # patches of `patch` pixels. The first stage's window on the latent grid is what binds.
+    cells = 1
+    for axis in (1, 2):
+        growth = 1
+        for stage, kernel in enumerate(kernels):
+            scale = spatial // patch if stage == len(kernels) - 1 else growth
+            cells = max(cells, -(-int(kernel[axis]) // scale))
+            if stage < len(strides):
+                growth *= int(strides[stage][axis])
+    return cells * spatial, int(kernels[-1][0])
+
+
 def _with_ltx2_5_parts(directory: Path, recognised: Recognised) -> Recognised:
     """LTX-2.5's own parts: the dev transformer beside a distilled transformer/ and the diffusion decoder (its
     duration head and prompt enhancer are `text_parts`, which any version may have)."""

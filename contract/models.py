@@ -207,10 +207,15 @@ def library_spec(path: Path, recognised: library.Recognised) -> ModelSpec:
     mode on a distilled transformer takes a distilled model's defaults; LTX-2.5's quality runs its dev one)."""
     spec = MODEL_KINDS[KIND_OF_VERSION[recognised.version]](path)
     defaults = merge(DISTILLED_DEFAULTS, spec.defaults) if recognised.quality_distilled else spec.defaults
+    constraints = spec.constraints
+    if recognised.diffusion_decoder:  # fast mode decodes with it
+        side, frames = library.decoder_minimum(path)
+        constraints = msgspec.structs.replace(constraints, fast_min_side=side, fast_min_frames=frames)
     return msgspec.structs.replace(
         with_parts(spec, recognised),
         label=f"LTX-{recognised.version} {recognised.variant} ({path.name})",
         defaults=defaults,
+        constraints=constraints,
         note="; ".join(recognised.notes),
         source=library.import_source(path),
     )

@@ -103,6 +103,9 @@ class Constraints(msgspec.Struct, frozen=True):
     size_multiple: int = 32  # the video VAE compresses 32x spatially
     fast_size_multiple: int = 64  # fast mode's first stage runs at half size, which must stay on that grid
     min_side: int = 64
+    # Fast mode's own floors, where its decoder needs more (LTX-2.5's diffusion decoder: library.decoder_minimum)
+    fast_min_side: int = 64
+    fast_min_frames: int = 9
     max_side: int = 2048  # RoPE covers 2048 px
     frame_step: int = 8  # the VAE compresses 8x in time, first frame causal: 8k+1 frames
     min_frames: int = 9
@@ -143,16 +146,32 @@ def _side(c: Constraints, r: Request, value: int | None) -> str | None:
         return None
     fast = r.mode == "fast"
     m = c.fast_size_multiple if fast else c.size_multiple
-    if value < c.min_side:
-        return f"{value} is below the minimum {c.min_side}"
+    lowest = max(c.min_side, c.fast_min_side) if fast else c.min_side
+    if value < lowest:
+        return f"{value} is below the minimum {lowest}" + _fast_floor_why(c, lowest, c.min_side)
     if value > c.max_side:
         return f"{value} is above the maximum {c.max_side} (the longest side the model covers)"
     if value % m:
         below = value // m * m
-        options = [v for v in (below, below + m) if c.min_side <= v <= c.max_side]
+        options = [v for v in (below, below + m) if lowest <= v <= c.max_side]
         why = " (fast mode makes its first stage at half size, on the VAE's 32-pixel grid)" if fast else ""
         return f"{value} is not a multiple of {m}{why}; nearest valid: " + " or ".join(map(str, options))
     return None
+
+
+def _fast_floor_why(c: Constraints, floor: int, general: int) -> str:
+    if floor == general:
+        return ""
+    return (
+        " in fast mode (this model's diffusion decoder attends in windows that must fit the clip; "
+        "quality mode goes lower)"
+    )
+
+
+def shortest_clip(c: Constraints, r: Request) -> int:
+    """The fewest frames a request of this mode may ask for (8k+1 like every count)."""
+    floor = max(c.min_frames, c.fast_min_frames) if r.mode == "fast" else c.min_frames
+    return c.min_frames + -(-(floor - c.min_frames) // c.frame_step) * c.frame_step
 
 
 def _mode(c: Constraints, r: Request) -> str | None:
@@ -186,8 +205,9 @@ def _frames(c: Constraints, r: Request) -> str | None:
     frames = r.num_frames
     if frames is None or frames == AUTO:  # whether the model has a duration head is its spec's check
         return None
-    if frames < c.min_frames:
-        return f"{frames} is below the minimum {c.min_frames}"
+    lowest = shortest_clip(c, r)
+    if frames < lowest:
+        return f"{frames} is below the minimum {lowest}" + _fast_floor_why(c, lowest, c.min_frames)
     if frames > c.max_frames:
         return f"{frames} is above the maximum {c.max_frames}"
     offset = (frames - c.min_frames) % c.frame_step

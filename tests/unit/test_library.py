@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from contract.library import TEXT_ENCODER_TYPE, TRANSFORMER_SWITCHES, Recognised, Unrecognised, recognise
+from contract.library import (
+    TEXT_ENCODER_TYPE,
+    TRANSFORMER_SWITCHES,
+    Recognised,
+    Unrecognised,
+    decoder_minimum,
+    recognise,
+)
 from contract.models import MODEL_KINDS, Unusable, library_spec, model_id, offered_models
 from contract.request import Request
 
@@ -260,13 +267,17 @@ def test_the_runner_rebuilds_a_library_models_spec_from_its_kind_and_path(tmp_pa
     assert rebuilt.path == str(model.resolve())
 
 
+FAMILY_CONFIGS = Path(__file__).parents[2] / "bench" / "configs" / "ltx2-family-configs.json"
+FULL_SIZE_DECODER = json.loads(FAMILY_CONFIGS.read_text())["2.5"]["diffusion_decoder"]["config"]
+
+
 def write_ltx2_5(root: Path, without: tuple[str, ...] = ()) -> Path:
     """A config-only LTX-2.5 directory as published: distilled transformer/ and scheduler, the dev transformer under
     a name of its own (the configs find it, not the name), the diffusion decoder and duration head."""
     model = write_model(root, "2.5", "distilled")
     parts = {
         "dev weights": json.loads((model / "transformer" / "config.json").read_text()),
-        "diffusion_decoder": {"_class_name": "LTX2VideoDiffusionDecoderModel"},
+        "diffusion_decoder": {"_class_name": "LTX2VideoDiffusionDecoderModel", **FULL_SIZE_DECODER},
         "duration_head": {"_class_name": "LTX2DurationHead"},
     }
     for name, config in parts.items():
@@ -356,3 +367,30 @@ def test_an_imports_temporary_directory_is_listed_unusable_never_offered(tmp_pat
     assert "delete this directory and import again" in stopped.problem
     being = f"'ltx-2-19b-dev' is being imported (avportal import-model, process {os.getpid()})"
     assert running.problem.startswith(being)
+
+
+def test_ltx_2_5s_fast_mode_starts_where_its_diffusion_decoders_windows_fit(tmp_path):
+    model = write_ltx2_5(tmp_path / "m")
+    upsampler = model / "latent_upsampler"
+    upsampler.mkdir()
+    (upsampler / "config.json").write_text(json.dumps({"_class_name": "LTX2LatentUpsamplerModel"}))
+    (upsampler / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    spec = library_spec(model, recognise(model))
+    # 3x7x7 windows on the latent grid: 7 cells of 32 px; 11 frames in the pixel stage's 11x11x11 windows
+    assert (spec.constraints.fast_min_side, spec.constraints.fast_min_frames) == (224, 11)
+
+    def problems(**asked) -> dict[str, str]:
+        return dict(spec.violations(spec.resolve(Request(prompt="a", **asked))))
+
+    small = problems(mode="fast", width=192, height=256, num_frames=9)
+    assert small["width"].startswith("192 is below the minimum 224 in fast mode")
+    assert small["num_frames"].startswith("9 is below the minimum 17 in fast mode")
+    assert "height" not in small
+    assert not {"width", "num_frames"} & problems(mode="fast", width=256, height=256, num_frames=17).keys()
+    assert not {"width", "num_frames"} & problems(mode="quality", width=192, height=256, num_frames=9).keys()
+
+    narrower = json.loads((model / "diffusion_decoder" / "config.json").read_text())
+    narrower["decoder_stage_kernels"][0] = [3, 5, 5]  # stage 1 binds: 5 cells; stage 2 (x2) needs 7 / 2 -> 4
+    narrower["decoder_stage5_kernel"] = [7, 11, 11]
+    (model / "diffusion_decoder" / "config.json").write_text(json.dumps(narrower))
+    assert decoder_minimum(model) == (160, 7)

@@ -29,7 +29,7 @@ from contract.cost import (
     video_tokens,
 )
 from contract.library import DURATION_HEAD, PROMPT_ENHANCER
-from contract.request import DenoiseStage, Request, denoise_stages, max_frames_for_fps
+from contract.request import DenoiseStage, Request, denoise_stages, max_frames_for_fps, shortest_clip
 from gpu_runner import lora, memory
 from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile, OnToken
 from gpu_runner.families.ltx2 import duration, enhance, slots, tiling
@@ -162,7 +162,7 @@ class Ltx2(Family):
                 context["video"][-1:],
                 context["audio"][-1:],
                 frame_rate=fps,
-                min_frames=limits.min_frames,
+                min_frames=shortest_clip(limits, job.request),
                 max_frames=max_frames_for_fps(limits, fps),
                 frame_step=limits.frame_step,
             )
