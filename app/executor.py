@@ -75,6 +75,19 @@ class SlotClaims:
         return self._jobs.get(name)
 
 
+class SlotLook(Protocol):
+    """An executor's slots at one look (`Executor.look`)."""
+
+    def unholdable(self, need_gib: float | None) -> str | None:
+        """Why no slot could ever hold a job whose predicted peak is `need_gib` GiB; None when one could."""
+        ...
+
+    def claim(self, need_gib: float | None) -> str | None:
+        """Claim a free slot that can hold a job whose predicted peak is `need_gib` GiB (None: unknown) now; its
+        name, or None while none can. The worker hands it to `run` or gives it back with `release`."""
+        ...
+
+
 class Executor(Protocol):
     @property
     def capacity(self) -> int:
@@ -95,9 +108,9 @@ class Executor(Protocol):
         """Why no slot could ever hold a job whose predicted peak is `need_gib` GiB; None when one could."""
         ...
 
-    def claim(self, need_gib: float | None) -> str | None:
-        """Claim a free slot that can hold a job whose predicted peak is `need_gib` GiB (None: unknown) now; its
-        name, or None while none can. The worker hands it to `run` or gives it back with `release`."""
+    def look(self) -> SlotLook:
+        """The slots as they stand now, for one pass of the worker through the queue: each slot's memory is read
+        at most once however many queued jobs the pass weighs."""
         ...
 
     def release(self, slot: str) -> None:

@@ -172,15 +172,16 @@ class Worker:
         waiting: list[str] = []
         self._passed = {job.id: self._passed[job.id] for job in queued if job.id in self._passed}
         placed = None
+        slots = self._executor.look()  # each slot's memory read once for the whole queue
         for job in queued:
             need = None if job.estimate is None else job.estimate.peak_gib
-            never = self._executor.unholdable(need)
+            never = slots.unholdable(need)
             if never is not None:
                 await self._until_recorded(
                     job.id, self._journal.set_status, job.id, "failed", code="out_of_memory", message=never
                 )
                 continue
-            slot = self._executor.claim(need)
+            slot = slots.claim(need)
             if slot is not None:
                 for passed in waiting:
                     self._passed[passed] = self._passed.get(passed, 0) + 1

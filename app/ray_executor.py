@@ -105,6 +105,9 @@ class RayExecutor:
     def unholdable(self, need_gib: float | None) -> str | None:
         return None  # the node's runner admits the job against its own card
 
+    def look(self) -> RayExecutor:
+        return self  # nothing to read: its slots hold no memory figures
+
     def claim(self, need_gib: float | None) -> str | None:
         name = next((slot for slot in self._claims.names if not self._claims.is_claimed(slot)), None)
         if name is not None:

@@ -7,6 +7,7 @@ integration tests); the store, journal and broker are the real ones.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from app.executor import EventSink, Outcome
 from app.journal import Journal
 from app.page_feed import PageFeed
 from app.queue import Worker
+from app.runner import LocalSlots
+from app.slots import Slot, SlotMemory
 from app.store import Store
 from app.web import build_templates
 from contract import protocol
@@ -51,6 +54,9 @@ class TwoSlots:
         if need is None or any(total is None or need <= total for total in self.totals.values()):
             return None
         return f"needs {need} GiB, more than any slot has"
+
+    def look(self) -> TwoSlots:
+        return self
 
     def claim(self, need: float | None) -> str | None:
         for name, room in self.rooms.items():
@@ -307,3 +313,47 @@ def test_a_job_whose_machine_goes_away_is_queued_again_once_then_fails_naming_it
         await until(lambda: statuses(store) == {"a": "failed", "b": "succeeded", "c": "succeeded"})
 
     with_worker(tmp_path, scenario, executor=LosesItsMachine())
+
+
+class CountingMemory(SlotMemory):
+    """Slots with 1 GiB free of 10, counting each read of a slot's room and total (NVML's, for a card)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter[tuple[str, str]] = Counter()
+
+    def room_gib(self, slot: Slot) -> float | None:
+        self.reads["room", slot.name] += 1
+        return 1.0
+
+    def total_gib(self, slot: Slot) -> float | None:
+        self.reads["total", slot.name] += 1
+        return 10.0
+
+
+class WaitingLocalSlots(LocalSlots):
+    """The local executor, counting its looks; it starts no spare (no job it is given fits, so none runs)."""
+
+    looks = 0
+
+    async def start(self) -> None:
+        pass
+
+    def look(self):
+        self.looks += 1
+        return super().look()
+
+
+def test_a_pass_through_the_queue_reads_each_slots_memory_once_however_many_jobs_wait(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(queue, "ROOM_POLL_S", 0.02)
+    memory = CountingMemory()
+    executor = WaitingLocalSlots((Slot("cpu0", "cpu"), Slot("cpu1", "cpu")), memory, "python", 5)
+
+    async def scenario(worker: Worker, executor: WaitingLocalSlots, store: Store) -> None:
+        await until(lambda: worker.waiting_for_room == ["a", "b", "c", "d"] and executor.looks >= 3)
+        assert set(memory.reads) == {("room", "cpu0"), ("room", "cpu1"), ("total", "cpu0"), ("total", "cpu1")}
+        assert set(memory.reads.values()) == {executor.looks}, "each figure once a pass, not once a queued job"
+
+    with_worker(tmp_path, scenario, executor=executor, peaks=dict.fromkeys("abcd", 5.0))
