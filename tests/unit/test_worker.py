@@ -308,6 +308,7 @@ def test_a_job_whose_machine_goes_away_is_queued_again_once_then_fails_naming_it
         )
         types = [event.type for event in store.events_after("a", 0)]
         assert types.count("interrupted") == 2 and types.count("running") == 2 and types[-1] == "failed"
+        await until(lambda: {"b", "c"} <= set(executor.started))  # c takes a's slot once a has failed
         for job_id in "bc":
             executor.finish[job_id].set()
         await until(lambda: statuses(store) == {"a": "failed", "b": "succeeded", "c": "succeeded"})
