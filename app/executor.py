@@ -19,6 +19,8 @@ import msgspec
 from contract import protocol
 
 EventSink = Callable[[protocol.Event], Awaitable[None]]  # gets each protocol event of one job, in order
+# gets where a job runs, once an executor whose slots are no place (Ray's) learns it: the name the job keeps
+PlaceSink = Callable[[str], Awaitable[None]]
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -125,9 +127,12 @@ class Executor(Protocol):
         """Get ready for the first job (before the worker takes any)."""
         ...
 
-    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
+    async def run(
+        self, job_id: str, job_dir: Path, on_event: EventSink, slot: str, on_placed: PlaceSink | None = None
+    ) -> Outcome:
         """Run the job written in `job_dir` on the claimed `slot` to its end, handing each protocol event to
-        `on_event`.
+        `on_event`. Where the slot names no machine (a Ray slot), `on_placed` gets the job's place once known
+        (its node and card), which the job then shows as its slot.
 
         A cancel of the calling task (a shutdown) stops the job's runner before it propagates.
         """

@@ -99,6 +99,17 @@ class Journal:
             ),
         )
 
+    async def set_slot(self, job_id: str, slot: str) -> None:
+        """Name where the running job runs once its executor knows (a Ray node and card): its row, its card and
+        panel; no event (the job's stream says nothing new)."""
+
+        def store_and_read() -> JobRow | None:
+            return self.store.get_job(job_id) if self.store.set_slot(job_id, slot) else None
+
+        job = await self.store.call(store_and_read)
+        if job is not None:
+            self.pages.shown_changed(job)
+
     async def runner_event(self, job_id: str, event: protocol.Event, progress: JobProgress) -> JobProgress:
         """Store one protocol event; returns the job's progress after it."""
         new_progress = progress.apply(event)

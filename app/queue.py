@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from app.executor import EventSink, Executor, Outcome, SlotState
+from app.executor import EventSink, Executor, Outcome, PlaceSink, SlotState
 from app.journal import Journal
 from app.progress import JobProgress
 from app.runner import runner_command, runner_env
@@ -227,7 +227,9 @@ class Worker:
                 attempt=job.attempts + 1,
             )
             began.set()
-            outcome = await self._executor.run(job_id, self._jobs_dir / job_id, self._recorder(job_id), slot)
+            outcome = await self._executor.run(
+                job_id, self._jobs_dir / job_id, self._recorder(job_id), slot, self._placer(job_id)
+            )
             if outcome.status == "interrupted":  # its machine went away (a Ray node): once more, elsewhere
                 await self._requeue_once(job_id, job.attempts + 1, outcome)
             else:
@@ -263,6 +265,14 @@ class Worker:
             return
         message = f"{outcome.message} It was interrupted {attempts} times and not retried again; submit it again."
         await self._until_recorded(job_id, record, job_id, "failed", code="internal", message=message)
+
+    def _placer(self, job_id: str) -> PlaceSink:
+        """Records where the job runs, once its executor learns it (a Ray node), as the job's slot."""
+
+        async def place(where: str) -> None:
+            await self._until_recorded(job_id, self._journal.set_slot, job_id, where)
+
+        return place
 
     def _recorder(self, job_id: str) -> EventSink:
         """Journals each of the job's protocol events, carrying its progress from one to the next."""

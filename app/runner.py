@@ -38,7 +38,7 @@ import msgspec
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from app.executor import EventSink, Outcome, SlotClaims, SlotState
+from app.executor import EventSink, Outcome, PlaceSink, SlotClaims, SlotState
 from app.slots import Slot, SlotMemory
 from contract import jobdir, protocol
 
@@ -410,8 +410,10 @@ class LocalSlots:
         for supervisor in self._supervisors.values():
             await supervisor.start()
 
-    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
-        self._claims.running(slot, job_id)
+    async def run(
+        self, job_id: str, job_dir: Path, on_event: EventSink, slot: str, on_placed: PlaceSink | None = None
+    ) -> Outcome:
+        self._claims.running(slot, job_id)  # the slot is its place already: `on_placed` has nothing to add
         return await self._supervisors[slot].run(job_id, job_dir, on_event)
 
     def cancel(self, job_id: str) -> bool:

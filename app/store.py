@@ -479,6 +479,12 @@ class Store:
             self._db.execute("DELETE FROM idempotency_keys WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
+    def set_slot(self, job_id: str, slot: str) -> bool:
+        """Name where the running job runs (its Ray node and card, learnt after it started); False when it no
+        longer runs."""
+        cursor = self._db.execute("UPDATE jobs SET slot = ? WHERE id = ? AND status = 'running'", (slot, job_id))
+        return cursor.rowcount == 1
+
     def set_keep(self, job_id: str, keep: bool) -> bool:
         """Mark or unmark the job keep; False when there is no such job or its files are gone already."""
         cursor = self._db.execute(

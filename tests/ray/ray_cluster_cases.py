@@ -66,7 +66,7 @@ def test_a_demo_job_runs_on_a_worker_node_with_the_local_transcript_and_its_clip
     node = where_it_runs(nodes, job["id"])
     done = ray_portal.wait(job["id"], timeout=120)
     assert done["status"] == "succeeded", done
-    assert done["slot"].startswith("ray")
+    assert done["slot"] == "127.0.0.1:gpu0", "the node and the card it ran on (each node here has one GPU, 0)"
     job_dir = ray_portal.job_dir(job["id"])
     assert (job_dir / "video.mp4").stat().st_size > 1000 and (job_dir / "poster.jpg").is_file()
     assert (job_dir / "preview.jpg").is_file()

@@ -16,7 +16,7 @@ import anyio
 from app import queue
 from app.broker import Broker
 from app.config import Settings
-from app.executor import EventSink, Outcome
+from app.executor import EventSink, Outcome, PlaceSink
 from app.journal import Journal
 from app.page_feed import PageFeed
 from app.queue import Worker
@@ -74,7 +74,9 @@ class TwoSlots:
     async def start(self) -> None:
         self.calls.append("start")
 
-    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
+    async def run(
+        self, job_id: str, job_dir: Path, on_event: EventSink, slot: str, on_placed: PlaceSink | None = None
+    ) -> Outcome:
         assert self.claimed[slot] is None, "a job runs on a slot claimed for it"
         self.claimed[slot] = job_id
         self.slot_of[job_id] = slot
@@ -287,7 +289,9 @@ def test_a_job_no_slot_could_ever_hold_fails_at_once_and_the_jobs_behind_it_run(
 class LosesItsMachine(TwoSlots):
     """Job a's machine goes away each time it runs (as a Ray node does): its run ends `interrupted`."""
 
-    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
+    async def run(
+        self, job_id: str, job_dir: Path, on_event: EventSink, slot: str, on_placed: PlaceSink | None = None
+    ) -> Outcome:
         if job_id != "a":
             return await super().run(job_id, job_dir, on_event, slot)
         self.claimed[slot] = job_id
@@ -358,3 +362,30 @@ def test_a_pass_through_the_queue_reads_each_slots_memory_once_however_many_jobs
         assert set(memory.reads.values()) == {executor.looks}, "each figure once a pass, not once a queued job"
 
     with_worker(tmp_path, scenario, executor=executor, peaks=dict.fromkeys("abcd", 5.0))
+
+
+class NamesItsNodes(TwoSlots):
+    """Slots that are no place (as Ray's): a job learns its node and card once it runs."""
+
+    async def run(
+        self, job_id: str, job_dir: Path, on_event: EventSink, slot: str, on_placed: PlaceSink | None = None
+    ) -> Outcome:
+        assert on_placed is not None, "the worker asks where its jobs run"
+        await on_placed(f"10.0.0.{7 + len(self.started)}:gpu1")
+        return await super().run(job_id, job_dir, on_event, slot)
+
+
+def test_a_job_shows_the_node_and_card_it_runs_on_once_its_executor_knows_them(tmp_path: Path) -> None:
+    async def scenario(worker: Worker, executor: TwoSlots, store: Store) -> None:
+        await until(lambda: executor.started == ["a", "b"])
+        assert (store.get_job("a").slot, store.get_job("b").slot) == ("10.0.0.7:gpu1", "10.0.0.8:gpu1")
+        executor.finish["a"].set()
+        await until(lambda: statuses(store, "a") == {"a": "succeeded"})
+        assert store.get_job("a").slot == "10.0.0.7:gpu1", "it keeps naming where it ran"
+        assert store.set_slot("a", "elsewhere") is False, "a finished job's place no longer moves"
+        for job_id in "bc":
+            await until(lambda job_id=job_id: job_id in executor.finish)
+            executor.finish[job_id].set()
+        await until(lambda: worker.state == "idle")
+
+    with_worker(tmp_path, scenario, executor=NamesItsNodes(), peaks={"a": None, "b": None, "c": None})
