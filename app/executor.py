@@ -97,6 +97,12 @@ class Executor(Protocol):
         ...
 
     @property
+    def slot_names(self) -> tuple[str, ...]:
+        """Its slots' names, in order ("gpu0", "cpu1", "ray0"): what a job's `slot` says, and the queue's forecast
+        lays jobs on."""
+        ...
+
+    @property
     def free_slots(self) -> int:
         """How many slots are neither running nor claimed."""
         ...

@@ -401,7 +401,7 @@ class Jobs(msgspec.Struct, frozen=True):
 
     async def places(self) -> dict[str, Place]:
         """Every running and queued job's place in the queue, as of now."""
-        return places(await self.queue(), self.worker.slots)
+        return places(await self.queue(), self.worker.slot_names)
 
     async def queue(self) -> QueueSnapshot:
         return await self.store.call(self.store.queue_snapshot)

@@ -7,6 +7,7 @@ pushed fragments agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -24,12 +25,18 @@ if TYPE_CHECKING:
 
 class Journal:
     def __init__(
-        self, store: Store, broker: Broker, pages: PageFeed, *, slots: int, webhooks: Webhooks | None = None
+        self,
+        store: Store,
+        broker: Broker,
+        pages: PageFeed,
+        *,
+        slots: Sequence[str],
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
         self.pages = pages
-        self.slots = slots  # the executor's: how many queued jobs start at once (app/places.py)
+        self.slots = slots  # the executor's slots' names: where queued jobs start (app/places.py)
         self.webhooks = webhooks  # queues the deliveries a job's events make, with the events
 
     async def queue_moved(self, *, besides: str | None = None) -> None:

@@ -76,6 +76,10 @@ class Worker:
         return self._executor.capacity
 
     @property
+    def slot_names(self) -> tuple[str, ...]:
+        return self._executor.slot_names
+
+    @property
     def cpu_only(self) -> bool:
         return self._executor.cpu_only
 

@@ -96,6 +96,10 @@ class RayExecutor:
         return self._claims.capacity
 
     @property
+    def slot_names(self) -> tuple[str, ...]:
+        return self._claims.names
+
+    @property
     def free_slots(self) -> int:
         return self._claims.free
 

@@ -368,6 +368,10 @@ class LocalSlots:
         return self._claims.capacity
 
     @property
+    def slot_names(self) -> tuple[str, ...]:
+        return self._claims.names
+
+    @property
     def free_slots(self) -> int:
         return self._claims.free
 

@@ -24,6 +24,7 @@ from app import migrations
 from app.progress import JobProgress, decode_progress
 from app.statuses import TERMINAL
 from app.webhook_targets import Webhook
+from contract import cost
 from contract.cost import Estimate, PastRun
 from contract.provenance import Provenance
 from contract.request import Request
@@ -119,6 +120,7 @@ class QueueSnapshot(msgspec.Struct, frozen=True):
     paused: bool
     running: list[JobRow]
     queued: list[JobRow]
+    slot_paces: dict[str, float] = msgspec.field(default_factory=dict)  # slots that have run jobs: `cost.pace`
 
 
 # The model and prompt filters read the request's JSON; both expressions are indexed (migration 7), so they must be
@@ -200,6 +202,7 @@ _JOB_COLUMNS = (
 _TERMINAL_SQL = ",".join(f"'{status}'" for status in sorted(TERMINAL))
 # The order queued jobs start in: moved to the front (a higher priority) first, then as submitted.
 _QUEUE_ORDER = "priority DESC, seq"
+PACE_WINDOW = 200  # the newest succeeded jobs the slots' paces are read from (each slot's newest cost.PACE_RUNS)
 IDEMPOTENCY_KEEP_S = 24 * 3600  # how long an Idempotency-Key answers with its first job
 
 
@@ -381,7 +384,22 @@ class Store:
             paused=self.paused(),
             running=[_row_to_job(r) for r in running],
             queued=[_row_to_job(r) for r in queued],
+            slot_paces=self.slot_paces(),
         )
+
+    def slot_paces(self) -> dict[str, float]:
+        """Each slot's pace (`cost.pace`), from its jobs among the newest PACE_WINDOW that succeeded: how long each
+        held its slot over the duration it was estimated at when it started."""
+        rows = self._db.execute(
+            "SELECT slot, (finished_at - started_at) / json_extract(estimate, '$.duration_s') FROM jobs "
+            "WHERE status = 'succeeded' ORDER BY seq DESC LIMIT ?",
+            (PACE_WINDOW,),
+        )
+        ratios: dict[str, list[float]] = {}
+        for slot, ratio in rows:
+            if slot is not None and ratio is not None:
+                ratios.setdefault(slot, []).append(ratio)
+        return {slot: cost.pace(runs) for slot, runs in ratios.items()}
 
     def prioritize(self, job_id: str) -> bool:
         """Put a queued job before every other queued job; False when it is not queued."""

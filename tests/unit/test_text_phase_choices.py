@@ -206,7 +206,7 @@ def test_a_duration_head_for_other_connectors_is_left_out(extras_dir: Path, tmp_
 def test_the_runners_choices_are_stored_with_the_job_and_shown(tmp_path: Path) -> None:
     store, broker, settings = Store(tmp_path / "portal.db"), Broker(), Settings(data_dir=tmp_path)
     templates = build_templates(settings)
-    journal = Journal(store, broker, PageFeed(broker, templates, settings), slots=1)
+    journal = Journal(store, broker, PageFeed(broker, templates, settings), slots=("cpu0",))
     asked = Request(prompt="a ball", model="ltx-25", num_frames=AUTO, fps=24.0, enhance_prompt=True, seed=3)
     rewrite = "A red rubber ball bounces on a wooden floor; each bounce clicks."
 

@@ -34,6 +34,7 @@ class TwoSlots:
     fits its `rooms` entry now (None: anything), and could ever hold one that fits its `totals` entry."""
 
     capacity = 2
+    slot_names = ("s0", "s1")
     cpu_only = True
 
     def __init__(self, rooms: tuple[float | None, float | None] = (None, None), total: float | None = None) -> None:
@@ -117,7 +118,7 @@ def with_worker(
     store = Store(tmp_path / "portal.db")
     executor = executor or TwoSlots()
     settings, broker = Settings(data_dir=tmp_path), Broker()
-    journal = Journal(store, broker, PageFeed(broker, build_templates(settings), settings), slots=executor.capacity)
+    journal = Journal(store, broker, PageFeed(broker, build_templates(settings), settings), slots=executor.slot_names)
     worker = Worker(store, journal, executor, tmp_path / "jobs", "python")
 
     async def main() -> None:
