@@ -454,6 +454,15 @@ class Jobs(msgspec.Struct, frozen=True):
         if changed:
             await self.journal.queue_moved()
 
+    async def estimate_at_length(self, job_id: str, num_frames: int) -> cost.Estimate | None:
+        """A job's estimate at the length its model chose for it (num_frames "auto": estimated at the longest clip
+        until the runner's duration head has chosen); None where its model is no longer offered or unreadable."""
+        job = await self.get_job(job_id)
+        spec = None if job is None else self.settings.models().get(job.request.model or "")
+        if job is None or spec is None:
+            return None
+        return await self.estimate(msgspec.structs.replace(job.request, num_frames=num_frames), spec)
+
     async def _check_room(self, estimate: cost.Estimate | None) -> None:
         """Refuse (DiskFull) a job whose files, with those the jobs before it will still write, would eat into
         AVP_MIN_FREE_MB. The MP4 and preview are written under temporary names and renamed, so the estimate's

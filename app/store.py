@@ -191,6 +191,7 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
     start_attempt: bool = False
     num_frames_chosen: int | None = None  # the runner's text-phase choices (protocol.NumFrames, EnhancedPrompt)
     enhanced_prompt: str | None = None
+    estimate: Estimate | None = None  # made again: at the length the runner chose
     slot: str | None = None  # the slot a starting job runs on
 
 
@@ -630,7 +631,7 @@ class Store:
         if update.slot is not None:
             sets.append("slot = ?")
             values.append(update.slot)
-        for column in ("progress", "error", "result"):
+        for column in ("progress", "error", "result", "estimate"):
             value = getattr(update, column)
             if value is not None:
                 sets.append(f"{column} = ?")

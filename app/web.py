@@ -120,6 +120,7 @@ def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngin
     worker = Worker(store, journal, executor, settings.jobs_dir, settings.runner_python)
     uploads = Uploads(settings.uploads_dir, store, settings.max_upload_bytes, settings.upload_ttl_s, settings.data_disk)
     jobs = Jobs(settings, store, journal, worker, uploads, SubmitRateLimit(settings.submit_per_minute))
+    journal.estimate_at_length = jobs.estimate_at_length
     return Parts(
         settings=settings,
         store=store,

@@ -100,6 +100,8 @@ def test_a_fast_2_5_job_runs_every_stage_through_the_real_runner_into_an_mp4_wit
     assert (finished["num_frames_requested"], finished["request"]["num_frames"]) == ("auto", FRAMES)
     assert isinstance(finished["enhanced_prompt"], str)
     assert [e["num_frames"] for e in events if e["type"] == "num_frames"] == [FRAMES]
+    longest, chosen = job["estimate"], finished["estimate"]
+    assert chosen["disk_bytes"] < longest["disk_bytes"], "estimated again at the chosen length, not the longest clip"
     assert stages == [
         "enhance_prompt",
         "load_text_encoder",
