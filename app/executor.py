@@ -19,6 +19,8 @@ import msgspec
 from contract import protocol
 
 EventSink = Callable[[protocol.Event], Awaitable[None]]  # gets each protocol event of one job, in order
+# gets where a job runs, once an executor whose slots are no place (Ray's) learns it: the name the job keeps
+PlaceSink = Callable[[str], Awaitable[None]]
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -75,10 +77,29 @@ class SlotClaims:
         return self._jobs.get(name)
 
 
+class SlotLook(Protocol):
+    """An executor's slots at one look (`Executor.look`)."""
+
+    def unholdable(self, need_gib: float | None) -> str | None:
+        """Why no slot could ever hold a job whose predicted peak is `need_gib` GiB; None when one could."""
+        ...
+
+    def claim(self, need_gib: float | None) -> str | None:
+        """Claim a free slot that can hold a job whose predicted peak is `need_gib` GiB (None: unknown) now; its
+        name, or None while none can. The worker hands it to `run` or gives it back with `release`."""
+        ...
+
+
 class Executor(Protocol):
     @property
     def capacity(self) -> int:
         """How many slots it has: the worker never has more jobs than this in flight."""
+        ...
+
+    @property
+    def slot_names(self) -> tuple[str, ...]:
+        """Its slots' names, in order ("gpu0", "cpu1", "ray0"): what a job's `slot` says, and the queue's forecast
+        lays jobs on."""
         ...
 
     @property
@@ -95,9 +116,9 @@ class Executor(Protocol):
         """Why no slot could ever hold a job whose predicted peak is `need_gib` GiB; None when one could."""
         ...
 
-    def claim(self, need_gib: float | None) -> str | None:
-        """Claim a free slot that can hold a job whose predicted peak is `need_gib` GiB (None: unknown) now; its
-        name, or None while none can. The worker hands it to `run` or gives it back with `release`."""
+    def look(self) -> SlotLook:
+        """The slots as they stand now, for one pass of the worker through the queue: each slot's memory is read
+        at most once however many queued jobs the pass weighs."""
         ...
 
     def release(self, slot: str) -> None:
@@ -112,9 +133,12 @@ class Executor(Protocol):
         """Get ready for the first job (before the worker takes any)."""
         ...
 
-    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
+    async def run(
+        self, job_id: str, job_dir: Path, on_event: EventSink, slot: str, on_placed: PlaceSink | None = None
+    ) -> Outcome:
         """Run the job written in `job_dir` on the claimed `slot` to its end, handing each protocol event to
-        `on_event`.
+        `on_event`. Where the slot names no machine (a Ray slot), `on_placed` gets the job's place once known
+        (its node and card), which the job then shows as its slot.
 
         A cancel of the calling task (a shutdown) stops the job's runner before it propagates.
         """

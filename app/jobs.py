@@ -13,7 +13,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio.to_thread
 import msgspec
@@ -98,6 +98,15 @@ class _Replayed(Exception):
 def body_hash(raw: Any) -> str:
     """What makes two bodies "the same" for an Idempotency-Key: their JSON, keys sorted, spacing aside."""
     return hashlib.sha256(msgspec.json.encode(raw, order="sorted")).hexdigest()
+
+
+class Resolution(NamedTuple):
+    """A request resolved by its model's rules (`Jobs._resolve`): what submitting it needs."""
+
+    request: Request
+    spec: ModelSpec
+    source: JobRow | None  # the finished job an extension continues
+    lora_library: LoraLibrary
 
 
 class Backlog(msgspec.Struct, frozen=True):
@@ -191,17 +200,28 @@ class Jobs(msgspec.Struct, frozen=True):
         *,
         strict: bool = True,
         idempotency: tuple[str, str] | None = None,
-        batch_id: str | None = None,
     ) -> JobRow:
-        """Validate, write the job directory, store the job and queue it (with `idempotency`, its key and body hash;
-        with `batch_id`, as a job of that batch, which took this client's submit from the rate limit already).
+        """Validate, write the job directory, store the job and queue it (with `idempotency`, its key and body hash).
 
         Raises InvalidRequest (a job predicted past AVP_MAX_JOB_MINUTES too), DiskFull (its files would not fit
         on the data disk with AVP_MIN_FREE_MB to spare, or failed to), RateLimited (this client submits too
         often) or QueueFull.
         """
         raw, webhook = await self._split_webhook(raw, strict)
-        resolved, spec, source, lora_library = await self._resolve(raw, strict)
+        return await self._submit_resolved(await self._resolve(raw, strict), webhook, client, idempotency=idempotency)
+
+    async def _submit_resolved(
+        self,
+        resolution: Resolution,
+        webhook: Webhook | None,
+        client: str,
+        *,
+        idempotency: tuple[str, str] | None = None,
+        batch_id: str | None = None,
+    ) -> JobRow:
+        """`submit` of a request already resolved (`_resolve`); with `batch_id`, as a job of that batch, which took
+        this client's submit from the rate limit already."""
+        resolved, spec, source, lora_library = resolution
         job_loras, provenance = await anyio.to_thread.run_sync(made_with, resolved, spec, lora_library)
         estimate = await self.estimate(resolved, spec)
         too_long = None if estimate is None else cost.over_limit(estimate, resolved, self.settings.max_job_minutes)
@@ -278,7 +298,7 @@ class Jobs(msgspec.Struct, frozen=True):
         self.worker.wake()
         return job
 
-    async def _resolve(self, raw: Any, strict: bool) -> tuple[Request, ModelSpec, JobRow | None, LoraLibrary]:
+    async def _resolve(self, raw: Any, strict: bool) -> Resolution:
         """The request resolved by its model's rules and the LoRA library (an extension's unset fields taken from
         the job it extends, and checked against it): the request, its model, the job it extends, the LoRAs.
         Raises InvalidRequest naming every problem."""
@@ -289,26 +309,30 @@ class Jobs(msgspec.Struct, frozen=True):
         resolved, spec = validate_request(raw, self.settings.library(), strict=strict, loras=lora_library)
         if source is not None:
             check_extension(resolved, source.request)
-        return resolved, spec, source, lora_library
+        return Resolution(resolved, spec, source, lora_library)
 
     async def submit_batch(self, raw: Any, client: str, *, strict: bool = True) -> list[JobRow]:
         """A batch's jobs (app/batches.py), submitted in order as one batch, or none of them.
 
-        Every job's request is checked before any is made (a bad one is an InvalidRequest naming its entry, e.g.
-        `prompts[2]`), and the queue's room for all of them; the batch takes one submit from the client's rate
-        limit. Should a job still be refused (the queue filled meanwhile, the disk), those made are withdrawn."""
+        Every job's request is resolved once, before any is made (a bad one is an InvalidRequest naming its entry,
+        e.g. `prompts[2]`, with the shared webhook's problems), then the queue's room for all of them is checked;
+        the batch takes one submit from the client's rate limit. Should a job still be refused (the queue filled
+        meanwhile, the disk), those made are withdrawn."""
         variations = batches.expand(raw, self.settings.max_queue)
         problems: dict[tuple[str, str], FieldError] = {}
+        resolutions: list[Resolution] = []
         for variation in variations:
             rest = {name: value for name, value in variation.body.items() if name not in WEBHOOK_FIELDS}
             try:
-                await self._resolve(rest, strict)
+                resolutions.append(await self._resolve(rest, strict))
             except InvalidRequest as exc:
                 for error in exc.errors:
                     named = FieldError(field=variation.field_name(error.field), message=error.message)
                     problems.setdefault((named.field, named.message), named)
-        if problems:
-            raise InvalidRequest(list(problems.values()))
+        # The webhook fields are the batch's, the same in every variation: checked once.
+        webhook, webhook_problems = await read_webhook(variations[0].body, self.settings.webhook_allow)
+        if problems or webhook_problems:
+            raise InvalidRequest([*problems.values(), *webhook_problems])
         room = self.settings.max_queue - await self.count_queued()
         if len(variations) > room:
             raise QueueFull(
@@ -319,8 +343,8 @@ class Jobs(msgspec.Struct, frozen=True):
         batch_id = uuid.uuid4().hex
         made: list[JobRow] = []
         try:
-            for variation in variations:
-                made.append(await self.submit(variation.body, client, strict=strict, batch_id=batch_id))
+            for resolution in resolutions:
+                made.append(await self._submit_resolved(resolution, webhook, client, batch_id=batch_id))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._withdraw(made)
@@ -377,7 +401,7 @@ class Jobs(msgspec.Struct, frozen=True):
 
     async def places(self) -> dict[str, Place]:
         """Every running and queued job's place in the queue, as of now."""
-        return places(await self.queue(), self.worker.slots)
+        return places(await self.queue(), self.worker.slot_names)
 
     async def queue(self) -> QueueSnapshot:
         return await self.store.call(self.store.queue_snapshot)
@@ -429,6 +453,15 @@ class Jobs(msgspec.Struct, frozen=True):
                 changed = True
         if changed:
             await self.journal.queue_moved()
+
+    async def estimate_at_length(self, job_id: str, num_frames: int) -> cost.Estimate | None:
+        """A job's estimate at the length its model chose for it (num_frames "auto": estimated at the longest clip
+        until the runner's duration head has chosen); None where its model is no longer offered or unreadable."""
+        job = await self.get_job(job_id)
+        spec = None if job is None else self.settings.models().get(job.request.model or "")
+        if job is None or spec is None:
+            return None
+        return await self.estimate(msgspec.structs.replace(job.request, num_frames=num_frames), spec)
 
     async def _check_room(self, estimate: cost.Estimate | None) -> None:
         """Refuse (DiskFull) a job whose files, with those the jobs before it will still write, would eat into

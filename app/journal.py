@@ -7,6 +7,7 @@ pushed fragments agree.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -17,6 +18,7 @@ from app.places import places
 from app.progress import JobProgress
 from app.store import JobRow, JobUpdate, Store, StoredEvent, WebhookEvent
 from contract import protocol
+from contract.cost import Estimate
 
 if TYPE_CHECKING:
     from app.webhooks import Webhooks
@@ -24,13 +26,22 @@ if TYPE_CHECKING:
 
 class Journal:
     def __init__(
-        self, store: Store, broker: Broker, pages: PageFeed, *, slots: int, webhooks: Webhooks | None = None
+        self,
+        store: Store,
+        broker: Broker,
+        pages: PageFeed,
+        *,
+        slots: Sequence[str],
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
         self.pages = pages
-        self.slots = slots  # the executor's: how many queued jobs start at once (app/places.py)
+        self.slots = slots  # the executor's slots' names: where queued jobs start (app/places.py)
         self.webhooks = webhooks  # queues the deliveries a job's events make, with the events
+        # a running job's estimate at the length its model chose (num_frames "auto"): `Jobs.estimate_at_length`,
+        # set once the jobs exist (they are made with this journal); None: the estimate stays the longest clip's
+        self.estimate_at_length: Callable[[str, int], Awaitable[Estimate | None]] | None = None
 
     async def queue_moved(self, *, besides: str | None = None) -> None:
         """The queue changed (a job queued, started, ended or moved; the queue paused or resumed): work out every
@@ -99,6 +110,17 @@ class Journal:
             ),
         )
 
+    async def set_slot(self, job_id: str, slot: str) -> None:
+        """Name where the running job runs once its executor knows (a Ray node and card): its row, its card and
+        panel; no event (the job's stream says nothing new)."""
+
+        def store_and_read() -> JobRow | None:
+            return self.store.get_job(job_id) if self.store.set_slot(job_id, slot) else None
+
+        job = await self.store.call(store_and_read)
+        if job is not None:
+            self.pages.shown_changed(job)
+
     async def runner_event(self, job_id: str, event: protocol.Event, progress: JobProgress) -> JobProgress:
         """Store one protocol event; returns the job's progress after it."""
         new_progress = progress.apply(event)
@@ -106,7 +128,17 @@ class Journal:
         # the text phase's choices (LTX-2.5): stored with the job, as the job JSON and page show them
         chosen = event.num_frames if isinstance(event, protocol.NumFrames) else None
         enhanced = event.prompt if isinstance(event, protocol.EnhancedPrompt) else None
-        changes = {"progress": new_progress, "result": result, "num_frames_chosen": chosen, "enhanced_prompt": enhanced}
+        # its estimate was the longest clip's until now: the page's time left and the API follow the chosen length
+        estimate = None if chosen is None or self.estimate_at_length is None else await self.estimate_at_length(
+            job_id, chosen
+        )
+        changes = {
+            "progress": new_progress,
+            "result": result,
+            "num_frames_chosen": chosen,
+            "enhanced_prompt": enhanced,
+            "estimate": estimate,
+        }
         update = JobUpdate(**changes) if any(value is not None for value in changes.values()) else None
         await self.record(job_id, msgspec.to_builtins(event), update)
         return new_progress or progress

@@ -185,6 +185,12 @@ class PageFeed:
         html = self._render("fragments/_queue_controls.html", {"paused": self.paused, "oob": True})
         return Push(Encoded(ServerSentEventMessage(data=html, event=sse_names.JOB_ROW)))
 
+    def shown_changed(self, job: JobRow) -> None:
+        """Something an unfinished job's panel and card show changed with no event (where it runs)."""
+        if self._broker.listening(panel_topic(job.id)):
+            self._broker.publish(panel_topic(job.id), self.panel(job, None))
+        self.row_changed(job)
+
     def row_changed(self, job: JobRow) -> None:
         """Something a list's card shows changed with no event (retention removed the job's files)."""
         if self._broker.listening(ROWS_TOPIC):

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from app.executor import EventSink, Executor, Outcome, SlotState
+from app.executor import EventSink, Executor, Outcome, PlaceSink, SlotState
 from app.journal import Journal
 from app.progress import JobProgress
 from app.runner import runner_command, runner_env
@@ -74,6 +74,10 @@ class Worker:
     @property
     def slots(self) -> int:
         return self._executor.capacity
+
+    @property
+    def slot_names(self) -> tuple[str, ...]:
+        return self._executor.slot_names
 
     @property
     def cpu_only(self) -> bool:
@@ -172,15 +176,16 @@ class Worker:
         waiting: list[str] = []
         self._passed = {job.id: self._passed[job.id] for job in queued if job.id in self._passed}
         placed = None
+        slots = self._executor.look()  # each slot's memory read once for the whole queue
         for job in queued:
             need = None if job.estimate is None else job.estimate.peak_gib
-            never = self._executor.unholdable(need)
+            never = slots.unholdable(need)
             if never is not None:
                 await self._until_recorded(
                     job.id, self._journal.set_status, job.id, "failed", code="out_of_memory", message=never
                 )
                 continue
-            slot = self._executor.claim(need)
+            slot = slots.claim(need)
             if slot is not None:
                 for passed in waiting:
                     self._passed[passed] = self._passed.get(passed, 0) + 1
@@ -226,7 +231,9 @@ class Worker:
                 attempt=job.attempts + 1,
             )
             began.set()
-            outcome = await self._executor.run(job_id, self._jobs_dir / job_id, self._recorder(job_id), slot)
+            outcome = await self._executor.run(
+                job_id, self._jobs_dir / job_id, self._recorder(job_id), slot, self._placer(job_id)
+            )
             if outcome.status == "interrupted":  # its machine went away (a Ray node): once more, elsewhere
                 await self._requeue_once(job_id, job.attempts + 1, outcome)
             else:
@@ -262,6 +269,14 @@ class Worker:
             return
         message = f"{outcome.message} It was interrupted {attempts} times and not retried again; submit it again."
         await self._until_recorded(job_id, record, job_id, "failed", code="internal", message=message)
+
+    def _placer(self, job_id: str) -> PlaceSink:
+        """Records where the job runs, once its executor learns it (a Ray node), as the job's slot."""
+
+        async def place(where: str) -> None:
+            await self._until_recorded(job_id, self._journal.set_slot, job_id, where)
+
+        return place
 
     def _recorder(self, job_id: str) -> EventSink:
         """Journals each of the job's protocol events, carrying its progress from one to the next."""

@@ -10,7 +10,8 @@ names) travel with the task.
 
 Slots: one per GPU the cluster had when the portal started (`ray0`, `ray1`, ...; at least one), so the worker
 never has more jobs in flight than the cluster has cards; which node takes a job is Ray's choice, and the
-node's own runner admits the job against its card (a slot here has no memory figures).
+node's own runner admits the job against its card (a slot here has no memory figures). Once the node says where
+the job runs, the job's `slot` names that node and card (`place_name`: "10.0.0.7:gpu1") instead of `rayN`.
 
 Cancel: a small task pinned to the job's node SIGTERMs the runner's group and SIGKILLs it after the grace
 period (app/ray_node.stop_group), as locally. A node that dies mid-job (the task's stream breaks with a Ray
@@ -31,7 +32,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from app.config import SettingsError
-from app.executor import EventSink, Outcome, SlotClaims, SlotState
+from app.executor import EventSink, Outcome, PlaceSink, SlotClaims, SlotState
 from app.ray_node import model_resource, plain_name, run_job, stop_group
 from app.runner import Transcript, classify
 from contract import jobdir
@@ -95,6 +96,10 @@ class RayExecutor:
         return self._claims.capacity
 
     @property
+    def slot_names(self) -> tuple[str, ...]:
+        return self._claims.names
+
+    @property
     def free_slots(self) -> int:
         return self._claims.free
 
@@ -104,6 +109,9 @@ class RayExecutor:
 
     def unholdable(self, need_gib: float | None) -> str | None:
         return None  # the node's runner admits the job against its own card
+
+    def look(self) -> RayExecutor:
+        return self  # nothing to read: its slots hold no memory figures
 
     def claim(self, need_gib: float | None) -> str | None:
         name = next((slot for slot in self._claims.names if not self._claims.is_claimed(slot)), None)
@@ -146,7 +154,9 @@ class RayExecutor:
         self._stop_runner(run)
         return True
 
-    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
+    async def run(
+        self, job_id: str, job_dir: Path, on_event: EventSink, slot: str, on_placed: PlaceSink | None = None
+    ) -> Outcome:
         self._claims.running(slot, job_id)
         job = msgspec.json.decode((job_dir / jobdir.JOB_FILE).read_bytes(), type=jobdir.JobFile)
         model = Path(job.model_path).name
@@ -169,8 +179,10 @@ class RayExecutor:
             async for ref in stream:
                 item = await ref
                 if item[0] == "node":
-                    _, run.node_ip, run.node_id, run.runner_pgid = item
+                    run.node_ip, run.node_id, run.runner_pgid, *card = item[1:]  # card: a node since it says so
                     log.info("job %s runs on Ray node %s (%s)", job_id, run.node_ip, run.node_id)
+                    if on_placed is not None:
+                        await on_placed(place_name(run.node_ip, card[0] if card else None))
                     if run.cancel_requested:
                         self._stop_runner(run)
                 elif item[0] == "file":
@@ -227,6 +239,12 @@ def _receive_file(job_dir: Path, name: str, data: bytes, run: _RayRun) -> None:
     partial = job_dir / f".{name}.part"
     partial.write_bytes(data)
     os.replace(partial, job_dir / name)
+
+
+def place_name(node_ip: str, card: str | None) -> str:
+    """Where a job ran on the cluster, as its `slot` says it: the node's address and the card Ray gave it
+    ("10.0.0.7:gpu1"), or the address alone where the node did not say."""
+    return node_ip if card is None else f"{node_ip}:gpu{card}"
 
 
 def _node(run: _RayRun) -> str:

@@ -5,7 +5,8 @@ sent with the task) into a scratch job directory of the node's own, points job.j
 host's) at the node's directories, runs `python -m gpu_runner run <scratch job dir>` in a session of its own and
 yields, as they come:
 
-- ("node", ip, node id, runner pgid): where the job runs, so the portal can name the node and stop the runner;
+- ("node", ip, node id, runner pgid, card): where the job runs (card: the GPU Ray gave the task, by the node's
+  numbering; None where it gave none), so the portal can name the node and card and stop the runner;
 - ("file", name, bytes): a file of the job directory, a preview before the event that announces it, and the
   clip, poster and other results (runner.log among them) once the runner has ended;
 - ("line", bytes): one protocol line of the runner's stdout;
@@ -98,8 +99,9 @@ def run_job(job_id: str, files: dict[str, bytes]) -> Iterator[tuple]:
                 start_new_session=True,  # its own group: a stop reaches whatever it starts
             )
         try:
-            node = ray.get_runtime_context().get_node_id()
-            yield ("node", ray.util.get_node_ip_address(), node, runner.pid)
+            context = ray.get_runtime_context()
+            cards = context.get_accelerator_ids().get("GPU") or [None]
+            yield ("node", ray.util.get_node_ip_address(), context.get_node_id(), runner.pid, cards[0])
             assert runner.stdout is not None
             for line in runner.stdout:
                 preview = _preview_file(line)

@@ -23,6 +23,7 @@ user-facing outcome is decided by the exit code and the last `error` event, neve
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -37,7 +38,7 @@ import msgspec
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from app.executor import EventSink, Outcome, SlotClaims, SlotState
+from app.executor import EventSink, Outcome, PlaceSink, SlotClaims, SlotState
 from app.slots import Slot, SlotMemory
 from contract import jobdir, protocol
 
@@ -367,6 +368,10 @@ class LocalSlots:
         return self._claims.capacity
 
     @property
+    def slot_names(self) -> tuple[str, ...]:
+        return self._claims.names
+
+    @property
     def free_slots(self) -> int:
         return self._claims.free
 
@@ -379,34 +384,10 @@ class LocalSlots:
 
     def unholdable(self, need_gib: float | None) -> str | None:
         """Why no slot could ever hold a job whose predicted peak is `need_gib`; None when some slot could."""
-        if need_gib is None:
-            return None
-        totals = [(slot, self._read(self._memory.total_gib, slot)) for slot in self._slots]
-        if any(total is None or need_gib <= total for _, total in totals):
-            return None
-        has = ", ".join(f"{slot.name} {total:.1f} GiB" for slot, total in totals)
-        more = " (or give the CPU slots more: AVP_SLOT_MEMORY_GB)" if self._slots[0].device == "cpu" else ""
-        return (
-            f"This job needs about {need_gib:.1f} GiB at its peak, more than any runner slot has ({has}); "
-            f"use fewer frames or a smaller size{more}."
-        )
+        return self.look().unholdable(need_gib)
 
-    def claim(self, need_gib: float | None) -> str | None:
-        """Claim a free slot that can hold a job whose predicted peak is `need_gib` (None: unknown) now: the one
-        with the least room that holds it (a big card stays free for a big job), the first where rooms tie or are
-        unchecked. None while no free slot can."""
-        fitting = []
-        for order, slot in enumerate(self._slots):
-            if self._claims.is_claimed(slot.name):
-                continue
-            room = self._read(self._memory.room_gib, slot)
-            if need_gib is None or room is None or need_gib <= room:
-                fitting.append((room is None, room or 0.0, order, slot.name))
-        if not fitting:
-            return None
-        name = min(fitting)[-1]
-        self._claims.take(name)
-        return name
+    def look(self) -> _Look:
+        return _Look(self._slots, self._memory, self._claims)
 
     def release(self, slot: str) -> None:
         """The slot's job has ended (or never started): the slot takes another."""
@@ -415,7 +396,7 @@ class LocalSlots:
     def states(self) -> list[SlotState]:
         states = []
         for slot in self._slots:
-            room, total = self._read(self._memory.room_gib, slot), self._read(self._memory.total_gib, slot)
+            room, total = _read(self._memory.room_gib, slot), _read(self._memory.total_gib, slot)
             states.append(
                 SlotState(
                     name=slot.name,
@@ -429,22 +410,14 @@ class LocalSlots:
             )
         return states
 
-    @staticmethod
-    def _read(figure: Callable[[Slot], float | None], slot: Slot) -> float | None:
-        """A slot's memory figure; None (unchecked: the runner's own admission still guards the card) where NVML
-        cannot read its card now."""
-        try:
-            return figure(slot)
-        except Exception as exc:  # the driver's trouble (pynvml.NVMLError and kin), not the job's
-            log.warning("slot %s: its card's memory cannot be read (%s); its runner admits its jobs", slot.name, exc)
-            return None
-
     async def start(self) -> None:
         for supervisor in self._supervisors.values():
             await supervisor.start()
 
-    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
-        self._claims.running(slot, job_id)
+    async def run(
+        self, job_id: str, job_dir: Path, on_event: EventSink, slot: str, on_placed: PlaceSink | None = None
+    ) -> Outcome:
+        self._claims.running(slot, job_id)  # the slot is its place already: `on_placed` has nothing to add
         return await self._supervisors[slot].run(job_id, job_dir, on_event)
 
     def cancel(self, job_id: str) -> bool:
@@ -453,6 +426,56 @@ class LocalSlots:
     async def close(self) -> None:
         for supervisor in self._supervisors.values():
             await supervisor.close()
+
+
+def _read(figure: Callable[[Slot], float | None], slot: Slot) -> float | None:
+    """A slot's memory figure; None (unchecked: the runner's own admission still guards the card) where NVML cannot
+    read its card now."""
+    try:
+        return figure(slot)
+    except Exception as exc:  # the driver's trouble (pynvml.NVMLError and kin), not the job's
+        log.warning("slot %s: its card's memory cannot be read (%s); its runner admits its jobs", slot.name, exc)
+        return None
+
+
+class _Look:
+    """LocalSlots at one look: each slot's room and total read (NVML, for a card) at most once, however many
+    queued jobs the worker weighs in one pass."""
+
+    def __init__(self, slots: tuple[Slot, ...], memory: SlotMemory, claims: SlotClaims) -> None:
+        self._slots = slots
+        self._claims = claims
+        self._room = functools.cache(lambda slot: _read(memory.room_gib, slot))
+        self._total = functools.cache(lambda slot: _read(memory.total_gib, slot))
+
+    def unholdable(self, need_gib: float | None) -> str | None:
+        if need_gib is None:
+            return None
+        totals = [(slot, self._total(slot)) for slot in self._slots]
+        if any(total is None or need_gib <= total for _, total in totals):
+            return None
+        has = ", ".join(f"{slot.name} {total:.1f} GiB" for slot, total in totals)
+        more = " (or give the CPU slots more: AVP_SLOT_MEMORY_GB)" if self._slots[0].device == "cpu" else ""
+        return (
+            f"This job needs about {need_gib:.1f} GiB at its peak, more than any runner slot has ({has}); "
+            f"use fewer frames or a smaller size{more}."
+        )
+
+    def claim(self, need_gib: float | None) -> str | None:
+        """The free slot with the least room that holds the job (a big card stays free for a big job), the first
+        where rooms tie or are unchecked; None while no free slot can."""
+        fitting = []
+        for order, slot in enumerate(self._slots):
+            if self._claims.is_claimed(slot.name):
+                continue
+            room = self._room(slot)
+            if need_gib is None or room is None or need_gib <= room:
+                fitting.append((room is None, room or 0.0, order, slot.name))
+        if not fitting:
+            return None
+        name = min(fitting)[-1]
+        self._claims.take(name)
+        return name
 
 
 async def set_autogroup_nice(pid: int, nice: int) -> bool:

@@ -24,6 +24,7 @@ from app import migrations
 from app.progress import JobProgress, decode_progress
 from app.statuses import TERMINAL
 from app.webhook_targets import Webhook
+from contract import cost
 from contract.cost import Estimate, PastRun
 from contract.provenance import Provenance
 from contract.request import Request
@@ -119,6 +120,7 @@ class QueueSnapshot(msgspec.Struct, frozen=True):
     paused: bool
     running: list[JobRow]
     queued: list[JobRow]
+    slot_paces: dict[str, float] = msgspec.field(default_factory=dict)  # slots that have run jobs: `cost.pace`
 
 
 # The model and prompt filters read the request's JSON; both expressions are indexed (migration 7), so they must be
@@ -189,6 +191,7 @@ class JobUpdate(msgspec.Struct, frozen=True, kw_only=True):
     start_attempt: bool = False
     num_frames_chosen: int | None = None  # the runner's text-phase choices (protocol.NumFrames, EnhancedPrompt)
     enhanced_prompt: str | None = None
+    estimate: Estimate | None = None  # made again: at the length the runner chose
     slot: str | None = None  # the slot a starting job runs on
 
 
@@ -200,6 +203,7 @@ _JOB_COLUMNS = (
 _TERMINAL_SQL = ",".join(f"'{status}'" for status in sorted(TERMINAL))
 # The order queued jobs start in: moved to the front (a higher priority) first, then as submitted.
 _QUEUE_ORDER = "priority DESC, seq"
+PACE_WINDOW = 200  # the newest succeeded jobs the slots' paces are read from (each slot's newest cost.PACE_RUNS)
 IDEMPOTENCY_KEEP_S = 24 * 3600  # how long an Idempotency-Key answers with its first job
 
 
@@ -381,7 +385,22 @@ class Store:
             paused=self.paused(),
             running=[_row_to_job(r) for r in running],
             queued=[_row_to_job(r) for r in queued],
+            slot_paces=self.slot_paces(),
         )
+
+    def slot_paces(self) -> dict[str, float]:
+        """Each slot's pace (`cost.pace`), from its jobs among the newest PACE_WINDOW that succeeded: how long each
+        held its slot over the duration it was estimated at when it started."""
+        rows = self._db.execute(
+            "SELECT slot, (finished_at - started_at) / json_extract(estimate, '$.duration_s') FROM jobs "
+            "WHERE status = 'succeeded' ORDER BY seq DESC LIMIT ?",
+            (PACE_WINDOW,),
+        )
+        ratios: dict[str, list[float]] = {}
+        for slot, ratio in rows:
+            if slot is not None and ratio is not None:
+                ratios.setdefault(slot, []).append(ratio)
+        return {slot: cost.pace(runs) for slot, runs in ratios.items()}
 
     def prioritize(self, job_id: str) -> bool:
         """Put a queued job before every other queued job; False when it is not queued."""
@@ -478,6 +497,12 @@ class Store:
             self._db.execute("DELETE FROM webhooks WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM idempotency_keys WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def set_slot(self, job_id: str, slot: str) -> bool:
+        """Name where the running job runs (its Ray node and card, learnt after it started); False when it no
+        longer runs."""
+        cursor = self._db.execute("UPDATE jobs SET slot = ? WHERE id = ? AND status = 'running'", (slot, job_id))
+        return cursor.rowcount == 1
 
     def set_keep(self, job_id: str, keep: bool) -> bool:
         """Mark or unmark the job keep; False when there is no such job or its files are gone already."""
@@ -606,7 +631,7 @@ class Store:
         if update.slot is not None:
             sets.append("slot = ?")
             values.append(update.slot)
-        for column in ("progress", "error", "result"):
+        for column in ("progress", "error", "result", "estimate"):
             value = getattr(update, column)
             if value is not None:
                 sets.append(f"{column} = ?")

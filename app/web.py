@@ -116,10 +116,11 @@ def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngin
         executor = RayExecutor(settings.ray_address, settings.cancel_grace_s)
     else:
         executor = LocalSlots(*settings.slots(), settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
-    journal = Journal(store, broker, pages, slots=executor.capacity, webhooks=webhooks)
+    journal = Journal(store, broker, pages, slots=executor.slot_names, webhooks=webhooks)
     worker = Worker(store, journal, executor, settings.jobs_dir, settings.runner_python)
     uploads = Uploads(settings.uploads_dir, store, settings.max_upload_bytes, settings.upload_ttl_s, settings.data_disk)
     jobs = Jobs(settings, store, journal, worker, uploads, SubmitRateLimit(settings.submit_per_minute))
+    journal.estimate_at_length = jobs.estimate_at_length
     return Parts(
         settings=settings,
         store=store,

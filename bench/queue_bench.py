@@ -42,12 +42,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
-        subprocess.run(
-            [sys.executable, "-m", "gpu_runner", "demo-model", str(data_dir / "models" / "demo")],
-            cwd=repo,
-            check=True,
-            capture_output=True,
-        )
+        build_demo_model(data_dir, repo)
         env = {"AVP_SPARE_RUNNER": "on", "AVP_MAX_QUEUE": str(args.jobs), "AVP_SUBMIT_PER_MINUTE": "1000"}
         portal = Portal(data_dir=data_dir, env=env, repo_root=repo).start()
         spare_log = data_dir / "jobs" / SPARE_LOG
@@ -56,8 +51,7 @@ def main() -> None:
         try:
             wait_for_spare(spare_log, ready=1)
             began = time.time()
-            ids = [portal.submit(prompt=f"{PROMPTS[n % len(PROMPTS)]}, take {n}")["id"] for n in range(args.jobs)]
-            report_queue([portal.wait(job_id, timeout=TIMEOUT_S) for job_id in ids], began)
+            report_queue(run_jobs(portal, args.jobs), began)
             alone = []
             for n in range(args.alone):
                 wait_for_spare(spare_log, ready=args.jobs + n + 1)  # as a person who watched the last clip finds it
@@ -72,10 +66,28 @@ def main() -> None:
         print(f"\n# load average {os.getloadavg()[0]:.2f} at the end")
 
 
+def build_demo_model(data_dir: Path, repo: Path = REPO_ROOT) -> None:
+    """The demo model, built by `repo`'s runner where a portal on `data_dir` finds it."""
+    subprocess.run(
+        [sys.executable, "-m", "gpu_runner", "demo-model", str(data_dir / "models" / "demo")],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+
+
+def run_jobs(portal: Portal, jobs: int) -> list[dict]:
+    """`jobs` demo jobs submitted at once, a new prompt each (so every job pays its text stages), waited for: their
+    final state, in submission order; every one succeeded."""
+    ids = [portal.submit(prompt=f"{PROMPTS[n % len(PROMPTS)]}, take {n}")["id"] for n in range(jobs)]
+    done = [portal.wait(job_id, timeout=TIMEOUT_S) for job_id in ids]
+    failed = [job for job in done if job["status"] != "succeeded"]
+    assert not failed, failed[0]["error"]
+    return done
+
+
 def report_queue(queued: list[dict], began: float) -> None:
     """Jobs per minute over the queue, each job's run and the gaps between jobs (the queue's figures come first)."""
-    failed = [job for job in queued if job["status"] != "succeeded"]
-    assert not failed, failed[0]["error"]
     started = [stamp(job["started_at"]) for job in queued]
     finished = [stamp(job["finished_at"]) for job in queued]
     runs = [end - start for start, end in zip(started, finished, strict=True)]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,11 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.demo_job import PROMPTS, wait_for_spare  # noqa: E402
-from bench.queue_bench import spread, stamp  # noqa: E402
-from tests.portal import REPO_ROOT, Portal  # noqa: E402  (the same real-portal harness the tests use)
-
-TIMEOUT_S = 3600  # per job: a busy machine slows the demo job tenfold
+from bench.demo_job import wait_for_spare  # noqa: E402
+from bench.queue_bench import build_demo_model, run_jobs, spread, stamp  # noqa: E402
+from tests.portal import Portal  # noqa: E402  (the same real-portal harness the tests use)
 
 
 def main() -> None:
@@ -66,12 +63,7 @@ def run_queue(count: int, jobs: int) -> tuple[list[dict], float]:
     """J jobs through a portal with `count` CPU slots: the finished jobs and seconds from first submit to last end."""
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
-        subprocess.run(
-            [sys.executable, "-m", "gpu_runner", "demo-model", str(data_dir / "models" / "demo")],
-            cwd=REPO_ROOT,
-            check=True,
-            capture_output=True,
-        )
+        build_demo_model(data_dir)
         env = {
             "AVP_GPUS": f"cpu:{count}",
             "AVP_SPARE_RUNNER": "on",
@@ -84,12 +76,9 @@ def run_queue(count: int, jobs: int) -> tuple[list[dict], float]:
             for log in logs:
                 wait_for_spare(data_dir / "jobs" / log, ready=1, timeout=600)
             began = time.time()
-            ids = [portal.submit(prompt=f"{PROMPTS[n % len(PROMPTS)]}, take {n}")["id"] for n in range(jobs)]
-            queued = [portal.wait(job_id, timeout=TIMEOUT_S) for job_id in ids]
+            queued = run_jobs(portal, jobs)
         finally:
             portal.stop()
-    failed = [job for job in queued if job["status"] != "succeeded"]
-    assert not failed, failed[0]["error"]
     return queued, max(stamp(job["finished_at"]) for job in queued) - began
 
 

@@ -634,23 +634,50 @@ def seconds_left(estimate: Estimate | None, elapsed_s: float, denoise_left_s: fl
     return max(estimate.duration_s - elapsed_s, 0.0)
 
 
+class SlotTime(msgspec.Struct, frozen=True):
+    """One slot as the queue's forecast sees it."""
+
+    frees_in_s: float | None  # when its running job ends, from now (0: free; None: unknown)
+    pace: float = 1.0  # how long its jobs take against their estimates (`pace`): 2 = twice as long
+
+
 def forecast_queue(
-    running_left_s: Sequence[float | None], queued_s: Sequence[float | None], slots: int
+    slots: Sequence[SlotTime], queued_s: Sequence[float | None]
 ) -> list[tuple[float | None, float | None]]:
-    """(start, finish), seconds from now, of each queued job in queue order: each starts on the slot that frees
-    first, the running jobs holding theirs for `running_left_s`; `queued_s` are the jobs' durations. Unknown
-    (None) from the first job whose slot frees at an unknown time on: a job's unknown duration makes its
-    slot's next start unknown."""
-    free_at: list[float] = [math.inf if left is None else left for left in running_left_s]
-    free_at += [0.0] * max(slots - len(free_at), 0)
+    """(start, finish), seconds from now, of each queued job in queue order, on `slots` run side by side: each job
+    starts on the slot that frees first (of two that free together, the faster: the worker picks among free slots
+    by their memory, which this does not know) and takes its duration (`queued_s`, its estimate) times that slot's
+    pace. Unknown (None) from the first job whose slot frees at an unknown time on: a job's unknown duration makes
+    its slot's next start unknown."""
+    free_at = [(math.inf if s.frees_in_s is None else s.frees_in_s, s.pace, order) for order, s in enumerate(slots)]
     heapq.heapify(free_at)
     forecast: list[tuple[float | None, float | None]] = []
     for duration in queued_s:
-        start = heapq.heappop(free_at) if free_at else math.inf
-        finish = math.inf if duration is None else start + duration
-        heapq.heappush(free_at, finish)
+        start, pace, order = heapq.heappop(free_at) if free_at else (math.inf, 1.0, 0)
+        finish = math.inf if duration is None else start + duration * pace
+        heapq.heappush(free_at, (finish, pace, order))
         forecast.append((_known(start), _known(finish)))
     return forecast
+
+
+PACE_RUNS = 10  # a slot's newest runs that make its pace
+
+
+def pace(held_over_estimated: Sequence[float]) -> float:
+    """A slot's pace: the median of its newest runs' time held over their estimated duration (a slower card, a
+    CPU slot beside cards, shows above 1); 1 (as estimated) before it has run a job."""
+    runs = [ratio for ratio in held_over_estimated[:PACE_RUNS] if ratio > 0]
+    return statistics.median(runs) if runs else 1.0
+
+
+def paced(estimate: Estimate | None, pace: float) -> Estimate | None:
+    """The estimate of a job on a slot of this pace: its durations scaled (peak and disk as they were)."""
+    if estimate is None or pace == 1.0:
+        return estimate
+    decode = None if estimate.decode_s is None else estimate.decode_s * pace
+    return msgspec.structs.replace(
+        estimate, duration_s=estimate.duration_s * pace, denoise_s=estimate.denoise_s * pace, decode_s=decode
+    )
 
 
 def _known(seconds: float) -> float | None:

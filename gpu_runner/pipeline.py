@@ -22,6 +22,7 @@ import torch
 
 from contract import jobdir, protocol
 from contract.disk import is_disk_full
+from contract.library import ENHANCER_TOKENIZER_DIRS
 from contract.provenance import MP4_KEY, to_json
 from contract.request import AUTO, DenoiseStage, denoise_stages, planned
 from gpu_runner import admission, cache_budget, extension, lora, memory, mux
@@ -32,7 +33,7 @@ from gpu_runner.families import Family, family_for
 from gpu_runner.job import Job, JobError
 from gpu_runner.poster import PosterFrame
 from gpu_runner.preview_colours import ColourStore
-from gpu_runner.prompt_cache import PromptCache
+from gpu_runner.prompt_cache import PromptCache, model_revision
 from gpu_runner.weight_cache import WeightCache
 
 Emit = Callable[[protocol.Event], None]
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 COMPILE_NOTE = (
     "The first step compiles GPU kernels for this clip size: up to about 45 s the first time this size "
     "runs, about 10 s later on. The time left is estimated from the steps that follow it."
+)
+ENHANCED_FROM_CACHE = (
+    "Cached: the prompt enhancer rewrote this prompt for an earlier job (same model, seed and token bound), so it "
+    "is not loaded."
 )
 
 
@@ -86,9 +91,15 @@ def _stages(
 
     # 0b. LTX-2.5's prompt enhancer (enhance_prompt: true), alone on the device and freed before the text encoder
     #     loads: the job encodes (and the prompt cache keys) its rewrite of the prompt.
+    #     A rewrite made before (the same model, prompt, seed and token bound) comes from the prompt cache.
     if request.enhance_prompt:
-        with stages(protocol.ENHANCE_STAGE):
-            enhanced = family.enhance_prompt(job, device, token_reporter(emit, cancellation))
+        cache, cache_key = enhanced_prompt_cache_for(job, budget)
+        enhanced = cache.get_text(cache_key) if cache else None
+        with stages(protocol.ENHANCE_STAGE, note=None if enhanced is None else ENHANCED_FROM_CACHE):
+            if enhanced is None:
+                enhanced = family.enhance_prompt(job, device, token_reporter(emit, cancellation))
+                if cache:
+                    cache.put_text(cache_key, enhanced)
         emit(protocol.EnhancedPrompt(prompt=enhanced))
         job = stages.job = job.with_request(prompt=enhanced)
         request = job.request
@@ -223,6 +234,16 @@ def prompt_cache_for(job: Job, family: Family, budget: CacheBudget) -> tuple[Pro
     cache = PromptCache(Path(job.file.prompt_cache_dir), budget)
     key = cache.key(job.spec.id, family.revision(), request.prompt, request.negative_prompt, family.sequence_length())
     return cache, key
+
+
+def enhanced_prompt_cache_for(job: Job, budget: CacheBudget) -> tuple[PromptCache | None, str]:
+    """The prompt cache and the key of the job's prompt as its model's enhancer rewrites it."""
+    if job.file.prompt_cache_dir is None:
+        return None, ""
+    request = job.request
+    revision = model_revision(job.model_dir, ENHANCER_TOKENIZER_DIRS)  # the enhancer's and its tokenizer's files
+    key = PromptCache.enhanced_key(job.spec.id, revision, request.prompt, request.seed, job.file.enhance_max_tokens)
+    return PromptCache(Path(job.file.prompt_cache_dir), budget), key
 
 
 def colour_store_for(job: Job, family: Family) -> ColourStore:

@@ -4,7 +4,9 @@ What is cached is what the denoiser consumes: the text connectors' outputs for t
 [negative, positive] pair (a few MB), not the encoder's 49 stacked hidden states (~385 MB
 a prompt at full size). The key covers everything that changes them: the model, both
 prompts, the sequence length and the encoder+connector revision. Files are safetensors;
-the cache is bounded (AVP_PROMPT_CACHE_MB, inside AVP_CACHE_GB: gpu_runner/cache_budget.py), the least
+LTX-2.5's prompt enhancer's rewrites live here too (`enhanced_key`, `get_text`, `put_text`: the rewrite's UTF-8 bytes,
+keyed by the model, its enhancer's files, the prompt, the seed and the token bound), so a repeat never loads the
+enhancer either. The cache is bounded (AVP_PROMPT_CACHE_MB, inside AVP_CACHE_GB: gpu_runner/cache_budget.py), the least
 recently used entries removed first.
 """
 
@@ -26,6 +28,7 @@ from gpu_runner.cache_budget import CacheBudget
 log = logging.getLogger(__name__)
 
 REVISION_FILES = ("text_encoder", "tokenizer", "connectors")
+TEXT = "utf8"  # a text entry's one tensor: its UTF-8 bytes
 
 
 def model_revision(model_dir: Path, components: tuple[str, ...] = REVISION_FILES, modified_times: bool = False) -> str:
@@ -53,6 +56,23 @@ class PromptCache:
     def key(model_id: str, revision: str, prompt: str, negative_prompt: str, sequence_length: int) -> str:
         fields = [model_id, revision, prompt, negative_prompt, sequence_length]
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+
+    @staticmethod
+    def enhanced_key(model_id: str, revision: str, prompt: str, seed: int, max_new_tokens: int) -> str:
+        """The key of `prompt` as a model's prompt enhancer (its files: `revision`) rewrites it for this seed, writing
+        at most `max_new_tokens` (AVP_ENHANCE_MAX_TOKENS cuts a rewrite short)."""
+        fields = ["enhanced_prompt", model_id, revision, prompt, seed, max_new_tokens]
+        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+
+    def get_text(self, key: str) -> str | None:
+        """A text entry (`put_text`); None when there is none (or it is not one)."""
+        tensors = self.get(key)
+        if tensors is None or TEXT not in tensors:
+            return None
+        return tensors[TEXT].numpy().tobytes().decode("utf-8", errors="replace")
+
+    def put_text(self, key: str, text: str) -> None:
+        self.put(key, {TEXT: torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)})
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}{cache_budget.ENTRY_SUFFIX}"

@@ -295,7 +295,7 @@ def lora_list(settings: Settings) -> LoraList:
 
 async def queue_state(jobs: Jobs, settings: Settings) -> QueueOut:
     snapshot = await jobs.queue()
-    where = places(snapshot, jobs.worker.slots)
+    where = places(snapshot, jobs.worker.slot_names)
     return QueueOut(
         paused=snapshot.paused,
         slots=jobs.worker.slots,

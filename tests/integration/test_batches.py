@@ -118,6 +118,9 @@ def test_a_bad_batch_is_refused_naming_the_field_and_makes_no_job(shared_portal:
         assert [error["field"] for error in refused.json()["errors"]] == [field], refused.text
     wrong_size = post(portal, "/api/batches", {"prompts": ["a", "b"], **QUICK, "width": 70})
     assert [e["field"] for e in wrong_size.json()["errors"]] == ["width"], "a shared field's problem is named once"
+    with_webhook = post(portal, "/api/batches", {"prompts": ["a", "x" * 100_000], **QUICK, "webhook": 5})
+    fields = [e["field"] for e in with_webhook.json()["errors"]]
+    assert fields == ["prompts[1]", "webhook"], "the batch's webhook is checked with its jobs, every problem at once"
     with portal.client() as c:
         assert c.get("/api/batches/" + "0" * 32).status_code == 404
         assert c.get("/api/batches/not-a-batch").status_code == 404

@@ -100,6 +100,8 @@ def test_a_fast_2_5_job_runs_every_stage_through_the_real_runner_into_an_mp4_wit
     assert (finished["num_frames_requested"], finished["request"]["num_frames"]) == ("auto", FRAMES)
     assert isinstance(finished["enhanced_prompt"], str)
     assert [e["num_frames"] for e in events if e["type"] == "num_frames"] == [FRAMES]
+    longest, chosen = job["estimate"], finished["estimate"]
+    assert chosen["disk_bytes"] < longest["disk_bytes"], "estimated again at the chosen length, not the longest clip"
     assert stages == [
         "enhance_prompt",
         "load_text_encoder",
@@ -120,6 +122,24 @@ def test_a_fast_2_5_job_runs_every_stage_through_the_real_runner_into_an_mp4_wit
     assert video.sample_rate == 48000 and video.audio_duration_s == pytest.approx(FRAMES / 24, abs=0.03)
     log = (ltx25_portal.job_dir(job["id"]) / "runner.log").read_text()
     assert "newly initialized" not in log  # every weight of the directory was loaded into its own class
+
+
+def test_the_same_prompt_and_seed_enhanced_again_come_from_the_cache(ltx25_portal: Portal):
+    asked = {"model": "ltx-2.5", "width": SIZE, "height": SIZE, "num_frames": FRAMES, "enhance_prompt": True}
+    first = ltx25_portal.submit(prompt="a blue square humming", seed=5, **asked)
+    written = ltx25_portal.wait_for_event(first["id"], "enhanced_prompt", timeout=300)["prompt"]
+    ltx25_portal.cancel(first["id"])  # the rewrite is all this needs of it
+    again = ltx25_portal.submit(prompt="a blue square humming", seed=5, **asked)
+    events = []
+    for sse in ltx25_portal.events(again["id"], timeout=300):
+        events.append(json.loads(sse.data))
+        if sse.event == "enhanced_prompt":
+            break
+    ltx25_portal.cancel(again["id"])
+    (stage,) = [e for e in events if e["type"] == "stage" and e["name"] == "enhance_prompt"]
+    assert stage["note"] and stage["note"].startswith("Cached"), stage
+    assert not [e for e in events if e["type"] == "token"], "the enhancer never ran"
+    assert events[-1]["prompt"] == written
 
 
 def _events(portal: Portal, job_id: str) -> list[dict]:

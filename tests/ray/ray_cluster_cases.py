@@ -66,7 +66,7 @@ def test_a_demo_job_runs_on_a_worker_node_with_the_local_transcript_and_its_clip
     node = where_it_runs(nodes, job["id"])
     done = ray_portal.wait(job["id"], timeout=120)
     assert done["status"] == "succeeded", done
-    assert done["slot"].startswith("ray")
+    assert done["slot"] == "127.0.0.1:gpu0", "the node and the card it ran on (each node here has one GPU, 0)"
     job_dir = ray_portal.job_dir(job["id"])
     assert (job_dir / "video.mp4").stat().st_size > 1000 and (job_dir / "poster.jpg").is_file()
     assert (job_dir / "preview.jpg").is_file()
@@ -96,22 +96,6 @@ def test_a_cancel_reaches_the_runner_on_its_node(ray_portal: Portal, cluster) ->
     wait_for(lambda: not runner_processes(scratch_job), 30, "the node's runner gone")
 
 
-def test_a_node_lost_mid_job_requeues_it_once_and_the_other_node_finishes_it(ray_portal: Portal, cluster) -> None:
-    ray_cluster, nodes = cluster
-    job = ray_portal.submit(**NODE_LOSS)
-    ray_portal.wait_for_event(job["id"], "step", timeout=120)
-    lost = where_it_runs(nodes, job["id"])
-    ray_cluster.remove_node(nodes[lost][0], allow_graceful=False)
-    done = ray_portal.wait(job["id"], timeout=180)
-    assert done["status"] == "succeeded", done
-    assert done["attempts"] == 2
-    types = transcript(ray_portal, job["id"])
-    assert "interrupted" in types and types[-2:] == ["succeeded", "end"]
-    other = next(name for name in nodes if name != lost)
-    assert "--- ran on Ray node" in (ray_portal.job_dir(job["id"]) / "runner.log").read_text()
-    assert not runner_processes(nodes[other][1] / "jobs" / job["id"])
-
-
 def test_a_model_no_node_has_fails_its_job_at_once_naming_it(cluster, tmp_path: Path) -> None:
     ray_cluster, _ = cluster
     job_dir = tmp_path / "job"
@@ -139,6 +123,22 @@ def test_a_model_no_node_has_fails_its_job_at_once_naming_it(cluster, tmp_path: 
     assert (outcome.status, outcome.code) == ("failed", "model_missing")
     assert "No node of the Ray cluster holds the model 'ltx-big'" in outcome.message
     assert '"avp_model_ltx-big": 1000' in outcome.message
+
+
+def test_a_node_lost_mid_job_requeues_it_once_and_the_other_node_finishes_it(ray_portal: Portal, cluster) -> None:
+    ray_cluster, nodes = cluster
+    job = ray_portal.submit(**NODE_LOSS)
+    ray_portal.wait_for_event(job["id"], "step", timeout=120)
+    lost = where_it_runs(nodes, job["id"])
+    ray_cluster.remove_node(nodes[lost][0], allow_graceful=False)
+    done = ray_portal.wait(job["id"], timeout=180)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    types = transcript(ray_portal, job["id"])
+    assert "interrupted" in types and types[-2:] == ["succeeded", "end"]
+    other = next(name for name in nodes if name != lost)
+    assert "--- ran on Ray node" in (ray_portal.job_dir(job["id"]) / "runner.log").read_text()
+    assert not runner_processes(nodes[other][1] / "jobs" / job["id"])
 
 
 def test_an_image_job_takes_its_image_to_the_node(ray_portal: Portal) -> None:

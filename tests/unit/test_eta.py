@@ -13,7 +13,7 @@ from app.places import Place, places
 from app.progress import JobProgress
 from app.routes.api import wait_preference
 from app.schemas import InvalidRequest
-from app.store import JobRow, QueueSnapshot, Store
+from app.store import JobRow, JobUpdate, QueueSnapshot, Store
 from contract import cost
 from contract.request import Request
 from tests.job_history import job_row
@@ -61,19 +61,58 @@ def test_recorded_runs_are_predicted_from_the_runs_before_them_with_a_median_err
     assert max(errors) <= 0.45, errors
 
 
+def free_in(*seconds: float | None) -> list[cost.SlotTime]:
+    """Slots of pace 1 that free in these many seconds."""
+    return [cost.SlotTime(s) for s in seconds]
+
+
 def test_one_slot_runs_the_queue_one_after_another_from_when_the_running_job_ends() -> None:
-    assert cost.forecast_queue([10.0], [5.0, 7.0], slots=1) == [(10.0, 15.0), (15.0, 22.0)]
-    assert cost.forecast_queue([], [5.0, 7.0], slots=1) == [(0.0, 5.0), (5.0, 12.0)], "an idle worker starts now"
+    assert cost.forecast_queue(free_in(10.0), [5.0, 7.0]) == [(10.0, 15.0), (15.0, 22.0)]
+    assert cost.forecast_queue(free_in(0.0), [5.0, 7.0]) == [(0.0, 5.0), (5.0, 12.0)], "an idle worker starts now"
 
 
 def test_two_slots_start_each_job_on_the_slot_that_frees_first() -> None:
-    assert cost.forecast_queue([10.0], [5.0, 7.0, 1.0], slots=2) == [(0.0, 5.0), (5.0, 12.0), (10.0, 11.0)]
+    assert cost.forecast_queue(free_in(10.0, 0.0), [5.0, 7.0, 1.0]) == [(0.0, 5.0), (5.0, 12.0), (10.0, 11.0)]
 
 
 def test_a_time_nobody_knows_makes_the_times_after_it_on_that_slot_unknown() -> None:
-    assert cost.forecast_queue([None], [5.0], slots=1) == [(None, None)]
-    assert cost.forecast_queue([2.0], [None, 4.0], slots=1) == [(2.0, None), (None, None)]
-    assert cost.forecast_queue([2.0], [None, 4.0], slots=2) == [(0.0, None), (2.0, 6.0)], "the other slot goes on"
+    assert cost.forecast_queue(free_in(None), [5.0]) == [(None, None)]
+    assert cost.forecast_queue(free_in(2.0), [None, 4.0]) == [(2.0, None), (None, None)]
+    assert cost.forecast_queue(free_in(2.0, 0.0), [None, 4.0]) == [(0.0, None), (2.0, 6.0)], "the other slot goes on"
+
+
+def test_a_job_takes_the_pace_of_the_slot_that_frees_first_and_of_two_free_ones_the_faster() -> None:
+    card, cpu = cost.SlotTime(10.0, pace=1.0), cost.SlotTime(0.0, pace=20.0)
+    # the CPU slot is free now: the first job starts there at once and takes 20 times its estimate; the second
+    # waits for the card
+    assert cost.forecast_queue([card, cpu], [5.0, 5.0]) == [(0.0, 100.0), (10.0, 15.0)]
+    both_free = [cost.SlotTime(0.0, pace=20.0), cost.SlotTime(0.0, pace=0.5)]
+    assert cost.forecast_queue(both_free, [8.0, 8.0]) == [(0.0, 4.0), (0.0, 160.0)]
+
+
+def test_a_slots_pace_is_the_median_of_its_newest_runs_held_over_estimated() -> None:
+    assert cost.pace([]) == 1.0, "as estimated before it has run anything"
+    assert cost.pace([2.0, 3.0, 40.0]) == 3.0
+    assert cost.pace([1.0] * cost.PACE_RUNS + [50.0] * 5) == 1.0, "its newest runs only"
+    slow = cost.paced(ESTIMATE, 2.0)
+    assert (slow.duration_s, slow.denoise_s, slow.decode_s, slow.peak_gib) == (60.0, 40.0, 12.0, ESTIMATE.peak_gib)
+
+
+def test_the_store_reads_each_slots_pace_from_its_succeeded_jobs(tmp_path: Path, monkeypatch) -> None:
+    store = Store(tmp_path / "portal.db")
+    clock = [1_000_000.0]
+    monkeypatch.setattr(store_module.time, "time", lambda: clock[0])
+    try:
+        for job_id, slot, held in (("a", "cpu0", 600.0), ("b", "gpu0", 30.0), ("c", "gpu0", 45.0), ("d", None, 9.0)):
+            store.create_job(job_id, Request(prompt=job_id), {"type": "queued"}, 10, ESTIMATE)
+            if slot is not None:
+                store.record(job_id, {"type": "running"}, JobUpdate(status="running", start_attempt=True, slot=slot))
+            clock[0] += held
+            store.record(job_id, {"type": "succeeded"}, JobUpdate(status="succeeded"))
+        assert store.slot_paces() == {"cpu0": 20.0, "gpu0": 1.25}, "ESTIMATE says 30 s"
+        assert store.queue_snapshot().slot_paces == store.slot_paces()
+    finally:
+        store.close()
 
 
 def test_a_running_job_has_its_steps_left_and_the_decode_while_it_denoises_else_what_its_estimate_leaves() -> None:
@@ -90,21 +129,39 @@ def test_places_count_from_the_running_jobs_progress_and_a_paused_queue_has_posi
     now = 1000.0
     running = job("r", "running", started_at=now - 12.0, stage="denoise", eta_s=4.0)
     snapshot = QueueSnapshot(paused=False, running=[running], queued=[job("a"), job("b")])
-    found = places(snapshot, slots=1, now=now)
+    found = places(snapshot, slots=("cpu0",), now=now)
     assert found["r"] == Place(position=None, starts_at=None, finishes_at=now + 10.0)
     assert found["a"] == Place(position=1, starts_at=now + 10.0, finishes_at=now + 40.0)
     assert (found["b"].position, found["b"].eta_start_s(now), found["b"].eta_finish_s(now)) == (2, 40.0, 70.0)
     assert found["b"].eta_start_s(now + 50.0) == 0.0, "an overdue start is now, never in the past"
 
     decoding = job("r", "running", started_at=now - 12.0, stage="decode_video", eta_s=0.0)
-    assert places(QueueSnapshot(False, [decoding], []), 1, now)["r"].finishes_at == now + 18.0, "by the estimate"
+    by_estimate = places(QueueSnapshot(False, [decoding], []), ("cpu0",), now)
+    assert by_estimate["r"].finishes_at == now + 18.0, "by the estimate"
 
-    paused = places(msgspec.structs.replace(snapshot, paused=True), slots=1, now=now)
+    paused = places(msgspec.structs.replace(snapshot, paused=True), slots=("cpu0",), now=now)
     assert [(paused[i].position, paused[i].starts_at, paused[i].finishes_at) for i in "ab"] == [
         (1, None, None),
         (2, None, None),
     ]
     assert paused["r"].finishes_at == now + 10.0, "what runs goes on"
+
+
+def test_places_lay_the_queue_on_the_slot_each_job_will_likely_take_at_that_slots_pace() -> None:
+    now = 1000.0
+    denoising = job("r", "running", started_at=now - 12.0, stage="denoise", eta_s=4.0)
+    running = msgspec.structs.replace(denoising, slot="gpu0")
+    paces = {"gpu0": 1.0, "cpu0": 20.0}  # the CPU slot's jobs took 20 times their (the card's) estimates
+    snapshot = QueueSnapshot(False, [running], [job("a"), job("b")], slot_paces=paces)
+    found = places(snapshot, slots=("gpu0", "cpu0"), now=now)
+    assert found["a"] == Place(position=1, starts_at=now, finishes_at=now + 600.0), "the free CPU slot takes it"
+    assert found["b"] == Place(position=2, starts_at=now + 10.0, finishes_at=now + 40.0), "the card, once r ends"
+    alike = places(msgspec.structs.replace(snapshot, slot_paces={}), slots=("gpu0", "cpu0"), now=now)
+    assert alike["a"].finishes_at == now + 30.0, "slots that have run nothing are taken at their estimates"
+
+    starting = msgspec.structs.replace(running, slot="cpu0", progress=JobProgress(stage="load"))
+    slow_start = places(QueueSnapshot(False, [starting], [], slot_paces=paces), ("gpu0", "cpu0"), now)
+    assert slow_start["r"].finishes_at == now + 600.0 - 12.0, "a running job's estimate at its slot's pace"
 
 
 def test_the_store_orders_the_queue_by_moves_to_the_front_then_submission_and_keeps_the_pause(tmp_path: Path) -> None:

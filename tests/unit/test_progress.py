@@ -141,7 +141,7 @@ def test_progress_reaches_a_page_only_while_one_shows_the_job(tmp_path: Path) ->
     it is rendered and pushed to both, even when the row looks the same as at the last unwatched step."""
     store, broker, settings = Store(tmp_path / "portal.db"), Broker(), Settings(data_dir=tmp_path)
     pages = PageFeed(broker, build_templates(settings), settings)
-    journal = Journal(store, broker, pages, slots=1)
+    journal = Journal(store, broker, pages, slots=("cpu0",))
     step = protocol.Step(step=1, total=10, elapsed_s=1, eta_s=9)
 
     async def scenario() -> None:

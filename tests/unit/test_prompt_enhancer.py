@@ -94,3 +94,27 @@ def test_the_runner_reports_the_tokens_now_and_then_and_stops_when_cancelled() -
     cancellation.signum = signal.SIGTERM
     with pytest.raises(Cancelled):
         on_token(11, 600)
+
+
+def test_a_rewrite_is_kept_in_the_prompt_cache_under_its_model_prompt_seed_and_bound(tmp_path) -> None:
+    from gpu_runner.cache_budget import GIB, Cache, CacheBudget, Limit
+    from gpu_runner.prompt_cache import PromptCache
+
+    cache = PromptCache(tmp_path, CacheBudget([Cache(tmp_path)], Limit(GIB, "AVP_CACHE_GB")))
+    key = PromptCache.enhanced_key("ltx-2.5", "rev1", "a red ball", 7, 600)
+    assert cache.get_text(key) is None
+    rewrite = "Un ballon rouge rebondit — « clac », 12 fois."  # any text, whole
+    cache.put_text(key, rewrite)
+    assert cache.get_text(key) == rewrite
+    cache.put_text(empty := PromptCache.enhanced_key("ltx-2.5", "rev1", "", 7, 600), "")
+    assert cache.get_text(empty) == ""
+    others = [
+        PromptCache.enhanced_key("ltx-2.5-b", "rev1", "a red ball", 7, 600),  # another model
+        PromptCache.enhanced_key("ltx-2.5", "rev2", "a red ball", 7, 600),  # its enhancer's files changed
+        PromptCache.enhanced_key("ltx-2.5", "rev1", "a red ball.", 7, 600),
+        PromptCache.enhanced_key("ltx-2.5", "rev1", "a red ball", 8, 600),
+        PromptCache.enhanced_key("ltx-2.5", "rev1", "a red ball", 7, 300),  # a shorter bound cuts it elsewhere
+    ]
+    assert len({key, *others}) == 6 and all(cache.get_text(other) is None for other in others)
+    encoded = PromptCache.key("ltx-2.5", "rev1", "a red ball", "", 7)
+    assert cache.get_text(encoded) is None, "an encoded prompt's entry is never read as a rewrite"

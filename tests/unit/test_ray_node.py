@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from app.ray_executor import place_name
 from app.ray_node import localise, model_resource, plain_name
 from contract import jobdir
 from contract.request import Request
@@ -57,3 +58,8 @@ def test_a_model_resource_names_the_model_and_file_names_stay_in_the_job_directo
     for bad in ("../job.json", "/etc/passwd", "a/b", "", ".."):
         with pytest.raises(ValueError, match="not a file name of the job directory"):
             plain_name(bad)
+
+
+def test_a_job_on_the_cluster_is_named_by_its_node_and_card() -> None:
+    assert place_name("10.0.0.7", "1") == "10.0.0.7:gpu1"
+    assert place_name("10.0.0.7", None) == "10.0.0.7", "a node that names no card: its address alone"

@@ -104,12 +104,12 @@ def test_the_executor_claims_the_free_slot_with_the_least_room_that_holds_the_jo
     cards = FakeCards([(20, 24), (70, 80), (5, 80)])
     executor = LocalSlots(*resolve("0,1,2", environ={}, cards=lambda: cards), "python", 5)
     assert executor.unholdable(10) is None and executor.unholdable(None) is None
-    assert executor.claim(10) == "gpu0", "gpu1 stays free for a bigger job"
-    assert executor.claim(10) == "gpu1" and executor.free_slots == 1
-    assert executor.claim(10) is None, "gpu2 is free but holds 5 GiB now"
-    assert executor.claim(4) == "gpu2"
+    assert executor.look().claim(10) == "gpu0", "gpu1 stays free for a bigger job"
+    assert executor.look().claim(10) == "gpu1" and executor.free_slots == 1
+    assert executor.look().claim(10) is None, "gpu2 is free but holds 5 GiB now"
+    assert executor.look().claim(4) == "gpu2"
     executor.release("gpu1")
-    assert executor.claim(None) == "gpu1", "an unknown peak: any free slot"
+    assert executor.look().claim(None) == "gpu1", "an unknown peak: any free slot"
     states = {state.name: state for state in executor.states()}
     assert (states["gpu2"].free_gib, states["gpu2"].total_gib, states["gpu2"].card) == (5, 80, 2)
 

@@ -18,12 +18,13 @@ from app.broker import Broker
 from app.config import Settings
 from app.jobs import present
 from app.journal import Journal
-from app.page_feed import PageFeed, job_context
+from app.page_feed import PageFeed, job_context, queue_context
 from app.progress import JobProgress
 from app.schemas import InvalidRequest, parse_request, resolve_request
 from app.store import JobUpdate, Store
 from app.web import build_templates
 from contract import cost, library, protocol
+from contract.cost import Estimate
 from contract.models import Offer, demo_spec, with_parts
 from contract.request import AUTO, Keyframe, Request, max_frames_for_fps, planned
 from tests.job_history import job_row
@@ -206,12 +207,23 @@ def test_a_duration_head_for_other_connectors_is_left_out(extras_dir: Path, tmp_
 def test_the_runners_choices_are_stored_with_the_job_and_shown(tmp_path: Path) -> None:
     store, broker, settings = Store(tmp_path / "portal.db"), Broker(), Settings(data_dir=tmp_path)
     templates = build_templates(settings)
-    journal = Journal(store, broker, PageFeed(broker, templates, settings), slots=1)
+    journal = Journal(store, broker, PageFeed(broker, templates, settings), slots=("cpu0",))
     asked = Request(prompt="a ball", model="ltx-25", num_frames=AUTO, fps=24.0, enhance_prompt=True, seed=3)
     rewrite = "A red rubber ball bounces on a wooden floor; each bounce clicks."
+    longest = Estimate(
+        duration_s=600.0, denoise_s=500.0, decode_s=90.0, peak_gib=9.0, disk_bytes=9, device="cpu", past_runs=0
+    )
+    at_chosen = msgspec.structs.replace(longest, duration_s=120.0, denoise_s=100.0, decode_s=15.0, disk_bytes=2)
+    asked_at: list[tuple[str, int]] = []
+
+    async def estimate_at_length(job_id: str, num_frames: int) -> Estimate:
+        asked_at.append((job_id, num_frames))
+        return at_chosen
+
+    journal.estimate_at_length = estimate_at_length
 
     async def scenario() -> None:
-        await store.call(store.create_job, "j", asked, {"type": "queued"}, 10)
+        await store.call(store.create_job, "j", asked, {"type": "queued"}, 10, longest)
         await store.call(store.record, "j", {"type": "running"}, JobUpdate(status="running", start_attempt=True))
         with broker.subscribe("j") as api:
             progress = JobProgress()
@@ -230,9 +242,13 @@ def test_the_runners_choices_are_stored_with_the_job_and_shown(tmp_path: Path) -
         job = store.get_job("j")
         assert (job.num_frames_chosen, job.enhanced_prompt, job.num_frames) == (97, rewrite, 97)
         assert job.request.num_frames == AUTO and job.request.prompt == "a ball", "the request stays as asked"
+        assert asked_at == [("j", 97)] and job.estimate == at_chosen, "estimated again at the chosen length"
+        left = queue_context(job, None)["finishes_in"]
+        assert left is not None and left <= at_chosen.duration_s, "the page's time left follows it"
 
         shown = msgspec.to_builtins(present(job, settings, {}))
         assert shown["request"]["num_frames"] == 97 and shown["num_frames_requested"] == AUTO
+        assert shown["estimate"]["duration_s"] == 120.0
         assert shown["enhanced_prompt"] == rewrite and shown["request"]["prompt"] == "a ball"
 
         context = job_context(job, {}, None)

@@ -241,7 +241,7 @@ def journal_with_webhooks(tmp_path: Path, allow: str = "127.0.0.1", attempts: in
     webhooks = Webhooks(
         store, lambda job: present(job, settings, pages.places), secret, settings.webhook_allow, 0.05, attempts
     )
-    journal = Journal(store, broker, pages, slots=1, webhooks=webhooks)
+    journal = Journal(store, broker, pages, slots=("cpu0",), webhooks=webhooks)
     try:
         yield store, journal, webhooks, secret
     finally:

@@ -7,6 +7,7 @@ integration tests); the store, journal and broker are the real ones.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -15,10 +16,12 @@ import anyio
 from app import queue
 from app.broker import Broker
 from app.config import Settings
-from app.executor import EventSink, Outcome
+from app.executor import EventSink, Outcome, PlaceSink
 from app.journal import Journal
 from app.page_feed import PageFeed
 from app.queue import Worker
+from app.runner import LocalSlots
+from app.slots import Slot, SlotMemory
 from app.store import Store
 from app.web import build_templates
 from contract import protocol
@@ -31,6 +34,7 @@ class TwoSlots:
     fits its `rooms` entry now (None: anything), and could ever hold one that fits its `totals` entry."""
 
     capacity = 2
+    slot_names = ("s0", "s1")
     cpu_only = True
 
     def __init__(self, rooms: tuple[float | None, float | None] = (None, None), total: float | None = None) -> None:
@@ -52,6 +56,9 @@ class TwoSlots:
             return None
         return f"needs {need} GiB, more than any slot has"
 
+    def look(self) -> TwoSlots:
+        return self
+
     def claim(self, need: float | None) -> str | None:
         for name, room in self.rooms.items():
             if name not in self.claimed and (need is None or room is None or need <= room):
@@ -68,7 +75,9 @@ class TwoSlots:
     async def start(self) -> None:
         self.calls.append("start")
 
-    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
+    async def run(
+        self, job_id: str, job_dir: Path, on_event: EventSink, slot: str, on_placed: PlaceSink | None = None
+    ) -> Outcome:
         assert self.claimed[slot] is None, "a job runs on a slot claimed for it"
         self.claimed[slot] = job_id
         self.slot_of[job_id] = slot
@@ -109,7 +118,7 @@ def with_worker(
     store = Store(tmp_path / "portal.db")
     executor = executor or TwoSlots()
     settings, broker = Settings(data_dir=tmp_path), Broker()
-    journal = Journal(store, broker, PageFeed(broker, build_templates(settings), settings), slots=executor.capacity)
+    journal = Journal(store, broker, PageFeed(broker, build_templates(settings), settings), slots=executor.slot_names)
     worker = Worker(store, journal, executor, tmp_path / "jobs", "python")
 
     async def main() -> None:
@@ -281,7 +290,9 @@ def test_a_job_no_slot_could_ever_hold_fails_at_once_and_the_jobs_behind_it_run(
 class LosesItsMachine(TwoSlots):
     """Job a's machine goes away each time it runs (as a Ray node does): its run ends `interrupted`."""
 
-    async def run(self, job_id: str, job_dir: Path, on_event: EventSink, slot: str) -> Outcome:
+    async def run(
+        self, job_id: str, job_dir: Path, on_event: EventSink, slot: str, on_placed: PlaceSink | None = None
+    ) -> Outcome:
         if job_id != "a":
             return await super().run(job_id, job_dir, on_event, slot)
         self.claimed[slot] = job_id
@@ -302,8 +313,80 @@ def test_a_job_whose_machine_goes_away_is_queued_again_once_then_fails_naming_it
         )
         types = [event.type for event in store.events_after("a", 0)]
         assert types.count("interrupted") == 2 and types.count("running") == 2 and types[-1] == "failed"
+        await until(lambda: {"b", "c"} <= set(executor.started))  # c takes a's slot once a has failed
         for job_id in "bc":
             executor.finish[job_id].set()
         await until(lambda: statuses(store) == {"a": "failed", "b": "succeeded", "c": "succeeded"})
 
     with_worker(tmp_path, scenario, executor=LosesItsMachine())
+
+
+class CountingMemory(SlotMemory):
+    """Slots with 1 GiB free of 10, counting each read of a slot's room and total (NVML's, for a card)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter[tuple[str, str]] = Counter()
+
+    def room_gib(self, slot: Slot) -> float | None:
+        self.reads["room", slot.name] += 1
+        return 1.0
+
+    def total_gib(self, slot: Slot) -> float | None:
+        self.reads["total", slot.name] += 1
+        return 10.0
+
+
+class WaitingLocalSlots(LocalSlots):
+    """The local executor, counting its looks; it starts no spare (no job it is given fits, so none runs)."""
+
+    looks = 0
+
+    async def start(self) -> None:
+        pass
+
+    def look(self):
+        self.looks += 1
+        return super().look()
+
+
+def test_a_pass_through_the_queue_reads_each_slots_memory_once_however_many_jobs_wait(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(queue, "ROOM_POLL_S", 0.02)
+    memory = CountingMemory()
+    executor = WaitingLocalSlots((Slot("cpu0", "cpu"), Slot("cpu1", "cpu")), memory, "python", 5)
+
+    async def scenario(worker: Worker, executor: WaitingLocalSlots, store: Store) -> None:
+        await until(lambda: worker.waiting_for_room == ["a", "b", "c", "d"] and executor.looks >= 3)
+        assert set(memory.reads) == {("room", "cpu0"), ("room", "cpu1"), ("total", "cpu0"), ("total", "cpu1")}
+        assert set(memory.reads.values()) == {executor.looks}, "each figure once a pass, not once a queued job"
+
+    with_worker(tmp_path, scenario, executor=executor, peaks=dict.fromkeys("abcd", 5.0))
+
+
+class NamesItsNodes(TwoSlots):
+    """Slots that are no place (as Ray's): a job learns its node and card once it runs."""
+
+    async def run(
+        self, job_id: str, job_dir: Path, on_event: EventSink, slot: str, on_placed: PlaceSink | None = None
+    ) -> Outcome:
+        assert on_placed is not None, "the worker asks where its jobs run"
+        await on_placed(f"10.0.0.{7 + len(self.started)}:gpu1")
+        return await super().run(job_id, job_dir, on_event, slot)
+
+
+def test_a_job_shows_the_node_and_card_it_runs_on_once_its_executor_knows_them(tmp_path: Path) -> None:
+    async def scenario(worker: Worker, executor: TwoSlots, store: Store) -> None:
+        await until(lambda: executor.started == ["a", "b"])
+        assert (store.get_job("a").slot, store.get_job("b").slot) == ("10.0.0.7:gpu1", "10.0.0.8:gpu1")
+        executor.finish["a"].set()
+        await until(lambda: statuses(store, "a") == {"a": "succeeded"})
+        assert store.get_job("a").slot == "10.0.0.7:gpu1", "it keeps naming where it ran"
+        assert store.set_slot("a", "elsewhere") is False, "a finished job's place no longer moves"
+        for job_id in "bc":
+            await until(lambda job_id=job_id: job_id in executor.finish)
+            executor.finish[job_id].set()
+        await until(lambda: worker.state == "idle")
+
+    with_worker(tmp_path, scenario, executor=NamesItsNodes(), peaks={"a": None, "b": None, "c": None})
