@@ -271,15 +271,18 @@ FAMILY_CONFIGS = Path(__file__).parents[2] / "bench" / "configs" / "ltx2-family-
 FULL_SIZE_DECODER = json.loads(FAMILY_CONFIGS.read_text())["2.5"]["diffusion_decoder"]["config"]
 
 
-def write_ltx2_5(root: Path, without: tuple[str, ...] = ()) -> Path:
+def write_ltx2_5(root: Path, without: tuple[str, ...] = (), upsampler: bool = False) -> Path:
     """A config-only LTX-2.5 directory as published: distilled transformer/ and scheduler, the dev transformer under
-    a name of its own (the configs find it, not the name), the diffusion decoder and duration head."""
+    a name of its own (the configs find it, not the name), the diffusion decoder and duration head; with `upsampler`,
+    the latent upsampler fast mode needs."""
     model = write_model(root, "2.5", "distilled")
     parts = {
         "dev weights": json.loads((model / "transformer" / "config.json").read_text()),
         "diffusion_decoder": {"_class_name": "LTX2VideoDiffusionDecoderModel", **FULL_SIZE_DECODER},
         "duration_head": {"_class_name": "LTX2DurationHead"},
     }
+    if upsampler:
+        parts["latent_upsampler"] = {"_class_name": "LTX2LatentUpsamplerModel"}
     for name, config in parts.items():
         if name not in without:
             (model / name).mkdir()
@@ -316,11 +319,7 @@ def test_an_ltx_2_5_directory_is_recognised_from_its_configs_with_its_dev_transf
 def test_an_ltx_2_5_directory_without_a_part_a_mode_needs_offers_the_other_and_a_job_for_it_is_refused(
     tmp_path, missing, mode, named
 ):
-    model = write_ltx2_5(tmp_path / "m", without=(missing,))
-    upsampler = model / "latent_upsampler"
-    upsampler.mkdir()
-    (upsampler / "config.json").write_text(json.dumps({"_class_name": "LTX2LatentUpsamplerModel"}))
-    (upsampler / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    model = write_ltx2_5(tmp_path / "m", without=(missing,), upsampler=True)
     spec = library_spec(model, recognise(model))
 
     assert mode not in spec.modes and named in spec.disabled_modes[mode]
@@ -336,11 +335,7 @@ def test_an_ltx_2_5_transformer_with_a_gemma_3_text_encoder_is_refused_naming_ge
 
 
 def test_an_image_on_ltx_2_5s_fast_mode_is_refused_naming_the_field_and_quality_takes_it(tmp_path):
-    model = write_ltx2_5(tmp_path / "m")
-    upsampler = model / "latent_upsampler"
-    upsampler.mkdir()
-    (upsampler / "config.json").write_text(json.dumps({"_class_name": "LTX2LatentUpsamplerModel"}))
-    (upsampler / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    model = write_ltx2_5(tmp_path / "m", upsampler=True)
     spec = library_spec(model, recognise(model))
     assert spec.modes == ("fast", "quality")
 
@@ -370,11 +365,7 @@ def test_an_imports_temporary_directory_is_listed_unusable_never_offered(tmp_pat
 
 
 def test_ltx_2_5s_fast_mode_starts_where_its_diffusion_decoders_windows_fit(tmp_path):
-    model = write_ltx2_5(tmp_path / "m")
-    upsampler = model / "latent_upsampler"
-    upsampler.mkdir()
-    (upsampler / "config.json").write_text(json.dumps({"_class_name": "LTX2LatentUpsamplerModel"}))
-    (upsampler / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    model = write_ltx2_5(tmp_path / "m", upsampler=True)
     spec = library_spec(model, recognise(model))
     # 3x7x7 windows on the latent grid: 7 cells of 32 px; 11 frames in the pixel stage's 11x11x11 windows
     assert (spec.constraints.fast_min_side, spec.constraints.fast_min_frames) == (224, 11)
