@@ -42,12 +42,14 @@ def test_place_denoiser_compiles_exactly_when_compiles_says_so(tmp_path, monkeyp
     # The pipeline announces the compile by the same function, so the announcement cannot disagree.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", torch._dynamo.config.recompile_limit)
     monkeypatch.setattr(loading, "compiles", lambda device, compile_cache: True)
     transformer = demo_model.transformer()
     pipe = SimpleNamespace(transformer=transformer, set_progress_bar_config=lambda **_: None)
 
-    place_denoiser(pipe, torch.device("cpu"), tokens=160, compile_cache=tmp_path / "compiled")
+    # config.patch, not monkeypatch: pytest 9 undoes a module attribute it did not find in __dict__ by deleting
+    # it, and a deleted torch config entry stays hidden (AttributeError) for every later test in the process.
+    with torch._dynamo.config.patch(recompile_limit=torch._dynamo.config.recompile_limit):
+        place_denoiser(pipe, torch.device("cpu"), tokens=160, compile_cache=tmp_path / "compiled")
 
     assert all(block._compiled_call_impl is not None for block in transformer.transformer_blocks)
 
