@@ -182,7 +182,7 @@ class Ltx2(Family):
         request = job.request
         if self._slot_pipeline(request):  # its canvas and keyframe slots: up to a third more tokens than the clip's
             request = msgspec.structs.replace(request, num_frames=slot_canvas_frames(request.num_frames))
-        place_denoiser(pipe, device, video_tokens(request), compile_cache)
+        place_denoiser(pipe, device, video_tokens(request), compile_cache, encodes=conditioned)
         first_stage = denoise_stages(job.request)[0]  # fast mode's stages have no STG
         share_stg_prefix(pipe.transformer, self.guidance(first_stage)["spatio_temporal_guidance_blocks"])
         upsampler = self.source.load_upsampler(dtype) if fast else None
@@ -228,8 +228,11 @@ class Ltx2(Family):
         lora.activate(denoiser.pipe.transformer, LORA_GROUPS[stage.name])
         fixed = FAST_SIGMAS[stage.name] if request.mode == "fast" else None
         if self._slot_pipeline(job.request):
+            # The refine holds stage 1's audio whole (freeze_audio), so an extension's hold, which noises its part to
+            # each step's sigma, is stage 1's alone.
+            callback = self._step_callback(denoiser.hold if start is None else None, on_step_end)
             latents, denoiser.slots = slots.denoise(
-                denoiser.pipe, request, stage, fixed, on_step_end, start, denoiser.slots
+                denoiser.pipe, request, stage, fixed, start, denoiser.slots, denoiser.conditions | callback
             )
             return latents
         video, audio = start if start is not None else (None, None)
@@ -248,15 +251,15 @@ class Ltx2(Family):
             generator=torch.Generator("cpu").manual_seed(request.seed),
             output_type="latent",
             return_dict=False,
-            **self._step_callback(denoiser, on_step_end),
+            **self._step_callback(denoiser.hold, on_step_end),
         )
 
     @staticmethod
-    def _step_callback(denoiser: Denoiser, on_step_end: OnStepEnd) -> dict:
-        if denoiser.hold is None:
+    def _step_callback(hold: AudioHold | None, on_step_end: OnStepEnd) -> dict:
+        if hold is None:
             return {"callback_on_step_end": on_step_end}
         return {
-            "callback_on_step_end": denoiser.hold.wrap(on_step_end),
+            "callback_on_step_end": hold.wrap(on_step_end),
             "callback_on_step_end_tensor_inputs": ["latents", "audio_latents"],
         }
 

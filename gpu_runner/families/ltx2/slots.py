@@ -20,7 +20,7 @@ import torch
 from diffusers.pipelines.ltx2.utils import trim_canvas
 
 from contract.request import DenoiseStage, Request
-from gpu_runner.families.base import Latents, OnStepEnd
+from gpu_runner.families.base import Latents
 
 
 @dataclasses.dataclass
@@ -33,11 +33,13 @@ class Slots:
 
 
 def denoise(
-    pipe, request: Request, stage: DenoiseStage, sigmas, on_step_end: OnStepEnd, start: Latents | None, slots
+    pipe, request: Request, stage: DenoiseStage, sigmas, start: Latents | None, slots, arguments: dict
 ) -> tuple[Latents, Slots]:
     """One stage of the slot pipeline: from noise (stage 1), or from the upsampled video and slots with stage 1's
     audio held (stage 2). The video latents stay on the padded canvas between the stages; stage 2's come back
-    trimmed to the clip and with stage 1's audio, cut to the clip's length."""
+    trimmed to the clip and with stage 1's audio, cut to the clip's length. `arguments`: the job's conditions
+    (conditioning.py's, the same for both stages: diffusers resizes them to each stage's size) and the step
+    callback."""
     refine = start is not None
     video, audio = start if refine else (None, None)
     embeds = pipe.connectors.placeholder_embeds()
@@ -64,7 +66,7 @@ def denoise(
         generator=torch.Generator("cpu").manual_seed(request.seed),
         output_type="latent",
         return_dict=True,
-        callback_on_step_end=on_step_end,
+        **arguments,
     )
     slots = Slots(out.keyframes, list(out.keyframe_positions))
     if not refine:
