@@ -11,15 +11,12 @@ from __future__ import annotations
 import html
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from contract import jobdir
 from tests.portal import Portal, prepare_data_dir
-from tests.runner_fixtures import REPO_ROOT, read_mp4
+from tests.runner_fixtures import read_mp4
 
 SIZE = 64  # the smallest fast-mode size: stage 1 at 32x32 is one latent cell (the CPU's FlexAttention is slow)
 FRAMES = 9  # what the tiny model's duration head always picks (gpu_runner.demo.model.TINY_DURATION_S)
@@ -27,20 +24,12 @@ ENHANCE_TOKENS = 8  # the random enhancer's words mean nothing: a few prove the 
 
 
 @pytest.fixture(scope="module")
-def ltx25_model(tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("ltx25") / "model"
-    command = [sys.executable, "-m", "gpu_runner", "demo-model", str(target), "--random", "--version", "2.5"]
-    subprocess.run(command, cwd=REPO_ROOT, check=True)
-    return target
-
-
-@pytest.fixture(scope="module")
-def ltx25_portal(tmp_path_factory, demo_model_dir, ltx25_model):
+def ltx25_portal(tmp_path_factory, demo_model_dir, ltx25_model_dir):
     """A portal whose AVP_MODELS_DIR holds the 2.5 model and a copy of it without diffusion_decoder/ (a copy: a
     component linked from elsewhere resolves outside its model directory, which makes it unusable)."""
     library = tmp_path_factory.mktemp("ltx25-library")
-    (library / "LTX-2.5").symlink_to(ltx25_model)
-    shutil.copytree(ltx25_model, library / "ltx-2.5-no-decoder", ignore=shutil.ignore_patterns("diffusion_decoder"))
+    (library / "LTX-2.5").symlink_to(ltx25_model_dir)
+    shutil.copytree(ltx25_model_dir, library / "ltx-2.5-no-decoder", ignore=shutil.ignore_patterns("diffusion_decoder"))
     data_dir = prepare_data_dir(tmp_path_factory.mktemp("ltx25-data") / "data", demo_model_dir)
     env = {"AVP_MODELS_DIR": str(library), "AVP_ENHANCE_MAX_TOKENS": str(ENHANCE_TOKENS)}
     portal = Portal(data_dir=data_dir, env=env).start()
