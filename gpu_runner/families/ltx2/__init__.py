@@ -29,7 +29,14 @@ from contract.cost import (
     video_tokens,
 )
 from contract.library import DURATION_HEAD, PROMPT_ENHANCER
-from contract.request import DenoiseStage, Request, denoise_stages, max_frames_for_fps, shortest_clip
+from contract.request import (
+    DenoiseStage,
+    Request,
+    denoise_stages,
+    keyframes_least_frames,
+    max_frames_for_fps,
+    shortest_clip,
+)
 from gpu_runner import lora, memory
 from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile, OnToken
 from gpu_runner.families.ltx2 import duration, enhance, slots, tiling
@@ -153,7 +160,8 @@ class Ltx2(Family):
 
     def predict_num_frames(self, job: Job, context: Context, device: torch.device) -> int:
         """LTX-2.5's duration_head/ (duration.py) on the positive prompt's row of the context (the last: rows are
-        [negative, positive]), bounded by the model's shortest clip and its longest at the job's frame rate."""
+        [negative, positive]), bounded by the model's shortest clip (or the shortest that holds the job's keyframes
+        apart, where longer) and its longest at the job's frame rate."""
         head = duration.load_duration_head(job.model_dir / DURATION_HEAD, device)
         limits, fps = job.spec.constraints, job.request.fps
         try:
@@ -162,7 +170,7 @@ class Ltx2(Family):
                 context["video"][-1:],
                 context["audio"][-1:],
                 frame_rate=fps,
-                min_frames=shortest_clip(limits, job.request),
+                min_frames=max(shortest_clip(limits, job.request), keyframes_least_frames(limits, job.request)),
                 max_frames=max_frames_for_fps(limits, fps),
                 frame_step=limits.frame_step,
             )
