@@ -6,7 +6,10 @@ over the distilled sigmas generates the clip and its keyframe slots (single late
 borders, `dfr_layout.resolve_canvas`, on a canvas padded to whole segments); the x2 spatial upsampler doubles the
 video and each slot; stage 2 re-denoises both at full size over the stage-2 sigmas, its audio held at stage 1's
 (`freeze_audio`: the clip keeps stage 1's sound, which stage 2's video follows); the canvas is trimmed to the clip;
-the diffusion decoder turns the latents into pixels. Stages 1 and 2 step with FlowMatchEulerDiscreteScheduler, as
+the diffusion decoder turns the latents into pixels. A job's conditions (conditioning.py's: a first-frame image,
+keyframes, an extension's earlier frames) go to both stages as they go to the condition pipeline's, by latent index
+(loading.SlotDenoisingPipeline places a keyframe at its output frame); an extension's audio hold runs in stage 1, whose
+audio stage 2 keeps. Stages 1 and 2 step with FlowMatchEulerDiscreteScheduler, as
 the DFR docstrings say; the ancestral sampler (LTXEulerAncestralRFScheduler, eta 0.5) belongs to the temporal refine
 rounds, which need a temporal latent upsampler that LTX-2.5's published directory does not ship. The IC-LoRA
 reference pass needs an IC-LoRA it does not ship either. docs/architecture.md says what is left out and why.
