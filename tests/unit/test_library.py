@@ -340,11 +340,17 @@ def test_ltx_2_5s_fast_mode_takes_an_image_keyframes_and_an_extension_as_quality
     assert spec.modes == ("fast", "quality")
     keyframes = (Keyframe(upload_id="k0", frame=0), Keyframe(upload_id="k1", frame=-1, strength=0.5))
 
-    def problems(mode: str, **condition) -> dict[str, str]:
-        return dict(spec.violations(spec.resolve(Request(prompt="a", mode=mode, num_frames=25, **condition))))
+    def problems(mode: str, num_frames: int = 25, **condition) -> dict[str, str]:
+        return dict(spec.violations(spec.resolve(Request(prompt="a", mode=mode, num_frames=num_frames, **condition))))
 
     for condition in ({"image_upload_id": "u1"}, {"keyframes": keyframes}, {"extend_from": "j1"}):
         assert problems("fast", **condition) == problems("quality", **condition) == {}, condition
+    # The slot pipeline pads its canvas past the clip: a keyframe takes the clip's frames, as on other models
+    off_grid = {"keyframes": (Keyframe(upload_id="k0", frame=13),)}
+    assert "nearest valid: 16" in problems("fast", **off_grid)["keyframes"]
+    # 41 frames lie on a canvas of 49 (two 24-frame segments): its padding's last frame is no keyframe's
+    past = {"keyframes": (Keyframe(upload_id="k0", frame=48),)}
+    assert "past the clip's 41 frames; use 0..40" in problems("fast", num_frames=41, **past)["keyframes"]
 
 
 def test_an_imports_temporary_directory_is_listed_unusable_never_offered(tmp_path):
