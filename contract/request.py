@@ -305,7 +305,7 @@ def _keyframes(c: Constraints, r: Request) -> str | None:
         taken[latent] = i
         if latent == 0 and r.image_upload_id is not None:
             return f"{where} stands at frame 0, which image_upload_id already sets; keep one of them"
-    if auto and keyframes_least_frames(c, r) > frames:  # the latest from the start is the longest clip's last frame
+    if auto and keyframes_least_frames(c, r) > frames:  # a -1 keyframe needs a latent frame after the latest
         i = max(range(len(keyframes)), key=lambda i: keyframes[i].frame)
         return (
             f"keyframes[{i}].frame {keyframes[i].frame} leaves no latent frame after it for the last-frame keyframe "
