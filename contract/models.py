@@ -91,29 +91,12 @@ class ModelSpec(msgspec.Struct, frozen=True):
 
     def _mode_violations(self, request: Request) -> list[tuple[str, str]]:
         if request.mode is None or request.mode in self.modes:
-            return self._fast_conditions(request)
+            return []
         if request.mode == "fast" and self.fast_missing:
             return [("mode", f"fast mode needs {self.fast_missing}, which model {self.id!r} lacks; choose quality")]
         if request.mode == "quality" and self.quality_missing:
             return [("mode", f"quality mode needs {self.quality_missing}, which model {self.id!r} lacks; choose fast")]
         return [("mode", f"model {self.id!r} offers " + " or ".join(self.modes))]
-
-    def _fast_conditions(self, request: Request) -> list[tuple[str, str]]:
-        """LTX-2.5's fast mode (the keyframe-slot pipeline) runs from text alone here: its image, keyframe and
-        extension conditions are not wired yet, so a job asking for them is refused rather than run without."""
-        if self.version != "2.5" or request.mode != "fast":
-            return []
-        asked = [
-            name
-            for name, value in (
-                ("image_upload_id", request.image_upload_id),
-                ("keyframes", request.keyframes),
-                ("extend_from", request.extend_from),
-            )
-            if value
-        ]
-        why = "LTX-2.5's fast mode generates from the prompt alone in this portal; choose mode quality for it"
-        return [(name, why) for name in asked]
 
 
 # Request fields that need an optional part of the model (contract/library.py's text parts, LTX-2.5's): the part,

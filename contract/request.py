@@ -249,6 +249,15 @@ def keyframe_latent_index(c: Constraints, num_frames: int, frame: int) -> int:
     return 0 if frame == 0 else (frame - 1) // c.frame_step + 1
 
 
+def keyframes_least_frames(c: Constraints, r: Request) -> int:
+    """The shortest clip that holds a request's keyframes apart: one past its latest keyframe counted from the start,
+    and with a last-frame keyframe (-1), a latent frame more, so the last frame's is the clip's own. A clip whose
+    length the model picks (num_frames "auto") is no shorter: the duration head's lower bound."""
+    keyframes = r.keyframes or ()
+    latest = max((keyframe.frame for keyframe in keyframes if keyframe.frame >= 0), default=0) + 1
+    return latest + c.frame_step if any(keyframe.frame < 0 for keyframe in keyframes) else latest
+
+
 def _keyframes(c: Constraints, r: Request) -> str | None:
     keyframes = r.keyframes
     if not keyframes:
@@ -257,24 +266,27 @@ def _keyframes(c: Constraints, r: Request) -> str | None:
         return f"has {len(keyframes)} keyframes; the limit is {MAX_KEYFRAMES}"
     if r.extend_from is not None:
         return "cannot be combined with extend_from (an extension starts from the earlier clip's last frames)"
-    frames = r.num_frames
-    if frames == AUTO:
-        return (
-            f'cannot be combined with num_frames "{AUTO}": a keyframe stands at a frame of a known length; '
-            "choose num_frames"
-        )
-    if frames is None or _frames(c, r) is not None:
+    auto = r.num_frames == AUTO
+    if auto:  # the length is the duration head's, at most the longest clip at the request's frame rate
+        if r.fps is None or _range(r.fps, c.min_fps, c.max_fps) is not None:
+            return None  # fps' own rule speaks
+        frames = max_frames_for_fps(c, r.fps)
+    elif r.num_frames is None or _frames(c, r) is not None:
         return None  # num_frames' own rule speaks
+    else:
+        frames = r.num_frames
     valid = keyframe_frames(c, frames)
     taken: dict[int, int] = {}
     for i, keyframe in enumerate(keyframes):
         where = f"keyframes[{i}]"
         frame = keyframe.frame
-        if not -frames <= frame < frames:
+        if auto and frame < -1:
             return (
-                f"{where}.frame {frame} is past the clip's {frames} frames; use 0..{frames - 1}, "
-                f"or -1 for the last frame"
+                f"{where}.frame {frame} counts from the end of a clip whose length the model picks "
+                f'(num_frames "{AUTO}"); only -1, the last frame, can: give the others from the start'
             )
+        if not -frames <= frame < frames:
+            return _past_the_clip(where, frame, frames, auto)
         absolute = frame + frames if frame < 0 else frame
         if absolute not in valid:
             nearest = min(valid, key=lambda v: (abs(v - absolute), v))
@@ -285,13 +297,32 @@ def _keyframes(c: Constraints, r: Request) -> str | None:
         strength = _range(keyframe.strength, 0.0, 1.0)
         if strength:
             return f"{where}.strength {strength}"
-        latent = keyframe_latent_index(c, frames, frame)
+        # The last frame of a length still to be picked stands apart from every frame counted from the start
+        latent = -1 if auto and frame < 0 else keyframe_latent_index(c, frames, frame)
         if latent in taken:
-            return f"{where} and keyframes[{taken[latent]}] both stand at frame {absolute}; keep one image per frame"
+            at = frame if latent < 0 else absolute
+            return f"{where} and keyframes[{taken[latent]}] both stand at frame {at}; keep one image per frame"
         taken[latent] = i
         if latent == 0 and r.image_upload_id is not None:
             return f"{where} stands at frame 0, which image_upload_id already sets; keep one of them"
+    if auto and keyframes_least_frames(c, r) > frames:  # a -1 keyframe needs a latent frame after the latest
+        i = max(range(len(keyframes)), key=lambda i: keyframes[i].frame)
+        return (
+            f"keyframes[{i}].frame {keyframes[i].frame} leaves no latent frame after it for the last-frame keyframe "
+            f"(-1) within the longest clip the model makes at this frame rate ({frames} frames); use "
+            f"{frames - 1 - c.frame_step} or less, or choose num_frames"
+        )
     return None
+
+
+def _past_the_clip(where: str, frame: int, frames: int, auto: bool) -> str:
+    if auto:
+        return (
+            f"{where}.frame {frame} is past the longest clip the model makes at this frame rate ({frames} frames: "
+            f'num_frames "{AUTO}" picks no longer); use 0..{frames - 1}, or -1 for the last frame of the length '
+            "it picks"
+        )
+    return f"{where}.frame {frame} is past the clip's {frames} frames; use 0..{frames - 1}, or -1 for the last frame"
 
 
 # ---- extend: the new part starts from the earlier clip's last frames

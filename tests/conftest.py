@@ -7,7 +7,11 @@ import pytest
 
 from tests.portal import Portal, prepare_data_dir
 from tests.proxies import Proxy
-from tests.runner_fixtures import demo_model_dir, version_model_dirs  # noqa: F401  (registers the session fixtures)
+from tests.runner_fixtures import (  # noqa: F401  (registers the session fixtures)
+    demo_model_dir,
+    ltx25_model_dir,
+    version_model_dirs,
+)
 from tests.small_disk import SmallDisk
 
 

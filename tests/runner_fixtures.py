@@ -75,6 +75,16 @@ def version_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     return built
 
 
+@pytest.fixture(scope="session")
+def ltx25_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight LTX-2.5 in its published layout (`demo-model --random --version 2.5`), built once per
+    test session."""
+    target = tmp_path_factory.mktemp("ltx25") / "model"
+    command = [sys.executable, "-m", "gpu_runner", "demo-model", str(target), "--random", "--version", "2.5"]
+    subprocess.run(command, cwd=REPO_ROOT, check=True)
+    return target
+
+
 def write_job(job_dir: Path, model_path: Path, **overrides: object) -> Path:
     """Write a valid demo job.json into `job_dir`; overrides name JobFile or request fields.
 

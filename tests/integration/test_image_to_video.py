@@ -16,21 +16,18 @@ import time
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKLLTX2Video
-from diffusers.pipelines.ltx2.utils import apply_image_conditioning_crf
 from PIL import Image
 
 from gpu_runner import pipeline
 from gpu_runner.cancel import Cancellation
 from gpu_runner.families.ltx2 import tiling
-from gpu_runner.families.ltx2.conditioning import IMAGE_CRF
 from gpu_runner.job import load_job
 from tests import upload_corpus as corpus
 from tests.portal import Portal
 from tests.runner_fixtures import read_mp4, run_job, write_job
+from tests.vae_encoding import SAME_LATENT, encoded_image
 
 TINY = {"width": 64, "height": 64, "num_frames": 9, "steps": 2}
-SAME_LATENT = 1e-4  # float32 round-off through the scheduler's steps; a different latent is ~0.1 away or more
 
 
 def denoised_latents(job_dir, monkeypatch) -> torch.Tensor:
@@ -46,15 +43,6 @@ def denoised_latents(job_dir, monkeypatch) -> torch.Tensor:
     pipeline.generate(load_job(job_dir), lambda event: None, Cancellation(), time.monotonic())
     (latents,) = caught
     return latents
-
-
-def encoded_image(model_dir, image: Image.Image) -> torch.Tensor:
-    """The VAE encoding of the image as the model was trained to see it (re-compressed at IMAGE_CRF)."""
-    vae = AutoencoderKLLTX2Video.from_pretrained(model_dir / "vae").eval()
-    pixels = torch.from_numpy(apply_image_conditioning_crf(np.asarray(image), IMAGE_CRF)).float()
-    pixels = (pixels / 127.5 - 1).permute(2, 0, 1)[None, :, None]  # (1, 3, 1, height, width) in [-1, 1]
-    with torch.no_grad():
-        return vae.encode(pixels).latent_dist.mode()[:, :, 0]
 
 
 @pytest.fixture

@@ -8,7 +8,16 @@ import msgspec
 import pytest
 
 from contract.models import demo_spec
-from contract.request import Constraints, Keyframe, Request, keyframe_frames, keyframe_latent_index
+from contract.request import (
+    AUTO,
+    Constraints,
+    Keyframe,
+    Request,
+    keyframe_frames,
+    keyframe_latent_index,
+    keyframes_least_frames,
+    violations,
+)
 
 SPEC = demo_spec(Path("/models/demo"))
 C = Constraints()
@@ -64,3 +73,48 @@ def test_a_keyframe_decodes_from_json_with_its_default_strength_and_nothing_else
     assert decoded == Keyframe(upload_id="x", frame=-1, strength=1.0)
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"upload_id": "x", "frame": 0, "index": 2}', type=Keyframe)
+
+
+def check_auto(keyframes, fps: float = 24.0, **changes) -> dict[str, str]:
+    """The rules for a length the model picks (num_frames "auto": the longest clip at 24 fps is 481 frames)."""
+    frames = tuple(Keyframe(upload_id="a" * 32, **k) for k in keyframes)
+    request = Request(prompt="a red ball", num_frames=AUTO, fps=fps, keyframes=frames, **changes)
+    return dict(violations(C, request))
+
+
+def test_with_the_length_left_to_the_model_minus_one_is_its_last_frame_and_others_count_from_the_start() -> None:
+    assert check_auto([{"frame": 0}, {"frame": 8}, {"frame": -1}]) == {}
+    assert check_auto([{"frame": 472}, {"frame": -1}]) == {}, "a latent frame before the longest clip's last"
+    assert check_auto([{"frame": 480}]) == {}, "the longest clip's last frame, counted from the start"
+
+
+@pytest.mark.parametrize(
+    ("keyframes", "fps", "message"),
+    [
+        ([{"frame": 488}], 24.0, "keyframes[0].frame 488 is past the longest clip the model makes at this frame rate"),
+        ([{"frame": 248}], 12.0, '(241 frames: num_frames "auto" picks no longer); use 0..240, or -1'),
+        ([{"frame": -9}], 24.0, "keyframes[0].frame -9 counts from the end of a clip whose length the model picks"),
+        ([{"frame": 12}], 24.0, "keyframes[0].frame 12 is not on a latent frame"),
+        ([{"frame": 13}], 24.0, "nearest valid: 16"),
+        ([{"frame": -1}, {"frame": -1}], 24.0, "keyframes[1] and keyframes[0] both stand at frame -1"),
+        ([{"frame": 16}, {"frame": 16}], 24.0, "keyframes[1] and keyframes[0] both stand at frame 16"),
+        ([{"frame": -1}, {"frame": 480}], 24.0, "keyframes[1].frame 480 leaves no latent frame after it"),
+    ],
+)
+def test_a_keyframe_a_length_the_model_picks_cannot_hold_names_the_field_and_the_fix(keyframes, fps, message) -> None:
+    errors = check_auto(keyframes, fps)
+    assert list(errors) == ["keyframes"]
+    assert message in errors["keyframes"]
+    if "leaves no latent frame" in message:
+        assert "use 472 or less, or choose num_frames" in errors["keyframes"]
+
+
+def test_the_shortest_clip_that_holds_the_keyframes_apart_bounds_the_models_choice() -> None:
+    def least(*frames: int) -> int:
+        keyframes = tuple(Keyframe(upload_id="a" * 32, frame=f) for f in frames)
+        return keyframes_least_frames(C, Request(prompt="a", keyframes=keyframes or None))
+
+    assert least() == least(0) == 1, "no bound beyond the model's own shortest clip"
+    assert least(16) == 17
+    assert least(0, -1) == least(-1) == 9, "the last frame a latent frame after the first"
+    assert least(0, 16, -1) == 25

@@ -18,7 +18,7 @@ from contract.library import (
     recognise,
 )
 from contract.models import MODEL_KINDS, Unusable, library_spec, model_id, offered_models
-from contract.request import Request
+from contract.request import Keyframe, Request
 
 
 @pytest.mark.parametrize(
@@ -334,18 +334,23 @@ def test_an_ltx_2_5_transformer_with_a_gemma_3_text_encoder_is_refused_naming_ge
     assert "LTX-2.5 uses 'gemma4_unified' (Gemma-4)" in reason(model)
 
 
-def test_an_image_on_ltx_2_5s_fast_mode_is_refused_naming_the_field_and_quality_takes_it(tmp_path):
+def test_ltx_2_5s_fast_mode_takes_an_image_keyframes_and_an_extension_as_quality_does(tmp_path):
     model = write_ltx2_5(tmp_path / "m", upsampler=True)
     spec = library_spec(model, recognise(model))
     assert spec.modes == ("fast", "quality")
+    keyframes = (Keyframe(upload_id="k0", frame=0), Keyframe(upload_id="k1", frame=-1, strength=0.5))
 
-    def refused(mode: str, **condition) -> list[str]:
-        request = spec.resolve(Request(prompt="a", mode=mode, **condition))
-        return [field for field, message in spec.violations(request) if "LTX-2.5's fast mode" in message]
+    def problems(mode: str, num_frames: int = 25, **condition) -> dict[str, str]:
+        return dict(spec.violations(spec.resolve(Request(prompt="a", mode=mode, num_frames=num_frames, **condition))))
 
-    assert refused("fast", image_upload_id="u1") == ["image_upload_id"]
-    assert refused("fast", extend_from="j1") == ["extend_from"]
-    assert refused("quality", image_upload_id="u1") == refused("fast") == []
+    for condition in ({"image_upload_id": "u1"}, {"keyframes": keyframes}, {"extend_from": "j1"}):
+        assert problems("fast", **condition) == problems("quality", **condition) == {}, condition
+    # The slot pipeline pads its canvas past the clip: a keyframe takes the clip's frames, as on other models
+    off_grid = {"keyframes": (Keyframe(upload_id="k0", frame=13),)}
+    assert "nearest valid: 16" in problems("fast", **off_grid)["keyframes"]
+    # 41 frames lie on a canvas of 49 (two 24-frame segments): its padding's last frame is no keyframe's
+    past = {"keyframes": (Keyframe(upload_id="k0", frame=48),)}
+    assert "past the clip's 41 frames; use 0..40" in problems("fast", num_frames=41, **past)["keyframes"]
 
 
 def test_an_imports_temporary_directory_is_listed_unusable_never_offered(tmp_path):

@@ -70,16 +70,14 @@ def test_with_no_offered_model_able_the_message_says_so() -> None:
     assert field == "num_frames" and "no model offered here has one" in message
 
 
-@pytest.mark.parametrize(
-    ("fields", "field", "words"),
-    [
-        ({"keyframes": (Keyframe(upload_id="u", frame=0),)}, "keyframes", 'num_frames "auto"'),
-        ({"extend_from": "a" * 32}, "extend_from", "choose num_frames (at least 17)"),
-    ],
-)
-def test_auto_cannot_be_combined_with_what_needs_a_known_length(fields, field, words) -> None:
-    found = problems("ltx-25", num_frames=AUTO, **fields)
-    assert field in found and words in found[field]
+def test_auto_cannot_be_combined_with_an_extension_which_needs_a_known_length() -> None:
+    found = problems("ltx-25", num_frames=AUTO, extend_from="a" * 32)
+    assert "extend_from" in found and "choose num_frames (at least 17)" in found["extend_from"]
+
+
+def test_auto_takes_keyframes_at_the_first_and_the_last_frame_of_the_length_the_model_picks() -> None:
+    keyframes = (Keyframe(upload_id="u", frame=0), Keyframe(upload_id="v", frame=-1))
+    assert problems("ltx-25", num_frames=AUTO, keyframes=keyframes) == {}
 
 
 def test_the_api_and_the_form_say_what_the_fields_take() -> None:

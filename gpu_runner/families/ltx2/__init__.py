@@ -29,7 +29,14 @@ from contract.cost import (
     video_tokens,
 )
 from contract.library import DURATION_HEAD, PROMPT_ENHANCER
-from contract.request import DenoiseStage, Request, denoise_stages, max_frames_for_fps, shortest_clip
+from contract.request import (
+    DenoiseStage,
+    Request,
+    denoise_stages,
+    keyframes_least_frames,
+    max_frames_for_fps,
+    shortest_clip,
+)
 from gpu_runner import lora, memory
 from gpu_runner.families.base import Context, Family, Latents, OnStepEnd, OnTile, OnToken
 from gpu_runner.families.ltx2 import duration, enhance, slots, tiling
@@ -153,7 +160,8 @@ class Ltx2(Family):
 
     def predict_num_frames(self, job: Job, context: Context, device: torch.device) -> int:
         """LTX-2.5's duration_head/ (duration.py) on the positive prompt's row of the context (the last: rows are
-        [negative, positive]), bounded by the model's shortest clip and its longest at the job's frame rate."""
+        [negative, positive]), bounded by the model's shortest clip (or the shortest that holds the job's keyframes
+        apart, where longer) and its longest at the job's frame rate."""
         head = duration.load_duration_head(job.model_dir / DURATION_HEAD, device)
         limits, fps = job.spec.constraints, job.request.fps
         try:
@@ -162,7 +170,7 @@ class Ltx2(Family):
                 context["video"][-1:],
                 context["audio"][-1:],
                 frame_rate=fps,
-                min_frames=shortest_clip(limits, job.request),
+                min_frames=max(shortest_clip(limits, job.request), keyframes_least_frames(limits, job.request)),
                 max_frames=max_frames_for_fps(limits, fps),
                 frame_step=limits.frame_step,
             )
@@ -182,7 +190,7 @@ class Ltx2(Family):
         request = job.request
         if self._slot_pipeline(request):  # its canvas and keyframe slots: up to a third more tokens than the clip's
             request = msgspec.structs.replace(request, num_frames=slot_canvas_frames(request.num_frames))
-        place_denoiser(pipe, device, video_tokens(request), compile_cache)
+        place_denoiser(pipe, device, video_tokens(request), compile_cache, encodes=conditioned)
         first_stage = denoise_stages(job.request)[0]  # fast mode's stages have no STG
         share_stg_prefix(pipe.transformer, self.guidance(first_stage)["spatio_temporal_guidance_blocks"])
         upsampler = self.source.load_upsampler(dtype) if fast else None
@@ -228,8 +236,11 @@ class Ltx2(Family):
         lora.activate(denoiser.pipe.transformer, LORA_GROUPS[stage.name])
         fixed = FAST_SIGMAS[stage.name] if request.mode == "fast" else None
         if self._slot_pipeline(job.request):
+            # The refine holds stage 1's audio whole (freeze_audio), so an extension's hold, which noises its part to
+            # each step's sigma, is stage 1's alone.
+            callback = self._step_callback(denoiser.hold if start is None else None, on_step_end)
             latents, denoiser.slots = slots.denoise(
-                denoiser.pipe, request, stage, fixed, on_step_end, start, denoiser.slots
+                denoiser.pipe, request, stage, fixed, start, denoiser.slots, denoiser.conditions | callback
             )
             return latents
         video, audio = start if start is not None else (None, None)
@@ -248,15 +259,15 @@ class Ltx2(Family):
             generator=torch.Generator("cpu").manual_seed(request.seed),
             output_type="latent",
             return_dict=False,
-            **self._step_callback(denoiser, on_step_end),
+            **self._step_callback(denoiser.hold, on_step_end),
         )
 
     @staticmethod
-    def _step_callback(denoiser: Denoiser, on_step_end: OnStepEnd) -> dict:
-        if denoiser.hold is None:
+    def _step_callback(hold: AudioHold | None, on_step_end: OnStepEnd) -> dict:
+        if hold is None:
             return {"callback_on_step_end": on_step_end}
         return {
-            "callback_on_step_end": denoiser.hold.wrap(on_step_end),
+            "callback_on_step_end": hold.wrap(on_step_end),
             "callback_on_step_end_tensor_inputs": ["latents", "audio_latents"],
         }
 

@@ -1,7 +1,8 @@
 """Conditions of the denoising pipeline: a first-frame image, keyframes, and an extension's earlier clip.
 
 A text-only job runs diffusers' LTX2Pipeline; a job with any condition runs LTX2ConditionPipeline
-(families/ltx2/loading.py picks it), the same components with per-condition strengths:
+(families/ltx2/loading.py picks it), the same components with per-condition strengths. LTX-2.5's fast mode runs its
+keyframe-slot pipeline either way (slots.py), which takes the same conditions:
 
 - `image_upload_id`: the normalised image at latent index 0 (replaces the first latent frame's tokens);
   `image_strength` maps onto the condition's strength directly.
@@ -12,7 +13,8 @@ A text-only job runs diffusers' LTX2Pipeline; a job with any condition runs LTX2
   to the stage's size, so stage 1 gets them at half size and the refine at full size.
 - `extend_from`: the earlier clip's last EXTEND_OVERLAP frames as one video condition at index 0 (strength 1), so
   the new part's first frames are those frames; its audio latents over the same span are held to the earlier
-  clip's (`AudioHold`): diffusers' conditions are video-only.
+  clip's (`AudioHold`): diffusers' conditions are video-only. LTX-2.5's fast mode holds them in stage 1 alone: its
+  refine keeps stage 1's audio whole.
 """
 
 from __future__ import annotations

@@ -75,6 +75,14 @@ class DenoisingPipeline(_DevicedByTransformer, LTX2Pipeline):
     pass
 
 
+def keyframe_frame(pipe, first_frame: int) -> int:
+    """The output frame a keyframe condition stands at, from the first output frame of its latent frame (where
+    diffusers places one, 8k - 7): that latent frame's last, 8k (contract/request.py's keyframe frames: the clip's
+    last frame is one), as the original LTX-2 code places a keyframe at the output frame asked for; diffusers' place
+    would leave a last-frame keyframe 7 frames before the end."""
+    return first_frame + pipe.vae_temporal_compression_ratio - 1
+
+
 class ConditionedDenoisingPipeline(_DevicedByTransformer, LTX2ConditionPipeline):
     """Image-to-video, keyframes, extension: it encodes its conditions with the VAE, so the VAE comes along to the
     GPU. Its step callback may also take the audio latents (an extension's audio hold changes them in place)."""
@@ -82,16 +90,25 @@ class ConditionedDenoisingPipeline(_DevicedByTransformer, LTX2ConditionPipeline)
     _callback_tensor_inputs = [*LTX2ConditionPipeline._callback_tensor_inputs, "audio_latents"]
 
     def _prepare_keyframe_coords(self, *args, pixel_frame_idx: int, **kwargs):
-        """A keyframe at latent index k >= 1 stands at output frame 8k, the last of the frames that latent frame
-        decodes to (contract/request.py's keyframe frames: the clip's last frame is one), as the original LTX-2
-        code places a keyframe at the output frame asked for; diffusers puts it at the latent frame's first
-        output frame, 8k - 7, which would leave a last-frame keyframe 7 frames before the end."""
-        shift = self.vae_temporal_compression_ratio - 1
-        return super()._prepare_keyframe_coords(*args, pixel_frame_idx=pixel_frame_idx + shift, **kwargs)
+        """A keyframe at latent index k >= 1 stands at output frame 8k (`keyframe_frame`)."""
+        return super()._prepare_keyframe_coords(*args, pixel_frame_idx=keyframe_frame(self, pixel_frame_idx), **kwargs)
 
 
 class SlotDenoisingPipeline(_DevicedByTransformer, LTX2DFRPipeline):
-    """LTX-2.5's fast mode: diffusers' keyframe-slot (DFR) pass, each call one stage (families/ltx2/slots.py)."""
+    """LTX-2.5's fast mode: diffusers' keyframe-slot (DFR) pass, each call one stage (families/ltx2/slots.py). It takes
+    the same conditions as the condition pipeline (its `conditions`, by latent index), so a conditioned job brings the
+    VAE to the GPU too, and its step callback may take the audio latents (an extension's audio hold)."""
+
+    _callback_tensor_inputs = [*LTX2DFRPipeline._callback_tensor_inputs, "audio_latents"]
+
+    def encode_conditions(self, *args, **kwargs) -> list[tuple[int, torch.Tensor, float, int]]:
+        """Each condition at its pixel frame, a keyframe at latent index k >= 1 at output frame 8k (`keyframe_frame`).
+        Here, not in `_prepare_keyframe_coords` as the condition pipeline does: that also places the slots, whose
+        positions are output frames already."""
+        return [
+            (keyframe_frame(self, pixel) if pixel else 0, latent, strength, frames)
+            for pixel, latent, strength, frames in super().encode_conditions(*args, **kwargs)
+        ]
 
 
 class DiffusionDecodingPipeline(LTX2VideoDiffusionDecodePipeline):
@@ -116,8 +133,10 @@ def place_denoiser(
     device: torch.device,
     tokens: int,
     compile_cache: Path | None = None,
+    encodes: bool = False,
 ) -> None:
-    """The transformer goes to the GPU, set up to keep long clips' activations small; the VAE only if it encodes.
+    """The transformer goes to the GPU, set up to keep long clips' activations small; the VAE only if it `encodes`
+    conditions.
 
     Where the GPU has FP8 tensor cores, FP8-stored layers multiply in FP8 (5.5% instead of 4.7% relative
     error against bf16). Uncompiled, that is launch-bound and no faster than bf16; with `compile_cache`
@@ -140,7 +159,7 @@ def place_denoiser(
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
         pipe.transformer.compile_repeated_blocks()
     pipe.transformer.to(device)
-    if isinstance(pipe, ConditionedDenoisingPipeline):
+    if encodes:
         pipe.vae.to(device)
     pipe.set_progress_bar_config(disable=True)
 

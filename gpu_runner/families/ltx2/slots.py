@@ -6,7 +6,10 @@ over the distilled sigmas generates the clip and its keyframe slots (single late
 borders, `dfr_layout.resolve_canvas`, on a canvas padded to whole segments); the x2 spatial upsampler doubles the
 video and each slot; stage 2 re-denoises both at full size over the stage-2 sigmas, its audio held at stage 1's
 (`freeze_audio`: the clip keeps stage 1's sound, which stage 2's video follows); the canvas is trimmed to the clip;
-the diffusion decoder turns the latents into pixels. Stages 1 and 2 step with FlowMatchEulerDiscreteScheduler, as
+the diffusion decoder turns the latents into pixels. A job's conditions (conditioning.py's: a first-frame image,
+keyframes, an extension's earlier frames) go to both stages as they go to the condition pipeline's, by latent index
+(loading.SlotDenoisingPipeline places a keyframe at its output frame); an extension's audio hold runs in stage 1, whose
+audio stage 2 keeps. Stages 1 and 2 step with FlowMatchEulerDiscreteScheduler, as
 the DFR docstrings say; the ancestral sampler (LTXEulerAncestralRFScheduler, eta 0.5) belongs to the temporal refine
 rounds, which need a temporal latent upsampler that LTX-2.5's published directory does not ship. The IC-LoRA
 reference pass needs an IC-LoRA it does not ship either. docs/architecture.md says what is left out and why.
@@ -20,7 +23,7 @@ import torch
 from diffusers.pipelines.ltx2.utils import trim_canvas
 
 from contract.request import DenoiseStage, Request
-from gpu_runner.families.base import Latents, OnStepEnd
+from gpu_runner.families.base import Latents
 
 
 @dataclasses.dataclass
@@ -33,11 +36,13 @@ class Slots:
 
 
 def denoise(
-    pipe, request: Request, stage: DenoiseStage, sigmas, on_step_end: OnStepEnd, start: Latents | None, slots
+    pipe, request: Request, stage: DenoiseStage, sigmas, start: Latents | None, slots, arguments: dict
 ) -> tuple[Latents, Slots]:
     """One stage of the slot pipeline: from noise (stage 1), or from the upsampled video and slots with stage 1's
     audio held (stage 2). The video latents stay on the padded canvas between the stages; stage 2's come back
-    trimmed to the clip and with stage 1's audio, cut to the clip's length."""
+    trimmed to the clip and with stage 1's audio, cut to the clip's length. `arguments`: the job's conditions
+    (conditioning.py's, the same for both stages: diffusers resizes them to each stage's size) and the step
+    callback."""
     refine = start is not None
     video, audio = start if refine else (None, None)
     embeds = pipe.connectors.placeholder_embeds()
@@ -64,7 +69,7 @@ def denoise(
         generator=torch.Generator("cpu").manual_seed(request.seed),
         output_type="latent",
         return_dict=True,
-        callback_on_step_end=on_step_end,
+        **arguments,
     )
     slots = Slots(out.keyframes, list(out.keyframe_positions))
     if not refine:
