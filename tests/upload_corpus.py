@@ -33,6 +33,13 @@ def photo(width: int = 96, height: int = 64) -> Image.Image:
     return image
 
 
+def upload_photo(client, width: int = 64, height: int = 64) -> str:
+    """A `photo` uploaded through `client` (an httpx client on a portal): its upload id."""
+    response = client.post("/api/uploads", files={"file": ("k.png", encode(photo(width, height), "PNG"), "image/png")})
+    assert response.status_code == 201, response.text
+    return response.json()["upload_id"]
+
+
 def just_under_the_pixel_limit() -> bytes:
     """A PNG of a few hundred KB that decodes to just under the upload pixel limit (the corpus photo, square)."""
     side = math.isqrt(MAX_PIXELS - 1)

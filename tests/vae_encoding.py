@@ -12,7 +12,7 @@ from diffusers import AutoencoderKLLTX2Video
 from diffusers.pipelines.ltx2.utils import apply_image_conditioning_crf
 from PIL import Image
 
-from gpu_runner.families.ltx2.conditioning import IMAGE_CRF
+from gpu_runner.families.ltx2.conditioning import image_crf
 
 SAME_LATENT = 1e-4  # float32 round-off through the scheduler's steps; a different latent is ~0.1 away or more
 
@@ -27,7 +27,8 @@ def encoded_frames(model_dir: Path, frames: np.ndarray) -> torch.Tensor:
         return vae.encode(pixels).latent_dist.mode()
 
 
-def encoded_image(model_dir: Path, image: Image.Image) -> torch.Tensor:
-    """The VAE encoding of the image as the model was trained to see it (re-compressed at IMAGE_CRF): one latent frame,
-    (1, channels, latent height, latent width)."""
-    return encoded_frames(model_dir, apply_image_conditioning_crf(np.asarray(image), IMAGE_CRF)[None])[:, :, 0]
+def encoded_image(model_dir: Path, image: Image.Image, version: str) -> torch.Tensor:
+    """The VAE encoding of the image as a model of `version` was trained to see it (re-compressed at its CRF): one
+    latent frame, (1, channels, latent height, latent width)."""
+    still = apply_image_conditioning_crf(np.asarray(image), image_crf(version))
+    return encoded_frames(model_dir, still[None])[:, :, 0]

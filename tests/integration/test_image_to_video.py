@@ -58,7 +58,7 @@ def image_job(tmp_path, demo_model_dir):
 
 
 def test_the_denoised_first_latent_frame_is_the_encoded_image(image_job, demo_model_dir, monkeypatch):
-    expected = encoded_image(demo_model_dir, corpus.photo(64, 64))
+    expected = encoded_image(demo_model_dir, corpus.photo(64, 64), "2.0")
 
     conditioned = denoised_latents(image_job("full", image_file="image.png", image_strength=1.0), monkeypatch)
     weaker = denoised_latents(image_job("half", image_file="image.png", image_strength=0.5), monkeypatch)

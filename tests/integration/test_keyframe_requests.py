@@ -16,17 +16,10 @@ from tests.portal import Portal
 from tests.runner_fixtures import read_mp4, run_job, write_job
 
 
-def upload(client, width: int = 64, height: int = 64) -> str:
-    image = corpus.encode(corpus.photo(width, height), "PNG")
-    response = client.post("/api/uploads", files={"file": ("k.png", image, "image/png")})
-    assert response.status_code == 201, response.text
-    return response.json()["upload_id"]
-
-
 def test_keyframes_from_uploads_run_through_the_portal(shared_portal: Portal):
     portal = shared_portal
     with portal.client() as client:
-        ids = [upload(client, 96, 80) for _ in range(2)]
+        ids = [corpus.upload_photo(client, 96, 80) for _ in range(2)]
     keyframes = [{"upload_id": ids[0], "frame": 0}, {"upload_id": ids[1], "frame": -1, "strength": 0.8}]
     job = portal.submit(keyframes=keyframes, width=64, height=64, num_frames=9, steps=2, seed=1)
     finished = portal.wait(job["id"], timeout=180)
@@ -55,7 +48,7 @@ def test_keyframes_from_uploads_run_through_the_portal(shared_portal: Portal):
 def test_a_bad_keyframe_is_a_400_naming_the_field(shared_portal: Portal, keyframes, says):
     portal = shared_portal
     with portal.client() as client:
-        upload_id = upload(client)
+        upload_id = corpus.upload_photo(client)
         body = {
             "prompt": "a red ball",
             "mode": "quality",
@@ -71,7 +64,7 @@ def test_a_bad_keyframe_is_a_400_naming_the_field(shared_portal: Portal, keyfram
 def test_a_keyframe_at_frame_0_beside_a_first_frame_image_is_a_400(shared_portal: Portal):
     portal = shared_portal
     with portal.client() as client:
-        upload_id = upload(client)
+        upload_id = corpus.upload_photo(client)
         body = {
             "prompt": "a red ball",
             "image_upload_id": upload_id,

@@ -88,7 +88,7 @@ def test_a_fast_2_5_job_with_keyframes_runs_every_stage_through_the_real_runner_
     """Keyframes at 0, 8 and the last frame of a length the model picks: the duration head's choice (FRAMES) is raised
     to the shortest clip that holds them apart (KEYED), and -1 is that clip's last frame."""
     with ltx25_portal.client() as c:
-        ids = [upload(c) for _ in range(3)]
+        ids = [corpus.upload_photo(c, SIZE, SIZE) for _ in range(3)]
     keyframes = [{"upload_id": ids[0], "frame": 0}, {"upload_id": ids[1], "frame": 8}]
     keyframes.append({"upload_id": ids[2], "frame": -1, "strength": 0.9})
     asked = {"num_frames": "auto", "enhance_prompt": True, "keyframes": keyframes}
@@ -125,6 +125,7 @@ def test_a_fast_2_5_job_with_keyframes_runs_every_stage_through_the_real_runner_
     assert video.sample_rate == 48000 and video.audio_duration_s == pytest.approx(KEYED / 24, abs=0.03)
     log = (ltx25_portal.job_dir(job["id"]) / "runner.log").read_text()
     assert "newly initialized" not in log  # every weight of the directory was loaded into its own class
+    assert "will be skipped" not in log  # diffusers drops a condition past the canvas with only this warning
 
 
 def test_the_same_prompt_and_seed_enhanced_again_come_from_the_cache(ltx25_portal: Portal):
@@ -143,13 +144,6 @@ def test_the_same_prompt_and_seed_enhanced_again_come_from_the_cache(ltx25_porta
     assert stage["note"] and stage["note"].startswith("Cached"), stage
     assert not [e for e in events if e["type"] == "token"], "the enhancer never ran"
     assert events[-1]["prompt"] == written
-
-
-def upload(client) -> str:
-    image = corpus.encode(corpus.photo(SIZE, SIZE), "PNG")
-    response = client.post("/api/uploads", files={"file": ("k.png", image, "image/png")})
-    assert response.status_code == 201, response.text
-    return response.json()["upload_id"]
 
 
 def _events(portal: Portal, job_id: str) -> list[dict]:

@@ -112,7 +112,7 @@ def test_a_fast_job_with_an_image_and_a_keyframe_runs_every_stage_into_a_clip(co
 
 def test_the_latents_decoded_begin_with_the_encoded_image(conditioned, ltx25_model_dir):
     _, caught = conditioned
-    expected = encoded_image(ltx25_model_dir, corpus.photo(SIZE, SIZE))
+    expected = encoded_image(ltx25_model_dir, corpus.photo(SIZE, SIZE), "2.5")
     assert (caught.decoded[:, :, 0] - expected).abs().max() < SAME_LATENT
     assert (caught.decoded[:, :, 1] - expected).abs().max() > 100 * SAME_LATENT, "the image is the first frame's alone"
 
@@ -133,7 +133,7 @@ def test_both_stages_hold_the_image_and_append_the_last_keyframe_at_its_frame_an
         times = stage["coords"][0, 0, keyframe]  # (tokens, [start, end)) in seconds
         assert torch.allclose(times, torch.tensor([FRAMES - 1, FRAMES]) / 24.0), "at the last frame, one frame long"
     # At full size the keyframe's tokens are its image's encoding, normalised as the pipeline holds latents
-    raw = encoded_image(ltx25_model_dir, last_keyframe_image())
+    raw = encoded_image(ltx25_model_dir, last_keyframe_image(), "2.5")
     mean, std = (value.view(1, -1, 1, 1) for value in full["statistics"])
     expected = ((raw - mean) / std).flatten(2).transpose(1, 2)[0]
     assert (full["clean"][0, full["base"] : full["slots"].start] - expected).abs().max() < SAME_LATENT

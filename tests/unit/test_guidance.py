@@ -7,7 +7,7 @@ from diffusers import LTX2VideoTransformer3DModel
 from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
 from PIL import Image
 
-from gpu_runner.families.ltx2.conditioning import IMAGE_CRF
+from gpu_runner.families.ltx2.conditioning import image_crf
 from gpu_runner.families.ltx2.guidance import share_stg_prefix
 from gpu_runner.families.ltx2.loading import DiffusersDirectory
 from gpu_runner.families.ltx2.text import PrecomputedConnectors
@@ -93,7 +93,7 @@ def test_default_guidance_gives_the_same_latents_with_the_stg_pass_starting_at_i
 def test_image_to_video_shares_the_same_way(demo_model_dir) -> None:
     """LTX2ConditionPipeline's loop (per-token timesteps, a conditioned first frame) passes the same check."""
     red = Image.new("RGB", (64, 64), (200, 30, 30))
-    first_frame = {"conditions": [LTX2VideoCondition(frames=red, index=0, strength=1.0, crf=IMAGE_CRF)]}
+    first_frame = {"conditions": [LTX2VideoCondition(frames=red, index=0, strength=1.0, crf=image_crf("2.0"))]}
     expected = default_guidance_latents(denoiser(demo_model_dir, conditioned=True), **first_frame)
 
     shared = denoiser(demo_model_dir, conditioned=True)

@@ -8,9 +8,10 @@ keyframe-slot pipeline either way (slots.py), which takes the same conditions:
   `image_strength` maps onto the condition's strength directly.
 - `keyframes`: each normalised image at its latent index (contract/request.py converts output frames: frame 0
   is index 0, frame f > 0 is in latent frame (f - 1) // 8 + 1). Index 0 replaces the first latent tokens; a later
-  index is appended as keyframe tokens with their own positions (diffusers places them at that latent frame's
-  first output frame). Fast mode passes the same full-size images to both stages: diffusers resizes a condition
-  to the stage's size, so stage 1 gets them at half size and the refine at full size.
+  index is appended as keyframe tokens with their own positions, at that latent frame's last output frame, 8k
+  (loading.py's `keyframe_frame` moves diffusers' first-frame placement there in both pipelines). Fast mode passes
+  the same full-size images to both stages: diffusers resizes a condition to the stage's size, so stage 1 gets
+  them at half size and the refine at full size.
 - `extend_from`: the earlier clip's last EXTEND_OVERLAP frames as one video condition at index 0 (strength 1), so
   the new part's first frames are those frames; its audio latents over the same span are held to the earlier
   clip's (`AudioHold`): diffusers' conditions are video-only. LTX-2.5's fast mode holds them in stage 1 alone: its
@@ -22,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+from diffusers.pipelines.ltx2.utils import DEFAULT_IMAGE_CRF, LTX2_5_IMAGE_CRF
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -29,9 +31,12 @@ from contract.request import EXTEND_OVERLAP, keyframe_latent_index
 from gpu_runner.extension import AUDIO_LATENTS_KEY, source_frames
 from gpu_runner.job import Job, JobError
 
-# LTX-2.0 to 2.3 were trained on stills re-compressed with H.264 at CRF 33. diffusers reads this
-# default from the text encoder, which is freed before denoising, so it is passed explicitly.
-IMAGE_CRF = 33
+
+def image_crf(version: str) -> int:
+    """The H.264 CRF a still is re-compressed at before it conditions a model of `version`: the compression it was
+    trained against (CRF 33 up to LTX-2.3, 18 for LTX-2.5). diffusers picks it from the text encoder, which is freed
+    before denoising here, so it is passed explicitly."""
+    return LTX2_5_IMAGE_CRF if version == "2.5" else DEFAULT_IMAGE_CRF
 
 
 def is_conditioned(job: Job) -> bool:
@@ -58,16 +63,17 @@ def image_conditions(job: Job) -> dict:
     request = job.request
     constraints = job.spec.constraints
     conditions = []
+    crf = image_crf(job.spec.version)
     if job.file.image_file is not None:
         frame = _image(job, job.file.image_file, "image_file")
-        conditions.append(LTX2VideoCondition(frames=frame, index=0, strength=request.image_strength, crf=IMAGE_CRF))
+        conditions.append(LTX2VideoCondition(frames=frame, index=0, strength=request.image_strength, crf=crf))
     keyframes = request.keyframes or ()
     if len(job.file.keyframe_files) != len(keyframes):
         raise JobError("invalid_input", "keyframe_files does not hold one image per keyframe")
     for i, (keyframe, name) in enumerate(zip(keyframes, job.file.keyframe_files, strict=True)):
         frame = _image(job, name, f"keyframe_files[{i}]")
         index = keyframe_latent_index(constraints, request.num_frames, keyframe.frame)
-        conditions.append(LTX2VideoCondition(frames=frame, index=index, strength=keyframe.strength, crf=IMAGE_CRF))
+        conditions.append(LTX2VideoCondition(frames=frame, index=index, strength=keyframe.strength, crf=crf))
     if job.file.source_video_file is not None:
         frames, _ = last_frames(job, EXTEND_OVERLAP)
         conditions.append(LTX2VideoCondition(frames=frames, index=0, strength=1.0, crf=0))
