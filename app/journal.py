@@ -129,8 +129,8 @@ class Journal:
         chosen = event.num_frames if isinstance(event, protocol.NumFrames) else None
         enhanced = event.prompt if isinstance(event, protocol.EnhancedPrompt) else None
         # its estimate was the longest clip's until now: the page's time left and the API follow the chosen length
-        estimate = None if chosen is None or self.estimate_at_length is None else await self.estimate_at_length(
-            job_id, chosen
+        estimate = (
+            None if chosen is None or self.estimate_at_length is None else await self.estimate_at_length(job_id, chosen)
         )
         changes = {
             "progress": new_progress,
