@@ -276,9 +276,11 @@ class Supervisor:
                     self._children[job_id] = child
                 transcript = await self._supervise(job_id, child, on_event)
         outcome = classify(child.process.returncode, child.cancel_requested.is_set(), transcript)
-        if transcript.resident is not None and child.process.returncode is None:
-            with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
+            if transcript.resident is not None and child.process.returncode is None:
                 await self._keep_warm(child, job_dir, transcript.resident, outcome)
+            elif self._keep_warm_s:
+                await child.process.aclose()  # its stdin, kept open for later jobs, closed with the rest
         return outcome
 
     async def _keep_warm(self, child: _Child, job_dir: Path, resident: protocol.Resident, outcome: Outcome) -> None:
@@ -286,6 +288,7 @@ class Supervisor:
         model_path = _model_path(job_dir)
         if outcome.status != "succeeded" or self._closed or model_path is None:
             await self._stop(child)
+            await child.process.aclose()
             return
         self._warm = Warm(child, model_path, resident, max(self._keep_warm_s - WARM_MARGIN_S, 0.0))
         pid, keep = child.process.pid, self._keep_warm_s

@@ -124,6 +124,7 @@ def _stages(
         # 3. Free the text side before the denoiser arrives; the memory event proves it.
         with stages("free_text_encoder"):
             del text
+            RESIDENT.park()  # warm mode: the kept text side (its connectors ran on the GPU) to RAM
             memory.release(device)
     else:
         # A cache hit: the encoder is never loaded.
