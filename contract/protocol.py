@@ -137,6 +137,10 @@ class Error(_Event, tag="error"):
     message: str
 
 
+# A loading stage's note where a warm runner kept what it loads from its last job: the portal marks such a job
+WEIGHTS_RESIDENT = "Weights resident: this runner kept the model loaded after its last job (AVP_KEEP_WARM_S)."
+
+
 class Resident(_Event, tag="resident"):
     """Warm mode (AVP_KEEP_WARM_S): after its job's `result` the runner stays, its model loaded, and reads the next
     job's directory on stdin; this line ends the job's transcript. Never stored as the job's event."""

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from contract import protocol
 from gpu_runner.memory import ChunkedFeedForward
 
-WEIGHTS_RESIDENT = "Weights resident: this runner kept the model loaded after its last job (AVP_KEEP_WARM_S)."
+WEIGHTS_RESIDENT = protocol.WEIGHTS_RESIDENT  # the loading stages' note when what they load is held here
 
 
 class Resident:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -147,3 +148,21 @@ def test_without_warm_mode_the_runner_exits_after_its_job(demo_model_dir: Path, 
     assert status == "succeeded" and warm is None
     assert runner_processes(jobs_dir / "only") == []
     assert "warm" not in (jobs_dir / "only" / jobdir.LOG_FILE).read_text()
+
+
+def test_a_portal_in_warm_mode_shows_the_resident_model_and_marks_the_job_that_loaded_nothing(make_portal) -> None:
+    portal = make_portal(AVP_KEEP_WARM_S="120", AVP_SPARE_RUNNER="off")
+    first = portal.wait(portal.submit(prompt="a red ball bouncing", **TINY_JOB)["id"])
+    with portal.client() as client:
+        (slot,) = client.get("/healthz").json()["worker"]["slot_states"]
+    second = portal.wait(portal.submit(prompt="a blue square moving left", **TINY_JOB)["id"])
+
+    assert first["status"] == second["status"] == "succeeded"
+    assert slot["resident_model"] == "demo" and alive(slot["resident_pid"])
+    assert slot["resident_until"] > time.time()
+    assert not first["progress"]["weights_resident"] and second["progress"]["weights_resident"]
+    with portal.client() as client:
+        assert 'id="weights-resident"' in client.get(f"/jobs/{second['id']}").text
+        assert 'id="weights-resident"' not in client.get(f"/jobs/{first['id']}").text
+        (after,) = client.get("/healthz").json()["worker"]["slot_states"]
+    assert after["resident_pid"] == slot["resident_pid"], "the second job ran in the first job's runner"

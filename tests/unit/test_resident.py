@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from app.config import Settings, SettingsError
+from app.progress import JobProgress
 from app.runner import Transcript, classify
 from contract import protocol
 from gpu_runner import memory
@@ -117,3 +118,11 @@ def test_a_resident_line_ends_a_warm_runners_job_as_a_success_only_after_its_res
     no_result = Transcript()
     no_result.read(protocol.encode(protocol.Resident(model="demo", device_gib=None, rss_gib=0.6)))
     assert classify(None, False, no_result).status == "failed"
+
+
+def test_a_job_whose_loading_found_its_weights_resident_stays_marked_so() -> None:
+    progress = JobProgress()
+    for note in (None, protocol.WEIGHTS_RESIDENT, None):
+        progress = progress.apply(protocol.Stage(name="load_transformer", t=0.0, note=note)) or progress
+    assert progress.weights_resident and progress.stage_note is None
+    assert not JobProgress().apply(protocol.Stage(name="load_transformer", t=0.0, note="other")).weights_resident
