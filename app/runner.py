@@ -320,8 +320,8 @@ class Supervisor:
         return child
 
     async def _let_warm_go(self, why: str | None) -> None:
-        """End the warm runner (if any), which frees what it holds: EOF on its stdin, SIGTERM to its group, SIGKILL
-        after the grace period; `why`: None when its time is up or it is gone."""
+        """End the warm runner (if any), which frees what it holds: SIGTERM to its group (idle, it dies at once),
+        SIGKILL after the grace period, then reaped; `why`: None when its time is up or it is gone."""
         warm, self._warm = self._warm, None
         if warm is None:
             return
