@@ -57,6 +57,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     weight_cache: str = ""  # an absolute directory for FP8 transformers, "off", or "" for the data dir's
     compile_blocks: bool = True  # on a CUDA GPU, jobs compile the transformer's blocks (AVP_COMPILE)
     spare_runner: bool = True  # a runner waits with torch and diffusers imported for the next job (AVP_SPARE_RUNNER)
+    # warm mode (AVP_KEEP_WARM_S): a slot's runner keeps its model loaded this long after a job, for the next job of
+    # the same model; 0 (the default): every runner exits after its job, holding nothing idle
+    keep_warm_s: float = 0.0
     gpus: str = "auto"  # the runner slots (AVP_GPUS, app/slots.py): auto, card numbers (0,2) or cpu:N
     slot_memory_gb: str = ""  # the CPU slots' memory for admission (AVP_SLOT_MEMORY_GB): one figure, or one per slot
     ray_address: str | None = None  # AVP_RAY_ADDRESS: jobs run on this Ray cluster's nodes (app/ray_executor.py)
@@ -290,6 +293,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         spare_runner = env.get("AVP_SPARE_RUNNER", "").strip() or "on"
         if spare_runner not in ("on", "off"):
             raise SettingsError(f"AVP_SPARE_RUNNER={spare_runner!r} must be on (the default) or off")
+        keep_warm_s = _keep_warm_s(env.get("AVP_KEEP_WARM_S", ""))
         log_level = env.get("AVP_LOG_LEVEL", "").strip().lower() or "info"
         if log_level not in LOG_LEVELS:
             raise SettingsError(f"AVP_LOG_LEVEL={log_level!r} must be one of {', '.join(LOG_LEVELS)} (default info)")
@@ -345,6 +349,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             weight_cache=weight_cache,
             compile_blocks=compile_blocks == "on",
             spare_runner=spare_runner == "on",
+            keep_warm_s=keep_warm_s,
             max_upload_mb=number("AVP_MAX_UPLOAD_MB", 20.0, float, 0.01),
             upload_ttl_s=number("AVP_UPLOAD_TTL_S", 86400.0, float, 1),
             keep_days=limit("AVP_KEEP_DAYS"),
@@ -385,6 +390,19 @@ def _host_name(host: str) -> str:
     host = host.strip().lower()
     name = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
     return name.rstrip(".")
+
+
+def _keep_warm_s(raw: str) -> float:
+    """AVP_KEEP_WARM_S: seconds a runner keeps its model loaded after a job; unset or 0 is off."""
+    raw = raw.strip()
+    fix = "set it to the seconds a runner keeps its model loaded after a job (e.g. 300), or 0 or unset for off"
+    try:
+        value = float(raw or 0)
+    except ValueError:
+        raise SettingsError(f"AVP_KEEP_WARM_S={raw!r} is not a number; {fix}") from None
+    if not 0 <= value < math.inf:  # nan compares as neither
+        raise SettingsError(f"AVP_KEEP_WARM_S={raw!r} must be 0 or more; {fix}")
+    return value
 
 
 def _allowed_host(raw: str) -> str:

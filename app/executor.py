@@ -44,6 +44,10 @@ class SlotState(msgspec.Struct, frozen=True):
     free_gib: float | None  # what a job may take there now (a card's free memory, a CPU slot's setting)
     total_gib: float | None  # the most a job could ever take there; None: unchecked
     spare_pid: int | None  # its waiting spare runner
+    # warm mode (AVP_KEEP_WARM_S): the model whose weights its warm runner holds, until when (Unix time), its pid
+    resident_model: str | None = None
+    resident_until: float | None = None
+    resident_pid: int | None = None
 
 
 class SlotClaims:

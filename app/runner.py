@@ -18,6 +18,13 @@ and it asks the kernel for SIGTERM when this process dies. Its stdout carries on
 handed one by one to the run's event sink; its stderr goes to runner.log (a spare's, until its job
 comes, to `<jobs dir>/spare-runner.log`, or with several slots `spare-runner-<slot>.log`). The
 user-facing outcome is decided by the exit code and the last `error` event, never by a stack trace.
+
+Warm mode (AVP_KEEP_WARM_S, off by default): a runner whose job succeeded says `resident` instead of exiting and
+stays, its model loaded (gpu_runner/resident.py), as the slot's warm runner; the slot's next job of the same model
+directory is handed to it on its stdin, as to a spare, and skips loading. A job of another model ends it first (so
+its memory is the new job's), as do a cancel of the job it runs, a failed job, the portal's shutdown, and the
+timeout: the runner's own (it exits when no job came for AVP_KEEP_WARM_S) and ours (past its time, a little early
+so that it never takes a job as it leaves, it is let go at the next job).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ MAX_LINE_BYTES = 1 << 20
 SPARE_LOG = "spare-runner.log"  # in the jobs directory: what spares say before their job comes
 SPARE_LOG_MAX_BYTES = 1 << 20  # beyond this the log is moved to spare-runner.log.1 when a spare is spawned
 SPARE_NICE = 19  # a waiting spare's autogroup: the lowest CPU weight, so its imports take what the job leaves
+WARM_MARGIN_S = 2.0  # a warm runner is let go this long before its own AVP_KEEP_WARM_S clock ends it
 # gpu_runner's parent: the runner's interpreter may be another venv's, without this project installed
 _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -95,11 +103,27 @@ class _Child:
         self.process = process
         self.cancel_requested = anyio.Event()
         self.spare_spawned = spare_spawned  # a spare's spawn time (monotonic); None for a runner spawned for the job
-        self.log_size_at_hand_over = 0  # a spare's job's runner.log (a job run again appends to it)
+        self.handed_over = spare_spawned is not None  # its job came on its stdin (a spare's, a warm runner's)
+        self.log_size_at_hand_over = 0  # a handed job's runner.log (a job run again appends to it)
         self.niced = False  # a spare whose autogroup waits at SPARE_NICE
 
     def signal_group(self, sig: signal.Signals) -> None:
         signal_group(self.process, sig)
+
+
+class Warm:
+    """A slot's warm runner: kept after its job with `model` loaded, until `until` (monotonic)."""
+
+    def __init__(self, child: _Child, model_path: str, resident: protocol.Resident, keep_s: float) -> None:
+        self.child = child
+        self.model_path = model_path  # job.json's model directory: a job of this directory is handed to it
+        self.model = resident.model  # the model's id, as the runner said
+        self.device_gib = resident.device_gib  # the GPU memory it holds idle (None on a CPU): the slot's next job's
+        self.until = time.monotonic() + keep_s  # it is let go from then on
+        self.until_wall = time.time() + keep_s  # the same moment, as Unix time, for /healthz
+
+    def usable_for(self, model_path: str, now: float) -> bool:
+        return self.child.process.returncode is None and now < self.until and model_path == self.model_path
 
 
 class Transcript:
@@ -108,6 +132,7 @@ class Transcript:
     def __init__(self) -> None:
         self.result: protocol.Result | None = None
         self.last_error: protocol.Error | None = None
+        self.resident: protocol.Resident | None = None  # warm mode: the job ended, the runner stays
         self.violation: str | None = None
         self.lines = 0  # stdout lines read, protocol events or not
 
@@ -127,6 +152,8 @@ class Transcript:
             self.result = event
         elif isinstance(event, protocol.Error):
             self.last_error = event
+        elif isinstance(event, protocol.Resident):
+            self.resident = event
         return event
 
 
@@ -141,13 +168,16 @@ class Supervisor:
         *,
         env: Mapping[str, str] | None = None,
         spare_log_name: str = SPARE_LOG,
+        keep_warm_s: float = 0.0,
     ) -> None:
         """`spare_jobs_dir`: the directory of the job directories, for a spare runner to wait in; None: no spares.
         `env`: what its runners' environment adds (its slot's card); `spare_log_name`: its spares' log, in
-        `spare_jobs_dir`."""
+        `spare_jobs_dir`; `keep_warm_s`: AVP_KEEP_WARM_S, 0 for off."""
         self._python = runner_python
         self._grace = cancel_grace_s
-        self._env = dict(env or {})
+        self._keep_warm_s = keep_warm_s
+        self._env = dict(env or {}) | {"AVP_KEEP_WARM_S": f"{keep_warm_s:g}"}  # the runner's own clock
+        self._warm: Warm | None = None
         self._spare_log_name = spare_log_name
         self._children: dict[str, _Child] = {}
         self._spare_jobs_dir = spare_jobs_dir
@@ -194,15 +224,22 @@ class Supervisor:
         if beside_a_job:
             spare.niced = await set_autogroup_nice(process.pid, SPARE_NICE)
 
+    @property
+    def warm(self) -> Warm | None:
+        """The warm runner, while it lives and its time lasts."""
+        warm = self._warm
+        return warm if warm is not None and warm.usable_for(warm.model_path, time.monotonic()) else None
+
     async def start(self) -> None:
         """The first job's runner, importing while nobody waits."""
         await self.ensure_spare()
 
     async def close(self) -> None:
-        """No spare from now on; the waiting one, if any, is killed with its group and reaped."""
+        """No spare from now on; the waiting one, if any, is killed with its group and reaped; a warm runner too."""
         self._closed = True
         with anyio.CancelScope(shield=True):
             await self._discard_spare(self._take_spare(), None)
+            await self._let_warm_go("the portal is stopping")
 
     def cancel(self, job_id: str) -> bool:
         """Ask the job's runner to stop; False when no runner is running it."""
@@ -216,16 +253,20 @@ class Supervisor:
         # Shielded: a cancel (a shutdown) cannot land between the hand-over and the registration, where
         # the runner would go on unsupervised; it lands inside _supervise, which stops the runner.
         with anyio.CancelScope(shield=True):
-            child = await self._hand_to_spare(job_id, job_dir) or await self._spawn(job_dir)
+            child = (
+                await self._hand_to_warm(job_id, job_dir)
+                or await self._hand_to_spare(job_id, job_dir)
+                or await self._spawn(job_dir)
+            )
             self._children[job_id] = child
         transcript = await self._supervise(job_id, child, on_event)
-        if child.spare_spawned is not None and _never_took_its_job(job_dir, child):
-            # The spare died before it read its job (killed while idle, its death not yet reaped when the
-            # job was handed over): nothing of the job ran, so a runner spawned for it runs it now.
-            _note_a_spare_that_never_took_its_job(job_dir, child, self.spare_log)
+        if child.handed_over and _never_took_its_job(job_dir, child):
+            # The spare (or warm runner) ended before it read its job (killed while idle, its end not yet noticed
+            # when the job was handed over): nothing of the job ran, so a runner spawned for it runs it now.
+            _note_a_runner_that_never_took_its_job(job_dir, child, self.spare_log)
             if not child.cancel_requested.is_set() and transcript.is_empty():
                 log.warning(
-                    "spare runner %d not used: it had exited with %s before it took job %s; spawning a runner for it",
+                    "runner %d not used: it had exited with %s before it took job %s; spawning a runner for it",
                     child.process.pid,
                     child.process.returncode,
                     job_id,
@@ -234,7 +275,60 @@ class Supervisor:
                     child = await self._spawn(job_dir)
                     self._children[job_id] = child
                 transcript = await self._supervise(job_id, child, on_event)
-        return classify(child.process.returncode, child.cancel_requested.is_set(), transcript)
+        outcome = classify(child.process.returncode, child.cancel_requested.is_set(), transcript)
+        with anyio.CancelScope(shield=True):
+            if transcript.resident is not None and child.process.returncode is None:
+                await self._keep_warm(child, job_dir, transcript.resident, outcome)
+            elif self._keep_warm_s:
+                await child.process.aclose()  # its stdin, kept open for later jobs, closed with the rest
+        return outcome
+
+    async def _keep_warm(self, child: _Child, job_dir: Path, resident: protocol.Resident, outcome: Outcome) -> None:
+        """The resident runner of a job that succeeded becomes the slot's warm runner; any other is stopped."""
+        model_path = _model_path(job_dir)
+        if outcome.status != "succeeded" or self._closed or model_path is None:
+            await self._stop(child)
+            await child.process.aclose()
+            return
+        self._warm = Warm(child, model_path, resident, max(self._keep_warm_s - WARM_MARGIN_S, 0.0))
+        pid, keep = child.process.pid, self._keep_warm_s
+        log.info("runner %d stays warm with %s (AVP_KEEP_WARM_S=%g)", pid, resident.model, keep)
+
+    async def _hand_to_warm(self, job_id: str, job_dir: Path) -> _Child | None:
+        """The warm runner, told the job's directory on its stdin, where it holds the job's model; else None, the
+        warm runner (if any) let go first, so that its memory is the job's."""
+        warm = self._warm
+        if warm is None:
+            return None
+        model_path = _model_path(job_dir)
+        if model_path is None or not warm.usable_for(model_path, time.monotonic()):
+            await self._let_warm_go(f"job {job_id} is of another model" if model_path != warm.model_path else None)
+            return None
+        self._warm = None
+        process = warm.child.process
+        child = _Child(process)
+        child.handed_over = True
+        child.log_size_at_hand_over = _size(job_dir / jobdir.LOG_FILE)
+        assert process.stdin is not None
+        try:
+            await process.stdin.send(os.fsencode(job_dir) + b"\n")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
+            self._warm = warm
+            await self._let_warm_go(f"it could not be handed job {job_id} ({error!r})")
+            return None
+        log.info("job %s: handed to warm runner %d, which holds %s", job_id, process.pid, warm.model)
+        return child
+
+    async def _let_warm_go(self, why: str | None) -> None:
+        """End the warm runner (if any), which frees what it holds: SIGTERM to its group (idle, it dies at once),
+        SIGKILL after the grace period, then reaped; `why`: None when its time is up or it is gone."""
+        warm, self._warm = self._warm, None
+        if warm is None:
+            return
+        if why is not None:
+            log.info("warm runner %d let go: %s", warm.child.process.pid, why)
+        await self._stop(warm.child)
+        await warm.child.process.aclose()  # reaped, its pipes closed
 
     async def _supervise(self, job_id: str, child: _Child, on_event: EventSink) -> Transcript:
         """Follow a registered runner to its end (stopped on cancel), with a spare importing beside it."""
@@ -244,11 +338,13 @@ class Supervisor:
                 tg.start_soon(self._stop_when_cancelled, child)
                 tg.start_soon(self.ensure_spare, True)  # the next job's runner, importing while this one runs
                 await self._follow(job_id, child, transcript, on_event)
-                await child.process.wait()
+                if transcript.resident is None:  # a warm runner's job ends at `resident`; the runner stays
+                    await child.process.wait()
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await self._stop(child)
+                if transcript.resident is None or child.cancel_requested.is_set():
+                    await self._stop(child)
                 if self._spare is not None:  # nothing of this job's competes with the spare's imports any more
                     await _give_back_full_weight(self._spare)
             self._children.pop(job_id, None)
@@ -268,6 +364,8 @@ class Supervisor:
             event = transcript.read(line)
             if event is None:
                 break
+            if isinstance(event, protocol.Resident):
+                return  # the job is over; the runner waits for its next one (the slot's state, no job's event)
             await on_event(event)
         log.warning("job %s: %s; stopping its runner", job_id, transcript.violation)
         await self._stop(child)
@@ -288,8 +386,10 @@ class Supervisor:
         child.signal_group(signal.SIGKILL)  # anything the runner left behind in its group
 
     async def _spawn(self, job_dir: Path) -> _Child:
-        """A runner of its own for this job: `python -m gpu_runner run <job dir>`."""
-        process = await self._open_runner(("run", str(job_dir)), subprocess.DEVNULL, job_dir / jobdir.LOG_FILE, job_dir)
+        """A runner of its own for this job: `python -m gpu_runner run <job dir>` (its stdin a pipe in warm mode,
+        where its later jobs come)."""
+        stdin = subprocess.PIPE if self._keep_warm_s else subprocess.DEVNULL
+        process = await self._open_runner(("run", str(job_dir)), stdin, job_dir / jobdir.LOG_FILE, job_dir)
         return _Child(process)
 
     async def _open_runner(self, args: tuple[str, ...], stdin: int, log_path: Path, cwd: Path) -> Process:
@@ -312,7 +412,8 @@ class Supervisor:
         spare.log_size_at_hand_over = _size(job_dir / jobdir.LOG_FILE)
         try:
             await spare.process.stdin.send(os.fsencode(job_dir) + b"\n")
-            await spare.process.stdin.aclose()
+            if not self._keep_warm_s:  # in warm mode its later jobs come the same way
+                await spare.process.stdin.aclose()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
             await self._discard_spare(spare, f"it could not be handed job {job_id} ({error!r})")
             return None
@@ -347,6 +448,7 @@ class LocalSlots:
         runner_python: str,
         cancel_grace_s: float,
         spare_jobs_dir: Path | None = None,
+        keep_warm_s: float = 0.0,
     ) -> None:
         self._slots = tuple(slots)
         self._memory = memory
@@ -358,6 +460,7 @@ class LocalSlots:
                 spare_jobs_dir,
                 env=slot.runner_env(),
                 spare_log_name=SPARE_LOG if alone else f"spare-runner-{slot.name}.log",
+                keep_warm_s=keep_warm_s,
             )
             for slot in self._slots
         }
@@ -387,7 +490,12 @@ class LocalSlots:
         return self.look().unholdable(need_gib)
 
     def look(self) -> _Look:
-        return _Look(self._slots, self._memory, self._claims)
+        return _Look(self._slots, self._memory, self._claims, self._warm_gib)
+
+    def _warm_gib(self, slot: Slot) -> float:
+        """The GPU memory the slot's warm runner holds: its next job reuses or frees it, so it is that job's room."""
+        warm = self._supervisors[slot.name].warm
+        return 0.0 if warm is None or warm.device_gib is None else warm.device_gib
 
     def release(self, slot: str) -> None:
         """The slot's job has ended (or never started): the slot takes another."""
@@ -397,6 +505,7 @@ class LocalSlots:
         states = []
         for slot in self._slots:
             room, total = _read(self._memory.room_gib, slot), _read(self._memory.total_gib, slot)
+            warm = self._supervisors[slot.name].warm
             states.append(
                 SlotState(
                     name=slot.name,
@@ -406,6 +515,9 @@ class LocalSlots:
                     free_gib=None if room is None else round(room, 2),
                     total_gib=None if total is None else round(total, 2),
                     spare_pid=self._supervisors[slot.name].spare_pid,
+                    resident_model=None if warm is None else warm.model,
+                    resident_until=None if warm is None else round(warm.until_wall, 3),
+                    resident_pid=None if warm is None else warm.child.process.pid,
                 )
             )
         return states
@@ -428,6 +540,11 @@ class LocalSlots:
             await supervisor.close()
 
 
+def _with_warm(room: float | None, warm_gib: float) -> float | None:
+    """A slot's room for its next job: what is free, and what its warm runner holds (that job reuses or frees it)."""
+    return None if room is None else room + warm_gib
+
+
 def _read(figure: Callable[[Slot], float | None], slot: Slot) -> float | None:
     """A slot's memory figure; None (unchecked: the runner's own admission still guards the card) where NVML cannot
     read its card now."""
@@ -442,10 +559,12 @@ class _Look:
     """LocalSlots at one look: each slot's room and total read (NVML, for a card) at most once, however many
     queued jobs the worker weighs in one pass."""
 
-    def __init__(self, slots: tuple[Slot, ...], memory: SlotMemory, claims: SlotClaims) -> None:
+    def __init__(
+        self, slots: tuple[Slot, ...], memory: SlotMemory, claims: SlotClaims, warm_gib: Callable[[Slot], float]
+    ) -> None:
         self._slots = slots
         self._claims = claims
-        self._room = functools.cache(lambda slot: _read(memory.room_gib, slot))
+        self._room = functools.cache(lambda slot: _with_warm(_read(memory.room_gib, slot), warm_gib(slot)))
         self._total = functools.cache(lambda slot: _read(memory.total_gib, slot))
 
     def unholdable(self, need_gib: float | None) -> str | None:
@@ -508,14 +627,25 @@ def _never_took_its_job(job_dir: Path, spare: _Child) -> bool:
     return _size(job_dir / jobdir.LOG_FILE) <= spare.log_size_at_hand_over
 
 
-def _note_a_spare_that_never_took_its_job(job_dir: Path, spare: _Child, spare_log: Path | None) -> None:
-    """Say in the job's runner.log that its spare ended before it took the job, and where the spare's words are."""
+def _note_a_runner_that_never_took_its_job(job_dir: Path, runner: _Child, spare_log: Path | None) -> None:
+    """Say in the job's runner.log that the spare (or warm runner) it was handed to ended before it took the job,
+    and where a spare's words are."""
     log_path = job_dir / jobdir.LOG_FILE
+    spare = runner.spare_spawned is not None
+    said = f"; what it said is in {spare_log}" if spare else ""
     with contextlib.suppress(OSError), open(log_path, "a") as runner_log:
         runner_log.write(
-            f"spare runner {spare.process.pid} ended (exit status {spare.process.returncode}) before it took this "
-            f"job; what it said is in {spare_log}\n"
+            f"{'spare' if spare else 'warm'} runner {runner.process.pid} ended (exit status "
+            f"{runner.process.returncode}) before it took this job{said}\n"
         )
+
+
+def _model_path(job_dir: Path) -> str | None:
+    """The job's model directory, from its job.json; None where it cannot be read (its runner will say why)."""
+    try:
+        return msgspec.json.decode((job_dir / jobdir.JOB_FILE).read_bytes(), type=jobdir.JobFile).model_path
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def _size(path: Path) -> int:
@@ -534,7 +664,8 @@ _EXIT_MEANING = {
 
 
 def classify(code: int | None, cancel_requested: bool, transcript: Transcript) -> Outcome:
-    if code == 0 and transcript.result is not None and transcript.violation is None:
+    ended = code == 0 or (code is None and transcript.resident is not None)  # a warm runner's job ends at `resident`
+    if ended and transcript.result is not None and transcript.violation is None:
         return Outcome("succeeded")
     if cancel_requested:
         return Outcome("cancelled", "cancelled", "Cancelled.")

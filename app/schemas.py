@@ -341,6 +341,11 @@ class SlotHealth(Base):
     free_gib: float | None  # what a job may take there now: the card's free memory, a CPU slot's AVP_SLOT_MEMORY_GB
     total_gib: float | None  # the most a job could ever take there; None (and free_gib None): not checked
     spare_pid: int | None  # its spare runner, waiting with torch imported; None: none now (or AVP_SPARE_RUNNER=off)
+    # warm mode (AVP_KEEP_WARM_S): the model id whose weights stay loaded in its warm runner, until when (Unix
+    # time), and that runner's pid; all None: nothing resident (the default: warm mode off)
+    resident_model: str | None = None
+    resident_until: float | None = None
+    resident_pid: int | None = None
 
 
 class WorkerHealth(Base):

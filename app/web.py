@@ -115,7 +115,9 @@ def build_parts(settings: Settings, secret: bytes, templates: JinjaTemplateEngin
 
         executor = RayExecutor(settings.ray_address, settings.cancel_grace_s)
     else:
-        executor = LocalSlots(*settings.slots(), settings.runner_python, settings.cancel_grace_s, spare_jobs_dir)
+        executor = LocalSlots(
+            *settings.slots(), settings.runner_python, settings.cancel_grace_s, spare_jobs_dir, settings.keep_warm_s
+        )
     journal = Journal(store, broker, pages, slots=executor.slot_names, webhooks=webhooks)
     worker = Worker(store, journal, executor, settings.jobs_dir, settings.runner_python)
     uploads = Uploads(settings.uploads_dir, store, settings.max_upload_bytes, settings.upload_ttl_s, settings.data_disk)

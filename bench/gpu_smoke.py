@@ -267,6 +267,7 @@ class RandomWeights:
         device: torch.device,
         conditioned,
         fast: bool = False,
+        keep_transformer: bool = True,  # warm mode's (gpu_runner/resident.py): random weights are never kept
     ):
         began = time.monotonic()
         transformer = random_transformer(self.size, device, dtype, fp8_storage=precision == "fp8")

@@ -137,7 +137,20 @@ class Error(_Event, tag="error"):
     message: str
 
 
-Event = Stage | Step | Tile | Memory | Preview | Token | EnhancedPrompt | NumFrames | Result | Error
+# A loading stage's note where a warm runner kept what it loads from its last job: the portal marks such a job
+WEIGHTS_RESIDENT = "Weights resident: this runner kept the model loaded after its last job (AVP_KEEP_WARM_S)."
+
+
+class Resident(_Event, tag="resident"):
+    """Warm mode (AVP_KEEP_WARM_S): after its job's `result` the runner stays, its model loaded, and reads the next
+    job's directory on stdin; this line ends the job's transcript. Never stored as the job's event."""
+
+    model: str  # the model id whose weights it keeps
+    device_gib: float | None  # GPU memory it holds while idle (its CUDA context and allocator); None on a CPU
+    rss_gib: float  # the process's RAM, where the weights wait between jobs
+
+
+Event = Stage | Step | Tile | Memory | Preview | Token | EnhancedPrompt | NumFrames | Result | Error | Resident
 
 _decoder = msgspec.json.Decoder(Event)
 

@@ -80,7 +80,8 @@ def run(job_dir: Path) -> int:
     if not _die_with_parent():
         return protocol.EXIT_CANCELLED_TERM
     log.info("runner started")  # its time stamp against the spawn's: the interpreter's own start
-    return _run_job(job_dir, emit, started, imported=False)
+    code, model = _run_job(job_dir, emit, started, imported=False)
+    return _stay_warm(code, model, job_dir.parent, emit)
 
 
 def standby(jobs_dir: Path) -> int:
@@ -131,38 +132,89 @@ def standby(jobs_dir: Path) -> int:
     else:
         how = f"torch and diffusers were imported already (in {imported_s:.2f} s), then it waited for a job"
     log.info("runner started: spare runner %d took this job %.2f s after it started; %s", pid, handed - spawned, how)
-    return _run_job(job_dir, emit, handed, imported=True)
+    code, model = _run_job(job_dir, emit, handed, imported=True)
+    return _stay_warm(code, model, jobs_dir, emit)
 
 
-def _run_job(job_dir: Path, emit: stdout.Emitter, started: float, *, imported: bool) -> int:
-    """The job, from its checks to its one ending (both verbs); `started` is where its stage times count from."""
+def keep_warm_s() -> float:
+    """AVP_KEEP_WARM_S as the portal hands it to its runners (it checked the value at start-up); 0: off."""
+    try:
+        seconds = float(os.environ.get("AVP_KEEP_WARM_S", "").strip() or 0)
+    except ValueError:
+        return 0.0
+    return seconds if 0 < seconds < float("inf") else 0.0
+
+
+def _stay_warm(code: int, model: str | None, jobs_dir: Path, emit: stdout.Emitter) -> int:
+    """Warm mode (AVP_KEEP_WARM_S): after each job that succeeded, say `resident` and run the next job whose directory
+    comes on stdin, in this process with its model still loaded (gpu_runner/resident.py). It exits on a failed job,
+    on EOF (the portal let it go), on SIGTERM (at once while idle), or when no job came for AVP_KEEP_WARM_S."""
+    from gpu_runner.job import JobError
+    from gpu_runner.memory import rss_gib
+    from gpu_runner.resident import held_device_gib
+
+    keep = keep_warm_s()
+    while code == protocol.EXIT_OK and keep > 0 and model is not None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)  # idle: nothing of a job to finish, so a signal ends it at once
+        emit(protocol.Resident(model=model, device_gib=held_device_gib(), rss_gib=round(rss_gib(), 3)))
+        log.info("warm: keeping %s loaded for up to %g s (AVP_KEEP_WARM_S) for its next job", model, keep)
+        if not select.select([sys.stdin], [], [], keep)[0]:
+            log.info("warm: no job came in %g s; exiting, which frees the model", keep)
+            return protocol.EXIT_OK
+        line = sys.stdin.buffer.readline(MAX_JOB_LINE_BYTES)
+        if not line:
+            log.info("warm: let go (stdin closed); exiting, which frees the model")
+            return protocol.EXIT_OK
+        handed = time.monotonic()
+        try:
+            job_dir = _handed_job_dir(line, jobs_dir)
+            os.chdir(job_dir)
+            _point_stderr_at(job_dir)
+        except (JobError, OSError) as error:
+            message = error.message if isinstance(error, JobError) else f"could not enter the job directory: {error}"
+            log.error("warm runner: %s", message)
+            emit(protocol.Error(code="invalid_input" if isinstance(error, JobError) else "internal", message=message))
+            return protocol.EXIT_FOR_ERROR["invalid_input" if isinstance(error, JobError) else "internal"]
+        log.info("runner started: warm runner %d took this job with %s loaded", os.getpid(), model)
+        code, model = _run_job(job_dir, emit, handed, imported=True)
+    return code
+
+
+def _run_job(job_dir: Path, emit: stdout.Emitter, started: float, *, imported: bool) -> tuple[int, str | None]:
+    """The job, from its checks to its one ending (both verbs); `started` is where its stage times count from.
+    Its exit code, and its model's id once its job.json was read."""
     from gpu_runner.cancel import Cancellation, Cancelled
     from gpu_runner.job import JobError, load_job
 
     cancellation = Cancellation()
     cancellation.install()
+    model = None
     try:
         job = load_job(job_dir)
+        model = job.spec.id
         from gpu_runner.pipeline import generate  # torch + diffusers: seconds to import, unless a spare's
+        from gpu_runner.resident import RESIDENT
 
+        RESIDENT.enabled = keep_warm_s() > 0  # warm mode: what this job loads stays for the next job of its model
         if not imported:
             log.info("torch and diffusers imported in %.2f s", time.monotonic() - started)
         result = generate(job, emit, cancellation, started)
     except JobError as error:
         log.error("%s: %s", error.code, error.message)
         emit(protocol.Error(code=error.code, message=error.message))
-        return protocol.EXIT_FOR_ERROR[error.code]
+        return protocol.EXIT_FOR_ERROR[error.code], model
     except Cancelled as cancelled:
         log.info("%s", cancelled)
         emit(protocol.Error(code="cancelled", message="The job was cancelled."))
-        return cancelled.exit_code
+        return cancelled.exit_code, model
     except Exception as error:
         traceback.print_exc()
         emit(protocol.Error(code="internal", message=_one_line(error)))
-        return protocol.EXIT_FOR_ERROR["internal"]
+        return protocol.EXIT_FOR_ERROR["internal"], model
     emit(result)
     log.info("done in %.1f s: %s", time.monotonic() - started, result.timings)
-    return protocol.EXIT_OK
+    return protocol.EXIT_OK, model
 
 
 def posters(jobs_dir: Path) -> int:

@@ -105,7 +105,7 @@ def snapshot(stage: str, device: torch.device) -> protocol.Memory:
         return protocol.Memory(
             stage=stage,
             device="cpu",
-            note=f"VRAM does not apply on CPU; process RSS {_rss_gib():.2f} GiB, peak {_peak_rss_gib():.2f} GiB",
+            note=f"VRAM does not apply on CPU; process RSS {rss_gib():.2f} GiB, peak {_peak_rss_gib():.2f} GiB",
         )
     free, _total = torch.cuda.mem_get_info(device)
     return protocol.Memory(
@@ -162,7 +162,7 @@ def empty_weights() -> Iterator[None]:
         nn.Module.register_parameter = register
 
 
-def _rss_gib() -> float:
+def rss_gib() -> float:
     with open("/proc/self/statm") as statm:
         resident_pages = int(statm.read().split()[1])
     return resident_pages * resource.getpagesize() / GIB

@@ -34,6 +34,7 @@ from gpu_runner.job import Job, JobError
 from gpu_runner.poster import PosterFrame
 from gpu_runner.preview_colours import ColourStore
 from gpu_runner.prompt_cache import PromptCache, model_revision
+from gpu_runner.resident import RESIDENT, WEIGHTS_RESIDENT
 from gpu_runner.weight_cache import WeightCache
 
 Emit = Callable[[protocol.Event], None]
@@ -58,9 +59,11 @@ def generate(
     entry made room as it was written, but torch writes its compiled kernels with no such moment before)."""
     budget = cache_budget_for(job)
     family = family or family_for(job, weight_cache_for(job, budget))
+    RESIDENT.new_job()
     try:
         return _stages(job, emit, cancellation, started, family, budget)
     finally:
+        RESIDENT.park()  # warm mode: what stays loaded waits in RAM, off the GPU, for the next job
         budget.sweep()
 
 
@@ -109,7 +112,7 @@ def _stages(
     context = cache.get(cache_key) if cache else None
     if context is None:
         # 1. Load the text side (for LTX-2: the encoder streamed block by block on CUDA, tokenizer, connectors).
-        with stages("load_text_encoder"):
+        with stages("load_text_encoder", note=resident_note(job, "text")):
             text = family.load_text_side(dtype, device)
 
         # 2. Encode the prompt and the negative prompt into the context the denoiser attends to.
@@ -121,6 +124,7 @@ def _stages(
         # 3. Free the text side before the denoiser arrives; the memory event proves it.
         with stages("free_text_encoder"):
             del text
+            RESIDENT.park()  # warm mode: the kept text side (its connectors ran on the GPU) to RAM
             memory.release(device)
     else:
         # A cache hit: the encoder is never loaded.
@@ -141,7 +145,7 @@ def _stages(
     colours = colour_store.load()
 
     # 4. Load the denoiser onto the GPU; its decoders wait on the CPU until the denoiser has gone.
-    with stages("load_transformer"):
+    with stages("load_transformer", note=None if family.lora_files(job) else resident_note(job, "transformer")):
         denoiser = family.load_denoiser(job, context, device, dtype, precision)
         compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
         compiled = compiles(device, compile_cache)
@@ -172,11 +176,14 @@ def _stages(
     with stages("free_transformer"):
         decoders = family.decoders(denoiser)
         del denoiser
+        RESIDENT.park()  # warm mode: the kept transformer (and upsampler) to RAM, as a runner without it frees them
         memory.release(device)
 
     # 7. Decode the audio first, being small, so the muxer can take video frames as soon as they are decoded.
     with stages("decode_audio"):
         waveform, sample_rate = family.decode_audio(decoders, audio_latents, device)
+        RESIDENT.park()  # warm mode: the kept audio decoders leave the GPU to the video decode
+        memory.release(device)
 
     # 8. Decode the video chunk by chunk, streaming each finished chunk of frames into the muxer (and, for a model
     #    with no preview colours, into what learns them), and
@@ -220,6 +227,11 @@ def learner_feed(chunks, learner):
         if learner:
             learner.add(frames)
         yield frames
+
+
+def resident_note(job: Job, component: str) -> str | None:
+    """A loading stage's note in warm mode where this runner holds what it loads, from its last job."""
+    return WEIGHTS_RESIDENT if RESIDENT.holds(component, str(job.model_dir)) else None
 
 
 def denoise_note(compiled: bool) -> str | None:

@@ -126,7 +126,14 @@ def test_a_row_stored_before_the_struct_still_decodes_and_encodes_with_its_keys(
     progress = decode_progress(json.dumps(old))
     assert (progress.stage, progress.step, progress.percent, progress.preview_step) == ("denoise", 7, 24.8, 6)
     # the keys it had, and those added since at their defaults (one denoising stage, as every job had then)
-    added = {"denoise_stage": 1, "denoise_stages": 1, "preview_note": None, "tokens_done": 0, "tokens_total": 0}
+    added = {
+        "denoise_stage": 1,
+        "denoise_stages": 1,
+        "preview_note": None,
+        "tokens_done": 0,
+        "tokens_total": 0,
+        "weights_resident": False,
+    }
     assert json.loads(msgspec.json.encode(progress)) == {**old, **added}
     assert decode_progress("{}") == JobProgress(), "the column's default"
 

@@ -11,6 +11,7 @@ import pytest
 from app.sse_names import END as END_EVENT
 from app.statuses import STATUSES, TERMINAL
 from contract import protocol
+from gpu_runner.resident import WEIGHTS_RESIDENT
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
 
@@ -20,7 +21,7 @@ def blocks(kind: str) -> list[str]:
 
 
 def test_the_demo_transcript_is_protocol_lines_walking_every_stage_to_a_result() -> None:
-    transcript, _, endings, _ = blocks("jsonl")
+    transcript, _, endings, *_ = blocks("jsonl")
     events = [protocol.decode(line) for line in transcript.splitlines()]
     stages = [e.name for e in events if isinstance(e, protocol.Stage)]
     assert stages == list(protocol.STAGES)
@@ -42,7 +43,7 @@ def test_the_demo_transcript_is_protocol_lines_walking_every_stage_to_a_result()
 
 
 def test_the_compiled_start_announces_the_compile_and_estimates_from_the_steps_after_the_first() -> None:
-    _, compiled, _, _ = blocks("jsonl")
+    _, compiled, *_ = blocks("jsonl")
     stage, *steps = [protocol.decode(line) for line in compiled.splitlines()]
     assert isinstance(stage, protocol.Stage) and stage.name == "denoise" and "compiles" in stage.note
     assert all(isinstance(step, protocol.Step) for step in steps) and len(steps) >= 3
@@ -53,7 +54,7 @@ def test_the_compiled_start_announces_the_compile_and_estimates_from_the_steps_a
 
 
 def test_a_job_leaving_choices_to_the_model_has_their_stages_and_reports_what_was_chosen() -> None:
-    *_, chosen = blocks("jsonl")
+    chosen = blocks("jsonl")[3]
     events = [protocol.decode(line) for line in chosen.splitlines()]
     stages = [e.name for e in events if isinstance(e, protocol.Stage)]
     every = protocol.stages_of("quality", enhance=True, auto_frames=True)
@@ -89,3 +90,13 @@ def test_the_sse_example_frames_carry_their_stored_event_and_end_with_end() -> N
     assert stored[-1]["event"] in TERMINAL
     assert end["event"] == END_EVENT and "id" not in end
     assert json.loads(end["data"]) == {"type": END_EVENT, "status": stored[-1]["event"]}
+
+
+def test_a_warm_runner_says_resident_after_its_result_and_its_next_job_loads_nothing() -> None:
+    warm = blocks("jsonl")[4]
+    result, resident, *next_job = [protocol.decode(line) for line in warm.splitlines()]
+    assert isinstance(result, protocol.Result) and isinstance(resident, protocol.Resident)
+    assert resident.device_gib is None, "a CPU runner holds no GPU memory"
+    loading = [e for e in next_job if isinstance(e, protocol.Stage) and e.name.startswith("load_")]
+    assert [e.name for e in loading] == ["load_text_encoder", "load_transformer"]
+    assert all(e.note == WEIGHTS_RESIDENT for e in loading)

@@ -1,14 +1,19 @@
 """AVP_GPUS and AVP_SLOT_MEMORY_GB as slots (app/slots.py), with a stand-in for NVML's cards; the local executor's
-claim (least room that holds the job, a slot claimed once) and its refusal of a job no slot could ever hold."""
+claim (least room that holds the job, a slot claimed once, a warm runner's memory counted as its slot's room) and its
+refusal of a job no slot could ever hold."""
 
 from __future__ import annotations
+
+import time
+from types import SimpleNamespace
 
 import pytest
 
 from app import slots
 from app.config import Settings, SettingsError
-from app.runner import LocalSlots
+from app.runner import LocalSlots, Warm
 from app.slots import CardMemory, Slot, SlotMemory, resolve
+from contract import protocol
 
 
 class FakeCards:
@@ -118,3 +123,24 @@ def test_the_executor_claims_the_free_slot_with_the_least_room_that_holds_the_jo
         "This job needs about 100.0 GiB at its peak, more than any runner slot has (gpu0 24.0 GiB, gpu1 80.0 GiB, "
         "gpu2 80.0 GiB); use fewer frames or a smaller size."
     )
+
+
+def test_a_warm_runners_gpu_memory_is_its_slots_room_for_the_next_job_and_healthz_names_its_model(
+    with_driver,
+) -> None:
+    cards = FakeCards([(5, 24), (5, 24)])  # gpu0's 19 GiB used: 15 of them by its warm runner
+    executor = LocalSlots(*resolve("0,1", environ={}, cards=lambda: cards), "python", 5, keep_warm_s=300)
+    warm_child = SimpleNamespace(process=SimpleNamespace(returncode=None, pid=4321))
+    resident = protocol.Resident(model="ltx-2", device_gib=15.0, rss_gib=30.0)
+    executor.supervisor("gpu0")._warm = Warm(warm_child, "/models/ltx-2", resident, keep_s=300)
+
+    assert executor.look().claim(12) == "gpu0", "its next job reuses or frees the warm runner's 15 GiB"
+    executor.release("gpu0")
+    states = {state.name: state for state in executor.states()}
+    assert (states["gpu0"].resident_model, states["gpu0"].resident_pid) == ("ltx-2", 4321)
+    assert states["gpu0"].resident_until - time.time() == pytest.approx(300, abs=5)
+    assert states["gpu1"].resident_model is None and states["gpu1"].resident_until is None
+
+    warm_child.process.returncode = 0  # it ended (its own clock): nothing is held any more
+    assert executor.look().claim(12) is None
+    assert executor.states()[0].resident_model is None

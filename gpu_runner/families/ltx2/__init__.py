@@ -184,7 +184,8 @@ class Ltx2(Family):
         conditioned = is_conditioned(job)
         fast = job.request.mode == "fast"
         connectors = PrecomputedConnectors(context)
-        pipe = self.source.load_denoiser(dtype, precision, connectors, device, conditioned, fast=fast)
+        keep = not self.lora_files(job)  # a transformer wrapped with LoRAs is not kept resident (warm mode)
+        pipe = self.source.load_denoiser(dtype, precision, connectors, device, conditioned, fast, keep)
         self.attach_loras(pipe.transformer, job, dtype, fast)
         compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
         request = job.request

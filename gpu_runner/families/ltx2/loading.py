@@ -39,6 +39,7 @@ from gpu_runner import fp8, memory
 from gpu_runner.compiling import COMPILE_RECOMPILE_LIMIT, compiles
 from gpu_runner.families.ltx2.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, prepare_text_encoder
 from gpu_runner.prompt_cache import model_revision
+from gpu_runner.resident import RESIDENT, compiled, without_job_wrappers
 from gpu_runner.weight_cache import WeightCache
 
 DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
@@ -145,7 +146,7 @@ def place_denoiser(
     memory.fit_long_clips(pipe.transformer, tokens)
     if fp8.fp8_matmul_available(device):
         fp8.use_fp8_matmul(pipe.transformer)
-    if compiles(device, compile_cache):
+    if compiles(device, compile_cache) and not compiled(pipe.transformer):  # a resident one keeps its graphs
         # Regional compilation: the 48 blocks share one graph, compiled on the first step (26-45 s the
         # first time a shape is seen, 5-12 s once torch's cache in `compile_cache` holds its kernels).
         # It fuses the small kernels around each matmul, the FP8 quantisation above all, which
@@ -209,10 +210,21 @@ class DiffusersDirectory:
     def is_ltx2_0(self) -> bool:
         return self.version == "2.0"
 
+    def resident_key(self, component: str, *how: object, files: tuple[str, ...] | None = None) -> tuple:
+        """What a component loaded from this directory is kept under in warm mode (gpu_runner/resident.py): its
+        name, the directory, its files' fingerprint (sizes and modification times) and how it was loaded."""
+        revision = model_revision(self.model_dir, files or (component,), modified_times=True)
+        return (component, str(self.model_dir), revision, *how)
+
     def load_text_side(self, dtype: torch.dtype, device: torch.device) -> LTX2Pipeline:
         """Text encoder (Gemma-3, or 2.5's Gemma-4: the pipeline reads either's hidden states alike), tokenizer and
         connectors (left on the CPU until the encoder is done). The duration head and the prompt enhancer are
         never loaded here: each has a stage of its own (Ltx2.predict_num_frames, Ltx2.enhance_prompt)."""
+        files = ("text_encoder", "tokenizer", "connectors")
+        key = self.resident_key("text", dtype, device.type, files=files)
+        return RESIDENT.load(key, lambda: self._read_text_side(dtype, device))
+
+    def _read_text_side(self, dtype: torch.dtype, device: torch.device) -> LTX2Pipeline:
         text = LTX2Pipeline.from_pretrained(
             self.model_dir,
             dtype=dtype,
@@ -235,6 +247,7 @@ class DiffusersDirectory:
         device: torch.device,
         conditioned: bool = False,
         fast: bool = False,
+        keep_transformer: bool = True,
     ) -> LTX2Pipeline | LTX2ConditionPipeline | LTX2DFRPipeline:
         """The denoising half: the transformer as `load_transformer` gives it, the decoders on the CPU.
 
@@ -242,11 +255,14 @@ class DiffusersDirectory:
         steps through the fixed distilled sigmas as given (no shift: a dev scheduler's config, shift switched off);
         for LTX-2.5, in diffusers' keyframe-slot pipeline. Quality mode takes library.Recognised.quality_transformer
         (LTX-2.5's dev transformer_full/).
+
+        In warm mode each component may come from the runner's resident ones (gpu_runner/resident.py); a transformer
+        that will carry LoRAs (`keep_transformer` False) is loaded fresh, and the resident one dropped.
         """
         model_dir = self.model_dir
         recognised = self.recognised
         subfolder = recognised.fast_transformer if fast else recognised.quality_transformer
-        transformer = self.load_transformer(dtype, precision, device, subfolder or "transformer")
+        transformer = self._transformer(dtype, precision, device, subfolder or "transformer", keep_transformer)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler")
         if fast:
             scheduler = FlowMatchEulerDiscreteScheduler.from_config(
@@ -257,24 +273,34 @@ class DiffusersDirectory:
             pipeline_class = SlotDenoisingPipeline
         return pipeline_class(
             scheduler=scheduler,
-            vae=AutoencoderKLLTX2Video.from_pretrained(model_dir, subfolder="vae", dtype=dtype, **WITHOUT_ACCELERATE),
-            audio_vae=AutoencoderKLLTX2Audio.from_pretrained(
-                model_dir, subfolder="audio_vae", dtype=torch.float32, **WITHOUT_ACCELERATE
-            ),
+            vae=self._component("vae", AutoencoderKLLTX2Video, dtype),
+            audio_vae=self._component("audio_vae", AutoencoderKLLTX2Audio, torch.float32),
             text_encoder=None,
             tokenizer=None,
             connectors=connectors,
             transformer=transformer,
-            vocoder=VOCODERS[library.VOCODER_CLASS[self.version]].from_pretrained(
-                model_dir, subfolder="vocoder", dtype=torch.float32, **WITHOUT_ACCELERATE
-            ),
+            vocoder=self._component("vocoder", VOCODERS[library.VOCODER_CLASS[self.version]], torch.float32),
         )
+
+    def _component(self, subfolder: str, kind: type, dtype: torch.dtype) -> nn.Module:
+        """A decoder read from `subfolder` (kept resident in warm mode)."""
+        read = lambda: kind.from_pretrained(self.model_dir, subfolder=subfolder, dtype=dtype, **WITHOUT_ACCELERATE)  # noqa: E731
+        return RESIDENT.load(self.resident_key(subfolder, dtype), read)
+
+    def _transformer(
+        self, dtype: torch.dtype, precision: str, device: torch.device, subfolder: str, keep: bool
+    ) -> nn.Module:
+        """`load_transformer`'s, or in warm mode the resident one without the last job's wrappers."""
+        if not keep:
+            RESIDENT.drop("transformer")
+            return self.load_transformer(dtype, precision, device, subfolder)
+        key = self.resident_key("transformer", subfolder, dtype, precision, device.type, files=(subfolder,))
+        load = lambda: self.load_transformer(dtype, precision, device, subfolder)  # noqa: E731
+        return without_job_wrappers(RESIDENT.load(key, load))
 
     def load_upsampler(self, dtype: torch.dtype) -> LTX2LatentUpsamplerModel:
         """Fast mode's x2 spatial latent upsampler, on the CPU until its stage."""
-        return LTX2LatentUpsamplerModel.from_pretrained(
-            self.model_dir, subfolder=library.UPSAMPLER, dtype=dtype, **WITHOUT_ACCELERATE
-        ).eval()
+        return self._component(library.UPSAMPLER, LTX2LatentUpsamplerModel, dtype).eval()
 
     def load_diffusion_decoder(self, dtype: torch.dtype) -> LTX2VideoDiffusionDecoderModel:
         """LTX-2.5's diffusion decoder, read when its stage comes (the transformer is gone by then)."""

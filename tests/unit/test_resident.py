@@ -1,0 +1,128 @@
+"""Warm mode's pieces: AVP_KEEP_WARM_S at start-up, the runner's store of resident components
+(gpu_runner/resident.py), a resident transformer's per-job wrappers undone, and how a `resident` line ends a job."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from app.config import Settings, SettingsError
+from app.progress import JobProgress
+from app.runner import Transcript, classify
+from contract import protocol
+from gpu_runner import memory
+from gpu_runner.__main__ import keep_warm_s
+from gpu_runner.resident import Resident, modules_of, without_job_wrappers
+
+
+@pytest.mark.parametrize("raw", ["soon", "-5", "nan", "inf"])
+def test_a_bad_keep_warm_setting_is_refused_at_start_naming_the_variable_and_the_fix(tmp_path, raw) -> None:
+    with pytest.raises(SettingsError, match=r"AVP_KEEP_WARM_S=.*(0 or unset for off)") as refused:
+        Settings.from_env({"AVP_DATA_DIR": str(tmp_path), "AVP_KEEP_WARM_S": raw})
+    assert repr(raw) in str(refused.value)
+
+
+def test_warm_mode_is_off_unless_asked_for(tmp_path) -> None:
+    assert Settings.from_env({"AVP_DATA_DIR": str(tmp_path)}).keep_warm_s == 0
+    assert Settings.from_env({"AVP_DATA_DIR": str(tmp_path), "AVP_KEEP_WARM_S": " 300 "}).keep_warm_s == 300
+
+
+def test_the_runner_reads_its_keep_warm_time_from_its_environment(monkeypatch) -> None:
+    for raw, seconds in (("300", 300), ("0", 0), ("", 0), ("junk", 0), ("-1", 0)):
+        monkeypatch.setenv("AVP_KEEP_WARM_S", raw)
+        assert keep_warm_s() == seconds, raw
+
+
+class Loads:
+    """A loader that counts its loads and gives a new module each time."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> nn.Module:
+        self.count += 1
+        return nn.Linear(2, 2)
+
+
+def test_off_every_load_loads_and_nothing_is_held() -> None:
+    resident, loads = Resident(), Loads()
+    first, second = resident.load(("vae", "/m", "r1"), loads), resident.load(("vae", "/m", "r1"), loads)
+    assert loads.count == 2 and first is not second
+    assert not resident.holds("vae", "/m")
+
+
+def test_on_a_component_loads_once_per_key_and_another_version_replaces_it() -> None:
+    resident, loads = Resident(), Loads()
+    resident.enabled = True
+    first = resident.load(("vae", "/m", "r1"), loads)
+    assert resident.load(("vae", "/m", "r1"), loads) is first and loads.count == 1
+    assert resident.reused == ["vae"] and resident.holds("vae", "/m") and not resident.holds("vae", "/other")
+    changed = resident.load(("vae", "/m", "r2"), loads)  # its files changed on disk
+    assert changed is not first and loads.count == 2
+    assert resident.load(("vae", "/m", "r2"), loads) is changed
+    assert resident.load(("vae", "/m", "r1"), loads) is not first, "the older version was dropped"
+    resident.new_job()
+    assert resident.reused == []
+    resident.drop("vae")
+    assert not resident.holds("vae", "/m")
+
+
+def test_park_leaves_cpu_modules_where_they_are_and_reaches_a_pipelines_components() -> None:
+    resident = Resident()
+    resident.enabled = True
+    module = resident.load(("vocoder", "/m", "r"), lambda: nn.Linear(2, 2))
+    weight = module.weight
+    resident.park()
+    assert module.weight is weight and module.weight.device.type == "cpu"
+    pipeline = type("Pipe", (), {"components": {"vae": module, "scheduler": object(), "name": "x"}})()
+    assert modules_of(pipeline) == [module]
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ff = nn.Linear(4, 4)
+        self.audio_ff = nn.Linear(4, 4)
+
+
+class Transformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformer_blocks = nn.ModuleList([Block(), Block()])
+
+    def forward(self, **kwargs):
+        return kwargs
+
+
+def test_a_resident_transformer_sheds_the_last_jobs_wrappers() -> None:
+    transformer = Transformer()
+    feed_forwards = [(block.ff, block.audio_ff) for block in transformer.transformer_blocks]
+    memory.fit_long_clips(transformer, tokens=100, long_clip=10)  # a long clip's job wrapped it
+    assert isinstance(transformer.transformer_blocks[0].ff, memory.ChunkedFeedForward)
+    assert "forward" in transformer.__dict__
+
+    assert without_job_wrappers(transformer) is transformer
+    assert [(block.ff, block.audio_ff) for block in transformer.transformer_blocks] == feed_forwards
+    assert "forward" not in transformer.__dict__
+    assert transformer(hidden_states=torch.ones(1)) == {"hidden_states": torch.ones(1)}
+
+
+def test_a_resident_line_ends_a_warm_runners_job_as_a_success_only_after_its_result() -> None:
+    done = Transcript()
+    done.read(protocol.encode(protocol.Result("video.mp4", 9, 24.0, 64, 64, 24000, 0.375, None, {})))
+    done.read(protocol.encode(protocol.Resident(model="demo", device_gib=None, rss_gib=0.6)))
+    assert done.resident is not None
+    assert classify(None, False, done).status == "succeeded", "the runner lives on: no exit code"
+
+    no_result = Transcript()
+    no_result.read(protocol.encode(protocol.Resident(model="demo", device_gib=None, rss_gib=0.6)))
+    assert classify(None, False, no_result).status == "failed"
+
+
+def test_a_job_whose_loading_found_its_weights_resident_stays_marked_so() -> None:
+    progress = JobProgress()
+    for note in (None, protocol.WEIGHTS_RESIDENT, None):
+        progress = progress.apply(protocol.Stage(name="load_transformer", t=0.0, note=note)) or progress
+    assert progress.weights_resident and progress.stage_note is None
+    assert not JobProgress().apply(protocol.Stage(name="load_transformer", t=0.0, note="other")).weights_resident
