@@ -67,3 +67,39 @@ def test_the_denoiser_has_the_vocoder_of_its_directorys_version_with_every_weigh
     loaded = vocoder.state_dict()
     assert stored.keys() <= loaded.keys()
     assert all(torch.equal(loaded[name], tensor) for name, tensor in stored.items())
+
+
+class _Vae:
+    """Where a VAE is sent: `to` records the device and moves nothing."""
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+
+    def to(self, device):
+        self.device = torch.device(device)
+        return self
+
+
+class _Preparing:
+    """A pipeline's prepare_latents that notes where the VAE is when it encodes, and may fail."""
+
+    def prepare_latents(self, fail: bool = False):
+        self.vae_while_encoding = self.vae.device
+        if fail:
+            raise RuntimeError("an encode that broke")
+        return "latents"
+
+
+@pytest.mark.parametrize("pipeline", [loading.ConditionedDenoisingPipeline, loading.SlotDenoisingPipeline])
+def test_a_conditioned_pipeline_holds_the_vae_on_the_gpu_only_while_it_encodes(pipeline):
+    # The mixin both conditioned pipelines take, over a stand-in for diffusers' prepare_latents.
+    (mixin,) = [base for base in pipeline.__mro__ if base.__name__ == "_EncodesOnTheTransformersDevice"]
+    pipe = type("Pipe", (mixin, _Preparing), {})()
+    pipe.vae, pipe.transformer = _Vae(), SimpleNamespace(device=torch.device("cuda", 1))
+
+    assert pipe.prepare_latents() == "latents"
+    assert pipe.vae_while_encoding == torch.device("cuda", 1)
+    assert pipe.vae.device == torch.device("cpu"), "back on the CPU before the denoising loop"
+    with pytest.raises(RuntimeError):
+        pipe.prepare_latents(fail=True)
+    assert pipe.vae.device == torch.device("cpu")

@@ -191,7 +191,7 @@ class Ltx2(Family):
         request = job.request
         if self._slot_pipeline(request):  # its canvas and keyframe slots: up to a third more tokens than the clip's
             request = msgspec.structs.replace(request, num_frames=slot_canvas_frames(request.num_frames))
-        place_denoiser(pipe, device, video_tokens(request), compile_cache, encodes=conditioned)
+        place_denoiser(pipe, device, video_tokens(request), compile_cache)
         first_stage = denoise_stages(job.request)[0]  # fast mode's stages have no STG
         share_stg_prefix(pipe.transformer, self.guidance(first_stage)["spatio_temporal_guidance_blocks"])
         upsampler = self.source.load_upsampler(dtype) if fast else None

@@ -84,9 +84,25 @@ def keyframe_frame(pipe, first_frame: int) -> int:
     return first_frame + pipe.vae_temporal_compression_ratio - 1
 
 
-class ConditionedDenoisingPipeline(_DevicedByTransformer, LTX2ConditionPipeline):
-    """Image-to-video, keyframes, extension: it encodes its conditions with the VAE, so the VAE comes along to the
-    GPU. Its step callback may also take the audio latents (an extension's audio hold changes them in place)."""
+class _EncodesOnTheTransformersDevice(_DevicedByTransformer):
+    """A pipeline that VAE-encodes its conditions when it prepares its latents: the VAE comes to the GPU for that
+    alone and goes back before the denoising loop, which would otherwise hold LTX-2's 1.22B-parameter VAE beside the
+    transformer (2.28 GiB in bf16: a first+last-frame job peaked at 21.31 GiB against a text-only job's 19.02 on an
+    H100, bench/results/2026-12-07-h100-keyframes.md). Each stage encodes again, at its own size."""
+
+    def prepare_latents(self, *args, **kwargs):
+        home = self.vae.device
+        self.vae.to(self._execution_device)
+        try:
+            return super().prepare_latents(*args, **kwargs)
+        finally:
+            self.vae.to(home)
+
+
+class ConditionedDenoisingPipeline(_EncodesOnTheTransformersDevice, LTX2ConditionPipeline):
+    """Image-to-video, keyframes, extension: it encodes its conditions with the VAE (on the GPU while it prepares its
+    latents only). Its step callback may also take the audio latents (an extension's audio hold changes them in
+    place)."""
 
     _callback_tensor_inputs = [*LTX2ConditionPipeline._callback_tensor_inputs, "audio_latents"]
 
@@ -95,10 +111,10 @@ class ConditionedDenoisingPipeline(_DevicedByTransformer, LTX2ConditionPipeline)
         return super()._prepare_keyframe_coords(*args, pixel_frame_idx=keyframe_frame(self, pixel_frame_idx), **kwargs)
 
 
-class SlotDenoisingPipeline(_DevicedByTransformer, LTX2DFRPipeline):
+class SlotDenoisingPipeline(_EncodesOnTheTransformersDevice, LTX2DFRPipeline):
     """LTX-2.5's fast mode: diffusers' keyframe-slot (DFR) pass, each call one stage (families/ltx2/slots.py). It takes
-    the same conditions as the condition pipeline (its `conditions`, by latent index), so a conditioned job brings the
-    VAE to the GPU too, and its step callback may take the audio latents (an extension's audio hold)."""
+    the same conditions as the condition pipeline (its `conditions`, by latent index, encoded as that one encodes
+    them), and its step callback may take the audio latents (an extension's audio hold)."""
 
     _callback_tensor_inputs = [*LTX2DFRPipeline._callback_tensor_inputs, "audio_latents"]
 
@@ -134,10 +150,9 @@ def place_denoiser(
     device: torch.device,
     tokens: int,
     compile_cache: Path | None = None,
-    encodes: bool = False,
 ) -> None:
-    """The transformer goes to the GPU, set up to keep long clips' activations small; the VAE only if it `encodes`
-    conditions.
+    """The transformer goes to the GPU, set up to keep long clips' activations small (the VAE waits on the CPU: a
+    conditioned pipeline brings it over only to encode its conditions).
 
     Where the GPU has FP8 tensor cores, FP8-stored layers multiply in FP8 (5.5% instead of 4.7% relative
     error against bf16). Uncompiled, that is launch-bound and no faster than bf16; with `compile_cache`
@@ -160,8 +175,6 @@ def place_denoiser(
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
         pipe.transformer.compile_repeated_blocks()
     pipe.transformer.to(device)
-    if encodes:
-        pipe.vae.to(device)
     pipe.set_progress_bar_config(disable=True)
 
 
