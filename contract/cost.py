@@ -166,6 +166,15 @@ def slot_canvas_frames(num_frames: int) -> int:
     return (latent_frames - 1) * 8 + 1
 
 
+def denoised_frames(request: Request, slot_pipeline: bool = False) -> int:
+    """The frame count whose latent frames are as many as a job denoises: the clip's, or with `slot_pipeline`
+    (LTX-2.5's fast mode) its slot canvas's, and one latent frame more per keyframe appended as tokens of its own
+    (every one not at frame 0, which replaces the first latent frame's tokens instead)."""
+    frames = slot_canvas_frames(request.num_frames) if slot_pipeline and request.mode == "fast" else request.num_frames
+    appended = sum(1 for keyframe in request.keyframes or () if keyframe.frame != 0)
+    return frames + 8 * appended
+
+
 def predict_job_peak(
     weights_gib: Callable[[str], float],
     inner_width: int,
@@ -181,11 +190,11 @@ def predict_job_peak(
     stored), `enhancer_gib` the prompt enhancer's (counted where the request asks for it). A request whose length
     the model chooses (num_frames "auto") must come `planned` (contract.request). With `slot_pipeline` (LTX-2.5)
     a fast job denoises its slot canvas (`slot_canvas_frames`) and decodes with the diffusion decoder, which holds
-    its weights and the whole clip's pixels at once. The web process's estimate and the runner's admission both
-    use it."""
+    its weights and the whole clip's pixels at once. Keyframes add their tokens (`denoised_frames`). The web
+    process's estimate and the runner's admission both use it."""
     stages = denoise_stages(request)
     slots = slot_pipeline and request.mode == "fast"
-    denoised = msgspec.structs.replace(request, num_frames=slot_canvas_frames(request.num_frames)) if slots else request
+    denoised = msgspec.structs.replace(request, num_frames=denoised_frames(request, slot_pipeline))
     peak = predict_peak(
         transformer_file_gib=weights_gib("transformer"),
         connectors_file_gib=weights_gib("connectors"),

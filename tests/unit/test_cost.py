@@ -12,7 +12,7 @@ import pytest
 from app.store import JobUpdate, Store
 from contract import cost, protocol
 from contract.models import demo_spec
-from contract.request import Request
+from contract.request import Keyframe, Request
 
 DEMO = demo_spec(Path(__file__).resolve().parents[2] / "gpu_runner" / "demo" / "weights")
 SIZE = cost.ModelSize.read(Path(DEMO.path))  # the shipped demo weights: read from their files, as the portal does
@@ -235,6 +235,24 @@ def test_an_ltx_2_5_fast_job_is_planned_on_its_slot_canvas_and_its_diffusion_dec
     as_2_5 = cost.estimate(size, "ltx-2.5", fast, device="cuda", precision="bf16")
     as_2_3 = cost.estimate(size, "ltx-2.3", fast, device="cuda", precision="bf16")
     assert as_2_5.peak_gib == pytest.approx(slotted.peak_gib, abs=0.01) and as_2_5.peak_gib > as_2_3.peak_gib
+
+
+def test_keyframes_past_the_first_frame_count_their_appended_latent_frames_in_the_peak() -> None:
+    """A keyframe at frame 0 replaces the first latent frame's tokens; every other is appended as a latent frame of
+    its own, which the transformer attends over (and the runner's long-clip setup counts the same way)."""
+    clip = resolved(mode="fast", width=768, height=448, num_frames=121)
+    first_and_last = msgspec.structs.replace(
+        clip, keyframes=(Keyframe(upload_id="a" * 32, frame=0), Keyframe(upload_id="b" * 32, frame=-1))
+    )
+    assert cost.denoised_frames(clip) == 121 and cost.denoised_frames(first_and_last) == 129
+    assert cost.denoised_frames(first_and_last, slot_pipeline=True) == cost.slot_canvas_frames(121) + 8
+
+    def peak(request: Request) -> float:
+        weights = SIZE.weights_gib.get
+        return cost.predict_job_peak(weights, SIZE.inner_width, SIZE.vae_width, "bf16", request).denoise_gib
+
+    assert peak(first_and_last) == pytest.approx(peak(msgspec.structs.replace(clip, num_frames=129)))
+    assert peak(first_and_last) > peak(clip)
 
 
 def test_a_fast_runs_upsample_and_refine_count_as_its_denoising() -> None:

@@ -21,10 +21,10 @@ from torch import nn
 from contract.cost import (
     PeakPrediction,
     at_size_of,
+    denoised_frames,
     latent_shape,
     plan_decode_tiles,
     predict_job_peak,
-    slot_canvas_frames,
     vae_width,
     video_tokens,
 )
@@ -188,10 +188,10 @@ class Ltx2(Family):
         pipe = self.source.load_denoiser(dtype, precision, connectors, device, conditioned, fast, keep)
         self.attach_loras(pipe.transformer, job, dtype, fast)
         compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
-        request = job.request
-        if self._slot_pipeline(request):  # its canvas and keyframe slots: up to a third more tokens than the clip's
-            request = msgspec.structs.replace(request, num_frames=slot_canvas_frames(request.num_frames))
-        place_denoiser(pipe, device, video_tokens(request), compile_cache)
+        # LTX-2.5's canvas and keyframe slots (up to a third more tokens than the clip's) and appended keyframes
+        frames = denoised_frames(job.request, self._slot_pipeline(job.request))
+        tokens = video_tokens(msgspec.structs.replace(job.request, num_frames=frames))
+        place_denoiser(pipe, device, tokens, compile_cache)
         first_stage = denoise_stages(job.request)[0]  # fast mode's stages have no STG
         share_stg_prefix(pipe.transformer, self.guidance(first_stage)["spatio_temporal_guidance_blocks"])
         upsampler = self.source.load_upsampler(dtype) if fast else None
