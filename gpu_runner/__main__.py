@@ -101,7 +101,7 @@ def standby(jobs_dir: Path) -> int:
     import gpu_runner.pipeline  # noqa: F401  torch + diffusers: seconds, paid before the job comes
     from gpu_runner.compiling import import_compiler
 
-    import_compiler()  # a CUDA job compiles its blocks (AVP_COMPILE); on a CPU host this is RAM, nothing more
+    import_compiler()  # a CUDA job compiles its blocks (AVP_COMPILE); a CPU-only torch imports nothing here
     imported_s = time.monotonic() - spawned
     log.info("%s %.2f s; waiting for a job", stdout.SPARE_READY.format(pid=pid), imported_s)
     _warn_if_cuda_started(pid)

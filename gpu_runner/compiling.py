@@ -7,6 +7,7 @@ first step's compile by the same function, so the two agree.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from pathlib import Path
 
 import torch
@@ -25,10 +26,10 @@ def compiles(device: torch.device, compile_cache: Path | None) -> bool:
 def import_compiler() -> None:
     """Import what torch.compile's first use imports (functorch, Inductor, its Triton code generator): ~3 s
     of a GPU job's load_transformer stage and more of its first step, which a spare runner pays before its job.
-    Nothing here touches CUDA."""
-    import functorch.compile  # noqa: F401
-    import torch._dynamo.backends.inductor  # noqa: F401
-    import torch._inductor.compile_fx  # noqa: F401
-
+    Nothing here touches CUDA. A torch built without CUDA never compiles (`compiles`), so it skips them."""
+    if not torch.backends.cuda.is_built():
+        return
+    for module in ("functorch.compile", "torch._dynamo.backends.inductor", "torch._inductor.compile_fx"):
+        importlib.import_module(module)
     with contextlib.suppress(ImportError):  # Triton comes with torch's CUDA builds only
-        import torch._inductor.codegen.triton  # noqa: F401
+        importlib.import_module("torch._inductor.codegen.triton")

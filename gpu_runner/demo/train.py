@@ -80,6 +80,7 @@ class Options:
     pool: int | None = None  # transformer, distill: clips per shape prepared up front; None: the stage's own
     stat_clips: int | None = None  # video_vae: clips its latent statistics are measured on; None: STAT_CLIPS
     teacher_steps: int | None = None  # distill: the teacher's dev-schedule steps; None: TEACHER_STEPS
+    shapes: int | None = None  # clip shapes trained on: the first this many of each stage's list; None: all
 
 
 @dataclass(frozen=True)
@@ -145,18 +146,26 @@ def audio_latent_frames(seconds: float) -> int:
 
 
 class Batches:
-    """Step k's batch is drawn from seed + k: the same run sees the same data, resumed or not."""
+    """Step k's batch is drawn from seed + k: the same run sees the same data, resumed or not.
 
-    def __init__(self, seed: int, device: torch.device) -> None:
+    `shape_count` keeps the first that many of a list of clip shapes (the default comes first); None keeps them all.
+    """
+
+    def __init__(self, seed: int, device: torch.device, shape_count: int | None = None) -> None:
         self.seed = seed
         self.device = device
+        self.shape_count = shape_count
 
     def scenes(self, step: int, count: int) -> tuple[list[world.Scene], random.Random]:
         draw = random.Random(self.seed * 1_000_003 + step)
         return world.sample_scenes(count, seed=draw.randrange(2**31)), draw
 
+    def shapes(self, shapes: tuple[tuple[int, int, int], ...] = SHAPES) -> tuple[tuple[int, int, int], ...]:
+        """The clip shapes of `shapes` this run trains on."""
+        return shapes[: self.shape_count]
+
     def shape(self, step: int, shapes: tuple[tuple[int, int, int], ...] = SHAPES) -> tuple[int, int, int]:
-        return random.Random(self.seed * 7919 + step).choice(shapes)
+        return random.Random(self.seed * 7919 + step).choice(self.shapes(shapes))
 
     def video(self, scenes, width: int, height: int, frames: int) -> torch.Tensor:
         clip = world.render_video(scenes, width=width, height=height, frames=frames, fps=FPS, device=self.device)
@@ -404,7 +413,9 @@ class Transformer(Denoiser):
 
     def __init__(self, components, batches, device, options):
         super().__init__(components, batches, device, options)
-        self.pools = {shape: self._pool(shape, index) for index, shape in enumerate(sorted(set(SHAPES)))}
+        self.pools = {
+            shape: self._pool(shape, index) for index, shape in enumerate(sorted(set(batches.shapes(SHAPES))))
+        }
 
     @torch.no_grad()
     def _pool(self, shape: tuple[int, int, int], index: int) -> Pool:
@@ -517,7 +528,9 @@ class Distill(Denoiser):
         for pipe in (self.pipeline, self.refiner):
             pipe.set_progress_bar_config(disable=True)
         started = time.monotonic()
-        self.paths = {shape: self._teach(shape, index) for index, shape in enumerate(sorted(set(FAST_SHAPES)))}
+        self.paths = {
+            shape: self._teach(shape, index) for index, shape in enumerate(sorted(set(batches.shapes(FAST_SHAPES))))
+        }
         print(f"distill: the teacher's paths, {self.pool} clips per shape, took {time.monotonic() - started:.0f} s")
 
     @torch.no_grad()
@@ -748,7 +761,8 @@ def train(
     log_path = run_dir / f"{stage_name}.jsonl"
     components = load_components(run_dir, device)
     torch.manual_seed(seed)
-    stage = STAGE_CLASSES[stage_name](components, Batches(seed + 7777 * ranks.rank, device), device, options)
+    batches = Batches(seed + 7777 * ranks.rank, device, options.shapes)
+    stage = STAGE_CLASSES[stage_name](components, batches, device, options)
     models = stage.trainable()
     for model in models:
         model.train().requires_grad_(True)
@@ -918,6 +932,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--teacher-steps", type=int, help=f"distill: the teacher's dev-schedule steps (default {TEACHER_STEPS})"
     )
+    parser.add_argument("--shapes", type=int, help="train on the first N clip shapes of each stage (default all)")
     args = parser.parse_args(argv)
     if args.stage == "export":
         export(args.run_dir, args.target)
@@ -934,7 +949,7 @@ def main(argv: list[str] | None = None) -> None:
             args.steps,
             torch.device(args.device),
             args.seed,
-            Options(args.batch, args.pool, args.stat_clips, args.teacher_steps),
+            Options(args.batch, args.pool, args.stat_clips, args.teacher_steps, args.shapes),
         )
 
 

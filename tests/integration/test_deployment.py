@@ -26,8 +26,9 @@ from tests.portal import NO_JOBS, REPO_ROOT, Portal, free_port
 PASSWORD = "correct horse battery"
 TOKEN = "test-token-0123456789abcdef"
 LONG_JOB = {"width": 512, "height": 288, "num_frames": 97, "steps": 40}
-# Streamed to its end: seconds of steps of this size (several heartbeats at 0.5 s), then a decode of as long.
-STREAMED_JOB = {**LONG_JOB, "steps": 6}
+# Streamed to its end: the runner's start, 6 steps and a decode of the smallest default-mode clip, seconds in all
+# (several heartbeats at 0.5 s); a bigger clip only lengthens the steps the stream waits for.
+STREAMED_JOB = {"width": 256, "height": 160, "num_frames": 25, "steps": 6}
 
 
 def secured_env(**extra: str) -> dict[str, str]:

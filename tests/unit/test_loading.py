@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -36,6 +39,15 @@ def test_blocks_compile_on_a_cuda_gpu_with_a_compile_cache_and_nowhere_else(tmp_
     assert not compiles(torch.device("cuda"), None)  # AVP_COMPILE=off
     assert not compiles(torch.device("cpu"), tmp_path / "compiled")
     assert not compiles(torch.device("cpu"), None)
+
+
+def test_a_spare_pays_the_compilers_imports_ahead_only_with_a_torch_that_can_compile():
+    # A fresh interpreter: this one may have imported Inductor for another test already.
+    probe = "import sys; from gpu_runner.compiling import import_compiler; import_compiler(); "
+    probe += "print('torch._inductor.compile_fx' in sys.modules)"
+    repo_root = Path(__file__).resolve().parents[2]
+    printed = subprocess.run([sys.executable, "-c", probe], cwd=repo_root, capture_output=True, text=True, check=True)
+    assert printed.stdout.strip() == str(torch.backends.cuda.is_built())
 
 
 def test_place_denoiser_compiles_exactly_when_compiles_says_so(tmp_path, monkeypatch):

@@ -15,11 +15,13 @@ import pytest
 import torch
 from diffusers import LTX2Pipeline
 
+from gpu_runner.demo import model as demo_model
 from gpu_runner.demo import train, world
 
-# The video VAE's latent statistics from 2 clips (not 128) and a 2-step teacher (not 16) for the distillation: what
-# is checked is that the stages fit together, which any size shows.
-SMALL = ["--device", "cpu", "--batch", "1", "--pool", "2", "--stat-clips", "2", "--teacher-steps", "2"]
+# The video VAE's latent statistics from 2 clips (not 128), a 2-step teacher (not 16) for the distillation and each
+# stage's default clip shape alone: what is checked is that the stages fit together, which any size shows (that
+# every shape of the lists suits the model is checked on its own, below).
+SMALL = ["--device", "cpu", "--batch", "1", "--pool", "2", "--stat-clips", "2", "--teacher-steps", "2", "--shapes", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,15 @@ def test_the_export_is_a_pipeline_carrying_the_trained_weights_and_latent_statis
     assert torch.allclose(pipe.vae.latents_std.float(), trained["latents_std"].float(), rtol=1e-2)
     assert not torch.allclose(pipe.vae.latents_std.float(), torch.ones_like(pipe.vae.latents_std.float()))
     assert set(json.loads((exported / "training_log.json").read_text())) == set(train.STAGES)
+
+
+def test_every_clip_shape_the_stages_train_on_suits_the_video_vae_and_fast_modes_half_size():
+    vae = demo_model.video_vae()
+    spatial, temporal = vae.spatial_compression_ratio, vae.temporal_compression_ratio
+    for width, height, frames in train.SHAPES:
+        assert width % spatial == height % spatial == (frames - 1) % temporal == 0, (width, height, frames)
+    for width, height, frames in train.FAST_SHAPES:  # stage 1 runs at half of each side
+        assert width % (2 * spatial) == height % (2 * spatial) == (frames - 1) % temporal == 0, (width, height, frames)
 
 
 def test_the_training_mel_is_causal_and_reads_silence_as_its_floor():
