@@ -29,6 +29,10 @@ def local_cluster(tmp: Path, demo_model_dir: Path, nodes: tuple[str, ...]) -> It
 
     saved = dict(os.environ)
     ray_files = tempfile.mkdtemp(prefix="avp-ray-")  # short: Ray's socket paths live under it
+    # Ray's Cluster writes the head's address to <RAY_TMPDIR>/ray/ray_current_cluster whatever temp_dir says; by
+    # default that is the machine's /tmp/ray, which a clean machine lacks (FileNotFoundError at the head's start).
+    os.environ["RAY_TMPDIR"] = ray_files
+    os.makedirs(os.path.join(ray_files, "ray"))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH"))))
     cluster = Cluster(
         initialize_head=True,
