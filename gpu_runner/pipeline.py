@@ -63,8 +63,17 @@ def generate(
     try:
         return _stages(job, emit, cancellation, started, family, budget)
     finally:
-        RESIDENT.park()  # warm mode: what stays loaded waits in RAM, off the GPU, for the next job
+        rest_between_jobs()
         budget.sweep()
+
+
+def rest_between_jobs() -> None:
+    """Warm mode, at the job's end: what stays loaded waits in RAM, off the GPU, for the next job, and torch's cache
+    gives back what the job's last stages reserved (the video decode's), so that the idle runner holds only its CUDA
+    context on the card: the figure its `resident` line reports and the room its next job's admission finds."""
+    if RESIDENT.enabled:
+        RESIDENT.park()
+        memory.release(memory.pick_device())
 
 
 def _stages(

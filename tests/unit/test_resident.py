@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -11,9 +13,11 @@ from app.config import Settings, SettingsError
 from app.progress import JobProgress
 from app.runner import Transcript, classify
 from contract import protocol
-from gpu_runner import memory
+from gpu_runner import families, memory, pipeline
 from gpu_runner.__main__ import keep_warm_s
+from gpu_runner.cancel import Cancellation
 from gpu_runner.resident import Resident, modules_of, without_job_wrappers
+from tests.unit.test_families import Fake, fake_job
 
 
 @pytest.mark.parametrize("raw", ["soon", "-5", "nan", "inf"])
@@ -126,3 +130,18 @@ def test_a_job_whose_loading_found_its_weights_resident_stays_marked_so() -> Non
         progress = progress.apply(protocol.Stage(name="load_transformer", t=0.0, note=note)) or progress
     assert progress.weights_resident and progress.stage_note is None
     assert not JobProgress().apply(protocol.Stage(name="load_transformer", t=0.0, note="other")).weights_resident
+
+
+def warm_generate(tmp_path: Path, monkeypatch, family: Fake) -> list[str]:
+    """Run a fake family's job in warm mode; what it did, with the store's parking and the allocator's releases."""
+    monkeypatch.setitem(families.FAMILIES, "fake", lambda model_dir, weight_cache: family)
+    monkeypatch.setattr(pipeline.RESIDENT, "enabled", True)
+    monkeypatch.setattr(pipeline.RESIDENT, "park", lambda: family.calls.append("park"))
+    monkeypatch.setattr(pipeline.memory, "release", lambda device: family.calls.append("release"))
+    pipeline.generate(fake_job(tmp_path, num_frames=9, steps=2), lambda event: None, Cancellation(), started=0.0)
+    return family.calls
+
+
+def test_a_warm_job_ends_with_its_weights_parked_and_the_allocators_cache_given_back(tmp_path, monkeypatch) -> None:
+    calls = warm_generate(tmp_path, monkeypatch, Fake([]))
+    assert calls[calls.index("decode_video") :] == ["decode_video", "park", "release"]
