@@ -56,15 +56,18 @@ def generate(
     job: Job, emit: Emit, cancellation: Cancellation, started: float, family: Family | None = None
 ) -> protocol.Result:
     """The job's stages; then its caches are brought within their budget, however the stages ended (each new
-    entry made room as it was written, but torch writes its compiled kernels with no such moment before)."""
+    entry made room as it was written, but torch writes its compiled kernels with no such moment before). Only a job
+    that succeeded rests its weights for the next job (warm mode): a failed or cancelled one's runner exits, and moving
+    a transformer to RAM first could outlast the cancel's grace period or replace the job's error with its own."""
     budget = cache_budget_for(job)
     family = family or family_for(job, weight_cache_for(job, budget))
     RESIDENT.new_job()
     try:
-        return _stages(job, emit, cancellation, started, family, budget)
+        result = _stages(job, emit, cancellation, started, family, budget)
     finally:
-        rest_between_jobs()
         budget.sweep()
+    rest_between_jobs()
+    return result
 
 
 def rest_between_jobs() -> None:

@@ -5,7 +5,8 @@ each component is still keyed by what it was loaded from (the model directory, t
 sizes and modification times, the dtype and precision, the device), so a model changed on disk loads again and
 an older copy goes before its successor loads. Between jobs the weights wait in the process's RAM: `park` moves
 them off the GPU wherever a runner without warm mode frees them (the transformer before the decode, the audio
-decoders after theirs, everything at the job's end), so the job's peak on its card is the one admission predicted.
+decoders after theirs, everything at the end of a job that succeeded), so the job's peak on its card is the one
+admission predicted.
 
 A transformer that carries a job's LoRAs is not kept (their low-rank paths wrap its layers): such a job loads a
 fresh one and drops the resident copy. Off (`enabled` False, every runner without AVP_KEEP_WARM_S) `load` just

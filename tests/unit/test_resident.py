@@ -132,11 +132,11 @@ def test_a_job_whose_loading_found_its_weights_resident_stays_marked_so() -> Non
     assert not JobProgress().apply(protocol.Stage(name="load_transformer", t=0.0, note="other")).weights_resident
 
 
-def warm_generate(tmp_path: Path, monkeypatch, family: Fake) -> list[str]:
+def warm_generate(tmp_path: Path, monkeypatch, family: Fake, park=None) -> list[str]:
     """Run a fake family's job in warm mode; what it did, with the store's parking and the allocator's releases."""
     monkeypatch.setitem(families.FAMILIES, "fake", lambda model_dir, weight_cache: family)
     monkeypatch.setattr(pipeline.RESIDENT, "enabled", True)
-    monkeypatch.setattr(pipeline.RESIDENT, "park", lambda: family.calls.append("park"))
+    monkeypatch.setattr(pipeline.RESIDENT, "park", park or (lambda: family.calls.append("park")))
     monkeypatch.setattr(pipeline.memory, "release", lambda device: family.calls.append("release"))
     pipeline.generate(fake_job(tmp_path, num_frames=9, steps=2), lambda event: None, Cancellation(), started=0.0)
     return family.calls
@@ -145,3 +145,22 @@ def warm_generate(tmp_path: Path, monkeypatch, family: Fake) -> list[str]:
 def test_a_warm_job_ends_with_its_weights_parked_and_the_allocators_cache_given_back(tmp_path, monkeypatch) -> None:
     calls = warm_generate(tmp_path, monkeypatch, Fake([]))
     assert calls[calls.index("decode_video") :] == ["decode_video", "park", "release"]
+
+
+class FailingDecode(Fake):
+    def decode_video(self, decoders, latents, device, on_tile, budget_gib):
+        self.calls.append("decode_video")
+        raise ValueError("the decode failed")
+
+
+def test_a_failed_warm_job_leaves_its_weights_where_they_are_and_keeps_its_own_error(tmp_path, monkeypatch) -> None:
+    family = FailingDecode([])
+
+    def park() -> None:
+        family.calls.append("park")
+        if "decode_video" in family.calls:
+            raise RuntimeError("parking failed")  # it must not be tried, nor replace the job's error
+
+    with pytest.raises(ValueError, match="the decode failed"):
+        warm_generate(tmp_path, monkeypatch, family, park=park)
+    assert family.calls[-1] == "decode_video", "the runner exits after a failed job: nothing is parked for later"
