@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +167,16 @@ def test_a_failed_warm_job_leaves_its_weights_where_they_are_and_keeps_its_own_e
     with pytest.raises(ValueError, match="the decode failed"):
         warm_generate(tmp_path, monkeypatch, family, park=park)
     assert family.calls[-1] == "decode_video", "the runner exits after a failed job: nothing is parked for later"
+
+
+@pytest.mark.parametrize(("keep", "code", "model"), [("", 0, "demo"), ("300", 3, "demo"), ("300", 0, None)])
+def test_a_runner_not_staying_warm_ends_without_importing_torch(keep, code, model) -> None:
+    """Warm mode off, a failed job, or no model read: `_stay_warm` hands the exit code back at once (a job refused
+    before its runner imported torch must not wait for that import to exit)."""
+    check = (
+        "import sys; from pathlib import Path; from gpu_runner.__main__ import _stay_warm; "
+        f"code = _stay_warm({code}, {model!r}, Path('.'), print); print(code, 'torch' in sys.modules)"
+    )
+    env = {**os.environ, "AVP_KEEP_WARM_S": keep}
+    ran = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=120)
+    assert ran.stdout.split() == [str(code), "False"], ran.stderr
