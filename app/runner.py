@@ -333,6 +333,7 @@ class Supervisor:
     async def _supervise(self, job_id: str, child: _Child, on_event: EventSink) -> Transcript:
         """Follow a registered runner to its end (stopped on cancel), with a spare importing beside it."""
         transcript = Transcript()
+        stays = False  # warm mode: its job ended at `resident`, uncancelled, so `run` may keep it as the warm runner
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._stop_when_cancelled, child)
@@ -341,9 +342,12 @@ class Supervisor:
                 if transcript.resident is None:  # a warm runner's job ends at `resident`; the runner stays
                     await child.process.wait()
                 tg.cancel_scope.cancel()
+            # Set only on a normal exit: a shutdown landing after `resident` (as the task group ends) raises here, and
+            # the runner, which `run` will never register as warm, is stopped.
+            stays = transcript.resident is not None and not child.cancel_requested.is_set()
         finally:
             with anyio.CancelScope(shield=True):
-                if transcript.resident is None or child.cancel_requested.is_set():
+                if not stays:
                     await self._stop(child)
                 if self._spare is not None:  # nothing of this job's competes with the spare's imports any more
                     await _give_back_full_weight(self._spare)
