@@ -668,8 +668,10 @@ _EXIT_MEANING = {
 
 
 def classify(code: int | None, cancel_requested: bool, transcript: Transcript) -> Outcome:
-    ended = code == 0 or (code is None and transcript.resident is not None)  # a warm runner's job ends at `resident`
-    if ended and transcript.result is not None and transcript.violation is None:
+    # A result and no error: the MP4 is complete (the runner says `result` after the mux) and stored, however the
+    # runner ended after it: with 0, living on warm (no exit code), or killed by a cancel that came while the
+    # portal recorded the result (a warm runner idle after its job dies at SIGTERM).
+    if transcript.result is not None and transcript.last_error is None and transcript.violation is None:
         return Outcome("succeeded")
     if cancel_requested:
         return Outcome("cancelled", "cancelled", "Cancelled.")

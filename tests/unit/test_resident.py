@@ -115,12 +115,20 @@ def test_a_resident_transformer_sheds_the_last_jobs_wrappers() -> None:
     assert transformer(hidden_states=torch.ones(1)) == {"hidden_states": torch.ones(1)}
 
 
-def test_a_resident_line_ends_a_warm_runners_job_as_a_success_only_after_its_result() -> None:
+A_RESULT = protocol.Result("video.mp4", 9, 24.0, 64, 64, 24000, 0.375, None, {})
+
+
+def test_a_job_with_a_result_succeeded_however_its_runner_ended_after_it() -> None:
     done = Transcript()
-    done.read(protocol.encode(protocol.Result("video.mp4", 9, 24.0, 64, 64, 24000, 0.375, None, {})))
+    done.read(protocol.encode(A_RESULT))
     done.read(protocol.encode(protocol.Resident(model="demo", device_gib=None, rss_gib=0.6)))
     assert done.resident is not None
     assert classify(None, False, done).status == "succeeded", "the runner lives on: no exit code"
+
+    done_then_cancelled = Transcript()
+    done_then_cancelled.read(protocol.encode(A_RESULT))
+    cancelled = classify(-15, True, done_then_cancelled)  # the cancel came as the portal recorded the result
+    assert cancelled.status == "succeeded", "its video is complete and stored"
 
     no_result = Transcript()
     no_result.read(protocol.encode(protocol.Resident(model="demo", device_gib=None, rss_gib=0.6)))
