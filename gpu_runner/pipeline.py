@@ -124,7 +124,9 @@ def _stages(
     context = cache.get(cache_key) if cache else None
     if context is None:
         # 1. Load the text side (for LTX-2: the encoder streamed block by block on CUDA, tokenizer, connectors).
-        with stages("load_text_encoder", note=resident_note(job, "text")):
+        with stages(
+            "load_text_encoder", note=resident_note(family, job, "load_text_encoder", dtype, precision, device)
+        ):
             text = family.load_text_side(dtype, device)
 
         # 2. Encode the prompt and the negative prompt into the context the denoiser attends to.
@@ -157,7 +159,7 @@ def _stages(
     colours = colour_store.load()
 
     # 4. Load the denoiser onto the GPU; its decoders wait on the CPU until the denoiser has gone.
-    with stages("load_transformer", note=None if family.lora_files(job) else resident_note(job, "transformer")):
+    with stages("load_transformer", note=resident_note(family, job, "load_transformer", dtype, precision, device)):
         denoiser = family.load_denoiser(job, context, device, dtype, precision)
         compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
         compiled = compiles(device, compile_cache)
@@ -241,9 +243,15 @@ def learner_feed(chunks, learner):
         yield frames
 
 
-def resident_note(job: Job, component: str) -> str | None:
-    """A loading stage's note in warm mode where this runner holds what it loads, from its last job."""
-    return WEIGHTS_RESIDENT if RESIDENT.holds(component, str(job.model_dir)) else None
+def resident_note(
+    family: Family, job: Job, stage: str, dtype: torch.dtype, precision: str, device: torch.device
+) -> str | None:
+    """A loading stage's note in warm mode where this runner holds everything it loads, by the exact keys its loaders
+    use (files, dtype, precision, the mode's transformer), from an earlier job."""
+    if not RESIDENT.enabled:
+        return None
+    keys = family.resident_keys(job, stage, dtype, precision, device)
+    return WEIGHTS_RESIDENT if keys and RESIDENT.holds(keys) else None
 
 
 def denoise_note(compiled: bool) -> str | None:

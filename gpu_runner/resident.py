@@ -51,9 +51,9 @@ class Resident:
         """Forget every held version of `component` (the memory goes with the job's last reference)."""
         self._held = {key: held for key, held in self._held.items() if key[0] != component}
 
-    def holds(self, component: str, model_dir: str) -> bool:
-        """Whether a version of `component` of the model in `model_dir` is held (keys name their directory second)."""
-        return any(key[:2] == (component, model_dir) for key in self._held)
+    def holds(self, keys: tuple[tuple, ...]) -> bool:
+        """Whether every one of `keys` is held: `load` would take each from here."""
+        return all(key in self._held for key in keys)
 
     def new_job(self) -> None:
         self.reused = []

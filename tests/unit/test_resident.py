@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 import torch
 from torch import nn
@@ -16,9 +17,13 @@ from app.config import Settings, SettingsError
 from app.progress import JobProgress
 from app.runner import Transcript, classify
 from contract import protocol
+from contract.jobdir import JobLora
 from gpu_runner import families, memory, pipeline
 from gpu_runner.__main__ import keep_warm_s
 from gpu_runner.cancel import Cancellation
+from gpu_runner.families.ltx2 import Ltx2
+from gpu_runner.families.ltx2.loading import DiffusersDirectory
+from gpu_runner.job import Job
 from gpu_runner.resident import Resident, modules_of, without_job_wrappers
 from tests.unit.test_families import Fake, fake_job
 
@@ -56,7 +61,7 @@ def test_off_every_load_loads_and_nothing_is_held() -> None:
     resident, loads = Resident(), Loads()
     first, second = resident.load(("vae", "/m", "r1"), loads), resident.load(("vae", "/m", "r1"), loads)
     assert loads.count == 2 and first is not second
-    assert not resident.holds("vae", "/m")
+    assert not resident.holds((("vae", "/m", "r1"),))
 
 
 def test_on_a_component_loads_once_per_key_and_another_version_replaces_it() -> None:
@@ -64,7 +69,8 @@ def test_on_a_component_loads_once_per_key_and_another_version_replaces_it() -> 
     resident.enabled = True
     first = resident.load(("vae", "/m", "r1"), loads)
     assert resident.load(("vae", "/m", "r1"), loads) is first and loads.count == 1
-    assert resident.reused == ["vae"] and resident.holds("vae", "/m") and not resident.holds("vae", "/other")
+    assert resident.reused == ["vae"] and resident.holds((("vae", "/m", "r1"),))
+    assert not resident.holds((("vae", "/m", "r1"), ("vocoder", "/m", "r1"))), "every key, or it is not resident"
     changed = resident.load(("vae", "/m", "r2"), loads)  # its files changed on disk
     assert changed is not first and loads.count == 2
     assert resident.load(("vae", "/m", "r2"), loads) is changed
@@ -72,7 +78,7 @@ def test_on_a_component_loads_once_per_key_and_another_version_replaces_it() -> 
     resident.new_job()
     assert resident.reused == []
     resident.drop("vae")
-    assert not resident.holds("vae", "/m")
+    assert not resident.holds((("vae", "/m", "r2"),))
 
 
 def test_park_leaves_cpu_modules_where_they_are_and_reaches_a_pipelines_components() -> None:
@@ -135,12 +141,26 @@ def test_a_job_with_a_result_succeeded_however_its_runner_ended_after_it() -> No
     assert classify(None, False, no_result).status == "failed"
 
 
-def test_a_job_whose_loading_found_its_weights_resident_stays_marked_so() -> None:
+def progress_through(*stages: tuple[str, str | None]) -> JobProgress:
     progress = JobProgress()
-    for note in (None, protocol.WEIGHTS_RESIDENT, None):
-        progress = progress.apply(protocol.Stage(name="load_transformer", t=0.0, note=note)) or progress
-    assert progress.weights_resident and progress.stage_note is None
-    assert not JobProgress().apply(protocol.Stage(name="load_transformer", t=0.0, note="other")).weights_resident
+    for name, note in stages:
+        progress = progress.apply(protocol.Stage(name=name, t=0.0, note=note)) or progress
+    return progress
+
+
+def test_a_job_is_marked_resident_only_where_every_loading_stage_found_its_weights_resident() -> None:
+    resident = protocol.WEIGHTS_RESIDENT
+    both = progress_through(("load_text_encoder", resident), ("encode_prompt", None), ("load_transformer", resident))
+    assert both.weights_resident
+    after = both.apply(protocol.Stage(name="denoise", t=0.0, note=None))
+    assert after.weights_resident and after.stage_note is None, "it stays marked after the loading stages"
+    cached_prompt = progress_through(("encode_prompt", None), ("load_transformer", resident))
+    assert cached_prompt.weights_resident, "a prompt from the cache loads no text side"
+    text_only = progress_through(("load_text_encoder", resident), ("load_transformer", None))  # a LoRA job, say
+    assert not text_only.weights_resident
+    transformer_only = progress_through(("load_text_encoder", None), ("load_transformer", resident))
+    assert not transformer_only.weights_resident
+    assert not progress_through(("load_transformer", "other")).weights_resident
 
 
 def warm_generate(tmp_path: Path, monkeypatch, family: Fake, park=None) -> list[str]:
@@ -188,3 +208,31 @@ def test_a_runner_not_staying_warm_ends_without_importing_torch(keep, code, mode
     env = {**os.environ, "AVP_KEEP_WARM_S": keep}
     ran = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=120)
     assert ran.stdout.split() == [str(code), "False"], ran.stderr
+
+
+def test_a_loading_stage_claims_resident_weights_only_where_its_loaders_exact_keys_are_held(
+    ltx25_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """LTX-2.5 has two transformers (transformer/ for fast mode, transformer_full/ for quality): a quality job after a
+    fast one loads its own, and a job with a LoRA loads a fresh one; neither may say its weights are resident."""
+    family = Ltx2(DiffusersDirectory(ltx25_model_dir))
+    store = Resident()
+    store.enabled = True
+    monkeypatch.setattr(pipeline, "RESIDENT", store)
+    cpu, dtype = torch.device("cpu"), torch.float32
+    fast = fake_job(tmp_path, num_frames=9, mode="fast", steps=None, guidance_scale=None)
+    quality = fake_job(tmp_path, num_frames=9, steps=2)
+    lora_file = JobLora(name="style", scale=1.0, path=str(tmp_path / "style.safetensors"), sha256="0" * 64)
+    with_lora = Job(fast.directory, msgspec.structs.replace(fast.file, loras=(lora_file,)), fast.spec, fast.model_dir)
+
+    def note(job: Job, stage: str = "load_transformer") -> str | None:
+        return pipeline.resident_note(family, job, stage, dtype, "bf16", cpu)
+
+    assert note(fast) is None, "nothing is held yet"
+    for key in family.resident_keys(fast, "load_transformer", dtype, "bf16", cpu):  # a fast job loaded these
+        store.load(key, object)
+    assert note(fast) == protocol.WEIGHTS_RESIDENT
+    assert note(quality) is None, "quality mode's transformer_full/ was never loaded"
+    assert note(with_lora) is None, "a LoRA job's transformer loads afresh"
+    assert note(fast, "load_text_encoder") is None, "the text side was not loaded"
+    assert pipeline.resident_note(family, fast, "load_transformer", torch.bfloat16, "bf16", cpu) is None, "dtype"
