@@ -61,7 +61,6 @@ def generate(
     a transformer to RAM first could outlast the cancel's grace period or replace the job's error with its own."""
     budget = cache_budget_for(job)
     family = family or family_for(job, weight_cache_for(job, budget))
-    RESIDENT.new_job()
     try:
         result = _stages(job, emit, cancellation, started, family, budget)
     finally:

@@ -33,7 +33,6 @@ class Resident:
     def __init__(self) -> None:
         self.enabled = False
         self._held: dict[tuple, Any] = {}
-        self.reused: list[str] = []  # the components the current job took from here, in order
 
     def load(self, key: tuple, loader: Callable[[], Any]) -> Any:
         """The component held under `key`, else `loader()` (kept under `key` while warm mode is on)."""
@@ -41,7 +40,6 @@ class Resident:
             return loader()
         held = self._held.get(key)
         if held is not None:
-            self.reused.append(key[0])
             return held
         self.drop(key[0])  # another version of it (other files, dtype, device): gone before its successor loads
         self._held[key] = component = loader()
@@ -54,9 +52,6 @@ class Resident:
     def holds(self, keys: tuple[tuple, ...]) -> bool:
         """Whether every one of `keys` is held: `load` would take each from here."""
         return all(key in self._held for key in keys)
-
-    def new_job(self) -> None:
-        self.reused = []
 
     def park(self) -> None:
         """Every held module that is on a GPU goes to the CPU (a no-op on a CPU host)."""
