@@ -33,7 +33,8 @@ class JobProgress(msgspec.Struct, frozen=True, kw_only=True):
     preview_note: str | None = None  # why there is no preview (the model has no colours yet), from the runner
     tokens_done: int = 0  # the prompt enhancer's tokens so far, of at most tokens_total (enhance_prompt: true)
     tokens_total: int = 0
-    weights_resident: bool = False  # warm mode: a loading stage found the model loaded already (AVP_KEEP_WARM_S)
+    weights_resident: bool = False  # warm mode: every loading stage so far took its weights from a warm runner
+    weights_loaded: bool = False  # a loading stage read its weights (no WEIGHTS_RESIDENT note): never resident then
 
     @property
     def whole_percent(self) -> int:
@@ -44,9 +45,16 @@ class JobProgress(msgspec.Struct, frozen=True, kw_only=True):
         """The progress once `event` has happened, or None when the event does not change it."""
         match event:
             case protocol.Stage(name=name, note=note):
-                resident = self.weights_resident or note == protocol.WEIGHTS_RESIDENT
+                # warm mode: the job is marked only where each of its loading stages found its weights resident
+                loaded = self.weights_loaded or (name in protocol.LOADING_STAGES and note != protocol.WEIGHTS_RESIDENT)
+                resident = not loaded and (self.weights_resident or note == protocol.WEIGHTS_RESIDENT)
                 return msgspec.structs.replace(
-                    self, stage=name, stage_note=note, percent=self._entering(name), weights_resident=resident
+                    self,
+                    stage=name,
+                    stage_note=note,
+                    percent=self._entering(name),
+                    weights_resident=resident,
+                    weights_loaded=loaded,
                 )
             case protocol.Step(step=step, total=total, eta_s=eta, stage_number=number, stages=stages):
                 done = (number - 1 + step / max(total, 1)) / max(stages, 1)

@@ -73,11 +73,18 @@ def localise(job: jobdir.JobFile, models: Path, loras: Path, scratch: Path) -> j
     )
 
 
+def node_runner_env() -> dict[str, str]:
+    """A node's runner's environment, warm mode off whatever the node's own says: the runner runs one job and exits
+    (its stdin is /dev/null, so no later job could come, and its `resident` line would reach the portal as the job's
+    event)."""
+    from app.runner import runner_env
+
+    return runner_env({"AVP_KEEP_WARM_S": "0"})
+
+
 def run_job(job_id: str, files: dict[str, bytes]) -> Iterator[tuple]:
     """The task's body: see the module's docstring."""
     import ray  # on the node, inside a Ray worker
-
-    from app.runner import runner_env
 
     models, loras, scratch = node_directories()
     job_dir = scratch / "jobs" / job_id
@@ -95,7 +102,7 @@ def run_job(job_id: str, files: dict[str, bytes]) -> Iterator[tuple]:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=job_dir,
-                env=runner_env(),
+                env=node_runner_env(),
                 start_new_session=True,  # its own group: a stop reaches whatever it starts
             )
         try:

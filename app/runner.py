@@ -333,6 +333,7 @@ class Supervisor:
     async def _supervise(self, job_id: str, child: _Child, on_event: EventSink) -> Transcript:
         """Follow a registered runner to its end (stopped on cancel), with a spare importing beside it."""
         transcript = Transcript()
+        stays = False  # warm mode: its job ended at `resident`, uncancelled, so `run` may keep it as the warm runner
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._stop_when_cancelled, child)
@@ -341,9 +342,12 @@ class Supervisor:
                 if transcript.resident is None:  # a warm runner's job ends at `resident`; the runner stays
                     await child.process.wait()
                 tg.cancel_scope.cancel()
+            # Set only on a normal exit: a shutdown landing after `resident` (as the task group ends) raises here, and
+            # the runner, which `run` will never register as warm, is stopped.
+            stays = transcript.resident is not None and not child.cancel_requested.is_set()
         finally:
             with anyio.CancelScope(shield=True):
-                if transcript.resident is None or child.cancel_requested.is_set():
+                if not stays:
                     await self._stop(child)
                 if self._spare is not None:  # nothing of this job's competes with the spare's imports any more
                     await _give_back_full_weight(self._spare)
@@ -664,8 +668,10 @@ _EXIT_MEANING = {
 
 
 def classify(code: int | None, cancel_requested: bool, transcript: Transcript) -> Outcome:
-    ended = code == 0 or (code is None and transcript.resident is not None)  # a warm runner's job ends at `resident`
-    if ended and transcript.result is not None and transcript.violation is None:
+    # A result and no error: the MP4 is complete (the runner says `result` after the mux) and stored, however the
+    # runner ended after it: with 0, living on warm (no exit code), or killed by a cancel that came while the
+    # portal recorded the result (a warm runner idle after its job dies at SIGTERM).
+    if transcript.result is not None and transcript.last_error is None and transcript.violation is None:
         return Outcome("succeeded")
     if cancel_requested:
         return Outcome("cancelled", "cancelled", "Cancelled.")

@@ -137,8 +137,10 @@ class Error(_Event, tag="error"):
     message: str
 
 
-# A loading stage's note where a warm runner kept what it loads from its last job: the portal marks such a job
+# A loading stage's note where a warm runner kept everything it loads from its last job; the portal marks a job
+# whose every loading stage says so
 WEIGHTS_RESIDENT = "Weights resident: this runner kept the model loaded after its last job (AVP_KEEP_WARM_S)."
+LOADING_STAGES = ("load_text_encoder", "load_transformer")  # the stages that load a model's weights from disk
 
 
 class Resident(_Event, tag="resident"):

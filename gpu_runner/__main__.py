@@ -149,12 +149,14 @@ def _stay_warm(code: int, model: str | None, jobs_dir: Path, emit: stdout.Emitte
     """Warm mode (AVP_KEEP_WARM_S): after each job that succeeded, say `resident` and run the next job whose directory
     comes on stdin, in this process with its model still loaded (gpu_runner/resident.py). It exits on a failed job,
     on EOF (the portal let it go), on SIGTERM (at once while idle), or when no job came for AVP_KEEP_WARM_S."""
+    keep = keep_warm_s()
+    if code != protocol.EXIT_OK or keep <= 0 or model is None:
+        return code  # before the imports below (torch): a job that failed before it imported torch exits at once
     from gpu_runner.job import JobError
     from gpu_runner.memory import rss_gib
     from gpu_runner.resident import held_device_gib
 
-    keep = keep_warm_s()
-    while code == protocol.EXIT_OK and keep > 0 and model is not None:
+    while code == protocol.EXIT_OK and model is not None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)  # idle: nothing of a job to finish, so a signal ends it at once
         emit(protocol.Resident(model=model, device_gib=held_device_gib(), rss_gib=round(rss_gib(), 3)))

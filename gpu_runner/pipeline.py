@@ -56,15 +56,26 @@ def generate(
     job: Job, emit: Emit, cancellation: Cancellation, started: float, family: Family | None = None
 ) -> protocol.Result:
     """The job's stages; then its caches are brought within their budget, however the stages ended (each new
-    entry made room as it was written, but torch writes its compiled kernels with no such moment before)."""
+    entry made room as it was written, but torch writes its compiled kernels with no such moment before). Only a job
+    that succeeded rests its weights for the next job (warm mode): a failed or cancelled one's runner exits, and moving
+    a transformer to RAM first could outlast the cancel's grace period or replace the job's error with its own."""
     budget = cache_budget_for(job)
     family = family or family_for(job, weight_cache_for(job, budget))
-    RESIDENT.new_job()
     try:
-        return _stages(job, emit, cancellation, started, family, budget)
+        result = _stages(job, emit, cancellation, started, family, budget)
     finally:
-        RESIDENT.park()  # warm mode: what stays loaded waits in RAM, off the GPU, for the next job
         budget.sweep()
+    rest_between_jobs()
+    return result
+
+
+def rest_between_jobs() -> None:
+    """Warm mode, at the job's end: what stays loaded waits in RAM, off the GPU, for the next job, and torch's cache
+    gives back what the job's last stages reserved (the video decode's), so that the idle runner holds only its CUDA
+    context on the card: the figure its `resident` line reports and the room its next job's admission finds."""
+    if RESIDENT.enabled:
+        RESIDENT.park()
+        memory.release(memory.pick_device())
 
 
 def _stages(
@@ -112,7 +123,9 @@ def _stages(
     context = cache.get(cache_key) if cache else None
     if context is None:
         # 1. Load the text side (for LTX-2: the encoder streamed block by block on CUDA, tokenizer, connectors).
-        with stages("load_text_encoder", note=resident_note(job, "text")):
+        with stages(
+            "load_text_encoder", note=resident_note(family, job, "load_text_encoder", dtype, precision, device)
+        ):
             text = family.load_text_side(dtype, device)
 
         # 2. Encode the prompt and the negative prompt into the context the denoiser attends to.
@@ -145,7 +158,7 @@ def _stages(
     colours = colour_store.load()
 
     # 4. Load the denoiser onto the GPU; its decoders wait on the CPU until the denoiser has gone.
-    with stages("load_transformer", note=None if family.lora_files(job) else resident_note(job, "transformer")):
+    with stages("load_transformer", note=resident_note(family, job, "load_transformer", dtype, precision, device)):
         denoiser = family.load_denoiser(job, context, device, dtype, precision)
         compile_cache = None if job.file.compile_cache_dir is None else Path(job.file.compile_cache_dir)
         compiled = compiles(device, compile_cache)
@@ -229,9 +242,15 @@ def learner_feed(chunks, learner):
         yield frames
 
 
-def resident_note(job: Job, component: str) -> str | None:
-    """A loading stage's note in warm mode where this runner holds what it loads, from its last job."""
-    return WEIGHTS_RESIDENT if RESIDENT.holds(component, str(job.model_dir)) else None
+def resident_note(
+    family: Family, job: Job, stage: str, dtype: torch.dtype, precision: str, device: torch.device
+) -> str | None:
+    """A loading stage's note in warm mode where this runner holds everything it loads, by the exact keys its loaders
+    use (files, dtype, precision, the mode's transformer), from an earlier job."""
+    if not RESIDENT.enabled:
+        return None
+    keys = family.resident_keys(job, stage, dtype, precision, device)
+    return WEIGHTS_RESIDENT if keys and RESIDENT.holds(keys) else None
 
 
 def denoise_note(compiled: bool) -> str | None:

@@ -5,7 +5,8 @@ each component is still keyed by what it was loaded from (the model directory, t
 sizes and modification times, the dtype and precision, the device), so a model changed on disk loads again and
 an older copy goes before its successor loads. Between jobs the weights wait in the process's RAM: `park` moves
 them off the GPU wherever a runner without warm mode frees them (the transformer before the decode, the audio
-decoders after theirs, everything at the job's end), so the job's peak on its card is the one admission predicted.
+decoders after theirs, everything at the end of a job that succeeded), so the job's peak on its card is the one
+admission predicted.
 
 A transformer that carries a job's LoRAs is not kept (their low-rank paths wrap its layers): such a job loads a
 fresh one and drops the resident copy. Off (`enabled` False, every runner without AVP_KEEP_WARM_S) `load` just
@@ -32,7 +33,6 @@ class Resident:
     def __init__(self) -> None:
         self.enabled = False
         self._held: dict[tuple, Any] = {}
-        self.reused: list[str] = []  # the components the current job took from here, in order
 
     def load(self, key: tuple, loader: Callable[[], Any]) -> Any:
         """The component held under `key`, else `loader()` (kept under `key` while warm mode is on)."""
@@ -40,7 +40,6 @@ class Resident:
             return loader()
         held = self._held.get(key)
         if held is not None:
-            self.reused.append(key[0])
             return held
         self.drop(key[0])  # another version of it (other files, dtype, device): gone before its successor loads
         self._held[key] = component = loader()
@@ -50,12 +49,9 @@ class Resident:
         """Forget every held version of `component` (the memory goes with the job's last reference)."""
         self._held = {key: held for key, held in self._held.items() if key[0] != component}
 
-    def holds(self, component: str, model_dir: str) -> bool:
-        """Whether a version of `component` of the model in `model_dir` is held (keys name their directory second)."""
-        return any(key[:2] == (component, model_dir) for key in self._held)
-
-    def new_job(self) -> None:
-        self.reused = []
+    def holds(self, keys: tuple[tuple, ...]) -> bool:
+        """Whether every one of `keys` is held: `load` would take each from here."""
+        return all(key in self._held for key in keys)
 
     def park(self) -> None:
         """Every held module that is on a GPU goes to the CPU (a no-op on a CPU host)."""

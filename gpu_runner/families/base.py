@@ -109,6 +109,14 @@ class Family(ABC):
         says how); by default the new ones as they are."""
         return audio_latents
 
+    def resident_keys(
+        self, job: Job, stage: str, dtype: torch.dtype, precision: str, device: torch.device
+    ) -> tuple[tuple, ...]:
+        """Warm mode: the keys (gpu_runner/resident.py) of everything the loading stage `stage` ("load_text_encoder",
+        "load_transformer") takes from the runner's store; empty where it loads anything afresh. A family that keeps
+        nothing resident, by default."""
+        return ()
+
     def lora_files(self, job: Job) -> list[Path]:
         """The LoRA files the job's transformer will hold beside it (admission adds their bytes to its peak):
         the job's own, by default; a family with a distilled LoRA for fast mode adds it."""

@@ -166,3 +166,31 @@ def test_a_portal_in_warm_mode_shows_the_resident_model_and_marks_the_job_that_l
         assert 'id="weights-resident"' not in client.get(f"/jobs/{first['id']}").text
         (after,) = client.get("/healthz").json()["worker"]["slot_states"]
     assert after["resident_pid"] == slot["resident_pid"], "the second job ran in the first job's runner"
+
+
+def test_a_shutdown_landing_after_resident_but_before_the_runner_is_kept_warm_stops_it(
+    demo_model_dir: Path, tmp_path: Path
+) -> None:
+    jobs_dir = tmp_path / "jobs"
+    write_job(jobs_dir / "only", demo_model_dir, **TINY_JOB)
+
+    async def main() -> tuple[list[int], object]:
+        supervisor = Supervisor(sys.executable, GRACE_S, keep_warm_s=120)
+        follow, pids = supervisor._follow, []
+        with anyio.CancelScope() as shutdown:
+
+            async def follow_then_shut_down(job_id, child, transcript, on_event) -> None:
+                await follow(job_id, child, transcript, on_event)
+                pids.append(child.process.pid)
+                shutdown.cancel()  # the worker's cancel lands now: after `resident`, before the runner is kept warm
+
+            supervisor._follow = follow_then_shut_down
+            await supervisor.run("only", jobs_dir / "only", Recorder().sink("only"))
+        warm = supervisor.warm
+        await supervisor.close()
+        return pids, warm
+
+    (pid,), warm = anyio.run(main)
+
+    assert warm is None
+    assert not alive(pid), "the runner outlived the supervisor's close"

@@ -133,6 +133,7 @@ def test_a_row_stored_before_the_struct_still_decodes_and_encodes_with_its_keys(
         "tokens_done": 0,
         "tokens_total": 0,
         "weights_resident": False,
+        "weights_loaded": False,
     }
     assert json.loads(msgspec.json.encode(progress)) == {**old, **added}
     assert decode_progress("{}") == JobProgress(), "the column's default"

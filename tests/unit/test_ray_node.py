@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.ray_executor import place_name
-from app.ray_node import localise, model_resource, plain_name
+from app.ray_node import localise, model_resource, node_runner_env, plain_name
 from contract import jobdir
 from contract.request import Request
 
@@ -63,3 +63,12 @@ def test_a_model_resource_names_the_model_and_file_names_stay_in_the_job_directo
 def test_a_job_on_the_cluster_is_named_by_its_node_and_card() -> None:
     assert place_name("10.0.0.7", "1") == "10.0.0.7:gpu1"
     assert place_name("10.0.0.7", None) == "10.0.0.7", "a node that names no card: its address alone"
+
+
+def test_a_nodes_runner_runs_one_job_whatever_the_nodes_keep_warm_setting(monkeypatch) -> None:
+    from gpu_runner.__main__ import keep_warm_s
+
+    monkeypatch.setenv("AVP_KEEP_WARM_S", "300")  # set for the node's own portal, say
+    env = node_runner_env()
+    monkeypatch.setenv("AVP_KEEP_WARM_S", env["AVP_KEEP_WARM_S"])
+    assert keep_warm_s() == 0, "its stdin is /dev/null: its `resident` line would only reach the job's events"

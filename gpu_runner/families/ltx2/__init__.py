@@ -142,6 +142,17 @@ class Ltx2(Family):
     def load_text_side(self, dtype: torch.dtype, device: torch.device):
         return self.source.load_text_side(dtype, device)
 
+    def resident_keys(
+        self, job: Job, stage: str, dtype: torch.dtype, precision: str, device: torch.device
+    ) -> tuple[tuple, ...]:
+        if not hasattr(self.source, "denoiser_keys"):  # a source that keeps nothing (bench/gpu_smoke.py's random one)
+            return ()
+        if stage == "load_text_encoder":
+            return (self.source.text_key(dtype, device),)
+        if self.lora_files(job):  # its transformer loads afresh, to carry them
+            return ()
+        return self.source.denoiser_keys(dtype, precision, device, job.request.mode == "fast")
+
     def encode(self, text, request: Request, device: torch.device, dtype: torch.dtype) -> Context:
         return encode(text, request.prompt, request.negative_prompt, self.sequence_length(), device, dtype)
 

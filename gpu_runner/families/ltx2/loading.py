@@ -229,13 +229,34 @@ class DiffusersDirectory:
         revision = model_revision(self.model_dir, files or (component,), modified_times=True)
         return (component, str(self.model_dir), revision, *how)
 
+    def text_key(self, dtype: torch.dtype, device: torch.device) -> tuple:
+        """The text side's resident key (`load_text_side`)."""
+        return self.resident_key("text", dtype, device.type, files=("text_encoder", "tokenizer", "connectors"))
+
+    def denoiser_keys(self, dtype: torch.dtype, precision: str, device: torch.device, fast: bool) -> tuple[tuple, ...]:
+        """The resident keys of what `load_denoiser` keeping its transformer, and in fast mode `load_upsampler`, load:
+        the keys those loaders use, so that a loading stage says its weights are resident exactly where they are."""
+        transformer = self.transformer_key(dtype, precision, device, fast)
+        decoders = (self.resident_key("vae", dtype), self.resident_key("audio_vae", torch.float32))
+        vocoder = self.resident_key("vocoder", torch.float32)
+        upsampler = (self.resident_key(library.UPSAMPLER, dtype),) if fast else ()
+        return (transformer, *decoders, vocoder, *upsampler)
+
+    def transformer_key(self, dtype: torch.dtype, precision: str, device: torch.device, fast: bool) -> tuple:
+        """The resident key of the mode's transformer: its folder (`transformer_folder`), dtype, precision, device."""
+        subfolder = self.transformer_folder(fast)
+        return self.resident_key("transformer", subfolder, dtype, precision, device.type, files=(subfolder,))
+
+    def transformer_folder(self, fast: bool) -> str:
+        """Fast mode's distilled transformer or quality mode's (library.Recognised), else transformer/."""
+        recognised = self.recognised
+        return (recognised.fast_transformer if fast else recognised.quality_transformer) or "transformer"
+
     def load_text_side(self, dtype: torch.dtype, device: torch.device) -> LTX2Pipeline:
         """Text encoder (Gemma-3, or 2.5's Gemma-4: the pipeline reads either's hidden states alike), tokenizer and
         connectors (left on the CPU until the encoder is done). The duration head and the prompt enhancer are
         never loaded here: each has a stage of its own (Ltx2.predict_num_frames, Ltx2.enhance_prompt)."""
-        files = ("text_encoder", "tokenizer", "connectors")
-        key = self.resident_key("text", dtype, device.type, files=files)
-        return RESIDENT.load(key, lambda: self._read_text_side(dtype, device))
+        return RESIDENT.load(self.text_key(dtype, device), lambda: self._read_text_side(dtype, device))
 
     def _read_text_side(self, dtype: torch.dtype, device: torch.device) -> LTX2Pipeline:
         text = LTX2Pipeline.from_pretrained(
@@ -273,9 +294,7 @@ class DiffusersDirectory:
         that will carry LoRAs (`keep_transformer` False) is loaded fresh, and the resident one dropped.
         """
         model_dir = self.model_dir
-        recognised = self.recognised
-        subfolder = recognised.fast_transformer if fast else recognised.quality_transformer
-        transformer = self._transformer(dtype, precision, device, subfolder or "transformer", keep_transformer)
+        transformer = self._transformer(dtype, precision, device, fast, keep_transformer)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler")
         if fast:
             scheduler = FlowMatchEulerDiscreteScheduler.from_config(
@@ -298,18 +317,18 @@ class DiffusersDirectory:
     def _component(self, subfolder: str, kind: type, dtype: torch.dtype) -> nn.Module:
         """A decoder read from `subfolder` (kept resident in warm mode)."""
         read = lambda: kind.from_pretrained(self.model_dir, subfolder=subfolder, dtype=dtype, **WITHOUT_ACCELERATE)  # noqa: E731
-        return RESIDENT.load(self.resident_key(subfolder, dtype), read)
+        return RESIDENT.load(self.resident_key(subfolder, dtype), read)  # as `denoiser_keys` names it
 
     def _transformer(
-        self, dtype: torch.dtype, precision: str, device: torch.device, subfolder: str, keep: bool
+        self, dtype: torch.dtype, precision: str, device: torch.device, fast: bool, keep: bool
     ) -> nn.Module:
         """`load_transformer`'s, or in warm mode the resident one without the last job's wrappers."""
+        subfolder = self.transformer_folder(fast)
         if not keep:
             RESIDENT.drop("transformer")
             return self.load_transformer(dtype, precision, device, subfolder)
-        key = self.resident_key("transformer", subfolder, dtype, precision, device.type, files=(subfolder,))
         load = lambda: self.load_transformer(dtype, precision, device, subfolder)  # noqa: E731
-        return without_job_wrappers(RESIDENT.load(key, load))
+        return without_job_wrappers(RESIDENT.load(self.transformer_key(dtype, precision, device, fast), load))
 
     def load_upsampler(self, dtype: torch.dtype) -> LTX2LatentUpsamplerModel:
         """Fast mode's x2 spatial latent upsampler, on the CPU until its stage."""
