@@ -18,6 +18,7 @@ import msgspec
 
 from app.disk import DataDisk
 from app.passwords import is_password_hash
+from app.runner import WARM_MARGIN_S
 from app.slots import Slot, SlotMemory
 from app.slots import resolve as resolve_slots
 from app.webhook_targets import Allowlist
@@ -392,6 +393,10 @@ def _host_name(host: str) -> str:
     return name.rstrip(".")
 
 
+# A warm runner kept for less could take no next job (app/runner.py lets it go WARM_MARGIN_S before its own clock).
+MIN_KEEP_WARM_S = 5.0
+
+
 def _keep_warm_s(raw: str) -> float:
     """AVP_KEEP_WARM_S: seconds a runner keeps its model loaded after a job; unset or 0 is off."""
     raw = raw.strip()
@@ -402,6 +407,11 @@ def _keep_warm_s(raw: str) -> float:
         raise SettingsError(f"AVP_KEEP_WARM_S={raw!r} is not a number; {fix}") from None
     if not 0 <= value < math.inf:  # nan compares as neither
         raise SettingsError(f"AVP_KEEP_WARM_S={raw!r} must be 0 or more; {fix}")
+    if 0 < value < MIN_KEEP_WARM_S:
+        raise SettingsError(
+            f"AVP_KEEP_WARM_S={raw!r} is too short for a next job: the portal lets a warm runner go "
+            f"{WARM_MARGIN_S:g} s before its time, so use {MIN_KEEP_WARM_S:g} or more; {fix}"
+        )
     return value
 
 

@@ -28,7 +28,7 @@ from gpu_runner.resident import Resident, modules_of, without_job_wrappers
 from tests.unit.test_families import Fake, fake_job
 
 
-@pytest.mark.parametrize("raw", ["soon", "-5", "nan", "inf"])
+@pytest.mark.parametrize("raw", ["soon", "-5", "nan", "inf", "2", "0.5"])
 def test_a_bad_keep_warm_setting_is_refused_at_start_naming_the_variable_and_the_fix(tmp_path, raw) -> None:
     with pytest.raises(SettingsError, match=r"AVP_KEEP_WARM_S=.*(0 or unset for off)") as refused:
         Settings.from_env({"AVP_DATA_DIR": str(tmp_path), "AVP_KEEP_WARM_S": raw})
