@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import torch
 from PIL import Image
 from torch import nn
@@ -378,7 +379,14 @@ def run(
     events: list[tuple[float, protocol.Event]] = []
     source = RandomWeights(size)
     began = time.monotonic()
-    result = generate(job, lambda e: events.append((time.monotonic(), e)), Cancellation(), began, family=Ltx2(source))
+
+    def record(event: protocol.Event) -> None:
+        events.append((time.monotonic(), event))
+        if isinstance(event, protocol.Stage | protocol.Step | protocol.Memory):  # a call cut short still shows where
+            line = msgspec.json.encode(event).decode()
+            print(f"  {time.monotonic() - began:7.1f} s  {line}", file=sys.stderr, flush=True)
+
+    result = generate(job, record, Cancellation(), began, family=Ltx2(source))
     return {
         "predicted": Ltx2(source).predict_peak(precision, request),
         "frames": frames,

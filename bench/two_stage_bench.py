@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     size, clips = (TINY_SIZE, TINY_CLIPS) if args.tiny else (full_size(args.version), FULL_CLIPS)
     if args.clips and not args.tiny:
-        clips = tuple(clip for clip in clips if clip.name in args.clips)
+        by_name = {clip.name: clip for clip in clips}
+        clips = tuple(by_name[name] for name in args.clips)  # in the order asked: the call's limit cuts the last
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     header = (
         f"# Two-stage bench: {size.name}, {device_name()}, torch {torch.__version__}, RANDOM WEIGHTS\n\n"
