@@ -396,6 +396,7 @@ def run(
         "result": result,
         "memory": {e.stage: e for _, e in events if isinstance(e, protocol.Memory)},
         "step_s": step_seconds(events),
+        "first_step_s": first_step_seconds(events),
         "built_s": source.built_s,
         "passes": source.passes,
         "pass_rows": source.pass_rows,
@@ -412,6 +413,18 @@ def step_seconds(events: list[tuple[float, protocol.Event]]) -> dict[str, float]
         if earlier.stage == later.stage:
             between.setdefault(later.stage, []).append(after - before)
     return {stage: statistics.median(seconds) for stage, seconds in between.items()}
+
+
+def first_step_seconds(events: list[tuple[float, protocol.Event]]) -> dict[str, float]:
+    """Per denoising stage, seconds from the stage's start to its first step (where a compiled job compiles)."""
+    started: dict[str, float] = {}
+    first: dict[str, float] = {}
+    for t, event in events:
+        if isinstance(event, protocol.Stage):
+            started[event.name] = t
+        elif isinstance(event, protocol.Step) and event.stage not in first and event.stage in started:
+            first[event.stage] = t - started[event.stage]
+    return first
 
 
 def stage_table(runs: list[dict]) -> list[str]:
@@ -434,6 +447,10 @@ def stage_table(runs: list[dict]) -> list[str]:
     rows = {
         **{
             f"{stage} step (median)": [_seconds(r["step_s"].get(stage), ".3f") for r in runs]
+            for stage in ("denoise", "refine")
+        },
+        **{
+            f"{stage}: its first step": [_seconds(r["first_step_s"].get(stage), ".2f") for r in runs]
             for stage in ("denoise", "refine")
         },
         "transformer forwards (batch rows)": [f"{r['passes']} ({r['pass_rows']})" for r in runs],

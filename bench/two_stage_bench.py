@@ -258,7 +258,14 @@ def main(argv: list[str] | None = None) -> str:
         choices=[clip.name for clip in FULL_CLIPS],
         help="these full-size clips only (default: all), so that a version's table can take two device calls",
     )
+    parser.add_argument(
+        "--compile-dynamic",
+        action="store_true",
+        help="compile the blocks for any clip size (torch.compile's dynamic shapes) instead of once per size",
+    )
     args = parser.parse_args(argv)
+    if args.compile_dynamic:  # what torch.compile(dynamic=True) sets: one graph serves every token count
+        torch._dynamo.config.assume_static_by_default = False
     size, clips = (TINY_SIZE, TINY_CLIPS) if args.tiny else (full_size(args.version), FULL_CLIPS)
     if args.clips and not args.tiny:
         by_name = {clip.name: clip for clip in clips}
@@ -268,6 +275,7 @@ def main(argv: list[str] | None = None) -> str:
         f"# Two-stage bench: {size.name}, {device_name()}, torch {torch.__version__}, RANDOM WEIGHTS\n\n"
         "Load stages build random weights in memory (not load times). Fast jobs: cold = first of its shape in "
         f"the process, warm = torch's compile cache holds the shapes. Quality: {args.quality_steps} steps."
+        + (" Blocks compiled with dynamic shapes (--compile-dynamic)." if args.compile_dynamic else "")
     )
     stock: list[list[str]] = []
     runs: list[dict] = []
