@@ -37,9 +37,10 @@ from contract import library
 from contract.cost import component_gib
 from gpu_runner import fp8, memory
 from gpu_runner.compiling import COMPILE_RECOMPILE_LIMIT, compiles
+from gpu_runner.families.ltx2.guidance import unshare_stg_prefix
 from gpu_runner.families.ltx2.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, prepare_text_encoder
 from gpu_runner.prompt_cache import model_revision
-from gpu_runner.resident import RESIDENT, compiled, without_job_wrappers
+from gpu_runner.resident import RESIDENT, compiled
 from gpu_runner.weight_cache import WeightCache
 
 DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
@@ -176,6 +177,14 @@ def place_denoiser(
         pipe.transformer.compile_repeated_blocks()
     pipe.transformer.to(device)
     pipe.set_progress_bar_config(disable=True)
+
+
+def without_job_wrappers(transformer: nn.Module) -> nn.Module:
+    """A resident transformer as loaded: the last job's wrappers undone, the last one set first (`place_denoiser`
+    fits it for long clips, then the family shares its STG prefix: each job adds its own)."""
+    unshare_stg_prefix(transformer)
+    memory.unfit_long_clips(transformer)
+    return transformer
 
 
 class DiffusersDirectory:
