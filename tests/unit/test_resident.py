@@ -159,9 +159,15 @@ def warm_generate(tmp_path: Path, monkeypatch, family: Fake, park=None) -> list[
     return family.calls
 
 
-def test_a_warm_job_ends_with_its_weights_parked_and_the_allocators_cache_given_back(tmp_path, monkeypatch) -> None:
+def test_a_warm_job_parks_what_each_stage_frees_and_ends_with_the_allocators_cache_given_back(
+    tmp_path, monkeypatch
+) -> None:
+    """The text side, the transformer and the audio decoders leave the card where a runner without warm mode frees
+    them, so that the next stage finds the room admission predicted; after the video decode, everything."""
     calls = warm_generate(tmp_path, monkeypatch, Fake([]))
-    assert calls[calls.index("decode_video") :] == ["decode_video", "park", "release"]
+    freed = ["park", "release"]
+    expected = ["load_text_side", "encode encoder", *freed, "load_denoiser ['context']", *freed]
+    assert calls == [*expected, "decode_audio", *freed, "decode_video", *freed]
 
 
 class FailingDecode(Fake):
