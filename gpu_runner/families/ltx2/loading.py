@@ -188,9 +188,13 @@ def without_job_wrappers(transformer: nn.Module) -> nn.Module:
 
 
 class DiffusersDirectory:
+    """One job's model directory: `families.family_for` builds one per job, so what it reads once (`recognised`,
+    `fingerprint`) a warm runner's next job reads again, and sees a model changed on disk in between."""
+
     def __init__(self, model_dir: Path, weight_cache: WeightCache | None = None) -> None:
         self.model_dir = model_dir
         self.weight_cache = weight_cache  # where FP8 transformers are kept between jobs
+        self._fingerprints: dict[tuple[str, ...], str] = {}
 
     def revision(self) -> str:
         return model_revision(self.model_dir)
@@ -198,7 +202,14 @@ class DiffusersDirectory:
     def latent_revision(self) -> str:
         """The VAE's fingerprint, modification times included, as the weight cache's: a VAE of the same size and
         config with other weights (the demo's random build) is another latent space."""
-        return model_revision(self.model_dir, ("vae",), modified_times=True)
+        return self.fingerprint(("vae",))
+
+    def fingerprint(self, files: tuple[str, ...]) -> str:
+        """These folders' files' fingerprint, modification times included, read once for the job: the loading
+        stages' notes and their loaders ask for the same keys, and each would stat every file again."""
+        if files not in self._fingerprints:
+            self._fingerprints[files] = model_revision(self.model_dir, files, modified_times=True)
+        return self._fingerprints[files]
 
     def sequence_length(self) -> int:
         """Tokens per prompt: the tokenizer's declared maximum, at most LTX-2's 1024."""
@@ -235,8 +246,7 @@ class DiffusersDirectory:
     def resident_key(self, component: str, *how: object, files: tuple[str, ...] | None = None) -> tuple:
         """What a component loaded from this directory is kept under in warm mode (gpu_runner/resident.py): its
         name, the directory, its files' fingerprint (sizes and modification times) and how it was loaded."""
-        revision = model_revision(self.model_dir, files or (component,), modified_times=True)
-        return (component, str(self.model_dir), revision, *how)
+        return (component, str(self.model_dir), self.fingerprint(files or (component,)), *how)
 
     def text_key(self, dtype: torch.dtype, device: torch.device) -> tuple:
         """The text side's resident key (`load_text_side`)."""
