@@ -17,6 +17,7 @@ from contract import protocol
 from contract.cost import LONG_CLIP_TOKENS
 
 GIB = 1024**3
+FEED_FORWARDS = ("ff", "audio_ff")  # an LTX-2 block's feed-forwards, video and audio
 
 
 def pick_device() -> torch.device:
@@ -53,7 +54,7 @@ class ChunkedFeedForward(torch.nn.Module):
 
 
 def fit_long_clips(transformer: torch.nn.Module, tokens: int, long_clip: int = LONG_CLIP_TOKENS) -> None:
-    """Keep activation memory flat as clips grow: same outputs, a smaller peak.
+    """Keep activation memory flat as clips grow: same outputs, a smaller peak (`unfit_long_clips` undoes it).
 
     For a long clip every block's feed-forwards run in slices, and a guidance batch (CFG's
     [negative, positive]) runs one row at a time; at that length one row already fills the
@@ -62,20 +63,53 @@ def fit_long_clips(transformer: torch.nn.Module, tokens: int, long_clip: int = L
     if tokens <= long_clip:
         return
     for block in transformer.transformer_blocks:
-        for name in ("ff", "audio_ff"):
+        for name in FEED_FORWARDS:
             setattr(block, name, ChunkedFeedForward(getattr(block, name), long_clip))
-    transformer.forward = _one_row_at_a_time(transformer.forward)
+    transformer.forward = _OneRowAtATime(transformer)
 
 
-def _one_row_at_a_time(forward):
-    def run(**kwargs):
+def unfit_long_clips(transformer: torch.nn.Module) -> None:
+    """Undo `fit_long_clips`, however often it was applied: the blocks' own feed-forwards and the forward it wrapped.
+    A wrapper set over its forward since (`guidance.share_stg_prefix`'s) is undone first."""
+    for block in transformer.transformer_blocks:
+        for name in FEED_FORWARDS:
+            feed_forward = sliced = getattr(block, name, None)
+            while isinstance(feed_forward, ChunkedFeedForward):
+                feed_forward = feed_forward.feed_forward
+            if feed_forward is not sliced:
+                setattr(block, name, feed_forward)
+    _OneRowAtATime.undo(transformer)
+
+
+class ForwardWrapper:
+    """A job's wrapper of a module's forward, set on the instance over what was there (the class's forward, or an
+    earlier wrapper), which `undo` puts back: a warm runner's resident transformer sheds the last job's wrappers."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.inner = module.forward  # what this one calls
+        self.replaced = module.__dict__.get("forward")  # what `undo` restores; None: the class's own
+
+    @classmethod
+    def undo(cls, module: torch.nn.Module) -> None:
+        """Take off every wrapper of this kind at the top of `module`'s forward."""
+        while isinstance(wrapper := module.__dict__.get("forward"), cls):
+            if wrapper.replaced is None:
+                del module.__dict__["forward"]
+            else:
+                module.forward = wrapper.replaced
+
+
+class _OneRowAtATime(ForwardWrapper):
+    """A guidance batch through the forward one row at a time (`fit_long_clips`)."""
+
+    def __call__(self, **kwargs):
         batch = kwargs["hidden_states"].shape[0]
         if batch == 1 or kwargs.get("return_dict", True):
-            return forward(**kwargs)
+            return self.inner(**kwargs)
         rows = []
         for row in range(batch):
             rows.append(
-                forward(
+                self.inner(
                     **{
                         name: value[row : row + 1] if is_batched(value, batch) else value
                         for name, value in kwargs.items()
@@ -83,8 +117,6 @@ def _one_row_at_a_time(forward):
                 )
             )
         return tuple(torch.cat(parts) for parts in zip(*rows, strict=True))
-
-    return run
 
 
 def is_batched(value: object, batch: int) -> bool:

@@ -74,8 +74,16 @@ def rest_between_jobs() -> None:
     gives back what the job's last stages reserved (the video decode's), so that the idle runner holds only its CUDA
     context on the card: the figure its `resident` line reports and the room its next job's admission finds."""
     if RESIDENT.enabled:
-        RESIDENT.park()
-        memory.release(memory.pick_device())
+        free_components(memory.pick_device())
+
+
+def free_components(device: torch.device) -> None:
+    """Where a stage has let components go (the text side, the denoiser, the audio decoders; at a warm job's end,
+    everything), their memory goes back: in warm mode the kept ones move to RAM (`Resident.park`), as a runner
+    without warm mode frees them, then Python's references and torch's cache are released. Every such stage
+    comes here, so no family, and no stage added later, leaves resident weights on the card for the next."""
+    RESIDENT.park()
+    memory.release(device)
 
 
 def _stages(
@@ -137,8 +145,7 @@ def _stages(
         # 3. Free the text side before the denoiser arrives; the memory event proves it.
         with stages("free_text_encoder"):
             del text
-            RESIDENT.park()  # warm mode: the kept text side (its connectors ran on the GPU) to RAM
-            memory.release(device)
+            free_components(device)  # warm mode: the kept text side (its connectors ran on the GPU) too
     else:
         # A cache hit: the encoder is never loaded.
         with stages("encode_prompt"):
@@ -189,14 +196,12 @@ def _stages(
     with stages("free_transformer"):
         decoders = family.decoders(denoiser)
         del denoiser
-        RESIDENT.park()  # warm mode: the kept transformer (and upsampler) to RAM, as a runner without it frees them
-        memory.release(device)
+        free_components(device)  # warm mode: the kept transformer (and upsampler) too
 
     # 7. Decode the audio first, being small, so the muxer can take video frames as soon as they are decoded.
     with stages("decode_audio"):
         waveform, sample_rate = family.decode_audio(decoders, audio_latents, device)
-        RESIDENT.park()  # warm mode: the kept audio decoders leave the GPU to the video decode
-        memory.release(device)
+        free_components(device)  # warm mode: the kept audio decoders leave the GPU to the video decode
 
     # 8. Decode the video chunk by chunk, streaming each finished chunk of frames into the muxer (and, for a model
     #    with no preview colours, into what learns them), and

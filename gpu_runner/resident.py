@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from contract import protocol
-from gpu_runner.memory import ChunkedFeedForward
 
 WEIGHTS_RESIDENT = protocol.WEIGHTS_RESIDENT  # the loading stages' note when what they load is held here
 
@@ -67,18 +66,6 @@ def modules_of(held: Any) -> list[nn.Module]:
         return [held]
     components = getattr(held, "components", {})
     return [part for part in components.values() if isinstance(part, nn.Module)]
-
-
-def without_job_wrappers(transformer: nn.Module) -> nn.Module:
-    """A resident transformer as loaded, before the last job's per-job wrappers: `memory.fit_long_clips`' sliced
-    feed-forwards and row-at-a-time forward, `guidance.share_stg_prefix`'s forward (each job adds its own)."""
-    transformer.__dict__.pop("forward", None)  # the class's forward again
-    for block in transformer.transformer_blocks:
-        for name in ("ff", "audio_ff"):
-            feed_forward = getattr(block, name, None)
-            if isinstance(feed_forward, ChunkedFeedForward):
-                setattr(block, name, feed_forward.feed_forward)
-    return transformer
 
 
 def compiled(module: nn.Module) -> bool:

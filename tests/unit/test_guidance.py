@@ -8,7 +8,7 @@ from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
 from PIL import Image
 
 from gpu_runner.families.ltx2.conditioning import image_crf
-from gpu_runner.families.ltx2.guidance import share_stg_prefix
+from gpu_runner.families.ltx2.guidance import share_stg_prefix, unshare_stg_prefix
 from gpu_runner.families.ltx2.loading import DiffusersDirectory
 from gpu_runner.families.ltx2.text import PrecomputedConnectors
 from gpu_runner.memory import fit_long_clips
@@ -152,3 +152,28 @@ def test_nothing_is_shared_without_an_stg_block_after_the_first(demo_model_dir) 
     share_stg_prefix(transformer, None)
     share_stg_prefix(transformer, [0])
     assert transformer.forward == forward
+
+
+def test_unsharing_puts_back_the_forward_sharing_wrapped_however_often_it_was_shared(demo_model_dir) -> None:
+    """A warm runner's resident transformer sheds the last job's sharing: its next job's STG pass runs every block
+    unless that job shares again."""
+    transformer = denoiser(demo_model_dir).transformer
+    cfg = transformer_inputs(transformer.config, batch=2)
+    positive = {name: value[1:] if isinstance(value, torch.Tensor) else value for name, value in cfg.items()}
+    fit_long_clips(transformer, tokens=cfg["hidden_states"].shape[1], long_clip=8)  # a long clip's job, first
+    fitted = transformer.__dict__["forward"]
+    share_stg_prefix(transformer, STG_BLOCKS)
+    share_stg_prefix(transformer, STG_BLOCKS)
+
+    unshare_stg_prefix(transformer)
+    assert transformer.__dict__["forward"] is fitted
+    runs = block_runs(transformer)
+    with torch.no_grad():
+        transformer(**cfg)
+        transformer(**positive, spatio_temporal_guidance_blocks=STG_BLOCKS)
+    assert runs == [3] * (PREFIX + REST), "CFG's two rows one at a time, then the whole STG pass"
+
+    plain = denoiser(demo_model_dir).transformer
+    share_stg_prefix(plain, STG_BLOCKS)
+    unshare_stg_prefix(plain)
+    assert "forward" not in plain.__dict__, "the class's forward again"

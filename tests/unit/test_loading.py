@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 import torch
 from diffusers.pipelines.ltx2 import LTX2Vocoder, LTX2VocoderWithBWE
 from safetensors.torch import load_file
 
+from gpu_runner import families
 from gpu_runner.compiling import compiles
 from gpu_runner.demo import model as demo_model
 from gpu_runner.families.ltx2 import loading
 from gpu_runner.families.ltx2.loading import DiffusersDirectory, place_denoiser
+from gpu_runner.job import Job
+from tests.unit.test_families import fake_job
 from tests.unit.test_guidance import denoiser
 
 
@@ -115,3 +120,39 @@ def test_a_conditioned_pipeline_holds_the_vae_on_the_gpu_only_while_it_encodes(p
     with pytest.raises(RuntimeError):
         pipe.prepare_latents(fail=True)
     assert pipe.vae.device == torch.device("cpu")
+
+
+def test_a_jobs_resident_keys_read_each_fingerprint_once_and_the_next_job_reads_them_again(
+    demo_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The loading stages' notes and their loaders ask for the same keys: the files are statted once a job. A warm
+    runner's next job builds its own directory (`families.family_for`), so a model changed on disk loads again."""
+    model = tmp_path / "model"
+    shutil.copytree(demo_model_dir, model)  # its transformer's files are touched below
+    reads: list[tuple[str, ...]] = []
+    fingerprint = loading.model_revision
+
+    def counted(model_dir: Path, files: tuple[str, ...], **options) -> str:
+        reads.append(files)
+        return fingerprint(model_dir, files, **options)
+
+    monkeypatch.setattr(loading, "model_revision", counted)
+    made = fake_job(tmp_path / "job", num_frames=9, steps=2)
+    job = Job(made.directory, made.file, msgspec.structs.replace(made.spec, kind="demo"), model)
+    cpu = torch.device("cpu")
+
+    def keys(family: families.Family) -> tuple[tuple, ...]:
+        stages = ("load_text_encoder", "load_transformer")
+        return tuple(key for stage in stages for key in family.resident_keys(job, stage, torch.float32, "fp32", cpu))
+
+    family = families.family_for(job, None)
+    noted = keys(family)
+    assert keys(family) == noted and family.source.text_key(torch.float32, cpu) == noted[0], "the loaders' keys"
+    assert len(reads) == len(set(reads)) == len(noted), "each component's files statted once"
+
+    weights = next(path for path in (model / "transformer").iterdir() if path.suffix == ".safetensors")
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert keys(family) == noted, "within one job, the key its note gave"
+    changed = keys(families.family_for(job, None))
+    for before, after in zip(noted, changed, strict=True):
+        assert (after != before) == (before[0] == "transformer"), f"the next job's {before[0]} key"

@@ -22,10 +22,12 @@ from gpu_runner import families, memory, pipeline
 from gpu_runner.__main__ import keep_warm_s
 from gpu_runner.cancel import Cancellation
 from gpu_runner.families.ltx2 import Ltx2
-from gpu_runner.families.ltx2.loading import DiffusersDirectory
+from gpu_runner.families.ltx2.guidance import share_stg_prefix
+from gpu_runner.families.ltx2.loading import DiffusersDirectory, without_job_wrappers
 from gpu_runner.job import Job
-from gpu_runner.resident import Resident, modules_of, without_job_wrappers
+from gpu_runner.resident import Resident, modules_of
 from tests.unit.test_families import Fake, fake_job
+from tests.unit.test_memory import Transformer
 
 
 @pytest.mark.parametrize("raw", ["soon", "-5", "nan", "inf", "2", "0.5"])
@@ -90,33 +92,19 @@ def test_park_leaves_cpu_modules_where_they_are_and_reaches_a_pipelines_componen
     assert modules_of(pipeline) == [module]
 
 
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ff = nn.Linear(4, 4)
-        self.audio_ff = nn.Linear(4, 4)
-
-
-class Transformer(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.transformer_blocks = nn.ModuleList([Block(), Block()])
-
-    def forward(self, **kwargs):
-        return kwargs
-
-
 def test_a_resident_transformer_sheds_the_last_jobs_wrappers() -> None:
     transformer = Transformer()
     feed_forwards = [(block.ff, block.audio_ff) for block in transformer.transformer_blocks]
-    memory.fit_long_clips(transformer, tokens=100, long_clip=10)  # a long clip's job wrapped it
+    memory.fit_long_clips(transformer, tokens=100, long_clip=10)  # a long clip's job wrapped it, as its family does
+    share_stg_prefix(transformer, [1])
     assert isinstance(transformer.transformer_blocks[0].ff, memory.ChunkedFeedForward)
     assert "forward" in transformer.__dict__
 
     assert without_job_wrappers(transformer) is transformer
     assert [(block.ff, block.audio_ff) for block in transformer.transformer_blocks] == feed_forwards
     assert "forward" not in transformer.__dict__
-    assert transformer(hidden_states=torch.ones(1)) == {"hidden_states": torch.ones(1)}
+    (out,) = transformer(hidden_states=torch.ones(2, 1, 4), return_dict=False)
+    assert transformer.batches == [2] and torch.equal(out, torch.full((2, 1, 4), 2.0))
 
 
 A_RESULT = protocol.Result("video.mp4", 9, 24.0, 64, 64, 24000, 0.375, None, {})
@@ -171,9 +159,15 @@ def warm_generate(tmp_path: Path, monkeypatch, family: Fake, park=None) -> list[
     return family.calls
 
 
-def test_a_warm_job_ends_with_its_weights_parked_and_the_allocators_cache_given_back(tmp_path, monkeypatch) -> None:
+def test_a_warm_job_parks_what_each_stage_frees_and_ends_with_the_allocators_cache_given_back(
+    tmp_path, monkeypatch
+) -> None:
+    """The text side, the transformer and the audio decoders leave the card where a runner without warm mode frees
+    them, so that the next stage finds the room admission predicted; after the video decode, everything."""
     calls = warm_generate(tmp_path, monkeypatch, Fake([]))
-    assert calls[calls.index("decode_video") :] == ["decode_video", "park", "release"]
+    freed = ["park", "release"]
+    expected = ["load_text_side", "encode encoder", *freed, "load_denoiser ['context']", *freed]
+    assert calls == [*expected, "decode_audio", *freed, "decode_video", *freed]
 
 
 class FailingDecode(Fake):

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from gpu_runner.memory import is_batched
+from gpu_runner.memory import ForwardWrapper, is_batched
 
 # The STG call's arguments that may differ from the positive row's: they act only in the STG blocks.
 STG_ONLY_ARGUMENTS = frozenset({"spatio_temporal_guidance_blocks", "perturbation_mask"})
@@ -31,18 +31,24 @@ def share_stg_prefix(transformer: nn.Module, stg_blocks: list[int] | None) -> No
     """Make `transformer`'s STG passes reuse the blocks before `stg_blocks` from the CFG pass before them.
 
     Wraps `transformer.forward` (after `memory.fit_long_clips`, so a CFG batch run a row at a time
-    is seen whole). No STG blocks, or STG from block 0, leaves it as it is.
+    is seen whole). No STG blocks, or STG from block 0, leaves it as it is. `unshare_stg_prefix` undoes it.
     """
     first = min(stg_blocks or [0])
     if first == 0:
         return
-    transformer.forward = _PrefixSharing(transformer, first).forward
+    transformer.forward = _PrefixSharing(transformer, first)
 
 
-class _PrefixSharing:
+def unshare_stg_prefix(transformer: nn.Module) -> None:
+    """Undo `share_stg_prefix`, however often it was applied: the forward it wrapped again (before undoing a wrapper
+    it went over, `memory.fit_long_clips`')."""
+    _PrefixSharing.undo(transformer)
+
+
+class _PrefixSharing(ForwardWrapper):
     def __init__(self, transformer: nn.Module, first_stg_block: int) -> None:
+        super().__init__(transformer)
         self.transformer = transformer
-        self.inner = transformer.forward
         self.first = first_stg_block
         self.positive: dict | None = None  # the last CFG call's arguments, its positive row only
         self.reached: tuple[torch.Tensor, torch.Tensor] | None = None  # its (video, audio) entering `first`
@@ -52,7 +58,7 @@ class _PrefixSharing:
         self.tapped = nn.ModuleList([*blocks[: self.first], _Tap(self), *blocks[self.first :]])
         self.replayed = nn.ModuleList([_Replay(self)] * self.first + blocks[self.first :])
 
-    def forward(self, **kwargs):
+    def __call__(self, **kwargs):
         batch = kwargs["hidden_states"].shape[0]
         stg = kwargs.get("spatio_temporal_guidance_blocks") or []
         cfg = (

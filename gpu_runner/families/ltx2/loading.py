@@ -37,9 +37,10 @@ from contract import library
 from contract.cost import component_gib
 from gpu_runner import fp8, memory
 from gpu_runner.compiling import COMPILE_RECOMPILE_LIMIT, compiles
+from gpu_runner.families.ltx2.guidance import unshare_stg_prefix
 from gpu_runner.families.ltx2.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, prepare_text_encoder
 from gpu_runner.prompt_cache import model_revision
-from gpu_runner.resident import RESIDENT, compiled, without_job_wrappers
+from gpu_runner.resident import RESIDENT, compiled
 from gpu_runner.weight_cache import WeightCache
 
 DENOISING_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "scheduler")
@@ -178,10 +179,22 @@ def place_denoiser(
     pipe.set_progress_bar_config(disable=True)
 
 
+def without_job_wrappers(transformer: nn.Module) -> nn.Module:
+    """A resident transformer as loaded: the last job's wrappers undone, the last one set first (`place_denoiser`
+    fits it for long clips, then the family shares its STG prefix: each job adds its own)."""
+    unshare_stg_prefix(transformer)
+    memory.unfit_long_clips(transformer)
+    return transformer
+
+
 class DiffusersDirectory:
+    """One job's model directory: `families.family_for` builds one per job, so what it reads once (`recognised`,
+    `fingerprint`) a warm runner's next job reads again, and sees a model changed on disk in between."""
+
     def __init__(self, model_dir: Path, weight_cache: WeightCache | None = None) -> None:
         self.model_dir = model_dir
         self.weight_cache = weight_cache  # where FP8 transformers are kept between jobs
+        self._fingerprints: dict[tuple[str, ...], str] = {}
 
     def revision(self) -> str:
         return model_revision(self.model_dir)
@@ -189,7 +202,14 @@ class DiffusersDirectory:
     def latent_revision(self) -> str:
         """The VAE's fingerprint, modification times included, as the weight cache's: a VAE of the same size and
         config with other weights (the demo's random build) is another latent space."""
-        return model_revision(self.model_dir, ("vae",), modified_times=True)
+        return self.fingerprint(("vae",))
+
+    def fingerprint(self, files: tuple[str, ...]) -> str:
+        """These folders' files' fingerprint, modification times included, read once for the job: the loading
+        stages' notes and their loaders ask for the same keys, and each would stat every file again."""
+        if files not in self._fingerprints:
+            self._fingerprints[files] = model_revision(self.model_dir, files, modified_times=True)
+        return self._fingerprints[files]
 
     def sequence_length(self) -> int:
         """Tokens per prompt: the tokenizer's declared maximum, at most LTX-2's 1024."""
@@ -226,8 +246,7 @@ class DiffusersDirectory:
     def resident_key(self, component: str, *how: object, files: tuple[str, ...] | None = None) -> tuple:
         """What a component loaded from this directory is kept under in warm mode (gpu_runner/resident.py): its
         name, the directory, its files' fingerprint (sizes and modification times) and how it was loaded."""
-        revision = model_revision(self.model_dir, files or (component,), modified_times=True)
-        return (component, str(self.model_dir), revision, *how)
+        return (component, str(self.model_dir), self.fingerprint(files or (component,)), *how)
 
     def text_key(self, dtype: torch.dtype, device: torch.device) -> tuple:
         """The text side's resident key (`load_text_side`)."""

@@ -1,0 +1,76 @@
+"""`memory.fit_long_clips` undone (`unfit_long_clips`): what a warm runner's resident transformer sheds between jobs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gpu_runner.memory import ChunkedFeedForward, fit_long_clips, unfit_long_clips
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ff = nn.Linear(4, 4)
+        self.audio_ff = nn.Linear(4, 4)
+
+
+class Transformer(nn.Module):
+    """Two blocks with LTX-2's feed-forward names; its forward records the batch each call gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformer_blocks = nn.ModuleList([Block(), Block()])
+        self.batches: list[int] = []
+
+    def forward(self, hidden_states: torch.Tensor, return_dict: bool = True):
+        self.batches.append(hidden_states.shape[0])
+        return (hidden_states * 2,)
+
+
+def feed_forwards(transformer: Transformer) -> list[tuple[nn.Module, nn.Module]]:
+    return [(block.ff, block.audio_ff) for block in transformer.transformer_blocks]
+
+
+def test_unfitting_gives_back_the_blocks_own_feed_forwards_and_the_class_forward_however_often_it_was_fitted() -> None:
+    transformer = Transformer()
+    own = feed_forwards(transformer)
+    fit_long_clips(transformer, tokens=100, long_clip=10)
+    fit_long_clips(transformer, tokens=100, long_clip=10)
+    assert all(isinstance(ff, ChunkedFeedForward) for pair in feed_forwards(transformer) for ff in pair)
+    batch = torch.ones(2, 3, 4)
+    transformer(hidden_states=batch, return_dict=False)
+    assert transformer.batches == [1, 1], "a guidance batch one row at a time"
+
+    unfit_long_clips(transformer)
+    assert feed_forwards(transformer) == own
+    assert "forward" not in transformer.__dict__, "the class's forward again"
+    transformer.batches.clear()
+    (out,) = transformer(hidden_states=batch, return_dict=False)
+    assert transformer.batches == [2] and torch.equal(out, batch * 2)
+
+
+def test_unfitting_keeps_a_forward_set_before_the_fit() -> None:
+    transformer = Transformer()
+    counted = []
+    own_forward = transformer.forward
+
+    def counting(**kwargs):
+        counted.append(kwargs["hidden_states"].shape[0])
+        return own_forward(**kwargs)
+
+    transformer.forward = counting
+    fit_long_clips(transformer, tokens=100, long_clip=10)
+    unfit_long_clips(transformer)
+    assert transformer.__dict__["forward"] is counting
+    transformer(hidden_states=torch.ones(2, 3, 4), return_dict=False)
+    assert counted == [2]
+
+
+def test_a_short_clip_is_not_fitted_and_unfitting_it_changes_nothing() -> None:
+    transformer = Transformer()
+    own = feed_forwards(transformer)
+    fit_long_clips(transformer, tokens=10, long_clip=10)
+    assert feed_forwards(transformer) == own and "forward" not in transformer.__dict__
+    unfit_long_clips(transformer)
+    assert feed_forwards(transformer) == own and "forward" not in transformer.__dict__
