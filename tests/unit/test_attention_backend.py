@@ -131,3 +131,15 @@ def test_the_sage_op_is_a_clean_custom_op_for_torch_compile(stand_in_sage) -> No
     generator = torch.Generator().manual_seed(0)
     query, key, value = (torch.randn(2, 24, 6, 32, generator=generator) for _ in range(3))
     torch.library.opcheck(attention.sage_attention, (query, key, value, None))
+
+
+def test_an_attention_on_sage_compiles_as_one_graph(transformer, stand_in_sage) -> None:
+    """fullgraph: Dynamo takes the op whole, no graph break around it (it would raise), as a compiled block needs."""
+    attention.use_attention_backend(transformer, "sage")
+    attn1 = transformer.transformer_blocks[0].attn1
+    hidden_states = torch.randn(2, 24, transformer.config.num_attention_heads * transformer.config.attention_head_dim)
+    with torch.no_grad():
+        eager = attn1(hidden_states)
+        compiled = torch.compile(attn1, backend="aot_eager", fullgraph=True)(hidden_states)
+    torch.testing.assert_close(compiled, eager)
+    assert len(stand_in_sage) == 2  # the compiled call ran the op too
