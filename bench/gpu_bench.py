@@ -73,6 +73,8 @@ Attention, read from diffusers 0.42.1 (transformer_ltx2.py, attention_dispatch.p
     python bench/gpu_bench.py --out bench/results/<date>-<card>.md
     python bench/gpu_bench.py --frames 49 --paths stock-bf16 ours ours-cudnn
     python bench/gpu_bench.py --profile 49 --paths stock-bf16 ours
+    PYTHONPATH=<sageattention unpacked> python bench/gpu_bench.py --frames 49 481 --paths stock-bf16 \
+        ours-compiled ours-compiled-sage ours-compiled-_native_cudnn ours-compiled-_native_flash
     python bench/gpu_bench.py --tiny       # the demo model's sizes on the CPU: a smoke of this script
 """
 
