@@ -12,11 +12,12 @@ torch 2.11 on an H100). The others: `_native_cudnn`, `_native_flash`, `_native_e
 (an error where it refuses the inputs); `sage` is SageAttention's 8-bit attention (below).
 
 SageAttention: diffusers' own `sage` backend needs `sageattention>=2.1.1`, whose CUDA extension must be built
-for the card. SageAttention 1.x is Triton only (a small pure-Python wheel), and diffusers refuses it. Where only
-1.x is importable, `sage` here runs it through a torch custom op of ours registered as diffusers' `sage` backend:
-opaque to torch.compile, so a compiled block keeps one graph around it instead of Dynamo tracing into
-SageAttention's Python and its Triton launches (diffusers' own `sage` calls `sageattn` directly, which Dynamo
-would trace).
+for the card, and runs it where it is installed. Elsewhere `sage` is SageAttention 1.0.6's Triton kernels, kept in
+gpu_runner/sage_triton.py with its softmax fixed (1.0.6 itself, which diffusers refuses anyway, leaves the keys
+past a sequence's end in the softmax: 14% off on LTX-2's 51 audio tokens at 49 frames). They run through a torch
+custom op of ours, registered as diffusers' `sage` backend: opaque to torch.compile, so a compiled block keeps
+one graph around it instead of Dynamo tracing into the kernels' Python launches. It needs Triton, which torch's
+CUDA builds bring; nothing else to install.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SETTING = "AVP_ATTENTION"
 # The mask-free attentions of a block, by attribute name; the text cross-attentions, attn2 and audio_attn2, never
 MASK_FREE_ATTENTIONS = ("attn1", "audio_attn1", "audio_to_video_attn", "video_to_audio_attn")
 CUDA_ONLY = ("sage", "_native_cudnn", "_native_efficient")  # torch's CPU build has a flash kernel, none of these
+SAGE_KERNELS = "gpu_runner.sage_triton"
 
 
 class AttentionBackendError(ValueError):
@@ -79,14 +81,13 @@ def _usable(backend: str) -> AttentionBackendName:
 
 
 def _bridge_sage() -> None:
-    """diffusers' `sage` backend through SageAttention 1.x's Triton kernels (`sage_attention`)."""
+    """diffusers' `sage` backend through our Triton kernels (gpu_runner/sage_triton.py, `sage_attention`)."""
     try:
-        importlib.import_module("sageattention")
+        importlib.import_module(SAGE_KERNELS)
     except ImportError as error:
         raise AttentionBackendError(
-            f"{SETTING}=sage needs the sageattention package where the runner's Python imports it ({error}): "
-            "install sageattention 1.0.x (Triton only) or >= 2.1.1 into that environment, or set "
-            f"{SETTING}=native"
+            f"{SETTING}=sage needs Triton where the runner's Python imports it ({error}); torch's CUDA builds bring "
+            f"it. Install torch with CUDA there, or set {SETTING}=native"
         ) from None
     register = attention_dispatch._AttentionBackendRegistry.register
     register(AttentionBackendName.SAGE, constraints=[attention_dispatch._check_device_cuda])(_sage_backend)
@@ -108,15 +109,11 @@ def _sage_backend(
 
 @torch.library.custom_op("avportal::sage_attention", mutates_args=())
 def sage_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None) -> torch.Tensor:
-    """SageAttention's `sageattn` on (batch, tokens, heads, head dim) tensors. It smooths the keys (subtracts their
-    mean over the tokens, which leaves every softmax as it was) in place; done out of place here instead, so the op
-    changes none of its inputs, as a custom op must not."""
-    from sageattention import sageattn
-
-    key = key - key.mean(dim=1, keepdim=True)
-    return sageattn(query, key, value, tensor_layout="NHD", is_causal=False, sm_scale=scale, smooth_k=False)
+    """The Triton kernels on (batch, tokens, heads, head dim) tensors; imported at the call, so that this module
+    imports without Triton (a CPU build of torch)."""
+    return importlib.import_module(SAGE_KERNELS).sage_attention(query, key, value, scale)
 
 
 @sage_attention.register_fake
 def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None) -> torch.Tensor:
-    return torch.empty_like(query, memory_format=torch.contiguous_format)  # sageattn's output: query's shape and dtype
+    return torch.empty_like(query, memory_format=torch.contiguous_format)  # the kernels' output: query's shape, dtype

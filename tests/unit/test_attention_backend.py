@@ -1,6 +1,6 @@
 """AVP_ATTENTION's room (gpu_runner/attention.py) on the demo model's transformer, on the CPU: which attentions
-get the backend, "native" as it was, the errors that name the setting, and the SageAttention bridge around a
-stand-in `sageattn` (the real one needs CUDA)."""
+get the backend, "native" as it was, the errors that name the setting, and the sage backend's custom op around a
+stand-in for its Triton kernels (gpu_runner/sage_triton.py needs Triton and a GPU)."""
 
 from __future__ import annotations
 
@@ -80,37 +80,39 @@ def test_a_backend_that_does_not_exist_is_refused_naming_the_setting(transformer
     assert backends(transformer, attention.MASK_FREE_ATTENTIONS) == {None}
 
 
-def test_sage_without_its_package_is_refused_naming_the_setting_and_the_package(transformer, monkeypatch) -> None:
-    monkeypatch.setattr(attention_dispatch, "_CAN_USE_SAGE_ATTN", False)
-    monkeypatch.setitem(sys.modules, "sageattention", None)  # not importable
-    with pytest.raises(attention.AttentionBackendError, match=r"AVP_ATTENTION=sage needs the sageattention package"):
+def test_sage_without_triton_is_refused_naming_the_setting_and_what_is_missing(transformer, monkeypatch) -> None:
+    monkeypatch.setattr(attention_dispatch, "_CAN_USE_SAGE_ATTN", False)  # no sageattention>=2.1.1 either
+    monkeypatch.delitem(sys.modules, attention.SAGE_KERNELS, raising=False)
+    monkeypatch.setitem(sys.modules, "triton", None)  # not importable, as with a CPU build of torch
+    with pytest.raises(attention.AttentionBackendError, match=r"AVP_ATTENTION=sage needs Triton"):
         attention.use_attention_backend(transformer, "sage")
     assert backends(transformer, attention.MASK_FREE_ATTENTIONS) == {None}
-    assert "sageattention" in attention.unavailable_reason("sage", torch.device("cuda"))
+    assert "needs Triton" in attention.unavailable_reason("sage", torch.device("cuda"))
     assert attention.unavailable_reason("sage", torch.device("cpu")) == "sage attention runs on a CUDA GPU only"
     assert attention.unavailable_reason("_native_flash", torch.device("cpu")) is None
 
 
 @pytest.fixture
 def stand_in_sage(monkeypatch) -> list[dict]:
-    """A `sageattention` module whose `sageattn` is exact attention (SageAttention 1.x's signature), the calls it
+    """Exact attention in place of the sage kernels (gpu_runner/sage_triton.py's `sage_attention`), the calls it
     got; diffusers' registry as it was afterwards (the bridge replaces its `sage` entry)."""
     calls = []
 
-    def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, smooth_k=True):
-        calls.append({"layout": tensor_layout, "causal": is_causal, "smooth_k": smooth_k, "key_mean": k.mean(dim=1)})
-        q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # NHD -> HND
-        return F.scaled_dot_product_attention(q, k, v, scale=sm_scale).transpose(1, 2)
+    def sage_attention(query, key, value, scale):
+        calls.append({"shape": tuple(query.shape), "scale": scale})
+        query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # (batch, heads, tokens, dim)
+        return F.scaled_dot_product_attention(query, key, value, scale=scale).transpose(1, 2)
 
-    monkeypatch.setitem(sys.modules, "sageattention", types.SimpleNamespace(sageattn=sageattn))
-    monkeypatch.setattr(attention_dispatch, "_CAN_USE_SAGE_ATTN", False)  # as with SageAttention 1.x
+    kernels = types.SimpleNamespace(sage_attention=sage_attention)
+    monkeypatch.setitem(sys.modules, attention.SAGE_KERNELS, kernels)
+    monkeypatch.setattr(attention_dispatch, "_CAN_USE_SAGE_ATTN", False)  # no sageattention>=2.1.1
     registry = attention_dispatch._AttentionBackendRegistry
     for table in (registry._backends, registry._constraints, registry._supported_arg_names):
         monkeypatch.setitem(table, AttentionBackendName.SAGE, table[AttentionBackendName.SAGE])
     return calls
 
 
-def test_sage_1_runs_through_the_bridge_with_smoothed_keys_and_the_same_attention(transformer, stand_in_sage) -> None:
+def test_sage_runs_the_kernels_on_the_mask_free_attentions_in_diffusers_layout(transformer, stand_in_sage) -> None:
     before = step(transformer)
     attention.use_attention_backend(transformer, "sage")
     assert backends(transformer, attention.MASK_FREE_ATTENTIONS) == {AttentionBackendName.SAGE}
@@ -118,11 +120,10 @@ def test_sage_1_runs_through_the_bridge_with_smoothed_keys_and_the_same_attentio
     after = step(transformer)
     blocks = len(transformer.transformer_blocks)
     assert len(stand_in_sage) == blocks * len(attention.MASK_FREE_ATTENTIONS)  # never the masked text attentions
-    for call in stand_in_sage:
-        assert call["layout"] == "NHD" and not call["causal"] and not call["smooth_k"]
-        assert call["key_mean"].abs().max() < 1e-5  # smoothed by the bridge, out of place
+    heads = transformer.config.num_attention_heads
+    assert {(call["shape"][2], call["scale"]) for call in stand_in_sage} == {(heads, None)}
     for a, b in zip(before, after, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # smoothing leaves every softmax as it was
+        torch.testing.assert_close(a, b)  # exact attention in (batch, tokens, heads, dim): the output as native's
 
 
 def test_the_sage_op_is_a_clean_custom_op_for_torch_compile(stand_in_sage) -> None:
