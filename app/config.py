@@ -297,7 +297,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if attention not in ATTENTION_BACKENDS:
             raise SettingsError(
                 f"AVP_ATTENTION={attention!r} must be one of {', '.join(ATTENTION_BACKENDS)} "
-                f"(default {DEFAULT_ATTENTION}; sage needs the sageattention package in the runner's Python)"
+                f"(default {DEFAULT_ATTENTION})"
             )
         spare_runner = env.get("AVP_SPARE_RUNNER", "").strip() or "on"
         if spare_runner not in ("on", "off"):
