@@ -13,11 +13,11 @@ torch 2.11 on an H100). The others: `_native_cudnn`, `_native_flash`, `_native_e
 
 SageAttention: diffusers' own `sage` backend needs `sageattention>=2.1.1`, whose CUDA extension must be built
 for the card, and runs it where it is installed. Elsewhere `sage` is SageAttention 1.0.6's Triton kernels, kept in
-gpu_runner/sage_triton.py with its softmax fixed (1.0.6 itself, which diffusers refuses anyway, leaves the keys
-past a sequence's end in the softmax: 14% off on LTX-2's 51 audio tokens at 49 frames). They run through a torch
-custom op of ours, registered as diffusers' `sage` backend: opaque to torch.compile, so a compiled block keeps
-one graph around it instead of Dynamo tracing into the kernels' Python launches. It needs Triton, which torch's
-CUDA builds bring; nothing else to install.
+gpu_runner/sage_triton.py with their softmax fixed (1.0.6 itself, which diffusers refuses anyway, leaves the keys
+past a sequence's end in the softmax: 14% off on 51 random keys, as many as LTX-2's audio tokens at 49 frames).
+They run through a torch custom op of ours, registered as diffusers' `sage` backend: opaque to torch.compile, so a
+compiled block keeps one graph around it instead of Dynamo tracing into the kernels' Python launches. It needs
+Triton, which torch's CUDA builds bring; nothing else to install.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
 
 
 def _usable(backend: str) -> AttentionBackendName:
-    """`backend` as diffusers names it, once this process can run it (sage: its package imported, bridged)."""
+    """`backend` as diffusers names it, once this process can run it (sage: its Triton kernels registered)."""
     if backend not in ATTENTION_BACKENDS:
         raise AttentionBackendError(f"{SETTING}={backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
     name = AttentionBackendName(backend)
