@@ -1,14 +1,15 @@
 """AVP_ATTENTION's backends one attention call at a time, at LTX-2's mask-free attention shapes: time and error.
 
 For each frame count at 768x448 (LTX-2.0's heads: video 32 x 128, audio 32 x 64; the CFG batch of two) it calls
-diffusers' `dispatch_attention_fn` as the transformer's processors do, with each backend (gpu_runner/attention.py
-registers `sage`), on random bf16 queries, keys and values for the four mask-free attentions: video self (video
-tokens both sides), audio self, audio-to-video (video queries, audio keys) and video-to-audio. Time: the median of
-`--repeats` calls after two warm-ups, CUDA events. Error: the relative L2 difference from the same attention in
-float32 (memory-efficient SDPA on a GPU, which needs no token x token matrix; math on the CPU).
+diffusers' `dispatch_attention_fn` as the transformer's processors do, with each backend, on random bf16 queries,
+keys and values for the four mask-free attentions: video self (video tokens both sides), audio self,
+audio-to-video (video queries, audio keys) and video-to-audio. Time: the median of `--repeats` calls after two
+warm-ups, CUDA events. Error: the relative L2 difference from the same attention in float32 (memory-efficient SDPA
+on a GPU, which needs no token x token matrix; math on the CPU).
 
-`--sageattention` also runs the sageattention package's own 1.x kernels (`sageattn`, where it imports) to show
-what gpu_runner/sage_triton.py's fix changes: 1.0.6 keeps the keys past a sequence's end in its softmax.
+`--sageattention` also runs the sageattention package (`sageattn`, where it imports; not an AVP_ATTENTION backend)
+beside them, to show its error on the GPU: 1.0.6 keeps the padded keys of its 64-key blocks in its softmax, and
+LTX-2's token counts are never multiples of 64 (gpu_runner/attention.py says why it is not offered).
 
     python bench/attention_bench.py --frames 49 481 --out $OUT/attention.md
     python bench/attention_bench.py --tiny    # the demo model's heads on the CPU: a smoke of this script
@@ -82,8 +83,7 @@ def package_sage(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) ->
 
 
 def backends(device: torch.device, with_package: bool) -> list[tuple[str, str | None]]:
-    """(backend, why it cannot run here or None) in AVP_ATTENTION's order, the package's 1.x kernels last; asking
-    readies a backend (sage's kernels registered with diffusers)."""
+    """(backend, why it cannot run here or None) in AVP_ATTENTION's order, the sageattention package last."""
     chosen = [(backend, unavailable_reason(backend, device)) for backend in ATTENTION_BACKENDS]
     if with_package:
         try:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", help="frame counts (default 49 481; tiny: 9 17)")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls after two warm-ups; median")
-    parser.add_argument("--sageattention", action="store_true", help="also the sageattention package's 1.x kernels")
+    parser.add_argument("--sageattention", action="store_true", help="also the sageattention package, for its error")
     parser.add_argument("--out", type=Path, help="also write the report (with its header) here")
     parser.add_argument("--tiny", action="store_true", help="the demo model's heads at 256x160 on the CPU")
     args = parser.parse_args(argv)

@@ -17,10 +17,10 @@ paths (`--paths` picks some by their keys, `--frames` the frame counts):
   (every transformer block through torch.compile, regional compilation; default mode, as
   max-autotune would tune every GEMM shape for minutes), and `ours-compiled-stg-prefix`, the runner's
   step: compiled, with the STG pass started at its block from the positive CFG row's states there
-  (gpu_runner/families/ltx2/guidance.py), and `ours-compiled-<backend>` for AVP_ATTENTION's backends (`sage`,
-  `_native_cudnn`, `_native_flash`, `_native_efficient`): compiled blocks with that backend on the mask-free
+  (gpu_runner/families/ltx2/guidance.py), and `ours-compiled-<backend>` for AVP_ATTENTION's backends
+  (`_native_cudnn`, `_native_flash`, `_native_efficient`): compiled blocks with that backend on the mask-free
   attentions, set by gpu_runner/attention.py as the runner sets it; their latents are compared with
-  `ours-compiled`'s. A backend this process cannot run (CUDA-only ones on the CPU, sage without Triton) gets
+  `ours-compiled`'s. A backend this process cannot run (the CUDA-only ones on the CPU) gets
   a row saying why instead of a time. Where a path compiles, the
   compile time shows as the extra seconds of its first step: each compiled path compiles its blocks afresh
   (Dynamo is reset after it, as each runner process compiles its own, and no path's graphs count toward
@@ -73,8 +73,8 @@ Attention, read from diffusers 0.42.1 (transformer_ltx2.py, attention_dispatch.p
     python bench/gpu_bench.py --out bench/results/<date>-<card>.md
     python bench/gpu_bench.py --frames 49 --paths stock-bf16 ours ours-cudnn
     python bench/gpu_bench.py --profile 49 --paths stock-bf16 ours
-    python bench/gpu_bench.py --frames 49 481 --paths stock-bf16 ours-compiled ours-compiled-sage \
-        ours-compiled-_native_cudnn ours-compiled-_native_flash
+    python bench/gpu_bench.py --frames 49 481 --paths stock-bf16 ours-compiled ours-compiled-_native_cudnn \
+        ours-compiled-_native_flash
     python bench/gpu_bench.py --tiny       # the demo model's sizes on the CPU: a smoke of this script
 """
 

@@ -34,7 +34,7 @@ SOURCE_AUDIO_LATENTS_FILE = "source_audio_latents.safetensors"
 DEFAULT_CACHE_GB = 50.0  # AVP_CACHE_GB: two full-size models' FP8 transformers (18 GiB each), prompts and kernels
 # AVP_ATTENTION: the kernel of the transformer's mask-free attentions on a CUDA GPU (gpu_runner/attention.py), by
 # diffusers' backend names; "native" sets none, leaving torch's SDPA to pick its kernel
-ATTENTION_BACKENDS = ("native", "sage", "_native_cudnn", "_native_flash", "_native_efficient")
+ATTENTION_BACKENDS = ("native", "_native_cudnn", "_native_flash", "_native_efficient")
 DEFAULT_ATTENTION = "native"
 
 

@@ -30,7 +30,7 @@ def rows(tmp_path_factory) -> dict[tuple[str, str, str], dict[str, str]]:
 
 
 def test_every_mask_free_attention_has_a_row_per_backend(rows) -> None:
-    backends = ("native", "sage", "_native_cudnn", "_native_flash", "_native_efficient", bench().SAGEATTENTION)
+    backends = ("native", "_native_cudnn", "_native_flash", "_native_efficient", bench().SAGEATTENTION)
     assert set(rows) == {(attention, "9", backend) for attention in ATTENTIONS for backend in backends}
 
 
@@ -44,7 +44,7 @@ def test_the_backends_the_cpu_runs_are_timed_and_match_float32_attention(rows) -
 
 def test_the_others_say_why_they_were_skipped(rows) -> None:
     for attention in ATTENTIONS:
-        for backend in ("sage", "_native_cudnn", "_native_efficient"):
+        for backend in ("_native_cudnn", "_native_efficient"):
             row = rows[attention, "9", backend]
             assert row["notes"] == f"skipped: {backend} attention runs on a CUDA GPU only"
             assert row["ms per call"] == row["rel. error"] == "-"

@@ -32,7 +32,7 @@ OUR_PATHS = (
 # AVP_ATTENTION's backends that run on a CUDA GPU only: a row each saying so, no time
 CUDA_ONLY_PATHS = tuple(
     f"ours fp8 matmul, compiled blocks, {backend} on the mask-free attentions"
-    for backend in ("sage", "_native_cudnn", "_native_efficient")
+    for backend in ("_native_cudnn", "_native_efficient")
 )
 RUNNER = "runner job (generate)"
 STEP_PATHS = (*STOCK_PATHS, *OUR_PATHS, RUNNER)
