@@ -24,7 +24,7 @@ from app.slots import resolve as resolve_slots
 from app.webhook_targets import Allowlist
 from app.webhooks import check_secret
 from contract.cost import ENHANCE_MAX_NEW_TOKENS
-from contract.jobdir import DEFAULT_CACHE_GB, RunnerOptions
+from contract.jobdir import ATTENTION_BACKENDS, DEFAULT_ATTENTION, DEFAULT_CACHE_GB, RunnerOptions
 from contract.loras import DEFAULT_MAX_MB as DEFAULT_LORA_MAX_MB
 from contract.loras import FOLDER as MODEL_LORA_FOLDER
 from contract.loras import Library as LoraLibrary
@@ -57,6 +57,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     enhance_max_tokens: int = ENHANCE_MAX_NEW_TOKENS  # the most tokens a prompt enhancer writes (LTX-2.5)
     weight_cache: str = ""  # an absolute directory for FP8 transformers, "off", or "" for the data dir's
     compile_blocks: bool = True  # on a CUDA GPU, jobs compile the transformer's blocks (AVP_COMPILE)
+    attention: str = DEFAULT_ATTENTION  # on a CUDA GPU, the mask-free attentions' backend (AVP_ATTENTION)
     spare_runner: bool = True  # a runner waits with torch and diffusers imported for the next job (AVP_SPARE_RUNNER)
     # warm mode (AVP_KEEP_WARM_S): a slot's runner keeps its model loaded this long after a job, for the next job of
     # the same model; 0 (the default): every runner exits after its job, holding nothing idle
@@ -181,6 +182,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             enhance_max_tokens=self.enhance_max_tokens,
             weight_cache_dir=None if weight_cache_dir is None else str(weight_cache_dir),
             compile_cache_dir=None if compile_cache_dir is None else str(compile_cache_dir),
+            attention=self.attention,
             cache_gb=self.cache_gb,
             preview_colours_dir=str(self.preview_colours_dir),
             lora_dirs=tuple(str(folder) for folder in self.lora_folders()),
@@ -291,6 +293,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         compile_blocks = env.get("AVP_COMPILE", "").strip() or "on"
         if compile_blocks not in ("on", "off"):
             raise SettingsError(f"AVP_COMPILE={compile_blocks!r} must be on (the default) or off")
+        attention = env.get("AVP_ATTENTION", "").strip() or DEFAULT_ATTENTION
+        if attention not in ATTENTION_BACKENDS:
+            raise SettingsError(
+                f"AVP_ATTENTION={attention!r} must be one of {', '.join(ATTENTION_BACKENDS)} "
+                f"(default {DEFAULT_ATTENTION})"
+            )
         spare_runner = env.get("AVP_SPARE_RUNNER", "").strip() or "on"
         if spare_runner not in ("on", "off"):
             raise SettingsError(f"AVP_SPARE_RUNNER={spare_runner!r} must be on (the default) or off")
@@ -349,6 +357,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             enhance_max_tokens=int(number("AVP_ENHANCE_MAX_TOKENS", ENHANCE_MAX_NEW_TOKENS, int, 1)),
             weight_cache=weight_cache,
             compile_blocks=compile_blocks == "on",
+            attention=attention,
             spare_runner=spare_runner == "on",
             keep_warm_s=keep_warm_s,
             max_upload_mb=number("AVP_MAX_UPLOAD_MB", 20.0, float, 0.01),

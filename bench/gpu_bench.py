@@ -17,8 +17,14 @@ paths (`--paths` picks some by their keys, `--frames` the frame counts):
   (every transformer block through torch.compile, regional compilation; default mode, as
   max-autotune would tune every GEMM shape for minutes), and `ours-compiled-stg-prefix`, the runner's
   step: compiled, with the STG pass started at its block from the positive CFG row's states there
-  (gpu_runner/families/ltx2/guidance.py). Where a path compiles, the compile time shows as the extra seconds of
-  its first step;
+  (gpu_runner/families/ltx2/guidance.py), and `ours-compiled-<backend>` for AVP_ATTENTION's backends
+  (`_native_cudnn`, `_native_flash`, `_native_efficient`): compiled blocks with that backend on the mask-free
+  attentions, set by gpu_runner/attention.py as the runner sets it; their latents are compared with
+  `ours-compiled`'s. A backend this process cannot run (the CUDA-only ones on the CPU) gets
+  a row saying why instead of a time. Where a path compiles, the
+  compile time shows as the extra seconds of its first step: each compiled path compiles its blocks afresh
+  (Dynamo is reset after it, as each runner process compiles its own, and no path's graphs count toward
+  another's recompile limit), torch's on-disk kernel cache aside;
 - `runner`: the runner job, `gpu_runner.pipeline.generate` end to end (gpu_smoke.run), stage by stage;
 - `decode`: the stock video VAE decode, untiled where it fits, else with diffusers' tiling;
 - and a bf16 matmul of 8192^3, the card's ceiling.
@@ -28,8 +34,9 @@ LTX-2.0 guidance settings. A step's FLOPs are counted once per frame count on th
 (torch.utils.flop_counter, during its warm-up step); every path computes the same guidance (the
 STG-prefix path with fewer block runs: its TFLOP/s is an effective rate). Timing: CUDA
 events at the pipeline's step callbacks, one warm-up step, then the median of `--repeats` steps.
-Each step path's final latents are compared with its base path's (stock bf16 or ours), same seed:
-a variant that only changes kernels should differ by rounding alone.
+Each step path's final latents are compared with its base path's (stock bf16, ours, or for an attention
+backend ours-compiled), and every path's with stock bf16's, same seed: a variant that only changes kernels
+should differ by rounding alone.
 
 `--profile FRAMES` instead times one default-guidance step of each chosen path, profiles the next
 with torch.profiler and breaks its device time down by kernel category (`KERNEL_CATEGORIES`),
@@ -56,8 +63,9 @@ Attention, read from diffusers 0.42.1 (transformer_ltx2.py, attention_dispatch.p
   is safe only while the mask is all ones, as it is for every LTX-2 prompt through its connectors.
 - Backends: diffusers 0.42 has `set_attention_backend` and an `attention_backend` context, but its
   `_native_cudnn` backend allows cuDNN alone (an error where cuDNN refuses the inputs) and copies
-  q, k and v to contiguous first. The bench keeps the native path and only reorders torch's
-  priority: `sdpa_kernel([CUDNN, FLASH, EFFICIENT, MATH], set_priority=True)`.
+  q, k and v to contiguous first. The `-cudnn` paths keep the native path and only reorder torch's
+  priority: `sdpa_kernel([CUDNN, FLASH, EFFICIENT, MATH], set_priority=True)`; the
+  `ours-compiled-<backend>` paths set diffusers' backends per module (gpu_runner/attention.py).
 - `compile_repeated_blocks` exists (`_repeated_blocks = ["LTX2VideoTransformerBlock"]`) but
   compiles the blocks in place for good; the bench wraps each block in `torch.compile` and puts
   the originals back afterwards, so the paths after it run uncompiled.
@@ -65,6 +73,8 @@ Attention, read from diffusers 0.42.1 (transformer_ltx2.py, attention_dispatch.p
     python bench/gpu_bench.py --out bench/results/<date>-<card>.md
     python bench/gpu_bench.py --frames 49 --paths stock-bf16 ours ours-cudnn
     python bench/gpu_bench.py --profile 49 --paths stock-bf16 ours
+    python bench/gpu_bench.py --frames 49 481 --paths stock-bf16 ours-compiled ours-compiled-_native_cudnn \
+        ours-compiled-_native_flash
     python bench/gpu_bench.py --tiny       # the demo model's sizes on the CPU: a smoke of this script
 """
 
@@ -107,7 +117,9 @@ from gpu_smoke import (  # noqa: E402
     random_transformer,
 )
 
+from contract.jobdir import ATTENTION_BACKENDS, DEFAULT_ATTENTION  # noqa: E402
 from gpu_runner import fp8, memory  # noqa: E402
+from gpu_runner.attention import unavailable_reason, use_attention_backend  # noqa: E402
 from gpu_runner.compiling import COMPILE_RECOMPILE_LIMIT  # noqa: E402
 from gpu_runner.demo.model import ltx2_scheduler  # noqa: E402
 from gpu_runner.families.ltx2 import LTX2_0_GUIDANCE  # noqa: E402
@@ -119,6 +131,7 @@ STOCK_BF16 = "stock bf16"
 STOCK_FP8 = "stock fp8 hooks"
 OURS = "ours fp8 matmul"
 OURS_FUSED = "ours fp8 matmul, fused quantisation"
+OURS_COMPILED = "ours fp8 matmul, compiled blocks"
 RUNNER_JOB = "runner job (generate)"
 DECODE = "stock video VAE decode"
 RUNNER_KEY, DECODE_KEY = "runner", "decode"
@@ -134,6 +147,7 @@ COLUMNS = (
     "time / stock bf16",
     "time / stock fp8 hooks",
     "latents vs base path, rel. diff",
+    "latents vs stock bf16, rel. diff",
     "notes",
 )
 FPS = 24.0
@@ -164,11 +178,18 @@ class Variant:
     model: str  # STOCK or MINE
     tweaks: tuple[Tweak, ...] = ()
     compiles: bool = False  # its first step compiles: the note shows the extra seconds
+    attention: str | None = None  # the backend it sets on the mask-free attentions (AVP_ATTENTION)
+    compared_with: str | None = None  # the path its latents are compared with, where not its base
 
     @property
     def base(self) -> str:
-        """The path its latents and its first step are compared with."""
+        """The uncompiled path its first step is compared with (and its latents, unless `compared_with`)."""
         return STOCK_BF16 if self.model == STOCK else OURS
+
+    @property
+    def reference(self) -> str:
+        """The path its latents are compared with."""
+        return self.compared_with or self.base
 
 
 @contextmanager
@@ -222,6 +243,21 @@ def compiled_blocks(transformer: torch.nn.Module) -> Iterator[None]:
     finally:
         for index, block in enumerate(originals):
             blocks[index] = block
+        torch._dynamo.reset()  # the next compiled path compiles its own graphs, as a runner process does
+
+
+def attention_backend(backend: str) -> Tweak:
+    """The mask-free attentions on `backend`, as the runner sets AVP_ATTENTION; native again afterwards."""
+
+    @contextmanager
+    def chosen(transformer: torch.nn.Module) -> Iterator[None]:
+        use_attention_backend(transformer, backend)
+        try:
+            yield
+        finally:
+            use_attention_backend(transformer, DEFAULT_ATTENTION)
+
+    return chosen
 
 
 @contextmanager
@@ -256,13 +292,26 @@ VARIANTS = (
         (cudnn_attention, text_masks_dropped),
     ),
     Variant(MIN_ROWS_KEY, "ours fp8 matmul, FP8 from {} rows", MINE),  # one per --fp8-min-rows value
-    Variant("ours-compiled", "ours fp8 matmul, compiled blocks", MINE, (compiled_blocks,), compiles=True),
+    Variant("ours-compiled", OURS_COMPILED, MINE, (compiled_blocks,), compiles=True),
     Variant(
         "ours-compiled-stg-prefix",
         "ours fp8 matmul, compiled blocks, STG pass from its block (the runner's path)",
         MINE,
         (compiled_blocks, stg_prefix_shared),
         compiles=True,
+    ),
+    *(
+        Variant(
+            f"ours-compiled-{backend}",
+            f"{OURS_COMPILED}, {backend} on the mask-free attentions",
+            MINE,
+            (attention_backend(backend), compiled_blocks),
+            compiles=True,
+            attention=backend,
+            compared_with=OURS_COMPILED,
+        )
+        for backend in ATTENTION_BACKENDS
+        if backend != DEFAULT_ATTENTION  # that is ours-compiled
     ),
 )
 PATH_KEYS = tuple(v.key for v in VARIANTS) + (RUNNER_KEY, DECODE_KEY)
@@ -382,7 +431,7 @@ class Setting:
 class Row:
     path: str
     frames: int
-    seconds: float  # per step; per clip for the decode
+    seconds: float | None  # per step; per clip for the decode; None: skipped (the note says why)
     peak_gib: float | None
     first_s: float | None = None  # the warm-up step, compile included where there is one
     note: str = ""
@@ -401,6 +450,7 @@ class Results:
     latents: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # (path, frames) -> final video latents
     profiles: list[Profile] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # paths this process cannot run, with the reason
     runs: list[dict] = field(default_factory=list)  # gpu_smoke.run's, for the stage table
 
     def row(self, path: str, frames: int) -> Row | None:
@@ -585,8 +635,17 @@ def run_variant(
     results: Results, pipe: DenoisingPipeline, variant: Variant, frames: int, note: str, measure: Measure
 ) -> None:
     """One path at one frame count, its tweaks on around it. A path that fails is reported and the
-    bench goes on: the run is one unattended GPU call."""
+    bench goes on: the run is one unattended GPU call. One this process cannot run is skipped, saying why."""
     log(f"{variant.name}, {frames} frames")
+    reason = variant.attention and unavailable_reason(variant.attention, results.setting.device)
+    if reason:
+        results.skipped.append(f"{variant.name}, {frames} frames: {reason}")
+        results.rows.append(
+            Row(path=variant.name, frames=frames, seconds=None, peak_gib=None, note=f"skipped: {reason}")
+        )
+        log(f"skipped: {reason}")
+        write(results)
+        return
     try:
         with ExitStack() as tweaks:
             for tweak in variant.tweaks:
@@ -742,6 +801,8 @@ def table(results: Results) -> list[str]:
 
 
 def _cells(results: Results, row: Row) -> list[str]:
+    if row.seconds is None:  # skipped
+        return [row.path, str(row.frames), *["-"] * (len(COLUMNS) - 3), row.note]
     decode_row = results.row(DECODE, row.frames)
     if row.path == DECODE:
         flops, end_to_end, reference = results.decode_flops.get(row.frames), None, None
@@ -765,14 +826,15 @@ def _cells(results: Results, row: Row) -> list[str]:
         _number(reference, ".3f"),
         _number(_ratio(results, row, STOCK_BF16) if row.path not in (STOCK_BF16, DECODE) else None, ".2f"),
         _number(_ratio(results, row, STOCK_FP8) if ours else None, ".2f"),
-        _number(relative_difference(results, row.path, variant.base, row.frames) if variant else None, ".2g"),
+        _number(relative_difference(results, row.path, variant.reference, row.frames) if variant else None, ".2g"),
+        _number(relative_difference(results, row.path, STOCK_BF16, row.frames) if variant else None, ".2g"),
         row.note,
     ]
 
 
 def _ratio(results: Results, row: Row, baseline_path: str) -> float | None:
     baseline = results.row(baseline_path, row.frames)
-    return None if baseline is None else row.seconds / baseline.seconds
+    return None if baseline is None or baseline.seconds is None else row.seconds / baseline.seconds
 
 
 def _number(value: float | None, spec: str) -> str:
@@ -810,14 +872,17 @@ def summary(results: Results) -> list[str]:
         "job, every stage as measured with its denoise stretched to 30 steps (its load stages build random weights, "
         "so they are not checkpoint load times).",
         "- The reference model is the reference portal's per-step fit, 0.025 + 0.026 x frames s.",
-        f"- Latents vs base path: the final video latents' relative L2 difference from {STOCK_BF16}'s (stock paths) "
-        f"or {OURS}'s (ours), same seed and steps.",
+        "- Latents vs base path: the final video latents' relative L2 difference from the base path's, same seed and "
+        f"steps: {STOCK_BF16} for the stock paths, {OURS_COMPILED} for an attention backend's, {OURS} for ours; "
+        f"vs stock bf16: from {STOCK_BF16}'s, where it ran.",
     ]
     return lines + failures(results)
 
 
 def failures(results: Results) -> list[str]:
-    return [f"- FAILED: {failure}" for failure in results.failures]
+    return [f"- FAILED: {failure}" for failure in results.failures] + [
+        f"- SKIPPED: {skipped}" for skipped in results.skipped
+    ]
 
 
 PROFILE_COLUMNS = (

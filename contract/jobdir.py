@@ -32,6 +32,10 @@ AUDIO_LATENTS_FILE = "audio_latents.safetensors"
 SOURCE_VIDEO_FILE = "source.mp4"
 SOURCE_AUDIO_LATENTS_FILE = "source_audio_latents.safetensors"
 DEFAULT_CACHE_GB = 50.0  # AVP_CACHE_GB: two full-size models' FP8 transformers (18 GiB each), prompts and kernels
+# AVP_ATTENTION: the kernel of the transformer's mask-free attentions on a CUDA GPU (gpu_runner/attention.py), by
+# diffusers' backend names; "native" sets none, leaving torch's SDPA to pick its kernel
+ATTENTION_BACKENDS = ("native", "_native_cudnn", "_native_flash", "_native_efficient")
+DEFAULT_ATTENTION = "native"
 
 
 class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +56,7 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
     lora_dirs: tuple[str, ...] = ()
     # the most tokens a prompt enhancer (LTX-2.5, enhance_prompt: true) may write: AVP_ENHANCE_MAX_TOKENS
     enhance_max_tokens: int = ENHANCE_MAX_NEW_TOKENS
+    attention: str = DEFAULT_ATTENTION  # one of ATTENTION_BACKENDS: AVP_ATTENTION
 
 
 class JobLora(msgspec.Struct, frozen=True):
@@ -89,6 +94,8 @@ class JobFile(msgspec.Struct, frozen=True):
     provenance: Provenance | None = None  # what made the clip; the runner writes it into the MP4
     # ---- LTX-2.5's prompt enhancer: the most tokens it may write (RunnerOptions')
     enhance_max_tokens: int = ENHANCE_MAX_NEW_TOKENS
+    # ---- the mask-free attentions' backend on a CUDA GPU (RunnerOptions')
+    attention: str = DEFAULT_ATTENTION
 
 
 def keyframe_file(index: int) -> str:

@@ -27,6 +27,12 @@ OUR_PATHS = (
     "ours fp8 matmul, FP8 from 4096 rows",
     "ours fp8 matmul, compiled blocks",
     "ours fp8 matmul, compiled blocks, STG pass from its block (the runner's path)",
+    "ours fp8 matmul, compiled blocks, _native_flash on the mask-free attentions",  # torch has a CPU flash kernel
+)
+# AVP_ATTENTION's backends that run on a CUDA GPU only: a row each saying so, no time
+CUDA_ONLY_PATHS = tuple(
+    f"ours fp8 matmul, compiled blocks, {backend} on the mask-free attentions"
+    for backend in ("_native_cudnn", "_native_efficient")
 )
 RUNNER = "runner job (generate)"
 STEP_PATHS = (*STOCK_PATHS, *OUR_PATHS, RUNNER)
@@ -74,8 +80,18 @@ def bench(gpu_bench, tmp_path_factory):
 
 def test_every_path_has_a_row_per_frame_count_and_none_failed(bench) -> None:
     _printed, written, rows = bench
-    assert set(rows) == {(path, frames) for path in (*STEP_PATHS, DECODE) for frames in FRAMES}
+    assert set(rows) == {(path, frames) for path in (*STEP_PATHS, *CUDA_ONLY_PATHS, DECODE) for frames in FRAMES}
     assert "FAILED" not in written
+
+
+def test_a_backend_this_process_cannot_run_gets_a_row_saying_why_and_no_time(bench) -> None:
+    _printed, written, rows = bench
+    for path in CUDA_ONLY_PATHS:
+        for frames in FRAMES:
+            row = rows[path, frames]
+            assert row["notes"].startswith("skipped: ") and "runs on a CUDA GPU only" in row["notes"]
+            assert {row[column] for column in row if column not in ("path", "frames", "notes")} == {"-"}
+            assert f"- SKIPPED: {path}, {frames} frames: " in written
 
 
 def test_step_rows_give_time_rate_share_and_the_30_step_estimate(bench) -> None:
@@ -118,6 +134,14 @@ def test_latents_are_compared_with_the_base_path_and_kernel_only_changes_match_i
     for frames in FRAMES:
         for base in ("stock bf16", "ours fp8 matmul", RUNNER, DECODE):
             assert rows[base, frames][diff] == "-"
+        # An attention backend is compared with ours-compiled; on a CPU flash is what native picks, so no change.
+        flash = rows["ours fp8 matmul, compiled blocks, _native_flash on the mask-free attentions", frames]
+        assert float(flash[diff]) == 0
+        # Every path against stock bf16 too: the same for a kernel choice of its, FP8 rounding for ours.
+        versus_stock = "latents vs stock bf16, rel. diff"
+        assert rows["stock bf16", frames][versus_stock] == "-"
+        assert float(rows["stock bf16, cuDNN attention", frames][versus_stock]) == 0
+        assert float(flash[versus_stock]) == float(rows["ours fp8 matmul, compiled blocks", frames][versus_stock]) > 0
         # On a CPU these choose the same kernels (or none is compiled), so the latents are the same.
         kernel_choices = ("cuDNN attention", "text masks dropped", "cuDNN attention, text masks dropped")
         for path in ["stock bf16, cuDNN attention"] + [f"ours fp8 matmul, {choice}" for choice in kernel_choices]:
@@ -129,8 +153,9 @@ def test_latents_are_compared_with_the_base_path_and_kernel_only_changes_match_i
 
 def test_notes_show_the_compile_cost_and_the_long_clip_set_up(bench) -> None:
     _printed, _written, rows = bench
-    assert "compiling" in rows["ours fp8 matmul, fused quantisation", 9]["notes"]
-    assert "compiling" in rows["ours fp8 matmul, compiled blocks", 9]["notes"]
+    for path in OUR_PATHS[1:]:
+        if "fused" in path or "compiled" in path:
+            assert "compiling" in rows[path, 9]["notes"]
     # --tiny lowers the long-clip threshold so that 17 frames takes the runner's long-clip set-up too.
     assert "long clip" not in rows["ours fp8 matmul", 9]["notes"]
     for path in OUR_PATHS:

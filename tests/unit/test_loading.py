@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import msgspec
 import pytest
 import torch
+from diffusers.models.attention_dispatch import AttentionBackendName
 from diffusers.pipelines.ltx2 import LTX2Vocoder, LTX2VocoderWithBWE
 from safetensors.torch import load_file
 
@@ -69,6 +70,22 @@ def test_place_denoiser_compiles_exactly_when_compiles_says_so(tmp_path, monkeyp
         place_denoiser(pipe, torch.device("cpu"), tokens=160, compile_cache=tmp_path / "compiled")
 
     assert all(block._compiled_call_impl is not None for block in transformer.transformer_blocks)
+
+
+def test_the_attention_backend_is_set_on_a_cuda_gpu_only(monkeypatch):
+    """AVP_ATTENTION on the mask-free attentions where the job runs on CUDA (here a stand-in: this torch has none);
+    a CPU job keeps torch's own choice, even for a backend it could not run."""
+    transformer = demo_model.transformer()
+    pipe = SimpleNamespace(transformer=transformer, set_progress_bar_config=lambda **_: None)
+    place_denoiser(pipe, torch.device("cpu"), tokens=160, attention="_native_cudnn")
+    attn1 = [block.attn1.processor for block in transformer.transformer_blocks]
+    assert {processor._attention_backend for processor in attn1} == {None}
+
+    monkeypatch.setattr(loading.fp8, "fp8_matmul_available", lambda device: False)
+    monkeypatch.setattr(transformer, "to", lambda device: transformer)
+    place_denoiser(pipe, torch.device("cuda"), tokens=160, attention="_native_cudnn")
+    assert {processor._attention_backend for processor in attn1} == {AttentionBackendName._NATIVE_CUDNN}
+    assert {block.attn2.processor._attention_backend for block in transformer.transformer_blocks} == {None}
 
 
 @pytest.mark.parametrize(("version", "vocoder_class"), [("2.0", LTX2Vocoder), ("2.3", LTX2VocoderWithBWE)])

@@ -322,6 +322,16 @@ def test_jobs_compile_with_a_cache_under_the_data_dir_unless_turned_off(tmp_path
         Settings.from_env({**data, "AVP_COMPILE": "yes"})
 
 
+def test_every_job_carries_the_attention_backend_and_a_name_diffusers_lacks_stops_the_start() -> None:
+    assert Settings.from_env({}).runner_options().attention == "native"
+    assert Settings.from_env({"AVP_ATTENTION": " _native_flash "}).runner_options().attention == "_native_flash"
+    allowed = "native, _native_cudnn, _native_flash, _native_efficient"
+    with pytest.raises(SettingsError, match=f"AVP_ATTENTION='flash' must be one of {allowed}"):
+        Settings.from_env({"AVP_ATTENTION": "flash"})
+    with pytest.raises(SettingsError, match=f"AVP_ATTENTION='sage' must be one of {allowed}"):
+        Settings.from_env({"AVP_ATTENTION": "sage"})  # tried, not offered (gpu_runner/attention.py says why)
+
+
 def test_a_spare_runner_waits_for_jobs_unless_turned_off() -> None:
     assert Settings.from_env({}).spare_runner is True
     assert Settings.from_env({"AVP_SPARE_RUNNER": "on"}).spare_runner is True

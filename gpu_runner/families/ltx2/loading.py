@@ -35,7 +35,9 @@ from torch import nn
 
 from contract import library
 from contract.cost import component_gib
+from contract.jobdir import DEFAULT_ATTENTION
 from gpu_runner import fp8, memory
+from gpu_runner.attention import use_attention_backend
 from gpu_runner.compiling import COMPILE_RECOMPILE_LIMIT, compiles
 from gpu_runner.families.ltx2.guidance import unshare_stg_prefix
 from gpu_runner.families.ltx2.text import MAX_PROMPT_TOKENS, PrecomputedConnectors, prepare_text_encoder
@@ -151,9 +153,11 @@ def place_denoiser(
     device: torch.device,
     tokens: int,
     compile_cache: Path | None = None,
+    attention: str = DEFAULT_ATTENTION,
 ) -> None:
     """The transformer goes to the GPU, set up to keep long clips' activations small (the VAE waits on the CPU: a
-    conditioned pipeline brings it over only to encode its conditions).
+    conditioned pipeline brings it over only to encode its conditions). On a CUDA GPU its mask-free attentions run
+    on the `attention` backend (AVP_ATTENTION, gpu_runner/attention.py); a CPU job keeps torch's own choice.
 
     Where the GPU has FP8 tensor cores, FP8-stored layers multiply in FP8 (5.5% instead of 4.7% relative
     error against bf16). Uncompiled, that is launch-bound and no faster than bf16; with `compile_cache`
@@ -162,6 +166,8 @@ def place_denoiser(
     memory.fit_long_clips(pipe.transformer, tokens)
     if fp8.fp8_matmul_available(device):
         fp8.use_fp8_matmul(pipe.transformer)
+    if device.type == "cuda":  # before compiling: the compiled blocks' graphs hold the backend
+        use_attention_backend(pipe.transformer, attention)
     if compiles(device, compile_cache) and not compiled(pipe.transformer):  # a resident one keeps its graphs
         # Regional compilation: the 48 blocks share one graph, compiled on the first step (26-45 s the
         # first time a shape is seen, 5-12 s once torch's cache in `compile_cache` holds its kernels).
