@@ -13,10 +13,15 @@ import torch
 from diffusers.pipelines.ltx2 import LTX2Vocoder, LTX2VocoderWithBWE
 from safetensors.torch import load_file
 
+from gpu_runner import pipeline
+from gpu_runner.cancel import Cancellation
 from gpu_runner.compiling import compiles
 from gpu_runner.demo import model as demo_model
+from gpu_runner.families import ltx2
 from gpu_runner.families.ltx2 import loading
 from gpu_runner.families.ltx2.loading import DiffusersDirectory, place_denoiser
+from gpu_runner.job import load_job
+from tests.runner_fixtures import write_job
 from tests.unit.test_guidance import denoiser
 
 
@@ -64,6 +69,44 @@ def test_place_denoiser_compiles_exactly_when_compiles_says_so(tmp_path, monkeyp
         place_denoiser(pipe, torch.device("cpu"), tokens=160, compile_cache=tmp_path / "compiled")
 
     assert all(block._compiled_call_impl is not None for block in transformer.transformer_blocks)
+
+
+@pytest.mark.parametrize(("compile_dynamic", "dynamic"), [(False, None), (True, True)])
+def test_place_denoiser_compiles_with_dynamic_shapes_only_when_the_job_says_so(
+    tmp_path, monkeypatch, compile_dynamic, dynamic
+):
+    # AVP_COMPILE=dynamic: one graph for every clip size; on: torch.compile's default (static shapes until one
+    # changes). Compiling happens on CUDA alone, so the transformer's compile call is recorded, not run.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setattr(loading, "compiles", lambda device, compile_cache: True)
+    transformer = demo_model.transformer()
+    calls = []
+    transformer.compile_repeated_blocks = lambda *args, **kwargs: calls.append((args, kwargs))
+    pipe = SimpleNamespace(transformer=transformer, set_progress_bar_config=lambda **_: None)
+
+    with torch._dynamo.config.patch(recompile_limit=torch._dynamo.config.recompile_limit):
+        place_denoiser(pipe, torch.device("cpu"), 160, tmp_path / "compiled", compile_dynamic=compile_dynamic)
+
+    assert calls == [((), {"dynamic": dynamic})]
+
+
+def test_a_job_files_compile_settings_reach_place_denoiser(demo_model_dir, tmp_path, monkeypatch):
+    # AVP_COMPILE travels in job.json (RunnerOptions): the family hands its compile cache and dynamic shapes on.
+    handed = []
+
+    def recording(pipe, device, tokens, compile_cache=None, compile_dynamic=False):
+        handed.append((compile_cache, compile_dynamic))
+        place_denoiser(pipe, device, tokens, compile_cache, compile_dynamic)
+
+    monkeypatch.setattr(ltx2, "place_denoiser", recording)
+    compiled = tmp_path / "compiled"
+    compile_settings = {"compile_cache_dir": str(compiled), "compile_dynamic": True}
+    write_job(tmp_path / "job", demo_model_dir, steps=2, num_frames=9, **compile_settings)
+
+    result = pipeline.generate(load_job(tmp_path / "job"), lambda event: None, Cancellation(), started=0.0)
+
+    assert handed == [(compiled, True)] and result.frames == 9
 
 
 @pytest.mark.parametrize(("version", "vocoder_class"), [("2.0", LTX2Vocoder), ("2.3", LTX2VocoderWithBWE)])

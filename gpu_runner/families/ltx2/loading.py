@@ -150,13 +150,16 @@ def place_denoiser(
     device: torch.device,
     tokens: int,
     compile_cache: Path | None = None,
+    compile_dynamic: bool = False,
 ) -> None:
     """The transformer goes to the GPU, set up to keep long clips' activations small (the VAE waits on the CPU: a
     conditioned pipeline brings it over only to encode its conditions).
 
     Where the GPU has FP8 tensor cores, FP8-stored layers multiply in FP8 (5.5% instead of 4.7% relative
     error against bf16). Uncompiled, that is launch-bound and no faster than bf16; with `compile_cache`
-    the blocks are compiled, which is where the speed comes from (bench/results/2026-11-26-h200-compiled.md).
+    the blocks are compiled, which is where the speed comes from (bench/results/2026-11-26-h200-compiled.md):
+    a graph per clip size, or with `compile_dynamic` (AVP_COMPILE=dynamic) one graph with dynamic shapes for
+    every size and both of a fast job's stages.
     """
     memory.fit_long_clips(pipe.transformer, tokens)
     if fp8.fp8_matmul_available(device):
@@ -173,7 +176,8 @@ def place_denoiser(
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache)
         os.environ["TRITON_CACHE_DIR"] = str(compile_cache / "triton")
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
-        pipe.transformer.compile_repeated_blocks()
+        # dynamic=None is torch.compile's default: static shapes until one changes (that dimension then turns dynamic)
+        pipe.transformer.compile_repeated_blocks(dynamic=True if compile_dynamic else None)
     pipe.transformer.to(device)
     pipe.set_progress_bar_config(disable=True)
 
