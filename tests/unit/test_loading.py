@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers import AutoencoderKLLTX2Audio
 from diffusers.pipelines.ltx2 import LTX2Vocoder, LTX2VocoderWithBWE
 from safetensors.torch import load_file
 
@@ -122,6 +124,20 @@ def test_the_denoiser_has_the_vocoder_of_its_directorys_version_with_every_weigh
     loaded = vocoder.state_dict()
     assert stored.keys() <= loaded.keys()
     assert all(torch.equal(loaded[name], tensor) for name, tensor in stored.items())
+
+
+def test_decoders_load_in_the_dtype_asked_whatever_their_files_hold(version_model_dirs, tmp_path):
+    # An audio VAE stored as a bf16 pipeline writes it: bf16 weights, float32 latent statistics (its first entries)
+    directory = tmp_path / "model"
+    shutil.copytree(version_model_dirs["2.0"], directory)
+    stored = AutoencoderKLLTX2Audio.from_pretrained(directory, subfolder="audio_vae")
+    for parameter in stored.parameters():
+        parameter.data = parameter.data.to(torch.bfloat16)
+    stored.save_pretrained(directory / "audio_vae")
+
+    pipe = denoiser(directory)
+
+    assert {parameter.dtype for parameter in pipe.audio_vae.parameters()} == {torch.float32}
 
 
 class _Vae:

@@ -319,8 +319,12 @@ class DiffusersDirectory:
         )
 
     def _component(self, subfolder: str, kind: type, dtype: torch.dtype) -> nn.Module:
-        """A decoder read from `subfolder` (kept resident in warm mode)."""
-        read = lambda: kind.from_pretrained(self.model_dir, subfolder=subfolder, dtype=dtype, **WITHOUT_ACCELERATE)  # noqa: E731
+        """A decoder read from `subfolder` (kept resident in warm mode), in `dtype` whatever its files hold: without
+        accelerate, diffusers takes the files' tensors as they are where their first entry has the model's dtype, so
+        an audio VAE's bf16 weights behind its float32 latent statistics stayed bf16 (and its decode failed)."""
+        read = lambda: kind.from_pretrained(  # noqa: E731
+            self.model_dir, subfolder=subfolder, dtype=dtype, **WITHOUT_ACCELERATE
+        ).to(dtype)
         return RESIDENT.load(self.resident_key(subfolder, dtype), read)  # as `denoiser_keys` names it
 
     def _transformer(
