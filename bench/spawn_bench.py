@@ -94,10 +94,10 @@ CACHE_LOG = {"weight cache: loaded": "FP8 cache", "weight cache: wrote": "bf16 r
 STARTED = re.compile(r"^(\S+ \S+) gpu_runner runner started\b", re.MULTILINE)
 IMPORTED = re.compile(r"torch and diffusers imported in ([\d.]+) s")  # a spare says it in its own log
 SPARE_READY_TIMEOUT_S = 600
+CUDA_STARTED = re.compile(r"CUDA started in ([\d.]+) s")
 # (h) and (i): issue 15's long fast clip (its 20 s target is for 481 frames at 768x448)
 FAST_FRAMES = 481
 FAST_SIZE = (768, 448)
-CUDA_STARTED = re.compile(r"CUDA started in ([\d.]+) s")
 
 
 @dataclass(frozen=True)
