@@ -56,7 +56,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     prompt_cache_mb: int = 2048  # encoded prompts kept on disk (a cap inside cache_gb), least recently used first
     enhance_max_tokens: int = ENHANCE_MAX_NEW_TOKENS  # the most tokens a prompt enhancer writes (LTX-2.5)
     weight_cache: str = ""  # an absolute directory for FP8 transformers, "off", or "" for the data dir's
-    compile_blocks: bool = True  # on a CUDA GPU, jobs compile the transformer's blocks (AVP_COMPILE)
+    # AVP_COMPILE: on a CUDA GPU, jobs compile the transformer's blocks, a graph per clip size ("on") or one graph
+    # with dynamic shapes for every size ("dynamic"); "off": never
+    compile_mode: str = "on"
     attention: str = DEFAULT_ATTENTION  # on a CUDA GPU, the mask-free attentions' backend (AVP_ATTENTION)
     spare_runner: bool = True  # a runner waits with torch and diffusers imported for the next job (AVP_SPARE_RUNNER)
     # warm mode (AVP_KEEP_WARM_S): a slot's runner keeps its model loaded this long after a job, for the next job of
@@ -149,7 +151,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def compile_cache_dir(self) -> Path | None:
         """Where torch keeps the compiled transformer blocks between jobs; None: jobs do not compile."""
-        return self.data_dir / "cache" / "compiled" if self.compile_blocks else None
+        return None if self.compile_mode == "off" else self.data_dir / "cache" / "compiled"
 
     @property
     def preview_colours_dir(self) -> Path:
@@ -183,6 +185,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             weight_cache_dir=None if weight_cache_dir is None else str(weight_cache_dir),
             compile_cache_dir=None if compile_cache_dir is None else str(compile_cache_dir),
             attention=self.attention,
+            compile_dynamic=self.compile_mode == "dynamic",
             cache_gb=self.cache_gb,
             preview_colours_dir=str(self.preview_colours_dir),
             lora_dirs=tuple(str(folder) for folder in self.lora_folders()),
@@ -290,9 +293,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                     "if missing), set it to off, or unset it for <data dir>/cache/weights"
                 )
             weight_cache = str(Path(weight_cache).resolve())
-        compile_blocks = env.get("AVP_COMPILE", "").strip() or "on"
-        if compile_blocks not in ("on", "off"):
-            raise SettingsError(f"AVP_COMPILE={compile_blocks!r} must be on (the default) or off")
+        compile_mode = env.get("AVP_COMPILE", "").strip() or "on"
+        if compile_mode not in COMPILE_CHOICES:
+            raise SettingsError(
+                f"AVP_COMPILE={compile_mode!r} must be on (the default: a compiled graph per clip size), "
+                "dynamic (one graph for every size) or off"
+            )
         attention = env.get("AVP_ATTENTION", "").strip() or DEFAULT_ATTENTION
         if attention not in ATTENTION_BACKENDS:
             raise SettingsError(
@@ -356,7 +362,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             prompt_cache_mb=int(number("AVP_PROMPT_CACHE_MB", 2048, int, 0)),
             enhance_max_tokens=int(number("AVP_ENHANCE_MAX_TOKENS", ENHANCE_MAX_NEW_TOKENS, int, 1)),
             weight_cache=weight_cache,
-            compile_blocks=compile_blocks == "on",
+            compile_mode=compile_mode,
             attention=attention,
             spare_runner=spare_runner == "on",
             keep_warm_s=keep_warm_s,
@@ -388,6 +394,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
+COMPILE_CHOICES = ("on", "dynamic", "off")  # AVP_COMPILE
 MIN_TOKEN_CHARS = 16
 LIBRARY_REREAD_S = 2.0  # a model directory added, repaired or removed shows within this long
 _library_reads: dict[tuple, tuple[float, Offer | LoraLibrary]] = {}  # the models' and the LoRAs' reads

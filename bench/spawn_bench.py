@@ -1,13 +1,16 @@
-"""Spawn to first denoising step: what a job pays before it denoises, with and without the FP8 weight cache.
+"""Spawn to first denoising step: what a job pays before it denoises, with and without the FP8 weight cache;
+and a fast job handed to a spare runner, from the hand-over to its MP4.
 
 RANDOM WEIGHTS. Writes a model to disk as a Diffusers directory: the denoising components of full-size
-LTX-2.0 (bench/gpu_smoke.py's builders; `--tiny`: the demo model's sizes) in bf16, beside the demo's
-tiny text encoder, connectors and tokenizer (their prompt length set to the size's), which no measured
-job loads: the bench puts its prompt's context in the prompt cache first (random tensors of the right
-shape, under the key the runner computes). Then it runs the real runner as the portal does, through
-`app.runner.Supervisor` (the same command, environment, process group and protocol parsing), and times
-from spawn to its first protocol line, its load_transformer stage and its first denoising step, after
-which the job is cancelled:
+LTX-2.0 (bench/gpu_smoke.py's builders; `--tiny`: the demo model's sizes) in bf16 and fast mode's x2 latent
+upsampler, beside the demo's tiny text encoder, connectors and tokenizer (their prompt length set to the
+size's), which no measured job loads: the bench puts its prompt's context in the prompt cache first (random
+tensors of the right shape, under the key the runner computes). Its scheduler is a distilled model's, so the
+model library offers fast mode (the distilled two-stage path) on its transformer; the quality jobs say their
+mode and a dev model's guidance and steps outright, as they ran before the model was fast-capable. Then it runs
+the real runner as the portal does, through `app.runner.Supervisor` (the same command, environment, process
+group and protocol parsing), and times from spawn to its first protocol line, its load_transformer stage and
+its first denoising step, after which the job is cancelled (but in (h) and (i)):
 
 - (a) the model's first FP8 job: the bf16 transformer read, cast on the CPU, and written to the cache;
 - (b) an FP8 job loading the cache, its file in the page cache;
@@ -19,10 +22,22 @@ which the job is cancelled:
   then hands it the job; there "spawn → ..." counts from the hand-over (`Supervisor.run`), the spare's
   own spawn and imports having happened before, as they do in the portal between jobs;
 - (f) and (g) as (e) with compiled transformer blocks, as every CUDA job runs by default (AVP_COMPILE):
-  the first step compiles, with torch's kernel cache empty (f) and then holding (f)'s kernels (g).
-  Only CUDA compiles: on a CPU (`--tiny`) they run as (e).
+  the first step compiles, with torch's kernel cache empty (f) and then holding (f)'s kernels (g);
+- (h) and (i) a FAST job (stage 1 at half size, x2 latent upsample, stage 2, decode, mux; 481 frames at
+  768x448 unless --fast-frames and --fast-size say otherwise) handed to a spare runner, the FP8 weight
+  cache warm, compiled blocks, run to its MP4: torch's compile cache empty for its shapes (h), then holding
+  them (i). Issue 15's spawn-to-MP4 time: hand-over → first step, hand-over → result, and the job's own
+  per-stage timings (its result line);
+- (j) as (g) with the blocks compiled with dynamic shapes (AVP_COMPILE=dynamic), for a clip size never seen
+  (97 frames), torch's compile cache holding the dynamic graph of another size: a job at the quality runs'
+  49 frames runs first, cancelled after its first step, then the timed job (issue 20: a compiled job's first
+  step within 15 s of the hand-over for a size never seen);
+- (k) the same with a graph per size (AVP_COMPILE=on, the default): a size never seen, the cache holding only
+  another size's kernels.
+Only CUDA compiles: on a CPU (`--tiny`) (f) to (k) run uncompiled, and the table says so.
 
     python bench/spawn_bench.py --out bench/results/<date>-<card>-spawn.md
+    python bench/spawn_bench.py --runs h i j k --out ...  # (a) runs too: it writes the weight cache
     python bench/spawn_bench.py --tiny      # the demo model's sizes on the CPU: a smoke of this script
 """
 
@@ -53,6 +68,7 @@ from gpu_smoke import (  # noqa: E402
     ModelSize,
     RandomWeights,
     device_name,
+    first_step_seconds,
     random_module,
     random_transformer,
 )
@@ -60,13 +76,14 @@ from gpu_smoke import (  # noqa: E402
 from app.runner import Supervisor  # noqa: E402
 from contract import jobdir, protocol  # noqa: E402
 from contract.cost import FP8_RESIDENT_RATIO  # noqa: E402
-from contract.models import MODEL_KINDS  # noqa: E402
-from contract.request import Request  # noqa: E402
+from contract.library import UPSAMPLER  # noqa: E402
+from contract.models import MODEL_KINDS, directory_spec  # noqa: E402
+from contract.request import Request, violations  # noqa: E402
 from gpu_runner import memory, stdout  # noqa: E402
 from gpu_runner.demo import model as demo_model  # noqa: E402
 from gpu_runner.families import family_for  # noqa: E402
 from gpu_runner.job import load_job  # noqa: E402
-from gpu_runner.pipeline import cache_budget_for, prompt_cache_for  # noqa: E402
+from gpu_runner.pipeline import COMPILE_NOTE, cache_budget_for, prompt_cache_for  # noqa: E402
 
 PROMPT = "a red ball bouncing on a wooden floor, with clicks"
 SHARED_MEMORY = Path("/dev/shm")  # tmpfs: where the model goes when the disk cannot hold it beside its cache
@@ -78,15 +95,29 @@ STARTED = re.compile(r"^(\S+ \S+) gpu_runner runner started\b", re.MULTILINE)
 IMPORTED = re.compile(r"torch and diffusers imported in ([\d.]+) s")  # a spare says it in its own log
 SPARE_READY_TIMEOUT_S = 600
 CUDA_STARTED = re.compile(r"CUDA started in ([\d.]+) s")
+# (h) and (i): issue 15's long fast clip (its 20 s target is for 481 frames at 768x448)
+FAST_FRAMES = 481
+FAST_SIZE = (768, 448)
+
+
+@dataclass(frozen=True)
+class Clip:
+    mode: str  # "quality" (cancelled after its first step) or "fast" (run to its MP4)
+    width: int
+    height: int
+    frames: int
+
+    def __str__(self) -> str:
+        return f"{self.mode} {self.frames}f {self.width}x{self.height}"
 
 
 @dataclass(frozen=True)
 class Setting:
     size: ModelSize
     model_kind: str  # a ModelSpec.kind: the demo's guidance has no STG block to find in a tiny model
-    width: int
-    height: int
-    frames: int
+    quality: Clip  # (a) to (g), and the size (j) and (k) see first
+    unseen: Clip  # (j) and (k): the size their compile cache has never seen
+    fast: Clip  # (h) and (i)
     drop_system_cache: bool  # drop the whole page cache (root only); else evict only the bench's files
 
 
@@ -97,8 +128,22 @@ class Run:
     page_cache: str  # "warm" or "drop"
     spare: bool = False  # handed to a spare runner that has imported torch and diffusers already
     compiled: bool = False  # the job compiles its transformer blocks (compile_cache_dir set), as CUDA jobs do
+    compile_dynamic: bool = False  # with dynamic shapes (AVP_COMPILE=dynamic), in a compile cache of their own
+    fast: bool = False  # a fast job run to its MP4; else a quality job cancelled after its first step
+    unseen_size: bool = False  # a job at the quality size first (untimed), then the timed one at a size never seen
+
+    @property
+    def letter(self) -> str:
+        return self.name[1]
+
+    @property
+    def compile_cache(self) -> str:
+        """The compile cache's directory name under the bench's caches: the dynamic graphs kept apart."""
+        return "compiled-dynamic" if self.compile_dynamic else "compiled"
 
 
+# (h) to (k): each handed to a spare, the weight cache's entry read from a warm page cache, compiled blocks
+HANDED_OVER = {"weight_cache": True, "page_cache": "warm", "spare": True, "compiled": True}
 RUNS = (
     Run("(a) first FP8 job: bf16 read + cast + cache write", weight_cache=True, page_cache="warm"),
     Run("(b) cached FP8 load, warm page cache", weight_cache=True, page_cache="warm"),
@@ -107,9 +152,24 @@ RUNS = (
     Run("(e) cached FP8 load, warm page cache, handed to a spare runner", True, "warm", spare=True),
     Run("(f) as (e), compiled blocks, torch's compile cache empty", True, "warm", spare=True, compiled=True),
     Run("(g) as (e), compiled blocks, torch's compile cache warm (the portal's usual job)", True, "warm", True, True),
+    Run("(h) FAST job to its MP4, as (f): compile cache empty for its shapes", fast=True, **HANDED_OVER),
+    Run("(i) FAST job to its MP4, as (h), torch's compile cache warm", fast=True, **HANDED_OVER),
+    Run(
+        "(j) as (g), dynamic shapes (AVP_COMPILE=dynamic): a size never seen, the cache holding another size's graph",
+        compile_dynamic=True,
+        unseen_size=True,
+        **HANDED_OVER,
+    ),
+    Run(
+        "(k) as (j), a graph per size (the default): a size never seen, the cache holding another size's kernels",
+        unseen_size=True,
+        **HANDED_OVER,
+    ),
 )
 COLUMNS = (
     "run",
+    "job",
+    "blocks",
     "transformer from",
     "page cache",
     "spawn → runner started, s",
@@ -121,6 +181,7 @@ COLUMNS = (
     "first step itself, s",
     "spawn → first denoise step, s",
 )
+FAST_COLUMNS = ("run", "job", "blocks", "hand-over → first step, s", "hand-over → result (MP4), s")
 
 
 @dataclass
@@ -137,7 +198,14 @@ class Row:
     first_step_s: float
     spawn_to_step_s: float
     cache_log: list[str]
+    clip: Clip
+    blocks: str  # compiled or not, as the runner's denoise stage said
     spare_imports_s: float | None = None  # a spare's torch + diffusers imports, before the hand-over
+    result_s: float | None = None  # spawn (hand-over) to the result line: a job run to its MP4
+    timings: dict[str, float] | None = None  # the result line's seconds per stage
+    peak_vram_gib: float | None = None  # the result line's
+    stage_first_step_s: dict[str, float] | None = None  # per denoising stage: its start to its first step
+    first_size: Row | None = None  # (j), (k): the job at another size that ran first in the same compile cache
 
 
 def log(message: str) -> None:
@@ -148,8 +216,10 @@ def log(message: str) -> None:
 
 
 def write_random_model(directory: Path, size: ModelSize) -> None:
-    """A Diffusers-format LTX-2 directory: `size`'s denoising components with random weights, in bf16 as
-    LTX-2 ships, and the demo's tiny text side (never loaded here) with a tokenizer of `size`'s length."""
+    """A Diffusers-format LTX-2 directory: `size`'s denoising components and latent upsampler with random weights,
+    in bf16 as LTX-2 ships, and the demo's tiny text side (never loaded here) with a tokenizer of `size`'s length.
+    A distilled model's scheduler: with the upsampler, what the model library wants for fast mode (contract/library.py:
+    a distilled transformer/, recognised by its scheduler's config)."""
     from diffusers import LTX2Pipeline
 
     tokenizer = demo_model.build_tokenizer()
@@ -163,22 +233,34 @@ def write_random_model(directory: Path, size: ModelSize) -> None:
         text_encoder=demo_model.text_encoder(len(tokenizer)).to(dtype).eval(),
         connectors=demo_model.connectors().to(dtype).eval(),
         tokenizer=tokenizer,
-        scheduler=demo_model.ltx2_scheduler(),
+        scheduler=demo_model.ltx2_scheduler("distilled"),
     ).save_pretrained(directory)
+    random_module(size.latent_upsampler, "cpu", dtype).save_pretrained(directory / UPSAMPLER)
 
 
-def write_job(job_dir: Path, model_dir: Path, setting: Setting, caches: Path, run: Run) -> None:
+def asked(setting: Setting, clip: Clip, model_dir: Path) -> Request:
+    """The job's request, its mode said outright (the model offers fast mode first). A quality job is told a dev
+    model's guidance (the kind's default) and 2 steps (cancelled after the first, a step interval is all it needs),
+    not the distilled defaults this model's scheduler would give it: the jobs the bench timed before it was
+    fast-capable. Fast mode fixes its own steps and guidance."""
+    size = {"mode": clip.mode, "width": clip.width, "height": clip.height, "num_frames": clip.frames}
+    if clip.mode == "fast":
+        return Request(prompt=PROMPT, **size)
+    dev = MODEL_KINDS[setting.model_kind](model_dir).defaults
+    return Request(prompt=PROMPT, **size, steps=2, guidance_scale=dev.guidance_scale)
+
+
+def write_job(job_dir: Path, model_dir: Path, setting: Setting, clip: Clip, caches: Path, run: Run) -> None:
     """job.json as the web process writes it (app/jobs.py): the model's defaults, FP8, the run's cache directories."""
-    spec = MODEL_KINDS[setting.model_kind](model_dir)
-    # steps=2: cancelled after the first, a step interval is all the job needs
-    asked = Request(prompt=PROMPT, width=setting.width, height=setting.height, num_frames=setting.frames, steps=2)
-    request = spec.resolve(asked, seed=1)
+    spec = directory_spec(setting.model_kind, model_dir)  # as the runner sees the directory: fast mode offered
+    request = spec.resolve(asked(setting, clip, model_dir), seed=1)
     assert not spec.violations(request), spec.violations(request)
     options = jobdir.RunnerOptions(
         precision="fp8",
         prompt_cache_dir=str(caches / "prompts"),
         weight_cache_dir=str(caches / "weights") if run.weight_cache else None,
-        compile_cache_dir=str(caches / "compiled") if run.compiled else None,
+        compile_cache_dir=str(caches / run.compile_cache) if run.compiled else None,
+        compile_dynamic=run.compile_dynamic,
     )
     job_dir.mkdir(parents=True)
     jobdir.write_job_file(job_dir, jobdir.job_file(job_dir.name, request, spec, options))
@@ -245,19 +327,31 @@ def drop(files: list[Path], system: bool) -> str:
 class Transcript:
     """Stands where the portal's worker does: it gets every event the supervisor parses for the job, and stamps it."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, to_the_end: bool) -> None:
         self.job_id = job_id
+        self.to_the_end = to_the_end  # else the job is cancelled at its first step
         self.events: list[tuple[float, protocol.Event]] = []
         self.supervisor: Supervisor | None = None
 
     async def on_event(self, event: protocol.Event) -> None:
         self.events.append((time.monotonic(), event))
-        if isinstance(event, protocol.Step) and self.supervisor is not None:
+        if isinstance(event, protocol.Step) and not self.to_the_end and self.supervisor is not None:
             self.supervisor.cancel(self.job_id)  # the first step is all that is timed
 
 
-def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
-    transcript = Transcript(job_dir.name)
+class JobFailed(RuntimeError):
+    """A timed job that ended without what it was timed to: the table says so, and the bench goes on to the next run
+    (a device call's minutes are not lost to one run's failure)."""
+
+    def __init__(self, what: str, runner_log: str) -> None:
+        super().__init__(what)
+        self.runner_log = runner_log
+
+
+def spawn_and_time(job_dir: Path, run: Run, clip: Clip, page_cache: str) -> Row:
+    """Run the job as the portal does (handed to a spare, or a runner spawned for it) and time it: to its first
+    step, then cancelled; a fast job to its result too."""
+    transcript = Transcript(job_dir.name, to_the_end=run.fast)
     spare_jobs_dir = job_dir.parent if run.spare else None
     transcript.supervisor = Supervisor(sys.executable, cancel_grace_s=120, spare_jobs_dir=spare_jobs_dir)
     spare_imports_s: float | None = None
@@ -280,12 +374,17 @@ def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
     events = transcript.events
     steps = [(t, e) for t, e in events if isinstance(e, protocol.Step)]
     if not steps:
-        raise RuntimeError(f"{run.name}: no denoising step ({outcome}); runner.log ends:\n{runner_log[-3000:]}")
+        raise JobFailed(f"{run.name[:3]} {clip}: no denoising step ({outcome})", runner_log)
+    results = [(t, e) for t, e in events if isinstance(e, protocol.Result)]
+    if run.fast and not results:
+        raise JobFailed(f"{run.name[:3]} {clip}: no result ({outcome})", runner_log)
     stages = {e.name: e.t for _, e in events if isinstance(e, protocol.Stage)}
     load_memory = next(e for _, e in events if isinstance(e, protocol.Memory) and e.stage == "load_transformer")
     cache_log = [line.strip() for line in runner_log.splitlines() if "weight cache:" in line]
     source = next((what for phrase, what in CACHE_LOG.items() if phrase in runner_log), "bf16 read and cast")
     first_step_time, first_step = steps[0]
+    denoise_note = next(e.note for _, e in events if isinstance(e, protocol.Stage) and e.name == "denoise")
+    result_time, result = results[0] if results else (None, None)
     return Row(
         run=run,
         source=source,
@@ -299,8 +398,21 @@ def spawn_to_first_step(job_dir: Path, run: Run, page_cache: str) -> Row:
         first_step_s=first_step.elapsed_s,
         spawn_to_step_s=first_step_time - spawned,
         cache_log=cache_log,
+        clip=clip,
+        blocks=blocks(run, compiled=denoise_note == COMPILE_NOTE),
         spare_imports_s=spare_imports_s,
+        result_s=None if result_time is None else result_time - spawned,
+        timings=None if result is None else result.timings,
+        peak_vram_gib=None if result is None else result.peak_vram_gib,
+        stage_first_step_s=first_step_seconds(events) if result else None,
     )
+
+
+def blocks(run: Run, compiled: bool) -> str:
+    """How the job's transformer blocks ran, from the runner's own word (its denoise stage's compile note)."""
+    if compiled:
+        return "compiled, dynamic shapes" if run.compile_dynamic else "compiled, a graph per size"
+    return "not compiled on a CPU" if run.compiled else "not compiled"
 
 
 async def spare_ready(supervisor: Supervisor) -> float:
@@ -342,8 +454,8 @@ def report(setting: Setting, command: str, notes: list[str], rows: list[Row]) ->
         f"# Spawn to first denoising step, {today}, {device_name()}, RANDOM WEIGHTS",
         "",
         f"`{command}`: torch {torch.__version__}, diffusers {diffusers.__version__}, {setting.size.name} sizes "
-        f"with random weights, {setting.width}x{setting.height}, {setting.frames} frames, FP8, a cached prompt "
-        "(no job loads the text encoder), each job cancelled after its first step.",
+        "with random weights, FP8, a cached prompt (no job loads the text encoder), each quality job cancelled "
+        "after its first step, each fast job run to its MP4.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -352,6 +464,8 @@ def report(setting: Setting, command: str, notes: list[str], rows: list[Row]) ->
         peak = "-" if row.load_peak_gib is None else f"{row.load_peak_gib:.2f}"
         cells = [
             row.run.name,
+            str(row.clip),
+            row.blocks,
             row.source,
             row.page_cache,
             *("-" if seconds is None else f"{seconds:.2f}" for seconds in (row.started_s, row.imports_s, row.cuda_s)),
@@ -362,6 +476,7 @@ def report(setting: Setting, command: str, notes: list[str], rows: list[Row]) ->
             f"{row.spawn_to_step_s:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += fast_table([row for row in rows if row.timings is not None])
     spares = [row for row in rows if row.spare_imports_s is not None]
     notes = notes + [
         f"{row.run.name[:3]} ran on a spare runner that had imported torch and diffusers in {row.spare_imports_s:.2f} "
@@ -369,11 +484,57 @@ def report(setting: Setting, command: str, notes: list[str], rows: list[Row]) ->
         "column is empty (none were paid after it)."
         for row in spares
     ]
+    notes += [
+        f"{row.run.name[:3]} first ran a job at {first.clip} in the same compile cache, {first.blocks} (hand-over → "
+        f"first step {first.spawn_to_step_s:.2f} s, the step itself {first.first_step_s:.2f} s), cancelled after its "
+        f"first step; then the timed job at {row.clip}, a size that cache had never seen."
+        for row in rows
+        if (first := row.first_size) is not None
+    ]
     lines += ["", *[f"- {note}" for note in notes]]
     logged = [f"  - {row.run.name[:3]} `{line}`" for row in rows for line in row.cache_log]
     if logged:
         lines += ["- The weight cache's own log lines (runner.log):", *logged]
     return "\n".join(lines) + "\n"
+
+
+def fast_table(rows: list[Row]) -> list[str]:
+    """The jobs run to their MP4: hand-over to first step and to the result line, the result's seconds per stage,
+    each denoising stage's first step (where a compiled job compiles its shapes) and the job's peak VRAM."""
+    if not rows:
+        return []
+    stages = [stage for stage in protocol.STAGES if any(stage in row.timings for row in rows)]
+    first_steps = [stage for stage in protocol.DENOISING if any(stage in row.stage_first_step_s for row in rows)]
+    columns = [
+        *FAST_COLUMNS,
+        *(f"{stage}, s" for stage in stages),
+        *(f"{stage}: start → its first step, s" for stage in first_steps),
+        "job peak VRAM, GiB",
+    ]
+    lines = [
+        "",
+        "Fast jobs to their MP4: the runner's result line's seconds per stage (its `timings`).",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for row in rows:
+        cells = [
+            row.run.name[:3],
+            str(row.clip),
+            row.blocks,
+            f"{row.spawn_to_step_s:.2f}",
+            f"{row.result_s:.2f}",
+            *(figure(row.timings.get(stage)) for stage in stages),
+            *(figure(row.stage_first_step_s.get(stage)) for stage in first_steps),
+            figure(row.peak_vram_gib),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def write(text: str, out: Path | None) -> None:
@@ -389,31 +550,62 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the report here")
     parser.add_argument("--workdir", type=Path, help="where the model and caches go (a local disk; removed after)")
-    parser.add_argument("--tiny", action="store_true", help="the demo model's sizes at 256x160 (on the CPU here)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="the demo model's sizes at 256x160, fast jobs 9 frames at 256x128 (CPU)"
+    )
     parser.add_argument(
         "--runs",
         nargs="+",
-        choices=[run.name[1] for run in RUNS],
-        default=[run.name[1] for run in RUNS],
+        choices=[run.letter for run in RUNS],
+        default=[run.letter for run in RUNS],
         help="which runs, by letter (default all); (a) runs always, as it writes the cache the others read",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--fast-frames", type=int, help=f"the fast jobs' frames, (h) and (i) (default {FAST_FRAMES}; --tiny: 9)"
+    )
+    parser.add_argument(
+        "--fast-size",
+        type=size_argument,
+        metavar="WIDTHxHEIGHT",
+        help=f"the fast jobs' size (default {FAST_SIZE[0]}x{FAST_SIZE[1]}; --tiny: 256x128)",
+    )
+    args = parser.parse_args(argv)
+    args.setting = setting_for(args)
+    fast = args.setting.fast
+    spec = MODEL_KINDS[args.setting.model_kind](Path("model"))  # the rules a job of this kind is checked by
+    wrong = violations(spec.constraints, spec.resolve(asked(args.setting, fast, Path("model")), seed=1))
+    if wrong:  # the option, then the request's rule
+        options = {"num_frames": "--fast-frames", "width": "--fast-size", "height": "--fast-size"}
+        parser.error("; ".join(f"{options.get(field, field)}: {field} {why}" for field, why in wrong))
+    return args
+
+
+def size_argument(text: str) -> tuple[int, int]:
+    width, x, height = text.partition("x")
+    if not (x and width.isdigit() and height.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT in pixels, e.g. 768x448")
+    return int(width), int(height)
 
 
 def setting_for(args: argparse.Namespace) -> Setting:
+    """The clips and model of a run: the demo's sizes on the CPU with --tiny, else full-size LTX-2.0 on a GPU."""
     if args.tiny:
+        fast = Clip("fast", *(args.fast_size or (256, 128)), args.fast_frames or 9)
+        quality, unseen = Clip("quality", 256, 160, 9), Clip("quality", 256, 160, 17)
         # Only the bench's own files leave the page cache: a smoke must not slow the rest of the machine.
-        return Setting(TINY_SIZE, "demo", 256, 160, 9, drop_system_cache=False)
+        return Setting(TINY_SIZE, "demo", quality, unseen, fast, drop_system_cache=False)
     if not torch.cuda.is_available():
         sys.exit("spawn_bench needs a CUDA GPU; --tiny runs it at the demo model's size on the CPU")
-    return Setting(FULL_SIZE, "ltx-2", 768, 448, 49, drop_system_cache=True)
+    fast = Clip("fast", *(args.fast_size or FAST_SIZE), args.fast_frames or FAST_FRAMES)
+    quality, unseen = Clip("quality", 768, 448, 49), Clip("quality", 768, 448, 97)
+    return Setting(FULL_SIZE, "ltx-2", quality, unseen, fast, drop_system_cache=True)
 
 
 def sizes_gib(size: ModelSize) -> tuple[float, float]:
     """What the bf16 model files and the FP8 cache entry will weigh (parameters counted on the meta device)."""
     weights = RandomWeights(size)
     transformer = weights.weights_gib("transformer")
-    decoders = sum(weights.weights_gib(component) for component in ("vae", "audio_vae", "vocoder"))
+    decoders = sum(weights.weights_gib(component) for component in ("vae", "audio_vae", "vocoder", UPSAMPLER))
     return transformer + decoders, transformer * FP8_RESIDENT_RATIO
 
 
@@ -449,7 +641,7 @@ def filesystem(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     args = parse(argv)
-    setting = setting_for(args)
+    setting = args.setting
     command = ("python bench/spawn_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     parent = args.workdir or Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)
@@ -458,7 +650,7 @@ def main(argv: list[str] | None = None) -> str:
     try:
         for where in (model_parent, work_parent):
             made.append(Path(tempfile.mkdtemp(prefix="spawn-bench-", dir=where)))
-        runs = [run for run in RUNS if run is RUNS[0] or run.name[1] in args.runs]
+        runs = [run for run in RUNS if run is RUNS[0] or run.letter in args.runs]
         return measure(setting, command, made[0] / "model", made[1], args.out, runs)
     finally:
         for directory in made:
@@ -480,25 +672,45 @@ def measure(setting: Setting, command: str, model_dir: Path, workdir: Path, out:
         "loads them (the prompt is cached).",
         "spawn → first protocol line: the interpreter, the torch and diffusers imports, CUDA's start, admission and "
         "the prompt cache lookup. load_transformer: the stage's own time on the runner's clock, the decoders "
-        "(VAEs, vocoder, loaded to the CPU) included. first step itself: the runner's step event. Where the whole "
-        "page cache is dropped, the runner's imports come from disk too: spawn → first protocol line shows it.",
+        "(VAEs, vocoder, a fast job's latent upsampler, loaded to the CPU) included. first step itself: the runner's "
+        "step event. Where the whole page cache is dropped, the runner's imports come from disk too: spawn → first "
+        "protocol line shows it. The page cache is warmed or dropped for what the job reads: the transformer (the "
+        "weight cache's entry where there is one), the decoders and a fast job's upsampler.",
     ]
     for what, path in (("model", model_dir), ("cache", workdir)):
         if filesystem(path) == "tmpfs":
             notes.append(f"The {what} is on tmpfs: its reads are memory copies, and no page cache drop removes it.")
+
+    def timed(job_dir: Path, run: Run, clip: Clip) -> Row:
+        write_job(job_dir, model_dir, setting, clip, caches, run)
+        if not (caches / "prompts").is_dir():  # the first job: its prompt goes in the cache before it runs
+            seed_prompt(job_dir)
+        # What the job will read: the cache entry where there is one, else the bf16 transformer; the decoders.
+        cached = files_under(caches / "weights") if run.weight_cache else []
+        parts = ("vae", "audio_vae", "vocoder", *((UPSAMPLER,) if run.fast else ()))
+        reads = (cached or files_under(model_dir / "transformer")) + files_under(*(model_dir / part for part in parts))
+        page_cache = warm(reads) if run.page_cache == "warm" else drop(reads, setting.drop_system_cache)
+        log(f"{run.name}, {clip}: page cache {page_cache}")
+        return spawn_and_time(job_dir, run, clip, page_cache)
+
     rows: list[Row] = []
+    failures: list[str] = []
     for index, run in enumerate(runs):
         job_dir = workdir / "jobs" / f"job-{index}"
-        write_job(job_dir, model_dir, setting, caches, run)
-        if index == 0:
-            seed_prompt(job_dir)
-        # What the job will read: the cache entry where there is one, else the bf16 transformer.
-        cached = files_under(caches / "weights") if run.weight_cache else []
-        weights = cached or files_under(model_dir / "transformer")
-        page_cache = warm(weights) if run.page_cache == "warm" else drop(weights, setting.drop_system_cache)
-        log(f"{run.name}: page cache {page_cache}")
-        rows.append(spawn_to_first_step(job_dir, run, page_cache))
-        text = report(setting, command, notes, rows)
+        try:
+            if run.unseen_size:  # first a job at another size, in the same compile cache
+                first_size = timed(job_dir.with_name(f"{job_dir.name}-first-size"), run, setting.quality)
+                row = timed(job_dir, run, setting.unseen)
+                row.first_size = first_size
+            else:
+                row = timed(job_dir, run, setting.fast if run.fast else setting.quality)
+            rows.append(row)
+        except JobFailed as failed:
+            log(f"{failed}; runner.log ends:\n{failed.runner_log[-3000:]}")
+            if not rows:  # (a): every other run reads the weight cache it writes
+                raise
+            failures.append(f"FAILED: {failed} (its runner.log's end is in the bench's stderr)")
+        text = report(setting, command, notes + failures, rows)
         write(text, out)  # after every row: a run cut short keeps what it measured
     log(f"measured in {time.monotonic() - began:.0f} s")
     print(text)

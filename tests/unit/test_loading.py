@@ -12,16 +12,20 @@ from types import SimpleNamespace
 import msgspec
 import pytest
 import torch
+from diffusers import AutoencoderKLLTX2Audio
 from diffusers.models.attention_dispatch import AttentionBackendName
 from diffusers.pipelines.ltx2 import LTX2Vocoder, LTX2VocoderWithBWE
 from safetensors.torch import load_file
 
-from gpu_runner import families
+from gpu_runner import families, pipeline
+from gpu_runner.cancel import Cancellation
 from gpu_runner.compiling import compiles
 from gpu_runner.demo import model as demo_model
+from gpu_runner.families import ltx2
 from gpu_runner.families.ltx2 import loading
 from gpu_runner.families.ltx2.loading import DiffusersDirectory, place_denoiser
-from gpu_runner.job import Job
+from gpu_runner.job import Job, load_job
+from tests.runner_fixtures import write_job
 from tests.unit.test_families import fake_job
 from tests.unit.test_guidance import denoiser
 
@@ -88,6 +92,44 @@ def test_the_attention_backend_is_set_on_a_cuda_gpu_only(monkeypatch):
     assert {block.attn2.processor._attention_backend for block in transformer.transformer_blocks} == {None}
 
 
+@pytest.mark.parametrize(("compile_dynamic", "dynamic"), [(False, None), (True, True)])
+def test_place_denoiser_compiles_with_dynamic_shapes_only_when_the_job_says_so(
+    tmp_path, monkeypatch, compile_dynamic, dynamic
+):
+    # AVP_COMPILE=dynamic: one graph for every clip size; on: torch.compile's default (static shapes until one
+    # changes). Compiling happens on CUDA alone, so the transformer's compile call is recorded, not run.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setattr(loading, "compiles", lambda device, compile_cache: True)
+    transformer = demo_model.transformer()
+    calls = []
+    transformer.compile_repeated_blocks = lambda *args, **kwargs: calls.append((args, kwargs))
+    pipe = SimpleNamespace(transformer=transformer, set_progress_bar_config=lambda **_: None)
+
+    with torch._dynamo.config.patch(recompile_limit=torch._dynamo.config.recompile_limit):
+        place_denoiser(pipe, torch.device("cpu"), 160, tmp_path / "compiled", compile_dynamic=compile_dynamic)
+
+    assert calls == [((), {"dynamic": dynamic})]
+
+
+def test_a_job_files_compile_settings_reach_place_denoiser(demo_model_dir, tmp_path, monkeypatch):
+    # AVP_COMPILE travels in job.json (RunnerOptions): the family hands its compile cache and dynamic shapes on.
+    handed = []
+
+    def recording(pipe, device, tokens, compile_cache=None, **settings):
+        handed.append((compile_cache, settings["compile_dynamic"]))
+        place_denoiser(pipe, device, tokens, compile_cache, **settings)
+
+    monkeypatch.setattr(ltx2, "place_denoiser", recording)
+    compiled = tmp_path / "compiled"
+    compile_settings = {"compile_cache_dir": str(compiled), "compile_dynamic": True}
+    write_job(tmp_path / "job", demo_model_dir, steps=2, num_frames=9, **compile_settings)
+
+    result = pipeline.generate(load_job(tmp_path / "job"), lambda event: None, Cancellation(), started=0.0)
+
+    assert handed == [(compiled, True)] and result.frames == 9
+
+
 @pytest.mark.parametrize(("version", "vocoder_class"), [("2.0", LTX2Vocoder), ("2.3", LTX2VocoderWithBWE)])
 def test_the_denoiser_has_the_vocoder_of_its_directorys_version_with_every_weight_loaded(
     version_model_dirs, version, vocoder_class
@@ -101,6 +143,20 @@ def test_the_denoiser_has_the_vocoder_of_its_directorys_version_with_every_weigh
     loaded = vocoder.state_dict()
     assert stored.keys() <= loaded.keys()
     assert all(torch.equal(loaded[name], tensor) for name, tensor in stored.items())
+
+
+def test_decoders_load_in_the_dtype_asked_whatever_their_files_hold(version_model_dirs, tmp_path):
+    # An audio VAE stored as a bf16 pipeline writes it: bf16 weights, float32 latent statistics (its first entries)
+    directory = tmp_path / "model"
+    shutil.copytree(version_model_dirs["2.0"], directory)
+    stored = AutoencoderKLLTX2Audio.from_pretrained(directory, subfolder="audio_vae")
+    for parameter in stored.parameters():
+        parameter.data = parameter.data.to(torch.bfloat16)
+    stored.save_pretrained(directory / "audio_vae")
+
+    pipe = denoiser(directory)
+
+    assert {parameter.dtype for parameter in pipe.audio_vae.parameters()} == {torch.float32}
 
 
 class _Vae:

@@ -1,5 +1,5 @@
 """The spawn bench's CPU smoke: `--tiny` times the real runner from spawn (or hand-over to a spare) to its first
-step, cached and not."""
+step, cached and not, and fast jobs from the hand-over to their MP4."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
-RUNS = ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)")
-SPARE_RUNS = ("(e)", "(f)", "(g)")  # (f) and (g) compile on CUDA only: on the CPU they run as (e)
+RUNS = ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)", "(i)", "(j)", "(k)")
+SPARE_RUNS = RUNS[4:]
+COMPILED_RUNS = RUNS[5:]  # compiled on CUDA only: on the CPU they run uncompiled, and the table says so
+FAST_RUNS = ("(h)", "(i)")
 SECONDS = (
     "spawn → first protocol line, s",
     "load_transformer, s",
@@ -32,15 +34,20 @@ def bench(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("work")
     printed = spawn_bench.main(["--tiny", "--out", str(out), "--workdir", str(workdir)])
     written = out.read_text()
+    return printed, written, _table(written, 0), workdir
+
+
+def _table(written: str, which: int) -> dict[str, dict[str, str]]:
+    """The report's `which`th table, its rows by run and its cells by column."""
     lines = written.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| run |"))
+    start = [i for i, line in enumerate(lines) if line.startswith("| run |")][which]
     end = lines.index("", start)
     columns = _cells(lines[start])
     rows = {}
     for line in lines[start + 2 : end]:
         cells = dict(zip(columns, _cells(line), strict=True))
         rows[cells["run"][:3]] = cells
-    return printed, written, rows, workdir
+    return rows
 
 
 def _cells(line: str) -> list[str]:
@@ -97,3 +104,34 @@ def test_the_file_is_the_printed_report_and_the_bench_leaves_nothing_behind(benc
     assert title.startswith("# Spawn to first denoising step, ") and "CPU" in title and "RANDOM WEIGHTS" in title
     assert f"torch {torch.__version__}" in written and f"diffusers {diffusers.__version__}" in written
     assert list(workdir.iterdir()) == []
+
+
+def test_every_job_runs_in_the_mode_and_size_it_says_and_the_table_says_nothing_compiled_on_a_cpu(bench) -> None:
+    _printed, written, rows, _workdir = bench
+    # The model offers fast mode first now (a distilled scheduler and a latent upsampler): quality is asked outright.
+    assert {name: row["job"] for name, row in rows.items()} == {
+        **dict.fromkeys(RUNS[:7], "quality 9f 256x160"),
+        **dict.fromkeys(FAST_RUNS, "fast 9f 256x128"),
+        **dict.fromkeys(("(j)", "(k)"), "quality 17f 256x160"),  # a size never seen...
+    }
+    for name in ("(j)", "(k)"):  # ...after a job at another size in the same compile cache
+        assert re.search(rf"{re.escape(name)} first ran a job at quality 9f 256x160 in the same compile cache", written)
+    assert {name: row["blocks"] for name, row in rows.items()} == {
+        **dict.fromkeys(RUNS[:5], "not compiled"),
+        **dict.fromkeys(COMPILED_RUNS, "not compiled on a CPU"),
+    }
+    assert all(rows[name]["transformer from"] == "FP8 cache" for name in COMPILED_RUNS)
+
+
+def test_a_fast_job_runs_to_its_mp4_through_both_stages(bench) -> None:
+    _printed, written, _rows, _workdir = bench
+    fast = _table(written, 1)
+    assert tuple(fast) == FAST_RUNS
+    for row in fast.values():
+        to_first_step, to_result = float(row["hand-over → first step, s"]), float(row["hand-over → result (MP4), s"])
+        assert 0 < to_first_step < to_result
+        stages = {stage: float(row[f"{stage}, s"]) for stage in ("load_transformer", "denoise", "upsample", "refine")}
+        assert all(seconds > 0 for seconds in stages.values()) and float(row["mux, s"]) >= 0
+        assert sum(stages.values()) < to_result
+        assert 0 < float(row["refine: start → its first step, s"]) <= stages["refine"]
+        assert row["job peak VRAM, GiB"] == "-"  # no VRAM on the CPU

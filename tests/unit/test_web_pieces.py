@@ -316,10 +316,23 @@ def test_every_job_carries_the_cache_budget_in_gib() -> None:
 
 def test_jobs_compile_with_a_cache_under_the_data_dir_unless_turned_off(tmp_path: Path) -> None:
     data = {"AVP_DATA_DIR": str(tmp_path)}
-    assert Settings.from_env(data).compile_cache_dir == tmp_path.resolve() / "cache" / "compiled"
+    compiled = tmp_path.resolve() / "cache" / "compiled"
+    # (compile cache, dynamic shapes) each job is told: a graph per clip size by default, one for all with dynamic
+    told = {
+        value: (options.compile_cache_dir, options.compile_dynamic)
+        for value in ("", "on", " dynamic ", "off")
+        for options in [Settings.from_env({**data, "AVP_COMPILE": value}).runner_options()]
+    }
+    assert told == {
+        "": (str(compiled), False),
+        "on": (str(compiled), False),
+        " dynamic ": (str(compiled), True),
+        "off": (None, False),
+    }
     assert Settings.from_env({**data, "AVP_COMPILE": "off"}).compile_cache_dir is None
-    with pytest.raises(SettingsError, match="AVP_COMPILE='yes' must be on"):
-        Settings.from_env({**data, "AVP_COMPILE": "yes"})
+    for wrong in ("yes", "Dynamic", "static"):
+        with pytest.raises(SettingsError, match=rf"AVP_COMPILE='{wrong}' must be on .*, dynamic .* or off"):
+            Settings.from_env({**data, "AVP_COMPILE": wrong})
 
 
 def test_every_job_carries_the_attention_backend_and_a_name_diffusers_lacks_stops_the_start() -> None:

@@ -202,7 +202,9 @@ class Ltx2(Family):
         # LTX-2.5's canvas and keyframe slots (up to a third more tokens than the clip's) and appended keyframes
         frames = denoised_frames(job.request, self._slot_pipeline(job.request))
         tokens = video_tokens(msgspec.structs.replace(job.request, num_frames=frames))
-        place_denoiser(pipe, device, tokens, compile_cache, job.file.attention)
+        place_denoiser(
+            pipe, device, tokens, compile_cache, attention=job.file.attention, compile_dynamic=job.file.compile_dynamic
+        )
         first_stage = denoise_stages(job.request)[0]  # fast mode's stages have no STG
         share_stg_prefix(pipe.transformer, self.guidance(first_stage)["spatio_temporal_guidance_blocks"])
         upsampler = self.source.load_upsampler(dtype) if fast else None

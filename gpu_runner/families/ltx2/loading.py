@@ -154,6 +154,7 @@ def place_denoiser(
     tokens: int,
     compile_cache: Path | None = None,
     attention: str = DEFAULT_ATTENTION,
+    compile_dynamic: bool = False,
 ) -> None:
     """The transformer goes to the GPU, set up to keep long clips' activations small (the VAE waits on the CPU: a
     conditioned pipeline brings it over only to encode its conditions). On a CUDA GPU its mask-free attentions run
@@ -161,7 +162,9 @@ def place_denoiser(
 
     Where the GPU has FP8 tensor cores, FP8-stored layers multiply in FP8 (5.5% instead of 4.7% relative
     error against bf16). Uncompiled, that is launch-bound and no faster than bf16; with `compile_cache`
-    the blocks are compiled, which is where the speed comes from (bench/results/2026-11-26-h200-compiled.md).
+    the blocks are compiled, which is where the speed comes from (bench/results/2026-11-26-h200-compiled.md):
+    a graph per clip size, or with `compile_dynamic` (AVP_COMPILE=dynamic) one graph with dynamic shapes for
+    every size and both of a fast job's stages.
     """
     memory.fit_long_clips(pipe.transformer, tokens)
     if fp8.fp8_matmul_available(device):
@@ -180,7 +183,8 @@ def place_denoiser(
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache)
         os.environ["TRITON_CACHE_DIR"] = str(compile_cache / "triton")
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
-        pipe.transformer.compile_repeated_blocks()
+        # dynamic=None is torch.compile's default: static shapes until one changes (that dimension then turns dynamic)
+        pipe.transformer.compile_repeated_blocks(dynamic=True if compile_dynamic else None)
     pipe.transformer.to(device)
     pipe.set_progress_bar_config(disable=True)
 
@@ -340,8 +344,12 @@ class DiffusersDirectory:
         )
 
     def _component(self, subfolder: str, kind: type, dtype: torch.dtype) -> nn.Module:
-        """A decoder read from `subfolder` (kept resident in warm mode)."""
-        read = lambda: kind.from_pretrained(self.model_dir, subfolder=subfolder, dtype=dtype, **WITHOUT_ACCELERATE)  # noqa: E731
+        """A decoder read from `subfolder` (kept resident in warm mode), in `dtype` whatever its files hold: without
+        accelerate, diffusers takes the files' tensors as they are where their first entry has the model's dtype, so
+        an audio VAE's bf16 weights behind its float32 latent statistics stayed bf16 (and its decode failed)."""
+        read = lambda: kind.from_pretrained(  # noqa: E731
+            self.model_dir, subfolder=subfolder, dtype=dtype, **WITHOUT_ACCELERATE
+        ).to(dtype)
         return RESIDENT.load(self.resident_key(subfolder, dtype), read)  # as `denoiser_keys` names it
 
     def _transformer(
