@@ -323,6 +323,7 @@ def run(
     height: int = 448,
     prompt_cache: Path | None = None,
     compile_blocks: bool = False,
+    compile_dynamic: bool = False,
     mode: str = "quality",
     first_and_last: bool = False,
     image: bool = False,
@@ -368,6 +369,7 @@ def run(
         precision=precision,
         prompt_cache_dir=None if prompt_cache is None else str(prompt_cache),
         compile_cache_dir=str(workdir / "compiled") if compile_blocks else None,
+        compile_dynamic=compile_dynamic,
     )
     job_file = jobdir.job_file(job_dir.name, request, spec, options, image=image)
     for index, name in enumerate(job_file.keyframe_files):  # what the web process writes from the uploads

@@ -172,7 +172,14 @@ def stock_clip(pipe, upsample, clip: Clip, device: torch.device) -> tuple[float,
     return stage_1_s, upsample_s, stage_2_s
 
 
-def our_runs(size: ModelSize, clips: tuple[Clip, ...], workdir: Path, quality_steps: int, device: torch.device):
+def our_runs(
+    size: ModelSize,
+    clips: tuple[Clip, ...],
+    workdir: Path,
+    quality_steps: int,
+    device: torch.device,
+    compile_dynamic: bool = False,
+):
     """The runner's jobs: each fast clip cold then warm, each quality clip once; yields each run as it ends."""
     for clip in clips:
         for attempt in ("cold", "warm") if clip.mode == "fast" else ("",):
@@ -187,6 +194,7 @@ def our_runs(size: ModelSize, clips: tuple[Clip, ...], workdir: Path, quality_st
                 clip.height,
                 prompt_cache=workdir / "prompts",
                 compile_blocks=True,
+                compile_dynamic=compile_dynamic,
                 mode=clip.mode,
                 first_and_last=clip.first_and_last,
                 image=clip.image,
@@ -261,11 +269,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--compile-dynamic",
         action="store_true",
-        help="compile the blocks for any clip size (torch.compile's dynamic shapes) instead of once per size",
+        help="AVP_COMPILE=dynamic: one compiled graph for every clip size instead of one per size",
     )
     args = parser.parse_args(argv)
-    if args.compile_dynamic:  # what torch.compile(dynamic=True) sets: one graph serves every token count
-        torch._dynamo.config.assume_static_by_default = False
     size, clips = (TINY_SIZE, TINY_CLIPS) if args.tiny else (full_size(args.version), FULL_CLIPS)
     if args.clips and not args.tiny:
         by_name = {clip.name: clip for clip in clips}
@@ -292,7 +298,7 @@ def main(argv: list[str] | None = None) -> str:
         write()
     if args.only != "stock":
         with tempfile.TemporaryDirectory() as tmp:
-            for run in our_runs(size, clips, Path(tmp), args.quality_steps, device):
+            for run in our_runs(size, clips, Path(tmp), args.quality_steps, device, args.compile_dynamic):
                 runs.append(run)
                 write()
     text = write()
