@@ -9,6 +9,7 @@ from diffusers.models.attention_dispatch import AttentionBackendName
 
 from gpu_runner import attention
 from gpu_runner.demo import model as demo_model
+from tests.transformer_inputs import demo_transformer_inputs
 
 TEXT_ATTENTIONS = ("attn2", "audio_attn2")
 
@@ -21,24 +22,10 @@ def backends(transformer: torch.nn.Module, names: tuple[str, ...]) -> set:
 
 def step(transformer: torch.nn.Module) -> tuple[torch.Tensor, ...]:
     """One forward pass of the demo transformer: video and audio, text with a (all-ones) mask as LTX-2 gives it."""
-    config = transformer.config
     generator = torch.Generator().manual_seed(0)
     mask = torch.ones(2, 32, dtype=torch.int64)
     with torch.no_grad():
-        return transformer(
-            hidden_states=torch.randn(2, 24, config.in_channels, generator=generator),
-            audio_hidden_states=torch.randn(2, 5, config.audio_in_channels, generator=generator),
-            encoder_hidden_states=torch.randn(2, 32, config.caption_channels, generator=generator),
-            audio_encoder_hidden_states=torch.randn(2, 32, config.caption_channels, generator=generator),
-            encoder_attention_mask=mask,
-            audio_encoder_attention_mask=mask,
-            timestep=torch.full((2,), 500.0),
-            num_frames=2,
-            height=3,
-            width=4,
-            audio_num_frames=5,
-            return_dict=False,
-        )
+        return transformer(**demo_transformer_inputs(transformer.config, mask, generator))
 
 
 @pytest.fixture

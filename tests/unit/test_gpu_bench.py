@@ -12,6 +12,7 @@ import torch
 
 from gpu_runner import fp8
 from gpu_runner.demo import model as demo_model
+from tests.transformer_inputs import demo_transformer_inputs
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 FRAMES = (9, 17)
@@ -263,20 +264,7 @@ def test_dropping_the_all_ones_text_masks_leaves_the_transformer_output_as_it_wa
     with torch.no_grad():
         _video, _audio, mask = connectors(torch.randn(2, 32, width), prompt_mask, padding_side="left")
         assert torch.equal(mask, torch.ones_like(mask)), "the registers fill the padding: every token is attended"
-        inputs = dict(
-            hidden_states=torch.randn(2, 24, config.in_channels),
-            audio_hidden_states=torch.randn(2, 5, config.audio_in_channels),
-            encoder_hidden_states=torch.randn(2, 32, config.caption_channels),
-            audio_encoder_hidden_states=torch.randn(2, 32, config.caption_channels),
-            encoder_attention_mask=mask,
-            audio_encoder_attention_mask=mask,
-            timestep=torch.full((2,), 500.0),
-            num_frames=2,
-            height=3,
-            width=4,
-            audio_num_frames=5,
-            return_dict=False,
-        )
+        inputs = demo_transformer_inputs(config, mask)
         masked = transformer(**inputs)
         with gpu_bench.text_masks_dropped(transformer):
             unmasked = transformer(**inputs)
