@@ -152,7 +152,10 @@ def attach(
             touched[name] = wrapped
             weight_dtype = dtype or _compute_dtype(wrapped.base)
             factor = scale * layer.alpha / layer.down.shape[0]
-            wrapped.add(group, layer.down.to(weight_dtype), (layer.up.float() * factor).to(weight_dtype))
+            # beside the layer's weights, wherever they already are (a weight-cache load puts them on the GPU)
+            down = layer.down.to(wrapped.base.weight.device, weight_dtype)
+            up = (layer.up.float() * factor).to(wrapped.base.weight.device, weight_dtype)
+            wrapped.add(group, down, up)
     for wrapped in touched.values():
         if group not in wrapped.active:
             wrapped.active = (*wrapped.active, group)

@@ -174,6 +174,18 @@ def test_a_lora_file_read_through_diffusers_adds_its_low_rank_update_beside_fp8_
     assert torch.equal(wrapped(x), plain)
 
 
+def test_a_lora_is_put_beside_the_layers_weights_wherever_they_already_are(tmp_path):
+    # A weight-cache load puts the transformer on the GPU before its LoRAs come from a file on the CPU; the meta
+    # device stands in for the GPU here (a LoRA left on the CPU failed its first pass on an H100: "mat2 is on cpu").
+    weights = lora.read_lora(write_lora(tmp_path / "l.safetensors", {"transformer_blocks.0.attn1.to_q": (16, 16)}))
+    model = small_model().to("meta")
+
+    lora.attach(model, [(weights, 1.0)], dtype=torch.float32)
+
+    wrapped = model.transformer_blocks[0].attn1.to_q
+    assert {buffer.device.type for buffer in wrapped.buffers()} == {"meta"}
+
+
 def test_the_fused_alternative_matches_the_low_rank_path(tmp_path):
     from diffusers.loaders.peft import PeftAdapterMixin
 
