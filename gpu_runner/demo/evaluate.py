@@ -138,7 +138,9 @@ def frozen_heap() -> Iterator[None]:
 
 
 def measure_clip(prompt: Prompt, clip: Clip) -> Measured:
-    contacts = measure.floor_contacts(clip.video, clip.fps)
+    mask = measure.object_mask(clip.video)  # once for the colour, the path and the contacts: a median over the clip
+    path = measure.track(clip.video, mask)
+    contacts = measure.floor_contacts(clip.video, clip.fps, path)
     sync = None
     if prompt.motion == "bouncing":
         found = measure.onsets(clip.audio, clip.sample_rate)
@@ -146,8 +148,8 @@ def measure_clip(prompt: Prompt, clip: Clip) -> Measured:
     return Measured(
         prompt=prompt.text,
         seed=prompt.seed,
-        colour=measure.object_colour(clip.video),
-        direction=measure.direction(clip.video),
+        colour=measure.object_colour(clip.video, mask),
+        direction=measure.direction(clip.video, path),
         contacts=contacts,
         frequency=measure.dominant_frequency(clip.audio, clip.sample_rate),
         level_db=measure.level_db(clip.audio),
