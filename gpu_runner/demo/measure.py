@@ -61,9 +61,10 @@ def _hsv(red: float, green: float, blue: float) -> tuple[float, float, float]:
     return hue, spread / high if high else 0.0, high
 
 
-def object_hsv(video: torch.Tensor) -> tuple[float, float, float] | None:
-    """Hue (degrees), saturation and value of the object's mean colour over the clip; None with no object."""
-    mask = object_mask(video)
+def object_hsv(video: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[float, float, float] | None:
+    """Hue (degrees), saturation and value of the object's mean colour over the clip; None with no object.
+    `mask`: the clip's `object_mask`, where the caller has it already (each costs a median over the clip)."""
+    mask = object_mask(video) if mask is None else mask
     if not mask.any():
         return None
     return _hsv(*video[:, mask].mean(1).tolist())
@@ -72,9 +73,9 @@ def object_hsv(video: torch.Tensor) -> tuple[float, float, float] | None:
 _REFERENCE_HUES = {name: _hsv(*rgb)[0] for name, rgb in COLOURS.items() if name != "white"}
 
 
-def object_colour(video: torch.Tensor) -> str | None:
+def object_colour(video: torch.Tensor, mask: torch.Tensor | None = None) -> str | None:
     """The colour word nearest the object's mean hue (white when pale and bright); None with no object."""
-    hsv = object_hsv(video)
+    hsv = object_hsv(video, mask)
     if hsv is None:
         return None
     hue, saturation, value = hsv
@@ -83,9 +84,9 @@ def object_colour(video: torch.Tensor) -> str | None:
     return min(_REFERENCE_HUES, key=lambda name: abs((hue - _REFERENCE_HUES[name] + 180) % 360 - 180))
 
 
-def track(video: torch.Tensor) -> torch.Tensor:
+def track(video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """(F, 2) centroid (x, y) of the object's pixels per frame; NaN where a frame has none."""
-    mask = object_mask(video).float()
+    mask = (object_mask(video) if mask is None else mask).float()
     _, height, width = mask.shape
     count = mask.sum((1, 2))
     x = (mask.sum(1) * torch.arange(width, device=mask.device)).sum(1) / count
@@ -93,14 +94,15 @@ def track(video: torch.Tensor) -> torch.Tensor:
     return torch.stack([x, y], dim=1)  # 0 / 0 = NaN where count is 0
 
 
-def direction(video: torch.Tensor) -> str | None:
+def direction(video: torch.Tensor, path: torch.Tensor | None = None) -> str | None:
     """Which way the object travels (left, right, up, down), or None if under MIN_DISPLACEMENT of the extent.
 
     The travel is a least-squares line through the track rather than first-to-last frame, so a
     wobbly or briefly lost object still reads; the larger of the two axes (as fractions of the
     frame) wins. A bouncing object can read as up or down: floor_contacts tells bouncing apart.
+    `path`: the clip's `track`, where the caller has it already.
     """
-    path = track(video)
+    path = track(video) if path is None else path
     _, _, height, width = video.shape
     valid = ~path.isnan().any(1)
     if valid.sum() < 2:
@@ -116,15 +118,15 @@ def direction(video: torch.Tensor) -> str | None:
     return (("left", "right"), ("up", "down"))[axis][int(travel[axis] > 0)]
 
 
-def floor_contacts(video: torch.Tensor, fps: float) -> list[int]:
+def floor_contacts(video: torch.Tensor, fps: float, path: torch.Tensor | None = None) -> list[int]:
     """Frames where the object is at a lowest point of its path near the clip's lowest point: floor contacts.
 
     Frames within CONTACT_TOLERANCE of the vertical range from the lowest y form runs; each run's
     lowest frame is a contact unless it is the clip's first or last frame (a path that merely
     starts or ends low, like "moving down", has no contact). Nothing bounces when the range is
-    below MIN_BOUNCE_RANGE of the height; contacts closer than MIN_CONTACT_GAP_S merge.
+    below MIN_BOUNCE_RANGE of the height; contacts closer than MIN_CONTACT_GAP_S merge. `path`: as `direction`'s.
     """
-    y = track(video)[:, 1]
+    y = (track(video) if path is None else path)[:, 1]
     height = video.shape[2]
     valid = ~y.isnan()
     if valid.sum() < 3:
