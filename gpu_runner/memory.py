@@ -194,6 +194,38 @@ def empty_weights() -> Iterator[None]:
         nn.Module.register_parameter = register
 
 
+@contextmanager
+def lent_to(module: nn.Module, device: torch.device) -> Iterator[None]:
+    """`module` on `device` for a while, then back where it was without copying its weights back: its own tensors
+    (unchanged: the module must only run forward inside) are put back in place of the device's copies. Bound for a
+    CUDA GPU, they are page-locked first (once), so the copy over runs at the link's speed: a stage that borrows
+    LTX-2's 2.28 GiB VAE to encode its conditions otherwise spent ~1.4 s copying it over and back (H100)."""
+    home = [(owner, table, key, tensor.data) for owner, table, key, tensor in _tensors(module)]
+    if device.type == "cuda":
+        for owner, table, key, data in home:
+            if data.device.type == "cpu" and not data.is_pinned():
+                getattr(owner, table)[key].data = data.pin_memory()
+        home = [(owner, table, key, tensor.data) for owner, table, key, tensor in _tensors(module)]
+    module.to(device, non_blocking=True)
+    try:
+        yield
+    finally:
+        for owner, table, key, data in home:
+            if table == "_parameters":
+                owner._parameters[key] = nn.Parameter(data, requires_grad=owner._parameters[key].requires_grad)
+            else:
+                owner._buffers[key] = data
+
+
+def _tensors(module: nn.Module) -> Iterator[tuple[nn.Module, str, str, torch.Tensor]]:
+    """Every parameter and buffer of `module` with the submodule and table that hold it."""
+    for owner in module.modules():
+        for table in ("_parameters", "_buffers"):
+            for key, tensor in getattr(owner, table).items():
+                if tensor is not None:
+                    yield owner, table, key, tensor
+
+
 def rss_gib() -> float:
     with open("/proc/self/statm") as statm:
         resident_pages = int(statm.read().split()[1])

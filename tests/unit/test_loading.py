@@ -159,15 +159,15 @@ def test_decoders_load_in_the_dtype_asked_whatever_their_files_hold(version_mode
     assert {parameter.dtype for parameter in pipe.audio_vae.parameters()} == {torch.float32}
 
 
-class _Vae:
-    """Where a VAE is sent: `to` records the device and moves nothing."""
+class _Vae(torch.nn.Linear):
+    """A stand-in VAE: diffusers' models say where they are by `device`."""
 
     def __init__(self) -> None:
-        self.device = torch.device("cpu")
+        super().__init__(4, 4)
 
-    def to(self, device):
-        self.device = torch.device(device)
-        return self
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
 
 
 class _Preparing:
@@ -182,14 +182,17 @@ class _Preparing:
 
 @pytest.mark.parametrize("pipeline", [loading.ConditionedDenoisingPipeline, loading.SlotDenoisingPipeline])
 def test_a_conditioned_pipeline_holds_the_vae_on_the_gpu_only_while_it_encodes(pipeline):
-    # The mixin both conditioned pipelines take, over a stand-in for diffusers' prepare_latents.
+    # The mixin both conditioned pipelines take, over a stand-in for diffusers' prepare_latents; the meta device
+    # stands in for the GPU (this torch has none).
     (mixin,) = [base for base in pipeline.__mro__ if base.__name__ == "_EncodesOnTheTransformersDevice"]
     pipe = type("Pipe", (mixin, _Preparing), {})()
-    pipe.vae, pipe.transformer = _Vae(), SimpleNamespace(device=torch.device("cuda", 1))
+    pipe.vae, pipe.transformer = _Vae(), SimpleNamespace(device=torch.device("meta"))
+    weight = pipe.vae.weight.data_ptr()
 
     assert pipe.prepare_latents() == "latents"
-    assert pipe.vae_while_encoding == torch.device("cuda", 1)
+    assert pipe.vae_while_encoding == torch.device("meta")
     assert pipe.vae.device == torch.device("cpu"), "back on the CPU before the denoising loop"
+    assert pipe.vae.weight.data_ptr() == weight, "its own weights again, not a copy back"
     with pytest.raises(RuntimeError):
         pipe.prepare_latents(fail=True)
     assert pipe.vae.device == torch.device("cpu")

@@ -1,10 +1,13 @@
-"""`memory.fit_long_clips` undone (`unfit_long_clips`): what a warm runner's resident transformer sheds between jobs."""
+"""`memory.fit_long_clips` undone (`unfit_long_clips`): what a warm runner's resident transformer sheds between jobs;
+`memory.lent_to`: a module on another device for a while."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
+from gpu_runner import memory
 from gpu_runner.memory import ChunkedFeedForward, fit_long_clips, unfit_long_clips
 
 
@@ -74,3 +77,17 @@ def test_a_short_clip_is_not_fitted_and_unfitting_it_changes_nothing() -> None:
     assert feed_forwards(transformer) == own and "forward" not in transformer.__dict__
     unfit_long_clips(transformer)
     assert feed_forwards(transformer) == own and "forward" not in transformer.__dict__
+
+
+def test_a_lent_module_comes_back_as_its_own_tensors_even_when_its_work_fails() -> None:
+    # The meta device stands in for the GPU; a buffer comes and goes as the parameters do.
+    module = torch.nn.BatchNorm1d(3)
+    before = {name: tensor.data_ptr() for name, tensor in (*module.named_parameters(), *module.named_buffers())}
+
+    with memory.lent_to(module, torch.device("meta")):
+        assert {t.device.type for t in (*module.parameters(), *module.buffers())} == {"meta"}
+    with pytest.raises(RuntimeError), memory.lent_to(module, torch.device("meta")):
+        raise RuntimeError("an encode that broke")
+
+    after = {name: tensor.data_ptr() for name, tensor in (*module.named_parameters(), *module.named_buffers())}
+    assert after == before and {t.device.type for t in (*module.parameters(), *module.buffers())} == {"cpu"}

@@ -91,15 +91,14 @@ class _EncodesOnTheTransformersDevice(_DevicedByTransformer):
     """A pipeline that VAE-encodes its conditions when it prepares its latents: the VAE comes to the GPU for that
     alone and goes back before the denoising loop, which would otherwise hold LTX-2's 1.22B-parameter VAE beside the
     transformer (2.28 GiB in bf16: a first+last-frame job peaked at 21.31 GiB against a text-only job's 19.02 on an
-    H100, bench/results/2026-12-07-h100-keyframes.md). Each stage encodes again, at its own size."""
+    H100, bench/results/2026-12-07-h100-keyframes.md; 20.51 with this, bench/results/2026-12-07-h100-conditioned.md).
+    Each stage encodes again, at its own size. The VAE is lent (`memory.lent_to`): page-locked, so it crosses at
+    the link's speed, and its CPU weights are put back rather than copied back (moved both ways with `to`, it cost
+    ~1.4 s a stage on an H100)."""
 
     def prepare_latents(self, *args, **kwargs):
-        home = self.vae.device
-        self.vae.to(self._execution_device)
-        try:
+        with memory.lent_to(self.vae, self._execution_device):
             return super().prepare_latents(*args, **kwargs)
-        finally:
-            self.vae.to(home)
 
 
 class ConditionedDenoisingPipeline(_EncodesOnTheTransformersDevice, LTX2ConditionPipeline):
