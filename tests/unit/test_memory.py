@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from torch import nn
@@ -91,3 +94,48 @@ def test_a_lent_module_comes_back_as_its_own_tensors_even_when_its_work_fails() 
 
     after = {name: tensor.data_ptr() for name, tensor in (*module.named_parameters(), *module.named_buffers())}
     assert after == before and {t.device.type for t in (*module.parameters(), *module.buffers())} == {"cpu"}
+
+
+def test_a_lent_module_keeps_its_tied_weights_tied() -> None:
+    module = torch.nn.Sequential(torch.nn.Linear(3, 3, bias=False), torch.nn.Linear(3, 3, bias=False))
+    module[1].weight = module[0].weight
+
+    with memory.lent_to(module, torch.device("meta")):
+        pass
+
+    assert module[1].weight is module[0].weight and module[0].weight.device.type == "cpu"
+
+
+class Node:
+    """Something a reference cycle can hold and a weak reference can watch."""
+
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def cycle() -> weakref.ref:
+    first, second = Node(), Node()
+    first.other, second.other = second, first
+    return weakref.ref(first)
+
+
+def test_a_frozen_heap_still_collects_the_cycles_made_inside_it_and_unfreezes_what_it_froze():
+    before = cycle()  # garbage already: collected before the freeze, not frozen with the heap
+    with memory.frozen_heap():
+        assert gc.get_freeze_count() > 0 and before() is None
+        inside = cycle()
+        gc.collect()  # what a job's `memory.release` does
+        assert inside() is None
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_frozen_heap_inside_a_frozen_process_leaves_the_process_frozen():
+    assert memory.freeze_heap() is True  # the runner's: once, for good
+    try:
+        frozen = gc.get_freeze_count()
+        assert memory.freeze_heap() is False
+        with memory.frozen_heap():
+            pass
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

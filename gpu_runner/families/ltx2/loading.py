@@ -92,9 +92,8 @@ class _EncodesOnTheTransformersDevice(_DevicedByTransformer):
     alone and goes back before the denoising loop, which would otherwise hold LTX-2's 1.22B-parameter VAE beside the
     transformer (2.28 GiB in bf16: a first+last-frame job peaked at 21.31 GiB against a text-only job's 19.02 on an
     H100, bench/results/2026-12-07-h100-keyframes.md; 20.51 with this, bench/results/2026-12-07-h100-conditioned.md).
-    Each stage encodes again, at its own size. The VAE is lent (`memory.lent_to`): page-locked, so it crosses at
-    the link's speed, and its CPU weights are put back rather than copied back (moved both ways with `to`, it cost
-    ~1.4 s a stage on an H100)."""
+    Each stage encodes again, at its own size. The VAE is lent (`memory.lent_to`): its CPU weights are put back
+    afterwards rather than copied back (moved both ways with `to`, it cost ~1.4 s a stage on an H100)."""
 
     def prepare_latents(self, *args, **kwargs):
         with memory.lent_to(self.vae, self._execution_device):
@@ -163,7 +162,7 @@ def place_denoiser(
     error against bf16). Uncompiled, that is launch-bound and no faster than bf16; with `compile_cache`
     the blocks are compiled, which is where the speed comes from (bench/results/2026-11-26-h200-compiled.md):
     a graph per clip size, or with `compile_dynamic` (AVP_COMPILE=dynamic) one graph with dynamic shapes for
-    every size and both of a fast job's stages.
+    every size up to LONG_CLIP_TOKENS (longer clips' sliced feed-forwards unroll per length: a graph per size).
     """
     memory.fit_long_clips(pipe.transformer, tokens)
     if fp8.fp8_matmul_available(device):
