@@ -19,7 +19,6 @@ never torch, so it cannot touch CUDA.
 from __future__ import annotations
 
 import ctypes
-import gc
 import logging
 import os
 import select
@@ -103,6 +102,9 @@ def standby(jobs_dir: Path) -> int:
     from gpu_runner.compiling import import_compiler
 
     import_compiler()  # a CUDA job compiles its blocks (AVP_COMPILE); a CPU-only torch imports nothing here
+    from gpu_runner import memory
+
+    memory.freeze_heap()  # the libraries' objects, out of every collection its job makes
     imported_s = time.monotonic() - spawned
     log.info("%s %.2f s; waiting for a job", stdout.SPARE_READY.format(pid=pid), imported_s)
     _warn_if_cuda_started(pid)
@@ -196,13 +198,11 @@ def _run_job(job_dir: Path, emit: stdout.Emitter, started: float, *, imported: b
     try:
         job = load_job(job_dir)
         model = job.spec.id
+        from gpu_runner import memory
         from gpu_runner.pipeline import generate  # torch + diffusers: seconds to import, unless a spare's
         from gpu_runner.resident import RESIDENT
 
-        if not gc.get_freeze_count():
-            # The libraries' ~430k objects live as long as the process: out of every later collection, so that the
-            # job's own (memory.release collects at each freeing stage) walk only what jobs made.
-            gc.freeze()
+        memory.freeze_heap()  # a spare froze it before its job came
 
         RESIDENT.enabled = keep_warm_s() > 0  # warm mode: what this job loads stays for the next job of its model
         if not imported:

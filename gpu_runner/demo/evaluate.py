@@ -18,12 +18,10 @@ decodes it, so it runs wherever the training runs.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import torch
 from contract import jobdir
 from contract.models import demo_spec, directory_spec
 from contract.request import LoraChoice, Request
+from gpu_runner import memory
 from gpu_runner.demo import measure, world
 
 BANDS = {"high beep": (700.0, 1100.0), "low hum": (80.0, 160.0)}  # Hz; the world's tones are 860-900 and 105-115
@@ -113,7 +112,7 @@ def generate(
     options = jobdir.RunnerOptions(precision=request.get("precision"), lora_dirs=folders)
     job_loras = tuple(jobdir.JobLora(path.stem, scale, str(path.resolve()), "") for path, scale in loras)
     jobdir.write_job_file(job_dir, jobdir.job_file(job_dir.name, resolved, spec, options, loras=job_loras))
-    with frozen_heap():
+    with memory.frozen_heap():
         result = run_stages(load_job(job_dir), lambda event: None, Cancellation(), time.monotonic())
     with av.open(str(job_dir / result.file)) as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
@@ -121,21 +120,6 @@ def generate(
         audio = torch.cat([torch.from_numpy(frame.to_ndarray()) for frame in container.decode(audio=0)], dim=-1)
     video = measure.video_from_frames(torch.from_numpy(numpy.stack(frames)))
     return Clip(video=video, audio=audio.float(), sample_rate=result.audio_sample_rate, fps=result.fps)
-
-
-@contextmanager
-def frozen_heap() -> Iterator[None]:
-    """The objects alive now left out of the garbage collections made while it lasts. A job's stages collect five
-    times (`memory.release`), and a full collection walks every object the process holds: the ~430k that torch,
-    diffusers and transformers bring take 0.2 s a collection on an idle 2-core machine, 0.5-0.7 s on a busy one,
-    and a test session holds more. Measured on a demo clip (idle): 1.8 s, 1.0 s frozen; with 2M more objects
-    2.6 s, 1.0 s frozen. The job's own objects are collected as before; what was alive before and becomes garbage
-    meanwhile is collected after."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def measure_clip(prompt: Prompt, clip: Clip) -> Measured:
