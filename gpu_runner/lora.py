@@ -152,9 +152,9 @@ def attach(
             touched[name] = wrapped
             weight_dtype = dtype or _compute_dtype(wrapped.base)
             factor = scale * layer.alpha / layer.down.shape[0]
-            # beside the layer's weights, wherever they already are (a weight-cache load puts them on the GPU)
-            down = layer.down.to(wrapped.base.weight.device, weight_dtype)
-            up = (layer.up.float() * factor).to(wrapped.base.weight.device, weight_dtype)
+            home = wrapped.base.weight.device  # beside the layer's weights (a weight-cache load puts them on the GPU)
+            down = layer.down.to(home, weight_dtype)
+            up = (layer.up.float() * factor).to(home, weight_dtype)
             wrapped.add(group, down, up)
     for wrapped in touched.values():
         if group not in wrapped.active:
