@@ -3,7 +3,9 @@ step, cached and not, and fast jobs from the hand-over to their MP4."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -135,3 +137,18 @@ def test_a_fast_job_runs_to_its_mp4_through_both_stages(bench) -> None:
         assert sum(stages.values()) < to_result
         assert 0 < float(row["refine: start → its first step, s"]) <= stages["refine"]
         assert row["job peak VRAM, GiB"] == "-"  # no VRAM on the CPU
+
+
+def test_each_runs_job_file_carries_its_compile_settings(tmp_path, demo_model_dir) -> None:
+    """What the table's "blocks" column cannot show on a CPU: (j) alone asks for dynamic shapes, and the compiled
+    runs, alone, name a compile cache."""
+    sys.path.insert(0, str(BENCH_DIR))
+    spawn_bench = importlib.import_module("spawn_bench")
+    setting = spawn_bench.setting_for(argparse.Namespace(tiny=True, fast_size=None, fast_frames=None))
+    for index, run in enumerate(spawn_bench.RUNS):
+        clip = setting.fast if run.fast else setting.unseen if run.unseen_size else setting.quality
+        spawn_bench.write_job(tmp_path / f"job-{index}", demo_model_dir, setting, clip, tmp_path / "caches", run)
+        job = json.loads((tmp_path / f"job-{index}" / "job.json").read_text())
+        assert job["compile_dynamic"] is run.name.startswith("(j)"), run.name
+        assert (job["compile_cache_dir"] is not None) is run.compiled, run.name
+        assert job["request"]["mode"] == clip.mode and job["request"]["num_frames"] == clip.frames
