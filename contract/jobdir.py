@@ -48,8 +48,8 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
     # where set, on a CUDA GPU the transformer's blocks go through torch.compile and torch keeps the
     # compiled kernels here, so a later job of the same shape compiles in seconds
     compile_cache_dir: str | None = None
-    # AVP_COMPILE=dynamic: the blocks compile with dynamic shapes, one graph for every clip size and both of a fast
-    # job's stages; False: a graph per size, as torch.compile does by default
+    # AVP_COMPILE=dynamic: the blocks compile with dynamic shapes, one graph for every clip size up to 4,096 video
+    # tokens (longer clips' sliced feed-forwards unroll per length); False: a graph per size, torch.compile's default
     compile_dynamic: bool = False
     cache_gb: float = DEFAULT_CACHE_GB  # the three caches together, least recently used entries removed first
     # each model's preview colour map, learnt from its first clip, is kept here (gpu_runner/preview_colours.py);

@@ -223,8 +223,8 @@ def frozen_heap() -> Iterator[None]:
 def lent_to(module: nn.Module, device: torch.device) -> Iterator[None]:
     """`module` on `device` for a while, then back where it was without copying its weights back: its own tensors
     (unchanged: the module must only run forward inside) are put back in place of the device's copies, also where
-    the move or the work fails. Moved with `to()` both ways, LTX-2's 2.28 GiB VAE cost a conditioned stage ~1.4 s
-    on an H100, half of it the copy back."""
+    the move or the work fails. Moved with `to()` both ways, LTX-2's 2.28 GiB VAE took a conditioned stage ~1.4 s
+    longer on an H100 than an earlier run on another H100 that kept it there."""
     # `to()` moves a parameter's data in place: what it holds now is kept apart from the object
     home = [(owner, table, key, tensor, tensor.data) for owner, table, key, tensor in _tensors(module)]
     try:

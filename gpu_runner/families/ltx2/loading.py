@@ -93,7 +93,8 @@ class _EncodesOnTheTransformersDevice(_DevicedByTransformer):
     transformer (2.28 GiB in bf16: a first+last-frame job peaked at 21.31 GiB against a text-only job's 19.02 on an
     H100, bench/results/2026-12-07-h100-keyframes.md; 20.51 with this, bench/results/2026-12-07-h100-conditioned.md).
     Each stage encodes again, at its own size. The VAE is lent (`memory.lent_to`): its CPU weights are put back
-    afterwards rather than copied back (moved both ways with `to`, it cost ~1.4 s a stage on an H100)."""
+    afterwards rather than copied back (moved both ways with `to`, a stage took ~1.4 s longer on an H100
+    than an earlier run on another H100 that kept the VAE there)."""
 
     def prepare_latents(self, *args, **kwargs):
         with memory.lent_to(self.vae, self._execution_device):
