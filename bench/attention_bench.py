@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fp8_matmul import timed  # noqa: E402
 from gpu_smoke import FAMILY, device_name  # noqa: E402
 
+from contract.cost import video_tokens  # noqa: E402
 from contract.jobdir import ATTENTION_BACKENDS  # noqa: E402
+from contract.request import Request  # noqa: E402
 from gpu_runner.attention import unavailable_reason  # noqa: E402
 
 FPS = 24.0
@@ -57,7 +59,7 @@ class Shape:
 
 def shapes(frames: int, width: int, height: int, config: dict) -> list[Shape]:
     """The four mask-free attentions of a block at `frames` (the cross-attentions use the audio heads)."""
-    video = ((frames - 1) // 8 + 1) * (height // 32) * (width // 32)
+    video = video_tokens(Request(prompt="", width=width, height=height, num_frames=frames))
     audio = round(frames / FPS * AUDIO_LATENTS_PER_SECOND)
     video_heads, video_dim = config["num_attention_heads"], config["attention_head_dim"]
     audio_heads, audio_dim = config["audio_num_attention_heads"], config["audio_attention_head_dim"]
